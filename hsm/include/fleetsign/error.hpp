@@ -1,0 +1,138 @@
+// The one error vocabulary of fleetsign: an append-only ErrorCode that appears in --json output,
+// the journal and exit codes, and the Error exception for environment failures.
+//
+// Three tiers (see shared/style.md): a bug is an assert; a per-item outcome (bad CSR, rejected by
+// policy) is a value carrying an ErrorCode; an environment failure (token gone, wrong PIN,
+// registry unwritable) is a thrown Error. This header is dependency-free so that every library
+// (policy included) can use it.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace fleetsign {
+
+// Append-only: a code is never renumbered or reused. Names appear in JSON as snake_case strings.
+enum class ErrorCode : int {
+  kOk = 0,
+  kInternal = 1,
+  kUsage = 2,
+  kIo = 3,
+  // token / PKCS#11
+  kModuleNotFound = 10,
+  kTokenNotFound = 11,
+  kPinIncorrect = 12,
+  kPinMissing = 13,
+  kKeyNotFound = 14,
+  kMechanismUnsupported = 15,
+  kKeyNotProtected = 16,
+  kKeyCertMismatch = 17,
+  kTokenError = 18,
+  kPinLocked = 19,
+  // registry
+  kRegistryError = 30,
+  kRegistryBusy = 31,
+  kNotFound = 32,
+  kAlreadyExists = 33,
+  kSchemaTooNew = 34,
+  // policy and administrative input
+  kPolicyInvalid = 40,
+  kInvalidSubject = 41,
+  kValidityBeyondIssuer = 42,
+  kInvalidArgument = 43,
+  // per-item outcomes of issuance
+  kCsrMalformed = 60,
+  kCsrSignatureInvalid = 61,
+  kDeviceIdInvalid = 62,
+  kDuplicateInBatch = 63,
+  kAlreadyIssued = 64,
+  kKeyRejected = 65,
+  kSignFailed = 66,
+  kVerificationCodeMismatch = 67,
+  kVerificationSignatureInvalid = 68,
+  kCertificateMalformed = 69,
+};
+
+// Stable snake_case name, e.g. "csr_signature_invalid"; and the process exit status for a
+// failure of this code (0 only for kOk). Defined at the end of this header.
+std::string_view error_code_name(ErrorCode code) noexcept;
+int exit_status_for(ErrorCode code) noexcept;
+
+// An environment failure. The message names the input and the cause; callers add context with
+// `with_context` as the error crosses a layer ("recording serial 0x…: database is locked").
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), m_code(code) {}
+  ErrorCode code() const noexcept { return m_code; }
+  Error with_context(std::string_view context) const {
+    return Error(m_code, std::string(context) + ": " + what());
+  }
+
+ private:
+  ErrorCode m_code;
+};
+
+}  // namespace fleetsign
+
+namespace fleetsign {
+
+inline std::string_view error_code_name(ErrorCode code) noexcept {
+  switch (code) {
+    case ErrorCode::kOk: return "ok";
+    case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kUsage: return "usage";
+    case ErrorCode::kIo: return "io";
+    case ErrorCode::kModuleNotFound: return "module_not_found";
+    case ErrorCode::kTokenNotFound: return "token_not_found";
+    case ErrorCode::kPinIncorrect: return "pin_incorrect";
+    case ErrorCode::kPinMissing: return "pin_missing";
+    case ErrorCode::kKeyNotFound: return "key_not_found";
+    case ErrorCode::kMechanismUnsupported: return "mechanism_unsupported";
+    case ErrorCode::kKeyNotProtected: return "key_not_protected";
+    case ErrorCode::kKeyCertMismatch: return "key_cert_mismatch";
+    case ErrorCode::kTokenError: return "token_error";
+    case ErrorCode::kPinLocked: return "pin_locked";
+    case ErrorCode::kRegistryError: return "registry_error";
+    case ErrorCode::kRegistryBusy: return "registry_busy";
+    case ErrorCode::kNotFound: return "not_found";
+    case ErrorCode::kAlreadyExists: return "already_exists";
+    case ErrorCode::kSchemaTooNew: return "schema_too_new";
+    case ErrorCode::kPolicyInvalid: return "policy_invalid";
+    case ErrorCode::kInvalidSubject: return "invalid_subject";
+    case ErrorCode::kValidityBeyondIssuer: return "validity_beyond_issuer";
+    case ErrorCode::kInvalidArgument: return "invalid_argument";
+    case ErrorCode::kCsrMalformed: return "csr_malformed";
+    case ErrorCode::kCsrSignatureInvalid: return "csr_signature_invalid";
+    case ErrorCode::kDeviceIdInvalid: return "device_id_invalid";
+    case ErrorCode::kDuplicateInBatch: return "duplicate_in_batch";
+    case ErrorCode::kAlreadyIssued: return "already_issued";
+    case ErrorCode::kKeyRejected: return "key_rejected";
+    case ErrorCode::kSignFailed: return "sign_failed";
+    case ErrorCode::kVerificationCodeMismatch: return "verification_code_mismatch";
+    case ErrorCode::kVerificationSignatureInvalid: return "verification_signature_invalid";
+    case ErrorCode::kCertificateMalformed: return "certificate_malformed";
+  }
+  return "unknown";
+}
+
+// Exit statuses (documented in README): 0 ok, 1 internal, 2 usage/invalid input, 3 completed
+// with rejects (set by the batch command, not here), 4 token, 5 registry, 6 policy, 7 refused
+// (a verification or per-item check failed), 8 I/O.
+inline int exit_status_for(ErrorCode code) noexcept {
+  const int v = static_cast<int>(code);
+  if (code == ErrorCode::kOk) return 0;
+  if (code == ErrorCode::kUsage || code == ErrorCode::kInvalidArgument ||
+      code == ErrorCode::kInvalidSubject || code == ErrorCode::kNotFound ||
+      code == ErrorCode::kAlreadyExists || code == ErrorCode::kValidityBeyondIssuer) {
+    return 2;
+  }
+  if (code == ErrorCode::kIo) return 8;
+  if (v >= 10 && v < 30) return 4;
+  if (v >= 30 && v < 40) return 5;
+  if (v >= 40 && v < 60) return 6;
+  if (v >= 60) return 7;
+  return 1;
+}
+
+}  // namespace fleetsign
