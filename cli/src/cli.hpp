@@ -1,0 +1,89 @@
+// The fleetsign command line: a table of commands ("ca create-root", …), each with its own
+// Poco::Util::OptionSet. Commands parse, call the engine/jobs, and print (human or --json).
+#pragma once
+
+#include <Poco/JSON/Object.h>
+#include <Poco/Util/OptionSet.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/home.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::cli {
+
+// Parsed options of one invocation: repeated options keep every value.
+class Args {
+ public:
+  std::map<std::string, std::vector<std::string>> options;
+  std::vector<std::string> positional;
+
+  bool has(const std::string& name) const { return options.count(name) != 0; }
+  std::optional<std::string> get(const std::string& name) const;
+  std::string require(const std::string& name) const;  // kUsage when missing
+  std::optional<int> get_int(const std::string& name) const;  // kUsage when not an integer
+  std::string positional_at(std::size_t i, const std::string& what) const;
+};
+
+// What a command runs against. Everything is opened lazily, on first use.
+class Context {
+ public:
+  Context(std::optional<std::filesystem::path> home_dir, Args args);
+  ~Context();
+
+  const Args& args() const { return m_args; }
+  bool json() const { return m_args.has("json"); }
+  std::filesystem::path home_dir() const;
+  engine::Home& home();
+  const policy::Policy& policy();
+  engine::Registry& registry();
+  hsm::Token& token();  // asks for the user PIN (file, FLEETSIGN_PIN, or prompt)
+  engine::SystemClock& clock() { return m_clock; }
+  engine::CsprngSource& random() { return m_random; }
+
+  // Prints a JSON object on stdout (one line).
+  void print_json(const Poco::JSON::Object& obj) const;
+
+ private:
+  std::optional<std::filesystem::path> m_home_dir;
+  Args m_args;
+  std::optional<engine::Home> m_home;
+  std::optional<policy::Policy> m_policy;
+  std::unique_ptr<engine::Registry> m_registry;
+  std::unique_ptr<hsm::Token> m_token;
+  engine::SystemClock m_clock;
+  engine::CsprngSource m_random;
+};
+
+struct Command {
+  std::vector<std::string> words;  // {"ca", "create-root"}
+  std::string usage;               // after the words, e.g. "--name NAME --subject DN [--key ALG]"
+  std::string summary;
+  std::function<void(Poco::Util::OptionSet&)> options;
+  std::function<int(Context&)> run;  // returns the exit status
+};
+
+// Registration (one function per command family, in its own file).
+void add_init_commands(std::vector<Command>& commands);
+void add_ca_commands(std::vector<Command>& commands);
+void add_issue_commands(std::vector<Command>& commands);
+void add_misc_commands(std::vector<Command>& commands);
+
+// Helpers shared by commands.
+void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::string& arg,
+                const std::string& help, bool repeatable = false);
+void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::string& help);
+std::optional<std::filesystem::path> path_option(const Args& args, const std::string& name);
+void write_text_file(const std::filesystem::path& path, const std::string& text,
+                     std::filesystem::perms perms);
+
+}  // namespace fleetsign::cli

@@ -1,0 +1,164 @@
+// fleetsign: parse the command words, then the command's options, run it, map errors to exit
+// statuses (fleetsign::exit_status_for). Global options: --home DIR (or FLEETSIGN_HOME).
+#include <Poco/Util/HelpFormatter.h>
+#include <Poco/Util/OptionException.h>
+#include <Poco/Util/OptionProcessor.h>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "cli.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fs = std::filesystem;
+using fleetsign::cli::Args;
+using fleetsign::cli::Command;
+
+namespace {
+
+std::vector<Command> all_commands() {
+  std::vector<Command> commands;
+  fleetsign::cli::add_init_commands(commands);
+  fleetsign::cli::add_ca_commands(commands);
+  fleetsign::cli::add_issue_commands(commands);
+  fleetsign::cli::add_misc_commands(commands);
+  return commands;
+}
+
+std::string joined(const std::vector<std::string>& words) {
+  std::string out;
+  for (const auto& w : words) {
+    out += out.empty() ? "" : " ";
+    out += w;
+  }
+  return out;
+}
+
+void print_overview(const std::vector<Command>& commands, std::FILE* to) {
+  std::fprintf(to,
+               "fleetsign — device PKI for IoT fleets: CA keys in a PKCS#11 token, device "
+               "certificates in bulk.\n\nusage: fleetsign [--home DIR] COMMAND [OPTIONS]\n"
+               "  --home DIR   the fleetsign home (default: $FLEETSIGN_HOME, else ~/.fleetsign)\n\n"
+               "commands:\n");
+  for (const auto& c : commands) {
+    std::fprintf(to, "  %-28s %s\n", joined(c.words).c_str(), c.summary.c_str());
+  }
+  std::fprintf(to,
+               "\nPINs: FLEETSIGN_PIN or --pin-file FILE (user), FLEETSIGN_SO_PIN or "
+               "--so-pin-file FILE (init), else a prompt on a terminal; never on the command "
+               "line.\nRun `fleetsign COMMAND --help` for a command's options.\n");
+}
+
+void print_command_help(const Command& c, Poco::Util::OptionSet& set) {
+  Poco::Util::HelpFormatter help(set);
+  help.setUnixStyle(true);
+  help.setCommand("fleetsign " + joined(c.words));
+  help.setUsage(c.usage);
+  help.setHeader(c.summary);
+  help.setIndent(4);
+  help.setWidth(100);
+  help.format(std::cout);
+}
+
+Args parse_options(const Command& c, Poco::Util::OptionSet& set,
+                   const std::vector<std::string>& rest) {
+  Poco::Util::OptionProcessor processor(set);
+  processor.setUnixStyle(true);
+  Args args;
+  try {
+    for (const auto& arg : rest) {
+      std::string name, value;
+      if (processor.process(arg, name, value)) {
+        if (!name.empty()) {
+          args.options[name].push_back(value);
+        }
+      } else {
+        args.positional.push_back(arg);
+      }
+    }
+    processor.checkRequired();
+  } catch (const Poco::Util::OptionException& e) {
+    throw fleetsign::Error(fleetsign::ErrorCode::kUsage,
+                           "fleetsign " + joined(c.words) + ": " + e.displayText() +
+                               " (see --help)");
+  }
+  return args;
+}
+
+int report(const fleetsign::Error& e, bool json) {
+  if (json) {
+    Poco::JSON::Object err;
+    err.set("code", std::string(fleetsign::error_code_name(e.code())));
+    err.set("message", std::string(e.what()));
+    Poco::JSON::Object obj;
+    obj.set("error", err);
+    std::ostringstream s;
+    obj.stringify(s);
+    std::cout << s.str() << std::endl;
+  }
+  std::fprintf(stderr, "fleetsign: error [%s]: %s\n",
+               std::string(fleetsign::error_code_name(e.code())).c_str(), e.what());
+  return fleetsign::exit_status_for(e.code());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> argv_rest(argv + 1, argv + argc);
+  std::optional<fs::path> home;
+  // Global options come before the command words.
+  while (!argv_rest.empty() && argv_rest[0].rfind("--home", 0) == 0) {
+    if (argv_rest[0].rfind("--home=", 0) == 0) {
+      home = argv_rest[0].substr(7);
+      argv_rest.erase(argv_rest.begin());
+    } else if (argv_rest.size() >= 2) {
+      home = argv_rest[1];
+      argv_rest.erase(argv_rest.begin(), argv_rest.begin() + 2);
+    } else {
+      std::fprintf(stderr, "fleetsign: error [usage]: --home needs a directory\n");
+      return 2;
+    }
+  }
+  const auto commands = all_commands();
+  if (argv_rest.empty() || argv_rest[0] == "--help" || argv_rest[0] == "-h" || argv_rest[0] == "help") {
+    print_overview(commands, stdout);
+    return argv_rest.empty() ? 2 : 0;
+  }
+  // Longest match of command words.
+  const Command* found = nullptr;
+  for (const auto& c : commands) {
+    if (c.words.size() <= argv_rest.size() &&
+        std::equal(c.words.begin(), c.words.end(), argv_rest.begin()) &&
+        (found == nullptr || c.words.size() > found->words.size())) {
+      found = &c;
+    }
+  }
+  const bool wants_json = std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end();
+  if (found == nullptr) {
+    std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s'\n\n", argv_rest[0].c_str());
+    print_overview(commands, stderr);
+    return 2;
+  }
+  const std::vector<std::string> rest(argv_rest.begin() + static_cast<long>(found->words.size()),
+                                      argv_rest.end());
+  Poco::Util::OptionSet set;
+  found->options(set);
+  set.addOption(Poco::Util::Option("help", "h", "show this help"));
+  if (std::find(rest.begin(), rest.end(), "--help") != rest.end() ||
+      std::find(rest.begin(), rest.end(), "-h") != rest.end()) {
+    print_command_help(*found, set);
+    return 0;
+  }
+  try {
+    Args args = parse_options(*found, set, rest);
+    fleetsign::cli::Context ctx(home, std::move(args));
+    return found->run(ctx);
+  } catch (const fleetsign::Error& e) {
+    return report(e, wants_json);
+  } catch (const Poco::Exception& e) {
+    return report(fleetsign::Error(fleetsign::ErrorCode::kInternal, e.displayText()), wants_json);
+  } catch (const std::exception& e) {
+    return report(fleetsign::Error(fleetsign::ErrorCode::kInternal, e.what()), wants_json);
+  }
+}

@@ -1,0 +1,72 @@
+// The CA hierarchy: roots and intermediates whose private keys are made in, and never leave, the
+// token; proof-of-possession (verification) certificates; loading a CA for signing.
+//
+// Decision on validity: a CA certificate is never allowed to outlive its issuer — asking for one
+// is Error(kValidityBeyondIssuer) that says the largest --days that fits. (Device certificates are
+// clamped instead, see Issuer, because refusing a whole batch for it helps nobody.)
+//
+// Not thread-safe (it generates and looks up token keys): use it on one thread, before signing.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::engine {
+
+struct CaSpec {
+  std::string name;
+  std::string issuer;  // empty for a root
+  std::string subject;  // openssl -subj form
+  policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;
+  std::optional<int> days;  // default from the policy
+  std::optional<int> path_len;  // intermediates default to 0; roots to none
+};
+
+hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept;
+
+class CaService final {
+ public:
+  CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy,
+            const Clock& clock, RandomSource& random);
+
+  // Generates the key in the token, builds and signs the certificate, verifies it, records it.
+  // Errors: kAlreadyExists (name), kNotFound (issuer), kPolicyInvalid (key not allowed by
+  // policy), kValidityBeyondIssuer, kInvalidSubject, token errors.
+  CaRecord create_root(const CaSpec& spec);
+  CaRecord create_intermediate(const CaSpec& spec);
+
+  // The CA's record (kNotFound otherwise).
+  CaRecord get(const std::string& name);
+  // Looks the CA's token key up and refuses it unless it matches the certificate's public key
+  // (kKeyCertMismatch) and is sensitive/never-extractable (kKeyNotProtected).
+  const hsm::SigningKey& load_key(const CaRecord& ca);
+  // The CA and its issuers, leaf-most first, ending with the root.
+  std::vector<CaRecord> chain(const std::string& name);
+
+  // Proof of possession: a certificate with CN = code signed by the CA's token key.
+  Der make_verification_cert(const std::string& ca_name, const std::string& code);
+
+ private:
+  CaRecord create(const CaSpec& spec, const CaRecord* issuer);
+  Registry& m_registry;
+  hsm::Token& m_token;
+  const policy::Policy& m_policy;
+  const Clock& m_clock;
+  RandomSource& m_random;
+};
+
+// Checks a verification certificate (issued by this CA, signature verifies with the CA
+// certificate's key, CN = code, within validity) and marks the CA verified. Needs no token.
+// Errors: kNotFound, kVerificationSignatureInvalid, kVerificationCodeMismatch,
+// kCertificateMalformed.
+void verify_possession(Registry& registry, const Clock& clock, const std::string& ca_name,
+                       const std::string& code, const Der& cert);
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,58 @@
+// A fleetsign home directory: its configuration, policy, registry and — by default — a private
+// SoftHSM2 configuration and token store, so that nothing touches the system-wide token.
+//
+//   DIR/fleetsign.json   {"module": …, "token_label": …, "softhsm_conf": "softhsm2.conf"|null}
+//   DIR/policy.json      issuance policy (see policy/)
+//   DIR/registry.db      SQLite registry (WAL)
+//   DIR/softhsm2.conf, DIR/tokens/   the embedded SoftHSM2 token (without --module)
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/hsm/pin.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::engine {
+
+extern const char* const kDefaultModule;  // SoftHSM2's module path on this platform
+
+struct HomeConfig {
+  std::filesystem::path dir;
+  std::filesystem::path module;
+  std::string token_label = "fleetsign";
+  std::optional<std::filesystem::path> softhsm_conf;  // set for the embedded token
+};
+
+class Home final {
+ public:
+  // Creates DIR (if needed) with its config, default policy and registry. Without `module`, also
+  // a private SoftHSM2 config + token store in DIR, and a token initialised with the PINs. With
+  // `module`, the token must exist already or be initialisable in a free slot of that module.
+  // Errors: kAlreadyExists when DIR is a home already; token errors.
+  static Home init(const std::filesystem::path& dir, const std::optional<std::filesystem::path>& module,
+                   const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
+                   const hsm::Pin& user_pin);
+  // Reads DIR/fleetsign.json (kNotFound: "DIR is not a fleetsign home; run fleetsign init").
+  // For an embedded token, points SOFTHSM2_CONF at DIR/softhsm2.conf before any module loads.
+  static Home open(const std::filesystem::path& dir);
+
+  const HomeConfig& config() const noexcept { return m_config; }
+  std::filesystem::path registry_path() const { return m_config.dir / "registry.db"; }
+  std::filesystem::path policy_path() const { return m_config.dir / "policy.json"; }
+
+  policy::Policy load_policy() const;
+  std::unique_ptr<Registry> open_registry() const;
+  std::unique_ptr<hsm::Token> open_token(const hsm::Pin& user_pin) const;
+
+ private:
+  explicit Home(HomeConfig config) : m_config(std::move(config)) {}
+  HomeConfig m_config;
+};
+
+}  // namespace fleetsign::engine

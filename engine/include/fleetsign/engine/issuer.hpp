@@ -1,0 +1,107 @@
+// Device certificate issuance, as named steps (Boulder's order):
+//   check_csr  → the device proves its key; key type, size and device ID pass the policy
+//   prepare    → the policy decides every extension (never copied from the CSR); a serial is
+//                taken from the CSPRNG; the TBSCertificate is built
+//   [caller records the intent: serial + TBS, committed before the token signs]
+//   sign       → the token signs; the signature is verified with the CA certificate's key;
+//                the certificate is assembled and its thumbprints computed
+//   [caller records the certificate, then releases it]
+// A PreparedCert is single-use and only `prepare` makes one, so only a checked certificate can
+// be signed. Per-item failures are values (Result); environment failures throw.
+//
+// Thread safety: an Issuer is immutable after construction; check_csr, prepare and sign may run
+// on any number of threads at once (the token key is libp11's thread-safe handle).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/policy/policy.hpp"
+#include "fleetsign/result.hpp"
+
+namespace fleetsign::hsm {
+class SigningKey;
+}
+
+namespace fleetsign::engine {
+
+struct CaRecord;
+
+struct CheckedCsr {
+  std::string device_id;
+  Der spki;                       // SubjectPublicKeyInfo exactly as the device sent it
+  policy::KeyDescription key;
+  bool extensions_ignored = false;  // the CSR asked for extensions; the policy decided instead
+};
+
+// Parses a DER CSR strictly, checks its key against the policy, its self-signature, and that its
+// subject has exactly one CN that is a valid device ID. Codes: kCsrMalformed, kKeyRejected,
+// kCsrSignatureInvalid, kDeviceIdInvalid.
+Result<CheckedCsr> check_csr(ByteView der, const policy::Policy& policy);
+
+// Describes the key in a SubjectPublicKeyInfo without OpenSSL's decoder; kOther when unknown.
+policy::KeyDescription describe_spki(ByteView spki);
+
+// Single-use: moved into Issuer::sign.
+class PreparedCert {
+ public:
+  PreparedCert(PreparedCert&&) noexcept = default;
+  PreparedCert& operator=(PreparedCert&&) noexcept = default;
+  PreparedCert(const PreparedCert&) = delete;  // single use: one TBS is signed at most once
+
+  const std::string& device_id() const noexcept { return m_device_id; }
+  const std::string& serial() const noexcept { return m_serial; }  // upper-case hex
+  const Der& tbs() const noexcept { return m_tbs; }
+  std::int64_t not_before() const noexcept { return m_not_before; }
+  std::int64_t not_after() const noexcept { return m_not_after; }
+  const std::string& subject() const noexcept { return m_subject; }
+
+ private:
+  friend class Issuer;
+  PreparedCert() = default;
+  std::string m_device_id, m_serial, m_subject;
+  Der m_tbs;
+  std::int64_t m_not_before = 0, m_not_after = 0;
+};
+
+struct SignedCert {
+  std::string device_id;
+  std::string serial;
+  Der der;
+  std::string sha1, sha256;
+  std::int64_t not_before = 0, not_after = 0;
+};
+
+class Issuer final {
+ public:
+  // `ca` must have been loaded (its key matched its certificate). The issuer keeps references to
+  // key, policy, clock and random source: they must outlive it. `device_days` is the validity;
+  // a certificate never outlives its CA: not_after is clamped to the CA's (see clamped()).
+  Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Policy& policy,
+         int device_days, const Clock& clock, RandomSource& random);
+  ~Issuer();
+  Issuer(const Issuer&) = delete;  // owns OpenSSL key objects
+  Issuer& operator=(const Issuer&) = delete;
+
+  Result<PreparedCert> prepare(const CheckedCsr& csr) const;
+  Result<PreparedCert> prepare(std::string_view device_id, ByteView spki) const;
+  // Token sign + verify + assemble. kSignFailed when the token fails or the signature does not
+  // verify against the CA certificate's public key.
+  Result<SignedCert> sign(PreparedCert&& prepared) const;
+
+  // True when the policy's validity would outlive the CA and not_after was clamped to it.
+  bool clamped() const noexcept;
+  const std::string& ca_name() const noexcept;
+  // Issuer chain in PEM: this CA and its parents up to (excluding) the root… set by the caller.
+  const policy::Policy& policy() const noexcept { return m_policy; }
+
+ private:
+  struct Impl;
+  const policy::Policy& m_policy;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,262 @@
+// check_csr: the first issuance step, without OpenSSL's generic ASN.1 decoder (design.md: it
+// costs more than the signature). The structure is walked strictly by der::read; the signature is
+// checked with the low-level EC/RSA verify on the exact CertificationRequestInfo bytes.
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "der.hpp"
+#include "fleetsign/engine/issuer.hpp"
+#include "oids.hpp"
+#include "ossl.hpp"
+
+namespace fleetsign::engine {
+
+namespace {
+
+using der::Bytes;
+
+const EC_GROUP* group_for(int nid) {
+  // Built once, shared read-only by every thread.
+  static const EC_GROUP* p256 = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+  static const EC_GROUP* p384 = EC_GROUP_new_by_curve_name(NID_secp384r1);
+  return nid == NID_secp384r1 ? p384 : p256;
+}
+
+struct SpkiParts {
+  Bytes algorithm;  // OID content
+  Bytes parameters; // OID content of the curve (EC), empty otherwise
+  Bytes key_bits;   // BIT STRING content without the unused-bits octet
+};
+
+bool split_spki(Bytes spki, SpkiParts& out) {
+  der::Tlv seq, alg, oid, bits;
+  if (!der::expect(spki, der::tag::kSequence, seq) || !spki.empty()) return false;
+  Bytes inner = seq.content;
+  if (!der::expect(inner, der::tag::kSequence, alg) || !der::expect(inner, der::tag::kBitString, bits) ||
+      !inner.empty()) {
+    return false;
+  }
+  Bytes a = alg.content;
+  if (!der::expect(a, der::tag::kOid, oid)) return false;
+  out.algorithm = oid.content;
+  der::Tlv params;
+  if (!a.empty() && der::read(a, params) && params.tag == der::tag::kOid) {
+    out.parameters = params.content;
+  }
+  if (bits.content.empty() || bits.content[0] != 0) return false;
+  out.key_bits = bits.content.subspan(1);
+  return true;
+}
+
+int rsa_modulus_bits(Bytes key_bits) {
+  der::Tlv seq, n;
+  if (!der::expect(key_bits, der::tag::kSequence, seq)) return 0;
+  Bytes inner = seq.content;
+  if (!der::expect(inner, der::tag::kInteger, n) || n.content.empty()) return 0;
+  Bytes m = n.content;
+  while (!m.empty() && m[0] == 0) m = m.subspan(1);
+  if (m.empty()) return 0;
+  int bits = static_cast<int>(m.size()) * 8;
+  for (std::uint8_t top = m[0]; (top & 0x80) == 0; top = static_cast<std::uint8_t>(top << 1)) --bits;
+  return bits;
+}
+
+struct CurveName {
+  Bytes oid;
+  const char* name;
+  int bits;
+};
+
+policy::KeyDescription describe(const SpkiParts& p) {
+  policy::KeyDescription d;
+  if (der::equal(p.algorithm, oid::kEcPublicKey)) {
+    d.kind = policy::KeyDescription::Kind::kEc;
+    static const CurveName kCurves[] = {{oid::kP256, "P-256", 256},
+                                        {oid::kP384, "P-384", 384},
+                                        {oid::kP521, "P-521", 521},
+                                        {oid::kSecp256k1, "secp256k1", 256}};
+    d.curve = "unknown curve " + hex_upper(p.parameters);
+    for (const auto& c : kCurves) {
+      if (der::equal(p.parameters, c.oid)) {
+        d.curve = c.name;
+        d.bits = c.bits;
+      }
+    }
+  } else if (der::equal(p.algorithm, oid::kRsaEncryption)) {
+    d.kind = policy::KeyDescription::Kind::kRsa;
+    d.bits = rsa_modulus_bits(p.key_bits);
+  }
+  return d;
+}
+
+// The digest a signature algorithm uses, if it fits the key kind.
+const EVP_MD* digest_for(Bytes sig_alg_oid, policy::KeyDescription::Kind kind) {
+  using K = policy::KeyDescription::Kind;
+  if (kind == K::kEc) {
+    if (der::equal(sig_alg_oid, oid::kEcdsaSha256)) return EVP_sha256();
+    if (der::equal(sig_alg_oid, oid::kEcdsaSha384)) return EVP_sha384();
+    if (der::equal(sig_alg_oid, oid::kEcdsaSha512)) return EVP_sha512();
+  } else if (kind == K::kRsa) {
+    if (der::equal(sig_alg_oid, oid::kRsaSha256)) return EVP_sha256();
+    if (der::equal(sig_alg_oid, oid::kRsaSha384)) return EVP_sha384();
+    if (der::equal(sig_alg_oid, oid::kRsaSha512)) return EVP_sha512();
+  }
+  return nullptr;
+}
+
+bool verify_ec(const policy::KeyDescription& key, Bytes point, const std::uint8_t* md,
+               unsigned md_len, Bytes sig) {
+  const EC_GROUP* group = group_for(key.bits == 384 ? NID_secp384r1 : NID_X9_62_prime256v1);
+  EC_KEY* ec = EC_KEY_new();
+  EC_POINT* pt = EC_POINT_new(group);
+  bool ok = EC_KEY_set_group(ec, group) == 1 &&
+            EC_POINT_oct2point(group, pt, point.data(), point.size(), nullptr) == 1 &&
+            EC_KEY_set_public_key(ec, pt) == 1 &&
+            ECDSA_verify(0, md, static_cast<int>(md_len), sig.data(), static_cast<int>(sig.size()),
+                         ec) == 1;
+  EC_POINT_free(pt);
+  EC_KEY_free(ec);
+  ERR_clear_error();
+  return ok;
+}
+
+bool verify_generic(Bytes spki, const EVP_MD* md_type, const std::uint8_t* md, unsigned md_len,
+                    Bytes sig) {
+  auto pkey = ossl::public_key_from_spki(spki);
+  if (!pkey) return false;
+  ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(pkey.get(), nullptr));
+  bool ok = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+            EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) == 1 &&
+            EVP_PKEY_CTX_set_signature_md(ctx.get(), md_type) == 1 &&
+            EVP_PKEY_verify(ctx.get(), sig.data(), sig.size(), md, md_len) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
+// Finds the single CN of a Name; counts O/OU etc. as irrelevant (the policy sets the subject).
+Result<std::string> common_name(Bytes name) {
+  der::Tlv seq;
+  if (!der::expect(name, der::tag::kSequence, seq)) return fail(ErrorCode::kCsrMalformed, "subject is not a Name");
+  std::string cn;
+  int found = 0;
+  Bytes rdns = seq.content;
+  while (!rdns.empty()) {
+    der::Tlv set;
+    if (!der::expect(rdns, der::tag::kSet, set)) return fail(ErrorCode::kCsrMalformed, "subject RDN is not a SET");
+    Bytes atvs = set.content;
+    while (!atvs.empty()) {
+      der::Tlv atv, type, value;
+      if (!der::expect(atvs, der::tag::kSequence, atv)) return fail(ErrorCode::kCsrMalformed, "bad subject attribute");
+      Bytes a = atv.content;
+      if (!der::expect(a, der::tag::kOid, type) || !der::read(a, value)) {
+        return fail(ErrorCode::kCsrMalformed, "bad subject attribute");
+      }
+      if (!der::equal(type.content, oid::kCommonName)) continue;
+      if (value.tag != der::tag::kUtf8String && value.tag != der::tag::kPrintableString &&
+          value.tag != der::tag::kIa5String) {
+        return fail(ErrorCode::kDeviceIdInvalid, "subject CN is not a UTF8/Printable/IA5 string");
+      }
+      cn.assign(value.content.begin(), value.content.end());
+      ++found;
+    }
+  }
+  if (found == 0) return fail(ErrorCode::kDeviceIdInvalid, "subject has no CN (the device ID)");
+  if (found > 1) return fail(ErrorCode::kDeviceIdInvalid, "subject has more than one CN");
+  return cn;
+}
+
+bool has_extension_request(Bytes attributes) {
+  while (!attributes.empty()) {
+    der::Tlv attr, type;
+    if (!der::expect(attributes, der::tag::kSequence, attr)) return false;
+    Bytes a = attr.content;
+    if (der::expect(a, der::tag::kOid, type) && der::equal(type.content, oid::kExtensionRequest)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+policy::KeyDescription describe_spki(ByteView spki) {
+  SpkiParts parts;
+  if (!split_spki(spki, parts)) return {};
+  return describe(parts);
+}
+
+Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
+  // 1. Structure: CertificationRequest ::= SEQUENCE { info, signatureAlgorithm, signature }.
+  Bytes in = input;
+  der::Tlv outer, info, sig_alg, sig_bits;
+  if (!der::expect(in, der::tag::kSequence, outer) || !in.empty()) {
+    return fail(ErrorCode::kCsrMalformed, "not a DER CertificationRequest (bad outer SEQUENCE or trailing bytes)");
+  }
+  Bytes body = outer.content;
+  if (!der::expect(body, der::tag::kSequence, info) || !der::expect(body, der::tag::kSequence, sig_alg) ||
+      !der::expect(body, der::tag::kBitString, sig_bits) || !body.empty()) {
+    return fail(ErrorCode::kCsrMalformed, "CertificationRequest does not have info, algorithm and signature");
+  }
+  Bytes fields = info.content;
+  der::Tlv version, subject, spki, attributes;
+  if (!der::expect(fields, der::tag::kInteger, version) || version.content.size() != 1 ||
+      version.content[0] != 0 || !der::expect(fields, der::tag::kSequence, subject) ||
+      !der::expect(fields, der::tag::kSequence, spki)) {
+    return fail(ErrorCode::kCsrMalformed, "CertificationRequestInfo is not version 1 with subject and key");
+  }
+  CheckedCsr out;
+  if (!fields.empty()) {
+    if (!der::expect(fields, der::tag::kContext0, attributes) || !fields.empty()) {
+      return fail(ErrorCode::kCsrMalformed, "CertificationRequestInfo has malformed attributes");
+    }
+    out.extensions_ignored = has_extension_request(attributes.content);
+  }
+  // 2. Key: the policy decides which algorithms and sizes a device may have.
+  SpkiParts parts;
+  if (!split_spki(spki.whole, parts)) {
+    return fail(ErrorCode::kCsrMalformed, "SubjectPublicKeyInfo is malformed");
+  }
+  out.key = describe(parts);
+  if (auto why = policy::check_device_key(policy, out.key)) {
+    return fail(ErrorCode::kKeyRejected, *why);
+  }
+  // 3. Signature: the device proves it holds the private key.
+  Bytes alg = sig_alg.content;
+  der::Tlv alg_oid;
+  if (!der::expect(alg, der::tag::kOid, alg_oid)) {
+    return fail(ErrorCode::kCsrMalformed, "signature algorithm is malformed");
+  }
+  const EVP_MD* md_type = digest_for(alg_oid.content, out.key.kind);
+  if (md_type == nullptr) {
+    return fail(ErrorCode::kCsrSignatureInvalid, "signature algorithm does not match the key type or is unsupported");
+  }
+  if (sig_bits.content.empty() || sig_bits.content[0] != 0) {
+    return fail(ErrorCode::kCsrMalformed, "signature BIT STRING is malformed");
+  }
+  std::uint8_t md[EVP_MAX_MD_SIZE];
+  unsigned md_len = 0;
+  EVP_Digest(info.whole.data(), info.whole.size(), md, &md_len, md_type, nullptr);
+  const Bytes sig = sig_bits.content.subspan(1);
+  const bool good = out.key.kind == policy::KeyDescription::Kind::kEc
+                        ? verify_ec(out.key, parts.key_bits, md, md_len, sig)
+                        : verify_generic(spki.whole, md_type, md, md_len, sig);
+  if (!good) {
+    return fail(ErrorCode::kCsrSignatureInvalid, "CSR signature does not verify with its own public key");
+  }
+  // 4. Subject: exactly one CN, which must be a valid device ID.
+  auto cn = common_name(subject.whole);
+  if (!cn) {
+    return cn.error();
+  }
+  if (auto why = policy::check_device_id(policy.device_id, *cn)) {
+    return fail(ErrorCode::kDeviceIdInvalid, *why);
+  }
+  out.device_id = std::move(*cn);
+  out.spki.assign(spki.whole.begin(), spki.whole.end());
+  return out;
+}
+
+}  // namespace fleetsign::engine

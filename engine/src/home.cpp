@@ -1,0 +1,127 @@
+#include "fleetsign/engine/home.hpp"
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::engine {
+
+namespace fs = std::filesystem;
+
+#ifndef FLEETSIGN_DEFAULT_MODULE
+#define FLEETSIGN_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+const char* const kDefaultModule = FLEETSIGN_DEFAULT_MODULE;
+
+namespace {
+
+constexpr const char* kConfigFile = "fleetsign.json";
+
+void write_file(const fs::path& path, const std::string& text, fs::perms perms) {
+  std::ofstream out(path, std::ios::trunc);
+  if (!out || !(out << text) || !(out.flush())) {
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
+  }
+  out.close();
+  fs::permissions(path, perms);
+}
+
+void use_embedded_softhsm(const HomeConfig& config) {
+  if (config.softhsm_conf) {
+    // SoftHSM2 reads this when its module initialises: must be set before any load.
+    setenv("SOFTHSM2_CONF", (config.dir / *config.softhsm_conf).c_str(), 1);
+  }
+}
+
+}  // namespace
+
+Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
+                const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
+                const hsm::Pin& user_pin) {
+  HomeConfig config;
+  config.dir = fs::absolute(dir);
+  if (fs::exists(config.dir / kConfigFile)) {
+    throw Error(ErrorCode::kAlreadyExists, config.dir.string() + " is already a fleetsign home");
+  }
+  std::error_code ec;
+  fs::create_directories(config.dir, ec);
+  if (ec) {
+    throw Error(ErrorCode::kIo, config.dir.string() + ": cannot create: " + ec.message());
+  }
+  fs::permissions(config.dir, fs::perms::owner_all, ec);
+  config.module = module.value_or(fs::path(kDefaultModule));
+  if (token_label) {
+    config.token_label = *token_label;
+  }
+  if (!module) {
+    config.softhsm_conf = "softhsm2.conf";
+    fs::create_directories(config.dir / "tokens");
+    fs::permissions(config.dir / "tokens", fs::perms::owner_all);
+    write_file(config.dir / "softhsm2.conf",
+               "# fleetsign's private SoftHSM2 token store (never the system one)\n"
+               "directories.tokendir = " + (config.dir / "tokens").string() + "\n"
+               "objectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+               fs::perms::owner_read | fs::perms::owner_write);
+  }
+  use_embedded_softhsm(config);
+  hsm::Token::initialize({config.module, config.token_label}, so_pin, user_pin);
+
+  std::string json = "{\n  \"module\": " + json_quote(config.module.string()) +
+                     ",\n  \"token_label\": " + json_quote(config.token_label) +
+                     ",\n  \"softhsm_conf\": " +
+                     (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") +
+                     "\n}\n";
+  if (!fs::exists(config.dir / "policy.json")) {
+    write_file(config.dir / "policy.json", policy::default_policy_json(),
+               fs::perms::owner_read | fs::perms::owner_write);
+  }
+  Home home(config);
+  home.open_registry()->audit("home.init", config.dir.string(),
+                              "{\"module\":" + json_quote(config.module.string()) +
+                                  ",\"token\":" + json_quote(config.token_label) + "}");
+  // Written last: a home exists only once everything above succeeded.
+  write_file(config.dir / kConfigFile, json, fs::perms::owner_read | fs::perms::owner_write);
+  return home;
+}
+
+Home Home::open(const fs::path& dir) {
+  HomeConfig config;
+  config.dir = fs::absolute(dir);
+  std::ifstream in(config.dir / kConfigFile);
+  if (!in) {
+    throw Error(ErrorCode::kNotFound,
+                config.dir.string() + " is not a fleetsign home; run `fleetsign init` first");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    Poco::JSON::Parser parser;
+    auto obj = parser.parse(text.str()).extract<Poco::JSON::Object::Ptr>();
+    config.module = obj->getValue<std::string>("module");
+    config.token_label = obj->getValue<std::string>("token_label");
+    if (obj->has("softhsm_conf") && !obj->isNull("softhsm_conf")) {
+      config.softhsm_conf = obj->getValue<std::string>("softhsm_conf");
+    }
+  } catch (const Poco::Exception& e) {
+    throw Error(ErrorCode::kInvalidArgument,
+                (config.dir / kConfigFile).string() + ": malformed: " + e.displayText());
+  }
+  use_embedded_softhsm(config);
+  return Home(config);
+}
+
+policy::Policy Home::load_policy() const { return policy::load_policy_file(policy_path()); }
+
+std::unique_ptr<Registry> Home::open_registry() const { return Registry::open(registry_path()); }
+
+std::unique_ptr<hsm::Token> Home::open_token(const hsm::Pin& user_pin) const {
+  return hsm::Token::open({m_config.module, m_config.token_label}, user_pin);
+}
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,249 @@
+// Issuer: builds device TBSCertificates from a fixed template and signs them in the token.
+// The template is the policy's extension set written once as DER; per certificate only the
+// serial, validity, subject, public key and SKI change (design.md: encoder machinery, not crypto,
+// dominated a naive OpenSSL loop).
+#include "fleetsign/engine/issuer.hpp"
+
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+
+#include <cassert>
+
+#include "der.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/error.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "oids.hpp"
+#include "ossl.hpp"
+
+namespace fleetsign::engine {
+
+namespace {
+
+constexpr std::size_t kSerialBytes = 19;  // 150 random bits; always 19 octets, positive
+constexpr std::int64_t kBackdateSeconds = 60;  // tolerate small device clock skew
+
+// Extensions every device certificate gets, in order (policy decides; the CSR never does):
+//   basicConstraints critical CA:FALSE; keyUsage critical digitalSignature; EKU clientAuth.
+constexpr std::uint8_t kFixedExtensions[] = {
+    0x30, 0x0C, 0x06, 0x03, 0x55, 0x1D, 0x13, 0x01, 0x01, 0xFF, 0x04, 0x02, 0x30, 0x00,
+    0x30, 0x0E, 0x06, 0x03, 0x55, 0x1D, 0x0F, 0x01, 0x01, 0xFF, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80,
+    0x30, 0x13, 0x06, 0x03, 0x55, 0x1D, 0x25, 0x04, 0x0C, 0x30, 0x0A, 0x06, 0x08, 0x2B, 0x06, 0x01,
+    0x05, 0x05, 0x07, 0x03, 0x02};
+// SKI extension prefix; 20 bytes of SHA-1 follow.
+constexpr std::uint8_t kSkiPrefix[] = {0x30, 0x1D, 0x06, 0x03, 0x55, 0x1D, 0x0E, 0x04, 0x16, 0x04, 0x14};
+
+Der name_der(const X509_NAME* name) {
+  const int len = i2d_X509_NAME(name, nullptr);
+  Der out(static_cast<std::size_t>(len));
+  unsigned char* p = out.data();
+  i2d_X509_NAME(name, &p);
+  return out;
+}
+
+void put_rdn(Der& out, ByteView type_oid, std::string_view value) {
+  const std::size_t oid_len = 2 + type_oid.size();
+  const std::size_t val_len = der::header_size(value.size()) + value.size();
+  const std::size_t atv_len = oid_len + val_len;
+  der::put_header(out, der::tag::kSet, der::header_size(atv_len) + atv_len);
+  der::put_header(out, der::tag::kSequence, atv_len);
+  der::put_tlv(out, der::tag::kOid, type_oid);
+  der::put_header(out, der::tag::kUtf8String, value.size());
+  out.insert(out.end(), value.begin(), value.end());
+}
+
+}  // namespace
+
+struct Issuer::Impl {
+  std::string ca_name;
+  const hsm::SigningKey& key;
+  const Clock& clock;
+  RandomSource& random;
+  int device_days;
+  std::int64_t ca_not_after;
+  Der issuer_name;   // the CA certificate's subject, DER, copied into every TBS
+  Der algorithm;     // AlgorithmIdentifier DER
+  const EVP_MD* md;
+  int md_nid;
+  Der aki_ext;       // authorityKeyIdentifier extension DER
+  Der subject_prefix;  // RDNs before CN (O, OU), DER
+  std::string subject_line_prefix;
+  ossl::PkeyPtr ca_public;  // for verifying every signature the token makes
+
+  Impl(const CaRecord& ca, const hsm::SigningKey& k, const Clock& c, RandomSource& r, int days)
+      : ca_name(ca.name), key(k), clock(c), random(r), device_days(days), ca_not_after(ca.not_after) {}
+};
+
+Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Policy& policy,
+               int device_days, const Clock& clock, RandomSource& random)
+    : m_policy(policy), m_impl(std::make_unique<Impl>(ca, key, clock, random, device_days)) {
+  Impl& m = *m_impl;
+  auto cert = ossl::from_der(ca.cert_der);
+  if (!cert) {
+    throw Error(ErrorCode::kCertificateMalformed, "CA '" + ca.name + "': stored certificate is malformed");
+  }
+  m.issuer_name = name_der(X509_get_subject_name(cert.get()));
+  m.ca_public.reset(X509_get_pubkey(cert.get()));
+  // Signature algorithm follows the CA key: P-384 signs with SHA-384, others with SHA-256.
+  if (key.is_ec()) {
+    const bool p384 = key.type() == hsm::KeyType::kEcP384;
+    m.md = p384 ? EVP_sha384() : EVP_sha256();
+    m.md_nid = p384 ? NID_sha384 : NID_sha256;
+    const ByteView alg_oid = p384 ? ByteView(oid::kEcdsaSha384) : ByteView(oid::kEcdsaSha256);
+    der::put_header(m.algorithm, der::tag::kSequence, 2 + alg_oid.size());
+    der::put_tlv(m.algorithm, der::tag::kOid, alg_oid);
+  } else {
+    m.md = EVP_sha256();
+    m.md_nid = NID_sha256;
+    der::put_header(m.algorithm, der::tag::kSequence, 2 + sizeof oid::kRsaSha256 + 2);
+    der::put_tlv(m.algorithm, der::tag::kOid, oid::kRsaSha256);
+    der::put_header(m.algorithm, der::tag::kNull, 0);
+  }
+  // AKI = the CA's SKI (keyIdentifier only).
+  const ASN1_OCTET_STRING* ski = X509_get0_subject_key_id(cert.get());
+  if (ski == nullptr) {
+    throw Error(ErrorCode::kCertificateMalformed, "CA '" + ca.name + "': certificate has no SKI");
+  }
+  const std::size_t ski_len = static_cast<std::size_t>(ASN1_STRING_length(ski));
+  const std::size_t keyid_len = 2 + ski_len;            // [0] keyid
+  const std::size_t aki_val_len = 2 + keyid_len;        // SEQUENCE
+  const std::size_t ext_body = 5 + 2 + aki_val_len;     // OID + OCTET STRING
+  der::put_header(m.aki_ext, der::tag::kSequence, ext_body);
+  const std::uint8_t aki_oid[] = {0x55, 0x1D, 0x23};
+  der::put_tlv(m.aki_ext, der::tag::kOid, aki_oid);
+  der::put_header(m.aki_ext, der::tag::kOctetString, aki_val_len);
+  der::put_header(m.aki_ext, der::tag::kSequence, keyid_len);
+  der::put_header(m.aki_ext, 0x80, ski_len);
+  der::put_bytes(m.aki_ext, ByteView(ASN1_STRING_get0_data(ski), ski_len));
+  if (!policy.device_subject.organization.empty()) {
+    put_rdn(m.subject_prefix, oid::kOrganization, policy.device_subject.organization);
+    m.subject_line_prefix += "/O=" + policy.device_subject.organization;
+  }
+  if (!policy.device_subject.organizational_unit.empty()) {
+    put_rdn(m.subject_prefix, oid::kOrganizationalUnit, policy.device_subject.organizational_unit);
+    m.subject_line_prefix += "/OU=" + policy.device_subject.organizational_unit;
+  }
+}
+
+Issuer::~Issuer() = default;
+
+bool Issuer::clamped() const noexcept {
+  const Impl& m = *m_impl;
+  return m.clock.now() - kBackdateSeconds + std::int64_t{m.device_days} * 86400 > m.ca_not_after;
+}
+const std::string& Issuer::ca_name() const noexcept { return m_impl->ca_name; }
+
+Result<PreparedCert> Issuer::prepare(const CheckedCsr& csr) const {
+  return prepare(csr.device_id, csr.spki);
+}
+
+Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) const {
+  const Impl& m = *m_impl;
+  PreparedCert p;
+  p.m_device_id = device_id;
+  p.m_subject = m.subject_line_prefix + "/CN=" + std::string(device_id);
+  p.m_not_before = m.clock.now() - kBackdateSeconds;
+  p.m_not_after = std::min(p.m_not_before + std::int64_t{m.device_days} * 86400, m.ca_not_after);
+  if (p.m_not_after <= p.m_not_before) {
+    return fail(ErrorCode::kValidityBeyondIssuer, "CA '" + m.ca_name + "' has expired");
+  }
+  // Serial: 150 CSPRNG bits, first octet 0x40..0x7F so it is positive and exactly 19 octets.
+  std::uint8_t serial[kSerialBytes];
+  m.random.fill(serial);
+  serial[0] = static_cast<std::uint8_t>((serial[0] & 0x3F) | 0x40);
+  p.m_serial = hex_upper(serial);
+
+  // SKI: SHA-1 of the subjectPublicKey bits (RFC 5280 4.2.1.2, method 1).
+  ByteView spki_rest = spki;
+  der::Tlv seq, alg, bits;
+  if (!der::expect(spki_rest, der::tag::kSequence, seq)) {
+    return fail(ErrorCode::kCsrMalformed, "public key is not a SubjectPublicKeyInfo");
+  }
+  ByteView inner = seq.content;
+  if (!der::expect(inner, der::tag::kSequence, alg) || !der::expect(inner, der::tag::kBitString, bits) ||
+      bits.content.empty()) {
+    return fail(ErrorCode::kCsrMalformed, "public key is not a SubjectPublicKeyInfo");
+  }
+  std::uint8_t ski[SHA_DIGEST_LENGTH];
+  EVP_Digest(bits.content.data() + 1, bits.content.size() - 1, ski, nullptr, EVP_sha1(), nullptr);
+
+  // Subject: policy RDNs, then CN = device ID.
+  Der subject_body;
+  subject_body.reserve(m.subject_prefix.size() + device_id.size() + 16);
+  der::put_bytes(subject_body, m.subject_prefix);
+  put_rdn(subject_body, oid::kCommonName, device_id);
+
+  const std::size_t ext_len = sizeof kFixedExtensions + sizeof kSkiPrefix + sizeof ski + m.aki_ext.size();
+  const std::size_t exts_len = der::header_size(ext_len) + ext_len;  // SEQUENCE OF Extension
+  Der& tbs = p.m_tbs;
+  tbs.reserve(64 + m.issuer_name.size() + subject_body.size() + spki.size() + exts_len + 48);
+  Der body;
+  body.reserve(tbs.capacity());
+  const std::uint8_t version[] = {0xA0, 0x03, 0x02, 0x01, 0x02};
+  der::put_bytes(body, version);
+  der::put_tlv(body, der::tag::kInteger, serial);
+  der::put_bytes(body, m.algorithm);
+  der::put_bytes(body, m.issuer_name);
+  Der validity;
+  der::put_time(validity, p.m_not_before);
+  der::put_time(validity, p.m_not_after);
+  der::put_tlv(body, der::tag::kSequence, validity);
+  der::put_tlv(body, der::tag::kSequence, subject_body);
+  der::put_bytes(body, spki);
+  der::put_header(body, der::tag::kContext3, exts_len);
+  der::put_header(body, der::tag::kSequence, ext_len);
+  der::put_bytes(body, kFixedExtensions);
+  der::put_bytes(body, kSkiPrefix);
+  der::put_bytes(body, ski);
+  der::put_bytes(body, m.aki_ext);
+  der::put_header(tbs, der::tag::kSequence, body.size());
+  der::put_bytes(tbs, body);
+  return p;
+}
+
+Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
+  const Impl& m = *m_impl;
+  const PreparedCert p = std::move(prepared);
+  std::uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned digest_len = 0;
+  EVP_Digest(p.m_tbs.data(), p.m_tbs.size(), digest, &digest_len, m.md, nullptr);
+  thread_local std::vector<std::uint8_t> signature;
+  std::string error;
+  if (!m.key.sign_digest(ByteView(digest, digest_len), m.md_nid, signature, error)) {
+    return fail(ErrorCode::kSignFailed, "serial " + p.m_serial + ": " + error);
+  }
+  // Verify what the token produced before anything is recorded or released (Boulder's rule).
+  ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
+  const bool verified = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+                        EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
+                        EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest,
+                                        digest_len) == 1;
+  if (!verified) {
+    ERR_clear_error();
+    return fail(ErrorCode::kSignFailed, "serial " + p.m_serial +
+                                            ": the token's signature does not verify with CA '" +
+                                            m.ca_name + "' certificate's key");
+  }
+  SignedCert out;
+  out.device_id = p.m_device_id;
+  out.serial = p.m_serial;
+  out.not_before = p.m_not_before;
+  out.not_after = p.m_not_after;
+  const std::size_t bits_len = signature.size() + 1;
+  const std::size_t body_len = p.m_tbs.size() + m.algorithm.size() + der::header_size(bits_len) + bits_len;
+  out.der.reserve(der::header_size(body_len) + body_len);
+  der::put_header(out.der, der::tag::kSequence, body_len);
+  der::put_bytes(out.der, p.m_tbs);
+  der::put_bytes(out.der, m.algorithm);
+  der::put_header(out.der, der::tag::kBitString, bits_len);
+  out.der.push_back(0);
+  der::put_bytes(out.der, signature);
+  out.sha1 = thumbprint_sha1(out.der);
+  out.sha256 = thumbprint_sha256(out.der);
+  return out;
+}
+
+}  // namespace fleetsign::engine

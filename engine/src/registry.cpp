@@ -1,0 +1,731 @@
+// Registry on SQLite through Poco::Data. See registry.hpp for the contract.
+//
+// Poco re-prepares a Statement each time it is executed afresh, so the hot paths (record_intents,
+// record_issued) bind whole columns (`use(vector)`): one prepare per call, then one bind + step
+// per row inside the same sqlite3_stmt.
+#include "fleetsign/engine/registry.hpp"
+
+#include <Poco/Data/LOB.h>
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/SQLite/SQLiteException.h>
+#include <Poco/Data/Session.h>
+#include <Poco/Data/Statement.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <ctime>
+#include <mutex>
+#include <string_view>
+#include <unordered_set>
+#include <utility>
+
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::engine {
+
+namespace kw = Poco::Data::Keywords;
+using Poco::Data::BLOB;
+using Poco::Data::Session;
+using Poco::Data::Statement;
+
+namespace {
+
+// Migration N takes the schema from version N to N+1. Append only: a shipped script never changes.
+// Types stay portable to PostgreSQL (TEXT, BIGINT, BLOB as bytea); the audit triggers are per dialect.
+constexpr std::array<std::string_view, Registry::kSchemaVersion> kMigrations = {
+    R"sql(
+CREATE TABLE cas (
+  name TEXT PRIMARY KEY,
+  parent TEXT NULL REFERENCES cas(name),
+  subject TEXT NOT NULL,
+  key_uri TEXT NOT NULL,
+  key_type TEXT NOT NULL,
+  cert_der BLOB,
+  not_before BIGINT NOT NULL,
+  not_after BIGINT NOT NULL,
+  sha1 TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  verified BIGINT NOT NULL DEFAULT 0,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE certificates (
+  serial TEXT PRIMARY KEY,
+  device_id TEXT NOT NULL,
+  ca_name TEXT NOT NULL,
+  batch_id TEXT NOT NULL DEFAULT '',
+  seq BIGINT NOT NULL DEFAULT 0,
+  state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned', 'revoked')),
+  subject TEXT,
+  not_before BIGINT,
+  not_after BIGINT,
+  sha1 TEXT,
+  sha256 TEXT,
+  der BLOB,
+  lot TEXT,
+  line TEXT,
+  site TEXT,
+  operator TEXT,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX certificates_device_state ON certificates (device_id, state);
+CREATE INDEX certificates_batch_seq ON certificates (batch_id, seq);
+CREATE INDEX certificates_sha256 ON certificates (sha256);
+CREATE INDEX certificates_lot ON certificates (lot);
+CREATE TABLE batches (
+  id TEXT PRIMARY KEY,
+  ca_name TEXT NOT NULL,
+  params_json TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  finished_at BIGINT NOT NULL DEFAULT 0,
+  issued BIGINT NOT NULL DEFAULT 0,
+  rejected BIGINT NOT NULL DEFAULT 0,
+  watermark BIGINT NOT NULL DEFAULT -1,
+  offsets_json TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE audit (
+  id INTEGER PRIMARY KEY,
+  at BIGINT NOT NULL,
+  actor TEXT NOT NULL,
+  action TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  detail TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+)sql",
+};
+
+// SQLite's default limit on host parameters is 999 in older builds; stay well under it.
+constexpr std::size_t kInListChunk = 500;
+
+constexpr const char* kCertColumns =
+    "serial, device_id, ca_name, batch_id, seq, state, subject, not_before, not_after, sha1, "
+    "sha256, der, lot, line, site, operator, created_at";
+constexpr const char* kCaColumns =
+    "name, parent, subject, key_uri, key_type, cert_der, not_before, not_after, sha1, sha256, "
+    "verified, created_at";
+constexpr const char* kBatchColumns =
+    "id, ca_name, params_json, state, created_at, finished_at, issued, rejected, watermark, "
+    "offsets_json";
+
+std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
+  return {blob.content().begin(), blob.content().end()};
+}
+
+CertState parse_state(const std::string& name) {
+  for (const auto state :
+       {CertState::kIntent, CertState::kIssued, CertState::kAbandoned, CertState::kRevoked}) {
+    if (cert_state_name(state) == name) {
+      return state;
+    }
+  }
+  throw Error(ErrorCode::kRegistryError, "unknown certificate state '" + name + "' in registry");
+}
+
+// A given timestamp is kept (imports, injected clocks in tests); zero means "now".
+std::int64_t stamp(std::int64_t given) {
+  return given != 0 ? given : static_cast<std::int64_t>(std::time(nullptr));
+}
+
+std::string actor() {
+  const char* user = std::getenv("USER");
+  return user != nullptr && *user != '\0' ? user : "unknown";
+}
+
+bool is_busy(const Poco::Exception& e) {
+  return dynamic_cast<const Poco::Data::SQLite::DBLockedException*>(&e) != nullptr ||
+         dynamic_cast<const Poco::Data::SQLite::TableLockedException*>(&e) != nullptr;
+}
+
+bool is_unique_violation(const Poco::Exception& e) {
+  return dynamic_cast<const Poco::Data::SQLite::ConstraintViolationException*>(&e) != nullptr &&
+         e.message().find("UNIQUE") != std::string::npos;
+}
+
+Error translate(const std::string& what, const Poco::Exception& e) {
+  const std::string cause = e.message().empty() ? e.displayText() : e.message();
+  ErrorCode code = ErrorCode::kRegistryError;
+  if (is_busy(e)) {
+    code = ErrorCode::kRegistryBusy;
+  } else if (is_unique_violation(e)) {
+    code = ErrorCode::kAlreadyExists;
+  }
+  return Error(code, what + ": " + cause);
+}
+
+// Row buffers: Statement extractions write into these members, one row per execute().
+struct CertRow {
+  CertRecord rec;
+  std::string state;
+  BLOB der;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.serial), kw::into(rec.device_id), kw::into(rec.ca_name),
+        kw::into(rec.batch_id), kw::into(rec.seq), kw::into(state), kw::into(rec.subject),
+        kw::into(rec.not_before), kw::into(rec.not_after), kw::into(rec.sha1), kw::into(rec.sha256),
+        kw::into(der), kw::into(rec.lineage.lot), kw::into(rec.lineage.line),
+        kw::into(rec.lineage.site), kw::into(rec.lineage.operator_name), kw::into(rec.created_at);
+  }
+  CertRecord take() {
+    rec.state = parse_state(state);
+    rec.der = to_bytes(der);
+    return rec;
+  }
+};
+
+struct CaRow {
+  CaRecord rec;
+  BLOB cert;
+  std::int64_t verified = 0;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.name), kw::into(rec.parent), kw::into(rec.subject), kw::into(rec.key_uri),
+        kw::into(rec.key_type), kw::into(cert), kw::into(rec.not_before), kw::into(rec.not_after),
+        kw::into(rec.sha1), kw::into(rec.sha256), kw::into(verified), kw::into(rec.created_at);
+  }
+  CaRecord take() {
+    rec.cert_der = to_bytes(cert);
+    rec.verified = verified != 0;
+    return rec;
+  }
+};
+
+struct BatchRow {
+  BatchRecord rec;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.id), kw::into(rec.ca_name), kw::into(rec.params_json), kw::into(rec.state),
+        kw::into(rec.created_at), kw::into(rec.finished_at), kw::into(rec.issued),
+        kw::into(rec.rejected), kw::into(rec.watermark), kw::into(rec.offsets_json);
+  }
+  BatchRecord take() { return rec; }
+};
+
+struct AuditRow {
+  AuditEntry rec;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.id), kw::into(rec.at), kw::into(rec.actor), kw::into(rec.action),
+        kw::into(rec.subject), kw::into(rec.detail);
+  }
+  AuditEntry take() { return rec; }
+};
+
+// The intents of one call as columns, for `use(vector)` binding.
+struct IntentColumns {
+  std::vector<std::string> serial, device_id, ca_name, batch_id, subject, lot, line, site, op;
+  std::vector<std::int64_t> seq, not_before, not_after, created_at;
+  std::vector<BLOB> der;  // must outlive execute(): Poco binds BLOBs without copying
+
+  explicit IntentColumns(std::span<const CertIntent> intents) {
+    const auto now = stamp(0);
+    for (const auto& i : intents) {
+      serial.push_back(i.serial);
+      device_id.push_back(i.device_id);
+      ca_name.push_back(i.ca_name);
+      batch_id.push_back(i.batch_id);
+      subject.push_back(i.subject);
+      lot.push_back(i.lineage.lot);
+      line.push_back(i.lineage.line);
+      site.push_back(i.lineage.site);
+      op.push_back(i.lineage.operator_name);
+      seq.push_back(i.seq);
+      not_before.push_back(i.not_before);
+      not_after.push_back(i.not_after);
+      created_at.push_back(now);
+      der.emplace_back(i.tbs_der);
+    }
+  }
+};
+
+template <typename T, typename Key>
+std::optional<Key> first_duplicate(std::span<const T> items, Key T::*key) {
+  std::unordered_set<Key> seen;
+  for (const auto& item : items) {
+    if (!seen.insert(item.*key).second) {
+      return item.*key;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string describe(std::string_view verb, std::size_t count, std::string_view noun,
+                     const std::string& first_serial) {
+  return std::string(verb) + " " + std::to_string(count) + " " + std::string(noun) +
+         " (first serial 0x" + first_serial + ")";
+}
+
+}  // namespace
+
+std::string_view cert_state_name(CertState state) noexcept {
+  switch (state) {
+    case CertState::kIntent:
+      return "intent";
+    case CertState::kIssued:
+      return "issued";
+    case CertState::kAbandoned:
+      return "abandoned";
+    case CertState::kRevoked:
+      return "revoked";
+  }
+  return "unknown";
+}
+
+struct Registry::Impl {
+  Session m_session;
+  std::string m_file;
+
+  Impl(Session session, std::string file)
+      : m_session(std::move(session)), m_file(std::move(file)) {}
+
+  void exec(const std::string& sql) { m_session << sql, kw::now; }
+
+  // Runs `body`, turning database failures into Error with `what` as context.
+  template <typename F>
+  auto guarded(const std::string& what, F&& body) -> decltype(body()) {
+    try {
+      return body();
+    } catch (const Poco::Exception& e) {
+      throw translate(what, e);
+    }
+  }
+
+  // Runs `body` in one BEGIN IMMEDIATE transaction: taking the write lock up front means a
+  // second writer waits in busy_timeout at BEGIN instead of failing halfway through.
+  template <typename F>
+  auto write(const std::string& what, F&& body) -> decltype(body()) {
+    return guarded(what, [&] {
+      ImmediateTxn txn(*this);
+      if constexpr (std::is_void_v<decltype(body())>) {
+        body();
+        txn.commit();
+      } else {
+        auto result = body();
+        txn.commit();
+        return result;
+      }
+    });
+  }
+
+  // Reads rows one at a time into a Row buffer; params are bound by value after the columns.
+  template <typename Row, typename... Params>
+  auto select(const std::string& sql, const Params&... params) {
+    Row row;
+    std::vector<decltype(row.take())> out;
+    Statement st(m_session);
+    st << sql;
+    row.bind_into(st);
+    ((st, kw::bind(params)), ...);
+    st, kw::range(0, 1);
+    while (!st.done()) {
+      if (st.execute() == 0) {
+        break;
+      }
+      out.push_back(row.take());
+    }
+    return out;
+  }
+
+  template <typename Row, typename... Params>
+  auto select_one(const std::string& sql, const Params&... params)
+      -> std::optional<decltype(Row().take())> {
+    auto rows = select<Row>(sql, params...);
+    if (rows.empty()) {
+      return std::nullopt;
+    }
+    return std::move(rows.front());
+  }
+
+  class ImmediateTxn {
+   public:
+    explicit ImmediateTxn(Impl& impl) : m_impl(impl) { m_impl.exec("BEGIN IMMEDIATE"); }
+    ImmediateTxn(const ImmediateTxn&) = delete;  // owns the open transaction
+    ImmediateTxn& operator=(const ImmediateTxn&) = delete;
+    ~ImmediateTxn() {
+      if (!m_open) {
+        return;
+      }
+      try {
+        m_impl.exec("ROLLBACK");
+      } catch (const Poco::Exception&) {
+        // SQLite may already have rolled back (e.g. after SQLITE_FULL); nothing more to undo.
+      }
+    }
+    void commit() {
+      m_impl.exec("COMMIT");
+      m_open = false;
+    }
+
+   private:
+    Impl& m_impl;
+    bool m_open = true;
+  };
+
+  std::int64_t stored_version() {
+    std::vector<std::int64_t> rows;
+    m_session << "SELECT version FROM schema_version", kw::into(rows), kw::now;
+    if (rows.size() > 1) {
+      throw Error(ErrorCode::kRegistryError, m_file + ": schema_version holds several rows");
+    }
+    return rows.empty() ? 0 : rows.front();
+  }
+
+  void refuse_newer(std::int64_t version) {
+    if (version > kSchemaVersion) {
+      throw Error(ErrorCode::kSchemaTooNew, m_file + ": registry schema version " +
+                                                std::to_string(version) +
+                                                " is newer than this fleetsign supports (" +
+                                                std::to_string(kSchemaVersion) + ")");
+    }
+  }
+
+  // Each migration is its own transaction so a crash leaves a consistent, numbered schema. An
+  // up-to-date database is only read, so opening it never waits for another process's writes.
+  void migrate() {
+    exec("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)");
+    for (;;) {
+      const auto version = stored_version();
+      refuse_newer(version);
+      if (version == kSchemaVersion) {
+        return;
+      }
+      ImmediateTxn txn(*this);
+      if (stored_version() != version) {
+        continue;  // another process migrated before we got the write lock
+      }
+      exec(std::string(kMigrations[static_cast<std::size_t>(version)]));
+      exec("DELETE FROM schema_version");
+      const std::int64_t next = version + 1;
+      m_session << "INSERT INTO schema_version (version) VALUES (?)", kw::bind(next), kw::now;
+      txn.commit();
+    }
+  }
+};
+
+std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file) {
+  static std::once_flag registered;
+  std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
+  const std::string what = "opening registry " + file.string();
+  try {
+    // Poco's login timeout retries a failed open for that many seconds (a missing directory
+    // would hang for a minute); 0 fails at once. Lock waits are busy_timeout's job.
+    auto impl = std::make_unique<Impl>(Session("SQLite", file.string(), 0), file.string());
+    impl->exec("PRAGMA busy_timeout = 10000");
+    std::string mode;
+    impl->m_session << "PRAGMA journal_mode = WAL", kw::into(mode), kw::now;
+    if (mode != "wal") {
+      // Without WAL + synchronous=FULL a committed serial could be lost on power failure.
+      throw Error(ErrorCode::kRegistryError,
+                  what + ": cannot enable WAL (journal_mode " + mode + ")");
+    }
+    impl->exec("PRAGMA synchronous = FULL");
+    impl->exec("PRAGMA foreign_keys = ON");
+    impl->migrate();
+    return std::unique_ptr<Registry>(new Registry(std::move(impl)));
+  } catch (const Poco::Exception& e) {
+    throw translate(what, e);
+  }
+}
+
+Registry::Registry(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+Registry::~Registry() = default;
+
+int Registry::schema_version() {
+  return m_impl->guarded("reading schema version",
+                         [&] { return static_cast<int>(m_impl->stored_version()); });
+}
+
+// --- CAs
+
+void Registry::add_ca(const CaRecord& ca) {
+  m_impl->write("adding CA '" + ca.name + "'", [&] {
+    // NULL, not '', for a root: the parent column is a foreign key.
+    Poco::Nullable<std::string> parent;
+    if (!ca.parent.empty()) {
+      parent = ca.parent;
+    }
+    const BLOB cert(ca.cert_der);
+    const std::int64_t verified = ca.verified ? 1 : 0;
+    m_impl->m_session << "INSERT INTO cas (" << kCaColumns
+                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kw::bind(ca.name), kw::bind(parent), kw::bind(ca.subject), kw::bind(ca.key_uri),
+        kw::bind(ca.key_type), kw::bind(cert), kw::bind(ca.not_before), kw::bind(ca.not_after),
+        kw::bind(ca.sha1), kw::bind(ca.sha256), kw::bind(verified), kw::bind(stamp(ca.created_at)),
+        kw::now;
+  });
+}
+
+std::optional<CaRecord> Registry::find_ca(const std::string& name) {
+  return m_impl->guarded("reading CA '" + name + "'", [&] {
+    return m_impl->select_one<CaRow>(
+        std::string("SELECT ") + kCaColumns + " FROM cas WHERE name = ?", name);
+  });
+}
+
+std::vector<CaRecord> Registry::list_cas() {
+  return m_impl->guarded("listing CAs", [&] {
+    return m_impl->select<CaRow>(std::string("SELECT ") + kCaColumns +
+                                 " FROM cas ORDER BY created_at, name");
+  });
+}
+
+void Registry::set_ca_verified(const std::string& name, bool verified) {
+  m_impl->write("marking CA '" + name + "' verified", [&] {
+    const std::int64_t flag = verified ? 1 : 0;
+    Statement st = (m_impl->m_session << "UPDATE cas SET verified = ? WHERE name = ?",
+                    kw::bind(flag), kw::bind(name));
+    if (st.execute() == 0) {
+      throw Error(ErrorCode::kNotFound, "marking CA '" + name + "' verified: no such CA");
+    }
+  });
+}
+
+// --- certificates
+
+void Registry::record_intents(std::span<const CertIntent> intents) {
+  if (intents.empty()) {
+    return;
+  }
+  const std::string what = describe("recording", intents.size(), "intents", intents[0].serial);
+  // Checked here because a UNIQUE failure inside the call could not say which row it was.
+  if (const auto dup = first_duplicate(intents, &CertIntent::serial)) {
+    throw Error(ErrorCode::kAlreadyExists, what + ": serial 0x" + *dup + " appears twice");
+  }
+  try {
+    m_impl->write(what, [&] {
+      IntentColumns c(intents);
+      m_impl->m_session << "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, "
+                           "state, subject, not_before, not_after, der, lot, line, site, "
+                           "operator, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+          kw::use(c.serial), kw::use(c.device_id), kw::use(c.ca_name), kw::use(c.batch_id),
+          kw::use(c.seq), kw::use(c.subject), kw::use(c.not_before), kw::use(c.not_after),
+          kw::use(c.der), kw::use(c.lot), kw::use(c.line), kw::use(c.site), kw::use(c.op),
+          kw::use(c.created_at), kw::now;
+    });
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kAlreadyExists) {
+      throw;
+    }
+    // Rolled back by now; name the serial that was taken (serials are never reused).
+    for (const auto& intent : intents) {
+      if (const auto taken = find_cert(intent.serial)) {
+        throw Error(ErrorCode::kAlreadyExists, what + ": serial 0x" + intent.serial +
+                                                   " is already recorded (" +
+                                                   std::string(cert_state_name(taken->state)) +
+                                                   ", device " + taken->device_id + ")");
+      }
+    }
+    throw;
+  }
+}
+
+void Registry::record_issued(std::span<const IssuedCert> certs) {
+  if (certs.empty()) {
+    return;
+  }
+  const std::string what =
+      describe("recording", certs.size(), "issued certificates", certs[0].serial);
+  if (const auto dup = first_duplicate(certs, &IssuedCert::serial)) {
+    throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + *dup + " appears twice");
+  }
+  // Thrown out of the transaction so that it rolls back before the culprit is looked up.
+  struct NotAllIntents {};
+  try {
+    m_impl->write(what, [&] {
+      std::vector<std::string> serial, sha1, sha256;
+      std::vector<BLOB> der;  // must outlive execute(): Poco binds BLOBs without copying
+      for (const auto& c : certs) {
+        serial.push_back(c.serial);
+        sha1.push_back(c.sha1);
+        sha256.push_back(c.sha256);
+        der.emplace_back(c.der);
+      }
+      Statement st = (m_impl->m_session << "UPDATE certificates SET state = 'issued', der = ?, "
+                                           "sha1 = ?, sha256 = ? WHERE serial = ? "
+                                           "AND state = 'intent'",
+                      kw::use(der), kw::use(sha1), kw::use(sha256), kw::use(serial));
+      // execute() sums the changed rows over every bound row; a non-intent serial changes none.
+      if (st.execute() != certs.size()) {
+        throw NotAllIntents{};
+      }
+    });
+  } catch (const NotAllIntents&) {
+    for (const auto& c : certs) {
+      const auto rec = find_cert(c.serial);
+      if (!rec) {
+        throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + c.serial + " has no intent");
+      }
+      if (rec->state != CertState::kIntent) {
+        throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + c.serial + " is " +
+                                                   std::string(cert_state_name(rec->state)) +
+                                                   ", not an intent");
+      }
+    }
+    throw Error(ErrorCode::kRegistryError, what + ": a serial left the intent state meanwhile");
+  }
+}
+
+std::int64_t Registry::abandon_intents(const std::string& batch_id) {
+  return m_impl->write("abandoning intents of batch '" + batch_id + "'", [&] {
+    Statement st = (m_impl->m_session << "UPDATE certificates SET state = 'abandoned' "
+                                         "WHERE batch_id = ? AND state = 'intent'",
+                    kw::bind(batch_id));
+    return static_cast<std::int64_t>(st.execute());
+  });
+}
+
+std::optional<CertRecord> Registry::find_cert(const std::string& serial) {
+  return m_impl->guarded("reading certificate 0x" + serial, [&] {
+    return m_impl->select_one<CertRow>(
+        std::string("SELECT ") + kCertColumns + " FROM certificates WHERE serial = ?", serial);
+  });
+}
+
+std::vector<std::string> Registry::devices_with_valid_cert(std::span<const std::string> device_ids,
+                                                           std::int64_t now) {
+  const std::string what =
+      "looking up valid certificates of " + std::to_string(device_ids.size()) + " devices";
+  return m_impl->guarded(what, [&] {
+    std::unordered_set<std::string> valid;
+    for (std::size_t begin = 0; begin < device_ids.size(); begin += kInListChunk) {
+      const auto chunk =
+          device_ids.subspan(begin, std::min(kInListChunk, device_ids.size() - begin));
+      std::string sql =
+          "SELECT DISTINCT device_id FROM certificates "
+          "WHERE state = 'issued' AND not_after > ? AND device_id IN (?";
+      for (std::size_t i = 1; i < chunk.size(); ++i) {
+        sql += ", ?";
+      }
+      sql += ")";
+      std::vector<std::string> found;
+      Statement st(m_impl->m_session);
+      st << sql, kw::into(found), kw::bind(now);
+      for (const auto& id : chunk) {
+        st, kw::bind(id);
+      }
+      st.execute();
+      valid.insert(found.begin(), found.end());
+    }
+    // Input order, each device once: callers diff this against their own list.
+    std::vector<std::string> out;
+    for (const auto& id : device_ids) {
+      if (valid.erase(id) != 0) {
+        out.push_back(id);
+      }
+    }
+    return out;
+  });
+}
+
+std::vector<CertRecord> Registry::batch_issued_after(const std::string& batch_id,
+                                                     std::int64_t after_seq) {
+  return m_impl->guarded("reading issued certificates of batch '" + batch_id + "'", [&] {
+    return m_impl->select<CertRow>(std::string("SELECT ") + kCertColumns +
+                                       " FROM certificates WHERE batch_id = ? AND seq > ? "
+                                       "AND state = 'issued' ORDER BY seq",
+                                   batch_id, after_seq);
+  });
+}
+
+std::int64_t Registry::count_certs(const std::string& batch_id, CertState state) {
+  const std::string name(cert_state_name(state));
+  return m_impl->guarded("counting " + name + " certificates", [&] {
+    std::int64_t count = 0;
+    if (batch_id.empty()) {
+      m_impl->m_session << "SELECT COUNT(*) FROM certificates WHERE state = ?", kw::into(count),
+          kw::bind(name), kw::now;
+    } else {
+      m_impl->m_session << "SELECT COUNT(*) FROM certificates WHERE batch_id = ? AND state = ?",
+          kw::into(count), kw::bind(batch_id), kw::bind(name), kw::now;
+    }
+    return count;
+  });
+}
+
+std::vector<CertRecord> Registry::certs_of_device(const std::string& device_id) {
+  return m_impl->guarded("reading certificates of device '" + device_id + "'", [&] {
+    return m_impl->select<CertRow>(std::string("SELECT ") + kCertColumns +
+                                       " FROM certificates WHERE device_id = ? "
+                                       "ORDER BY created_at, not_before, serial",
+                                   device_id);
+  });
+}
+
+// --- batches
+
+void Registry::create_batch(const BatchRecord& batch) {
+  m_impl->write("creating batch '" + batch.id + "'", [&] {
+    const std::string state = batch.state.empty() ? "running" : batch.state;
+    m_impl->m_session << "INSERT INTO batches (" << kBatchColumns
+                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kw::bind(batch.id), kw::bind(batch.ca_name), kw::bind(batch.params_json), kw::bind(state),
+        kw::bind(stamp(batch.created_at)), kw::bind(batch.finished_at), kw::bind(batch.issued),
+        kw::bind(batch.rejected), kw::bind(batch.watermark), kw::bind(batch.offsets_json), kw::now;
+  });
+}
+
+std::optional<BatchRecord> Registry::find_batch(const std::string& id) {
+  return m_impl->guarded("reading batch '" + id + "'", [&] {
+    return m_impl->select_one<BatchRow>(
+        std::string("SELECT ") + kBatchColumns + " FROM batches WHERE id = ?", id);
+  });
+}
+
+std::vector<BatchRecord> Registry::list_batches() {
+  return m_impl->guarded("listing batches", [&] {
+    return m_impl->select<BatchRow>(std::string("SELECT ") + kBatchColumns +
+                                    " FROM batches ORDER BY created_at DESC, id DESC");
+  });
+}
+
+void Registry::update_batch_progress(const std::string& id, std::int64_t watermark,
+                                     const std::string& offsets_json, std::int64_t issued,
+                                     std::int64_t rejected) {
+  const std::string what = "recording progress of batch '" + id + "'";
+  m_impl->write(what, [&] {
+    Statement st = (m_impl->m_session << "UPDATE batches SET watermark = ?, offsets_json = ?, "
+                                         "issued = ?, rejected = ? WHERE id = ?",
+                    kw::bind(watermark), kw::bind(offsets_json), kw::bind(issued),
+                    kw::bind(rejected), kw::bind(id));
+    if (st.execute() == 0) {
+      throw Error(ErrorCode::kNotFound, what + ": no such batch");
+    }
+  });
+}
+
+void Registry::finish_batch(const std::string& id, std::int64_t finished_at) {
+  const std::string what = "finishing batch '" + id + "'";
+  m_impl->write(what, [&] {
+    Statement st = (m_impl->m_session << "UPDATE batches SET state = 'finished', finished_at = ? "
+                                         "WHERE id = ?",
+                    kw::bind(finished_at), kw::bind(id));
+    if (st.execute() == 0) {
+      throw Error(ErrorCode::kNotFound, what + ": no such batch");
+    }
+  });
+}
+
+// --- audit
+
+void Registry::audit(const std::string& action, const std::string& subject,
+                     const std::string& detail) {
+  m_impl->write("appending audit entry '" + action + "'", [&] {
+    m_impl->m_session << "INSERT INTO audit (at, actor, action, subject, detail) "
+                         "VALUES (?, ?, ?, ?, ?)",
+        kw::bind(stamp(0)), kw::bind(actor()), kw::bind(action), kw::bind(subject),
+        kw::bind(detail), kw::now;
+  });
+}
+
+std::vector<AuditEntry> Registry::audit_log(std::int64_t limit) {
+  return m_impl->guarded("reading the audit log", [&] {
+    std::string sql = "SELECT id, at, actor, action, subject, detail FROM audit ORDER BY id DESC";
+    if (limit > 0) {
+      sql += " LIMIT " + std::to_string(limit);
+    }
+    return m_impl->select<AuditRow>(sql);
+  });
+}
+
+}  // namespace fleetsign::engine
