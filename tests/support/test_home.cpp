@@ -1,0 +1,100 @@
+#include "test_home.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace fleetsign::testing {
+
+namespace fs = std::filesystem;
+
+TempDir::TempDir() {
+  std::random_device rd;
+  const fs::path base = fs::temp_directory_path();
+  for (int i = 0; i < 100; ++i) {
+    fs::path p = base / ("fleetsign-test-" + std::to_string(getpid()) + "-" + std::to_string(rd()));
+    if (fs::create_directory(p)) {
+      m_path = p;
+      return;
+    }
+  }
+  std::abort();
+}
+
+TempDir::~TempDir() {
+  const char* keep = std::getenv("FLEETSIGN_KEEP_TEST_DIRS");
+  if (keep == nullptr || std::string(keep) != "1") {
+    std::error_code ec;
+    fs::remove_all(m_path, ec);
+  }
+}
+
+TestHome::TestHome() {
+  home_dir = dir.path() / "home";
+  home = std::make_unique<engine::Home>(
+      engine::Home::init(home_dir, std::nullopt, std::nullopt, hsm::Pin(kSoPin), hsm::Pin(kUserPin)));
+  policy = home->load_policy();
+  registry = home->open_registry();
+  token = home->open_token(hsm::Pin(kUserPin));
+  cas = std::make_unique<engine::CaService>(*registry, *token, policy, clock, random);
+}
+
+void TestHome::make_hierarchy() {
+  engine::CaSpec root;
+  root.name = "root";
+  root.subject = "/CN=Test Root CA/O=fleetsign tests";
+  cas->create_root(root);
+  engine::CaSpec inter;
+  inter.name = "int1";
+  inter.issuer = "root";
+  inter.subject = "/CN=Test Intermediate/O=fleetsign tests";
+  inter.days = 3000;
+  cas->create_intermediate(inter);
+}
+
+int run(const std::string& command, std::string* output) {
+  std::FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) {
+    return -1;
+  }
+  std::array<char, 4096> buf{};
+  std::string out;
+  std::size_t n = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) {
+    out.append(buf.data(), n);
+  }
+  const int status = pclose(pipe);
+  if (output != nullptr) {
+    *output = out;
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string fleetsign_bin() {
+  const char* bin = std::getenv("FLEETSIGN_BIN");
+  return bin != nullptr ? bin : "fleetsign";
+}
+
+std::string data_dir() {
+  const char* d = std::getenv("FLEETSIGN_TEST_DATA");
+  return d != nullptr ? d : "tests/data";
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+}
+
+}  // namespace fleetsign::testing

@@ -1,0 +1,61 @@
+// Test support: a fresh fleetsign home in a temporary directory, with its own SoftHSM2 token
+// (SOFTHSM2_CONF points into the temp dir — never the system token), a real SQLite registry, and
+// helpers to run the real `fleetsign` binary and openssl.
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/home.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/hsm/token.hpp"
+
+namespace fleetsign::testing {
+
+inline constexpr const char* kUserPin = "1234-user";
+inline constexpr const char* kSoPin = "5678-so";
+
+// A unique empty directory, removed when the object dies (unless FLEETSIGN_KEEP_TEST_DIRS=1).
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return m_path; }
+
+ private:
+  std::filesystem::path m_path;
+};
+
+// An initialised home with its embedded token, opened: registry, policy, token, CA service.
+struct TestHome {
+  TempDir dir;
+  std::filesystem::path home_dir;
+  std::unique_ptr<engine::Home> home;
+  policy::Policy policy;
+  std::unique_ptr<engine::Registry> registry;
+  std::unique_ptr<hsm::Token> token;
+  engine::SystemClock clock;
+  engine::CsprngSource random;
+  std::unique_ptr<engine::CaService> cas;
+
+  TestHome();
+  // root "root" (ec-p256) and intermediate "int1" (ec-p256) under it.
+  void make_hierarchy();
+};
+
+// Runs a shell command, returns its exit status; output goes to `output` when given.
+int run(const std::string& command, std::string* output = nullptr);
+// Path of the built fleetsign binary (FLEETSIGN_BIN, set by CTest).
+std::string fleetsign_bin();
+// Path of tests/data/make_csrs.sh.
+std::string data_dir();
+std::string read_file(const std::filesystem::path& path);
+void write_file(const std::filesystem::path& path, const std::string& text);
+
+}  // namespace fleetsign::testing
