@@ -1,8 +1,12 @@
+#include <unistd.h>
+
 #include <cstdio>
 
 #include "cli.hpp"
+#include "fleetsign/engine/batch.hpp"
 #include "fleetsign/engine/issuance.hpp"
 #include "fleetsign/error.hpp"
+#include <Poco/JSON/Parser.h>
 
 namespace fleetsign::cli {
 
@@ -60,17 +64,220 @@ int run_issue_single(Context& ctx) {
   return 0;
 }
 
+// Count, rate and ETA, rewritten in place — only on a terminal and never with --json.
+std::function<void(const engine::BatchProgress&)> progress_printer(const Context& ctx) {
+  if (ctx.json() || !isatty(STDERR_FILENO)) {
+    return nullptr;
+  }
+  return [](const engine::BatchProgress& p) {
+    const double rate = p.seconds > 0 ? static_cast<double>(p.issued + p.rejected) / p.seconds : 0;
+    std::string eta = "?";
+    if (p.total > 0 && rate > 0) {
+      const auto left = static_cast<long long>(static_cast<double>(p.total - p.done) / rate);
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%lld:%02lld", left / 60, left % 60);
+      eta = buf;
+    }
+    if (p.total > 0) {
+      std::fprintf(stderr, "\r  %lld / %lld (%.1f%%)  issued %lld  rejected %lld  %.0f/s  ETA %s   ",
+                   static_cast<long long>(p.done), static_cast<long long>(p.total),
+                   100.0 * static_cast<double>(p.done) / static_cast<double>(p.total),
+                   static_cast<long long>(p.issued), static_cast<long long>(p.rejected), rate, eta.c_str());
+    } else {
+      std::fprintf(stderr, "\r  %lld done  issued %lld  rejected %lld  %.0f/s   ", static_cast<long long>(p.done),
+                   static_cast<long long>(p.issued), static_cast<long long>(p.rejected), rate);
+    }
+    std::fflush(stderr);
+  };
+}
+
+std::optional<hsm::Pin> pfx_password(const Args& a) {
+  if (!a.has("pfx")) {
+    return std::nullopt;
+  }
+  return hsm::Pin::from_sources(path_option(a, "pfx-password-file"), "FLEETSIGN_PFX_PASSWORD",
+                                "password for the .pfx files: ");
+}
+
+int print_summary(Context& ctx, const engine::BatchSummary& s) {
+  const bool progress_shown = !ctx.json() && isatty(STDERR_FILENO);
+  if (progress_shown) {
+    std::fprintf(stderr, "\n");
+  }
+  auto rec = ctx.registry().find_batch(s.batch_id);
+  const std::int64_t total_rejected = rec ? rec->rejected : s.rejected;
+  if (ctx.json()) {
+    Poco::JSON::Object o;
+    o.set("batch", s.batch_id);
+    o.set("out", s.out_dir);
+    o.set("issued", s.issued);
+    o.set("rejected", s.rejected);
+    o.set("total_issued", s.total_issued);
+    o.set("total_rejected", total_rejected);
+    o.set("abandoned_serials", s.abandoned);
+    o.set("seconds", s.seconds);
+    o.set("certs_per_s", s.certs_per_second);
+    o.set("resumed", s.resumed);
+    o.set("already_finished", s.already_finished);
+    o.set("clamped_to_ca", s.clamped);
+    ctx.print_json(o);
+  } else if (s.already_finished) {
+    std::printf("batch %s had already finished (%lld issued); nothing new issued\n", s.batch_id.c_str(),
+                static_cast<long long>(s.total_issued));
+  } else {
+    std::printf("batch %s%s: issued %lld, rejected %lld in %.2f s (%.0f certs/s)\n  outputs  %s\n",
+                s.batch_id.c_str(), s.resumed ? " (resumed)" : "", static_cast<long long>(s.issued),
+                static_cast<long long>(s.rejected), s.seconds, s.certs_per_second, s.out_dir.c_str());
+    if (s.abandoned > 0) {
+      std::printf("  %lld serials of the interrupted run were marked abandoned (never reused)\n",
+                  static_cast<long long>(s.abandoned));
+    }
+    if (total_rejected > 0) {
+      std::printf("  rejects  %s/rejects.csv\n", s.out_dir.c_str());
+    }
+    if (s.clamped) {
+      std::printf("warning: device validity clamped to the CA's expiry\n");
+    }
+  }
+  // Distinct status: the batch completed, but some inputs were rejected.
+  return total_rejected > 0 && !s.already_finished ? 3 : 0;
+}
+
+int run_issue(Context& ctx) {
+  const Args& a = ctx.args();
+  const int sources = a.has("csr") + a.has("csr-dir") + a.has("csr-file") + a.has("generate") + a.has("resume");
+  if (sources != 1) {
+    throw Error(ErrorCode::kUsage, "give exactly one of --csr, --csr-dir, --csr-file, --generate, --resume");
+  }
+  if (a.has("csr")) {
+    return run_issue_single(ctx);
+  }
+  const auto password = pfx_password(a);
+  engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
+  engine::BatchRunner runner(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random());
+  const int threads = a.get_int("threads").value_or(0);
+  if (a.has("resume")) {
+    return print_summary(ctx, runner.resume(a.require("resume"), password ? &*password : nullptr,
+                                            progress_printer(ctx), threads));
+  }
+  engine::BatchOptions o;
+  o.batch_id = a.get("batch").value_or("");
+  o.ca_name = a.require("ca");
+  o.out_dir = a.require("out");
+  o.lineage = lineage_options(a);
+  o.threads = threads;
+  o.bundle = a.has("bundle");
+  o.pfx = a.has("pfx");
+  o.reissue = a.has("reissue");
+  o.progress = progress_printer(ctx);
+  if (a.has("generate")) {
+    o.input.kind = engine::BatchInput::Kind::kGenerate;
+    o.input.count = a.get_int("generate").value_or(0);
+    o.input.id_pattern = a.require("id-pattern");
+    const std::string key = a.get("key").value_or("ec-p256");
+    auto alg = policy::parse_key_algorithm(key);
+    if (!alg) {
+      throw Error(ErrorCode::kUsage, "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048");
+    }
+    if (auto why = policy::check_device_key(ctx.policy(), engine::describe_key_algorithm(*alg))) {
+      throw Error(ErrorCode::kPolicyInvalid, "--key " + key + ": " + *why);
+    }
+    o.input.key = *alg;
+  } else {
+    o.input.kind = a.has("csr-dir") ? engine::BatchInput::Kind::kCsrDir : engine::BatchInput::Kind::kCsrFile;
+    o.input.path = a.has("csr-dir") ? a.require("csr-dir") : a.require("csr-file");
+  }
+  return print_summary(ctx, runner.run(o, password ? &*password : nullptr));
+}
+
+int run_batch_list(Context& ctx) {
+  const auto batches = ctx.registry().list_batches();
+  if (ctx.json()) {
+    Poco::JSON::Array arr;
+    for (const auto& b : batches) {
+      Poco::JSON::Object o;
+      o.set("id", b.id);
+      o.set("ca", b.ca_name);
+      o.set("state", b.state);
+      o.set("issued", b.issued);
+      o.set("rejected", b.rejected);
+      o.set("created_at", engine::iso8601(b.created_at));
+      arr.add(o);
+    }
+    Poco::JSON::Object o;
+    o.set("batches", arr);
+    ctx.print_json(o);
+    return 0;
+  }
+  std::printf("%-34s %-14s %-9s %10s %9s  %s\n", "BATCH", "CA", "STATE", "ISSUED", "REJECTED", "CREATED");
+  for (const auto& b : batches) {
+    std::printf("%-34s %-14s %-9s %10lld %9lld  %s\n", b.id.c_str(), b.ca_name.c_str(), b.state.c_str(),
+                static_cast<long long>(b.issued), static_cast<long long>(b.rejected),
+                engine::iso8601(b.created_at).c_str());
+  }
+  return 0;
+}
+
+int run_batch_show(Context& ctx) {
+  const std::string id = ctx.args().positional_at(0, "BATCH");
+  auto b = ctx.registry().find_batch(id);
+  if (!b) {
+    throw Error(ErrorCode::kNotFound, "batch '" + id + "' not found in the registry");
+  }
+  const auto abandoned = ctx.registry().count_certs(id, engine::CertState::kAbandoned);
+  const auto open_intents = ctx.registry().count_certs(id, engine::CertState::kIntent);
+  if (ctx.json()) {
+    Poco::JSON::Parser parser;
+    Poco::JSON::Object o;
+    o.set("id", b->id);
+    o.set("ca", b->ca_name);
+    o.set("state", b->state);
+    o.set("issued", b->issued);
+    o.set("rejected", b->rejected);
+    o.set("abandoned_serials", abandoned);
+    o.set("open_intents", open_intents);
+    o.set("watermark", b->watermark);
+    o.set("created_at", engine::iso8601(b->created_at));
+    o.set("finished_at", b->finished_at != 0 ? engine::iso8601(b->finished_at) : "");
+    o.set("params", parser.parse(b->params_json));
+    ctx.print_json(o);
+    return 0;
+  }
+  std::printf("batch %s\n  CA          %s\n  state       %s\n  issued      %lld\n  rejected    %lld\n"
+              "  abandoned   %lld serials (never reused)\n  open        %lld intents%s\n  created     %s\n"
+              "  parameters  %s\n",
+              b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(b->issued),
+              static_cast<long long>(b->rejected), static_cast<long long>(abandoned),
+              static_cast<long long>(open_intents),
+              open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : "",
+              engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
+  return 0;
+}
+
 }  // namespace
 
 void add_issue_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"issue"},
-      "--ca NAME --csr FILE --out DIR [--reissue] [--lot L --line L --site S --operator O] [--json]",
-      "issue device certificates",
+      "--ca NAME (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N --id-pattern P "
+      "[--key ALG]) --out DIR [--batch ID] [--lot L --line L --site S --operator O] [--threads N] "
+      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue --resume BATCH",
+      "issue device certificates: one, or a batch in parallel (exactly once, resumable)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "ca", "NAME", "issuing CA");
         add_option(s, "csr", "FILE", "one device CSR (PEM or DER)");
+        add_option(s, "csr-dir", "DIR", "a directory of CSR files, one device each");
+        add_option(s, "csr-file", "BUNDLE", "a PEM file of many CSRs");
+        add_option(s, "generate", "N", "make N device key pairs here and certify them");
+        add_option(s, "id-pattern", "P", "device IDs for --generate, e.g. 'sensor-{06}' (from 1)");
+        add_option(s, "key", "ALG", "device key for --generate: ec-p256 (default), ec-p384, rsa-2048");
         add_option(s, "out", "DIR", "output directory");
+        add_option(s, "batch", "ID", "batch ID (default: generated); an existing ID resumes/reports it");
+        add_option(s, "resume", "BATCH", "resume an interrupted batch from the registry");
+        add_option(s, "threads", "N", "worker threads (default: all cores)");
+        add_flag(s, "pfx", "also write {id}.pfx (PKCS#12) for generated devices");
+        add_option(s, "pfx-password-file", "F", "file holding the .pfx password (else FLEETSIGN_PFX_PASSWORD)");
+        add_flag(s, "bundle", "one PEM + one JSON-lines stream instead of files per device");
         add_flag(s, "reissue", "issue even if the device already holds a valid certificate");
         add_option(s, "lot", "L", "manufacturing lot (recorded with the certificate)");
         add_option(s, "line", "L", "production line");
@@ -79,7 +286,14 @@ void add_issue_commands(std::vector<Command>& commands) {
         add_option(s, "pin-file", "FILE", "file holding the user PIN (else FLEETSIGN_PIN)");
         add_flag(s, "json", "print the result as JSON");
       },
-      run_issue_single});
+      run_issue});
+  commands.push_back(Command{{"batch", "list"}, "[--json]", "list batches, newest first",
+                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             run_batch_list});
+  commands.push_back(Command{{"batch", "show"}, "BATCH [--json]",
+                             "show a batch: state, counts, abandoned serials, parameters",
+                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             run_batch_show});
 }
 
 void add_misc_commands(std::vector<Command>& commands) {

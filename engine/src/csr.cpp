@@ -182,6 +182,18 @@ bool has_extension_request(Bytes attributes) {
 
 }  // namespace
 
+policy::KeyDescription describe_key_algorithm(policy::KeyAlgorithm alg) {
+  using K = policy::KeyDescription::Kind;
+  switch (alg) {
+    case policy::KeyAlgorithm::kEcP256: return {K::kEc, 256, "P-256"};
+    case policy::KeyAlgorithm::kEcP384: return {K::kEc, 384, "P-384"};
+    case policy::KeyAlgorithm::kRsa2048: return {K::kRsa, 2048, ""};
+    case policy::KeyAlgorithm::kRsa3072: return {K::kRsa, 3072, ""};
+    case policy::KeyAlgorithm::kRsa4096: return {K::kRsa, 4096, ""};
+  }
+  return {};
+}
+
 policy::KeyDescription describe_spki(ByteView spki) {
   SpkiParts parts;
   if (!split_spki(spki, parts)) return {};

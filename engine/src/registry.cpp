@@ -32,40 +32,25 @@ using Poco::Data::Statement;
 namespace {
 
 // Migration N takes the schema from version N to N+1. Append only: a shipped script never changes.
-// Types stay portable to PostgreSQL (TEXT, BIGINT, BLOB as bytea); the audit triggers are per dialect.
+// Types stay portable to PostgreSQL (TEXT, BIGINT, BLOB as bytea); the triggers are per dialect.
 constexpr std::array<std::string_view, Registry::kSchemaVersion> kMigrations = {
     R"sql(
 CREATE TABLE cas (
   name TEXT PRIMARY KEY,
   parent TEXT NULL REFERENCES cas(name),
-  subject TEXT NOT NULL,
-  key_uri TEXT NOT NULL,
-  key_type TEXT NOT NULL,
-  cert_der BLOB,
-  not_before BIGINT NOT NULL,
-  not_after BIGINT NOT NULL,
-  sha1 TEXT NOT NULL,
-  sha256 TEXT NOT NULL,
+  subject TEXT NOT NULL, key_uri TEXT NOT NULL, key_type TEXT NOT NULL, cert_der BLOB,
+  not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,
+  sha1 TEXT NOT NULL, sha256 TEXT NOT NULL,
   verified BIGINT NOT NULL DEFAULT 0,
   created_at BIGINT NOT NULL
 );
 CREATE TABLE certificates (
   serial TEXT PRIMARY KEY,
-  device_id TEXT NOT NULL,
-  ca_name TEXT NOT NULL,
-  batch_id TEXT NOT NULL DEFAULT '',
-  seq BIGINT NOT NULL DEFAULT 0,
+  device_id TEXT NOT NULL, ca_name TEXT NOT NULL,
+  batch_id TEXT NOT NULL DEFAULT '', seq BIGINT NOT NULL DEFAULT 0,
   state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned', 'revoked')),
-  subject TEXT,
-  not_before BIGINT,
-  not_after BIGINT,
-  sha1 TEXT,
-  sha256 TEXT,
-  der BLOB,
-  lot TEXT,
-  line TEXT,
-  site TEXT,
-  operator TEXT,
+  subject TEXT, not_before BIGINT, not_after BIGINT, sha1 TEXT, sha256 TEXT, der BLOB,
+  lot TEXT, line TEXT, site TEXT, operator TEXT,
   created_at BIGINT NOT NULL
 );
 CREATE INDEX certificates_device_state ON certificates (device_id, state);
@@ -74,23 +59,15 @@ CREATE INDEX certificates_sha256 ON certificates (sha256);
 CREATE INDEX certificates_lot ON certificates (lot);
 CREATE TABLE batches (
   id TEXT PRIMARY KEY,
-  ca_name TEXT NOT NULL,
-  params_json TEXT NOT NULL,
-  state TEXT NOT NULL,
-  created_at BIGINT NOT NULL,
-  finished_at BIGINT NOT NULL DEFAULT 0,
-  issued BIGINT NOT NULL DEFAULT 0,
-  rejected BIGINT NOT NULL DEFAULT 0,
-  watermark BIGINT NOT NULL DEFAULT -1,
-  offsets_json TEXT NOT NULL DEFAULT ''
+  ca_name TEXT NOT NULL, params_json TEXT NOT NULL, state TEXT NOT NULL,
+  created_at BIGINT NOT NULL, finished_at BIGINT NOT NULL DEFAULT 0,
+  issued BIGINT NOT NULL DEFAULT 0, rejected BIGINT NOT NULL DEFAULT 0,
+  watermark BIGINT NOT NULL DEFAULT -1, offsets_json TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE audit (
   id INTEGER PRIMARY KEY,
-  at BIGINT NOT NULL,
-  actor TEXT NOT NULL,
-  action TEXT NOT NULL,
-  subject TEXT NOT NULL,
-  detail TEXT NOT NULL
+  at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+  subject TEXT NOT NULL, detail TEXT NOT NULL
 );
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
@@ -102,26 +79,30 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 // SQLite's default limit on host parameters is 999 in older builds; stay well under it.
 constexpr std::size_t kInListChunk = 500;
 
-constexpr const char* kCertColumns =
-    "serial, device_id, ca_name, batch_id, seq, state, subject, not_before, not_after, sha1, "
-    "sha256, der, lot, line, site, operator, created_at";
+// Column lists in the order the *Row buffers below extract them.
 constexpr const char* kCaColumns =
     "name, parent, subject, key_uri, key_type, cert_der, not_before, not_after, sha1, sha256, "
     "verified, created_at";
 constexpr const char* kBatchColumns =
     "id, ca_name, params_json, state, created_at, finished_at, issued, rejected, watermark, "
     "offsets_json";
+const std::string kSelectCerts =
+    "SELECT serial, device_id, ca_name, batch_id, seq, state, subject, not_before, not_after, "
+    "sha1, sha256, der, lot, line, site, operator, created_at FROM certificates ";
+const std::string kSelectCas = std::string("SELECT ") + kCaColumns + " FROM cas ";
+const std::string kSelectBatches = std::string("SELECT ") + kBatchColumns + " FROM batches ";
+
+constexpr std::array<std::string_view, 4> kStateNames = {"intent", "issued", "abandoned",
+                                                         "revoked"};
 
 std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
   return {blob.content().begin(), blob.content().end()};
 }
 
 CertState parse_state(const std::string& name) {
-  for (const auto state :
-       {CertState::kIntent, CertState::kIssued, CertState::kAbandoned, CertState::kRevoked}) {
-    if (cert_state_name(state) == name) {
-      return state;
-    }
+  const auto it = std::find(kStateNames.begin(), kStateNames.end(), name);
+  if (it != kStateNames.end()) {
+    return static_cast<CertState>(it - kStateNames.begin());
   }
   throw Error(ErrorCode::kRegistryError, "unknown certificate state '" + name + "' in registry");
 }
@@ -136,25 +117,17 @@ std::string actor() {
   return user != nullptr && *user != '\0' ? user : "unknown";
 }
 
-bool is_busy(const Poco::Exception& e) {
-  return dynamic_cast<const Poco::Data::SQLite::DBLockedException*>(&e) != nullptr ||
-         dynamic_cast<const Poco::Data::SQLite::TableLockedException*>(&e) != nullptr;
-}
-
-bool is_unique_violation(const Poco::Exception& e) {
-  return dynamic_cast<const Poco::Data::SQLite::ConstraintViolationException*>(&e) != nullptr &&
-         e.message().find("UNIQUE") != std::string::npos;
-}
-
 Error translate(const std::string& what, const Poco::Exception& e) {
-  const std::string cause = e.message().empty() ? e.displayText() : e.message();
+  namespace sqlite = Poco::Data::SQLite;
   ErrorCode code = ErrorCode::kRegistryError;
-  if (is_busy(e)) {
+  if (dynamic_cast<const sqlite::DBLockedException*>(&e) != nullptr ||
+      dynamic_cast<const sqlite::TableLockedException*>(&e) != nullptr) {
     code = ErrorCode::kRegistryBusy;
-  } else if (is_unique_violation(e)) {
+  } else if (dynamic_cast<const sqlite::ConstraintViolationException*>(&e) != nullptr &&
+             e.message().find("UNIQUE") != std::string::npos) {
     code = ErrorCode::kAlreadyExists;
   }
-  return Error(code, what + ": " + cause);
+  return Error(code, what + ": " + (e.message().empty() ? e.displayText() : e.message()));
 }
 
 // Row buffers: Statement extractions write into these members, one row per execute().
@@ -258,17 +231,8 @@ std::string describe(std::string_view verb, std::size_t count, std::string_view 
 }  // namespace
 
 std::string_view cert_state_name(CertState state) noexcept {
-  switch (state) {
-    case CertState::kIntent:
-      return "intent";
-    case CertState::kIssued:
-      return "issued";
-    case CertState::kAbandoned:
-      return "abandoned";
-    case CertState::kRevoked:
-      return "revoked";
-  }
-  return "unknown";
+  const auto index = static_cast<std::size_t>(state);
+  return index < kStateNames.size() ? kStateNames[index] : "unknown";
 }
 
 struct Registry::Impl {
@@ -279,6 +243,13 @@ struct Registry::Impl {
       : m_session(std::move(session)), m_file(std::move(file)) {}
 
   void exec(const std::string& sql) { m_session << sql, kw::now; }
+
+  // For an UPDATE of one named row: no row changed means the name is unknown.
+  static void expect_row(Statement& st, const std::string& what) {
+    if (st.execute() == 0) {
+      throw Error(ErrorCode::kNotFound, what + ": not found");
+    }
+  }
 
   // Runs `body`, turning database failures into Error with `what` as context.
   template <typename F>
@@ -330,10 +301,7 @@ struct Registry::Impl {
   auto select_one(const std::string& sql, const Params&... params)
       -> std::optional<decltype(Row().take())> {
     auto rows = select<Row>(sql, params...);
-    if (rows.empty()) {
-      return std::nullopt;
-    }
-    return std::move(rows.front());
+    return rows.empty() ? std::nullopt : std::optional(std::move(rows.front()));
   }
 
   class ImmediateTxn {
@@ -457,15 +425,13 @@ void Registry::add_ca(const CaRecord& ca) {
 
 std::optional<CaRecord> Registry::find_ca(const std::string& name) {
   return m_impl->guarded("reading CA '" + name + "'", [&] {
-    return m_impl->select_one<CaRow>(
-        std::string("SELECT ") + kCaColumns + " FROM cas WHERE name = ?", name);
+    return m_impl->select_one<CaRow>(kSelectCas + "WHERE name = ?", name);
   });
 }
 
 std::vector<CaRecord> Registry::list_cas() {
   return m_impl->guarded("listing CAs", [&] {
-    return m_impl->select<CaRow>(std::string("SELECT ") + kCaColumns +
-                                 " FROM cas ORDER BY created_at, name");
+    return m_impl->select<CaRow>(kSelectCas + "ORDER BY created_at, name");
   });
 }
 
@@ -474,9 +440,7 @@ void Registry::set_ca_verified(const std::string& name, bool verified) {
     const std::int64_t flag = verified ? 1 : 0;
     Statement st = (m_impl->m_session << "UPDATE cas SET verified = ? WHERE name = ?",
                     kw::bind(flag), kw::bind(name));
-    if (st.execute() == 0) {
-      throw Error(ErrorCode::kNotFound, "marking CA '" + name + "' verified: no such CA");
-    }
+    Impl::expect_row(st, "marking CA '" + name + "' verified");
   });
 }
 
@@ -577,8 +541,7 @@ std::int64_t Registry::abandon_intents(const std::string& batch_id) {
 
 std::optional<CertRecord> Registry::find_cert(const std::string& serial) {
   return m_impl->guarded("reading certificate 0x" + serial, [&] {
-    return m_impl->select_one<CertRow>(
-        std::string("SELECT ") + kCertColumns + " FROM certificates WHERE serial = ?", serial);
+    return m_impl->select_one<CertRow>(kSelectCerts + "WHERE serial = ?", serial);
   });
 }
 
@@ -621,10 +584,19 @@ std::vector<std::string> Registry::devices_with_valid_cert(std::span<const std::
 std::vector<CertRecord> Registry::batch_issued_after(const std::string& batch_id,
                                                      std::int64_t after_seq) {
   return m_impl->guarded("reading issued certificates of batch '" + batch_id + "'", [&] {
-    return m_impl->select<CertRow>(std::string("SELECT ") + kCertColumns +
-                                       " FROM certificates WHERE batch_id = ? AND seq > ? "
+    return m_impl->select<CertRow>(kSelectCerts +
+                                       "WHERE batch_id = ? AND seq > ? "
                                        "AND state = 'issued' ORDER BY seq",
                                    batch_id, after_seq);
+  });
+}
+
+std::vector<std::string> Registry::batch_device_ids(const std::string& batch_id) {
+  return m_impl->guarded("reading device IDs of batch '" + batch_id + "'", [&] {
+    std::vector<std::string> ids;
+    m_impl->m_session << "SELECT device_id FROM certificates WHERE batch_id = ? AND state = 'issued'",
+        kw::into(ids), kw::bind(batch_id), kw::now;
+    return ids;
   });
 }
 
@@ -645,8 +617,8 @@ std::int64_t Registry::count_certs(const std::string& batch_id, CertState state)
 
 std::vector<CertRecord> Registry::certs_of_device(const std::string& device_id) {
   return m_impl->guarded("reading certificates of device '" + device_id + "'", [&] {
-    return m_impl->select<CertRow>(std::string("SELECT ") + kCertColumns +
-                                       " FROM certificates WHERE device_id = ? "
+    return m_impl->select<CertRow>(kSelectCerts +
+                                       "WHERE device_id = ? "
                                        "ORDER BY created_at, not_before, serial",
                                    device_id);
   });
@@ -667,15 +639,13 @@ void Registry::create_batch(const BatchRecord& batch) {
 
 std::optional<BatchRecord> Registry::find_batch(const std::string& id) {
   return m_impl->guarded("reading batch '" + id + "'", [&] {
-    return m_impl->select_one<BatchRow>(
-        std::string("SELECT ") + kBatchColumns + " FROM batches WHERE id = ?", id);
+    return m_impl->select_one<BatchRow>(kSelectBatches + "WHERE id = ?", id);
   });
 }
 
 std::vector<BatchRecord> Registry::list_batches() {
   return m_impl->guarded("listing batches", [&] {
-    return m_impl->select<BatchRow>(std::string("SELECT ") + kBatchColumns +
-                                    " FROM batches ORDER BY created_at DESC, id DESC");
+    return m_impl->select<BatchRow>(kSelectBatches + "ORDER BY created_at DESC, id DESC");
   });
 }
 
@@ -688,9 +658,7 @@ void Registry::update_batch_progress(const std::string& id, std::int64_t waterma
                                          "issued = ?, rejected = ? WHERE id = ?",
                     kw::bind(watermark), kw::bind(offsets_json), kw::bind(issued),
                     kw::bind(rejected), kw::bind(id));
-    if (st.execute() == 0) {
-      throw Error(ErrorCode::kNotFound, what + ": no such batch");
-    }
+    Impl::expect_row(st, what);
   });
 }
 
@@ -700,9 +668,7 @@ void Registry::finish_batch(const std::string& id, std::int64_t finished_at) {
     Statement st = (m_impl->m_session << "UPDATE batches SET state = 'finished', finished_at = ? "
                                          "WHERE id = ?",
                     kw::bind(finished_at), kw::bind(id));
-    if (st.execute() == 0) {
-      throw Error(ErrorCode::kNotFound, what + ": no such batch");
-    }
+    Impl::expect_row(st, what);
   });
 }
 

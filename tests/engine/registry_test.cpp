@@ -155,7 +155,6 @@ TEST(Registry, UnwritableLocationIsRegistryErrorNamingTheFile) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kRegistryError);
     EXPECT_NE(std::string(e.what()).find("/nonexistent-dir/x/registry.db"), std::string::npos);
-    std::printf("%s\n", e.what());
   }
 }
 

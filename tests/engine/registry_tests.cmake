@@ -1,3 +1,5 @@
 add_executable(registry_test registry_test.cpp)
 target_link_libraries(registry_test fleetsign_engine GTest::gtest_main)
-gtest_discover_tests(registry_test PROPERTIES LABELS "unit;sqlite")
+# LABELS twice, not LABELS "unit;sqlite": gtest_discover_tests flattens a list value, which would
+# leave only "unit" (https://gitlab.kitware.com/cmake/cmake/-/issues/17812).
+gtest_discover_tests(registry_test PROPERTIES LABELS unit LABELS sqlite)

@@ -45,6 +45,9 @@ Result<CheckedCsr> check_csr(ByteView der, const policy::Policy& policy);
 // Describes the key in a SubjectPublicKeyInfo without OpenSSL's decoder; kOther when unknown.
 policy::KeyDescription describe_spki(ByteView spki);
 
+// The KeyDescription of a key algorithm (to check --generate's --key against the policy).
+policy::KeyDescription describe_key_algorithm(policy::KeyAlgorithm alg);
+
 // Single-use: moved into Issuer::sign.
 class PreparedCert {
  public:

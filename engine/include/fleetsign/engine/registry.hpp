@@ -126,6 +126,8 @@ class Registry final {
                                                    std::int64_t now);
   // Issued certificates of a batch with seq > after_seq, ordered by seq.
   std::vector<CertRecord> batch_issued_after(const std::string& batch_id, std::int64_t after_seq);
+  // Device IDs with an issued certificate in a batch (resume rebuilds its duplicate check).
+  std::vector<std::string> batch_device_ids(const std::string& batch_id);
   // Counts by state for a batch (or for everything when batch_id is empty).
   std::int64_t count_certs(const std::string& batch_id, CertState state);
   std::vector<CertRecord> certs_of_device(const std::string& device_id);

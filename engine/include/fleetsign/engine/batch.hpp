@@ -1,0 +1,101 @@
+// Batch issuance: a lot of devices through the issuance steps in a oneTBB parallel_pipeline,
+// exactly once, resumable after kill -9 at any instruction.
+//
+//   read (serial, in order) → check + prepare (parallel) → record intents (serial, one
+//   transaction per chunk) → sign + verify (parallel) → record certificates (serial, one
+//   transaction per chunk) → render outputs (parallel) → append streams + advance the watermark
+//   (serial, in order)
+//
+// Pipeline items are chunks of devices, so durability costs one commit per chunk, not per device.
+// Invariants (asserted by the crash tests): a certificate leaves the process only after it is
+// recorded; a serial is never used twice (intents left by a crash are marked abandoned on resume);
+// every input ends with exactly one issued certificate or one reject; outputs match the registry.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/hsm/pin.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::engine {
+
+struct BatchInput {
+  enum class Kind { kCsrDir, kCsrFile, kGenerate };
+  Kind kind = Kind::kGenerate;
+  std::string path;           // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle
+  std::int64_t count = 0;     // kGenerate: number of devices
+  std::string id_pattern;     // kGenerate: e.g. "sensor-{06}" ({06} = number, 6 digits, from 1)
+  policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;  // kGenerate
+};
+
+struct BatchProgress {
+  std::int64_t done = 0;      // inputs finished (issued + rejected)
+  std::int64_t total = -1;    // -1 when unknown (a CSR bundle)
+  std::int64_t issued = 0, rejected = 0;
+  double seconds = 0;
+};
+
+struct BatchOptions {
+  std::string batch_id;       // empty: one is generated
+  std::string ca_name;
+  BatchInput input;
+  std::string out_dir;
+  Lineage lineage;
+  int threads = 0;            // 0: all cores
+  bool bundle = false;        // one PEM + one JSON-lines stream instead of files per device
+  bool pfx = false;           // {id}.pfx per generated device
+  bool reissue = false;       // issue even when the device holds a valid certificate
+  int chunk_size = 256;
+  std::function<void(const BatchProgress&)> progress;  // called in order, from one thread
+};
+
+struct BatchSummary {
+  std::string batch_id;
+  std::string out_dir;
+  std::int64_t issued = 0;    // issued by this run
+  std::int64_t rejected = 0;  // rejected by this run
+  std::int64_t total_issued = 0;  // in the batch, over all runs
+  std::int64_t abandoned = 0;  // intents of a crashed run marked abandoned on resume
+  double seconds = 0;
+  double certs_per_second = 0;
+  bool resumed = false;
+  bool already_finished = false;  // nothing to do: the batch had finished before
+  bool clamped = false;           // validity clamped to the CA's expiry
+};
+
+class BatchRunner final {
+ public:
+  // The references must outlive the runner. `pfx_password` is needed only with pfx.
+  BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
+              const Clock& clock, RandomSource& random);
+
+  // Starts a new batch (or, when options.batch_id names an existing batch, resumes it / reports
+  // it finished). Errors: kAlreadyExists is never thrown for a known id; kNotFound (CA),
+  // kInvalidArgument (inputs), token and registry errors.
+  BatchSummary run(const BatchOptions& options, const hsm::Pin* pfx_password);
+  // Resumes a batch from its recorded parameters: abandons its open intents, re-emits outputs of
+  // committed certificates past the watermark, and processes the rest.
+  BatchSummary resume(const std::string& batch_id, const hsm::Pin* pfx_password,
+                      std::function<void(const BatchProgress&)> progress, int threads);
+
+ private:
+  BatchSummary execute(const BatchRecord& record, const BatchOptions& options,
+                       const hsm::Pin* pfx_password, bool resumed, std::int64_t abandoned);
+  Registry& m_registry;
+  CaService& m_cas;
+  const policy::Policy& m_policy;
+  const Clock& m_clock;
+  RandomSource& m_random;
+};
+
+// Expands an id pattern: "sensor-{06}" with n = 7 → "sensor-000007"; "{}" → "7".
+// Throws Error(kInvalidArgument) when the pattern has no {..} placeholder.
+std::string expand_id_pattern(const std::string& pattern, std::int64_t n);
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,471 @@
+// BatchRunner: the batch pipeline (see batch.hpp for the stages and invariants).
+#include "fleetsign/engine/batch.hpp"
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <tbb/global_control.h>
+#include <tbb/info.h>
+#include <tbb/parallel_pipeline.h>
+#include <tbb/task_arena.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <unordered_set>
+
+#include "batch_io.hpp"
+#include "device_keys.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::engine {
+
+using batch::Chunk;
+using batch::Item;
+
+std::string expand_id_pattern(const std::string& pattern, std::int64_t n) {
+  const auto open = pattern.find('{');
+  const auto close = open == std::string::npos ? open : pattern.find('}', open);
+  if (close == std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--id-pattern '" + pattern + "' needs a {..} placeholder for the number, e.g. sensor-{06}");
+  }
+  const std::string spec = pattern.substr(open + 1, close - open - 1);
+  int width = 0;
+  for (const char c : spec) {
+    if (c < '0' || c > '9') {
+      throw Error(ErrorCode::kInvalidArgument, "--id-pattern '" + pattern + "': {" + spec + "} is not a width");
+    }
+    width = width * 10 + (c - '0');
+  }
+  std::string digits = std::to_string(n);
+  if (static_cast<int>(digits.size()) < width) {
+    digits.insert(0, static_cast<std::size_t>(width) - digits.size(), '0');
+  }
+  return pattern.substr(0, open) + digits + pattern.substr(close + 1);
+}
+
+namespace {
+
+const char* input_kind_name(BatchInput::Kind k) {
+  switch (k) {
+    case BatchInput::Kind::kCsrDir: return "csr-dir";
+    case BatchInput::Kind::kCsrFile: return "csr-file";
+    case BatchInput::Kind::kGenerate: return "generate";
+  }
+  return "?";
+}
+
+std::string params_to_json(const BatchOptions& o) {
+  Poco::JSON::Object p;
+  p.set("ca", o.ca_name);
+  p.set("input", std::string(input_kind_name(o.input.kind)));
+  p.set("path", o.input.path);
+  p.set("count", o.input.count);
+  p.set("id_pattern", o.input.id_pattern);
+  p.set("key", std::string(policy::key_algorithm_name(o.input.key)));
+  p.set("out", o.out_dir);
+  p.set("lot", o.lineage.lot);
+  p.set("line", o.lineage.line);
+  p.set("site", o.lineage.site);
+  p.set("operator", o.lineage.operator_name);
+  p.set("bundle", o.bundle);
+  p.set("pfx", o.pfx);
+  p.set("reissue", o.reissue);
+  p.set("chunk", o.chunk_size);
+  std::ostringstream s;
+  p.stringify(s);
+  return s.str();
+}
+
+BatchOptions params_from_json(const std::string& id, const std::string& text) {
+  Poco::JSON::Parser parser;
+  auto p = parser.parse(text).extract<Poco::JSON::Object::Ptr>();
+  BatchOptions o;
+  o.batch_id = id;
+  o.ca_name = p->getValue<std::string>("ca");
+  const std::string kind = p->getValue<std::string>("input");
+  o.input.kind = kind == "csr-dir" ? BatchInput::Kind::kCsrDir
+                 : kind == "csr-file" ? BatchInput::Kind::kCsrFile
+                                      : BatchInput::Kind::kGenerate;
+  o.input.path = p->getValue<std::string>("path");
+  o.input.count = p->getValue<std::int64_t>("count");
+  o.input.id_pattern = p->getValue<std::string>("id_pattern");
+  o.input.key = policy::parse_key_algorithm(p->getValue<std::string>("key")).value_or(policy::KeyAlgorithm::kEcP256);
+  o.out_dir = p->getValue<std::string>("out");
+  o.lineage = {p->getValue<std::string>("lot"), p->getValue<std::string>("line"),
+               p->getValue<std::string>("site"), p->getValue<std::string>("operator")};
+  o.bundle = p->getValue<bool>("bundle");
+  o.pfx = p->getValue<bool>("pfx");
+  o.reissue = p->getValue<bool>("reissue");
+  o.chunk_size = p->getValue<int>("chunk");
+  return o;
+}
+
+std::string new_batch_id(const Clock& clock) {
+  const std::time_t t = static_cast<std::time_t>(clock.now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "batch-%Y%m%d-%H%M%S-", &tm);
+  std::random_device rd;
+  char suffix[8];
+  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xFFFF);
+  return std::string(buf) + suffix;
+}
+
+// Crash-test hook: FLEETSIGN_FAULT=POINT:N kills the process with SIGKILL when the Nth chunk
+// (1-based) reaches POINT (after_intent, after_sign, after_commit, before_output). Unset in
+// production; the point is to die exactly like `kill -9` would.
+class FaultPoint {
+ public:
+  FaultPoint() {
+    if (const char* spec = std::getenv("FLEETSIGN_FAULT")) {
+      const std::string s(spec);
+      const auto colon = s.find(':');
+      m_point = s.substr(0, colon);
+      m_chunk = colon == std::string::npos ? 1 : std::stoll(s.substr(colon + 1));
+    }
+  }
+  void reached(const char* point, std::int64_t chunk_number) const {
+    if (!m_point.empty() && m_point == point && chunk_number == m_chunk) {
+      std::raise(SIGKILL);
+    }
+  }
+
+ private:
+  std::string m_point;
+  std::int64_t m_chunk = 0;
+};
+
+// Everything one execution of a batch shares between its stages.
+struct Run {
+  const BatchOptions& options;
+  BatchRecord record;
+  Registry& registry;
+  std::mutex registry_mutex;  // serial stages run concurrently with each other
+  const Issuer& issuer;
+  const Clock& clock;
+  batch::RenderContext render;
+  batch::OutputStreams& streams;
+  std::unique_ptr<batch::InputReader> reader;
+  std::map<std::int64_t, CertRecord> committed;  // resume: recorded past the watermark
+  std::map<std::int64_t, Der> spooled_keys;
+  std::unordered_set<std::string> seen_ids;
+  FaultPoint fault;
+  std::int64_t issued_now = 0, rejected_now = 0;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+};
+
+Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
+  auto chunk = std::make_unique<Chunk>();
+  chunk->items.reserve(static_cast<std::size_t>(run.options.chunk_size));
+  while (chunk->items.size() < static_cast<std::size_t>(run.options.chunk_size)) {
+    Item item;
+    if (!run.reader->next(item)) break;
+    if (item.seq <= run.record.watermark) continue;  // outputs already written
+    if (auto it = run.committed.find(item.seq); it != run.committed.end()) {
+      // Recorded by a crashed run: never sign again, only write its outputs.
+      const CertRecord& r = it->second;
+      item.committed_before = true;
+      item.error = ErrorCode::kOk;
+      item.device_id = r.device_id;
+      item.cert = SignedCert{r.device_id, r.serial, r.der, r.sha1, r.sha256, r.not_before, r.not_after};
+      if (auto k = run.spooled_keys.find(item.seq); k != run.spooled_keys.end()) {
+        item.key_pkcs8 = k->second;
+      }
+    }
+    chunk->items.push_back(std::move(item));
+  }
+  if (chunk->items.empty()) {
+    fc.stop();
+    return nullptr;
+  }
+  chunk->index = chunk->items.front().seq / run.options.chunk_size + 1;
+  return chunk.release();
+}
+
+// Steps 1-2, in parallel: check the CSR (or make the key), policy, serial, TBS.
+void prepare_item(const Run& run, Item& item) {
+  if (!item.ok() || item.committed_before) return;
+  if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+    DeviceKey key = generate_device_key(run.options.input.key);
+    auto prepared = run.issuer.prepare(item.device_id, key.spki);
+    if (!prepared) return item.reject(prepared.error().code, prepared.error().message);
+    item.key_pkcs8 = std::move(key.pkcs8);
+    item.prepared.emplace(std::move(*prepared));
+    return;
+  }
+  auto checked = check_csr(item.input, run.issuer.policy());
+  Der().swap(item.input);  // the CSR is no longer needed: keep memory per chunk small
+  if (!checked) return item.reject(checked.error().code, checked.error().message);
+  item.device_id = checked->device_id;
+  item.extensions_ignored = checked->extensions_ignored;
+  auto prepared = run.issuer.prepare(*checked);
+  if (!prepared) return item.reject(prepared.error().code, prepared.error().message);
+  item.prepared.emplace(std::move(*prepared));
+}
+
+// Step 3, serial: duplicates, already-issued devices, then the intents in one transaction.
+void record_intents(Run& run, Chunk& chunk) {
+  std::vector<std::string> ids;
+  for (Item& item : chunk.items) {
+    if (!item.ok() || item.committed_before) continue;
+    if (run.options.input.kind != BatchInput::Kind::kGenerate && !run.seen_ids.insert(item.device_id).second) {
+      item.reject(ErrorCode::kDuplicateInBatch, "device ID '" + item.device_id + "' appears earlier in this batch");
+      continue;
+    }
+    ids.push_back(item.device_id);
+  }
+  std::lock_guard lock(run.registry_mutex);
+  if (!run.options.reissue && !ids.empty()) {
+    const auto holders = run.registry.devices_with_valid_cert(ids, run.clock.now());
+    const std::unordered_set<std::string> held(holders.begin(), holders.end());
+    for (Item& item : chunk.items) {
+      if (item.ok() && !item.committed_before && held.count(item.device_id) != 0) {
+        item.reject(ErrorCode::kAlreadyIssued,
+                    "device '" + item.device_id + "' already holds a valid certificate (use --reissue)");
+      }
+    }
+  }
+  std::vector<CertIntent> intents;
+  intents.reserve(chunk.items.size());
+  for (const Item& item : chunk.items) {
+    if (!item.ok() || item.committed_before) continue;
+    const PreparedCert& p = *item.prepared;
+    intents.push_back(CertIntent{p.serial(), p.device_id(), run.render.ca_name, run.record.id, item.seq,
+                                 p.subject(), p.not_before(), p.not_after(), p.tbs(), run.options.lineage});
+  }
+  if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+    batch::spool_keys(run.options.out_dir, chunk);  // before the intent: a key is never lost
+  }
+  if (!intents.empty()) {
+    try {
+      run.registry.record_intents(intents);
+    } catch (const Error& e) {
+      throw e.with_context("batch " + run.record.id + ", recording " + std::to_string(intents.size()) +
+                           " intents from input #" + std::to_string(chunk.items.front().seq + 1));
+    }
+  }
+  run.fault.reached("after_intent", chunk.index);
+}
+
+// Step 4, parallel: the token signs; the signature is verified. A failure here is the token's,
+// not the device's: it stops the batch (resumable) instead of rejecting devices.
+void sign_items(const Run& run, Chunk& chunk) {
+  for (Item& item : chunk.items) {
+    if (!item.ok() || item.committed_before) continue;
+    auto cert = run.issuer.sign(std::move(*item.prepared));
+    item.prepared.reset();
+    if (!cert) {
+      throw Error(ErrorCode::kTokenError, "batch " + run.record.id + ": " + cert.error().message +
+                                              " (resume with: fleetsign issue --resume " + run.record.id + ")");
+    }
+    item.cert.emplace(std::move(*cert));
+  }
+}
+
+// Step 5, serial: the certificates, in one transaction.
+void record_certificates(Run& run, Chunk& chunk) {
+  run.fault.reached("after_sign", chunk.index);
+  std::vector<IssuedCert> issued;
+  issued.reserve(chunk.items.size());
+  for (const Item& item : chunk.items) {
+    if (!item.ok() || item.committed_before) continue;
+    issued.push_back(IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1, item.cert->sha256});
+  }
+  if (!issued.empty()) {
+    std::lock_guard lock(run.registry_mutex);
+    run.registry.record_issued(issued);
+  }
+  run.fault.reached("after_commit", chunk.index);
+}
+
+// Step 7, serial: the chunk leaves the process, then the watermark moves past it.
+void write_outputs(Run& run, Chunk& chunk) {
+  run.fault.reached("before_output", chunk.index);
+  run.streams.append(chunk);
+  for (const Item& item : chunk.items) {
+    if (item.ok()) {
+      ++run.issued_now;
+    } else {
+      ++run.rejected_now;
+    }
+  }
+  {
+    std::lock_guard lock(run.registry_mutex);
+    run.registry.update_batch_progress(run.record.id, chunk.items.back().seq, run.streams.offsets_json(),
+                                       run.record.issued + run.issued_now, run.record.rejected + run.rejected_now);
+  }
+  if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+    batch::drop_spool(run.options.out_dir, chunk.items.front().seq);
+  }
+  if (run.options.progress) {
+    BatchProgress p;
+    p.done = chunk.items.back().seq + 1;
+    p.total = run.reader->total();
+    p.issued = run.record.issued + run.issued_now;
+    p.rejected = run.record.rejected + run.rejected_now;
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
+    run.options.progress(p);
+  }
+}
+
+void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
+  if (o.out_dir.empty()) throw Error(ErrorCode::kUsage, "missing --out DIR");
+  if (o.pfx && o.input.kind != BatchInput::Kind::kGenerate) {
+    throw Error(ErrorCode::kUsage, "--pfx needs --generate: a .pfx holds the device's private key, which a CSR does not give us");
+  }
+  if (o.pfx && pfx_password == nullptr) {
+    throw Error(ErrorCode::kUsage, "--pfx needs a password: --pfx-password-file F or FLEETSIGN_PFX_PASSWORD");
+  }
+  if (o.chunk_size < 1 || o.chunk_size > 100000) throw Error(ErrorCode::kUsage, "chunk size must be 1..100000");
+}
+
+}  // namespace
+
+BatchRunner::BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
+                         const Clock& clock, RandomSource& random)
+    : m_registry(registry), m_cas(cas), m_policy(policy), m_clock(clock), m_random(random) {}
+
+namespace {
+
+BatchSummary finished_summary(const BatchRecord& r, const std::string& out) {
+  BatchSummary s;
+  s.batch_id = r.id;
+  s.out_dir = out;
+  s.total_issued = r.issued;
+  s.already_finished = true;
+  return s;
+}
+
+}  // namespace
+
+BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_password) {
+  if (!options.batch_id.empty()) {
+    if (auto existing = m_registry.find_batch(options.batch_id)) {
+      if (existing->state == "finished") {
+        return finished_summary(*existing, params_from_json(existing->id, existing->params_json).out_dir);
+      }
+      return resume(options.batch_id, pfx_password, options.progress, options.threads);
+    }
+  }
+  validate(options, pfx_password);
+  BatchOptions o = options;
+  o.out_dir = std::filesystem::absolute(o.out_dir).string();
+  if (!o.input.path.empty()) o.input.path = std::filesystem::absolute(o.input.path).string();
+  if (o.batch_id.empty()) o.batch_id = new_batch_id(m_clock);
+  m_cas.get(o.ca_name);  // kNotFound before anything is written
+  batch::open_input(o.input);  // kInvalidArgument for a bad input before anything is written
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec) throw Error(ErrorCode::kIo, "--out " + o.out_dir + ": " + ec.message());
+  BatchRecord rec;
+  rec.id = o.batch_id;
+  rec.ca_name = o.ca_name;
+  rec.params_json = params_to_json(o);
+  rec.state = "running";
+  rec.created_at = m_clock.now();
+  rec.offsets_json = "{}";
+  m_registry.create_batch(rec);
+  m_registry.audit("batch.start", rec.id, rec.params_json);
+  return execute(rec, o, pfx_password, false, 0);
+}
+
+BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pfx_password,
+                                 std::function<void(const BatchProgress&)> progress, int threads) {
+  auto rec = m_registry.find_batch(batch_id);
+  if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
+  BatchOptions o = params_from_json(rec->id, rec->params_json);
+  if (rec->state == "finished") return finished_summary(*rec, o.out_dir);
+  o.progress = std::move(progress);
+  o.threads = threads;
+  validate(o, pfx_password);
+  // Serials of a crashed run that never became certificates: spent, never reused.
+  const std::int64_t abandoned = m_registry.abandon_intents(batch_id);
+  m_registry.audit("batch.resume", batch_id, "{\"abandoned_intents\":" + std::to_string(abandoned) + "}");
+  return execute(*rec, o, pfx_password, true, abandoned);
+}
+
+BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions& o,
+                                  const hsm::Pin* pfx_password, bool resumed, std::int64_t abandoned) {
+  // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
+  const CaRecord ca = m_cas.get(o.ca_name);
+  const hsm::SigningKey& key = m_cas.load_key(ca);
+  const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, ""), m_clock, m_random);
+  batch::RenderContext render;
+  render.batch_id = record.id;
+  render.ca_name = ca.name;
+  render.issuer_subject = ca.subject;
+  render.lineage = o.lineage;
+  for (const auto& c : m_cas.chain(ca.name)) {
+    render.chain.push_back(c.cert_der);
+    append_pem(render.chain_pem, c.cert_der, "CERTIFICATE");
+  }
+  render.out_dir = o.out_dir;
+  render.bundle = o.bundle;
+  render.pfx = o.pfx;
+  render.pfx_password = pfx_password != nullptr ? pfx_password->c_str() : nullptr;
+  if (o.bundle && record.offsets_json == "{}") {
+    std::ofstream(std::filesystem::path(o.out_dir) / "chain.pem") << render.chain_pem;
+  }
+  batch::OutputStreams streams(o.out_dir, o.bundle, record.offsets_json);
+  Run run{o, record, m_registry, {}, issuer, m_clock, render, streams, batch::open_input(o.input), {}, {}, {}, {}};
+  if (resumed) {
+    for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {
+      run.committed.emplace(r.seq, std::move(r));
+    }
+    if (o.input.kind == BatchInput::Kind::kGenerate) run.spooled_keys = batch::load_spooled_keys(o.out_dir);
+    if (o.input.kind != BatchInput::Kind::kGenerate) {
+      for (auto& id : m_registry.batch_device_ids(record.id)) run.seen_ids.insert(std::move(id));
+    }
+  }
+  const int threads = o.threads > 0 ? o.threads : tbb::info::default_concurrency();
+  tbb::task_arena arena(threads);
+  arena.execute([&] {
+    using tbb::filter_mode;
+    tbb::parallel_pipeline(
+        static_cast<std::size_t>(threads) * 4,
+        tbb::make_filter<void, Chunk*>(filter_mode::serial_in_order,
+                                       [&](tbb::flow_control& fc) { return read_chunk(run, fc); }) &
+            tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
+                                             [&](Chunk* c) {
+                                               for (Item& i : c->items) prepare_item(run, i);
+                                               return c;
+                                             }) &
+            tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order,
+                                             [&](Chunk* c) { record_intents(run, *c); return c; }) &
+            tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
+                                             [&](Chunk* c) { sign_items(run, *c); return c; }) &
+            tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order,
+                                             [&](Chunk* c) { record_certificates(run, *c); return c; }) &
+            tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
+                                             [&](Chunk* c) { batch::render_chunk(run.render, *c); return c; }) &
+            tbb::make_filter<Chunk*, void>(filter_mode::serial_in_order, [&](Chunk* c) {
+              std::unique_ptr<Chunk> owned(c);
+              write_outputs(run, *owned);
+            }));
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
+  m_registry.finish_batch(record.id, m_clock.now());
+  BatchSummary s;
+  s.batch_id = record.id;
+  s.out_dir = o.out_dir;
+  s.issued = run.issued_now;
+  s.rejected = run.rejected_now;
+  s.total_issued = record.issued + run.issued_now;
+  s.abandoned = abandoned;
+  s.seconds = seconds;
+  s.certs_per_second = seconds > 0 ? static_cast<double>(run.issued_now) / seconds : 0;
+  s.resumed = resumed;
+  s.clamped = issuer.clamped();
+  m_registry.audit("batch.finish", record.id,
+                   "{\"issued\":" + std::to_string(s.total_issued) + ",\"rejected\":" +
+                       std::to_string(record.rejected + run.rejected_now) + "}");
+  return s;
+}
+
+}  // namespace fleetsign::engine

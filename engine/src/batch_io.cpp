@@ -1,0 +1,394 @@
+#include "batch_io.hpp"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "device_keys.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::engine::batch {
+
+namespace fs = std::filesystem;
+
+Item::~Item() {
+  if (!key_pkcs8.empty()) {
+    OPENSSL_cleanse(key_pkcs8.data(), key_pkcs8.size());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+namespace {
+
+class CsrDirReader final : public InputReader {
+ public:
+  explicit CsrDirReader(const fs::path& dir) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      throw Error(ErrorCode::kInvalidArgument, "--csr-dir " + dir.string() + ": not a directory");
+    }
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.is_regular_file()) m_files.push_back(e.path());
+    }
+    // Sorted, so a resumed batch sees the same order.
+    std::sort(m_files.begin(), m_files.end());
+  }
+  bool next(Item& item) override {
+    if (m_pos >= m_files.size()) return false;
+    item.seq = static_cast<std::int64_t>(m_pos);
+    const fs::path& file = m_files[m_pos++];
+    item.source = file.string();
+    try {
+      auto blobs = read_csrs(file);
+      if (blobs.size() != 1) {
+        item.reject(ErrorCode::kCsrMalformed, "holds " + std::to_string(blobs.size()) + " CSRs, expected one");
+      } else if (!blobs[0].problem.empty()) {
+        item.reject(ErrorCode::kCsrMalformed, blobs[0].problem);
+      } else {
+        item.input = std::move(blobs[0].der);
+      }
+    } catch (const Error& e) {
+      item.reject(ErrorCode::kIo, e.what());
+    }
+    return true;
+  }
+  std::int64_t total() const override { return static_cast<std::int64_t>(m_files.size()); }
+
+ private:
+  std::vector<fs::path> m_files;
+  std::size_t m_pos = 0;
+};
+
+// Streams a PEM bundle block by block: a bundle of 10^6 CSRs is never held in memory.
+class CsrBundleReader final : public InputReader {
+ public:
+  explicit CsrBundleReader(const fs::path& file) : m_name(file.string()), m_in(file) {
+    if (!m_in) {
+      throw Error(ErrorCode::kIo, "--csr-file " + m_name + ": cannot be read");
+    }
+  }
+  bool next(Item& item) override {
+    std::string line, block;
+    int start = 0;
+    while (std::getline(m_in, line)) {
+      ++m_line;
+      if (start == 0) {
+        if (line.rfind("-----BEGIN ", 0) == 0) {
+          start = m_line;
+          block = line + "\n";
+        }
+        continue;
+      }
+      block += line;
+      block += '\n';
+      if (line.rfind("-----END ", 0) == 0) break;
+    }
+    if (start == 0) return false;
+    item.seq = m_seq++;
+    item.source = m_name + ":" + std::to_string(start);
+    auto blobs = parse_csr_text(block);
+    if (blobs.size() != 1 || !blobs[0].problem.empty()) {
+      item.reject(ErrorCode::kCsrMalformed,
+                  blobs.empty() ? "empty PEM block" : blobs[0].problem.empty() ? "not a CSR block" : blobs[0].problem);
+    } else {
+      item.input = std::move(blobs[0].der);
+    }
+    return true;
+  }
+  std::int64_t total() const override { return -1; }
+
+ private:
+  std::string m_name;
+  std::ifstream m_in;
+  int m_line = 0;
+  std::int64_t m_seq = 0;
+};
+
+class GenerateReader final : public InputReader {
+ public:
+  GenerateReader(std::string pattern, std::int64_t count) : m_pattern(std::move(pattern)), m_count(count) {
+    if (count <= 0) {
+      throw Error(ErrorCode::kInvalidArgument, "--generate needs a positive count");
+    }
+    expand_id_pattern(m_pattern, 1);  // validates the pattern
+  }
+  bool next(Item& item) override {
+    if (m_seq >= m_count) return false;
+    item.seq = m_seq;
+    item.device_id = expand_id_pattern(m_pattern, ++m_seq);
+    item.source = item.device_id;
+    return true;
+  }
+  std::int64_t total() const override { return m_count; }
+
+ private:
+  std::string m_pattern;
+  std::int64_t m_count;
+  std::int64_t m_seq = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<InputReader> open_input(const BatchInput& input) {
+  switch (input.kind) {
+    case BatchInput::Kind::kCsrDir: return std::make_unique<CsrDirReader>(input.path);
+    case BatchInput::Kind::kCsrFile: return std::make_unique<CsrBundleReader>(input.path);
+    case BatchInput::Kind::kGenerate: return std::make_unique<GenerateReader>(input.id_pattern, input.count);
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs
+
+namespace {
+
+constexpr const char* kStreamNames[kStreamCount] = {"manifest.csv", "manifest.jsonl", "iothub-import.jsonl",
+                                                    "rejects.csv", "bundle.pem", "bundle.jsonl"};
+constexpr const char* kHeaders[kStreamCount] = {
+    "device_id,serial,sha1,sha256,not_before,not_after,issuer,batch,lot,line,site,operator\n", "", "",
+    "source,device_id,code,reason\n", "", ""};
+
+void csv_field(std::string& out, std::string_view v) {
+  if (v.find_first_of(",\"\n\r") == std::string_view::npos) {
+    out += v;
+    return;
+  }
+  out.push_back('"');
+  for (const char c : v) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
+}
+
+void write_file(const fs::path& path, std::string_view data, mode_t mode) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be created: " + std::strerror(errno));
+  }
+  // A file left from a crashed run may have another mode: keys must end up 0600.
+  ::fchmod(fd, mode);
+  const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+  ::close(fd);
+  if (!ok) {
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
+  }
+}
+
+void render_issued(const RenderContext& ctx, const Item& item, Chunk& chunk) {
+  const SignedCert& c = *item.cert;
+  const std::string nb = iso8601(c.not_before), na = iso8601(c.not_after);
+  // manifest.csv
+  std::string& csv = chunk.text[kManifestCsv];
+  for (std::string_view v : {std::string_view(c.device_id), std::string_view(c.serial), std::string_view(c.sha1),
+                             std::string_view(c.sha256), std::string_view(nb), std::string_view(na),
+                             std::string_view(ctx.issuer_subject), std::string_view(ctx.batch_id),
+                             std::string_view(ctx.lineage.lot), std::string_view(ctx.lineage.line),
+                             std::string_view(ctx.lineage.site)}) {
+    csv_field(csv, v);
+    csv.push_back(',');
+  }
+  csv_field(csv, ctx.lineage.operator_name);
+  csv.push_back('\n');
+  // manifest.jsonl
+  std::string& js = chunk.text[kManifestJsonl];
+  js += "{\"device_id\":";
+  append_json_string(js, c.device_id);
+  js += ",\"serial\":\"" + c.serial + "\",\"sha1\":\"" + c.sha1 + "\",\"sha256\":\"" + c.sha256 +
+        "\",\"not_before\":\"" + nb + "\",\"not_after\":\"" + na + "\",\"issuer\":";
+  append_json_string(js, ctx.issuer_subject);
+  js += ",\"ca\":";
+  append_json_string(js, ctx.ca_name);
+  js += ",\"batch\":";
+  append_json_string(js, ctx.batch_id);
+  js += ",\"lot\":";
+  append_json_string(js, ctx.lineage.lot);
+  js += ",\"line\":";
+  append_json_string(js, ctx.lineage.line);
+  js += ",\"site\":";
+  append_json_string(js, ctx.lineage.site);
+  js += ",\"operator\":";
+  append_json_string(js, ctx.lineage.operator_name);
+  js += "}\n";
+  // IoT Hub bulk import (ExportImportDevice): CA-signed devices authenticate by chain.
+  std::string& hub = chunk.text[kIotHubImport];
+  hub += "{\"id\":";
+  append_json_string(hub, c.device_id);
+  hub += ",\"importMode\":\"create\",\"status\":\"enabled\",\"authentication\":{\"type\":\"certificateAuthority\"}}\n";
+
+  const std::string cert_pem = pem(c.der, "CERTIFICATE");
+  std::string key_pem;
+  if (!item.key_pkcs8.empty()) {
+    key_pem = pem(item.key_pkcs8, "PRIVATE KEY");
+  }
+  if (ctx.bundle) {
+    chunk.text[kBundlePem] += cert_pem;
+    chunk.text[kBundlePem] += key_pem;
+    std::string& bj = chunk.text[kBundleJsonl];
+    bj += "{\"device_id\":";
+    append_json_string(bj, c.device_id);
+    bj += ",\"serial\":\"" + c.serial + "\",\"cert_pem\":";
+    append_json_string(bj, cert_pem);
+    if (!key_pem.empty()) {
+      bj += ",\"key_pem\":";
+      append_json_string(bj, key_pem);
+    }
+    bj += "}\n";
+  } else {
+    write_file(ctx.out_dir / (c.device_id + "_cert.pem"), cert_pem, 0644);
+    write_file(ctx.out_dir / (c.device_id + "_fullchain.pem"), cert_pem + ctx.chain_pem, 0644);
+    if (!key_pem.empty()) {
+      write_file(ctx.out_dir / (c.device_id + "_key.pem"), key_pem, 0600);
+    }
+  }
+  if (ctx.pfx && !item.key_pkcs8.empty()) {
+    const Der p12 = make_pfx(c.der, item.key_pkcs8, ctx.chain, c.device_id, ctx.pfx_password);
+    write_file(ctx.out_dir / (c.device_id + ".pfx"),
+               std::string_view(reinterpret_cast<const char*>(p12.data()), p12.size()), 0600);
+  }
+  if (!key_pem.empty()) {
+    OPENSSL_cleanse(key_pem.data(), key_pem.size());
+  }
+}
+
+void render_reject(const Item& item, Chunk& chunk) {
+  std::string& r = chunk.text[kRejects];
+  csv_field(r, item.source);
+  r.push_back(',');
+  csv_field(r, item.device_id);
+  r.push_back(',');
+  r += error_code_name(item.error);
+  r.push_back(',');
+  csv_field(r, item.reason);
+  r.push_back('\n');
+}
+
+}  // namespace
+
+void render_chunk(const RenderContext& ctx, Chunk& chunk) {
+  for (const Item& item : chunk.items) {
+    if (item.ok()) {
+      render_issued(ctx, item, chunk);
+    } else {
+      render_reject(item, chunk);
+    }
+  }
+}
+
+OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string& offsets_json)
+    : m_dir(dir) {
+  m_fd.fill(-1);
+  for (int s = 0; s < kStreamCount; ++s) {
+    if (!bundle && (s == kBundlePem || s == kBundleJsonl)) continue;
+    const fs::path path = dir / kStreamNames[s];
+    // Offsets are recorded as "name":size pairs; absent means a new batch.
+    const std::string key = std::string("\"") + kStreamNames[s] + "\":";
+    const auto at = offsets_json.find(key);
+    const bool resuming = at != std::string::npos;
+    std::int64_t size = resuming ? std::stoll(offsets_json.substr(at + key.size())) : 0;
+    m_fd[s] = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, s == kBundlePem || s == kBundleJsonl ? 0600 : 0644);
+    if (m_fd[s] < 0) {
+      throw Error(ErrorCode::kIo, path.string() + ": cannot be opened: " + std::strerror(errno));
+    }
+    // Cut what a crashed run appended past the watermark: it will be written again.
+    if (::ftruncate(m_fd[s], size) != 0 || ::lseek(m_fd[s], size, SEEK_SET) != size) {
+      throw Error(ErrorCode::kIo, path.string() + ": cannot be truncated to " + std::to_string(size));
+    }
+    m_size[s] = size;
+    if (!resuming && kHeaders[s][0] != '\0') {
+      Chunk header;
+      header.text[s] = kHeaders[s];
+      const auto n = ::write(m_fd[s], header.text[s].data(), header.text[s].size());
+      m_size[s] += n > 0 ? n : 0;
+    }
+  }
+}
+
+OutputStreams::~OutputStreams() {
+  for (const int fd : m_fd) {
+    if (fd >= 0) ::close(fd);
+  }
+}
+
+void OutputStreams::append(const Chunk& chunk) {
+  for (int s = 0; s < kStreamCount; ++s) {
+    const std::string& t = chunk.text[s];
+    if (t.empty() || m_fd[s] < 0) continue;
+    if (::write(m_fd[s], t.data(), t.size()) != static_cast<ssize_t>(t.size())) {
+      throw Error(ErrorCode::kIo, (m_dir / kStreamNames[s]).string() + ": write failed: " + std::strerror(errno));
+    }
+    m_size[s] += static_cast<std::int64_t>(t.size());
+  }
+}
+
+std::string OutputStreams::offsets_json() const {
+  std::string out = "{";
+  for (int s = 0; s < kStreamCount; ++s) {
+    if (m_fd[s] < 0) continue;
+    if (out.size() > 1) out += ",";
+    out += std::string("\"") + kStreamNames[s] + "\":" + std::to_string(m_size[s]);
+  }
+  return out + "}";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key spool
+
+void spool_keys(const fs::path& out_dir, const Chunk& chunk) {
+  std::string text;
+  for (const Item& item : chunk.items) {
+    if (!item.ok() || item.key_pkcs8.empty()) continue;
+    text += std::to_string(item.seq) + " ";
+    std::string b64(4 * ((item.key_pkcs8.size() + 2) / 3), '\0');
+    const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), item.key_pkcs8.data(),
+                                  static_cast<int>(item.key_pkcs8.size()));
+    text.append(b64.data(), static_cast<std::size_t>(n));
+    OPENSSL_cleanse(b64.data(), b64.size());
+    text += "\n";
+  }
+  const fs::path dir = out_dir / ".spool";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  fs::permissions(dir, fs::perms::owner_all, ec);
+  write_file(dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys"), text, 0600);
+  OPENSSL_cleanse(text.data(), text.size());
+}
+
+std::map<std::int64_t, Der> load_spooled_keys(const fs::path& out_dir) {
+  std::map<std::int64_t, Der> keys;
+  std::error_code ec;
+  if (!fs::is_directory(out_dir / ".spool", ec)) return keys;
+  for (const auto& e : fs::directory_iterator(out_dir / ".spool")) {
+    std::ifstream in(e.path());
+    std::int64_t seq = 0;
+    std::string b64;
+    while (in >> seq >> b64) {
+      Der der(b64.size() / 4 * 3);
+      const int n = EVP_DecodeBlock(der.data(), reinterpret_cast<const unsigned char*>(b64.data()),
+                                    static_cast<int>(b64.size()));
+      if (n < 0) continue;
+      std::size_t pad = 0;
+      if (!b64.empty() && b64.back() == '=') ++pad;
+      if (b64.size() > 1 && b64[b64.size() - 2] == '=') ++pad;
+      der.resize(static_cast<std::size_t>(n) - pad);
+      keys[seq] = std::move(der);
+    }
+  }
+  return keys;
+}
+
+void drop_spool(const fs::path& out_dir, std::int64_t first_seq) {
+  std::error_code ec;
+  fs::remove(out_dir / ".spool" / (std::to_string(first_seq) + ".keys"), ec);
+}
+
+}  // namespace fleetsign::engine::batch

@@ -1,0 +1,70 @@
+// Batch inputs (CSR directory, CSR bundle, generated devices) and outputs (per-device files,
+// manifest streams, bundle, IoT Hub import, rejects). Private to engine/.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "batch_item.hpp"
+#include "fleetsign/engine/batch.hpp"
+
+namespace fleetsign::engine::batch {
+
+// Yields inputs in a stable order (a resumed batch sees the same sequence). Not thread-safe: the
+// pipeline's first stage is serial.
+class InputReader {
+ public:
+  virtual ~InputReader() = default;
+  // Fills `item` (seq, source and input or device_id, or a reject). False at the end.
+  virtual bool next(Item& item) = 0;
+  virtual std::int64_t total() const = 0;  // -1 when unknown
+};
+
+std::unique_ptr<InputReader> open_input(const BatchInput& input);
+
+struct RenderContext {
+  std::string batch_id;
+  std::string ca_name;
+  std::string issuer_subject;
+  Lineage lineage;
+  std::vector<Der> chain;  // issuing CA first, root last
+  std::string chain_pem;
+  std::filesystem::path out_dir;
+  bool bundle = false;
+  bool pfx = false;
+  const char* pfx_password = nullptr;
+};
+
+// Renders one chunk: writes per-device files (unless bundle) and fills chunk.text. Parallel-safe
+// across chunks. Throws Error(kIo) when a file cannot be written.
+void render_chunk(const RenderContext& ctx, Chunk& chunk);
+
+// The append-only output streams of a batch directory. Opening truncates each to the size
+// recorded at the watermark (a crashed run may have appended past it) and writes headers into
+// new files. Not thread-safe: used by the last, serial stage.
+class OutputStreams {
+ public:
+  OutputStreams(const std::filesystem::path& dir, bool bundle, const std::string& offsets_json);
+  ~OutputStreams();
+  OutputStreams(const OutputStreams&) = delete;  // owns file descriptors
+  OutputStreams& operator=(const OutputStreams&) = delete;
+  void append(const Chunk& chunk);
+  std::string offsets_json() const;
+
+ private:
+  std::array<int, kStreamCount> m_fd{};
+  std::array<std::int64_t, kStreamCount> m_size{};
+  std::filesystem::path m_dir;
+};
+
+// Generated keys of a chunk, kept until the chunk's outputs are written, so a crash between the
+// certificate commit and the outputs loses no key. Files are 0600 in DIR/.spool.
+void spool_keys(const std::filesystem::path& out_dir, const Chunk& chunk);
+std::map<std::int64_t, Der> load_spooled_keys(const std::filesystem::path& out_dir);
+void drop_spool(const std::filesystem::path& out_dir, std::int64_t chunk_index);
+
+}  // namespace fleetsign::engine::batch
