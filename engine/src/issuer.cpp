@@ -10,9 +10,11 @@
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 
+#include <atomic>
 #include <cassert>
 
 #include "der.hpp"
+#include "fixed_key_verifier.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/hsm/token.hpp"
@@ -23,7 +25,11 @@ namespace fleetsign::engine {
 
 namespace {
 
-constexpr std::size_t kSerialBytes = 19;  // 150 random bits; always 19 octets, positive
+// Serial: 20 octets = a 30-bit counter (random start per Issuer, first octet 0x40..0x7F so the
+// INTEGER is positive and minimally encoded) + 128 bits from the CSPRNG. The counter gives the
+// registry's serial index locality (one page per chunk, not one per certificate); uniqueness and
+// unpredictability come from the 128 random bits and the database constraint.
+constexpr std::size_t kSerialBytes = 20;
 constexpr std::int64_t kBackdateSeconds = 60;  // tolerate small device clock skew
 
 // Extensions every device certificate gets, in order (policy decides; the CSR never does):
@@ -72,6 +78,8 @@ struct Issuer::Impl {
   Der subject_prefix;  // RDNs before CN (O, OU), DER
   std::string subject_line_prefix;
   ossl::PkeyPtr ca_public;  // for verifying every signature the token makes
+  std::unique_ptr<FixedKeyVerifier> fast_verifier;  // P-256 CAs: precomputed tables for the key
+  mutable std::atomic<std::uint32_t> serial_counter{0};
 
   Impl(const CaRecord& ca, const hsm::SigningKey& k, const Clock& c, RandomSource& r, int days)
       : ca_name(ca.name), key(k), clock(c), random(r), device_days(days), ca_not_after(ca.not_after) {}
@@ -81,12 +89,19 @@ Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Pol
                int device_days, const Clock& clock, RandomSource& random)
     : m_policy(policy), m_impl(std::make_unique<Impl>(ca, key, clock, random, device_days)) {
   Impl& m = *m_impl;
+  std::uint8_t start[4];
+  random.fill(start);
+  m.serial_counter = (std::uint32_t{start[0]} << 24) | (std::uint32_t{start[1]} << 16) |
+                     (std::uint32_t{start[2]} << 8) | start[3];
   auto cert = ossl::from_der(ca.cert_der);
   if (!cert) {
     throw Error(ErrorCode::kCertificateMalformed, "CA '" + ca.name + "': stored certificate is malformed");
   }
   m.issuer_name = name_der(X509_get_subject_name(cert.get()));
   m.ca_public.reset(X509_get_pubkey(cert.get()));
+  if (key.type() == hsm::KeyType::kEcP256) {
+    m.fast_verifier = std::make_unique<FixedKeyVerifier>(EVP_PKEY_get0_EC_KEY(m.ca_public.get()));
+  }
   // Signature algorithm follows the CA key: P-384 signs with SHA-384, others with SHA-256.
   if (key.is_ec()) {
     const bool p384 = key.type() == hsm::KeyType::kEcP384;
@@ -150,10 +165,13 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
   if (p.m_not_after <= p.m_not_before) {
     return fail(ErrorCode::kValidityBeyondIssuer, "CA '" + m.ca_name + "' has expired");
   }
-  // Serial: 150 CSPRNG bits, first octet 0x40..0x7F so it is positive and exactly 19 octets.
   std::uint8_t serial[kSerialBytes];
-  m.random.fill(serial);
-  serial[0] = static_cast<std::uint8_t>((serial[0] & 0x3F) | 0x40);
+  const std::uint32_t n = (m.serial_counter.fetch_add(1, std::memory_order_relaxed) & 0x3FFFFFFFu) | 0x40000000u;
+  serial[0] = static_cast<std::uint8_t>(n >> 24);
+  serial[1] = static_cast<std::uint8_t>(n >> 16);
+  serial[2] = static_cast<std::uint8_t>(n >> 8);
+  serial[3] = static_cast<std::uint8_t>(n);
+  m.random.fill(std::span<std::uint8_t>(serial + 4, kSerialBytes - 4));
   p.m_serial = hex_upper(serial);
 
   // SKI: SHA-1 of the subjectPublicKey bits (RFC 5280 4.2.1.2, method 1).
@@ -216,11 +234,15 @@ Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
     return fail(ErrorCode::kSignFailed, "serial " + p.m_serial + ": " + error);
   }
   // Verify what the token produced before anything is recorded or released (Boulder's rule).
-  ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
-  const bool verified = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-                        EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
-                        EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest,
-                                        digest_len) == 1;
+  bool verified = false;
+  if (m.fast_verifier) {
+    verified = m.fast_verifier->verify(ByteView(digest, digest_len), signature);
+  } else {
+    ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
+    verified = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+               EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
+               EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest, digest_len) == 1;
+  }
   if (!verified) {
     ERR_clear_error();
     return fail(ErrorCode::kSignFailed, "serial " + p.m_serial +

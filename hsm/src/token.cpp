@@ -10,6 +10,7 @@
 #include <openssl/x509.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "fleetsign/error.hpp"
 #include "pkcs11_raw.hpp"
@@ -129,34 +130,131 @@ std::string_view key_type_name(KeyType type) noexcept {
 // ---------------------------------------------------------------------------------------------
 // SigningKey
 
-SigningKey::SigningKey(KeyRef ref, KeyType type, EVP_PKEY* private_key,
-                       std::vector<std::uint8_t> spki)
-    : m_ref(std::move(ref)), m_type(type), m_pkey(private_key), m_spki(std::move(spki)) {}
+struct SigningKey::Fast {
+  CK_FUNCTION_LIST_PTR f = nullptr;
+  CK_SLOT_ID slot = 0;
+  CK_SESSION_HANDLE owner = CK_INVALID_HANDLE;  // keeps the session-object copy alive
+  CK_OBJECT_HANDLE object = CK_INVALID_HANDLE;
+  bool copied = false;
+  std::mutex mutex;
+  std::vector<CK_SESSION_HANDLE> idle;  // sessions free for the next signer
+  std::vector<CK_SESSION_HANDLE> all;
 
-SigningKey::~SigningKey() { EVP_PKEY_free(m_pkey); }
+  ~Fast() {
+    for (const CK_SESSION_HANDLE s : all) f->C_CloseSession(s);
+    if (copied) f->C_DestroyObject(owner, object);
+    if (owner != CK_INVALID_HANDLE) f->C_CloseSession(owner);
+  }
+  CK_SESSION_HANDLE acquire(CK_RV& rv) {
+    {
+      std::lock_guard lock(mutex);
+      if (!idle.empty()) {
+        const CK_SESSION_HANDLE s = idle.back();
+        idle.pop_back();
+        return s;
+      }
+    }
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &s);
+    if (rv == CKR_OK) {
+      std::lock_guard lock(mutex);
+      all.push_back(s);
+    }
+    return s;
+  }
+  void release(CK_SESSION_HANDLE s) {
+    std::lock_guard lock(mutex);
+    idle.push_back(s);
+  }
+};
+
+namespace {
+
+// DigestInfo prefixes for RSA PKCS#1 v1.5 (RFC 8017 9.2 note 1).
+constexpr std::uint8_t kSha256Info[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                        0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20};
+constexpr std::uint8_t kSha384Info[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01,
+                                        0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30};
+
+// PKCS#11 gives ECDSA signatures as r || s; X.509 wants DER ECDSA-Sig-Value.
+void append_der_integer(std::vector<std::uint8_t>& out, const std::uint8_t* p, std::size_t n) {
+  while (n > 1 && *p == 0) {
+    ++p;
+    --n;
+  }
+  const bool pad = (*p & 0x80) != 0;
+  out.push_back(0x02);
+  out.push_back(static_cast<std::uint8_t>(n + (pad ? 1 : 0)));
+  if (pad) out.push_back(0);
+  out.insert(out.end(), p, p + n);
+}
+
+void ecdsa_raw_to_der(const std::uint8_t* raw, std::size_t len, std::vector<std::uint8_t>& out) {
+  std::uint8_t body[2 * (2 + 1 + 66)];
+  std::vector<std::uint8_t> ints;
+  ints.reserve(sizeof body);
+  append_der_integer(ints, raw, len / 2);
+  append_der_integer(ints, raw + len / 2, len / 2);
+  out.clear();
+  out.push_back(0x30);
+  if (ints.size() >= 0x80) out.push_back(0x81);
+  out.push_back(static_cast<std::uint8_t>(ints.size()));
+  out.insert(out.end(), ints.begin(), ints.end());
+}
+
+}  // namespace
+
+SigningKey::SigningKey(KeyRef ref, KeyType type, EVP_PKEY* private_key,
+                       std::vector<std::uint8_t> spki, std::unique_ptr<Fast> fast)
+    : m_ref(std::move(ref)),
+      m_type(type),
+      m_pkey(private_key),
+      m_spki(std::move(spki)),
+      m_fast(std::move(fast)) {}
+
+SigningKey::~SigningKey() {
+  m_fast.reset();
+  EVP_PKEY_free(m_pkey);
+}
+
+bool SigningKey::signs_with_session_copy() const noexcept { return m_fast && m_fast->copied; }
 
 bool SigningKey::sign_digest(std::span<const std::uint8_t> digest, int md_nid,
                              std::vector<std::uint8_t>& out, std::string& error) const {
-  unsigned int len = 0;
-  int ok = 0;
-  // The key's methods are libp11's: these calls become C_SignInit/C_Sign on a pooled session.
-  if (is_ec()) {
-    const EC_KEY* ec = EVP_PKEY_get0_EC_KEY(m_pkey);
-    out.resize(static_cast<std::size_t>(ECDSA_size(ec)));
-    ok = ECDSA_sign(0, digest.data(), static_cast<int>(digest.size()), out.data(), &len,
-                    const_cast<EC_KEY*>(ec));
-  } else {
-    const RSA* rsa = EVP_PKEY_get0_RSA(m_pkey);
-    out.resize(static_cast<std::size_t>(RSA_size(rsa)));
-    ok = RSA_sign(md_nid, digest.data(), static_cast<unsigned>(digest.size()), out.data(), &len,
-                  const_cast<RSA*>(rsa));
+  CK_RV rv = CKR_OK;
+  const CK_SESSION_HANDLE session = m_fast->acquire(rv);
+  if (session == CK_INVALID_HANDLE) {
+    error = "token signing with " + m_ref.uri() + ": C_OpenSession failed: " + raw::ckr_name(rv);
+    return false;
   }
-  if (ok != 1) {
-    error = "token signing with " + m_ref.uri() + " failed: " + raw::ckr_name(last_ckr());
+  std::uint8_t input[19 + 64];
+  std::size_t input_len = digest.size();
+  CK_MECHANISM mech{is_ec() ? CKM_ECDSA : CKM_RSA_PKCS, nullptr, 0};
+  if (is_ec()) {
+    std::memcpy(input, digest.data(), digest.size());
+  } else {
+    const std::uint8_t* info = md_nid == NID_sha384 ? kSha384Info : kSha256Info;
+    std::memcpy(input, info, sizeof kSha256Info);
+    std::memcpy(input + sizeof kSha256Info, digest.data(), digest.size());
+    input_len += sizeof kSha256Info;
+  }
+  std::uint8_t sig[1024];
+  CK_ULONG sig_len = sizeof sig;
+  rv = m_fast->f->C_SignInit(session, &mech, m_fast->object);
+  if (rv == CKR_OK) {
+    rv = m_fast->f->C_Sign(session, input, input_len, sig, &sig_len);
+  }
+  m_fast->release(session);
+  if (rv != CKR_OK) {
+    error = "token signing with " + m_ref.uri() + " failed: " + raw::ckr_name(rv);
     out.clear();
     return false;
   }
-  out.resize(len);
+  if (is_ec()) {
+    ecdsa_raw_to_der(sig, sig_len, out);
+  } else {
+    out.assign(sig, sig + sig_len);
+  }
   return true;
 }
 
@@ -406,6 +504,45 @@ void Token::destroy_key(const KeyRef& ref) {
   }
 }
 
+std::unique_ptr<SigningKey::Fast> Token::make_fast(const KeyRef& ref) {
+  auto fast = std::make_unique<SigningKey::Fast>();
+  fast->f = m_impl->module->f();
+  fast->slot = m_impl->slot_id;
+  CK_RV rv = fast->f->C_OpenSession(fast->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr,
+                                    nullptr, &fast->owner);
+  if (rv != CKR_OK) {
+    throw Error(ErrorCode::kTokenError, "key " + ref.uri() + ": C_OpenSession: " + raw::ckr_name(rv));
+  }
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
+                         {CKA_ID, const_cast<std::uint8_t*>(ref.id.data()), ref.id.size()}};
+  CK_ULONG count = 0;
+  if (fast->f->C_FindObjectsInit(fast->owner, tmpl, 2) == CKR_OK) {
+    fast->f->C_FindObjects(fast->owner, &fast->object, 1, &count);
+    fast->f->C_FindObjectsFinal(fast->owner);
+  }
+  if (count != 1) {
+    throw Error(ErrorCode::kKeyNotFound, "key " + ref.uri() + " not found in token '" + m_config.token_label + "'");
+  }
+  CK_BBOOL no = CK_FALSE;
+  CK_ATTRIBUTE copy_tmpl[] = {{CKA_TOKEN, &no, sizeof no}};
+  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+  if (fast->f->C_CopyObject(fast->owner, fast->object, copy_tmpl, 1, &copy) == CKR_OK) {
+    // Use the copy only if the token kept it protected (PKCS#11 forbids weakening, but check).
+    CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE;
+    CK_ATTRIBUTE q[] = {{CKA_SENSITIVE, &sensitive, sizeof sensitive},
+                        {CKA_EXTRACTABLE, &extractable, sizeof extractable}};
+    if (fast->f->C_GetAttributeValue(fast->owner, copy, q, 2) == CKR_OK && sensitive == CK_TRUE &&
+        extractable == CK_FALSE) {
+      fast->object = copy;
+      fast->copied = true;
+    } else {
+      fast->f->C_DestroyObject(fast->owner, copy);
+    }
+  }
+  return fast;
+}
+
 const SigningKey& Token::key(const KeyRef& ref) {
   if (auto it = m_keys.find(ref.id); it != m_keys.end()) {
     return *it->second;
@@ -430,7 +567,7 @@ const SigningKey& Token::key(const KeyRef& ref) {
     if (pkey == nullptr) {
       break;
     }
-    auto key = std::make_unique<SigningKey>(ref, type, pkey, std::move(spki));
+    auto key = std::make_unique<SigningKey>(ref, type, pkey, std::move(spki), make_fast(ref));
     const SigningKey& result = *key;
     m_keys.emplace(ref.id, std::move(key));
     return result;

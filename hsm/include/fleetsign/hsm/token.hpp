@@ -43,9 +43,17 @@ struct KeyProtection {
 };
 
 // A token private key, looked up once. Non-owning handle: valid while its Token lives.
+//
+// Hot-path signing (`sign_digest`) goes straight to the module through a pool of per-worker
+// sessions. Where the token allows it, it signs with a session-object copy of the key made by
+// C_CopyObject (CKA_TOKEN=false; still sensitive and non-extractable, it never leaves the token
+// and vanishes with the process): SoftHSM2 re-reads a token object's file on every operation,
+// which costs it a third of its signing rate. `pkey()` (libp11) serves OpenSSL's X509/CRL code.
 class SigningKey final {
  public:
-  SigningKey(KeyRef ref, KeyType type, EVP_PKEY* private_key, std::vector<std::uint8_t> spki);
+  struct Fast;  // module function list, sessions, object handle (token.cpp)
+  SigningKey(KeyRef ref, KeyType type, EVP_PKEY* private_key, std::vector<std::uint8_t> spki,
+             std::unique_ptr<Fast> fast);
   ~SigningKey();
   SigningKey(const SigningKey&) = delete;  // owns an EVP_PKEY reference
   SigningKey& operator=(const SigningKey&) = delete;
@@ -57,6 +65,8 @@ class SigningKey final {
   EVP_PKEY* pkey() const noexcept { return m_pkey; }
   // SubjectPublicKeyInfo DER of the key pair (read from the token's public key object).
   const std::vector<std::uint8_t>& spki_der() const noexcept { return m_spki; }
+  // True when signing uses a session-object copy of the key (see above).
+  bool signs_with_session_copy() const noexcept;
 
   // Signs a message digest (SHA-256 or SHA-384, per `md_nid`) in the token. Writes the DER
   // signature (ECDSA-Sig-Value, or the RSA PKCS#1 v1.5 block) into `out` (resized). Thread-safe.
@@ -69,6 +79,7 @@ class SigningKey final {
   KeyType m_type;
   EVP_PKEY* m_pkey;
   std::vector<std::uint8_t> m_spki;
+  std::unique_ptr<Fast> m_fast;
 };
 
 class Token final {
@@ -106,6 +117,7 @@ class Token final {
  private:
   struct Impl;
   explicit Token(TokenConfig config);
+  std::unique_ptr<SigningKey::Fast> make_fast(const KeyRef& ref);
   TokenConfig m_config;
   std::unique_ptr<Impl> m_impl;
   std::map<std::vector<std::uint8_t>, std::unique_ptr<SigningKey>> m_keys;
