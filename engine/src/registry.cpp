@@ -434,7 +434,7 @@ std::optional<CaRecord> Registry::find_ca(const std::string& name) {
 
 std::vector<CaRecord> Registry::list_cas() {
   return m_impl->guarded("listing CAs", [&] {
-    return m_impl->select<CaRow>(kSelectCas + "ORDER BY created_at, name");
+    return m_impl->select<CaRow>(kSelectCas + "ORDER BY created_at, rowid");
   });
 }
 
