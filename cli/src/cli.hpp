@@ -77,6 +77,9 @@ void add_init_commands(std::vector<Command>& commands);
 void add_ca_commands(std::vector<Command>& commands);
 void add_issue_commands(std::vector<Command>& commands);
 void add_misc_commands(std::vector<Command>& commands);
+void add_enrollment_commands(std::vector<Command>& commands);  // enrollment …, device …
+void add_report_commands(std::vector<Command>& commands);      // expiry report, export …
+void add_auth_commands(std::vector<Command>& commands);        // auth check
 
 // Helpers shared by commands.
 void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::string& arg,

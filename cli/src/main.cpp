@@ -22,6 +22,9 @@ std::vector<Command> all_commands() {
   fleetsign::cli::add_init_commands(commands);
   fleetsign::cli::add_ca_commands(commands);
   fleetsign::cli::add_issue_commands(commands);
+  fleetsign::cli::add_enrollment_commands(commands);
+  fleetsign::cli::add_auth_commands(commands);
+  fleetsign::cli::add_report_commands(commands);
   fleetsign::cli::add_misc_commands(commands);
   return commands;
 }

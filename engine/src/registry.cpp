@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "fleetsign/error.hpp"
+#include "registry_impl.hpp"
 
 namespace fleetsign::engine {
 
@@ -30,6 +31,11 @@ using Poco::Data::Session;
 using Poco::Data::Statement;
 
 namespace {
+
+using registry_detail::actor;
+using registry_detail::stamp;
+using registry_detail::to_bytes;
+using registry_detail::translate;
 
 // Migration N takes the schema from version N to N+1. Append only: a shipped script never changes.
 // Types stay portable to PostgreSQL (TEXT, BIGINT, BLOB as bytea); the triggers are per dialect.
@@ -75,6 +81,41 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 )sql",
+    // 2: enrollments and devices (issue 4). Devices carry their slots' not_after so the expiry
+    // report reads one indexed table instead of joining 10^6 certificates.
+    R"sql(
+CREATE TABLE enrollment_groups (
+  name TEXT PRIMARY KEY,
+  enabled BIGINT NOT NULL DEFAULT 1,
+  primary_ca TEXT NULL REFERENCES cas(name),
+  secondary_ca TEXT NULL REFERENCES cas(name),
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+CREATE TABLE individual_enrollments (
+  registration_id TEXT PRIMARY KEY,
+  enabled BIGINT NOT NULL DEFAULT 1,
+  primary_cert BLOB, primary_sha256 TEXT NOT NULL DEFAULT '',
+  secondary_cert BLOB, secondary_sha256 TEXT NOT NULL DEFAULT '',
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+CREATE TABLE devices (
+  registration_id TEXT PRIMARY KEY,
+  primary_serial TEXT NOT NULL DEFAULT '', primary_not_after BIGINT NOT NULL DEFAULT 0,
+  secondary_serial TEXT NOT NULL DEFAULT '', secondary_not_after BIGINT NOT NULL DEFAULT 0,
+  ca_name TEXT NOT NULL DEFAULT '', lot TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL DEFAULT 'enabled',
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+CREATE INDEX devices_primary_expiry ON devices (primary_not_after);
+CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after);
+CREATE INDEX devices_ca ON devices (ca_name, primary_not_after);
+CREATE INDEX devices_lot ON devices (lot);
+INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, created_at, updated_at)
+  SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), created_at, created_at
+  FROM certificates c WHERE state = 'issued' AND serial = (
+    SELECT serial FROM certificates c2 WHERE c2.device_id = c.device_id AND c2.state = 'issued'
+    ORDER BY not_after DESC LIMIT 1);
+)sql",
 };
 
 // SQLite's default limit on host parameters is 999 in older builds; stay well under it.
@@ -96,9 +137,6 @@ const std::string kSelectBatches = std::string("SELECT ") + kBatchColumns + " FR
 constexpr std::array<std::string_view, 4> kStateNames = {"intent", "issued", "abandoned",
                                                          "revoked"};
 
-std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
-  return {blob.content().begin(), blob.content().end()};
-}
 
 CertState parse_state(const std::string& name) {
   const auto it = std::find(kStateNames.begin(), kStateNames.end(), name);
@@ -106,29 +144,6 @@ CertState parse_state(const std::string& name) {
     return static_cast<CertState>(it - kStateNames.begin());
   }
   throw Error(ErrorCode::kRegistryError, "unknown certificate state '" + name + "' in registry");
-}
-
-// A given timestamp is kept (imports, injected clocks in tests); zero means "now".
-std::int64_t stamp(std::int64_t given) {
-  return given != 0 ? given : static_cast<std::int64_t>(std::time(nullptr));
-}
-
-std::string actor() {
-  const char* user = std::getenv("USER");
-  return user != nullptr && *user != '\0' ? user : "unknown";
-}
-
-Error translate(const std::string& what, const Poco::Exception& e) {
-  namespace sqlite = Poco::Data::SQLite;
-  ErrorCode code = ErrorCode::kRegistryError;
-  if (dynamic_cast<const sqlite::DBLockedException*>(&e) != nullptr ||
-      dynamic_cast<const sqlite::TableLockedException*>(&e) != nullptr) {
-    code = ErrorCode::kRegistryBusy;
-  } else if (dynamic_cast<const sqlite::ConstraintViolationException*>(&e) != nullptr &&
-             e.message().find("UNIQUE") != std::string::npos) {
-    code = ErrorCode::kAlreadyExists;
-  }
-  return Error(code, what + ": " + (e.message().empty() ? e.displayText() : e.message()));
 }
 
 // Row buffers: Statement extractions write into these members, one row per execute().
@@ -236,140 +251,6 @@ std::string_view cert_state_name(CertState state) noexcept {
   return index < kStateNames.size() ? kStateNames[index] : "unknown";
 }
 
-struct Registry::Impl {
-  Session m_session;
-  std::string m_file;
-
-  Impl(Session session, std::string file)
-      : m_session(std::move(session)), m_file(std::move(file)) {}
-
-  void exec(const std::string& sql) { m_session << sql, kw::now; }
-
-  // For an UPDATE of one named row: no row changed means the name is unknown.
-  static void expect_row(Statement& st, const std::string& what) {
-    if (st.execute() == 0) {
-      throw Error(ErrorCode::kNotFound, what + ": not found");
-    }
-  }
-
-  // Runs `body`, turning database failures into Error with `what` as context.
-  template <typename F>
-  auto guarded(const std::string& what, F&& body) -> decltype(body()) {
-    try {
-      return body();
-    } catch (const Poco::Exception& e) {
-      throw translate(what, e);
-    }
-  }
-
-  // Runs `body` in one BEGIN IMMEDIATE transaction: taking the write lock up front means a
-  // second writer waits in busy_timeout at BEGIN instead of failing halfway through.
-  template <typename F>
-  auto write(const std::string& what, F&& body) -> decltype(body()) {
-    return guarded(what, [&] {
-      ImmediateTxn txn(*this);
-      if constexpr (std::is_void_v<decltype(body())>) {
-        body();
-        txn.commit();
-      } else {
-        auto result = body();
-        txn.commit();
-        return result;
-      }
-    });
-  }
-
-  // Reads rows one at a time into a Row buffer; params are bound by value after the columns.
-  template <typename Row, typename... Params>
-  auto select(const std::string& sql, const Params&... params) {
-    Row row;
-    std::vector<decltype(row.take())> out;
-    Statement st(m_session);
-    st << sql;
-    row.bind_into(st);
-    ((st, kw::bind(params)), ...);
-    st, kw::range(0, 1);
-    while (!st.done()) {
-      if (st.execute() == 0) {
-        break;
-      }
-      out.push_back(row.take());
-    }
-    return out;
-  }
-
-  template <typename Row, typename... Params>
-  auto select_one(const std::string& sql, const Params&... params)
-      -> std::optional<decltype(Row().take())> {
-    auto rows = select<Row>(sql, params...);
-    return rows.empty() ? std::nullopt : std::optional(std::move(rows.front()));
-  }
-
-  class ImmediateTxn {
-   public:
-    explicit ImmediateTxn(Impl& impl) : m_impl(impl) { m_impl.exec("BEGIN IMMEDIATE"); }
-    ImmediateTxn(const ImmediateTxn&) = delete;  // owns the open transaction
-    ImmediateTxn& operator=(const ImmediateTxn&) = delete;
-    ~ImmediateTxn() {
-      if (!m_open) {
-        return;
-      }
-      try {
-        m_impl.exec("ROLLBACK");
-      } catch (const Poco::Exception&) {
-        // SQLite may already have rolled back (e.g. after SQLITE_FULL); nothing more to undo.
-      }
-    }
-    void commit() {
-      m_impl.exec("COMMIT");
-      m_open = false;
-    }
-
-   private:
-    Impl& m_impl;
-    bool m_open = true;
-  };
-
-  std::int64_t stored_version() {
-    std::vector<std::int64_t> rows;
-    m_session << "SELECT version FROM schema_version", kw::into(rows), kw::now;
-    if (rows.size() > 1) {
-      throw Error(ErrorCode::kRegistryError, m_file + ": schema_version holds several rows");
-    }
-    return rows.empty() ? 0 : rows.front();
-  }
-
-  void refuse_newer(std::int64_t version) {
-    if (version > kSchemaVersion) {
-      throw Error(ErrorCode::kSchemaTooNew, m_file + ": registry schema version " +
-                                                std::to_string(version) +
-                                                " is newer than this fleetsign supports (" +
-                                                std::to_string(kSchemaVersion) + ")");
-    }
-  }
-
-  // Each migration is its own transaction so a crash leaves a consistent, numbered schema. An
-  // up-to-date database is only read, so opening it never waits for another process's writes.
-  void migrate() {
-    exec("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)");
-    for (;;) {
-      const auto version = stored_version();
-      refuse_newer(version);
-      if (version == kSchemaVersion) {
-        return;
-      }
-      ImmediateTxn txn(*this);
-      if (stored_version() != version) {
-        continue;  // another process migrated before we got the write lock
-      }
-      exec(std::string(kMigrations[static_cast<std::size_t>(version)]));
-      exec("DELETE FROM schema_version");
-      const std::int64_t next = version + 1;
-      m_session << "INSERT INTO schema_version (version) VALUES (?)", kw::bind(next), kw::now;
-      txn.commit();
-    }
-  }
-};
 
 std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file) {
   static std::once_flag registered;
@@ -391,7 +272,7 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file) {
     impl->exec("PRAGMA foreign_keys = ON");
     // 64 MiB of page cache: the index pages a batch touches stay in memory between chunks.
     impl->exec("PRAGMA cache_size = -65536");
-    impl->migrate();
+    impl->migrate(kMigrations);
     return std::unique_ptr<Registry>(new Registry(std::move(impl)));
   } catch (const Poco::Exception& e) {
     throw translate(what, e);
@@ -516,6 +397,26 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
       if (st.execute() != certs.size()) {
         throw NotAllIntents{};
       }
+      // The device's slots, in the same transaction: a new device gets its primary slot; a known
+      // one gets the new certificate in its secondary slot (rollover jobs alternate them).
+      const std::int64_t now = stamp(0);
+      Statement dev = (m_impl->m_session
+                           << "INSERT INTO devices (registration_id, primary_serial, primary_not_after, "
+                              "ca_name, lot, status, created_at, updated_at) "
+                              "SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), 'enabled', ?, ? "
+                              "FROM certificates WHERE serial = ? "
+                              "ON CONFLICT (registration_id) DO UPDATE SET "
+                              "secondary_serial = CASE WHEN devices.primary_serial = '' "
+                              "THEN devices.secondary_serial ELSE excluded.primary_serial END, "
+                              "secondary_not_after = CASE WHEN devices.primary_serial = '' "
+                              "THEN devices.secondary_not_after ELSE excluded.primary_not_after END, "
+                              "primary_serial = CASE WHEN devices.primary_serial = '' "
+                              "THEN excluded.primary_serial ELSE devices.primary_serial END, "
+                              "primary_not_after = CASE WHEN devices.primary_serial = '' "
+                              "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
+                              "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at",
+                       kw::bind(now), kw::bind(now), kw::use(serial));
+      dev.execute();
     });
   } catch (const NotAllIntents&) {
     for (const auto& c : certs) {

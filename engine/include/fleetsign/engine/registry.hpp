@@ -87,6 +87,53 @@ struct BatchRecord {
   std::string offsets_json;     // output stream sizes at the watermark
 };
 
+// Enrollments mirror Azure DPS: a group trusts devices whose chain leads to the CA in its primary
+// or secondary slot; an individual enrollment trusts one device by the certificate (or SHA-256
+// thumbprint) in its primary or secondary slot. A disabled individual enrollment refuses its device
+// even when an enabled group would accept it.
+enum class Slot { kPrimary, kSecondary };
+std::string_view slot_name(Slot slot) noexcept;  // "primary" | "secondary"
+
+struct EnrollmentGroup {
+  std::string name;
+  bool enabled = true;
+  std::string primary_ca, secondary_ca;  // CA names in this registry; empty = free slot
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+struct IndividualEnrollment {
+  std::string registration_id;
+  bool enabled = true;
+  std::vector<std::uint8_t> primary_cert, secondary_cert;  // DER; empty when only a thumbprint
+  std::string primary_sha256, secondary_sha256;            // upper-case hex; empty = free slot
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+// A device as the registry knows it: the certificate in each slot. Issuance fills the primary slot
+// of a new device, or the secondary slot of a known one (rollover jobs alternate them later).
+struct DeviceRecord {
+  std::string registration_id;
+  std::string primary_serial, secondary_serial;  // empty = free slot
+  std::int64_t primary_not_after = 0, secondary_not_after = 0;
+  std::string ca_name;  // issuer of the newest certificate
+  std::string lot;
+  std::string status;   // "enabled" | "disabled"
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+struct DeviceFilter {
+  std::vector<std::string> ca_names;  // empty = any
+  std::string lot;                    // empty = any
+  std::int64_t limit = 0;             // 0 = no limit
+};
+
+// One row of the expiry scan: a device certificate in a slot expiring before `until`.
+struct ExpiringCert {
+  std::string registration_id, serial, ca_name, lot;
+  Slot slot = Slot::kPrimary;
+  std::int64_t not_after = 0;
+};
+
 struct AuditEntry {
   std::int64_t id = 0;
   std::int64_t at = 0;
@@ -102,7 +149,7 @@ class Registry final {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
   int schema_version();
 
   // --- CAs
@@ -140,6 +187,21 @@ class Registry final {
                              const std::string& offsets_json, std::int64_t issued,
                              std::int64_t rejected);
   void finish_batch(const std::string& id, std::int64_t finished_at);
+
+  // --- enrollments and devices. Each save writes an audit row in the same transaction.
+  void save_group(const EnrollmentGroup& group, const std::string& action, bool create);
+  std::optional<EnrollmentGroup> find_group(const std::string& name);
+  std::vector<EnrollmentGroup> list_groups();
+  void save_individual(const IndividualEnrollment& ie, const std::string& action, bool create);
+  std::optional<IndividualEnrollment> find_individual(const std::string& registration_id);
+  std::vector<IndividualEnrollment> list_individuals();
+  std::optional<DeviceRecord> find_device(const std::string& registration_id);
+  std::vector<DeviceRecord> list_devices(const DeviceFilter& filter);
+  std::int64_t count_devices();
+  // Device certificates (current slots) with not_after < until, ordered by not_after.
+  std::vector<ExpiringCert> expiring_device_certs(std::int64_t until, const DeviceFilter& filter);
+  // Latest not_after of the device certificates each CA issued (current slots only).
+  std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca();
 
   // --- audit (append-only: the table refuses UPDATE and DELETE by trigger)
   void audit(const std::string& action, const std::string& subject, const std::string& detail);

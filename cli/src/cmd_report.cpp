@@ -1,0 +1,7 @@
+#include "cli.hpp"
+
+namespace fleetsign::cli {
+
+void add_report_commands(std::vector<Command>& commands) { (void)commands; }
+
+}  // namespace fleetsign::cli

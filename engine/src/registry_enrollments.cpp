@@ -1,0 +1,259 @@
+// Registry: enrollment groups, individual enrollments and devices (schema version 2).
+#include <algorithm>
+
+#include "registry_impl.hpp"
+
+namespace fleetsign::engine {
+
+using registry_detail::actor;
+using registry_detail::stamp;
+using registry_detail::to_bytes;
+
+std::string_view slot_name(Slot slot) noexcept {
+  return slot == Slot::kPrimary ? "primary" : "secondary";
+}
+
+namespace {
+
+const std::string kGroupColumns = "name, enabled, COALESCE(primary_ca, ''), COALESCE(secondary_ca, ''), created_at, updated_at";
+const std::string kIndividualColumns =
+    "registration_id, enabled, primary_cert, primary_sha256, secondary_cert, secondary_sha256, created_at, updated_at";
+const std::string kDeviceColumns =
+    "registration_id, primary_serial, primary_not_after, secondary_serial, secondary_not_after, ca_name, lot, "
+    "status, created_at, updated_at";
+
+struct GroupRow {
+  EnrollmentGroup rec;
+  std::int64_t enabled = 1;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.name), kw::into(enabled), kw::into(rec.primary_ca), kw::into(rec.secondary_ca),
+        kw::into(rec.created_at), kw::into(rec.updated_at);
+  }
+  EnrollmentGroup take() {
+    rec.enabled = enabled != 0;
+    return rec;
+  }
+};
+
+struct IndividualRow {
+  IndividualEnrollment rec;
+  std::int64_t enabled = 1;
+  BLOB primary, secondary;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.registration_id), kw::into(enabled), kw::into(primary), kw::into(rec.primary_sha256),
+        kw::into(secondary), kw::into(rec.secondary_sha256), kw::into(rec.created_at), kw::into(rec.updated_at);
+  }
+  IndividualEnrollment take() {
+    rec.enabled = enabled != 0;
+    rec.primary_cert = to_bytes(primary);
+    rec.secondary_cert = to_bytes(secondary);
+    return rec;
+  }
+};
+
+struct DeviceRow {
+  DeviceRecord rec;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.registration_id), kw::into(rec.primary_serial), kw::into(rec.primary_not_after),
+        kw::into(rec.secondary_serial), kw::into(rec.secondary_not_after), kw::into(rec.ca_name),
+        kw::into(rec.lot), kw::into(rec.status), kw::into(rec.created_at), kw::into(rec.updated_at);
+  }
+  DeviceRecord take() { return rec; }
+};
+
+// "WHERE …" for a device filter, with its parameters in order.
+std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params, const std::string& prefix) {
+  std::string sql;
+  if (!f.ca_names.empty()) {
+    sql += prefix + "ca_name IN (";
+    for (std::size_t i = 0; i < f.ca_names.size(); ++i) {
+      sql += i ? ", ?" : "?";
+      params.push_back(f.ca_names[i]);
+    }
+    sql += ")";
+  }
+  if (!f.lot.empty()) {
+    sql += (sql.empty() ? prefix : std::string(" AND ")) + "lot = ?";
+    params.push_back(f.lot);
+  }
+  return sql;
+}
+
+void bind_all(Statement& st, const std::vector<std::string>& params) {
+  for (const auto& p : params) {
+    st, kw::bind(p);
+  }
+}
+
+void audit_row(Session& session, const std::string& action, const std::string& subject, const std::string& detail) {
+  const std::int64_t at = stamp(0);
+  const std::string who = actor();
+  session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)", kw::bind(at),
+      kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
+}
+
+std::string group_detail(const EnrollmentGroup& g) {
+  return std::string("{\"enabled\":") + (g.enabled ? "true" : "false") + ",\"primary_ca\":\"" + g.primary_ca +
+         "\",\"secondary_ca\":\"" + g.secondary_ca + "\"}";
+}
+
+}  // namespace
+
+void Registry::save_group(const EnrollmentGroup& g, const std::string& action, bool create) {
+  m_impl->write((create ? "creating" : "updating") + std::string(" enrollment group '") + g.name + "'", [&] {
+    const std::int64_t now = stamp(0);
+    const std::int64_t enabled = g.enabled ? 1 : 0;
+    // NULL, not '', for a free slot: the columns reference cas(name).
+    const std::optional<std::string> primary = g.primary_ca.empty() ? std::nullopt : std::optional(g.primary_ca);
+    const std::optional<std::string> secondary = g.secondary_ca.empty() ? std::nullopt : std::optional(g.secondary_ca);
+    Poco::Nullable<std::string> p = primary ? Poco::Nullable<std::string>(*primary) : Poco::Nullable<std::string>();
+    Poco::Nullable<std::string> sec = secondary ? Poco::Nullable<std::string>(*secondary) : Poco::Nullable<std::string>();
+    if (create) {
+      m_impl->m_session << "INSERT INTO enrollment_groups (name, enabled, primary_ca, secondary_ca, created_at, "
+                           "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+          kw::bind(g.name), kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(now), kw::now;
+    } else {
+      Statement st = (m_impl->m_session << "UPDATE enrollment_groups SET enabled = ?, primary_ca = ?, "
+                                           "secondary_ca = ?, updated_at = ? WHERE name = ?",
+                      kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(g.name));
+      Impl::expect_row(st, "enrollment group '" + g.name + "'");
+    }
+    audit_row(m_impl->m_session, action, g.name, group_detail(g));
+  });
+}
+
+std::optional<EnrollmentGroup> Registry::find_group(const std::string& name) {
+  return m_impl->guarded("reading enrollment group '" + name + "'", [&] {
+    return m_impl->select_one<GroupRow>("SELECT " + kGroupColumns + " FROM enrollment_groups WHERE name = ?", name);
+  });
+}
+
+std::vector<EnrollmentGroup> Registry::list_groups() {
+  return m_impl->guarded("listing enrollment groups", [&] {
+    return m_impl->select<GroupRow>("SELECT " + kGroupColumns + " FROM enrollment_groups ORDER BY name");
+  });
+}
+
+void Registry::save_individual(const IndividualEnrollment& ie, const std::string& action, bool create) {
+  m_impl->write((create ? "creating" : "updating") + std::string(" individual enrollment '") +
+                    ie.registration_id + "'",
+                [&] {
+                  const std::int64_t now = stamp(0);
+                  const std::int64_t enabled = ie.enabled ? 1 : 0;
+                  BLOB primary(ie.primary_cert), secondary(ie.secondary_cert);
+                  if (create) {
+                    m_impl->m_session << "INSERT INTO individual_enrollments (" << kIndividualColumns
+                                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        kw::bind(ie.registration_id), kw::bind(enabled), kw::bind(primary),
+                        kw::bind(ie.primary_sha256), kw::bind(secondary), kw::bind(ie.secondary_sha256),
+                        kw::bind(now), kw::bind(now), kw::now;
+                  } else {
+                    Statement st = (m_impl->m_session
+                                        << "UPDATE individual_enrollments SET enabled = ?, primary_cert = ?, "
+                                           "primary_sha256 = ?, secondary_cert = ?, secondary_sha256 = ?, "
+                                           "updated_at = ? WHERE registration_id = ?",
+                                    kw::bind(enabled), kw::bind(primary), kw::bind(ie.primary_sha256),
+                                    kw::bind(secondary), kw::bind(ie.secondary_sha256), kw::bind(now),
+                                    kw::bind(ie.registration_id));
+                    Impl::expect_row(st, "individual enrollment '" + ie.registration_id + "'");
+                  }
+                  audit_row(m_impl->m_session, action, ie.registration_id,
+                            std::string("{\"enabled\":") + (ie.enabled ? "true" : "false") +
+                                ",\"primary_sha256\":\"" + ie.primary_sha256 + "\",\"secondary_sha256\":\"" +
+                                ie.secondary_sha256 + "\"}");
+                });
+}
+
+std::optional<IndividualEnrollment> Registry::find_individual(const std::string& id) {
+  return m_impl->guarded("reading individual enrollment '" + id + "'", [&] {
+    return m_impl->select_one<IndividualRow>(
+        "SELECT " + kIndividualColumns + " FROM individual_enrollments WHERE registration_id = ?", id);
+  });
+}
+
+std::vector<IndividualEnrollment> Registry::list_individuals() {
+  return m_impl->guarded("listing individual enrollments", [&] {
+    return m_impl->select<IndividualRow>("SELECT " + kIndividualColumns +
+                                         " FROM individual_enrollments ORDER BY registration_id");
+  });
+}
+
+std::optional<DeviceRecord> Registry::find_device(const std::string& id) {
+  return m_impl->guarded("reading device '" + id + "'", [&] {
+    return m_impl->select_one<DeviceRow>("SELECT " + kDeviceColumns + " FROM devices WHERE registration_id = ?", id);
+  });
+}
+
+std::vector<DeviceRecord> Registry::list_devices(const DeviceFilter& filter) {
+  return m_impl->guarded("listing devices", [&] {
+    std::vector<std::string> params;
+    std::string sql = "SELECT " + kDeviceColumns + " FROM devices" + where_clause(filter, params, " WHERE ") +
+                      " ORDER BY registration_id";
+    if (filter.limit > 0) sql += " LIMIT " + std::to_string(filter.limit);
+    // Bulk extraction: one execute for the whole result, not one per row.
+    std::vector<std::string> id, ps, ss, ca, lot, status;
+    std::vector<std::int64_t> pna, sna, created, updated;
+    Statement st(m_impl->m_session);
+    st << sql, kw::into(id), kw::into(ps), kw::into(pna), kw::into(ss), kw::into(sna), kw::into(ca),
+        kw::into(lot), kw::into(status), kw::into(created), kw::into(updated);
+    bind_all(st, params);
+    st.execute();
+    std::vector<DeviceRecord> out(id.size());
+    for (std::size_t i = 0; i < id.size(); ++i) {
+      out[i] = DeviceRecord{std::move(id[i]), std::move(ps[i]), std::move(ss[i]), pna[i], sna[i],
+                            std::move(ca[i]), std::move(lot[i]), std::move(status[i]), created[i], updated[i]};
+    }
+    return out;
+  });
+}
+
+std::int64_t Registry::count_devices() {
+  return m_impl->guarded("counting devices", [&] {
+    std::int64_t n = 0;
+    m_impl->m_session << "SELECT COUNT(*) FROM devices", kw::into(n), kw::now;
+    return n;
+  });
+}
+
+std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until, const DeviceFilter& filter) {
+  return m_impl->guarded("scanning expiring device certificates", [&] {
+    std::vector<ExpiringCert> out;
+    for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
+      const std::string col = std::string(slot_name(slot));
+      std::vector<std::string> params;
+      // Indexed on <slot>_not_after: only the rows that are due are read.
+      const std::string sql = "SELECT registration_id, " + col + "_serial, ca_name, lot, " + col +
+                              "_not_after FROM devices WHERE " + col + "_serial <> '' AND " + col +
+                              "_not_after < ?" + where_clause(filter, params, " AND ");
+      std::vector<std::string> id, serial, ca, lot;
+      std::vector<std::int64_t> na;
+      Statement st(m_impl->m_session);
+      st << sql, kw::into(id), kw::into(serial), kw::into(ca), kw::into(lot), kw::into(na), kw::bind(until);
+      bind_all(st, params);
+      st.execute();
+      out.reserve(out.size() + id.size());
+      for (std::size_t i = 0; i < id.size(); ++i) {
+        out.push_back(ExpiringCert{std::move(id[i]), std::move(serial[i]), std::move(ca[i]), std::move(lot[i]), slot, na[i]});
+      }
+    }
+    std::sort(out.begin(), out.end(), [](const ExpiringCert& a, const ExpiringCert& b) {
+      return a.not_after != b.not_after ? a.not_after < b.not_after : a.registration_id < b.registration_id;
+    });
+    return out;
+  });
+}
+
+std::vector<std::pair<std::string, std::int64_t>> Registry::latest_leaf_expiry_by_ca() {
+  return m_impl->guarded("reading the latest device expiry per CA", [&] {
+    std::vector<std::string> ca;
+    std::vector<std::int64_t> latest;
+    // devices_ca (ca_name, primary_not_after) answers this without a table scan.
+    m_impl->m_session << "SELECT ca_name, MAX(primary_not_after) FROM devices GROUP BY ca_name", kw::into(ca),
+        kw::into(latest), kw::now;
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    for (std::size_t i = 0; i < ca.size(); ++i) out.emplace_back(ca[i], latest[i]);
+    return out;
+  });
+}
+
+}  // namespace fleetsign::engine
