@@ -1,7 +1,77 @@
+#include <cstdio>
+#include <ctime>
+
 #include "cli.hpp"
+#include "fleetsign/engine/auth.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
 
 namespace fleetsign::cli {
 
-void add_auth_commands(std::vector<Command>& commands) { (void)commands; }
+namespace {
+
+// "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds.
+std::int64_t parse_time(const std::string& text) {
+  std::tm tm{};
+  if (const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm); end != nullptr && *end == '\0') {
+    return static_cast<std::int64_t>(timegm(&tm));
+  }
+  tm = std::tm{};
+  if (const char* end = strptime(text.c_str(), "%Y-%m-%d", &tm); end != nullptr && *end == '\0') {
+    return static_cast<std::int64_t>(timegm(&tm));
+  }
+  try {
+    std::size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw Error(ErrorCode::kUsage, "--at '" + text + "' is not a time (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
+}
+
+int run_auth_check(Context& ctx) {
+  const Args& a = ctx.args();
+  const std::string file = a.require("chain");
+  const auto chain = engine::read_certificates(file);
+  const std::int64_t at = a.has("at") ? parse_time(*a.get("at")) : ctx.clock().now();
+  engine::Authenticator auth(ctx.registry());
+  const auto d = auth.check(chain, at, a.get("registration-id").value_or(""), a.has("openssl"));
+  if (ctx.json()) {
+    Poco::JSON::Object o;
+    o.set("allowed", d.allowed);
+    o.set("rule", d.rule);
+    o.set("reason", d.reason);
+    o.set("registration_id", d.registration_id);
+    o.set("enrollment", d.enrollment);
+    o.set("slot", d.slot);
+    o.set("serial", d.leaf_serial);
+    o.set("sha256", d.leaf_sha256);
+    o.set("at", engine::iso8601(at));
+    ctx.print_json(o);
+  } else {
+    std::printf("%s: %s (%s)\n  %s\n  registration ID %s, serial %s\n", d.allowed ? "ALLOWED" : "REFUSED",
+                d.rule.c_str(), file.c_str(), d.reason.c_str(), d.registration_id.c_str(), d.leaf_serial.c_str());
+  }
+  // 0 = allowed; a refusal is status 7 ("refused"), like any failed check.
+  return d.allowed ? 0 : exit_status_for(ErrorCode::kVerificationSignatureInvalid);
+}
+
+}  // namespace
+
+void add_auth_commands(std::vector<Command>& commands) {
+  commands.push_back(Command{
+      {"auth", "check"},
+      "--chain FILE [--at TIME] [--registration-id ID] [--openssl] [--json]",
+      "decide as the cloud would whether a device presenting this chain is allowed, and by which rule "
+      "(exit 0 = allowed, 7 = refused)",
+      [](Poco::Util::OptionSet& s) {
+        add_option(s, "chain", "FILE", "PEM: the device certificate first, then any intermediates");
+        add_option(s, "at", "TIME", "decide at this time (2026-11-23T07:13:11Z, 2026-11-23, unix seconds)");
+        add_option(s, "registration-id", "ID", "the registration ID the device claims (default: its CN)");
+        add_flag(s, "openssl", "validate with OpenSSL's X509_verify_cert only (no fast path)");
+        add_flag(s, "json", "print the decision as JSON");
+      },
+      run_auth_check});
+}
 
 }  // namespace fleetsign::cli

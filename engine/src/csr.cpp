@@ -9,6 +9,7 @@
 
 #include "der.hpp"
 #include "fleetsign/engine/issuer.hpp"
+#include "names.hpp"
 #include "oids.hpp"
 #include "ossl.hpp"
 
@@ -136,38 +137,6 @@ bool verify_generic(Bytes spki, const EVP_MD* md_type, const std::uint8_t* md, u
   return ok;
 }
 
-// Finds the single CN of a Name; counts O/OU etc. as irrelevant (the policy sets the subject).
-Result<std::string> common_name(Bytes name) {
-  der::Tlv seq;
-  if (!der::expect(name, der::tag::kSequence, seq)) return fail(ErrorCode::kCsrMalformed, "subject is not a Name");
-  std::string cn;
-  int found = 0;
-  Bytes rdns = seq.content;
-  while (!rdns.empty()) {
-    der::Tlv set;
-    if (!der::expect(rdns, der::tag::kSet, set)) return fail(ErrorCode::kCsrMalformed, "subject RDN is not a SET");
-    Bytes atvs = set.content;
-    while (!atvs.empty()) {
-      der::Tlv atv, type, value;
-      if (!der::expect(atvs, der::tag::kSequence, atv)) return fail(ErrorCode::kCsrMalformed, "bad subject attribute");
-      Bytes a = atv.content;
-      if (!der::expect(a, der::tag::kOid, type) || !der::read(a, value)) {
-        return fail(ErrorCode::kCsrMalformed, "bad subject attribute");
-      }
-      if (!der::equal(type.content, oid::kCommonName)) continue;
-      if (value.tag != der::tag::kUtf8String && value.tag != der::tag::kPrintableString &&
-          value.tag != der::tag::kIa5String) {
-        return fail(ErrorCode::kDeviceIdInvalid, "subject CN is not a UTF8/Printable/IA5 string");
-      }
-      cn.assign(value.content.begin(), value.content.end());
-      ++found;
-    }
-  }
-  if (found == 0) return fail(ErrorCode::kDeviceIdInvalid, "subject has no CN (the device ID)");
-  if (found > 1) return fail(ErrorCode::kDeviceIdInvalid, "subject has more than one CN");
-  return cn;
-}
-
 bool has_extension_request(Bytes attributes) {
   while (!attributes.empty()) {
     der::Tlv attr, type;
@@ -259,7 +228,7 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
     return fail(ErrorCode::kCsrSignatureInvalid, "CSR signature does not verify with its own public key");
   }
   // 4. Subject: exactly one CN, which must be a valid device ID.
-  auto cn = common_name(subject.whole);
+  auto cn = single_common_name(subject.whole);
   if (!cn) {
     return cn.error();
   }

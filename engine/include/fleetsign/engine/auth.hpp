@@ -1,0 +1,64 @@
+// The decision a cloud (Azure DPS / IoT Hub) makes when a device presents its certificate chain,
+// with the rule that decided it:
+//   - the leaf's CN is the registration ID and must be a valid device ID;
+//   - a revoked certificate is refused;
+//   - an individual enrollment for that ID wins over any group: disabled refuses, even when an
+//     enabled group would accept; enabled allows only the certificate (or SHA-256 thumbprint) in
+//     its primary or secondary slot, valid at the time;
+//   - otherwise the chain must validate (RFC 5280: signatures, validity at the time,
+//     basicConstraints, pathLen, name constraints, keyUsage/EKU) to a *verified* CA sitting in a
+//     slot of an *enabled* group.
+//
+// Two paths give the same answers (the table-driven tests run both): a fast path for leaves issued
+// by a CA of this registry — the CA paths are validated once, with OpenSSL, when the Authenticator
+// is built, and each check verifies one signature with precomputed tables — and OpenSSL's
+// X509_verify_cert for anything else. Not thread-safe (it queries the registry): one per thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
+
+namespace fleetsign::engine {
+
+struct AuthDecision {
+  bool allowed = false;
+  // Stable rule names: "individual-enrollment", "enrollment-group" (allowed); "chain-malformed",
+  // "registration-id-invalid", "registration-id-mismatch", "revoked", "individual-disabled", "individual-mismatch",
+  // "not-yet-valid", "expired", "chain-invalid", "ca-not-verified", "group-disabled",
+  // "ca-expired", "no-enrollment" (refused).
+  std::string rule;
+  std::string reason;  // a sentence naming the enrollment, slot, CA or check that decided
+  std::string registration_id;
+  std::string enrollment;  // group name, or the registration ID for an individual enrollment
+  std::string slot;        // "primary" | "secondary" when allowed
+  std::string leaf_serial, leaf_sha256;
+  bool fast_path = false;
+};
+
+class Authenticator final {
+ public:
+  // Loads groups and CAs from the registry and validates every registry CA's path once.
+  explicit Authenticator(Registry& registry);
+  ~Authenticator();
+  Authenticator(const Authenticator&) = delete;  // owns OpenSSL stores and verifiers
+  Authenticator& operator=(const Authenticator&) = delete;
+
+  // `chain`: the leaf first, then any intermediates the device presents. `at`: unix seconds.
+  // `claimed_id`: the registration ID the device sends (empty: take the CN); refused with
+  // "registration-id-mismatch" when it differs from the CN. `force_openssl`: skip the fast path
+  // (for tests that compare both).
+  AuthDecision check(std::span<const Der> chain, std::int64_t at, std::string_view claimed_id = {},
+                     bool force_openssl = false);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace fleetsign::engine

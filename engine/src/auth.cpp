@@ -1,0 +1,371 @@
+// Authenticator: see auth.hpp for the rules and the two paths.
+#include "fleetsign/engine/auth.hpp"
+
+#include <openssl/err.h>
+#include <openssl/x509_vfy.h>
+
+#include <map>
+#include <optional>
+#include <unordered_map>
+
+#include "fixed_key_verifier.hpp"
+#include "fleetsign/error.hpp"
+#include "leaf.hpp"
+#include "names.hpp"
+#include "oids.hpp"
+#include "ossl.hpp"
+
+namespace fleetsign::engine {
+
+namespace {
+
+struct Anchor {
+  std::string group;
+  Slot slot = Slot::kPrimary;
+  bool enabled = false;
+};
+
+struct Ca {
+  CaRecord rec;
+  ossl::X509Ptr x509;
+  std::string subject_der;  // key of the issuer lookup
+  std::unique_ptr<FixedKeyVerifier> fast;  // P-256 keys
+  bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
+  bool constrained = false;                // name/policy constraints: leave it to OpenSSL
+  std::vector<Anchor> anchors;             // the group slots it sits in
+};
+
+using StorePtr = std::unique_ptr<X509_STORE, ossl::Deleter<X509_STORE_free>>;
+
+AuthDecision refuse(std::string rule, std::string reason) {
+  AuthDecision d;
+  d.rule = std::move(rule);
+  d.reason = std::move(reason);
+  return d;
+}
+
+const EVP_MD* digest_of(der::Bytes oid_content) {
+  if (der::equal(oid_content, oid::kEcdsaSha256) || der::equal(oid_content, oid::kRsaSha256)) return EVP_sha256();
+  if (der::equal(oid_content, oid::kEcdsaSha384) || der::equal(oid_content, oid::kRsaSha384)) return EVP_sha384();
+  if (der::equal(oid_content, oid::kEcdsaSha512) || der::equal(oid_content, oid::kRsaSha512)) return EVP_sha512();
+  return nullptr;
+}
+
+// The errors X509_verify_cert gives when the chain is fine but ends at nothing trusted.
+bool untrusted_anchor(int err) {
+  return err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+         err == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT;
+}
+
+std::string serial_hex(der::Bytes content) {
+  while (content.size() > 1 && content[0] == 0) content = content.subspan(1);
+  return hex_upper(content);
+}
+
+}  // namespace
+
+struct Authenticator::Impl {
+  Registry& registry;
+  std::map<std::string, Ca> cas;
+  std::unordered_map<std::string, std::vector<Ca*>> by_subject;
+  StorePtr trusted;   // verified CAs in slots of enabled groups
+  StorePtr everyone;  // every registry CA: explains refusals (which anchor would have matched)
+
+  explicit Impl(Registry& r) : registry(r) {}
+
+  void load();
+  AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain, std::int64_t at,
+                      bool force_openssl);
+  AuthDecision fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at);
+  AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
+  AuthDecision classify_anchor(const Ca& ca);
+  const Ca* ca_for_cert(const X509* cert);
+};
+
+void Authenticator::Impl::load() {
+  for (auto& rec : registry.list_cas()) {
+    Ca ca;
+    ca.x509 = ossl::from_der(rec.cert_der);
+    if (!ca.x509) continue;
+    const X509_NAME* subject = X509_get_subject_name(ca.x509.get());
+    unsigned char* buf = nullptr;
+    const int len = i2d_X509_NAME(subject, &buf);
+    ca.subject_der.assign(reinterpret_cast<char*>(buf), static_cast<std::size_t>(len));
+    OPENSSL_free(buf);
+    EVP_PKEY* pub = X509_get0_pubkey(ca.x509.get());
+    const EC_KEY* ec = pub != nullptr ? EVP_PKEY_get0_EC_KEY(pub) : nullptr;
+    if (ec != nullptr && EC_GROUP_get_curve_name(EC_KEY_get0_group(ec)) == NID_X9_62_prime256v1) {
+      ca.fast = std::make_unique<FixedKeyVerifier>(ec);
+    }
+    ca.constrained = X509_get_ext_by_NID(ca.x509.get(), NID_name_constraints, -1) >= 0 ||
+                     X509_get_ext_by_NID(ca.x509.get(), NID_policy_constraints, -1) >= 0;
+    ca.rec = std::move(rec);
+    cas.emplace(ca.rec.name, std::move(ca));
+  }
+  for (auto& [name, ca] : cas) by_subject[ca.subject_der].push_back(&ca);
+  for (const auto& g : registry.list_groups()) {
+    for (const auto& [slot, ca_name] : {std::pair{Slot::kPrimary, g.primary_ca}, std::pair{Slot::kSecondary, g.secondary_ca}}) {
+      if (auto it = cas.find(ca_name); it != cas.end()) it->second.anchors.push_back(Anchor{g.name, slot, g.enabled});
+    }
+  }
+  trusted.reset(X509_STORE_new());
+  everyone.reset(X509_STORE_new());
+  for (auto& [name, ca] : cas) {
+    X509_STORE_add_cert(everyone.get(), ca.x509.get());
+    for (const auto& a : ca.anchors) {
+      if (a.enabled && ca.rec.verified) {
+        X509_STORE_add_cert(trusted.get(), ca.x509.get());
+        break;
+      }
+    }
+  }
+  // Each CA's own path (signatures, basicConstraints, pathLen) is checked once, here, by OpenSSL;
+  // validity is time-dependent and is checked per decision.
+  for (auto& [name, ca] : cas) {
+    STACK_OF(X509)* untrusted = sk_X509_new_null();
+    StorePtr roots(X509_STORE_new());
+    for (auto* p = &ca; p != nullptr;) {
+      auto parent = cas.find(p->rec.parent);
+      if (p->rec.parent.empty() || parent == cas.end()) {
+        X509_STORE_add_cert(roots.get(), p->x509.get());
+        break;
+      }
+      if (p != &ca) sk_X509_push(untrusted, p->x509.get());
+      p = &parent->second;
+    }
+    X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(ctx, roots.get(), ca.x509.get(), untrusted);
+    X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_X509_STRICT | X509_V_FLAG_PARTIAL_CHAIN);
+    ca.path_ok = X509_verify_cert(ctx) == 1;
+    X509_STORE_CTX_free(ctx);
+    sk_X509_free(untrusted);
+    ERR_clear_error();
+  }
+}
+
+AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
+  for (const auto& a : ca.anchors) {
+    if (a.enabled && ca.rec.verified) {
+      AuthDecision d;
+      d.allowed = true;
+      d.rule = "enrollment-group";
+      d.enrollment = a.group;
+      d.slot = std::string(slot_name(a.slot));
+      d.reason = "chain validates to CA '" + ca.rec.name + "' in the " + d.slot + " slot of enabled group '" +
+                 a.group + "'";
+      return d;
+    }
+  }
+  for (const auto& a : ca.anchors) {
+    if (a.enabled) {
+      return refuse("ca-not-verified", "CA '" + ca.rec.name + "' sits in the " + std::string(slot_name(a.slot)) +
+                                           " slot of group '" + a.group + "' but has no proof of possession (ca verify)");
+    }
+  }
+  if (!ca.anchors.empty()) {
+    return refuse("group-disabled", "CA '" + ca.rec.name + "' is only in disabled group '" + ca.anchors.front().group + "'");
+  }
+  return refuse("no-enrollment", "");
+}
+
+AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at) {
+  // 1. The leaf's own checks: signature by its issuer, end-entity, usage, validity.
+  const EVP_MD* md = digest_of(leaf.sig_alg_oid);
+  if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) {
+    return refuse("chain-invalid", "unsupported or inconsistent signature algorithm");
+  }
+  std::uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned digest_len = 0;
+  EVP_Digest(leaf.tbs.data(), leaf.tbs.size(), digest, &digest_len, md, nullptr);
+  bool good = false;
+  if (issuer.fast && md == EVP_sha256()) {
+    good = issuer.fast->verify(ByteView(digest, digest_len), leaf.signature);
+  } else {
+    ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
+    good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 && EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
+           EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest, digest_len) == 1;
+    ERR_clear_error();
+  }
+  if (!good) return refuse("chain-invalid", "leaf signature does not verify with CA '" + issuer.rec.name + "'");
+  if (leaf.is_ca) return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
+  if (leaf.unknown_critical) return refuse("chain-invalid", "the leaf has an unsupported critical extension");
+  if ((leaf.has_key_usage && !leaf.digital_signature) || (leaf.has_eku && !leaf.client_auth)) {
+    return refuse("chain-invalid", "the leaf's key usage does not allow TLS client authentication");
+  }
+  // 2. Up the registry's hierarchy to the nearest verified CA in an enabled group's slot. CAs
+  //    are checked for validity before the leaf, in the order OpenSSL reports them.
+  auto leaf_time = [&]() -> std::optional<AuthDecision> {
+    if (at < leaf.not_before) return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+    if (at > leaf.not_after) return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+    return std::nullopt;
+  };
+  AuthDecision why_not = refuse("no-enrollment", "");
+  for (const Ca* ca = &issuer; ca != nullptr;) {
+    if (at < ca->rec.not_before || at > ca->rec.not_after) {
+      return refuse("ca-expired", "CA '" + ca->rec.name + "' is not valid at " + iso8601(at));
+    }
+    AuthDecision d = classify_anchor(*ca);
+    if (d.allowed) {
+      if (auto bad = leaf_time()) return *bad;
+      return d;
+    }
+    if (why_not.rule == "no-enrollment" && d.rule != "no-enrollment") why_not = d;
+    auto parent = cas.find(ca->rec.parent);
+    ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
+  }
+  if (auto bad = leaf_time()) return *bad;
+  if (why_not.rule == "no-enrollment") {
+    why_not.reason = "no enabled enrollment group trusts CA '" + issuer.rec.name + "' or its issuers";
+  }
+  return why_not;
+}
+
+const Ca* Authenticator::Impl::ca_for_cert(const X509* cert) {
+  for (const auto& [name, ca] : cas) {
+    if (X509_cmp(ca.x509.get(), cert) == 0) return &ca;
+  }
+  return nullptr;
+}
+
+AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at) {
+  auto leaf = ossl::from_der(leaf_der);
+  if (!leaf) return refuse("chain-malformed", "the leaf is not a valid X.509 certificate");
+  if (X509_check_ca(leaf.get()) != 0) return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
+  STACK_OF(X509)* untrusted = sk_X509_new_null();
+  std::vector<ossl::X509Ptr> owned;
+  for (std::size_t i = 1; i < chain.size(); ++i) {
+    if (auto c = ossl::from_der(chain[i])) {
+      sk_X509_push(untrusted, c.get());
+      owned.push_back(std::move(c));
+    }
+  }
+  for (auto& [name, ca] : cas) sk_X509_push(untrusted, ca.x509.get());
+  auto run = [&](X509_STORE* store, const Ca** anchor) {
+    X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+    X509_STORE_CTX_init(ctx, store, leaf.get(), untrusted);
+    X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx);
+    X509_VERIFY_PARAM_set_time(param, static_cast<time_t>(at));
+    X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_SSL_CLIENT);
+    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_X509_STRICT | X509_V_FLAG_PARTIAL_CHAIN);
+    const bool ok = X509_verify_cert(ctx) == 1;
+    const int err = X509_STORE_CTX_get_error(ctx);
+    const int depth = X509_STORE_CTX_get_error_depth(ctx);
+    STACK_OF(X509)* built = X509_STORE_CTX_get0_chain(ctx);
+    *anchor = ok && built != nullptr ? ca_for_cert(sk_X509_value(built, sk_X509_num(built) - 1)) : nullptr;
+    X509_STORE_CTX_free(ctx);
+    ERR_clear_error();
+    return std::pair<int, int>(ok ? X509_V_OK : err, depth);
+  };
+  const Ca* anchor = nullptr;
+  auto [err, depth] = run(trusted.get(), &anchor);
+  AuthDecision d;
+  if (err == X509_V_OK && anchor != nullptr) {
+    d = classify_anchor(*anchor);
+  } else if (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID) {
+    const bool at_leaf = depth == 0;
+    d = refuse(at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
+               std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " + X509_verify_cert_error_string(err));
+  } else if (untrusted_anchor(err)) {
+    // Nothing trusted: would any registry CA have anchored it? That names the reason.
+    const Ca* would = nullptr;
+    auto [err2, depth2] = run(everyone.get(), &would);
+    (void)depth2;
+    if (err2 == X509_V_OK && would != nullptr) {
+      for (const Ca* ca = would; ca != nullptr;) {
+        AuthDecision c = classify_anchor(*ca);
+        if (c.rule != "no-enrollment") {
+          d = c;
+          break;
+        }
+        auto parent = cas.find(ca->rec.parent);
+        ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
+      }
+      if (d.rule.empty()) d = refuse("no-enrollment", "no enabled enrollment group trusts CA '" + would->rec.name + "' or its issuers");
+    } else if (err2 != X509_V_OK && !untrusted_anchor(err2)) {
+      d = refuse("chain-invalid", std::string("chain does not validate: ") + X509_verify_cert_error_string(err2));
+    } else {
+      d = refuse("no-enrollment", "the chain leads to no CA known to this registry");
+    }
+  } else {
+    d = refuse("chain-invalid", std::string("chain does not validate: ") + X509_verify_cert_error_string(err));
+  }
+  sk_X509_free(untrusted);
+  return d;
+}
+
+AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
+                                         std::int64_t at, bool force_openssl) {
+  // 1. Individual enrollment first: it wins over any group.
+  if (auto ie = registry.find_individual(single_common_name(leaf.subject).value())) {
+    if (!ie->enabled) {
+      return refuse("individual-disabled", "individual enrollment '" + ie->registration_id +
+                                               "' is disabled (it refuses the device even if a group would accept it)");
+    }
+    const std::string tp = thumbprint_sha256(leaf_der);
+    const bool primary = !ie->primary_sha256.empty() && ie->primary_sha256 == tp;
+    const bool secondary = !ie->secondary_sha256.empty() && ie->secondary_sha256 == tp;
+    if (!primary && !secondary) {
+      return refuse("individual-mismatch", "the certificate matches neither slot of individual enrollment '" +
+                                               ie->registration_id + "'");
+    }
+    if (at < leaf.not_before) return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+    if (at > leaf.not_after) return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+    AuthDecision d;
+    d.allowed = true;
+    d.rule = "individual-enrollment";
+    d.enrollment = ie->registration_id;
+    d.slot = primary ? "primary" : "secondary";
+    d.reason = "certificate matches the " + d.slot + " slot of individual enrollment '" + ie->registration_id + "'";
+    return d;
+  }
+  // 2. Groups: the fast path when the issuer is one CA of this registry with a clean path.
+  if (!force_openssl) {
+    auto it = by_subject.find(std::string(reinterpret_cast<const char*>(leaf.issuer.data()), leaf.issuer.size()));
+    if (it != by_subject.end() && it->second.size() == 1) {
+      const Ca& issuer = *it->second.front();
+      bool clean = issuer.path_ok;
+      for (const Ca* ca = &issuer; ca != nullptr && clean;) {
+        clean = !ca->constrained;
+        auto parent = cas.find(ca->rec.parent);
+        ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
+      }
+      if (clean) {
+        AuthDecision d = fast_path(issuer, leaf, at);
+        d.fast_path = true;
+        return d;
+      }
+    }
+  }
+  return openssl_path(leaf_der, chain, at);
+}
+
+Authenticator::Authenticator(Registry& registry) : m_impl(std::make_unique<Impl>(registry)) { m_impl->load(); }
+
+Authenticator::~Authenticator() = default;
+
+AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at, std::string_view claimed_id,
+                                  bool force_openssl) {
+  if (chain.empty()) return refuse("chain-malformed", "no certificate presented");
+  LeafView leaf;
+  std::string why;
+  if (!parse_leaf(chain[0], leaf, why)) return refuse("chain-malformed", "leaf: " + why);
+  auto cn = single_common_name(leaf.subject);
+  if (!cn) return refuse("registration-id-invalid", cn.error().message);
+  AuthDecision d;
+  const std::string serial = serial_hex(leaf.serial);
+  auto recorded = m_impl->registry.find_cert(serial);
+  if (!claimed_id.empty() && claimed_id != *cn) {
+    d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn + "' is not the registration ID '" +
+                                               std::string(claimed_id) + "'");
+  } else if (recorded && recorded->state == CertState::kRevoked) {
+    d = refuse("revoked", "certificate serial " + serial + " is revoked");
+  } else {
+    d = m_impl->decide(chain[0], leaf, chain, at, force_openssl);
+  }
+  d.registration_id = *cn;
+  d.leaf_serial = serial;
+  d.leaf_sha256 = thumbprint_sha256(chain[0]);
+  return d;
+}
+
+}  // namespace fleetsign::engine
