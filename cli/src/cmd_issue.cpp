@@ -4,6 +4,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/engine/batch.hpp"
+#include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuance.hpp"
 #include "fleetsign/error.hpp"
 #include <Poco/JSON/Parser.h>
@@ -143,8 +144,43 @@ int print_summary(Context& ctx, const engine::BatchSummary& s) {
   return total_rejected > 0 && !s.already_finished ? 3 : 0;
 }
 
+// A device key made here and a certificate it signs itself: for individual enrollments and IoT
+// Hub selfSigned devices. No registry CA, no token.
+int run_issue_self_signed(Context& ctx) {
+  const Args& a = ctx.args();
+  const std::string key = a.get("key").value_or("ec-p256");
+  const auto alg = policy::parse_key_algorithm(key);
+  if (!alg) {
+    throw Error(ErrorCode::kUsage, "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
+  }
+  const auto device = engine::make_self_signed_device(ctx.registry(), ctx.policy(), ctx.clock(), ctx.random(),
+                                                      a.require("id"), *alg, a.get_int("days"));
+  const auto files = engine::write_self_signed_files(a.require("out"), device);
+  if (ctx.json()) {
+    Poco::JSON::Object o;
+    o.set("device_id", device.device_id);
+    o.set("serial", device.serial);
+    o.set("sha1", device.sha1);
+    o.set("sha256", device.sha256);
+    o.set("not_before", engine::iso8601(device.not_before));
+    o.set("not_after", engine::iso8601(device.not_after));
+    o.set("cert", files[0]);
+    o.set("key", files[1]);
+    ctx.print_json(o);
+  } else {
+    std::printf("self-signed %s serial %s\n  SHA-256 %s\n  SHA-1   %s\n  valid %s .. %s\n  %s\n  %s\n",
+                device.device_id.c_str(), device.serial.c_str(), device.sha256.c_str(), device.sha1.c_str(),
+                engine::iso8601(device.not_before).c_str(), engine::iso8601(device.not_after).c_str(),
+                files[0].c_str(), files[1].c_str());
+  }
+  return 0;
+}
+
 int run_issue(Context& ctx) {
   const Args& a = ctx.args();
+  if (a.has("self-signed")) {
+    return run_issue_self_signed(ctx);
+  }
   const int sources = a.has("csr") + a.has("csr-dir") + a.has("csr-file") + a.has("generate") + a.has("resume");
   if (sources != 1) {
     throw Error(ErrorCode::kUsage, "give exactly one of --csr, --csr-dir, --csr-file, --generate, --resume");
@@ -249,7 +285,7 @@ int run_batch_show(Context& ctx) {
               b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(b->issued),
               static_cast<long long>(b->rejected), static_cast<long long>(abandoned),
               static_cast<long long>(open_intents),
-              open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : "",
+              (open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string()).c_str(),
               engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
   return 0;
 }
@@ -261,7 +297,8 @@ void add_issue_commands(std::vector<Command>& commands) {
       {"issue"},
       "--ca NAME (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N --id-pattern P "
       "[--key ALG]) --out DIR [--batch ID] [--lot L --line L --site S --operator O] [--threads N] "
-      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue --resume BATCH",
+      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue --resume BATCH"
+      "\n       fleetsign issue --self-signed --id ID --out DIR [--key ALG] [--days N] [--json]",
       "issue device certificates: one, or a batch in parallel (exactly once, resumable)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "ca", "NAME", "issuing CA");
@@ -284,6 +321,9 @@ void add_issue_commands(std::vector<Command>& commands) {
         add_option(s, "site", "S", "site");
         add_option(s, "operator", "O", "operator");
         add_option(s, "pin-file", "FILE", "file holding the user PIN (else FLEETSIGN_PIN)");
+        add_flag(s, "self-signed", "a device key and a certificate it signs itself (no CA, no token)");
+        add_option(s, "id", "ID", "device ID (CN) for --self-signed");
+        add_option(s, "days", "N", "validity of a --self-signed certificate (default from the policy)");
         add_flag(s, "json", "print the result as JSON");
       },
       run_issue});

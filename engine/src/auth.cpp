@@ -140,6 +140,16 @@ void Authenticator::Impl::load() {
     X509_STORE_CTX_free(ctx);
     sk_X509_free(untrusted);
     ERR_clear_error();
+    // A leaf below this CA adds one more level: every ancestor's pathLen must allow the CAs
+    // between it and the leaf (RFC 5280 4.2.1.9), which validating the CA alone does not show.
+    int below = 0;
+    for (auto parent = cas.find(ca.rec.parent); ca.path_ok && !ca.rec.parent.empty() && parent != cas.end();
+         parent = cas.find(parent->second.rec.parent)) {
+      ++below;
+      const long max = X509_get_pathlen(parent->second.x509.get());
+      if (max >= 0 && max < below) ca.path_ok = false;
+      if (parent->second.rec.parent.empty()) break;
+    }
   }
 }
 
@@ -246,7 +256,8 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
     X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx);
     X509_VERIFY_PARAM_set_time(param, static_cast<time_t>(at));
     X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_SSL_CLIENT);
-    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_X509_STRICT | X509_V_FLAG_PARTIAL_CHAIN);
+    // Not X509_STRICT: it refuses, e.g., leaves without an AKI, which a cloud accepts.
+    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN);
     const bool ok = X509_verify_cert(ctx) == 1;
     const int err = X509_STORE_CTX_get_error(ctx);
     const int depth = X509_STORE_CTX_get_error_depth(ctx);

@@ -47,6 +47,7 @@ struct TestHome {
   TestHome();
   // root "root" (ec-p256) and intermediate "int1" (ec-p256) under it.
   void make_hierarchy();
+  std::string registry_path_for_tests() const { return (home_dir / "registry.db").string(); }
 };
 
 // Runs a shell command, returns its exit status; output goes to `output` when given.
