@@ -7,7 +7,7 @@ packages=(
   libssl-dev openssl
   libp11-dev libp11-kit-dev softhsm2 opensc
   libtbb-dev
-  libpoco-dev
+  libpoco-dev libsqlite3-dev
   googletest libgtest-dev
   mosquitto mosquitto-clients
   python3

@@ -307,7 +307,7 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
 AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
                                          std::int64_t at, bool force_openssl) {
   // 1. Individual enrollment first: it wins over any group.
-  if (auto ie = registry.find_individual(single_common_name(leaf.subject).value())) {
+  if (auto ie = registry.find_individual_slots(single_common_name(leaf.subject).value())) {
     if (!ie->enabled) {
       return refuse("individual-disabled", "individual enrollment '" + ie->registration_id +
                                                "' is disabled (it refuses the device even if a group would accept it)");
@@ -364,11 +364,11 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at, s
   if (!cn) return refuse("registration-id-invalid", cn.error().message);
   AuthDecision d;
   const std::string serial = serial_hex(leaf.serial);
-  auto recorded = m_impl->registry.find_cert(serial);
+  const auto state = m_impl->registry.cert_state(serial);
   if (!claimed_id.empty() && claimed_id != *cn) {
     d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn + "' is not the registration ID '" +
                                                std::string(claimed_id) + "'");
-  } else if (recorded && recorded->state == CertState::kRevoked) {
+  } else if (state == CertState::kRevoked) {
     d = refuse("revoked", "certificate serial " + serial + " is revoked");
   } else {
     d = m_impl->decide(chain[0], leaf, chain, at, force_openssl);

@@ -1,6 +1,8 @@
 // Registry: enrollment groups, individual enrollments and devices (schema version 2).
 #include <algorithm>
 
+#include <Poco/Data/SQLite/Utility.h>
+
 #include "registry_impl.hpp"
 
 namespace fleetsign::engine {
@@ -182,6 +184,60 @@ std::optional<DeviceRecord> Registry::find_device(const std::string& id) {
   return m_impl->guarded("reading device '" + id + "'", [&] {
     return m_impl->select_one<DeviceRow>("SELECT " + kDeviceColumns + " FROM devices WHERE registration_id = ?", id);
   });
+}
+
+namespace {
+
+std::string column_text(sqlite3_stmt* st, int col) {
+  const unsigned char* text = sqlite3_column_text(st, col);
+  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
+}
+
+// Resets the statement however the lookup leaves (a thrown error included).
+struct StmtReset {
+  sqlite3_stmt* st;
+  ~StmtReset() {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+};
+
+}  // namespace
+
+std::optional<IndividualEnrollment> Registry::find_individual_slots(const std::string& id) {
+  sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
+  sqlite3_stmt* st = m_impl->m_individual_slots.get(
+      db, "SELECT enabled, primary_sha256, secondary_sha256 FROM individual_enrollments WHERE registration_id = ?");
+  StmtReset reset{st};
+  sqlite3_bind_text(st, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
+  const int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) return std::nullopt;
+  if (rc != SQLITE_ROW) {
+    throw Error(ErrorCode::kRegistryError, "reading individual enrollment '" + id + "': " + sqlite3_errmsg(db));
+  }
+  IndividualEnrollment ie;
+  ie.registration_id = id;
+  ie.enabled = sqlite3_column_int64(st, 0) != 0;
+  ie.primary_sha256 = column_text(st, 1);
+  ie.secondary_sha256 = column_text(st, 2);
+  return ie;
+}
+
+std::optional<CertState> Registry::cert_state(const std::string& serial) {
+  sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
+  sqlite3_stmt* st = m_impl->m_cert_state.get(db, "SELECT state FROM certificates WHERE serial = ?");
+  StmtReset reset{st};
+  sqlite3_bind_text(st, 1, serial.data(), static_cast<int>(serial.size()), SQLITE_STATIC);
+  const int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) return std::nullopt;
+  if (rc != SQLITE_ROW) {
+    throw Error(ErrorCode::kRegistryError, "reading certificate 0x" + serial + ": " + sqlite3_errmsg(db));
+  }
+  const std::string state = column_text(st, 0);
+  if (state == "issued") return CertState::kIssued;
+  if (state == "revoked") return CertState::kRevoked;
+  if (state == "abandoned") return CertState::kAbandoned;
+  return CertState::kIntent;
 }
 
 std::vector<DeviceRecord> Registry::list_devices(const DeviceFilter& filter) {

@@ -6,6 +6,7 @@
 #include <Poco/Data/SQLite/SQLiteException.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
+#include <sqlite3.h>
 
 #include <cstdlib>
 #include <ctime>
@@ -58,9 +59,28 @@ inline std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
 
 }  // namespace registry_detail
 
+// A statement prepared once on the connection and reset after each use.
+class PreparedQuery {
+ public:
+  PreparedQuery() = default;
+  PreparedQuery(const PreparedQuery&) = delete;  // owns a sqlite3_stmt
+  PreparedQuery& operator=(const PreparedQuery&) = delete;
+  ~PreparedQuery() { sqlite3_finalize(m_stmt); }
+  sqlite3_stmt* get(sqlite3* db, const char* sql) {
+    if (m_stmt == nullptr && sqlite3_prepare_v2(db, sql, -1, &m_stmt, nullptr) != SQLITE_OK) {
+      throw Error(ErrorCode::kRegistryError, std::string("preparing '") + sql + "': " + sqlite3_errmsg(db));
+    }
+    return m_stmt;
+  }
+
+ private:
+  sqlite3_stmt* m_stmt = nullptr;
+};
+
 struct Registry::Impl {
   Session m_session;
   std::string m_file;
+  PreparedQuery m_individual_slots, m_cert_state;
 
   Impl(Session session, std::string file)
       : m_session(std::move(session)), m_file(std::move(file)) {}

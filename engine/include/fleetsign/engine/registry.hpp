@@ -196,6 +196,11 @@ class Registry final {
   std::optional<IndividualEnrollment> find_individual(const std::string& registration_id);
   std::vector<IndividualEnrollment> list_individuals();
   std::optional<DeviceRecord> find_device(const std::string& registration_id);
+  // Point lookups for the authentication decision, on statements prepared once per Registry
+  // (thousands of decisions a second must not re-parse SQL). Same answers as find_individual /
+  // find_cert; the individual's certificates are not read.
+  std::optional<IndividualEnrollment> find_individual_slots(const std::string& registration_id);
+  std::optional<CertState> cert_state(const std::string& serial);
   std::vector<DeviceRecord> list_devices(const DeviceFilter& filter);
   std::int64_t count_devices();
   // Device certificates (current slots) with not_after < until, ordered by not_after.
