@@ -2,6 +2,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
@@ -49,7 +50,7 @@ void print_ca(const engine::CaRecord& ca) {
               "  key          %s (%s)\n  SHA-1        %s\n  SHA-256      %s\n  verified     %s\n",
               ca.name.c_str(), ca.parent.empty() ? " (root)" : (" (issued by " + ca.parent + ")").c_str(),
               ca.subject.c_str(), s.issuer.c_str(), s.serial.c_str(), engine::iso8601(ca.not_before).c_str(),
-              engine::iso8601(ca.not_after).c_str(), ca.key_uri.c_str(), ca.key_type.c_str(),
+              engine::iso8601(ca.not_after).c_str(), (ca.key_uri.empty() ? std::string("external, not in the token") : ca.key_uri).c_str(), ca.key_type.c_str(),
               ca.sha1.c_str(), ca.sha256.c_str(), ca.verified ? "yes" : "no");
 }
 
@@ -182,6 +183,28 @@ int run_verify(Context& ctx) {
   return 0;
 }
 
+// An external CA: its certificate only (e.g. a supplier's intermediate); no token needed.
+int run_import(Context& ctx) {
+  const Args& a = ctx.args();
+  const std::string file = a.require("cert");
+  const auto certs = engine::read_certificates(file);
+  engine::CaRecord ca;
+  try {
+    ca = engine::import_external_ca(ctx.registry(), ctx.clock(), a.positional_at(0, "CA NAME"), certs.front());
+  } catch (const Error& e) {
+    throw e.code() == ErrorCode::kAlreadyExists ? e : e.with_context(file);
+  }
+  if (ctx.json()) {
+    ctx.print_json(ca_json(ca));
+  } else {
+    std::printf("imported external CA ");
+    print_ca(ca);
+    std::printf("note: unverified; prove possession with `fleetsign ca verify %s --code C --cert F`\n",
+                ca.name.c_str());
+  }
+  return 0;
+}
+
 void name_subject_key_days(Poco::Util::OptionSet& s) {
   add_option(s, "name", "NAME", "name of the new CA (also its token key label)");
   add_option(s, "subject", "DN", "subject, openssl -subj form: /CN=IoT Root CA/O=MyOrg/C=US");
@@ -232,6 +255,13 @@ void add_ca_commands(std::vector<Command>& commands) {
                                add_flag(s, "json", "print the result as JSON");
                              },
                              run_verification_cert});
+  commands.push_back(Command{{"ca", "import"}, "NAME --cert FILE [--json]",
+                             "register an external CA certificate (its key is not in the token)",
+                             [](Poco::Util::OptionSet& s) {
+                               add_option(s, "cert", "FILE", "the CA certificate (PEM/DER)");
+                               add_flag(s, "json", "print the result as JSON");
+                             },
+                             run_import});
   commands.push_back(Command{{"ca", "verify"}, "NAME --code CODE --cert FILE",
                              "check a verification certificate and mark the CA verified",
                              [](Poco::Util::OptionSet& s) {

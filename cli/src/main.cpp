@@ -45,7 +45,7 @@ void print_overview(const std::vector<Command>& commands, std::FILE* to) {
                "  --home DIR   the fleetsign home (default: $FLEETSIGN_HOME, else ~/.fleetsign)\n\n"
                "commands:\n");
   for (const auto& c : commands) {
-    std::fprintf(to, "  %-28s %s\n", joined(c.words).c_str(), c.summary.c_str());
+    std::fprintf(to, "  %-36s %s\n", joined(c.words).c_str(), c.summary.c_str());
   }
   std::fprintf(to,
                "\nPINs: FLEETSIGN_PIN or --pin-file FILE (user), FLEETSIGN_SO_PIN or "

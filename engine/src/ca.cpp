@@ -173,6 +173,10 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
 }
 
 const hsm::SigningKey& CaService::load_key(const CaRecord& ca) {
+  if (ca.key_uri.empty()) {
+    // Imported with `ca import`: the certificate is known, its key lives elsewhere.
+    throw Error(ErrorCode::kKeyNotFound, "CA " + ca.name + " is external: its key is not in this token");
+  }
   const hsm::SigningKey& key = m_token.key(hsm::KeyRef::parse_uri(ca.key_uri));
   auto cert = ossl::from_der(ca.cert_der);
   const X509_PUBKEY* cert_key = cert ? X509_get_X509_PUBKEY(cert.get()) : nullptr;

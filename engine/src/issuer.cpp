@@ -162,7 +162,7 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
   p.m_subject = m.subject_line_prefix + "/CN=" + std::string(device_id);
   p.m_not_before = m.clock.now() - kBackdateSeconds;
   p.m_not_after = std::min(p.m_not_before + std::int64_t{m.device_days} * 86400, m.ca_not_after);
-  if (p.m_not_after <= p.m_not_before) {
+  if (m.ca_not_after <= m.clock.now()) {
     return fail(ErrorCode::kValidityBeyondIssuer, "CA '" + m.ca_name + "' has expired");
   }
   std::uint8_t serial[kSerialBytes];

@@ -106,8 +106,9 @@ CREATE TABLE devices (
   status TEXT NOT NULL DEFAULT 'enabled',
   created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
 );
-CREATE INDEX devices_primary_expiry ON devices (primary_not_after);
-CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after);
+-- Covering: the expiry scan reads only these indexes, never the table rows at random.
+CREATE INDEX devices_primary_expiry ON devices (primary_not_after, primary_serial, registration_id, ca_name, lot);
+CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after, secondary_serial, registration_id, ca_name, lot);
 CREATE INDEX devices_ca ON devices (ca_name, primary_not_after);
 CREATE INDEX devices_lot ON devices (lot);
 INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, created_at, updated_at)
@@ -399,7 +400,8 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
       }
       // The device's slots, in the same transaction: a new device gets its primary slot; a known
       // one gets the new certificate in its secondary slot (rollover jobs alternate them).
-      const std::int64_t now = stamp(0);
+      // Poco binds every parameter per row: the scalars become columns of the same length.
+      std::vector<std::int64_t> now(serial.size(), stamp(0));
       Statement dev = (m_impl->m_session
                            << "INSERT INTO devices (registration_id, primary_serial, primary_not_after, "
                               "ca_name, lot, status, created_at, updated_at) "
@@ -415,7 +417,7 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
                               "primary_not_after = CASE WHEN devices.primary_serial = '' "
                               "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
                               "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at",
-                       kw::bind(now), kw::bind(now), kw::use(serial));
+                       kw::use(now), kw::use(now), kw::use(serial));
       dev.execute();
     });
   } catch (const NotAllIntents&) {

@@ -279,7 +279,7 @@ std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until, co
       std::vector<std::string> params;
       // Indexed on <slot>_not_after: only the rows that are due are read.
       const std::string sql = "SELECT registration_id, " + col + "_serial, ca_name, lot, " + col +
-                              "_not_after FROM devices WHERE " + col + "_serial <> '' AND " + col +
+                              "_not_after FROM devices WHERE " + col + "_not_after > 0 AND " + col +
                               "_not_after < ?" + where_clause(filter, params, " AND ");
       std::vector<std::string> id, serial, ca, lot;
       std::vector<std::int64_t> na;

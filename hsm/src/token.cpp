@@ -268,6 +268,7 @@ struct Token::Impl {
   PKCS11_SLOT* slot = nullptr;
   CK_SLOT_ID slot_id = 0;
   std::optional<raw::Module> module;  // same module libp11 loaded; for what libp11 lacks
+  bool loaded = false;                // PKCS11_CTX_unload on a context that never loaded crashes
 
   ~Impl() {
     module.reset();
@@ -275,7 +276,9 @@ struct Token::Impl {
       PKCS11_release_all_slots(ctx, slots, nslots);
     }
     if (ctx != nullptr) {
-      PKCS11_CTX_unload(ctx);
+      if (loaded) {
+        PKCS11_CTX_unload(ctx);
+      }
       PKCS11_CTX_free(ctx);
     }
   }
@@ -302,6 +305,7 @@ std::unique_ptr<Token> Token::open(const TokenConfig& config, const Pin& user_pi
     throw Error(ErrorCode::kModuleNotFound,
                 "PKCS#11 module " + module + ": cannot be loaded or initialised");
   }
+  impl.loaded = true;
   if (PKCS11_enumerate_slots(impl.ctx, &impl.slots, &impl.nslots) != 0) {
     throw Error(ErrorCode::kTokenError, "PKCS#11 module " + module + ": cannot list slots: " +
                                             raw::ckr_name(last_ckr()));
@@ -438,6 +442,10 @@ KeyRef Token::generate_key(KeyType type, const std::string& label) {
       {CKA_SENSITIVE, &yes, sizeof yes},
       {CKA_EXTRACTABLE, &no, sizeof no},
       {CKA_SIGN, &yes, sizeof yes},
+      // A CA key signs and does nothing else.
+      {CKA_DECRYPT, &no, sizeof no},
+      {CKA_UNWRAP, &no, sizeof no},
+      {CKA_DERIVE, &no, sizeof no},
       {CKA_ID, ref.id.data(), ref.id.size()},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
   };

@@ -108,8 +108,8 @@ CaRecord ca(const std::string& name, const std::string& parent, std::int64_t cre
 TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
-  EXPECT_EQ(reg->schema_version(), 1);
-  EXPECT_EQ(Registry::kSchemaVersion, 1);
+  EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
+  EXPECT_EQ(Registry::kSchemaVersion, 2);
 
   auto raw = raw_session(dir.db());
   std::string mode;
@@ -131,7 +131,7 @@ TEST(Registry, ReopeningKeepsCommittedData) {
     reg->record_intents(intents);
   }
   auto reg = Registry::open(dir.db());
-  EXPECT_EQ(reg->schema_version(), 1);
+  EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
   ASSERT_TRUE(reg->find_ca("root"));
   const auto cert = reg->find_cert(serial_of(1));
   ASSERT_TRUE(cert);

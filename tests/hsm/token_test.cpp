@@ -1,6 +1,8 @@
 // The token layer against a real SoftHSM2 token in a temporary home: key protection as the token
 // reports it (and as pkcs11-tool, a tool we did not write, reports it), login failures, key URIs,
-// and concurrent signing.
+// concurrent signing, and that signing leaves no extra copy of a key in the token.
+#include "fleetsign/hsm/token.hpp"
+
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -15,14 +17,13 @@
 
 #include "fleetsign/error.hpp"
 #include "fleetsign/hsm/key_ref.hpp"
-#include "fleetsign/hsm/token.hpp"
 #include "test_home.hpp"
 
 namespace fleetsign {
 namespace {
 
-using testing::TestHome;
 using testing::kUserPin;
+using testing::TestHome;
 
 constexpr unsigned long kCkrAttributeSensitive = 0x11;  // CKR_ATTRIBUTE_SENSITIVE
 constexpr const char* kSoftHsmModule = "/usr/lib/softhsm/libsofthsm2.so";
@@ -49,15 +50,32 @@ std::string hex_lower(const std::vector<std::uint8_t>& bytes) {
   return out;
 }
 
-// pkcs11-tool's "Access:" attributes of the private key with CKA_ID `id`, e.g. {"sensitive",
-// "always sensitive", "never extractable", "local"}; empty when the key is not listed.
-std::vector<std::string> pkcs11_tool_access(const TestHome& th, const std::vector<std::uint8_t>& id) {
+// pkcs11-tool's listing of the token's private keys (a separate process: token objects only).
+std::string pkcs11_tool_private_keys(const TestHome& th) {
   std::string out;
   const int status = testing::run(
       "SOFTHSM2_CONF='" + (th.home_dir / "softhsm2.conf").string() + "' pkcs11-tool --module " +
           kSoftHsmModule + " --login --pin '" + kUserPin + "' --list-objects --type privkey",
       &out);
   EXPECT_EQ(status, 0) << out;
+  return out;
+}
+
+int private_key_count(const TestHome& th) {
+  const std::string out = pkcs11_tool_private_keys(th);
+  int n = 0;
+  for (auto at = out.find("Private Key Object"); at != std::string::npos;
+       at = out.find("Private Key Object", at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// pkcs11-tool's "Access:" attributes of the private key with CKA_ID `id`, e.g. {"sensitive",
+// "always sensitive", "never extractable", "local"}; empty when the key is not listed.
+std::vector<std::string> pkcs11_tool_access(const TestHome& th,
+                                            const std::vector<std::uint8_t>& id) {
+  const std::string out = pkcs11_tool_private_keys(th);
   std::istringstream lines(out);
   std::string line;
   bool in_key = false;
@@ -82,7 +100,8 @@ std::vector<std::string> pkcs11_tool_access(const TestHome& th, const std::vecto
 }
 
 bool verify_with_spki(const std::vector<std::uint8_t>& spki, int md_nid,
-                      const std::vector<std::uint8_t>& digest, const std::vector<std::uint8_t>& sig) {
+                      const std::vector<std::uint8_t>& digest,
+                      const std::vector<std::uint8_t>& sig) {
   const unsigned char* p = spki.data();
   EVP_PKEY* pub = d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size()));
   EVP_PKEY_CTX* ctx = pub != nullptr ? EVP_PKEY_CTX_new(pub, nullptr) : nullptr;
@@ -139,6 +158,18 @@ TEST_P(TokenKeys, LookedUpKeyHasItsTypeAndAParsableSpki) {
   EVP_PKEY_free(pub);
 }
 
+TEST_P(TokenKeys, LookupAndSigningLeaveNoExtraCopyOfTheKeyInTheToken) {
+  const int before = private_key_count(th);
+  const hsm::SigningKey& key = th.token->key(ref);
+  std::vector<std::uint8_t> digest(32, 0x5A), sig;
+  std::string error;
+  ASSERT_TRUE(key.sign_digest(digest, NID_sha256, sig, error)) << error;
+  EXPECT_EQ(private_key_count(th), before) << "a persistent copy of the CA key was made";
+  th.cas.reset();
+  th.token.reset();
+  EXPECT_EQ(private_key_count(th), before);
+}
+
 TEST_P(TokenKeys, SignDigestFromEightThreadsAllVerifyWithTheKeysSpki) {
   const hsm::SigningKey& key = th.token->key(ref);
   const int md_nid = GetParam() == hsm::KeyType::kEcP384 ? NID_sha384 : NID_sha256;
@@ -157,7 +188,8 @@ TEST_P(TokenKeys, SignDigestFromEightThreadsAllVerifyWithTheKeysSpki) {
         const std::string msg = "thread " + std::to_string(t) + " message " + std::to_string(i);
         std::vector<std::uint8_t> digest(EVP_MAX_MD_SIZE);
         unsigned len = 0;
-        EVP_Digest(msg.data(), msg.size(), digest.data(), &len, EVP_get_digestbynid(md_nid), nullptr);
+        EVP_Digest(msg.data(), msg.size(), digest.data(), &len, EVP_get_digestbynid(md_nid),
+                   nullptr);
         digest.resize(len);
         std::vector<std::uint8_t> sig;
         if (!key.sign_digest(digest, md_nid, sig, errors[t])) {
@@ -168,9 +200,12 @@ TEST_P(TokenKeys, SignDigestFromEightThreadsAllVerifyWithTheKeysSpki) {
       }
     });
   }
-  for (auto& th_ : threads) th_.join();
+  for (auto& thread : threads) {
+    thread.join();
+  }
   for (int t = 0; t < kThreads; ++t) {
-    ASSERT_EQ(sigs[t].size(), static_cast<std::size_t>(kPerThread)) << "thread " << t << ": " << errors[t];
+    ASSERT_EQ(sigs[t].size(), static_cast<std::size_t>(kPerThread))
+        << "thread " << t << ": " << errors[t];
     for (int i = 0; i < kPerThread; ++i) {
       EXPECT_TRUE(verify_with_spki(key.spki_der(), md_nid, digests[t][i], sigs[t][i]))
           << "thread " << t << " signature " << i;
@@ -199,7 +234,8 @@ TEST(TokenLogin, WrongPinIsPinIncorrectAndTheRightPinStillWorksAfterwards) {
   const Error e = error_from([&] { th.home->open_token(hsm::Pin("not-the-pin")); });
   EXPECT_EQ(e.code(), ErrorCode::kPinIncorrect) << e.what();
   EXPECT_NE(std::string(e.what()).find("fleetsign"), std::string::npos) << e.what();
-  EXPECT_EQ(std::string(e.what()).find("not-the-pin"), std::string::npos) << "PIN leaked: " << e.what();
+  EXPECT_EQ(std::string(e.what()).find("not-the-pin"), std::string::npos)
+      << "PIN leaked: " << e.what();
   auto token = th.home->open_token(hsm::Pin(kUserPin));
   EXPECT_NO_THROW(token->generate_key(hsm::KeyType::kEcP256, "after a wrong pin"));
 }
@@ -212,11 +248,11 @@ TEST(TokenLogin, MissingModuleIsModuleNotFoundNamingThePath) {
   EXPECT_NE(std::string(e.what()).find(missing.string()), std::string::npos) << e.what();
 }
 
-// DISABLED: product bug. When PKCS11_CTX_load fails (token.cpp:202), Token::open throws and the
+// DISABLED: product bug. When PKCS11_CTX_load fails (token.cpp:300), Token::open throws and the
 // half-built Token's Impl destructor calls PKCS11_CTX_unload on the unloaded context
-// (hsm/src/token.cpp:180), which dereferences libp11's null module method table: SIGSEGV instead of
+// (hsm/src/token.cpp:278), which dereferences libp11's null module method table: SIGSEGV instead of
 // kModuleNotFound. Re-enable when ~Impl unloads only a loaded context.
-TEST(TokenLogin, DISABLED_FileThatIsNotAPkcs11ModuleIsModuleNotFoundNamingThePath) {
+TEST(TokenLogin, FileThatIsNotAPkcs11ModuleIsModuleNotFoundNamingThePath) {
   testing::TempDir dir;
   const auto bogus = dir.path() / "not-a-module.so";
   testing::write_file(bogus, "this is not a shared object\n");
@@ -225,12 +261,14 @@ TEST(TokenLogin, DISABLED_FileThatIsNotAPkcs11ModuleIsModuleNotFoundNamingThePat
   EXPECT_NE(std::string(e.what()).find(bogus.string()), std::string::npos) << e.what();
 }
 
-// DISABLED: same product bug as above (hsm/src/token.cpp:180): a real module whose C_Initialize
+// DISABLED: same product bug as above (hsm/src/token.cpp:278): a real module whose C_Initialize
 // fails — here SoftHSM2 without a readable SOFTHSM2_CONF — crashes the process.
-TEST(TokenLogin, DISABLED_ModuleThatFailsToInitialiseIsModuleNotFoundNotACrash) {
+TEST(TokenLogin, ModuleThatFailsToInitialiseIsModuleNotFoundNotACrash) {
   testing::TempDir dir;
   setenv("SOFTHSM2_CONF", (dir.path() / "missing.conf").c_str(), 1);
-  const Error e = error_from([&] { hsm::Token::open({kSoftHsmModule, "fleetsign"}, hsm::Pin(kUserPin)); });
+  const Error e = error_from([&] {
+    hsm::Token::open({kSoftHsmModule, "fleetsign"}, hsm::Pin(kUserPin));
+  });
   EXPECT_EQ(e.code(), ErrorCode::kModuleNotFound);
   EXPECT_NE(std::string(e.what()).find(kSoftHsmModule), std::string::npos) << e.what();
 }
@@ -239,19 +277,22 @@ TEST(TokenLogin, UnknownTokenLabelIsTokenNotFoundListingTheTokensThere) {
   TestHome th;
   th.cas.reset();
   th.token.reset();
-  const Error e = error_from(
-      [&] { hsm::Token::open({th.home->config().module, "no such token"}, hsm::Pin(kUserPin)); });
+  const Error e = error_from([&] {
+    hsm::Token::open({th.home->config().module, "no such token"}, hsm::Pin(kUserPin));
+  });
   EXPECT_EQ(e.code(), ErrorCode::kTokenNotFound);
   const std::string what = e.what();
   EXPECT_NE(what.find("'no such token'"), std::string::npos) << what;
-  EXPECT_NE(what.find("'fleetsign'"), std::string::npos) << "should list the token it saw: " << what;
+  EXPECT_NE(what.find("'fleetsign'"), std::string::npos)
+      << "should list the token it saw: " << what;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Key URIs (RFC 7512).
 
 TEST(KeyRefUri, RoundTripsLabelsWithSpacesAndReservedCharacters) {
-  const hsm::KeyRef ref{"My Fleet Token", {0x00, 0x3B, 0x25, 0x20, 0xFF, 0x7F}, "Root CA; v2 = 100%/x"};
+  const hsm::KeyRef ref{
+      "My Fleet Token", {0x00, 0x3B, 0x25, 0x20, 0xFF, 0x7F}, "Root CA; v2 = 100%/x"};
   const std::string uri = ref.uri();
   EXPECT_EQ(uri.find(' '), std::string::npos) << uri;
   EXPECT_EQ(uri.rfind("pkcs11:", 0), 0u) << uri;
@@ -269,9 +310,8 @@ TEST(KeyRefUri, UriOfAGeneratedKeyWithASpacedLabelFindsTheSameKey) {
 }
 
 TEST(KeyRefUri, MalformedOrForeignUrisAreInvalidArgumentNamingTheUri) {
-  for (const std::string uri :
-       {"file:///etc/key.pem", "pkcs11:token=x;object=y", "pkcs11:id=%G1", "pkcs11:id=%0",
-        "pkcs11:id=%01;pin-value=1234", "pkcs11:id"}) {
+  for (const std::string uri : {"file:///etc/key.pem", "pkcs11:token=x;object=y", "pkcs11:id=%G1",
+                                "pkcs11:id=%0", "pkcs11:id=%01;pin-value=1234", "pkcs11:id"}) {
     SCOPED_TRACE(uri);
     const Error e = error_from([&] { hsm::KeyRef::parse_uri(uri); });
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);

@@ -77,12 +77,12 @@ int run(const std::string& command, std::string* output) {
 
 std::string fleetsign_bin() {
   const char* bin = std::getenv("FLEETSIGN_BIN");
-  return bin != nullptr ? bin : "fleetsign";
+  return bin != nullptr ? bin : FLEETSIGN_BIN_PATH;
 }
 
 std::string data_dir() {
   const char* d = std::getenv("FLEETSIGN_TEST_DATA");
-  return d != nullptr ? d : "tests/data";
+  return d != nullptr ? d : FLEETSIGN_TEST_DATA_DIR;
 }
 
 std::string read_file(const fs::path& path) {

@@ -1,0 +1,58 @@
+// fleetsign-bench internals: child processes (child.cpp), CSR generation (csrgen.cpp) and the
+// in-process measurements (measure.cpp). main.cpp orchestrates one run.
+//
+// Fork rule (design.md, libp11): no token may be open in this process while it starts a child.
+// All child runs happen first; the token is opened in-process only for the last measurement.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fleetsign::bench {
+
+// ---- child.cpp -------------------------------------------------------------------------------
+
+struct ChildResult {
+  int exit_status = -1;      // exit code, or 128 + signal
+  std::string out;           // captured stdout (when asked for)
+  double wall_s = 0;         // spawn to reap
+  long max_rss_kb = 0;       // the child's own ru_maxrss (wait4), kilobytes
+};
+
+// Runs argv[0] (searched in PATH) with this process's environment plus `env` (overriding), stdout
+// captured (or sent to /dev/null) and stderr appended to `log`. posix_spawn + wait4.
+ChildResult run_child(const std::vector<std::string>& argv,
+                      const std::map<std::string, std::string>& env,
+                      const std::filesystem::path& log, bool capture_stdout = true);
+
+// The last `max_bytes` of a file (for error messages).
+std::string tail_of(const std::filesystem::path& file, std::size_t max_bytes = 2000);
+
+// ---- csrgen.cpp ------------------------------------------------------------------------------
+
+// `count` valid P-256 CSRs (PEM, one string each) with CN = bench-%06d for first..first+count-1,
+// each with its own fresh key, made in parallel on `threads` threads.
+std::vector<std::string> make_csrs(std::size_t first, std::size_t count, int threads);
+
+// Writes PEMs concatenated to `file`.
+void write_bundle(const std::filesystem::path& file, const std::vector<std::string>& pems,
+                  std::size_t from = 0, std::size_t count = static_cast<std::size_t>(-1));
+
+// Parses and X509_REQ_verify()s a PEM CSR with OpenSSL's own decoder (a sanity check on our DER).
+bool openssl_accepts_csr(const std::string& pem);
+
+// ---- measure.cpp -----------------------------------------------------------------------------
+
+// ECDSA P-256 verifies per second on `threads` threads for ~`seconds`: each thread its own
+// pre-made key/signature pairs; every verify builds its EC_KEY from the point, as the CSR check does.
+double measure_raw_verify(int threads, double seconds);
+
+// Signs per second through fleetsign::hsm::SigningKey::sign_digest with the home's CA key.
+// Opens the token in this process: call it only after every child process is done.
+double measure_token_sign(const std::filesystem::path& home, const std::string& user_pin,
+                          const std::string& ca_name, int threads, double seconds);
+
+}  // namespace fleetsign::bench

@@ -1,0 +1,345 @@
+// fleetsign-bench: one run, one machine, one thread count. It makes a fresh work directory with a
+// fleetsign home (private SoftHSM2 token, EC P-256 intermediate), runs the CLI exactly as a user
+// does (child processes), runs the Azure docs' `openssl x509 -req` loop, and last — after every
+// child is done, because libp11 must never meet fork — opens the token in-process to measure its
+// raw signing rate. See bench.hpp for the parts.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "bench.hpp"
+
+namespace fs = std::filesystem;
+using namespace fleetsign::bench;
+
+namespace {
+
+constexpr const char* kUserPin = "bench-user-1234";
+constexpr const char* kSoPin = "bench-so-5678";
+constexpr const char* kCa = "int";
+constexpr double kSeconds = 2.0;  // in-process measurements
+
+struct Options {
+  int threads = 0;
+  std::size_t csrs = 20000;
+  std::size_t rss_devices = 200000;
+  std::size_t openssl_csrs = 300;
+  bool json = false;
+  std::optional<fs::path> keep;
+};
+
+void usage(FILE* to) {
+  std::fprintf(to,
+      "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] "
+      "[--json] [--keep DIR]\n"
+      "Measures, in one run, fleetsign's issuance rate against the token-sign + ECDSA-verify "
+      "ceiling and against the openssl x509 -req loop.\n"
+      "  --threads N       threads for everything (default: hardware concurrency)\n"
+      "  --csrs N          CSRs in the bundle; also the --generate count (default 20000)\n"
+      "  --rss-devices N   devices of the peak-RSS run, issue --generate N --bundle (default 200000)\n"
+      "  --openssl-csrs N  CSRs for the sequential openssl x509 -req loop (default 300)\n"
+      "  --json            print one JSON object instead of a table\n"
+      "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
+      "  -h, --help        show this help\n"
+      "Progress notes go to stderr.\n");
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::optional<std::string> value;
+    if (const auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg.resize(eq);
+    }
+    auto need = [&]() -> std::string {
+      if (value) return *value;
+      if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+      return argv[++i];
+    };
+    auto count = [&](long long min) {
+      const std::string v = need();
+      char* end = nullptr;
+      const long long n = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n < min) {
+        throw std::invalid_argument(arg + " '" + v + "' is not a number >= " + std::to_string(min));
+      }
+      return n;
+    };
+    if (arg == "-h" || arg == "--help") { usage(stdout); std::exit(0); }
+    else if (arg == "--threads") o.threads = static_cast<int>(count(1));
+    else if (arg == "--csrs") o.csrs = static_cast<std::size_t>(count(1));
+    else if (arg == "--rss-devices") o.rss_devices = static_cast<std::size_t>(count(1));
+    else if (arg == "--openssl-csrs") o.openssl_csrs = static_cast<std::size_t>(count(1));
+    else if (arg == "--json") o.json = true;
+    else if (arg == "--keep") o.keep = need();
+    else throw std::invalid_argument("unknown option '" + arg + "'");
+  }
+  if (o.threads == 0) {
+    o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  return o;
+}
+
+void note(const char* fmt, auto... args) {
+  std::fprintf(stderr, "fleetsign-bench: ");
+  std::fprintf(stderr, fmt, args...);
+  std::fputc('\n', stderr);
+}
+
+// A number field of a flat JSON object, e.g. "certs_per_s": 123.4.
+std::optional<double> json_number(const std::string& json, const std::string& key) {
+  const auto at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) return std::nullopt;
+  const char* p = json.c_str() + at + key.size() + 3;
+  char* end = nullptr;
+  const double v = std::strtod(p, &end);
+  if (end == p) return std::nullopt;
+  return v;
+}
+
+// The work directory: made fresh, removed at the end unless --keep.
+class WorkDir {
+ public:
+  explicit WorkDir(const std::optional<fs::path>& keep) : m_keep(keep.has_value()) {
+    if (keep) {
+      fs::create_directories(*keep);
+      if (!fs::is_empty(*keep)) throw std::runtime_error(keep->string() + " is not empty");
+      m_dir = fs::absolute(*keep);
+    } else {
+      const char* tmp = std::getenv("TMPDIR");
+      std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/fleetsign-bench-XXXXXX";
+      if (mkdtemp(templ.data()) == nullptr) {
+        throw std::runtime_error(templ + ": mkdtemp: " + std::strerror(errno));
+      }
+      m_dir = templ;
+    }
+  }
+  ~WorkDir() {
+    if (m_keep) return;
+    // ~10^5 files: on a busy ext4 (discard) this alone has taken minutes.
+    const auto t0 = std::chrono::steady_clock::now();
+    std::error_code ec;
+    fs::remove_all(m_dir, ec);
+    std::fprintf(stderr, "fleetsign-bench: removed %s in %.1f s\n", m_dir.c_str(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const fs::path& path() const { return m_dir; }
+
+ private:
+  fs::path m_dir;
+  bool m_keep;
+};
+
+class Bench {
+ public:
+  Bench(const Options& o, const fs::path& work) : m_o(o), m_work(work), m_home(work / "home") {
+    m_log = work / "children.log";
+    m_env = {{"FLEETSIGN_PIN", kUserPin},
+             {"FLEETSIGN_SO_PIN", kSoPin},
+             {"SOFTHSM2_CONF", (m_home / "softhsm2.conf").string()}};
+  }
+
+  ChildResult run(const std::vector<std::string>& argv) {
+    const auto r = run_child(argv, m_env, m_log);
+    if (r.exit_status != 0) {
+      std::string cmd;
+      for (const auto& a : argv) cmd += a + " ";
+      throw std::runtime_error(cmd + "exited " + std::to_string(r.exit_status) + "\n" + r.out +
+                               tail_of(m_log));
+    }
+    return r;
+  }
+
+  ChildResult cli(std::vector<std::string> args) {
+    args.insert(args.begin(), {FLEETSIGN_CLI_PATH, "--home", m_home.string()});
+    return run(args);
+  }
+
+  // One `fleetsign issue … --json` run; returns the child's result and its certs_per_s.
+  std::pair<ChildResult, double> issue(const std::string& tag, std::vector<std::string> args,
+                                       std::size_t expect, int threads) {
+    const fs::path out = m_work / ("out-" + tag);
+    args.insert(args.begin(), {"issue", "--ca", kCa, "--out", out.string(), "--threads",
+                               std::to_string(threads), "--json"});
+    const auto r = cli(args);
+    const auto rate = json_number(r.out, "certs_per_s");
+    const auto issued = json_number(r.out, "issued");
+    const auto rejected = json_number(r.out, "rejected");
+    if (!rate || !issued || !rejected || *issued != static_cast<double>(expect) || *rejected != 0) {
+      throw std::runtime_error("issue run '" + tag + "' did not issue all " +
+                               std::to_string(expect) + ": " + r.out);
+    }
+    note("  %-14s %8zu certs  %9.0f certs/s  (wall %.2f s, max RSS %.0f MB)", tag.c_str(), expect,
+         *rate, r.wall_s, static_cast<double>(r.max_rss_kb) / 1024.0);
+    // Outputs stay until the end: on ext4 with `discard`, deleting thousands of files just before
+    // a run slows that run's file creation several-fold (measured: 4000/s -> 250/s).
+    return {r, *rate};
+  }
+
+  void setup() {
+    note("work dir %s, %d threads", m_work.c_str(), m_o.threads);
+    cli({"init", "--json"});
+    cli({"ca", "create-root", "--name", "root", "--subject", "/CN=Bench Root CA/O=fleetsign-bench",
+         "--key", "ec-p256", "--json"});
+    cli({"ca", "create-intermediate", "--name", kCa, "--issuer", "root", "--subject",
+         "/CN=Bench Intermediate CA/O=fleetsign-bench", "--key", "ec-p256", "--json"});
+  }
+
+  double openssl_loop() {
+    const fs::path dir = m_work / "openssl";
+    fs::create_directories(dir);
+    const auto key = (dir / "int.key").string(), pem = (dir / "int.pem").string();
+    run({"openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", pem, "-subj",
+         "/CN=Bench Software Intermediate", "-days", "3650", "-addext",
+         "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"});
+    // Device IDs of their own (after the three CSR bundles).
+    const auto csrs = make_csrs(3 * m_o.csrs, m_o.openssl_csrs, m_o.threads);
+    std::vector<fs::path> files;
+    for (std::size_t i = 0; i < csrs.size(); ++i) {
+      files.push_back(dir / ("dev" + std::to_string(i)));
+      write_bundle(files.back().string() + ".csr", csrs, i, 1);
+    }
+    note("openssl x509 -req loop over %zu CSRs (sequential, as the Azure docs do it)", files.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const auto& f : files) {
+      run({"openssl", "x509", "-req", "-in", f.string() + ".csr", "-CA", pem, "-CAkey", key,
+           "-CAcreateserial", "-out", f.string() + ".pem", "-days", "365", "-sha256"});
+    }
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    note("  %zu certs in %.2f s", files.size(), wall);
+    return static_cast<double>(files.size()) / wall;
+  }
+
+  const fs::path& home() const { return m_home; }
+  const fs::path& work() const { return m_work; }
+
+ private:
+  const Options& m_o;
+  fs::path m_work, m_home, m_log;
+  std::map<std::string, std::string> m_env;
+};
+
+struct Results {
+  double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
+         generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0;
+};
+
+void print(const Options& o, const Results& r) {
+  const double vs_limit = r.limit > 0 ? r.issue / r.limit : 0;
+  const double vs_openssl = r.openssl_loop > 0 ? r.issue / r.openssl_loop : 0;
+  if (o.json) {
+    std::printf(
+        "{\"token_sign_per_s\":%.1f,\"raw_verify_per_s\":%.1f,\"limit_per_s\":%.1f,"
+        "\"issue_per_s\":%.1f,\"issue_files_per_s\":%.1f,\"generate_per_s\":%.1f,"
+        "\"generate_files_per_s\":%.1f,\"openssl_loop_per_s\":%.2f,\"peak_rss_mb\":%.1f,"
+        "\"rss_devices\":%zu,\"issue_vs_limit\":%.4f,\"issue_vs_openssl_loop\":%.2f,"
+        "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu}\n",
+        r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
+        r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
+        o.csrs);
+    return;
+  }
+  std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
+              o.threads, o.csrs);
+  auto row = [](const char* name, double v, const char* what) {
+    std::printf("  %-22s %12.1f  %s\n", name, v, what);
+  };
+  row("token_sign_per_s", r.token_sign, "token C_Sign via SigningKey::sign_digest");
+  row("raw_verify_per_s", r.raw_verify, "OpenSSL ECDSA P-256 verify, fresh EC_KEY each");
+  row("limit_per_s", r.limit, "1 / (1/sign + 1/verify): the CSR ceiling");
+  row("issue_per_s", r.issue, "issue --csr-file --bundle");
+  row("issue_files_per_s", r.issue_files, "issue --csr-file, files per device");
+  row("generate_per_s", r.generate, "issue --generate --bundle");
+  row("generate_files_per_s", r.generate_files, "issue --generate, files per device");
+  row("openssl_loop_per_s", r.openssl_loop, "openssl x509 -req per device, sequential");
+  std::printf("  %-22s %12.1f  issue --generate %zu --bundle (child ru_maxrss)\n", "peak_rss_mb",
+              r.peak_rss_mb, o.rss_devices);
+  std::printf("\n  %-22s %12.3f  issue_per_s / limit_per_s\n", "issue_vs_limit", vs_limit);
+  std::printf("  %-22s %12.1f  issue_per_s / openssl_loop_per_s\n", "issue_vs_openssl_loop",
+              vs_openssl);
+  std::printf("  %-22s %12.2f  issue_per_s at %d threads / at 1 thread (%.1f/s)\n",
+              "speedup_threads", r.speedup, o.threads, r.issue_1);
+}
+
+int run_bench(const Options& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  WorkDir work(o.keep);
+  Bench b(o, work.path());
+  // Everything below that loads SoftHSM2 — children and this process — uses the private store.
+  setenv("SOFTHSM2_CONF", (b.home() / "softhsm2.conf").c_str(), 1);
+  b.setup();
+
+  const std::size_t n = o.csrs;
+  note("making 3 x %zu P-256 CSRs", n);
+  const fs::path bundle_a = work.path() / "csrs-bundle.pem", bundle_b = work.path() / "csrs-files.pem",
+                 bundle_c = work.path() / "csrs-1thread.pem";
+  for (std::size_t k = 0; k < 3; ++k) {
+    const auto pems = make_csrs(k * n, n, o.threads);  // distinct device IDs per run
+    if (!openssl_accepts_csr(pems.front()) || !openssl_accepts_csr(pems.back())) {
+      throw std::runtime_error("generated CSR does not verify with OpenSSL");
+    }
+    write_bundle(k == 0 ? bundle_a : k == 1 ? bundle_b : bundle_c, pems);
+  }
+
+  Results r;
+  note("fleetsign issue runs");
+  r.issue = b.issue("csr-bundle", {"--csr-file", bundle_a.string(), "--bundle"}, n, o.threads).second;
+  r.issue_files = b.issue("csr-files", {"--csr-file", bundle_b.string()}, n, o.threads).second;
+  r.issue_1 = o.threads == 1 ? r.issue
+                             : b.issue("csr-bundle-1t", {"--csr-file", bundle_c.string(), "--bundle"},
+                                       n, 1).second;
+  r.speedup = r.issue_1 > 0 ? r.issue / r.issue_1 : 0;
+  const std::string count = std::to_string(n);
+  r.generate = b.issue("gen-bundle", {"--generate", count, "--id-pattern", "gen-{07}", "--bundle"},
+                       n, o.threads).second;
+  r.generate_files = b.issue("gen-files", {"--generate", count, "--id-pattern", "genf-{07}"}, n,
+                             o.threads).second;
+  const auto rss = b.issue("rss", {"--generate", std::to_string(o.rss_devices), "--id-pattern",
+                                   "rss-{07}", "--bundle"}, o.rss_devices, o.threads);
+  r.peak_rss_mb = static_cast<double>(rss.first.max_rss_kb) / 1024.0;
+
+  r.openssl_loop = b.openssl_loop();
+
+  // No more children from here on: the token may now be opened in this process.
+  note("raw ECDSA P-256 verify, %d threads, %.0f s", o.threads, kSeconds);
+  r.raw_verify = measure_raw_verify(o.threads, kSeconds);
+  note("token sign_digest, %d threads, %.0f s", o.threads, kSeconds);
+  r.token_sign = measure_token_sign(b.home(), kUserPin, kCa, o.threads, kSeconds);
+  r.limit = 1.0 / (1.0 / r.token_sign + 1.0 / r.raw_verify);
+
+  print(o, r);
+  note("done in %.1f s%s%s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+       o.keep ? ", kept " : "", o.keep ? work.path().c_str() : "");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  try {
+    o = parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleetsign-bench: %s\n", e.what());
+    usage(stderr);
+    return 2;
+  }
+  try {
+    return run_bench(o);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleetsign-bench: error: %s\n", e.what());
+    return 1;
+  }
+}
