@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -54,5 +55,17 @@ double measure_raw_verify(int threads, double seconds);
 // Opens the token in this process: call it only after every child process is done.
 double measure_token_sign(const std::filesystem::path& home, const std::string& user_pin,
                           const std::string& ca_name, int threads, double seconds);
+
+// ---- registry_scale.cpp ----------------------------------------------------------------------
+
+// Loads `count` generated devices (an issued certificate row and a device row each, expiries
+// spread over 400 days) into the registry in one transaction. No child may run meanwhile.
+void load_synthetic_devices(const std::filesystem::path& db_file, const std::string& ca_name,
+                            std::size_t count, std::int64_t now);
+
+// Authentication decisions per second on `threads` threads (one registry connection and one
+// Authenticator each) over the device certificates in `bundle_pem`; every one must be allowed.
+double measure_auth_checks(const std::filesystem::path& db_file, const std::filesystem::path& bundle_pem,
+                           std::size_t max_chains, int threads, double seconds);
 
 }  // namespace fleetsign::bench

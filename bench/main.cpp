@@ -32,13 +32,14 @@ struct Options {
   std::size_t csrs = 20000;
   std::size_t rss_devices = 200000;
   std::size_t openssl_csrs = 300;
+  std::size_t registry_devices = 1000000;
   bool json = false;
   std::optional<fs::path> keep;
 };
 
 void usage(FILE* to) {
   std::fprintf(to,
-      "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] "
+      "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] [--registry-devices N] "
       "[--json] [--keep DIR]\n"
       "Measures, in one run, fleetsign's issuance rate against the token-sign + ECDSA-verify "
       "ceiling and against the openssl x509 -req loop.\n"
@@ -46,6 +47,7 @@ void usage(FILE* to) {
       "  --csrs N          CSRs in the bundle; also the --generate count (default 20000)\n"
       "  --rss-devices N   devices of the peak-RSS run, issue --generate N --bundle (default 200000)\n"
       "  --openssl-csrs N  CSRs for the sequential openssl x509 -req loop (default 300)\n"
+      "  --registry-devices N  generated devices loaded for expiry_report_s / auth_checks_per_s (default 1000000)\n"
       "  --json            print one JSON object instead of a table\n"
       "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
       "  -h, --help        show this help\n"
@@ -80,6 +82,7 @@ Options parse(int argc, char** argv) {
     else if (arg == "--csrs") o.csrs = static_cast<std::size_t>(count(1));
     else if (arg == "--rss-devices") o.rss_devices = static_cast<std::size_t>(count(1));
     else if (arg == "--openssl-csrs") o.openssl_csrs = static_cast<std::size_t>(count(1));
+    else if (arg == "--registry-devices") o.registry_devices = static_cast<std::size_t>(count(1));
     else if (arg == "--json") o.json = true;
     else if (arg == "--keep") o.keep = need();
     else throw std::invalid_argument("unknown option '" + arg + "'");
@@ -160,6 +163,9 @@ class Bench {
     return r;
   }
 
+  // A child whose non-zero exit is an answer, not a failure (expiry report's statuses).
+  ChildResult run_any(const std::vector<std::string>& argv) { return run_child(argv, m_env, m_log); }
+
   ChildResult cli(std::vector<std::string> args) {
     args.insert(args.begin(), {FLEETSIGN_CLI_PATH, "--home", m_home.string()});
     return run(args);
@@ -233,7 +239,9 @@ class Bench {
 
 struct Results {
   double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
-         generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0;
+         generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0,
+         expiry_report_s = 0, auth_checks = 0;
+  std::size_t devices_in_registry = 0;
 };
 
 void print(const Options& o, const Results& r) {
@@ -245,10 +253,11 @@ void print(const Options& o, const Results& r) {
         "\"issue_per_s\":%.1f,\"issue_files_per_s\":%.1f,\"generate_per_s\":%.1f,"
         "\"generate_files_per_s\":%.1f,\"openssl_loop_per_s\":%.2f,\"peak_rss_mb\":%.1f,"
         "\"rss_devices\":%zu,\"issue_vs_limit\":%.4f,\"issue_vs_openssl_loop\":%.2f,"
-        "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu}\n",
+        "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu,\"devices_in_registry\":%zu,"
+        "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f}\n",
         r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
         r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
-        o.csrs);
+        o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks);
     return;
   }
   std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
@@ -271,6 +280,11 @@ void print(const Options& o, const Results& r) {
               vs_openssl);
   std::printf("  %-22s %12.2f  issue_per_s at %d threads / at 1 thread (%.1f/s)\n",
               "speedup_threads", r.speedup, o.threads, r.issue_1);
+  std::printf("\n  registry with %zu devices:\n", r.devices_in_registry);
+  std::printf("  %-22s %12.3f  fleetsign expiry report --within 400 --json (wall, whole report)\n",
+              "expiry_report_s", r.expiry_report_s);
+  std::printf("  %-22s %12.1f  auth check decisions, %d threads, one connection each\n",
+              "auth_checks_per_s", r.auth_checks, o.threads);
 }
 
 int run_bench(const Options& o) {
@@ -312,12 +326,28 @@ int run_bench(const Options& o) {
 
   r.openssl_loop = b.openssl_loop();
 
+  // Registry scale: a group that trusts the (verified) root, then 10^6 generated devices.
+  b.cli({"ca", "verification-cert", "--ca", "root", "--code", "BENCH-POP", "--out",
+         (work.path() / "pop.pem").string()});
+  b.cli({"ca", "verify", "root", "--code", "BENCH-POP", "--cert", (work.path() / "pop.pem").string()});
+  b.cli({"enrollment", "group", "create", "fleet", "--ca", "root"});
+  note("loading %zu generated devices into the registry", o.registry_devices);
+  load_synthetic_devices(b.home() / "registry.db", kCa, o.registry_devices, std::time(nullptr));
+  r.devices_in_registry = o.registry_devices + 6 * n + o.rss_devices;
+  const auto report = b.run_any({FLEETSIGN_CLI_PATH, "--home", b.home().string(), "expiry", "report",
+                                 "--within", "400", "--json"});
+  r.expiry_report_s = report.wall_s;
+  note("  expiry report over the registry: %.3f s (exit %d)", report.wall_s, report.exit_status);
+
   // No more children from here on: the token may now be opened in this process.
   note("raw ECDSA P-256 verify, %d threads, %.0f s", o.threads, kSeconds);
   r.raw_verify = measure_raw_verify(o.threads, kSeconds);
   note("token sign_digest, %d threads, %.0f s", o.threads, kSeconds);
   r.token_sign = measure_token_sign(b.home(), kUserPin, kCa, o.threads, kSeconds);
   r.limit = 1.0 / (1.0 / r.token_sign + 1.0 / r.raw_verify);
+  note("auth checks, %d threads, %.0f s", o.threads, kSeconds);
+  r.auth_checks = measure_auth_checks(b.home() / "registry.db", work.path() / "out-csr-bundle" / "bundle.pem",
+                                      2000, o.threads, kSeconds);
 
   print(o, r);
   note("done in %.1f s%s%s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
