@@ -8,6 +8,8 @@
 #include <tbb/parallel_pipeline.h>
 #include <tbb/task_arena.h>
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -141,6 +143,30 @@ class FaultPoint {
   std::int64_t m_chunk = 0;
 };
 
+// Per-stage busy time, printed with FLEETSIGN_STAGE_TIMES=1 (for tuning the pipeline: a serial
+// stage's share of the run bounds the speed-up threads can give).
+struct StageClock {
+  std::array<std::atomic<std::int64_t>, 7> ns{};
+  static constexpr const char* kNames[7] = {"read", "prepare", "intents", "sign", "commit", "render", "write"};
+  template <typename F>
+  auto time(int stage, F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    struct Add {
+      std::atomic<std::int64_t>& slot;
+      std::chrono::steady_clock::time_point t0;
+      ~Add() { slot += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(); }
+    } add{ns[static_cast<std::size_t>(stage)], t0};
+    return f();
+  }
+  void print(double wall) const {
+    if (std::getenv("FLEETSIGN_STAGE_TIMES") == nullptr) return;
+    for (int i = 0; i < 7; ++i) {
+      std::fprintf(stderr, "stage %-8s %7.3f s busy (%5.1f%% of wall)\n", kNames[i], static_cast<double>(ns[static_cast<std::size_t>(i)]) / 1e9,
+                   100.0 * static_cast<double>(ns[static_cast<std::size_t>(i)]) / 1e9 / wall);
+    }
+  }
+};
+
 // Everything one execution of a batch shares between its stages.
 struct Run {
   const BatchOptions& options;
@@ -156,6 +182,7 @@ struct Run {
   std::map<std::int64_t, Der> spooled_keys;
   std::unordered_set<std::string> seen_ids;
   FaultPoint fault;
+  StageClock stages;
   std::int64_t issued_now = 0, rejected_now = 0;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
 };
@@ -440,26 +467,27 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
     tbb::parallel_pipeline(
         in_flight,
         tbb::make_filter<void, Chunk*>(filter_mode::serial_in_order,
-                                       [&](tbb::flow_control& fc) { return read_chunk(run, fc); }) &
+                                       [&](tbb::flow_control& fc) { return run.stages.time(0, [&] { return read_chunk(run, fc); }); }) &
             tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
                                              [&](Chunk* c) {
-                                               for (Item& i : c->items) prepare_item(run, i);
+                                               run.stages.time(1, [&] { for (Item& i : c->items) prepare_item(run, i); });
                                                return c;
                                              }) &
             tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order,
-                                             [&](Chunk* c) { record_intents(run, *c); return c; }) &
+                                             [&](Chunk* c) { run.stages.time(2, [&] { record_intents(run, *c); }); return c; }) &
             tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
-                                             [&](Chunk* c) { sign_items(run, *c); return c; }) &
+                                             [&](Chunk* c) { run.stages.time(3, [&] { sign_items(run, *c); }); return c; }) &
             tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order,
-                                             [&](Chunk* c) { record_certificates(run, *c); return c; }) &
+                                             [&](Chunk* c) { run.stages.time(4, [&] { record_certificates(run, *c); }); return c; }) &
             tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel,
-                                             [&](Chunk* c) { batch::render_chunk(run.render, *c); return c; }) &
+                                             [&](Chunk* c) { run.stages.time(5, [&] { batch::render_chunk(run.render, *c); }); return c; }) &
             tbb::make_filter<Chunk*, void>(filter_mode::serial_in_order, [&](Chunk* c) {
               std::unique_ptr<Chunk> owned(c);
-              write_outputs(run, *owned);
+              run.stages.time(6, [&] { write_outputs(run, *owned); });
             }));
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
+  run.stages.print(seconds);
   m_registry.finish_batch(record.id, m_clock.now());
   BatchSummary s;
   s.batch_id = record.id;

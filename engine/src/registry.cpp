@@ -21,6 +21,8 @@
 #include <utility>
 
 #include "fleetsign/error.hpp"
+#include <Poco/Data/SQLite/Utility.h>
+
 #include "registry_impl.hpp"
 
 namespace fleetsign::engine {
@@ -201,33 +203,6 @@ struct AuditRow {
   AuditEntry take() { return rec; }
 };
 
-// The intents of one call as columns, for `use(vector)` binding.
-struct IntentColumns {
-  std::vector<std::string> serial, device_id, ca_name, batch_id, subject, lot, line, site, op;
-  std::vector<std::int64_t> seq, not_before, not_after, created_at;
-  std::vector<BLOB> der;  // must outlive execute(): Poco binds BLOBs without copying
-
-  explicit IntentColumns(std::span<const CertIntent> intents) {
-    const auto now = stamp(0);
-    for (const auto& i : intents) {
-      serial.push_back(i.serial);
-      device_id.push_back(i.device_id);
-      ca_name.push_back(i.ca_name);
-      batch_id.push_back(i.batch_id);
-      subject.push_back(i.subject);
-      lot.push_back(i.lineage.lot);
-      line.push_back(i.lineage.line);
-      site.push_back(i.lineage.site);
-      op.push_back(i.lineage.operator_name);
-      seq.push_back(i.seq);
-      not_before.push_back(i.not_before);
-      not_after.push_back(i.not_after);
-      created_at.push_back(now);
-      der.emplace_back(i.tbs_der);
-    }
-  }
-};
-
 template <typename T, typename Key>
 std::optional<Key> first_duplicate(std::span<const T> items, Key T::*key) {
   std::unordered_set<Key> seen;
@@ -245,7 +220,29 @@ std::string describe(std::string_view verb, std::size_t count, std::string_view 
          " (first serial 0x" + first_serial + ")";
 }
 
+void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
+  sqlite3_bind_text(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
+}
+
 }  // namespace
+
+sqlite3* Registry::Impl::db() { return Poco::Data::SQLite::Utility::dbHandle(m_session); }
+
+int Registry::Impl::step(sqlite3_stmt* st, const std::string& what) {
+  const int rc = sqlite3_step(st);
+  const int changed = rc == SQLITE_DONE ? sqlite3_changes(db()) : 0;
+  const std::string message = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db());
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc == SQLITE_DONE) {
+    return changed;
+  }
+  const int primary = rc & 0xFF;
+  const ErrorCode code = primary == SQLITE_CONSTRAINT ? ErrorCode::kAlreadyExists
+                         : primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? ErrorCode::kRegistryBusy
+                                                                             : ErrorCode::kRegistryError;
+  throw Error(code, what + ": " + message);
+}
 
 std::string_view cert_state_name(CertState state) noexcept {
   const auto index = static_cast<std::size_t>(state);
@@ -342,15 +339,30 @@ void Registry::record_intents(std::span<const CertIntent> intents) {
   }
   try {
     m_impl->write(what, [&] {
-      IntentColumns c(intents);
-      m_impl->m_session << "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, "
-                           "state, subject, not_before, not_after, der, lot, line, site, "
-                           "operator, created_at) "
-                           "VALUES (?, ?, ?, ?, ?, 'intent', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-          kw::use(c.serial), kw::use(c.device_id), kw::use(c.ca_name), kw::use(c.batch_id),
-          kw::use(c.seq), kw::use(c.subject), kw::use(c.not_before), kw::use(c.not_after),
-          kw::use(c.der), kw::use(c.lot), kw::use(c.line), kw::use(c.site), kw::use(c.op),
-          kw::use(c.created_at), kw::now;
+      // One prepared statement, bound and stepped per row: no per-row SQL parsing or copies.
+      sqlite3_stmt* st = m_impl->m_insert_intent.get(
+          m_impl->db(),
+          "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, state, subject, "
+          "not_before, not_after, der, lot, line, site, operator, created_at) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+      const std::int64_t now = stamp(0);
+      for (const auto& i : intents) {
+        bind_text(st, 1, i.serial);
+        bind_text(st, 2, i.device_id);
+        bind_text(st, 3, i.ca_name);
+        bind_text(st, 4, i.batch_id);
+        sqlite3_bind_int64(st, 5, i.seq);
+        bind_text(st, 6, i.subject);
+        sqlite3_bind_int64(st, 7, i.not_before);
+        sqlite3_bind_int64(st, 8, i.not_after);
+        sqlite3_bind_blob(st, 9, i.tbs_der.data(), static_cast<int>(i.tbs_der.size()), SQLITE_STATIC);
+        bind_text(st, 10, i.lineage.lot);
+        bind_text(st, 11, i.lineage.line);
+        bind_text(st, 12, i.lineage.site);
+        bind_text(st, 13, i.lineage.operator_name);
+        sqlite3_bind_int64(st, 14, now);
+        m_impl->step(st, what);
+      }
     });
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kAlreadyExists) {
@@ -382,43 +394,41 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
   struct NotAllIntents {};
   try {
     m_impl->write(what, [&] {
-      std::vector<std::string> serial, sha1, sha256;
-      std::vector<BLOB> der;  // must outlive execute(): Poco binds BLOBs without copying
-      for (const auto& c : certs) {
-        serial.push_back(c.serial);
-        sha1.push_back(c.sha1);
-        sha256.push_back(c.sha256);
-        der.emplace_back(c.der);
-      }
-      Statement st = (m_impl->m_session << "UPDATE certificates SET state = 'issued', der = ?, "
-                                           "sha1 = ?, sha256 = ? WHERE serial = ? "
-                                           "AND state = 'intent'",
-                      kw::use(der), kw::use(sha1), kw::use(sha256), kw::use(serial));
-      // execute() sums the changed rows over every bound row; a non-intent serial changes none.
-      if (st.execute() != certs.size()) {
-        throw NotAllIntents{};
-      }
+      sqlite3_stmt* issue = m_impl->m_issue.get(
+          m_impl->db(),
+          "UPDATE certificates SET state = 'issued', der = ?1, sha1 = ?2, sha256 = ?3 "
+          "WHERE serial = ?4 AND state = 'intent'");
       // The device's slots, in the same transaction: a new device gets its primary slot; a known
       // one gets the new certificate in its secondary slot (rollover jobs alternate them).
-      // Poco binds every parameter per row: the scalars become columns of the same length.
-      std::vector<std::int64_t> now(serial.size(), stamp(0));
-      Statement dev = (m_impl->m_session
-                           << "INSERT INTO devices (registration_id, primary_serial, primary_not_after, "
-                              "ca_name, lot, status, created_at, updated_at) "
-                              "SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), 'enabled', ?, ? "
-                              "FROM certificates WHERE serial = ? "
-                              "ON CONFLICT (registration_id) DO UPDATE SET "
-                              "secondary_serial = CASE WHEN devices.primary_serial = '' "
-                              "THEN devices.secondary_serial ELSE excluded.primary_serial END, "
-                              "secondary_not_after = CASE WHEN devices.primary_serial = '' "
-                              "THEN devices.secondary_not_after ELSE excluded.primary_not_after END, "
-                              "primary_serial = CASE WHEN devices.primary_serial = '' "
-                              "THEN excluded.primary_serial ELSE devices.primary_serial END, "
-                              "primary_not_after = CASE WHEN devices.primary_serial = '' "
-                              "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
-                              "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at",
-                       kw::use(now), kw::use(now), kw::use(serial));
-      dev.execute();
+      sqlite3_stmt* slot = m_impl->m_device_slot.get(
+          m_impl->db(),
+          "INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, "
+          "status, created_at, updated_at) "
+          "SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), 'enabled', ?1, ?1 "
+          "FROM certificates WHERE serial = ?2 "
+          "ON CONFLICT (registration_id) DO UPDATE SET "
+          "secondary_serial = CASE WHEN devices.primary_serial = '' "
+          "THEN devices.secondary_serial ELSE excluded.primary_serial END, "
+          "secondary_not_after = CASE WHEN devices.primary_serial = '' "
+          "THEN devices.secondary_not_after ELSE excluded.primary_not_after END, "
+          "primary_serial = CASE WHEN devices.primary_serial = '' "
+          "THEN excluded.primary_serial ELSE devices.primary_serial END, "
+          "primary_not_after = CASE WHEN devices.primary_serial = '' "
+          "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
+          "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at");
+      const std::int64_t now = stamp(0);
+      for (const auto& c : certs) {
+        sqlite3_bind_blob(issue, 1, c.der.data(), static_cast<int>(c.der.size()), SQLITE_STATIC);
+        bind_text(issue, 2, c.sha1);
+        bind_text(issue, 3, c.sha256);
+        bind_text(issue, 4, c.serial);
+        if (m_impl->step(issue, what) != 1) {
+          throw NotAllIntents{};  // not (or no longer) an intent
+        }
+        sqlite3_bind_int64(slot, 1, now);
+        bind_text(slot, 2, c.serial);
+        m_impl->step(slot, what);
+      }
     });
   } catch (const NotAllIntents&) {
     for (const auto& c : certs) {

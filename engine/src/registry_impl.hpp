@@ -81,6 +81,12 @@ struct Registry::Impl {
   Session m_session;
   std::string m_file;
   PreparedQuery m_individual_slots, m_cert_state;
+  PreparedQuery m_insert_intent, m_issue, m_device_slot;  // the issuance hot path
+
+  sqlite3* db();
+  // Steps a prepared INSERT/UPDATE once and resets it; throws Error naming `what` on failure
+  // (kAlreadyExists for a UNIQUE/PK conflict, kRegistryBusy when locked). Returns changed rows.
+  int step(sqlite3_stmt* st, const std::string& what);
 
   Impl(Session session, std::string file)
       : m_session(std::move(session)), m_file(std::move(file)) {}
