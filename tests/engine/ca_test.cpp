@@ -30,29 +30,9 @@ namespace {
 namespace fs = std::filesystem;
 using fleetsign::testing::TestHome;
 
-// Runs tests/data/make_csrs.sh into `out`. FLEETSIGN_TEST_DATA when set, else the source tree:
-// CTest does not deliver that variable today (see tests/engine/CMakeLists.txt).
-bool make_csrs(const fs::path& out, std::string* output = nullptr) {
-  const std::string data =
-      std::getenv("FLEETSIGN_TEST_DATA") != nullptr ? testing::data_dir() : FLEETSIGN_TEST_DATA_DIR;
-  return testing::run("bash '" + data + "/make_csrs.sh' '" + out.string() + "'", output) == 0;
-}
-
-struct X509Free {
-  void operator()(X509* c) const noexcept { X509_free(c); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-
-// Exactly one DER certificate; throws (failing the test, not crashing it) otherwise.
-X509Ptr parse(const Der& der) {
-  const unsigned char* p = der.data();
-  X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-  if (!cert || p != der.data() + der.size()) {
-    throw std::runtime_error("not exactly one DER certificate (" + std::to_string(der.size()) +
-                             " bytes)");
-  }
-  return cert;
-}
+using testing::make_csrs;
+using testing::X509Ptr;
+X509Ptr parse(const Der& der) { return testing::parse_der_certificate(der); }
 
 template <typename Fn>
 Error error_from(Fn&& fn) {

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 
 namespace fleetsign::testing {
 
@@ -83,6 +84,19 @@ std::string fleetsign_bin() {
 std::string data_dir() {
   const char* d = std::getenv("FLEETSIGN_TEST_DATA");
   return d != nullptr ? d : FLEETSIGN_TEST_DATA_DIR;
+}
+
+bool make_csrs(const fs::path& out, std::string* output) {
+  return run("bash '" + data_dir() + "/make_csrs.sh' '" + out.string() + "'", output) == 0;
+}
+
+X509Ptr parse_der_certificate(const std::vector<std::uint8_t>& der) {
+  const unsigned char* p = der.data();
+  X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+  if (!cert || p != der.data() + der.size()) {
+    throw std::runtime_error("not exactly one DER certificate (" + std::to_string(der.size()) + " bytes)");
+  }
+  return cert;
 }
 
 std::string read_file(const fs::path& path) {

@@ -3,6 +3,8 @@
 // helpers to run the real `fleetsign` binary and openssl.
 #pragma once
 
+#include <openssl/x509.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -57,6 +59,15 @@ std::string fleetsign_bin();
 // Path of tests/data/make_csrs.sh.
 std::string data_dir();
 std::string read_file(const std::filesystem::path& path);
+// Runs tests/data/make_csrs.sh into `out` (openssl makes the CSR fixtures); true on success.
+bool make_csrs(const std::filesystem::path& out, std::string* output = nullptr);
+
+struct X509Free {
+  void operator()(X509* c) const noexcept { X509_free(c); }
+};
+using X509Ptr = std::unique_ptr<X509, X509Free>;
+// Exactly one DER certificate; throws (failing the test, not crashing it) otherwise.
+X509Ptr parse_der_certificate(const std::vector<std::uint8_t>& der);
 void write_file(const std::filesystem::path& path, const std::string& text);
 
 }  // namespace fleetsign::testing
