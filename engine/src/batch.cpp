@@ -488,6 +488,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
   run.stages.print(seconds);
+  if (o.input.kind == BatchInput::Kind::kGenerate) batch::clear_spool(o.out_dir);
   m_registry.finish_batch(record.id, m_clock.now());
   BatchSummary s;
   s.batch_id = record.id;

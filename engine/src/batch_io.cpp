@@ -386,6 +386,19 @@ std::map<std::int64_t, Der> load_spooled_keys(const fs::path& out_dir) {
   return keys;
 }
 
+void clear_spool(const fs::path& out_dir) {
+  const fs::path dir = out_dir / ".spool";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    // Keys must not linger in freed blocks of a file we merely unlink.
+    const auto size = fs::file_size(e.path(), ec);
+    if (!ec && size > 0) write_file(e.path(), std::string(static_cast<std::size_t>(size), '\0'), 0600);
+    fs::remove(e.path(), ec);
+  }
+  fs::remove(dir, ec);
+}
+
 void drop_spool(const fs::path& out_dir, std::int64_t first_seq) {
   std::error_code ec;
   fs::remove(out_dir / ".spool" / (std::to_string(first_seq) + ".keys"), ec);

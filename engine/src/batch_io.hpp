@@ -65,6 +65,9 @@ class OutputStreams {
 // certificate commit and the outputs loses no key. Files are 0600 in DIR/.spool.
 void spool_keys(const std::filesystem::path& out_dir, const Chunk& chunk);
 std::map<std::int64_t, Der> load_spooled_keys(const std::filesystem::path& out_dir);
-void drop_spool(const std::filesystem::path& out_dir, std::int64_t chunk_index);
+void drop_spool(const std::filesystem::path& out_dir, std::int64_t first_seq);
+// At the end of a batch: overwrites and removes every spool file left (a kill between the
+// watermark commit and a spool unlink leaves one behind) and the spool directory.
+void clear_spool(const std::filesystem::path& out_dir);
 
 }  // namespace fleetsign::engine::batch
