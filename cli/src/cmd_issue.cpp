@@ -313,7 +313,7 @@ void add_issue_commands(std::vector<Command>& commands) {
         add_option(s, "batch", "ID", "batch ID (default: generated); an existing ID resumes/reports it");
         add_option(s, "resume", "BATCH", "resume an interrupted batch from the registry");
         add_option(s, "threads", "N", "worker threads (default: all cores)");
-        add_option(s, "chunk", "N", "devices per registry transaction (default 256; tuning)");
+        add_option(s, "chunk", "N", "devices per registry transaction (default 1024; tuning)");
         add_flag(s, "pfx", "also write {id}.pfx (PKCS#12) for generated devices");
         add_option(s, "pfx-password-file", "F", "file holding the .pfx password (else FLEETSIGN_PFX_PASSWORD)");
         add_flag(s, "bundle", "one PEM + one JSON-lines stream instead of files per device");

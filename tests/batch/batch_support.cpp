@@ -1,12 +1,10 @@
+// Processes, the fleet home, batch arguments, and text helpers for the batch tests.
 #include "batch_support.hpp"
 
 #include <Poco/JSON/Parser.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -56,11 +54,6 @@ std::vector<char*> c_strings(std::vector<std::string>& v) {
 }
 
 }  // namespace
-
-std::string fleetsign_binary() {
-  // CTest delivers FLEETSIGN_BIN; the compiled-in path serves a test binary run by hand.
-  return std::getenv("FLEETSIGN_BIN") != nullptr ? testing::fleetsign_bin() : FLEETSIGN_BATCH_BIN;
-}
 
 // --- Outcome, Child
 
@@ -129,7 +122,7 @@ Outcome Child::wait() {
 Fleet::Fleet() : m_home(m_dir.path() / "home") {}
 
 std::unique_ptr<Child> Fleet::start(const std::vector<std::string>& args, const Env& env) {
-  std::vector<std::string> argv{fleetsign_binary(), "--home", m_home.string()};
+  std::vector<std::string> argv{testing::fleetsign_bin(), "--home", m_home.string()};
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string stem = "run-" + std::to_string(++m_runs);
   return std::make_unique<Child>(argv, env, path(stem + ".out"), path(stem + ".err"));
@@ -168,13 +161,16 @@ Poco::JSON::Object::Ptr Fleet::batch_show(const std::string& batch_id) {
 std::vector<std::string> IssueArgs::args() const {
   std::vector<std::string> a{"issue", "--ca", ca, "--out", out.string()};
   if (!batch_id.empty()) a.insert(a.end(), {"--batch", batch_id});
-  if (generate > 0) a.insert(a.end(), {"--generate", std::to_string(generate), "--id-pattern", id_pattern});
+  if (generate > 0)
+    a.insert(a.end(), {"--generate", std::to_string(generate), "--id-pattern", id_pattern});
   if (!csr_file.empty()) a.insert(a.end(), {"--csr-file", csr_file.string()});
   if (!csr_dir.empty()) a.insert(a.end(), {"--csr-dir", csr_dir.string()});
   if (bundle) a.push_back("--bundle");
   if (pfx) a.insert(a.end(), {"--pfx", "--pfx-password-file", pfx_password_file.string()});
   if (reissue) a.push_back("--reissue");
   if (json) a.push_back("--json");
+  // Kill points count chunks: pin their size so the tests do not depend on the default.
+  a.insert(a.end(), {"--chunk", std::to_string(kChunk)});
   return a;
 }
 
@@ -196,110 +192,6 @@ std::vector<Input> generated_inputs(const IssueArgs& a) {
   std::vector<Input> inputs;
   for (auto& id : a.generated_ids()) inputs.push_back(Input{id, id});
   return inputs;
-}
-
-// --- certificates, keys, CSRs
-
-std::vector<std::string> pem_blocks(const std::string& text, const std::string& name) {
-  std::vector<std::string> out;
-  BIO* bio = BIO_new_mem_buf(text.data(), static_cast<int>(text.size()));
-  for (;;) {
-    char* block_name = nullptr;
-    char* header = nullptr;
-    unsigned char* data = nullptr;
-    long len = 0;
-    if (PEM_read_bio(bio, &block_name, &header, &data, &len) != 1) break;
-    if (name == block_name) out.emplace_back(reinterpret_cast<const char*>(data), static_cast<std::size_t>(len));
-    OPENSSL_free(block_name);
-    OPENSSL_free(header);
-    OPENSSL_free(data);
-  }
-  BIO_free(bio);
-  return out;
-}
-
-X509Ptr parse_cert_der(const std::string& der) {
-  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-  return X509Ptr(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
-}
-
-std::string serial_of(const X509* cert) {
-  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr);
-  char* hex = BN_bn2hex(bn);
-  std::string s(hex);
-  OPENSSL_free(hex);
-  BN_free(bn);
-  return s;
-}
-
-std::string normalize_serial(const std::string& hex) {
-  std::string s = hex;
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
-  const auto first = s.find_first_not_of('0');
-  return first == std::string::npos ? "0" : s.substr(first);
-}
-
-bool key_matches_cert(const std::string& key_pem, const X509* cert) {
-  BIO* bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-  BIO_free(bio);
-  const bool ok = key != nullptr && EVP_PKEY_eq(key, X509_get0_pubkey(cert)) == 1;
-  EVP_PKEY_free(key);
-  return ok;
-}
-
-std::string der_to_pem(const std::vector<std::uint8_t>& der, const std::string& name) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  PEM_write_bio(bio, name.c_str(), "", der.data(), static_cast<long>(der.size()));
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio, &data);
-  std::string pem(data, static_cast<std::size_t>(n));
-  BIO_free(bio);
-  return pem;
-}
-
-std::string to_string(const std::vector<std::uint8_t>& bytes) {
-  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-}
-
-std::string make_csr_pem(const std::string& cn) {
-  EVP_PKEY* key = EVP_EC_gen("P-256");
-  X509_REQ* req = X509_REQ_new();
-  X509_REQ_set_version(req, 0);
-  X509_NAME_add_entry_by_txt(X509_REQ_get_subject_name(req), "CN", MBSTRING_UTF8,
-                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-  X509_REQ_set_pubkey(req, key);
-  X509_REQ_sign(req, key, EVP_sha256());
-  BIO* bio = BIO_new(BIO_s_mem());
-  PEM_write_bio_X509_REQ(bio, req);
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio, &data);
-  std::string pem(data, static_cast<std::size_t>(n));
-  BIO_free(bio);
-  X509_REQ_free(req);
-  EVP_PKEY_free(key);
-  return pem;
-}
-
-std::vector<Input> write_csr_bundle(const fs::path& file, const std::vector<std::string>& ids) {
-  std::vector<Input> inputs;
-  std::string text;
-  int line = 1;
-  for (const auto& id : ids) {
-    const std::string pem = make_csr_pem(id);
-    inputs.push_back(Input{id, file.string() + ":" + std::to_string(line)});
-    line += static_cast<int>(std::count(pem.begin(), pem.end(), '\n'));
-    text += pem;
-  }
-  testing::write_file(file, text);
-  return inputs;
-}
-
-void make_fixture_csrs(const fs::path& dir) {
-  const std::string data =
-      std::getenv("FLEETSIGN_TEST_DATA") != nullptr ? testing::data_dir() : FLEETSIGN_TEST_DATA_DIR;
-  std::string output;
-  ASSERT_EQ(testing::run("bash '" + data + "/make_csrs.sh' '" + dir.string() + "'", &output), 0) << output;
 }
 
 std::vector<fs::path> spooled_key_files(const fs::path& out) {

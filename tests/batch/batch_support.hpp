@@ -6,10 +6,9 @@
 // The registry is only ever opened by a test AFTER the child that wrote it has exited.
 #pragma once
 
-#include <sys/types.h>
-
 #include <Poco/JSON/Object.h>
 #include <openssl/x509.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -40,9 +39,6 @@ struct Outcome {
   // "exit 3" or "killed by signal 9", then stdout and stderr, for assertion messages.
   std::string describe() const;
 };
-
-// The fleetsign binary under test: FLEETSIGN_BIN (set by CTest), else the one built with the tests.
-std::string fleetsign_binary();
 
 // A child started with posix_spawn: stdin /dev/null, stdout and stderr to files. The destructor
 // kills (SIGKILL) and reaps a child still running, so a failed assertion leaves no process behind.
@@ -92,6 +88,9 @@ class Fleet {
 };
 
 // One `fleetsign issue` invocation. Exactly one input: generate > 0, csr_file or csr_dir.
+// Devices per chunk in every batch the tests run (passed as --chunk): kill points count chunks.
+constexpr std::int64_t kChunk = 256;
+
 struct IssueArgs {
   std::string batch_id;
   std::string ca = "int";
@@ -163,8 +162,16 @@ X509Ptr parse_cert_der(const std::string& der);
 // the same form.
 std::string serial_of(const X509* cert);
 std::string normalize_serial(const std::string& hex);
-// True when the PEM private key parses and its public key equals the certificate's.
-bool key_matches_cert(const std::string& key_pem, const X509* cert);
+// The serial INTEGER of a DER certificate, read by a minimal DER walk (no OpenSSL: the checker
+// reads 20,000 output certificates and compares their bytes with OpenSSL-parsed registry DER), in
+// the form of serial_of(); empty when the DER is not a certificate.
+std::string der_serial(const std::string& cert_der);
+// The subjectPublicKey BIT STRING contents of a certificate.
+std::string public_key_bits(const X509* cert);
+// True when the PEM private key's public key is `public_bits` (as public_key_bits()). EC keys:
+// the point is computed from the private scalar (OpenSSL 3's generic key decoder costs ~0.3 ms a
+// key); other keys go through the generic decoder.
+bool key_matches(const std::string& key_pem, const std::string& public_bits);
 std::string der_to_pem(const std::vector<std::uint8_t>& der, const std::string& name);
 std::string to_string(const std::vector<std::uint8_t>& bytes);
 
@@ -174,9 +181,6 @@ std::string make_csr_pem(const std::string& cn);
 // Writes one PEM bundle of CSRs, CN = each of `ids`; returns the inputs with the source
 // ("FILE:LINE") fleetsign reports for each.
 std::vector<Input> write_csr_bundle(const fs::path& file, const std::vector<std::string>& ids);
-
-// Runs tests/data/make_csrs.sh into `dir`.
-void make_fixture_csrs(const fs::path& dir);
 
 // CSV fields of one line (RFC 4180 quoting), and the lines of a file.
 std::vector<std::string> csv_fields(const std::string& line);

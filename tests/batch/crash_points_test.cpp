@@ -12,15 +12,17 @@
 namespace fleetsign::batchtest {
 namespace {
 
-constexpr std::int64_t kChunk = 256;  // the batch chunk size (BatchOptions::chunk_size)
 
 enum class Mode { kGenerateFiles, kGenerateBundle, kCsrFile };
 
 const char* mode_name(Mode m) {
   switch (m) {
-    case Mode::kGenerateFiles: return "generate_files";
-    case Mode::kGenerateBundle: return "generate_bundle";
-    case Mode::kCsrFile: return "csr_file";
+    case Mode::kGenerateFiles:
+      return "generate_files";
+    case Mode::kGenerateBundle:
+      return "generate_bundle";
+    case Mode::kCsrFile:
+      return "csr_file";
   }
   return "?";
 }
@@ -41,7 +43,8 @@ AtCrash registry_at_crash(Fleet& fleet, const std::string& batch_id) {
   c.watermark = batch->watermark;
   c.issued = registry->count_certs(batch_id, engine::CertState::kIssued);
   c.intents = registry->count_certs(batch_id, engine::CertState::kIntent);
-  for (const auto& r : registry->batch_issued_after(batch_id, -1)) c.serial_by_device[r.device_id] = r.serial;
+  for (const auto& r : registry->batch_issued_after(batch_id, -1))
+    c.serial_by_device[r.device_id] = r.serial;
   return c;
 }
 
@@ -59,7 +62,8 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
   if (mode == Mode::kCsrFile) {
     // 600 CSRs = chunks of 256, 256, 88: the kill lands in the middle one.
     std::vector<std::string> ids;
-    for (int i = 1; i <= 600; ++i) ids.push_back("dev-" + std::string(4 - std::to_string(i).size(), '0') + std::to_string(i));
+    for (int i = 1; i <= 600; ++i)
+      ids.push_back("dev-" + std::string(4 - std::to_string(i).size(), '0') + std::to_string(i));
     a.csr_file = fleet.path("csrs.pem");
     e.inputs = write_csr_bundle(a.csr_file, ids);
     kill_chunk = 2;
@@ -75,13 +79,15 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
   e.bundle = a.bundle;
 
   // 1. The run dies by SIGKILL at the fault point, leaving a running batch.
-  const Outcome crashed = fleet.run(a.args(), {"FLEETSIGN_FAULT=" + point + ":" + std::to_string(kill_chunk)});
+  const Outcome crashed =
+      fleet.run(a.args(), {"FLEETSIGN_FAULT=" + point + ":" + std::to_string(kill_chunk)});
   ASSERT_TRUE(crashed.killed_by(SIGKILL)) << crashed.describe();
   const AtCrash at = registry_at_crash(fleet, a.batch_id);
   // Every point is reached before chunk N's outputs are written.
   EXPECT_LE(at.watermark, (kill_chunk - 1) * kChunk - 1);
   if (point == "after_intent" || point == "after_sign") {
-    EXPECT_GE(at.intents, kChunk) << "chunk " << kill_chunk << "'s intents are recorded, not signed";
+    EXPECT_GE(at.intents, kChunk) << "chunk " << kill_chunk
+                                  << "'s intents are recorded, not signed";
     EXPECT_LE(at.issued, (kill_chunk - 1) * kChunk);
   } else {
     EXPECT_GE(at.issued, kill_chunk * kChunk) << "chunk " << kill_chunk << " is committed";
@@ -92,7 +98,8 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
   ASSERT_EQ(resumed.exit_code(), 0) << resumed.describe();
   const auto summary = parse_json(resumed.out);
   EXPECT_TRUE(summary->getValue<bool>("resumed"));
-  EXPECT_EQ(summary->getValue<std::int64_t>("total_issued"), static_cast<std::int64_t>(e.inputs.size()));
+  EXPECT_EQ(summary->getValue<std::int64_t>("total_issued"),
+            static_cast<std::int64_t>(e.inputs.size()));
   EXPECT_EQ(summary->getValue<std::int64_t>("abandoned_serials"), at.intents);
 
   // 3. The invariants, and the certificates committed before the kill were kept, not re-signed.
@@ -108,16 +115,17 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
 }
 
 // PRODUCT BUG (disabled until fixed): a spooled private-key file can outlive its batch.
-// write_outputs() (engine/src/batch.cpp:298-305) commits the watermark past a chunk (line 300) and
-// only then removes the chunk's key spool (drop_spool, line 304). A kill between the two leaves
-// OUT/.spool/FIRSTSEQ.keys, holding the plaintext keys of 256 issued devices, and nothing ever
-// removes it: resume() loads the spool (line 421) but only re-spools and drops chunks past the
-// watermark, and finishing the batch leaves .spool as it is. Seen without any help: 2 of 31 runs of
-// FLEETSIGN_FAULT=after_sign:3 under CPU load left .spool/256.keys (chunk 2, finishing on another
-// thread when chunk 3 killed the process). This test makes that window deterministic: it puts back
-// the spool file exactly as fleetsign wrote it, after a resume killed at chunk 4 has moved the
-// watermark past its chunk — the state the kill between lines 300 and 304 leaves.
-TEST(BatchIssue, DISABLED_NoSpooledPrivateKeyOutlivesAFinishedBatch) {
+// write_outputs() in engine/src/batch.cpp commits the watermark past a chunk
+// (registry.update_batch_progress) and only then removes the chunk's key spool
+// (batch::drop_spool). A kill between the two leaves OUT/.spool/FIRSTSEQ.keys, holding the
+// plaintext keys of 256 issued devices, and nothing ever removes it: execute() on resume loads the
+// spool (load_spooled_keys) but re-spools and drops only chunks past the watermark, and finishing
+// the batch leaves .spool as it is. Seen without help: 2 of 31 runs of FLEETSIGN_FAULT=after_sign:3
+// under CPU load left .spool/256.keys (chunk 2, finishing on another thread when chunk 3 killed
+// the process). This test makes the window deterministic: it puts back the spool file exactly as
+// fleetsign wrote it, after a resume killed at chunk 4 has moved the watermark past its chunk —
+// the state a kill between update_batch_progress and drop_spool leaves.
+TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   Fleet fleet;
   fleet.make_hierarchy();
   IssueArgs a;
@@ -131,7 +139,8 @@ TEST(BatchIssue, DISABLED_NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   ASSERT_TRUE(fs::exists(chunk3_keys));
   const std::string spooled = testing::read_file(chunk3_keys);
   // 2. A resume writes chunk 3 (watermark 767, spool dropped) and dies at chunk 4.
-  ASSERT_TRUE(fleet.run({"issue", "--resume", a.batch_id}, {"FLEETSIGN_FAULT=before_output:4"}).killed_by(SIGKILL));
+  ASSERT_TRUE(fleet.run({"issue", "--resume", a.batch_id}, {"FLEETSIGN_FAULT=before_output:4"})
+                  .killed_by(SIGKILL));
   ASSERT_GE(fleet.registry()->find_batch(a.batch_id)->watermark, 3 * kChunk - 1);
   ASSERT_FALSE(fs::exists(chunk3_keys));
   // 3. The spool file of a chunk at or below the watermark, as a kill before its unlink leaves it.
@@ -147,16 +156,20 @@ TEST(BatchIssue, DISABLED_NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   e.generated_keys = true;
   check_batch(fleet, e);
   const auto left = spooled_key_files(a.out);
-  EXPECT_TRUE(left.empty()) << left.size() << " spool file(s) with private keys left, e.g. " << left.front();
+  EXPECT_TRUE(left.empty()) << left.size() << " spool file(s) with private keys left, e.g. "
+                            << left.front();
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    BatchIssue, KillPoint,
-    ::testing::Combine(::testing::Values("after_intent", "after_sign", "after_commit", "before_output"),
-                       ::testing::Values(Mode::kGenerateFiles, Mode::kGenerateBundle, Mode::kCsrFile)),
-    [](const ::testing::TestParamInfo<KillPoint::ParamType>& info) {
-      return std::get<0>(info.param) + "_" + mode_name(std::get<1>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(BatchIssue, KillPoint,
+                         ::testing::Combine(::testing::Values("after_intent", "after_sign",
+                                                              "after_commit", "before_output"),
+                                            ::testing::Values(Mode::kGenerateFiles,
+                                                              Mode::kGenerateBundle,
+                                                              Mode::kCsrFile)),
+                         [](const ::testing::TestParamInfo<KillPoint::ParamType>& info) {
+                           return std::get<0>(info.param) + "_" +
+                                  mode_name(std::get<1>(info.param));
+                         });
 
 }  // namespace
 }  // namespace fleetsign::batchtest

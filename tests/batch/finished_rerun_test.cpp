@@ -1,6 +1,7 @@
 // Running a finished batch again — the same command with the same --batch ID, or
 // `issue --resume ID` — issues nothing: the registry and the output directory are left exactly as
 // they were (no certificate, no serial, no byte of output), and the command says so.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include "batch_support.hpp"
@@ -15,10 +16,11 @@ struct RegistryCounts {
   engine::BatchRecord batch;
 
   bool operator==(const RegistryCounts& o) const {
-    return intent == o.intent && issued == o.issued && abandoned == o.abandoned && revoked == o.revoked &&
-           batches == o.batches && batch.state == o.batch.state && batch.issued == o.batch.issued &&
-           batch.rejected == o.batch.rejected && batch.watermark == o.batch.watermark &&
-           batch.finished_at == o.batch.finished_at && batch.offsets_json == o.batch.offsets_json;
+    return intent == o.intent && issued == o.issued && abandoned == o.abandoned &&
+           revoked == o.revoked && batches == o.batches && batch.state == o.batch.state &&
+           batch.issued == o.batch.issued && batch.rejected == o.batch.rejected &&
+           batch.watermark == o.batch.watermark && batch.finished_at == o.batch.finished_at &&
+           batch.offsets_json == o.batch.offsets_json;
   }
 };
 
@@ -51,22 +53,25 @@ void rerun_finished_batch_changes_nothing(bool bundle) {
 
   IssueArgs as_json = a;
   as_json.json = true;
-  const std::vector<std::vector<std::string>> again{
-      a.args(), {"issue", "--resume", a.batch_id}, as_json.args(), {"issue", "--resume", a.batch_id, "--json"}};
+  const std::vector<std::vector<std::string>> again{a.args(),
+                                                    {"issue", "--resume", a.batch_id},
+                                                    as_json.args(),
+                                                    {"issue", "--resume", a.batch_id, "--json"}};
   for (const auto& args : again) {
     std::string line;
     for (const auto& w : args) line += w + " ";
     SCOPED_TRACE(line);
     const Outcome o = fleet.run(args);
     ASSERT_EQ(o.exit_code(), 0) << o.describe();
-    if (args.back() == "--json") {
+    if (std::find(args.begin(), args.end(), "--json") != args.end()) {
       const auto j = parse_json(o.out);
       EXPECT_TRUE(j->getValue<bool>("already_finished"));
       EXPECT_EQ(j->getValue<std::string>("batch"), a.batch_id);
       EXPECT_EQ(j->getValue<std::int64_t>("issued"), 0);
       EXPECT_EQ(j->getValue<std::int64_t>("total_issued"), 600);
     } else {
-      EXPECT_NE(o.out.find("batch " + a.batch_id + " had already finished (600 issued); nothing new issued"),
+      EXPECT_NE(o.out.find("batch " + a.batch_id +
+                           " had already finished (600 issued); nothing new issued"),
                 std::string::npos)
           << o.out;
     }

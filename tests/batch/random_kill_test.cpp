@@ -35,11 +35,13 @@ void kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::m
     auto registry = fleet.registry();
     const auto batch = registry->find_batch(a.batch_id);
     recorded = batch.has_value();
-    std::cout << "[ kill -9  ] " << a.batch_id << " after " << delay.count() << " ms: "
-              << (killed.killed_by(SIGKILL) ? "killed" : "had already ended") << ", "
-              << (batch ? std::to_string(registry->count_certs(a.batch_id, engine::CertState::kIssued)) +
+    std::cout << "[ kill -9  ] " << a.batch_id << " after " << delay.count()
+              << " ms: " << (killed.killed_by(SIGKILL) ? "killed" : "had already ended") << ", "
+              << (batch ? std::to_string(
+                              registry->count_certs(a.batch_id, engine::CertState::kIssued)) +
                               " issued, " +
-                              std::to_string(registry->count_certs(a.batch_id, engine::CertState::kIntent)) +
+                              std::to_string(
+                                  registry->count_certs(a.batch_id, engine::CertState::kIntent)) +
                               " open intents, watermark " + std::to_string(batch->watermark)
                         : std::string("batch not yet recorded"))
               << std::endl;
@@ -49,7 +51,8 @@ void kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::m
     EXPECT_EQ(killed.exit_code(), 0) << killed.describe();
   }
   // Killed before the batch row was written: starting it again under the same ID is the resume.
-  const Outcome resumed = recorded ? fleet.run({"issue", "--resume", a.batch_id}) : fleet.run(a.args());
+  const Outcome resumed =
+      recorded ? fleet.run({"issue", "--resume", a.batch_id}) : fleet.run(a.args());
   ASSERT_EQ(resumed.exit_code(), 0) << resumed.describe();
   Expected e;
   e.batch_id = a.batch_id;
@@ -82,9 +85,13 @@ void three_random_kills(bool bundle) {
   }
 }
 
-TEST(BatchKill, KillNineAtRandomMomentsThenResumeKeepsInvariantsWithBundle) { three_random_kills(true); }
+TEST(BatchKill, KillNineAtRandomMomentsThenResumeKeepsInvariantsWithBundle) {
+  three_random_kills(true);
+}
 
-TEST(BatchKill, KillNineAtRandomMomentsThenResumeKeepsInvariantsWithDeviceFiles) { three_random_kills(false); }
+TEST(BatchKill, KillNineAtRandomMomentsThenResumeKeepsInvariantsWithDeviceFiles) {
+  three_random_kills(false);
+}
 
 }  // namespace
 }  // namespace fleetsign::batchtest

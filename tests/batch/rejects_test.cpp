@@ -29,9 +29,9 @@ const std::map<std::string, std::string> kBadInputs{
 
 // File -> device ID (the CSR's CN) of the inputs that must be issued.
 const std::map<std::string, std::string> kGoodInputs{
-    {"good_p256.csr", "good-p256"},     {"good_p384.csr", "good-p384"},
+    {"good_p256.csr", "good-p256"},       {"good_p384.csr", "good-p384"},
     {"good_rsa2048.csr", "good-rsa2048"}, {"good_ca_true.csr", "good-ca-true"},
-    {"good_san.csr", "good-san"},       {"good_with_o.csr", "good-with-o"},
+    {"good_san.csr", "good-san"},         {"good_with_o.csr", "good-with-o"},
 };
 
 // Device IDs of the inputs whose CSRs are valid but may be refused for what the registry knows.
@@ -44,7 +44,8 @@ class BatchRejects : public ::testing::Test {
  protected:
   void SetUp() override {
     fleet.make_hierarchy();
-    make_fixture_csrs(csrs);
+    std::string output;
+    ASSERT_TRUE(testing::make_csrs(csrs, &output)) << output;
     // The earlier batch that certifies "prior-device".
     fs::create_directories(fleet.path("prior"));
     testing::write_file(fleet.path("prior") / "prior.csr", make_csr_pem("prior-device"));
@@ -81,7 +82,8 @@ class BatchRejects : public ::testing::Test {
     a.reissue = reissue;
     const Outcome o = fleet.run(a.args());
     EXPECT_EQ(o.exit_code(), 3) << "completed with rejects\n" << o.describe();
-    EXPECT_NE(o.out.find("rejects  " + a.out.string() + "/rejects.csv"), std::string::npos) << o.out;
+    EXPECT_NE(o.out.find("rejects  " + a.out.string() + "/rejects.csv"), std::string::npos)
+        << o.out;
     Expected e;
     e.batch_id = batch_id;
     e.out = a.out;
@@ -159,7 +161,8 @@ TEST_F(BatchRejects, ReissueCertifiesTheDeviceThatAlreadyHoldsACertificate) {
     X509_REQ_free(req);
   }
   auto registry = fleet.registry();
-  EXPECT_EQ(registry->certs_of_device("prior-device").size(), 2u) << "the earlier certificate is kept";
+  EXPECT_EQ(registry->certs_of_device("prior-device").size(), 2u)
+      << "the earlier certificate is kept";
 }
 
 }  // namespace

@@ -19,7 +19,8 @@ void export_cas(Fleet& fleet) {
   for (const char* name : {"root", "int"}) {
     const auto ca = registry->find_ca(name);
     ASSERT_TRUE(ca.has_value()) << name;
-    testing::write_file(fleet.path(std::string(name) + ".pem"), der_to_pem(ca->cert_der, "CERTIFICATE"));
+    testing::write_file(fleet.path(std::string(name) + ".pem"),
+                        der_to_pem(ca->cert_der, "CERTIFICATE"));
   }
 }
 
@@ -37,7 +38,8 @@ TEST(BatchScale, TwentyThousandGeneratedDevicesVerifyStrictlyWithPrivateKeys) {
   fleet.ok(a.args());
 
   // The manifest: a header and one line per device.
-  EXPECT_EQ(lines_of(testing::read_file(a.out / "manifest.csv")).size(), static_cast<std::size_t>(kDevices) + 1);
+  EXPECT_EQ(lines_of(testing::read_file(a.out / "manifest.csv")).size(),
+            static_cast<std::size_t>(kDevices) + 1);
 
   // openssl verify on the first and last device and a spread sample between (every 397th: the
   // step is prime to the chunk size, so the sample lands at every position within chunks).
@@ -60,6 +62,18 @@ TEST(BatchScale, TwentyThousandGeneratedDevicesVerifyStrictlyWithPrivateKeys) {
     EXPECT_NE(output.find(f + ": OK"), std::string::npos) << f << "\n" << output.substr(0, 2000);
   }
   EXPECT_GE(files.size(), 50u);
+
+  // openssl's view of a key/certificate pair at both ends: the same SubjectPublicKeyInfo.
+  for (const char* id : {"sensor-000001", "sensor-020000"}) {
+    const std::string base = (a.out / id).string();
+    std::string from_key, from_cert;
+    ASSERT_EQ(testing::run("openssl pkey -pubout -in " + shell_quote(base + "_key.pem"), &from_key),
+              0);
+    ASSERT_EQ(testing::run("openssl x509 -pubkey -noout -in " + shell_quote(base + "_cert.pem"),
+                           &from_cert),
+              0);
+    EXPECT_EQ(from_key, from_cert) << id;
+  }
 
   // Every certificate and every key (mode 0600, matching its certificate): the invariants.
   Expected e;

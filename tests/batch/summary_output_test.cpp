@@ -30,8 +30,8 @@ class BatchOutput : public ::testing::Test {
   bool on_terminal(const std::vector<std::string>& args, std::string* shown) {
     if (testing::run("command -v script") != 0) return false;
     // Paths here are temp dirs and the build tree: no quotes or spaces to escape.
-    std::string inner = "env FLEETSIGN_PIN=" + std::string(testing::kUserPin) + " " + fleetsign_binary() +
-                        " --home " + fleet.home().string();
+    std::string inner = "env FLEETSIGN_PIN=" + std::string(testing::kUserPin) + " " +
+                        testing::fleetsign_bin() + " --home " + fleet.home().string();
     for (const auto& a : args) inner += " " + a;
     EXPECT_EQ(testing::run("script -qec '" + inner + "' /dev/null </dev/null", shown), 0) << *shown;
     return true;
@@ -45,7 +45,8 @@ TEST_F(BatchOutput, JsonSummaryParsesAndHasBatchCountsSecondsAndRate) {
   a.json = true;
   const Outcome o = fleet.run(a.args());
   ASSERT_EQ(o.exit_code(), 0) << o.describe();
-  EXPECT_EQ(std::count(o.out.begin(), o.out.end(), '\n'), 1) << "one JSON object on one line: " << o.out;
+  EXPECT_EQ(std::count(o.out.begin(), o.out.end(), '\n'), 1)
+      << "one JSON object on one line: " << o.out;
   const auto j = parse_json(o.out);
   EXPECT_EQ(j->getValue<std::string>("batch"), "json");
   EXPECT_EQ(j->getValue<std::int64_t>("issued"), 300);
@@ -61,9 +62,11 @@ TEST_F(BatchOutput, JsonSummaryParsesAndHasBatchCountsSecondsAndRate) {
 TEST_F(BatchOutput, JsonSummaryCountsRejectsAndExitsThree) {
   const fs::path csrs = fleet.path("csrs");
   fs::create_directories(csrs);
-  for (const char* id : {"j-1", "j-2", "j-3"}) testing::write_file(csrs / (std::string(id) + ".csr"), make_csr_pem(id));
-  testing::write_file(csrs / "zz-broken.csr",
-                      "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n");
+  for (const char* id : {"j-1", "j-2", "j-3"})
+    testing::write_file(csrs / (std::string(id) + ".csr"), make_csr_pem(id));
+  testing::write_file(
+      csrs / "zz-broken.csr",
+      "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n");
   IssueArgs a;
   a.batch_id = "json-rejects";
   a.csr_dir = csrs;
@@ -91,7 +94,8 @@ TEST_F(BatchOutput, PipedOutputHasNoCarriageReturnProgressLines) {
 // its absence when piped is the tty check at work, not a progress line that never exists.
 TEST_F(BatchOutput, TerminalShowsProgressLineButNotWithJson) {
   std::string shown;
-  if (!on_terminal(generate("tty", 1500).args(), &shown)) GTEST_SKIP() << "no `script` to make a terminal";
+  if (!on_terminal(generate("tty", 1500).args(), &shown))
+    GTEST_SKIP() << "no `script` to make a terminal";
   EXPECT_NE(shown.find("\r  1500 / 1500 (100.0%)"), std::string::npos) << shown;
   IssueArgs j = generate("tty-json", 1500);
   j.json = true;
@@ -108,7 +112,8 @@ TEST_F(BatchOutput, BatchShowOfAnInterruptedBatchNamesTheResumeCommand) {
   const Outcome show = fleet.run({"batch", "show", "cut"});
   ASSERT_EQ(show.exit_code(), 0) << show.describe();
   EXPECT_NE(show.out.find("state       running"), std::string::npos) << show.out;
-  EXPECT_NE(show.out.find("intents (interrupted: fleetsign issue --resume cut)"), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("intents (interrupted: fleetsign issue --resume cut)"), std::string::npos)
+      << show.out;
   const Outcome list = fleet.run({"batch", "list", "--json"});
   ASSERT_EQ(list.exit_code(), 0) << list.describe();
   const auto batches = parse_json(list.out)->getArray("batches");
