@@ -1,6 +1,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <tuple>
 
 #include "cli.hpp"
 #include "fleetsign/engine/batch.hpp"
@@ -18,6 +19,24 @@ engine::Lineage lineage_options(const Args& a) {
                          a.get("site").value_or(""), a.get("operator").value_or("")};
 }
 
+// --group G: the policy group's intermediate (unless --ca names one) and device validity.
+std::pair<std::string, std::string> ca_and_group(Context& ctx) {
+  const Args& a = ctx.args();
+  const std::string group = a.get("group").value_or("");
+  if (group.empty()) {
+    return {a.require("ca"), ""};
+  }
+  const auto it = ctx.policy().groups.find(group);
+  if (it == ctx.policy().groups.end()) {
+    throw Error(ErrorCode::kNotFound, "--group '" + group + "' is not a group of the policy file");
+  }
+  std::string ca = a.get("ca").value_or(it->second.intermediate);
+  if (ca.empty()) {
+    throw Error(ErrorCode::kUsage, "--group '" + group + "' names no intermediate in the policy: give --ca");
+  }
+  return {ca, group};
+}
+
 int run_issue_single(Context& ctx) {
   const Args& a = ctx.args();
   const std::string csr_file = a.require("csr");
@@ -29,8 +48,8 @@ int run_issue_single(Context& ctx) {
                                                            " CSRs; use --csr-file for a bundle"
                                                      : blobs[0].problem));
   }
-  engine::SingleIssueRequest request{a.require("ca"), std::move(blobs[0].der), lineage_options(a),
-                                     a.has("reissue")};
+  const auto [ca, group] = ca_and_group(ctx);
+  engine::SingleIssueRequest request{ca, std::move(blobs[0].der), lineage_options(a), a.has("reissue"), group};
   engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
   auto result = engine::issue_single(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random(), request);
   if (!result) {
@@ -198,7 +217,7 @@ int run_issue(Context& ctx) {
   }
   engine::BatchOptions o;
   o.batch_id = a.get("batch").value_or("");
-  o.ca_name = a.require("ca");
+  std::tie(o.ca_name, o.group) = ca_and_group(ctx);
   o.out_dir = a.require("out");
   o.lineage = lineage_options(a);
   o.threads = threads;
@@ -296,13 +315,14 @@ int run_batch_show(Context& ctx) {
 void add_issue_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"issue"},
-      "--ca NAME (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N --id-pattern P "
+      "(--ca NAME | --group G) (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N --id-pattern P "
       "[--key ALG]) --out DIR [--batch ID] [--lot L --line L --site S --operator O] [--threads N] "
       "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue --resume BATCH"
       "\n       fleetsign issue --self-signed --id ID --out DIR [--key ALG] [--days N] [--json]",
       "issue device certificates: one, or a batch in parallel (exactly once, resumable)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "ca", "NAME", "issuing CA");
+        add_option(s, "group", "G", "policy group: its intermediate (unless --ca) and device validity");
         add_option(s, "csr", "FILE", "one device CSR (PEM or DER)");
         add_option(s, "csr-dir", "DIR", "a directory of CSR files, one device each");
         add_option(s, "csr-file", "BUNDLE", "a PEM file of many CSRs");

@@ -78,6 +78,7 @@ std::string params_to_json(const BatchOptions& o) {
   p.set("pfx", o.pfx);
   p.set("reissue", o.reissue);
   p.set("chunk", o.chunk_size);
+  p.set("group", o.group);
   std::ostringstream s;
   p.stringify(s);
   return s.str();
@@ -104,6 +105,7 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   o.pfx = p->getValue<bool>("pfx");
   o.reissue = p->getValue<bool>("reissue");
   o.chunk_size = p->getValue<int>("chunk");
+  o.group = p->has("group") ? p->getValue<std::string>("group") : "";
   return o;
 }
 
@@ -429,7 +431,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
   const CaRecord ca = m_cas.get(o.ca_name);
   const hsm::SigningKey& key = m_cas.load_key(ca);
-  const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, ""), m_clock, m_random);
+  const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, o.group), m_clock, m_random);
   batch::RenderContext render;
   render.batch_id = record.id;
   render.ca_name = ca.name;

@@ -29,7 +29,7 @@ Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
   }
   // 2. Policy decides every extension; serial from the CSPRNG; TBS built.
   const hsm::SigningKey& key = cas.load_key(ca);
-  Issuer issuer(ca, key, policy, policy::device_days_for(policy, ""), clock, random);
+  Issuer issuer(ca, key, policy, policy::device_days_for(policy, request.group), clock, random);
   auto prepared = issuer.prepare(*checked);
   if (!prepared) {
     return prepared.error();

@@ -23,13 +23,7 @@ namespace fs = std::filesystem;
 using testing::kSoPin;
 using testing::kUserPin;
 
-// Runs tests/data/make_csrs.sh into `out`. FLEETSIGN_TEST_DATA when set, else the source tree:
-// CTest does not deliver that variable today (see tests/engine/CMakeLists.txt).
-bool make_csrs(const fs::path& out, std::string* output = nullptr) {
-  const std::string data =
-      std::getenv("FLEETSIGN_TEST_DATA") != nullptr ? testing::data_dir() : FLEETSIGN_TEST_DATA_DIR;
-  return testing::run("bash '" + data + "/make_csrs.sh' '" + out.string() + "'", output) == 0;
-}
+using testing::make_csrs;
 
 struct Outcome {
   int status = -1;
@@ -292,6 +286,34 @@ TEST_F(Cli, IssuingTheSameDeviceTwiceWithoutReissueExitsSevenAlreadyIssued) {
       << "a refusal must spend no serial";
   const auto reissued = parse_json(ok(args + " --reissue --json").out);
   EXPECT_NE(reissued->getValue<std::string>("serial"), first->getValue<std::string>("serial"));
+}
+
+TEST_F(Cli, GroupOptionIssuesFromThePolicyGroupsIntermediateWithItsValidity) {
+  make_hierarchy();
+  // A policy group names the intermediate and a 30-day device validity.
+  const fs::path policy = home / "policy.json";
+  std::string text = testing::read_file(policy);
+  const auto at = text.find("\"groups\": {}");
+  ASSERT_NE(at, std::string::npos) << text;
+  text.replace(at, 13, "\"groups\": {\"line-a\": {\"intermediate\": \"int\", \"device_days\": 30}}");
+  testing::write_file(policy, text);
+  const auto single = parse_json(ok("issue --group line-a --csr " + csr("good_p256.csr") + " --out " +
+                                    path("single") + " --json").out);
+  const auto days = [&](const Poco::JSON::Object::Ptr& j) {
+    std::tm nb{}, na{};
+    strptime(j->getValue<std::string>("not_before").c_str(), "%Y-%m-%dT%H:%M:%SZ", &nb);
+    strptime(j->getValue<std::string>("not_after").c_str(), "%Y-%m-%dT%H:%M:%SZ", &na);
+    return (timegm(&na) - timegm(&nb)) / 86400;
+  };
+  EXPECT_EQ(days(single), 30);
+  const Outcome batch = ok("issue --group line-a --generate 3 --id-pattern g-{02} --out " + path("batch") + " --json");
+  const auto rec = engine::Registry::open(home / "registry.db")->certs_of_device("g-01");
+  ASSERT_EQ(rec.size(), 1u) << batch.out;
+  EXPECT_EQ(rec[0].ca_name, "int");
+  EXPECT_EQ((rec[0].not_after - rec[0].not_before) / 86400, 30);
+  const Outcome unknown = fleetsign("issue --group nope --generate 1 --id-pattern x-{02} --out " + path("x"));
+  EXPECT_EQ(unknown.status, 2);
+  EXPECT_NE(unknown.err.find("'nope'"), std::string::npos) << unknown.err;
 }
 
 }  // namespace

@@ -44,6 +44,7 @@ struct BatchProgress {
 struct BatchOptions {
   std::string batch_id;       // empty: one is generated
   std::string ca_name;
+  std::string group;          // policy group whose device validity applies (empty: the default)
   BatchInput input;
   std::string out_dir;
   Lineage lineage;

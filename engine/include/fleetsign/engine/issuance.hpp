@@ -18,6 +18,7 @@ struct SingleIssueRequest {
   Der csr_der;
   Lineage lineage;
   bool reissue = false;  // allow a device that already holds a valid certificate
+  std::string group;     // policy group whose device validity applies (empty: the default)
 };
 
 struct SingleIssueResult {
