@@ -57,6 +57,14 @@ bool untrusted_anchor(int err) {
          err == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT;
 }
 
+// A validity failure reported by X509_verify_cert, as the rule the fast path gives it.
+std::optional<AuthDecision> time_refusal(int err, int depth) {
+  if (err != X509_V_ERR_CERT_HAS_EXPIRED && err != X509_V_ERR_CERT_NOT_YET_VALID) return std::nullopt;
+  const bool at_leaf = depth == 0;
+  return refuse(at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
+                std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " + X509_verify_cert_error_string(err));
+}
+
 std::string serial_hex(der::Bytes content) {
   while (content.size() > 1 && content[0] == 0) content = content.subspan(1);
   return hex_upper(content);
@@ -272,16 +280,15 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
   AuthDecision d;
   if (err == X509_V_OK && anchor != nullptr) {
     d = classify_anchor(*anchor);
-  } else if (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID) {
-    const bool at_leaf = depth == 0;
-    d = refuse(at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
-               std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " + X509_verify_cert_error_string(err));
+  } else if (auto timed = time_refusal(err, depth)) {
+    d = *timed;
   } else if (untrusted_anchor(err)) {
     // Nothing trusted: would any registry CA have anchored it? That names the reason.
     const Ca* would = nullptr;
     auto [err2, depth2] = run(everyone.get(), &would);
-    (void)depth2;
-    if (err2 == X509_V_OK && would != nullptr) {
+    if (auto timed = time_refusal(err2, depth2)) {
+      d = *timed;
+    } else if (err2 == X509_V_OK && would != nullptr) {
       for (const Ca* ca = would; ca != nullptr;) {
         AuthDecision c = classify_anchor(*ca);
         if (c.rule != "no-enrollment") {

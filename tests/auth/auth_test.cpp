@@ -203,6 +203,14 @@ TEST_F(AuthDecisions, RefusesALeafWhoseOnlyGroupIsDisabled) {
   EXPECT_EQ(d.rule, "group-disabled");
 }
 
+TEST_F(AuthDecisions, AnExpiredCaIsNamedAsSuchEvenWhenItsOnlyGroupIsDisabled) {
+  verify_ca("root");
+  group("fleet", "root", "", false);
+  const AuthDecision d = decide({leaf("int1", "dev-4b")}, now + 4000 * kDay);  // past int1's expiry
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.rule, "ca-expired");
+}
+
 TEST_F(AuthDecisions, AllowsThroughAnEnabledGroupWhenTheIssuingCaIsAlsoInADisabledOne) {
   verify_ca("root");
   verify_ca("int1");
