@@ -17,10 +17,10 @@ namespace fleetsign::bench {
 // ---- child.cpp -------------------------------------------------------------------------------
 
 struct ChildResult {
-  int exit_status = -1;      // exit code, or 128 + signal
-  std::string out;           // captured stdout (when asked for)
-  double wall_s = 0;         // spawn to reap
-  long max_rss_kb = 0;       // the child's own ru_maxrss (wait4), kilobytes
+  int exit_status = -1;  // exit code, or 128 + signal
+  std::string out;       // captured stdout (when asked for)
+  double wall_s = 0;     // spawn to reap
+  long max_rss_kb = 0;   // the child's own ru_maxrss (wait4), kilobytes
 };
 
 // Runs argv[0] (searched in PATH) with this process's environment plus `env` (overriding), stdout
@@ -48,7 +48,8 @@ bool openssl_accepts_csr(const std::string& pem);
 // ---- measure.cpp -----------------------------------------------------------------------------
 
 // ECDSA P-256 verifies per second on `threads` threads for ~`seconds`: each thread its own
-// pre-made key/signature pairs; every verify builds its EC_KEY from the point, as the CSR check does.
+// pre-made key/signature pairs; every verify builds its EC_KEY from the point, as the CSR check
+// does.
 double measure_raw_verify(int threads, double seconds);
 
 // Signs per second through fleetsign::hsm::SigningKey::sign_digest with the home's CA key.
@@ -65,7 +66,8 @@ void load_synthetic_devices(const std::filesystem::path& db_file, const std::str
 
 // Authentication decisions per second on `threads` threads (one registry connection and one
 // Authenticator each) over the device certificates in `bundle_pem`; every one must be allowed.
-double measure_auth_checks(const std::filesystem::path& db_file, const std::filesystem::path& bundle_pem,
-                           std::size_t max_chains, int threads, double seconds);
+double measure_auth_checks(const std::filesystem::path& db_file,
+                           const std::filesystem::path& bundle_pem, std::size_t max_chains,
+                           int threads, double seconds);
 
 }  // namespace fleetsign::bench

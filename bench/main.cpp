@@ -38,16 +38,20 @@ struct Options {
 };
 
 void usage(FILE* to) {
-  std::fprintf(to,
-      "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] [--registry-devices N] "
+  std::fprintf(
+      to,
+      "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] "
+      "[--registry-devices N] "
       "[--json] [--keep DIR]\n"
       "Measures, in one run, fleetsign's issuance rate against the token-sign + ECDSA-verify "
       "ceiling and against the openssl x509 -req loop.\n"
       "  --threads N       threads for everything (default: hardware concurrency)\n"
       "  --csrs N          CSRs in the bundle; also the --generate count (default 20000)\n"
-      "  --rss-devices N   devices of the peak-RSS run, issue --generate N --bundle (default 200000)\n"
+      "  --rss-devices N   devices of the peak-RSS run, issue --generate N --bundle (default "
+      "200000)\n"
       "  --openssl-csrs N  CSRs for the sequential openssl x509 -req loop (default 300)\n"
-      "  --registry-devices N  generated devices loaded for expiry_report_s / auth_checks_per_s (default 1000000)\n"
+      "  --registry-devices N  generated devices loaded for expiry_report_s / auth_checks_per_s "
+      "(default 1000000)\n"
       "  --json            print one JSON object instead of a table\n"
       "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
       "  -h, --help        show this help\n"
@@ -77,15 +81,25 @@ Options parse(int argc, char** argv) {
       }
       return n;
     };
-    if (arg == "-h" || arg == "--help") { usage(stdout); std::exit(0); }
-    else if (arg == "--threads") o.threads = static_cast<int>(count(1));
-    else if (arg == "--csrs") o.csrs = static_cast<std::size_t>(count(1));
-    else if (arg == "--rss-devices") o.rss_devices = static_cast<std::size_t>(count(1));
-    else if (arg == "--openssl-csrs") o.openssl_csrs = static_cast<std::size_t>(count(1));
-    else if (arg == "--registry-devices") o.registry_devices = static_cast<std::size_t>(count(1));
-    else if (arg == "--json") o.json = true;
-    else if (arg == "--keep") o.keep = need();
-    else throw std::invalid_argument("unknown option '" + arg + "'");
+    if (arg == "-h" || arg == "--help") {
+      usage(stdout);
+      std::exit(0);
+    } else if (arg == "--threads")
+      o.threads = static_cast<int>(count(1));
+    else if (arg == "--csrs")
+      o.csrs = static_cast<std::size_t>(count(1));
+    else if (arg == "--rss-devices")
+      o.rss_devices = static_cast<std::size_t>(count(1));
+    else if (arg == "--openssl-csrs")
+      o.openssl_csrs = static_cast<std::size_t>(count(1));
+    else if (arg == "--registry-devices")
+      o.registry_devices = static_cast<std::size_t>(count(1));
+    else if (arg == "--json")
+      o.json = true;
+    else if (arg == "--keep")
+      o.keep = need();
+    else
+      throw std::invalid_argument("unknown option '" + arg + "'");
   }
   if (o.threads == 0) {
     o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -164,7 +178,9 @@ class Bench {
   }
 
   // A child whose non-zero exit is an answer, not a failure (expiry report's statuses).
-  ChildResult run_any(const std::vector<std::string>& argv) { return run_child(argv, m_env, m_log); }
+  ChildResult run_any(const std::vector<std::string>& argv) {
+    return run_child(argv, m_env, m_log);
+  }
 
   ChildResult cli(std::vector<std::string> args) {
     args.insert(args.begin(), {FLEETSIGN_CLI_PATH, "--home", m_home.string()});
@@ -205,10 +221,27 @@ class Bench {
     const fs::path dir = m_work / "openssl";
     fs::create_directories(dir);
     const auto key = (dir / "int.key").string(), pem = (dir / "int.pem").string();
-    run({"openssl", "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
-         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", pem, "-subj",
-         "/CN=Bench Software Intermediate", "-days", "3650", "-addext",
-         "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"});
+    run({"openssl",
+         "req",
+         "-x509",
+         "-new",
+         "-newkey",
+         "ec",
+         "-pkeyopt",
+         "ec_paramgen_curve:prime256v1",
+         "-nodes",
+         "-keyout",
+         key,
+         "-out",
+         pem,
+         "-subj",
+         "/CN=Bench Software Intermediate",
+         "-days",
+         "3650",
+         "-addext",
+         "basicConstraints=critical,CA:TRUE",
+         "-addext",
+         "keyUsage=critical,keyCertSign,cRLSign"});
     // Device IDs of their own (after the three CSR bundles).
     const auto csrs = make_csrs(3 * m_o.csrs, m_o.openssl_csrs, m_o.threads);
     std::vector<fs::path> files;
@@ -216,7 +249,8 @@ class Bench {
       files.push_back(dir / ("dev" + std::to_string(i)));
       write_bundle(files.back().string() + ".csr", csrs, i, 1);
     }
-    note("openssl x509 -req loop over %zu CSRs (sequential, as the Azure docs do it)", files.size());
+    note("openssl x509 -req loop over %zu CSRs (sequential, as the Azure docs do it)",
+         files.size());
     const auto t0 = std::chrono::steady_clock::now();
     for (const auto& f : files) {
       run({"openssl", "x509", "-req", "-in", f.string() + ".csr", "-CA", pem, "-CAkey", key,
@@ -297,7 +331,8 @@ int run_bench(const Options& o) {
 
   const std::size_t n = o.csrs;
   note("making 3 x %zu P-256 CSRs", n);
-  const fs::path bundle_a = work.path() / "csrs-bundle.pem", bundle_b = work.path() / "csrs-files.pem",
+  const fs::path bundle_a = work.path() / "csrs-bundle.pem",
+                 bundle_b = work.path() / "csrs-files.pem",
                  bundle_c = work.path() / "csrs-1thread.pem";
   for (std::size_t k = 0; k < 3; ++k) {
     const auto pems = make_csrs(k * n, n, o.threads);  // distinct device IDs per run
@@ -309,19 +344,23 @@ int run_bench(const Options& o) {
 
   Results r;
   note("fleetsign issue runs");
-  r.issue = b.issue("csr-bundle", {"--csr-file", bundle_a.string(), "--bundle"}, n, o.threads).second;
+  r.issue =
+      b.issue("csr-bundle", {"--csr-file", bundle_a.string(), "--bundle"}, n, o.threads).second;
   r.issue_files = b.issue("csr-files", {"--csr-file", bundle_b.string()}, n, o.threads).second;
-  r.issue_1 = o.threads == 1 ? r.issue
-                             : b.issue("csr-bundle-1t", {"--csr-file", bundle_c.string(), "--bundle"},
-                                       n, 1).second;
+  r.issue_1 =
+      o.threads == 1
+          ? r.issue
+          : b.issue("csr-bundle-1t", {"--csr-file", bundle_c.string(), "--bundle"}, n, 1).second;
   r.speedup = r.issue_1 > 0 ? r.issue / r.issue_1 : 0;
   const std::string count = std::to_string(n);
   r.generate = b.issue("gen-bundle", {"--generate", count, "--id-pattern", "gen-{07}", "--bundle"},
-                       n, o.threads).second;
-  r.generate_files = b.issue("gen-files", {"--generate", count, "--id-pattern", "genf-{07}"}, n,
-                             o.threads).second;
-  const auto rss = b.issue("rss", {"--generate", std::to_string(o.rss_devices), "--id-pattern",
-                                   "rss-{07}", "--bundle"}, o.rss_devices, o.threads);
+                       n, o.threads)
+                   .second;
+  r.generate_files =
+      b.issue("gen-files", {"--generate", count, "--id-pattern", "genf-{07}"}, n, o.threads).second;
+  const auto rss = b.issue(
+      "rss", {"--generate", std::to_string(o.rss_devices), "--id-pattern", "rss-{07}", "--bundle"},
+      o.rss_devices, o.threads);
   r.peak_rss_mb = static_cast<double>(rss.first.max_rss_kb) / 1024.0;
 
   r.openssl_loop = b.openssl_loop();
@@ -329,13 +368,14 @@ int run_bench(const Options& o) {
   // Registry scale: a group that trusts the (verified) root, then 10^6 generated devices.
   b.cli({"ca", "verification-cert", "--ca", "root", "--code", "BENCH-POP", "--out",
          (work.path() / "pop.pem").string()});
-  b.cli({"ca", "verify", "root", "--code", "BENCH-POP", "--cert", (work.path() / "pop.pem").string()});
+  b.cli({"ca", "verify", "root", "--code", "BENCH-POP", "--cert",
+         (work.path() / "pop.pem").string()});
   b.cli({"enrollment", "group", "create", "fleet", "--ca", "root"});
   note("loading %zu generated devices into the registry", o.registry_devices);
   load_synthetic_devices(b.home() / "registry.db", kCa, o.registry_devices, std::time(nullptr));
   r.devices_in_registry = o.registry_devices + 6 * n + o.rss_devices;
-  const auto report = b.run_any({FLEETSIGN_CLI_PATH, "--home", b.home().string(), "expiry", "report",
-                                 "--within", "400", "--json"});
+  const auto report = b.run_any({FLEETSIGN_CLI_PATH, "--home", b.home().string(), "expiry",
+                                 "report", "--within", "400", "--json"});
   r.expiry_report_s = report.wall_s;
   note("  expiry report over the registry: %.3f s (exit %d)", report.wall_s, report.exit_status);
 
@@ -346,11 +386,13 @@ int run_bench(const Options& o) {
   r.token_sign = measure_token_sign(b.home(), kUserPin, kCa, o.threads, kSeconds);
   r.limit = 1.0 / (1.0 / r.token_sign + 1.0 / r.raw_verify);
   note("auth checks, %d threads, %.0f s", o.threads, kSeconds);
-  r.auth_checks = measure_auth_checks(b.home() / "registry.db", work.path() / "out-csr-bundle" / "bundle.pem",
-                                      2000, o.threads, kSeconds);
+  r.auth_checks =
+      measure_auth_checks(b.home() / "registry.db", work.path() / "out-csr-bundle" / "bundle.pem",
+                          2000, o.threads, kSeconds);
 
   print(o, r);
-  note("done in %.1f s%s%s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+  note("done in %.1f s%s%s",
+       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
        o.keep ? ", kept " : "", o.keep ? work.path().c_str() : "");
   return 0;
 }

@@ -46,12 +46,15 @@ void load_synthetic_devices(const std::filesystem::path& db_file, const std::str
   }
   exec(db, "PRAGMA journal_mode = WAL");
   exec(db, "BEGIN IMMEDIATE");
-  sqlite3_stmt* cert = prepare(db,
-      "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, state, subject, not_before, "
+  sqlite3_stmt* cert = prepare(
+      db,
+      "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, state, subject, "
+      "not_before, "
       "not_after, lot, created_at) VALUES (?, ?, ?, 'synthetic', ?, 'issued', ?, ?, ?, ?, ?)");
   sqlite3_stmt* dev = prepare(db,
-      "INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, status, "
-      "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'enabled', ?, ?)");
+                              "INSERT INTO devices (registration_id, primary_serial, "
+                              "primary_not_after, ca_name, lot, status, "
+                              "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'enabled', ?, ?)");
   std::mt19937_64 rng(42);
   char id[32], serial[48], lot[32], subject[48];
   for (std::size_t i = 0; i < count; ++i) {
@@ -92,8 +95,9 @@ void load_synthetic_devices(const std::filesystem::path& db_file, const std::str
   sqlite3_close(db);
 }
 
-double measure_auth_checks(const std::filesystem::path& db_file, const std::filesystem::path& bundle_pem,
-                           std::size_t max_chains, int threads, double seconds) {
+double measure_auth_checks(const std::filesystem::path& db_file,
+                           const std::filesystem::path& bundle_pem, std::size_t max_chains,
+                           int threads, double seconds) {
   // The device certificates of a real batch (leaf only, as most devices present them).
   std::vector<engine::Der> leaves = engine::read_certificates(bundle_pem);
   if (leaves.size() > max_chains) leaves.resize(max_chains);
@@ -106,7 +110,8 @@ double measure_auth_checks(const std::filesystem::path& db_file, const std::file
       engine::Authenticator auth(*registry);
       const std::int64_t at = std::time(nullptr);
       long n = 0, bad = 0;
-      for (std::size_t i = static_cast<std::size_t>(t); !stop.load(std::memory_order_relaxed); ++i) {
+      for (std::size_t i = static_cast<std::size_t>(t); !stop.load(std::memory_order_relaxed);
+           ++i) {
         const engine::Der& leaf = leaves[i % leaves.size()];
         if (!auth.check(std::span<const engine::Der>(&leaf, 1), at).allowed) ++bad;
         ++n;
@@ -119,7 +124,8 @@ double measure_auth_checks(const std::filesystem::path& db_file, const std::file
   stop = true;
   for (auto& w : workers) w.join();
   if (refused > 0) {
-    throw std::runtime_error(std::to_string(refused.load()) + " auth checks were refused; all should be allowed");
+    throw std::runtime_error(std::to_string(refused.load()) +
+                             " auth checks were refused; all should be allowed");
   }
   return static_cast<double>(checks.load()) / seconds;
 }

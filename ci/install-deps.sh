@@ -10,7 +10,7 @@ packages=(
   libpoco-dev libsqlite3-dev
   googletest libgtest-dev
   mosquitto mosquitto-clients
-  python3
+  python3 clang-format
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/install-deps.sh
+bash ci/format-check.sh
 bash ci/build.sh
 cd build
 ctest --output-on-failure -j "$(nproc)" --timeout 900 "$@"

@@ -29,7 +29,7 @@ class Args {
 
   bool has(const std::string& name) const { return options.count(name) != 0; }
   std::optional<std::string> get(const std::string& name) const;
-  std::string require(const std::string& name) const;  // kUsage when missing
+  std::string require(const std::string& name) const;         // kUsage when missing
   std::optional<int> get_int(const std::string& name) const;  // kUsage when not an integer
   std::string positional_at(std::size_t i, const std::string& what) const;
 };

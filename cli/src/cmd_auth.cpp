@@ -13,7 +13,8 @@ namespace {
 // "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds.
 std::int64_t parse_time(const std::string& text) {
   std::tm tm{};
-  if (const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm); end != nullptr && *end == '\0') {
+  if (const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+      end != nullptr && *end == '\0') {
     return static_cast<std::int64_t>(timegm(&tm));
   }
   tm = std::tm{};
@@ -26,7 +27,9 @@ std::int64_t parse_time(const std::string& text) {
     if (used == text.size()) return v;
   } catch (const std::exception&) {
   }
-  throw Error(ErrorCode::kUsage, "--at '" + text + "' is not a time (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
+  throw Error(
+      ErrorCode::kUsage,
+      "--at '" + text + "' is not a time (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
 }
 
 int run_auth_check(Context& ctx) {
@@ -49,8 +52,9 @@ int run_auth_check(Context& ctx) {
     o.set("at", engine::iso8601(at));
     ctx.print_json(o);
   } else {
-    std::printf("%s: %s (%s)\n  %s\n  registration ID %s, serial %s\n", d.allowed ? "ALLOWED" : "REFUSED",
-                d.rule.c_str(), file.c_str(), d.reason.c_str(), d.registration_id.c_str(), d.leaf_serial.c_str());
+    std::printf("%s: %s (%s)\n  %s\n  registration ID %s, serial %s\n",
+                d.allowed ? "ALLOWED" : "REFUSED", d.rule.c_str(), file.c_str(), d.reason.c_str(),
+                d.registration_id.c_str(), d.leaf_serial.c_str());
   }
   // 0 = allowed; a refusal is status 7 ("refused"), like any failed check.
   return d.allowed ? 0 : exit_status_for(ErrorCode::kVerificationSignatureInvalid);
@@ -62,12 +66,15 @@ void add_auth_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"auth", "check"},
       "--chain FILE [--at TIME] [--registration-id ID] [--openssl] [--json]",
-      "decide as the cloud would whether a device presenting this chain is allowed, and by which rule "
+      "decide as the cloud would whether a device presenting this chain is allowed, and by which "
+      "rule "
       "(exit 0 = allowed, 7 = refused)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "chain", "FILE", "PEM: the device certificate first, then any intermediates");
-        add_option(s, "at", "TIME", "decide at this time (2026-11-23T07:13:11Z, 2026-11-23, unix seconds)");
-        add_option(s, "registration-id", "ID", "the registration ID the device claims (default: its CN)");
+        add_option(s, "at", "TIME",
+                   "decide at this time (2026-11-23T07:13:11Z, 2026-11-23, unix seconds)");
+        add_option(s, "registration-id", "ID",
+                   "the registration ID the device claims (default: its CN)");
         add_flag(s, "openssl", "validate with OpenSSL's X509_verify_cert only (no fast path)");
         add_flag(s, "json", "print the decision as JSON");
       },

@@ -20,8 +20,9 @@ policy::KeyAlgorithm key_option(const Args& a) {
   const std::string name = a.get("key").value_or("ec-p256");
   auto alg = policy::parse_key_algorithm(name);
   if (!alg) {
-    throw Error(ErrorCode::kUsage, "--key '" + name +
-                                       "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
+    throw Error(
+        ErrorCode::kUsage,
+        "--key '" + name + "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
   }
   return *alg;
 }
@@ -46,12 +47,14 @@ Poco::JSON::Object ca_json(const engine::CaRecord& ca) {
 
 void print_ca(const engine::CaRecord& ca) {
   const auto s = engine::summarize_certificate(ca.cert_der);
-  std::printf("%s%s\n  subject      %s\n  issuer       %s\n  serial       %s\n  valid        %s .. %s\n"
-              "  key          %s (%s)\n  SHA-1        %s\n  SHA-256      %s\n  verified     %s\n",
-              ca.name.c_str(), ca.parent.empty() ? " (root)" : (" (issued by " + ca.parent + ")").c_str(),
-              ca.subject.c_str(), s.issuer.c_str(), s.serial.c_str(), engine::iso8601(ca.not_before).c_str(),
-              engine::iso8601(ca.not_after).c_str(), (ca.key_uri.empty() ? std::string("external, not in the token") : ca.key_uri).c_str(), ca.key_type.c_str(),
-              ca.sha1.c_str(), ca.sha256.c_str(), ca.verified ? "yes" : "no");
+  std::printf(
+      "%s%s\n  subject      %s\n  issuer       %s\n  serial       %s\n  valid        %s .. %s\n"
+      "  key          %s (%s)\n  SHA-1        %s\n  SHA-256      %s\n  verified     %s\n",
+      ca.name.c_str(), ca.parent.empty() ? " (root)" : (" (issued by " + ca.parent + ")").c_str(),
+      ca.subject.c_str(), s.issuer.c_str(), s.serial.c_str(),
+      engine::iso8601(ca.not_before).c_str(), engine::iso8601(ca.not_after).c_str(),
+      (ca.key_uri.empty() ? std::string("external, not in the token") : ca.key_uri).c_str(),
+      ca.key_type.c_str(), ca.sha1.c_str(), ca.sha256.c_str(), ca.verified ? "yes" : "no");
 }
 
 int run_create(Context& ctx, bool root) {
@@ -91,7 +94,8 @@ int run_list(Context& ctx) {
   for (const auto& ca : cas) {
     std::printf("%-20s %-20s %-8s %-20s %-9s %s\n", ca.name.c_str(),
                 ca.parent.empty() ? "(root)" : ca.parent.c_str(), ca.key_type.c_str(),
-                engine::iso8601(ca.not_after).c_str(), ca.verified ? "yes" : "no", ca.subject.c_str());
+                engine::iso8601(ca.not_after).c_str(), ca.verified ? "yes" : "no",
+                ca.subject.c_str());
   }
   return 0;
 }
@@ -128,8 +132,9 @@ int run_export(Context& ctx) {
   } else {
     engine::append_pem(text, find(ctx, name).cert_der, "CERTIFICATE");
   }
-  write_text_file(out, text, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
-                                 fs::perms::others_read);
+  write_text_file(out, text,
+                  fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                      fs::perms::others_read);
   if (ctx.json()) {
     Poco::JSON::Object o;
     o.set("ca", name);
@@ -137,7 +142,8 @@ int run_export(Context& ctx) {
     o.set("chain", a.has("chain"));
     ctx.print_json(o);
   } else {
-    std::printf("wrote %s%s to %s\n", name.c_str(), a.has("chain") ? " and its issuers" : "", out.c_str());
+    std::printf("wrote %s%s to %s\n", name.c_str(), a.has("chain") ? " and its issuers" : "",
+                out.c_str());
   }
   return 0;
 }
@@ -149,7 +155,8 @@ int run_verification_cert(Context& ctx) {
   const fs::path out = a.require("out");
   const engine::Der der = ca_service(ctx).make_verification_cert(ca, code);
   write_text_file(out, engine::pem(der, "CERTIFICATE"),
-                  fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+                  fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                      fs::perms::others_read);
   if (ctx.json()) {
     Poco::JSON::Object o;
     o.set("ca", ca);
@@ -190,7 +197,8 @@ int run_import(Context& ctx) {
   const auto certs = engine::read_certificates(file);
   engine::CaRecord ca;
   try {
-    ca = engine::import_external_ca(ctx.registry(), ctx.clock(), a.positional_at(0, "CA NAME"), certs.front());
+    ca = engine::import_external_ca(ctx.registry(), ctx.clock(), a.positional_at(0, "CA NAME"),
+                                    certs.front());
   } catch (const Error& e) {
     throw e.code() == ErrorCode::kAlreadyExists ? e : e.with_context(file);
   }
@@ -199,8 +207,9 @@ int run_import(Context& ctx) {
   } else {
     std::printf("imported external CA ");
     print_ca(ca);
-    std::printf("note: unverified; prove possession with `fleetsign ca verify %s --code C --cert F`\n",
-                ca.name.c_str());
+    std::printf(
+        "note: unverified; prove possession with `fleetsign ca verify %s --code C --cert F`\n",
+        ca.name.c_str());
   }
   return 0;
 }
@@ -218,26 +227,32 @@ void name_subject_key_days(Poco::Util::OptionSet& s) {
 }  // namespace
 
 void add_ca_commands(std::vector<Command>& commands) {
-  commands.push_back(Command{{"ca", "create-root"}, "--name NAME --subject DN [--key ALG] [--days N] [--path-len N]",
+  commands.push_back(Command{{"ca", "create-root"},
+                             "--name NAME --subject DN [--key ALG] [--days N] [--path-len N]",
                              "create a self-signed root CA whose key is made in the token",
-                             name_subject_key_days, [](Context& c) { return run_create(c, true); }});
-  commands.push_back(Command{
-      {"ca", "create-intermediate"},
-      "--name NAME --issuer NAME --subject DN [--key ALG] [--days N] [--path-len N]",
-      "create an intermediate CA signed by another CA's token key",
-      [](Poco::Util::OptionSet& s) {
-        name_subject_key_days(s);
-        add_option(s, "issuer", "NAME", "the CA that signs it");
-      },
-      [](Context& c) { return run_create(c, false); }});
-  commands.push_back(Command{{"ca", "list"}, "[--json]", "list CAs",
+                             name_subject_key_days,
+                             [](Context& c) { return run_create(c, true); }});
+  commands.push_back(
+      Command{{"ca", "create-intermediate"},
+              "--name NAME --issuer NAME --subject DN [--key ALG] [--days N] [--path-len N]",
+              "create an intermediate CA signed by another CA's token key",
+              [](Poco::Util::OptionSet& s) {
+                name_subject_key_days(s);
+                add_option(s, "issuer", "NAME", "the CA that signs it");
+              },
+              [](Context& c) { return run_create(c, false); }});
+  commands.push_back(Command{{"ca", "list"},
+                             "[--json]",
+                             "list CAs",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_list});
-  commands.push_back(Command{{"ca", "show"}, "NAME [--json]",
+  commands.push_back(Command{{"ca", "show"},
+                             "NAME [--json]",
                              "show a CA: subject, issuer, validity, key URI, thumbprints, verified",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_show});
-  commands.push_back(Command{{"ca", "export"}, "NAME [--chain] --out FILE",
+  commands.push_back(Command{{"ca", "export"},
+                             "NAME [--chain] --out FILE",
                              "write a CA certificate (with --chain: and its issuers) as PEM",
                              [](Poco::Util::OptionSet& s) {
                                add_flag(s, "chain", "append the issuers up to the root");
@@ -245,7 +260,8 @@ void add_ca_commands(std::vector<Command>& commands) {
                                add_flag(s, "json", "print the result as JSON");
                              },
                              run_export});
-  commands.push_back(Command{{"ca", "verification-cert"}, "--ca NAME --code CODE --out FILE",
+  commands.push_back(Command{{"ca", "verification-cert"},
+                             "--ca NAME --code CODE --out FILE",
                              "make a proof-of-possession certificate (CN = the cloud's code)",
                              [](Poco::Util::OptionSet& s) {
                                add_option(s, "ca", "NAME", "the CA to prove");
@@ -255,14 +271,16 @@ void add_ca_commands(std::vector<Command>& commands) {
                                add_flag(s, "json", "print the result as JSON");
                              },
                              run_verification_cert});
-  commands.push_back(Command{{"ca", "import"}, "NAME --cert FILE [--json]",
+  commands.push_back(Command{{"ca", "import"},
+                             "NAME --cert FILE [--json]",
                              "register an external CA certificate (its key is not in the token)",
                              [](Poco::Util::OptionSet& s) {
                                add_option(s, "cert", "FILE", "the CA certificate (PEM/DER)");
                                add_flag(s, "json", "print the result as JSON");
                              },
                              run_import});
-  commands.push_back(Command{{"ca", "verify"}, "NAME --code CODE --cert FILE",
+  commands.push_back(Command{{"ca", "verify"},
+                             "NAME --code CODE --cert FILE",
                              "check a verification certificate and mark the CA verified",
                              [](Poco::Util::OptionSet& s) {
                                add_option(s, "code", "CODE", "the verification code");

@@ -30,10 +30,11 @@ int run_init(Context& ctx) {
     obj.set("policy", home.policy_path().string());
     ctx.print_json(obj);
   } else {
-    std::printf("initialised fleetsign home %s\n  token     '%s' in %s%s\n  registry  %s\n  policy    %s\n",
-                c.dir.c_str(), c.token_label.c_str(), c.module.c_str(),
-                c.softhsm_conf ? " (private SoftHSM2 store in the home)" : "",
-                home.registry_path().c_str(), home.policy_path().c_str());
+    std::printf(
+        "initialised fleetsign home %s\n  token     '%s' in %s%s\n  registry  %s\n  policy    %s\n",
+        c.dir.c_str(), c.token_label.c_str(), c.module.c_str(),
+        c.softhsm_conf ? " (private SoftHSM2 store in the home)" : "", home.registry_path().c_str(),
+        home.policy_path().c_str());
   }
   return 0;
 }
@@ -46,7 +47,8 @@ void add_init_commands(std::vector<Command>& commands) {
       "[--module PATH --token-label LABEL] [--so-pin-file F] [--pin-file F] [--json]",
       "create a home: config, policy, registry, and (without --module) a private SoftHSM2 token",
       [](Poco::Util::OptionSet& s) {
-        add_option(s, "module", "PATH", "PKCS#11 module to use instead of a private SoftHSM2 token");
+        add_option(s, "module", "PATH",
+                   "PKCS#11 module to use instead of a private SoftHSM2 token");
         add_option(s, "token-label", "LABEL", "token label (default: fleetsign)");
         add_option(s, "so-pin-file", "FILE", "file holding the new SO PIN (else FLEETSIGN_SO_PIN)");
         add_option(s, "pin-file", "FILE", "file holding the new user PIN (else FLEETSIGN_PIN)");

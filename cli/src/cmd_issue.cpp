@@ -1,3 +1,4 @@
+#include <Poco/JSON/Parser.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,7 +9,6 @@
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuance.hpp"
 #include "fleetsign/error.hpp"
-#include <Poco/JSON/Parser.h>
 
 namespace fleetsign::cli {
 
@@ -32,7 +32,8 @@ std::pair<std::string, std::string> ca_and_group(Context& ctx) {
   }
   std::string ca = a.get("ca").value_or(it->second.intermediate);
   if (ca.empty()) {
-    throw Error(ErrorCode::kUsage, "--group '" + group + "' names no intermediate in the policy: give --ca");
+    throw Error(ErrorCode::kUsage,
+                "--group '" + group + "' names no intermediate in the policy: give --ca");
   }
   return {ca, group};
 }
@@ -44,14 +45,17 @@ int run_issue_single(Context& ctx) {
   auto blobs = engine::read_csrs(csr_file);
   if (blobs.size() != 1 || !blobs[0].problem.empty()) {
     throw Error(ErrorCode::kCsrMalformed,
-                csr_file + ": " + (blobs.size() != 1 ? "holds " + std::to_string(blobs.size()) +
-                                                           " CSRs; use --csr-file for a bundle"
-                                                     : blobs[0].problem));
+                csr_file + ": " +
+                    (blobs.size() != 1 ? "holds " + std::to_string(blobs.size()) +
+                                             " CSRs; use --csr-file for a bundle"
+                                       : blobs[0].problem));
   }
   const auto [ca, group] = ca_and_group(ctx);
-  engine::SingleIssueRequest request{ca, std::move(blobs[0].der), lineage_options(a), a.has("reissue"), group};
+  engine::SingleIssueRequest request{ca, std::move(blobs[0].der), lineage_options(a),
+                                     a.has("reissue"), group};
   engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
-  auto result = engine::issue_single(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random(), request);
+  auto result =
+      engine::issue_single(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random(), request);
   if (!result) {
     throw Error(result.error().code, csr_file + ": " + result.error().message);
   }
@@ -71,11 +75,14 @@ int run_issue_single(Context& ctx) {
     ctx.print_json(o);
   } else {
     std::printf("issued %s serial %s\n  SHA-256 %s\n  valid %s .. %s\n  %s\n  %s\n",
-                result->cert.device_id.c_str(), result->cert.serial.c_str(), result->cert.sha256.c_str(),
-                engine::iso8601(result->cert.not_before).c_str(),
-                engine::iso8601(result->cert.not_after).c_str(), files[0].c_str(), files[1].c_str());
+                result->cert.device_id.c_str(), result->cert.serial.c_str(),
+                result->cert.sha256.c_str(), engine::iso8601(result->cert.not_before).c_str(),
+                engine::iso8601(result->cert.not_after).c_str(), files[0].c_str(),
+                files[1].c_str());
     if (result->extensions_ignored) {
-      std::printf("note: the CSR asked for extensions; they were ignored (the policy sets every extension)\n");
+      std::printf(
+          "note: the CSR asked for extensions; they were ignored (the policy sets every "
+          "extension)\n");
     }
     if (result->clamped) {
       std::printf("warning: validity clamped to the CA's expiry\n");
@@ -99,13 +106,15 @@ std::function<void(const engine::BatchProgress&)> progress_printer(const Context
       eta = buf;
     }
     if (p.total > 0) {
-      std::fprintf(stderr, "\r  %lld / %lld (%.1f%%)  issued %lld  rejected %lld  %.0f/s  ETA %s   ",
-                   static_cast<long long>(p.done), static_cast<long long>(p.total),
-                   100.0 * static_cast<double>(p.done) / static_cast<double>(p.total),
-                   static_cast<long long>(p.issued), static_cast<long long>(p.rejected), rate, eta.c_str());
+      std::fprintf(
+          stderr, "\r  %lld / %lld (%.1f%%)  issued %lld  rejected %lld  %.0f/s  ETA %s   ",
+          static_cast<long long>(p.done), static_cast<long long>(p.total),
+          100.0 * static_cast<double>(p.done) / static_cast<double>(p.total),
+          static_cast<long long>(p.issued), static_cast<long long>(p.rejected), rate, eta.c_str());
     } else {
-      std::fprintf(stderr, "\r  %lld done  issued %lld  rejected %lld  %.0f/s   ", static_cast<long long>(p.done),
-                   static_cast<long long>(p.issued), static_cast<long long>(p.rejected), rate);
+      std::fprintf(stderr, "\r  %lld done  issued %lld  rejected %lld  %.0f/s   ",
+                   static_cast<long long>(p.done), static_cast<long long>(p.issued),
+                   static_cast<long long>(p.rejected), rate);
     }
     std::fflush(stderr);
   };
@@ -142,12 +151,13 @@ int print_summary(Context& ctx, const engine::BatchSummary& s) {
     o.set("clamped_to_ca", s.clamped);
     ctx.print_json(o);
   } else if (s.already_finished) {
-    std::printf("batch %s had already finished (%lld issued); nothing new issued\n", s.batch_id.c_str(),
-                static_cast<long long>(s.total_issued));
+    std::printf("batch %s had already finished (%lld issued); nothing new issued\n",
+                s.batch_id.c_str(), static_cast<long long>(s.total_issued));
   } else {
     std::printf("batch %s%s: issued %lld, rejected %lld in %.2f s (%.0f certs/s)\n  outputs  %s\n",
                 s.batch_id.c_str(), s.resumed ? " (resumed)" : "", static_cast<long long>(s.issued),
-                static_cast<long long>(s.rejected), s.seconds, s.certs_per_second, s.out_dir.c_str());
+                static_cast<long long>(s.rejected), s.seconds, s.certs_per_second,
+                s.out_dir.c_str());
     if (s.abandoned > 0) {
       std::printf("  %lld serials of the interrupted run were marked abandoned (never reused)\n",
                   static_cast<long long>(s.abandoned));
@@ -170,10 +180,12 @@ int run_issue_self_signed(Context& ctx) {
   const std::string key = a.get("key").value_or("ec-p256");
   const auto alg = policy::parse_key_algorithm(key);
   if (!alg) {
-    throw Error(ErrorCode::kUsage, "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
+    throw Error(ErrorCode::kUsage,
+                "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
   }
-  const auto device = engine::make_self_signed_device(ctx.registry(), ctx.policy(), ctx.clock(), ctx.random(),
-                                                      a.require("id"), *alg, a.get_int("days"));
+  const auto device =
+      engine::make_self_signed_device(ctx.registry(), ctx.policy(), ctx.clock(), ctx.random(),
+                                      a.require("id"), *alg, a.get_int("days"));
   const auto files = engine::write_self_signed_files(a.require("out"), device);
   if (ctx.json()) {
     Poco::JSON::Object o;
@@ -187,10 +199,11 @@ int run_issue_self_signed(Context& ctx) {
     o.set("key", files[1]);
     ctx.print_json(o);
   } else {
-    std::printf("self-signed %s serial %s\n  SHA-256 %s\n  SHA-1   %s\n  valid %s .. %s\n  %s\n  %s\n",
-                device.device_id.c_str(), device.serial.c_str(), device.sha256.c_str(), device.sha1.c_str(),
-                engine::iso8601(device.not_before).c_str(), engine::iso8601(device.not_after).c_str(),
-                files[0].c_str(), files[1].c_str());
+    std::printf(
+        "self-signed %s serial %s\n  SHA-256 %s\n  SHA-1   %s\n  valid %s .. %s\n  %s\n  %s\n",
+        device.device_id.c_str(), device.serial.c_str(), device.sha256.c_str(), device.sha1.c_str(),
+        engine::iso8601(device.not_before).c_str(), engine::iso8601(device.not_after).c_str(),
+        files[0].c_str(), files[1].c_str());
   }
   return 0;
 }
@@ -200,9 +213,11 @@ int run_issue(Context& ctx) {
   if (a.has("self-signed")) {
     return run_issue_self_signed(ctx);
   }
-  const int sources = a.has("csr") + a.has("csr-dir") + a.has("csr-file") + a.has("generate") + a.has("resume");
+  const int sources =
+      a.has("csr") + a.has("csr-dir") + a.has("csr-file") + a.has("generate") + a.has("resume");
   if (sources != 1) {
-    throw Error(ErrorCode::kUsage, "give exactly one of --csr, --csr-dir, --csr-file, --generate, --resume");
+    throw Error(ErrorCode::kUsage,
+                "give exactly one of --csr, --csr-dir, --csr-file, --generate, --resume");
   }
   if (a.has("csr")) {
     return run_issue_single(ctx);
@@ -233,14 +248,16 @@ int run_issue(Context& ctx) {
     const std::string key = a.get("key").value_or("ec-p256");
     auto alg = policy::parse_key_algorithm(key);
     if (!alg) {
-      throw Error(ErrorCode::kUsage, "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048");
+      throw Error(ErrorCode::kUsage,
+                  "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048");
     }
     if (auto why = policy::check_device_key(ctx.policy(), engine::describe_key_algorithm(*alg))) {
       throw Error(ErrorCode::kPolicyInvalid, "--key " + key + ": " + *why);
     }
     o.input.key = *alg;
   } else {
-    o.input.kind = a.has("csr-dir") ? engine::BatchInput::Kind::kCsrDir : engine::BatchInput::Kind::kCsrFile;
+    o.input.kind =
+        a.has("csr-dir") ? engine::BatchInput::Kind::kCsrDir : engine::BatchInput::Kind::kCsrFile;
     o.input.path = a.has("csr-dir") ? a.require("csr-dir") : a.require("csr-file");
   }
   return print_summary(ctx, runner.run(o, password ? &*password : nullptr));
@@ -265,11 +282,12 @@ int run_batch_list(Context& ctx) {
     ctx.print_json(o);
     return 0;
   }
-  std::printf("%-34s %-14s %-9s %10s %9s  %s\n", "BATCH", "CA", "STATE", "ISSUED", "REJECTED", "CREATED");
+  std::printf("%-34s %-14s %-9s %10s %9s  %s\n", "BATCH", "CA", "STATE", "ISSUED", "REJECTED",
+              "CREATED");
   for (const auto& b : batches) {
-    std::printf("%-34s %-14s %-9s %10lld %9lld  %s\n", b.id.c_str(), b.ca_name.c_str(), b.state.c_str(),
-                static_cast<long long>(b.issued), static_cast<long long>(b.rejected),
-                engine::iso8601(b.created_at).c_str());
+    std::printf("%-34s %-14s %-9s %10lld %9lld  %s\n", b.id.c_str(), b.ca_name.c_str(),
+                b.state.c_str(), static_cast<long long>(b.issued),
+                static_cast<long long>(b.rejected), engine::iso8601(b.created_at).c_str());
   }
   return 0;
 }
@@ -299,14 +317,16 @@ int run_batch_show(Context& ctx) {
     ctx.print_json(o);
     return 0;
   }
-  std::printf("batch %s\n  CA          %s\n  state       %s\n  issued      %lld\n  rejected    %lld\n"
-              "  abandoned   %lld serials (never reused)\n  open        %lld intents%s\n  created     %s\n"
-              "  parameters  %s\n",
-              b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(b->issued),
-              static_cast<long long>(b->rejected), static_cast<long long>(abandoned),
-              static_cast<long long>(open_intents),
-              (open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string()).c_str(),
-              engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
+  std::printf(
+      "batch %s\n  CA          %s\n  state       %s\n  issued      %lld\n  rejected    %lld\n"
+      "  abandoned   %lld serials (never reused)\n  open        %lld intents%s\n  created     %s\n"
+      "  parameters  %s\n",
+      b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(b->issued),
+      static_cast<long long>(b->rejected), static_cast<long long>(abandoned),
+      static_cast<long long>(open_intents),
+      (open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string())
+          .c_str(),
+      engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
   return 0;
 }
 
@@ -315,27 +335,33 @@ int run_batch_show(Context& ctx) {
 void add_issue_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"issue"},
-      "(--ca NAME | --group G) (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N --id-pattern P "
+      "(--ca NAME | --group G) (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N "
+      "--id-pattern P "
       "[--key ALG]) --out DIR [--batch ID] [--lot L --line L --site S --operator O] [--threads N] "
-      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue --resume BATCH"
+      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue "
+      "--resume BATCH"
       "\n       fleetsign issue --self-signed --id ID --out DIR [--key ALG] [--days N] [--json]",
       "issue device certificates: one, or a batch in parallel (exactly once, resumable)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "ca", "NAME", "issuing CA");
-        add_option(s, "group", "G", "policy group: its intermediate (unless --ca) and device validity");
+        add_option(s, "group", "G",
+                   "policy group: its intermediate (unless --ca) and device validity");
         add_option(s, "csr", "FILE", "one device CSR (PEM or DER)");
         add_option(s, "csr-dir", "DIR", "a directory of CSR files, one device each");
         add_option(s, "csr-file", "BUNDLE", "a PEM file of many CSRs");
         add_option(s, "generate", "N", "make N device key pairs here and certify them");
         add_option(s, "id-pattern", "P", "device IDs for --generate, e.g. 'sensor-{06}' (from 1)");
-        add_option(s, "key", "ALG", "device key for --generate: ec-p256 (default), ec-p384, rsa-2048");
+        add_option(s, "key", "ALG",
+                   "device key for --generate: ec-p256 (default), ec-p384, rsa-2048");
         add_option(s, "out", "DIR", "output directory");
-        add_option(s, "batch", "ID", "batch ID (default: generated); an existing ID resumes/reports it");
+        add_option(s, "batch", "ID",
+                   "batch ID (default: generated); an existing ID resumes/reports it");
         add_option(s, "resume", "BATCH", "resume an interrupted batch from the registry");
         add_option(s, "threads", "N", "worker threads (default: all cores)");
         add_option(s, "chunk", "N", "devices per registry transaction (default 1024; tuning)");
         add_flag(s, "pfx", "also write {id}.pfx (PKCS#12) for generated devices");
-        add_option(s, "pfx-password-file", "F", "file holding the .pfx password (else FLEETSIGN_PFX_PASSWORD)");
+        add_option(s, "pfx-password-file", "F",
+                   "file holding the .pfx password (else FLEETSIGN_PFX_PASSWORD)");
         add_flag(s, "bundle", "one PEM + one JSON-lines stream instead of files per device");
         add_flag(s, "reissue", "issue even if the device already holds a valid certificate");
         add_option(s, "lot", "L", "manufacturing lot (recorded with the certificate)");
@@ -343,16 +369,21 @@ void add_issue_commands(std::vector<Command>& commands) {
         add_option(s, "site", "S", "site");
         add_option(s, "operator", "O", "operator");
         add_option(s, "pin-file", "FILE", "file holding the user PIN (else FLEETSIGN_PIN)");
-        add_flag(s, "self-signed", "a device key and a certificate it signs itself (no CA, no token)");
+        add_flag(s, "self-signed",
+                 "a device key and a certificate it signs itself (no CA, no token)");
         add_option(s, "id", "ID", "device ID (CN) for --self-signed");
-        add_option(s, "days", "N", "validity of a --self-signed certificate (default from the policy)");
+        add_option(s, "days", "N",
+                   "validity of a --self-signed certificate (default from the policy)");
         add_flag(s, "json", "print the result as JSON");
       },
       run_issue});
-  commands.push_back(Command{{"batch", "list"}, "[--json]", "list batches, newest first",
+  commands.push_back(Command{{"batch", "list"},
+                             "[--json]",
+                             "list batches, newest first",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_batch_list});
-  commands.push_back(Command{{"batch", "show"}, "BATCH [--json]",
+  commands.push_back(Command{{"batch", "show"},
+                             "BATCH [--json]",
                              "show a batch: state, counts, abandoned serials, parameters",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_batch_show});
@@ -360,7 +391,9 @@ void add_issue_commands(std::vector<Command>& commands) {
 
 void add_misc_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
-      {"audit"}, "[--limit N] [--json]", "show the append-only audit log, newest first",
+      {"audit"},
+      "[--limit N] [--json]",
+      "show the append-only audit log, newest first",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "limit", "N", "entries to show (default 50)");
         add_flag(s, "json", "print as JSON");

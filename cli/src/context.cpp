@@ -118,8 +118,9 @@ engine::Registry& Context::registry() {
 hsm::Token& Context::token() {
   if (!m_token) {
     engine::Home& h = home();
-    const hsm::Pin pin = hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
-                                                "user PIN for token '" + h.config().token_label + "': ");
+    const hsm::Pin pin =
+        hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
+                               "user PIN for token '" + h.config().token_label + "': ");
     m_token = h.open_token(pin);
   }
   return *m_token;

@@ -82,9 +82,8 @@ Args parse_options(const Command& c, Poco::Util::OptionSet& set,
     }
     processor.checkRequired();
   } catch (const Poco::Util::OptionException& e) {
-    throw fleetsign::Error(fleetsign::ErrorCode::kUsage,
-                           "fleetsign " + joined(c.words) + ": " + e.displayText() +
-                               " (see --help)");
+    throw fleetsign::Error(fleetsign::ErrorCode::kUsage, "fleetsign " + joined(c.words) + ": " +
+                                                             e.displayText() + " (see --help)");
   }
   return args;
 }
@@ -124,7 +123,8 @@ int main(int argc, char** argv) {
     }
   }
   const auto commands = all_commands();
-  if (argv_rest.empty() || argv_rest[0] == "--help" || argv_rest[0] == "-h" || argv_rest[0] == "help") {
+  if (argv_rest.empty() || argv_rest[0] == "--help" || argv_rest[0] == "-h" ||
+      argv_rest[0] == "help") {
     print_overview(commands, stdout);
     return argv_rest.empty() ? 2 : 0;
   }
@@ -137,9 +137,11 @@ int main(int argc, char** argv) {
       found = &c;
     }
   }
-  const bool wants_json = std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end();
+  const bool wants_json =
+      std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end();
   if (found == nullptr) {
-    std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s'\n\n", argv_rest[0].c_str());
+    std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s'\n\n",
+                 argv_rest[0].c_str());
     print_overview(commands, stderr);
     return 2;
   }

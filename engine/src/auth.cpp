@@ -28,7 +28,7 @@ struct Anchor {
 struct Ca {
   CaRecord rec;
   ossl::X509Ptr x509;
-  std::string subject_der;  // key of the issuer lookup
+  std::string subject_der;                 // key of the issuer lookup
   std::unique_ptr<FixedKeyVerifier> fast;  // P-256 keys
   bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
   bool constrained = false;                // name/policy constraints: leave it to OpenSSL
@@ -45,24 +45,32 @@ AuthDecision refuse(std::string rule, std::string reason) {
 }
 
 const EVP_MD* digest_of(der::Bytes oid_content) {
-  if (der::equal(oid_content, oid::kEcdsaSha256) || der::equal(oid_content, oid::kRsaSha256)) return EVP_sha256();
-  if (der::equal(oid_content, oid::kEcdsaSha384) || der::equal(oid_content, oid::kRsaSha384)) return EVP_sha384();
-  if (der::equal(oid_content, oid::kEcdsaSha512) || der::equal(oid_content, oid::kRsaSha512)) return EVP_sha512();
+  if (der::equal(oid_content, oid::kEcdsaSha256) || der::equal(oid_content, oid::kRsaSha256))
+    return EVP_sha256();
+  if (der::equal(oid_content, oid::kEcdsaSha384) || der::equal(oid_content, oid::kRsaSha384))
+    return EVP_sha384();
+  if (der::equal(oid_content, oid::kEcdsaSha512) || der::equal(oid_content, oid::kRsaSha512))
+    return EVP_sha512();
   return nullptr;
 }
 
 // The errors X509_verify_cert gives when the chain is fine but ends at nothing trusted.
 bool untrusted_anchor(int err) {
-  return err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
-         err == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN || err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT;
+  return err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+         err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+         err == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
+         err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT;
 }
 
 // A validity failure reported by X509_verify_cert, as the rule the fast path gives it.
 std::optional<AuthDecision> time_refusal(int err, int depth) {
-  if (err != X509_V_ERR_CERT_HAS_EXPIRED && err != X509_V_ERR_CERT_NOT_YET_VALID) return std::nullopt;
+  if (err != X509_V_ERR_CERT_HAS_EXPIRED && err != X509_V_ERR_CERT_NOT_YET_VALID)
+    return std::nullopt;
   const bool at_leaf = depth == 0;
-  return refuse(at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
-                std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " + X509_verify_cert_error_string(err));
+  return refuse(
+      at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
+      std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " +
+          X509_verify_cert_error_string(err));
 }
 
 std::string serial_hex(der::Bytes content) {
@@ -82,8 +90,8 @@ struct Authenticator::Impl {
   explicit Impl(Registry& r) : registry(r) {}
 
   void load();
-  AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain, std::int64_t at,
-                      bool force_openssl);
+  AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
+                      std::int64_t at, bool force_openssl);
   AuthDecision fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at);
   AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
   AuthDecision classify_anchor(const Ca& ca);
@@ -112,8 +120,10 @@ void Authenticator::Impl::load() {
   }
   for (auto& [name, ca] : cas) by_subject[ca.subject_der].push_back(&ca);
   for (const auto& g : registry.list_groups()) {
-    for (const auto& [slot, ca_name] : {std::pair{Slot::kPrimary, g.primary_ca}, std::pair{Slot::kSecondary, g.secondary_ca}}) {
-      if (auto it = cas.find(ca_name); it != cas.end()) it->second.anchors.push_back(Anchor{g.name, slot, g.enabled});
+    for (const auto& [slot, ca_name] :
+         {std::pair{Slot::kPrimary, g.primary_ca}, std::pair{Slot::kSecondary, g.secondary_ca}}) {
+      if (auto it = cas.find(ca_name); it != cas.end())
+        it->second.anchors.push_back(Anchor{g.name, slot, g.enabled});
     }
   }
   trusted.reset(X509_STORE_new());
@@ -143,7 +153,8 @@ void Authenticator::Impl::load() {
     }
     X509_STORE_CTX* ctx = X509_STORE_CTX_new();
     X509_STORE_CTX_init(ctx, roots.get(), ca.x509.get(), untrusted);
-    X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_X509_STRICT | X509_V_FLAG_PARTIAL_CHAIN);
+    X509_STORE_CTX_set_flags(
+        ctx, X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_X509_STRICT | X509_V_FLAG_PARTIAL_CHAIN);
     ca.path_ok = X509_verify_cert(ctx) == 1;
     X509_STORE_CTX_free(ctx);
     sk_X509_free(untrusted);
@@ -151,7 +162,8 @@ void Authenticator::Impl::load() {
     // A leaf below this CA adds one more level: every ancestor's pathLen must allow the CAs
     // between it and the leaf (RFC 5280 4.2.1.9), which validating the CA alone does not show.
     int below = 0;
-    for (auto parent = cas.find(ca.rec.parent); ca.path_ok && !ca.rec.parent.empty() && parent != cas.end();
+    for (auto parent = cas.find(ca.rec.parent);
+         ca.path_ok && !ca.rec.parent.empty() && parent != cas.end();
          parent = cas.find(parent->second.rec.parent)) {
       ++below;
       const long max = X509_get_pathlen(parent->second.x509.get());
@@ -169,24 +181,28 @@ AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
       d.rule = "enrollment-group";
       d.enrollment = a.group;
       d.slot = std::string(slot_name(a.slot));
-      d.reason = "chain validates to CA '" + ca.rec.name + "' in the " + d.slot + " slot of enabled group '" +
-                 a.group + "'";
+      d.reason = "chain validates to CA '" + ca.rec.name + "' in the " + d.slot +
+                 " slot of enabled group '" + a.group + "'";
       return d;
     }
   }
   for (const auto& a : ca.anchors) {
     if (a.enabled) {
-      return refuse("ca-not-verified", "CA '" + ca.rec.name + "' sits in the " + std::string(slot_name(a.slot)) +
-                                           " slot of group '" + a.group + "' but has no proof of possession (ca verify)");
+      return refuse("ca-not-verified", "CA '" + ca.rec.name + "' sits in the " +
+                                           std::string(slot_name(a.slot)) + " slot of group '" +
+                                           a.group +
+                                           "' but has no proof of possession (ca verify)");
     }
   }
   if (!ca.anchors.empty()) {
-    return refuse("group-disabled", "CA '" + ca.rec.name + "' is only in disabled group '" + ca.anchors.front().group + "'");
+    return refuse("group-disabled", "CA '" + ca.rec.name + "' is only in disabled group '" +
+                                        ca.anchors.front().group + "'");
   }
   return refuse("no-enrollment", "");
 }
 
-AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at) {
+AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& leaf,
+                                            std::int64_t at) {
   // 1. The leaf's own checks: signature by its issuer, end-entity, usage, validity.
   const EVP_MD* md = digest_of(leaf.sig_alg_oid);
   if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) {
@@ -200,21 +216,29 @@ AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& le
     good = issuer.fast->verify(ByteView(digest, digest_len), leaf.signature);
   } else {
     ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
-    good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 && EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
-           EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest, digest_len) == 1;
+    good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+           EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
+           EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest,
+                           digest_len) == 1;
     ERR_clear_error();
   }
-  if (!good) return refuse("chain-invalid", "leaf signature does not verify with CA '" + issuer.rec.name + "'");
-  if (leaf.is_ca) return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
-  if (leaf.unknown_critical) return refuse("chain-invalid", "the leaf has an unsupported critical extension");
+  if (!good)
+    return refuse("chain-invalid",
+                  "leaf signature does not verify with CA '" + issuer.rec.name + "'");
+  if (leaf.is_ca)
+    return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
+  if (leaf.unknown_critical)
+    return refuse("chain-invalid", "the leaf has an unsupported critical extension");
   if ((leaf.has_key_usage && !leaf.digital_signature) || (leaf.has_eku && !leaf.client_auth)) {
     return refuse("chain-invalid", "the leaf's key usage does not allow TLS client authentication");
   }
   // 2. Up the registry's hierarchy to the nearest verified CA in an enabled group's slot. CAs
   //    are checked for validity before the leaf, in the order OpenSSL reports them.
   auto leaf_time = [&]() -> std::optional<AuthDecision> {
-    if (at < leaf.not_before) return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-    if (at > leaf.not_after) return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+    if (at < leaf.not_before)
+      return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+    if (at > leaf.not_after)
+      return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
     return std::nullopt;
   };
   AuthDecision why_not = refuse("no-enrollment", "");
@@ -233,7 +257,8 @@ AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& le
   }
   if (auto bad = leaf_time()) return *bad;
   if (why_not.rule == "no-enrollment") {
-    why_not.reason = "no enabled enrollment group trusts CA '" + issuer.rec.name + "' or its issuers";
+    why_not.reason =
+        "no enabled enrollment group trusts CA '" + issuer.rec.name + "' or its issuers";
   }
   return why_not;
 }
@@ -245,10 +270,12 @@ const Ca* Authenticator::Impl::ca_for_cert(const X509* cert) {
   return nullptr;
 }
 
-AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at) {
+AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<const Der> chain,
+                                               std::int64_t at) {
   auto leaf = ossl::from_der(leaf_der);
   if (!leaf) return refuse("chain-malformed", "the leaf is not a valid X.509 certificate");
-  if (X509_check_ca(leaf.get()) != 0) return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
+  if (X509_check_ca(leaf.get()) != 0)
+    return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
   STACK_OF(X509)* untrusted = sk_X509_new_null();
   std::vector<ossl::X509Ptr> owned;
   for (std::size_t i = 1; i < chain.size(); ++i) {
@@ -270,7 +297,8 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
     const int err = X509_STORE_CTX_get_error(ctx);
     const int depth = X509_STORE_CTX_get_error_depth(ctx);
     STACK_OF(X509)* built = X509_STORE_CTX_get0_chain(ctx);
-    *anchor = ok && built != nullptr ? ca_for_cert(sk_X509_value(built, sk_X509_num(built) - 1)) : nullptr;
+    *anchor = ok && built != nullptr ? ca_for_cert(sk_X509_value(built, sk_X509_num(built) - 1))
+                                     : nullptr;
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
     return std::pair<int, int>(ok ? X509_V_OK : err, depth);
@@ -298,47 +326,58 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
         auto parent = cas.find(ca->rec.parent);
         ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
       }
-      if (d.rule.empty()) d = refuse("no-enrollment", "no enabled enrollment group trusts CA '" + would->rec.name + "' or its issuers");
+      if (d.rule.empty())
+        d = refuse("no-enrollment", "no enabled enrollment group trusts CA '" + would->rec.name +
+                                        "' or its issuers");
     } else if (err2 != X509_V_OK && !untrusted_anchor(err2)) {
-      d = refuse("chain-invalid", std::string("chain does not validate: ") + X509_verify_cert_error_string(err2));
+      d = refuse("chain-invalid",
+                 std::string("chain does not validate: ") + X509_verify_cert_error_string(err2));
     } else {
       d = refuse("no-enrollment", "the chain leads to no CA known to this registry");
     }
   } else {
-    d = refuse("chain-invalid", std::string("chain does not validate: ") + X509_verify_cert_error_string(err));
+    d = refuse("chain-invalid",
+               std::string("chain does not validate: ") + X509_verify_cert_error_string(err));
   }
   sk_X509_free(untrusted);
   return d;
 }
 
-AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
-                                         std::int64_t at, bool force_openssl) {
+AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& leaf,
+                                         std::span<const Der> chain, std::int64_t at,
+                                         bool force_openssl) {
   // 1. Individual enrollment first: it wins over any group.
   if (auto ie = registry.find_individual_slots(single_common_name(leaf.subject).value())) {
     if (!ie->enabled) {
-      return refuse("individual-disabled", "individual enrollment '" + ie->registration_id +
-                                               "' is disabled (it refuses the device even if a group would accept it)");
+      return refuse("individual-disabled",
+                    "individual enrollment '" + ie->registration_id +
+                        "' is disabled (it refuses the device even if a group would accept it)");
     }
     const std::string tp = thumbprint_sha256(leaf_der);
     const bool primary = !ie->primary_sha256.empty() && ie->primary_sha256 == tp;
     const bool secondary = !ie->secondary_sha256.empty() && ie->secondary_sha256 == tp;
     if (!primary && !secondary) {
-      return refuse("individual-mismatch", "the certificate matches neither slot of individual enrollment '" +
-                                               ie->registration_id + "'");
+      return refuse("individual-mismatch",
+                    "the certificate matches neither slot of individual enrollment '" +
+                        ie->registration_id + "'");
     }
-    if (at < leaf.not_before) return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-    if (at > leaf.not_after) return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+    if (at < leaf.not_before)
+      return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+    if (at > leaf.not_after)
+      return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
     AuthDecision d;
     d.allowed = true;
     d.rule = "individual-enrollment";
     d.enrollment = ie->registration_id;
     d.slot = primary ? "primary" : "secondary";
-    d.reason = "certificate matches the " + d.slot + " slot of individual enrollment '" + ie->registration_id + "'";
+    d.reason = "certificate matches the " + d.slot + " slot of individual enrollment '" +
+               ie->registration_id + "'";
     return d;
   }
   // 2. Groups: the fast path when the issuer is one CA of this registry with a clean path.
   if (!force_openssl) {
-    auto it = by_subject.find(std::string(reinterpret_cast<const char*>(leaf.issuer.data()), leaf.issuer.size()));
+    auto it = by_subject.find(
+        std::string(reinterpret_cast<const char*>(leaf.issuer.data()), leaf.issuer.size()));
     if (it != by_subject.end() && it->second.size() == 1) {
       const Ca& issuer = *it->second.front();
       bool clean = issuer.path_ok;
@@ -357,12 +396,14 @@ AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& le
   return openssl_path(leaf_der, chain, at);
 }
 
-Authenticator::Authenticator(Registry& registry) : m_impl(std::make_unique<Impl>(registry)) { m_impl->load(); }
+Authenticator::Authenticator(Registry& registry) : m_impl(std::make_unique<Impl>(registry)) {
+  m_impl->load();
+}
 
 Authenticator::~Authenticator() = default;
 
-AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at, std::string_view claimed_id,
-                                  bool force_openssl) {
+AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
+                                  std::string_view claimed_id, bool force_openssl) {
   if (chain.empty()) return refuse("chain-malformed", "no certificate presented");
   LeafView leaf;
   std::string why;
@@ -373,7 +414,8 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at, s
   const std::string serial = serial_hex(leaf.serial);
   const auto state = m_impl->registry.cert_state(serial);
   if (!claimed_id.empty() && claimed_id != *cn) {
-    d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn + "' is not the registration ID '" +
+    d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn +
+                                               "' is not the registration ID '" +
                                                std::string(claimed_id) + "'");
   } else if (state == CertState::kRevoked) {
     d = refuse("revoked", "certificate serial " + serial + " is revoked");

@@ -49,7 +49,8 @@ class CsrDirReader final : public InputReader {
     try {
       auto blobs = read_csrs(file);
       if (blobs.size() != 1) {
-        item.reject(ErrorCode::kCsrMalformed, "holds " + std::to_string(blobs.size()) + " CSRs, expected one");
+        item.reject(ErrorCode::kCsrMalformed,
+                    "holds " + std::to_string(blobs.size()) + " CSRs, expected one");
       } else if (!blobs[0].problem.empty()) {
         item.reject(ErrorCode::kCsrMalformed, blobs[0].problem);
       } else {
@@ -96,8 +97,9 @@ class CsrBundleReader final : public InputReader {
     item.source = m_name + ":" + std::to_string(start);
     auto blobs = parse_csr_text(block);
     if (blobs.size() != 1 || !blobs[0].problem.empty()) {
-      item.reject(ErrorCode::kCsrMalformed,
-                  blobs.empty() ? "empty PEM block" : blobs[0].problem.empty() ? "not a CSR block" : blobs[0].problem);
+      item.reject(ErrorCode::kCsrMalformed, blobs.empty()              ? "empty PEM block"
+                                            : blobs[0].problem.empty() ? "not a CSR block"
+                                                                       : blobs[0].problem);
     } else {
       item.input = std::move(blobs[0].der);
     }
@@ -114,7 +116,8 @@ class CsrBundleReader final : public InputReader {
 
 class GenerateReader final : public InputReader {
  public:
-  GenerateReader(std::string pattern, std::int64_t count) : m_pattern(std::move(pattern)), m_count(count) {
+  GenerateReader(std::string pattern, std::int64_t count)
+      : m_pattern(std::move(pattern)), m_count(count) {
     if (count <= 0) {
       throw Error(ErrorCode::kInvalidArgument, "--generate needs a positive count");
     }
@@ -139,9 +142,12 @@ class GenerateReader final : public InputReader {
 
 std::unique_ptr<InputReader> open_input(const BatchInput& input) {
   switch (input.kind) {
-    case BatchInput::Kind::kCsrDir: return std::make_unique<CsrDirReader>(input.path);
-    case BatchInput::Kind::kCsrFile: return std::make_unique<CsrBundleReader>(input.path);
-    case BatchInput::Kind::kGenerate: return std::make_unique<GenerateReader>(input.id_pattern, input.count);
+    case BatchInput::Kind::kCsrDir:
+      return std::make_unique<CsrDirReader>(input.path);
+    case BatchInput::Kind::kCsrFile:
+      return std::make_unique<CsrBundleReader>(input.path);
+    case BatchInput::Kind::kGenerate:
+      return std::make_unique<GenerateReader>(input.id_pattern, input.count);
   }
   return nullptr;
 }
@@ -151,11 +157,16 @@ std::unique_ptr<InputReader> open_input(const BatchInput& input) {
 
 namespace {
 
-constexpr const char* kStreamNames[kStreamCount] = {"manifest.csv", "manifest.jsonl", "iothub-import.jsonl",
-                                                    "rejects.csv", "bundle.pem", "bundle.jsonl"};
+constexpr const char* kStreamNames[kStreamCount] = {"manifest.csv",        "manifest.jsonl",
+                                                    "iothub-import.jsonl", "rejects.csv",
+                                                    "bundle.pem",          "bundle.jsonl"};
 constexpr const char* kHeaders[kStreamCount] = {
-    "device_id,serial,sha1,sha256,not_before,not_after,issuer,batch,lot,line,site,operator\n", "", "",
-    "source,device_id,code,reason\n", "", ""};
+    "device_id,serial,sha1,sha256,not_before,not_after,issuer,batch,lot,line,site,operator\n",
+    "",
+    "",
+    "source,device_id,code,reason\n",
+    "",
+    ""};
 
 void csv_field(std::string& out, std::string_view v) {
   if (v.find_first_of(",\"\n\r") == std::string_view::npos) {
@@ -189,11 +200,12 @@ void render_issued(const RenderContext& ctx, const Item& item, Chunk& chunk) {
   const std::string nb = iso8601(c.not_before), na = iso8601(c.not_after);
   // manifest.csv
   std::string& csv = chunk.text[kManifestCsv];
-  for (std::string_view v : {std::string_view(c.device_id), std::string_view(c.serial), std::string_view(c.sha1),
-                             std::string_view(c.sha256), std::string_view(nb), std::string_view(na),
-                             std::string_view(ctx.issuer_subject), std::string_view(ctx.batch_id),
-                             std::string_view(ctx.lineage.lot), std::string_view(ctx.lineage.line),
-                             std::string_view(ctx.lineage.site)}) {
+  for (std::string_view v :
+       {std::string_view(c.device_id), std::string_view(c.serial), std::string_view(c.sha1),
+        std::string_view(c.sha256), std::string_view(nb), std::string_view(na),
+        std::string_view(ctx.issuer_subject), std::string_view(ctx.batch_id),
+        std::string_view(ctx.lineage.lot), std::string_view(ctx.lineage.line),
+        std::string_view(ctx.lineage.site)}) {
     csv_field(csv, v);
     csv.push_back(',');
   }
@@ -223,7 +235,9 @@ void render_issued(const RenderContext& ctx, const Item& item, Chunk& chunk) {
   std::string& hub = chunk.text[kIotHubImport];
   hub += "{\"id\":";
   append_json_string(hub, c.device_id);
-  hub += ",\"importMode\":\"create\",\"status\":\"enabled\",\"authentication\":{\"type\":\"certificateAuthority\"}}\n";
+  hub +=
+      ",\"importMode\":\"create\",\"status\":\"enabled\",\"authentication\":{\"type\":"
+      "\"certificateAuthority\"}}\n";
 
   const std::string cert_pem = pem(c.der, "CERTIFICATE");
   std::string key_pem;
@@ -295,13 +309,15 @@ OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string
     const auto at = offsets_json.find(key);
     const bool resuming = at != std::string::npos;
     std::int64_t size = resuming ? std::stoll(offsets_json.substr(at + key.size())) : 0;
-    m_fd[s] = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, s == kBundlePem || s == kBundleJsonl ? 0600 : 0644);
+    m_fd[s] = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC,
+                     s == kBundlePem || s == kBundleJsonl ? 0600 : 0644);
     if (m_fd[s] < 0) {
       throw Error(ErrorCode::kIo, path.string() + ": cannot be opened: " + std::strerror(errno));
     }
     // Cut what a crashed run appended past the watermark: it will be written again.
     if (::ftruncate(m_fd[s], size) != 0 || ::lseek(m_fd[s], size, SEEK_SET) != size) {
-      throw Error(ErrorCode::kIo, path.string() + ": cannot be truncated to " + std::to_string(size));
+      throw Error(ErrorCode::kIo,
+                  path.string() + ": cannot be truncated to " + std::to_string(size));
     }
     m_size[s] = size;
     if (!resuming && kHeaders[s][0] != '\0') {
@@ -324,7 +340,8 @@ void OutputStreams::append(const Chunk& chunk) {
     const std::string& t = chunk.text[s];
     if (t.empty() || m_fd[s] < 0) continue;
     if (::write(m_fd[s], t.data(), t.size()) != static_cast<ssize_t>(t.size())) {
-      throw Error(ErrorCode::kIo, (m_dir / kStreamNames[s]).string() + ": write failed: " + std::strerror(errno));
+      throw Error(ErrorCode::kIo,
+                  (m_dir / kStreamNames[s]).string() + ": write failed: " + std::strerror(errno));
     }
     m_size[s] += static_cast<std::int64_t>(t.size());
   }
@@ -349,8 +366,8 @@ void spool_keys(const fs::path& out_dir, const Chunk& chunk) {
     if (!item.ok() || item.key_pkcs8.empty()) continue;
     text += std::to_string(item.seq) + " ";
     std::string b64(4 * ((item.key_pkcs8.size() + 2) / 3), '\0');
-    const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), item.key_pkcs8.data(),
-                                  static_cast<int>(item.key_pkcs8.size()));
+    const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
+                                  item.key_pkcs8.data(), static_cast<int>(item.key_pkcs8.size()));
     text.append(b64.data(), static_cast<std::size_t>(n));
     OPENSSL_cleanse(b64.data(), b64.size());
     text += "\n";
@@ -359,7 +376,8 @@ void spool_keys(const fs::path& out_dir, const Chunk& chunk) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   fs::permissions(dir, fs::perms::owner_all, ec);
-  write_file(dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys"), text, 0600);
+  write_file(dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys"),
+             text, 0600);
   OPENSSL_cleanse(text.data(), text.size());
 }
 
@@ -393,7 +411,8 @@ void clear_spool(const fs::path& out_dir) {
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     // Keys must not linger in freed blocks of a file we merely unlink.
     const auto size = fs::file_size(e.path(), ec);
-    if (!ec && size > 0) write_file(e.path(), std::string(static_cast<std::size_t>(size), '\0'), 0600);
+    if (!ec && size > 0)
+      write_file(e.path(), std::string(static_cast<std::size_t>(size), '\0'), 0600);
     fs::remove(e.path(), ec);
   }
   fs::remove(dir, ec);

@@ -16,8 +16,8 @@ constexpr std::int64_t kBackdateSeconds = 60;
 void add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
   ossl::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value));
   if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
-    throw Error(ErrorCode::kInternal, std::string("building extension ") + OBJ_nid2sn(nid) +
-                                          "=" + value + ": " + ossl::last_error());
+    throw Error(ErrorCode::kInternal, std::string("building extension ") + OBJ_nid2sn(nid) + "=" +
+                                          value + ": " + ossl::last_error());
   }
 }
 
@@ -38,8 +38,8 @@ const EVP_MD* md_for(hsm::KeyType type) {
 void sign_and_check(X509* cert, const hsm::SigningKey& key, EVP_PKEY* issuer_public,
                     const std::string& what) {
   if (X509_sign(cert, key.pkey(), md_for(key.type())) <= 0) {
-    throw Error(ErrorCode::kTokenError, "signing " + what + " with " + key.ref().uri() + ": " +
-                                            ossl::last_error());
+    throw Error(ErrorCode::kTokenError,
+                "signing " + what + " with " + key.ref().uri() + ": " + ossl::last_error());
   }
   if (X509_verify(cert, issuer_public) != 1) {
     throw Error(ErrorCode::kTokenError,
@@ -55,11 +55,16 @@ std::string days_hint(std::int64_t from, std::int64_t until) {
 
 hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept {
   switch (alg) {
-    case policy::KeyAlgorithm::kEcP256: return hsm::KeyType::kEcP256;
-    case policy::KeyAlgorithm::kEcP384: return hsm::KeyType::kEcP384;
-    case policy::KeyAlgorithm::kRsa2048: return hsm::KeyType::kRsa2048;
-    case policy::KeyAlgorithm::kRsa3072: return hsm::KeyType::kRsa3072;
-    case policy::KeyAlgorithm::kRsa4096: return hsm::KeyType::kRsa4096;
+    case policy::KeyAlgorithm::kEcP256:
+      return hsm::KeyType::kEcP256;
+    case policy::KeyAlgorithm::kEcP384:
+      return hsm::KeyType::kEcP384;
+    case policy::KeyAlgorithm::kRsa2048:
+      return hsm::KeyType::kRsa2048;
+    case policy::KeyAlgorithm::kRsa3072:
+      return hsm::KeyType::kRsa3072;
+    case policy::KeyAlgorithm::kRsa4096:
+      return hsm::KeyType::kRsa4096;
   }
   return hsm::KeyType::kEcP256;
 }
@@ -125,7 +130,8 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     X509_set_version(cert.get(), X509_VERSION_3);
     set_random_serial(cert.get(), m_random);
     X509_set_subject_name(cert.get(), subject.get());
-    X509_set_issuer_name(cert.get(), issuer ? X509_get_subject_name(issuer_cert.get()) : subject.get());
+    X509_set_issuer_name(cert.get(),
+                         issuer ? X509_get_subject_name(issuer_cert.get()) : subject.get());
     ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(not_before));
     ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(not_after));
     auto pub = ossl::public_key_from_spki(key.spki_der());
@@ -133,7 +139,8 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     X509V3_CTX ctx;
     X509V3_set_ctx(&ctx, issuer ? issuer_cert.get() : cert.get(), cert.get(), nullptr, nullptr, 0);
     std::string bc = "critical,CA:TRUE";
-    const std::optional<int> path_len = issuer ? std::optional<int>(spec.path_len.value_or(0)) : spec.path_len;
+    const std::optional<int> path_len =
+        issuer ? std::optional<int>(spec.path_len.value_or(0)) : spec.path_len;
     if (path_len) {
       if (*path_len < 0) {
         throw Error(ErrorCode::kInvalidArgument, "CA '" + spec.name + "': --path-len must be >= 0");
@@ -145,7 +152,8 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash");
     add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
     sign_and_check(cert.get(), issuer ? *issuer_key : key,
-                   issuer ? X509_get0_pubkey(issuer_cert.get()) : pub.get(), "CA '" + spec.name + "'");
+                   issuer ? X509_get0_pubkey(issuer_cert.get()) : pub.get(),
+                   "CA '" + spec.name + "'");
 
     // 4. Record it.
     CaRecord rec;
@@ -162,8 +170,8 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     rec.created_at = m_clock.now();
     m_registry.add_ca(rec);
     m_registry.audit(issuer ? "ca.create-intermediate" : "ca.create-root", rec.name,
-                     "{\"subject\":" + json_quote(rec.subject) + ",\"key\":" + json_quote(rec.key_uri) +
-                         ",\"sha256\":" + json_quote(rec.sha256) + "}");
+                     "{\"subject\":" + json_quote(rec.subject) + ",\"key\":" +
+                         json_quote(rec.key_uri) + ",\"sha256\":" + json_quote(rec.sha256) + "}");
     return rec;
   } catch (...) {
     // Never leave an orphan key behind a CA that was not recorded.
@@ -175,7 +183,8 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
 const hsm::SigningKey& CaService::load_key(const CaRecord& ca) {
   if (ca.key_uri.empty()) {
     // Imported with `ca import`: the certificate is known, its key lives elsewhere.
-    throw Error(ErrorCode::kKeyNotFound, "CA " + ca.name + " is external: its key is not in this token");
+    throw Error(ErrorCode::kKeyNotFound,
+                "CA " + ca.name + " is external: its key is not in this token");
   }
   const hsm::SigningKey& key = m_token.key(hsm::KeyRef::parse_uri(ca.key_uri));
   auto cert = ossl::from_der(ca.cert_der);
@@ -221,8 +230,8 @@ Der CaService::make_verification_cert(const std::string& ca_name, const std::str
   X509_set_subject_name(cert.get(), subject.get());
   X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert.get()));
   const std::int64_t not_before = m_clock.now() - kBackdateSeconds;
-  const std::int64_t not_after =
-      std::min(not_before + std::int64_t{m_policy.validity.verification_days} * 86400, ca.not_after);
+  const std::int64_t not_after = std::min(
+      not_before + std::int64_t{m_policy.validity.verification_days} * 86400, ca.not_after);
   ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(not_before));
   ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(not_after));
   X509_set_pubkey(cert.get(), leaf_key.get());
@@ -235,7 +244,8 @@ Der CaService::make_verification_cert(const std::string& ca_name, const std::str
   sign_and_check(cert.get(), key, X509_get0_pubkey(ca_cert.get()), "verification certificate");
   Der der = ossl::to_der(cert.get());
   m_registry.audit("ca.verification-cert", ca_name,
-                   "{\"code\":" + json_quote(code) + ",\"serial\":" + json_quote(ossl::serial_hex(cert.get())) + "}");
+                   "{\"code\":" + json_quote(code) +
+                       ",\"serial\":" + json_quote(ossl::serial_hex(cert.get())) + "}");
   return der;
 }
 
@@ -249,7 +259,8 @@ void verify_possession(Registry& registry, const Clock& clock, const std::string
   auto ca_cert = ossl::from_der(ca.cert_der);
   auto cert = ossl::from_der(der);
   if (!cert) {
-    throw Error(ErrorCode::kCertificateMalformed, "verification certificate is not a valid X.509 certificate");
+    throw Error(ErrorCode::kCertificateMalformed,
+                "verification certificate is not a valid X.509 certificate");
   }
   if (X509_NAME_cmp(X509_get_issuer_name(cert.get()), X509_get_subject_name(ca_cert.get())) != 0 ||
       X509_verify(cert.get(), X509_get0_pubkey(ca_cert.get())) != 1) {
@@ -260,8 +271,9 @@ void verify_possession(Registry& registry, const Clock& clock, const std::string
   char cn[256] = {0};
   X509_NAME_get_text_by_NID(X509_get_subject_name(cert.get()), NID_commonName, cn, sizeof cn);
   if (code != cn) {
-    throw Error(ErrorCode::kVerificationCodeMismatch,
-                "verification certificate has CN '" + std::string(cn) + "', expected the code '" + code + "'");
+    throw Error(ErrorCode::kVerificationCodeMismatch, "verification certificate has CN '" +
+                                                          std::string(cn) +
+                                                          "', expected the code '" + code + "'");
   }
   const std::int64_t now = clock.now();
   if (now < ossl::to_unix(X509_get0_notBefore(cert.get())) ||

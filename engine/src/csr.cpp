@@ -27,17 +27,17 @@ const EC_GROUP* group_for(int nid) {
 }
 
 struct SpkiParts {
-  Bytes algorithm;  // OID content
-  Bytes parameters; // OID content of the curve (EC), empty otherwise
-  Bytes key_bits;   // BIT STRING content without the unused-bits octet
+  Bytes algorithm;   // OID content
+  Bytes parameters;  // OID content of the curve (EC), empty otherwise
+  Bytes key_bits;    // BIT STRING content without the unused-bits octet
 };
 
 bool split_spki(Bytes spki, SpkiParts& out) {
   der::Tlv seq, alg, oid, bits;
   if (!der::expect(spki, der::tag::kSequence, seq) || !spki.empty()) return false;
   Bytes inner = seq.content;
-  if (!der::expect(inner, der::tag::kSequence, alg) || !der::expect(inner, der::tag::kBitString, bits) ||
-      !inner.empty()) {
+  if (!der::expect(inner, der::tag::kSequence, alg) ||
+      !der::expect(inner, der::tag::kBitString, bits) || !inner.empty()) {
     return false;
   }
   Bytes a = alg.content;
@@ -61,7 +61,8 @@ int rsa_modulus_bits(Bytes key_bits) {
   while (!m.empty() && m[0] == 0) m = m.subspan(1);
   if (m.empty()) return 0;
   int bits = static_cast<int>(m.size()) * 8;
-  for (std::uint8_t top = m[0]; (top & 0x80) == 0; top = static_cast<std::uint8_t>(top << 1)) --bits;
+  for (std::uint8_t top = m[0]; (top & 0x80) == 0; top = static_cast<std::uint8_t>(top << 1))
+    --bits;
   return bits;
 }
 
@@ -154,11 +155,16 @@ bool has_extension_request(Bytes attributes) {
 policy::KeyDescription describe_key_algorithm(policy::KeyAlgorithm alg) {
   using K = policy::KeyDescription::Kind;
   switch (alg) {
-    case policy::KeyAlgorithm::kEcP256: return {K::kEc, 256, "P-256"};
-    case policy::KeyAlgorithm::kEcP384: return {K::kEc, 384, "P-384"};
-    case policy::KeyAlgorithm::kRsa2048: return {K::kRsa, 2048, ""};
-    case policy::KeyAlgorithm::kRsa3072: return {K::kRsa, 3072, ""};
-    case policy::KeyAlgorithm::kRsa4096: return {K::kRsa, 4096, ""};
+    case policy::KeyAlgorithm::kEcP256:
+      return {K::kEc, 256, "P-256"};
+    case policy::KeyAlgorithm::kEcP384:
+      return {K::kEc, 384, "P-384"};
+    case policy::KeyAlgorithm::kRsa2048:
+      return {K::kRsa, 2048, ""};
+    case policy::KeyAlgorithm::kRsa3072:
+      return {K::kRsa, 3072, ""};
+    case policy::KeyAlgorithm::kRsa4096:
+      return {K::kRsa, 4096, ""};
   }
   return {};
 }
@@ -174,19 +180,23 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   Bytes in = input;
   der::Tlv outer, info, sig_alg, sig_bits;
   if (!der::expect(in, der::tag::kSequence, outer) || !in.empty()) {
-    return fail(ErrorCode::kCsrMalformed, "not a DER CertificationRequest (bad outer SEQUENCE or trailing bytes)");
+    return fail(ErrorCode::kCsrMalformed,
+                "not a DER CertificationRequest (bad outer SEQUENCE or trailing bytes)");
   }
   Bytes body = outer.content;
-  if (!der::expect(body, der::tag::kSequence, info) || !der::expect(body, der::tag::kSequence, sig_alg) ||
+  if (!der::expect(body, der::tag::kSequence, info) ||
+      !der::expect(body, der::tag::kSequence, sig_alg) ||
       !der::expect(body, der::tag::kBitString, sig_bits) || !body.empty()) {
-    return fail(ErrorCode::kCsrMalformed, "CertificationRequest does not have info, algorithm and signature");
+    return fail(ErrorCode::kCsrMalformed,
+                "CertificationRequest does not have info, algorithm and signature");
   }
   Bytes fields = info.content;
   der::Tlv version, subject, spki, attributes;
   if (!der::expect(fields, der::tag::kInteger, version) || version.content.size() != 1 ||
       version.content[0] != 0 || !der::expect(fields, der::tag::kSequence, subject) ||
       !der::expect(fields, der::tag::kSequence, spki)) {
-    return fail(ErrorCode::kCsrMalformed, "CertificationRequestInfo is not version 1 with subject and key");
+    return fail(ErrorCode::kCsrMalformed,
+                "CertificationRequestInfo is not version 1 with subject and key");
   }
   CheckedCsr out;
   if (!fields.empty()) {
@@ -212,7 +222,8 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   }
   const EVP_MD* md_type = digest_for(alg_oid.content, out.key.kind);
   if (md_type == nullptr) {
-    return fail(ErrorCode::kCsrSignatureInvalid, "signature algorithm does not match the key type or is unsupported");
+    return fail(ErrorCode::kCsrSignatureInvalid,
+                "signature algorithm does not match the key type or is unsupported");
   }
   if (sig_bits.content.empty() || sig_bits.content[0] != 0) {
     return fail(ErrorCode::kCsrMalformed, "signature BIT STRING is malformed");
@@ -225,7 +236,8 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
                         ? verify_ec(out.key, parts.key_bits, md, md_len, sig)
                         : verify_generic(spki.whole, md_type, md, md_len, sig);
   if (!good) {
-    return fail(ErrorCode::kCsrSignatureInvalid, "CSR signature does not verify with its own public key");
+    return fail(ErrorCode::kCsrSignatureInvalid,
+                "CSR signature does not verify with its own public key");
   }
   // 4. Subject: exactly one CN, which must be a valid device ID.
   auto cn = single_common_name(subject.whole);

@@ -15,9 +15,9 @@ using Bytes = std::span<const std::uint8_t>;
 
 namespace tag {
 constexpr std::uint8_t kInteger = 0x02, kBitString = 0x03, kOctetString = 0x04, kNull = 0x05,
-                       kOid = 0x06, kUtf8String = 0x0C, kPrintableString = 0x13,
-                       kIa5String = 0x16, kUtcTime = 0x17, kGeneralizedTime = 0x18,
-                       kSequence = 0x30, kSet = 0x31, kContext0 = 0xA0, kContext3 = 0xA3;
+                       kOid = 0x06, kUtf8String = 0x0C, kPrintableString = 0x13, kIa5String = 0x16,
+                       kUtcTime = 0x17, kGeneralizedTime = 0x18, kSequence = 0x30, kSet = 0x31,
+                       kContext0 = 0xA0, kContext3 = 0xA3;
 }
 
 struct Tlv {

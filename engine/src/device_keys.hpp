@@ -12,8 +12,8 @@
 namespace fleetsign::engine {
 
 struct DeviceKey {
-  Der spki;    // SubjectPublicKeyInfo
-  Der pkcs8;   // PrivateKeyInfo (unencrypted; written to a 0600 file or the bundle)
+  Der spki;      // SubjectPublicKeyInfo
+  Der pkcs8;     // PrivateKeyInfo (unencrypted; written to a 0600 file or the bundle)
   ~DeviceKey();  // wipes pkcs8
 };
 

@@ -82,7 +82,8 @@ bool FixedKeyVerifier::verify(std::span<const std::uint8_t> digest,
   if (ok) {
     // Same curve and method: the point from Q's group can be added in the named group.
     EC_POINT* sum = EC_POINT_new(m_group);
-    ok = sum != nullptr && EC_POINT_copy(sum, p2) == 1 && EC_POINT_add(m_group, sum, p1, sum, bn.ctx) == 1 &&
+    ok = sum != nullptr && EC_POINT_copy(sum, p2) == 1 &&
+         EC_POINT_add(m_group, sum, p1, sum, bn.ctx) == 1 &&
          EC_POINT_is_at_infinity(m_group, sum) == 0 &&
          EC_POINT_get_affine_coordinates(m_group, sum, x, nullptr, bn.ctx) == 1 &&
          BN_nnmod(x, x, m_order, bn.ctx) == 1 && BN_cmp(x, r) == 0;

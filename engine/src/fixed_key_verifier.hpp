@@ -25,11 +25,12 @@ class FixedKeyVerifier final {
 
   // True iff `der_signature` (ECDSA-Sig-Value) is valid for `digest` under the key. Same answer
   // as ECDSA_do_verify (the test compares them over valid and corrupted signatures).
-  bool verify(std::span<const std::uint8_t> digest, std::span<const std::uint8_t> der_signature) const;
+  bool verify(std::span<const std::uint8_t> digest,
+              std::span<const std::uint8_t> der_signature) const;
 
  private:
-  EC_GROUP* m_group = nullptr;     // the named curve (its G table is built in)
-  EC_GROUP* m_q_group = nullptr;   // same curve, generator = Q, with Q's table
+  EC_GROUP* m_group = nullptr;    // the named curve (its G table is built in)
+  EC_GROUP* m_q_group = nullptr;  // same curve, generator = Q, with Q's table
   BIGNUM* m_order = nullptr;
   int m_order_bits = 0;
 };

@@ -65,18 +65,19 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
     fs::permissions(config.dir / "tokens", fs::perms::owner_all);
     write_file(config.dir / "softhsm2.conf",
                "# fleetsign's private SoftHSM2 token store (never the system one)\n"
-               "directories.tokendir = " + (config.dir / "tokens").string() + "\n"
-               "objectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+               "directories.tokendir = " +
+                   (config.dir / "tokens").string() +
+                   "\n"
+                   "objectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
                fs::perms::owner_read | fs::perms::owner_write);
   }
   use_embedded_softhsm(config);
   hsm::Token::initialize({config.module, config.token_label}, so_pin, user_pin);
 
-  std::string json = "{\n  \"module\": " + json_quote(config.module.string()) +
-                     ",\n  \"token_label\": " + json_quote(config.token_label) +
-                     ",\n  \"softhsm_conf\": " +
-                     (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") +
-                     "\n}\n";
+  std::string json =
+      "{\n  \"module\": " + json_quote(config.module.string()) +
+      ",\n  \"token_label\": " + json_quote(config.token_label) + ",\n  \"softhsm_conf\": " +
+      (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") + "\n}\n";
   if (!fs::exists(config.dir / "policy.json")) {
     write_file(config.dir / "policy.json", policy::default_policy_json(),
                fs::perms::owner_read | fs::perms::owner_write);

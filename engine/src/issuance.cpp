@@ -22,9 +22,11 @@ Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
   }
   if (!request.reissue) {
     const std::string id = checked->device_id;
-    if (!registry.devices_with_valid_cert(std::span<const std::string>(&id, 1), clock.now()).empty()) {
-      return fail(ErrorCode::kAlreadyIssued,
-                  "device '" + id + "' already holds a valid certificate (use --reissue to issue another)");
+    if (!registry.devices_with_valid_cert(std::span<const std::string>(&id, 1), clock.now())
+             .empty()) {
+      return fail(
+          ErrorCode::kAlreadyIssued,
+          "device '" + id + "' already holds a valid certificate (use --reissue to issue another)");
     }
   }
   // 2. Policy decides every extension; serial from the CSPRNG; TBS built.
@@ -53,8 +55,9 @@ Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
   // 5. Record the certificate; only then may it leave the process.
   IssuedCert issued{signed_cert->serial, signed_cert->der, signed_cert->sha1, signed_cert->sha256};
   registry.record_issued(std::span<const IssuedCert>(&issued, 1));
-  registry.audit("cert.issue", signed_cert->device_id,
-                 "{\"serial\":" + json_quote(signed_cert->serial) + ",\"ca\":" + json_quote(ca.name) + "}");
+  registry.audit(
+      "cert.issue", signed_cert->device_id,
+      "{\"serial\":" + json_quote(signed_cert->serial) + ",\"ca\":" + json_quote(ca.name) + "}");
   SingleIssueResult result;
   result.extensions_ignored = checked->extensions_ignored;
   result.clamped = issuer.clamped();

@@ -35,12 +35,13 @@ constexpr std::int64_t kBackdateSeconds = 60;  // tolerate small device clock sk
 // Extensions every device certificate gets, in order (policy decides; the CSR never does):
 //   basicConstraints critical CA:FALSE; keyUsage critical digitalSignature; EKU clientAuth.
 constexpr std::uint8_t kFixedExtensions[] = {
-    0x30, 0x0C, 0x06, 0x03, 0x55, 0x1D, 0x13, 0x01, 0x01, 0xFF, 0x04, 0x02, 0x30, 0x00,
-    0x30, 0x0E, 0x06, 0x03, 0x55, 0x1D, 0x0F, 0x01, 0x01, 0xFF, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80,
-    0x30, 0x13, 0x06, 0x03, 0x55, 0x1D, 0x25, 0x04, 0x0C, 0x30, 0x0A, 0x06, 0x08, 0x2B, 0x06, 0x01,
-    0x05, 0x05, 0x07, 0x03, 0x02};
+    0x30, 0x0C, 0x06, 0x03, 0x55, 0x1D, 0x13, 0x01, 0x01, 0xFF, 0x04, 0x02, 0x30,
+    0x00, 0x30, 0x0E, 0x06, 0x03, 0x55, 0x1D, 0x0F, 0x01, 0x01, 0xFF, 0x04, 0x04,
+    0x03, 0x02, 0x07, 0x80, 0x30, 0x13, 0x06, 0x03, 0x55, 0x1D, 0x25, 0x04, 0x0C,
+    0x30, 0x0A, 0x06, 0x08, 0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02};
 // SKI extension prefix; 20 bytes of SHA-1 follow.
-constexpr std::uint8_t kSkiPrefix[] = {0x30, 0x1D, 0x06, 0x03, 0x55, 0x1D, 0x0E, 0x04, 0x16, 0x04, 0x14};
+constexpr std::uint8_t kSkiPrefix[] = {0x30, 0x1D, 0x06, 0x03, 0x55, 0x1D,
+                                       0x0E, 0x04, 0x16, 0x04, 0x14};
 
 Der name_der(const X509_NAME* name) {
   const int len = i2d_X509_NAME(name, nullptr);
@@ -70,19 +71,24 @@ struct Issuer::Impl {
   RandomSource& random;
   int device_days;
   std::int64_t ca_not_after;
-  Der issuer_name;   // the CA certificate's subject, DER, copied into every TBS
-  Der algorithm;     // AlgorithmIdentifier DER
+  Der issuer_name;  // the CA certificate's subject, DER, copied into every TBS
+  Der algorithm;    // AlgorithmIdentifier DER
   const EVP_MD* md;
   int md_nid;
-  Der aki_ext;       // authorityKeyIdentifier extension DER
+  Der aki_ext;         // authorityKeyIdentifier extension DER
   Der subject_prefix;  // RDNs before CN (O, OU), DER
   std::string subject_line_prefix;
-  ossl::PkeyPtr ca_public;  // for verifying every signature the token makes
+  ossl::PkeyPtr ca_public;                          // for verifying every signature the token makes
   std::unique_ptr<FixedKeyVerifier> fast_verifier;  // P-256 CAs: precomputed tables for the key
   mutable std::atomic<std::uint32_t> serial_counter{0};
 
   Impl(const CaRecord& ca, const hsm::SigningKey& k, const Clock& c, RandomSource& r, int days)
-      : ca_name(ca.name), key(k), clock(c), random(r), device_days(days), ca_not_after(ca.not_after) {}
+      : ca_name(ca.name),
+        key(k),
+        clock(c),
+        random(r),
+        device_days(days),
+        ca_not_after(ca.not_after) {}
 };
 
 Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Policy& policy,
@@ -95,7 +101,8 @@ Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Pol
                      (std::uint32_t{start[2]} << 8) | start[3];
   auto cert = ossl::from_der(ca.cert_der);
   if (!cert) {
-    throw Error(ErrorCode::kCertificateMalformed, "CA '" + ca.name + "': stored certificate is malformed");
+    throw Error(ErrorCode::kCertificateMalformed,
+                "CA '" + ca.name + "': stored certificate is malformed");
   }
   m.issuer_name = name_der(X509_get_subject_name(cert.get()));
   m.ca_public.reset(X509_get_pubkey(cert.get()));
@@ -123,9 +130,9 @@ Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Pol
     throw Error(ErrorCode::kCertificateMalformed, "CA '" + ca.name + "': certificate has no SKI");
   }
   const std::size_t ski_len = static_cast<std::size_t>(ASN1_STRING_length(ski));
-  const std::size_t keyid_len = 2 + ski_len;            // [0] keyid
-  const std::size_t aki_val_len = 2 + keyid_len;        // SEQUENCE
-  const std::size_t ext_body = 5 + 2 + aki_val_len;     // OID + OCTET STRING
+  const std::size_t keyid_len = 2 + ski_len;         // [0] keyid
+  const std::size_t aki_val_len = 2 + keyid_len;     // SEQUENCE
+  const std::size_t ext_body = 5 + 2 + aki_val_len;  // OID + OCTET STRING
   der::put_header(m.aki_ext, der::tag::kSequence, ext_body);
   const std::uint8_t aki_oid[] = {0x55, 0x1D, 0x23};
   der::put_tlv(m.aki_ext, der::tag::kOid, aki_oid);
@@ -166,7 +173,8 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
     return fail(ErrorCode::kValidityBeyondIssuer, "CA '" + m.ca_name + "' has expired");
   }
   std::uint8_t serial[kSerialBytes];
-  const std::uint32_t n = (m.serial_counter.fetch_add(1, std::memory_order_relaxed) & 0x3FFFFFFFu) | 0x40000000u;
+  const std::uint32_t n =
+      (m.serial_counter.fetch_add(1, std::memory_order_relaxed) & 0x3FFFFFFFu) | 0x40000000u;
   serial[0] = static_cast<std::uint8_t>(n >> 24);
   serial[1] = static_cast<std::uint8_t>(n >> 16);
   serial[2] = static_cast<std::uint8_t>(n >> 8);
@@ -181,8 +189,8 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
     return fail(ErrorCode::kCsrMalformed, "public key is not a SubjectPublicKeyInfo");
   }
   ByteView inner = seq.content;
-  if (!der::expect(inner, der::tag::kSequence, alg) || !der::expect(inner, der::tag::kBitString, bits) ||
-      bits.content.empty()) {
+  if (!der::expect(inner, der::tag::kSequence, alg) ||
+      !der::expect(inner, der::tag::kBitString, bits) || bits.content.empty()) {
     return fail(ErrorCode::kCsrMalformed, "public key is not a SubjectPublicKeyInfo");
   }
   std::uint8_t ski[SHA_DIGEST_LENGTH];
@@ -194,7 +202,8 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
   der::put_bytes(subject_body, m.subject_prefix);
   put_rdn(subject_body, oid::kCommonName, device_id);
 
-  const std::size_t ext_len = sizeof kFixedExtensions + sizeof kSkiPrefix + sizeof ski + m.aki_ext.size();
+  const std::size_t ext_len =
+      sizeof kFixedExtensions + sizeof kSkiPrefix + sizeof ski + m.aki_ext.size();
   const std::size_t exts_len = der::header_size(ext_len) + ext_len;  // SEQUENCE OF Extension
   Der& tbs = p.m_tbs;
   tbs.reserve(64 + m.issuer_name.size() + subject_body.size() + spki.size() + exts_len + 48);
@@ -239,9 +248,10 @@ Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
     verified = m.fast_verifier->verify(ByteView(digest, digest_len), signature);
   } else {
     ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
-    verified = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-               EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
-               EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest, digest_len) == 1;
+    verified =
+        ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+        EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
+        EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest, digest_len) == 1;
   }
   if (!verified) {
     ERR_clear_error();
@@ -255,7 +265,8 @@ Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
   out.not_before = p.m_not_before;
   out.not_after = p.m_not_after;
   const std::size_t bits_len = signature.size() + 1;
-  const std::size_t body_len = p.m_tbs.size() + m.algorithm.size() + der::header_size(bits_len) + bits_len;
+  const std::size_t body_len =
+      p.m_tbs.size() + m.algorithm.size() + der::header_size(bits_len) + bits_len;
   out.der.reserve(der::header_size(body_len) + body_len);
   der::put_header(out.der, der::tag::kSequence, body_len);
   der::put_bytes(out.der, p.m_tbs);

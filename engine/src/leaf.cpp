@@ -44,7 +44,8 @@ bool parse_time(const der::Tlv& t, std::int64_t& out) {
   tm.tm_hour = digits(c, pos + 4, 2);
   tm.tm_min = digits(c, pos + 6, 2);
   tm.tm_sec = digits(c, pos + 8, 2);
-  if (c.back() != 'Z' || tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_hour < 0 || tm.tm_min < 0 || tm.tm_sec < 0) {
+  if (c.back() != 'Z' || tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_hour < 0 || tm.tm_min < 0 ||
+      tm.tm_sec < 0) {
     return false;
   }
   out = static_cast<std::int64_t>(timegm(&tm));
@@ -65,7 +66,8 @@ bool parse_extension(der::Bytes ext, LeafView& out) {
     der::Tlv seq, ca;
     if (!der::expect(value, der::tag::kSequence, seq)) return false;
     der::Bytes inner = seq.content;
-    out.is_ca = !inner.empty() && der::read(inner, ca) && ca.tag == 0x01 && ca.content.size() == 1 && ca.content[0] != 0;
+    out.is_ca = !inner.empty() && der::read(inner, ca) && ca.tag == 0x01 &&
+                ca.content.size() == 1 && ca.content[0] != 0;
   } else if (der::equal(oid.content, kKeyUsage)) {
     der::Tlv bits;
     if (!der::expect(value, der::tag::kBitString, bits) || bits.content.empty()) return false;
@@ -79,9 +81,11 @@ bool parse_extension(der::Bytes ext, LeafView& out) {
     while (!purposes.empty()) {
       der::Tlv p;
       if (!der::expect(purposes, der::tag::kOid, p)) return false;
-      if (der::equal(p.content, kClientAuth) || der::equal(p.content, kAnyEku)) out.client_auth = true;
+      if (der::equal(p.content, kClientAuth) || der::equal(p.content, kAnyEku))
+        out.client_auth = true;
     }
-  } else if (critical && !der::equal(oid.content, kSubjectKeyId) && !der::equal(oid.content, kAuthorityKeyId) &&
+  } else if (critical && !der::equal(oid.content, kSubjectKeyId) &&
+             !der::equal(oid.content, kAuthorityKeyId) &&
              !der::equal(oid.content, kSubjectAltName)) {
     out.unknown_critical = true;
   }
@@ -97,8 +101,10 @@ bool parse_leaf(der::Bytes in, LeafView& out, std::string& why) {
     return false;
   }
   der::Bytes body = cert.content;
-  if (!der::expect(body, der::tag::kSequence, tbs) || !der::expect(body, der::tag::kSequence, sig_alg) ||
-      !der::expect(body, der::tag::kBitString, sig) || !body.empty() || sig.content.empty() || sig.content[0] != 0) {
+  if (!der::expect(body, der::tag::kSequence, tbs) ||
+      !der::expect(body, der::tag::kSequence, sig_alg) ||
+      !der::expect(body, der::tag::kBitString, sig) || !body.empty() || sig.content.empty() ||
+      sig.content[0] != 0) {
     why = "certificate structure is malformed";
     return false;
   }
@@ -113,10 +119,12 @@ bool parse_leaf(der::Bytes in, LeafView& out, std::string& why) {
   out.signature = sig.content.subspan(1);
   der::Bytes f = tbs.content;
   der::Tlv version, serial, inner_alg, issuer, validity, subject, spki, nb, na;
-  if (!der::expect(f, der::tag::kContext0, version) || !der::expect(f, der::tag::kInteger, serial) ||
-      !der::expect(f, der::tag::kSequence, inner_alg) || !der::expect(f, der::tag::kSequence, issuer) ||
-      !der::expect(f, der::tag::kSequence, validity) || !der::expect(f, der::tag::kSequence, subject) ||
-      !der::expect(f, der::tag::kSequence, spki)) {
+  if (!der::expect(f, der::tag::kContext0, version) ||
+      !der::expect(f, der::tag::kInteger, serial) ||
+      !der::expect(f, der::tag::kSequence, inner_alg) ||
+      !der::expect(f, der::tag::kSequence, issuer) ||
+      !der::expect(f, der::tag::kSequence, validity) ||
+      !der::expect(f, der::tag::kSequence, subject) || !der::expect(f, der::tag::kSequence, spki)) {
     why = "TBSCertificate is not a v3 certificate with the required fields";
     return false;
   }

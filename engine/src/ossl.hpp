@@ -18,7 +18,9 @@ namespace fleetsign::engine::ossl {
 template <auto Fn>
 struct Deleter {
   template <typename T>
-  void operator()(T* p) const noexcept { Fn(p); }
+  void operator()(T* p) const noexcept {
+    Fn(p);
+  }
 };
 using X509Ptr = std::unique_ptr<X509, Deleter<X509_free>>;
 using X509NamePtr = std::unique_ptr<X509_NAME, Deleter<X509_NAME_free>>;
@@ -36,7 +38,7 @@ X509NamePtr parse_subject(std::string_view dn);
 std::string subject_line(const X509_NAME* name);
 
 Der to_der(const X509* cert);
-X509Ptr from_der(ByteView der);  // nullptr when malformed
+X509Ptr from_der(ByteView der);               // nullptr when malformed
 PkeyPtr public_key_from_spki(ByteView spki);  // nullptr when malformed
 std::string serial_hex(const X509* cert);
 std::int64_t to_unix(const ASN1_TIME* t);

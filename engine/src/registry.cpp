@@ -8,6 +8,7 @@
 #include <Poco/Data/LOB.h>
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/SQLite/SQLiteException.h>
+#include <Poco/Data/SQLite/Utility.h>
 #include <Poco/Data/Session.h>
 #include <Poco/Data/Statement.h>
 
@@ -21,8 +22,6 @@
 #include <utility>
 
 #include "fleetsign/error.hpp"
-#include <Poco/Data/SQLite/Utility.h>
-
 #include "registry_impl.hpp"
 
 namespace fleetsign::engine {
@@ -140,7 +139,6 @@ const std::string kSelectBatches = std::string("SELECT ") + kBatchColumns + " FR
 constexpr std::array<std::string_view, 4> kStateNames = {"intent", "issued", "abandoned",
                                                          "revoked"};
 
-
 CertState parse_state(const std::string& name) {
   const auto it = std::find(kStateNames.begin(), kStateNames.end(), name);
   if (it != kStateNames.end()) {
@@ -239,8 +237,9 @@ int Registry::Impl::step(sqlite3_stmt* st, const std::string& what) {
   }
   const int primary = rc & 0xFF;
   const ErrorCode code = primary == SQLITE_CONSTRAINT ? ErrorCode::kAlreadyExists
-                         : primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? ErrorCode::kRegistryBusy
-                                                                             : ErrorCode::kRegistryError;
+                         : primary == SQLITE_BUSY || primary == SQLITE_LOCKED
+                             ? ErrorCode::kRegistryBusy
+                             : ErrorCode::kRegistryError;
   throw Error(code, what + ": " + message);
 }
 
@@ -248,7 +247,6 @@ std::string_view cert_state_name(CertState state) noexcept {
   const auto index = static_cast<std::size_t>(state);
   return index < kStateNames.size() ? kStateNames[index] : "unknown";
 }
-
 
 std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file) {
   static std::once_flag registered;
@@ -355,7 +353,8 @@ void Registry::record_intents(std::span<const CertIntent> intents) {
         bind_text(st, 6, i.subject);
         sqlite3_bind_int64(st, 7, i.not_before);
         sqlite3_bind_int64(st, 8, i.not_after);
-        sqlite3_bind_blob(st, 9, i.tbs_der.data(), static_cast<int>(i.tbs_der.size()), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 9, i.tbs_der.data(), static_cast<int>(i.tbs_der.size()),
+                          SQLITE_STATIC);
         bind_text(st, 10, i.lineage.lot);
         bind_text(st, 11, i.lineage.line);
         bind_text(st, 12, i.lineage.site);
@@ -510,7 +509,8 @@ std::vector<CertRecord> Registry::batch_issued_after(const std::string& batch_id
 std::vector<std::string> Registry::batch_device_ids(const std::string& batch_id) {
   return m_impl->guarded("reading device IDs of batch '" + batch_id + "'", [&] {
     std::vector<std::string> ids;
-    m_impl->m_session << "SELECT device_id FROM certificates WHERE batch_id = ? AND state = 'issued'",
+    m_impl->m_session
+        << "SELECT device_id FROM certificates WHERE batch_id = ? AND state = 'issued'",
         kw::into(ids), kw::bind(batch_id), kw::now;
     return ids;
   });

@@ -1,7 +1,7 @@
 // Registry: enrollment groups, individual enrollments and devices (schema version 2).
-#include <algorithm>
-
 #include <Poco/Data/SQLite/Utility.h>
+
+#include <algorithm>
 
 #include "registry_impl.hpp"
 
@@ -17,11 +17,14 @@ std::string_view slot_name(Slot slot) noexcept {
 
 namespace {
 
-const std::string kGroupColumns = "name, enabled, COALESCE(primary_ca, ''), COALESCE(secondary_ca, ''), created_at, updated_at";
+const std::string kGroupColumns =
+    "name, enabled, COALESCE(primary_ca, ''), COALESCE(secondary_ca, ''), created_at, updated_at";
 const std::string kIndividualColumns =
-    "registration_id, enabled, primary_cert, primary_sha256, secondary_cert, secondary_sha256, created_at, updated_at";
+    "registration_id, enabled, primary_cert, primary_sha256, secondary_cert, secondary_sha256, "
+    "created_at, updated_at";
 const std::string kDeviceColumns =
-    "registration_id, primary_serial, primary_not_after, secondary_serial, secondary_not_after, ca_name, lot, "
+    "registration_id, primary_serial, primary_not_after, secondary_serial, secondary_not_after, "
+    "ca_name, lot, "
     "status, created_at, updated_at";
 
 struct GroupRow {
@@ -42,8 +45,9 @@ struct IndividualRow {
   std::int64_t enabled = 1;
   BLOB primary, secondary;
   void bind_into(Statement& st) {
-    st, kw::into(rec.registration_id), kw::into(enabled), kw::into(primary), kw::into(rec.primary_sha256),
-        kw::into(secondary), kw::into(rec.secondary_sha256), kw::into(rec.created_at), kw::into(rec.updated_at);
+    st, kw::into(rec.registration_id), kw::into(enabled), kw::into(primary),
+        kw::into(rec.primary_sha256), kw::into(secondary), kw::into(rec.secondary_sha256),
+        kw::into(rec.created_at), kw::into(rec.updated_at);
   }
   IndividualEnrollment take() {
     rec.enabled = enabled != 0;
@@ -56,15 +60,17 @@ struct IndividualRow {
 struct DeviceRow {
   DeviceRecord rec;
   void bind_into(Statement& st) {
-    st, kw::into(rec.registration_id), kw::into(rec.primary_serial), kw::into(rec.primary_not_after),
-        kw::into(rec.secondary_serial), kw::into(rec.secondary_not_after), kw::into(rec.ca_name),
-        kw::into(rec.lot), kw::into(rec.status), kw::into(rec.created_at), kw::into(rec.updated_at);
+    st, kw::into(rec.registration_id), kw::into(rec.primary_serial),
+        kw::into(rec.primary_not_after), kw::into(rec.secondary_serial),
+        kw::into(rec.secondary_not_after), kw::into(rec.ca_name), kw::into(rec.lot),
+        kw::into(rec.status), kw::into(rec.created_at), kw::into(rec.updated_at);
   }
   DeviceRecord take() { return rec; }
 };
 
 // "WHERE …" for a device filter, with its parameters in order.
-std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params, const std::string& prefix) {
+std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params,
+                         const std::string& prefix) {
   std::string sql;
   if (!f.ca_names.empty()) {
     sql += prefix + "ca_name IN (";
@@ -87,56 +93,68 @@ void bind_all(Statement& st, const std::vector<std::string>& params) {
   }
 }
 
-void audit_row(Session& session, const std::string& action, const std::string& subject, const std::string& detail) {
+void audit_row(Session& session, const std::string& action, const std::string& subject,
+               const std::string& detail) {
   const std::int64_t at = stamp(0);
   const std::string who = actor();
-  session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)", kw::bind(at),
-      kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
+  session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+      kw::bind(at), kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
 }
 
 std::string group_detail(const EnrollmentGroup& g) {
-  return std::string("{\"enabled\":") + (g.enabled ? "true" : "false") + ",\"primary_ca\":\"" + g.primary_ca +
-         "\",\"secondary_ca\":\"" + g.secondary_ca + "\"}";
+  return std::string("{\"enabled\":") + (g.enabled ? "true" : "false") + ",\"primary_ca\":\"" +
+         g.primary_ca + "\",\"secondary_ca\":\"" + g.secondary_ca + "\"}";
 }
 
 }  // namespace
 
 void Registry::save_group(const EnrollmentGroup& g, const std::string& action, bool create) {
-  m_impl->write((create ? "creating" : "updating") + std::string(" enrollment group '") + g.name + "'", [&] {
-    const std::int64_t now = stamp(0);
-    const std::int64_t enabled = g.enabled ? 1 : 0;
-    // NULL, not '', for a free slot: the columns reference cas(name).
-    const std::optional<std::string> primary = g.primary_ca.empty() ? std::nullopt : std::optional(g.primary_ca);
-    const std::optional<std::string> secondary = g.secondary_ca.empty() ? std::nullopt : std::optional(g.secondary_ca);
-    Poco::Nullable<std::string> p = primary ? Poco::Nullable<std::string>(*primary) : Poco::Nullable<std::string>();
-    Poco::Nullable<std::string> sec = secondary ? Poco::Nullable<std::string>(*secondary) : Poco::Nullable<std::string>();
-    if (create) {
-      m_impl->m_session << "INSERT INTO enrollment_groups (name, enabled, primary_ca, secondary_ca, created_at, "
-                           "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-          kw::bind(g.name), kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(now), kw::now;
-    } else {
-      Statement st = (m_impl->m_session << "UPDATE enrollment_groups SET enabled = ?, primary_ca = ?, "
-                                           "secondary_ca = ?, updated_at = ? WHERE name = ?",
-                      kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(g.name));
-      Impl::expect_row(st, "enrollment group '" + g.name + "'");
-    }
-    audit_row(m_impl->m_session, action, g.name, group_detail(g));
-  });
+  m_impl->write(
+      (create ? "creating" : "updating") + std::string(" enrollment group '") + g.name + "'", [&] {
+        const std::int64_t now = stamp(0);
+        const std::int64_t enabled = g.enabled ? 1 : 0;
+        // NULL, not '', for a free slot: the columns reference cas(name).
+        const std::optional<std::string> primary =
+            g.primary_ca.empty() ? std::nullopt : std::optional(g.primary_ca);
+        const std::optional<std::string> secondary =
+            g.secondary_ca.empty() ? std::nullopt : std::optional(g.secondary_ca);
+        Poco::Nullable<std::string> p =
+            primary ? Poco::Nullable<std::string>(*primary) : Poco::Nullable<std::string>();
+        Poco::Nullable<std::string> sec =
+            secondary ? Poco::Nullable<std::string>(*secondary) : Poco::Nullable<std::string>();
+        if (create) {
+          m_impl->m_session << "INSERT INTO enrollment_groups (name, enabled, primary_ca, "
+                               "secondary_ca, created_at, "
+                               "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+              kw::bind(g.name), kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now),
+              kw::bind(now), kw::now;
+        } else {
+          Statement st =
+              (m_impl->m_session << "UPDATE enrollment_groups SET enabled = ?, primary_ca = ?, "
+                                    "secondary_ca = ?, updated_at = ? WHERE name = ?",
+               kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(g.name));
+          Impl::expect_row(st, "enrollment group '" + g.name + "'");
+        }
+        audit_row(m_impl->m_session, action, g.name, group_detail(g));
+      });
 }
 
 std::optional<EnrollmentGroup> Registry::find_group(const std::string& name) {
   return m_impl->guarded("reading enrollment group '" + name + "'", [&] {
-    return m_impl->select_one<GroupRow>("SELECT " + kGroupColumns + " FROM enrollment_groups WHERE name = ?", name);
+    return m_impl->select_one<GroupRow>(
+        "SELECT " + kGroupColumns + " FROM enrollment_groups WHERE name = ?", name);
   });
 }
 
 std::vector<EnrollmentGroup> Registry::list_groups() {
   return m_impl->guarded("listing enrollment groups", [&] {
-    return m_impl->select<GroupRow>("SELECT " + kGroupColumns + " FROM enrollment_groups ORDER BY name");
+    return m_impl->select<GroupRow>("SELECT " + kGroupColumns +
+                                    " FROM enrollment_groups ORDER BY name");
   });
 }
 
-void Registry::save_individual(const IndividualEnrollment& ie, const std::string& action, bool create) {
+void Registry::save_individual(const IndividualEnrollment& ie, const std::string& action,
+                               bool create) {
   m_impl->write((create ? "creating" : "updating") + std::string(" individual enrollment '") +
                     ie.registration_id + "'",
                 [&] {
@@ -144,32 +162,34 @@ void Registry::save_individual(const IndividualEnrollment& ie, const std::string
                   const std::int64_t enabled = ie.enabled ? 1 : 0;
                   BLOB primary(ie.primary_cert), secondary(ie.secondary_cert);
                   if (create) {
-                    m_impl->m_session << "INSERT INTO individual_enrollments (" << kIndividualColumns
-                                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    m_impl->m_session << "INSERT INTO individual_enrollments ("
+                                      << kIndividualColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         kw::bind(ie.registration_id), kw::bind(enabled), kw::bind(primary),
-                        kw::bind(ie.primary_sha256), kw::bind(secondary), kw::bind(ie.secondary_sha256),
-                        kw::bind(now), kw::bind(now), kw::now;
+                        kw::bind(ie.primary_sha256), kw::bind(secondary),
+                        kw::bind(ie.secondary_sha256), kw::bind(now), kw::bind(now), kw::now;
                   } else {
-                    Statement st = (m_impl->m_session
-                                        << "UPDATE individual_enrollments SET enabled = ?, primary_cert = ?, "
-                                           "primary_sha256 = ?, secondary_cert = ?, secondary_sha256 = ?, "
-                                           "updated_at = ? WHERE registration_id = ?",
-                                    kw::bind(enabled), kw::bind(primary), kw::bind(ie.primary_sha256),
-                                    kw::bind(secondary), kw::bind(ie.secondary_sha256), kw::bind(now),
-                                    kw::bind(ie.registration_id));
+                    Statement st =
+                        (m_impl->m_session
+                             << "UPDATE individual_enrollments SET enabled = ?, primary_cert = ?, "
+                                "primary_sha256 = ?, secondary_cert = ?, secondary_sha256 = ?, "
+                                "updated_at = ? WHERE registration_id = ?",
+                         kw::bind(enabled), kw::bind(primary), kw::bind(ie.primary_sha256),
+                         kw::bind(secondary), kw::bind(ie.secondary_sha256), kw::bind(now),
+                         kw::bind(ie.registration_id));
                     Impl::expect_row(st, "individual enrollment '" + ie.registration_id + "'");
                   }
                   audit_row(m_impl->m_session, action, ie.registration_id,
                             std::string("{\"enabled\":") + (ie.enabled ? "true" : "false") +
-                                ",\"primary_sha256\":\"" + ie.primary_sha256 + "\",\"secondary_sha256\":\"" +
-                                ie.secondary_sha256 + "\"}");
+                                ",\"primary_sha256\":\"" + ie.primary_sha256 +
+                                "\",\"secondary_sha256\":\"" + ie.secondary_sha256 + "\"}");
                 });
 }
 
 std::optional<IndividualEnrollment> Registry::find_individual(const std::string& id) {
   return m_impl->guarded("reading individual enrollment '" + id + "'", [&] {
     return m_impl->select_one<IndividualRow>(
-        "SELECT " + kIndividualColumns + " FROM individual_enrollments WHERE registration_id = ?", id);
+        "SELECT " + kIndividualColumns + " FROM individual_enrollments WHERE registration_id = ?",
+        id);
   });
 }
 
@@ -182,7 +202,8 @@ std::vector<IndividualEnrollment> Registry::list_individuals() {
 
 std::optional<DeviceRecord> Registry::find_device(const std::string& id) {
   return m_impl->guarded("reading device '" + id + "'", [&] {
-    return m_impl->select_one<DeviceRow>("SELECT " + kDeviceColumns + " FROM devices WHERE registration_id = ?", id);
+    return m_impl->select_one<DeviceRow>(
+        "SELECT " + kDeviceColumns + " FROM devices WHERE registration_id = ?", id);
   });
 }
 
@@ -206,14 +227,17 @@ struct StmtReset {
 
 std::optional<IndividualEnrollment> Registry::find_individual_slots(const std::string& id) {
   sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
-  sqlite3_stmt* st = m_impl->m_individual_slots.get(
-      db, "SELECT enabled, primary_sha256, secondary_sha256 FROM individual_enrollments WHERE registration_id = ?");
+  sqlite3_stmt* st =
+      m_impl->m_individual_slots.get(db,
+                                     "SELECT enabled, primary_sha256, secondary_sha256 FROM "
+                                     "individual_enrollments WHERE registration_id = ?");
   StmtReset reset{st};
   sqlite3_bind_text(st, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
   const int rc = sqlite3_step(st);
   if (rc == SQLITE_DONE) return std::nullopt;
   if (rc != SQLITE_ROW) {
-    throw Error(ErrorCode::kRegistryError, "reading individual enrollment '" + id + "': " + sqlite3_errmsg(db));
+    throw Error(ErrorCode::kRegistryError,
+                "reading individual enrollment '" + id + "': " + sqlite3_errmsg(db));
   }
   IndividualEnrollment ie;
   ie.registration_id = id;
@@ -225,13 +249,15 @@ std::optional<IndividualEnrollment> Registry::find_individual_slots(const std::s
 
 std::optional<CertState> Registry::cert_state(const std::string& serial) {
   sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
-  sqlite3_stmt* st = m_impl->m_cert_state.get(db, "SELECT state FROM certificates WHERE serial = ?");
+  sqlite3_stmt* st =
+      m_impl->m_cert_state.get(db, "SELECT state FROM certificates WHERE serial = ?");
   StmtReset reset{st};
   sqlite3_bind_text(st, 1, serial.data(), static_cast<int>(serial.size()), SQLITE_STATIC);
   const int rc = sqlite3_step(st);
   if (rc == SQLITE_DONE) return std::nullopt;
   if (rc != SQLITE_ROW) {
-    throw Error(ErrorCode::kRegistryError, "reading certificate 0x" + serial + ": " + sqlite3_errmsg(db));
+    throw Error(ErrorCode::kRegistryError,
+                "reading certificate 0x" + serial + ": " + sqlite3_errmsg(db));
   }
   const std::string state = column_text(st, 0);
   if (state == "issued") return CertState::kIssued;
@@ -243,8 +269,8 @@ std::optional<CertState> Registry::cert_state(const std::string& serial) {
 std::vector<DeviceRecord> Registry::list_devices(const DeviceFilter& filter) {
   return m_impl->guarded("listing devices", [&] {
     std::vector<std::string> params;
-    std::string sql = "SELECT " + kDeviceColumns + " FROM devices" + where_clause(filter, params, " WHERE ") +
-                      " ORDER BY registration_id";
+    std::string sql = "SELECT " + kDeviceColumns + " FROM devices" +
+                      where_clause(filter, params, " WHERE ") + " ORDER BY registration_id";
     if (filter.limit > 0) sql += " LIMIT " + std::to_string(filter.limit);
     // Bulk extraction: one execute for the whole result, not one per row.
     std::vector<std::string> id, ps, ss, ca, lot, status;
@@ -256,8 +282,9 @@ std::vector<DeviceRecord> Registry::list_devices(const DeviceFilter& filter) {
     st.execute();
     std::vector<DeviceRecord> out(id.size());
     for (std::size_t i = 0; i < id.size(); ++i) {
-      out[i] = DeviceRecord{std::move(id[i]), std::move(ps[i]), std::move(ss[i]), pna[i], sna[i],
-                            std::move(ca[i]), std::move(lot[i]), std::move(status[i]), created[i], updated[i]};
+      out[i] = DeviceRecord{
+          std::move(id[i]), std::move(ps[i]),  std::move(ss[i]),     pna[i],     sna[i],
+          std::move(ca[i]), std::move(lot[i]), std::move(status[i]), created[i], updated[i]};
     }
     return out;
   });
@@ -271,7 +298,8 @@ std::int64_t Registry::count_devices() {
   });
 }
 
-std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until, const DeviceFilter& filter) {
+std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
+                                                          const DeviceFilter& filter) {
   return m_impl->guarded("scanning expiring device certificates", [&] {
     std::vector<ExpiringCert> out;
     for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
@@ -284,16 +312,19 @@ std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until, co
       std::vector<std::string> id, serial, ca, lot;
       std::vector<std::int64_t> na;
       Statement st(m_impl->m_session);
-      st << sql, kw::into(id), kw::into(serial), kw::into(ca), kw::into(lot), kw::into(na), kw::bind(until);
+      st << sql, kw::into(id), kw::into(serial), kw::into(ca), kw::into(lot), kw::into(na),
+          kw::bind(until);
       bind_all(st, params);
       st.execute();
       out.reserve(out.size() + id.size());
       for (std::size_t i = 0; i < id.size(); ++i) {
-        out.push_back(ExpiringCert{std::move(id[i]), std::move(serial[i]), std::move(ca[i]), std::move(lot[i]), slot, na[i]});
+        out.push_back(ExpiringCert{std::move(id[i]), std::move(serial[i]), std::move(ca[i]),
+                                   std::move(lot[i]), slot, na[i]});
       }
     }
     std::sort(out.begin(), out.end(), [](const ExpiringCert& a, const ExpiringCert& b) {
-      return a.not_after != b.not_after ? a.not_after < b.not_after : a.registration_id < b.registration_id;
+      return a.not_after != b.not_after ? a.not_after < b.not_after
+                                        : a.registration_id < b.registration_id;
     });
     return out;
   });
@@ -304,8 +335,8 @@ std::vector<std::pair<std::string, std::int64_t>> Registry::latest_leaf_expiry_b
     std::vector<std::string> ca;
     std::vector<std::int64_t> latest;
     // devices_ca (ca_name, primary_not_after) answers this without a table scan.
-    m_impl->m_session << "SELECT ca_name, MAX(primary_not_after) FROM devices GROUP BY ca_name", kw::into(ca),
-        kw::into(latest), kw::now;
+    m_impl->m_session << "SELECT ca_name, MAX(primary_not_after) FROM devices GROUP BY ca_name",
+        kw::into(ca), kw::into(latest), kw::now;
     std::vector<std::pair<std::string, std::int64_t>> out;
     for (std::size_t i = 0; i < ca.size(); ++i) out.emplace_back(ca[i], latest[i]);
     return out;

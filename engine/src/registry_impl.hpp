@@ -12,8 +12,8 @@
 #include <ctime>
 #include <optional>
 #include <span>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -52,7 +52,6 @@ inline Error translate(const std::string& what, const Poco::Exception& e) {
   return Error(code, what + ": " + (e.message().empty() ? e.displayText() : e.message()));
 }
 
-
 inline std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
   return {blob.content().begin(), blob.content().end()};
 }
@@ -68,7 +67,8 @@ class PreparedQuery {
   ~PreparedQuery() { sqlite3_finalize(m_stmt); }
   sqlite3_stmt* get(sqlite3* db, const char* sql) {
     if (m_stmt == nullptr && sqlite3_prepare_v2(db, sql, -1, &m_stmt, nullptr) != SQLITE_OK) {
-      throw Error(ErrorCode::kRegistryError, std::string("preparing '") + sql + "': " + sqlite3_errmsg(db));
+      throw Error(ErrorCode::kRegistryError,
+                  std::string("preparing '") + sql + "': " + sqlite3_errmsg(db));
     }
     return m_stmt;
   }

@@ -107,8 +107,8 @@ bool decode_base64(std::string_view text, Der& out) {
 }
 
 // Splits PEM text into blocks with the given labels; each with the line it starts on.
-std::vector<CsrBlob> pem_blocks(std::string_view text, std::initializer_list<std::string_view> labels,
-                                bool* any_marker) {
+std::vector<CsrBlob> pem_blocks(std::string_view text,
+                                std::initializer_list<std::string_view> labels, bool* any_marker) {
   std::vector<CsrBlob> blocks;
   int line_no = 1;
   std::size_t pos = 0;
@@ -138,8 +138,8 @@ std::vector<CsrBlob> pem_blocks(std::string_view text, std::initializer_list<std
         block.problem = "PEM block starting on line " + std::to_string(block.line) +
                         " ends with a mismatched END line";
       } else if (!decode_base64(body, block.der)) {
-        block.problem = "PEM block starting on line " + std::to_string(block.line) +
-                        " is not valid base64";
+        block.problem =
+            "PEM block starting on line " + std::to_string(block.line) + " is not valid base64";
       }
       blocks.push_back(std::move(block));
     } else if (inside) {

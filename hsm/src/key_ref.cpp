@@ -91,9 +91,9 @@ KeyRef KeyRef::parse_uri(std::string_view uri) {
     } else if (name == "object") {
       ref.label = value;
     } else if (name != "type") {
-      throw Error(ErrorCode::kInvalidArgument, "key URI '" + std::string(uri) +
-                                                   "': unsupported attribute '" +
-                                                   std::string(name) + "'");
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "key URI '" + std::string(uri) + "': unsupported attribute '" + std::string(name) + "'");
     }
   }
   if (ref.id.empty()) {

@@ -10,31 +10,56 @@ namespace fleetsign::hsm::raw {
 
 std::string ckr_name(CK_RV rv) {
   switch (rv) {
-    case CKR_OK: return "CKR_OK";
-    case CKR_GENERAL_ERROR: return "CKR_GENERAL_ERROR";
-    case CKR_FUNCTION_FAILED: return "CKR_FUNCTION_FAILED";
-    case CKR_ARGUMENTS_BAD: return "CKR_ARGUMENTS_BAD";
-    case CKR_ATTRIBUTE_SENSITIVE: return "CKR_ATTRIBUTE_SENSITIVE";
-    case CKR_ATTRIBUTE_TYPE_INVALID: return "CKR_ATTRIBUTE_TYPE_INVALID";
-    case CKR_ATTRIBUTE_VALUE_INVALID: return "CKR_ATTRIBUTE_VALUE_INVALID";
-    case CKR_DEVICE_ERROR: return "CKR_DEVICE_ERROR";
-    case CKR_DEVICE_REMOVED: return "CKR_DEVICE_REMOVED";
-    case CKR_MECHANISM_INVALID: return "CKR_MECHANISM_INVALID";
-    case CKR_OBJECT_HANDLE_INVALID: return "CKR_OBJECT_HANDLE_INVALID";
-    case CKR_PIN_INCORRECT: return "CKR_PIN_INCORRECT";
-    case CKR_PIN_INVALID: return "CKR_PIN_INVALID";
-    case CKR_PIN_LEN_RANGE: return "CKR_PIN_LEN_RANGE";
-    case CKR_PIN_LOCKED: return "CKR_PIN_LOCKED";
-    case CKR_SESSION_HANDLE_INVALID: return "CKR_SESSION_HANDLE_INVALID";
-    case CKR_SLOT_ID_INVALID: return "CKR_SLOT_ID_INVALID";
-    case CKR_TEMPLATE_INCOMPLETE: return "CKR_TEMPLATE_INCOMPLETE";
-    case CKR_TEMPLATE_INCONSISTENT: return "CKR_TEMPLATE_INCONSISTENT";
-    case CKR_TOKEN_NOT_PRESENT: return "CKR_TOKEN_NOT_PRESENT";
-    case CKR_TOKEN_WRITE_PROTECTED: return "CKR_TOKEN_WRITE_PROTECTED";
-    case CKR_USER_NOT_LOGGED_IN: return "CKR_USER_NOT_LOGGED_IN";
-    case CKR_USER_ALREADY_LOGGED_IN: return "CKR_USER_ALREADY_LOGGED_IN";
-    case CKR_CRYPTOKI_NOT_INITIALIZED: return "CKR_CRYPTOKI_NOT_INITIALIZED";
-    case CKR_CRYPTOKI_ALREADY_INITIALIZED: return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
+    case CKR_OK:
+      return "CKR_OK";
+    case CKR_GENERAL_ERROR:
+      return "CKR_GENERAL_ERROR";
+    case CKR_FUNCTION_FAILED:
+      return "CKR_FUNCTION_FAILED";
+    case CKR_ARGUMENTS_BAD:
+      return "CKR_ARGUMENTS_BAD";
+    case CKR_ATTRIBUTE_SENSITIVE:
+      return "CKR_ATTRIBUTE_SENSITIVE";
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+      return "CKR_ATTRIBUTE_TYPE_INVALID";
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+      return "CKR_ATTRIBUTE_VALUE_INVALID";
+    case CKR_DEVICE_ERROR:
+      return "CKR_DEVICE_ERROR";
+    case CKR_DEVICE_REMOVED:
+      return "CKR_DEVICE_REMOVED";
+    case CKR_MECHANISM_INVALID:
+      return "CKR_MECHANISM_INVALID";
+    case CKR_OBJECT_HANDLE_INVALID:
+      return "CKR_OBJECT_HANDLE_INVALID";
+    case CKR_PIN_INCORRECT:
+      return "CKR_PIN_INCORRECT";
+    case CKR_PIN_INVALID:
+      return "CKR_PIN_INVALID";
+    case CKR_PIN_LEN_RANGE:
+      return "CKR_PIN_LEN_RANGE";
+    case CKR_PIN_LOCKED:
+      return "CKR_PIN_LOCKED";
+    case CKR_SESSION_HANDLE_INVALID:
+      return "CKR_SESSION_HANDLE_INVALID";
+    case CKR_SLOT_ID_INVALID:
+      return "CKR_SLOT_ID_INVALID";
+    case CKR_TEMPLATE_INCOMPLETE:
+      return "CKR_TEMPLATE_INCOMPLETE";
+    case CKR_TEMPLATE_INCONSISTENT:
+      return "CKR_TEMPLATE_INCONSISTENT";
+    case CKR_TOKEN_NOT_PRESENT:
+      return "CKR_TOKEN_NOT_PRESENT";
+    case CKR_TOKEN_WRITE_PROTECTED:
+      return "CKR_TOKEN_WRITE_PROTECTED";
+    case CKR_USER_NOT_LOGGED_IN:
+      return "CKR_USER_NOT_LOGGED_IN";
+    case CKR_USER_ALREADY_LOGGED_IN:
+      return "CKR_USER_ALREADY_LOGGED_IN";
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+      return "CKR_CRYPTOKI_NOT_INITIALIZED";
+    case CKR_CRYPTOKI_ALREADY_INITIALIZED:
+      return "CKR_CRYPTOKI_ALREADY_INITIALIZED";
     default: {
       char buf[32];
       std::snprintf(buf, sizeof buf, "CKR 0x%lx", static_cast<unsigned long>(rv));
@@ -51,8 +76,8 @@ CK_FUNCTION_LIST_PTR function_list(void* handle, const std::filesystem::path& pa
   CK_FUNCTION_LIST_PTR f = nullptr;
   if (get == nullptr || get(&f) != CKR_OK || f == nullptr) {
     dlclose(handle);
-    throw Error(ErrorCode::kModuleNotFound,
-                "PKCS#11 module " + path.string() + ": no C_GetFunctionList (not a PKCS#11 module)");
+    throw Error(ErrorCode::kModuleNotFound, "PKCS#11 module " + path.string() +
+                                                ": no C_GetFunctionList (not a PKCS#11 module)");
   }
   return f;
 }
@@ -107,8 +132,8 @@ Module::~Module() {
 }
 
 Session::Session(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID slot) : m_f(f) {
-  const CK_RV rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr,
-                                    &m_h);
+  const CK_RV rv =
+      f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &m_h);
   if (rv != CKR_OK) {
     throw Error(ErrorCode::kTokenError, "C_OpenSession failed: " + ckr_name(rv));
   }

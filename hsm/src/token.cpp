@@ -61,7 +61,7 @@ std::vector<std::uint8_t> unwrap_ec_point(const std::vector<std::uint8_t>& attr)
 
 // Reads the token's public key object for `id` and returns its SubjectPublicKeyInfo DER and type.
 std::pair<std::vector<std::uint8_t>, KeyType> read_public_key(const raw::Session& s,
-                                                             const KeyRef& ref) {
+                                                              const KeyRef& ref) {
   const CK_OBJECT_HANDLE pub = s.find(CKO_PUBLIC_KEY, ref.id);
   if (pub == CK_INVALID_HANDLE) {
     throw Error(ErrorCode::kKeyNotFound, "key " + ref.uri() + ": no public key object");
@@ -118,11 +118,16 @@ std::pair<std::vector<std::uint8_t>, KeyType> read_public_key(const raw::Session
 
 std::string_view key_type_name(KeyType type) noexcept {
   switch (type) {
-    case KeyType::kEcP256: return "ec-p256";
-    case KeyType::kEcP384: return "ec-p384";
-    case KeyType::kRsa2048: return "rsa-2048";
-    case KeyType::kRsa3072: return "rsa-3072";
-    case KeyType::kRsa4096: return "rsa-4096";
+    case KeyType::kEcP256:
+      return "ec-p256";
+    case KeyType::kEcP384:
+      return "ec-p384";
+    case KeyType::kRsa2048:
+      return "rsa-2048";
+    case KeyType::kRsa3072:
+      return "rsa-3072";
+    case KeyType::kRsa4096:
+      return "rsa-4096";
   }
   return "unknown";
 }
@@ -307,8 +312,8 @@ std::unique_ptr<Token> Token::open(const TokenConfig& config, const Pin& user_pi
   }
   impl.loaded = true;
   if (PKCS11_enumerate_slots(impl.ctx, &impl.slots, &impl.nslots) != 0) {
-    throw Error(ErrorCode::kTokenError, "PKCS#11 module " + module + ": cannot list slots: " +
-                                            raw::ckr_name(last_ckr()));
+    throw Error(ErrorCode::kTokenError,
+                "PKCS#11 module " + module + ": cannot list slots: " + raw::ckr_name(last_ckr()));
   }
   std::string seen;
   for (unsigned int i = 0; i < impl.nslots; ++i) {
@@ -336,9 +341,9 @@ std::unique_ptr<Token> Token::open(const TokenConfig& config, const Pin& user_pi
       throw Error(ErrorCode::kPinLocked, "token '" + config.token_label + "': user PIN is locked");
     }
     if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE) {
-      throw Error(ErrorCode::kPinIncorrect,
-                  "token '" + config.token_label + "': login refused: wrong user PIN (" +
-                      raw::ckr_name(rv) + ")");
+      throw Error(ErrorCode::kPinIncorrect, "token '" + config.token_label +
+                                                "': login refused: wrong user PIN (" +
+                                                raw::ckr_name(rv) + ")");
     }
     throw Error(ErrorCode::kTokenError,
                 "token '" + config.token_label + "': login failed: " + raw::ckr_name(rv));
@@ -380,8 +385,10 @@ void Token::initialize(const TokenConfig& config, const Pin& so_pin, const Pin& 
   }
   unsigned char label[32];
   std::memset(label, ' ', sizeof label);
-  std::memcpy(label, config.token_label.data(), std::min<std::size_t>(32, config.token_label.size()));
-  CK_RV rv = f->C_InitToken(free_slot, reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(so_pin.c_str())),
+  std::memcpy(label, config.token_label.data(),
+              std::min<std::size_t>(32, config.token_label.size()));
+  CK_RV rv = f->C_InitToken(free_slot,
+                            reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(so_pin.c_str())),
                             so_pin.size(), label);
   if (rv != CKR_OK) {
     throw Error(ErrorCode::kTokenError,
@@ -394,16 +401,18 @@ void Token::initialize(const TokenConfig& config, const Pin& so_pin, const Pin& 
       continue;
     }
     raw::Session s(f, id);
-    rv = f->C_Login(s.h(), CKU_SO, reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(so_pin.c_str())),
+    rv = f->C_Login(s.h(), CKU_SO,
+                    reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(so_pin.c_str())),
                     so_pin.size());
     if (rv == CKR_OK) {
-      rv = f->C_InitPIN(s.h(), reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(user_pin.c_str())),
+      rv = f->C_InitPIN(s.h(),
+                        reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(user_pin.c_str())),
                         user_pin.size());
       f->C_Logout(s.h());
     }
     if (rv != CKR_OK) {
-      throw Error(ErrorCode::kTokenError,
-                  "setting the user PIN of token '" + config.token_label + "': " + raw::ckr_name(rv));
+      throw Error(ErrorCode::kTokenError, "setting the user PIN of token '" + config.token_label +
+                                              "': " + raw::ckr_name(rv));
     }
     return;
   }
@@ -455,8 +464,8 @@ KeyRef Token::generate_key(KeyType type, const std::string& label) {
   const CK_RV rv = m_impl->module->f()->C_GenerateKeyPair(
       s.h(), &mech, pub.data(), pub.size(), priv, sizeof priv / sizeof priv[0], &pub_h, &priv_h);
   if (rv != CKR_OK) {
-    const ErrorCode code = rv == CKR_MECHANISM_INVALID ? ErrorCode::kMechanismUnsupported
-                                                       : ErrorCode::kTokenError;
+    const ErrorCode code =
+        rv == CKR_MECHANISM_INVALID ? ErrorCode::kMechanismUnsupported : ErrorCode::kTokenError;
     throw Error(code, "generating a " + std::string(key_type_name(type)) + " key '" + label +
                           "' in token '" + m_config.token_label + "': " + raw::ckr_name(rv));
   }
@@ -519,7 +528,8 @@ std::unique_ptr<SigningKey::Fast> Token::make_fast(const KeyRef& ref) {
   CK_RV rv = fast->f->C_OpenSession(fast->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr,
                                     nullptr, &fast->owner);
   if (rv != CKR_OK) {
-    throw Error(ErrorCode::kTokenError, "key " + ref.uri() + ": C_OpenSession: " + raw::ckr_name(rv));
+    throw Error(ErrorCode::kTokenError,
+                "key " + ref.uri() + ": C_OpenSession: " + raw::ckr_name(rv));
   }
   CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
   CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls},
@@ -530,7 +540,8 @@ std::unique_ptr<SigningKey::Fast> Token::make_fast(const KeyRef& ref) {
     fast->f->C_FindObjectsFinal(fast->owner);
   }
   if (count != 1) {
-    throw Error(ErrorCode::kKeyNotFound, "key " + ref.uri() + " not found in token '" + m_config.token_label + "'");
+    throw Error(ErrorCode::kKeyNotFound,
+                "key " + ref.uri() + " not found in token '" + m_config.token_label + "'");
   }
   CK_BBOOL no = CK_FALSE;
   CK_ATTRIBUTE copy_tmpl[] = {{CKA_TOKEN, &no, sizeof no}};
@@ -556,8 +567,9 @@ const SigningKey& Token::key(const KeyRef& ref) {
     return *it->second;
   }
   if (!protection(ref).protected_ok()) {
-    throw Error(ErrorCode::kKeyNotProtected,
-                "key " + ref.uri() + " is not sensitive and never-extractable; refusing it as a CA key");
+    throw Error(
+        ErrorCode::kKeyNotProtected,
+        "key " + ref.uri() + " is not sensitive and never-extractable; refusing it as a CA key");
   }
   auto [spki, type] = read_public_key(raw::Session(m_impl->module->f(), m_impl->slot_id), ref);
   PKCS11_KEY* keys = nullptr;

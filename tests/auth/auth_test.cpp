@@ -1,6 +1,8 @@
 // The cloud's authentication decision, table-driven: every rule and the ties the issue names.
 // Each case runs through both paths (fast path and OpenSSL's X509_verify_cert) and both must
 // give the same decision and the same rule.
+#include "fleetsign/engine/auth.hpp"
+
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -8,7 +10,6 @@
 
 #include <functional>
 
-#include "fleetsign/engine/auth.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "test_home.hpp"
@@ -56,9 +57,11 @@ void fill_cert(X509* cert, const char* subject_cn, const char* extra, X509* issu
     const std::string attr(extra);
     const auto eq = attr.find('=');
     X509_NAME_add_entry_by_txt(name, attr.substr(0, eq).c_str(), MBSTRING_UTF8,
-                               reinterpret_cast<const unsigned char*>(attr.c_str() + eq + 1), -1, -1, 0);
+                               reinterpret_cast<const unsigned char*>(attr.c_str() + eq + 1), -1,
+                               -1, 0);
   }
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(subject_cn), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>(subject_cn), -1, -1, 0);
   X509_set_subject_name(cert, name);
   X509_set_issuer_name(cert, issuer != nullptr ? X509_get_subject_name(issuer) : name);
   X509_NAME_free(name);
@@ -73,7 +76,8 @@ std::unique_ptr<SoftCa> make_soft_ca(const char* cn, const char* name_constraint
   add_ext(ca->cert, ca->cert, NID_basic_constraints, "critical,CA:TRUE");
   add_ext(ca->cert, ca->cert, NID_key_usage, "critical,keyCertSign,cRLSign");
   add_ext(ca->cert, ca->cert, NID_subject_key_identifier, "hash");
-  if (name_constraints != nullptr) add_ext(ca->cert, ca->cert, NID_name_constraints, name_constraints);
+  if (name_constraints != nullptr)
+    add_ext(ca->cert, ca->cert, NID_name_constraints, name_constraints);
   X509_sign(ca->cert, ca->key, EVP_sha256());
   return ca;
 }
@@ -131,11 +135,12 @@ class AuthDecisions : public ::testing::Test {
 
   void group(const std::string& name, const std::string& primary, const std::string& secondary = "",
              bool enabled = true) {
-    h.registry->save_group(EnrollmentGroup{name, enabled, primary, secondary, 0, 0}, "test.group", true);
+    h.registry->save_group(EnrollmentGroup{name, enabled, primary, secondary, 0, 0}, "test.group",
+                           true);
   }
 
-  void individual(const std::string& id, const std::string& primary_sha256, const std::string& secondary_sha256,
-                  bool enabled = true) {
+  void individual(const std::string& id, const std::string& primary_sha256,
+                  const std::string& secondary_sha256, bool enabled = true) {
     IndividualEnrollment ie;
     ie.registration_id = id;
     ie.enabled = enabled;
@@ -185,7 +190,8 @@ TEST_F(AuthDecisions, AllowsALeafWhoseChainLeadsToAVerifiedCaOfAnEnabledGroup) {
 TEST_F(AuthDecisions, AllowsWhenTheIntermediateIsInNoGroupButItsRootIs) {
   verify_ca("root");
   group("fleet", "root");
-  EXPECT_EQ(decide({leaf("int1", "dev-2")}).rule, "enrollment-group");  // intermediate not presented
+  EXPECT_EQ(decide({leaf("int1", "dev-2")}).rule,
+            "enrollment-group");  // intermediate not presented
 }
 
 TEST_F(AuthDecisions, RefusesWhenTheCaInTheSlotIsNotVerified) {
@@ -291,15 +297,17 @@ TEST_F(AuthDecisions, RefusesARevokedCertificate) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   auto p = issuer.prepare("dev-11", spki_of(key));
   EVP_PKEY_free(key);
-  CertIntent intent{p->serial(), "dev-11", "int1", "", 0, p->subject(), p->not_before(), p->not_after(), p->tbs(), {}};
+  CertIntent intent{p->serial(),  "dev-11",        "int1",         "",       0,
+                    p->subject(), p->not_before(), p->not_after(), p->tbs(), {}};
   h.registry->record_intents(std::span<const CertIntent>(&intent, 1));
   auto s = issuer.sign(std::move(*p));
   IssuedCert issued{s->serial, s->der, s->sha1, s->sha256};
   h.registry->record_issued(std::span<const IssuedCert>(&issued, 1));
   EXPECT_TRUE(decide({s->der}).allowed);
-  ASSERT_EQ(testing::run("python3 -c \"import sqlite3; c=sqlite3.connect('" + h.registry_path_for_tests() +
-                          "'); c.execute(\\\"UPDATE certificates SET state='revoked' WHERE serial='" + s->serial +
-                          "'\\\"); c.commit()\""),
+  ASSERT_EQ(testing::run(
+                "python3 -c \"import sqlite3; c=sqlite3.connect('" + h.registry_path_for_tests() +
+                "'); c.execute(\\\"UPDATE certificates SET state='revoked' WHERE serial='" +
+                s->serial + "'\\\"); c.commit()\""),
             0);
   const AuthDecision d = decide({s->der});
   EXPECT_FALSE(d.allowed);
@@ -340,7 +348,9 @@ TEST_F(AuthDecisions, RefusesACaCertificatePresentedAsTheDevice) {
 
 TEST_F(AuthDecisions, RefusesALeafFromACaThatNoGroupTrusts) {
   auto stranger = make_soft_ca("Stranger", nullptr);
-  const AuthDecision d = decide({soft_leaf(*stranger, "dev-15", nullptr, "critical,digitalSignature"), der_of(stranger->cert)});
+  const AuthDecision d =
+      decide({soft_leaf(*stranger, "dev-15", nullptr, "critical,digitalSignature"),
+              der_of(stranger->cert)});
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.rule, "no-enrollment");
 }
@@ -355,7 +365,8 @@ TEST_F(AuthDecisions, EnforcesPathLengthOfTheIntermediate) {
   h.cas->create_intermediate(spec);
   verify_ca("root");
   group("fleet", "root");
-  const AuthDecision d = decide({leaf("too-deep", "dev-16"), ca("too-deep").cert_der, ca("int1").cert_der});
+  const AuthDecision d =
+      decide({leaf("too-deep", "dev-16"), ca("too-deep").cert_der, ca("int1").cert_der});
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.rule, "chain-invalid");
 }
@@ -365,12 +376,12 @@ TEST_F(AuthDecisions, EnforcesNameConstraintsOfAnUploadedCa) {
   auto root = make_soft_ca("Constrained Root", "critical,permitted;email:.allowed.example");
   add_external("constrained-root", root->cert, true);
   group("fleet", "constrained-root");
-  const AuthDecision inside =
-      decide({soft_leaf(*root, "dev-17", "emailAddress=ops@plant.allowed.example", "critical,digitalSignature")});
+  const AuthDecision inside = decide({soft_leaf(
+      *root, "dev-17", "emailAddress=ops@plant.allowed.example", "critical,digitalSignature")});
   EXPECT_TRUE(inside.allowed) << inside.reason;
   EXPECT_FALSE(inside.fast_path);  // constrained CAs always go to OpenSSL
-  const AuthDecision outside =
-      decide({soft_leaf(*root, "dev-17b", "emailAddress=ops@evil.example", "critical,digitalSignature")});
+  const AuthDecision outside = decide(
+      {soft_leaf(*root, "dev-17b", "emailAddress=ops@evil.example", "critical,digitalSignature")});
   EXPECT_FALSE(outside.allowed);
   EXPECT_EQ(outside.rule, "chain-invalid");
 }

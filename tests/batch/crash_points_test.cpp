@@ -12,7 +12,6 @@
 namespace fleetsign::batchtest {
 namespace {
 
-
 enum class Mode { kGenerateFiles, kGenerateBundle, kCsrFile };
 
 const char* mode_name(Mode m) {

@@ -1,8 +1,9 @@
 // Running a finished batch again — the same command with the same --batch ID, or
 // `issue --resume ID` — issues nothing: the registry and the output directory are left exactly as
 // they were (no certificate, no serial, no byte of output), and the command says so.
-#include <algorithm>
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "batch_support.hpp"
 

@@ -295,10 +295,12 @@ TEST_F(Cli, GroupOptionIssuesFromThePolicyGroupsIntermediateWithItsValidity) {
   std::string text = testing::read_file(policy);
   const auto at = text.find("\"groups\": {}");
   ASSERT_NE(at, std::string::npos) << text;
-  text.replace(at, 13, "\"groups\": {\"line-a\": {\"intermediate\": \"int\", \"device_days\": 30}}");
+  text.replace(at, 13,
+               "\"groups\": {\"line-a\": {\"intermediate\": \"int\", \"device_days\": 30}}");
   testing::write_file(policy, text);
-  const auto single = parse_json(ok("issue --group line-a --csr " + csr("good_p256.csr") + " --out " +
-                                    path("single") + " --json").out);
+  const auto single = parse_json(ok("issue --group line-a --csr " + csr("good_p256.csr") +
+                                    " --out " + path("single") + " --json")
+                                     .out);
   const auto days = [&](const Poco::JSON::Object::Ptr& j) {
     std::tm nb{}, na{};
     strptime(j->getValue<std::string>("not_before").c_str(), "%Y-%m-%dT%H:%M:%SZ", &nb);
@@ -306,12 +308,14 @@ TEST_F(Cli, GroupOptionIssuesFromThePolicyGroupsIntermediateWithItsValidity) {
     return (timegm(&na) - timegm(&nb)) / 86400;
   };
   EXPECT_EQ(days(single), 30);
-  const Outcome batch = ok("issue --group line-a --generate 3 --id-pattern g-{02} --out " + path("batch") + " --json");
+  const Outcome batch = ok("issue --group line-a --generate 3 --id-pattern g-{02} --out " +
+                           path("batch") + " --json");
   const auto rec = engine::Registry::open(home / "registry.db")->certs_of_device("g-01");
   ASSERT_EQ(rec.size(), 1u) << batch.out;
   EXPECT_EQ(rec[0].ca_name, "int");
   EXPECT_EQ((rec[0].not_after - rec[0].not_before) / 86400, 30);
-  const Outcome unknown = fleetsign("issue --group nope --generate 1 --id-pattern x-{02} --out " + path("x"));
+  const Outcome unknown =
+      fleetsign("issue --group nope --generate 1 --id-pattern x-{02} --out " + path("x"));
   EXPECT_EQ(unknown.status, 2);
   EXPECT_NE(unknown.err.find("'nope'"), std::string::npos) << unknown.err;
 }

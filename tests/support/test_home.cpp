@@ -37,8 +37,8 @@ TempDir::~TempDir() {
 
 TestHome::TestHome() {
   home_dir = dir.path() / "home";
-  home = std::make_unique<engine::Home>(
-      engine::Home::init(home_dir, std::nullopt, std::nullopt, hsm::Pin(kSoPin), hsm::Pin(kUserPin)));
+  home = std::make_unique<engine::Home>(engine::Home::init(home_dir, std::nullopt, std::nullopt,
+                                                           hsm::Pin(kSoPin), hsm::Pin(kUserPin)));
   policy = home->load_policy();
   registry = home->open_registry();
   token = home->open_token(hsm::Pin(kUserPin));
@@ -94,7 +94,8 @@ X509Ptr parse_der_certificate(const std::vector<std::uint8_t>& der) {
   const unsigned char* p = der.data();
   X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
   if (!cert || p != der.data() + der.size()) {
-    throw std::runtime_error("not exactly one DER certificate (" + std::to_string(der.size()) + " bytes)");
+    throw std::runtime_error("not exactly one DER certificate (" + std::to_string(der.size()) +
+                             " bytes)");
   }
   return cert;
 }

@@ -79,39 +79,72 @@ namespace fleetsign {
 
 inline std::string_view error_code_name(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::kOk: return "ok";
-    case ErrorCode::kInternal: return "internal";
-    case ErrorCode::kUsage: return "usage";
-    case ErrorCode::kIo: return "io";
-    case ErrorCode::kModuleNotFound: return "module_not_found";
-    case ErrorCode::kTokenNotFound: return "token_not_found";
-    case ErrorCode::kPinIncorrect: return "pin_incorrect";
-    case ErrorCode::kPinMissing: return "pin_missing";
-    case ErrorCode::kKeyNotFound: return "key_not_found";
-    case ErrorCode::kMechanismUnsupported: return "mechanism_unsupported";
-    case ErrorCode::kKeyNotProtected: return "key_not_protected";
-    case ErrorCode::kKeyCertMismatch: return "key_cert_mismatch";
-    case ErrorCode::kTokenError: return "token_error";
-    case ErrorCode::kPinLocked: return "pin_locked";
-    case ErrorCode::kRegistryError: return "registry_error";
-    case ErrorCode::kRegistryBusy: return "registry_busy";
-    case ErrorCode::kNotFound: return "not_found";
-    case ErrorCode::kAlreadyExists: return "already_exists";
-    case ErrorCode::kSchemaTooNew: return "schema_too_new";
-    case ErrorCode::kPolicyInvalid: return "policy_invalid";
-    case ErrorCode::kInvalidSubject: return "invalid_subject";
-    case ErrorCode::kValidityBeyondIssuer: return "validity_beyond_issuer";
-    case ErrorCode::kInvalidArgument: return "invalid_argument";
-    case ErrorCode::kCsrMalformed: return "csr_malformed";
-    case ErrorCode::kCsrSignatureInvalid: return "csr_signature_invalid";
-    case ErrorCode::kDeviceIdInvalid: return "device_id_invalid";
-    case ErrorCode::kDuplicateInBatch: return "duplicate_in_batch";
-    case ErrorCode::kAlreadyIssued: return "already_issued";
-    case ErrorCode::kKeyRejected: return "key_rejected";
-    case ErrorCode::kSignFailed: return "sign_failed";
-    case ErrorCode::kVerificationCodeMismatch: return "verification_code_mismatch";
-    case ErrorCode::kVerificationSignatureInvalid: return "verification_signature_invalid";
-    case ErrorCode::kCertificateMalformed: return "certificate_malformed";
+    case ErrorCode::kOk:
+      return "ok";
+    case ErrorCode::kInternal:
+      return "internal";
+    case ErrorCode::kUsage:
+      return "usage";
+    case ErrorCode::kIo:
+      return "io";
+    case ErrorCode::kModuleNotFound:
+      return "module_not_found";
+    case ErrorCode::kTokenNotFound:
+      return "token_not_found";
+    case ErrorCode::kPinIncorrect:
+      return "pin_incorrect";
+    case ErrorCode::kPinMissing:
+      return "pin_missing";
+    case ErrorCode::kKeyNotFound:
+      return "key_not_found";
+    case ErrorCode::kMechanismUnsupported:
+      return "mechanism_unsupported";
+    case ErrorCode::kKeyNotProtected:
+      return "key_not_protected";
+    case ErrorCode::kKeyCertMismatch:
+      return "key_cert_mismatch";
+    case ErrorCode::kTokenError:
+      return "token_error";
+    case ErrorCode::kPinLocked:
+      return "pin_locked";
+    case ErrorCode::kRegistryError:
+      return "registry_error";
+    case ErrorCode::kRegistryBusy:
+      return "registry_busy";
+    case ErrorCode::kNotFound:
+      return "not_found";
+    case ErrorCode::kAlreadyExists:
+      return "already_exists";
+    case ErrorCode::kSchemaTooNew:
+      return "schema_too_new";
+    case ErrorCode::kPolicyInvalid:
+      return "policy_invalid";
+    case ErrorCode::kInvalidSubject:
+      return "invalid_subject";
+    case ErrorCode::kValidityBeyondIssuer:
+      return "validity_beyond_issuer";
+    case ErrorCode::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::kCsrMalformed:
+      return "csr_malformed";
+    case ErrorCode::kCsrSignatureInvalid:
+      return "csr_signature_invalid";
+    case ErrorCode::kDeviceIdInvalid:
+      return "device_id_invalid";
+    case ErrorCode::kDuplicateInBatch:
+      return "duplicate_in_batch";
+    case ErrorCode::kAlreadyIssued:
+      return "already_issued";
+    case ErrorCode::kKeyRejected:
+      return "key_rejected";
+    case ErrorCode::kSignFailed:
+      return "sign_failed";
+    case ErrorCode::kVerificationCodeMismatch:
+      return "verification_code_mismatch";
+    case ErrorCode::kVerificationSignatureInvalid:
+      return "verification_signature_invalid";
+    case ErrorCode::kCertificateMalformed:
+      return "certificate_malformed";
   }
   return "unknown";
 }

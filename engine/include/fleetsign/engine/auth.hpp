@@ -29,9 +29,9 @@ namespace fleetsign::engine {
 struct AuthDecision {
   bool allowed = false;
   // Stable rule names: "individual-enrollment", "enrollment-group" (allowed); "chain-malformed",
-  // "registration-id-invalid", "registration-id-mismatch", "revoked", "individual-disabled", "individual-mismatch",
-  // "not-yet-valid", "expired", "chain-invalid", "ca-not-verified", "group-disabled",
-  // "ca-expired", "no-enrollment" (refused).
+  // "registration-id-invalid", "registration-id-mismatch", "revoked", "individual-disabled",
+  // "individual-mismatch", "not-yet-valid", "expired", "chain-invalid", "ca-not-verified",
+  // "group-disabled", "ca-expired", "no-enrollment" (refused).
   std::string rule;
   std::string reason;  // a sentence naming the enrollment, slot, CA or check that decided
   std::string registration_id;

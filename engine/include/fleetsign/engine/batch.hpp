@@ -28,41 +28,41 @@ namespace fleetsign::engine {
 struct BatchInput {
   enum class Kind { kCsrDir, kCsrFile, kGenerate };
   Kind kind = Kind::kGenerate;
-  std::string path;           // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle
-  std::int64_t count = 0;     // kGenerate: number of devices
-  std::string id_pattern;     // kGenerate: e.g. "sensor-{06}" ({06} = number, 6 digits, from 1)
+  std::string path;        // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle
+  std::int64_t count = 0;  // kGenerate: number of devices
+  std::string id_pattern;  // kGenerate: e.g. "sensor-{06}" ({06} = number, 6 digits, from 1)
   policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;  // kGenerate
 };
 
 struct BatchProgress {
-  std::int64_t done = 0;      // inputs finished (issued + rejected)
-  std::int64_t total = -1;    // -1 when unknown (a CSR bundle)
+  std::int64_t done = 0;    // inputs finished (issued + rejected)
+  std::int64_t total = -1;  // -1 when unknown (a CSR bundle)
   std::int64_t issued = 0, rejected = 0;
   double seconds = 0;
 };
 
 struct BatchOptions {
-  std::string batch_id;       // empty: one is generated
+  std::string batch_id;  // empty: one is generated
   std::string ca_name;
-  std::string group;          // policy group whose device validity applies (empty: the default)
+  std::string group;  // policy group whose device validity applies (empty: the default)
   BatchInput input;
   std::string out_dir;
   Lineage lineage;
-  int threads = 0;            // 0: all cores
-  bool bundle = false;        // one PEM + one JSON-lines stream instead of files per device
-  bool pfx = false;           // {id}.pfx per generated device
-  bool reissue = false;       // issue even when the device holds a valid certificate
-  int chunk_size = 1024;     // devices per registry transaction: amortises the commit's fsync
+  int threads = 0;        // 0: all cores
+  bool bundle = false;    // one PEM + one JSON-lines stream instead of files per device
+  bool pfx = false;       // {id}.pfx per generated device
+  bool reissue = false;   // issue even when the device holds a valid certificate
+  int chunk_size = 1024;  // devices per registry transaction: amortises the commit's fsync
   std::function<void(const BatchProgress&)> progress;  // called in order, from one thread
 };
 
 struct BatchSummary {
   std::string batch_id;
   std::string out_dir;
-  std::int64_t issued = 0;    // issued by this run
-  std::int64_t rejected = 0;  // rejected by this run
+  std::int64_t issued = 0;        // issued by this run
+  std::int64_t rejected = 0;      // rejected by this run
   std::int64_t total_issued = 0;  // in the batch, over all runs
-  std::int64_t abandoned = 0;  // intents of a crashed run marked abandoned on resume
+  std::int64_t abandoned = 0;     // intents of a crashed run marked abandoned on resume
   double seconds = 0;
   double certs_per_second = 0;
   bool resumed = false;
@@ -73,8 +73,8 @@ struct BatchSummary {
 class BatchRunner final {
  public:
   // The references must outlive the runner. `pfx_password` is needed only with pfx.
-  BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
-              const Clock& clock, RandomSource& random);
+  BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy, const Clock& clock,
+              RandomSource& random);
 
   // Starts a new batch (or, when options.batch_id names an existing batch, resumes it / reports
   // it finished). Errors: kAlreadyExists is never thrown for a known id; kNotFound (CA),

@@ -22,10 +22,10 @@ namespace fleetsign::engine {
 
 struct CaSpec {
   std::string name;
-  std::string issuer;  // empty for a root
+  std::string issuer;   // empty for a root
   std::string subject;  // openssl -subj form
   policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;
-  std::optional<int> days;  // default from the policy
+  std::optional<int> days;      // default from the policy
   std::optional<int> path_len;  // intermediates default to 0; roots to none
 };
 
@@ -33,8 +33,8 @@ hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept;
 
 class CaService final {
  public:
-  CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy,
-            const Clock& clock, RandomSource& random);
+  CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
+            RandomSource& random);
 
   // Generates the key in the token, builds and signs the certificate, verifies it, records it.
   // Errors: kAlreadyExists (name), kNotFound (issuer), kPolicyInvalid (key not allowed by

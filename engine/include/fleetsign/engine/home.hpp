@@ -35,7 +35,8 @@ class Home final {
   // a private SoftHSM2 config + token store in DIR, and a token initialised with the PINs. With
   // `module`, the token must exist already or be initialisable in a free slot of that module.
   // Errors: kAlreadyExists when DIR is a home already; token errors.
-  static Home init(const std::filesystem::path& dir, const std::optional<std::filesystem::path>& module,
+  static Home init(const std::filesystem::path& dir,
+                   const std::optional<std::filesystem::path>& module,
                    const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
                    const hsm::Pin& user_pin);
   // Reads DIR/fleetsign.json (kNotFound: "DIR is not a fleetsign home; run fleetsign init").

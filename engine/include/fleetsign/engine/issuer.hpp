@@ -32,7 +32,7 @@ struct CaRecord;
 
 struct CheckedCsr {
   std::string device_id;
-  Der spki;                       // SubjectPublicKeyInfo exactly as the device sent it
+  Der spki;  // SubjectPublicKeyInfo exactly as the device sent it
   policy::KeyDescription key;
   bool extensions_ignored = false;  // the CSR asked for extensions; the policy decided instead
 };

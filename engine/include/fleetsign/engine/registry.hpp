@@ -22,14 +22,14 @@ namespace fleetsign::engine {
 
 struct CaRecord {
   std::string name;
-  std::string parent;  // empty for a root
-  std::string subject;  // one-line DN, openssl -subj form
-  std::string key_uri;  // RFC 7512
+  std::string parent;    // empty for a root
+  std::string subject;   // one-line DN, openssl -subj form
+  std::string key_uri;   // RFC 7512
   std::string key_type;  // "ec-p256", …
   std::vector<std::uint8_t> cert_der;
   std::int64_t not_before = 0;  // unix seconds
   std::int64_t not_after = 0;
-  std::string sha1;    // upper-case hex thumbprints
+  std::string sha1;  // upper-case hex thumbprints
   std::string sha256;
   bool verified = false;  // proof of possession checked (`ca verify`)
   std::int64_t created_at = 0;
@@ -117,7 +117,7 @@ struct DeviceRecord {
   std::int64_t primary_not_after = 0, secondary_not_after = 0;
   std::string ca_name;  // issuer of the newest certificate
   std::string lot;
-  std::string status;   // "enabled" | "disabled"
+  std::string status;  // "enabled" | "disabled"
   std::int64_t created_at = 0, updated_at = 0;
 };
 

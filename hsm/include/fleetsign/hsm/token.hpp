@@ -71,8 +71,8 @@ class SigningKey final {
   // Signs a message digest (SHA-256 or SHA-384, per `md_nid`) in the token. Writes the DER
   // signature (ECDSA-Sig-Value, or the RSA PKCS#1 v1.5 block) into `out` (resized). Thread-safe.
   // Returns false on a token failure; `error` then says why.
-  bool sign_digest(std::span<const std::uint8_t> digest, int md_nid,
-                   std::vector<std::uint8_t>& out, std::string& error) const;
+  bool sign_digest(std::span<const std::uint8_t> digest, int md_nid, std::vector<std::uint8_t>& out,
+                   std::string& error) const;
 
  private:
   KeyRef m_ref;

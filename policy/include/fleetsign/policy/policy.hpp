@@ -25,15 +25,15 @@ std::string_view key_algorithm_name(KeyAlgorithm alg) noexcept;
 struct KeyDescription {
   enum class Kind { kEc, kRsa, kOther };
   Kind kind = Kind::kOther;
-  int bits = 0;        // RSA modulus bits, or EC field bits
-  std::string curve;   // EC: "P-256", "P-384", "P-521", or the curve's OID/short name if other
+  int bits = 0;       // RSA modulus bits, or EC field bits
+  std::string curve;  // EC: "P-256", "P-384", "P-521", or the curve's OID/short name if other
 };
 
 struct Validity {
   int root_days = 7300;          // 20 years
   int intermediate_days = 3650;  // 10 years
   int device_days = 365;
-  int verification_days = 2;     // proof-of-possession certificates are short-lived
+  int verification_days = 2;  // proof-of-possession certificates are short-lived
 };
 
 // Device IDs (= certificate CN = registration ID). Default from the Azure docs: ASCII letters,
@@ -50,11 +50,11 @@ struct DeviceSubject {
 
 // Per-group settings (used by enrollments and rollover jobs; optional in the file).
 struct GroupSettings {
-  std::string intermediate;             // CA name that issues this group's devices
-  std::optional<int> device_days;       // overrides validity.device_days
-  std::vector<int> alert_days;          // overrides alerts.days when non-empty
-  int overlap_days = 14;                // old and new slot both valid
-  int wave_size = 1000;                 // devices triggered at once in a rollover
+  std::string intermediate;        // CA name that issues this group's devices
+  std::optional<int> device_days;  // overrides validity.device_days
+  std::vector<int> alert_days;     // overrides alerts.days when non-empty
+  int overlap_days = 14;           // old and new slot both valid
+  int wave_size = 1000;            // devices triggered at once in a rollover
 };
 
 struct Policy {
