@@ -60,7 +60,8 @@ CREATE TABLE certificates (
   lot TEXT, line TEXT, site TEXT, operator TEXT,
   created_at BIGINT NOT NULL
 );
-CREATE INDEX certificates_device_state ON certificates (device_id, state);
+-- device_id alone: the intent -> issued state change then rewrites no index entry.
+CREATE INDEX certificates_device ON certificates (device_id);
 CREATE INDEX certificates_batch_seq ON certificates (batch_id, seq);
 -- No index on sha256: a random key would cost one page write per certificate on the
 -- issuance hot path; thumbprint lookups go through enrollments (issue 4), serials through the PK.
@@ -109,7 +110,9 @@ CREATE TABLE devices (
 );
 -- Covering: the expiry scan reads only these indexes, never the table rows at random.
 CREATE INDEX devices_primary_expiry ON devices (primary_not_after, primary_serial, registration_id, ca_name, lot);
-CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after, secondary_serial, registration_id, ca_name, lot);
+-- Partial: a device with an empty secondary slot (most, between rollovers) costs it nothing.
+CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after, secondary_serial, registration_id, ca_name, lot)
+  WHERE secondary_not_after > 0;
 CREATE INDEX devices_ca ON devices (ca_name, primary_not_after);
 CREATE INDEX devices_lot ON devices (lot);
 INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, created_at, updated_at)
