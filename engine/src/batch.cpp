@@ -13,6 +13,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <random>
 #include <sstream>
@@ -194,6 +195,7 @@ struct Run {
   std::unique_ptr<batch::InputReader> reader;
   std::map<std::int64_t, CertRecord> committed;  // resume: recorded past the watermark
   std::map<std::int64_t, Der> spooled_keys;
+  std::filesystem::path spool_dir;  // OUT/.spool/BATCH
   std::unordered_set<std::string> seen_ids;
   FaultPoint fault;
   StageClock stages;
@@ -218,6 +220,13 @@ Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
           SignedCert{r.device_id, r.serial, r.der, r.sha1, r.sha256, r.not_before, r.not_after};
       if (auto k = run.spooled_keys.find(item.seq); k != run.spooled_keys.end()) {
         item.key_pkcs8 = k->second;
+      } else if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+        // Never deliver a generated device's certificate without its key.
+        throw Error(ErrorCode::kIo,
+                    "batch " + run.record.id + ": the key of device '" + r.device_id +
+                        "' (serial " + r.serial + ", recorded) is missing from " +
+                        run.spool_dir.string() +
+                        "; revoke that serial and issue the device again with --reissue");
       }
     }
     chunk->items.push_back(std::move(item));
@@ -286,7 +295,7 @@ void record_intents(Run& run, Chunk& chunk) {
                                  run.options.lineage});
   }
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
-    batch::spool_keys(run.options.out_dir, chunk);  // before the intent: a key is never lost
+    batch::spool_keys(run.spool_dir, chunk);  // before the intent: a key is never lost
   }
   if (!intents.empty()) {
     try {
@@ -337,6 +346,7 @@ void record_certificates(Run& run, Chunk& chunk) {
 void write_outputs(Run& run, Chunk& chunk) {
   run.fault.reached("before_output", chunk.index);
   run.streams.append(chunk);
+  batch::sync_outputs(run.options.out_dir);  // the watermark must not run ahead of the disk
   for (const Item& item : chunk.items) {
     if (item.ok()) {
       ++run.issued_now;
@@ -351,7 +361,7 @@ void write_outputs(Run& run, Chunk& chunk) {
         run.record.issued + run.issued_now, run.record.rejected + run.rejected_now);
   }
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
-    batch::drop_spool(run.options.out_dir, chunk.items.front().seq);
+    batch::drop_spool(run.spool_dir, chunk.items.front().seq);
   }
   if (run.options.progress) {
     BatchProgress p;
@@ -361,6 +371,27 @@ void write_outputs(Run& run, Chunk& chunk) {
     p.rejected = run.record.rejected + run.rejected_now;
     p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
     run.options.progress(p);
+  }
+}
+
+// One output directory belongs to one batch: its streams are truncated to the batch's own
+// watermark and its key spool is the batch's, so a second batch there would destroy the first's
+// outputs. A marker file names the owner.
+void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
+  const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
+  std::string owner;
+  if (std::ifstream in(marker); in) std::getline(in, owner);
+  if (!owner.empty() && owner != batch_id) {
+    throw Error(ErrorCode::kAlreadyExists, "--out " + out + " holds the outputs of batch '" +
+                                               owner + "'; give each batch its own directory");
+  }
+  if (owner.empty() && !resuming &&
+      std::filesystem::exists(std::filesystem::path(out) / "manifest.csv")) {
+    throw Error(ErrorCode::kAlreadyExists,
+                "--out " + out + " already holds a manifest; give each batch its own directory");
+  }
+  if (owner.empty()) {
+    std::ofstream(marker) << batch_id << "\n";
   }
 }
 
@@ -425,6 +456,7 @@ BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_p
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
   if (ec) throw Error(ErrorCode::kIo, "--out " + o.out_dir + ": " + ec.message());
+  claim_out_dir(o.out_dir, o.batch_id, false);
   BatchRecord rec;
   rec.id = o.batch_id;
   rec.ca_name = o.ca_name;
@@ -446,6 +478,7 @@ BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pf
   o.progress = std::move(progress);
   o.threads = threads;
   validate(o, pfx_password);
+  claim_out_dir(o.out_dir, batch_id, true);
   // Serials of a crashed run that never became certificates: spent, never reused.
   const std::int64_t abandoned = m_registry.abandon_intents(batch_id);
   m_registry.audit("batch.resume", batch_id,
@@ -480,12 +513,13 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   batch::OutputStreams streams(o.out_dir, o.bundle, record.offsets_json);
   Run run{o,  record, m_registry, {}, issuer, m_clock, render, streams, batch::open_input(o.input),
           {}, {},     {},         {}};
+  run.spool_dir = std::filesystem::path(o.out_dir) / ".spool" / record.id;
   if (resumed) {
     for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {
       run.committed.emplace(r.seq, std::move(r));
     }
     if (o.input.kind == BatchInput::Kind::kGenerate)
-      run.spooled_keys = batch::load_spooled_keys(o.out_dir);
+      run.spooled_keys = batch::load_spooled_keys(run.spool_dir);
     if (o.input.kind != BatchInput::Kind::kGenerate) {
       for (auto& id : m_registry.batch_device_ids(record.id)) run.seen_ids.insert(std::move(id));
     }
@@ -527,7 +561,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
   run.stages.print(seconds);
-  if (o.input.kind == BatchInput::Kind::kGenerate) batch::clear_spool(o.out_dir);
+  if (o.input.kind == BatchInput::Kind::kGenerate) batch::clear_spool(run.spool_dir);
   m_registry.finish_batch(record.id, m_clock.now());
   BatchSummary s;
   s.batch_id = record.id;

@@ -181,14 +181,23 @@ void csv_field(std::string& out, std::string_view v) {
   out.push_back('"');
 }
 
-void write_file(const fs::path& path, std::string_view data, mode_t mode) {
+void sync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+void write_file(const fs::path& path, std::string_view data, mode_t mode, bool durable = false) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) {
     throw Error(ErrorCode::kIo, path.string() + ": cannot be created: " + std::strerror(errno));
   }
   // A file left from a crashed run may have another mode: keys must end up 0600.
   ::fchmod(fd, mode);
-  const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+  const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
+                  (!durable || ::fsync(fd) == 0);
   ::close(fd);
   if (!ok) {
     throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
@@ -309,11 +318,12 @@ OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string
     const auto at = offsets_json.find(key);
     const bool resuming = at != std::string::npos;
     std::int64_t size = resuming ? std::stoll(offsets_json.substr(at + key.size())) : 0;
-    m_fd[s] = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC,
-                     s == kBundlePem || s == kBundleJsonl ? 0600 : 0644);
+    const mode_t mode = s == kBundlePem || s == kBundleJsonl ? 0600 : 0644;  // bundles hold keys
+    m_fd[s] = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode);
     if (m_fd[s] < 0) {
       throw Error(ErrorCode::kIo, path.string() + ": cannot be opened: " + std::strerror(errno));
     }
+    if (m_fd[s] >= 0) ::fchmod(m_fd[s], mode);  // an existing file keeps its mode otherwise
     // Cut what a crashed run appended past the watermark: it will be written again.
     if (::ftruncate(m_fd[s], size) != 0 || ::lseek(m_fd[s], size, SEEK_SET) != size) {
       throw Error(ErrorCode::kIo,
@@ -360,7 +370,7 @@ std::string OutputStreams::offsets_json() const {
 // ---------------------------------------------------------------------------------------------
 // Key spool
 
-void spool_keys(const fs::path& out_dir, const Chunk& chunk) {
+void spool_keys(const fs::path& spool_dir, const Chunk& chunk) {
   std::string text;
   for (const Item& item : chunk.items) {
     if (!item.ok() || item.key_pkcs8.empty()) continue;
@@ -372,20 +382,39 @@ void spool_keys(const fs::path& out_dir, const Chunk& chunk) {
     OPENSSL_cleanse(b64.data(), b64.size());
     text += "\n";
   }
-  const fs::path dir = out_dir / ".spool";
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  fs::permissions(dir, fs::perms::owner_all, ec);
-  write_file(dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys"),
-             text, 0600);
+  fs::create_directories(spool_dir, ec);
+  fs::permissions(spool_dir.parent_path(), fs::perms::owner_all, ec);
+  fs::permissions(spool_dir, fs::perms::owner_all, ec);
+  // Temporary file, fsync, rename, fsync the directory: a kill or a power cut leaves either the
+  // old spool file or the new one, never a truncated one.
+  const fs::path final_path =
+      spool_dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys");
+  const fs::path tmp = final_path.string() + ".tmp";
+  write_file(tmp, text, 0600, true);
   OPENSSL_cleanse(text.data(), text.size());
+  if (std::rename(tmp.c_str(), final_path.c_str()) != 0) {
+    throw Error(ErrorCode::kIo, final_path.string() + ": cannot be renamed into place");
+  }
+  sync_directory(spool_dir);
 }
 
-std::map<std::int64_t, Der> load_spooled_keys(const fs::path& out_dir) {
+void sync_outputs(const fs::path& out_dir) {
+  const int fd = ::open(out_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::syncfs(fd) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw Error(ErrorCode::kIo,
+                out_dir.string() + ": cannot be synced to disk: " + std::strerror(errno));
+  }
+  ::close(fd);
+}
+
+std::map<std::int64_t, Der> load_spooled_keys(const fs::path& spool_dir) {
   std::map<std::int64_t, Der> keys;
   std::error_code ec;
-  if (!fs::is_directory(out_dir / ".spool", ec)) return keys;
-  for (const auto& e : fs::directory_iterator(out_dir / ".spool")) {
+  if (!fs::is_directory(spool_dir, ec)) return keys;
+  for (const auto& e : fs::directory_iterator(spool_dir)) {
+    if (e.path().extension() != ".keys") continue;  // a .tmp left by a kill is incomplete
     std::ifstream in(e.path());
     std::int64_t seq = 0;
     std::string b64;
@@ -404,8 +433,8 @@ std::map<std::int64_t, Der> load_spooled_keys(const fs::path& out_dir) {
   return keys;
 }
 
-void clear_spool(const fs::path& out_dir) {
-  const fs::path dir = out_dir / ".spool";
+void clear_spool(const fs::path& spool_dir) {
+  const fs::path& dir = spool_dir;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -416,11 +445,12 @@ void clear_spool(const fs::path& out_dir) {
     fs::remove(e.path(), ec);
   }
   fs::remove(dir, ec);
+  fs::remove(dir.parent_path(), ec);  // .spool itself, once no batch has keys in it
 }
 
-void drop_spool(const fs::path& out_dir, std::int64_t first_seq) {
+void drop_spool(const fs::path& spool_dir, std::int64_t first_seq) {
   std::error_code ec;
-  fs::remove(out_dir / ".spool" / (std::to_string(first_seq) + ".keys"), ec);
+  fs::remove(spool_dir / (std::to_string(first_seq) + ".keys"), ec);
 }
 
 }  // namespace fleetsign::engine::batch

@@ -62,12 +62,16 @@ class OutputStreams {
 };
 
 // Generated keys of a chunk, kept until the chunk's outputs are written, so a crash between the
-// certificate commit and the outputs loses no key. Files are 0600 in DIR/.spool.
-void spool_keys(const std::filesystem::path& out_dir, const Chunk& chunk);
-std::map<std::int64_t, Der> load_spooled_keys(const std::filesystem::path& out_dir);
-void drop_spool(const std::filesystem::path& out_dir, std::int64_t first_seq);
+// certificate commit and the outputs loses no key. Files are 0600, written durably (fsync +
+// rename) in OUT/.spool/BATCH — one directory per batch.
+void spool_keys(const std::filesystem::path& spool_dir, const Chunk& chunk);
+std::map<std::int64_t, Der> load_spooled_keys(const std::filesystem::path& spool_dir);
+void drop_spool(const std::filesystem::path& spool_dir, std::int64_t first_seq);
 // At the end of a batch: overwrites and removes every spool file left (a kill between the
-// watermark commit and a spool unlink leaves one behind) and the spool directory.
-void clear_spool(const std::filesystem::path& out_dir);
+// watermark commit and a spool unlink leaves one behind) and the batch's spool directory.
+void clear_spool(const std::filesystem::path& spool_dir);
+// Flushes the output directory's file system (key files, per-device files, streams) to disk, so
+// that the watermark never runs ahead of the outputs after a power cut.
+void sync_outputs(const std::filesystem::path& out_dir);
 
 }  // namespace fleetsign::engine::batch

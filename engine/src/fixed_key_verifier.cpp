@@ -5,6 +5,8 @@
 #include <openssl/err.h>
 #include <openssl/obj_mac.h>
 
+#include <cstring>
+
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
@@ -47,7 +49,15 @@ bool FixedKeyVerifier::verify(std::span<const std::uint8_t> digest,
                               std::span<const std::uint8_t> der) const {
   const unsigned char* p = der.data();
   ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size()));
-  if (sig == nullptr || p != der.data() + der.size()) {
+  // Strict DER, as ECDSA_verify demands: the signature must re-encode to the same bytes
+  // (d2i accepts e.g. non-minimal lengths, which would make a second valid encoding).
+  unsigned char* again = nullptr;
+  const int again_len = sig != nullptr ? i2d_ECDSA_SIG(sig, &again) : -1;
+  const bool canonical = sig != nullptr && p == der.data() + der.size() && again_len > 0 &&
+                         static_cast<std::size_t>(again_len) == der.size() &&
+                         std::memcmp(again, der.data(), der.size()) == 0;
+  OPENSSL_free(again);
+  if (!canonical) {
     ECDSA_SIG_free(sig);
     ERR_clear_error();
     return false;

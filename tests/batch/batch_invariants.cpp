@@ -96,7 +96,7 @@ void check_device_files(Check& c) {
                                       "rejects.csv"};
   for (const auto& entry : fs::directory_iterator(e.out)) {
     const std::string name = entry.path().filename().string();
-    if (streams.count(name) != 0 || name == ".spool") continue;
+    if (streams.count(name) != 0 || name == ".spool" || name == ".fleetsign-batch") continue;
     std::string device;
     for (const std::string suffix : {"_cert.pem", "_fullchain.pem", "_key.pem", ".pfx"}) {
       if (name.size() > suffix.size() &&
@@ -137,7 +137,7 @@ void check_bundle(Check& c) {
   const Expected& e = c.e;
   const std::set<std::string> known{"bundle.pem",   "bundle.jsonl",   "chain.pem",
                                     "manifest.csv", "manifest.jsonl", "iothub-import.jsonl",
-                                    "rejects.csv",  ".spool"};
+                                    "rejects.csv",  ".spool",         ".fleetsign-batch"};
   for (const auto& entry : fs::directory_iterator(e.out)) {
     const std::string name = entry.path().filename().string();
     c.p.expect(known.count(name) != 0, "(d) unexpected file in a --bundle output directory", name);

@@ -198,7 +198,10 @@ std::vector<fs::path> spooled_key_files(const fs::path& out) {
   std::vector<fs::path> files;
   std::error_code ec;
   if (fs::is_directory(out / ".spool", ec)) {
-    for (const auto& entry : fs::directory_iterator(out / ".spool")) files.push_back(entry.path());
+    // One directory per batch below .spool.
+    for (const auto& entry : fs::recursive_directory_iterator(out / ".spool")) {
+      if (entry.is_regular_file()) files.push_back(entry.path());
+    }
   }
   return files;
 }

@@ -132,7 +132,8 @@ TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   a.generate = 1500;
   a.id_pattern = "sp-{05}";
   a.out = fleet.path("out");
-  const fs::path chunk3_keys = a.out / ".spool" / (std::to_string(2 * kChunk) + ".keys");
+  const fs::path chunk3_keys =
+      a.out / ".spool" / a.batch_id / (std::to_string(2 * kChunk) + ".keys");
   // 1. Chunk 3 committed, its outputs not written: its keys are in the spool.
   ASSERT_TRUE(fleet.run(a.args(), {"FLEETSIGN_FAULT=after_commit:3"}).killed_by(SIGKILL));
   ASSERT_TRUE(fs::exists(chunk3_keys));
@@ -143,6 +144,7 @@ TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   ASSERT_GE(fleet.registry()->find_batch(a.batch_id)->watermark, 3 * kChunk - 1);
   ASSERT_FALSE(fs::exists(chunk3_keys));
   // 3. The spool file of a chunk at or below the watermark, as a kill before its unlink leaves it.
+  fs::create_directories(chunk3_keys.parent_path());
   testing::write_file(chunk3_keys, spooled);
   fs::permissions(chunk3_keys, fs::perms::owner_read | fs::perms::owner_write);
   // 4. The last resume finishes the batch: no private key may stay behind in the spool.
