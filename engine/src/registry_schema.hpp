@@ -1,0 +1,96 @@
+// The registry's schema, as its migrations. Private to engine/.
+#pragma once
+
+#include <array>
+#include <string_view>
+
+#include "fleetsign/engine/registry.hpp"
+
+namespace fleetsign::engine {
+
+// Migration N takes the schema from version N to N+1. Append only: a shipped script never changes.
+// Types stay portable to PostgreSQL (TEXT, BIGINT, BLOB as bytea); the triggers are per dialect.
+inline constexpr std::array<std::string_view, Registry::kSchemaVersion> kMigrations = {
+    R"sql(
+CREATE TABLE cas (
+  name TEXT PRIMARY KEY,
+  parent TEXT NULL REFERENCES cas(name),
+  subject TEXT NOT NULL, key_uri TEXT NOT NULL, key_type TEXT NOT NULL, cert_der BLOB,
+  not_before BIGINT NOT NULL, not_after BIGINT NOT NULL,
+  sha1 TEXT NOT NULL, sha256 TEXT NOT NULL,
+  verified BIGINT NOT NULL DEFAULT 0,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE certificates (
+  serial TEXT PRIMARY KEY,
+  device_id TEXT NOT NULL, ca_name TEXT NOT NULL,
+  batch_id TEXT NOT NULL DEFAULT '', seq BIGINT NOT NULL DEFAULT 0,
+  state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned', 'revoked')),
+  subject TEXT, not_before BIGINT, not_after BIGINT, sha1 TEXT, sha256 TEXT, der BLOB,
+  lot TEXT, line TEXT, site TEXT, operator TEXT,
+  created_at BIGINT NOT NULL
+);
+-- device_id alone: the intent -> issued state change then rewrites no index entry.
+CREATE INDEX certificates_device ON certificates (device_id);
+CREATE INDEX certificates_batch_seq ON certificates (batch_id, seq);
+-- No index on sha256: a random key would cost one page write per certificate on the
+-- issuance hot path; thumbprint lookups go through enrollments (issue 4), serials through the PK.
+CREATE INDEX certificates_lot ON certificates (lot);
+CREATE TABLE batches (
+  id TEXT PRIMARY KEY,
+  ca_name TEXT NOT NULL, params_json TEXT NOT NULL, state TEXT NOT NULL,
+  created_at BIGINT NOT NULL, finished_at BIGINT NOT NULL DEFAULT 0,
+  issued BIGINT NOT NULL DEFAULT 0, rejected BIGINT NOT NULL DEFAULT 0,
+  watermark BIGINT NOT NULL DEFAULT -1, offsets_json TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE audit (
+  id INTEGER PRIMARY KEY,
+  at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+  subject TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+)sql",
+    // 2: enrollments and devices (issue 4). Devices carry their slots' not_after so the expiry
+    // report reads one indexed table instead of joining 10^6 certificates.
+    R"sql(
+CREATE TABLE enrollment_groups (
+  name TEXT PRIMARY KEY,
+  enabled BIGINT NOT NULL DEFAULT 1,
+  primary_ca TEXT NULL REFERENCES cas(name),
+  secondary_ca TEXT NULL REFERENCES cas(name),
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+CREATE TABLE individual_enrollments (
+  registration_id TEXT PRIMARY KEY,
+  enabled BIGINT NOT NULL DEFAULT 1,
+  primary_cert BLOB, primary_sha256 TEXT NOT NULL DEFAULT '',
+  secondary_cert BLOB, secondary_sha256 TEXT NOT NULL DEFAULT '',
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+CREATE TABLE devices (
+  registration_id TEXT PRIMARY KEY,
+  primary_serial TEXT NOT NULL DEFAULT '', primary_not_after BIGINT NOT NULL DEFAULT 0,
+  secondary_serial TEXT NOT NULL DEFAULT '', secondary_not_after BIGINT NOT NULL DEFAULT 0,
+  ca_name TEXT NOT NULL DEFAULT '', lot TEXT NOT NULL DEFAULT '',
+  status TEXT NOT NULL DEFAULT 'enabled',
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL
+);
+-- Covering: the expiry scan reads only these indexes, never the table rows at random.
+CREATE INDEX devices_primary_expiry ON devices (primary_not_after, primary_serial, registration_id, ca_name, lot);
+-- Partial: a device with an empty secondary slot (most, between rollovers) costs it nothing.
+CREATE INDEX devices_secondary_expiry ON devices (secondary_not_after, secondary_serial, registration_id, ca_name, lot)
+  WHERE secondary_not_after > 0;
+CREATE INDEX devices_ca ON devices (ca_name, primary_not_after);
+CREATE INDEX devices_lot ON devices (lot);
+INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, created_at, updated_at)
+  SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), created_at, created_at
+  FROM certificates c WHERE state = 'issued' AND serial = (
+    SELECT serial FROM certificates c2 WHERE c2.device_id = c.device_id AND c2.state = 'issued'
+    ORDER BY not_after DESC LIMIT 1);
+)sql",
+};
+
+}  // namespace fleetsign::engine
