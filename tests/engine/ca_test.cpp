@@ -34,16 +34,7 @@ using testing::make_csrs;
 using testing::X509Ptr;
 X509Ptr parse(const Der& der) { return testing::parse_der_certificate(der); }
 
-template <typename Fn>
-Error error_from(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected a fleetsign::Error";
-  return Error(ErrorCode::kOk, "");
-}
+using testing::error_from;
 
 bool is_critical(X509* cert, int nid) {
   const int i = X509_get_ext_by_NID(cert, nid, -1);

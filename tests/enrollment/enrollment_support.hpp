@@ -43,16 +43,7 @@ std::string issue_device(TestHome& th, const std::string& ca, const std::string&
 // Runs SQL on the registry file through a separate SQLite connection.
 void tamper(const std::filesystem::path& registry_db, const std::string& sql);
 
-// The Error a callable throws (a default Error with kOk when it throws none).
-template <typename F>
-Error error_from(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  return Error(ErrorCode::kOk, "no error");
-}
+// error_from: see tests/support/test_home.hpp.
 
 // The real binary against a home in a temporary directory.
 struct Outcome {

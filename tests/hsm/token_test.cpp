@@ -28,17 +28,7 @@ using testing::TestHome;
 constexpr unsigned long kCkrAttributeSensitive = 0x11;  // CKR_ATTRIBUTE_SENSITIVE
 constexpr const char* kSoftHsmModule = "/usr/lib/softhsm/libsofthsm2.so";
 
-// Runs `fn`, which must throw fleetsign::Error, and returns that error.
-template <typename Fn>
-Error error_from(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected a fleetsign::Error";
-  return Error(ErrorCode::kOk, "");
-}
+using testing::error_from;
 
 std::string hex_lower(const std::vector<std::uint8_t>& bytes) {
   static const char* kHex = "0123456789abcdef";

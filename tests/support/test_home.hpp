@@ -3,6 +3,7 @@
 // helpers to run the real `fleetsign` binary and openssl.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <openssl/x509.h>
 
 #include <cstdlib>
@@ -14,6 +15,7 @@
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "fleetsign/error.hpp"
 #include "fleetsign/hsm/token.hpp"
 
 namespace fleetsign::testing {
@@ -54,6 +56,18 @@ struct TestHome {
 
 // Runs a shell command, returns its exit status; output goes to `output` when given.
 int run(const std::string& command, std::string* output = nullptr);
+// Runs `fn`, which must throw fleetsign::Error, and returns that error (a test failure if not).
+template <typename Fn>
+Error error_from(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected a fleetsign::Error";
+  return Error(ErrorCode::kOk, "");
+}
+
 // Path of the built fleetsign binary (FLEETSIGN_BIN, set by CTest).
 std::string fleetsign_bin();
 // Path of tests/data/make_csrs.sh.
