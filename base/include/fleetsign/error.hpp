@@ -30,17 +30,23 @@ enum class ErrorCode : int {
   kKeyCertMismatch = 17,
   kTokenError = 18,
   kPinLocked = 19,
+  kTokenCorrupt = 20,  // the token's files are damaged (and could not be restored)
   // registry
   kRegistryError = 30,
   kRegistryBusy = 31,
   kNotFound = 32,
   kAlreadyExists = 33,
   kSchemaTooNew = 34,
+  kHomeBusy = 35,         // another fleetsign process holds the home (or the batch)
+  kRegistryMissing = 36,  // the registry is missing or empty while the token holds CA keys
   // policy and administrative input
   kPolicyInvalid = 40,
   kInvalidSubject = 41,
   kValidityBeyondIssuer = 42,
   kInvalidArgument = 43,
+  kInputTooLarge = 44,   // a bounded read hit its limit (the message names input and limit)
+  kCaConstraint = 45,    // a CA that its own chain forbids (pathLen, name constraints)
+  kOutputDirInUse = 46,  // --out is a non-empty directory that is not this batch's own
   // per-item outcomes of issuance
   kCsrMalformed = 60,
   kCsrSignatureInvalid = 61,
@@ -107,6 +113,8 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "token_error";
     case ErrorCode::kPinLocked:
       return "pin_locked";
+    case ErrorCode::kTokenCorrupt:
+      return "token_corrupt";
     case ErrorCode::kRegistryError:
       return "registry_error";
     case ErrorCode::kRegistryBusy:
@@ -117,6 +125,10 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "already_exists";
     case ErrorCode::kSchemaTooNew:
       return "schema_too_new";
+    case ErrorCode::kHomeBusy:
+      return "home_busy";
+    case ErrorCode::kRegistryMissing:
+      return "registry_missing";
     case ErrorCode::kPolicyInvalid:
       return "policy_invalid";
     case ErrorCode::kInvalidSubject:
@@ -125,6 +137,12 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "validity_beyond_issuer";
     case ErrorCode::kInvalidArgument:
       return "invalid_argument";
+    case ErrorCode::kInputTooLarge:
+      return "input_too_large";
+    case ErrorCode::kCaConstraint:
+      return "ca_constraint";
+    case ErrorCode::kOutputDirInUse:
+      return "output_dir_in_use";
     case ErrorCode::kCsrMalformed:
       return "csr_malformed";
     case ErrorCode::kCsrSignatureInvalid:
@@ -157,7 +175,9 @@ inline int exit_status_for(ErrorCode code) noexcept {
   if (code == ErrorCode::kOk) return 0;
   if (code == ErrorCode::kUsage || code == ErrorCode::kInvalidArgument ||
       code == ErrorCode::kInvalidSubject || code == ErrorCode::kNotFound ||
-      code == ErrorCode::kAlreadyExists || code == ErrorCode::kValidityBeyondIssuer) {
+      code == ErrorCode::kAlreadyExists || code == ErrorCode::kValidityBeyondIssuer ||
+      code == ErrorCode::kInputTooLarge || code == ErrorCode::kCaConstraint ||
+      code == ErrorCode::kOutputDirInUse) {
     return 2;
   }
   if (code == ErrorCode::kIo) return 8;
