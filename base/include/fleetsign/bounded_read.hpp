@@ -1,0 +1,70 @@
+// Bounded reads of untrusted files: every input from outside (PIN and password files, CSRs,
+// chains, policy files) is read through here with a limit, so `/dev/zero` or a huge file is
+// refused with a message that names the input and the limit instead of growing without bound.
+//
+// Errors (thrown fleetsign::Error): kInputTooLarge when the input holds more than `limit` bytes,
+// kIo when it cannot be opened or read (a directory is refused as kIo, never read).
+#pragma once
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "fleetsign/error.hpp"
+
+namespace fleetsign {
+
+// Limits used across the tool; each names the kind of input in the error message.
+inline constexpr std::size_t kSecretFileLimit = 4096;         // PIN and password files
+inline constexpr std::size_t kCsrFileLimit = 64 * 1024;       // one CSR file
+inline constexpr std::size_t kChainFileLimit = 1024 * 1024;   // a certificate chain
+inline constexpr std::size_t kPolicyFileLimit = 1024 * 1024;  // policy.json
+inline constexpr std::size_t kCertFileLimit = 1024 * 1024;    // a certificate file
+inline constexpr std::size_t kConfigFileLimit = 256 * 1024;   // fleetsign.json, other config
+
+// Reads at most `limit` bytes of `path`. `what` names the input in messages ("PIN file").
+// Reads one byte past the limit to tell "exactly at the limit" from "over it".
+inline std::string read_bounded(const std::string& path, std::size_t limit, std::string_view what) {
+  const std::string name = std::string(what) + " '" + path + "'";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo, name + ": cannot be opened: " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::kIo, name + ": is a directory, not a file");
+  }
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      const int err = errno;
+      ::close(fd);
+      throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(err));
+    }
+    if (n == 0) {
+      break;
+    }
+    if (out.size() + static_cast<std::size_t>(n) > limit) {
+      ::close(fd);
+      throw Error(ErrorCode::kInputTooLarge,
+                  name + ": larger than the limit of " + std::to_string(limit) + " bytes");
+    }
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace fleetsign
