@@ -16,6 +16,7 @@
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/services.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "fleetsign/policy/policy.hpp"
 
@@ -34,7 +35,7 @@ class Args {
   std::string positional_at(std::size_t i, const std::string& what) const;
 };
 
-// What a command runs against. Everything is opened lazily, on first use.
+// What a command runs against: the engine's Services for the home, opened lazily on first use.
 class Context {
  public:
   Context(std::optional<std::filesystem::path> home_dir, Args args);
@@ -43,12 +44,14 @@ class Context {
   const Args& args() const { return m_args; }
   bool json() const { return m_args.has("json"); }
   std::filesystem::path home_dir() const;
-  engine::Home& home();
-  const policy::Policy& policy();
-  engine::Registry& registry();
-  hsm::Token& token();  // asks for the user PIN (file, FLEETSIGN_PIN, or prompt)
-  engine::SystemClock& clock() { return m_clock; }
-  engine::CsprngSource& random() { return m_random; }
+  engine::Services& services();
+  engine::Home& home() { return services().home(); }
+  const policy::Policy& policy() { return services().policy(); }
+  engine::Registry& registry() { return services().registry(); }
+  hsm::Token& token() { return services().token(); }  // user PIN: file, FLEETSIGN_PIN or prompt
+  engine::CaService& cas() { return services().cas(); }
+  const engine::Clock& clock() { return services().clock(); }
+  engine::RandomSource& random() { return services().random(); }
 
   // Prints a JSON object on stdout (one line).
   void print_json(const Poco::JSON::Object& obj) const;
@@ -56,12 +59,7 @@ class Context {
  private:
   std::optional<std::filesystem::path> m_home_dir;
   Args m_args;
-  std::optional<engine::Home> m_home;
-  std::optional<policy::Policy> m_policy;
-  std::unique_ptr<engine::Registry> m_registry;
-  std::unique_ptr<hsm::Token> m_token;
-  engine::SystemClock m_clock;
-  engine::CsprngSource m_random;
+  std::unique_ptr<engine::Services> m_services;
 };
 
 struct Command {

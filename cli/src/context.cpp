@@ -94,36 +94,17 @@ fs::path Context::home_dir() const {
   return fs::path(user_home != nullptr ? user_home : ".") / ".fleetsign";
 }
 
-engine::Home& Context::home() {
-  if (!m_home) {
-    m_home.emplace(engine::Home::open(home_dir()));
+engine::Services& Context::services() {
+  if (!m_services) {
+    // The PIN is read only when a command first needs the token.
+    auto pin_source = [this](const std::string& label) {
+      return hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
+                                    "user PIN for token '" + label + "': ");
+    };
+    m_services =
+        std::make_unique<engine::Services>(engine::Home::open(home_dir()), std::move(pin_source));
   }
-  return *m_home;
-}
-
-const policy::Policy& Context::policy() {
-  if (!m_policy) {
-    m_policy.emplace(home().load_policy());
-  }
-  return *m_policy;
-}
-
-engine::Registry& Context::registry() {
-  if (!m_registry) {
-    m_registry = home().open_registry();
-  }
-  return *m_registry;
-}
-
-hsm::Token& Context::token() {
-  if (!m_token) {
-    engine::Home& h = home();
-    const hsm::Pin pin =
-        hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
-                               "user PIN for token '" + h.config().token_label + "': ");
-    m_token = h.open_token(pin);
-  }
-  return *m_token;
+  return *m_services;
 }
 
 void Context::print_json(const Poco::JSON::Object& obj) const {

@@ -1,0 +1,61 @@
+// Services: what every front end (the CLI, the jobs, the coming HTTP service) runs against, built
+// once at start-up from a home: the policy, the registry stores, the token, the CA service, the
+// clock and the random source. Nothing else in the engine reads the wall clock, the RNG or the
+// environment; tests build a Services with a FixedClock and their own random source.
+//
+// Each part is opened on first use, so a read-only command never logs in to the token.
+// Ownership: Services owns everything it opens; references it hands out live as long as it does.
+// Thread safety: not thread-safe; open what is needed on one thread, then share the parts that
+// say they are thread-safe (Issuer, SigningKey) with workers.
+// Errors: those of Home, the registry and the token (thrown fleetsign::Error).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/home.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/hsm/pin.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::engine {
+
+class Services final {
+ public:
+  // Where the user PIN comes from when the token is first needed (a file, the environment or a
+  // prompt: the front end decides; the engine never reads them itself).
+  using PinSource = std::function<hsm::Pin(const std::string& token_label)>;
+
+  // Production: the system clock and OpenSSL's CSPRNG.
+  Services(Home home, PinSource pin_source);
+  // Tests and tools: an injected clock and random source (owned).
+  Services(Home home, PinSource pin_source, std::unique_ptr<Clock> clock,
+           std::unique_ptr<RandomSource> random);
+  ~Services();
+  Services(const Services&) = delete;  // owns the registry connection and the token session
+  Services& operator=(const Services&) = delete;
+
+  Home& home() noexcept { return m_home; }
+  const policy::Policy& policy();
+  Registry& registry();
+  hsm::Token& token();  // logs in on first use, with the PIN from the PinSource
+  CaService& cas();     // the CA hierarchy over registry, token, policy, clock and random
+  const Clock& clock() const noexcept { return *m_clock; }
+  RandomSource& random() noexcept { return *m_random; }
+
+ private:
+  Home m_home;
+  PinSource m_pin_source;
+  std::unique_ptr<Clock> m_clock;
+  std::unique_ptr<RandomSource> m_random;
+  std::optional<policy::Policy> m_policy;
+  std::unique_ptr<Registry> m_registry;
+  std::unique_ptr<hsm::Token> m_token;
+  std::unique_ptr<CaService> m_cas;
+};
+
+}  // namespace fleetsign::engine
