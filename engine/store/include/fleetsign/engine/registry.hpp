@@ -140,7 +140,120 @@ struct AuditEntry {
   std::string actor, action, subject, detail;
 };
 
-class Registry final {
+// ---------------------------------------------------------------------------------------------
+// The store contracts. Each caller takes the narrowest one it needs, so that a second backend
+// (PostgreSQL) or a test wrapper (fault injection) slots in without touching callers. Every
+// method is one transaction unless it says otherwise; failures throw Error(kRegistryError,
+// kRegistryBusy, kAlreadyExists, kNotFound) with what was being written in the message.
+// Implementations are not thread-safe: one instance per thread, or guarded.
+
+// The CA hierarchy's records.
+class CaStore {
+ public:
+  virtual ~CaStore() = default;
+  virtual void add_ca(const CaRecord& ca) = 0;  // kAlreadyExists when the name is taken
+  virtual std::optional<CaRecord> find_ca(const std::string& name) = 0;
+  virtual std::vector<CaRecord> list_cas() = 0;  // by created_at
+  virtual void set_ca_verified(const std::string& name, bool verified) = 0;
+};
+
+// Certificates and their intents: the exactly-once record of issuance.
+class CertificateStore {
+ public:
+  virtual ~CertificateStore() = default;
+  // One transaction for the whole span. A serial already present (in any state) makes the whole
+  // call fail with Error(kAlreadyExists) naming it, and nothing is written.
+  virtual void record_intents(std::span<const CertIntent> intents) = 0;
+  // One transaction: each serial must be in state intent; it becomes issued with its DER and
+  // thumbprints, and fills its device's slot. Any other state is Error(kRegistryError) and
+  // nothing is written.
+  virtual void record_issued(std::span<const IssuedCert> certs) = 0;
+  // Marks every intent of `batch_id` abandoned (their serials stay, never reused). Returns count.
+  virtual std::int64_t abandon_intents(const std::string& batch_id) = 0;
+  virtual std::optional<CertRecord> find_cert(const std::string& serial) = 0;
+  virtual std::optional<CertState> cert_state(const std::string& serial) = 0;
+  // Of `device_ids`, those that hold an issued certificate valid at `now` (not_after > now).
+  virtual std::vector<std::string> devices_with_valid_cert(std::span<const std::string> device_ids,
+                                                           std::int64_t now) = 0;
+  // Issued certificates of a batch with seq > after_seq, ordered by seq.
+  virtual std::vector<CertRecord> batch_issued_after(const std::string& batch_id,
+                                                     std::int64_t after_seq) = 0;
+  // Device IDs with an issued certificate in a batch (resume rebuilds its duplicate check).
+  virtual std::vector<std::string> batch_device_ids(const std::string& batch_id) = 0;
+  // Counts by state for a batch (or for everything when batch_id is empty).
+  virtual std::int64_t count_certs(const std::string& batch_id, CertState state) = 0;
+  virtual std::vector<CertRecord> certs_of_device(const std::string& device_id) = 0;
+};
+
+// Issuance runs: parameters to resume, progress, the output watermark.
+class BatchStore {
+ public:
+  virtual ~BatchStore() = default;
+  virtual void create_batch(const BatchRecord& batch) = 0;  // kAlreadyExists on a taken id
+  virtual std::optional<BatchRecord> find_batch(const std::string& id) = 0;
+  virtual std::vector<BatchRecord> list_batches() = 0;  // newest first
+  virtual void update_batch_progress(const std::string& id, std::int64_t watermark,
+                                     const std::string& offsets_json, std::int64_t issued,
+                                     std::int64_t rejected) = 0;
+  virtual void finish_batch(const std::string& id, std::int64_t finished_at) = 0;
+};
+
+// Enrollments (the DPS model) and devices with their slots. Each save writes its audit row in the
+// same transaction.
+class EnrollmentStore {
+ public:
+  virtual ~EnrollmentStore() = default;
+  virtual void save_group(const EnrollmentGroup& group, const std::string& action, bool create) = 0;
+  virtual std::optional<EnrollmentGroup> find_group(const std::string& name) = 0;
+  virtual std::vector<EnrollmentGroup> list_groups() = 0;
+  virtual void save_individual(const IndividualEnrollment& ie, const std::string& action,
+                               bool create) = 0;
+  virtual std::optional<IndividualEnrollment> find_individual(
+      const std::string& registration_id) = 0;
+  virtual std::vector<IndividualEnrollment> list_individuals() = 0;
+  // Point lookup for the authentication decision (thousands a second): the slots' thumbprints,
+  // not the certificates.
+  virtual std::optional<IndividualEnrollment> find_individual_slots(
+      const std::string& registration_id) = 0;
+  virtual std::optional<DeviceRecord> find_device(const std::string& registration_id) = 0;
+  virtual std::vector<DeviceRecord> list_devices(const DeviceFilter& filter) = 0;
+  virtual std::int64_t count_devices() = 0;
+  // Device certificates (current slots) with not_after < until, ordered by not_after.
+  virtual std::vector<ExpiringCert> expiring_device_certs(std::int64_t until,
+                                                          const DeviceFilter& filter) = 0;
+  // Latest not_after of the device certificates each CA issued (current slots only).
+  virtual std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() = 0;
+};
+
+// The append-only audit log.
+class AuditLog {
+ public:
+  virtual ~AuditLog() = default;
+  virtual void audit(const std::string& action, const std::string& subject,
+                     const std::string& detail) = 0;
+  virtual std::vector<AuditEntry> audit_log(std::int64_t limit) = 0;
+};
+
+// Persisted jobs (rollovers, revocation runs): filled by the jobs issue. Its version says which
+// job-store format a backend holds (0: none yet).
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+  virtual int job_store_version() = 0;
+};
+
+// Every contract at once: what start-up code hands to components that use several. A backend
+// (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
+class Stores : public CaStore,
+               public CertificateStore,
+               public BatchStore,
+               public EnrollmentStore,
+               public AuditLog,
+               public JobStore {};
+
+// The SQLite backend: every contract over one connection. Only start-up code (Home, Services)
+// names this class; components take Stores or a narrower contract.
+class Registry final : public Stores {
  public:
   // Opens or creates the database and migrates its schema to the current version. Throws
   // Error(kSchemaTooNew) when the file was written by a newer fleetsign, kRegistryError on I/O.
@@ -211,6 +324,8 @@ class Registry final {
   // --- audit (append-only: the table refuses UPDATE and DELETE by trigger)
   void audit(const std::string& action, const std::string& subject, const std::string& detail);
   std::vector<AuditEntry> audit_log(std::int64_t limit);
+
+  int job_store_version() override { return 0; }
 
  private:
   struct Impl;

@@ -1,0 +1,156 @@
+// FaultStores: a Stores that forwards every call to a real backend (the SQLite registry) and lets
+// a test act around chosen calls: die with SIGKILL exactly like `kill -9` after the Nth commit of
+// intents, throw the error a failing disk or a locked database would, and so on. Crash tests wrap
+// the real store this way (leveldb's fault-injection Env) instead of a hook in production code.
+//
+// Not thread-safe beyond what the wrapped store is (the batch pipeline calls its stores from its
+// serial stages, under its own lock).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "fleetsign/engine/registry.hpp"
+
+namespace fleetsign::test {
+
+class FaultStores final : public engine::Stores {
+ public:
+  // Called before (phase "before") and after (phase "after") each write that matters to the
+  // exactly-once invariants, with its name ("record_intents", "record_issued",
+  // "update_batch_progress", "add_ca", …) and the 1-based count of calls of that name so far.
+  using Hook = std::function<void(const std::string& op, const char* phase, int call)>;
+
+  FaultStores(engine::Stores& inner, Hook hook) : m_inner(inner), m_hook(std::move(hook)) {}
+
+  // CaStore
+  void add_ca(const engine::CaRecord& ca) override {
+    write("add_ca", [&] { m_inner.add_ca(ca); });
+  }
+  std::optional<engine::CaRecord> find_ca(const std::string& name) override {
+    return m_inner.find_ca(name);
+  }
+  std::vector<engine::CaRecord> list_cas() override { return m_inner.list_cas(); }
+  void set_ca_verified(const std::string& name, bool verified) override {
+    write("set_ca_verified", [&] { m_inner.set_ca_verified(name, verified); });
+  }
+
+  // CertificateStore
+  void record_intents(std::span<const engine::CertIntent> intents) override {
+    write("record_intents", [&] { m_inner.record_intents(intents); });
+  }
+  void record_issued(std::span<const engine::IssuedCert> certs) override {
+    write("record_issued", [&] { m_inner.record_issued(certs); });
+  }
+  std::int64_t abandon_intents(const std::string& batch_id) override {
+    std::int64_t n = 0;
+    write("abandon_intents", [&] { n = m_inner.abandon_intents(batch_id); });
+    return n;
+  }
+  std::optional<engine::CertRecord> find_cert(const std::string& serial) override {
+    return m_inner.find_cert(serial);
+  }
+  std::optional<engine::CertState> cert_state(const std::string& serial) override {
+    return m_inner.cert_state(serial);
+  }
+  std::vector<std::string> devices_with_valid_cert(std::span<const std::string> ids,
+                                                   std::int64_t now) override {
+    return m_inner.devices_with_valid_cert(ids, now);
+  }
+  std::vector<engine::CertRecord> batch_issued_after(const std::string& batch_id,
+                                                     std::int64_t after_seq) override {
+    return m_inner.batch_issued_after(batch_id, after_seq);
+  }
+  std::vector<std::string> batch_device_ids(const std::string& batch_id) override {
+    return m_inner.batch_device_ids(batch_id);
+  }
+  std::int64_t count_certs(const std::string& batch_id, engine::CertState state) override {
+    return m_inner.count_certs(batch_id, state);
+  }
+  std::vector<engine::CertRecord> certs_of_device(const std::string& device_id) override {
+    return m_inner.certs_of_device(device_id);
+  }
+
+  // BatchStore
+  void create_batch(const engine::BatchRecord& batch) override {
+    write("create_batch", [&] { m_inner.create_batch(batch); });
+  }
+  std::optional<engine::BatchRecord> find_batch(const std::string& id) override {
+    return m_inner.find_batch(id);
+  }
+  std::vector<engine::BatchRecord> list_batches() override { return m_inner.list_batches(); }
+  void update_batch_progress(const std::string& id, std::int64_t watermark,
+                             const std::string& offsets_json, std::int64_t issued,
+                             std::int64_t rejected) override {
+    write("update_batch_progress",
+          [&] { m_inner.update_batch_progress(id, watermark, offsets_json, issued, rejected); });
+  }
+  void finish_batch(const std::string& id, std::int64_t finished_at) override {
+    write("finish_batch", [&] { m_inner.finish_batch(id, finished_at); });
+  }
+
+  // EnrollmentStore
+  void save_group(const engine::EnrollmentGroup& group, const std::string& action,
+                  bool create) override {
+    write("save_group", [&] { m_inner.save_group(group, action, create); });
+  }
+  std::optional<engine::EnrollmentGroup> find_group(const std::string& name) override {
+    return m_inner.find_group(name);
+  }
+  std::vector<engine::EnrollmentGroup> list_groups() override { return m_inner.list_groups(); }
+  void save_individual(const engine::IndividualEnrollment& ie, const std::string& action,
+                       bool create) override {
+    write("save_individual", [&] { m_inner.save_individual(ie, action, create); });
+  }
+  std::optional<engine::IndividualEnrollment> find_individual(const std::string& id) override {
+    return m_inner.find_individual(id);
+  }
+  std::vector<engine::IndividualEnrollment> list_individuals() override {
+    return m_inner.list_individuals();
+  }
+  std::optional<engine::IndividualEnrollment> find_individual_slots(
+      const std::string& id) override {
+    return m_inner.find_individual_slots(id);
+  }
+  std::optional<engine::DeviceRecord> find_device(const std::string& id) override {
+    return m_inner.find_device(id);
+  }
+  std::vector<engine::DeviceRecord> list_devices(const engine::DeviceFilter& filter) override {
+    return m_inner.list_devices(filter);
+  }
+  std::int64_t count_devices() override { return m_inner.count_devices(); }
+  std::vector<engine::ExpiringCert> expiring_device_certs(
+      std::int64_t until, const engine::DeviceFilter& filter) override {
+    return m_inner.expiring_device_certs(until, filter);
+  }
+  std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override {
+    return m_inner.latest_leaf_expiry_by_ca();
+  }
+
+  // AuditLog
+  void audit(const std::string& action, const std::string& subject,
+             const std::string& detail) override {
+    write("audit", [&] { m_inner.audit(action, subject, detail); });
+  }
+  std::vector<engine::AuditEntry> audit_log(std::int64_t limit) override {
+    return m_inner.audit_log(limit);
+  }
+
+  // JobStore
+  int job_store_version() override { return m_inner.job_store_version(); }
+
+ private:
+  template <typename F>
+  void write(const std::string& op, F&& f) {
+    const int call = ++m_calls[op];
+    m_hook(op, "before", call);
+    f();
+    m_hook(op, "after", call);
+  }
+  engine::Stores& m_inner;
+  Hook m_hook;
+  std::map<std::string, int> m_calls;
+};
+
+}  // namespace fleetsign::test
