@@ -17,6 +17,7 @@
 #include <sstream>
 #include <utility>
 
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::policy {
@@ -402,21 +403,7 @@ std::string_view key_algorithm_name(KeyAlgorithm alg) noexcept {
 }
 
 Policy load_policy_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot read policy file: is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    throw Error(ErrorCode::kIo,
-                path.string() + ": cannot read policy file: " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot read policy file: read error");
-  }
-  return parse_policy(text.str(), path.string());
+  return parse_policy(read_bounded(path.string(), kPolicyFileLimit, "policy file"), path.string());
 }
 
 Policy parse_policy(std::string_view json_text, std::string_view origin) {
