@@ -70,4 +70,14 @@ double measure_auth_checks(const std::filesystem::path& db_file,
                            const std::filesystem::path& bundle_pem, std::size_t max_chains,
                            int threads, double seconds);
 
+// ---- engine_scale.cpp ------------------------------------------------------------------------
+
+// Intents + issued rows recorded per second: `total` of each, in the batch runner's 500-row
+// chunks, into a fresh registry file (no signing). Was a < 10 s assertion in registry_test.
+double measure_registry_record(const std::filesystem::path& db_file, std::size_t total);
+
+// Seconds for build_expiry_report to aggregate `count` due certificates held in memory (groups,
+// lots, buckets, the first 1000 listed). Was a < 1 s assertion in expiry_test.
+double measure_expiry_aggregate(std::size_t count);
+
 }  // namespace fleetsign::bench

@@ -274,7 +274,7 @@ class Bench {
 struct Results {
   double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
          generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0,
-         expiry_report_s = 0, auth_checks = 0;
+         expiry_report_s = 0, auth_checks = 0, registry_record = 0, expiry_aggregate_s = 0;
   std::size_t devices_in_registry = 0;
 };
 
@@ -288,10 +288,12 @@ void print(const Options& o, const Results& r) {
         "\"generate_files_per_s\":%.1f,\"openssl_loop_per_s\":%.2f,\"peak_rss_mb\":%.1f,"
         "\"rss_devices\":%zu,\"issue_vs_limit\":%.4f,\"issue_vs_openssl_loop\":%.2f,"
         "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu,\"devices_in_registry\":%zu,"
-        "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f}\n",
+        "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f,\"registry_record_per_s\":%.1f,"
+        "\"expiry_aggregate_1m_s\":%.3f}\n",
         r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
         r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
-        o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks);
+        o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks, r.registry_record,
+        r.expiry_aggregate_s);
     return;
   }
   std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
@@ -319,6 +321,11 @@ void print(const Options& o, const Results& r) {
               "expiry_report_s", r.expiry_report_s);
   std::printf("  %-22s %12.1f  auth check decisions, %d threads, one connection each\n",
               "auth_checks_per_s", r.auth_checks, o.threads);
+  std::printf("\n  engine, in process:\n");
+  std::printf("  %-22s %12.1f  intents + issued rows recorded, 100000 in 500-row chunks\n",
+              "registry_record_per_s", r.registry_record);
+  std::printf("  %-22s %12.3f  build_expiry_report over 1000000 due certificates in memory\n",
+              "expiry_aggregate_1m_s", r.expiry_aggregate_s);
 }
 
 int run_bench(const Options& o) {
@@ -396,6 +403,11 @@ int run_bench(const Options& o) {
   r.auth_checks =
       measure_auth_checks(b.home() / "registry.db", work.path() / "out-csr-bundle" / "bundle.pem",
                           2000, o.threads, kSeconds);
+
+  note("registry recording, 100000 intents + issued");
+  r.registry_record = measure_registry_record(work.path() / "record-bench.db", 100000);
+  note("expiry aggregation over 1000000 due certificates");
+  r.expiry_aggregate_s = measure_expiry_aggregate(1000000);
 
   print(o, r);
   note("done in %.1f s%s%s",

@@ -99,7 +99,8 @@ double measure_auth_checks(const std::filesystem::path& db_file,
                            const std::filesystem::path& bundle_pem, std::size_t max_chains,
                            int threads, double seconds) {
   // The device certificates of a real batch (leaf only, as most devices present them).
-  std::vector<engine::Der> leaves = engine::read_certificates(bundle_pem);
+  std::vector<engine::Der> leaves =
+      engine::read_certificates(bundle_pem, "certificate bundle", std::size_t{1} << 32);
   if (leaves.size() > max_chains) leaves.resize(max_chains);
   std::atomic<long> checks{0}, refused{0};
   std::atomic<bool> stop{false};

@@ -1,5 +1,8 @@
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <ctime>
+#include <optional>
 
 #include "cli.hpp"
 #include "fleetsign/engine/auth.hpp"
@@ -10,32 +13,43 @@ namespace fleetsign::cli {
 
 namespace {
 
-// "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds.
-std::int64_t parse_time(const std::string& text) {
+Error not_a_time(const std::string& text, const std::string& why) {
+  return Error(ErrorCode::kUsage, "--at '" + text + "' is not a time" + why +
+                                      " (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
+}
+
+// A calendar time, strictly: strptime accepts "2027-02-30" and timegm rolls it over to March 2,
+// so the result must convert back to the same fields.
+std::optional<std::int64_t> parse_calendar(const std::string& text, const char* format) {
   std::tm tm{};
-  if (const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
-      end != nullptr && *end == '\0') {
-    return static_cast<std::int64_t>(timegm(&tm));
+  const char* end = strptime(text.c_str(), format, &tm);
+  if (end == nullptr || *end != '\0') return std::nullopt;
+  const std::tm asked = tm;
+  const std::time_t t = timegm(&tm);
+  std::tm back{};
+  if (gmtime_r(&t, &back) == nullptr || back.tm_year != asked.tm_year ||
+      back.tm_mon != asked.tm_mon || back.tm_mday != asked.tm_mday ||
+      back.tm_hour != asked.tm_hour || back.tm_min != asked.tm_min || back.tm_sec != asked.tm_sec) {
+    throw not_a_time(text, ": no such date or time of day");
   }
-  tm = std::tm{};
-  if (const char* end = strptime(text.c_str(), "%Y-%m-%d", &tm); end != nullptr && *end == '\0') {
-    return static_cast<std::int64_t>(timegm(&tm));
-  }
-  try {
-    std::size_t used = 0;
-    const long long v = std::stoll(text, &used);
-    if (used == text.size()) return v;
-  } catch (const std::exception&) {
-  }
-  throw Error(
-      ErrorCode::kUsage,
-      "--at '" + text + "' is not a time (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
+  return static_cast<std::int64_t>(t);
+}
+
+// "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds (digits only).
+std::int64_t parse_time(const std::string& text) {
+  if (auto t = parse_calendar(text, "%Y-%m-%dT%H:%M:%SZ")) return *t;
+  if (auto t = parse_calendar(text, "%Y-%m-%d")) return *t;
+  const bool digits =
+      !text.empty() && text.size() <= 18 &&
+      std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+  if (!digits) throw not_a_time(text, "");
+  return std::stoll(text);
 }
 
 int run_auth_check(Context& ctx) {
   const Args& a = ctx.args();
   const std::string file = a.require("chain");
-  const auto chain = engine::read_certificates(file);
+  const auto chain = engine::read_certificates(file, "chain", kChainFileLimit);
   const std::int64_t at = a.has("at") ? parse_time(*a.get("at")) : ctx.clock().now();
   engine::Authenticator auth(ctx.registry());
   const auto d = auth.check(chain, at, a.get("registration-id").value_or(""), a.has("openssl"));

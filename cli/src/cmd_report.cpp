@@ -1,6 +1,5 @@
 // expiry report, export dps|iothub: parse, call the engine, print (aligned tables, or --json).
 #include <cstdio>
-#include <fstream>
 #include <set>
 
 #include "cli.hpp"
@@ -180,23 +179,14 @@ int run_export(Context& ctx, bool dps) {
   const Args& a = ctx.args();
   const std::filesystem::path out = a.require("out");
   const std::string group = a.get("group").value_or("");
-  const std::filesystem::path tmp = out.string() + ".tmp";
-  if (out.has_parent_path()) {
-    std::error_code ec;
-    std::filesystem::create_directories(out.parent_path(), ec);
-  }
   engine::ExportSummary s;
-  {
-    std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
-    if (!file) throw Error(ErrorCode::kIo, tmp.string() + ": cannot be created");
-    s = dps ? engine::export_dps(ctx.registry(), group, file)
-            : engine::export_iothub(ctx.registry(), group, file);
-    file.flush();
-    if (!file) throw Error(ErrorCode::kIo, tmp.string() + ": cannot be written");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, out, ec);
-  if (ec) throw Error(ErrorCode::kIo, out.string() + ": cannot be written (" + ec.message() + ")");
+  write_output_file(out,
+                    std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                        std::filesystem::perms::group_read | std::filesystem::perms::others_read,
+                    [&](std::ostream& file) {
+                      s = dps ? engine::export_dps(ctx.registry(), group, file)
+                              : engine::export_iothub(ctx.registry(), group, file);
+                    });
   // At most a screenful of warnings: the counts say the rest.
   for (std::size_t i = 0; i < s.warnings.size() && i < 20; ++i)
     std::fprintf(stderr, "warning: %s\n", s.warnings[i].c_str());

@@ -65,19 +65,6 @@ void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::st
   set.addOption(Poco::Util::Option(name, "", help));
 }
 
-void write_text_file(const fs::path& path, const std::string& text, fs::perms perms) {
-  if (path.has_parent_path()) {
-    std::error_code ec;
-    fs::create_directories(path.parent_path(), ec);
-  }
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out || !(out << text) || !out.flush()) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
-  }
-  out.close();
-  fs::permissions(path, perms);
-}
-
 Context::Context(std::optional<fs::path> home_dir, Args args)
     : m_home_dir(std::move(home_dir)), m_args(std::move(args)) {}
 

@@ -4,6 +4,7 @@
 #include <Poco/Util/OptionException.h>
 #include <Poco/Util/OptionProcessor.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -104,23 +105,42 @@ int report(const fleetsign::Error& e, bool json) {
   return fleetsign::exit_status_for(e.code());
 }
 
+// Global options come before the command words: `--home DIR` or `--home=DIR`, DIR not empty.
+// Removes them from `args`; kUsage when the directory is missing or empty.
+std::optional<fs::path> take_home_option(std::vector<std::string>& args) {
+  std::optional<fs::path> home;
+  while (!args.empty()) {
+    std::size_t used = 1;
+    std::string value;
+    if (args[0].rfind("--home=", 0) == 0) {
+      value = args[0].substr(7);
+    } else if (args[0] == "--home" && args.size() >= 2) {
+      value = args[1];
+      used = 2;
+    } else if (args[0] == "--home") {
+      throw fleetsign::Error(fleetsign::ErrorCode::kUsage, "--home needs a directory");
+    } else {
+      break;
+    }
+    if (value.empty()) {
+      throw fleetsign::Error(fleetsign::ErrorCode::kUsage,
+                             "--home needs a directory, got an empty value");
+    }
+    home = value;
+    args.erase(args.begin(), args.begin() + static_cast<long>(used));
+  }
+  return home;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> argv_rest(argv + 1, argv + argc);
   std::optional<fs::path> home;
-  // Global options come before the command words.
-  while (!argv_rest.empty() && argv_rest[0].rfind("--home", 0) == 0) {
-    if (argv_rest[0].rfind("--home=", 0) == 0) {
-      home = argv_rest[0].substr(7);
-      argv_rest.erase(argv_rest.begin());
-    } else if (argv_rest.size() >= 2) {
-      home = argv_rest[1];
-      argv_rest.erase(argv_rest.begin(), argv_rest.begin() + 2);
-    } else {
-      std::fprintf(stderr, "fleetsign: error [usage]: --home needs a directory\n");
-      return 2;
-    }
+  try {
+    home = take_home_option(argv_rest);
+  } catch (const fleetsign::Error& e) {
+    return report(e, std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end());
   }
   const auto commands = all_commands();
   if (argv_rest.empty() || argv_rest[0] == "--help" || argv_rest[0] == "-h" ||

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
@@ -94,16 +95,16 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
 Home Home::open(const fs::path& dir) {
   HomeConfig config;
   config.dir = fs::absolute(dir);
-  std::ifstream in(config.dir / kConfigFile);
-  if (!in) {
+  std::error_code exists_ec;
+  if (!fs::exists(config.dir / kConfigFile, exists_ec)) {
     throw Error(ErrorCode::kNotFound,
                 config.dir.string() + " is not a fleetsign home; run `fleetsign init` first");
   }
-  std::stringstream text;
-  text << in.rdbuf();
+  const std::string text =
+      read_bounded((config.dir / kConfigFile).string(), kConfigFileLimit, "config file");
   try {
     Poco::JSON::Parser parser;
-    auto obj = parser.parse(text.str()).extract<Poco::JSON::Object::Ptr>();
+    auto obj = parser.parse(text).extract<Poco::JSON::Object::Ptr>();
     config.module = obj->getValue<std::string>("module");
     config.token_label = obj->getValue<std::string>("token_label");
     if (obj->has("softhsm_conf") && !obj->isNull("softhsm_conf")) {

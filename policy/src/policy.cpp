@@ -17,6 +17,7 @@
 #include <sstream>
 #include <utility>
 
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::policy {
@@ -328,15 +329,20 @@ Policy read_policy(const Var& document, const Where& where) {
 
 // --- Writing JSON.
 
-std::string algorithms_json(const std::vector<KeyAlgorithm>& algorithms) {
-  return "[" +
-         join(algorithms,
-              [](KeyAlgorithm alg) { return "\"" + std::string(key_algorithm_name(alg)) + "\""; }) +
-         "]";
+Poco::JSON::Object::Ptr ordered_object() {
+  return new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
 }
 
-std::string days_json(const std::vector<int>& days) {
-  return "[" + join(days, [](int day) { return std::to_string(day); }) + "]";
+Poco::JSON::Array::Ptr algorithms_json(const std::vector<KeyAlgorithm>& algorithms) {
+  Poco::JSON::Array::Ptr out = new Poco::JSON::Array;
+  for (const KeyAlgorithm alg : algorithms) out->add(std::string(key_algorithm_name(alg)));
+  return out;
+}
+
+Poco::JSON::Array::Ptr days_json(const std::vector<int>& days) {
+  Poco::JSON::Array::Ptr out = new Poco::JSON::Array;
+  for (const int day : days) out->add(day);
+  return out;
 }
 
 // --- Rule helpers.
@@ -402,21 +408,7 @@ std::string_view key_algorithm_name(KeyAlgorithm alg) noexcept {
 }
 
 Policy load_policy_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot read policy file: is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    throw Error(ErrorCode::kIo,
-                path.string() + ": cannot read policy file: " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot read policy file: read error");
-  }
-  return parse_policy(text.str(), path.string());
+  return parse_policy(read_bounded(path.string(), kPolicyFileLimit, "policy file"), path.string());
 }
 
 Policy parse_policy(std::string_view json_text, std::string_view origin) {
@@ -434,28 +426,28 @@ Policy parse_policy(std::string_view json_text, std::string_view origin) {
 std::string default_policy_json() {
   const Policy defaults;
   const Validity& v = defaults.validity;
+  auto validity = ordered_object();
+  validity->set("root_days", v.root_days);
+  validity->set("intermediate_days", v.intermediate_days);
+  validity->set("device_days", v.device_days);
+  validity->set("verification_days", v.verification_days);
+  auto device_id = ordered_object();
+  device_id->set("extra_chars", defaults.device_id.extra_chars);
+  device_id->set("max_length", defaults.device_id.max_length);
+  auto device_subject = ordered_object();
+  device_subject->set("organization", defaults.device_subject.organization);
+  device_subject->set("organizational_unit", defaults.device_subject.organizational_unit);
+  auto doc = ordered_object();
+  doc->set("ca_keys", algorithms_json(defaults.ca_keys));
+  doc->set("device_keys", algorithms_json(defaults.device_keys));
+  doc->set("validity", validity);
+  doc->set("device_id", device_id);
+  doc->set("device_subject", device_subject);
+  doc->set("alert_days", days_json(defaults.alert_days));
+  doc->set("groups", ordered_object());
   std::ostringstream out;
-  out << "{\n"
-      << "  \"ca_keys\": " << algorithms_json(defaults.ca_keys) << ",\n"
-      << "  \"device_keys\": " << algorithms_json(defaults.device_keys) << ",\n"
-      << "  \"validity\": {\n"
-      << "    \"root_days\": " << v.root_days << ",\n"
-      << "    \"intermediate_days\": " << v.intermediate_days << ",\n"
-      << "    \"device_days\": " << v.device_days << ",\n"
-      << "    \"verification_days\": " << v.verification_days << "\n"
-      << "  },\n"
-      << "  \"device_id\": {\n"
-      // The default strings are empty, so no JSON escaping is needed here.
-      << "    \"extra_chars\": \"" << defaults.device_id.extra_chars << "\",\n"
-      << "    \"max_length\": " << defaults.device_id.max_length << "\n"
-      << "  },\n"
-      << "  \"device_subject\": {\n"
-      << "    \"organization\": \"" << defaults.device_subject.organization << "\",\n"
-      << "    \"organizational_unit\": \"" << defaults.device_subject.organizational_unit << "\"\n"
-      << "  },\n"
-      << "  \"alert_days\": " << days_json(defaults.alert_days) << ",\n"
-      << "  \"groups\": {}\n"
-      << "}\n";
+  doc->stringify(out, 2);
+  out << '\n';
   return out.str();
 }
 

@@ -82,6 +82,18 @@ std::unique_ptr<SoftCa> make_soft_ca(const char* cn, const char* name_constraint
   return ca;
 }
 
+// An uploaded intermediate CA signed by `root`.
+std::unique_ptr<SoftCa> make_soft_intermediate(const SoftCa& root, const char* cn) {
+  auto ca = std::make_unique<SoftCa>();
+  fill_cert(ca->cert, cn, nullptr, root.cert, ca->key, std::time(nullptr) - kDay, 3000);
+  add_ext(ca->cert, root.cert, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+  add_ext(ca->cert, root.cert, NID_key_usage, "critical,keyCertSign,cRLSign");
+  add_ext(ca->cert, root.cert, NID_subject_key_identifier, "hash");
+  add_ext(ca->cert, root.cert, NID_authority_key_identifier, "keyid:always");
+  X509_sign(ca->cert, root.key, EVP_sha256());
+  return ca;
+}
+
 Der soft_leaf(const SoftCa& ca, const char* cn, const char* extra, const char* key_usage) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
   X509* cert = X509_new();
@@ -149,9 +161,11 @@ class AuthDecisions : public ::testing::Test {
     h.registry->save_individual(ie, "test.individual", true);
   }
 
-  CaRecord add_external(const std::string& name, X509* cert, bool verified) {
+  CaRecord add_external(const std::string& name, X509* cert, bool verified,
+                        const std::string& parent = "") {
     CaRecord rec;
     rec.name = name;
+    rec.parent = parent;
     rec.subject = "/CN=" + name;
     rec.key_type = "external-ec-p256";
     rec.cert_der = der_of(cert);
@@ -199,6 +213,55 @@ TEST_F(AuthDecisions, RefusesWhenTheCaInTheSlotIsNotVerified) {
   const AuthDecision d = decide({leaf("int1", "dev-3"), ca("int1").cert_der});
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.rule, "ca-not-verified");
+}
+
+// The cloud rule (DPS): an intermediate in a group's slot that a verified CA issued admits its
+// devices; the intermediate needs no proof of possession of its own.
+TEST_F(AuthDecisions, AllowsAnUnverifiedIntermediateInTheSlotWhenItsRootIsVerified) {
+  verify_ca("root");
+  group("fleet", "int1");
+  for (const auto& chain : {std::vector<Der>{leaf("int1", "dev-20"), ca("int1").cert_der},
+                            std::vector<Der>{leaf("int1", "dev-21")}}) {
+    const AuthDecision d = decide(chain);
+    EXPECT_TRUE(d.allowed) << d.reason;
+    EXPECT_EQ(d.rule, "enrollment-group");
+    EXPECT_EQ(d.enrollment, "fleet");
+    EXPECT_EQ(d.slot, "primary");
+  }
+}
+
+TEST_F(AuthDecisions, RefusesAnUnverifiedIntermediateInTheSlotWhenItsRootIsUnverifiedToo) {
+  group("fleet", "int1");
+  const AuthDecision d = decide({leaf("int1", "dev-22"), ca("int1").cert_der});
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.rule, "ca-not-verified");
+}
+
+TEST_F(AuthDecisions, AllowsAVerifiedIntermediateInTheSlotWhoseRootIsUnverified) {
+  verify_ca("int1");
+  group("fleet", "int1");
+  const AuthDecision d = decide({leaf("int1", "dev-23"), ca("int1").cert_der});
+  EXPECT_TRUE(d.allowed) << d.reason;
+  EXPECT_EQ(d.rule, "enrollment-group");
+  EXPECT_EQ(d.enrollment, "fleet");
+}
+
+TEST_F(AuthDecisions, AllowsAnUploadedIntermediateInTheSlotWhenItsUploadedRootIsVerified) {
+  auto root = make_soft_ca("Uploaded Root", nullptr);
+  auto inter = make_soft_intermediate(*root, "Uploaded Intermediate");
+  add_external("up-root", root->cert, true);
+  add_external("up-int", inter->cert, false, "up-root");
+  group("fleet", "up-int");
+  const AuthDecision d = decide(
+      {soft_leaf(*inter, "dev-24", nullptr, "critical,digitalSignature"), der_of(inter->cert)});
+  EXPECT_TRUE(d.allowed) << d.reason;
+  EXPECT_EQ(d.rule, "enrollment-group");
+  // The same intermediate with an unverified root is refused.
+  h.registry->set_ca_verified("up-root", false);
+  const AuthDecision refused = decide(
+      {soft_leaf(*inter, "dev-25", nullptr, "critical,digitalSignature"), der_of(inter->cert)});
+  EXPECT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.rule, "ca-not-verified");
 }
 
 TEST_F(AuthDecisions, RefusesALeafWhoseOnlyGroupIsDisabled) {
@@ -328,6 +391,17 @@ TEST_F(AuthDecisions, RefusesBeforeAndAfterTheLeafsValidity) {
   EXPECT_EQ(decide({cert}, now + kDay).rule, "not-yet-valid");
   EXPECT_EQ(decide({cert}, now + 41 * kDay).rule, "expired");
   EXPECT_TRUE(decide({cert}, now + 39 * kDay).allowed);
+}
+
+TEST_F(AuthDecisions, ATimeBeforeEveryCertificateInTheChainIsNotYetValidNotExpired) {
+  verify_ca("root");
+  group("fleet", "root");
+  const Der cert = leaf("int1", "dev-13b");
+  for (const std::int64_t at : {std::int64_t{1}, now - 400 * kDay}) {
+    const AuthDecision d = decide({cert, ca("int1").cert_der}, at);
+    EXPECT_FALSE(d.allowed);
+    EXPECT_EQ(d.rule, "not-yet-valid") << d.reason;
+  }
 }
 
 TEST_F(AuthDecisions, RefusesATamperedSignature) {

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -450,14 +449,15 @@ TEST(Registry, AuditLogRefusesUpdateAndDelete) {
   EXPECT_EQ(log[0].detail, "");
 }
 
-// Batch issuance writes ~500-row chunks at 10,000+ rows/s; this guards against a regression to
-// one transaction or one prepare per row. The bound is loose; the printed rate is the number.
-TEST(Registry, RecordsHundredThousandIntentsAndIssuedQuickly) {
+// Batch issuance writes ~500-row chunks; a hundred thousand of them are all recorded as issued.
+// The rate is a figure of fleetsign-bench (registry_record_per_s), not an assertion here: a
+// wall-clock bound fails under a sanitizer or a loaded machine without saying anything about
+// behaviour.
+TEST(Registry, RecordsHundredThousandIntentsAndIssuedInChunks) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   constexpr int kTotal = 100'000;
   constexpr int kChunk = 500;
-  const auto start = std::chrono::steady_clock::now();
   for (int base = 0; base < kTotal; base += kChunk) {
     std::vector<CertIntent> intents;
     std::vector<IssuedCert> certs;
@@ -470,11 +470,8 @@ TEST(Registry, RecordsHundredThousandIntentsAndIssuedQuickly) {
     reg->record_intents(intents);
     reg->record_issued(certs);
   }
-  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-  std::printf("[ rate     ] %d intents + issued in %.2f s: %.0f certificates/s\n", kTotal,
-              took.count(), kTotal / took.count());
   EXPECT_EQ(reg->count_certs("big", CertState::kIssued), kTotal);
-  EXPECT_LT(took.count(), 10.0);
+  EXPECT_EQ(reg->count_certs("big", CertState::kIntent), 0);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // The enrollment service, external CAs and self-signed device certificates, against a real token
 // and a real registry file. Failure paths assert the exact ErrorCode.
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -31,6 +33,52 @@ class Enrollments : public ::testing::Test {
     return std::find(a.begin(), a.end(), action) != a.end();
   }
 };
+
+// --- audit details ------------------------------------------------------------------------------
+
+// Names reach the audit log from the registry API too, whatever alphabet a service enforces: every
+// detail must stay one valid JSON object holding the name as it was.
+TEST_F(Enrollments, AuditDetailsAreValidJsonWhenANameHoldsAQuoteABackslashOrANewline) {
+  const std::string odd = "ca \"quoted\" \\ and\nnewline";
+  const auto made = testing::make_cert("Odd CA", true, 100);
+  engine::CaRecord rec;
+  rec.name = odd;
+  rec.subject = "/CN=Odd CA";
+  rec.key_type = "external-ec-p256";
+  rec.cert_der = made.der;
+  rec.sha1 = engine::thumbprint_sha1(made.der);
+  rec.sha256 = engine::thumbprint_sha256(made.der);
+  th.registry->add_ca(rec);
+  th.registry->save_group(engine::EnrollmentGroup{"g\"1", true, odd, "int1", 0, 0},
+                          "enrollment.group.create", true);
+  engine::IndividualEnrollment ie;
+  ie.registration_id = "dev\"1";
+  ie.primary_sha256 = std::string(64, 'A');
+  th.registry->save_individual(ie, "enrollment.individual.create", true);
+  engine::import_external_ca(*th.registry, th.clock, "imported",
+                             testing::make_cert("Sub \"CA\"", true, 100).der);
+  std::size_t checked = 0;
+  for (const auto& e : th.registry->audit_log(1000)) {
+    if (e.detail.empty()) continue;
+    Poco::JSON::Parser parser;
+    Poco::JSON::Object::Ptr detail;
+    ASSERT_NO_THROW(detail = parser.parse(e.detail).extract<Poco::JSON::Object::Ptr>())
+        << e.action << ": " << e.detail;
+    if (e.action == "enrollment.group.create" && e.subject == "g\"1") {
+      EXPECT_EQ(detail->getValue<std::string>("primary_ca"), odd);
+      ++checked;
+    }
+    if (e.action == "enrollment.individual.create") {
+      EXPECT_EQ(detail->getValue<std::string>("primary_sha256"), std::string(64, 'A'));
+      ++checked;
+    }
+    if (e.action == "ca.import") {
+      EXPECT_EQ(detail->getValue<std::string>("subject"), "/CN=Sub \"CA\"");
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 3u);
+}
 
 // --- groups ------------------------------------------------------------------------------------
 

@@ -5,8 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
-
 #include "enrollment_support.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 
@@ -165,13 +163,13 @@ TEST(ExpiryScale, AggregatesAMillionDueCertificatesWithoutAPerDeviceRow) {
     in.due.push_back(due("dev-" + std::to_string(i), i % 3 ? "int1" : "int2",
                          kNow + (i % 30) * kDay, "L" + std::to_string(i % 40)));
   }
-  const auto start = std::chrono::steady_clock::now();
+  // The time this takes is a figure of fleetsign-bench (expiry_aggregate_1m_s), not asserted here.
   const auto r = build(in, policy::Policy{}, std::nullopt, 1000);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.total_due, 1'000'000);
   EXPECT_EQ(r.due.size(), 1000u);
-  EXPECT_LT(seconds, 1.0);
+  std::int64_t in_groups = 0;
+  for (const auto& g : r.groups) in_groups += g.total;
+  EXPECT_EQ(in_groups, 1'000'000);
 }
 
 // --- against a real registry --------------------------------------------------------------------

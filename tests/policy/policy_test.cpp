@@ -75,7 +75,7 @@ TEST(PolicyFile, DefaultJsonIsPrettyPrintedWithEverySection) {
   for (const char* key :
        {"\n  \"ca_keys\"", "\n  \"device_keys\"", "\n  \"validity\"",
         "\n    \"verification_days\": 2", "\n  \"device_id\"", "\n  \"device_subject\"",
-        "\n  \"alert_days\": [30, 14, 7]", "\n  \"groups\""}) {
+        "\n  \"alert_days\": [\n    30,\n    14,\n    7\n  ]", "\n  \"groups\""}) {
     EXPECT_TRUE(has_substr(json, key));
   }
 }

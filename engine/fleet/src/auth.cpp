@@ -33,9 +33,15 @@ struct Ca {
   bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
   bool constrained = false;                // name/policy constraints: leave it to OpenSSL
   std::vector<Anchor> anchors;             // the group slots it sits in
+  // Verified itself, or issued (path_ok) below a verified CA: DPS admits an intermediate signed
+  // by a verified CA without a proof of possession of its own. `vouched_by` names that CA.
+  bool vouched = false;
+  std::string vouched_by;
 };
 
 using StorePtr = std::unique_ptr<X509_STORE, ossl::Deleter<X509_STORE_free>>;
+
+constexpr std::size_t kMaxDepth = 16;  // registry parent links followed at most (a cycle guard)
 
 AuthDecision refuse(std::string rule, std::string reason) {
   AuthDecision d;
@@ -62,15 +68,17 @@ bool untrusted_anchor(int err) {
          err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT;
 }
 
-// A validity failure reported by X509_verify_cert, as the rule the fast path gives it.
+// A validity failure reported by X509_verify_cert, as the rule the fast path gives it: a time
+// before a certificate's notBefore is "not-yet-valid" wherever it is in the chain, a time after a
+// CA's notAfter is "ca-expired".
 std::optional<AuthDecision> time_refusal(int err, int depth) {
   if (err != X509_V_ERR_CERT_HAS_EXPIRED && err != X509_V_ERR_CERT_NOT_YET_VALID)
     return std::nullopt;
   const bool at_leaf = depth == 0;
-  return refuse(
-      at_leaf ? (err == X509_V_ERR_CERT_HAS_EXPIRED ? "expired" : "not-yet-valid") : "ca-expired",
-      std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " +
-          X509_verify_cert_error_string(err));
+  const bool expired = err == X509_V_ERR_CERT_HAS_EXPIRED;
+  return refuse(expired ? (at_leaf ? "expired" : "ca-expired") : "not-yet-valid",
+                std::string(at_leaf ? "the leaf" : "a CA in the chain") + ": " +
+                    X509_verify_cert_error_string(err));
 }
 
 std::string serial_hex(der::Bytes content) {
@@ -90,6 +98,7 @@ struct Authenticator::Impl {
   explicit Impl(Registry& r) : registry(r) {}
 
   void load();
+  void vouch(Ca& ca);
   AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
                       std::int64_t at, bool force_openssl);
   AuthDecision fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at);
@@ -126,17 +135,6 @@ void Authenticator::Impl::load() {
         it->second.anchors.push_back(Anchor{g.name, slot, g.enabled});
     }
   }
-  trusted.reset(X509_STORE_new());
-  everyone.reset(X509_STORE_new());
-  for (auto& [name, ca] : cas) {
-    X509_STORE_add_cert(everyone.get(), ca.x509.get());
-    for (const auto& a : ca.anchors) {
-      if (a.enabled && ca.rec.verified) {
-        X509_STORE_add_cert(trusted.get(), ca.x509.get());
-        break;
-      }
-    }
-  }
   // Each CA's own path (signatures, basicConstraints, pathLen) is checked once, here, by OpenSSL;
   // validity is time-dependent and is checked per decision.
   for (auto& [name, ca] : cas) {
@@ -171,11 +169,44 @@ void Authenticator::Impl::load() {
       if (parent->second.rec.parent.empty()) break;
     }
   }
+  for (auto& [name, ca] : cas) vouch(ca);
+  trusted.reset(X509_STORE_new());
+  everyone.reset(X509_STORE_new());
+  for (auto& [name, ca] : cas) {
+    X509_STORE_add_cert(everyone.get(), ca.x509.get());
+    for (const auto& a : ca.anchors) {
+      if (a.enabled && ca.vouched) {
+        X509_STORE_add_cert(trusted.get(), ca.x509.get());
+        break;
+      }
+    }
+  }
+}
+
+void Authenticator::Impl::vouch(Ca& ca) {
+  if (ca.rec.verified) {
+    ca.vouched = true;
+    ca.vouched_by = ca.rec.name;
+    return;
+  }
+  // Only a path that OpenSSL validated up to the root makes an ancestor's verification count.
+  if (!ca.path_ok) return;
+  std::size_t depth = 0;
+  for (auto parent = cas.find(ca.rec.parent);
+       !ca.rec.parent.empty() && parent != cas.end() && depth < kMaxDepth;
+       parent = cas.find(parent->second.rec.parent), ++depth) {
+    if (parent->second.rec.verified) {
+      ca.vouched = true;
+      ca.vouched_by = parent->second.rec.name;
+      return;
+    }
+    if (parent->second.rec.parent.empty()) return;
+  }
 }
 
 AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
   for (const auto& a : ca.anchors) {
-    if (a.enabled && ca.rec.verified) {
+    if (a.enabled && ca.vouched) {
       AuthDecision d;
       d.allowed = true;
       d.rule = "enrollment-group";
@@ -183,15 +214,18 @@ AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
       d.slot = std::string(slot_name(a.slot));
       d.reason = "chain validates to CA '" + ca.rec.name + "' in the " + d.slot +
                  " slot of enabled group '" + a.group + "'";
+      if (ca.vouched_by != ca.rec.name) {
+        d.reason += " (issued by verified CA '" + ca.vouched_by + "')";
+      }
       return d;
     }
   }
   for (const auto& a : ca.anchors) {
     if (a.enabled) {
-      return refuse("ca-not-verified", "CA '" + ca.rec.name + "' sits in the " +
-                                           std::string(slot_name(a.slot)) + " slot of group '" +
-                                           a.group +
-                                           "' but has no proof of possession (ca verify)");
+      return refuse("ca-not-verified",
+                    "CA '" + ca.rec.name + "' sits in the " + std::string(slot_name(a.slot)) +
+                        " slot of group '" + a.group +
+                        "' but neither it nor a CA above it has proved possession of its key");
     }
   }
   if (!ca.anchors.empty()) {
@@ -243,8 +277,13 @@ AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& le
   };
   AuthDecision why_not = refuse("no-enrollment", "");
   for (const Ca* ca = &issuer; ca != nullptr;) {
-    if (at < ca->rec.not_before || at > ca->rec.not_after) {
-      return refuse("ca-expired", "CA '" + ca->rec.name + "' is not valid at " + iso8601(at));
+    if (at < ca->rec.not_before) {
+      return refuse("not-yet-valid",
+                    "CA '" + ca->rec.name + "' is not valid until " + iso8601(ca->rec.not_before));
+    }
+    if (at > ca->rec.not_after) {
+      return refuse("ca-expired",
+                    "CA '" + ca->rec.name + "' expired at " + iso8601(ca->rec.not_after));
     }
     AuthDecision d = classify_anchor(*ca);
     if (d.allowed) {

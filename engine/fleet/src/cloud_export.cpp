@@ -33,7 +33,6 @@
 #include <unordered_set>
 
 #include "fleetsign/engine/enrollment.hpp"
-#include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
@@ -131,11 +130,26 @@ Object::Ptr dps_individual(const IndividualEnrollment& ie, ExportSummary& summar
   return o;
 }
 
-void append_hub_line(std::string& out, const std::string& id, bool enabled) {
-  out += "{\"id\":";
-  append_json_string(out, id);
-  out += ",\"importMode\":\"create\",\"status\":";
-  out += enabled ? "\"enabled\"" : "\"disabled\"";
+// One ExportImportDevice, on one line.
+void write_hub_line(std::ostream& out, const std::string& id, bool enabled,
+                    const Object::Ptr& authentication) {
+  auto o = object();
+  o->set("id", id);
+  o->set("importMode", "create");
+  o->set("status", enabled ? "enabled" : "disabled");
+  o->set("authentication", authentication);
+  o->stringify(out);
+  out << '\n';
+}
+
+Object::Ptr self_signed_authentication(const IndividualEnrollment& ie) {
+  auto thumbprints = object();
+  if (!ie.primary_sha256.empty()) thumbprints->set("primaryThumbprint", ie.primary_sha256);
+  if (!ie.secondary_sha256.empty()) thumbprints->set("secondaryThumbprint", ie.secondary_sha256);
+  auto a = object();
+  a->set("type", "selfSigned");
+  a->set("x509Thumbprint", thumbprints);
+  return a;
 }
 
 void check_stream(std::ostream& out) {
@@ -183,7 +197,6 @@ ExportSummary export_iothub(Registry& registry, const std::string& group, std::o
   ExportSummary summary;
   const GroupIndex index = GroupIndex::load(registry);
   std::unordered_set<std::string> individually;
-  std::string text;
   // 1. Individual enrollments: the device authenticates by its own certificate's thumbprint.
   if (group.empty()) {
     for (const auto& ie : registry.list_individuals()) {
@@ -194,14 +207,7 @@ ExportSummary export_iothub(Registry& registry, const std::string& group, std::o
                                    "' skipped: both slots are empty");
         continue;
       }
-      append_hub_line(text, ie.registration_id, ie.enabled);
-      text += ",\"authentication\":{\"type\":\"selfSigned\",\"x509Thumbprint\":{";
-      if (!ie.primary_sha256.empty())
-        text += "\"primaryThumbprint\":" + json_quote(ie.primary_sha256);
-      if (!ie.primary_sha256.empty() && !ie.secondary_sha256.empty()) text += ",";
-      if (!ie.secondary_sha256.empty())
-        text += "\"secondaryThumbprint\":" + json_quote(ie.secondary_sha256);
-      text += "}}}\n";
+      write_hub_line(out, ie.registration_id, ie.enabled, self_signed_authentication(ie));
       ++summary.individuals;
     }
   }
@@ -215,6 +221,8 @@ ExportSummary export_iothub(Registry& registry, const std::string& group, std::o
       if (g.name == group) only = &g;
     }
   }
+  auto by_ca = object();
+  by_ca->set("type", "certificateAuthority");
   for (const auto& d : registry.list_devices(filter)) {
     if (individually.count(d.registration_id) != 0) continue;  // the individual enrollment wins
     const EnrollmentGroup* g = only != nullptr ? only : index.group_of_ca(d.ca_name);
@@ -223,20 +231,16 @@ ExportSummary export_iothub(Registry& registry, const std::string& group, std::o
       continue;
     }
     const bool enabled = d.status == "enabled" && g->enabled;
-    append_hub_line(text, d.registration_id, enabled);
-    text += ",\"authentication\":{\"type\":\"certificateAuthority\"}}\n";
+    write_hub_line(out, d.registration_id, enabled, by_ca);
     ++summary.devices;
-    if (text.size() > (1u << 20)) {
-      out << text;
-      text.clear();
-    }
+    check_stream(out);  // stop early when the output cannot be written
   }
   if (summary.not_enrolled > 0) {
     summary.warnings.push_back(
         std::to_string(summary.not_enrolled) +
         " devices are under no enrollment group and no individual enrollment; not exported");
   }
-  out << text;
+  out.flush();
   check_stream(out);
   return summary;
 }

@@ -169,9 +169,9 @@ CaRecord import_external_ca(Registry& registry, const Clock& clock, const std::s
   rec.sha1 = thumbprint_sha1(der);
   rec.created_at = clock.now();
   registry.add_ca(rec);
-  registry.audit("ca.import", name,
-                 "{\"subject\":" + json_quote(rec.subject) + ",\"parent\":" +
-                     json_quote(rec.parent) + ",\"sha256\":" + json_quote(rec.sha256) + "}");
+  registry.audit(
+      "ca.import", name,
+      json_object({{"subject", rec.subject}, {"parent", rec.parent}, {"sha256", rec.sha256}}));
   return rec;
 }
 

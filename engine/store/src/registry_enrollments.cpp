@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "fleetsign/engine/json.hpp"
 #include "registry_impl.hpp"
 
 namespace fleetsign::engine {
@@ -102,8 +103,14 @@ void audit_row(Session& session, const std::string& action, const std::string& s
 }
 
 std::string group_detail(const EnrollmentGroup& g) {
-  return std::string("{\"enabled\":") + (g.enabled ? "true" : "false") + ",\"primary_ca\":\"" +
-         g.primary_ca + "\",\"secondary_ca\":\"" + g.secondary_ca + "\"}";
+  return json_object(
+      {{"enabled", g.enabled}, {"primary_ca", g.primary_ca}, {"secondary_ca", g.secondary_ca}});
+}
+
+std::string individual_detail(const IndividualEnrollment& ie) {
+  return json_object({{"enabled", ie.enabled},
+                      {"primary_sha256", ie.primary_sha256},
+                      {"secondary_sha256", ie.secondary_sha256}});
 }
 
 }  // namespace
@@ -178,10 +185,7 @@ void Registry::save_individual(const IndividualEnrollment& ie, const std::string
                          kw::bind(ie.registration_id));
                     Impl::expect_row(st, "individual enrollment '" + ie.registration_id + "'");
                   }
-                  audit_row(m_impl->m_session, action, ie.registration_id,
-                            std::string("{\"enabled\":") + (ie.enabled ? "true" : "false") +
-                                ",\"primary_sha256\":\"" + ie.primary_sha256 +
-                                "\",\"secondary_sha256\":\"" + ie.secondary_sha256 + "\"}");
+                  audit_row(m_impl->m_session, action, ie.registration_id, individual_detail(ie));
                 });
 }
 

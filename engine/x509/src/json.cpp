@@ -1,6 +1,30 @@
 #include "fleetsign/engine/json.hpp"
 
+#include <Poco/JSON/Object.h>
+
+#include <sstream>
+
 namespace fleetsign::engine {
+
+std::string json_object(JsonFields fields) {
+  Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+  for (const auto& [key, value] : fields) {
+    const std::string k(key);
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::nullptr_t>) {
+            o.set(k, Poco::Dynamic::Var());
+          } else {
+            o.set(k, v);
+          }
+        },
+        value);
+  }
+  std::ostringstream s;
+  o.stringify(s);
+  return s.str();
+}
 
 void append_json_string(std::string& out, std::string_view value) {
   static const char* kHex = "0123456789abcdef";

@@ -158,8 +158,9 @@ std::vector<CsrBlob> pem_blocks(std::string_view text,
 
 }  // namespace
 
-std::vector<Der> read_certificates(const std::filesystem::path& file) {
-  const std::string text = read_file(file);
+std::vector<Der> read_certificates(const std::filesystem::path& file, std::string_view what,
+                                   std::size_t limit) {
+  const std::string text = read_bounded(file.string(), limit, what);
   bool marker = false;
   std::vector<Der> out;
   for (auto& b : pem_blocks(text, {"CERTIFICATE"}, &marker)) {

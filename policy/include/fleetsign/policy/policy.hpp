@@ -74,6 +74,8 @@ struct Policy {
 // Throws fleetsign::Error(kPolicyInvalid) naming the file and the JSON field, e.g.
 //   "policy.json: validity.device_days: must be an integer in 1..36500, got -3".
 // Unknown top-level or nested fields are an error too (a typo must not silently do nothing).
+// The file is read through fleetsign::read_bounded: Error(kInputTooLarge) over kPolicyFileLimit
+// bytes (1 MiB), Error(kIo) when it cannot be read or is a directory.
 Policy load_policy_file(const std::filesystem::path& path);
 // Same, from text; `origin` names the source in messages.
 Policy parse_policy(std::string_view json_text, std::string_view origin);

@@ -7,7 +7,11 @@
 //     its primary or secondary slot, valid at the time;
 //   - otherwise the chain must validate (RFC 5280: signatures, validity at the time,
 //     basicConstraints, pathLen, name constraints, keyUsage/EKU) to a *verified* CA sitting in a
-//     slot of an *enabled* group.
+//     slot of an *enabled* group. As in DPS, a CA in a slot counts as verified when it proved
+//     possession itself, or when its registry path validates up to a CA that did (an intermediate
+//     signed by a verified root needs no proof of its own);
+//   - a time before any certificate's notBefore is "not-yet-valid"; after the leaf's notAfter
+//     "expired", after a CA's notAfter "ca-expired".
 //
 // Two paths give the same answers (the table-driven tests run both): a fast path for leaves issued
 // by a CA of this registry — the CA paths are validated once, with OpenSSL, when the Authenticator

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fleetsign/bounded_read.hpp"
+
 namespace fleetsign::engine {
 
 using Der = std::vector<std::uint8_t>;
@@ -23,9 +25,14 @@ std::string thumbprint_sha256(ByteView der);
 void append_pem(std::string& out, ByteView der, std::string_view label);
 std::string pem(ByteView der, std::string_view label);
 
-// Every certificate in a PEM file (in order), or the single certificate of a DER file. Throws
-// Error(kIo) when unreadable, Error(kCertificateMalformed) naming the file when it holds none.
-std::vector<Der> read_certificates(const std::filesystem::path& file);
+// Every certificate in a PEM file (in order), or the single certificate of a DER file. The file
+// is read through fleetsign::read_bounded: `what` names it in messages ("chain", "certificate
+// file") and `limit` caps the bytes read. Throws Error(kInputTooLarge) naming the input and the
+// limit when it holds more, Error(kIo) when unreadable, Error(kCertificateMalformed) naming the
+// file when it holds no valid certificate.
+std::vector<Der> read_certificates(const std::filesystem::path& file,
+                                   std::string_view what = "certificate file",
+                                   std::size_t limit = kCertFileLimit);
 // Every CSR in a PEM bundle, DER otherwise, with the line each starts on (1 for DER).
 struct CsrBlob {
   Der der;
