@@ -11,6 +11,7 @@
 #include <string>
 
 #include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuance.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -143,6 +144,23 @@ TEST_F(CaConstraints, CaNamesWithNewlineQuoteSlashOrSpaceAreInvalidArgumentAndRe
   }
   EXPECT_TRUE(th.registry->list_cas().empty());
   EXPECT_EQ(check_ca_name("fleet-root_2024.v2"), std::nullopt);
+}
+
+TEST_F(CaConstraints, ImportedCaAndEnrollmentGroupNamesWithNewlineOrQuoteAreRefused) {
+  const CaRecord root = make_ca("root", "", std::nullopt);
+  const std::string forged = "x\n2026-01-01 ca.verify root";
+  Error e = error_from([&] { import_external_ca(*th.registry, th.clock, forged, root.cert_der); });
+  EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+  e = error_from([&] { import_external_ca(*th.registry, th.clock, "a\"b", root.cert_der); });
+  EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+  EnrollmentService groups(*th.registry, th.policy, th.clock);
+  for (const std::string name : {forged, std::string("g\"quote"), std::string("g/slash")}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(error_from([&] { groups.create_group(name, "root", ""); }).code(),
+              ErrorCode::kInvalidArgument);
+  }
+  EXPECT_EQ(th.registry->list_cas().size(), 1u);
+  EXPECT_TRUE(th.registry->list_groups().empty());
 }
 
 // --- name constraints, over certificates made here in software -------------------------------
