@@ -42,9 +42,7 @@ void use_embedded_softhsm(const HomeConfig& config) {
 
 }  // namespace
 
-Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
-                const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
-                const hsm::Pin& user_pin) {
+HomeConfig Home::new_home_dir(const fs::path& dir) {
   HomeConfig config;
   config.dir = fs::absolute(dir);
   if (fs::exists(config.dir / kConfigFile)) {
@@ -56,6 +54,13 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
     throw Error(ErrorCode::kIo, config.dir.string() + ": cannot create: " + ec.message());
   }
   fs::permissions(config.dir, fs::perms::owner_all, ec);
+  return config;
+}
+
+Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
+                const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
+                const hsm::Pin& user_pin) {
+  HomeConfig config = new_home_dir(dir);
   config.module = module.value_or(fs::path(kDefaultModule));
   if (token_label) {
     config.token_label = *token_label;
@@ -74,7 +79,37 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
   }
   use_embedded_softhsm(config);
   hsm::Token::initialize({config.module, config.token_label}, so_pin, user_pin);
+  return finish_init(config);
+}
 
+Home Home::adopt(const fs::path& dir, const fs::path& module, const std::string& token_label,
+                 const hsm::Pin& user_pin, std::vector<hsm::KeyType>* offered) {
+  if (token_label.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "adopting a token needs its label");
+  }
+  // 1. The token must exist, take the PIN and offer a CA key type, before DIR becomes a home.
+  std::vector<hsm::KeyType> types;
+  {
+    const auto token = hsm::Token::open({module, token_label}, user_pin);
+    types = token->key_types();
+  }
+  if (types.empty()) {
+    throw Error(ErrorCode::kMechanismUnsupported,
+                "token '" + token_label + "' (PKCS#11 module " + module.string() +
+                    ") offers no CA key type: it lists neither EC (CKM_EC_KEY_PAIR_GEN + "
+                    "CKM_ECDSA) nor RSA (CKM_RSA_PKCS_KEY_PAIR_GEN + CKM_RSA_PKCS) signing keys");
+  }
+  if (offered != nullptr) {
+    *offered = types;
+  }
+  // 2. The home around it.
+  HomeConfig config = new_home_dir(dir);
+  config.module = fs::absolute(module);
+  config.token_label = token_label;
+  return finish_init(config);
+}
+
+Home Home::finish_init(const HomeConfig& config) {
   std::string json =
       "{\n  \"module\": " + json_quote(config.module.string()) +
       ",\n  \"token_label\": " + json_quote(config.token_label) + ",\n  \"softhsm_conf\": " +

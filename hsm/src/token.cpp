@@ -9,10 +9,12 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
 #include "fleetsign/error.hpp"
+#include "mechanisms.hpp"
 #include "pkcs11_raw.hpp"
 
 namespace fleetsign::hsm {
@@ -115,6 +117,15 @@ std::pair<std::vector<std::uint8_t>, KeyType> read_public_key(const raw::Session
 }
 
 }  // namespace
+
+std::string key_type_names(const std::vector<KeyType>& types) {
+  std::string out;
+  for (const KeyType t : types) {
+    out += out.empty() ? "" : ", ";
+    out += key_type_name(t);
+  }
+  return out.empty() ? "none" : out;
+}
 
 std::string_view key_type_name(KeyType type) noexcept {
   switch (type) {
@@ -349,7 +360,21 @@ std::unique_ptr<Token> Token::open(const TokenConfig& config, const Pin& user_pi
                 "token '" + config.token_label + "': login failed: " + raw::ckr_name(rv));
   }
   impl.module.emplace(raw::Module::attach(config.module));
+  token->m_key_types = raw::supported_key_types(impl.module->f(), impl.slot_id);
   return token;
+}
+
+void Token::require_key_type(KeyType type) const {
+  if (std::find(m_key_types.begin(), m_key_types.end(), type) != m_key_types.end()) {
+    return;
+  }
+  const bool ec = type == KeyType::kEcP256 || type == KeyType::kEcP384;
+  throw Error(ErrorCode::kMechanismUnsupported,
+              "token '" + m_config.token_label + "' (PKCS#11 module " + m_config.module.string() +
+                  ") cannot make " + std::string(key_type_name(type)) + " keys: it lacks " +
+                  (ec ? "CKM_EC_KEY_PAIR_GEN/CKM_ECDSA for that curve"
+                      : "CKM_RSA_PKCS_KEY_PAIR_GEN/CKM_RSA_PKCS for that size") +
+                  "; it offers " + key_type_names(m_key_types));
 }
 
 void Token::initialize(const TokenConfig& config, const Pin& so_pin, const Pin& user_pin) {
@@ -421,6 +446,7 @@ void Token::initialize(const TokenConfig& config, const Pin& so_pin, const Pin& 
 }
 
 KeyRef Token::generate_key(KeyType type, const std::string& label) {
+  require_key_type(type);
   KeyRef ref{m_config.token_label, std::vector<std::uint8_t>(16), label};
   RAND_bytes(ref.id.data(), static_cast<int>(ref.id.size()));
   raw::Session s(m_impl->module->f(), m_impl->slot_id);

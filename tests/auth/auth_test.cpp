@@ -430,19 +430,27 @@ TEST_F(AuthDecisions, RefusesALeafFromACaThatNoGroupTrusts) {
 }
 
 TEST_F(AuthDecisions, EnforcesPathLengthOfTheIntermediate) {
-  // int1 has pathLen 0: a CA below it is not a valid issuer.
-  CaSpec spec;
-  spec.name = "too-deep";
-  spec.issuer = "int1";
-  spec.subject = "/CN=Too Deep";
-  spec.days = 100;
-  h.cas->create_intermediate(spec);
+  // int1 has pathLen 0: a CA below it is not a valid issuer. fleetsign refuses to create such a
+  // CA (kCaConstraint), so this one is made by hand and signed with int1's token key.
+  SoftCa too_deep;
+  X509* int1 = X509_new();
+  const Der int1_der = ca("int1").cert_der;
+  const unsigned char* p = int1_der.data();
+  d2i_X509(&int1, &p, static_cast<long>(int1_der.size()));
+  fill_cert(too_deep.cert, "Too Deep", nullptr, int1, too_deep.key, now - kDay, 100);
+  add_ext(too_deep.cert, int1, NID_basic_constraints, "critical,CA:TRUE");
+  add_ext(too_deep.cert, int1, NID_key_usage, "critical,keyCertSign,cRLSign");
+  add_ext(too_deep.cert, int1, NID_subject_key_identifier, "hash");
+  ASSERT_GT(X509_sign(too_deep.cert, h.cas->load_key(ca("int1")).pkey(), EVP_sha256()), 0);
+  X509_free(int1);
   verify_ca("root");
   group("fleet", "root");
   const AuthDecision d =
-      decide({leaf("too-deep", "dev-16"), ca("too-deep").cert_der, ca("int1").cert_der});
+      decide({soft_leaf(too_deep, "dev-16", nullptr, "critical,digitalSignature"),
+              der_of(too_deep.cert), ca("int1").cert_der});
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.rule, "chain-invalid");
+  EXPECT_NE(d.reason.find("path length"), std::string::npos) << d.reason;
 }
 
 TEST_F(AuthDecisions, EnforcesNameConstraintsOfAnUploadedCa) {

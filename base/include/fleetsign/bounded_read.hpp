@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -65,6 +66,50 @@ inline std::string read_bounded(const std::string& path, std::size_t limit, std:
   }
   ::close(fd);
   return out;
+}
+
+// Like read_bounded, but reads straight into `dest` (the caller's wiping storage for a secret), so
+// no intermediate buffer keeps a copy. Returns the number of bytes read; throws kInputTooLarge when
+// the input holds more than dest.size() bytes. On a throw, `dest` may hold a prefix of the input:
+// the caller wipes it.
+inline std::size_t read_bounded_into(const std::string& path, std::span<char> dest,
+                                     std::string_view what) {
+  const std::string name = std::string(what) + " '" + path + "'";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo, name + ": cannot be opened: " + std::strerror(errno));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::kIo, name + ": is a directory, not a file");
+  }
+  std::size_t used = 0;
+  for (;;) {
+    char probe = 0;  // one byte past a full `dest` tells "at the limit" from "over it"
+    const bool full = used == dest.size();
+    const ssize_t n =
+        full ? ::read(fd, &probe, 1) : ::read(fd, dest.data() + used, dest.size() - used);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      const int err = errno;
+      ::close(fd);
+      throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(err));
+    }
+    if (n == 0) {
+      break;
+    }
+    if (full) {
+      ::close(fd);
+      throw Error(ErrorCode::kInputTooLarge,
+                  name + ": larger than the limit of " + std::to_string(dest.size()) + " bytes");
+    }
+    used += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return used;
 }
 
 }  // namespace fleetsign

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
@@ -131,8 +132,8 @@ SlotCredential credential_from_thumbprint(std::string_view hex) {
 
 CaRecord import_external_ca(Registry& registry, const Clock& clock, const std::string& name,
                             const Der& der) {
-  if (name.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "an imported CA needs a name");
+  if (auto why = check_ca_name(name)) {
+    throw Error(ErrorCode::kInvalidArgument, "an imported CA: " + *why);
   }
   auto cert = ossl::from_der(der);
   if (!cert) {

@@ -3,6 +3,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 #include "ossl.hpp"
@@ -89,9 +90,10 @@ CaRecord CaService::create_intermediate(const CaSpec& spec) {
 }
 
 CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
-  // 1. Inputs: name free, key allowed, subject valid, validity within the issuer's.
-  if (spec.name.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "a CA needs a --name");
+  // 1. Inputs: name safe and free, key allowed and offered by the token, subject valid, the
+  // issuer's chain allows the new CA, validity within the issuer's.
+  if (auto why = check_ca_name(spec.name)) {
+    throw Error(ErrorCode::kInvalidArgument, *why);
   }
   if (m_registry.find_ca(spec.name)) {
     throw Error(ErrorCode::kAlreadyExists, "CA '" + spec.name + "' already exists");
@@ -99,7 +101,16 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
   if (auto why = policy::check_ca_key(m_policy, spec.key)) {
     throw Error(ErrorCode::kPolicyInvalid, "CA '" + spec.name + "': " + *why);
   }
+  m_token.require_key_type(to_key_type(spec.key));
   auto subject = ossl::parse_subject(spec.subject);
+  const std::optional<int> path_len =
+      issuer ? std::optional<int>(spec.path_len.value_or(0)) : spec.path_len;
+  if (path_len && *path_len < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "CA '" + spec.name + "': pathLen must be >= 0");
+  }
+  if (issuer) {
+    check_chain_allows(spec.name, *issuer, subject.get(), path_len);
+  }
   const int days = spec.days.value_or(issuer ? m_policy.validity.intermediate_days
                                              : m_policy.validity.root_days);
   if (days <= 0) {
@@ -139,12 +150,7 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     X509V3_CTX ctx;
     X509V3_set_ctx(&ctx, issuer ? issuer_cert.get() : cert.get(), cert.get(), nullptr, nullptr, 0);
     std::string bc = "critical,CA:TRUE";
-    const std::optional<int> path_len =
-        issuer ? std::optional<int>(spec.path_len.value_or(0)) : spec.path_len;
     if (path_len) {
-      if (*path_len < 0) {
-        throw Error(ErrorCode::kInvalidArgument, "CA '" + spec.name + "': --path-len must be >= 0");
-      }
       bc += ",pathlen:" + std::to_string(*path_len);
     }
     add_ext(cert.get(), &ctx, NID_basic_constraints, bc.c_str());
@@ -177,6 +183,24 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     // Never leave an orphan key behind a CA that was not recorded.
     m_token.destroy_key(ref);
     throw;
+  }
+}
+
+void CaService::check_chain_allows(const std::string& name, const CaRecord& issuer,
+                                   const X509_NAME* subject, std::optional<int> path_len) {
+  std::vector<ossl::X509Ptr> certs;
+  std::vector<ChainLink> links;
+  for (const CaRecord& ca : chain(issuer.name)) {
+    certs.push_back(ossl::from_der(ca.cert_der));
+    if (!certs.back()) {
+      throw Error(ErrorCode::kCertificateMalformed,
+                  "CA '" + ca.name + "': its recorded certificate cannot be parsed");
+    }
+    links.push_back({ca.name, certs.back().get()});
+  }
+  if (auto why = chain_forbids_ca(links, subject, path_len)) {
+    throw Error(ErrorCode::kCaConstraint,
+                "CA '" + name + "' cannot be created under '" + issuer.name + "': " + *why);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/registry.hpp"
@@ -31,14 +32,24 @@ struct HomeConfig {
 
 class Home final {
  public:
-  // Creates DIR (if needed) with its config, default policy and registry. Without `module`, also
-  // a private SoftHSM2 config + token store in DIR, and a token initialised with the PINs. With
-  // `module`, the token must exist already or be initialisable in a free slot of that module.
-  // Errors: kAlreadyExists when DIR is a home already; token errors.
+  // Creates DIR (if needed) with its config, default policy and registry, and a NEW token
+  // initialised with the PINs (C_InitToken, which needs the SO PIN). Without `module`, the token
+  // lives in a private SoftHSM2 config + token store in DIR; with `module`, in a free slot of
+  // that module. An existing token is never re-initialised: Errors: kAlreadyExists when DIR is a
+  // home already or a token with that label exists (adopt it instead); token errors.
   static Home init(const std::filesystem::path& dir,
                    const std::optional<std::filesystem::path>& module,
                    const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
                    const hsm::Pin& user_pin);
+  // Creates DIR with its config, default policy and registry for an EXISTING token of `module`
+  // (a real HSM's, set up by its administrators): logs in once with the user PIN to prove the
+  // label and PIN, never initialises or changes the token, needs no SO PIN. The token must offer
+  // at least one CA key type; `offered` (optional) receives the ones it does.
+  // Errors: kAlreadyExists (DIR is a home), kModuleNotFound, kTokenNotFound (lists the labels
+  // there), kPinIncorrect, kPinLocked, kMechanismUnsupported (no CA key type), kTokenError.
+  static Home adopt(const std::filesystem::path& dir, const std::filesystem::path& module,
+                    const std::string& token_label, const hsm::Pin& user_pin,
+                    std::vector<hsm::KeyType>* offered = nullptr);
   // Reads DIR/fleetsign.json (kNotFound: "DIR is not a fleetsign home; run fleetsign init").
   // For an embedded token, points SOFTHSM2_CONF at DIR/softhsm2.conf before any module loads.
   static Home open(const std::filesystem::path& dir);
@@ -53,6 +64,8 @@ class Home final {
 
  private:
   explicit Home(HomeConfig config) : m_config(std::move(config)) {}
+  static HomeConfig new_home_dir(const std::filesystem::path& dir);
+  static Home finish_init(const HomeConfig& config);
   HomeConfig m_config;
 };
 

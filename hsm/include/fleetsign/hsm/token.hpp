@@ -90,7 +90,8 @@ class Token final {
   static std::unique_ptr<Token> open(const TokenConfig& config, const Pin& user_pin);
 
   // Initialises a token in the first slot without one: sets its label, SO PIN and user PIN.
-  // Throws Error(kAlreadyExists) when a token with that label exists.
+  // Throws Error(kAlreadyExists) when a token with that label exists: an existing token (a real
+  // HSM's, set up by its administrators) is never re-initialised, only opened.
   static void initialize(const TokenConfig& config, const Pin& so_pin, const Pin& user_pin);
 
   ~Token();
@@ -98,6 +99,14 @@ class Token final {
   Token& operator=(const Token&) = delete;
 
   const std::string& label() const noexcept { return m_config.token_label; }
+
+  // The CA key types this token can both generate and sign with, from the module's
+  // C_GetMechanismList / C_GetMechanismInfo (key pair generation, CKM_ECDSA or CKM_RSA_PKCS, and
+  // the key sizes it allows). Asked once at open.
+  const std::vector<KeyType>& key_types() const noexcept { return m_key_types; }
+  // Throws Error(kMechanismUnsupported) naming the token, the module, the missing mechanism and
+  // the key types it does offer, when `type` is not among key_types(). generate_key calls it.
+  void require_key_type(KeyType type) const;
 
   // Generates a key pair inside the token (CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not
   // CKA_EXTRACTABLE, random 16-byte CKA_ID) and reads its protection back; a key that fails
@@ -120,9 +129,11 @@ class Token final {
   std::unique_ptr<SigningKey::Fast> make_fast(const KeyRef& ref);
   TokenConfig m_config;
   std::unique_ptr<Impl> m_impl;
+  std::vector<KeyType> m_key_types;
   std::map<std::vector<std::uint8_t>, std::unique_ptr<SigningKey>> m_keys;
 };
 
-std::string_view key_type_name(KeyType type) noexcept;  // "ec-p256", …
+std::string_view key_type_name(KeyType type) noexcept;          // "ec-p256", …
+std::string key_type_names(const std::vector<KeyType>& types);  // "rsa-2048, rsa-3072" or "none"
 
 }  // namespace fleetsign::hsm

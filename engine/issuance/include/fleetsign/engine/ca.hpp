@@ -37,8 +37,11 @@ class CaService final {
             RandomSource& random);
 
   // Generates the key in the token, builds and signs the certificate, verifies it, records it.
-  // Errors: kAlreadyExists (name), kNotFound (issuer), kPolicyInvalid (key not allowed by
-  // policy), kValidityBeyondIssuer, kInvalidSubject, token errors.
+  // Errors: kInvalidArgument (name outside the safe alphabet, see check_ca_name), kAlreadyExists
+  // (name), kNotFound (issuer), kPolicyInvalid (key not allowed by policy),
+  // kMechanismUnsupported (the token cannot make that key type; names what it offers),
+  // kCaConstraint (the issuer's chain forbids the new CA: pathLen or name constraints, naming the
+  // CA that forbids it), kValidityBeyondIssuer, kInvalidSubject, token errors.
   CaRecord create_root(const CaSpec& spec);
   CaRecord create_intermediate(const CaSpec& spec);
 
@@ -55,6 +58,9 @@ class CaService final {
 
  private:
   CaRecord create(const CaSpec& spec, const CaRecord* issuer);
+  // Throws kCaConstraint when the chain of `issuer` forbids the new CA (see ca_constraints.hpp).
+  void check_chain_allows(const std::string& name, const CaRecord& issuer, const X509_NAME* subject,
+                          std::optional<int> path_len);
   Registry& m_registry;
   hsm::Token& m_token;
   const policy::Policy& m_policy;
