@@ -166,6 +166,12 @@ TEST_F(IoEdges, OutToDevStdoutWritesInPlace) {
   const auto o = bin.ok("ca export root --out /dev/stdout");
   EXPECT_EQ(o.out.rfind("-----BEGIN CERTIFICATE-----", 0), 0u) << o.out;
   EXPECT_TRUE(fs::is_symlink("/dev/stdout"));
+  // Redirected to a file, the certificate comes first and the status line after it.
+  bin.ok("ca export root --out /dev/stdout > " + quoted(path("redirected.pem")));
+  const std::string text = testing::read_file(path("redirected.pem"));
+  EXPECT_EQ(text.rfind("-----BEGIN CERTIFICATE-----", 0), 0u) << text;
+  EXPECT_NE(text.find("-----END CERTIFICATE-----\nwrote root to /dev/stdout"), std::string::npos)
+      << text;
 }
 
 TEST_F(IoEdges, AnExportThatFailsLeavesNoTemporaryFileAndTheOldTargetUntouched) {
