@@ -88,11 +88,12 @@ std::optional<std::filesystem::path> path_option(const Args& args, const std::st
 
 // Output files (output_file.cpp). A regular path (or one that does not exist yet) is written to a
 // temporary file in the same directory, fsync'ed, given `perms` and renamed over the target (a
-// symlink to a regular file keeps the link and replaces its file). A special file — anything
-// under /dev or /proc (/dev/stdout, /dev/full), a FIFO, a terminal — is written in place, never
-// created, truncated or replaced. Every write, flush, fsync and close is checked: Error(kIo)
-// naming the file and the cause. On failure no temporary or empty file is left behind and an
-// existing target is untouched. An error thrown by `produce` propagates (the temporary removed).
+// symlink to a regular file keeps the link and replaces its file). A special file — a device
+// (/dev/full), a FIFO, a terminal, or a link under /dev or /proc (/dev/stdout) — is written in
+// place (appending), never created, truncated or replaced. Every write, flush, fsync and close is
+// checked: Error(kIo) naming the file and the cause. On failure no temporary or empty file is left
+// behind and an existing target is untouched. An error thrown by `produce` propagates (the
+// temporary removed).
 using OutputProducer = std::function<void(std::ostream&)>;
 void write_output_file(const std::filesystem::path& path, std::filesystem::perms perms,
                        const OutputProducer& produce);

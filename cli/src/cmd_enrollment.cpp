@@ -95,11 +95,22 @@ void print_group(Context& ctx, const engine::EnrollmentGroup& g) {
   std::printf("  created %s, updated %s\n", when(g.created_at).c_str(), when(g.updated_at).c_str());
 }
 
-// A CA that has not proved possession is refused by the cloud; say so where the slot is set.
+// True when the CA, or a CA above it in the registry, has proved possession of its key: the cloud
+// admits devices of an intermediate signed by a verified CA (auth.hpp).
+bool verified_or_below_verified(Context& ctx, std::optional<engine::CaRecord> ca) {
+  for (int depth = 0; ca && depth < 16; ++depth) {
+    if (ca->verified) return true;
+    ca = ca->parent.empty() ? std::nullopt : ctx.registry().find_ca(ca->parent);
+  }
+  return false;
+}
+
+// A CA with no proof of possession (its own or above it) is refused by the cloud; say so where
+// the slot is set.
 void note_unverified(Context& ctx, const engine::EnrollmentGroup& g) {
   for (const auto* name : {&g.primary_ca, &g.secondary_ca}) {
     auto ca = name->empty() ? std::nullopt : ctx.registry().find_ca(*name);
-    if (ca && !ca->verified) {
+    if (ca && !verified_or_below_verified(ctx, ca)) {
       std::fprintf(stderr,
                    "note: CA '%s' is not verified; the cloud refuses its devices until `fleetsign "
                    "ca verify %s --code C --cert F`\n",

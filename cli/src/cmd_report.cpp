@@ -162,6 +162,10 @@ int run_expiry_report(Context& ctx) {
   const Args& a = ctx.args();
   engine::ExpiryOptions options;
   options.within_days = a.get_int("within");
+  if (options.within_days && *options.within_days < 0) {
+    throw Error(ErrorCode::kUsage,
+                "--within must be 0 or more days, got " + std::to_string(*options.within_days));
+  }
   options.group = a.get("group").value_or("");
   const auto limit = a.get_int("limit");
   if (limit && *limit < 0) throw Error(ErrorCode::kUsage, "--limit must be 0 or more");
@@ -192,6 +196,11 @@ int run_export(Context& ctx, bool dps) {
     std::fprintf(stderr, "warning: %s\n", s.warnings[i].c_str());
   if (s.warnings.size() > 20)
     std::fprintf(stderr, "warning: ... and %zu more\n", s.warnings.size() - 20);
+  if (s.skipped_thumbprint_only > 0) {
+    std::fprintf(stderr,
+                 "hint: give such a slot its certificate with `fleetsign enrollment individual "
+                 "set-slot ID SLOT --cert FILE`\n");
+  }
   if (ctx.json()) {
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("format", dps ? "dps" : "iothub");

@@ -79,17 +79,41 @@ void produce_into(int fd, const fs::path& path, const OutputProducer& produce) {
   if (!stream || buf.error() != 0) throw write_error(path, "write", buf.error());
 }
 
-// /dev/stdout, /dev/full, a FIFO, a terminal: written in place, never replaced by a rename.
+// /dev/stdout, /dev/full, a FIFO, a terminal: written in place, never replaced by a rename. Under
+// /dev and /proc a symlink counts too (/dev/stdout, /dev/fd/1 lead to a descriptor of this
+// process); a regular file there (/dev/shm) is an ordinary output.
 bool is_special(const fs::path& path) {
-  const std::string abs = fs::absolute(path).lexically_normal().string();
-  if (abs.rfind("/dev/", 0) == 0 || abs.rfind("/proc/", 0) == 0) return true;
   std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  return !ec && fs::exists(st) && !fs::is_regular_file(st);
+  const fs::file_status own = fs::symlink_status(path, ec);
+  if (ec || !fs::exists(own)) return false;
+  const std::string abs = fs::absolute(path).lexically_normal().string();
+  const bool system_dir = abs.rfind("/dev/", 0) == 0 || abs.rfind("/proc/", 0) == 0;
+  if (system_dir && !fs::is_regular_file(own)) return true;
+  const fs::file_status target = fs::status(path, ec);
+  return !ec && fs::exists(target) && !fs::is_regular_file(target);
+}
+
+// The descriptor of this process that `path` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N), or
+// -1. Writing through a duplicate shares its file offset, so what the CLI prints afterwards on
+// stdout follows the output instead of overwriting it.
+int own_descriptor(const fs::path& path) {
+  const std::string p = fs::absolute(path).lexically_normal().string();
+  if (p == "/dev/stdout") return 1;
+  if (p == "/dev/stderr") return 2;
+  for (const std::string prefix : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (p.rfind(prefix, 0) == 0 && p.size() > prefix.size() && p.size() - prefix.size() < 6 &&
+        p.find_first_not_of("0123456789", prefix.size()) == std::string::npos) {
+      return std::stoi(p.substr(prefix.size()));
+    }
+  }
+  return -1;
 }
 
 void write_special(const fs::path& path, const OutputProducer& produce) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY);
+  // Never created or truncated; O_APPEND keeps a `>>` redirection intact.
+  const int own = own_descriptor(path);
+  const int fd = own >= 0 ? ::fcntl(own, F_DUPFD_CLOEXEC, 0)
+                          : ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) throw write_error(path, "open", errno);
   try {
     produce_into(fd, path, produce);
@@ -110,7 +134,11 @@ void fsync_dir(const fs::path& dir) {
 // A temporary file beside the target, renamed over it only once it is complete and on disk.
 void write_regular(fs::path path, fs::perms perms, const OutputProducer& produce) {
   std::error_code ec;
-  if (fs::is_symlink(path, ec)) path = fs::canonical(path, ec);  // replace the file, keep the link
+  if (fs::is_symlink(path, ec)) {
+    // Replace the file the link points to and keep the link (a dangling link is replaced).
+    const fs::path target = fs::canonical(path, ec);
+    if (!ec) path = target;
+  }
   const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
   fs::create_directories(dir, ec);
   std::string tmp = (dir / ("." + path.filename().string() + ".tmp-XXXXXX")).string();

@@ -7,11 +7,9 @@
 #include <Poco/JSON/Parser.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <initializer_list>
 #include <iterator>
 #include <sstream>

@@ -292,12 +292,16 @@ TEST_F(Cli, GroupOptionIssuesFromThePolicyGroupsIntermediateWithItsValidity) {
   make_hierarchy();
   // A policy group names the intermediate and a 30-day device validity.
   const fs::path policy = home / "policy.json";
-  std::string text = testing::read_file(policy);
-  const auto at = text.find("\"groups\": {}");
-  ASSERT_NE(at, std::string::npos) << text;
-  text.replace(at, 13,
-               "\"groups\": {\"line-a\": {\"intermediate\": \"int\", \"device_days\": 30}}");
-  testing::write_file(policy, text);
+  auto doc = parse_json(testing::read_file(policy));
+  Poco::JSON::Object::Ptr line_a = new Poco::JSON::Object;
+  line_a->set("intermediate", "int");
+  line_a->set("device_days", 30);
+  Poco::JSON::Object::Ptr groups = new Poco::JSON::Object;
+  groups->set("line-a", line_a);
+  doc->set("groups", groups);
+  std::ostringstream text;
+  doc->stringify(text, 2);
+  testing::write_file(policy, text.str());
   const auto single = parse_json(ok("issue --group line-a --csr " + csr("good_p256.csr") +
                                     " --out " + path("single") + " --json")
                                      .out);

@@ -272,3 +272,26 @@ TEST_F(EnrollmentCli, ExportsParseAndWarnAboutThumbprintOnlyEnrollments) {
 
 }  // namespace
 }  // namespace fleetsign
+
+namespace fleetsign {
+namespace {
+
+// The cloud rule end to end: the root proves possession, its intermediate sits in the group's
+// slot without a proof of its own, and the intermediate's devices are admitted.
+TEST_F(EnrollmentCli, AnIntermediateUnderAVerifiedRootAdmitsItsDevicesWithoutANote) {
+  bin.ok("ca verification-cert --ca root --code ROOT-POP --out " + quoted(path("pop.pem")));
+  bin.ok("ca verify root --code ROOT-POP --cert " + quoted(path("pop.pem")));
+  const auto created = bin.ok("enrollment group create fleet --ca int");
+  EXPECT_EQ(created.err.find("not verified"), std::string::npos) << created.err;
+  issue("dev-cloud");
+  const std::string cert = quoted(path("out") + "/dev-cloud_cert.pem");
+  for (const std::string flags : {"", " --openssl"}) {
+    const auto o = bin.run("auth check --json --chain " + cert + flags);
+    EXPECT_EQ(o.status, 0) << flags << o.out << o.err;
+    EXPECT_EQ(json(o.out)->getValue<std::string>("rule"), "enrollment-group") << o.out;
+    EXPECT_EQ(json(o.out)->getValue<std::string>("enrollment"), "fleet") << o.out;
+  }
+}
+
+}  // namespace
+}  // namespace fleetsign

@@ -112,8 +112,7 @@ Object::Ptr dps_individual(const IndividualEnrollment& ie, ExportSummary& summar
     ++summary.skipped_thumbprint_only;
     summary.warnings.push_back(
         "individual enrollment '" + ie.registration_id +
-        "' skipped: DPS needs the certificate, the registry holds only a thumbprint "
-        "(set the slot with --cert)");
+        "' skipped: DPS needs the certificate, the registry holds only a thumbprint");
     return nullptr;
   }
   auto certs = object();

@@ -227,7 +227,7 @@ ExpiryReport expiry_report(Registry& registry, const policy::Policy& policy, con
   const int within = options.within_days.value_or(default_window_days(policy, options.group));
   if (within < 0) {
     throw Error(ErrorCode::kInvalidArgument,
-                "--within must be 0 or more days, got " + std::to_string(within));
+                "the report window must be 0 or more days, got " + std::to_string(within));
   }
   DeviceFilter filter;
   if (!options.group.empty()) {
