@@ -15,6 +15,7 @@
 
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
+#include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "fleetsign/policy/policy.hpp"
@@ -46,7 +47,12 @@ class Context {
   engine::Home& home();
   const policy::Policy& policy();
   engine::Registry& registry();
-  hsm::Token& token();  // asks for the user PIN (file, FLEETSIGN_PIN, or prompt)
+  // Locks the home (kHomeBusy, or waits with --wait), restores damaged token metadata, logs in
+  // (asks for the user PIN: file, FLEETSIGN_PIN, or prompt), cleans up interrupted CA creations,
+  // and refuses an embedded token with keys behind a registry without CAs (kRegistryMissing).
+  hsm::Token& token();
+  // The same without the last check: for commands that inspect such a mismatch (`ca orphans`).
+  hsm::Token& token_for_inspection();
   engine::SystemClock& clock() { return m_clock; }
   engine::CsprngSource& random() { return m_random; }
 
@@ -58,7 +64,9 @@ class Context {
   Args m_args;
   std::optional<engine::Home> m_home;
   std::optional<policy::Policy> m_policy;
+  hsm::Token& open_token(bool check_registry);
   std::unique_ptr<engine::Registry> m_registry;
+  std::optional<engine::HomeLock> m_lock;  // declared before m_token: released after logout
   std::unique_ptr<hsm::Token> m_token;
   engine::SystemClock m_clock;
   engine::CsprngSource m_random;

@@ -1,11 +1,13 @@
 #include <Poco/Util/Option.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include "cli.hpp"
+#include "fleetsign/engine/ca_recovery.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::cli {
@@ -115,14 +117,45 @@ engine::Registry& Context::registry() {
   return *m_registry;
 }
 
-hsm::Token& Context::token() {
-  if (!m_token) {
-    engine::Home& h = home();
-    const hsm::Pin pin =
-        hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
-                               "user PIN for token '" + h.config().token_label + "': ");
-    m_token = h.open_token(pin);
+hsm::Token& Context::token() { return open_token(true); }
+
+hsm::Token& Context::token_for_inspection() { return open_token(false); }
+
+hsm::Token& Context::open_token(bool check_registry) {
+  if (m_token) {
+    return *m_token;
   }
+  engine::Home& h = home();
+  engine::Registry& reg = registry();
+  // Before the PIN prompt: a busy home fails at once instead of after typing the PIN.
+  if (!m_lock) {
+    m_lock.emplace(engine::HomeLock::acquire(h.config().dir, m_args.has("wait")));
+  }
+  const hsm::Pin pin =
+      hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
+                             "user PIN for token '" + h.config().token_label + "': ");
+  std::vector<std::string> notices;
+  auto token = h.open_token(pin, &notices);
+  for (const auto& line : notices) {
+    std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
+    Poco::JSON::Object detail;
+    detail.set("notice", line);
+    std::ostringstream text;
+    detail.stringify(text);
+    reg.audit("token.restore", h.config().token_label, text.str());
+  }
+  for (const auto& line : engine::recover_pending_cas(reg, *token)) {
+    std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
+  }
+  if (check_registry && h.embedded_token()) {
+    try {
+      engine::refuse_registry_without_cas(reg, *token, h.registry_path());
+    } catch (const Error& e) {
+      throw Error(e.code(), std::string(e.what()) +
+                                " (`fleetsign ca orphans` lists the keys the registry lacks)");
+    }
+  }
+  m_token = std::move(token);
   return *m_token;
 }
 

@@ -36,8 +36,10 @@ class CaService final {
   CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
             RandomSource& random);
 
-  // Generates the key in the token, builds and signs the certificate, verifies it, records it.
-  // Errors: kAlreadyExists (name), kNotFound (issuer), kPolicyInvalid (key not allowed by
+  // Records the CA as pending (name + the CKA_ID it is about to use), generates the key in the
+  // token, records the certificate's intent (serial + TBS), signs and verifies it, then records
+  // the CA in one transaction that drops the pending row (see ca_recovery.hpp for a kill).
+  // Errors: kAlreadyExists (name, or a token key with that label), kNotFound (issuer), kPolicyInvalid (key not allowed by
   // policy), kValidityBeyondIssuer, kInvalidSubject, token errors.
   CaRecord create_root(const CaSpec& spec);
   CaRecord create_intermediate(const CaSpec& spec);
@@ -50,11 +52,15 @@ class CaService final {
   // The CA and its issuers, leaf-most first, ending with the root.
   std::vector<CaRecord> chain(const std::string& name);
 
-  // Proof of possession: a certificate with CN = code signed by the CA's token key.
+  // Proof of possession: a certificate with CN = code signed by the CA's token key. Its intent
+  // (serial + TBS) is recorded before the token signs, the certificate after.
   Der make_verification_cert(const std::string& ca_name, const std::string& code);
 
  private:
   CaRecord create(const CaSpec& spec, const CaRecord* issuer);
+  hsm::KeyRef begin_key(const std::string& name);
+  std::string record_intent(X509* cert, const std::string& kind, const std::string& subject_name,
+                            const std::string& issuer);
   Registry& m_registry;
   hsm::Token& m_token;
   const policy::Policy& m_policy;
