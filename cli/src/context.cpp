@@ -144,7 +144,7 @@ hsm::Token& Context::open_token(bool check_registry) {
     detail.stringify(text);
     reg.audit("token.restore", h.config().token_label, text.str());
   }
-  for (const auto& line : engine::recover_pending_cas(reg, *token)) {
+  for (const auto& line : engine::recover_pending_cas(reg, *token, h.embedded_token())) {
     std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
   }
   if (check_registry && h.embedded_token()) {

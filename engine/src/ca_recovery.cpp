@@ -25,11 +25,19 @@ bool referenced(const hsm::KeyRef& key, const std::vector<CaRecord>& cas) {
 
 }  // namespace
 
-std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token) {
+std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token,
+                                             bool private_token) {
   std::vector<std::string> notices;
   const auto pending = registry.list_pending_cas();
   if (pending.empty()) {
     return notices;
+  }
+  if (private_token) {
+    if (const std::size_t n = token.destroy_unidentified_keys(); n > 0) {
+      notices.push_back("destroyed " + std::to_string(n) +
+                        " half-made key object(s) (no ID) left by an interrupted key "
+                        "generation");
+    }
   }
   const auto cas = registry.list_cas();
   for (const PendingCa& p : pending) {

@@ -511,6 +511,32 @@ std::vector<KeyRef> Token::list_private_keys() {
   return out;
 }
 
+std::size_t Token::destroy_unidentified_keys() {
+  raw::Session s(m_impl->module->f(), m_impl->slot_id);
+  CK_FUNCTION_LIST_PTR f = m_impl->module->f();
+  std::vector<CK_OBJECT_HANDLE> doomed;
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}};
+    if (f->C_FindObjectsInit(s.h(), tmpl, 1) != CKR_OK) {
+      continue;
+    }
+    CK_OBJECT_HANDLE batch[64];
+    CK_ULONG n = 0;
+    while (f->C_FindObjects(s.h(), batch, 64, &n) == CKR_OK && n > 0) {
+      for (CK_ULONG i = 0; i < n; ++i) {
+        if (s.get_bytes(batch[i], CKA_ID).empty()) {
+          doomed.push_back(batch[i]);
+        }
+      }
+    }
+    f->C_FindObjectsFinal(s.h());
+  }
+  for (const CK_OBJECT_HANDLE h : doomed) {
+    f->C_DestroyObject(s.h(), h);
+  }
+  return doomed.size();
+}
+
 KeyProtection Token::protection(const KeyRef& ref) {
   raw::Session s(m_impl->module->f(), m_impl->slot_id);
   const CK_OBJECT_HANDLE obj = s.find(CKO_PRIVATE_KEY, ref.id);

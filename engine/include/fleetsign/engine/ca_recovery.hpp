@@ -21,9 +21,12 @@
 namespace fleetsign::engine {
 
 // For each pending CA: destroys its key if no CA row references it, then drops the pending
-// row (its certificate intent stays, abandoned, so the serial is never reused). Returns one line
-// per CA cleaned up, saying what was done.
-std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token);
+// row (its certificate intent stays, abandoned, so the serial is never reused). With
+// `private_token` (the home's embedded SoftHSM2 token, where every key is fleetsign's), also
+// destroys key objects without an ID: SoftHSM2 writes a new object before its
+// attributes, so a kill inside key generation can leave one. Returns one line per action.
+std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token,
+                                             bool private_token);
 
 struct TokenInventory {
   std::vector<hsm::KeyRef> orphan_keys;       // token private keys that no CA row references

@@ -111,6 +111,10 @@ class Token final {
 
   // Every private key object in the token (CKA_ID and CKA_LABEL). Not safe alongside signing.
   std::vector<KeyRef> list_private_keys();
+  // Destroys the private and public key objects that have no CKA_ID and returns how many.
+  // SoftHSM2 stores a new object first and its attributes after, so a process killed inside
+  // C_GenerateKeyPair can leave such a half-made key; fleetsign never makes a key without one.
+  std::size_t destroy_unidentified_keys();
 
   // Looks the key up (once; later calls return the same handle). Throws kKeyNotFound,
   // kKeyNotProtected (a CA key must be sensitive and never extractable).
