@@ -97,9 +97,9 @@ void refuse_registry_without_cas(Registry& registry, hsm::Token& token,
     return;
   }
   throw Error(ErrorCode::kRegistryMissing,
-              "registry " + registry_file.string() + " records no CA, but token '" +
-                  token.label() + "' holds " + std::to_string(keys.size()) +
-                  " private key(s) (first: '" + keys.front().label +
+              "registry " + registry_file.string() + " records no CA, but token '" + token.label() +
+                  "' holds " + std::to_string(keys.size()) + " private key(s) (first: '" +
+                  keys.front().label +
                   "'): the registry was lost or replaced. Restore registry.db from a backup; "
                   "a CA whose row is gone cannot be re-attached to its key");
 }

@@ -92,9 +92,10 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
   }
   Home home(config);
   // The one place a registry is created.
-  Registry::open(home.registry_path())->audit("home.init", config.dir.string(),
-                              "{\"module\":" + json_quote(config.module.string()) +
-                                  ",\"token\":" + json_quote(config.token_label) + "}");
+  Registry::open(home.registry_path())
+      ->audit("home.init", config.dir.string(),
+              "{\"module\":" + json_quote(config.module.string()) +
+                  ",\"token\":" + json_quote(config.token_label) + "}");
   // Written last: a home exists only once everything above succeeded.
   write_file(config.dir / kConfigFile, json, fs::perms::owner_read | fs::perms::owner_write);
   return home;

@@ -48,8 +48,7 @@ HomeLock HomeLock::acquire(const std::filesystem::path& home_dir, bool wait) {
     const std::string pid = err == EWOULDBLOCK ? holder_pid(fd) : "";
     ::close(fd);
     if (err == EWOULDBLOCK) {
-      throw Error(ErrorCode::kHomeBusy,
-                  "home " + home_dir.string() + " is busy (pid " + pid + ")");
+      throw Error(ErrorCode::kHomeBusy, "home " + home_dir.string() + " is busy (pid " + pid + ")");
     }
     throw Error(ErrorCode::kIo, file.string() + ": cannot be locked: " + std::strerror(err));
   }

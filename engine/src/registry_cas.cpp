@@ -106,7 +106,8 @@ void Registry::record_ca_cert_intent(const CaCertIntent& intent) {
   });
 }
 
-void Registry::record_ca_cert_issued(const std::string& serial, const std::vector<std::uint8_t>& der) {
+void Registry::record_ca_cert_issued(const std::string& serial,
+                                     const std::vector<std::uint8_t>& der) {
   m_impl->write("recording certificate 0x" + serial, [&] {
     const BLOB blob(der);
     Statement st(m_impl->m_session);

@@ -23,8 +23,7 @@ constexpr std::size_t kTokenObjectLimit = 64 * 1024;  // a few hundred bytes in 
 // SoftHSM2's ObjectFile encoding: big-endian 64-bit words; each attribute is its type, its
 // kind (1 bool: one byte, 2 ulong: one word, 3 byte string: length word + bytes).
 constexpr std::uint64_t kKindBool = 1, kKindUlong = 2, kKindBytes = 3;
-constexpr std::uint64_t kAttrLabel = 0x80005349, kAttrSoPin = 0x8000534C,
-                        kAttrUserPin = 0x8000534D;
+constexpr std::uint64_t kAttrLabel = 0x80005349, kAttrSoPin = 0x8000534C, kAttrUserPin = 0x8000534D;
 
 bool read_word(std::span<const unsigned char>& in, std::uint64_t& out) {
   if (in.size() < 8) {

@@ -505,8 +505,8 @@ std::vector<KeyRef> Token::list_private_keys() {
   std::vector<KeyRef> out;
   for (const CK_OBJECT_HANDLE h : handles) {
     const auto label = s.get_bytes(h, CKA_LABEL);
-    out.push_back({m_config.token_label, s.get_bytes(h, CKA_ID),
-                   std::string(label.begin(), label.end())});
+    out.push_back(
+        {m_config.token_label, s.get_bytes(h, CKA_ID), std::string(label.begin(), label.end())});
   }
   return out;
 }

@@ -27,8 +27,8 @@ class CliHome : public ::testing::Test {
   void SetUp() override {
     home = dir.path() / "home";
     ASSERT_EQ(run_cli(home, {"init"}).status, 0);
-    ASSERT_EQ(run_cli(home, {"ca", "create-root", "--name", "root", "--subject", "/CN=Root"}).status,
-              0);
+    ASSERT_EQ(
+        run_cli(home, {"ca", "create-root", "--name", "root", "--subject", "/CN=Root"}).status, 0);
   }
   testing::CliResult create_intermediate(const std::string& name) {
     return run_cli(home, {"ca", "create-intermediate", "--name", name, "--issuer", "root",
@@ -97,8 +97,8 @@ TEST_F(CliHome, OrphansListsTokenKeysWithoutRowsAndRowsWithoutKeys) {
   const auto r = run_cli(home, {"ca", "orphans", "--json"});
   EXPECT_EQ(r.status, 1) << r.output;
   Poco::JSON::Parser parser;
-  const auto obj = parser.parse(r.output.substr(r.output.find('{')))
-                       .extract<Poco::JSON::Object::Ptr>();
+  const auto obj =
+      parser.parse(r.output.substr(r.output.find('{'))).extract<Poco::JSON::Object::Ptr>();
   const auto keys = obj->getArray("token_keys_without_ca");
   const auto cas = obj->getArray("cas_without_token_key");
   ASSERT_EQ(keys->size(), 1u);

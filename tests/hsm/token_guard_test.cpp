@@ -1,6 +1,8 @@
 // Issue 7, hole 0: SoftHSM2 rewrites token.object in place on every login, so a kill in that
 // window used to leave a 0-byte file and lose every CA key. These tests damage the file (and
 // kill the real CLI during login) and require the next command to log in and sign.
+#include "fleetsign/engine/token_guard.hpp"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -9,7 +11,6 @@
 #include <thread>
 
 #include "cli_process.hpp"
-#include "fleetsign/engine/token_guard.hpp"
 #include "test_home.hpp"
 
 namespace fleetsign {
@@ -24,8 +25,8 @@ class TokenGuard : public ::testing::Test {
   void SetUp() override {
     home = dir.path() / "home";
     ASSERT_EQ(run_cli(home, {"init"}).status, 0);
-    ASSERT_EQ(run_cli(home, {"ca", "create-root", "--name", "root", "--subject", "/CN=Root"}).status,
-              0);
+    ASSERT_EQ(
+        run_cli(home, {"ca", "create-root", "--name", "root", "--subject", "/CN=Root"}).status, 0);
     ASSERT_EQ(run_cli(home, {"ca", "create-intermediate", "--name", "int1", "--issuer", "root",
                              "--subject", "/CN=Int", "--days", "3000"})
                   .status,
@@ -41,8 +42,8 @@ class TokenGuard : public ::testing::Test {
 
   // One device issued by the intermediate: the token logged in and its CA key signed.
   testing::CliResult issue_one(const std::string& tag) {
-    return run_cli(home, {"issue", "--ca", "int1", "--generate", "1", "--id-pattern",
-                          tag + "-{03}", "--out", (dir.path() / ("out-" + tag)).string()});
+    return run_cli(home, {"issue", "--ca", "int1", "--generate", "1", "--id-pattern", tag + "-{03}",
+                          "--out", (dir.path() / ("out-" + tag)).string()});
   }
 
   testing::TempDir dir;
@@ -69,8 +70,8 @@ TEST_F(TokenGuard, RestoresATokenObjectCutInTheMiddle) {
   // Whole again (the login that followed rewrote it with the next generation number).
   const std::string now = testing::read_file(token_object());
   EXPECT_EQ(now.size(), whole.size());
-  EXPECT_TRUE(engine::is_complete_token_object(
-      std::span<const unsigned char>(reinterpret_cast<const unsigned char*>(now.data()), now.size())));
+  EXPECT_TRUE(engine::is_complete_token_object(std::span<const unsigned char>(
+      reinterpret_cast<const unsigned char*>(now.data()), now.size())));
 }
 
 TEST_F(TokenGuard, RefusesWithTokenCorruptNamingTheFileWhenNoCopyExists) {

@@ -55,7 +55,8 @@ class CliProcess {
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::vector<std::string> env_s = {std::string("FLEETSIGN_PIN=") + kUserPin,
-                                      std::string("FLEETSIGN_SO_PIN=") + kSoPin, "PATH=/usr/bin:/bin"};
+                                      std::string("FLEETSIGN_SO_PIN=") + kSoPin,
+                                      "PATH=/usr/bin:/bin"};
     std::vector<char*> env;
     for (auto& e : env_s) env.push_back(e.data());
     env.push_back(nullptr);

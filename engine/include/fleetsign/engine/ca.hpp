@@ -39,8 +39,9 @@ class CaService final {
   // Records the CA as pending (name + the CKA_ID it is about to use), generates the key in the
   // token, records the certificate's intent (serial + TBS), signs and verifies it, then records
   // the CA in one transaction that drops the pending row (see ca_recovery.hpp for a kill).
-  // Errors: kAlreadyExists (name, or a token key with that label), kNotFound (issuer), kPolicyInvalid (key not allowed by
-  // policy), kValidityBeyondIssuer, kInvalidSubject, token errors.
+  // Errors: kAlreadyExists (name, or a token key with that label), kNotFound (issuer),
+  // kPolicyInvalid (key not allowed by policy), kValidityBeyondIssuer, kInvalidSubject, token
+  // errors.
   CaRecord create_root(const CaSpec& spec);
   CaRecord create_intermediate(const CaSpec& spec);
 

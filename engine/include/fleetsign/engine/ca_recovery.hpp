@@ -29,9 +29,9 @@ std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& tok
                                              bool private_token);
 
 struct TokenInventory {
-  std::vector<hsm::KeyRef> orphan_keys;       // token private keys that no CA row references
-  std::vector<CaRecord> cas_without_key;      // CA rows whose key is not in the token
-  std::vector<PendingCa> pending;             // interrupted creations not yet cleaned up
+  std::vector<hsm::KeyRef> orphan_keys;   // token private keys that no CA row references
+  std::vector<CaRecord> cas_without_key;  // CA rows whose key is not in the token
+  std::vector<PendingCa> pending;         // interrupted creations not yet cleaned up
 };
 TokenInventory take_inventory(Registry& registry, hsm::Token& token);
 
