@@ -15,8 +15,8 @@
 
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
-#include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/token_session.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "fleetsign/policy/policy.hpp"
 
@@ -66,8 +66,7 @@ class Context {
   std::optional<policy::Policy> m_policy;
   hsm::Token& open_token(bool check_registry);
   std::unique_ptr<engine::Registry> m_registry;
-  std::optional<engine::HomeLock> m_lock;  // declared before m_token: released after logout
-  std::unique_ptr<hsm::Token> m_token;
+  std::unique_ptr<engine::TokenSession> m_token_session;  // the home lock and the token
   engine::SystemClock m_clock;
   engine::CsprngSource m_random;
 };

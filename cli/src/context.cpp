@@ -7,7 +7,6 @@
 #include <sstream>
 
 #include "cli.hpp"
-#include "fleetsign/engine/ca_recovery.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::cli {
@@ -122,41 +121,34 @@ hsm::Token& Context::token() { return open_token(true); }
 hsm::Token& Context::token_for_inspection() { return open_token(false); }
 
 hsm::Token& Context::open_token(bool check_registry) {
-  if (m_token) {
-    return *m_token;
+  if (m_token_session) {
+    return *m_token_session->token;
   }
   engine::Home& h = home();
-  engine::Registry& reg = registry();
-  // Before the PIN prompt: a busy home fails at once instead of after typing the PIN.
-  if (!m_lock) {
-    m_lock.emplace(engine::HomeLock::acquire(h.config().dir, m_args.has("wait")));
-  }
-  const hsm::Pin pin =
-      hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
-                             "user PIN for token '" + h.config().token_label + "': ");
-  std::vector<std::string> notices;
-  auto token = h.open_token(pin, &notices);
-  for (const auto& line : notices) {
-    std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
-    Poco::JSON::Object detail;
-    detail.set("notice", line);
-    std::ostringstream text;
-    detail.stringify(text);
-    reg.audit("token.restore", h.config().token_label, text.str());
-  }
-  for (const auto& line : engine::recover_pending_cas(reg, *token, h.embedded_token())) {
-    std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
-  }
-  if (check_registry && h.embedded_token()) {
-    try {
-      engine::refuse_registry_without_cas(reg, *token, h.registry_path());
-    } catch (const Error& e) {
+  auto pin = [&] {
+    return hsm::Pin::from_sources(path_option(m_args, "pin-file"), "FLEETSIGN_PIN",
+                                  "user PIN for token '" + h.config().token_label + "': ");
+  };
+  engine::TokenSessionOptions options;
+  options.wait_for_lock = m_args.has("wait");
+  options.check_registry = check_registry;
+  try {
+    m_token_session = std::make_unique<engine::TokenSession>(
+        engine::open_token_session(h, registry(), pin, options));
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kRegistryMissing) {
       throw Error(e.code(), std::string(e.what()) +
                                 " (`fleetsign ca orphans` lists the keys the registry lacks)");
     }
+    if (e.code() == ErrorCode::kHomeBusy) {
+      throw Error(e.code(), std::string(e.what()) + "; add --wait to wait for it");
+    }
+    throw;
   }
-  m_token = std::move(token);
-  return *m_token;
+  for (const auto& line : m_token_session->notices) {
+    std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
+  }
+  return *m_token_session->token;
 }
 
 void Context::print_json(const Poco::JSON::Object& obj) const {
