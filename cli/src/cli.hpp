@@ -49,8 +49,14 @@ class Context {
   engine::Home& home() { return services().home(); }
   const policy::Policy& policy() { return services().policy(); }
   engine::Registry& registry() { return services().registry(); }
-  hsm::Token& token() { return services().token(); }  // user PIN: file, FLEETSIGN_PIN or prompt
-  engine::CaService& cas() { return services().cas(); }
+  // Locks the home (kHomeBusy, or waits with --wait), restores damaged token metadata, logs in
+  // (asks for the user PIN: file, FLEETSIGN_PIN, or prompt), cleans up interrupted CA creations,
+  // and refuses an embedded token with keys behind a registry without CAs (kRegistryMissing).
+  // Prints what was restored or cleaned up on stderr, and adds advice to the errors.
+  hsm::Token& token();
+  // The same without the last check: for commands that inspect such a mismatch (`ca orphans`).
+  hsm::Token& token_for_inspection();
+  engine::CaService& cas();
   const engine::Clock& clock() { return services().clock(); }
   engine::RandomSource& random() { return services().random(); }
 
@@ -61,6 +67,7 @@ class Context {
   std::optional<std::filesystem::path> m_home_dir;
   Args m_args;
   std::unique_ptr<engine::Services> m_services;
+  hsm::Token& open_token(bool check_registry);
 };
 
 struct Command {

@@ -2,6 +2,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/ca_recovery.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -214,6 +215,41 @@ int run_import(Context& ctx) {
   return 0;
 }
 
+// Token keys and CA rows that do not match (after a lost registry or an interrupted creation).
+// Exit 0 when everything matches, 1 when something does not.
+int run_orphans(Context& ctx) {
+  const auto inv = engine::take_inventory(ctx.registry(), ctx.token_for_inspection());
+  if (ctx.json()) {
+    Poco::JSON::Array keys, cas;
+    for (const auto& k : inv.orphan_keys) {
+      Poco::JSON::Object o;
+      o.set("label", k.label);
+      o.set("key_uri", k.uri());
+      keys.add(o);
+    }
+    for (const auto& ca : inv.cas_without_key) {
+      Poco::JSON::Object o;
+      o.set("name", ca.name);
+      o.set("key_uri", ca.key_uri);
+      cas.add(o);
+    }
+    Poco::JSON::Object o;
+    o.set("token_keys_without_ca", keys);
+    o.set("cas_without_token_key", cas);
+    ctx.print_json(o);
+  } else {
+    std::printf("token keys with no CA row: %zu\n", inv.orphan_keys.size());
+    for (const auto& k : inv.orphan_keys) {
+      std::printf("  %-20s %s\n", k.label.c_str(), k.uri().c_str());
+    }
+    std::printf("CA rows whose key is not in the token: %zu\n", inv.cas_without_key.size());
+    for (const auto& ca : inv.cas_without_key) {
+      std::printf("  %-20s %s\n", ca.name.c_str(), ca.key_uri.c_str());
+    }
+  }
+  return inv.orphan_keys.empty() && inv.cas_without_key.empty() ? 0 : 1;
+}
+
 void name_subject_key_days(Poco::Util::OptionSet& s) {
   add_option(s, "name", "NAME", "name of the new CA (also its token key label)");
   add_option(s, "subject", "DN", "subject, openssl -subj form: /CN=IoT Root CA/O=MyOrg/C=US");
@@ -271,6 +307,15 @@ void add_ca_commands(std::vector<Command>& commands) {
                                add_flag(s, "json", "print the result as JSON");
                              },
                              run_verification_cert});
+  commands.push_back(Command{{"ca", "orphans"},
+                             "[--json]",
+                             "list token keys with no CA row, and CA rows whose key is not in the "
+                             "token (exit 1 if any)",
+                             [](Poco::Util::OptionSet& s) {
+                               add_option(s, "pin-file", "FILE", "file holding the user PIN");
+                               add_flag(s, "json", "print as JSON");
+                             },
+                             run_orphans});
   commands.push_back(Command{{"ca", "import"},
                              "NAME --cert FILE [--json]",
                              "register an external CA certificate (its key is not in the token)",

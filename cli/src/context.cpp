@@ -1,5 +1,6 @@
 #include <Poco/Util/Option.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -92,6 +93,40 @@ engine::Services& Context::services() {
         std::make_unique<engine::Services>(engine::Home::open(home_dir()), std::move(pin_source));
   }
   return *m_services;
+}
+
+hsm::Token& Context::token() { return open_token(true); }
+
+hsm::Token& Context::token_for_inspection() { return open_token(false); }
+
+engine::CaService& Context::cas() {
+  token();  // the CA service needs the token: open it here, with the CLI's advice and notices
+  return services().cas();
+}
+
+hsm::Token& Context::open_token(bool check_registry) {
+  engine::Services& s = services();
+  s.set_wait_for_lock(m_args.has("wait"));
+  const std::size_t shown = s.notices().size();
+  hsm::Token* token = nullptr;
+  try {
+    token = check_registry ? &s.token() : &s.token_for_inspection();
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kRegistryMissing) {
+      throw Error(e.code(), std::string(e.what()) +
+                                " (`fleetsign ca orphans` lists the keys the registry lacks)");
+    }
+    if (e.code() == ErrorCode::kHomeBusy) {
+      throw Error(e.code(), std::string(e.what()) + "; add --wait to wait for it");
+    }
+    throw;
+  }
+  if (s.notices().size() != shown) {
+    for (const auto& line : s.notices()) {
+      std::fprintf(stderr, "fleetsign: %s\n", line.c_str());
+    }
+  }
+  return *token;
 }
 
 void Context::print_json(const Poco::JSON::Object& obj) const {

@@ -170,6 +170,8 @@ int main(int argc, char** argv) {
   Poco::Util::OptionSet set;
   found->options(set);
   set.addOption(Poco::Util::Option("help", "h", "show this help"));
+  set.addOption(Poco::Util::Option(
+      "wait", "", "when another fleetsign process holds the home, wait for it instead of failing"));
   if (std::find(rest.begin(), rest.end(), "--help") != rest.end() ||
       std::find(rest.begin(), rest.end(), "-h") != rest.end()) {
     print_command_help(*found, set);

@@ -9,6 +9,7 @@
 
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/token_guard.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
@@ -38,6 +39,10 @@ void use_embedded_softhsm(const HomeConfig& config) {
     // SoftHSM2 reads this when its module initialises: must be set before any load.
     setenv("SOFTHSM2_CONF", (config.dir / *config.softhsm_conf).c_str(), 1);
   }
+}
+
+TokenStoreGuard token_guard(const HomeConfig& config) {
+  return TokenStoreGuard(config.dir / "tokens", config.dir / "token-backup");
 }
 
 }  // namespace
@@ -79,6 +84,9 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
   }
   use_embedded_softhsm(config);
   hsm::Token::initialize({config.module, config.token_label}, so_pin, user_pin);
+  if (config.softhsm_conf) {
+    token_guard(config).refresh_copies();
+  }
   return finish_init(config);
 }
 
@@ -119,9 +127,11 @@ Home Home::finish_init(const HomeConfig& config) {
                fs::perms::owner_read | fs::perms::owner_write);
   }
   Home home(config);
-  home.open_registry()->audit("home.init", config.dir.string(),
-                              "{\"module\":" + json_quote(config.module.string()) +
-                                  ",\"token\":" + json_quote(config.token_label) + "}");
+  // The one place a registry is created.
+  Registry::open(home.registry_path())
+      ->audit("home.init", config.dir.string(),
+              "{\"module\":" + json_quote(config.module.string()) +
+                  ",\"token\":" + json_quote(config.token_label) + "}");
   // Written last: a home exists only once everything above succeeded.
   write_file(config.dir / kConfigFile, json, fs::perms::owner_read | fs::perms::owner_write);
   return home;
@@ -155,10 +165,35 @@ Home Home::open(const fs::path& dir) {
 
 policy::Policy Home::load_policy() const { return policy::load_policy_file(policy_path()); }
 
-std::unique_ptr<Registry> Home::open_registry() const { return Registry::open(registry_path()); }
+std::unique_ptr<Registry> Home::open_registry() const {
+  const fs::path file = registry_path();
+  std::error_code ec;
+  const bool exists = fs::exists(file, ec);
+  if (!exists || fs::file_size(file, ec) == 0 || ec) {
+    throw Error(ErrorCode::kRegistryMissing,
+                "registry " + file.string() + (exists ? " is empty" : " is missing") + ", but " +
+                    m_config.dir.string() +
+                    " is an initialised home: the record of its CAs and certificates is gone. "
+                    "Restore registry.db from a backup; a new registry is never created in place "
+                    "of a lost one, because the token's CA keys would be orphaned");
+  }
+  return Registry::open(file);
+}
 
-std::unique_ptr<hsm::Token> Home::open_token(const hsm::Pin& user_pin) const {
-  return hsm::Token::open({m_config.module, m_config.token_label}, user_pin);
+std::unique_ptr<hsm::Token> Home::open_token(const hsm::Pin& user_pin,
+                                             std::vector<std::string>* notices) const {
+  if (!embedded_token()) {
+    return hsm::Token::open({m_config.module, m_config.token_label}, user_pin);
+  }
+  const TokenStoreGuard guard = token_guard(m_config);
+  auto restored = guard.restore_damaged();
+  auto token = hsm::Token::open({m_config.module, m_config.token_label}, user_pin);
+  // The login rewrote token.object: keep the copy in step with what just loaded.
+  guard.refresh_copies();
+  if (notices != nullptr) {
+    notices->insert(notices->end(), restored.begin(), restored.end());
+  }
+  return token;
 }
 
 }  // namespace fleetsign::engine

@@ -13,8 +13,11 @@ Services::Services(Home home, PinSource pin_source, std::unique_ptr<Clock> clock
       m_clock(std::move(clock)),
       m_random(std::move(random)) {}
 
-// The CA service refers to the token and registry: destroy it first.
-Services::~Services() { m_cas.reset(); }
+// The CA service refers to the token and registry, and the token to the lock: in that order.
+Services::~Services() {
+  m_cas.reset();
+  m_token_session.reset();
+}
 
 const policy::Policy& Services::policy() {
   if (!m_policy) {
@@ -30,12 +33,21 @@ Registry& Services::registry() {
   return *m_registry;
 }
 
-hsm::Token& Services::token() {
-  if (!m_token) {
-    const hsm::Pin pin = m_pin_source(m_home.config().token_label);
-    m_token = m_home.open_token(pin);
+hsm::Token& Services::token() { return open_token(true); }
+
+hsm::Token& Services::token_for_inspection() { return open_token(false); }
+
+hsm::Token& Services::open_token(bool check_registry) {
+  if (!m_token_session) {
+    TokenSessionOptions options;
+    options.wait_for_lock = m_wait_for_lock;
+    options.check_registry = check_registry;
+    const std::string label = m_home.config().token_label;
+    m_token_session = std::make_unique<TokenSession>(open_token_session(
+        m_home, registry(), [&] { return m_pin_source(label); }, options));
+    m_notices = m_token_session->notices;
   }
-  return *m_token;
+  return *m_token_session->token;
 }
 
 CaService& Services::cas() {

@@ -449,6 +449,15 @@ KeyRef Token::generate_key(KeyType type, const std::string& label) {
   require_key_type(type);
   KeyRef ref{m_config.token_label, std::vector<std::uint8_t>(16), label};
   RAND_bytes(ref.id.data(), static_cast<int>(ref.id.size()));
+  return generate_key(type, ref);
+}
+
+KeyRef Token::generate_key(KeyType type, const KeyRef& wanted) {
+  if (wanted.id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "a token key needs a non-empty CKA_ID");
+  }
+  KeyRef ref{m_config.token_label, wanted.id, wanted.label};
+  const std::string& label = ref.label;
   raw::Session s(m_impl->module->f(), m_impl->slot_id);
   CK_BBOOL yes = CK_TRUE;
   CK_BBOOL no = CK_FALSE;
@@ -503,6 +512,55 @@ KeyRef Token::generate_key(KeyType type, const std::string& label) {
                     "' made a key that is not sensitive and never-extractable; destroyed it");
   }
   return ref;
+}
+
+std::vector<KeyRef> Token::list_private_keys() {
+  raw::Session s(m_impl->module->f(), m_impl->slot_id);
+  CK_FUNCTION_LIST_PTR f = m_impl->module->f();
+  CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}};
+  std::vector<CK_OBJECT_HANDLE> handles;
+  if (f->C_FindObjectsInit(s.h(), tmpl, 1) == CKR_OK) {
+    CK_OBJECT_HANDLE batch[64];
+    CK_ULONG n = 0;
+    while (f->C_FindObjects(s.h(), batch, 64, &n) == CKR_OK && n > 0) {
+      handles.insert(handles.end(), batch, batch + n);
+    }
+    f->C_FindObjectsFinal(s.h());
+  }
+  std::vector<KeyRef> out;
+  for (const CK_OBJECT_HANDLE h : handles) {
+    const auto label = s.get_bytes(h, CKA_LABEL);
+    out.push_back(
+        {m_config.token_label, s.get_bytes(h, CKA_ID), std::string(label.begin(), label.end())});
+  }
+  return out;
+}
+
+std::size_t Token::destroy_unidentified_keys() {
+  raw::Session s(m_impl->module->f(), m_impl->slot_id);
+  CK_FUNCTION_LIST_PTR f = m_impl->module->f();
+  std::vector<CK_OBJECT_HANDLE> doomed;
+  for (CK_OBJECT_CLASS cls : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY}) {
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof cls}};
+    if (f->C_FindObjectsInit(s.h(), tmpl, 1) != CKR_OK) {
+      continue;
+    }
+    CK_OBJECT_HANDLE batch[64];
+    CK_ULONG n = 0;
+    while (f->C_FindObjects(s.h(), batch, 64, &n) == CKR_OK && n > 0) {
+      for (CK_ULONG i = 0; i < n; ++i) {
+        if (s.get_bytes(batch[i], CKA_ID).empty()) {
+          doomed.push_back(batch[i]);
+        }
+      }
+    }
+    f->C_FindObjectsFinal(s.h());
+  }
+  for (const CK_OBJECT_HANDLE h : doomed) {
+    f->C_DestroyObject(s.h(), h);
+  }
+  return doomed.size();
 }
 
 KeyProtection Token::protection(const KeyRef& ref) {

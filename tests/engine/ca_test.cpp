@@ -229,6 +229,23 @@ TEST_F(CaTest, FailureAfterKeyGenerationDestroysTheNewKey) {
   EXPECT_EQ(private_keys_in_token(), keys) << "orphan key left in the token";
 }
 
+TEST_F(CaTest, FailureAfterKeyGenerationLeavesNoPendingCaAndTheNameCanBeRetried) {
+  make_ca("root", "");
+  const int keys = private_keys_in_token();
+  CaSpec spec = spec_for("int", "root");
+  spec.path_len = -1;
+  EXPECT_EQ(error_from([&] { create(spec); }).code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(th.registry->list_pending_cas().empty());
+  spec.path_len = 0;
+  const CaRecord ca = create(spec);
+  EXPECT_EQ(private_keys_in_token(), keys + 1);
+  EXPECT_TRUE(th.registry->list_pending_cas().empty());
+  const auto certs = th.registry->ca_certs_of("int");
+  ASSERT_EQ(certs.size(), 1u);
+  EXPECT_EQ(certs[0].state, "issued");
+  EXPECT_EQ(certs[0].der, ca.cert_der);
+}
+
 TEST_F(CaTest, DuplicateCaNameIsAlreadyExistsAndMakesNoKey) {
   const CaRecord first = make_ca("root", "");
   const int keys = private_keys_in_token();

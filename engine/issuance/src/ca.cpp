@@ -132,9 +132,11 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     issuer_cert = ossl::from_der(issuer->cert_der);
   }
 
-  // 2. The key pair, made in the token.
-  const hsm::KeyRef ref = m_token.generate_key(to_key_type(spec.key), spec.name);
+  // 2. The key pair, made in the token under an ID recorded (pending) before it exists.
+  const hsm::KeyRef ref = begin_key(spec.name);
+  std::string serial;
   try {
+    m_token.generate_key(to_key_type(spec.key), ref);
     const hsm::SigningKey& key = m_token.key(ref);
     // 3. The certificate.
     ossl::X509Ptr cert(X509_new());
@@ -157,11 +159,12 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     add_ext(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign");
     add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash");
     add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
+    serial = record_intent(cert.get(), "ca", spec.name, issuer ? issuer->name : spec.name);
     sign_and_check(cert.get(), issuer ? *issuer_key : key,
                    issuer ? X509_get0_pubkey(issuer_cert.get()) : pub.get(),
                    "CA '" + spec.name + "'");
 
-    // 4. Record it.
+    // 4. Record it: the CA row, the certificate issued and the pending row gone, at once.
     CaRecord rec;
     rec.name = spec.name;
     rec.parent = issuer ? issuer->name : "";
@@ -174,14 +177,16 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     rec.sha1 = thumbprint_sha1(rec.cert_der);
     rec.sha256 = thumbprint_sha256(rec.cert_der);
     rec.created_at = m_clock.now();
-    m_registry.add_ca(rec);
+    m_registry.complete_ca(rec, serial);
     m_registry.audit(issuer ? "ca.create-intermediate" : "ca.create-root", rec.name,
                      "{\"subject\":" + json_quote(rec.subject) + ",\"key\":" +
                          json_quote(rec.key_uri) + ",\"sha256\":" + json_quote(rec.sha256) + "}");
     return rec;
   } catch (...) {
-    // Never leave an orphan key behind a CA that was not recorded.
+    // Never leave an orphan key behind a CA that was not recorded. (After a kill, the pending
+    // row does the same at the next start: recover_pending_cas.)
     m_token.destroy_key(ref);
+    m_registry.drop_pending_ca(spec.name);
     throw;
   }
 }
@@ -202,6 +207,42 @@ void CaService::check_chain_allows(const std::string& name, const CaRecord& issu
     throw Error(ErrorCode::kCaConstraint,
                 "CA '" + name + "' cannot be created under '" + issuer.name + "': " + *why);
   }
+}
+
+hsm::KeyRef CaService::begin_key(const std::string& name) {
+  // A label is a CA's name: a second key with it would make "which key is root?" ambiguous.
+  for (const hsm::KeyRef& k : m_token.list_private_keys()) {
+    if (k.label == name) {
+      throw Error(ErrorCode::kAlreadyExists,
+                  "token '" + m_token.label() + "' already holds a key labelled '" + name +
+                      "' that no CA row references (" + k.uri() + "); refusing to make a second");
+    }
+  }
+  hsm::KeyRef ref{m_token.label(), std::vector<std::uint8_t>(16), name};
+  m_random.fill(ref.id);
+  PendingCa pending;
+  pending.name = name;
+  pending.key_uri = ref.uri();
+  pending.created_at = m_clock.now();
+  m_registry.add_pending_ca(pending);
+  return ref;
+}
+
+std::string CaService::record_intent(X509* cert, const std::string& kind,
+                                     const std::string& subject_name, const std::string& issuer) {
+  CaCertIntent intent;
+  intent.serial = ossl::serial_hex(cert);
+  intent.kind = kind;
+  intent.subject_name = subject_name;
+  intent.issuer_ca = issuer;
+  unsigned char* tbs = nullptr;
+  const int len = i2d_re_X509_tbs(cert, &tbs);
+  if (len > 0) {
+    intent.tbs_der.assign(tbs, tbs + len);
+  }
+  OPENSSL_free(tbs);
+  m_registry.record_ca_cert_intent(intent);
+  return intent.serial;
 }
 
 const hsm::SigningKey& CaService::load_key(const CaRecord& ca) {
@@ -265,8 +306,15 @@ Der CaService::make_verification_cert(const std::string& ca_name, const std::str
   add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature");
   add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash");
   add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
-  sign_and_check(cert.get(), key, X509_get0_pubkey(ca_cert.get()), "verification certificate");
+  const std::string serial = record_intent(cert.get(), "verification", code, ca_name);
+  try {
+    sign_and_check(cert.get(), key, X509_get0_pubkey(ca_cert.get()), "verification certificate");
+  } catch (...) {
+    m_registry.abandon_ca_cert_intent(serial);
+    throw;
+  }
   Der der = ossl::to_der(cert.get());
+  m_registry.record_ca_cert_issued(serial, der);
   m_registry.audit("ca.verification-cert", ca_name,
                    "{\"code\":" + json_quote(code) +
                        ",\"serial\":" + json_quote(ossl::serial_hex(cert.get())) + "}");

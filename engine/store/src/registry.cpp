@@ -204,22 +204,23 @@ int Registry::schema_version() {
 
 // --- CAs
 
+void Registry::Impl::insert_ca(const CaRecord& ca) {
+  // NULL, not '', for a root: the parent column is a foreign key.
+  Poco::Nullable<std::string> parent;
+  if (!ca.parent.empty()) {
+    parent = ca.parent;
+  }
+  const BLOB cert(ca.cert_der);
+  const std::int64_t verified = ca.verified ? 1 : 0;
+  m_session << "INSERT INTO cas (" << kCaColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      kw::bind(ca.name), kw::bind(parent), kw::bind(ca.subject), kw::bind(ca.key_uri),
+      kw::bind(ca.key_type), kw::bind(cert), kw::bind(ca.not_before), kw::bind(ca.not_after),
+      kw::bind(ca.sha1), kw::bind(ca.sha256), kw::bind(verified), kw::bind(stamp(ca.created_at)),
+      kw::now;
+}
+
 void Registry::add_ca(const CaRecord& ca) {
-  m_impl->write("adding CA '" + ca.name + "'", [&] {
-    // NULL, not '', for a root: the parent column is a foreign key.
-    Poco::Nullable<std::string> parent;
-    if (!ca.parent.empty()) {
-      parent = ca.parent;
-    }
-    const BLOB cert(ca.cert_der);
-    const std::int64_t verified = ca.verified ? 1 : 0;
-    m_impl->m_session << "INSERT INTO cas (" << kCaColumns
-                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        kw::bind(ca.name), kw::bind(parent), kw::bind(ca.subject), kw::bind(ca.key_uri),
-        kw::bind(ca.key_type), kw::bind(cert), kw::bind(ca.not_before), kw::bind(ca.not_after),
-        kw::bind(ca.sha1), kw::bind(ca.sha256), kw::bind(verified), kw::bind(stamp(ca.created_at)),
-        kw::now;
-  });
+  m_impl->write("adding CA '" + ca.name + "'", [&] { m_impl->insert_ca(ca); });
 }
 
 std::optional<CaRecord> Registry::find_ca(const std::string& name) {

@@ -84,6 +84,8 @@ struct Registry::Impl {
   PreparedQuery m_insert_intent, m_issue, m_device_slot;  // the issuance hot path
 
   sqlite3* db();
+  // INSERTs one CA row inside the caller's transaction (registry.cpp).
+  void insert_ca(const CaRecord& ca);
   // Steps a prepared INSERT/UPDATE once and resets it; throws Error naming `what` on failure
   // (kAlreadyExists for a UNIQUE/PK conflict, kRegistryBusy when locked). Returns changed rows.
   int step(sqlite3_stmt* st, const std::string& what);

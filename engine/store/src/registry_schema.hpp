@@ -91,6 +91,26 @@ INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name
     SELECT serial FROM certificates c2 WHERE c2.device_id = c.device_id AND c2.state = 'issued'
     ORDER BY not_after DESC LIMIT 1);
 )sql",
+    // 3 (issue 7): a CA is recorded as pending, with the token key it is about to make, before
+    // the key exists; CA and verification certificates get intents like device certificates, in
+    // a sibling table (they are not devices: the device queries never see them).
+    R"sql(
+CREATE TABLE pending_cas (
+  name TEXT PRIMARY KEY,
+  key_uri TEXT NOT NULL,
+  created_at BIGINT NOT NULL
+);
+CREATE TABLE ca_certificates (
+  serial TEXT PRIMARY KEY,
+  kind TEXT NOT NULL CHECK (kind IN ('ca', 'verification')),
+  subject_name TEXT NOT NULL,
+  issuer_ca TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned')),
+  tbs_der BLOB, der BLOB,
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX ca_certificates_subject ON ca_certificates (subject_name, kind);
+)sql",
 };
 
 }  // namespace fleetsign::engine

@@ -5,6 +5,8 @@
 //   DIR/policy.json      issuance policy (see policy/)
 //   DIR/registry.db      SQLite registry (WAL)
 //   DIR/softhsm2.conf, DIR/tokens/   the embedded SoftHSM2 token (without --module)
+//   DIR/token-backup/    verified copies of the embedded token's metadata (see token_guard.hpp)
+//   DIR/.lock            the home lock (see home_lock.hpp)
 #pragma once
 
 #include <filesystem>
@@ -58,9 +60,19 @@ class Home final {
   std::filesystem::path registry_path() const { return m_config.dir / "registry.db"; }
   std::filesystem::path policy_path() const { return m_config.dir / "policy.json"; }
 
+  bool embedded_token() const noexcept { return m_config.softhsm_conf.has_value(); }
+
   policy::Policy load_policy() const;
+  // Opens the registry. Only `init` creates one: a missing or empty registry.db in a home is
+  // Error(kRegistryMissing) — re-creating it would orphan every CA key in the token.
   std::unique_ptr<Registry> open_registry() const;
-  std::unique_ptr<hsm::Token> open_token(const hsm::Pin& user_pin) const;
+  // Opens the token and logs in. For the embedded token, first restores a token.object that a
+  // kill left truncated (a line per file restored is appended to `notices`, when given), and
+  // after the login refreshes the verified copies. Errors: those of hsm::Token::open, and
+  // kTokenCorrupt naming the file when it is damaged and no complete copy exists. Take the
+  // HomeLock first: the restore and the copy assume no other process is in the token.
+  std::unique_ptr<hsm::Token> open_token(const hsm::Pin& user_pin,
+                                         std::vector<std::string>* notices = nullptr) const;
 
  private:
   explicit Home(HomeConfig config) : m_config(std::move(config)) {}

@@ -18,6 +18,7 @@
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/token_session.hpp"
 #include "fleetsign/hsm/pin.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "fleetsign/policy/policy.hpp"
@@ -42,8 +43,17 @@ class Services final {
   Home& home() noexcept { return m_home; }
   const policy::Policy& policy();
   Registry& registry();
-  hsm::Token& token();  // logs in on first use, with the PIN from the PinSource
-  CaService& cas();     // the CA hierarchy over registry, token, policy, clock and random
+  // The token, opened the one safe way on first use (token_session.hpp): the home is locked
+  // (kHomeBusy unless set_wait_for_lock), damaged token metadata restored, the PIN taken from the
+  // PinSource, interrupted CA creations cleaned up, and a registry without CAs beside a token
+  // with keys refused (kRegistryMissing).
+  hsm::Token& token();
+  // The same without the last check: for commands that inspect that mismatch (`ca orphans`).
+  hsm::Token& token_for_inspection();
+  void set_wait_for_lock(bool wait) noexcept { m_wait_for_lock = wait; }
+  // What opening the token restored or cleaned up, one line each, for the front end to show.
+  const std::vector<std::string>& notices() const noexcept { return m_notices; }
+  CaService& cas();  // the CA hierarchy over registry, token, policy, clock and random
   const Clock& clock() const noexcept { return *m_clock; }
   RandomSource& random() noexcept { return *m_random; }
 
@@ -54,8 +64,11 @@ class Services final {
   std::unique_ptr<RandomSource> m_random;
   std::optional<policy::Policy> m_policy;
   std::unique_ptr<Registry> m_registry;
-  std::unique_ptr<hsm::Token> m_token;
+  std::unique_ptr<TokenSession> m_token_session;  // the home lock and the token
   std::unique_ptr<CaService> m_cas;
+  std::vector<std::string> m_notices;
+  bool m_wait_for_lock = false;
+  hsm::Token& open_token(bool check_registry);
 };
 
 }  // namespace fleetsign::engine

@@ -112,6 +112,18 @@ class Token final {
   // CKA_EXTRACTABLE, random 16-byte CKA_ID) and reads its protection back; a key that fails
   // KeyProtection::protected_ok() is destroyed and Error(kKeyNotProtected) thrown.
   KeyRef generate_key(KeyType type, const std::string& label);
+  // The same with a CKA_ID chosen by the caller (`ref.id`, non-empty; `ref.label` the label), so
+  // that the caller can record which key it is about to make before it exists. The whole
+  // template (ID, label, sensitive, never extractable) is in the one C_GenerateKeyPair call: no
+  // moment exists in which the key is unlabelled or unprotected.
+  KeyRef generate_key(KeyType type, const KeyRef& ref);
+
+  // Every private key object in the token (CKA_ID and CKA_LABEL). Not safe alongside signing.
+  std::vector<KeyRef> list_private_keys();
+  // Destroys the private and public key objects that have no CKA_ID and returns how many.
+  // SoftHSM2 stores a new object first and its attributes after, so a process killed inside
+  // C_GenerateKeyPair can leave such a half-made key; fleetsign never makes a key without one.
+  std::size_t destroy_unidentified_keys();
 
   // Looks the key up (once; later calls return the same handle). Throws kKeyNotFound,
   // kKeyNotProtected (a CA key must be sensitive and never extractable).

@@ -36,12 +36,14 @@ class CaService final {
   CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
             RandomSource& random);
 
-  // Generates the key in the token, builds and signs the certificate, verifies it, records it.
+  // Records the CA as pending (name + the CKA_ID it is about to use), generates the key in the
+  // token, records the certificate's intent (serial + TBS), signs and verifies it, then records
+  // the CA in one transaction that drops the pending row (see ca_recovery.hpp for a kill).
   // Errors: kInvalidArgument (name outside the safe alphabet, see check_ca_name), kAlreadyExists
-  // (name), kNotFound (issuer), kPolicyInvalid (key not allowed by policy),
-  // kMechanismUnsupported (the token cannot make that key type; names what it offers),
-  // kCaConstraint (the issuer's chain forbids the new CA: pathLen or name constraints, naming the
-  // CA that forbids it), kValidityBeyondIssuer, kInvalidSubject, token errors.
+  // (name, or a token key with that label), kNotFound (issuer), kPolicyInvalid (key not allowed
+  // by policy), kMechanismUnsupported (the token cannot make that key type; names what it
+  // offers), kCaConstraint (the issuer's chain forbids the new CA: pathLen or name constraints,
+  // naming the CA that forbids it), kValidityBeyondIssuer, kInvalidSubject, token errors.
   CaRecord create_root(const CaSpec& spec);
   CaRecord create_intermediate(const CaSpec& spec);
 
@@ -53,7 +55,8 @@ class CaService final {
   // The CA and its issuers, leaf-most first, ending with the root.
   std::vector<CaRecord> chain(const std::string& name);
 
-  // Proof of possession: a certificate with CN = code signed by the CA's token key.
+  // Proof of possession: a certificate with CN = code signed by the CA's token key. Its intent
+  // (serial + TBS) is recorded before the token signs, the certificate after.
   Der make_verification_cert(const std::string& ca_name, const std::string& code);
 
  private:
@@ -61,6 +64,9 @@ class CaService final {
   // Throws kCaConstraint when the chain of `issuer` forbids the new CA (see ca_constraints.hpp).
   void check_chain_allows(const std::string& name, const CaRecord& issuer, const X509_NAME* subject,
                           std::optional<int> path_len);
+  hsm::KeyRef begin_key(const std::string& name);
+  std::string record_intent(X509* cert, const std::string& kind, const std::string& subject_name,
+                            const std::string& issuer);
   Registry& m_registry;
   hsm::Token& m_token;
   const policy::Policy& m_policy;

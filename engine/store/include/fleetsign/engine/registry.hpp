@@ -134,6 +134,32 @@ struct ExpiringCert {
   std::int64_t not_after = 0;
 };
 
+// A CA being created: recorded (committed) before its token key is generated, dropped in the
+// transaction that records the CA. A row left behind means a creation was interrupted.
+struct PendingCa {
+  std::string name;
+  std::string key_uri;  // RFC 7512 URI of the key about to be made (its CKA_ID chosen up front)
+  std::int64_t created_at = 0;
+};
+
+// Step 1 for a CA or verification certificate: serial and TBS, committed before the token signs.
+// Kept in `ca_certificates`, a sibling of the device certificates table; a serial is unique
+// across both tables.
+struct CaCertIntent {
+  std::string serial;        // upper-case hex, as encoded
+  std::string kind;          // "ca" | "verification"
+  std::string subject_name;  // the CA's name ("ca"), the verification code ("verification")
+  std::string issuer_ca;     // the signing CA's name; a root names itself
+  std::vector<std::uint8_t> tbs_der;
+};
+
+struct CaCertRecord {
+  std::string serial, kind, subject_name, issuer_ca;
+  std::string state;              // "intent" | "issued" | "abandoned"
+  std::vector<std::uint8_t> der;  // certificate DER when issued, TBS DER otherwise
+  std::int64_t created_at = 0;
+};
+
 struct AuditEntry {
   std::int64_t id = 0;
   std::int64_t at = 0;
@@ -262,7 +288,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
   int schema_version();
 
   // --- CAs
@@ -270,6 +296,23 @@ class Registry final : public Stores {
   std::optional<CaRecord> find_ca(const std::string& name);
   std::vector<CaRecord> list_cas();  // by created_at
   void set_ca_verified(const std::string& name, bool verified);
+
+  // --- CA creation (registry_cas.cpp)
+  // kAlreadyExists when a CA or a pending CA has that name.
+  void add_pending_ca(const PendingCa& pending);
+  std::vector<PendingCa> list_pending_cas();
+  // One transaction: the pending row goes, and the CA's certificate intents become abandoned.
+  void drop_pending_ca(const std::string& name);
+  // One transaction: the CA row, its certificate intent (serial) becomes issued, the pending row
+  // goes. kAlreadyExists when the name is taken; kRegistryError when the intent is not open.
+  void complete_ca(const CaRecord& ca, const std::string& serial);
+  // kAlreadyExists when the serial is in either certificates table.
+  void record_ca_cert_intent(const CaCertIntent& intent);
+  // The intent becomes issued with its DER (kRegistryError when it is not an open intent).
+  void record_ca_cert_issued(const std::string& serial, const std::vector<std::uint8_t>& der);
+  void abandon_ca_cert_intent(const std::string& serial);
+  std::optional<CaCertRecord> find_ca_cert(const std::string& serial);
+  std::vector<CaCertRecord> ca_certs_of(const std::string& subject_name);
 
   // --- certificates
   // One transaction for the whole span. A serial already present (in any state) makes the whole
