@@ -1,10 +1,14 @@
 #include <Poco/JSON/Parser.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 #include "cli.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/batch.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuance.hpp"
@@ -42,7 +46,7 @@ int run_issue_single(Context& ctx) {
   const Args& a = ctx.args();
   const std::string csr_file = a.require("csr");
   const std::string out_dir = a.require("out");
-  auto blobs = engine::read_csrs(csr_file);
+  auto blobs = engine::parse_csr_text(read_bounded(csr_file, kCsrFileLimit, "CSR file"));
   if (blobs.size() != 1 || !blobs[0].problem.empty()) {
     throw Error(ErrorCode::kCsrMalformed,
                 csr_file + ": " +
@@ -51,15 +55,19 @@ int run_issue_single(Context& ctx) {
                                        : blobs[0].problem));
   }
   const auto [ca, group] = ca_and_group(ctx);
-  engine::SingleIssueRequest request{ca, std::move(blobs[0].der), lineage_options(a),
-                                     a.has("reissue"), group};
+  engine::SingleIssueRequest request{
+      ca, std::move(blobs[0].der), lineage_options(a), a.has("reissue"), group, out_dir, csr_file};
   engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
   auto result =
       engine::issue_single(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random(), request);
   if (!result) {
-    throw Error(result.error().code, csr_file + ": " + result.error().message);
+    std::string advice;
+    if (result.error().code == ErrorCode::kAlreadyIssued) {
+      advice = " (use --reissue to issue another)";
+    }
+    throw Error(result.error().code, csr_file + ": " + result.error().message + advice);
   }
-  const auto files = engine::write_device_files(out_dir, result->cert, result->chain);
+  const auto& files = result->files;
   if (ctx.json()) {
     Poco::JSON::Object o;
     o.set("device_id", result->cert.device_id);
@@ -70,11 +78,14 @@ int run_issue_single(Context& ctx) {
     o.set("not_after", engine::iso8601(result->cert.not_after));
     o.set("cert", files[0]);
     o.set("fullchain", files[1]);
+    o.set("batch", result->batch_id);
+    o.set("reemitted", result->reemitted);
     o.set("extensions_ignored", result->extensions_ignored);
     o.set("clamped_to_ca", result->clamped);
     ctx.print_json(o);
   } else {
-    std::printf("issued %s serial %s\n  SHA-256 %s\n  valid %s .. %s\n  %s\n  %s\n",
+    std::printf("%s %s serial %s\n  SHA-256 %s\n  valid %s .. %s\n  %s\n  %s\n",
+                result->reemitted ? "re-emitted (recorded by an interrupted run)" : "issued",
                 result->cert.device_id.c_str(), result->cert.serial.c_str(),
                 result->cert.sha256.c_str(), engine::iso8601(result->cert.not_before).c_str(),
                 engine::iso8601(result->cert.not_after).c_str(), files[0].c_str(),
@@ -120,12 +131,33 @@ std::function<void(const engine::BatchProgress&)> progress_printer(const Context
   };
 }
 
-std::optional<hsm::Pin> pfx_password(const Args& a) {
-  if (!a.has("pfx")) {
+// The .pfx password, when `needed`: from --pfx-password-file, FLEETSIGN_PFX_PASSWORD or a prompt.
+// An empty password (it would leave the keys unprotected) or one with a NUL byte (it would be cut
+// there) is refused, wherever it came from.
+std::optional<hsm::Pin> pfx_password(const Args& a, bool needed) {
+  if (!needed) {
     return std::nullopt;
   }
-  return hsm::Pin::from_sources(path_option(a, "pfx-password-file"), "FLEETSIGN_PFX_PASSWORD",
-                                "password for the .pfx files: ");
+  const auto file = path_option(a, "pfx-password-file");
+  const char* env = std::getenv("FLEETSIGN_PFX_PASSWORD");
+  const std::string source = file             ? "--pfx-password-file " + file->string()
+                             : env != nullptr ? std::string("FLEETSIGN_PFX_PASSWORD")
+                                              : std::string("the typed password");
+  if (!file && env != nullptr && *env == '\0') {
+    throw Error(ErrorCode::kInvalidArgument,
+                "FLEETSIGN_PFX_PASSWORD is empty: a .pfx needs a password that protects its key");
+  }
+  hsm::Pin password =
+      hsm::Pin::from_sources(file, "FLEETSIGN_PFX_PASSWORD", "password for the .pfx files: ");
+  if (password.size() == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                source + ": the password is empty: a .pfx needs a password that protects its key");
+  }
+  if (std::strlen(password.c_str()) != password.size()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                source + ": the password holds a NUL byte (it would be cut short there)");
+  }
+  return password;
 }
 
 int print_summary(Context& ctx, const engine::BatchSummary& s) {
@@ -133,13 +165,13 @@ int print_summary(Context& ctx, const engine::BatchSummary& s) {
   if (progress_shown) {
     std::fprintf(stderr, "\n");
   }
-  auto rec = ctx.registry().find_batch(s.batch_id);
-  const std::int64_t total_rejected = rec ? rec->rejected : s.rejected;
+  const std::int64_t total_rejected = s.total_rejected;
   if (ctx.json()) {
     Poco::JSON::Object o;
     o.set("batch", s.batch_id);
     o.set("out", s.out_dir);
     o.set("issued", s.issued);
+    o.set("reemitted", s.reemitted);
     o.set("rejected", s.rejected);
     o.set("total_issued", s.total_issued);
     o.set("total_rejected", total_rejected);
@@ -153,11 +185,20 @@ int print_summary(Context& ctx, const engine::BatchSummary& s) {
   } else if (s.already_finished) {
     std::printf("batch %s had already finished (%lld issued); nothing new issued\n",
                 s.batch_id.c_str(), static_cast<long long>(s.total_issued));
+    if (total_rejected > 0) {
+      std::printf("  rejected %lld; rejects  %s/rejects.csv\n",
+                  static_cast<long long>(total_rejected), s.out_dir.c_str());
+    }
   } else {
     std::printf("batch %s%s: issued %lld, rejected %lld in %.2f s (%.0f certs/s)\n  outputs  %s\n",
                 s.batch_id.c_str(), s.resumed ? " (resumed)" : "", static_cast<long long>(s.issued),
                 static_cast<long long>(s.rejected), s.seconds, s.certs_per_second,
                 s.out_dir.c_str());
+    if (s.reemitted > 0) {
+      std::printf(
+          "  re-emitted %lld certificates recorded by the interrupted run (not signed again)\n",
+          static_cast<long long>(s.reemitted));
+    }
     if (s.abandoned > 0) {
       std::printf("  %lld serials of the interrupted run were marked abandoned (never reused)\n",
                   static_cast<long long>(s.abandoned));
@@ -169,8 +210,9 @@ int print_summary(Context& ctx, const engine::BatchSummary& s) {
       std::printf("warning: device validity clamped to the CA's expiry\n");
     }
   }
-  // Distinct status: the batch completed, but some inputs were rejected.
-  return total_rejected > 0 && !s.already_finished ? 3 : 0;
+  // Distinct status: the batch completed, but some inputs were rejected (also when it had
+  // completed before: the same command answers the same way).
+  return total_rejected > 0 ? 3 : 0;
 }
 
 // A device key made here and a certificate it signs itself: for individual enrollments and IoT
@@ -222,10 +264,18 @@ int run_issue(Context& ctx) {
   if (a.has("csr")) {
     return run_issue_single(ctx);
   }
-  const auto password = pfx_password(a);
+  const int threads = a.get_int("threads").value_or(0);
+  if (threads < 0) {
+    throw Error(ErrorCode::kUsage,
+                "--threads " + std::to_string(threads) + " is negative (0 or absent: all cores)");
+  }
+  // A resume needs only the batch ID and the secrets: --pfx is recorded with the batch.
+  const std::string existing = a.has("resume") ? a.require("resume") : a.get("batch").value_or("");
+  const bool recorded_pfx = !existing.empty() && ctx.registry().find_batch(existing) &&
+                            engine::needs_pfx_password(ctx.registry(), existing);
+  const auto password = pfx_password(a, a.has("pfx") || recorded_pfx);
   engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
   engine::BatchRunner runner(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random());
-  const int threads = a.get_int("threads").value_or(0);
   if (a.has("resume")) {
     return print_summary(ctx, runner.resume(a.require("resume"), password ? &*password : nullptr,
                                             progress_printer(ctx), threads));
@@ -255,6 +305,11 @@ int run_issue(Context& ctx) {
       throw Error(ErrorCode::kPolicyInvalid, "--key " + key + ": " + *why);
     }
     o.input.key = *alg;
+    try {
+      engine::validate_id_pattern(o.input.id_pattern, o.input.count, ctx.policy());
+    } catch (const Error& e) {
+      throw e.with_context("--id-pattern");
+    }
   } else {
     o.input.kind =
         a.has("csr-dir") ? engine::BatchInput::Kind::kCsrDir : engine::BatchInput::Kind::kCsrFile;
@@ -300,13 +355,20 @@ int run_batch_show(Context& ctx) {
   }
   const auto abandoned = ctx.registry().count_certs(id, engine::CertState::kAbandoned);
   const auto open_intents = ctx.registry().count_certs(id, engine::CertState::kIntent);
+  // What is recorded, not only what the watermark has passed: an interrupted run's certificates
+  // count, and those without outputs yet are shown apart (a resume writes them).
+  const auto recorded = ctx.registry().count_certs(id, engine::CertState::kIssued) +
+                        ctx.registry().count_certs(id, engine::CertState::kRevoked);
+  const auto unwritten = std::max<std::int64_t>(0, recorded - b->issued);
+  const bool interrupted = b->state != "finished" && (open_intents > 0 || unwritten > 0);
   if (ctx.json()) {
     Poco::JSON::Parser parser;
     Poco::JSON::Object o;
     o.set("id", b->id);
     o.set("ca", b->ca_name);
     o.set("state", b->state);
-    o.set("issued", b->issued);
+    o.set("issued", recorded);
+    o.set("outputs_pending", unwritten);
     o.set("rejected", b->rejected);
     o.set("abandoned_serials", abandoned);
     o.set("open_intents", open_intents);
@@ -318,13 +380,15 @@ int run_batch_show(Context& ctx) {
     return 0;
   }
   std::printf(
-      "batch %s\n  CA          %s\n  state       %s\n  issued      %lld\n  rejected    %lld\n"
+      "batch %s\n  CA          %s\n  state       %s\n  issued      %lld (%lld without outputs "
+      "yet)\n"
+      "  rejected    %lld\n"
       "  abandoned   %lld serials (never reused)\n  open        %lld intents%s\n  created     %s\n"
       "  parameters  %s\n",
-      b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(b->issued),
-      static_cast<long long>(b->rejected), static_cast<long long>(abandoned),
-      static_cast<long long>(open_intents),
-      (open_intents > 0 ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string())
+      b->id.c_str(), b->ca_name.c_str(), b->state.c_str(), static_cast<long long>(recorded),
+      static_cast<long long>(unwritten), static_cast<long long>(b->rejected),
+      static_cast<long long>(abandoned), static_cast<long long>(open_intents),
+      (interrupted ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string())
           .c_str(),
       engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
   return 0;

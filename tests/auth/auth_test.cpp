@@ -134,7 +134,7 @@ class AuthDecisions : public ::testing::Test {
     const CaRecord rec = ca(ca_name);
     Issuer issuer(rec, h.cas->load_key(rec), h.policy, days, clock, h.random);
     EVP_PKEY* key = EVP_EC_gen("P-256");
-    auto prepared = issuer.prepare(id, spki_of(key));
+    auto prepared = issuer.prepare(DeviceId::check(h.policy, id).value(), spki_of(key));
     EVP_PKEY_free(key);
     auto signed_cert = issuer.sign(std::move(*prepared));
     return signed_cert->der;
@@ -358,7 +358,7 @@ TEST_F(AuthDecisions, RefusesARevokedCertificate) {
   const CaRecord int1 = ca("int1");
   Issuer issuer(int1, cas.load_key(int1), h.policy, 365, h.clock, h.random);
   EVP_PKEY* key = EVP_EC_gen("P-256");
-  auto p = issuer.prepare("dev-11", spki_of(key));
+  auto p = issuer.prepare(DeviceId::check(h.policy, "dev-11").value(), spki_of(key));
   EVP_PKEY_free(key);
   CertIntent intent{p->serial(),  "dev-11",        "int1",         "",       0,
                     p->subject(), p->not_before(), p->not_after(), p->tbs(), {}};

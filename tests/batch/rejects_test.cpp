@@ -15,6 +15,8 @@ const std::map<std::string, std::string> kBadInputs{
     {"bad_rsa1024.csr", "key_rejected"},
     {"bad_secp256k1.csr", "key_rejected"},
     {"bad_p521.csr", "key_rejected"},
+    {"bad_rsa_e3.csr", "key_rejected"},    // RSA public exponent 3
+    {"bad_ec_point.csr", "key_rejected"},  // a P-256 key that is not on the curve
     {"bad_id_space.csr", "device_id_invalid"},
     {"bad_no_cn.csr", "device_id_invalid"},
     {"bad_two_cn.csr", "device_id_invalid"},
@@ -129,6 +131,24 @@ TEST_F(BatchRejects, EveryBadInputGetsOneRejectWithItsExactCodeAndTheGoodOnesAre
   }
   EXPECT_EQ(device_of["good_p256_copy.csr"], "good-p256");
   EXPECT_EQ(device_of["prior_device_new_key.csr"], "prior-device");
+}
+
+// The CN is read for the report even when the CSR fails a later check (its key, its signature),
+// so rejects.csv names the device; a CSR that names no single CN leaves the column empty.
+TEST_F(BatchRejects, RejectsNameTheDeviceWhenTheCsrNamesOneEvenIfItFailsItsChecks) {
+  run_batch("named", false);
+  const auto lines = lines_of(testing::read_file(fleet.path("out-named") / "rejects.csv"));
+  std::map<std::string, std::string> device_of;
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    const auto v = csv_fields(lines[i]);
+    if (v.size() == 4) device_of[fs::path(v[0]).filename().string()] = v[1];
+  }
+  EXPECT_EQ(device_of["bad_rsa1024.csr"], "bad-rsa1024");
+  EXPECT_EQ(device_of["bad_rsa_e3.csr"], "bad-rsa-e3");
+  EXPECT_EQ(device_of["bad_signature.csr"], "bad-signature");
+  EXPECT_EQ(device_of["bad_id_space.csr"], "bad id");
+  EXPECT_EQ(device_of["bad_no_cn.csr"], "");
+  EXPECT_EQ(device_of["bad_two_cn.csr"], "");
 }
 
 TEST_F(BatchRejects, ReissueCertifiesTheDeviceThatAlreadyHoldsACertificate) {

@@ -35,6 +35,22 @@ PY
 openssl req -inform DER -in bad_signature.der -out bad_signature.csr 2>/dev/null || \
   { printf -- "-----BEGIN CERTIFICATE REQUEST-----\n%s\n-----END CERTIFICATE REQUEST-----\n" "$(base64 -w64 bad_signature.der)" > bad_signature.csr; }
 rm -f bad_signature.der
+# RSA with public exponent 3 (below 65537): refused as a key, however well it signs.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -pkeyopt rsa_keygen_pubexp:3 -out bad_rsa_e3.key 2>/dev/null
+openssl req -new -key bad_rsa_e3.key -subj "/CN=bad-rsa-e3" -out bad_rsa_e3.csr 2>/dev/null
+# A P-256 public key that is not a point on the curve: the last byte of Y flipped (the CSR's own
+# signature then cannot matter: the key is refused first).
+ec P-256 bad_ec_point "/CN=bad-ec-point"
+openssl req -in bad_ec_point.csr -outform DER -out bad_ec_point.der
+python3 - <<'PY'
+data = bytearray(open("bad_ec_point.der", "rb").read())
+at = data.find(bytes([0x03, 0x42, 0x00, 0x04]))
+assert at > 0
+data[at + 4 + 63] ^= 0x01
+open("bad_ec_point.der", "wb").write(bytes(data))
+PY
+printf -- "-----BEGIN CERTIFICATE REQUEST-----\n%s\n-----END CERTIFICATE REQUEST-----\n" "$(base64 -w64 bad_ec_point.der)" > bad_ec_point.csr
+rm -f bad_ec_point.der
 # Not base64 at all, and a truncated DER body.
 printf -- "-----BEGIN CERTIFICATE REQUEST-----\nThis is not base64!!\n-----END CERTIFICATE REQUEST-----\n" > bad_malformed_pem.csr
 openssl req -in good_p256.csr -outform DER | head -c 60 > bad_truncated.der

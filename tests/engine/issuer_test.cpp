@@ -5,7 +5,9 @@
 #include "fleetsign/engine/issuer.hpp"
 
 #include <gtest/gtest.h>
+#include <openssl/bn.h>
 #include <openssl/evp.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -94,6 +96,8 @@ TEST(CsrChecks, EachFixtureGetsItsExactCodeOrItsCnAsDeviceId) {
       {"bad_rsa1024.csr", ErrorCode::kKeyRejected},
       {"bad_secp256k1.csr", ErrorCode::kKeyRejected},
       {"bad_p521.csr", ErrorCode::kKeyRejected},
+      {"bad_rsa_e3.csr", ErrorCode::kKeyRejected},
+      {"bad_ec_point.csr", ErrorCode::kKeyRejected},
       {"bad_signature.csr", ErrorCode::kCsrSignatureInvalid},
       {"bad_malformed_pem.csr", ErrorCode::kCsrMalformed},
       {"bad_truncated.der", ErrorCode::kCsrMalformed},
@@ -109,26 +113,104 @@ TEST(CsrChecks, EachFixtureGetsItsExactCodeOrItsCnAsDeviceId) {
     const auto result = check_file(file, policy);
     const ErrorCode got = result.has_value() ? ErrorCode::kOk : result.error().code;
     EXPECT_EQ(error_code_name(got), error_code_name(code))
-        << (result.has_value() ? "accepted as " + result->device_id : result.error().message);
+        << (result.has_value() ? "accepted as " + result->device_id.str() : result.error().message);
     if (result.has_value()) {
       std::string id = std::string(file).substr(0, std::string(file).find('.'));
       std::replace(id.begin(), id.end(), '_', '-');
-      EXPECT_EQ(result->device_id, id);
+      EXPECT_EQ(result->device_id.str(), id);
       EXPECT_EQ(result->extensions_ignored, id == "good-ca-true" || id == "good-san");
     }
   }
 }
 
-TEST(CsrChecks, CommonNameOver128CharactersIsDeviceIdInvalidAnd128IsAccepted) {
+// RFC 5280 ub-common-name: a certificate's CN holds at most 64 characters, so a device ID over
+// 64 is refused for a certificate (with the reason), though the policy allows IDs up to 128.
+TEST(CsrChecks, CommonNameOver64CharactersIsDeviceIdInvalidNamingRfc5280And64IsAccepted) {
   const policy::Policy policy;
-  const std::string id128(128, 'a');
-  const auto ok = check_csr(csr_with_cn(id128), policy);
+  ASSERT_GE(policy.device_id.max_length, 128);
+  const std::string id64(64, 'a');
+  const auto ok = check_csr(csr_with_cn(id64), policy);
   ASSERT_TRUE(ok.has_value()) << ok.error().message;
-  EXPECT_EQ(ok->device_id, id128);
-  const auto too_long = check_csr(csr_with_cn(id128 + "b"), policy);
-  ASSERT_FALSE(too_long.has_value());
-  EXPECT_EQ(error_code_name(too_long.error().code), error_code_name(ErrorCode::kDeviceIdInvalid));
-  EXPECT_NE(too_long.error().message.find("129"), std::string::npos) << too_long.error().message;
+  EXPECT_EQ(ok->device_id.str(), id64);
+  for (const std::size_t n : {65u, 128u, 129u}) {
+    SCOPED_TRACE(n);
+    const auto too_long = check_csr(csr_with_cn(std::string(n, 'b')), policy);
+    ASSERT_FALSE(too_long.has_value());
+    EXPECT_EQ(error_code_name(too_long.error().code), error_code_name(ErrorCode::kDeviceIdInvalid));
+    EXPECT_NE(too_long.error().message.find(std::to_string(n)), std::string::npos)
+        << too_long.error().message;
+    if (n <= 128) {
+      EXPECT_NE(too_long.error().message.find("RFC 5280"), std::string::npos)
+          << too_long.error().message;
+    }
+  }
+}
+
+// A DeviceId is made only by the check: what would escape a directory or is not an ID is refused.
+TEST(DeviceIds, PathsBracesAndOverlongIdsAreRefusedAndAPlainIdPasses) {
+  const policy::Policy policy;
+  const std::vector<std::string> bad_ids{
+      "/tmp/v/v-01",          "../x-003",          "w-" + std::string(200, '0'), "{06}1", "",
+      std::string("a\0b", 3), std::string(65, 'c')};
+  for (const std::string& bad : bad_ids) {
+    SCOPED_TRACE(bad);
+    const auto id = DeviceId::check(policy, bad);
+    ASSERT_FALSE(id.has_value());
+    EXPECT_EQ(error_code_name(id.error().code), error_code_name(ErrorCode::kDeviceIdInvalid));
+  }
+  const auto ok = DeviceId::check(policy, "sensor-000001");
+  ASSERT_TRUE(ok.has_value()) << ok.error().message;
+  EXPECT_EQ(ok->str(), "sensor-000001");
+}
+
+// RSA keys whose public exponent is 1, even, below 65537 or above 2^256 are refused as keys (an
+// exponent of 1 makes any "signature" verify). The CSR is signed by a real key whose exponent the
+// SubjectPublicKeyInfo then misstates, so only the key check can refuse it.
+Der rsa_csr_with_exponent(const char* exponent_hex, EVP_PKEY* signer) {
+  const RSA* real = EVP_PKEY_get0_RSA(signer);
+  RSA* fake = RSA_new();
+  BIGNUM* e = nullptr;
+  BN_hex2bn(&e, exponent_hex);
+  RSA_set0_key(fake, BN_dup(RSA_get0_n(real)), e, nullptr);
+  EVP_PKEY* fake_key = EVP_PKEY_new();
+  EVP_PKEY_assign_RSA(fake_key, fake);
+  X509_REQ* req = X509_REQ_new();
+  X509_REQ_set_version(req, 0);
+  X509_NAME* name = X509_NAME_new();
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>("rsa-exp"), -1, -1, 0);
+  X509_REQ_set_subject_name(req, name);
+  X509_REQ_set_pubkey(req, fake_key);
+  EXPECT_GT(X509_REQ_sign(req, signer, EVP_sha256()), 0);
+  Der der(static_cast<std::size_t>(i2d_X509_REQ(req, nullptr)));
+  unsigned char* p = der.data();
+  i2d_X509_REQ(req, &p);
+  X509_NAME_free(name);
+  X509_REQ_free(req);
+  EVP_PKEY_free(fake_key);
+  return der;
+}
+
+TEST(CsrChecks, RsaPublicExponentOneEvenSmallOrHugeIsKeyRejected) {
+  const policy::Policy policy;
+  EVP_PKEY* signer = EVP_RSA_gen(2048);
+  ASSERT_NE(signer, nullptr);
+  const std::string huge = "2" + std::string(64, '0') + "1";  // 2^257 + 1
+  for (const char* e :
+       {"1", "3", "10001" /* 65537 is fine: control */, "10002", "FFFF", huge.c_str()}) {
+    SCOPED_TRACE(e);
+    const auto result = check_csr(rsa_csr_with_exponent(e, signer), policy);
+    if (std::string(e) == "10001") {
+      // 65537 states the signer's own key: accepted, so the builder makes valid CSRs.
+      ASSERT_TRUE(result.has_value()) << result.error().message;
+      continue;
+    }
+    ASSERT_FALSE(result.has_value());
+    EXPECT_EQ(error_code_name(result.error().code), error_code_name(ErrorCode::kKeyRejected))
+        << result.error().message;
+    EXPECT_NE(result.error().message.find("exponent"), std::string::npos) << result.error().message;
+  }
+  EVP_PKEY_free(signer);
 }
 
 // --- issuing ---------------------------------------------------------------------------------
@@ -195,7 +277,7 @@ TEST_F(IssuerTest, PolicySetsEveryExtensionAndNothingIsCopiedFromTheCsr) {
     ASSERT_EQ(X509_NAME_entry_count(subject), 1);
     char cn[256] = {0};
     X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof cn);
-    EXPECT_EQ(std::string(cn), csr.device_id);
+    EXPECT_EQ(std::string(cn), csr.device_id.str());
     EXPECT_EQ(X509_NAME_cmp(X509_get_issuer_name(leaf.get()), X509_get_subject_name(ca_cert.get())),
               0);
   }
@@ -371,6 +453,19 @@ TEST_F(IssuerTest, SigningFromEightThreadsGivesCertificatesThatAllVerify) {
     }
   }
   EXPECT_EQ(distinct.size(), static_cast<std::size_t>(kThreads * kPerThread));
+}
+
+// The lint reads the TBS back before the token signs: a certificate whose validity is empty (an
+// issuer built with 0 days, which would give notBefore == notAfter) is refused, nothing signed.
+TEST_F(IssuerTest, LintRefusesATbsWithAnEmptyValidityAndTheTokenSignsNothing) {
+  const Issuer iss = issuer(0, th.random);
+  auto prepared = iss.prepare(checked("good_p256.csr"));
+  ASSERT_TRUE(prepared.has_value()) << prepared.error().message;
+  const auto signed_cert = iss.sign(std::move(*prepared));
+  ASSERT_FALSE(signed_cert.has_value());
+  EXPECT_EQ(error_code_name(signed_cert.error().code), error_code_name(ErrorCode::kSignFailed));
+  EXPECT_NE(signed_cert.error().message.find("lint"), std::string::npos)
+      << signed_cert.error().message;
 }
 
 }  // namespace

@@ -87,8 +87,9 @@ SelfSignedDevice make_self_signed_device(Registry& registry, const policy::Polic
                                          const std::string& device_id, policy::KeyAlgorithm alg,
                                          std::optional<int> days) {
   // 1. Inputs: the ID and the key under the policy, a positive validity.
-  if (auto why = policy::check_device_id(policy.device_id, device_id)) {
-    throw Error(ErrorCode::kDeviceIdInvalid, "--id: " + *why);
+  // The same device-ID check as every certificate's CN (at most 64 characters).
+  if (auto checked = DeviceId::check(policy, device_id); !checked) {
+    throw Error(ErrorCode::kDeviceIdInvalid, "--id: " + checked.error().message);
   }
   if (auto why = policy::check_device_key(policy, describe_key_algorithm(alg))) {
     throw Error(ErrorCode::kPolicyInvalid,

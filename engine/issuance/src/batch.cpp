@@ -13,10 +13,11 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
-#include <random>
 #include <sstream>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "batch_io.hpp"
@@ -29,31 +30,80 @@ namespace fleetsign::engine {
 using batch::Chunk;
 using batch::Item;
 
-std::string expand_id_pattern(const std::string& pattern, std::int64_t n) {
+namespace {
+
+constexpr int kMaxIdPatternWidth = 20;
+
+struct IdPattern {
+  std::string_view head, tail;
+  int width = 0;
+};
+
+IdPattern parse_id_pattern(const std::string& pattern) {
   const auto open = pattern.find('{');
   const auto close = open == std::string::npos ? open : pattern.find('}', open);
   if (close == std::string::npos) {
-    throw Error(
-        ErrorCode::kInvalidArgument,
-        "--id-pattern '" + pattern + "' needs a {..} placeholder for the number, e.g. sensor-{06}");
+    throw Error(ErrorCode::kInvalidArgument, "ID pattern '" + pattern +
+                                                 "' needs a {..} placeholder for the number, "
+                                                 "e.g. sensor-{06}");
+  }
+  if (pattern.find_first_of("{}", close + 1) != std::string::npos || pattern.find('}') < open) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "ID pattern '" + pattern + "' must have exactly one {..} placeholder");
   }
   const std::string spec = pattern.substr(open + 1, close - open - 1);
-  int width = 0;
+  IdPattern p{std::string_view(pattern).substr(0, open),
+              std::string_view(pattern).substr(close + 1), 0};
   for (const char c : spec) {
-    if (c < '0' || c > '9') {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "--id-pattern '" + pattern + "': {" + spec + "} is not a width");
+    if (c < '0' || c > '9' || p.width > kMaxIdPatternWidth) {
+      throw Error(ErrorCode::kInvalidArgument, "ID pattern '" + pattern + "': {" + spec +
+                                                   "} is not a width of 0.." +
+                                                   std::to_string(kMaxIdPatternWidth) + " digits");
     }
-    width = width * 10 + (c - '0');
+    p.width = p.width * 10 + (c - '0');
   }
+  if (p.width > kMaxIdPatternWidth) {
+    throw Error(ErrorCode::kInvalidArgument, "ID pattern '" + pattern + "': {" + spec +
+                                                 "} is not a width of 0.." +
+                                                 std::to_string(kMaxIdPatternWidth) + " digits");
+  }
+  return p;
+}
+
+}  // namespace
+
+std::string expand_id_pattern(const std::string& pattern, std::int64_t n) {
+  const IdPattern p = parse_id_pattern(pattern);
   std::string digits = std::to_string(n);
-  if (static_cast<int>(digits.size()) < width) {
-    digits.insert(0, static_cast<std::size_t>(width) - digits.size(), '0');
+  if (static_cast<int>(digits.size()) < p.width) {
+    digits.insert(0, static_cast<std::size_t>(p.width) - digits.size(), '0');
   }
-  return pattern.substr(0, open) + digits + pattern.substr(close + 1);
+  std::string id;
+  id.reserve(p.head.size() + digits.size() + p.tail.size());
+  id.append(p.head).append(digits).append(p.tail);
+  return id;
+}
+
+void validate_id_pattern(const std::string& pattern, std::int64_t count,
+                         const policy::Policy& policy) {
+  for (const std::int64_t n : {std::int64_t{1}, std::max<std::int64_t>(count, 1)}) {
+    const std::string id = expand_id_pattern(pattern, n);
+    if (auto checked = DeviceId::check(policy, id); !checked) {
+      throw Error(ErrorCode::kDeviceIdInvalid,
+                  "ID pattern '" + pattern + "' makes '" + id + "': " + checked.error().message);
+    }
+  }
 }
 
 namespace {
+
+Der from_hex(const std::string& hex) {
+  Der out(hex.size() / 2);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = static_cast<std::uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  }
+  return out;
+}
 
 const char* input_kind_name(BatchInput::Kind k) {
   switch (k) {
@@ -63,6 +113,20 @@ const char* input_kind_name(BatchInput::Kind k) {
       return "csr-file";
     case BatchInput::Kind::kGenerate:
       return "generate";
+    case BatchInput::Kind::kCsrDer:
+      return "csr";
+  }
+  return "?";
+}
+
+const char* delivery_name(Delivery d) {
+  switch (d) {
+    case Delivery::kBatchDirectory:
+      return "directory";
+    case Delivery::kDeviceFiles:
+      return "device-files";
+    case Delivery::kReturned:
+      return "returned";
   }
   return "?";
 }
@@ -85,6 +149,8 @@ std::string params_to_json(const BatchOptions& o) {
   p.set("reissue", o.reissue);
   p.set("chunk", o.chunk_size);
   p.set("group", o.group);
+  p.set("delivery", std::string(delivery_name(o.delivery)));
+  if (o.input.kind == BatchInput::Kind::kCsrDer) p.set("der", hex_upper(o.input.der));
   std::ostringstream s;
   p.stringify(s);
   return s.str();
@@ -99,7 +165,10 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   const std::string kind = p->getValue<std::string>("input");
   o.input.kind = kind == "csr-dir"    ? BatchInput::Kind::kCsrDir
                  : kind == "csr-file" ? BatchInput::Kind::kCsrFile
+                 : kind == "csr"      ? BatchInput::Kind::kCsrDer
                                       : BatchInput::Kind::kGenerate;
+  if (o.input.kind == BatchInput::Kind::kCsrDer)
+    o.input.der = from_hex(p->getValue<std::string>("der"));
   o.input.path = p->getValue<std::string>("path");
   o.input.count = p->getValue<std::int64_t>("count");
   o.input.id_pattern = p->getValue<std::string>("id_pattern");
@@ -113,19 +182,24 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   o.reissue = p->getValue<bool>("reissue");
   o.chunk_size = p->getValue<int>("chunk");
   o.group = p->has("group") ? p->getValue<std::string>("group") : "";
+  const std::string delivery = p->has("delivery") ? p->getValue<std::string>("delivery") : "";
+  o.delivery = delivery == "device-files" ? Delivery::kDeviceFiles
+               : delivery == "returned"   ? Delivery::kReturned
+                                          : Delivery::kBatchDirectory;
   return o;
 }
 
-std::string new_batch_id(const Clock& clock) {
+std::string new_batch_id(const Clock& clock, RandomSource& random) {
   const std::time_t t = static_cast<std::time_t>(clock.now());
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[64];
   std::strftime(buf, sizeof buf, "batch-%Y%m%d-%H%M%S-", &tm);
-  std::random_device rd;
-  char suffix[8];
-  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xFFFF);
-  return std::string(buf) + suffix;
+  std::uint8_t suffix[4];
+  random.fill(suffix);
+  std::string id = std::string(buf) + hex_upper(suffix);
+  for (char& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return id;
 }
 
 // Crash-test hook: FLEETSIGN_FAULT=POINT:N kills the process with SIGKILL when the Nth chunk
@@ -199,9 +273,35 @@ struct Run {
   std::unordered_set<std::string> seen_ids;
   FaultPoint fault;
   StageClock stages;
-  std::int64_t issued_now = 0, rejected_now = 0;
+  std::int64_t issued_now = 0, reemitted_now = 0, rejected_now = 0;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  // Every chunk between the first stage and the last is owned here, so a cancelled pipeline
+  // (an exception in any stage) frees them, and Item's destructor wipes their private keys.
+  std::mutex chunks_mutex;
+  std::unordered_map<const Chunk*, std::unique_ptr<Chunk>> chunks;
+  // One-item batches (Delivery::kDeviceFiles, kReturned): what the caller gets back.
+  std::vector<SignedCert> delivered;
+  bool extensions_ignored = false;
+  ErrorCode first_reject = ErrorCode::kOk;
+  std::string first_reject_reason;
 };
+
+Chunk* own_chunk(Run& run, std::unique_ptr<Chunk> chunk) {
+  Chunk* raw = chunk.get();
+  std::lock_guard lock(run.chunks_mutex);
+  run.chunks.emplace(raw, std::move(chunk));
+  return raw;
+}
+
+void free_chunk(Run& run, const Chunk* chunk) {
+  std::unique_ptr<Chunk> owned;
+  {
+    std::lock_guard lock(run.chunks_mutex);
+    auto it = run.chunks.find(chunk);
+    owned = std::move(it->second);
+    run.chunks.erase(it);
+  }
+}  // destroyed outside the lock
 
 Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
   auto chunk = std::make_unique<Chunk>();
@@ -236,24 +336,31 @@ Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
     return nullptr;
   }
   chunk->index = chunk->items.front().seq / run.options.chunk_size + 1;
-  return chunk.release();
+  return own_chunk(run, std::move(chunk));
 }
 
 // Steps 1-2, in parallel: check the CSR (or make the key), policy, serial, TBS.
 void prepare_item(const Run& run, Item& item) {
   if (!item.ok() || item.committed_before) return;
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+    // The same device-ID check as a CSR's CN, for every generated ID.
+    auto id = DeviceId::check(run.issuer.policy(), item.device_id);
+    if (!id) return item.reject(id.error().code, id.error().message);
     DeviceKey key = generate_device_key(run.options.input.key);
-    auto prepared = run.issuer.prepare(item.device_id, key.spki);
+    auto prepared = run.issuer.prepare(*id, key.spki);
     if (!prepared) return item.reject(prepared.error().code, prepared.error().message);
     item.key_pkcs8 = std::move(key.pkcs8);
     item.prepared.emplace(std::move(*prepared));
     return;
   }
   auto checked = check_csr(item.input, run.issuer.policy());
+  if (!checked) {
+    item.device_id = csr_common_name(item.input);  // for rejects.csv; unchecked, never a path
+    Der().swap(item.input);
+    return item.reject(checked.error().code, checked.error().message);
+  }
   Der().swap(item.input);  // the CSR is no longer needed: keep memory per chunk small
-  if (!checked) return item.reject(checked.error().code, checked.error().message);
-  item.device_id = checked->device_id;
+  item.device_id = checked->device_id.str();
   item.extensions_ignored = checked->extensions_ignored;
   auto prepared = run.issuer.prepare(*checked);
   if (!prepared) return item.reject(prepared.error().code, prepared.error().message);
@@ -279,9 +386,8 @@ void record_intents(Run& run, Chunk& chunk) {
     const std::unordered_set<std::string> held(holders.begin(), holders.end());
     for (Item& item : chunk.items) {
       if (item.ok() && !item.committed_before && held.count(item.device_id) != 0) {
-        item.reject(
-            ErrorCode::kAlreadyIssued,
-            "device '" + item.device_id + "' already holds a valid certificate (use --reissue)");
+        item.reject(ErrorCode::kAlreadyIssued,
+                    "device '" + item.device_id + "' already holds a valid certificate");
       }
     }
   }
@@ -317,9 +423,8 @@ void sign_items(const Run& run, Chunk& chunk) {
     auto cert = run.issuer.sign(std::move(*item.prepared));
     item.prepared.reset();
     if (!cert) {
-      throw Error(ErrorCode::kTokenError, "batch " + run.record.id + ": " + cert.error().message +
-                                              " (resume with: fleetsign issue --resume " +
-                                              run.record.id + ")");
+      throw Error(ErrorCode::kTokenError,
+                  "batch " + run.record.id + ": " + cert.error().message + " (resumable)");
     }
     item.cert.emplace(std::move(*cert));
   }
@@ -346,19 +451,31 @@ void record_certificates(Run& run, Chunk& chunk) {
 void write_outputs(Run& run, Chunk& chunk) {
   run.fault.reached("before_output", chunk.index);
   run.streams.append(chunk);
-  batch::sync_outputs(run.options.out_dir);  // the watermark must not run ahead of the disk
-  for (const Item& item : chunk.items) {
-    if (item.ok()) {
-      ++run.issued_now;
-    } else {
+  if (run.options.delivery != Delivery::kReturned) {
+    batch::sync_outputs(run.options.out_dir);  // the watermark must not run ahead of the disk
+  }
+  const bool one_item = run.options.delivery != Delivery::kBatchDirectory;
+  for (Item& item : chunk.items) {
+    if (!item.ok()) {
       ++run.rejected_now;
+      if (one_item && run.first_reject == ErrorCode::kOk) {
+        run.first_reject = item.error;
+        run.first_reject_reason = item.reason;
+      }
+      continue;
+    }
+    ++(item.committed_before ? run.reemitted_now : run.issued_now);
+    if (one_item) {
+      run.extensions_ignored = run.extensions_ignored || item.extensions_ignored;
+      run.delivered.push_back(std::move(*item.cert));
     }
   }
   {
     std::lock_guard lock(run.registry_mutex);
-    run.registry.update_batch_progress(
-        run.record.id, chunk.items.back().seq, run.streams.offsets_json(),
-        run.record.issued + run.issued_now, run.record.rejected + run.rejected_now);
+    run.registry.update_batch_progress(run.record.id, chunk.items.back().seq,
+                                       run.streams.offsets_json(),
+                                       run.record.issued + run.issued_now + run.reemitted_now,
+                                       run.record.rejected + run.rejected_now);
   }
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
     batch::drop_spool(run.spool_dir, chunk.items.front().seq);
@@ -367,139 +484,25 @@ void write_outputs(Run& run, Chunk& chunk) {
     BatchProgress p;
     p.done = chunk.items.back().seq + 1;
     p.total = run.reader->total();
-    p.issued = run.record.issued + run.issued_now;
+    p.issued = run.record.issued + run.issued_now + run.reemitted_now;
     p.rejected = run.record.rejected + run.rejected_now;
     p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
     run.options.progress(p);
   }
 }
 
-// One output directory belongs to one batch: its streams are truncated to the batch's own
-// watermark and its key spool is the batch's, so a second batch there would destroy the first's
-// outputs. A marker file names the owner.
-void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
-  const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
-  std::string owner;
-  if (std::ifstream in(marker); in) std::getline(in, owner);
-  if (!owner.empty() && owner != batch_id) {
-    throw Error(ErrorCode::kAlreadyExists, "--out " + out + " holds the outputs of batch '" +
-                                               owner + "'; give each batch its own directory");
-  }
-  if (owner.empty() && !resuming &&
-      std::filesystem::exists(std::filesystem::path(out) / "manifest.csv")) {
-    throw Error(ErrorCode::kAlreadyExists,
-                "--out " + out + " already holds a manifest; give each batch its own directory");
-  }
-  if (owner.empty()) {
-    std::ofstream(marker) << batch_id << "\n";
-  }
-}
+// Chunks in flight per thread (defined below).
+std::size_t tokens_per_thread();
 
-// Chunks in flight per thread: enough that the serial stages' commits (fsync) overlap other
-// chunks' signing. FLEETSIGN_TOKENS_PER_THREAD overrides it for measurements.
-std::size_t tokens_per_thread() {
-  if (const char* v = std::getenv("FLEETSIGN_TOKENS_PER_THREAD")) return std::max(1, std::atoi(v));
-  return 4;
-}
-
-void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
-  if (o.out_dir.empty()) throw Error(ErrorCode::kUsage, "missing --out DIR");
-  if (o.pfx && o.input.kind != BatchInput::Kind::kGenerate) {
-    throw Error(ErrorCode::kUsage,
-                "--pfx needs --generate: a .pfx holds the device's private key, which a CSR does "
-                "not give us");
-  }
-  if (o.pfx && pfx_password == nullptr) {
-    throw Error(ErrorCode::kUsage,
-                "--pfx needs a password: --pfx-password-file F or FLEETSIGN_PFX_PASSWORD");
-  }
-  if (o.chunk_size < 1 || o.chunk_size > 100000)
-    throw Error(ErrorCode::kUsage, "chunk size must be 1..100000");
-}
-
-}  // namespace
-
-BatchRunner::BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
-                         const Clock& clock, RandomSource& random)
-    : m_registry(registry), m_cas(cas), m_policy(policy), m_clock(clock), m_random(random) {}
-
-namespace {
-
-BatchSummary finished_summary(const BatchRecord& r, const std::string& out) {
-  BatchSummary s;
-  s.batch_id = r.id;
-  s.out_dir = out;
-  s.total_issued = r.issued;
-  s.already_finished = true;
-  return s;
-}
-
-}  // namespace
-
-BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_password) {
-  if (!options.batch_id.empty()) {
-    if (auto existing = m_registry.find_batch(options.batch_id)) {
-      if (existing->state == "finished") {
-        return finished_summary(*existing,
-                                params_from_json(existing->id, existing->params_json).out_dir);
-      }
-      return resume(options.batch_id, pfx_password, options.progress, options.threads);
-    }
-  }
-  validate(options, pfx_password);
-  BatchOptions o = options;
-  o.out_dir = std::filesystem::absolute(o.out_dir).string();
-  if (!o.input.path.empty()) o.input.path = std::filesystem::absolute(o.input.path).string();
-  if (o.batch_id.empty()) o.batch_id = new_batch_id(m_clock);
-  m_cas.get(o.ca_name);        // kNotFound before anything is written
-  batch::open_input(o.input);  // kInvalidArgument for a bad input before anything is written
-  std::error_code ec;
-  std::filesystem::create_directories(o.out_dir, ec);
-  if (ec) throw Error(ErrorCode::kIo, "--out " + o.out_dir + ": " + ec.message());
-  claim_out_dir(o.out_dir, o.batch_id, false);
-  BatchRecord rec;
-  rec.id = o.batch_id;
-  rec.ca_name = o.ca_name;
-  rec.params_json = params_to_json(o);
-  rec.state = "running";
-  rec.created_at = m_clock.now();
-  rec.offsets_json = "{}";
-  m_registry.create_batch(rec);
-  m_registry.audit("batch.start", rec.id, rec.params_json);
-  return execute(rec, o, pfx_password, false, 0);
-}
-
-BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pfx_password,
-                                 std::function<void(const BatchProgress&)> progress, int threads) {
-  auto rec = m_registry.find_batch(batch_id);
-  if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
-  BatchOptions o = params_from_json(rec->id, rec->params_json);
-  if (rec->state == "finished") return finished_summary(*rec, o.out_dir);
-  o.progress = std::move(progress);
-  o.threads = threads;
-  validate(o, pfx_password);
-  claim_out_dir(o.out_dir, batch_id, true);
-  // Serials of a crashed run that never became certificates: spent, never reused.
-  const std::int64_t abandoned = m_registry.abandon_intents(batch_id);
-  m_registry.audit("batch.resume", batch_id,
-                   "{\"abandoned_intents\":" + std::to_string(abandoned) + "}");
-  return execute(*rec, o, pfx_password, true, abandoned);
-}
-
-BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions& o,
-                                  const hsm::Pin* pfx_password, bool resumed,
-                                  std::int64_t abandoned) {
-  // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
-  const CaRecord ca = m_cas.get(o.ca_name);
-  const hsm::SigningKey& key = m_cas.load_key(ca);
-  const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, o.group), m_clock,
-                      m_random);
+batch::RenderContext render_context(const BatchRecord& record, const BatchOptions& o,
+                                    const CaRecord& ca, const std::vector<CaRecord>& chain,
+                                    const hsm::Pin* pfx_password) {
   batch::RenderContext render;
   render.batch_id = record.id;
   render.ca_name = ca.name;
   render.issuer_subject = ca.subject;
   render.lineage = o.lineage;
-  for (const auto& c : m_cas.chain(ca.name)) {
+  for (const auto& c : chain) {
     render.chain.push_back(c.cert_der);
     append_pem(render.chain_pem, c.cert_der, "CERTIFICATE");
   }
@@ -507,25 +510,15 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   render.bundle = o.bundle;
   render.pfx = o.pfx;
   render.pfx_password = pfx_password != nullptr ? pfx_password->c_str() : nullptr;
-  if (o.bundle && record.offsets_json == "{}") {
-    std::ofstream(std::filesystem::path(o.out_dir) / "chain.pem") << render.chain_pem;
-  }
-  batch::OutputStreams streams(o.out_dir, o.bundle, record.offsets_json);
-  Run run{o,  record, m_registry, {}, issuer, m_clock, render, streams, batch::open_input(o.input),
-          {}, {},     {},         {}};
-  run.spool_dir = std::filesystem::path(o.out_dir) / ".spool" / record.id;
-  if (resumed) {
-    for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {
-      run.committed.emplace(r.seq, std::move(r));
-    }
-    if (o.input.kind == BatchInput::Kind::kGenerate)
-      run.spooled_keys = batch::load_spooled_keys(run.spool_dir);
-    if (o.input.kind != BatchInput::Kind::kGenerate) {
-      for (auto& id : m_registry.batch_device_ids(record.id)) run.seen_ids.insert(std::move(id));
-    }
-  }
-  const int threads = o.threads > 0 ? o.threads : tbb::info::default_concurrency();
-  // TBB caps its workers at cores-1 unless told otherwise; an explicit --threads is honoured.
+  render.write_files = o.delivery != Delivery::kReturned;
+  return render;
+}
+
+// The stages, in a oneTBB pipeline with a few chunks in flight per thread.
+void run_pipeline(Run& run) {
+  const int threads =
+      run.options.threads > 0 ? run.options.threads : tbb::info::default_concurrency();
+  // TBB caps its workers at cores-1 unless told otherwise; an explicit thread count is honoured.
   tbb::global_control allow(tbb::global_control::max_allowed_parallelism,
                             static_cast<std::size_t>(threads));
   tbb::task_arena arena(threads);
@@ -554,10 +547,218 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
           run.stages.time(5, [&] { batch::render_chunk(run.render, *c); });
           return c;
         }) & tbb::make_filter<Chunk*, void>(filter_mode::serial_in_order, [&](Chunk* c) {
-          std::unique_ptr<Chunk> owned(c);
-          run.stages.time(6, [&] { write_outputs(run, *owned); });
+          run.stages.time(6, [&] { write_outputs(run, *c); });
+          free_chunk(run, c);
         }));
   });
+}
+
+// One output directory belongs to one batch: its streams are truncated to the batch's own
+// watermark and its key spool is the batch's, so a second batch there would destroy the first's
+// outputs. A marker file names the owner.
+void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
+  const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
+  std::string owner;
+  if (std::ifstream in(marker); in) std::getline(in, owner);
+  if (!owner.empty() && owner != batch_id) {
+    throw Error(ErrorCode::kOutputDirInUse, "output directory " + out +
+                                                " holds the outputs of batch '" + owner +
+                                                "'; each batch needs its own directory");
+  }
+  // Per-device files of a batch would overwrite same-named files of anything else there.
+  if (owner.empty() && !resuming && !std::filesystem::is_empty(out)) {
+    throw Error(ErrorCode::kOutputDirInUse,
+                "output directory " + out +
+                    " is not empty and is no batch's own; a batch writes into an empty "
+                    "directory (or its own, to resume)");
+  }
+  if (owner.empty()) {
+    std::ofstream m(marker);
+    m << batch_id << "\n";
+    m.close();
+    if (!m) throw Error(ErrorCode::kIo, marker.string() + ": cannot be written");
+  }
+}
+
+// Chunks in flight per thread: enough that the serial stages' commits (fsync) overlap other
+// chunks' signing. FLEETSIGN_TOKENS_PER_THREAD overrides it for measurements.
+std::size_t tokens_per_thread() {
+  if (const char* v = std::getenv("FLEETSIGN_TOKENS_PER_THREAD")) return std::max(1, std::atoi(v));
+  return 4;
+}
+
+void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
+  if (o.out_dir.empty() && o.delivery != Delivery::kReturned) {
+    throw Error(ErrorCode::kUsage, "missing --out DIR");
+  }
+  if (o.threads < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "thread count " + std::to_string(o.threads) + " is negative (0 means all cores)");
+  }
+  if (o.pfx && o.input.kind != BatchInput::Kind::kGenerate) {
+    throw Error(ErrorCode::kUsage,
+                "--pfx needs --generate: a .pfx holds the device's private key, which a CSR does "
+                "not give us");
+  }
+  if (o.pfx && pfx_password == nullptr) {
+    throw Error(ErrorCode::kUsage,
+                "--pfx needs a password: --pfx-password-file F or FLEETSIGN_PFX_PASSWORD");
+  }
+  if (o.pfx && pfx_password->size() == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the PKCS#12 password is empty: the .pfx files would not protect their keys");
+  }
+  if (o.pfx && std::strlen(pfx_password->c_str()) != pfx_password->size()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the PKCS#12 password holds a NUL byte: it would be cut short there");
+  }
+  if (o.chunk_size < 1 || o.chunk_size > 100000)
+    throw Error(ErrorCode::kUsage, "chunk size must be 1..100000");
+}
+
+// Refuses bad inputs before anything is recorded: a generated ID that fails the device-ID check,
+// a key the policy forbids, an input that holds nothing.
+void check_inputs(const BatchInput& input, const policy::Policy& policy) {
+  if (input.kind == BatchInput::Kind::kGenerate) {
+    if (input.count <= 0) {
+      throw Error(ErrorCode::kInvalidArgument, "generating needs a positive device count");
+    }
+    validate_id_pattern(input.id_pattern, input.count, policy);
+    if (auto why = policy::check_device_key(policy, describe_key_algorithm(input.key))) {
+      throw Error(ErrorCode::kPolicyInvalid,
+                  std::string(policy::key_algorithm_name(input.key)) + ": " + *why);
+    }
+  }
+  auto probe = batch::open_input(input);  // kInvalidArgument / kIo for an unreadable input
+  batch::Item first;
+  if (!probe->next(first)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                (input.path.empty() ? std::string("the input") : input.path) +
+                    " holds no CSR: nothing to issue");
+  }
+}
+
+void prepare_out_dir(const BatchOptions& o) {
+  std::error_code ec;
+  std::filesystem::create_directories(o.out_dir, ec);
+  if (ec || !std::filesystem::is_directory(o.out_dir, ec)) {
+    throw Error(ErrorCode::kIo, "output directory " + o.out_dir + ": " +
+                                    (ec ? ec.message() : std::string("not a directory")));
+  }
+}
+
+}  // namespace
+
+BatchRunner::BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
+                         const Clock& clock, RandomSource& random)
+    : m_registry(registry), m_cas(cas), m_policy(policy), m_clock(clock), m_random(random) {}
+
+namespace {
+
+BatchSummary finished_summary(const BatchRecord& r, const std::string& out) {
+  BatchSummary s;
+  s.batch_id = r.id;
+  s.out_dir = out;
+  s.total_issued = r.issued;
+  s.total_rejected = r.rejected;
+  s.already_finished = true;
+  return s;
+}
+
+}  // namespace
+
+BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_password) {
+  if (!options.batch_id.empty()) {
+    if (auto existing = m_registry.find_batch(options.batch_id)) {
+      if (existing->state == "finished") {
+        return finished_summary(*existing,
+                                params_from_json(existing->id, existing->params_json).out_dir);
+      }
+      return resume(options.batch_id, pfx_password, options.progress, options.threads);
+    }
+  }
+  validate(options, pfx_password);
+  BatchOptions o = options;
+  if (o.delivery != Delivery::kReturned) o.out_dir = std::filesystem::absolute(o.out_dir).string();
+  if (!o.input.path.empty() && o.input.kind != BatchInput::Kind::kCsrDer) {
+    o.input.path = std::filesystem::absolute(o.input.path).string();
+  }
+  if (o.batch_id.empty()) o.batch_id = new_batch_id(m_clock, m_random);
+  // Nothing is written before every check that can fail on the inputs has passed.
+  m_cas.load_key(m_cas.get(o.ca_name));  // kNotFound, kKeyNotFound (an external CA)
+  check_inputs(o.input, m_policy);
+  if (o.delivery != Delivery::kReturned) prepare_out_dir(o);
+  if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, o.batch_id, false);
+  BatchRecord rec;
+  rec.id = o.batch_id;
+  rec.ca_name = o.ca_name;
+  rec.params_json = params_to_json(o);
+  rec.state = "running";
+  rec.created_at = m_clock.now();
+  rec.offsets_json = "{}";
+  m_registry.create_batch(rec);
+  m_registry.audit("batch.start", rec.id, rec.params_json);
+  return execute(rec, o, pfx_password, false, 0);
+}
+
+BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pfx_password,
+                                 std::function<void(const BatchProgress&)> progress, int threads) {
+  auto rec = m_registry.find_batch(batch_id);
+  if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
+  BatchOptions o = params_from_json(rec->id, rec->params_json);
+  if (rec->state == "finished") return finished_summary(*rec, o.out_dir);
+  o.progress = std::move(progress);
+  o.threads = threads;
+  validate(o, pfx_password);
+  if (o.delivery != Delivery::kReturned) prepare_out_dir(o);
+  if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, batch_id, true);
+  // Serials of a crashed run that never became certificates: spent, never reused.
+  const std::int64_t abandoned = m_registry.abandon_intents(batch_id);
+  m_registry.audit("batch.resume", batch_id,
+                   "{\"abandoned_intents\":" + std::to_string(abandoned) + "}");
+  return execute(*rec, o, pfx_password, true, abandoned);
+}
+
+BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions& o,
+                                  const hsm::Pin* pfx_password, bool resumed,
+                                  std::int64_t abandoned) {
+  // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
+  const CaRecord ca = m_cas.get(o.ca_name);
+  const hsm::SigningKey& key = m_cas.load_key(ca);
+  const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, o.group), m_clock,
+                      m_random);
+  batch::RenderContext render = render_context(record, o, ca, m_cas.chain(ca.name), pfx_password);
+  if (o.bundle && record.offsets_json == "{}") {
+    std::ofstream(std::filesystem::path(o.out_dir) / "chain.pem") << render.chain_pem;
+  }
+  batch::OutputStreams streams(o.out_dir, o.bundle, record.offsets_json,
+                               o.delivery == Delivery::kBatchDirectory);
+  Run run{o,  record, m_registry, {}, issuer, m_clock, render, streams, batch::open_input(o.input),
+          {}, {},     {},         {}};
+  run.spool_dir = std::filesystem::path(o.out_dir) / ".spool" / record.id;
+  if (resumed) {
+    for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {
+      run.committed.emplace(r.seq, std::move(r));
+    }
+    if (o.input.kind == BatchInput::Kind::kGenerate)
+      run.spooled_keys = batch::load_spooled_keys(run.spool_dir);
+    if (o.input.kind != BatchInput::Kind::kGenerate) {
+      for (auto& id : m_registry.batch_device_ids(record.id)) run.seen_ids.insert(std::move(id));
+    }
+  }
+  try {
+    run_pipeline(run);
+  } catch (const Error& e) {
+    // Recorded certificates stay recorded and their serials spent; the watermark stays before
+    // their outputs, so a resume writes those outputs and signs nothing twice.
+    Poco::JSON::Object detail;
+    detail.set("code", std::string(error_code_name(e.code())));
+    detail.set("error", std::string(e.what()));
+    std::ostringstream text;
+    detail.stringify(text);
+    m_registry.audit("batch.interrupt", record.id, text.str());
+    throw;
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
   run.stages.print(seconds);
@@ -567,17 +768,32 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   s.batch_id = record.id;
   s.out_dir = o.out_dir;
   s.issued = run.issued_now;
+  s.reemitted = run.reemitted_now;
   s.rejected = run.rejected_now;
-  s.total_issued = record.issued + run.issued_now;
+  s.total_issued = record.issued + run.issued_now + run.reemitted_now;
+  s.total_rejected = record.rejected + run.rejected_now;
   s.abandoned = abandoned;
   s.seconds = seconds;
   s.certs_per_second = seconds > 0 ? static_cast<double>(run.issued_now) / seconds : 0;
   s.resumed = resumed;
   s.clamped = issuer.clamped();
-  m_registry.audit("batch.finish", record.id,
-                   "{\"issued\":" + std::to_string(s.total_issued) +
-                       ",\"rejected\":" + std::to_string(record.rejected + run.rejected_now) + "}");
+  s.delivered = std::move(run.delivered);
+  s.extensions_ignored = run.extensions_ignored;
+  s.first_reject = run.first_reject;
+  s.first_reject_reason = std::move(run.first_reject_reason);
+  Poco::JSON::Object detail;
+  detail.set("issued", s.total_issued);
+  detail.set("rejected", s.total_rejected);
+  std::ostringstream text;
+  detail.stringify(text);
+  m_registry.audit("batch.finish", record.id, text.str());
   return s;
+}
+
+bool needs_pfx_password(Registry& registry, const std::string& batch_id) {
+  auto rec = registry.find_batch(batch_id);
+  if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
+  return rec->state != "finished" && params_from_json(rec->id, rec->params_json).pfx;
 }
 
 }  // namespace fleetsign::engine

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "device_keys.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
@@ -47,7 +48,7 @@ class CsrDirReader final : public InputReader {
     const fs::path& file = m_files[m_pos++];
     item.source = file.string();
     try {
-      auto blobs = read_csrs(file);
+      auto blobs = parse_csr_text(read_bounded(file.string(), kCsrFileLimit, "CSR file"));
       if (blobs.size() != 1) {
         item.reject(ErrorCode::kCsrMalformed,
                     "holds " + std::to_string(blobs.size()) + " CSRs, expected one");
@@ -57,7 +58,7 @@ class CsrDirReader final : public InputReader {
         item.input = std::move(blobs[0].der);
       }
     } catch (const Error& e) {
-      item.reject(ErrorCode::kIo, e.what());
+      item.reject(e.code(), e.what());
     }
     return true;
   }
@@ -68,19 +69,28 @@ class CsrDirReader final : public InputReader {
   std::size_t m_pos = 0;
 };
 
-// Streams a PEM bundle block by block: a bundle of 10^6 CSRs is never held in memory.
+// Streams a PEM bundle block by block: a bundle of 10^6 CSRs is never held in memory. Each line
+// and each PEM block is bounded: a line over kMaxLine is no PEM (the input is refused,
+// kInputTooLarge: /dev/zero has no lines), a block over kCsrFileLimit is one reject and reading
+// goes on after it.
 class CsrBundleReader final : public InputReader {
  public:
+  static constexpr std::size_t kMaxLine = 64 * 1024;
+
   explicit CsrBundleReader(const fs::path& file) : m_name(file.string()), m_in(file) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      throw Error(ErrorCode::kIo, "CSR bundle " + m_name + ": is a directory, not a file");
+    }
     if (!m_in) {
-      throw Error(ErrorCode::kIo, "--csr-file " + m_name + ": cannot be read");
+      throw Error(ErrorCode::kIo, "CSR bundle " + m_name + ": cannot be read");
     }
   }
   bool next(Item& item) override {
     std::string line, block;
-    int start = 0;
-    while (std::getline(m_in, line)) {
-      ++m_line;
+    std::int64_t start = 0;
+    bool too_large = false;
+    while (read_line(line)) {
       if (start == 0) {
         if (line.rfind("-----BEGIN ", 0) == 0) {
           start = m_line;
@@ -88,18 +98,30 @@ class CsrBundleReader final : public InputReader {
         }
         continue;
       }
-      block += line;
-      block += '\n';
+      if (block.size() + line.size() + 1 > kCsrFileLimit) {
+        too_large = true;
+        block.clear();
+      }
+      if (!too_large) {
+        block += line;
+        block += '\n';
+      }
       if (line.rfind("-----END ", 0) == 0) break;
     }
     if (start == 0) return false;
     item.seq = m_seq++;
     item.source = m_name + ":" + std::to_string(start);
+    if (too_large) {
+      item.reject(ErrorCode::kInputTooLarge, "PEM block starting on line " + std::to_string(start) +
+                                                 " is larger than " +
+                                                 std::to_string(kCsrFileLimit) + " bytes");
+      return true;
+    }
     auto blobs = parse_csr_text(block);
     if (blobs.size() != 1 || !blobs[0].problem.empty()) {
       item.reject(ErrorCode::kCsrMalformed, blobs.empty()              ? "empty PEM block"
                                             : blobs[0].problem.empty() ? "not a CSR block"
-                                                                       : blobs[0].problem);
+                                                                       : in_file(blobs[0], start));
     } else {
       item.input = std::move(blobs[0].der);
     }
@@ -108,10 +130,61 @@ class CsrBundleReader final : public InputReader {
   std::int64_t total() const override { return -1; }
 
  private:
+  // One line without its '\n', at most kMaxLine bytes; false at the end of the file. One bounded
+  // istream::getline into a buffer made once (the read stage is serial: no per-char calls).
+  bool read_line(std::string& line) {
+    if (m_buf.empty()) m_buf.resize(kMaxLine + 1);
+    m_in.getline(m_buf.data(), static_cast<std::streamsize>(m_buf.size()));
+    const auto extracted = static_cast<std::size_t>(m_in.gcount());
+    if (m_in.fail() && !m_in.eof()) {
+      if (m_in.bad()) throw Error(ErrorCode::kIo, "CSR bundle " + m_name + ": cannot be read");
+      throw Error(ErrorCode::kInputTooLarge,
+                  "CSR bundle " + m_name + ": line " + std::to_string(m_line + 1) +
+                      " is longer than " + std::to_string(kMaxLine) + " bytes: not a PEM file");
+    }
+    if (extracted == 0) return false;
+    // gcount counts the '\n' when it was found (not at the end of the file).
+    const std::size_t length = m_in.eof() ? extracted : extracted - 1;
+    line.assign(m_buf.data(), length);
+    ++m_line;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    return true;
+  }
+  // The block's problem with the line numbers of the file, not of the block.
+  static std::string in_file(const CsrBlob& blob, std::int64_t start) {
+    const std::string relative = "line " + std::to_string(blob.line);
+    std::string problem = blob.problem;
+    if (const auto at = problem.find(relative); at != std::string::npos) {
+      problem.replace(at, relative.size(), "line " + std::to_string(start + blob.line - 1));
+    }
+    return problem;
+  }
+
   std::string m_name;
   std::ifstream m_in;
-  int m_line = 0;
+  std::string m_buf;
+  std::int64_t m_line = 0;
   std::int64_t m_seq = 0;
+};
+
+// One CSR given as DER: the one-item batch of `issue --csr`.
+class CsrDerReader final : public InputReader {
+ public:
+  CsrDerReader(std::string source, const Der& der) : m_source(std::move(source)), m_der(der) {}
+  bool next(Item& item) override {
+    if (m_done) return false;
+    m_done = true;
+    item.seq = 0;
+    item.source = m_source;
+    item.input = m_der;
+    return true;
+  }
+  std::int64_t total() const override { return 1; }
+
+ private:
+  std::string m_source;
+  const Der& m_der;
+  bool m_done = false;
 };
 
 class GenerateReader final : public InputReader {
@@ -121,7 +194,7 @@ class GenerateReader final : public InputReader {
     if (count <= 0) {
       throw Error(ErrorCode::kInvalidArgument, "--generate needs a positive count");
     }
-    expand_id_pattern(m_pattern, 1);  // validates the pattern
+    expand_id_pattern(m_pattern, 1);  // validates the pattern (the IDs: validate_id_pattern)
   }
   bool next(Item& item) override {
     if (m_seq >= m_count) return false;
@@ -148,6 +221,8 @@ std::unique_ptr<InputReader> open_input(const BatchInput& input) {
       return std::make_unique<CsrBundleReader>(input.path);
     case BatchInput::Kind::kGenerate:
       return std::make_unique<GenerateReader>(input.id_pattern, input.count);
+    case BatchInput::Kind::kCsrDer:
+      return std::make_unique<CsrDerReader>(input.path, input.der);
   }
   return nullptr;
 }
@@ -266,14 +341,14 @@ void render_issued(const RenderContext& ctx, const Item& item, Chunk& chunk) {
       append_json_string(bj, key_pem);
     }
     bj += "}\n";
-  } else {
+  } else if (ctx.write_files) {
     write_file(ctx.out_dir / (c.device_id + "_cert.pem"), cert_pem, 0644);
     write_file(ctx.out_dir / (c.device_id + "_fullchain.pem"), cert_pem + ctx.chain_pem, 0644);
     if (!key_pem.empty()) {
       write_file(ctx.out_dir / (c.device_id + "_key.pem"), key_pem, 0600);
     }
   }
-  if (ctx.pfx && !item.key_pkcs8.empty()) {
+  if (ctx.pfx && ctx.write_files && !item.key_pkcs8.empty()) {
     const Der p12 = make_pfx(c.der, item.key_pkcs8, ctx.chain, c.device_id, ctx.pfx_password);
     write_file(ctx.out_dir / (c.device_id + ".pfx"),
                std::string_view(reinterpret_cast<const char*>(p12.data()), p12.size()), 0600);
@@ -307,10 +382,11 @@ void render_chunk(const RenderContext& ctx, Chunk& chunk) {
   }
 }
 
-OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string& offsets_json)
+OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string& offsets_json,
+                             bool enabled)
     : m_dir(dir) {
   m_fd.fill(-1);
-  for (int s = 0; s < kStreamCount; ++s) {
+  for (int s = 0; enabled && s < kStreamCount; ++s) {
     if (!bundle && (s == kBundlePem || s == kBundleJsonl)) continue;
     const fs::path path = dir / kStreamNames[s];
     // Offsets are recorded as "name":size pairs; absent means a new batch.
@@ -334,7 +410,10 @@ OutputStreams::OutputStreams(const fs::path& dir, bool bundle, const std::string
       Chunk header;
       header.text[s] = kHeaders[s];
       const auto n = ::write(m_fd[s], header.text[s].data(), header.text[s].size());
-      m_size[s] += n > 0 ? n : 0;
+      if (n != static_cast<ssize_t>(header.text[s].size())) {
+        throw Error(ErrorCode::kIo, path.string() + ": write failed: " + std::strerror(errno));
+      }
+      m_size[s] += n;
     }
   }
 }

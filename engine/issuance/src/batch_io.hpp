@@ -37,6 +37,7 @@ struct RenderContext {
   bool bundle = false;
   bool pfx = false;
   const char* pfx_password = nullptr;
+  bool write_files = true;  // false: Delivery::kReturned, nothing goes to disk
 };
 
 // Renders one chunk: writes per-device files (unless bundle) and fills chunk.text. Parallel-safe
@@ -45,10 +46,12 @@ void render_chunk(const RenderContext& ctx, Chunk& chunk);
 
 // The append-only output streams of a batch directory. Opening truncates each to the size
 // recorded at the watermark (a crashed run may have appended past it) and writes headers into
-// new files. Not thread-safe: used by the last, serial stage.
+// new files. With `enabled` false (one-item batches) there are no streams and append does
+// nothing. Not thread-safe: used by the last, serial stage.
 class OutputStreams {
  public:
-  OutputStreams(const std::filesystem::path& dir, bool bundle, const std::string& offsets_json);
+  OutputStreams(const std::filesystem::path& dir, bool bundle, const std::string& offsets_json,
+                bool enabled);
   ~OutputStreams();
   OutputStreams(const OutputStreams&) = delete;  // owns file descriptors
   OutputStreams& operator=(const OutputStreams&) = delete;

@@ -7,6 +7,8 @@
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include <optional>
+
 #include "der.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "names.hpp"
@@ -66,6 +68,26 @@ int rsa_modulus_bits(Bytes key_bits) {
   return bits;
 }
 
+// RSA public exponent: odd, at least 65537 and below 2^256 (an exponent of 1 makes every
+// "signature" equal its message; small or huge ones are outside what verifiers accept).
+std::optional<std::string> check_rsa_exponent(Bytes key_bits) {
+  der::Tlv seq, n, e;
+  if (!der::expect(key_bits, der::tag::kSequence, seq)) return "RSA public key is malformed";
+  Bytes inner = seq.content;
+  if (!der::expect(inner, der::tag::kInteger, n) || !der::expect(inner, der::tag::kInteger, e) ||
+      !inner.empty() || e.content.empty() || (e.content[0] & 0x80) != 0) {
+    return "RSA public key is malformed";
+  }
+  Bytes v = e.content;
+  while (!v.empty() && v[0] == 0) v = v.subspan(1);
+  if (v.empty() || (v.back() & 1) == 0) return "RSA public exponent is even";
+  if (v.size() > 32) return "RSA public exponent is above 2^256";
+  if (v.size() < 3 || (v.size() == 3 && (v[0] << 16 | v[1] << 8 | v[2]) < 65537)) {
+    return "RSA public exponent is below 65537";
+  }
+  return std::nullopt;
+}
+
 struct CurveName {
   Bytes oid;
   const char* name;
@@ -109,20 +131,28 @@ const EVP_MD* digest_for(Bytes sig_alg_oid, policy::KeyDescription::Kind kind) {
   return nullptr;
 }
 
-bool verify_ec(const policy::KeyDescription& key, Bytes point, const std::uint8_t* md,
-               unsigned md_len, Bytes sig) {
+enum class EcVerdict { kGood, kPointInvalid, kSignatureInvalid };
+
+// The point is decoded once: oct2point refuses a point that is not on the curve (kPointInvalid,
+// a key problem, told apart from a bad signature at no extra cost).
+EcVerdict verify_ec(const policy::KeyDescription& key, Bytes point, const std::uint8_t* md,
+                    unsigned md_len, Bytes sig) {
   const EC_GROUP* group = group_for(key.bits == 384 ? NID_secp384r1 : NID_X9_62_prime256v1);
   EC_KEY* ec = EC_KEY_new();
   EC_POINT* pt = EC_POINT_new(group);
-  bool ok = EC_KEY_set_group(ec, group) == 1 &&
-            EC_POINT_oct2point(group, pt, point.data(), point.size(), nullptr) == 1 &&
-            EC_KEY_set_public_key(ec, pt) == 1 &&
-            ECDSA_verify(0, md, static_cast<int>(md_len), sig.data(), static_cast<int>(sig.size()),
-                         ec) == 1;
+  EcVerdict verdict = EcVerdict::kSignatureInvalid;
+  if (EC_KEY_set_group(ec, group) != 1 ||
+      EC_POINT_oct2point(group, pt, point.data(), point.size(), nullptr) != 1 ||
+      EC_KEY_set_public_key(ec, pt) != 1) {
+    verdict = EcVerdict::kPointInvalid;
+  } else if (ECDSA_verify(0, md, static_cast<int>(md_len), sig.data(), static_cast<int>(sig.size()),
+                          ec) == 1) {
+    verdict = EcVerdict::kGood;
+  }
   EC_POINT_free(pt);
   EC_KEY_free(ec);
   ERR_clear_error();
-  return ok;
+  return verdict;
 }
 
 bool verify_generic(Bytes spki, const EVP_MD* md_type, const std::uint8_t* md, unsigned md_len,
@@ -198,21 +228,24 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
     return fail(ErrorCode::kCsrMalformed,
                 "CertificationRequestInfo is not version 1 with subject and key");
   }
-  CheckedCsr out;
+  bool extensions_ignored = false;
   if (!fields.empty()) {
     if (!der::expect(fields, der::tag::kContext0, attributes) || !fields.empty()) {
       return fail(ErrorCode::kCsrMalformed, "CertificationRequestInfo has malformed attributes");
     }
-    out.extensions_ignored = has_extension_request(attributes.content);
+    extensions_ignored = has_extension_request(attributes.content);
   }
   // 2. Key: the policy decides which algorithms and sizes a device may have.
   SpkiParts parts;
   if (!split_spki(spki.whole, parts)) {
     return fail(ErrorCode::kCsrMalformed, "SubjectPublicKeyInfo is malformed");
   }
-  out.key = describe(parts);
-  if (auto why = policy::check_device_key(policy, out.key)) {
+  const policy::KeyDescription key = describe(parts);
+  if (auto why = policy::check_device_key(policy, key)) {
     return fail(ErrorCode::kKeyRejected, *why);
+  }
+  if (key.kind == policy::KeyDescription::Kind::kRsa) {
+    if (auto why = check_rsa_exponent(parts.key_bits)) return fail(ErrorCode::kKeyRejected, *why);
   }
   // 3. Signature: the device proves it holds the private key.
   Bytes alg = sig_alg.content;
@@ -220,7 +253,7 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   if (!der::expect(alg, der::tag::kOid, alg_oid)) {
     return fail(ErrorCode::kCsrMalformed, "signature algorithm is malformed");
   }
-  const EVP_MD* md_type = digest_for(alg_oid.content, out.key.kind);
+  const EVP_MD* md_type = digest_for(alg_oid.content, key.kind);
   if (md_type == nullptr) {
     return fail(ErrorCode::kCsrSignatureInvalid,
                 "signature algorithm does not match the key type or is unsupported");
@@ -232,10 +265,15 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   unsigned md_len = 0;
   EVP_Digest(info.whole.data(), info.whole.size(), md, &md_len, md_type, nullptr);
   const Bytes sig = sig_bits.content.subspan(1);
-  const bool good = out.key.kind == policy::KeyDescription::Kind::kEc
-                        ? verify_ec(out.key, parts.key_bits, md, md_len, sig)
-                        : verify_generic(spki.whole, md_type, md, md_len, sig);
-  if (!good) {
+  const EcVerdict verdict = key.kind == policy::KeyDescription::Kind::kEc
+                                ? verify_ec(key, parts.key_bits, md, md_len, sig)
+                            : verify_generic(spki.whole, md_type, md, md_len, sig)
+                                ? EcVerdict::kGood
+                                : EcVerdict::kSignatureInvalid;
+  if (verdict == EcVerdict::kPointInvalid) {
+    return fail(ErrorCode::kKeyRejected, "EC public key is not a point on its curve");
+  }
+  if (verdict != EcVerdict::kGood) {
     return fail(ErrorCode::kCsrSignatureInvalid,
                 "CSR signature does not verify with its own public key");
   }
@@ -244,12 +282,41 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   if (!cn) {
     return cn.error();
   }
-  if (auto why = policy::check_device_id(policy.device_id, *cn)) {
+  auto id = DeviceId::check(policy, *cn);
+  if (!id) {
+    return id.error();
+  }
+  return CheckedCsr{std::move(*id), Der(spki.whole.begin(), spki.whole.end()), key,
+                    extensions_ignored};
+}
+
+Result<DeviceId> DeviceId::check(const policy::Policy& policy, std::string_view id) {
+  if (auto why = policy::check_device_id(policy.device_id, id)) {
     return fail(ErrorCode::kDeviceIdInvalid, *why);
   }
-  out.device_id = std::move(*cn);
-  out.spki.assign(spki.whole.begin(), spki.whole.end());
-  return out;
+  // Checked after the alphabet, so the ID is ASCII and bytes are characters.
+  if (id.size() > kMaxCommonNameLength) {
+    return fail(ErrorCode::kDeviceIdInvalid,
+                "device ID is " + std::to_string(id.size()) +
+                    " characters; a certificate's common name holds at most " +
+                    std::to_string(kMaxCommonNameLength) + " (RFC 5280 ub-common-name)");
+  }
+  return DeviceId(std::string(id));
+}
+
+std::string csr_common_name(ByteView der) {
+  der::Tlv outer, info, version, subject;
+  Bytes in = der;
+  if (!der::expect(in, der::tag::kSequence, outer)) return {};
+  Bytes body = outer.content;
+  if (!der::expect(body, der::tag::kSequence, info)) return {};
+  Bytes fields = info.content;
+  if (!der::expect(fields, der::tag::kInteger, version) ||
+      !der::expect(fields, der::tag::kSequence, subject)) {
+    return {};
+  }
+  auto cn = single_common_name(subject.whole);
+  return cn ? std::move(*cn) : std::string();
 }
 
 }  // namespace fleetsign::engine

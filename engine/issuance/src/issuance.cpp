@@ -1,105 +1,71 @@
 #include "fleetsign/engine/issuance.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <filesystem>
 
-#include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/batch.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
 
-Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
-                                       const policy::Policy& policy, const Clock& clock,
-                                       RandomSource& random, const SingleIssueRequest& request) {
-  const CaRecord ca = cas.get(request.ca_name);
-  // 1. Check the CSR (signature, key policy, device ID); extensions are never copied.
-  auto checked = check_csr(request.csr_der, policy);
-  if (!checked) {
-    return checked.error();
-  }
-  if (!request.reissue) {
-    const std::string id = checked->device_id;
-    if (!registry.devices_with_valid_cert(std::span<const std::string>(&id, 1), clock.now())
-             .empty()) {
-      return fail(
-          ErrorCode::kAlreadyIssued,
-          "device '" + id + "' already holds a valid certificate (use --reissue to issue another)");
-    }
-  }
-  // 2. Policy decides every extension; serial from the CSPRNG; TBS built.
-  const hsm::SigningKey& key = cas.load_key(ca);
-  Issuer issuer(ca, key, policy, policy::device_days_for(policy, request.group), clock, random);
-  auto prepared = issuer.prepare(*checked);
-  if (!prepared) {
-    return prepared.error();
-  }
-  // 3. Record the intent before the token signs: the serial is spent from here on.
-  CertIntent intent;
-  intent.serial = prepared->serial();
-  intent.device_id = prepared->device_id();
-  intent.ca_name = ca.name;
-  intent.subject = prepared->subject();
-  intent.not_before = prepared->not_before();
-  intent.not_after = prepared->not_after();
-  intent.tbs_der = prepared->tbs();
-  intent.lineage = request.lineage;
-  registry.record_intents(std::span<const CertIntent>(&intent, 1));
-  // 4. Sign in the token and verify the signature.
-  auto signed_cert = issuer.sign(std::move(*prepared));
-  if (!signed_cert) {
-    return signed_cert.error();  // the intent stays; `abandon` marks it, the serial is never reused
-  }
-  // 5. Record the certificate; only then may it leave the process.
-  IssuedCert issued{signed_cert->serial, signed_cert->der, signed_cert->sha1, signed_cert->sha256};
-  registry.record_issued(std::span<const IssuedCert>(&issued, 1));
-  registry.audit(
-      "cert.issue", signed_cert->device_id,
-      "{\"serial\":" + json_quote(signed_cert->serial) + ",\"ca\":" + json_quote(ca.name) + "}");
-  SingleIssueResult result;
-  result.extensions_ignored = checked->extensions_ignored;
-  result.clamped = issuer.clamped();
-  result.cert = std::move(*signed_cert);
-  for (const auto& c : cas.chain(ca.name)) {
-    result.chain.push_back(c.cert_der);
-  }
-  return result;
-}
-
 namespace {
 
-void write_atomic(const std::filesystem::path& path, const std::string& text, mode_t mode) {
-  const std::string tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) {
-    throw Error(ErrorCode::kIo, tmp + ": cannot be created");
-  }
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  ::close(fd);
-  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
+// The first unfinished one-item batch of this CA and CSR, else the first free ID: a request
+// interrupted after its certificate was recorded resumes, a finished one is never reopened.
+std::string single_batch_id(Registry& registry, const SingleIssueRequest& request) {
+  Der key(request.ca_name.begin(), request.ca_name.end());
+  key.push_back(0);
+  key.insert(key.end(), request.csr_der.begin(), request.csr_der.end());
+  const std::string base = "single-" + thumbprint_sha256(key).substr(0, 16) + "-";
+  for (int n = 1;; ++n) {
+    const std::string id = base + std::to_string(n);
+    auto existing = registry.find_batch(id);
+    if (!existing || existing->state != "finished") return id;
   }
 }
 
 }  // namespace
 
-std::vector<std::string> write_device_files(const std::string& out_dir, const SignedCert& cert,
-                                            const std::vector<Der>& chain) {
-  std::error_code ec;
-  std::filesystem::create_directories(out_dir, ec);
-  const std::filesystem::path dir(out_dir);
-  std::string leaf = pem(cert.der, "CERTIFICATE");
-  std::string full = leaf;
-  for (const auto& c : chain) {
-    append_pem(full, c, "CERTIFICATE");
+Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
+                                       const policy::Policy& policy, const Clock& clock,
+                                       RandomSource& random, const SingleIssueRequest& request) {
+  // 1. A one-item batch: the same steps, checks and recovery as any batch.
+  BatchOptions o;
+  o.ca_name = request.ca_name;
+  o.group = request.group;
+  o.lineage = request.lineage;
+  o.reissue = request.reissue;
+  o.input.kind = BatchInput::Kind::kCsrDer;
+  o.input.der = request.csr_der;
+  o.input.path = request.source;
+  o.out_dir = request.out_dir;
+  o.delivery = request.out_dir.empty() ? Delivery::kReturned : Delivery::kDeviceFiles;
+  o.threads = 1;
+  o.chunk_size = 1;
+  if (!request.out_dir.empty()) o.batch_id = single_batch_id(registry, request);
+  BatchRunner runner(registry, cas, policy, clock, random);
+  BatchSummary s = runner.run(o, nullptr);
+  // 2. A reject is this request's failure; the certificate otherwise.
+  if (s.first_reject != ErrorCode::kOk) return fail(s.first_reject, s.first_reject_reason);
+  if (s.delivered.size() != 1) {
+    throw Error(ErrorCode::kInternal, "batch " + s.batch_id + " delivered " +
+                                          std::to_string(s.delivered.size()) +
+                                          " certificates for one CSR");
   }
-  const auto cert_path = dir / (cert.device_id + "_cert.pem");
-  const auto chain_path = dir / (cert.device_id + "_fullchain.pem");
-  write_atomic(cert_path, leaf, 0644);
-  write_atomic(chain_path, full, 0644);
-  return {cert_path.string(), chain_path.string()};
+  SingleIssueResult result;
+  result.cert = std::move(s.delivered.front());
+  result.batch_id = s.batch_id;
+  result.reemitted = s.reemitted > 0;
+  result.extensions_ignored = s.extensions_ignored;
+  result.clamped = s.clamped;
+  for (const auto& c : cas.chain(request.ca_name)) {
+    result.chain.push_back(c.cert_der);
+  }
+  if (!request.out_dir.empty()) {
+    const std::filesystem::path dir = std::filesystem::absolute(request.out_dir);
+    result.files = {(dir / (result.cert.device_id + "_cert.pem")).string(),
+                    (dir / (result.cert.device_id + "_fullchain.pem")).string()};
+  }
+  return result;
 }
 
 }  // namespace fleetsign::engine

@@ -162,11 +162,12 @@ Result<PreparedCert> Issuer::prepare(const CheckedCsr& csr) const {
   return prepare(csr.device_id, csr.spki);
 }
 
-Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) const {
+Result<PreparedCert> Issuer::prepare(const DeviceId& checked_id, ByteView spki) const {
   const Impl& m = *m_impl;
+  const std::string& device_id = checked_id.str();
   PreparedCert p;
   p.m_device_id = device_id;
-  p.m_subject = m.subject_line_prefix + "/CN=" + std::string(device_id);
+  p.m_subject = m.subject_line_prefix + "/CN=" + device_id;
   p.m_not_before = m.clock.now() - kBackdateSeconds;
   p.m_not_after = std::min(p.m_not_before + std::int64_t{m.device_days} * 86400, m.ca_not_after);
   if (m.ca_not_after <= m.clock.now()) {
@@ -231,9 +232,80 @@ Result<PreparedCert> Issuer::prepare(std::string_view device_id, ByteView spki) 
   return p;
 }
 
+namespace {
+
+bool positive_minimal_serial(der::Bytes v) {
+  if (v.empty() || v.size() > kSerialBytes || (v[0] & 0x80) != 0) return false;
+  if (v.size() > 1 && v[0] == 0 && (v[1] & 0x80) == 0) return false;  // not minimal
+  for (const std::uint8_t b : v) {
+    if (b != 0) return true;
+  }
+  return false;  // zero
+}
+
+bool starts_with(der::Bytes& in, der::Bytes prefix) {
+  if (in.size() < prefix.size() || !der::equal(in.first(prefix.size()), prefix)) return false;
+  in = in.subspan(prefix.size());
+  return true;
+}
+
+}  // namespace
+
+// The lint: the TBS as DER says exactly what the profile allows, read back from the bytes that
+// the token is about to sign (Boulder lints the TBS before the CA signs). nullptr when it does.
+const char* Issuer::lint(const PreparedCert& p) const {
+  const Impl& m = *m_impl;
+  der::Bytes in = p.m_tbs;
+  der::Tlv tbs, version, serial, alg, issuer, validity, subject, spki, exts;
+  if (!der::expect(in, der::tag::kSequence, tbs) || !in.empty()) return "TBS is not one SEQUENCE";
+  der::Bytes f = tbs.content;
+  const std::uint8_t v3[] = {0xA0, 0x03, 0x02, 0x01, 0x02};
+  if (!starts_with(f, v3)) return "TBS is not version 3";
+  if (!der::expect(f, der::tag::kInteger, serial) || !positive_minimal_serial(serial.content)) {
+    return "serial is not a positive, minimal INTEGER of at most 20 octets";
+  }
+  if (!der::read(f, alg) || !der::equal(alg.whole, m.algorithm)) return "signature algorithm";
+  if (!der::read(f, issuer) || !der::equal(issuer.whole, m.issuer_name)) return "issuer name";
+  if (!der::expect(f, der::tag::kSequence, validity)) return "validity is malformed";
+  thread_local Der expected;
+  expected.clear();
+  der::put_time(expected, p.m_not_before);
+  der::put_time(expected, p.m_not_after);
+  // Not after the CA's end; the start may precede the CA's (backdating is the caller's call).
+  if (!der::equal(validity.content, expected) || p.m_not_before >= p.m_not_after ||
+      p.m_not_after > m.ca_not_after) {
+    return "validity is empty or ends after the CA's";
+  }
+  if (!der::expect(f, der::tag::kSequence, subject)) return "subject is malformed";
+  der::Bytes rdns = subject.content;
+  const std::string& id = p.m_device_id;
+  expected.clear();
+  put_rdn(expected, oid::kCommonName, id);
+  if (id.empty() || id.size() > kMaxCommonNameLength || !starts_with(rdns, m.subject_prefix) ||
+      !der::equal(rdns, expected)) {
+    return "subject is not the profile's with CN = the device ID (at most 64 characters)";
+  }
+  if (!der::expect(f, der::tag::kSequence, spki)) return "public key is malformed";
+  if (!der::expect(f, der::tag::kContext3, exts) || !f.empty()) return "extensions are missing";
+  der::Bytes e = exts.content;
+  der::Tlv list;
+  if (!der::expect(e, der::tag::kSequence, list) || !e.empty()) return "extensions are malformed";
+  der::Bytes x = list.content;
+  if (!starts_with(x, kFixedExtensions) || !starts_with(x, kSkiPrefix) ||
+      x.size() != SHA_DIGEST_LENGTH + m.aki_ext.size() ||
+      !der::equal(x.subspan(SHA_DIGEST_LENGTH), m.aki_ext)) {
+    return "extensions are not exactly the profile's";
+  }
+  return nullptr;
+}
+
 Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
   const Impl& m = *m_impl;
   const PreparedCert p = std::move(prepared);
+  if (const char* why = lint(p)) {
+    return fail(ErrorCode::kSignFailed,
+                "serial " + p.m_serial + ": the certificate was not signed: lint: " + why);
+  }
   std::uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned digest_len = 0;
   EVP_Digest(p.m_tbs.data(), p.m_tbs.size(), digest, &digest_len, m.md, nullptr);

@@ -16,9 +16,11 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fleetsign/engine/ca.hpp"
 #include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/hsm/pin.hpp"
 #include "fleetsign/policy/policy.hpp"
@@ -26,11 +28,15 @@
 namespace fleetsign::engine {
 
 struct BatchInput {
-  enum class Kind { kCsrDir, kCsrFile, kGenerate };
+  enum class Kind { kCsrDir, kCsrFile, kGenerate, kCsrDer };
   Kind kind = Kind::kGenerate;
-  std::string path;        // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle
+  // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle; kCsrDer: names the source
+  std::string path;
+  Der der;                 // kCsrDer: one CSR, DER (a one-item batch: `issue --csr`)
   std::int64_t count = 0;  // kGenerate: number of devices
-  std::string id_pattern;  // kGenerate: e.g. "sensor-{06}" ({06} = number, 6 digits, from 1)
+  // kGenerate: e.g. "sensor-{06}": one {NN} placeholder, NN = 01..20 digits (zero-padded, from
+  // 1); every ID it makes must pass DeviceId::check before anything is recorded.
+  std::string id_pattern;
   policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;  // kGenerate
 };
 
@@ -41,12 +47,21 @@ struct BatchProgress {
   double seconds = 0;
 };
 
+// Where a batch's certificates go.
+enum class Delivery {
+  kBatchDirectory,  // per-device files (or a bundle), manifests, rejects: the directory is the
+                    // batch's own (a marker file names it; a foreign non-empty one is refused)
+  kDeviceFiles,     // only {id}_cert.pem and {id}_fullchain.pem (one-item batches: `issue --csr`)
+  kReturned,        // nothing written; the certificates come back in BatchSummary::delivered
+};
+
 struct BatchOptions {
   std::string batch_id;  // empty: one is generated
   std::string ca_name;
   std::string group;  // policy group whose device validity applies (empty: the default)
   BatchInput input;
-  std::string out_dir;
+  std::string out_dir;  // unused with Delivery::kReturned
+  Delivery delivery = Delivery::kBatchDirectory;
   Lineage lineage;
   int threads = 0;        // 0: all cores
   bool bundle = false;    // one PEM + one JSON-lines stream instead of files per device
@@ -59,20 +74,29 @@ struct BatchOptions {
 struct BatchSummary {
   std::string batch_id;
   std::string out_dir;
-  std::int64_t issued = 0;        // issued by this run
-  std::int64_t rejected = 0;      // rejected by this run
-  std::int64_t total_issued = 0;  // in the batch, over all runs
-  std::int64_t abandoned = 0;     // intents of a crashed run marked abandoned on resume
+  std::int64_t issued = 0;          // signed and recorded by this run
+  std::int64_t reemitted = 0;       // recorded by an earlier run; only their outputs written now
+  std::int64_t rejected = 0;        // rejected by this run
+  std::int64_t total_issued = 0;    // in the batch, over all runs
+  std::int64_t total_rejected = 0;  // in the batch, over all runs
+  std::int64_t abandoned = 0;       // intents of a crashed run marked abandoned on resume
   double seconds = 0;
   double certs_per_second = 0;
   bool resumed = false;
   bool already_finished = false;  // nothing to do: the batch had finished before
   bool clamped = false;           // validity clamped to the CA's expiry
+  // Delivery::kDeviceFiles and kReturned only (one-item batches): what was delivered, and the
+  // first reject with its reason.
+  std::vector<SignedCert> delivered;
+  bool extensions_ignored = false;
+  ErrorCode first_reject = ErrorCode::kOk;
+  std::string first_reject_reason;
 };
 
 class BatchRunner final {
  public:
-  // The references must outlive the runner. `pfx_password` is needed only with pfx.
+  // The references must outlive the runner. `pfx_password` is needed only with pfx: it must be
+  // non-empty and hold no NUL byte (kInvalidArgument), so no key leaves unprotected.
   BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy, const Clock& clock,
               RandomSource& random);
 
@@ -81,7 +105,10 @@ class BatchRunner final {
   // kInvalidArgument (inputs), token and registry errors.
   BatchSummary run(const BatchOptions& options, const hsm::Pin* pfx_password);
   // Resumes a batch from its recorded parameters: abandons its open intents, re-emits outputs of
-  // committed certificates past the watermark, and processes the rest.
+  // committed certificates past the watermark, and processes the rest. Needs nothing but the ID
+  // and, when the batch writes .pfx files (needs_pfx_password), the password. An output failure
+  // (kIo) of an earlier run leaves its certificates recorded and the watermark before them: a
+  // resume writes their outputs (re-emitted) and never signs them again.
   BatchSummary resume(const std::string& batch_id, const hsm::Pin* pfx_password,
                       std::function<void(const BatchProgress&)> progress, int threads);
 
@@ -95,8 +122,18 @@ class BatchRunner final {
   RandomSource& m_random;
 };
 
+// True when the recorded batch writes .pfx files, so a resume needs the PKCS#12 password.
+// kNotFound when there is no such batch.
+bool needs_pfx_password(Registry& registry, const std::string& batch_id);
+
 // Expands an id pattern: "sensor-{06}" with n = 7 → "sensor-000007"; "{}" → "7".
-// Throws Error(kInvalidArgument) when the pattern has no {..} placeholder.
+// Throws Error(kInvalidArgument) when the pattern has not exactly one {..} placeholder or its
+// width is over 20 (validate_id_pattern).
 std::string expand_id_pattern(const std::string& pattern, std::int64_t n);
+// Checks a pattern before anything is recorded: one placeholder of width 0..20, and the first and
+// last IDs of 1..count pass DeviceId::check (the only varying part is digits, so every ID between
+// passes too). kInvalidArgument for the pattern, kDeviceIdInvalid for the IDs.
+void validate_id_pattern(const std::string& pattern, std::int64_t count,
+                         const policy::Policy& policy);
 
 }  // namespace fleetsign::engine

@@ -30,17 +30,40 @@ namespace fleetsign::engine {
 
 struct CaRecord;
 
+// RFC 5280 ub-common-name: a certificate's CN (= the device ID) has at most 64 characters. The
+// policy's longer limit (up to 128) applies only to IDs that never go into a certificate.
+inline constexpr std::size_t kMaxCommonNameLength = 64;
+
+// A device ID that passed the policy's device-ID rule and the certificate CN bound. Only `check`
+// makes one, so an unchecked string cannot reach a TBS, an intent or a file name. The alphabet
+// (letters, digits, '-' and the policy's extras from ".:_") holds no '/' or NUL.
+class DeviceId {
+ public:
+  // kDeviceIdInvalid with the rule that failed.
+  static Result<DeviceId> check(const policy::Policy& policy, std::string_view id);
+  const std::string& str() const noexcept { return m_value; }
+
+ private:
+  explicit DeviceId(std::string value) : m_value(std::move(value)) {}
+  std::string m_value;
+};
+
 struct CheckedCsr {
-  std::string device_id;
+  DeviceId device_id;
   Der spki;  // SubjectPublicKeyInfo exactly as the device sent it
   policy::KeyDescription key;
   bool extensions_ignored = false;  // the CSR asked for extensions; the policy decided instead
 };
 
-// Parses a DER CSR strictly, checks its key against the policy, its self-signature, and that its
-// subject has exactly one CN that is a valid device ID. Codes: kCsrMalformed, kKeyRejected,
+// Parses a DER CSR strictly, checks its key against the policy (RSA: also the public exponent,
+// which must be odd and in 65537..2^256), its self-signature, and that its subject has exactly
+// one CN that is a valid device ID (DeviceId::check). Codes: kCsrMalformed, kKeyRejected,
 // kCsrSignatureInvalid, kDeviceIdInvalid.
 Result<CheckedCsr> check_csr(ByteView der, const policy::Policy& policy);
+
+// The subject CN of a CSR, best effort and unchecked (for reject reports only): empty when the
+// CSR is malformed or names no single CN.
+std::string csr_common_name(ByteView der);
 
 // Describes the key in a SubjectPublicKeyInfo without OpenSSL's decoder; kOther when unknown.
 policy::KeyDescription describe_spki(ByteView spki);
@@ -90,9 +113,14 @@ class Issuer final {
   Issuer& operator=(const Issuer&) = delete;
 
   Result<PreparedCert> prepare(const CheckedCsr& csr) const;
-  Result<PreparedCert> prepare(std::string_view device_id, ByteView spki) const;
-  // Token sign + verify + assemble. kSignFailed when the token fails or the signature does not
-  // verify against the CA certificate's public key.
+  // A key made here (--generate): the ID is checked (DeviceId), `spki` is our own encoder's.
+  Result<PreparedCert> prepare(const DeviceId& device_id, ByteView spki) const;
+  // Lint, then token sign + verify + assemble. The lint re-reads the TBS and checks it against
+  // the profile before the token signs (Boulder): CN == device ID and at most 64 characters,
+  // validity non-empty and ending by the CA's end, serial positive and at most 20 octets,
+  // issuer == the CA, and
+  // exactly the profile's extensions. kSignFailed when the lint refuses the TBS, the token fails
+  // or the signature does not verify against the CA certificate's public key.
   Result<SignedCert> sign(PreparedCert&& prepared) const;
 
   // True when the policy's validity would outlive the CA and not_after was clamped to it.
@@ -102,6 +130,7 @@ class Issuer final {
   const policy::Policy& policy() const noexcept { return m_policy; }
 
  private:
+  const char* lint(const PreparedCert& prepared) const;  // nullptr: the TBS fits the profile
   struct Impl;
   const policy::Policy& m_policy;
   std::unique_ptr<Impl> m_impl;
