@@ -48,7 +48,7 @@ class Context {
   engine::Services& services();
   engine::Home& home() { return services().home(); }
   const policy::Policy& policy() { return services().policy(); }
-  engine::Registry& registry() { return services().registry(); }
+  engine::Stores& registry() { return services().stores(); }
   // Locks the home (kHomeBusy, or waits with --wait), restores damaged token metadata, logs in
   // (asks for the user PIN: file, FLEETSIGN_PIN, or prompt), cleans up interrupted CA creations,
   // and refuses an embedded token with keys behind a registry without CAs (kRegistryMissing).
@@ -78,6 +78,11 @@ struct Command {
   std::function<int(Context&)> run;  // returns the exit status
 };
 
+// The whole program: parses argv, runs the command, maps errors to exit statuses.
+int run_main(int argc, char** argv);
+// Test builds only: every Services the program opens gets this wrapper (fault injection).
+void set_stores_wrapper(engine::Services::StoresWrapper wrapper);
+
 // Registration (one function per command family, in its own file).
 void add_init_commands(std::vector<Command>& commands);
 void add_ca_commands(std::vector<Command>& commands);
@@ -102,6 +107,11 @@ std::optional<std::filesystem::path> path_option(const Args& args, const std::st
 // behind and an existing target is untouched. An error thrown by `produce` propagates (the
 // temporary removed).
 using OutputProducer = std::function<void(std::ostream&)>;
+// Outputs never go into the home (a `--out registry.db` would destroy it): the Context protects
+// the home's directory when it opens it, and every output path is checked against it
+// (kInvalidArgument naming both).
+void protect_directory(const std::filesystem::path& dir);
+void refuse_protected(const std::filesystem::path& path);
 void write_output_file(const std::filesystem::path& path, std::filesystem::perms perms,
                        const OutputProducer& produce);
 void write_text_file(const std::filesystem::path& path, const std::string& text,

@@ -18,9 +18,23 @@ namespace fleetsign::cli {
 
 namespace {
 
+// Lineage is printed in listings and manifests: no control characters (a newline forges lines).
+std::string lineage_value(const Args& a, const std::string& name) {
+  const std::string v = a.get(name).value_or("");
+  if (v.size() > 128) {
+    throw Error(ErrorCode::kInvalidArgument, "--" + name + " is longer than 128 characters");
+  }
+  for (const char c : v) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
+      throw Error(ErrorCode::kInvalidArgument, "--" + name + " holds a control character");
+    }
+  }
+  return v;
+}
+
 engine::Lineage lineage_options(const Args& a) {
-  return engine::Lineage{a.get("lot").value_or(""), a.get("line").value_or(""),
-                         a.get("site").value_or(""), a.get("operator").value_or("")};
+  return engine::Lineage{lineage_value(a, "lot"), lineage_value(a, "line"),
+                         lineage_value(a, "site"), lineage_value(a, "operator")};
 }
 
 // --group G: the policy group's intermediate (unless --ca names one) and device validity.
@@ -46,6 +60,8 @@ int run_issue_single(Context& ctx) {
   const Args& a = ctx.args();
   const std::string csr_file = a.require("csr");
   const std::string out_dir = a.require("out");
+  ctx.home();  // protects the home's directory
+  refuse_protected(out_dir);
   auto blobs = engine::parse_csr_text(read_bounded(csr_file, kCsrFileLimit, "CSR file"));
   if (blobs.size() != 1 || !blobs[0].problem.empty()) {
     throw Error(ErrorCode::kCsrMalformed,
@@ -147,8 +163,23 @@ std::optional<hsm::Pin> pfx_password(const Args& a, bool needed) {
     throw Error(ErrorCode::kInvalidArgument,
                 "FLEETSIGN_PFX_PASSWORD is empty: a .pfx needs a password that protects its key");
   }
-  hsm::Pin password =
-      hsm::Pin::from_sources(file, "FLEETSIGN_PFX_PASSWORD", "password for the .pfx files: ");
+  // The PIN reader's refusals (empty, NUL byte) are a bad argument here, not a token problem.
+  hsm::Pin password = [&] {
+    try {
+      return hsm::Pin::from_sources(file, "FLEETSIGN_PFX_PASSWORD",
+                                    "password for the .pfx files: ");
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::kPinMissing) {
+        throw Error(
+            ErrorCode::kInvalidArgument,
+            source + ": the password is empty: a .pfx needs a password that protects its key");
+      }
+      if (e.code() == ErrorCode::kInvalidArgument) {
+        throw Error(ErrorCode::kInvalidArgument, "the .pfx password: " + std::string(e.what()));
+      }
+      throw;
+    }
+  }();
   if (password.size() == 0) {
     throw Error(ErrorCode::kInvalidArgument,
                 source + ": the password is empty: a .pfx needs a password that protects its key");
@@ -160,7 +191,19 @@ std::optional<hsm::Pin> pfx_password(const Args& a, bool needed) {
   return password;
 }
 
+// FLEETSIGN_STAGE_TIMES=1: per-stage busy time on stderr, for tuning the pipeline.
+void print_stage_times(const engine::BatchSummary& s) {
+  if (std::getenv("FLEETSIGN_STAGE_TIMES") == nullptr || s.seconds <= 0) {
+    return;
+  }
+  for (const auto& [stage, busy] : s.stage_seconds) {
+    std::fprintf(stderr, "stage %-8s %7.3f s busy (%5.1f%% of wall)\n", stage.c_str(), busy,
+                 100.0 * busy / s.seconds);
+  }
+}
+
 int print_summary(Context& ctx, const engine::BatchSummary& s) {
+  print_stage_times(s);
   const bool progress_shown = !ctx.json() && isatty(STDERR_FILENO);
   if (progress_shown) {
     std::fprintf(stderr, "\n");
@@ -225,6 +268,8 @@ int run_issue_self_signed(Context& ctx) {
     throw Error(ErrorCode::kUsage,
                 "--key '" + key + "' is not one of ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096");
   }
+  ctx.home();  // protects the home's directory
+  refuse_protected(a.require("out"));
   const auto device =
       engine::make_self_signed_device(ctx.registry(), ctx.policy(), ctx.clock(), ctx.random(),
                                       a.require("id"), *alg, a.get_int("days"));
@@ -284,12 +329,18 @@ int run_issue(Context& ctx) {
   o.batch_id = a.get("batch").value_or("");
   std::tie(o.ca_name, o.group) = ca_and_group(ctx);
   o.out_dir = a.require("out");
+  ctx.home();  // protects the home's directory
+  refuse_protected(o.out_dir);
   o.lineage = lineage_options(a);
   o.threads = threads;
   o.bundle = a.has("bundle");
   o.pfx = a.has("pfx");
   o.reissue = a.has("reissue");
   o.chunk_size = a.get_int("chunk").value_or(o.chunk_size);
+  // A tuning knob for measurements (fleetsign-bench), not an option users need.
+  if (const char* v = std::getenv("FLEETSIGN_TOKENS_PER_THREAD")) {
+    o.chunks_per_thread = std::max(1, std::atoi(v));
+  }
   o.progress = progress_printer(ctx);
   if (a.has("generate")) {
     o.input.kind = engine::BatchInput::Kind::kGenerate;

@@ -67,7 +67,9 @@ void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::st
 }
 
 Context::Context(std::optional<fs::path> home_dir, Args args)
-    : m_home_dir(std::move(home_dir)), m_args(std::move(args)) {}
+    : m_home_dir(std::move(home_dir)), m_args(std::move(args)) {
+  protect_directory(this->home_dir());  // no --out may land in the home, opened or not
+}
 
 Context::~Context() = default;
 
@@ -82,6 +84,17 @@ fs::path Context::home_dir() const {
   return fs::path(user_home != nullptr ? user_home : ".") / ".fleetsign";
 }
 
+namespace {
+engine::Services::StoresWrapper& stores_wrapper() {
+  static engine::Services::StoresWrapper wrapper;
+  return wrapper;
+}
+}  // namespace
+
+void set_stores_wrapper(engine::Services::StoresWrapper wrapper) {
+  stores_wrapper() = std::move(wrapper);
+}
+
 engine::Services& Context::services() {
   if (!m_services) {
     // The PIN is read only when a command first needs the token.
@@ -91,6 +104,13 @@ engine::Services& Context::services() {
     };
     m_services =
         std::make_unique<engine::Services>(engine::Home::open(home_dir()), std::move(pin_source));
+    protect_directory(m_services->home().config().dir);
+    if (const char* user = std::getenv("USER"); user != nullptr && *user != '\0') {
+      m_services->set_actor(user);
+    }
+    if (stores_wrapper()) {
+      m_services->wrap_stores(stores_wrapper());
+    }
   }
   return *m_services;
 }

@@ -168,8 +168,38 @@ void write_regular(fs::path path, fs::perms perms, const OutputProducer& produce
 
 }  // namespace
 
+namespace {
+std::vector<fs::path>& protected_dirs() {
+  static std::vector<fs::path> dirs;
+  return dirs;
+}
+}  // namespace
+
+void protect_directory(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path canonical = fs::weakly_canonical(fs::absolute(dir), ec);
+  protected_dirs().push_back(ec ? fs::absolute(dir) : canonical);
+}
+
+void refuse_protected(const fs::path& path) {
+  std::error_code ec;
+  fs::path target = fs::weakly_canonical(fs::absolute(path), ec);
+  if (ec) {
+    target = fs::absolute(path).lexically_normal();
+  }
+  for (const fs::path& dir : protected_dirs()) {
+    const fs::path rel = target.lexically_relative(dir);
+    if (!rel.empty() && *rel.begin() != "..") {
+      throw Error(ErrorCode::kInvalidArgument,
+                  path.string() + ": is inside the fleetsign home " + dir.string() +
+                      " (its registry, token and configuration); write outputs elsewhere");
+    }
+  }
+}
+
 void write_output_file(const fs::path& path, fs::perms perms, const OutputProducer& produce) {
   if (path.empty()) throw Error(ErrorCode::kUsage, "the output file name is empty");
+  refuse_protected(path);
   if (is_special(path)) {
     write_special(path, produce);
   } else {

@@ -25,7 +25,7 @@ bool referenced(const hsm::KeyRef& key, const std::vector<CaRecord>& cas) {
 
 }  // namespace
 
-std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token,
+std::vector<std::string> recover_pending_cas(Stores& registry, hsm::Token& token,
                                              bool private_token) {
   std::vector<std::string> notices;
   const auto pending = registry.list_pending_cas();
@@ -62,7 +62,7 @@ std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& tok
   return notices;
 }
 
-TokenInventory take_inventory(Registry& registry, hsm::Token& token) {
+TokenInventory take_inventory(Stores& registry, hsm::Token& token) {
   TokenInventory inv;
   const auto cas = registry.list_cas();
   const auto keys = token.list_private_keys();
@@ -84,7 +84,7 @@ TokenInventory take_inventory(Registry& registry, hsm::Token& token) {
   return inv;
 }
 
-void refuse_registry_without_cas(Registry& registry, hsm::Token& token,
+void refuse_registry_without_cas(Stores& registry, hsm::Token& token,
                                  const std::filesystem::path& registry_file) {
   const auto cas = registry.list_cas();
   const bool any_token_ca =

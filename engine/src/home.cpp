@@ -130,8 +130,7 @@ Home Home::finish_init(const HomeConfig& config) {
   // The one place a registry is created.
   Registry::open(home.registry_path())
       ->audit("home.init", config.dir.string(),
-              "{\"module\":" + json_quote(config.module.string()) +
-                  ",\"token\":" + json_quote(config.token_label) + "}");
+              json_object({{"module", config.module.string()}, {"token", config.token_label}}));
   // Written last: a home exists only once everything above succeeded.
   write_file(config.dir / kConfigFile, json, fs::perms::owner_read | fs::perms::owner_write);
   return home;
@@ -165,7 +164,7 @@ Home Home::open(const fs::path& dir) {
 
 policy::Policy Home::load_policy() const { return policy::load_policy_file(policy_path()); }
 
-std::unique_ptr<Registry> Home::open_registry() const {
+std::unique_ptr<Registry> Home::open_registry(RegistryOptions options) const {
   const fs::path file = registry_path();
   std::error_code ec;
   const bool exists = fs::exists(file, ec);
@@ -177,7 +176,7 @@ std::unique_ptr<Registry> Home::open_registry() const {
                     "Restore registry.db from a backup; a new registry is never created in place "
                     "of a lost one, because the token's CA keys would be orphaned");
   }
-  return Registry::open(file);
+  return Registry::open(file, std::move(options));
 }
 
 std::unique_ptr<hsm::Token> Home::open_token(const hsm::Pin& user_pin,

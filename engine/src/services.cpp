@@ -17,6 +17,7 @@ Services::Services(Home home, PinSource pin_source, std::unique_ptr<Clock> clock
 Services::~Services() {
   m_cas.reset();
   m_token_session.reset();
+  m_wrapped.reset();
 }
 
 const policy::Policy& Services::policy() {
@@ -26,11 +27,17 @@ const policy::Policy& Services::policy() {
   return *m_policy;
 }
 
-Registry& Services::registry() {
+Stores& Services::stores() {
   if (!m_registry) {
-    m_registry = m_home.open_registry();
+    RegistryOptions options;
+    options.now = [clock = m_clock.get()] { return clock->now(); };
+    options.actor = m_actor;
+    m_registry = m_home.open_registry(std::move(options));
+    if (m_wrap_stores) {
+      m_wrapped = m_wrap_stores(*m_registry);
+    }
   }
-  return *m_registry;
+  return m_wrapped ? *m_wrapped : static_cast<Stores&>(*m_registry);
 }
 
 hsm::Token& Services::token() { return open_token(true); }
@@ -44,7 +51,7 @@ hsm::Token& Services::open_token(bool check_registry) {
     options.check_registry = check_registry;
     const std::string label = m_home.config().token_label;
     m_token_session = std::make_unique<TokenSession>(open_token_session(
-        m_home, registry(), [&] { return m_pin_source(label); }, options));
+        m_home, stores(), [&] { return m_pin_source(label); }, options));
     m_notices = m_token_session->notices;
   }
   return *m_token_session->token;
@@ -52,7 +59,7 @@ hsm::Token& Services::open_token(bool check_registry) {
 
 CaService& Services::cas() {
   if (!m_cas) {
-    m_cas = std::make_unique<CaService>(registry(), token(), policy(), *m_clock, *m_random);
+    m_cas = std::make_unique<CaService>(stores(), token(), policy(), *m_clock, *m_random);
   }
   return *m_cas;
 }

@@ -10,7 +10,7 @@ namespace fleetsign::engine {
 
 namespace {
 
-void audit_notice(Registry& registry, const std::string& action, const std::string& subject,
+void audit_notice(Stores& registry, const std::string& action, const std::string& subject,
                   const std::string& notice) {
   Poco::JSON::Object detail;
   detail.set("notice", notice);
@@ -21,7 +21,7 @@ void audit_notice(Registry& registry, const std::string& action, const std::stri
 
 }  // namespace
 
-TokenSession open_token_session(const Home& home, Registry& registry,
+TokenSession open_token_session(const Home& home, Stores& registry,
                                 const std::function<hsm::Pin()>& pin,
                                 const TokenSessionOptions& options) {
   TokenSession session{HomeLock::acquire(home.config().dir, options.wait_for_lock), nullptr, {}};

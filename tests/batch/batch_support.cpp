@@ -122,7 +122,13 @@ Outcome Child::wait() {
 Fleet::Fleet() : m_home(m_dir.path() / "home") {}
 
 std::unique_ptr<Child> Fleet::start(const std::vector<std::string>& args, const Env& env) {
-  std::vector<std::string> argv{testing::fleetsign_bin(), "--home", m_home.string()};
+  // A fault asked for runs the same program with its stores wrapped (faulty_main.cpp).
+  const bool fault = std::any_of(env.begin(), env.end(), [](const std::string& kv) {
+    return kv.rfind("FLEETSIGN_FAULT=", 0) == 0;
+  });
+  std::vector<std::string> argv{
+      fault ? std::string(FLEETSIGN_FAULTY_BIN_PATH) : testing::fleetsign_bin(), "--home",
+      m_home.string()};
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string stem = "run-" + std::to_string(++m_runs);
   return std::make_unique<Child>(argv, env, path(stem + ".out"), path(stem + ".err"));

@@ -1,7 +1,8 @@
-// A batch killed by FLEETSIGN_FAULT=POINT:N (fleetsign SIGKILLs itself when chunk N reaches
-// POINT) and resumed with `issue --resume` ends exactly as an uninterrupted batch would: every
-// device issued once, no serial reused, intents of the dead run abandoned, outputs equal to the
-// registry. Every kill point, for generated keys in files and in a bundle, and for a CSR bundle.
+// A batch killed by FLEETSIGN_FAULT=POINT:N (fleetsign-faulty, the program around a fault-injecting
+// store, SIGKILLs itself when chunk N reaches POINT: see faulty_main.cpp) and resumed with `issue
+// --resume` ends exactly as an uninterrupted batch would: every device issued once, no serial
+// reused, intents of the dead run abandoned, outputs equal to the registry. Every kill point, for
+// generated keys in files and in a bundle, and for a CSR bundle.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -82,7 +83,7 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
       fleet.run(a.args(), {"FLEETSIGN_FAULT=" + point + ":" + std::to_string(kill_chunk)});
   ASSERT_TRUE(crashed.killed_by(SIGKILL)) << crashed.describe();
   const AtCrash at = registry_at_crash(fleet, a.batch_id);
-  // Every point is reached before chunk N's outputs are written.
+  // Every point is reached before the watermark moves past chunk N.
   EXPECT_LE(at.watermark, (kill_chunk - 1) * kChunk - 1);
   if (point == "after_intent" || point == "after_sign") {
     EXPECT_GE(at.intents, kChunk) << "chunk " << kill_chunk
@@ -139,7 +140,7 @@ TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   ASSERT_TRUE(fs::exists(chunk3_keys));
   const std::string spooled = testing::read_file(chunk3_keys);
   // 2. A resume writes chunk 3 (watermark 767, spool dropped) and dies at chunk 4.
-  ASSERT_TRUE(fleet.run({"issue", "--resume", a.batch_id}, {"FLEETSIGN_FAULT=before_output:4"})
+  ASSERT_TRUE(fleet.run({"issue", "--resume", a.batch_id}, {"FLEETSIGN_FAULT=before_watermark:4"})
                   .killed_by(SIGKILL));
   ASSERT_GE(fleet.registry()->find_batch(a.batch_id)->watermark, 3 * kChunk - 1);
   ASSERT_FALSE(fs::exists(chunk3_keys));
@@ -163,7 +164,7 @@ TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
 
 INSTANTIATE_TEST_SUITE_P(BatchIssue, KillPoint,
                          ::testing::Combine(::testing::Values("after_intent", "after_sign",
-                                                              "after_commit", "before_output"),
+                                                              "after_commit", "before_watermark"),
                                             ::testing::Values(Mode::kGenerateFiles,
                                                               Mode::kGenerateBundle,
                                                               Mode::kCsrFile)),

@@ -11,7 +11,7 @@
 #include <map>
 #include <string>
 
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 
 namespace fleetsign::test {
 
@@ -34,6 +34,32 @@ class FaultStores final : public engine::Stores {
   std::vector<engine::CaRecord> list_cas() override { return m_inner.list_cas(); }
   void set_ca_verified(const std::string& name, bool verified) override {
     write("set_ca_verified", [&] { m_inner.set_ca_verified(name, verified); });
+  }
+  void add_pending_ca(const engine::PendingCa& pending) override {
+    write("add_pending_ca", [&] { m_inner.add_pending_ca(pending); });
+  }
+  std::vector<engine::PendingCa> list_pending_cas() override { return m_inner.list_pending_cas(); }
+  void drop_pending_ca(const std::string& name) override {
+    write("drop_pending_ca", [&] { m_inner.drop_pending_ca(name); });
+  }
+  void complete_ca(const engine::CaRecord& ca, const std::string& serial) override {
+    write("complete_ca", [&] { m_inner.complete_ca(ca, serial); });
+  }
+  void record_ca_cert_intent(const engine::CaCertIntent& intent) override {
+    write("record_ca_cert_intent", [&] { m_inner.record_ca_cert_intent(intent); });
+  }
+  void record_ca_cert_issued(const std::string& serial,
+                             const std::vector<std::uint8_t>& der) override {
+    write("record_ca_cert_issued", [&] { m_inner.record_ca_cert_issued(serial, der); });
+  }
+  void abandon_ca_cert_intent(const std::string& serial) override {
+    write("abandon_ca_cert_intent", [&] { m_inner.abandon_ca_cert_intent(serial); });
+  }
+  std::optional<engine::CaCertRecord> find_ca_cert(const std::string& serial) override {
+    return m_inner.find_ca_cert(serial);
+  }
+  std::vector<engine::CaCertRecord> ca_certs_of(const std::string& subject_name) override {
+    return m_inner.ca_certs_of(subject_name);
   }
 
   // CertificateStore

@@ -29,87 +29,56 @@ inline constexpr std::size_t kPolicyFileLimit = 1024 * 1024;  // policy.json
 inline constexpr std::size_t kCertFileLimit = 1024 * 1024;    // a certificate file
 inline constexpr std::size_t kConfigFileLimit = 256 * 1024;   // fleetsign.json, other config
 
-// Reads at most `limit` bytes of `path`. `what` names the input in messages ("PIN file").
-// Reads one byte past the limit to tell "exactly at the limit" from "over it".
-inline std::string read_bounded(const std::string& path, std::size_t limit, std::string_view what) {
-  const std::string name = std::string(what) + " '" + path + "'";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
-    throw Error(ErrorCode::kIo, name + ": cannot be opened: " + std::strerror(errno));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    throw Error(ErrorCode::kIo, name + ": is a directory, not a file");
-  }
-  std::string out;
-  char buf[8192];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      const int err = errno;
-      ::close(fd);
-      throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(err));
-    }
-    if (n == 0) {
-      break;
-    }
-    if (out.size() + static_cast<std::size_t>(n) > limit) {
-      ::close(fd);
-      throw Error(ErrorCode::kInputTooLarge,
-                  name + ": larger than the limit of " + std::to_string(limit) + " bytes");
-    }
-    out.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  return out;
-}
-
-// Like read_bounded, but reads straight into `dest` (the caller's wiping storage for a secret), so
-// no intermediate buffer keeps a copy. Returns the number of bytes read; throws kInputTooLarge when
-// the input holds more than dest.size() bytes. On a throw, `dest` may hold a prefix of the input:
-// the caller wipes it.
+// Reads `path` straight into `dest` (for a secret: the caller's wiping storage, so no intermediate
+// buffer keeps a copy). Returns the number of bytes read; kInputTooLarge when the input holds more
+// than dest.size() bytes (one byte past a full `dest` tells "at the limit" from "over it"). On a
+// throw, `dest` may hold a prefix of the input: the caller wipes it.
 inline std::size_t read_bounded_into(const std::string& path, std::span<char> dest,
                                      std::string_view what) {
   const std::string name = std::string(what) + " '" + path + "'";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) {
+        ::close(fd);
+      }
+    }
+  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY)};
+  if (file.fd < 0) {
     throw Error(ErrorCode::kIo, name + ": cannot be opened: " + std::strerror(errno));
   }
   struct stat st {};
-  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-    ::close(fd);
+  if (::fstat(file.fd, &st) == 0 && S_ISDIR(st.st_mode)) {
     throw Error(ErrorCode::kIo, name + ": is a directory, not a file");
   }
   std::size_t used = 0;
   for (;;) {
-    char probe = 0;  // one byte past a full `dest` tells "at the limit" from "over it"
+    char probe = 0;
     const bool full = used == dest.size();
     const ssize_t n =
-        full ? ::read(fd, &probe, 1) : ::read(fd, dest.data() + used, dest.size() - used);
+        full ? ::read(file.fd, &probe, 1) : ::read(file.fd, dest.data() + used, dest.size() - used);
     if (n < 0) {
       if (errno == EINTR) {
         continue;
       }
-      const int err = errno;
-      ::close(fd);
-      throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(err));
+      throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(errno));
     }
     if (n == 0) {
-      break;
+      return used;
     }
     if (full) {
-      ::close(fd);
       throw Error(ErrorCode::kInputTooLarge,
                   name + ": larger than the limit of " + std::to_string(dest.size()) + " bytes");
     }
     used += static_cast<std::size_t>(n);
   }
-  ::close(fd);
-  return used;
+}
+
+// Reads at most `limit` bytes of `path`. `what` names the input in messages ("PIN file").
+inline std::string read_bounded(const std::string& path, std::size_t limit, std::string_view what) {
+  std::string out(limit, '\0');
+  out.resize(read_bounded_into(path, std::span<char>(out.data(), out.size()), what));
+  return out;
 }
 
 }  // namespace fleetsign

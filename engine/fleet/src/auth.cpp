@@ -89,13 +89,13 @@ std::string serial_hex(der::Bytes content) {
 }  // namespace
 
 struct Authenticator::Impl {
-  Registry& registry;
+  Stores& registry;
   std::map<std::string, Ca> cas;
   std::unordered_map<std::string, std::vector<Ca*>> by_subject;
   StorePtr trusted;   // verified CAs in slots of enabled groups
   StorePtr everyone;  // every registry CA: explains refusals (which anchor would have matched)
 
-  explicit Impl(Registry& r) : registry(r) {}
+  explicit Impl(Stores& r) : registry(r) {}
 
   void load();
   void vouch(Ca& ca);
@@ -435,7 +435,7 @@ AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& le
   return openssl_path(leaf_der, chain, at);
 }
 
-Authenticator::Authenticator(Registry& registry) : m_impl(std::make_unique<Impl>(registry)) {
+Authenticator::Authenticator(Stores& registry) : m_impl(std::make_unique<Impl>(registry)) {
   m_impl->load();
 }
 

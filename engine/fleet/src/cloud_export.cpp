@@ -159,7 +159,7 @@ void check_stream(std::ostream& out) {
 
 }  // namespace
 
-ExportSummary export_dps(Registry& registry, const std::string& group, std::ostream& out) {
+ExportSummary export_dps(Stores& registry, const std::string& group, std::ostream& out) {
   ExportSummary summary;
   const GroupIndex index = GroupIndex::load(registry);
   if (!group.empty()) index.cas_of_group(group);  // kNotFound for an unknown group
@@ -192,7 +192,7 @@ ExportSummary export_dps(Registry& registry, const std::string& group, std::ostr
   return summary;
 }
 
-ExportSummary export_iothub(Registry& registry, const std::string& group, std::ostream& out) {
+ExportSummary export_iothub(Stores& registry, const std::string& group, std::ostream& out) {
   ExportSummary summary;
   const GroupIndex index = GroupIndex::load(registry);
   std::unordered_set<std::string> individually;

@@ -130,7 +130,7 @@ SlotCredential credential_from_thumbprint(std::string_view hex) {
   return SlotCredential{{}, normalize_thumbprint(hex)};
 }
 
-CaRecord import_external_ca(Registry& registry, const Clock& clock, const std::string& name,
+CaRecord import_external_ca(Stores& registry, const Clock& clock, const std::string& name,
                             const Der& der) {
   if (auto why = check_ca_name(name)) {
     throw Error(ErrorCode::kInvalidArgument, "an imported CA: " + *why);
@@ -201,7 +201,7 @@ GroupIndex::GroupIndex(const std::vector<CaRecord>& cas, const std::vector<Enrol
   }
 }
 
-GroupIndex GroupIndex::load(Registry& registry) {
+GroupIndex GroupIndex::load(Stores& registry) {
   return GroupIndex(registry.list_cas(), registry.list_groups());
 }
 
@@ -239,7 +239,7 @@ std::vector<std::string> GroupIndex::cas_of_group(const std::string& group) cons
 
 // --- EnrollmentService -----------------------------------------------------------------------
 
-EnrollmentService::EnrollmentService(Registry& registry, const policy::Policy& policy,
+EnrollmentService::EnrollmentService(Stores& registry, const policy::Policy& policy,
                                      const Clock& clock)
     : m_registry(registry), m_policy(policy), m_clock(clock) {}
 

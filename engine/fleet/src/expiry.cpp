@@ -217,7 +217,7 @@ ExpiryReport build_expiry_report(const ExpiryInputs& in, const policy::Policy& p
   return out;
 }
 
-ExpiryReport expiry_report(Registry& registry, const policy::Policy& policy, const Clock& clock,
+ExpiryReport expiry_report(Stores& registry, const policy::Policy& policy, const Clock& clock,
                            const ExpiryOptions& options) {
   ExpiryInputs in;
   in.cas = registry.list_cas();

@@ -82,7 +82,7 @@ void write_file(const std::filesystem::path& path, const std::string& text, mode
 
 SelfSignedDevice::~SelfSignedDevice() { OPENSSL_cleanse(key_pem.data(), key_pem.size()); }
 
-SelfSignedDevice make_self_signed_device(Registry& registry, const policy::Policy& policy,
+SelfSignedDevice make_self_signed_device(Stores& registry, const policy::Policy& policy,
                                          const Clock& clock, RandomSource& random,
                                          const std::string& device_id, policy::KeyAlgorithm alg,
                                          std::optional<int> days) {
@@ -96,9 +96,9 @@ SelfSignedDevice make_self_signed_device(Registry& registry, const policy::Polic
                 "--key " + std::string(policy::key_algorithm_name(alg)) + ": " + *why);
   }
   const int valid_days = days.value_or(policy.validity.device_days);
-  if (valid_days <= 0) {
+  if (valid_days <= 0 || valid_days > 36500) {
     throw Error(ErrorCode::kInvalidArgument,
-                "--days must be positive, got " + std::to_string(valid_days));
+                "validity must be 1 to 36500 days, got " + std::to_string(valid_days));
   }
   // 2. The key, and the certificate it signs.
   auto key = generate_key(alg);

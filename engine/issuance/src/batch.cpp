@@ -11,7 +11,6 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -22,6 +21,7 @@
 
 #include "batch_io.hpp"
 #include "device_keys.hpp"
+#include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
@@ -202,32 +202,8 @@ std::string new_batch_id(const Clock& clock, RandomSource& random) {
   return id;
 }
 
-// Crash-test hook: FLEETSIGN_FAULT=POINT:N kills the process with SIGKILL when the Nth chunk
-// (1-based) reaches POINT (after_intent, after_sign, after_commit, before_output). Unset in
-// production; the point is to die exactly like `kill -9` would.
-class FaultPoint {
- public:
-  FaultPoint() {
-    if (const char* spec = std::getenv("FLEETSIGN_FAULT")) {
-      const std::string s(spec);
-      const auto colon = s.find(':');
-      m_point = s.substr(0, colon);
-      m_chunk = colon == std::string::npos ? 1 : std::stoll(s.substr(colon + 1));
-    }
-  }
-  void reached(const char* point, std::int64_t chunk_number) const {
-    if (!m_point.empty() && m_point == point && chunk_number == m_chunk) {
-      std::raise(SIGKILL);
-    }
-  }
-
- private:
-  std::string m_point;
-  std::int64_t m_chunk = 0;
-};
-
-// Per-stage busy time, printed with FLEETSIGN_STAGE_TIMES=1 (for tuning the pipeline: a serial
-// stage's share of the run bounds the speed-up threads can give).
+// Per-stage busy time, returned in the summary (for tuning the pipeline: a serial stage's share
+// of the run bounds the speed-up threads can give).
 struct StageClock {
   std::array<std::atomic<std::int64_t>, 7> ns{};
   static constexpr const char* kNames[7] = {"read",   "prepare", "intents", "sign",
@@ -246,13 +222,12 @@ struct StageClock {
     } add{ns[static_cast<std::size_t>(stage)], t0};
     return f();
   }
-  void print(double wall) const {
-    if (std::getenv("FLEETSIGN_STAGE_TIMES") == nullptr) return;
-    for (int i = 0; i < 7; ++i) {
-      std::fprintf(stderr, "stage %-8s %7.3f s busy (%5.1f%% of wall)\n", kNames[i],
-                   static_cast<double>(ns[static_cast<std::size_t>(i)]) / 1e9,
-                   100.0 * static_cast<double>(ns[static_cast<std::size_t>(i)]) / 1e9 / wall);
+  std::vector<std::pair<std::string, double>> seconds() const {
+    std::vector<std::pair<std::string, double>> out;
+    for (std::size_t i = 0; i < ns.size(); ++i) {
+      out.emplace_back(kNames[i], static_cast<double>(ns[i]) / 1e9);
     }
+    return out;
   }
 };
 
@@ -260,7 +235,7 @@ struct StageClock {
 struct Run {
   const BatchOptions& options;
   BatchRecord record;
-  Registry& registry;
+  Stores& registry;
   std::mutex registry_mutex;  // serial stages run concurrently with each other
   const Issuer& issuer;
   const Clock& clock;
@@ -271,7 +246,6 @@ struct Run {
   std::map<std::int64_t, Der> spooled_keys;
   std::filesystem::path spool_dir;  // OUT/.spool/BATCH
   std::unordered_set<std::string> seen_ids;
-  FaultPoint fault;
   StageClock stages;
   std::int64_t issued_now = 0, reemitted_now = 0, rejected_now = 0;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -412,7 +386,6 @@ void record_intents(Run& run, Chunk& chunk) {
                            std::to_string(chunk.items.front().seq + 1));
     }
   }
-  run.fault.reached("after_intent", chunk.index);
 }
 
 // Step 4, parallel: the token signs; the signature is verified. A failure here is the token's,
@@ -432,7 +405,6 @@ void sign_items(const Run& run, Chunk& chunk) {
 
 // Step 5, serial: the certificates, in one transaction.
 void record_certificates(Run& run, Chunk& chunk) {
-  run.fault.reached("after_sign", chunk.index);
   std::vector<IssuedCert> issued;
   issued.reserve(chunk.items.size());
   for (const Item& item : chunk.items) {
@@ -444,12 +416,10 @@ void record_certificates(Run& run, Chunk& chunk) {
     std::lock_guard lock(run.registry_mutex);
     run.registry.record_issued(issued);
   }
-  run.fault.reached("after_commit", chunk.index);
 }
 
 // Step 7, serial: the chunk leaves the process, then the watermark moves past it.
 void write_outputs(Run& run, Chunk& chunk) {
-  run.fault.reached("before_output", chunk.index);
   run.streams.append(chunk);
   if (run.options.delivery != Delivery::kReturned) {
     batch::sync_outputs(run.options.out_dir);  // the watermark must not run ahead of the disk
@@ -492,7 +462,7 @@ void write_outputs(Run& run, Chunk& chunk) {
 }
 
 // Chunks in flight per thread (defined below).
-std::size_t tokens_per_thread();
+std::size_t tokens_per_thread(const BatchOptions& o);
 
 batch::RenderContext render_context(const BatchRecord& record, const BatchOptions& o,
                                     const CaRecord& ca, const std::vector<CaRecord>& chain,
@@ -522,7 +492,7 @@ void run_pipeline(Run& run) {
   tbb::global_control allow(tbb::global_control::max_allowed_parallelism,
                             static_cast<std::size_t>(threads));
   tbb::task_arena arena(threads);
-  const std::size_t in_flight = static_cast<std::size_t>(threads) * tokens_per_thread();
+  const std::size_t in_flight = static_cast<std::size_t>(threads) * tokens_per_thread(run.options);
   arena.execute([&] {
     using tbb::filter_mode;
     tbb::parallel_pipeline(
@@ -581,13 +551,16 @@ void claim_out_dir(const std::string& out, const std::string& batch_id, bool res
 }
 
 // Chunks in flight per thread: enough that the serial stages' commits (fsync) overlap other
-// chunks' signing. FLEETSIGN_TOKENS_PER_THREAD overrides it for measurements.
-std::size_t tokens_per_thread() {
-  if (const char* v = std::getenv("FLEETSIGN_TOKENS_PER_THREAD")) return std::max(1, std::atoi(v));
-  return 4;
+// chunks' signing. BatchOptions::chunks_per_thread overrides it for measurements.
+std::size_t tokens_per_thread(const BatchOptions& o) {
+  return o.chunks_per_thread > 0 ? static_cast<std::size_t>(o.chunks_per_thread) : 4;
 }
 
 void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
+  // A batch ID names the spool directory and lines of `batch list`: never a path or a newline.
+  if (auto why = o.batch_id.empty() ? std::nullopt : check_safe_name(o.batch_id, "batch ID")) {
+    throw Error(ErrorCode::kInvalidArgument, *why);
+  }
   if (o.out_dir.empty() && o.delivery != Delivery::kReturned) {
     throw Error(ErrorCode::kUsage, "missing --out DIR");
   }
@@ -649,7 +622,7 @@ void prepare_out_dir(const BatchOptions& o) {
 
 }  // namespace
 
-BatchRunner::BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy,
+BatchRunner::BatchRunner(Stores& registry, CaService& cas, const policy::Policy& policy,
                          const Clock& clock, RandomSource& random)
     : m_registry(registry), m_cas(cas), m_policy(policy), m_clock(clock), m_random(random) {}
 
@@ -714,8 +687,7 @@ BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pf
   if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, batch_id, true);
   // Serials of a crashed run that never became certificates: spent, never reused.
   const std::int64_t abandoned = m_registry.abandon_intents(batch_id);
-  m_registry.audit("batch.resume", batch_id,
-                   "{\"abandoned_intents\":" + std::to_string(abandoned) + "}");
+  m_registry.audit("batch.resume", batch_id, json_object({{"abandoned_intents", abandoned}}));
   return execute(*rec, o, pfx_password, true, abandoned);
 }
 
@@ -761,12 +733,12 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run.start).count();
-  run.stages.print(seconds);
   if (o.input.kind == BatchInput::Kind::kGenerate) batch::clear_spool(run.spool_dir);
   m_registry.finish_batch(record.id, m_clock.now());
   BatchSummary s;
   s.batch_id = record.id;
   s.out_dir = o.out_dir;
+  s.stage_seconds = run.stages.seconds();
   s.issued = run.issued_now;
   s.reemitted = run.reemitted_now;
   s.rejected = run.rejected_now;
@@ -790,7 +762,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   return s;
 }
 
-bool needs_pfx_password(Registry& registry, const std::string& batch_id) {
+bool needs_pfx_password(Stores& registry, const std::string& batch_id) {
   auto rec = registry.find_batch(batch_id);
   if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
   return rec->state != "finished" && params_from_json(rec->id, rec->params_json).pfx;

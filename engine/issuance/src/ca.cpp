@@ -70,7 +70,7 @@ hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept {
   return hsm::KeyType::kEcP256;
 }
 
-CaService::CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy,
+CaService::CaService(Stores& registry, hsm::Token& token, const policy::Policy& policy,
                      const Clock& clock, RandomSource& random)
     : m_registry(registry), m_token(token), m_policy(policy), m_clock(clock), m_random(random) {}
 
@@ -102,6 +102,13 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
     throw Error(ErrorCode::kPolicyInvalid, "CA '" + spec.name + "': " + *why);
   }
   m_token.require_key_type(to_key_type(spec.key));
+  // A subject is printed in `ca list` and the audit log: a control character would forge lines.
+  for (const char c : spec.subject) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
+      throw Error(ErrorCode::kInvalidSubject,
+                  "CA '" + spec.name + "': the subject holds a control character");
+    }
+  }
   auto subject = ossl::parse_subject(spec.subject);
   const std::optional<int> path_len =
       issuer ? std::optional<int>(spec.path_len.value_or(0)) : spec.path_len;
@@ -113,8 +120,11 @@ CaRecord CaService::create(const CaSpec& spec, const CaRecord* issuer) {
   }
   const int days = spec.days.value_or(issuer ? m_policy.validity.intermediate_days
                                              : m_policy.validity.root_days);
-  if (days <= 0) {
-    throw Error(ErrorCode::kInvalidArgument, "CA '" + spec.name + "': --days must be positive");
+  // 100 years, as the policy file allows; X.509 time ends at 9999-12-31 (GeneralizedTime).
+  if (days <= 0 || days > 36500) {
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "CA '" + spec.name + "': validity must be 1 to 36500 days, got " + std::to_string(days));
   }
   const std::int64_t not_before = m_clock.now() - kBackdateSeconds;
   const std::int64_t not_after = not_before + std::int64_t{days} * 86400;
@@ -321,7 +331,7 @@ Der CaService::make_verification_cert(const std::string& ca_name, const std::str
   return der;
 }
 
-void verify_possession(Registry& registry, const Clock& clock, const std::string& ca_name,
+void verify_possession(Stores& registry, const Clock& clock, const std::string& ca_name,
                        const std::string& code, const Der& der) {
   const auto found = registry.find_ca(ca_name);
   if (!found) {

@@ -77,12 +77,13 @@ std::optional<std::string> chain_forbids_ca(const std::vector<ChainLink>& issuer
   return name_constraints_forbid(issuers, subject);
 }
 
-std::optional<std::string> check_ca_name(std::string_view name) {
+std::optional<std::string> check_safe_name(std::string_view name, std::string_view what) {
+  const std::string w(what);
   if (name.empty()) {
-    return std::string("a CA name must not be empty");
+    return "a " + w + " must not be empty";
   }
   if (name.size() > kMaxCaName) {
-    return "CA name is " + std::to_string(name.size()) + " characters; the maximum is " +
+    return w + " is " + std::to_string(name.size()) + " characters; the maximum is " +
            std::to_string(kMaxCaName);
   }
   for (std::size_t i = 0; i < name.size(); ++i) {
@@ -90,12 +91,16 @@ std::optional<std::string> check_ca_name(std::string_view name) {
     const bool ok = std::isalnum(c) != 0 || (i > 0 && (c == '.' || c == '_' || c == '-'));
     if (!ok || c > 0x7F) {
       // The offending byte is shown as a number: it may be a newline or a quote.
-      return "CA name has byte 0x" + std::string(1, "0123456789abcdef"[c >> 4]) +
+      return w + " has byte 0x" + std::string(1, "0123456789abcdef"[c >> 4]) +
              std::string(1, "0123456789abcdef"[c & 15]) + " at position " + std::to_string(i) +
-             "; a CA name is letters, digits, '.', '_' and '-', starting with a letter or digit";
+             "; a " + w + " is letters, digits, '.', '_' and '-', starting with a letter or digit";
     }
   }
   return std::nullopt;
+}
+
+std::optional<std::string> check_ca_name(std::string_view name) {
+  return check_safe_name(name, "CA name");
 }
 
 }  // namespace fleetsign::engine

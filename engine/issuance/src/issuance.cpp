@@ -11,7 +11,7 @@ namespace {
 
 // The first unfinished one-item batch of this CA and CSR, else the first free ID: a request
 // interrupted after its certificate was recorded resumes, a finished one is never reopened.
-std::string single_batch_id(Registry& registry, const SingleIssueRequest& request) {
+std::string single_batch_id(Stores& registry, const SingleIssueRequest& request) {
   Der key(request.ca_name.begin(), request.ca_name.end());
   key.push_back(0);
   key.insert(key.end(), request.csr_der.begin(), request.csr_der.end());
@@ -25,7 +25,7 @@ std::string single_batch_id(Registry& registry, const SingleIssueRequest& reques
 
 }  // namespace
 
-Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
+Result<SingleIssueResult> issue_single(Stores& registry, CaService& cas,
                                        const policy::Policy& policy, const Clock& clock,
                                        RandomSource& random, const SingleIssueRequest& request) {
   // 1. A one-item batch: the same steps, checks and recovery as any batch.

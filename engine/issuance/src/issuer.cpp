@@ -15,7 +15,7 @@
 
 #include "der.hpp"
 #include "fixed_key_verifier.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "oids.hpp"

@@ -34,8 +34,6 @@ using Poco::Data::Statement;
 
 namespace {
 
-using registry_detail::actor;
-using registry_detail::stamp;
 using registry_detail::to_bytes;
 using registry_detail::translate;
 
@@ -167,14 +165,19 @@ std::string_view cert_state_name(CertState state) noexcept {
   return index < kStateNames.size() ? kStateNames[index] : "unknown";
 }
 
-std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file) {
+std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
+                                         RegistryOptions options) {
+  if (!options.now) {
+    options.now = [] { return static_cast<std::int64_t>(std::time(nullptr)); };
+  }
   static std::once_flag registered;
   std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
   const std::string what = "opening registry " + file.string();
   try {
     // Poco's login timeout retries a failed open for that many seconds (a missing directory
     // would hang for a minute); 0 fails at once. Lock waits are busy_timeout's job.
-    auto impl = std::make_unique<Impl>(Session("SQLite", file.string(), 0), file.string());
+    auto impl = std::make_unique<Impl>(Session("SQLite", file.string(), 0), file.string(),
+                                       std::move(options));
     impl->exec("PRAGMA busy_timeout = 10000");
     std::string mode;
     impl->m_session << "PRAGMA journal_mode = WAL", kw::into(mode), kw::now;
@@ -263,7 +266,7 @@ void Registry::record_intents(std::span<const CertIntent> intents) {
           "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, state, subject, "
           "not_before, not_after, der, lot, line, site, operator, created_at) "
           "VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
-      const std::int64_t now = stamp(0);
+      const std::int64_t now = m_impl->stamp(0);
       for (const auto& i : intents) {
         bind_text(st, 1, i.serial);
         bind_text(st, 2, i.device_id);
@@ -335,7 +338,7 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
           "primary_not_after = CASE WHEN devices.primary_serial = '' "
           "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
           "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at");
-      const std::int64_t now = stamp(0);
+      const std::int64_t now = m_impl->stamp(0);
       for (const auto& c : certs) {
         sqlite3_bind_blob(issue, 1, c.der.data(), static_cast<int>(c.der.size()), SQLITE_STATIC);
         bind_text(issue, 2, c.sha1);
@@ -468,8 +471,9 @@ void Registry::create_batch(const BatchRecord& batch) {
     m_impl->m_session << "INSERT INTO batches (" << kBatchColumns
                       << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         kw::bind(batch.id), kw::bind(batch.ca_name), kw::bind(batch.params_json), kw::bind(state),
-        kw::bind(stamp(batch.created_at)), kw::bind(batch.finished_at), kw::bind(batch.issued),
-        kw::bind(batch.rejected), kw::bind(batch.watermark), kw::bind(batch.offsets_json), kw::now;
+        kw::bind(m_impl->stamp(batch.created_at)), kw::bind(batch.finished_at),
+        kw::bind(batch.issued), kw::bind(batch.rejected), kw::bind(batch.watermark),
+        kw::bind(batch.offsets_json), kw::now;
   });
 }
 
@@ -515,7 +519,7 @@ void Registry::audit(const std::string& action, const std::string& subject,
   m_impl->write("appending audit entry '" + action + "'", [&] {
     m_impl->m_session << "INSERT INTO audit (at, actor, action, subject, detail) "
                          "VALUES (?, ?, ?, ?, ?)",
-        kw::bind(stamp(0)), kw::bind(actor()), kw::bind(action), kw::bind(subject),
+        kw::bind(m_impl->stamp(0)), kw::bind(m_impl->actor()), kw::bind(action), kw::bind(subject),
         kw::bind(detail), kw::now;
   });
 }

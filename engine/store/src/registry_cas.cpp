@@ -10,7 +10,6 @@ namespace fleetsign::engine {
 
 namespace {
 
-using registry_detail::stamp;
 using registry_detail::to_bytes;
 
 struct PendingRow {
@@ -53,7 +52,7 @@ void Registry::add_pending_ca(const PendingCa& pending) {
     if (count(m_impl->m_session, "SELECT COUNT(*) FROM cas WHERE name = ?", pending.name) != 0) {
       throw Error(ErrorCode::kAlreadyExists, "CA '" + pending.name + "' already exists");
     }
-    const std::int64_t at = stamp(pending.created_at);
+    const std::int64_t at = m_impl->stamp(pending.created_at);
     m_impl->m_session << "INSERT INTO pending_cas (name, key_uri, created_at) VALUES (?, ?, ?)",
         kw::bind(pending.name), kw::bind(pending.key_uri), kw::bind(at), kw::now;
   });
@@ -98,7 +97,7 @@ void Registry::record_ca_cert_intent(const CaCertIntent& intent) {
       throw Error(ErrorCode::kAlreadyExists, "serial 0x" + intent.serial + " is already used");
     }
     const BLOB tbs(intent.tbs_der);
-    const std::int64_t at = stamp(0);
+    const std::int64_t at = m_impl->stamp(0);
     m_impl->m_session << "INSERT INTO ca_certificates (serial, kind, subject_name, issuer_ca, "
                          "state, tbs_der, created_at) VALUES (?, ?, ?, ?, 'intent', ?, ?)",
         kw::bind(intent.serial), kw::bind(intent.kind), kw::bind(intent.subject_name),

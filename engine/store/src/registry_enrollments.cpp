@@ -8,8 +8,6 @@
 
 namespace fleetsign::engine {
 
-using registry_detail::actor;
-using registry_detail::stamp;
 using registry_detail::to_bytes;
 
 std::string_view slot_name(Slot slot) noexcept {
@@ -94,11 +92,11 @@ void bind_all(Statement& st, const std::vector<std::string>& params) {
   }
 }
 
-void audit_row(Session& session, const std::string& action, const std::string& subject,
+void audit_row(Registry::Impl& impl, const std::string& action, const std::string& subject,
                const std::string& detail) {
-  const std::int64_t at = stamp(0);
-  const std::string who = actor();
-  session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+  const std::int64_t at = impl.stamp(0);
+  const std::string& who = impl.actor();
+  impl.m_session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
       kw::bind(at), kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
 }
 
@@ -118,7 +116,7 @@ std::string individual_detail(const IndividualEnrollment& ie) {
 void Registry::save_group(const EnrollmentGroup& g, const std::string& action, bool create) {
   m_impl->write(
       (create ? "creating" : "updating") + std::string(" enrollment group '") + g.name + "'", [&] {
-        const std::int64_t now = stamp(0);
+        const std::int64_t now = m_impl->stamp(0);
         const std::int64_t enabled = g.enabled ? 1 : 0;
         // NULL, not '', for a free slot: the columns reference cas(name).
         const std::optional<std::string> primary =
@@ -142,7 +140,7 @@ void Registry::save_group(const EnrollmentGroup& g, const std::string& action, b
                kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(g.name));
           Impl::expect_row(st, "enrollment group '" + g.name + "'");
         }
-        audit_row(m_impl->m_session, action, g.name, group_detail(g));
+        audit_row(*m_impl, action, g.name, group_detail(g));
       });
 }
 
@@ -165,7 +163,7 @@ void Registry::save_individual(const IndividualEnrollment& ie, const std::string
   m_impl->write((create ? "creating" : "updating") + std::string(" individual enrollment '") +
                     ie.registration_id + "'",
                 [&] {
-                  const std::int64_t now = stamp(0);
+                  const std::int64_t now = m_impl->stamp(0);
                   const std::int64_t enabled = ie.enabled ? 1 : 0;
                   BLOB primary(ie.primary_cert), secondary(ie.secondary_cert);
                   if (create) {
@@ -185,7 +183,7 @@ void Registry::save_individual(const IndividualEnrollment& ie, const std::string
                          kw::bind(ie.registration_id));
                     Impl::expect_row(st, "individual enrollment '" + ie.registration_id + "'");
                   }
-                  audit_row(m_impl->m_session, action, ie.registration_id, individual_detail(ie));
+                  audit_row(*m_impl, action, ie.registration_id, individual_detail(ie));
                 });
 }
 

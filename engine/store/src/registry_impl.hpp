@@ -29,16 +29,6 @@ using Poco::Data::Statement;
 
 namespace registry_detail {
 
-// A given timestamp is kept (imports, injected clocks in tests); zero means "now".
-inline std::int64_t stamp(std::int64_t given) {
-  return given != 0 ? given : static_cast<std::int64_t>(std::time(nullptr));
-}
-
-inline std::string actor() {
-  const char* user = std::getenv("USER");
-  return user != nullptr && *user != '\0' ? user : "unknown";
-}
-
 inline Error translate(const std::string& what, const Poco::Exception& e) {
   namespace sqlite = Poco::Data::SQLite;
   ErrorCode code = ErrorCode::kRegistryError;
@@ -90,8 +80,14 @@ struct Registry::Impl {
   // (kAlreadyExists for a UNIQUE/PK conflict, kRegistryBusy when locked). Returns changed rows.
   int step(sqlite3_stmt* st, const std::string& what);
 
-  Impl(Session session, std::string file)
-      : m_session(std::move(session)), m_file(std::move(file)) {}
+  RegistryOptions m_options;  // the injected clock and the audit actor
+
+  // A given timestamp is kept (imports, records made with the caller's clock); zero means now.
+  std::int64_t stamp(std::int64_t given) const { return given != 0 ? given : m_options.now(); }
+  const std::string& actor() const { return m_options.actor; }
+
+  Impl(Session session, std::string file, RegistryOptions options)
+      : m_session(std::move(session)), m_file(std::move(file)), m_options(std::move(options)) {}
 
   void exec(const std::string& sql) { m_session << sql, kw::now; }
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/hsm/token.hpp"
 
 namespace fleetsign::engine {
@@ -25,7 +25,7 @@ namespace fleetsign::engine {
 // `private_token` (the home's embedded SoftHSM2 token, where every key is fleetsign's), also
 // destroys key objects without an ID: SoftHSM2 writes a new object before its
 // attributes, so a kill inside key generation can leave one. Returns one line per action.
-std::vector<std::string> recover_pending_cas(Registry& registry, hsm::Token& token,
+std::vector<std::string> recover_pending_cas(Stores& registry, hsm::Token& token,
                                              bool private_token);
 
 struct TokenInventory {
@@ -33,12 +33,12 @@ struct TokenInventory {
   std::vector<CaRecord> cas_without_key;  // CA rows whose key is not in the token
   std::vector<PendingCa> pending;         // interrupted creations not yet cleaned up
 };
-TokenInventory take_inventory(Registry& registry, hsm::Token& token);
+TokenInventory take_inventory(Stores& registry, hsm::Token& token);
 
 // Error(kRegistryMissing) when the registry at `registry_file` records no CA (and no pending
 // one) while the token holds private keys: the registry was lost or replaced, and a new CA
 // would be a second key beside unreachable ones. Only for a token private to this home.
-void refuse_registry_without_cas(Registry& registry, hsm::Token& token,
+void refuse_registry_without_cas(Stores& registry, hsm::Token& token,
                                  const std::filesystem::path& registry_file);
 
 }  // namespace fleetsign::engine

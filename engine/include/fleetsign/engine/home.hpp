@@ -65,7 +65,7 @@ class Home final {
   policy::Policy load_policy() const;
   // Opens the registry. Only `init` creates one: a missing or empty registry.db in a home is
   // Error(kRegistryMissing) — re-creating it would orphan every CA key in the token.
-  std::unique_ptr<Registry> open_registry() const;
+  std::unique_ptr<Registry> open_registry(RegistryOptions options = {}) const;
   // Opens the token and logs in. For the embedded token, first restores a token.object that a
   // kill left truncated (a line per file restored is appended to `notices`, when given), and
   // after the login refreshes the verified copies. Errors: those of hsm::Token::open, and

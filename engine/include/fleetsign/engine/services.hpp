@@ -42,7 +42,12 @@ class Services final {
 
   Home& home() noexcept { return m_home; }
   const policy::Policy& policy();
-  Registry& registry();
+  // The registry's stores (the home's SQLite backend, or what a test's wrapper made of it).
+  Stores& stores();
+  // Tests wrap the backend, e.g. to inject faults (tests/support/fault_stores.hpp): called once,
+  // when the stores are first opened; the wrapper is used from then on. Set it before first use.
+  using StoresWrapper = std::function<std::unique_ptr<Stores>(Stores& backend)>;
+  void wrap_stores(StoresWrapper wrapper) { m_wrap_stores = std::move(wrapper); }
   // The token, opened the one safe way on first use (token_session.hpp): the home is locked
   // (kHomeBusy unless set_wait_for_lock), damaged token metadata restored, the PIN taken from the
   // PinSource, interrupted CA creations cleaned up, and a registry without CAs beside a token
@@ -51,6 +56,9 @@ class Services final {
   // The same without the last check: for commands that inspect that mismatch (`ca orphans`).
   hsm::Token& token_for_inspection();
   void set_wait_for_lock(bool wait) noexcept { m_wait_for_lock = wait; }
+  // Who acts, as the audit log records it (the front end knows: a user, an operator's
+  // certificate). Set before the stores are first opened.
+  void set_actor(std::string actor) { m_actor = std::move(actor); }
   // What opening the token restored or cleaned up, one line each, for the front end to show.
   const std::vector<std::string>& notices() const noexcept { return m_notices; }
   CaService& cas();  // the CA hierarchy over registry, token, policy, clock and random
@@ -64,10 +72,13 @@ class Services final {
   std::unique_ptr<RandomSource> m_random;
   std::optional<policy::Policy> m_policy;
   std::unique_ptr<Registry> m_registry;
+  StoresWrapper m_wrap_stores;
+  std::unique_ptr<Stores> m_wrapped;              // set when a wrapper is
   std::unique_ptr<TokenSession> m_token_session;  // the home lock and the token
   std::unique_ptr<CaService> m_cas;
   std::vector<std::string> m_notices;
   bool m_wait_for_lock = false;
+  std::string m_actor = "unknown";
   hsm::Token& open_token(bool check_registry);
 };
 

@@ -16,7 +16,7 @@
 
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/home_lock.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/hsm/pin.hpp"
 #include "fleetsign/hsm/token.hpp"
 
@@ -34,7 +34,7 @@ struct TokenSession {
 };
 
 // `pin` is asked only once the lock is held (a busy home fails before any prompt).
-TokenSession open_token_session(const Home& home, Registry& registry,
+TokenSession open_token_session(const Home& home, Stores& registry,
                                 const std::function<hsm::Pin()>& pin,
                                 const TokenSessionOptions& options);
 

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/engine/x509.hpp"
 
 namespace fleetsign::engine {
@@ -48,7 +48,7 @@ struct AuthDecision {
 class Authenticator final {
  public:
   // Loads groups and CAs from the registry and validates every registry CA's path once.
-  explicit Authenticator(Registry& registry);
+  explicit Authenticator(Stores& registry);
   ~Authenticator();
   Authenticator(const Authenticator&) = delete;  // owns OpenSSL stores and verifiers
   Authenticator& operator=(const Authenticator&) = delete;

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 
 namespace fleetsign::engine {
 
@@ -33,7 +33,7 @@ struct ExportSummary {
 
 // `group` empty = everything; else only that enrollment group (kNotFound when unknown) and no
 // individual enrollments.
-ExportSummary export_dps(Registry& registry, const std::string& group, std::ostream& out);
-ExportSummary export_iothub(Registry& registry, const std::string& group, std::ostream& out);
+ExportSummary export_dps(Stores& registry, const std::string& group, std::ostream& out);
+ExportSummary export_iothub(Stores& registry, const std::string& group, std::ostream& out);
 
 }  // namespace fleetsign::engine

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "fleetsign/engine/clock.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/policy/policy.hpp"
 
@@ -48,7 +48,7 @@ SlotCredential credential_from_thumbprint(std::string_view hex);
 // and whose key verifies its signature, else none. It starts unverified (`ca verify` works for it).
 // kInvalidArgument unless it is a CA certificate (basicConstraints CA:TRUE); kAlreadyExists when
 // the name is taken. Audited as "ca.import".
-CaRecord import_external_ca(Registry& registry, const Clock& clock, const std::string& name,
+CaRecord import_external_ca(Stores& registry, const Clock& clock, const std::string& name,
                             const Der& cert);
 inline bool is_external(const CaRecord& ca) noexcept { return ca.key_uri.empty(); }
 
@@ -58,7 +58,7 @@ inline bool is_external(const CaRecord& ca) noexcept { return ca.key_uri.empty()
 class GroupIndex final {
  public:
   GroupIndex(const std::vector<CaRecord>& cas, const std::vector<EnrollmentGroup>& groups);
-  static GroupIndex load(Registry& registry);
+  static GroupIndex load(Stores& registry);
 
   // The group of a CA; nullptr when its chain reaches no group's slot CA.
   const EnrollmentGroup* group_of_ca(const std::string& ca_name) const;
@@ -78,7 +78,7 @@ class GroupIndex final {
 
 class EnrollmentService final {
  public:
-  EnrollmentService(Registry& registry, const policy::Policy& policy, const Clock& clock);
+  EnrollmentService(Stores& registry, const policy::Policy& policy, const Clock& clock);
 
   // --- groups. Names: letters, digits, '-', '.', '_' (1..128), as DPS's enrollmentGroupId.
   EnrollmentGroup create_group(const std::string& name, const std::string& primary_ca,
@@ -104,7 +104,7 @@ class EnrollmentService final {
  private:
   CaRecord slot_ca(const std::string& ca_name) const;
   void check_id(const std::string& id) const;
-  Registry& m_registry;
+  Stores& m_registry;
   const policy::Policy& m_policy;
   const Clock& m_clock;
 };
@@ -128,7 +128,7 @@ struct SelfSignedDevice {
 };
 // kDeviceIdInvalid for a bad ID, kPolicyInvalid for a key the policy does not allow,
 // kInvalidArgument for days <= 0.
-SelfSignedDevice make_self_signed_device(Registry& registry, const policy::Policy& policy,
+SelfSignedDevice make_self_signed_device(Stores& registry, const policy::Policy& policy,
                                          const Clock& clock, RandomSource& random,
                                          const std::string& device_id, policy::KeyAlgorithm key,
                                          std::optional<int> days);

@@ -26,7 +26,7 @@
 
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/enrollment.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/policy/policy.hpp"
 
 namespace fleetsign::engine {
@@ -117,7 +117,7 @@ ExpiryReport build_expiry_report(const ExpiryInputs& inputs, const policy::Polic
                                  std::int64_t now, const ExpiryOptions& options);
 
 // Reads the registry (one indexed scan of the devices due) and builds the report.
-ExpiryReport expiry_report(Registry& registry, const policy::Policy& policy, const Clock& clock,
+ExpiryReport expiry_report(Stores& registry, const policy::Policy& policy, const Clock& clock,
                            const ExpiryOptions& options);
 
 }  // namespace fleetsign::engine

@@ -21,7 +21,7 @@
 #include "fleetsign/engine/ca.hpp"
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/issuer.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/hsm/pin.hpp"
 #include "fleetsign/policy/policy.hpp"
 
@@ -63,11 +63,12 @@ struct BatchOptions {
   std::string out_dir;  // unused with Delivery::kReturned
   Delivery delivery = Delivery::kBatchDirectory;
   Lineage lineage;
-  int threads = 0;        // 0: all cores
-  bool bundle = false;    // one PEM + one JSON-lines stream instead of files per device
-  bool pfx = false;       // {id}.pfx per generated device
-  bool reissue = false;   // issue even when the device holds a valid certificate
-  int chunk_size = 1024;  // devices per registry transaction: amortises the commit's fsync
+  int threads = 0;            // 0: all cores
+  bool bundle = false;        // one PEM + one JSON-lines stream instead of files per device
+  bool pfx = false;           // {id}.pfx per generated device
+  bool reissue = false;       // issue even when the device holds a valid certificate
+  int chunk_size = 1024;      // devices per registry transaction: amortises the commit's fsync
+  int chunks_per_thread = 0;  // chunks in flight per thread (0: the default, 4); for tuning
   std::function<void(const BatchProgress&)> progress;  // called in order, from one thread
 };
 
@@ -85,6 +86,8 @@ struct BatchSummary {
   bool resumed = false;
   bool already_finished = false;  // nothing to do: the batch had finished before
   bool clamped = false;           // validity clamped to the CA's expiry
+  // Busy seconds per pipeline stage (read, prepare, intents, sign, commit, render, write).
+  std::vector<std::pair<std::string, double>> stage_seconds;
   // Delivery::kDeviceFiles and kReturned only (one-item batches): what was delivered, and the
   // first reject with its reason.
   std::vector<SignedCert> delivered;
@@ -97,7 +100,7 @@ class BatchRunner final {
  public:
   // The references must outlive the runner. `pfx_password` is needed only with pfx: it must be
   // non-empty and hold no NUL byte (kInvalidArgument), so no key leaves unprotected.
-  BatchRunner(Registry& registry, CaService& cas, const policy::Policy& policy, const Clock& clock,
+  BatchRunner(Stores& registry, CaService& cas, const policy::Policy& policy, const Clock& clock,
               RandomSource& random);
 
   // Starts a new batch (or, when options.batch_id names an existing batch, resumes it / reports
@@ -115,7 +118,7 @@ class BatchRunner final {
  private:
   BatchSummary execute(const BatchRecord& record, const BatchOptions& options,
                        const hsm::Pin* pfx_password, bool resumed, std::int64_t abandoned);
-  Registry& m_registry;
+  Stores& m_registry;
   CaService& m_cas;
   const policy::Policy& m_policy;
   const Clock& m_clock;
@@ -124,7 +127,7 @@ class BatchRunner final {
 
 // True when the recorded batch writes .pfx files, so a resume needs the PKCS#12 password.
 // kNotFound when there is no such batch.
-bool needs_pfx_password(Registry& registry, const std::string& batch_id);
+bool needs_pfx_password(Stores& registry, const std::string& batch_id);
 
 // Expands an id pattern: "sensor-{06}" with n = 7 → "sensor-000007"; "{}" → "7".
 // Throws Error(kInvalidArgument) when the pattern has not exactly one {..} placeholder or its

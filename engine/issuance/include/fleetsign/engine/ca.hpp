@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "fleetsign/engine/clock.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/hsm/token.hpp"
 #include "fleetsign/policy/policy.hpp"
@@ -33,7 +33,7 @@ hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept;
 
 class CaService final {
  public:
-  CaService(Registry& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
+  CaService(Stores& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
             RandomSource& random);
 
   // Records the CA as pending (name + the CKA_ID it is about to use), generates the key in the
@@ -67,7 +67,7 @@ class CaService final {
   hsm::KeyRef begin_key(const std::string& name);
   std::string record_intent(X509* cert, const std::string& kind, const std::string& subject_name,
                             const std::string& issuer);
-  Registry& m_registry;
+  Stores& m_registry;
   hsm::Token& m_token;
   const policy::Policy& m_policy;
   const Clock& m_clock;
@@ -78,7 +78,7 @@ class CaService final {
 // certificate's key, CN = code, within validity) and marks the CA verified. Needs no token.
 // Errors: kNotFound, kVerificationSignatureInvalid, kVerificationCodeMismatch,
 // kCertificateMalformed.
-void verify_possession(Registry& registry, const Clock& clock, const std::string& ca_name,
+void verify_possession(Stores& registry, const Clock& clock, const std::string& ca_name,
                        const std::string& code, const Der& cert);
 
 }  // namespace fleetsign::engine

@@ -32,5 +32,8 @@ std::optional<std::string> chain_forbids_ca(const std::vector<ChainLink>& issuer
 // starting with a letter or digit. Names appear in audit lines, JSON, file names and key labels,
 // so a newline, quote, slash or space is refused rather than escaped everywhere.
 std::optional<std::string> check_ca_name(std::string_view name);
+// The same alphabet for any name that becomes a file name or a line of output (batch IDs):
+// 1-64 of letters, digits, '.', '_', '-', starting with a letter or digit. `what` names it.
+std::optional<std::string> check_safe_name(std::string_view name, std::string_view what);
 
 }  // namespace fleetsign::engine

@@ -9,7 +9,7 @@
 
 #include "fleetsign/engine/ca.hpp"
 #include "fleetsign/engine/issuer.hpp"
-#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "fleetsign/result.hpp"
 
 namespace fleetsign::engine {
@@ -40,7 +40,7 @@ struct SingleIssueResult {
 // (token, registry, output I/O) throw. The certificate is recorded before any file is written.
 // With out_dir, the batch ID is derived from the CA and the CSR ("single-<hash>-<n>"), so the
 // same request after an interrupted run resumes that run (never a second serial for it).
-Result<SingleIssueResult> issue_single(Registry& registry, CaService& cas,
+Result<SingleIssueResult> issue_single(Stores& registry, CaService& cas,
                                        const policy::Policy& policy, const Clock& clock,
                                        RandomSource& random, const SingleIssueRequest& request);
 

@@ -1,0 +1,298 @@
+// The registry's contracts: the records fleetsign keeps (CAs, certificates and their intents,
+// batches, enrollments and devices, the audit log, jobs) and one narrow interface per kind of
+// record. Components take the narrowest contract they need; a backend (SQLite's Registry in
+// registry.hpp, PostgreSQL later) implements them all as `Stores`, and tests wrap a real backend
+// to inject faults (tests/support/fault_stores.hpp).
+//
+// Durability: every write method is one transaction unless it says otherwise; a committed
+// transaction survives kill -9 and power loss. Failures throw Error(kRegistryError,
+// kRegistryBusy, kAlreadyExists, kNotFound) whose message says what was being written
+// ("recording 512 intents (first serial 0x…): database is locked").
+// Thread safety: an implementation is one connection, not thread-safe: one per thread, or guarded.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace fleetsign::engine {
+
+struct CaRecord {
+  std::string name;
+  std::string parent;    // empty for a root
+  std::string subject;   // one-line DN, openssl -subj form
+  std::string key_uri;   // RFC 7512
+  std::string key_type;  // "ec-p256", …
+  std::vector<std::uint8_t> cert_der;
+  std::int64_t not_before = 0;  // unix seconds
+  std::int64_t not_after = 0;
+  std::string sha1;  // upper-case hex thumbprints
+  std::string sha256;
+  bool verified = false;  // proof of possession checked (`ca verify`)
+  std::int64_t created_at = 0;
+};
+
+// Where a device certificate came from; recorded with every certificate.
+struct Lineage {
+  std::string lot, line, site, operator_name;
+};
+
+enum class CertState { kIntent, kIssued, kAbandoned, kRevoked };
+std::string_view cert_state_name(CertState state) noexcept;  // "intent", "issued", …
+
+// Step 1 of issuance: the serial and the intended certificate, committed before the token signs.
+struct CertIntent {
+  std::string serial;  // upper-case hex, no leading zeros dropped (as encoded), unique
+  std::string device_id;
+  std::string ca_name;
+  std::string batch_id;  // empty for a single `issue --csr`
+  std::int64_t seq = 0;  // input position within the batch (0-based); 0 for single issues
+  std::string subject;
+  std::int64_t not_before = 0;
+  std::int64_t not_after = 0;
+  std::vector<std::uint8_t> tbs_der;  // enough to rebuild/inspect what was meant
+  Lineage lineage;
+};
+
+// Step 3: the signed certificate for an intent.
+struct IssuedCert {
+  std::string serial;
+  std::vector<std::uint8_t> der;
+  std::string sha1, sha256;  // upper-case hex
+};
+
+struct CertRecord {
+  std::string serial, device_id, ca_name, batch_id;
+  std::int64_t seq = 0;
+  CertState state = CertState::kIntent;
+  std::string subject;
+  std::int64_t not_before = 0, not_after = 0;
+  std::string sha1, sha256;
+  std::vector<std::uint8_t> der;  // certificate DER when issued, TBS DER while an intent
+  Lineage lineage;
+  std::int64_t created_at = 0;
+};
+
+struct BatchRecord {
+  std::string id;
+  std::string ca_name;
+  std::string params_json;  // everything needed to resume (inputs, output dir, options)
+  std::string state;        // "running" | "finished"
+  std::int64_t created_at = 0, finished_at = 0;
+  std::int64_t issued = 0, rejected = 0;
+  std::int64_t watermark = -1;  // highest input seq whose outputs are completely written
+  std::string offsets_json;     // output stream sizes at the watermark
+};
+
+// Enrollments mirror Azure DPS: a group trusts devices whose chain leads to the CA in its primary
+// or secondary slot; an individual enrollment trusts one device by the certificate (or SHA-256
+// thumbprint) in its primary or secondary slot. A disabled individual enrollment refuses its device
+// even when an enabled group would accept it.
+enum class Slot { kPrimary, kSecondary };
+std::string_view slot_name(Slot slot) noexcept;  // "primary" | "secondary"
+
+struct EnrollmentGroup {
+  std::string name;
+  bool enabled = true;
+  std::string primary_ca, secondary_ca;  // CA names in this registry; empty = free slot
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+struct IndividualEnrollment {
+  std::string registration_id;
+  bool enabled = true;
+  std::vector<std::uint8_t> primary_cert, secondary_cert;  // DER; empty when only a thumbprint
+  std::string primary_sha256, secondary_sha256;            // upper-case hex; empty = free slot
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+// A device as the registry knows it: the certificate in each slot. Issuance fills the primary slot
+// of a new device, or the secondary slot of a known one (rollover jobs alternate them later).
+struct DeviceRecord {
+  std::string registration_id;
+  std::string primary_serial, secondary_serial;  // empty = free slot
+  std::int64_t primary_not_after = 0, secondary_not_after = 0;
+  std::string ca_name;  // issuer of the newest certificate
+  std::string lot;
+  std::string status;  // "enabled" | "disabled"
+  std::int64_t created_at = 0, updated_at = 0;
+};
+
+struct DeviceFilter {
+  std::vector<std::string> ca_names;  // empty = any
+  std::string lot;                    // empty = any
+  std::int64_t limit = 0;             // 0 = no limit
+};
+
+// One row of the expiry scan: a device certificate in a slot expiring before `until`.
+struct ExpiringCert {
+  std::string registration_id, serial, ca_name, lot;
+  Slot slot = Slot::kPrimary;
+  std::int64_t not_after = 0;
+};
+
+// A CA being created: recorded (committed) before its token key is generated, dropped in the
+// transaction that records the CA. A row left behind means a creation was interrupted.
+struct PendingCa {
+  std::string name;
+  std::string key_uri;  // RFC 7512 URI of the key about to be made (its CKA_ID chosen up front)
+  std::int64_t created_at = 0;
+};
+
+// Step 1 for a CA or verification certificate: serial and TBS, committed before the token signs.
+// Kept in `ca_certificates`, a sibling of the device certificates table; a serial is unique
+// across both tables.
+struct CaCertIntent {
+  std::string serial;        // upper-case hex, as encoded
+  std::string kind;          // "ca" | "verification"
+  std::string subject_name;  // the CA's name ("ca"), the verification code ("verification")
+  std::string issuer_ca;     // the signing CA's name; a root names itself
+  std::vector<std::uint8_t> tbs_der;
+};
+
+struct CaCertRecord {
+  std::string serial, kind, subject_name, issuer_ca;
+  std::string state;              // "intent" | "issued" | "abandoned"
+  std::vector<std::uint8_t> der;  // certificate DER when issued, TBS DER otherwise
+  std::int64_t created_at = 0;
+};
+
+struct AuditEntry {
+  std::int64_t id = 0;
+  std::int64_t at = 0;
+  std::string actor, action, subject, detail;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The contracts.
+
+// The CA hierarchy's records.
+class CaStore {
+ public:
+  virtual ~CaStore() = default;
+  virtual void add_ca(const CaRecord& ca) = 0;  // kAlreadyExists when the name is taken
+  virtual std::optional<CaRecord> find_ca(const std::string& name) = 0;
+  virtual std::vector<CaRecord> list_cas() = 0;  // by created_at
+  virtual void set_ca_verified(const std::string& name, bool verified) = 0;
+
+  // CA creation survives kill -9 (ca_recovery.hpp): a pending row is committed before the key
+  // is made, and the CA row replaces it in one transaction.
+  // kAlreadyExists when a CA or a pending CA has that name.
+  virtual void add_pending_ca(const PendingCa& pending) = 0;
+  virtual std::vector<PendingCa> list_pending_cas() = 0;
+  // One transaction: the pending row goes, and the CA's certificate intents become abandoned.
+  virtual void drop_pending_ca(const std::string& name) = 0;
+  // One transaction: the CA row, its certificate intent (serial) becomes issued, the pending row
+  // goes. kAlreadyExists when the name is taken; kRegistryError when the intent is not open.
+  virtual void complete_ca(const CaRecord& ca, const std::string& serial) = 0;
+
+  // CA and verification certificates: intent (serial + TBS) before the token signs, like device
+  // certificates. kAlreadyExists when the serial is in either certificates table.
+  virtual void record_ca_cert_intent(const CaCertIntent& intent) = 0;
+  // The intent becomes issued with its DER (kRegistryError when it is not an open intent).
+  virtual void record_ca_cert_issued(const std::string& serial,
+                                     const std::vector<std::uint8_t>& der) = 0;
+  virtual void abandon_ca_cert_intent(const std::string& serial) = 0;
+  virtual std::optional<CaCertRecord> find_ca_cert(const std::string& serial) = 0;
+  virtual std::vector<CaCertRecord> ca_certs_of(const std::string& subject_name) = 0;
+};
+
+// Certificates and their intents: the exactly-once record of issuance.
+class CertificateStore {
+ public:
+  virtual ~CertificateStore() = default;
+  // One transaction for the whole span. A serial already present (in any state) makes the whole
+  // call fail with Error(kAlreadyExists) naming it, and nothing is written.
+  virtual void record_intents(std::span<const CertIntent> intents) = 0;
+  // One transaction: each serial must be in state intent; it becomes issued with its DER and
+  // thumbprints, and fills its device's slot. Any other state is Error(kRegistryError) and
+  // nothing is written.
+  virtual void record_issued(std::span<const IssuedCert> certs) = 0;
+  // Marks every intent of `batch_id` abandoned (their serials stay, never reused). Returns count.
+  virtual std::int64_t abandon_intents(const std::string& batch_id) = 0;
+  virtual std::optional<CertRecord> find_cert(const std::string& serial) = 0;
+  virtual std::optional<CertState> cert_state(const std::string& serial) = 0;
+  // Of `device_ids`, those that hold an issued certificate valid at `now` (not_after > now).
+  virtual std::vector<std::string> devices_with_valid_cert(std::span<const std::string> device_ids,
+                                                           std::int64_t now) = 0;
+  // Issued certificates of a batch with seq > after_seq, ordered by seq.
+  virtual std::vector<CertRecord> batch_issued_after(const std::string& batch_id,
+                                                     std::int64_t after_seq) = 0;
+  // Device IDs with an issued certificate in a batch (resume rebuilds its duplicate check).
+  virtual std::vector<std::string> batch_device_ids(const std::string& batch_id) = 0;
+  // Counts by state for a batch (or for everything when batch_id is empty).
+  virtual std::int64_t count_certs(const std::string& batch_id, CertState state) = 0;
+  virtual std::vector<CertRecord> certs_of_device(const std::string& device_id) = 0;
+};
+
+// Issuance runs: parameters to resume, progress, the output watermark.
+class BatchStore {
+ public:
+  virtual ~BatchStore() = default;
+  virtual void create_batch(const BatchRecord& batch) = 0;  // kAlreadyExists on a taken id
+  virtual std::optional<BatchRecord> find_batch(const std::string& id) = 0;
+  virtual std::vector<BatchRecord> list_batches() = 0;  // newest first
+  virtual void update_batch_progress(const std::string& id, std::int64_t watermark,
+                                     const std::string& offsets_json, std::int64_t issued,
+                                     std::int64_t rejected) = 0;
+  virtual void finish_batch(const std::string& id, std::int64_t finished_at) = 0;
+};
+
+// Enrollments (the DPS model) and devices with their slots. Each save writes its audit row in the
+// same transaction.
+class EnrollmentStore {
+ public:
+  virtual ~EnrollmentStore() = default;
+  virtual void save_group(const EnrollmentGroup& group, const std::string& action, bool create) = 0;
+  virtual std::optional<EnrollmentGroup> find_group(const std::string& name) = 0;
+  virtual std::vector<EnrollmentGroup> list_groups() = 0;
+  virtual void save_individual(const IndividualEnrollment& ie, const std::string& action,
+                               bool create) = 0;
+  virtual std::optional<IndividualEnrollment> find_individual(
+      const std::string& registration_id) = 0;
+  virtual std::vector<IndividualEnrollment> list_individuals() = 0;
+  // Point lookup for the authentication decision (thousands a second): the slots' thumbprints,
+  // not the certificates.
+  virtual std::optional<IndividualEnrollment> find_individual_slots(
+      const std::string& registration_id) = 0;
+  virtual std::optional<DeviceRecord> find_device(const std::string& registration_id) = 0;
+  virtual std::vector<DeviceRecord> list_devices(const DeviceFilter& filter) = 0;
+  virtual std::int64_t count_devices() = 0;
+  // Device certificates (current slots) with not_after < until, ordered by not_after.
+  virtual std::vector<ExpiringCert> expiring_device_certs(std::int64_t until,
+                                                          const DeviceFilter& filter) = 0;
+  // Latest not_after of the device certificates each CA issued (current slots only).
+  virtual std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() = 0;
+};
+
+// The append-only audit log.
+class AuditLog {
+ public:
+  virtual ~AuditLog() = default;
+  virtual void audit(const std::string& action, const std::string& subject,
+                     const std::string& detail) = 0;
+  virtual std::vector<AuditEntry> audit_log(std::int64_t limit) = 0;
+};
+
+// Persisted jobs (rollovers, revocation runs): filled by the jobs issue. Its version says which
+// job-store format a backend holds (0: none yet).
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+  virtual int job_store_version() = 0;
+};
+
+// Every contract at once: what start-up code hands to components that use several. A backend
+// (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
+class Stores : public CaStore,
+               public CertificateStore,
+               public BatchStore,
+               public EnrollmentStore,
+               public AuditLog,
+               public JobStore {};
+
+}  // namespace fleetsign::engine
