@@ -3,6 +3,8 @@
 // 13, 16): generated IDs pass the device-ID check, a foreign --out is refused, a .pfx password is
 // never empty or cut short, a resume needs only the batch ID and the secrets, and re-running a
 // finished batch answers as the run that completed it did.
+#include <Poco/Data/SQLite/Connector.h>
+#include <Poco/Data/Session.h>
 #include <gtest/gtest.h>
 
 #include "batch_support.hpp"
@@ -134,6 +136,32 @@ TEST_F(IssueInputs, ASingleIssueWhoseOutputFailedIsCompletedByTheSameCommandWith
   ASSERT_EQ(pems.size(), 1u);
   EXPECT_EQ(der_serial(pems[0]), normalize_serial(serial));
   EXPECT_TRUE(fs::exists(out / "single-dev_fullchain.pem"));
+}
+
+// Killed after the files were written and the watermark moved, before the batch finished: the
+// same command again answers with the recorded certificate (it once said "internal").
+TEST_F(IssueInputs, ASingleIssueKilledAfterItsOutputsButBeforeFinishingAnswersTheSameCommand) {
+  const fs::path csr = fleet.path("late.csr");
+  testing::write_file(csr, make_csr_pem("late-dev"));
+  const fs::path out = fleet.path("late-out");
+  const std::vector<std::string> args{"issue",      "--ca",  "int",        "--csr",
+                                      csr.string(), "--out", out.string(), "--json"};
+  const Outcome first = fleet.run(args);
+  ASSERT_EQ(first.exit_code(), 0) << first.describe();
+  const std::string serial = parse_json(first.out)->getValue<std::string>("serial");
+  {
+    // The state such a kill leaves: outputs written, watermark past them, batch still running.
+    Poco::Data::SQLite::Connector::registerConnector();
+    Poco::Data::Session raw("SQLite", (fleet.home() / "registry.db").string());
+    raw << "UPDATE batches SET state = 'running', finished_at = 0 WHERE id LIKE 'single-%'",
+        Poco::Data::Keywords::now;
+  }
+  const Outcome again = fleet.run(args);
+  ASSERT_EQ(again.exit_code(), 0) << again.describe();
+  const auto j = parse_json(again.out);
+  EXPECT_EQ(j->getValue<std::string>("serial"), serial);
+  EXPECT_TRUE(j->getValue<bool>("reemitted"));
+  EXPECT_EQ(fleet.registry()->certs_of_device("late-dev").size(), 1u) << "no second certificate";
 }
 
 TEST_F(IssueInputs, ASingleIssueIntoDevFullIsRefusedBeforeAnythingIsRecorded) {

@@ -83,5 +83,23 @@ TEST_F(ReviewEdges, ControlCharactersInSubjectsAndLineageAreRefused) {
   EXPECT_FALSE(fs::exists(dir.path() / "l" / "l-01_cert.pem"));
 }
 
+TEST_F(ReviewEdges, ASymlinkWhereADevicesFileGoesIsRefusedNotFollowed) {
+  const fs::path csr = dir.path() / "sym.csr";
+  ASSERT_EQ(testing::run("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                         "-subj /CN=dev-sym -keyout " +
+                         quoted((dir.path() / "sym.key").string()) + " -out " +
+                         quoted(csr.string()) + " 2>/dev/null"),
+            0);
+  const fs::path out = dir.path() / "sl";
+  fs::create_directories(out);
+  const fs::path victim = dir.path() / "victim.txt";
+  { std::ofstream(victim) << "precious\n"; }
+  fs::create_symlink(victim, out / "dev-sym_cert.pem");
+  const auto o =
+      bin.run("issue --ca int --csr " + quoted(csr.string()) + " --out " + quoted(out.string()));
+  EXPECT_EQ(o.status, 8) << o.err;
+  EXPECT_EQ(testing::read_file(victim), "precious\n");
+}
+
 }  // namespace
 }  // namespace fleetsign

@@ -264,8 +264,10 @@ void sync_directory(const fs::path& dir) {
   }
 }
 
+// O_NOFOLLOW: a symlink planted where a device's file goes is refused, never followed. A failed
+// write removes the file, so no empty or half-written file is left (a resume writes it again).
 void write_file(const fs::path& path, std::string_view data, mode_t mode, bool durable = false) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
   if (fd < 0) {
     throw Error(ErrorCode::kIo, path.string() + ": cannot be created: " + std::strerror(errno));
   }
@@ -273,9 +275,13 @@ void write_file(const fs::path& path, std::string_view data, mode_t mode, bool d
   ::fchmod(fd, mode);
   const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
                   (!durable || ::fsync(fd) == 0);
-  ::close(fd);
-  if (!ok) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be written");
+  int err = ok ? 0 : (errno != 0 ? errno : EIO);
+  if (::close(fd) != 0 && err == 0) {
+    err = errno;
+  }
+  if (err != 0) {
+    ::unlink(path.c_str());
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be written: " + std::strerror(err));
   }
 }
 

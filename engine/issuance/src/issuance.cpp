@@ -46,6 +46,17 @@ Result<SingleIssueResult> issue_single(Stores& registry, CaService& cas,
   BatchSummary s = runner.run(o, nullptr);
   // 2. A reject is this request's failure; the certificate otherwise.
   if (s.first_reject != ErrorCode::kOk) return fail(s.first_reject, s.first_reject_reason);
+  if (s.delivered.empty()) {
+    // Killed after its files were written and the watermark moved, before the batch finished:
+    // the run had nothing left to do. The recorded certificate is the answer.
+    auto recorded = registry.batch_issued_after(s.batch_id, -1);
+    if (recorded.size() == 1) {
+      CertRecord& r = recorded.front();
+      s.delivered.push_back(SignedCert{r.device_id, r.serial, std::move(r.der), r.sha1, r.sha256,
+                                       r.not_before, r.not_after});
+      s.reemitted = 1;
+    }
+  }
   if (s.delivered.size() != 1) {
     throw Error(ErrorCode::kInternal, "batch " + s.batch_id + " delivered " +
                                           std::to_string(s.delivered.size()) +
