@@ -41,6 +41,76 @@ void use_embedded_softhsm(const HomeConfig& config) {
   }
 }
 
+// The private SoftHSM2 configuration names its token directory by absolute path (SoftHSM2 has no
+// relative one): it is rewritten whenever the home is found elsewhere (moved, copied, restored
+// from a backup), so a home always uses its own tokens.
+std::string softhsm_conf_text(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path canonical = fs::weakly_canonical(dir, ec);
+  return "# fleetsign's private SoftHSM2 token store (never the system one)\n"
+         "directories.tokendir = " +
+         ((ec ? dir : canonical) / "tokens").string() +
+         "\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n";
+}
+
+void write_softhsm_conf(const fs::path& dir) {
+  const fs::path conf = dir / "softhsm2.conf";
+  const fs::path tmp = dir / "softhsm2.conf.tmp";
+  write_file(tmp, softhsm_conf_text(dir), fs::perms::owner_read | fs::perms::owner_write);
+  std::error_code ec;
+  fs::rename(tmp, conf, ec);
+  if (ec) {
+    throw Error(ErrorCode::kIo, conf.string() + ": cannot be written: " + ec.message());
+  }
+}
+
+void point_softhsm_conf_here(const HomeConfig& config) {
+  const fs::path conf = config.dir / *config.softhsm_conf;
+  std::string current;
+  try {
+    current = read_bounded(conf.string(), kConfigFileLimit, "SoftHSM2 configuration");
+  } catch (const Error&) {
+    // Missing or unreadable: written anew below.
+  }
+  if (current != softhsm_conf_text(config.dir)) {
+    write_softhsm_conf(config.dir);
+  }
+}
+
+// A directory where an `init` was killed before it wrote fleetsign.json: it holds only what init
+// makes, and its token no key (keys are made only in a home). Clear it so init can start again;
+// refuse if its token holds any object, whatever happened.
+void clear_interrupted_init(const fs::path& dir) {
+  std::error_code ec;
+  // Only what fleetsign's own init left: its SoftHSM2 configuration is the mark.
+  try {
+    const std::string conf =
+        read_bounded((dir / "softhsm2.conf").string(), kConfigFileLimit, "SoftHSM2 configuration");
+    if (conf.rfind("# fleetsign's private SoftHSM2 token store", 0) != 0) {
+      return;
+    }
+  } catch (const Error&) {
+    return;
+  }
+  const fs::path tokens = dir / "tokens";
+  if (fs::is_directory(tokens, ec)) {
+    for (const auto& token : fs::directory_iterator(tokens, ec)) {
+      for (const auto& f : fs::directory_iterator(token.path(), ec)) {
+        const std::string name = f.path().filename().string();
+        if (name != "token.object" && name != "token.lock" && name != "generation") {
+          throw Error(ErrorCode::kAlreadyExists,
+                      dir.string() + " holds a token with objects (" + f.path().string() +
+                          ") but no fleetsign.json: it is not a home fleetsign can re-initialise");
+        }
+      }
+    }
+  }
+  for (const char* name : {"tokens", "token-backup", "softhsm2.conf", "softhsm2.conf.tmp",
+                           "registry.db", "registry.db-wal", "registry.db-shm"}) {
+    fs::remove_all(dir / name, ec);
+  }
+}
+
 TokenStoreGuard token_guard(const HomeConfig& config) {
   return TokenStoreGuard(config.dir / "tokens", config.dir / "token-backup");
 }
@@ -59,6 +129,7 @@ HomeConfig Home::new_home_dir(const fs::path& dir) {
     throw Error(ErrorCode::kIo, config.dir.string() + ": cannot create: " + ec.message());
   }
   fs::permissions(config.dir, fs::perms::owner_all, ec);
+  clear_interrupted_init(config.dir);
   return config;
 }
 
@@ -74,13 +145,7 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
     config.softhsm_conf = "softhsm2.conf";
     fs::create_directories(config.dir / "tokens");
     fs::permissions(config.dir / "tokens", fs::perms::owner_all);
-    write_file(config.dir / "softhsm2.conf",
-               "# fleetsign's private SoftHSM2 token store (never the system one)\n"
-               "directories.tokendir = " +
-                   (config.dir / "tokens").string() +
-                   "\n"
-                   "objectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-               fs::perms::owner_read | fs::perms::owner_write);
+    write_softhsm_conf(config.dir);
   }
   use_embedded_softhsm(config);
   hsm::Token::initialize({config.module, config.token_label}, so_pin, user_pin);
@@ -157,6 +222,9 @@ Home Home::open(const fs::path& dir) {
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kInvalidArgument,
                 (config.dir / kConfigFile).string() + ": malformed: " + e.displayText());
+  }
+  if (config.softhsm_conf) {
+    point_softhsm_conf_here(config);
   }
   use_embedded_softhsm(config);
   return Home(config);

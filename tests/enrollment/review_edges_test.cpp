@@ -101,5 +101,30 @@ TEST_F(ReviewEdges, ASymlinkWhereADevicesFileGoesIsRefusedNotFollowed) {
   EXPECT_EQ(testing::read_file(victim), "precious\n");
 }
 
+TEST_F(ReviewEdges, AMovedHomeUsesItsOwnTokenAndKeepsSigning) {
+  const fs::path moved = dir.path() / "moved";
+  fs::rename(home, moved);
+  testing::Binary other{moved};
+  other.ok("ca create-intermediate --name int2 --issuer root --days 30 --subject /CN=Int2");
+  EXPECT_NE(testing::read_file(moved / "softhsm2.conf").find((moved / "tokens").string()),
+            std::string::npos);
+}
+
+TEST_F(ReviewEdges, AnInitKilledBeforeItFinishedCanRunAgainButATokenWithKeysIsNeverCleared) {
+  // Interrupted: everything but fleetsign.json, and a token without keys.
+  const fs::path fresh = dir.path() / "fresh";
+  testing::Binary b{fresh};
+  b.ok("init");
+  fs::remove(fresh / "fleetsign.json");
+  b.ok("init");
+  b.ok("ca create-root --name r --subject /CN=R");
+  // The same without fleetsign.json but with CA keys in the token: refused, nothing removed.
+  fs::remove(home / "fleetsign.json");
+  const auto o = bin.run("init");
+  EXPECT_EQ(o.status, 2) << o.err;
+  EXPECT_NE(o.err.find("holds a token with objects"), std::string::npos) << o.err;
+  EXPECT_TRUE(fs::exists(home / "registry.db"));
+}
+
 }  // namespace
 }  // namespace fleetsign
