@@ -163,6 +163,11 @@ std::optional<hsm::Pin> pfx_password(const Args& a, bool needed) {
     throw Error(ErrorCode::kInvalidArgument,
                 "FLEETSIGN_PFX_PASSWORD is empty: a .pfx needs a password that protects its key");
   }
+  if (!file && env == nullptr && isatty(STDIN_FILENO) == 0) {
+    throw Error(ErrorCode::kUsage,
+                "this batch writes .pfx files and needs their password: --pfx-password-file F "
+                "or FLEETSIGN_PFX_PASSWORD");
+  }
   // The PIN reader's refusals (empty, NUL byte) are a bad argument here, not a token problem.
   hsm::Pin password = [&] {
     try {
