@@ -335,6 +335,17 @@ TEST_F(Enrollments, GroupIndexFollowsTheHierarchyAndPrefersTheNearestSlot) {
 
 // --- self-signed device certificates -----------------------------------------------------------
 
+TEST_F(Enrollments, ASelfSignedCertificateIsRecordedAsAnIntentThenIssuedUnderItsSerial) {
+  const auto device = engine::make_self_signed_device(*th.registry, th.policy, th.clock, th.random,
+                                                      "ss-rec", policy::KeyAlgorithm::kEcP256, 30);
+  const auto rec = th.registry->find_ca_cert(device.serial);
+  ASSERT_TRUE(rec.has_value()) << "the serial of a self-signed certificate is recorded";
+  EXPECT_EQ(rec->kind, "self-signed");
+  EXPECT_EQ(rec->subject_name, "ss-rec");
+  EXPECT_EQ(rec->state, "issued");
+  EXPECT_EQ(rec->der, device.cert);
+}
+
 TEST_F(Enrollments, SelfSignedCertificateVerifiesItselfAndItsThumbprintMatchesOpenssl) {
   const auto device = engine::make_self_signed_device(*th.registry, th.policy, th.clock, th.random,
                                                       "ss-1", policy::KeyAlgorithm::kEcP256, 30);

@@ -125,12 +125,29 @@ SelfSignedDevice make_self_signed_device(Stores& registry, const policy::Policy&
   add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature");
   add_ext(cert.get(), &ctx, NID_ext_key_usage, "clientAuth");
   add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash");
+  // 3. The intent (serial + TBS), committed before the key signs, as for every certificate:
+  // its serial is never used again, whatever happens next.
+  CaCertIntent intent;
+  intent.serial = ossl::serial_hex(cert.get());
+  intent.kind = "self-signed";
+  intent.subject_name = device_id;
+  intent.issuer_ca = device_id;  // it names itself, as a root does
+  unsigned char* tbs = nullptr;
+  const int tbs_len = i2d_re_X509_tbs(cert.get(), &tbs);
+  if (tbs_len > 0) {
+    intent.tbs_der.assign(tbs, tbs + tbs_len);
+  }
+  OPENSSL_free(tbs);
+  registry.record_ca_cert_intent(intent);
+  // 4. Sign and verify; then the certificate is recorded.
   const EVP_MD* md = alg == policy::KeyAlgorithm::kEcP384 ? EVP_sha384() : EVP_sha256();
   if (X509_sign(cert.get(), key.get(), md) <= 0 || X509_verify(cert.get(), key.get()) != 1) {
+    registry.abandon_ca_cert_intent(intent.serial);
     throw Error(ErrorCode::kSignFailed,
                 "self-signing the certificate of '" + device_id + "': " + ossl::last_error());
   }
-  // 3. The result, audited (there is no issuing CA whose records would show it).
+  registry.record_ca_cert_issued(intent.serial, ossl::to_der(cert.get()));
+  // 5. The result, audited (there is no issuing CA whose records would show it).
   SelfSignedDevice out;
   out.device_id = device_id;
   out.cert = ossl::to_der(cert.get());
@@ -140,9 +157,10 @@ SelfSignedDevice make_self_signed_device(Stores& registry, const policy::Policy&
   out.sha256 = thumbprint_sha256(out.cert);
   out.not_before = not_before;
   out.not_after = not_after;
-  registry.audit("cert.self-signed", device_id,
-                 "{\"serial\":" + json_quote(out.serial) + ",\"sha256\":" + json_quote(out.sha256) +
-                     ",\"not_after\":" + json_quote(iso8601(not_after)) + "}");
+  registry.audit(
+      "cert.self-signed", device_id,
+      json_object(
+          {{"serial", out.serial}, {"sha256", out.sha256}, {"not_after", iso8601(not_after)}}));
   return out;
 }
 

@@ -102,7 +102,7 @@ CREATE TABLE pending_cas (
 );
 CREATE TABLE ca_certificates (
   serial TEXT PRIMARY KEY,
-  kind TEXT NOT NULL CHECK (kind IN ('ca', 'verification')),
+  kind TEXT NOT NULL CHECK (kind IN ('ca', 'verification', 'self-signed')),
   subject_name TEXT NOT NULL,
   issuer_ca TEXT NOT NULL,
   state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned')),

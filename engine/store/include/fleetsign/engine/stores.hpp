@@ -148,7 +148,7 @@ struct PendingCa {
 // across both tables.
 struct CaCertIntent {
   std::string serial;        // upper-case hex, as encoded
-  std::string kind;          // "ca" | "verification"
+  std::string kind;          // "ca" | "verification" | "self-signed" (a device's own)
   std::string subject_name;  // the CA's name ("ca"), the verification code ("verification")
   std::string issuer_ca;     // the signing CA's name; a root names itself
   std::vector<std::uint8_t> tbs_der;
