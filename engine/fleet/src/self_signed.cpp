@@ -132,12 +132,7 @@ SelfSignedDevice make_self_signed_device(Stores& registry, const policy::Policy&
   intent.kind = "self-signed";
   intent.subject_name = device_id;
   intent.issuer_ca = device_id;  // it names itself, as a root does
-  unsigned char* tbs = nullptr;
-  const int tbs_len = i2d_re_X509_tbs(cert.get(), &tbs);
-  if (tbs_len > 0) {
-    intent.tbs_der.assign(tbs, tbs + tbs_len);
-  }
-  OPENSSL_free(tbs);
+  intent.tbs_der = ossl::tbs_der(cert.get());
   registry.record_ca_cert_intent(intent);
   // 4. Sign and verify; then the certificate is recorded.
   const EVP_MD* md = alg == policy::KeyAlgorithm::kEcP384 ? EVP_sha384() : EVP_sha256();

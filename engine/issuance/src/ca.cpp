@@ -245,12 +245,7 @@ std::string CaService::record_intent(X509* cert, const std::string& kind,
   intent.kind = kind;
   intent.subject_name = subject_name;
   intent.issuer_ca = issuer;
-  unsigned char* tbs = nullptr;
-  const int len = i2d_re_X509_tbs(cert, &tbs);
-  if (len > 0) {
-    intent.tbs_der.assign(tbs, tbs + len);
-  }
-  OPENSSL_free(tbs);
+  intent.tbs_der = ossl::tbs_der(cert);
   m_registry.record_ca_cert_intent(intent);
   return intent.serial;
 }

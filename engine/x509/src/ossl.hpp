@@ -38,6 +38,8 @@ X509NamePtr parse_subject(std::string_view dn);
 std::string subject_line(const X509_NAME* name);
 
 Der to_der(const X509* cert);
+// The TBSCertificate as it stands (re-encoded): what an intent records before signing.
+Der tbs_der(X509* cert);
 X509Ptr from_der(ByteView der);               // nullptr when malformed
 PkeyPtr public_key_from_spki(ByteView spki);  // nullptr when malformed
 std::string serial_hex(const X509* cert);

@@ -313,6 +313,17 @@ Der to_der(const X509* cert) {
   return out;
 }
 
+Der tbs_der(X509* cert) {
+  unsigned char* tbs = nullptr;
+  const int len = i2d_re_X509_tbs(cert, &tbs);
+  Der out;
+  if (len > 0) {
+    out.assign(tbs, tbs + len);
+  }
+  OPENSSL_free(tbs);
+  return out;
+}
+
 X509Ptr from_der(ByteView der) {
   const unsigned char* p = der.data();
   X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
