@@ -9,7 +9,7 @@ packages=(
   libtbb-dev
   libpoco-dev libsqlite3-dev
   googletest libgtest-dev
-  mosquitto mosquitto-clients
+  mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   python3 clang-format
 )
 missing=()
