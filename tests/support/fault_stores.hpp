@@ -166,6 +166,39 @@ class FaultStores final : public engine::Stores {
   // JobStore
   int job_store_version() override { return m_inner.job_store_version(); }
 
+  // FleetStateStore
+  std::int64_t set_desired(const std::string& device_id, const std::string& patch) override {
+    std::int64_t v = 0;
+    write("set_desired", [&] { v = m_inner.set_desired(device_id, patch); });
+    return v;
+  }
+  std::optional<engine::Twin> twin(const std::string& device_id) override {
+    return m_inner.twin(device_id);
+  }
+  std::int64_t apply_reported(const std::string& device_id, const std::string& patch) override {
+    std::int64_t v = 0;
+    write("apply_reported", [&] { v = m_inner.apply_reported(device_id, patch); });
+    return v;
+  }
+  void store_reported(std::span<const engine::ReportedTwin> twins) override {
+    write("store_reported", [&] { m_inner.store_reported(twins); });
+  }
+  void record_sessions(std::span<const engine::DeviceSession> sessions) override {
+    write("record_sessions", [&] { m_inner.record_sessions(sessions); });
+  }
+  std::int64_t mark_all_disconnected(std::int64_t at) override {
+    std::int64_t n = 0;
+    write("mark_all_disconnected", [&] { n = m_inner.mark_all_disconnected(at); });
+    return n;
+  }
+  std::vector<engine::DeviceSession> connected_devices() override {
+    return m_inner.connected_devices();
+  }
+  std::int64_t change_mark() override { return m_inner.change_mark(); }
+  std::vector<engine::AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override {
+    return m_inner.audit_after(after_id, limit);
+  }
+
  private:
   template <typename F>
   void write(const std::string& op, F&& f) {

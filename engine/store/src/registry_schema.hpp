@@ -111,6 +111,25 @@ CREATE TABLE ca_certificates (
 );
 CREATE INDEX ca_certificates_subject ON ca_certificates (subject_name, kind);
 )sql",
+    // 4 (issue 8): the fleet plane. The broker records which certificate each device connects
+    // with, and serves device twins from here.
+    R"sql(
+CREATE TABLE device_sessions (
+  device_id TEXT PRIMARY KEY,
+  connected BIGINT NOT NULL DEFAULT 0,
+  mode TEXT NOT NULL DEFAULT '',
+  cert_sha256 TEXT NOT NULL DEFAULT '', cert_serial TEXT NOT NULL DEFAULT '',
+  connected_at BIGINT NOT NULL DEFAULT 0, disconnected_at BIGINT NOT NULL DEFAULT 0
+);
+-- Partial: `device list --connected` and the start-up reset read only the connected rows.
+CREATE INDEX device_sessions_connected ON device_sessions (device_id) WHERE connected = 1;
+CREATE TABLE twins (
+  device_id TEXT PRIMARY KEY,
+  desired TEXT NOT NULL DEFAULT '{}', desired_version BIGINT NOT NULL DEFAULT 1,
+  reported TEXT NOT NULL DEFAULT '{}', reported_version BIGINT NOT NULL DEFAULT 1,
+  updated_at BIGINT NOT NULL
+);
+)sql",
 };
 
 }  // namespace fleetsign::engine

@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
   int schema_version();
 
   // CaStore
@@ -99,6 +99,17 @@ class Registry final : public Stores {
 
   // JobStore (empty until the jobs issue)
   int job_store_version() override { return 0; }
+
+  // FleetStateStore (registry_fleet_state.cpp)
+  std::int64_t set_desired(const std::string& device_id, const std::string& patch_json) override;
+  std::optional<Twin> twin(const std::string& device_id) override;
+  std::int64_t apply_reported(const std::string& device_id, const std::string& patch_json) override;
+  void store_reported(std::span<const ReportedTwin> twins) override;
+  void record_sessions(std::span<const DeviceSession> sessions) override;
+  std::int64_t mark_all_disconnected(std::int64_t at) override;
+  std::vector<DeviceSession> connected_devices() override;
+  std::int64_t change_mark() override;
+  std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

@@ -1,5 +1,5 @@
 // The registry's contracts: the records fleetsign keeps (CAs, certificates and their intents,
-// batches, enrollments and devices, the audit log, jobs) and one narrow interface per kind of
+// batches, enrollments and devices, the audit log, jobs, device sessions and twins) and one narrow interface per kind of
 // record. Components take the narrowest contract they need; a backend (SQLite's Registry in
 // registry.hpp, PostgreSQL later) implements them all as `Stores`, and tests wrap a real backend
 // to inject faults (tests/support/fault_stores.hpp).
@@ -167,6 +167,34 @@ struct AuditEntry {
   std::string actor, action, subject, detail;
 };
 
+// The fleet plane's state (schema v4): which certificate each device is connected with, as the
+// broker saw it, and each device's twin. Written by the broker plugin; read by the CLI.
+struct DeviceSession {
+  std::string device_id;
+  bool connected = false;
+  std::string mode;  // "hub" | "dps": the protocol the device connected with
+  std::string cert_sha256, cert_serial;  // upper-case hex, of the certificate it presented
+  std::int64_t connected_at = 0, disconnected_at = 0;  // unix seconds; 0 = never
+};
+
+// A device twin: desired and reported properties, each a JSON object (without "$version") and
+// its version. A device with no twin row reads as empty documents at version 1.
+struct Twin {
+  std::string device_id;
+  std::string desired = "{}", reported = "{}";
+  std::int64_t desired_version = 1, reported_version = 1;
+  std::int64_t updated_at = 0;
+};
+
+// A reported document the broker already merged (twin_doc.hpp), at its new version.
+struct ReportedTwin {
+  std::string device_id;
+  std::string reported;
+  std::int64_t version = 0;
+};
+
+inline constexpr std::size_t kTwinDocLimit = 32 * 1024;  // bytes of one twin document
+
 // ---------------------------------------------------------------------------------------------
 // The contracts.
 
@@ -286,6 +314,36 @@ class JobStore {
   virtual int job_store_version() = 0;
 };
 
+// Sessions and twins (the broker plugin writes them through a writer thread, in batches).
+class FleetStateStore {
+ public:
+  virtual ~FleetStateStore() = default;
+  // Merge-patches (RFC 7386) the device's desired properties and returns the new version (the
+  // previous one + 1), with an audit row "twin.set-desired" (subject: the device; detail:
+  // {"version":N,"patch":{…}}) in the same transaction: the broker pushes the patch from there.
+  // kInvalidArgument when `patch_json` is not a JSON object (or names a "$" key),
+  // kInputTooLarge when the patch or the result is over kTwinDocLimit.
+  virtual std::int64_t set_desired(const std::string& device_id, const std::string& patch_json) = 0;
+  virtual std::optional<Twin> twin(const std::string& device_id) = 0;
+  // One transaction: merge-patches the reported properties and returns the new version.
+  virtual std::int64_t apply_reported(const std::string& device_id,
+                                      const std::string& patch_json) = 0;
+  // One transaction for the span: each device's reported document becomes the one given, unless
+  // the stored version is already as new (a replayed batch changes nothing).
+  virtual void store_reported(std::span<const ReportedTwin> twins) = 0;
+  // One transaction for the span, in order: each row replaces the device's session row.
+  virtual void record_sessions(std::span<const DeviceSession> sessions) = 0;
+  // Every session becomes not connected (disconnected_at = at where it was connected): the
+  // broker starts with nobody connected. Returns how many were connected.
+  virtual std::int64_t mark_all_disconnected(std::int64_t at) = 0;
+  virtual std::vector<DeviceSession> connected_devices() = 0;  // by device ID
+  // The registry's change mark: the id of the newest audit row (0 when none). Every change that
+  // matters to admission writes an audit row, so a poller compares marks.
+  virtual std::int64_t change_mark() = 0;
+  // Audit rows with id > after_id, oldest first, at most `limit`.
+  virtual std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) = 0;
+};
+
 // Every contract at once: what start-up code hands to components that use several. A backend
 // (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
 class Stores : public CaStore,
@@ -293,6 +351,7 @@ class Stores : public CaStore,
                public BatchStore,
                public EnrollmentStore,
                public AuditLog,
-               public JobStore {};
+               public JobStore,
+               public FleetStateStore {};
 
 }  // namespace fleetsign::engine

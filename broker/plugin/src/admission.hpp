@@ -1,0 +1,48 @@
+// Identity and admission (PROTOCOL.md, "Identity and admission"): who a connecting client is,
+// from its certificate, client id and username, and whether it may connect. Runs on the broker's
+// main thread with that thread's Authenticator.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "config.hpp"
+#include "fleetsign/engine/auth.hpp"
+#include "fleetsign/engine/x509.hpp"
+
+namespace fleetsign::broker {
+
+enum class ClientKind { kService, kHubDevice, kDpsDevice };
+std::string_view client_kind_name(ClientKind kind);  // "service" | "hub" | "dps"
+
+// The device ID a username claims: hub "{host}/{deviceId}/?api-version=…", DPS
+// "{idScope}/registrations/{registrationId}/api-version=…" (the ID scope must be `id_scope`).
+std::optional<std::string_view> hub_username_device(std::string_view username);
+std::optional<std::string_view> dps_username_device(std::string_view username,
+                                                    std::string_view id_scope);
+
+struct ConnectRequest {
+  std::string_view client_id, username;  // username may be empty (none sent)
+  const engine::Der* leaf = nullptr;     // the certificate TLS verified; null when none
+  std::int64_t now = 0;                  // unix seconds
+};
+
+struct Admission {
+  bool allowed = false;
+  ClientKind kind = ClientKind::kHubDevice;
+  std::string rule;    // the decision's rule ("enrollment-group", "client-id-mismatch", …)
+  std::string reason;  // a sentence for the broker log
+  std::string device_id, sha256, serial;
+};
+
+// The decision: a service client by thumbprint; a hub device exactly when the Authenticator
+// allows its leaf and CN == client id == the username's device; a DPS device when its CN is a
+// valid device ID and equals the client id and the username's registration ID (the registration
+// request gets the full decision). Never throws for a client's input: a malformed certificate is
+// a refusal ("chain-malformed").
+Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
+                const ConnectRequest& request);
+
+}  // namespace fleetsign::broker
