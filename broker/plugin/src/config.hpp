@@ -14,8 +14,8 @@ namespace fleetsign::broker {
 struct BrokerConfig {
   std::filesystem::path home;
   int port = 8883;
-  std::vector<std::string> hosts;       // the first is the hub DPS assigns
-  std::string id_scope;                 // DPS usernames must carry it
+  std::vector<std::string> hosts;        // the first is the hub DPS assigns
+  std::string id_scope;                  // DPS usernames must carry it
   std::set<std::string> service_sha256;  // upper-case hex, no separators
   policy::Policy policy;
 

@@ -52,8 +52,8 @@ std::string DpsService::random_hex(std::size_t bytes) {
   return hex;
 }
 
-void DpsService::refuse(const Session& session, std::string_view rid, int status,
-                        std::int64_t code, const std::string& message, std::int64_t now) {
+void DpsService::refuse(const Session& session, std::string_view rid, int status, std::int64_t code,
+                        const std::string& message, std::int64_t now) {
   Object body(Poco::JSON_PRESERVE_KEY_ORDER);
   body.set("errorCode", static_cast<Poco::Int64>(code));
   body.set("trackingId", random_hex(16));
@@ -80,8 +80,8 @@ void DpsService::register_device(const Session& session, std::string_view rid,
     return;
   }
   if (!d.allowed) {
-    m_transport.log(LogLevel::kNotice, "fleetsign: DPS registration of " + id + " refused: " +
-                                           d.rule + ": " + d.reason);
+    m_transport.log(LogLevel::kNotice, "fleetsign: DPS registration of " + id +
+                                           " refused: " + d.rule + ": " + d.reason);
     refuse(session, rid, 401, 401002, "registration refused: " + d.rule, now);
     return;
   }

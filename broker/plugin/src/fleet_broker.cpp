@@ -8,6 +8,7 @@ namespace fleetsign::broker {
 namespace {
 
 constexpr std::int64_t kEvictEveryMs = 5000;
+constexpr std::int64_t kRefreshEveryMs = 100;
 
 bool is_device(ClientKind k) { return k != ClientKind::kService; }
 
@@ -21,9 +22,9 @@ FleetBroker::FleetBroker(BrokerConfig config, Transport& transport)
       m_twins(*m_reads, m_writer, m_transport) {
   // Nobody is connected to a broker that is starting: rows left "connected" by a crash go.
   const std::int64_t reset = m_reads->mark_all_disconnected(m_clock.now());
-  const std::int64_t mark = m_reads->change_mark();
-  m_generation = build_generation(m_config.registry_path(), 1);
-  m_watcher = std::make_unique<RegistryWatcher>(m_config, m_live, m_inbox, m_log, mark);
+  m_mark = m_reads->change_mark();
+  m_auth = std::make_unique<engine::Authenticator>(*m_reads);
+  m_watcher = std::make_unique<RegistryWatcher>(m_config, m_live, m_inbox, m_log, m_mark);
   m_transport.log(LogLevel::kNotice,
                   "fleetsign: broker plugin ready (home " + m_config.home.string() + ", " +
                       std::to_string(reset) + " stale sessions closed, " +
@@ -49,14 +50,14 @@ std::int64_t FleetBroker::now_ms() const {
 
 bool FleetBroker::on_connect(const void* connection, const ConnectRequest& request,
                              bool clean_session) {
-  // A decision the watcher built since the last tick counts for this connection already.
-  take_generation();
-  const Admission a = admit(m_config, *m_generation.auth, request);
+  // A change committed a moment ago counts for this connection already.
+  refresh();
+  const Admission a = admit(m_config, *m_auth, request);
   const std::string id(request.client_id);
   if (!a.allowed) {
-    m_transport.log(LogLevel::kNotice, "fleetsign: refused " + std::string(client_kind_name(a.kind)) +
-                                           " client '" + id.substr(0, 128) + "': " + a.rule +
-                                           ": " + a.reason);
+    m_transport.log(LogLevel::kNotice, "fleetsign: refused " +
+                                           std::string(client_kind_name(a.kind)) + " client '" +
+                                           id.substr(0, 128) + "': " + a.rule + ": " + a.reason);
     return false;
   }
   Session s;
@@ -66,7 +67,7 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
   s.leaf = std::make_shared<const engine::Der>(*request.leaf);
   s.sha256 = a.sha256;
   s.serial = a.serial;
-  s.generation = m_generation.number;
+  s.decision_mark = m_mark;
   s.connected_at = request.now;
   if (a.kind == ClientKind::kHubDevice) {
     if (clean_session) {
@@ -144,7 +145,7 @@ void FleetBroker::serve_device(Session& s, const Request& req, std::string_view 
       return;
     case K::kDpsRegister:
       if (!hub) {
-        m_dps.register_device(s, req.rid, payload, *m_generation.auth, m_clock.now());
+        m_dps.register_device(s, req.rid, payload, *m_auth, m_clock.now());
       }
       return;
     case K::kDpsStatus:
@@ -206,9 +207,23 @@ void FleetBroker::on_disconnect(const void* connection, const std::string& clien
   m_dps.device_left(client_id);
 }
 
-void FleetBroker::take_generation() {
-  if (auto g = m_inbox.take_generation()) {
-    m_generation = std::move(*g);
+void FleetBroker::refresh() {
+  RegistryChanges changes;
+  try {
+    changes = read_changes(*m_reads, &m_mark);
+    if (changes.admission) {
+      m_auth = std::make_unique<engine::Authenticator>(*m_reads);
+    }
+  } catch (const Error& e) {
+    // The decision stays as it was; the next connect or tick tries again.
+    m_transport.log(LogLevel::kWarning,
+                    std::string("fleetsign: reading registry changes: ") + e.what());
+    return;
+  }
+  for (const auto& c : changes.desired) {
+    const Session* s = m_sessions.find(c.device_id);
+    m_twins.desired_changed(c.device_id, c.version, c.patch,
+                            s != nullptr && s->kind == ClientKind::kHubDevice);
   }
 }
 
@@ -226,18 +241,14 @@ void FleetBroker::apply_recheck(const Recheck& r) {
       kick(refusal.device_id, refusal.rule, refusal.reason);
     }
   }
-  // Admitted after the watcher's snapshot by an older decision: check them here, now that the
-  // main thread decides as generation r.generation (or newer) does.
-  if (m_generation.number < r.generation) {
-    return;  // cannot happen (the generation is posted first); be safe, the next re-check will
-  }
+  // Admitted after the watcher's snapshot by a decision older than the one it re-checked with:
+  // check them here, with the main thread's decision (as new as the watcher's, or newer).
+  refresh();
   std::vector<std::pair<std::string, engine::AuthDecision>> late;
   const std::int64_t now = m_clock.now();
   m_sessions.for_each([&](Session& s) {
-    if (s.kind == ClientKind::kHubDevice && s.seq > r.snapshot_seq &&
-        s.generation < r.generation) {
-      auto d = m_generation.auth->check(std::span<const engine::Der>(s.leaf.get(), 1), now,
-                                        s.client_id);
+    if (s.kind == ClientKind::kHubDevice && s.seq > r.snapshot_seq && s.decision_mark < r.mark) {
+      auto d = m_auth->check(std::span<const engine::Der>(s.leaf.get(), 1), now, s.client_id);
       if (!d.allowed) late.emplace_back(s.client_id, std::move(d));
     }
   });
@@ -248,7 +259,6 @@ void FleetBroker::apply_recheck(const Recheck& r) {
 
 void FleetBroker::on_tick() {
   m_log.drain_to(m_transport);
-  take_generation();
   for (const auto& r : m_inbox.take_rechecks()) {
     try {
       apply_recheck(r);
@@ -256,16 +266,15 @@ void FleetBroker::on_tick() {
       m_transport.log(LogLevel::kWarning, std::string("fleetsign: re-check: ") + e.what());
     }
   }
-  for (const auto& c : m_inbox.take_desired()) {
-    const Session* s = m_sessions.find(c.device_id);
-    m_twins.desired_changed(c.device_id, c.version, c.patch,
-                            s != nullptr && s->kind == ClientKind::kHubDevice);
-  }
   const std::int64_t now = now_ms();
   for (const auto& id : std::exchange(m_ready, {})) {
     m_methods.device_ready(id, now);
   }
   m_methods.expire(now);
+  if (now - m_last_refresh_ms >= kRefreshEveryMs) {
+    refresh();  // desired changes go out without waiting for a connect
+    m_last_refresh_ms = now;
+  }
   if (now - m_last_evict_ms >= kEvictEveryMs) {
     m_twins.evict();
     m_last_evict_ms = now;

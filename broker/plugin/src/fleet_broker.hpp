@@ -1,5 +1,6 @@
 // FleetBroker: what fleetsign's plugin does inside mosquitto (PROTOCOL.md), one method per plugin
-// event. It owns the parts: the admission decision (a Generation from the watcher), presence
+// event. It owns the parts: the admission decision (an Authenticator rebuilt whenever the
+// registry's change mark says the enrollments changed: checked at every connect), presence
 // (SessionTable), direct methods (MethodRouter), twins (TwinService), DPS (DpsService), the
 // registry writer and watcher threads.
 //
@@ -65,7 +66,9 @@ class FleetBroker {
  private:
   void serve_service(const Session& s, const Request& req, std::string_view payload);
   void serve_device(Session& s, const Request& req, std::string_view payload);
-  void take_generation();
+  // Catches up with the registry: rebuilds the decision after an admission change, pushes
+  // desired-property changes. Cheap when nothing changed (one indexed query).
+  void refresh();
   void apply_recheck(const Recheck& r);
   void kick(const std::string& device_id, const std::string& rule, const std::string& reason);
   std::int64_t now_ms() const;
@@ -77,16 +80,17 @@ class FleetBroker {
   LogQueue m_log;
   LiveDevices m_live;
   Inbox m_inbox;
-  std::unique_ptr<engine::Registry> m_reads;  // the main thread's connection (twins)
-  Generation m_generation;                    // the main thread's decision
+  std::unique_ptr<engine::Registry> m_reads;      // the main thread's connection
+  std::unique_ptr<engine::Authenticator> m_auth;  // the main thread's decision, on m_reads
+  std::int64_t m_mark = 0;                        // the change mark m_auth and m_twins follow
   SessionTable m_sessions{m_live};
   RegistryWriter m_writer;
   MethodRouter m_methods{m_transport, m_random};
   TwinService m_twins;
   DpsService m_dps{m_config, m_transport, m_random};
   std::unordered_set<std::string> m_method_subscribers;  // persistent sessions' subscriptions
-  std::vector<std::string> m_ready;                        // devices to tell the router about
-  std::int64_t m_last_evict_ms = 0;
+  std::vector<std::string> m_ready;                      // devices to tell the router about
+  std::int64_t m_last_evict_ms = 0, m_last_refresh_ms = 0;
   std::unique_ptr<RegistryWatcher> m_watcher;  // last: it starts its thread when all is ready
 };
 

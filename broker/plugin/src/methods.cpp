@@ -109,9 +109,8 @@ bool MethodRouter::answer(const std::string& device_id, const Request& req,
     return false;
   }
   if (payload.size() > kMethodPayloadLimit) {
-    m_transport.log(LogLevel::kWarning, "device " + device_id + " answered " +
-                                            it->second.method + " with " +
-                                            std::to_string(payload.size()) +
+    m_transport.log(LogLevel::kWarning, "device " + device_id + " answered " + it->second.method +
+                                            " with " + std::to_string(payload.size()) +
                                             " bytes, over 128 KiB: dropped");
     return false;
   }

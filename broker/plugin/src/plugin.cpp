@@ -169,7 +169,7 @@ constexpr Registration kCallbacks[] = {{MOSQ_EVT_BASIC_AUTH, on_basic_auth},
 extern "C" {
 
 __attribute__((visibility("default"))) int mosquitto_plugin_version(int count,
-                                                                      const int* versions) {
+                                                                    const int* versions) {
   for (int i = 0; i < count; ++i) {
     if (versions[i] == 5) {
       return 5;
@@ -179,9 +179,9 @@ __attribute__((visibility("default"))) int mosquitto_plugin_version(int count,
 }
 
 __attribute__((visibility("default"))) int mosquitto_plugin_init(mosquitto_plugin_id_t* identifier,
-                                                                   void** userdata,
-                                                                   struct mosquitto_opt* options,
-                                                                   int option_count) {
+                                                                 void** userdata,
+                                                                 struct mosquitto_opt* options,
+                                                                 int option_count) {
   std::string home;
   for (int i = 0; i < option_count; ++i) {
     if (std::strcmp(options[i].key, "home") == 0 && options[i].value != nullptr) {
@@ -218,7 +218,7 @@ __attribute__((visibility("default"))) int mosquitto_plugin_init(mosquitto_plugi
 }
 
 __attribute__((visibility("default"))) int mosquitto_plugin_cleanup(void* userdata,
-                                                                      struct mosquitto_opt*, int) {
+                                                                    struct mosquitto_opt*, int) {
   std::unique_ptr<Plugin> plugin(static_cast<Plugin*>(userdata));
   if (plugin) {
     for (const auto& r : kCallbacks) {

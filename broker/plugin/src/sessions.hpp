@@ -25,10 +25,10 @@ struct Session {
   std::string client_id;  // == the device ID for devices
   std::shared_ptr<const engine::Der> leaf;
   std::string sha256, serial;
-  std::uint64_t seq = 0;         // admission order (1, 2, …)
-  std::uint64_t generation = 0;  // of the Authenticator that admitted it
-  std::int64_t connected_at = 0; // unix seconds
-  bool methods_ready = false;    // subscribed to $iothub/methods/POST/#
+  std::uint64_t seq = 0;           // admission order (1, 2, …)
+  std::int64_t decision_mark = 0;  // the change mark of the decision that admitted it
+  std::int64_t connected_at = 0;   // unix seconds
+  bool methods_ready = false;      // subscribed to $iothub/methods/POST/#
 };
 
 // A hub device as the watcher re-checks it. Thread-safe.

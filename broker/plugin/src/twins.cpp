@@ -70,16 +70,15 @@ void TwinService::patch_reported(const std::string& device_id, std::string_view 
   }
   std::string merged;
   try {
-    merged =
-        engine::merge_patch(e->twin.reported, payload, "reported properties of " + device_id);
+    merged = engine::merge_patch(e->twin.reported, payload, "reported properties of " + device_id);
   } catch (const Error& ex) {
     m_transport.publish(device_id, twin_answer_topic(400, rid), error_body(ex.what()));
     return;
   }
   e->twin.reported = std::move(merged);
   e->twin.reported_version += 1;
-  e->write_seq = m_writer.enqueue(
-      engine::ReportedTwin{device_id, e->twin.reported, e->twin.reported_version});
+  e->write_seq =
+      m_writer.enqueue(engine::ReportedTwin{device_id, e->twin.reported, e->twin.reported_version});
   m_transport.publish(device_id, twin_reported_answer_topic(rid, e->twin.reported_version), "");
 }
 

@@ -25,11 +25,10 @@ class TwinService {
       : m_reads(reads), m_writer(writer), m_transport(transport) {}
 
   void get(const std::string& device_id, std::string_view rid);
-  void patch_reported(const std::string& device_id, std::string_view rid,
-                      std::string_view payload);
+  void patch_reported(const std::string& device_id, std::string_view rid, std::string_view payload);
   // A desired change at `version` with its merge patch; pushed when `connected`.
-  void desired_changed(const std::string& device_id, std::int64_t version,
-                       const std::string& patch, bool connected);
+  void desired_changed(const std::string& device_id, std::int64_t version, const std::string& patch,
+                       bool connected);
   void device_left(const std::string& device_id);
   // Drops cache entries of departed devices whose writes are committed.
   void evict();

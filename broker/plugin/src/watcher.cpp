@@ -45,39 +45,39 @@ std::unique_ptr<engine::Registry> open_broker_registry(const std::filesystem::pa
   return engine::Registry::open(registry, options);
 }
 
-Generation build_generation(const std::filesystem::path& registry, std::uint64_t number) {
-  Generation g;
-  g.number = number;
-  g.registry = open_broker_registry(registry);
-  g.auth = std::make_unique<engine::Authenticator>(*g.registry);
-  return g;
+RegistryChanges read_changes(engine::FleetStateStore& store, std::int64_t* mark) {
+  RegistryChanges out;
+  const std::int64_t now = store.change_mark();
+  if (now < *mark) {  // a registry restored from a backup: everything may differ
+    out.admission = true;
+    *mark = now;
+    return out;
+  }
+  while (*mark < now) {
+    const auto rows = store.audit_after(*mark, 1000);
+    if (rows.empty()) {
+      break;
+    }
+    for (const auto& row : rows) {
+      if (row.action != "twin.set-desired") {
+        out.admission = true;
+      } else if (auto c = desired_change(row)) {
+        out.desired.push_back(std::move(*c));
+      }
+      *mark = row.id;
+    }
+  }
+  *mark = std::max(*mark, now);
+  return out;
 }
 
-void Inbox::post(Generation generation) {
-  const std::lock_guard lock(m_mutex);
-  m_generation = std::move(generation);  // only the newest matters
-}
 void Inbox::post(Recheck recheck) {
   const std::lock_guard lock(m_mutex);
   m_rechecks.push_back(std::move(recheck));
 }
-void Inbox::post(std::vector<DesiredChange> changes) {
-  const std::lock_guard lock(m_mutex);
-  for (auto& c : changes) m_desired.push_back(std::move(c));
-}
-std::optional<Generation> Inbox::take_generation() {
-  const std::lock_guard lock(m_mutex);
-  std::optional<Generation> out = std::move(m_generation);
-  m_generation.reset();
-  return out;
-}
 std::vector<Recheck> Inbox::take_rechecks() {
   const std::lock_guard lock(m_mutex);
   return std::exchange(m_rechecks, {});
-}
-std::vector<DesiredChange> Inbox::take_desired() {
-  const std::lock_guard lock(m_mutex);
-  return std::exchange(m_desired, {});
 }
 
 RegistryWatcher::RegistryWatcher(const BrokerConfig& config, LiveDevices& live, Inbox& inbox,
@@ -104,7 +104,7 @@ void RegistryWatcher::run() {
     bool changed = false;
     if (poll(changed) &&
         (changed || std::chrono::steady_clock::now() - last_recheck >= kRecheckInterval)) {
-      recheck();
+      recheck(m_mark);
       last_recheck = std::chrono::steady_clock::now();
     }
     lock.lock();
@@ -113,34 +113,7 @@ void RegistryWatcher::run() {
 
 bool RegistryWatcher::poll(bool& admission_changed) {
   try {
-    const std::int64_t mark = m_registry->change_mark();
-    if (mark == m_mark) {
-      return true;
-    }
-    if (mark < m_mark) {  // a registry restored from a backup: start over
-      admission_changed = true;
-      m_mark = mark;
-      return true;
-    }
-    std::vector<DesiredChange> desired;
-    while (m_mark < mark) {
-      const auto rows = m_registry->audit_after(m_mark, 1000);
-      if (rows.empty()) {
-        break;
-      }
-      for (const auto& row : rows) {
-        if (row.action != "twin.set-desired") {
-          admission_changed = true;
-        } else if (auto c = desired_change(row)) {
-          desired.push_back(std::move(*c));
-        }
-        m_mark = row.id;
-      }
-    }
-    m_mark = std::max(m_mark, mark);
-    if (!desired.empty()) {
-      m_inbox.post(std::move(desired));
-    }
+    admission_changed = read_changes(*m_registry, &m_mark).admission;
     return true;
   } catch (const Error& e) {
     m_log.push(LogLevel::kWarning, std::string("fleetsign: registry watcher: ") + e.what());
@@ -148,15 +121,11 @@ bool RegistryWatcher::poll(bool& admission_changed) {
   }
 }
 
-void RegistryWatcher::recheck() {
+void RegistryWatcher::recheck(std::int64_t mark) {
   try {
-    // 1. New connections are decided on the new state as soon as the main thread takes it.
-    const std::uint64_t number = ++m_generation;
-    m_inbox.post(build_generation(m_config.registry_path(), number));
-    // 2. Live sessions: each hub device with the certificate it connected with.
     engine::Authenticator auth(*m_registry);
     Recheck r;
-    r.generation = number;
+    r.mark = mark;
     const auto devices = m_live.snapshot(&r.snapshot_seq);
     const std::int64_t now = unix_now();
     for (const auto& d : devices) {

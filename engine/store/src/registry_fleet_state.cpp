@@ -22,9 +22,8 @@ struct SessionRow {
   DeviceSession rec;
   std::int64_t connected = 0;
   void bind_into(Statement& st) {
-    st, kw::into(rec.device_id), kw::into(connected), kw::into(rec.mode),
-        kw::into(rec.cert_sha256), kw::into(rec.cert_serial), kw::into(rec.connected_at),
-        kw::into(rec.disconnected_at);
+    st, kw::into(rec.device_id), kw::into(connected), kw::into(rec.mode), kw::into(rec.cert_sha256),
+        kw::into(rec.cert_serial), kw::into(rec.connected_at), kw::into(rec.disconnected_at);
   }
   DeviceSession take() {
     rec.connected = connected != 0;
@@ -66,13 +65,14 @@ Twin current_twin(Registry::Impl& impl, const std::string& device_id) {
 
 void upsert_twin(Registry::Impl& impl, const Twin& t) {
   const std::int64_t now = impl.stamp(0);
-  impl.m_session << "INSERT INTO twins (device_id, desired, desired_version, reported, "
-                    "reported_version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, "
-                    "desired_version = excluded.desired_version, reported = excluded.reported, "
-                    "reported_version = excluded.reported_version, updated_at = excluded.updated_at",
-      kw::bind(t.device_id), kw::bind(t.desired), kw::bind(t.desired_version),
-      kw::bind(t.reported), kw::bind(t.reported_version), kw::bind(now), kw::now;
+  impl.m_session
+      << "INSERT INTO twins (device_id, desired, desired_version, reported, "
+         "reported_version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+         "ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, "
+         "desired_version = excluded.desired_version, reported = excluded.reported, "
+         "reported_version = excluded.reported_version, updated_at = excluded.updated_at",
+      kw::bind(t.device_id), kw::bind(t.desired), kw::bind(t.desired_version), kw::bind(t.reported),
+      kw::bind(t.reported_version), kw::bind(now), kw::now;
 }
 
 // {"version":N,"patch":{…}}: the patch as an object, not a string, so the audit log reads well.
@@ -138,11 +138,12 @@ void Registry::store_reported(std::span<const ReportedTwin> twins) {
     }
     std::vector<std::int64_t> now(twins.size(), m_impl->stamp(0));
     // A new twin row starts with empty desired properties; an existing one keeps them.
-    m_impl->m_session << "INSERT INTO twins (device_id, reported, reported_version, updated_at) "
-                         "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-                         "reported = excluded.reported, reported_version = excluded.reported_version, "
-                         "updated_at = excluded.updated_at "
-                         "WHERE excluded.reported_version > twins.reported_version",
+    m_impl->m_session
+        << "INSERT INTO twins (device_id, reported, reported_version, updated_at) "
+           "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+           "reported = excluded.reported, reported_version = excluded.reported_version, "
+           "updated_at = excluded.updated_at "
+           "WHERE excluded.reported_version > twins.reported_version",
         kw::use(ids), kw::use(docs), kw::use(versions), kw::use(now), kw::now;
   });
 }

@@ -1,8 +1,8 @@
 // The registry's contracts: the records fleetsign keeps (CAs, certificates and their intents,
-// batches, enrollments and devices, the audit log, jobs, device sessions and twins) and one narrow interface per kind of
-// record. Components take the narrowest contract they need; a backend (SQLite's Registry in
-// registry.hpp, PostgreSQL later) implements them all as `Stores`, and tests wrap a real backend
-// to inject faults (tests/support/fault_stores.hpp).
+// batches, enrollments and devices, the audit log, jobs, device sessions and twins) and one narrow
+// interface per kind of record. Components take the narrowest contract they need; a backend
+// (SQLite's Registry in registry.hpp, PostgreSQL later) implements them all as `Stores`, and tests
+// wrap a real backend to inject faults (tests/support/fault_stores.hpp).
 //
 // Durability: every write method is one transaction unless it says otherwise; a committed
 // transaction survives kill -9 and power loss. Failures throw Error(kRegistryError,
@@ -172,7 +172,7 @@ struct AuditEntry {
 struct DeviceSession {
   std::string device_id;
   bool connected = false;
-  std::string mode;  // "hub" | "dps": the protocol the device connected with
+  std::string mode;                      // "hub" | "dps": the protocol the device connected with
   std::string cert_sha256, cert_serial;  // upper-case hex, of the certificate it presented
   std::int64_t connected_at = 0, disconnected_at = 0;  // unix seconds; 0 = never
 };

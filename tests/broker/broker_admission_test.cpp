@@ -1,0 +1,179 @@
+// Identity and admission at a real mosquitto with fleetsign's plugin: who may connect, as whom.
+// Each refusal is paired with the same client admitted once the one thing it lacks is fixed, so a
+// broker that refused everything would fail these tests.
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <cstdio>
+
+#include "broker_fixture.hpp"
+
+namespace fleetsign {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::BrokerHome;
+using testing::DeviceFiles;
+
+constexpr int kNotAuthorised = 5;  // MQTT 3.1.1 CONNACK "not authorised"
+
+// A self-signed P-256 certificate valid from `from` to `to` (seconds relative to now), made with
+// OpenSSL directly: fleetsign cannot make an expired certificate.
+DeviceFiles expired_self_signed(const std::filesystem::path& dir, const std::string& id) {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 4242);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -10 * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(cert), -86400);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(id.c_str()), -1, -1, 0);
+  X509_set_issuer_name(cert, name);
+  X509_set_pubkey(cert, key);
+  X509_sign(cert, key, EVP_sha256());
+  DeviceFiles d{id, dir / (id + "_cert.pem"), dir / (id + "_key.pem")};
+  std::FILE* f = std::fopen(d.cert.c_str(), "w");
+  PEM_write_X509(f, cert);
+  std::fclose(f);
+  f = std::fopen(d.key.c_str(), "w");
+  PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
+  std::fclose(f);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return d;
+}
+
+class BrokerAdmission : public ::testing::Test {
+ protected:
+  BrokerHome h;
+  int connect(const DeviceFiles& d, const std::string& client_id = "") {
+    auto c = h.device(d, client_id);
+    return c->connect();
+  }
+  bool log_says(const std::string& text) { return h.broker_log().find(text) != std::string::npos; }
+};
+
+TEST_F(BrokerAdmission, ADeviceOfAnEnabledGroupConnects) {
+  const auto d = h.issue("dev-ok");
+  h.start_broker();
+  EXPECT_EQ(connect(d), 0) << h.broker_log();
+  EXPECT_TRUE(log_says("admitted hub client 'dev-ok' (enrollment-group"));
+}
+
+TEST_F(BrokerAdmission, RefusesADeviceWithNoEnrollment) {
+  h.cli_ok({"ca", "create-intermediate", "--name", "int2", "--issuer", "root", "--subject",
+            "/CN=No Group Int"});
+  const auto d = h.issue("dev-orphan", "int2");
+  h.write_clients_ca();
+  h.start_broker();
+  EXPECT_EQ(connect(d), kNotAuthorised);
+  EXPECT_TRUE(log_says("refused hub client 'dev-orphan': no-enrollment")) << h.broker_log();
+  h.stop_broker();
+  h.cli_ok({"enrollment", "group", "create", "g2", "--ca", "int2"});
+  h.start_broker();
+  EXPECT_EQ(connect(d), 0) << "enrolled now";
+}
+
+TEST_F(BrokerAdmission, RefusesADeviceWhoseIndividualEnrollmentIsDisabled) {
+  const auto d = h.issue("dev-ind");
+  h.cli_ok({"enrollment", "individual", "create", "dev-ind", "--cert", d.cert.string()});
+  h.cli_ok({"enrollment", "individual", "disable", "dev-ind"});
+  h.start_broker();
+  EXPECT_EQ(connect(d), kNotAuthorised) << "disabled individual wins over the enabled group";
+  EXPECT_TRUE(log_says("refused hub client 'dev-ind': individual-disabled")) << h.broker_log();
+  h.cli_ok({"enrollment", "individual", "enable", "dev-ind"});
+  EXPECT_EQ(connect(d), 0) << "a new connection is decided on the registry as it is now";
+}
+
+TEST_F(BrokerAdmission, RefusesTheDevicesOfADisabledGroup) {
+  const auto d = h.issue("dev-grp");
+  h.cli_ok({"enrollment", "group", "disable", "g1"});
+  h.start_broker();
+  EXPECT_EQ(connect(d), kNotAuthorised);
+  EXPECT_TRUE(log_says("refused hub client 'dev-grp': group-disabled")) << h.broker_log();
+  h.cli_ok({"enrollment", "group", "enable", "g1"});
+  EXPECT_EQ(connect(d), 0);
+}
+
+TEST_F(BrokerAdmission, RefusesAnExpiredCertificate) {
+  const auto d = expired_self_signed(h.work, "dev-old");
+  h.trust(d.cert);
+  h.cli_ok({"enrollment", "individual", "create", "dev-old", "--thumbprint",
+            engine::thumbprint_sha256(engine::read_certificates(d.cert).front())});
+  const auto fresh = h.self_signed("dev-new");
+  h.cli_ok({"enrollment", "individual", "create", "dev-new", "--cert", fresh.cert.string()});
+  h.start_broker();
+  // The TLS layer refuses it before the plugin sees it (no CONNACK at all); either way: refused.
+  EXPECT_NE(connect(d), 0);
+  EXPECT_FALSE(log_says("admitted hub client 'dev-old'"));
+  EXPECT_EQ(connect(fresh), 0) << "the same kind of enrollment with a valid certificate";
+}
+
+TEST_F(BrokerAdmission, RefusesACertificateFromAnUnverifiedCa) {
+  h.cli_ok({"ca", "create-root", "--name", "root2", "--subject", "/CN=Unverified Root"});
+  h.cli_ok({"enrollment", "group", "create", "g-unverified", "--ca", "root2"});
+  const auto d = h.issue("dev-unv", "root2");
+  h.write_clients_ca();
+  h.start_broker();
+  EXPECT_EQ(connect(d), kNotAuthorised);
+  EXPECT_TRUE(log_says("refused hub client 'dev-unv': ca-not-verified")) << h.broker_log();
+  h.cli_ok({"ca", "verification-cert", "--ca", "root2", "--code", "POP2", "--out",
+            (h.work / "pop2.pem").string()});
+  h.cli_ok({"ca", "verify", "root2", "--code", "POP2", "--cert", (h.work / "pop2.pem").string()});
+  EXPECT_EQ(connect(d), 0) << "verified now";
+}
+
+TEST_F(BrokerAdmission, RefusesASelfSignedCertificateThatNoIndividualEnrollmentNames) {
+  const auto d = h.self_signed("ss-dev");
+  h.start_broker();
+  EXPECT_EQ(connect(d), kNotAuthorised);
+  EXPECT_TRUE(log_says("refused hub client 'ss-dev': no-enrollment")) << h.broker_log();
+  h.cli_ok({"enrollment", "individual", "create", "ss-dev", "--cert", d.cert.string()});
+  EXPECT_EQ(connect(d), 0);
+}
+
+TEST_F(BrokerAdmission, TheClientIdAndUsernameMustNameTheCertificatesDevice) {
+  const auto a = h.issue("dev-a");
+  h.issue("dev-b");
+  h.start_broker();
+  EXPECT_EQ(connect(a, "dev-b"), kNotAuthorised);
+  EXPECT_TRUE(log_says("client-id-mismatch")) << h.broker_log();
+  auto c = std::make_unique<testing::MqttClient>(
+      h.port, h.broker_dir / "ca.pem",
+      testing::ClientOptions{"dev-a", "localhost/dev-b/?api-version=2021-04-12", a.cert, a.key});
+  EXPECT_EQ(c->connect(), kNotAuthorised);
+  EXPECT_TRUE(log_says("registration-id-mismatch")) << h.broker_log();
+  c = std::make_unique<testing::MqttClient>(h.port, h.broker_dir / "ca.pem",
+                                            testing::ClientOptions{"dev-a", "", a.cert, a.key});
+  EXPECT_EQ(c->connect(), kNotAuthorised) << "no username";
+  EXPECT_EQ(connect(a), 0);
+}
+
+TEST_F(BrokerAdmission, ADeviceCannotTakeOverAnotherDevicesSession) {
+  const auto a = h.issue("dev-a");
+  const auto b = h.issue("dev-b");
+  h.start_broker();
+  auto victim = h.online_device(a);
+  auto service = h.online_service();
+  // dev-b's certificate with dev-a's client id (and either username): refused, dev-a stays.
+  EXPECT_EQ(connect(b, "dev-a"), kNotAuthorised);
+  auto c = std::make_unique<testing::MqttClient>(
+      h.port, h.broker_dir / "ca.pem",
+      testing::ClientOptions{"dev-a", "localhost/dev-a/?api-version=2021-04-12", b.cert, b.key});
+  EXPECT_EQ(c->connect(), kNotAuthorised);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_TRUE(victim->connected());
+  const std::string rid = testing::new_rid();
+  service->publish(testing::call_topic("dev-a", "ping", rid), "{}");
+  const auto call = victim->wait_topic_prefix("$iothub/methods/POST/ping/");
+  ASSERT_TRUE(call) << "dev-a still receives its calls\n" << h.broker_log();
+  // A service certificate is not a device's either, and a device's is not a service's.
+  auto fake_service = h.device(a, "fleetsign-service-x");
+  EXPECT_EQ(fake_service->connect(), kNotAuthorised);
+}
+
+}  // namespace
+}  // namespace fleetsign

@@ -1,0 +1,194 @@
+// Live sessions at a real mosquitto with fleetsign's plugin: the one decision kept (disabling an
+// enrollment cuts live devices within a second), presence in the registry, a broker restart, and
+// the broker's CPU cost per routed method call.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "broker_fixture.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
+
+namespace fleetsign {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::BrokerHome;
+using testing::call_topic;
+using testing::Message;
+using testing::new_rid;
+using testing::rid_of;
+using testing::status_of;
+
+auto answer_to(const std::string& rid) {
+  return [rid](const Message& m) {
+    return m.topic.rfind("$fleetsign/methods/res/", 0) == 0 && rid_of(m.topic) == rid;
+  };
+}
+
+// user + system CPU seconds of a process (/proc/PID/stat, fields 14 and 15).
+double cpu_seconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+std::string sha256_of(const std::filesystem::path& pem) {
+  return engine::thumbprint_sha256(engine::read_certificates(pem).front());
+}
+
+class BrokerLive : public ::testing::Test {
+ protected:
+  BrokerHome h;
+};
+
+TEST_F(BrokerLive, DisablingAnEnrollmentDisconnectsItsLiveDevicesWithinOneSecond) {
+  const auto a = h.issue("dev-a");
+  const auto b = h.issue("dev-b");
+  const auto ind = h.self_signed("dev-ind");
+  h.cli_ok({"enrollment", "individual", "create", "dev-ind", "--cert", ind.cert.string()});
+  h.start_broker();
+  auto da = h.online_device(a);
+  auto db = h.online_device(b);
+  auto di = h.online_device(ind);
+  std::this_thread::sleep_for(300ms);  // the watcher has seen the starting state
+
+  auto start = std::chrono::steady_clock::now();
+  h.cli_ok({"enrollment", "group", "disable", "g1"});
+  EXPECT_TRUE(da->wait_disconnected(1s)) << h.broker_log();
+  EXPECT_TRUE(db->wait_disconnected(1s));
+  const auto group_cut = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(group_cut, 1s);
+  EXPECT_TRUE(di->connected()) << "its individual enrollment still stands";
+  EXPECT_EQ(h.device(a)->connect(), 5) << "and reconnecting is refused";
+
+  start = std::chrono::steady_clock::now();
+  h.cli_ok({"enrollment", "individual", "disable", "dev-ind"});
+  EXPECT_TRUE(di->wait_disconnected(1s)) << h.broker_log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+  EXPECT_EQ(h.device(ind)->connect(), 5);
+  std::printf("[ measure  ] group disabled -> live devices cut in %lld ms\n",
+              static_cast<long long>(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(group_cut).count()));
+}
+
+TEST_F(BrokerLive, TheRegistryKnowsWhichCertificateEachDeviceIsConnectedWith) {
+  const auto a = h.issue("dev-a");
+  const auto b = h.issue("dev-b");
+  h.start_broker();
+  auto da = h.online_device(a);
+  auto db = h.online_device(b);
+  auto reg = engine::Registry::open(h.home / "registry.db");
+  std::vector<engine::DeviceSession> live;
+  for (int i = 0; i < 40 && (live = reg->connected_devices()).size() < 2; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(live.size(), 2u) << h.broker_log();
+  EXPECT_EQ(live[0].device_id, "dev-a");
+  EXPECT_EQ(live[0].mode, "hub");
+  EXPECT_EQ(live[0].cert_sha256, sha256_of(a.cert));
+  EXPECT_EQ(live[1].cert_sha256, sha256_of(b.cert));
+  db->disconnect();
+  for (int i = 0; i < 40 && (live = reg->connected_devices()).size() != 1; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(live.size(), 1u);
+  EXPECT_EQ(live[0].device_id, "dev-a");
+  // A reconnect of dev-a replaces its session: the old connection's end must not mark it gone.
+  auto again = h.online_device(a);
+  EXPECT_TRUE(da->wait_disconnected(2s));
+  std::this_thread::sleep_for(300ms);
+  live = reg->connected_devices();
+  ASSERT_EQ(live.size(), 1u) << "dev-a's new session stays recorded";
+  EXPECT_EQ(live[0].device_id, "dev-a");
+  const std::string rid = new_rid();
+  auto svc = h.online_service();
+  svc->publish(call_topic("dev-a", "ping", rid), "{}");
+  const auto call = again->wait_topic_prefix("$iothub/methods/POST/ping/");
+  ASSERT_TRUE(call) << "the new connection gets the calls";
+  h.stop_broker();
+  EXPECT_TRUE(reg->connected_devices().empty()) << "a stopped broker has nobody connected";
+}
+
+TEST_F(BrokerLive, AfterARestartDevicesReconnectAndMethodsAndTwinsWorkAgain) {
+  const auto a = h.issue("dev-a");
+  h.start_broker();
+  {
+    auto dev = h.online_device(a);
+    dev->publish("$iothub/twin/PATCH/properties/reported/?$rid=1", R"({"boot":1})");
+    ASSERT_TRUE(dev->wait_topic_prefix("$iothub/twin/res/204/"));
+    h.stop_broker();
+    EXPECT_TRUE(dev->wait_disconnected(2s));
+  }
+  h.start_broker();
+  auto dev = h.online_device(a);
+  auto svc = h.online_service();
+  const std::string rid = new_rid();
+  svc->publish(call_topic("dev-a", "ping", rid), "{}");
+  const auto call = dev->wait_topic_prefix("$iothub/methods/POST/ping/");
+  ASSERT_TRUE(call) << h.broker_log();
+  dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(call->topic), R"("pong")");
+  const auto answer = svc->wait_for(answer_to(rid));
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(status_of(answer->topic), 200);
+  dev->publish("$iothub/twin/GET/?$rid=2", "");
+  const auto twin = dev->wait_topic_prefix("$iothub/twin/res/200/");
+  ASSERT_TRUE(twin);
+  EXPECT_NE(twin->payload.find(R"("boot":1)"), std::string::npos) << twin->payload;
+}
+
+// Not a benchmark (fleetsign-bench is): the broker's CPU per routed call, one device answering
+// as fast as it can, calls kept in flight by the test.
+TEST_F(BrokerLive, BrokerCpuPerRoutedMethodCallIsMeasured) {
+  const auto a = h.issue("dev-a");
+  h.start_broker();
+  auto dev = h.online_device(a);
+  auto svc = h.online_service();
+  constexpr int kCalls = 2000;
+  // Warm up the caches and the connections.
+  const std::string warm = new_rid();
+  svc->publish(call_topic("dev-a", "m", warm), "{}");
+  auto c = dev->wait_topic_prefix("$iothub/methods/POST/m/");
+  ASSERT_TRUE(c);
+  dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(c->topic), "{}");
+  ASSERT_TRUE(svc->wait_for(answer_to(warm)));
+
+  const double cpu0 = cpu_seconds(h.broker_pid());
+  const auto t0 = std::chrono::steady_clock::now();
+  std::thread device_side([&] {
+    for (int i = 0; i < kCalls; ++i) {
+      const auto call = dev->wait_topic_prefix("$iothub/methods/POST/m/", 10s);
+      if (!call) return;
+      dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(call->topic), R"({"ok":true})");
+    }
+  });
+  std::vector<std::string> rids;
+  for (int i = 0; i < kCalls; ++i) {
+    rids.push_back(new_rid());
+    svc->publish(call_topic("dev-a", "m", rids.back(), 0, 30), R"({"n":1})");
+  }
+  device_side.join();
+  int answered = 0;
+  for (const auto& rid : rids) {
+    if (svc->wait_for(answer_to(rid), 10s)) ++answered;
+  }
+  const double cpu = cpu_seconds(h.broker_pid()) - cpu0;
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(answered, kCalls);
+  std::printf(
+      "[ measure  ] %d calls in %.2f s: broker CPU %.1f us per routed call (%.0f calls/s)\n",
+      kCalls, wall, cpu * 1e6 / kCalls, kCalls / wall);
+  EXPECT_LT(cpu * 1e6 / kCalls, 2000.0) << "far above the ~40 us design.md measured";
+}
+
+}  // namespace
+}  // namespace fleetsign
