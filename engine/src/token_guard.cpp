@@ -8,6 +8,7 @@
 #include <cstring>
 #include <optional>
 
+#include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/error.hpp"
 
@@ -71,51 +72,8 @@ bool complete(const std::optional<std::string>& text) {
                      reinterpret_cast<const unsigned char*>(text->data()), text->size()));
 }
 
-void write_all(int fd, const std::string& bytes, const fs::path& path) {
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {
-      throw Error(ErrorCode::kIo, path.string() + ": cannot be written: " + std::strerror(errno));
-    }
-    done += static_cast<std::size_t>(n);
-  }
-}
-
-void fsync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-// Temporary file, fsync, rename over `path`, fsync of the directory: `path` is always either
-// the old or the new content, never a mix, even across a kill or a power loss.
 void write_atomically(const fs::path& path, const std::string& bytes) {
-  const fs::path tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    throw Error(ErrorCode::kIo, tmp.string() + ": cannot be created: " + std::strerror(errno));
-  }
-  try {
-    write_all(fd, bytes, tmp);
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  const bool synced = ::fsync(fd) == 0;
-  const bool closed = ::close(fd) == 0;
-  if (!synced || !closed || ::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be written: " + std::strerror(err));
-  }
-  fsync_dir(path.parent_path());
+  write_file_atomic(path, bytes, 0600);
 }
 
 std::vector<fs::path> token_subdirs(const fs::path& token_dir) {

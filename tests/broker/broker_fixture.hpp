@@ -1,7 +1,7 @@
 // Test support for the broker: a fleetsign home made with the real CLI (token, verified root,
-// intermediate "int", enrollment group "g1" on it), the broker's files in HOME/broker (server and
-// service certificates made with openssl, clients-ca.pem, broker.json, mosquitto.conf), and a
-// real mosquitto with fleetsign's plugin on a free port, started and stopped by the test.
+// intermediate "int", enrollment group "g1" on it, `broker init` on a free port with the plugin
+// this build made), and Debian's mosquitto with fleetsign's plugin, started and stopped with
+// `fleetsign broker start | stop`.
 #pragma once
 
 #include <sys/types.h>
@@ -36,17 +36,13 @@ class BrokerHome {
 
   // A device certificate and key from `ca` (through `issue --generate`).
   DeviceFiles issue(const std::string& id, const std::string& ca = "int");
-  // A self-signed device certificate (`issue --self-signed`), trusted by the TLS layer (added to
-  // clients-ca.pem) but not enrolled.
+  // A self-signed device certificate (`issue --self-signed`), not enrolled. The TLS layer trusts
+  // it once an individual enrollment holds it and the broker (re)starts (clients-ca.pem).
   DeviceFiles self_signed(const std::string& id);
-  // Certificates the TLS layer lets through besides the registry's CAs (self-signed devices).
-  void trust(const std::filesystem::path& pem);
-  // Rewrites clients-ca.pem: every registry CA plus the trusted extras (call after adding CAs;
-  // the broker reads it at start).
-  void write_clients_ca();
 
+  // `broker start` (which rewrites clients-ca.pem from the registry) and `broker stop`.
   void start_broker();
-  void stop_broker();  // SIGTERM, waits
+  void stop_broker();
   pid_t broker_pid() const { return m_pid; }
   std::string broker_log() const;
 
@@ -64,11 +60,9 @@ class BrokerHome {
   TempDir dir;
   std::filesystem::path home, broker_dir, work;
   int port = 0;
-  std::string id_scope = "0ne00FLEET";
+  std::string id_scope;  // what `broker init` chose
 
  private:
-  void write_broker_files();
-  std::vector<std::filesystem::path> m_trusted;
   pid_t m_pid = -1;
 };
 

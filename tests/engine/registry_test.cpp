@@ -108,7 +108,7 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
-  EXPECT_EQ(Registry::kSchemaVersion, 4);
+  EXPECT_EQ(Registry::kSchemaVersion, 5);
 
   auto raw = raw_session(dir.db());
   std::string mode;
@@ -119,6 +119,32 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
          "('schema_version', 'cas', 'certificates', 'batches', 'audit')",
       kw::into(tables), kw::now;
   EXPECT_EQ(tables, 5);
+}
+
+// v4 widened the kinds of non-device certificates (the broker's TLS certificates) by rebuilding
+// the table; what v3 recorded survives and the new kinds are accepted, others still refused.
+TEST(Registry, TlsCertificatesOfFleetsignsOwnEndpointsAreRecordedLikeCaCertificates) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  for (const char* kind : {"verification", "tls-server", "tls-client"}) {
+    CaCertIntent intent;
+    intent.serial = std::string("AB") + kind;
+    intent.kind = kind;
+    intent.subject_name = "broker";
+    intent.issuer_ca = "root";
+    intent.tbs_der = {1, 2, 3};
+    reg->record_ca_cert_intent(intent);
+    reg->record_ca_cert_issued(intent.serial, {4, 5, 6});
+    const auto found = reg->find_ca_cert(intent.serial);
+    ASSERT_TRUE(found) << kind;
+    EXPECT_EQ(found->kind, kind);
+  }
+  CaCertIntent bad;
+  bad.serial = "CD";
+  bad.kind = "device";
+  bad.subject_name = "x";
+  bad.issuer_ca = "root";
+  EXPECT_THROW(reg->record_ca_cert_intent(bad), Error);
 }
 
 TEST(Registry, ReopeningKeepsCommittedData) {

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <set>
 
 #include "enrollment_support.hpp"
@@ -101,6 +102,26 @@ TEST_F(IoEdges, AuthCheckRefusesAChainFromDevZeroAsTooLargeNamingTheLimit) {
       &out);
   EXPECT_EQ(status, 2) << out;
   EXPECT_NE(out.find("larger than the limit of 1048576 bytes"), std::string::npos) << out;
+}
+
+// A FIFO nobody writes to used to hang the command in open(2) for ever; a pipe that is written
+// to (process substitution) is still read.
+TEST_F(IoEdges, AFifoWithNoWriterIsReadAsEmptyInsteadOfBlockingAndAPipeStillWorks) {
+  const std::string fifo = path("chain.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const auto start = std::chrono::steady_clock::now();
+  const auto o = bin.run("auth check --chain " + quoted(fifo) + " --json");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  EXPECT_NE(o.status, 0) << o.out << o.err;
+  EXPECT_NE(o.err.find(fifo), std::string::npos) << o.err;
+  const std::string cert = device("fifo-dev-1");
+  std::string out;
+  const int status =
+      testing::run("bash -c " + quoted("exec " + quoted(testing::fleetsign_bin()) + " --home " +
+                                       quoted(home.string()) + " auth check --json --chain <(cat " +
+                                       quoted(cert) + ")"),
+                   &out);
+  EXPECT_NE(out.find("\"registration_id\":\"fifo-dev-1\""), std::string::npos) << status << out;
 }
 
 TEST_F(IoEdges, AuthCheckRefusesAChainFileOverOneMebibyte) {

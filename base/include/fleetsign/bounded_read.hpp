@@ -3,10 +3,14 @@
 // refused with a message that names the input and the limit instead of growing without bound.
 //
 // Errors (thrown fleetsign::Error): kInputTooLarge when the input holds more than `limit` bytes,
-// kIo when it cannot be opened or read (a directory is refused as kIo, never read).
+// kIo when it cannot be opened or read (a directory is refused as kIo, never read). A FIFO or a
+// pipe (`--csr <(…)`) is read as it arrives, but never waited on without end: opening does not
+// block on a FIFO that has no writer (it reads as empty), and a read that sees no data for
+// kSlowInputSeconds is kIo naming the input.
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +32,7 @@ inline constexpr std::size_t kChainFileLimit = 1024 * 1024;   // a certificate c
 inline constexpr std::size_t kPolicyFileLimit = 1024 * 1024;  // policy.json
 inline constexpr std::size_t kCertFileLimit = 1024 * 1024;    // a certificate file
 inline constexpr std::size_t kConfigFileLimit = 256 * 1024;   // fleetsign.json, other config
+inline constexpr int kSlowInputSeconds = 30;
 
 // Reads `path` straight into `dest` (for a secret: the caller's wiping storage, so no intermediate
 // buffer keeps a copy). Returns the number of bytes read; kInputTooLarge when the input holds more
@@ -43,7 +48,7 @@ inline std::size_t read_bounded_into(const std::string& path, std::span<char> de
         ::close(fd);
       }
     }
-  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY)};
+  } file{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)};
   if (file.fd < 0) {
     throw Error(ErrorCode::kIo, name + ": cannot be opened: " + std::strerror(errno));
   }
@@ -59,6 +64,15 @@ inline std::size_t read_bounded_into(const std::string& path, std::span<char> de
         full ? ::read(file.fd, &probe, 1) : ::read(file.fd, dest.data() + used, dest.size() - used);
     if (n < 0) {
       if (errno == EINTR) {
+        continue;
+      }
+      if (errno == EAGAIN) {  // a pipe, FIFO or terminal with nothing yet
+        pollfd p{file.fd, POLLIN, 0};
+        const int ready = ::poll(&p, 1, kSlowInputSeconds * 1000);
+        if (ready == 0) {
+          throw Error(ErrorCode::kIo,
+                      name + ": no data arrived for " + std::to_string(kSlowInputSeconds) + " s");
+        }
         continue;
       }
       throw Error(ErrorCode::kIo, name + ": cannot be read: " + std::strerror(errno));

@@ -58,6 +58,8 @@ enum class ErrorCode : int {
   kVerificationCodeMismatch = 67,
   kVerificationSignatureInvalid = 68,
   kCertificateMalformed = 69,
+  // The fleet plane (80–89).
+  kBrokerFailed = 80,  // mosquitto would not start, stop or reload (the message quotes its log)
 };
 
 // Stable snake_case name, e.g. "csr_signature_invalid"; and the process exit status for a
@@ -161,6 +163,8 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "verification_code_mismatch";
     case ErrorCode::kVerificationSignatureInvalid:
       return "verification_signature_invalid";
+    case ErrorCode::kBrokerFailed:
+      return "broker_failed";
     case ErrorCode::kCertificateMalformed:
       return "certificate_malformed";
   }
@@ -184,6 +188,7 @@ inline int exit_status_for(ErrorCode code) noexcept {
   if (v >= 10 && v < 30) return 4;
   if (v >= 30 && v < 40) return 5;
   if (v >= 40 && v < 60) return 6;
+  if (v >= 80 && v < 90) return 9;
   if (v >= 60) return 7;
   return 1;
 }

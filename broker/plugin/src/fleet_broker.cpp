@@ -24,7 +24,8 @@ FleetBroker::FleetBroker(BrokerConfig config, Transport& transport)
   const std::int64_t reset = m_reads->mark_all_disconnected(m_clock.now());
   m_mark = m_reads->change_mark();
   m_auth = std::make_unique<engine::Authenticator>(*m_reads);
-  m_watcher = std::make_unique<RegistryWatcher>(m_config, m_live, m_inbox, m_log, m_mark);
+  m_watcher = std::make_unique<RegistryWatcher>(m_config.registry_path(), m_live, m_inbox, m_log,
+                                              m_mark);
   m_transport.log(LogLevel::kNotice,
                   "fleetsign: broker plugin ready (home " + m_config.home.string() + ", " +
                       std::to_string(reset) + " stale sessions closed, " +
@@ -279,6 +280,20 @@ void FleetBroker::on_tick() {
     m_twins.evict();
     m_last_evict_ms = now;
   }
+}
+
+void FleetBroker::on_reload() {
+  try {
+    BrokerConfig fresh = load_broker_config(m_config.home);
+    m_config = std::move(fresh);
+    m_transport.log(LogLevel::kNotice, "fleetsign: configuration reloaded (" +
+                                           std::to_string(m_config.service_sha256.size()) +
+                                           " service certificates)");
+  } catch (const std::exception& e) {
+    m_transport.log(LogLevel::kError,
+                    std::string("fleetsign: reload failed, configuration unchanged: ") + e.what());
+  }
+  refresh();
 }
 
 }  // namespace fleetsign::broker

@@ -58,6 +58,9 @@ class FleetBroker {
   void on_disconnect(const void* connection, const std::string& client_id);
   // MOSQ_EVT_TICK: takes what the threads handed over, kicks, expires method calls.
   void on_tick();
+  // MOSQ_EVT_RELOAD (SIGHUP, `fleetsign broker reload`): broker.json and the policy are read
+  // again; on an error the running configuration stays and the error is logged.
+  void on_reload();
 
   // For tests and measurements.
   std::uint64_t routed_calls() const { return m_methods.routed(); }

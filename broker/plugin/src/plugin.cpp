@@ -155,6 +155,15 @@ int on_tick(int, void*, void* userdata) {
   return MOSQ_ERR_SUCCESS;
 }
 
+int on_reload(int, void*, void* userdata) {
+  try {
+    static_cast<Plugin*>(userdata)->broker->on_reload();
+  } catch (const std::exception& e) {
+    log_failure("reload", e);
+  }
+  return MOSQ_ERR_SUCCESS;
+}
+
 struct Registration {
   int event;
   MOSQ_FUNC_generic_callback cb;
@@ -162,7 +171,8 @@ struct Registration {
 constexpr Registration kCallbacks[] = {{MOSQ_EVT_BASIC_AUTH, on_basic_auth},
                                        {MOSQ_EVT_ACL_CHECK, on_acl_check},
                                        {MOSQ_EVT_DISCONNECT, on_disconnect},
-                                       {MOSQ_EVT_TICK, on_tick}};
+                                       {MOSQ_EVT_TICK, on_tick},
+                                       {MOSQ_EVT_RELOAD, on_reload}};
 
 }  // namespace
 

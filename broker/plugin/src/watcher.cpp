@@ -80,10 +80,10 @@ std::vector<Recheck> Inbox::take_rechecks() {
   return std::exchange(m_rechecks, {});
 }
 
-RegistryWatcher::RegistryWatcher(const BrokerConfig& config, LiveDevices& live, Inbox& inbox,
-                                 LogQueue& log, std::int64_t start_mark)
-    : m_config(config), m_live(live), m_inbox(inbox), m_log(log), m_mark(start_mark) {
-  m_registry = open_broker_registry(m_config.registry_path());
+RegistryWatcher::RegistryWatcher(const std::filesystem::path& registry, LiveDevices& live,
+                                 Inbox& inbox, LogQueue& log, std::int64_t start_mark)
+    : m_live(live), m_inbox(inbox), m_log(log), m_mark(start_mark) {
+  m_registry = open_broker_registry(registry);
   m_thread = std::thread([this] { run(); });
 }
 

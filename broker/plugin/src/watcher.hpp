@@ -19,7 +19,6 @@
 #include <thread>
 #include <vector>
 
-#include "config.hpp"
 #include "fleetsign/engine/auth.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "log_queue.hpp"
@@ -74,8 +73,8 @@ class RegistryWatcher {
   static constexpr std::chrono::seconds kRecheckInterval{60};
 
   // `start_mark`: the change mark the main thread's first decision was built at.
-  RegistryWatcher(const BrokerConfig& config, LiveDevices& live, Inbox& inbox, LogQueue& log,
-                  std::int64_t start_mark);
+  RegistryWatcher(const std::filesystem::path& registry, LiveDevices& live, Inbox& inbox,
+                  LogQueue& log, std::int64_t start_mark);
   ~RegistryWatcher();                                // stops and joins
   RegistryWatcher(const RegistryWatcher&) = delete;  // owns a thread
   RegistryWatcher& operator=(const RegistryWatcher&) = delete;
@@ -85,7 +84,6 @@ class RegistryWatcher {
   bool poll(bool& admission_changed);  // false when the registry could not be read
   void recheck(std::int64_t mark);
 
-  const BrokerConfig& m_config;
   LiveDevices& m_live;
   Inbox& m_inbox;
   LogQueue& m_log;

@@ -1,7 +1,11 @@
 #include "fleetsign/engine/ca.hpp"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cctype>
 
 #include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
@@ -323,6 +327,120 @@ Der CaService::make_verification_cert(const std::string& ca_name, const std::str
   m_registry.audit("ca.verification-cert", ca_name,
                    "{\"code\":" + json_quote(code) +
                        ",\"serial\":" + json_quote(ossl::serial_hex(cert.get())) + "}");
+  return der;
+}
+
+namespace {
+
+bool is_dns_name(std::string_view name) {
+  if (name.empty() || name.size() > 253 || name.front() == '.' || name.back() == '.' ||
+      name.front() == '-') {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-';
+  });
+}
+
+}  // namespace
+
+TlsKeyPair make_tls_key() {
+  ossl::PkeyPtr key(EVP_EC_gen("P-256"));
+  if (!key) {
+    throw Error(ErrorCode::kInternal, "generating a P-256 key: " + ossl::last_error());
+  }
+  TlsKeyPair out;
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio == nullptr ||
+      PEM_write_bio_PrivateKey(bio, key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    BIO_free(bio);
+    throw Error(ErrorCode::kInternal, "encoding a P-256 key: " + ossl::last_error());
+  }
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio, &data);
+  out.private_pem.assign(data, static_cast<std::size_t>(len));
+  BIO_free(bio);
+  unsigned char* spki = nullptr;
+  const int spki_len = i2d_PUBKEY(key.get(), &spki);
+  if (spki_len <= 0) {
+    throw Error(ErrorCode::kInternal, "encoding a P-256 public key: " + ossl::last_error());
+  }
+  out.spki_der.assign(spki, spki + spki_len);
+  OPENSSL_free(spki);
+  return out;
+}
+
+Der CaService::make_tls_cert(const std::string& ca_name, const TlsCertSpec& spec,
+                             const Der& spki_der) {
+  const bool printable = std::all_of(spec.common_name.begin(), spec.common_name.end(),
+                                     [](char c) { return c >= 0x20 && c < 0x7f; });
+  if (spec.common_name.empty() || spec.common_name.size() > 64 || !printable) {
+    throw Error(ErrorCode::kInvalidArgument, "TLS certificate name '" + spec.common_name +
+                                                 "' must be 1..64 printable characters");
+  }
+  std::string san;
+  for (const std::string& dns : spec.dns_names) {
+    if (!is_dns_name(dns)) {
+      throw Error(ErrorCode::kInvalidArgument, "host name '" + dns + "' is not a DNS name");
+    }
+    san += (san.empty() ? "DNS:" : ",DNS:") + dns;
+  }
+  for (const std::string& ip : spec.ip_addresses) {
+    ASN1_OCTET_STRING* parsed = a2i_IPADDRESS(ip.c_str());
+    ASN1_OCTET_STRING_free(parsed);
+    if (parsed == nullptr) {
+      throw Error(ErrorCode::kInvalidArgument, "'" + ip + "' is not an IP address");
+    }
+    san += (san.empty() ? "IP:" : ",IP:") + ip;
+  }
+  if (spec.days < 1 || spec.days > 36500) {
+    throw Error(ErrorCode::kInvalidArgument, "TLS certificate days must be 1..36500");
+  }
+  const unsigned char* p = spki_der.data();
+  ossl::PkeyPtr public_key(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki_der.size())));
+  if (!public_key) {
+    throw Error(ErrorCode::kInvalidArgument, "TLS certificate key is not a SubjectPublicKeyInfo");
+  }
+  const CaRecord ca = get(ca_name);
+  const hsm::SigningKey& key = load_key(ca);
+  auto ca_cert = ossl::from_der(ca.cert_der);
+  ossl::X509Ptr cert(X509_new());
+  X509_set_version(cert.get(), X509_VERSION_3);
+  set_random_serial(cert.get(), m_random);
+  ossl::X509NamePtr subject(X509_NAME_new());
+  X509_NAME_add_entry_by_NID(subject.get(), NID_commonName, MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>(spec.common_name.c_str()), -1,
+                             -1, 0);
+  X509_set_subject_name(cert.get(), subject.get());
+  X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert.get()));
+  const std::int64_t not_before = m_clock.now() - kBackdateSeconds;
+  const std::int64_t not_after =
+      std::min(not_before + std::int64_t{spec.days} * 86400, ca.not_after);
+  ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(not_before));
+  ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(not_after));
+  X509_set_pubkey(cert.get(), public_key.get());
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, ca_cert.get(), cert.get(), nullptr, nullptr, 0);
+  add_ext(cert.get(), &ctx, NID_basic_constraints, "critical,CA:FALSE");
+  add_ext(cert.get(), &ctx, NID_key_usage, "critical,digitalSignature");
+  add_ext(cert.get(), &ctx, NID_ext_key_usage, spec.server ? "serverAuth" : "clientAuth");
+  if (!san.empty()) {
+    add_ext(cert.get(), &ctx, NID_subject_alt_name, san.c_str());
+  }
+  add_ext(cert.get(), &ctx, NID_subject_key_identifier, "hash");
+  add_ext(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
+  const std::string kind = spec.server ? "tls-server" : "tls-client";
+  const std::string serial = record_intent(cert.get(), kind, spec.common_name, ca_name);
+  try {
+    sign_and_check(cert.get(), key, X509_get0_pubkey(ca_cert.get()), kind + " certificate");
+  } catch (...) {
+    m_registry.abandon_ca_cert_intent(serial);
+    throw;
+  }
+  Der der = ossl::to_der(cert.get());
+  m_registry.record_ca_cert_issued(serial, der);
+  m_registry.audit("ca." + kind + "-cert", ca_name,
+                   json_object({{"name", spec.common_name}, {"serial", serial}}));
   return der;
 }
 

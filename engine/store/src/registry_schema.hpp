@@ -111,7 +111,27 @@ CREATE TABLE ca_certificates (
 );
 CREATE INDEX ca_certificates_subject ON ca_certificates (subject_name, kind);
 )sql",
-    // 4 (issue 8): the fleet plane. The broker records which certificate each device connects
+    // v4: the TLS certificates of fleetsign's own endpoints (the broker's server certificate, its
+    // service clients') join the CA-signed certificates that are not devices. SQLite cannot widen a
+    // CHECK in place: the table is rebuilt in the migration's transaction.
+    R"sql(
+CREATE TABLE ca_certificates_v4 (
+  serial TEXT PRIMARY KEY,
+  kind TEXT NOT NULL
+    CHECK (kind IN ('ca', 'verification', 'self-signed', 'tls-server', 'tls-client')),
+  subject_name TEXT NOT NULL,
+  issuer_ca TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('intent', 'issued', 'abandoned')),
+  tbs_der BLOB, der BLOB,
+  created_at BIGINT NOT NULL
+);
+INSERT INTO ca_certificates_v4 SELECT serial, kind, subject_name, issuer_ca, state, tbs_der, der,
+  created_at FROM ca_certificates;
+DROP TABLE ca_certificates;
+ALTER TABLE ca_certificates_v4 RENAME TO ca_certificates;
+CREATE INDEX ca_certificates_subject ON ca_certificates (subject_name, kind);
+)sql",
+    // 5 (issue 8): the fleet plane. The broker records which certificate each device connects
     // with, and serves device twins from here.
     R"sql(
 CREATE TABLE device_sessions (

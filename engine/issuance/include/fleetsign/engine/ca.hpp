@@ -31,6 +31,25 @@ struct CaSpec {
 
 hsm::KeyType to_key_type(policy::KeyAlgorithm alg) noexcept;
 
+// A TLS certificate for fleetsign's own endpoints (the broker's server certificate, its service
+// clients' certificates): the key pair is the caller's (a software key on the endpoint's host),
+// the signature the CA's token key's.
+struct TlsCertSpec {
+  std::string common_name;                // 1..64 printable characters
+  std::vector<std::string> dns_names;     // subjectAltName dNSName (letters, digits, '.', '-')
+  std::vector<std::string> ip_addresses;  // subjectAltName iPAddress (IPv4 or IPv6 text)
+  bool server = true;                     // extendedKeyUsage serverAuth; false: clientAuth
+  int days = 397;                         // clamped to the CA's own notAfter
+};
+
+// A software P-256 key pair for a TLS endpoint (never in the token: it lives on the endpoint's
+// host): the private key as unencrypted PKCS#8 PEM, the public key as SubjectPublicKeyInfo DER.
+struct TlsKeyPair {
+  std::string private_pem;
+  Der spki_der;
+};
+TlsKeyPair make_tls_key();
+
 class CaService final {
  public:
   CaService(Stores& registry, hsm::Token& token, const policy::Policy& policy, const Clock& clock,
@@ -58,6 +77,12 @@ class CaService final {
   // Proof of possession: a certificate with CN = code signed by the CA's token key. Its intent
   // (serial + TBS) is recorded before the token signs, the certificate after.
   Der make_verification_cert(const std::string& ca_name, const std::string& code);
+
+  // A TLS certificate (see TlsCertSpec) for the public key `spki_der` (SubjectPublicKeyInfo),
+  // with an intent recorded before the token signs ("tls-server" | "tls-client") and the
+  // certificate after, like every certificate. Errors: kInvalidArgument naming a bad name,
+  // address or key; kNotFound; token errors.
+  Der make_tls_cert(const std::string& ca_name, const TlsCertSpec& spec, const Der& spki_der);
 
  private:
   CaRecord create(const CaSpec& spec, const CaRecord* issuer);

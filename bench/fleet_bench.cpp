@@ -1,0 +1,287 @@
+// fleetsign-fleet-bench: the fleet plane under load, in one run on one machine.
+//
+//   1. a temp home (SoftHSM2 token + SQLite), a root CA proven to the registry, an enrollment
+//      group, N device certificates with --generate, `broker init` + `broker start` (Debian's
+//      mosquitto with fleetsign's plugin) — all through the real CLI;
+//   2. N devices connect over TLS with their own certificates (the device agent's DeviceFleet, in
+//      this process, on its own thread): connect_per_s;
+//   3. one service client (the trigger layer's broker backend) invokes `ping` on every device,
+//      `--in-flight` calls at a time: method_calls_per_s, p50 and p99 latency;
+//   4. the broker's peak RSS (VmHWM).
+//
+// Prints a human summary, or one JSON object with --json. Targets (issue 8): method_calls_per_s
+// >= 5000 with 10,000 devices, p99 < 100 ms with 1,000 calls in flight, broker RSS < 400 MB.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench.hpp"
+#include "fleetsign/bounded_read.hpp"
+#include "fleetsign/device/fleet.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/jobs/broker_trigger.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  std::size_t devices = 10000;
+  std::size_t calls = 0;  // 0: one per device
+  std::size_t in_flight = 1000;
+  bool json = false;
+  bool keep = false;
+  fs::path dir;
+};
+
+[[noreturn]] void usage(const char* msg) {
+  std::fprintf(stderr,
+               "%s\nusage: fleetsign-fleet-bench [--devices N] [--calls N] [--in-flight N] "
+               "[--dir DIR] [--keep] [--json]\n",
+               msg);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto next = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value for " + a).c_str());
+      return argv[++i];
+    };
+    const auto number = [&](const std::string& v) -> std::size_t {
+      try {
+        const long long n = std::stoll(v);
+        if (n < 1 || n > 10'000'000) throw std::out_of_range(v);
+        return static_cast<std::size_t>(n);
+      } catch (const std::exception&) {
+        usage((a + " needs a number 1..10000000, not '" + v + "'").c_str());
+      }
+    };
+    if (a == "--devices") o.devices = number(next());
+    else if (a == "--calls") o.calls = number(next());
+    else if (a == "--in-flight") o.in_flight = number(next());
+    else if (a == "--dir") o.dir = next();
+    else if (a == "--json") o.json = true;
+    else if (a == "--keep") o.keep = true;
+    else if (a == "--help" || a == "-h") usage("fleetsign-fleet-bench: the fleet plane under load");
+    else usage(("unknown option " + a).c_str());
+  }
+  if (o.calls == 0) o.calls = o.devices;
+  return o;
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Setup {
+  fs::path dir, home, log;
+  std::map<std::string, std::string> env;
+
+  std::string cli(const std::vector<std::string>& args, bool capture = false) {
+    std::vector<std::string> argv{FLEETSIGN_CLI_PATH, "--home", home.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const auto r = fleetsign::bench::run_child(argv, env, log, capture);
+    if (r.exit_status != 0) {
+      std::string cmd;
+      for (const auto& a : args) cmd += " " + a;
+      std::fprintf(stderr, "fleetsign%s failed (%d); log %s:\n%s\n", cmd.c_str(), r.exit_status,
+                   log.c_str(), fleetsign::bench::tail_of(log).c_str());
+      std::exit(1);
+    }
+    return r.out;
+  }
+};
+
+long vm_hwm_kb(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return 0;
+}
+
+int broker_pid(const fs::path& home) {
+  try {
+    return std::stoi(fleetsign::read_bounded((home / "broker" / "mosquitto.pid").string(), 64,
+                                             "broker pid file"));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const auto i = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse(argc, argv);
+  Setup s;
+  s.dir = opt.dir.empty() ? fs::temp_directory_path() / ("fleetsign-fleet-bench-" +
+                                                         std::to_string(::getpid()))
+                          : opt.dir;
+  fs::create_directories(s.dir);
+  s.home = s.dir / "home";
+  s.log = s.dir / "bench.log";
+  s.env = {{"FLEETSIGN_PIN", "bench-user-pin"}, {"FLEETSIGN_SO_PIN", "bench-so-pin"}};
+  const bool tty = ::isatty(STDERR_FILENO) != 0 && !opt.json;
+  const auto say = [&](const char* what) {
+    if (tty) std::fprintf(stderr, "%s\n", what);
+  };
+
+  say("setting up a home, a proven root CA, a group and the device certificates");
+  s.cli({"init"});
+  s.cli({"ca", "create-root", "--name", "root", "--subject", "/CN=Bench Fleet Root"});
+  const fs::path pop = s.dir / "pop.pem";
+  s.cli({"ca", "verification-cert", "--ca", "root", "--code", "BENCH", "--out", pop.string()});
+  s.cli({"ca", "verify", "root", "--code", "BENCH", "--cert", pop.string()});
+  s.cli({"enrollment", "group", "create", "fleet", "--ca", "root"});
+  const fs::path out = s.dir / "devices";
+  s.cli({"issue", "--ca", "root", "--generate", std::to_string(opt.devices), "--id-pattern",
+         "bench-{06}", "--out", out.string()});
+  const int port = free_port();
+  s.cli({"broker", "init", "--port", std::to_string(port), "--host", "localhost"});
+  s.cli({"broker", "start"});
+  const int pid = broker_pid(s.home);
+
+  fleetsign::device::FleetOptions fo;
+  fo.broker_host = "localhost";
+  fo.broker_port = port;
+  fo.trust_file = s.home / "broker" / "ca.pem";
+  fo.id_rule = fleetsign::policy::Policy{}.device_id;
+  fo.devices = fleetsign::device::load_batch_dir(out, fo.id_rule);
+  fo.max_handshakes = 64;
+  fleetsign::device::DeviceFleet fleet(std::move(fo));
+  fleet.start();
+  std::atomic<bool> quit{false};
+  std::thread devices([&] { fleet.run_until([&] { return quit.load(); }); });
+
+  say("connecting the devices");
+  const auto connect_start = Clock::now();
+  const auto connect_deadline = connect_start + std::chrono::seconds(600);
+  while (fleet.stats().connected < static_cast<std::int64_t>(opt.devices) &&
+         Clock::now() < connect_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (tty) {
+      std::fprintf(stderr, "\r  %lld / %zu connected", static_cast<long long>(fleet.stats().connected),
+                   opt.devices);
+    }
+  }
+  const double connect_s = std::chrono::duration<double>(Clock::now() - connect_start).count();
+  const auto connected = fleet.stats().connected;
+  if (tty) std::fprintf(stderr, "\n");
+  // The devices' twin GET and reported PATCH settle before the calls are timed.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+
+  say("invoking ping on every device");
+  auto options = fleetsign::jobs::broker_options_for_home(s.home);
+  options.max_in_flight = opt.in_flight;
+  fleetsign::jobs::BrokerTrigger trigger(options);
+  const fleetsign::policy::Policy policy{};
+  std::vector<fleetsign::engine::DeviceId> ids;
+  for (std::size_t i = 0; i < opt.devices; ++i) {
+    char id[32];
+    std::snprintf(id, sizeof id, "bench-%06zu", i + 1);
+    ids.push_back(fleetsign::engine::DeviceId::check(policy, id).value());
+  }
+  std::mutex mu;
+  std::vector<double> latencies_ms;
+  latencies_ms.reserve(opt.calls);
+  std::map<int, std::size_t> statuses;
+  std::size_t failures = 0;
+  const auto calls_start = Clock::now();
+  for (std::size_t i = 0; i < opt.calls; ++i) {
+    fleetsign::jobs::MethodRequest req{ids[i % ids.size()], "ping", "{\"n\":1}", 30, 0};
+    const auto t0 = Clock::now();
+    trigger.invoke(std::move(req), [&, t0](fleetsign::jobs::CallId, fleetsign::jobs::MethodOutcome r) {
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      std::lock_guard lock(mu);
+      latencies_ms.push_back(ms);
+      if (r) ++statuses[r.value().status];
+      else ++failures;
+    });
+  }
+  trigger.wait_idle();
+  const double calls_s = std::chrono::duration<double>(Clock::now() - calls_start).count();
+  const long rss_kb = pid > 0 ? vm_hwm_kb(pid) : 0;
+
+  quit = true;
+  fleet.stop();
+  devices.join();
+  fleet.shutdown();
+  s.cli({"broker", "stop"});
+
+  const double calls_per_s = static_cast<double>(opt.calls) / calls_s;
+  const double p50 = percentile(latencies_ms, 0.50), p99 = percentile(latencies_ms, 0.99);
+  const std::size_t ok = statuses[200];
+  if (opt.json) {
+    std::printf("%s\n",
+                fleetsign::engine::json_object(
+                    {{"devices", static_cast<std::int64_t>(opt.devices)},
+                     {"connected", static_cast<std::int64_t>(connected)},
+                     {"connect_s", std::to_string(connect_s)},
+                     {"connect_per_s", static_cast<std::int64_t>(static_cast<double>(connected) / connect_s)},
+                     {"calls", static_cast<std::int64_t>(opt.calls)},
+                     {"calls_ok", static_cast<std::int64_t>(ok)},
+                     {"calls_failed", static_cast<std::int64_t>(opt.calls - ok)},
+                     {"in_flight", static_cast<std::int64_t>(opt.in_flight)},
+                     {"method_calls_per_s", static_cast<std::int64_t>(calls_per_s)},
+                     {"p50_ms", std::to_string(p50)},
+                     {"p99_ms", std::to_string(p99)},
+                     {"broker_peak_rss_mb", static_cast<std::int64_t>(rss_kb / 1024)},
+                     {"calls_vs_target", std::to_string(calls_per_s / 5000.0)},
+                     {"p99_vs_target", std::to_string(p99 / 100.0)},
+                     {"rss_vs_target", std::to_string(static_cast<double>(rss_kb) / 1024.0 / 400.0)}})
+                    .c_str());
+  } else {
+    std::printf("fleet plane, %zu devices, %zu calls with %zu in flight\n", opt.devices, opt.calls,
+                opt.in_flight);
+    std::printf("  connected            %lld in %.1f s (%.0f/s)\n", static_cast<long long>(connected),
+                connect_s, static_cast<double>(connected) / connect_s);
+    std::printf("  method calls         %zu ok of %zu, %.0f/s (target >= 5000)\n", ok, opt.calls,
+                calls_per_s);
+    std::printf("  latency              p50 %.1f ms, p99 %.1f ms (target p99 < 100)\n", p50, p99);
+    std::printf("  broker peak RSS      %ld MB (target < 400)\n", rss_kb / 1024);
+    for (const auto& [status, n] : statuses) {
+      if (status != 200) std::printf("  status %d            %zu\n", status, n);
+    }
+    if (failures > 0) std::printf("  transport failures   %zu\n", failures);
+  }
+  if (!opt.keep && opt.dir.empty()) {
+    std::error_code ec;
+    fs::remove_all(s.dir, ec);
+  }
+  return ok == opt.calls ? 0 : 1;
+}
