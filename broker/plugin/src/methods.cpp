@@ -70,6 +70,7 @@ void MethodRouter::call(const std::string& service, const Request& req, std::str
   c.deadline = m_deadlines.emplace(now_ms + std::int64_t{req.connect_timeout_s} * 1000, drid);
   auto [it, inserted] = m_calls.emplace(drid, std::move(c));
   m_caller_rids.insert(key);
+  ++m_per_service[service];
   if (ready) {
     if (held.empty()) m_held.erase(device);
     send(drid, it->second, now_ms);
@@ -155,6 +156,10 @@ void MethodRouter::finish(const std::string& drid_in) {
   Call& c = it->second;
   m_deadlines.erase(c.deadline);
   m_caller_rids.erase(caller_key(c.service, c.rid));
+  const auto per = m_per_service.find(c.service);
+  if (per != m_per_service.end() && --per->second == 0) {
+    m_per_service.erase(per);
+  }
   if (!c.sent) {
     const auto held = m_held.find(c.device);
     if (held != m_held.end()) {
@@ -167,6 +172,9 @@ void MethodRouter::finish(const std::string& drid_in) {
 }
 
 void MethodRouter::service_gone(const std::string& service) {
+  if (m_per_service.count(service) == 0) {
+    return;  // the common case (a CLI call that got its answer): no scan
+  }
   std::vector<std::string> drids;
   for (const auto& [drid, c] : m_calls) {
     if (c.service == service) drids.push_back(drid);

@@ -70,6 +70,7 @@ class MethodRouter {
   std::unordered_map<std::string, std::vector<std::string>> m_held;  // device -> drids, in order
   std::multimap<std::int64_t, std::string> m_deadlines;              // deadline ms -> drid
   std::unordered_set<std::string> m_caller_rids;                     // service + ' ' + rid
+  std::unordered_map<std::string, std::size_t> m_per_service;        // pending calls per caller
   std::uint64_t m_routed = 0;
 };
 
