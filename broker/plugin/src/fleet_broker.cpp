@@ -24,8 +24,8 @@ FleetBroker::FleetBroker(BrokerConfig config, Transport& transport)
   const std::int64_t reset = m_reads->mark_all_disconnected(m_clock.now());
   m_mark = m_reads->change_mark();
   m_auth = std::make_unique<engine::Authenticator>(*m_reads);
-  m_watcher = std::make_unique<RegistryWatcher>(m_config.registry_path(), m_live, m_inbox, m_log,
-                                              m_mark);
+  m_watcher =
+      std::make_unique<RegistryWatcher>(m_config.registry_path(), m_live, m_inbox, m_log, m_mark);
   m_transport.log(LogLevel::kNotice,
                   "fleetsign: broker plugin ready (home " + m_config.home.string() + ", " +
                       std::to_string(reset) + " stale sessions closed, " +
