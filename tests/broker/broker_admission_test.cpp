@@ -179,5 +179,20 @@ TEST_F(BrokerAdmission, ADeviceCannotTakeOverAnotherDevicesSession) {
   EXPECT_EQ(fake_service->connect(), kNotAuthorised);
 }
 
+// What mosquitto loads: only the three entry points are exported (the engine inside stays
+// private), and nothing of the token (libp11, SoftHSM) is linked. Checked with binutils.
+TEST(BrokerPlugin, ExportsOnlyThePluginEntryPointsAndNeverLinksTheToken) {
+  std::string out;
+  ASSERT_EQ(testing::run("nm -D --defined-only " FLEETSIGN_PLUGIN_PATH " | awk '{print $3}' | sort",
+                         &out),
+            0);
+  EXPECT_EQ(out, "mosquitto_plugin_cleanup\nmosquitto_plugin_init\nmosquitto_plugin_version\n");
+  ASSERT_EQ(testing::run("readelf -d " FLEETSIGN_PLUGIN_PATH, &out), 0);
+  EXPECT_NE(out.find("libcrypto"), std::string::npos) << out;
+  EXPECT_EQ(out.find("libp11"), std::string::npos) << out;
+  EXPECT_EQ(out.find("softhsm"), std::string::npos) << out;
+  EXPECT_EQ(out.find("libtbb"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace fleetsign

@@ -93,6 +93,29 @@ TEST_F(BrokerRouting, ACallIsHeldUntilItsDeviceConnectsWithinTheConnectTimeout) 
   EXPECT_EQ(status_of(answer->topic), 202);
 }
 
+// The Azure SDK connects with clean session false: its subscription outlives a reconnect, so a
+// held call goes out when it is back, even before (or without) it subscribes again.
+TEST_F(BrokerRouting, APersistentSessionGetsHeldCallsWhenItComesBack) {
+  {
+    auto dev = h.device(a, "", false);
+    ASSERT_EQ(dev->connect(), 0);
+    ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
+    dev->disconnect();
+  }
+  auto svc = h.online_service();
+  const std::string rid = new_rid();
+  svc->publish(call_topic("dev-a", "resume", rid, 20, 10), "{}");
+  std::this_thread::sleep_for(300ms);
+  auto dev = h.device(a, "", false);
+  ASSERT_EQ(dev->connect(), 0);
+  const auto call = dev->wait_topic_prefix("$iothub/methods/POST/resume/");
+  ASSERT_TRUE(call) << h.broker_log();
+  dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(call->topic), "{}", 1);
+  const auto answer = svc->wait_for(answer_to(rid));
+  ASSERT_TRUE(answer) << "a QoS 1 answer is served like a QoS 0 one";
+  EXPECT_EQ(status_of(answer->topic), 200);
+}
+
 TEST_F(BrokerRouting, ASilentDeviceGets504WhenTheResponseTimeoutPasses) {
   auto dev = h.online_device(a);
   auto svc = h.online_service();

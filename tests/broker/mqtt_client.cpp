@@ -59,9 +59,18 @@ void MqttClient::on_disconnect(mosquitto*, void* self, int) {
   c->m_cv.notify_all();
 }
 
-void MqttClient::on_message(mosquitto*, void* self, const mosquitto_message* m) {
+void MqttClient::on_message(mosquitto* mosq, void* self, const mosquitto_message* m) {
   auto* c = static_cast<MqttClient*>(self);
   const std::lock_guard lock(c->m_mutex);
+  if (c->m_auto_answer && std::string_view(m->topic).rfind("$iothub/methods/POST/", 0) == 0) {
+    const std::string topic = "$iothub/methods/res/" + std::to_string(c->m_auto_answer->first) +
+                              "/?$rid=" + rid_of(m->topic);
+    const std::string& body = c->m_auto_answer->second;
+    mosquitto_publish(mosq, nullptr, topic.c_str(), static_cast<int>(body.size()), body.data(), 0,
+                      false);
+    ++c->m_answered;
+    return;
+  }
   c->m_messages.push_back(
       Message{m->topic, std::string(static_cast<const char*>(m->payload), m->payloadlen)});
   c->m_cv.notify_all();
@@ -132,6 +141,16 @@ std::optional<Message> MqttClient::wait_topic_prefix(const std::string& prefix, 
 std::vector<Message> MqttClient::received() {
   const std::lock_guard lock(m_mutex);
   return m_messages;
+}
+
+void MqttClient::answer_methods(int status, const std::string& payload) {
+  const std::lock_guard lock(m_mutex);
+  m_auto_answer = std::make_pair(status, payload);
+}
+
+std::size_t MqttClient::answered() {
+  const std::lock_guard lock(m_mutex);
+  return m_answered;
 }
 
 bool MqttClient::connected() {

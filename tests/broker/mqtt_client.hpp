@@ -48,6 +48,10 @@ class MqttClient {
                                   Ms timeout = Ms(5000));
   std::optional<Message> wait_topic_prefix(const std::string& prefix, Ms timeout = Ms(5000));
   std::vector<Message> received();  // everything not yet taken
+  // From now on every method call this client receives is answered at once with `status` and
+  // `payload` (from libmosquitto's thread) instead of being kept: a device that always answers.
+  void answer_methods(int status, const std::string& payload);
+  std::size_t answered();  // calls answered so far
   bool connected();
   // True once the broker closed the connection (or it was never open).
   bool wait_disconnected(Ms timeout);
@@ -68,6 +72,8 @@ class MqttClient {
   bool m_connected = false, m_closed = false;
   std::vector<Message> m_messages;
   std::vector<std::pair<int, int>> m_subacks;  // mid, first granted qos
+  std::optional<std::pair<int, std::string>> m_auto_answer;
+  std::size_t m_answered = 0;
 };
 
 // The rid of a topic ("…?$rid=abc&…" → "abc").
