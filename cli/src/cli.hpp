@@ -91,6 +91,7 @@ void add_misc_commands(std::vector<Command>& commands);
 void add_enrollment_commands(std::vector<Command>& commands);  // enrollment …, device …
 void add_report_commands(std::vector<Command>& commands);      // expiry report, export …
 void add_auth_commands(std::vector<Command>& commands);        // auth check
+void add_method_commands(std::vector<Command>& commands);      // method invoke, fleet backend
 
 // Helpers shared by commands.
 void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::string& arg,

@@ -30,7 +30,8 @@ void init_library() {
 void require_readable(const std::filesystem::path& file, const char* what) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec)) {
-    throw Error(ErrorCode::kIo, std::string(what) + " '" + file.string() + "': not a readable file");
+    throw Error(ErrorCode::kIo,
+                std::string(what) + " '" + file.string() + "': not a readable file");
   }
 }
 
@@ -263,18 +264,16 @@ void BrokerTrigger::Impl::connect() {
   if (tls != MOSQ_ERR_SUCCESS) {
     throw Error(ErrorCode::kIo, "TLS files for the " + where + ": " + mosquitto_strerror(tls));
   }
-  mosquitto_connect_callback_set(mosq, [](mosquitto*, void* self, int rc) {
-    static_cast<Impl*>(self)->on_connect(rc);
-  });
+  mosquitto_connect_callback_set(
+      mosq, [](mosquitto*, void* self, int rc) { static_cast<Impl*>(self)->on_connect(rc); });
   mosquitto_subscribe_callback_set(mosq, [](mosquitto*, void* self, int mid, int n, const int* g) {
     static_cast<Impl*>(self)->on_subscribe(mid, n, g);
   });
   mosquitto_message_callback_set(mosq, [](mosquitto*, void* self, const mosquitto_message* m) {
     static_cast<Impl*>(self)->on_message(*m);
   });
-  mosquitto_disconnect_callback_set(mosq, [](mosquitto*, void* self, int rc) {
-    static_cast<Impl*>(self)->on_disconnect(rc);
-  });
+  mosquitto_disconnect_callback_set(
+      mosq, [](mosquitto*, void* self, int rc) { static_cast<Impl*>(self)->on_disconnect(rc); });
   mosquitto_log_callback_set(mosq, [](mosquitto*, void* self, int level, const char* text) {
     static_cast<Impl*>(self)->on_log(level, text);
   });
@@ -283,22 +282,23 @@ void BrokerTrigger::Impl::connect() {
   const int rc = mosquitto_connect(mosq, opt.host.c_str(), opt.port, opt.keepalive_s);
   if (rc != MOSQ_ERR_SUCCESS) {
     const std::string cause = rc == MOSQ_ERR_ERRNO ? std::strerror(errno)
-                              : last_error.empty() ? mosquitto_strerror(rc)
-                                                   : std::string(mosquitto_strerror(rc)) + ": " +
-                                                         last_error;
+                              : last_error.empty()
+                                  ? mosquitto_strerror(rc)
+                                  : std::string(mosquitto_strerror(rc)) + ": " + last_error;
     throw Error(ErrorCode::kServiceUnavailable, "cannot connect to the " + where + ": " + cause);
   }
   if (const int loop = mosquitto_loop_start(mosq); loop != MOSQ_ERR_SUCCESS) {
-    throw Error(ErrorCode::kInternal, std::string("libmosquitto loop: ") + mosquitto_strerror(loop));
+    throw Error(ErrorCode::kInternal,
+                std::string("libmosquitto loop: ") + mosquitto_strerror(loop));
   }
   loop_started = true;
   std::unique_lock lock(mutex);
   state_cv.wait_for(lock, opt.connect_wait, [this] { return state != State::kConnecting; });
   if (state != State::kReady) {
-    const std::string cause = state == State::kConnecting ? "no CONNACK and SUBACK within " +
-                                                                std::to_string(opt.connect_wait.count()) +
-                                                                " ms"
-                                                          : last_error;
+    const std::string cause =
+        state == State::kConnecting
+            ? "no CONNACK and SUBACK within " + std::to_string(opt.connect_wait.count()) + " ms"
+            : last_error;
     stopping = true;  // the disconnect that follows is ours
     throw Error(ErrorCode::kServiceUnavailable, "cannot connect to the " + where + ": " + cause);
   }
@@ -330,7 +330,10 @@ BrokerTrigger::~BrokerTrigger() {
 
 CallId BrokerTrigger::invoke(MethodRequest request, Completion done) {
   Impl& s = *m_impl;
-  Impl::Pending p{0, std::move(done), {}, request.device.str(),
+  Impl::Pending p{0,
+                  std::move(done),
+                  {},
+                  request.device.str(),
                   request.connect_timeout_s + request.response_timeout_s};
   {
     const std::lock_guard lock(s.mutex);
@@ -346,10 +349,11 @@ CallId BrokerTrigger::invoke(MethodRequest request, Completion done) {
   std::unique_lock lock(s.mutex);
   s.slots.wait(lock, [&s] { return s.stopping || s.pending.size() < s.opt.max_in_flight; });
   if (s.stopping || s.state != Impl::State::kReady || s.pending.count(rid) != 0) {
-    const std::string why = s.stopping ? "the trigger is closing" : "not connected to the " + s.where;
+    const std::string why =
+        s.stopping ? "the trigger is closing" : "not connected to the " + s.where;
     lock.unlock();
-    p.done(id, fail(ErrorCode::kServiceUnavailable,
-                    "method call to device " + p.device + ": " + why));
+    p.done(id,
+           fail(ErrorCode::kServiceUnavailable, "method call to device " + p.device + ": " + why));
     return id;
   }
   p.deadline = SteadyClock::now() + std::chrono::seconds(p.waited_s) + s.opt.deadline_grace;
@@ -361,9 +365,9 @@ CallId BrokerTrigger::invoke(MethodRequest request, Completion done) {
   if (earliest) {
     s.timer_cv.notify_one();
   }
-  const int rc = mosquitto_publish(s.mosq, nullptr, topic.c_str(),
-                                   static_cast<int>(request.payload.size()),
-                                   request.payload.data(), 0, false);
+  const int rc =
+      mosquitto_publish(s.mosq, nullptr, topic.c_str(), static_cast<int>(request.payload.size()),
+                        request.payload.data(), 0, false);
   if (rc != MOSQ_ERR_SUCCESS) {
     lock.lock();
     std::optional<Impl::Pending> taken = s.take_locked(rid);

@@ -3,7 +3,12 @@
 #include <Poco/Exception.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 
 #include "fleetsign/bounded_read.hpp"
@@ -53,8 +58,8 @@ FleetConfig parse_fleet_config(std::string_view json_text, std::string_view orig
   FleetConfig config;
   for (const auto& name : obj->getNames()) {
     if (name != "backend" && name != "connection_string_file" && name != "ca_file") {
-      throw bad(origin, "unknown field '" + name +
-                            "' (expected backend, connection_string_file, ca_file)");
+      throw bad(origin,
+                "unknown field '" + name + "' (expected backend, connection_string_file, ca_file)");
     }
   }
   if (obj->has("backend")) {
@@ -102,6 +107,45 @@ std::string fleet_config_json(const FleetConfig& config) {
   obj.stringify(out, 2);
   out << '\n';
   return out.str();
+}
+
+void save_fleet_config(const fs::path& home, const FleetConfig& config) {
+  const fs::path file = fleet_config_path(home);
+  const std::string text = fleet_config_json(config);
+  std::string tmp = (home / ".fleet.json.tmp-XXXXXX").string();
+  const auto failed = [&](const std::string& step, int err) {
+    ::unlink(tmp.c_str());
+    return Error(ErrorCode::kIo, file.string() + ": " + step + ": " + std::strerror(err));
+  };
+  const int fd = ::mkstemp(tmp.data());
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo,
+                file.string() + ": creating a temporary file: " + std::strerror(errno));
+  }
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
+      throw failed("write", err);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fchmod(fd, 0644) != 0 || ::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw failed("fsync", err);
+  }
+  if (::close(fd) != 0) {
+    throw failed("close", errno);
+  }
+  if (::rename(tmp.c_str(), file.c_str()) != 0) {
+    throw failed("rename", errno);
+  }
 }
 
 BrokerTriggerOptions broker_options_for_home(const fs::path& home) {

@@ -216,7 +216,8 @@ std::string sas_token(const ServiceConnectionString& connection, std::int64_t ex
   }
   std::array<unsigned char, 4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1> b64{};
   const int b64_len = EVP_EncodeBlock(b64.data(), mac.data(), static_cast<int>(mac_len));
-  const std::string sig(reinterpret_cast<const char*>(b64.data()), static_cast<std::size_t>(b64_len));
+  const std::string sig(reinterpret_cast<const char*>(b64.data()),
+                        static_cast<std::size_t>(b64_len));
   return "SharedAccessSignature sr=" + sr + "&sig=" + url_encode(sig) + "&se=" + se +
          "&skn=" + url_encode(connection.key_name());
 }

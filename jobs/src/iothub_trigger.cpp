@@ -87,13 +87,12 @@ MethodOutcome to_outcome(const HttpAnswer& answer, const std::string& device) {
     }
     const int status = obj->getValue<int>("status");
     std::ostringstream payload;
-    Poco::JSON::Stringifier::condense(obj->has("payload") ? obj->get("payload") : Poco::Dynamic::Var(),
-                                      payload);
+    Poco::JSON::Stringifier::condense(
+        obj->has("payload") ? obj->get("payload") : Poco::Dynamic::Var(), payload);
     return MethodResult{status, payload.str()};
   } catch (const Poco::Exception& e) {
-    return fail(ErrorCode::kServiceUnavailable,
-                "IoT Hub's answer for device " + device + " is not a method result: " +
-                    e.displayText());
+    return fail(ErrorCode::kServiceUnavailable, "IoT Hub's answer for device " + device +
+                                                    " is not a method result: " + e.displayText());
   } catch (const std::exception& e) {  // Poco::Dynamic::Var's bad casts
     return fail(ErrorCode::kServiceUnavailable,
                 "IoT Hub's answer for device " + device + " is not a method result: " + e.what());
@@ -152,8 +151,8 @@ struct IotHubTrigger::Impl {
     if (opt.ca_file) {
       std::error_code ec;
       if (!std::filesystem::is_regular_file(*opt.ca_file, ec)) {
-        throw Error(ErrorCode::kIo, "IoT Hub CA file '" + opt.ca_file->string() +
-                                        "': not a readable file");
+        throw Error(ErrorCode::kIo,
+                    "IoT Hub CA file '" + opt.ca_file->string() + "': not a readable file");
       }
       params.caLocation = opt.ca_file->string();
     }
@@ -197,8 +196,8 @@ Result<HttpAnswer> IotHubTrigger::Impl::exchange(
     std::unique_ptr<Poco::Net::HTTPSClientSession>& session, const Job& job,
     const std::string& body) {
   const MethodRequest& r = job.request;
-  const auto read_timeout = std::chrono::seconds(r.connect_timeout_s + r.response_timeout_s) +
-                            opt.deadline_grace;
+  const auto read_timeout =
+      std::chrono::seconds(r.connect_timeout_s + r.response_timeout_s) + opt.deadline_grace;
   const std::string path = "/twins/" + url_encode(r.device.str()) +
                            "/methods?api-version=" + std::string(kIotHubApiVersion);
   const std::string where = "IoT Hub " + opt.connection.host();
@@ -262,9 +261,9 @@ Result<HttpAnswer> IotHubTrigger::Impl::exchange(
                   where + " closed the connection without answering for device " + r.device.str());
     } catch (const Poco::Exception& e) {
       session.reset();
-      return fail(ErrorCode::kServiceUnavailable,
-                  "reading the answer of " + where + " for device " + r.device.str() + ": " +
-                      e.displayText());
+      return fail(ErrorCode::kServiceUnavailable, "reading the answer of " + where +
+                                                      " for device " + r.device.str() + ": " +
+                                                      e.displayText());
     }
   }
 }
@@ -362,12 +361,12 @@ CallId IotHubTrigger::invoke(MethodRequest request, Completion done) {
     return id;
   }
   lock.lock();
-  s.slots.wait(lock, [&s] { return s.stopping || s.queue.size() + s.running < s.opt.max_in_flight; });
+  s.slots.wait(lock,
+               [&s] { return s.stopping || s.queue.size() + s.running < s.opt.max_in_flight; });
   if (s.stopping) {
     lock.unlock();
-    done(id, fail(ErrorCode::kServiceUnavailable, "method call to device " +
-                                                       request.device.str() +
-                                                       ": the trigger is closing"));
+    done(id, fail(ErrorCode::kServiceUnavailable,
+                  "method call to device " + request.device.str() + ": the trigger is closing"));
     return id;
   }
   s.queue.push_back(Impl::Job{id, std::move(request), std::move(done)});

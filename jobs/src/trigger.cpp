@@ -22,16 +22,16 @@ std::optional<Failure> check_request(const MethodRequest& request) {
   const std::string& device = request.device.str();
   const std::string& name = request.method;
   if (name.empty() || name.size() > kMaxMethodNameLength) {
-    return fail(ErrorCode::kInvalidArgument,
-                "method name for device " + device + " must have 1.." +
-                    std::to_string(kMaxMethodNameLength) + " characters, got " +
-                    std::to_string(name.size()));
+    return fail(ErrorCode::kInvalidArgument, "method name for device " + device + " must have 1.." +
+                                                 std::to_string(kMaxMethodNameLength) +
+                                                 " characters, got " + std::to_string(name.size()));
   }
   for (std::size_t i = 0; i < name.size(); ++i) {
     if (!is_method_char(name[i])) {
-      return fail(ErrorCode::kInvalidArgument,
-                  "method name for device " + device + " has a character outside [A-Za-z0-9_.-] "
-                  "at position " + std::to_string(i));
+      return fail(ErrorCode::kInvalidArgument, "method name for device " + device +
+                                                   " has a character outside [A-Za-z0-9_.-] "
+                                                   "at position " +
+                                                   std::to_string(i));
     }
   }
   if (request.response_timeout_s < 1 || request.response_timeout_s > kMaxTimeoutSeconds) {
@@ -45,10 +45,10 @@ std::optional<Failure> check_request(const MethodRequest& request) {
                     " seconds, got " + std::to_string(request.connect_timeout_s));
   }
   if (request.payload.size() > kMaxMethodPayload) {
-    return fail(ErrorCode::kInputTooLarge,
-                "method payload for device " + device + " is " +
-                    std::to_string(request.payload.size()) + " bytes; the limit is " +
-                    std::to_string(kMaxMethodPayload));
+    return fail(ErrorCode::kInputTooLarge, "method payload for device " + device + " is " +
+                                               std::to_string(request.payload.size()) +
+                                               " bytes; the limit is " +
+                                               std::to_string(kMaxMethodPayload));
   }
   try {
     Poco::JSON::Parser parser;
@@ -97,8 +97,9 @@ std::size_t CompletionQueue::size() const {
 MethodOutcome invoke_and_wait(Trigger& trigger, MethodRequest request) {
   std::promise<MethodOutcome> promise;
   auto future = promise.get_future();
-  trigger.invoke(std::move(request),
-                 [&promise](CallId, MethodOutcome outcome) { promise.set_value(std::move(outcome)); });
+  trigger.invoke(std::move(request), [&promise](CallId, MethodOutcome outcome) {
+    promise.set_value(std::move(outcome));
+  });
   return future.get();
 }
 

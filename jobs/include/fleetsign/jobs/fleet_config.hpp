@@ -1,6 +1,7 @@
 // Which backend reaches the fleet: HOME/fleet.json.
 //
-//   {"backend":"broker"}                                   (the default, also when the file is absent)
+//   {"backend":"broker"}                                   (the default, also when the file is
+//   absent)
 //   {"backend":"iothub","connection_string_file":PATH,"ca_file":PATH}   (both PATHs optional)
 //
 // For IoT Hub the connection string comes from connection_string_file, else from the front end
@@ -36,6 +37,9 @@ FleetConfig parse_fleet_config(std::string_view json_text, std::string_view orig
 FleetConfig load_fleet_config(const std::filesystem::path& home);
 // The file's text (pretty, ending in a newline).
 std::string fleet_config_json(const FleetConfig& config);
+// Replaces HOME/fleet.json atomically (a temporary file, fsync, rename; mode 0644): Error(kIo)
+// naming the file and the step that failed; an existing file is untouched on failure.
+void save_fleet_config(const std::filesystem::path& home, const FleetConfig& config);
 
 // The trigger for `config`: a BrokerTrigger for the home's broker, or an IotHubTrigger with the
 // given connection string text (required for kIotHub: the caller resolves file or environment).

@@ -48,11 +48,11 @@ inline constexpr int kStatusNotImplemented = 501;
 inline constexpr int kStatusThrottled = 429;
 
 struct MethodRequest {
-  engine::DeviceId device;        // passed the policy's check: safe as a topic level or URL part
-  std::string method;             // [A-Za-z0-9_.-]{1,128}
-  std::string payload = "null";   // JSON text, at most kMaxMethodPayload bytes
-  int response_timeout_s = 30;    // 1..300 (IoT Hub itself accepts 5..300)
-  int connect_timeout_s = 0;      // 0..300: how long a call waits for an offline device
+  engine::DeviceId device;       // passed the policy's check: safe as a topic level or URL part
+  std::string method;            // [A-Za-z0-9_.-]{1,128}
+  std::string payload = "null";  // JSON text, at most kMaxMethodPayload bytes
+  int response_timeout_s = 30;   // 1..300 (IoT Hub itself accepts 5..300)
+  int connect_timeout_s = 0;     // 0..300: how long a call waits for an offline device
 };
 
 struct MethodResult {
