@@ -16,6 +16,7 @@
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/fleet_config.hpp"
 #include "fleetsign/jobs/iothub_trigger.hpp"
+#include "fleetsign/jobs/json_value.hpp"
 #include "fleetsign/jobs/trigger.hpp"
 
 namespace fleetsign::cli {
@@ -45,10 +46,9 @@ std::string payload_option(const Args& a) {
                                                std::to_string(jobs::kMaxMethodPayload));
   }
   try {
-    Poco::JSON::Parser parser;
-    parser.parse(payload);
-  } catch (const Poco::Exception& e) {
-    throw Error(ErrorCode::kUsage, "--payload is not JSON: " + e.message());
+    jobs::parse_json_value(payload);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::kUsage, std::string("--payload is ") + e.what());
   }
   return payload;
 }
@@ -108,9 +108,8 @@ std::unique_ptr<jobs::Trigger> open_backend(const fs::path& home) {
 // is not JSON, so no control character reaches the terminal.
 Poco::Dynamic::Var payload_value(const std::string& text) {
   try {
-    Poco::JSON::Parser parser;
-    return parser.parse(text);
-  } catch (const Poco::Exception&) {
+    return jobs::parse_json_value(text);
+  } catch (const Error&) {
     return Poco::Dynamic::Var(text);
   }
 }

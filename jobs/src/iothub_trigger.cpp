@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/json_value.hpp"
 
 namespace fleetsign::jobs {
 
@@ -63,10 +64,9 @@ std::chrono::seconds retry_after(const Poco::Net::HTTPResponse& response) {
 }
 
 std::string request_body(const MethodRequest& request) {
-  Poco::JSON::Parser parser;
   Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
   body.set("methodName", request.method);
-  body.set("payload", parser.parse(request.payload));  // checked by check_request
+  body.set("payload", parse_json_value(request.payload));  // checked by check_request
   body.set("responseTimeoutInSeconds", request.response_timeout_s);
   body.set("connectTimeoutInSeconds", request.connect_timeout_s);
   std::ostringstream out;

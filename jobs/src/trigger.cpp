@@ -7,6 +7,8 @@
 #include <future>
 #include <sstream>
 
+#include "fleetsign/jobs/json_value.hpp"
+
 namespace fleetsign::jobs {
 
 namespace {
@@ -51,11 +53,10 @@ std::optional<Failure> check_request(const MethodRequest& request) {
                                                std::to_string(kMaxMethodPayload));
   }
   try {
-    Poco::JSON::Parser parser;
-    parser.parse(request.payload);
-  } catch (const Poco::Exception& e) {
+    parse_json_value(request.payload);
+  } catch (const Error& e) {
     return fail(ErrorCode::kInvalidArgument,
-                "method payload for device " + device + " is not JSON: " + e.message());
+                "method payload for device " + device + " is " + e.what());
   }
   return std::nullopt;
 }
