@@ -15,6 +15,7 @@
 #include <Poco/Net/RejectCertificateHandler.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <deque>
@@ -28,6 +29,8 @@
 namespace fleetsign::jobs {
 
 namespace {
+
+using SteadyClock = std::chrono::steady_clock;
 
 // A 200's envelope around a payload of at most kMaxMethodPayload; error bodies are small.
 constexpr std::size_t kMaxResponseBody = kMaxMethodPayload + 16 * 1024;
@@ -107,6 +110,19 @@ struct IotHubTrigger::Impl {
     MethodRequest request;
     Completion done;
   };
+  struct Worker {
+    std::size_t index = 0;
+    std::unique_ptr<Poco::Net::HTTPSClientSession> session;
+  };
+  // A worker's read in progress. Poco's receive timeout on a blocking TLS socket waits twice
+  // over (SO_RCVTIMEO, then a poll), so the deadline is kept here: the watchdog shuts the socket
+  // down when it passes, and the worker's read fails at once.
+  struct Watch {
+    bool armed = false;
+    bool fired = false;
+    int fd = -1;
+    SteadyClock::time_point deadline;
+  };
 
   IotHubTriggerOptions opt;
   engine::SystemClock system_clock;
@@ -127,6 +143,9 @@ struct IotHubTrigger::Impl {
   std::string token;
   std::int64_t token_expiry = 0;
   std::vector<std::thread> workers;
+  std::vector<Watch> watches;  // one per worker
+  std::condition_variable watch_cv;
+  std::thread watchdog;
 
   explicit Impl(IotHubTriggerOptions o) : opt(std::move(o)) {
     if (opt.clock == nullptr) {
@@ -186,30 +205,71 @@ struct IotHubTrigger::Impl {
     return session;
   }
 
-  Result<HttpAnswer> exchange(std::unique_ptr<Poco::Net::HTTPSClientSession>& session,
-                              const Job& job, const std::string& body);
-  MethodOutcome call(std::unique_ptr<Poco::Net::HTTPSClientSession>& session, const Job& job);
-  void run_worker();
+  void arm(std::size_t worker, int fd, SteadyClock::time_point deadline) {
+    const std::lock_guard lock(mutex);
+    watches[worker] = Watch{true, stopping, fd, deadline};
+    if (stopping) {
+      ::shutdown(fd, SHUT_RDWR);  // the watchdog is gone: cut this read short here
+    }
+    watch_cv.notify_one();
+  }
+  // True when the watchdog shut the socket down (the deadline passed, or the trigger closed).
+  bool disarm(std::size_t worker) {
+    const std::lock_guard lock(mutex);
+    watches[worker].armed = false;
+    return watches[worker].fired;
+  }
+  void run_watchdog() {
+    std::unique_lock lock(mutex);
+    while (true) {
+      auto next = SteadyClock::time_point::max();
+      const auto now = SteadyClock::now();
+      for (Watch& w : watches) {
+        if (w.armed && !w.fired && (stopping || w.deadline <= now)) {
+          ::shutdown(w.fd, SHUT_RDWR);
+          w.fired = true;
+        } else if (w.armed && !w.fired) {
+          next = std::min(next, w.deadline);
+        }
+      }
+      if (stopping) {
+        return;
+      }
+      if (next == SteadyClock::time_point::max()) {
+        watch_cv.wait(lock);
+      } else {
+        watch_cv.wait_until(lock, next);
+      }
+    }
+  }
+
+  Result<HttpAnswer> exchange(Worker& worker, const Job& job, const std::string& body);
+  struct Received {
+    Result<HttpAnswer> answer;
+    bool closed_silently = false;  // no answer at all: the caller may retry on a fresh connection
+  };
+  Received receive(Worker& worker, const Job& job, SteadyClock::time_point deadline);
+  MethodOutcome call(Worker& worker, const Job& job);
+  void run_worker(std::size_t index);
 };
 
-Result<HttpAnswer> IotHubTrigger::Impl::exchange(
-    std::unique_ptr<Poco::Net::HTTPSClientSession>& session, const Job& job,
-    const std::string& body) {
+Result<HttpAnswer> IotHubTrigger::Impl::exchange(Worker& worker, const Job& job,
+                                                 const std::string& body) {
   const MethodRequest& r = job.request;
-  const auto read_timeout =
-      std::chrono::seconds(r.connect_timeout_s + r.response_timeout_s) + opt.deadline_grace;
+  const auto wait = std::chrono::seconds(r.connect_timeout_s + r.response_timeout_s);
   const std::string path = "/twins/" + url_encode(r.device.str()) +
                            "/methods?api-version=" + std::string(kIotHubApiVersion);
-  const std::string where = "IoT Hub " + opt.connection.host();
+  auto& session = worker.session;
   for (int attempt = 0;; ++attempt) {
+    const auto deadline = SteadyClock::now() + wait + opt.deadline_grace;
     const bool reused = session != nullptr && session->connected();
     if (session == nullptr) {
       session = new_session();
     }
-    session->setTimeout(span(opt.connect_timeout), span(opt.connect_timeout), span(read_timeout));
-    if (session->connected()) {
-      session->socket().setReceiveTimeout(span(read_timeout));  // per call on a reused connection
-    }
+    // Poco's own read timeout is only a backstop (see Watch); connect and send use theirs.
+    const auto backstop =
+        std::chrono::duration_cast<std::chrono::milliseconds>(2 * (wait + opt.deadline_grace));
+    session->setTimeout(span(opt.connect_timeout), span(opt.connect_timeout), span(backstop));
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_POST, path,
                                    Poco::Net::HTTPMessage::HTTP_1_1);
     request.setContentType("application/json; charset=utf-8");
@@ -230,49 +290,69 @@ Result<HttpAnswer> IotHubTrigger::Impl::exchange(
       if (reused && attempt == 0) {
         continue;  // a stale keep-alive connection: once more on a fresh one
       }
-      return fail(ErrorCode::kServiceUnavailable,
-                  "calling " + where + " for device " + r.device.str() + ": " + e.displayText());
-    }
-    try {
-      Poco::Net::HTTPResponse response;
-      std::istream& in = session->receiveResponse(response);
-      HttpAnswer answer{static_cast<int>(response.getStatus()), {}, retry_after(response)};
-      auto text = read_body(in, kMaxResponseBody);
-      if (!text) {
-        session.reset();  // the rest of the body is unread: this connection is done
-        return fail(ErrorCode::kServiceUnavailable,
-                    where + " answered for device " + r.device.str() + " with more than " +
-                        std::to_string(kMaxResponseBody) + " bytes");
-      }
-      answer.body = std::move(*text);
-      return answer;
-    } catch (const Poco::TimeoutException&) {
-      session.reset();
-      const std::string message = "device " + r.device.str() + " did not answer in " +
-                                  std::to_string(r.connect_timeout_s + r.response_timeout_s) +
-                                  " s (no answer from " + where + ")";
-      return HttpAnswer{kStatusTimeout, service_error_payload(504101, message), {}};
-    } catch (const Poco::Net::NoMessageException&) {
-      session.reset();
-      if (reused && attempt == 0) {
-        continue;  // the hub closed an idle keep-alive connection: once more on a fresh one
-      }
-      return fail(ErrorCode::kServiceUnavailable,
-                  where + " closed the connection without answering for device " + r.device.str());
-    } catch (const Poco::Exception& e) {
-      session.reset();
-      return fail(ErrorCode::kServiceUnavailable, "reading the answer of " + where +
+      return fail(ErrorCode::kServiceUnavailable, "calling IoT Hub " + opt.connection.host() +
                                                       " for device " + r.device.str() + ": " +
                                                       e.displayText());
     }
+    Received received = receive(worker, job, deadline);
+    if (received.closed_silently && reused && attempt == 0) {
+      continue;  // the hub closed an idle keep-alive connection: once more on a fresh one
+    }
+    return std::move(received.answer);
   }
 }
 
-MethodOutcome IotHubTrigger::Impl::call(std::unique_ptr<Poco::Net::HTTPSClientSession>& session,
-                                        const Job& job) {
+// The answer, read under the watchdog.
+IotHubTrigger::Impl::Received IotHubTrigger::Impl::receive(Worker& worker, const Job& job,
+                                                           SteadyClock::time_point deadline) {
+  const MethodRequest& r = job.request;
+  const std::string where = "IoT Hub " + opt.connection.host();
+  arm(worker.index, worker.session->socket().impl()->sockfd(), deadline);
+  std::optional<Result<HttpAnswer>> result;
+  bool silent = false;
+  try {
+    Poco::Net::HTTPResponse response;
+    std::istream& in = worker.session->receiveResponse(response);
+    HttpAnswer answer{static_cast<int>(response.getStatus()), {}, retry_after(response)};
+    if (auto text = read_body(in, kMaxResponseBody)) {
+      answer.body = std::move(*text);
+      result = std::move(answer);
+    } else {
+      worker.session.reset();  // the rest of the body is unread: this connection is done
+      result = fail(ErrorCode::kServiceUnavailable,
+                    where + " answered for device " + r.device.str() + " with more than " +
+                        std::to_string(kMaxResponseBody) + " bytes");
+    }
+  } catch (const Poco::Net::NoMessageException&) {
+    worker.session.reset();
+    silent = true;
+    result = fail(ErrorCode::kServiceUnavailable,
+                  where + " closed the connection without answering for device " + r.device.str());
+  } catch (const Poco::Exception& e) {
+    worker.session.reset();
+    result =
+        fail(ErrorCode::kServiceUnavailable, "reading the answer of " + where + " for device " +
+                                                 r.device.str() + ": " + e.displayText());
+  }
+  if (!disarm(worker.index)) {
+    return Received{std::move(*result), silent};
+  }
+  worker.session.reset();  // shut down by the watchdog: whatever was read is incomplete
+  const std::lock_guard lock(mutex);
+  if (stopping) {
+    return Received{fail(ErrorCode::kServiceUnavailable,
+                         "method call to device " + r.device.str() + ": the trigger was closed")};
+  }
+  const std::string message = "device " + r.device.str() + " did not answer in " +
+                              std::to_string(r.connect_timeout_s + r.response_timeout_s) +
+                              " s (no answer from " + where + ")";
+  return Received{HttpAnswer{kStatusTimeout, service_error_payload(504101, message), {}}};
+}
+
+MethodOutcome IotHubTrigger::Impl::call(Worker& worker, const Job& job) {
   const std::string body = request_body(job.request);
   for (int attempt = 1;; ++attempt) {
-    auto answer = exchange(session, job, body);
+    auto answer = exchange(worker, job, body);
     if (!answer) {
       return answer.error();
     }
@@ -293,8 +373,8 @@ MethodOutcome IotHubTrigger::Impl::call(std::unique_ptr<Poco::Net::HTTPSClientSe
   }
 }
 
-void IotHubTrigger::Impl::run_worker() {
-  std::unique_ptr<Poco::Net::HTTPSClientSession> session;
+void IotHubTrigger::Impl::run_worker(std::size_t index) {
+  Worker worker{index, nullptr};
   std::unique_lock lock(mutex);
   while (true) {
     work.wait(lock, [this] { return stopping || !queue.empty(); });
@@ -305,7 +385,7 @@ void IotHubTrigger::Impl::run_worker() {
     queue.pop_front();
     ++running;
     lock.unlock();
-    MethodOutcome outcome = call(session, job);
+    MethodOutcome outcome = call(worker, job);
     try {
       job.done(job.id, std::move(outcome));
     } catch (...) {  // see trigger.hpp: a completion's exception is swallowed
@@ -322,8 +402,10 @@ void IotHubTrigger::Impl::run_worker() {
 IotHubTrigger::IotHubTrigger(IotHubTriggerOptions options)
     : m_impl(std::make_unique<Impl>(std::move(options))) {
   const std::size_t n = std::max<std::size_t>(1, m_impl->opt.workers);
+  m_impl->watches.resize(n);
+  m_impl->watchdog = std::thread([this] { m_impl->run_watchdog(); });
   for (std::size_t i = 0; i < n; ++i) {
-    m_impl->workers.emplace_back([this] { m_impl->run_worker(); });
+    m_impl->workers.emplace_back([this, i] { m_impl->run_worker(i); });
   }
 }
 
@@ -338,6 +420,8 @@ IotHubTrigger::~IotHubTrigger() {
   s.work.notify_all();
   s.wakeup.notify_all();
   s.slots.notify_all();
+  s.watch_cv.notify_all();  // cuts reads in progress short
+  s.watchdog.join();
   for (auto& t : s.workers) {
     t.join();
   }
