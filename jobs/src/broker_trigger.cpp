@@ -243,6 +243,7 @@ struct BrokerTrigger::Impl {
     if ((level & MOSQ_LOG_ERR) != 0 && text != nullptr) {
       const std::lock_guard lock(mutex);
       last_error = text;
+      state_cv.notify_all();  // a TLS failure shows here first (no disconnect callback)
     }
   }
 
@@ -293,12 +294,13 @@ void BrokerTrigger::Impl::connect() {
   }
   loop_started = true;
   std::unique_lock lock(mutex);
-  state_cv.wait_for(lock, opt.connect_wait, [this] { return state != State::kConnecting; });
+  state_cv.wait_for(lock, opt.connect_wait,
+                    [this] { return state != State::kConnecting || !last_error.empty(); });
   if (state != State::kReady) {
     const std::string cause =
-        state == State::kConnecting
-            ? "no CONNACK and SUBACK within " + std::to_string(opt.connect_wait.count()) + " ms"
-            : last_error;
+        !last_error.empty()
+            ? last_error
+            : "no CONNACK and SUBACK within " + std::to_string(opt.connect_wait.count()) + " ms";
     stopping = true;  // the disconnect that follows is ours
     throw Error(ErrorCode::kServiceUnavailable, "cannot connect to the " + where + ": " + cause);
   }
