@@ -17,22 +17,22 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
+struct CliRun {
   int status = -1;
   std::string out, err;
 };
 
 // fleetsign --home HOME ARGS…, without FLEETSIGN_PIN, stdin closed; `env` is prepended.
-Run fleetsign(const fs::path& home, const std::vector<std::string>& args,
-              const std::string& env = "") {
+CliRun fleetsign(const fs::path& home, const std::vector<std::string>& args,
+                 const std::string& env = "") {
   static int n = 0;
   const fs::path err = fs::temp_directory_path() /
                        ("method-cli-err-" + std::to_string(getpid()) + "-" + std::to_string(++n));
-  std::string cmd = "env -u FLEETSIGN_PIN -u FLEETSIGN_IOTHUB_CONNECTION_STRING " + env + " " +
+  std::string cmd = "( env -u FLEETSIGN_PIN -u FLEETSIGN_IOTHUB_CONNECTION_STRING " + env + " " +
                     shell_quoted(fleetsign_bin()) + " --home " + shell_quoted(home.string());
   for (const auto& a : args) cmd += " " + shell_quoted(a);
-  cmd += " </dev/null 2>" + shell_quoted(err.string());
-  Run r;
+  cmd += " </dev/null 2>" + shell_quoted(err.string()) + " )";  // run() adds its own 2>&1
+  CliRun r;
   r.status = run(cmd, &r.out);
   r.err = read_file(err);
   fs::remove(err);
@@ -66,8 +66,8 @@ TEST_F(MethodCliTest, BrokerBackendMapsAnswersToOutputAndExitStatuses) {
              R"({"port":)" + std::to_string(broker.port()) + R"(,"hosts":["localhost"]})");
   const auto lock = engine::HomeLock::acquire(home, false);
 
-  const Run ok = fleetsign(home, {"method", "invoke", "ok-1", "reboot", "--payload", R"({"a":1})",
-                                  "--timeout", "9", "--json"});
+  const CliRun ok = fleetsign(home, {"method", "invoke", "ok-1", "reboot", "--payload",
+                                     R"({"a":1})", "--timeout", "9", "--json"});
   ASSERT_EQ(ok.status, 0) << ok.out << ok.err;
   const auto answer = object(ok.out);
   EXPECT_EQ(answer->getValue<int>("status"), 200);
@@ -75,41 +75,43 @@ TEST_F(MethodCliTest, BrokerBackendMapsAnswersToOutputAndExitStatuses) {
   EXPECT_EQ(answer->getObject("payload")->getValue<int>("rt"), 9);
   EXPECT_EQ(answer->getObject("payload")->getObject("payload")->getValue<int>("a"), 1);
 
-  const Run text = fleetsign(home, {"method", "invoke", "ok-2", "ping"});
+  const CliRun text = fleetsign(home, {"method", "invoke", "ok-2", "ping"});
   EXPECT_EQ(text.status, 0);
   EXPECT_EQ(text.out.rfind("status 200\n{", 0), 0u) << text.out;
 
-  const Run offline = fleetsign(home, {"method", "invoke", "offline-1", "ping"});
+  const CliRun offline = fleetsign(home, {"method", "invoke", "offline-1", "ping"});
   EXPECT_EQ(offline.status, 9) << offline.err;
   EXPECT_EQ(offline.out.rfind("status 404\n", 0), 0u) << offline.out;
-  const Run silent = fleetsign(home, {"method", "invoke", "silent-1", "ping", "--timeout", "1"});
+  const CliRun silent = fleetsign(home, {"method", "invoke", "silent-1", "ping", "--timeout", "1"});
   EXPECT_EQ(silent.status, 10) << silent.err;
-  const Run not_implemented = fleetsign(home, {"method", "invoke", "nomethod-1", "ping", "--json"});
+  const CliRun not_implemented =
+      fleetsign(home, {"method", "invoke", "nomethod-1", "ping", "--json"});
   EXPECT_EQ(not_implemented.status, 11);
   EXPECT_EQ(object(not_implemented.out)->getValue<int>("status"), 501);
 
   const std::size_t before = responder.requests().size();
-  const Run bad_payload = fleetsign(home, {"method", "invoke", "ok-1", "ping", "--payload", "{a"});
+  const CliRun bad_payload =
+      fleetsign(home, {"method", "invoke", "ok-1", "ping", "--payload", "{a"});
   EXPECT_EQ(bad_payload.status, 2);
   EXPECT_NE(bad_payload.err.find("--payload is not JSON"), std::string::npos) << bad_payload.err;
-  const Run bad_device = fleetsign(home, {"method", "invoke", "a/b", "ping"});
+  const CliRun bad_device = fleetsign(home, {"method", "invoke", "a/b", "ping"});
   EXPECT_EQ(bad_device.status, 2);
   EXPECT_NE(bad_device.err.find("DEVICE"), std::string::npos) << bad_device.err;
-  const Run bad_method = fleetsign(home, {"method", "invoke", "ok-1", "a+b"});
+  const CliRun bad_method = fleetsign(home, {"method", "invoke", "ok-1", "a+b"});
   EXPECT_EQ(bad_method.status, 2);
-  const Run bad_timeout = fleetsign(home, {"method", "invoke", "ok-1", "m", "--timeout", "0"});
+  const CliRun bad_timeout = fleetsign(home, {"method", "invoke", "ok-1", "m", "--timeout", "0"});
   EXPECT_EQ(bad_timeout.status, 2);
   EXPECT_EQ(responder.requests().size(), before);  // none of those was sent
 
   broker.stop();
-  const Run gone = fleetsign(home, {"method", "invoke", "ok-1", "ping", "--json"});
+  const CliRun gone = fleetsign(home, {"method", "invoke", "ok-1", "ping", "--json"});
   EXPECT_EQ(gone.status, 12) << gone.err;
   EXPECT_EQ(object(gone.out)->getObject("error")->getValue<std::string>("code"),
             "service_unavailable");
 }
 
 TEST_F(MethodCliTest, WithoutABrokerSetUpTheCommandSaysWhatToRun) {
-  const Run r = fleetsign(home, {"method", "invoke", "ok-1", "ping"});
+  const CliRun r = fleetsign(home, {"method", "invoke", "ok-1", "ping"});
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("fleetsign broker init"), std::string::npos) << r.err;
 }
@@ -121,21 +123,21 @@ TEST_F(MethodCliTest, IotHubBackendFromAFileOrTheEnvironment) {
   fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
   const auto lock = engine::HomeLock::acquire(home, false);
 
-  const Run set = fleetsign(home, {"fleet", "backend", "iothub", "--connection-string-file",
-                                   secret.string(), "--ca-file", pki.file("ca.pem").string()});
+  const CliRun set = fleetsign(home, {"fleet", "backend", "iothub", "--connection-string-file",
+                                      secret.string(), "--ca-file", pki.file("ca.pem").string()});
   ASSERT_EQ(set.status, 0) << set.err;
   const auto config = object(read_file(home / "fleet.json"));
   EXPECT_EQ(config->getValue<std::string>("backend"), "iothub");
   EXPECT_EQ(config->getValue<std::string>("connection_string_file"), secret.string());
   EXPECT_EQ(read_file(home / "fleet.json").find("SharedAccessKey"), std::string::npos);
 
-  const Run ok =
+  const CliRun ok =
       fleetsign(home, {"method", "invoke", "ok-1", "ping", "--payload", "[1,2]", "--json"});
   ASSERT_EQ(ok.status, 0) << ok.err;
   EXPECT_EQ(object(ok.out)->getObject("payload")->getValue<std::string>("device"), "ok-1");
-  const Run offline = fleetsign(home, {"method", "invoke", "offline-1", "ping"});
+  const CliRun offline = fleetsign(home, {"method", "invoke", "offline-1", "ping"});
   EXPECT_EQ(offline.status, 9);
-  const Run silent = fleetsign(home, {"method", "invoke", "silent-1", "ping"});
+  const CliRun silent = fleetsign(home, {"method", "invoke", "silent-1", "ping"});
   EXPECT_EQ(silent.status, 10);
 
   // From the environment when fleet.json names no file.
@@ -143,10 +145,10 @@ TEST_F(MethodCliTest, IotHubBackendFromAFileOrTheEnvironment) {
       fleetsign(home, {"fleet", "backend", "iothub", "--ca-file", pki.file("ca.pem").string()})
           .status,
       0);
-  const Run missing = fleetsign(home, {"method", "invoke", "ok-1", "ping"});
+  const CliRun missing = fleetsign(home, {"method", "invoke", "ok-1", "ping"});
   EXPECT_EQ(missing.status, 2);
   EXPECT_NE(missing.err.find("FLEETSIGN_IOTHUB_CONNECTION_STRING"), std::string::npos);
-  const Run env =
+  const CliRun env =
       fleetsign(home, {"method", "invoke", "ok-1", "ping"},
                 "FLEETSIGN_IOTHUB_CONNECTION_STRING=" + shell_quoted(hub.connection_string()));
   EXPECT_EQ(env.status, 0) << env.err;
@@ -159,7 +161,7 @@ TEST_F(MethodCliTest, IotHubBackendFromAFileOrTheEnvironment) {
 TEST_F(MethodCliTest, ABadConnectionStringFileIsRefusedWithoutShowingTheKey) {
   const fs::path secret = dir.path() / "bad.conn";
   write_file(secret, "HostName=h.example;SharedAccessKeyName=s;SharedAccessKey=c2VjcmV0LXZhbHVl!");
-  const Run r =
+  const CliRun r =
       fleetsign(home, {"fleet", "backend", "iothub", "--connection-string-file", secret.string()});
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("SharedAccessKey is not base64"), std::string::npos) << r.err;
