@@ -82,7 +82,8 @@ class Trigger {
 
   // Starts one call and returns at once with its id, except for back-pressure: while the
   // backend's max-in-flight calls are outstanding, invoke blocks until one completes. `done` is
-  // called exactly once, also when the Trigger is destroyed first (kServiceUnavailable).
+  // called exactly once, also when the Trigger is destroyed first (kServiceUnavailable), and
+  // possibly before invoke returns.
   virtual CallId invoke(MethodRequest request, Completion done) = 0;
   // Blocks until no call is outstanding.
   virtual void wait_idle() = 0;
@@ -91,7 +92,7 @@ class Trigger {
 };
 
 // Results as they come, for a thread that drives many calls: pass sink() as the completion, then
-// pop(). Thread-safe.
+// pop(). Thread-safe. The queue must outlive every call given its sink (wait_idle first).
 class CompletionQueue final {
  public:
   struct Item {
