@@ -157,7 +157,7 @@ TEST_F(BrokerCli, CommandsBeforeInitSayToRunInit) {
 TEST_F(BrokerCli, AStartThatMosquittoRefusesFailsWithTheEndOfItsLog) {
   bin.ok(init_args(not_a_plugin()));
   const auto o = bin.run("broker start");
-  EXPECT_EQ(o.status, 9) << o.out << o.err;
+  EXPECT_EQ(o.status, 12) << o.out << o.err;
   EXPECT_NE(o.err.find("broker_failed"), std::string::npos) << o.err;
   EXPECT_NE(o.err.find("not-a-plugin.so"), std::string::npos) << o.err;
   EXPECT_EQ(bin.run("broker status").status, 3);
@@ -190,7 +190,7 @@ TEST_F(BrokerCli, StartStatusReloadStopSuperviseOneMosquittoWithTls) {
   for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) ::usleep(20000);
   EXPECT_NE(::kill(pid, 0), 0);
   EXPECT_FALSE(json(bin.ok("broker stop --json").out)->getValue<bool>("stopped"));
-  EXPECT_EQ(bin.run("broker reload").status, 9);
+  EXPECT_EQ(bin.run("broker reload").status, 12);
   // A restart on the same port works (persistence and pid file in the home).
   bin.ok("broker start");
   EXPECT_EQ(bin.run("broker status").status, 0);

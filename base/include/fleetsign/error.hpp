@@ -60,6 +60,11 @@ enum class ErrorCode : int {
   kCertificateMalformed = 69,
   // The fleet plane (80–89).
   kBrokerFailed = 80,  // mosquitto would not start, stop or reload (the message quotes its log)
+  // direct methods (the trigger layer, `fleetsign method invoke`)
+  kDeviceOffline = 70,       // the device was not online within the connect timeout (404)
+  kDeviceTimeout = 71,       // no answer within the response timeout (504)
+  kMethodFailed = 72,        // the device or the service answered with another non-2xx status
+  kServiceUnavailable = 73,  // the broker or IoT Hub cannot be reached, or broke the protocol
 };
 
 // Stable snake_case name, e.g. "csr_signature_invalid"; and the process exit status for a
@@ -167,13 +172,22 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "broker_failed";
     case ErrorCode::kCertificateMalformed:
       return "certificate_malformed";
+    case ErrorCode::kDeviceOffline:
+      return "device_offline";
+    case ErrorCode::kDeviceTimeout:
+      return "device_timeout";
+    case ErrorCode::kMethodFailed:
+      return "method_failed";
+    case ErrorCode::kServiceUnavailable:
+      return "service_unavailable";
   }
   return "unknown";
 }
 
 // Exit statuses (documented in README): 0 ok, 1 internal, 2 usage/invalid input, 3 completed
 // with rejects (set by the batch command, not here), 4 token, 5 registry, 6 policy, 7 refused
-// (a verification or per-item check failed), 8 I/O.
+// (a verification or per-item check failed), 8 I/O, and for direct methods: 9 device offline
+// (404), 10 device timeout (504), 11 another non-2xx method status, 12 broker or hub unavailable.
 inline int exit_status_for(ErrorCode code) noexcept {
   const int v = static_cast<int>(code);
   if (code == ErrorCode::kOk) return 0;
@@ -185,10 +199,13 @@ inline int exit_status_for(ErrorCode code) noexcept {
     return 2;
   }
   if (code == ErrorCode::kIo) return 8;
+  if (code == ErrorCode::kDeviceOffline) return 9;
+  if (code == ErrorCode::kDeviceTimeout) return 10;
+  if (code == ErrorCode::kMethodFailed) return 11;
+  if (code == ErrorCode::kServiceUnavailable || code == ErrorCode::kBrokerFailed) return 12;
   if (v >= 10 && v < 30) return 4;
   if (v >= 30 && v < 40) return 5;
   if (v >= 40 && v < 60) return 6;
-  if (v >= 80 && v < 90) return 9;
   if (v >= 60) return 7;
   return 1;
 }

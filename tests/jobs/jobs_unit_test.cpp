@@ -1,0 +1,190 @@
+// Pure parts of the trigger layer: the request checks, the protocol topics, IoT Hub's connection
+// string and SAS token (the signature checked against the openssl command line), fleet.json.
+#include <gtest/gtest.h>
+
+#include "fleetsign/jobs/fleet_config.hpp"
+#include "fleetsign/jobs/iothub_trigger.hpp"
+#include "fleetsign/jobs/json_value.hpp"
+#include "fleetsign/jobs/trigger.hpp"
+#include "jobs_support.hpp"
+#include "test_home.hpp"
+#include "topics.hpp"
+
+namespace fleetsign::testing {
+namespace {
+
+using jobs::MethodRequest;
+using jobs::ServiceConnectionString;
+
+// "key-for-tests-only" in base64.
+constexpr const char* kKey = "a2V5LWZvci10ZXN0cy1vbmx5";
+const std::string kGood =
+    std::string("HostName=MyHub.azure-devices.net;SharedAccessKeyName=service;SharedAccessKey=") +
+    kKey;
+
+TEST(CheckRequest, AcceptsIotHubsNamesPayloadsAndTimeouts) {
+  EXPECT_EQ(jobs::check_request({device_id("d-1"), "reboot", "null", 30, 0}), std::nullopt);
+  EXPECT_EQ(jobs::check_request({device_id("d-1"), "a.b_c-9", R"({"x":[1,2]})", 300, 300}),
+            std::nullopt);
+  EXPECT_EQ(jobs::check_request({device_id("d-1"), std::string(128, 'm'), "1", 1, 0}),
+            std::nullopt);
+}
+
+TEST(CheckRequest, RefusesEachBadFieldByName) {
+  const auto code = [](MethodRequest r) {
+    const auto f = jobs::check_request(r);
+    return f ? f->code : ErrorCode::kOk;
+  };
+  EXPECT_EQ(code({device_id("d"), "", "null", 30, 0}), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code({device_id("d"), std::string(129, 'm'), "null", 30, 0}),
+            ErrorCode::kInvalidArgument);
+  for (const char* name : {"a/b", "a+b", "a#", "a b", "é"}) {
+    EXPECT_EQ(code({device_id("d"), name, "null", 30, 0}), ErrorCode::kInvalidArgument) << name;
+  }
+  EXPECT_EQ(code({device_id("d"), "m", "{", 30, 0}), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code({device_id("d"), "m", "null", 0, 0}), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code({device_id("d"), "m", "null", 301, 0}), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code({device_id("d"), "m", "null", 30, -1}), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code({device_id("d"), "m", std::string(jobs::kMaxMethodPayload + 1, '1'), 30, 0}),
+            ErrorCode::kInputTooLarge);
+  const auto f = jobs::check_request({device_id("d-7"), "m", "[1,", 30, 0});
+  ASSERT_TRUE(f);
+  EXPECT_NE(f->message.find("d-7"), std::string::npos);
+}
+
+TEST(JsonValue, AcceptsExactlyOneValueOfAnyKind) {
+  for (const char* ok : {"null", "1", "-2.5e3", "\"x\"", "true", "[1]", "{}", " {\"a\":[]} "}) {
+    EXPECT_NO_THROW(jobs::parse_json_value(ok)) << ok;
+  }
+  EXPECT_EQ(jobs::parse_json_value("\"x\"").toString(), "x");
+  for (const char* bad : {"", " ", "1,2", "1],[2", "]", "{", "nul", "{\"a\":1} x", "'x'"}) {
+    EXPECT_EQ(error_from([&] { jobs::parse_json_value(bad); }).code(), ErrorCode::kInvalidArgument)
+        << bad;
+  }
+}
+
+TEST(Topics, RequestTopicIsTheProtocols) {
+  const MethodRequest r{device_id("sensor-0042"), "reboot", "null", 30, 5};
+  EXPECT_EQ(jobs::request_topic(r, "00112233445566778899aabbccddeeff"),
+            "$fleetsign/methods/POST/sensor-0042/reboot/"
+            "?$rid=00112233445566778899aabbccddeeff&$ct=5&$rt=30");
+}
+
+TEST(Topics, AnswerTopicParsesOnlyWellFormedAnswers) {
+  const std::string rid = "00112233445566778899aabbccddeeff";
+  const auto ok = jobs::parse_answer_topic("$fleetsign/methods/res/501/?$rid=" + rid);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 501);
+  EXPECT_EQ(ok->rid, rid);
+  EXPECT_TRUE(jobs::parse_answer_topic("$fleetsign/methods/res/200/?x=1&$rid=" + rid + "&y=2"));
+  for (const std::string& bad : std::vector<std::string>{
+           "$fleetsign/methods/res/200/?$rid=" + rid.substr(1),
+           "$fleetsign/methods/res/200/?$rid=" + std::string(32, 'A'),
+           "$fleetsign/methods/res/099/?$rid=" + rid, "$fleetsign/methods/res/600/?$rid=" + rid,
+           "$fleetsign/methods/res/20/?$rid=" + rid, "$fleetsign/methods/res/200?$rid=" + rid,
+           "$fleetsign/methods/res/200/?rid=" + rid, "$iothub/methods/res/200/?$rid=" + rid,
+           "$fleetsign/methods/res/200/?$rid=" + rid + "&$rid=" + rid,
+           std::string("$fleetsign/methods/res/")}) {
+    EXPECT_FALSE(jobs::parse_answer_topic(bad)) << bad;
+  }
+}
+
+TEST(ServiceConnectionString, ParsesTheThreePartsInAnyOrder) {
+  const auto c = ServiceConnectionString::parse(kGood);
+  EXPECT_EQ(c.host(), "MyHub.azure-devices.net");
+  EXPECT_EQ(c.key_name(), "service");
+  EXPECT_EQ(std::string(c.key().begin(), c.key().end()), "key-for-tests-only");
+  const auto reordered = ServiceConnectionString::parse(
+      std::string("SharedAccessKey=") + kKey + ";HostName=localhost:8443;SharedAccessKeyName=s;");
+  EXPECT_EQ(reordered.host(), "localhost:8443");
+}
+
+TEST(ServiceConnectionString, RefusesWithTheBadPartNamedAndTheKeyNeverShown) {
+  const std::string k = std::string("SharedAccessKey=") + kKey;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"", "is empty"},
+      {"HostName=h;SharedAccessKeyName=s", "missing SharedAccessKey"},
+      {"HostName=h;" + k, "missing SharedAccessKeyName"},
+      {"SharedAccessKeyName=s;" + k, "missing HostName"},
+      {"HostName=h;HostName=g;SharedAccessKeyName=s;" + k, "HostName appears twice"},
+      {"HostName=;SharedAccessKeyName=s;" + k, "HostName is empty"},
+      {"HostName=https://h.net;SharedAccessKeyName=s;" + k, "not a URL"},
+      {"HostName=h_x;SharedAccessKeyName=s;" + k, "HostName contains"},
+      {"HostName=h:0;SharedAccessKeyName=s;" + k, "port"},
+      {"HostName=h:99999;SharedAccessKeyName=s;" + k, "port"},
+      {"HostName=h;SharedAccessKeyName=s p;" + k, "SharedAccessKeyName may hold"},
+      {"HostName=h;SharedAccessKeyName=s;SharedAccessKey=abc", "SharedAccessKey is not base64"},
+      {"HostName=h;SharedAccessKeyName=s;SharedAccessKey=a=bc", "SharedAccessKey is not base64"},
+      {"HostName=h;DeviceId=d;" + k, "device connection string"},
+      {"HostName=h;SharedAccessKeyName=s;" + k + ";Extra=1", "unknown part 'Extra'"},
+      {"HostName=h;SharedAccessKeyName=s;" + k + ";" + kKey + "x=1", "unknown part part 4"},
+      {"HostName=h;SharedAccessKeyName=s;" + std::string(kKey), "part 3 is not Name=Value"},
+  };
+  for (const auto& [text, expected] : cases) {
+    const Error e = error_from([&] { ServiceConnectionString::parse(text); });
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << text;
+    const std::string message = e.what();
+    EXPECT_NE(message.find("service connection string: "), std::string::npos) << message;
+    EXPECT_NE(message.find(expected), std::string::npos) << text << " → " << message;
+    EXPECT_EQ(message.find(kKey), std::string::npos) << "the key leaked: " << message;
+  }
+}
+
+TEST(SasToken, IsIotHubsFormatSignedOverTheEncodedHostAndExpiry) {
+  const auto c = ServiceConnectionString::parse(
+      std::string("HostName=MyHub.azure-devices.net:8443;SharedAccessKeyName=svc_1;"
+                  "SharedAccessKey=") +
+      kKey);
+  EXPECT_EQ(jobs::url_encode("a-b_c.d~e/f:g+h=i j"), "a-b_c.d~e%2Ff%3Ag%2Bh%3Di%20j");
+  const std::string token = jobs::sas_token(c, 1893456000);
+  const std::string sr = "myhub.azure-devices.net%3A8443";  // lower-case resource, encoded
+  const std::string prefix = "SharedAccessSignature sr=" + sr + "&sig=";
+  ASSERT_EQ(token.rfind(prefix, 0), 0u) << token;
+  const std::string suffix = "&se=1893456000&skn=svc_1";
+  ASSERT_EQ(token.substr(token.size() - suffix.size()), suffix) << token;
+  const std::string sig = token.substr(prefix.size(), token.size() - prefix.size() - suffix.size());
+  // The signature, computed by a tool we did not write: HMAC-SHA256 keyed with the decoded key
+  // over "{sr}\n{se}", base64, then url-encoded.
+  std::string expected;
+  ASSERT_EQ(run("printf '%s\\n%s' '" + sr +
+                    "' 1893456000 | openssl dgst -sha256 -mac HMAC "
+                    "-macopt key:key-for-tests-only -binary | openssl base64 -A",
+                &expected),
+            0);
+  while (!expected.empty() && (expected.back() == '\n' || expected.back() == '\r')) {
+    expected.pop_back();
+  }
+  EXPECT_EQ(sig, jobs::url_encode(expected));
+  EXPECT_NE(sig.find('%'), std::string::npos) << "base64 '=' padding is encoded: " << sig;
+}
+
+TEST(FleetConfig, DefaultsToTheBrokerAndRoundTrips) {
+  TempDir home;
+  EXPECT_EQ(jobs::load_fleet_config(home.path()).backend, jobs::Backend::kBroker);
+  jobs::FleetConfig c;
+  c.backend = jobs::Backend::kIotHub;
+  c.connection_string_file = "/etc/fleetsign/hub.conn";
+  c.ca_file = "ca.pem";
+  jobs::save_fleet_config(home.path(), c);
+  const auto back = jobs::load_fleet_config(home.path());
+  EXPECT_EQ(back.backend, jobs::Backend::kIotHub);
+  EXPECT_EQ(back.connection_string_file, c.connection_string_file);
+  EXPECT_EQ(back.ca_file, c.ca_file);
+}
+
+TEST(FleetConfig, RefusesUnknownFieldsAndBackends) {
+  const auto code = [](const std::string& text) {
+    return error_from([&] { jobs::parse_fleet_config(text, "fleet.json"); }).code();
+  };
+  EXPECT_EQ(code(R"({"backend":"mqtt"})"), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code(R"({"backend":"iothub","conection_string_file":"x"})"),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code(R"({"backend":"broker","connection_string_file":"x"})"),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code(R"([1])"), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code(R"({"backend":3})"), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(code("{"), ErrorCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace fleetsign::testing
