@@ -146,6 +146,28 @@ TEST_F(BrokerLive, AfterARestartDevicesReconnectAndMethodsAndTwinsWorkAgain) {
   EXPECT_NE(twin->payload.find(R"("boot":1)"), std::string::npos) << twin->payload;
 }
 
+// End to end: `fleetsign method invoke` (the trigger layer's broker backend, a service client)
+// through the plugin to a device and back, with IoT Hub's statuses as exit codes.
+TEST_F(BrokerLive, MethodInvokeFromTheCliReachesTheDeviceThroughThePlugin) {
+  const auto a = h.issue("dev-a");
+  const auto b = h.issue("dev-b");
+  h.start_broker();
+  auto dev = h.online_device(a);
+  dev->answer_methods(200, R"({"uptime":42})");
+  auto out = h.cli({"method", "invoke", "dev-a", "uptime", "--payload", R"({"x":1})", "--json"});
+  EXPECT_EQ(out.status, 0) << out.output << h.broker_log();
+  EXPECT_NE(out.output.find(R"("status":200)"), std::string::npos) << out.output;
+  EXPECT_NE(out.output.find("42"), std::string::npos) << out.output;
+  EXPECT_EQ(dev->answered(), 1u);
+
+  out = h.cli({"method", "invoke", "dev-b", "uptime", "--connect-timeout", "1"});
+  EXPECT_EQ(out.status, 9) << "offline: 404\n" << out.output;
+  auto silent = h.online_device(b);
+  out = h.cli({"method", "invoke", "dev-b", "uptime", "--timeout", "2"});
+  EXPECT_EQ(out.status, 10) << "no answer: 504\n" << out.output;
+  EXPECT_TRUE(silent->wait_topic_prefix("$iothub/methods/POST/uptime/"));
+}
+
 // Not a benchmark (fleetsign-fleet-bench is): the broker's CPU per routed call, with devices
 // that answer at once and every call in flight together.
 TEST_F(BrokerLive, BrokerCpuPerRoutedMethodCallIsMeasured) {

@@ -113,7 +113,7 @@ TEST(Topics, ServiceCallsAreParsedAndBoundsChecked) {
   EXPECT_EQ(r.method, "reboot");
   EXPECT_EQ(r.connect_timeout_s, 10);
   EXPECT_EQ(r.response_timeout_s, 20);
-  r = broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rt=2");
+  r = broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rt=0");
   EXPECT_EQ(r.kind, K::kMalformed);
   EXPECT_EQ(r.rid, rid) << "a malformed call with a good rid can be answered 400";
   r = broker::parse_request("$fleetsign/methods/POST/dev-1/re/boot/?$rid=" + rid);

@@ -108,8 +108,8 @@ Request parse_method_call(std::string_view rest) {
     r.connect_timeout_s = *ct;
   }
   if (!q.rt.empty()) {
-    const auto rt = small_int(q.rt, 5, 300);
-    if (!rt) return malformed("$rt must be an integer in 5..300", rid);
+    const auto rt = small_int(q.rt, 1, 300);
+    if (!rt) return malformed("$rt must be an integer in 1..300", rid);
     r.response_timeout_s = *rt;
   }
   return r;

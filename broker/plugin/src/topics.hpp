@@ -34,7 +34,7 @@ struct Request {
   std::string_view device_id, method, rid, operation_id;
   int status = 0;               // kMethodResponse: 100..999
   int connect_timeout_s = 0;    // kMethodCall: $ct, 0..300 (default 0)
-  int response_timeout_s = 30;  // kMethodCall: $rt, 5..300 (default 30)
+  int response_timeout_s = 30;  // kMethodCall: $rt, 1..300 (default 30)
   std::string problem;          // kMalformed: why, for the log and a 400 answer
 };
 
