@@ -75,6 +75,17 @@ bool is_mosquitto(pid_t pid) {
   }
 }
 
+// The pid file names a process that is gone; false while the file is missing or half written.
+bool daemon_died(const fs::path& pid_file) {
+  try {
+    const std::string text = read_bounded(pid_file.string(), 64, "broker pid file");
+    const pid_t pid = static_cast<pid_t>(std::stol(text));
+    return pid > 1 && ::kill(pid, 0) != 0;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 Supervisor::Supervisor(const BrokerHome& home, fs::path mosquitto)
@@ -151,9 +162,9 @@ BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds)
     if (st.running && st.accepting) {
       return st;
     }
-    std::error_code ec;
-    if (!st.running && fs::exists(m_home.pid_path(), ec)) {
-      // The daemon wrote its pid and died (a plugin or certificate it could not load).
+    if (!st.running && daemon_died(m_home.pid_path())) {
+      // The daemon wrote its pid and died (a plugin or certificate it could not load). A pid
+      // file that exists but is not written yet is not a death.
       throw Error(ErrorCode::kBrokerFailed, "mosquitto exited while starting; the end of " +
                                                 m_home.log_path().string() + ":\n" +
                                                 log_tail(m_home.log_path()));
