@@ -92,6 +92,9 @@ void add_enrollment_commands(std::vector<Command>& commands);  // enrollment …
 void add_report_commands(std::vector<Command>& commands);      // expiry report, export …
 void add_auth_commands(std::vector<Command>& commands);        // auth check
 void add_broker_commands(std::vector<Command>& commands);      // broker init|start|stop|…
+void add_twin_commands(std::vector<Command>& commands);        // twin show, twin set-desired
+// `device list --connected`: the sessions the broker records (cmd_twin.cpp).
+int run_device_list_connected(Context& ctx);
 void add_method_commands(std::vector<Command>& commands);      // method invoke, fleet backend
 
 // Helpers shared by commands.

@@ -320,6 +320,12 @@ Object device_json(Context& ctx, const engine::DeviceRecord& d, const engine::Gr
 
 int run_device_list(Context& ctx) {
   const Args& a = ctx.args();
+  if (a.has("connected")) {
+    if (a.has("group") || a.has("lot")) {
+      throw Error(ErrorCode::kUsage, "--connected lists sessions; it takes no --group or --lot");
+    }
+    return run_device_list_connected(ctx);
+  }
   const auto index = engine::GroupIndex::load(ctx.registry());
   engine::DeviceFilter filter;
   filter.lot = a.get("lot").value_or("");
@@ -472,13 +478,17 @@ void add_enrollment_commands(std::vector<Command>& commands) {
   add_group_commands(commands);
   add_individual_commands(commands);
   commands.push_back(Command{{"device", "list"},
-                             "[--group G] [--lot L] [--limit N] [--json]",
-                             "list devices and the certificate in each slot",
+                             "[--group G] [--lot L] [--limit N] [--connected] [--json]",
+                             "list devices and the certificate in each slot, or (--connected) "
+                             "the devices connected to the broker now",
                              [](Poco::Util::OptionSet& s) {
                                add_option(s, "group", "G",
                                           "devices whose chain leads to the group's slot CAs");
                                add_option(s, "lot", "L", "devices of one manufacturing lot");
                                add_option(s, "limit", "N", "at most N devices (default: all)");
+                               add_flag(s, "connected",
+                                        "the devices connected to the broker now, with the "
+                                        "certificate each presented");
                                json_flag(s);
                              },
                              run_device_list});

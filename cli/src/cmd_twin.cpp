@@ -22,8 +22,7 @@ std::string checked_device(Context& ctx) {
   const std::string id = ctx.args().positional_at(0, "DEVICE");
   auto checked = engine::DeviceId::check(ctx.policy(), id);
   if (!checked) {
-    throw Error(ErrorCode::kDeviceIdInvalid,
-                "device '" + id + "': " + checked.error().message);
+    throw Error(ErrorCode::kDeviceIdInvalid, "device '" + id + "': " + checked.error().message);
   }
   return checked.value().str();
 }
@@ -80,9 +79,9 @@ int run_show(Context& ctx) {
   if (ctx.json()) {
     ctx.print_json(o);
   } else {
-    std::printf("twin of %s (%s)\n", id.c_str(),
-                session ? ("connected with certificate " + session->cert_sha256).c_str()
-                        : "not connected");
+    std::printf(
+        "twin of %s (%s)\n", id.c_str(),
+        session ? ("connected with certificate " + session->cert_sha256).c_str() : "not connected");
     props.stringify(std::cout, 2);
     std::cout << '\n';
   }
@@ -110,9 +109,10 @@ int run_set_desired(Context& ctx) {
     o.set("desired_version", version);
     ctx.print_json(o);
   } else {
-    std::printf("desired properties of %s at version %lld; the broker pushes the patch to the "
-                "device when it is connected\n",
-                id.c_str(), static_cast<long long>(version));
+    std::printf(
+        "desired properties of %s at version %lld; the broker pushes the patch to the "
+        "device when it is connected\n",
+        id.c_str(), static_cast<long long>(version));
   }
   return 0;
 }
@@ -140,7 +140,8 @@ int run_device_list_connected(Context& ctx) {
 }
 
 void add_twin_commands(std::vector<Command>& commands) {
-  commands.push_back(Command{{"twin", "show"}, "DEVICE [--json]",
+  commands.push_back(Command{{"twin", "show"},
+                             "DEVICE [--json]",
                              "a device's twin (desired and reported properties) and session",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print JSON"); },
                              run_show});
