@@ -163,7 +163,83 @@ TEST_F(BrokerCli, AStartThatMosquittoRefusesFailsWithTheEndOfItsLog) {
   EXPECT_EQ(bin.run("broker status").status, 3);
 }
 
+TEST_F(BrokerCli, TwinDesiredPropertiesAreVersionedMergePatchesAndBadInputIsRefusedNamingIt) {
+  bin.ok("twin set-desired dev-1 --patch " + quoted(R"({"interval":30,"mode":"eco"})"));
+  const auto second = bin.ok("twin set-desired dev-1 --json --patch " + quoted(R"({"mode":null})"));
+  EXPECT_EQ(json(second.out)->getValue<int>("desired_version"), 3);
+  const auto shown = json(bin.ok("twin show dev-1 --json").out);
+  const auto desired = shown->getObject("properties")->getObject("desired");
+  EXPECT_EQ(desired->getValue<int>("interval"), 30);
+  EXPECT_FALSE(desired->has("mode"));
+  EXPECT_EQ(desired->getValue<int>("$version"), 3);
+  EXPECT_FALSE(shown->getValue<bool>("connected"));
+  const auto bad_id = bin.run("twin show ../etc --json");
+  EXPECT_EQ(bad_id.status, 7) << bad_id.out;
+  EXPECT_NE(bad_id.out.find("device_id_invalid"), std::string::npos) << bad_id.out;
+  for (const std::string patch : {"'[1,2]'", "'not json'", "'{\"$version\":9}'"}) {
+    const auto o = bin.run("twin set-desired dev-1 --patch " + patch);
+    EXPECT_EQ(o.status, 2) << patch << o.err;
+  }
+  testing::write_file(path("big.json"), "{\"k\":\"" + std::string(40000, 'x') + "\"}");
+  const auto big = bin.run("twin set-desired dev-1 --patch-file " + quoted(path("big.json")));
+  EXPECT_EQ(big.status, 2) << big.err;
+  EXPECT_NE(big.err.find("limit"), std::string::npos) << big.err;
+  // Nothing of the refused patches reached the twin.
+  EXPECT_EQ(json(bin.ok("twin show dev-1 --json").out)
+                ->getObject("properties")
+                ->getObject("desired")
+                ->getValue<int>("$version"),
+            3);
+  const auto audit = bin.ok("audit --json --limit 5");
+  EXPECT_NE(audit.out.find("twin.set-desired"), std::string::npos);
+}
+
 #ifdef FLEETSIGN_PLUGIN_PATH
+// An independent MQTT client (Debian's mosquitto_sub) as the device: it connects with its
+// certificate the way the Azure SDK does, appears in `device list --connected` with the
+// certificate it presented, and receives the desired-property patch `twin set-desired` makes.
+TEST_F(BrokerCli, AConnectedDeviceIsListedWithItsCertificateAndGetsDesiredPatches) {
+  bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
+  bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
+  bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
+  bin.ok("enrollment group create fleet --ca root");
+  bin.ok("issue --ca root --generate 1 --id-pattern 'sub-{02}' --out " + quoted(path("out")));
+  bin.ok(init_args(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+  bin.ok("broker start");
+  const std::string out = path("sub.out");
+  const std::string sub =
+      "timeout 20 mosquitto_sub -h localhost -p " + std::to_string(port) + " --cafile " +
+      quoted((bdir / "ca.pem").string()) + " --cert " + quoted(path("out/sub-01_cert.pem")) +
+      " --key " + quoted(path("out/sub-01_key.pem")) +
+      " -i sub-01 -u 'localhost/sub-01/?api-version=2021-04-12' -V mqttv311 -c -q 0 -v -C 1"
+      " -t '$iothub/twin/PATCH/properties/desired/#' > " +
+      quoted(out) + " 2>&1 &";
+  ASSERT_EQ(testing::run(sub), 0);
+  Object::Ptr listed;
+  for (int i = 0; i < 100; ++i) {
+    listed = json(bin.ok("device list --connected --json").out);
+    if (listed->getValue<int>("count") == 1) break;
+    ::usleep(100000);
+  }
+  ASSERT_EQ(listed->getValue<int>("count"), 1) << testing::read_file(out);
+  const auto session = listed->getArray("connected")->getObject(0);
+  EXPECT_EQ(session->getValue<std::string>("device_id"), "sub-01");
+  std::string sha;
+  testing::run("openssl x509 -noout -fingerprint -sha256 -in " + quoted(path("out/sub-01_cert.pem")) +
+                   " | cut -d= -f2 | tr -d ':\n'",
+               &sha);
+  EXPECT_EQ(session->getValue<std::string>("cert_sha256"), sha);
+  bin.ok("twin set-desired sub-01 --patch " + quoted(R"({"interval":5})"));
+  std::string got;
+  for (int i = 0; i < 50 && got.find("interval") == std::string::npos; ++i) {
+    ::usleep(100000);
+    got = testing::read_file(out);
+  }
+  EXPECT_NE(got.find("$iothub/twin/PATCH/properties/desired/?$version=2"), std::string::npos)
+      << got;
+  EXPECT_NE(got.find("\"interval\":5"), std::string::npos) << got;
+}
+
 TEST_F(BrokerCli, StartStatusReloadStopSuperviseOneMosquittoWithTls) {
   bin.ok(init_args(FLEETSIGN_PLUGIN_PATH));
   const auto started = bin.ok("broker start --json");
