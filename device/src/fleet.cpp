@@ -80,7 +80,7 @@ class DeviceFleet::Impl {
       : m_options(std::move(options)),
         m_tls(m_options.trust_file),
         m_shared{m_options, m_tls, m_methods, m_counters},
-        m_rng(m_options.seed ^ 0x5DEECE66DULL) {
+        m_rng(std::random_device{}()) {
     ignore_sigpipe();
     add_builtin_methods(m_methods);
     if (m_options.broker_host.empty() || m_options.broker_port < 1 ||
@@ -484,7 +484,7 @@ class DeviceFleet::Impl {
   std::deque<std::uint32_t> m_queue;
   int m_in_flight = 0;
   std::priority_queue<Timer, std::vector<Timer>, std::greater<>> m_timers;
-  std::mt19937_64 m_rng;
+  std::mt19937_64 m_rng;  // jitter: random per process, so agents do not retry in step
   int m_epoll = -1, m_wake = -1;
   std::atomic<bool> m_stop{false};
   bool m_shut = false;

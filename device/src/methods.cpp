@@ -1,5 +1,6 @@
 #include "fleetsign/device/methods.hpp"
 
+#include <Poco/JSON/Array.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/JSON/Stringifier.h>
 
@@ -34,9 +35,17 @@ MethodResponse MethodRegistry::dispatch(MethodContext& device, std::string_view 
                                         std::string_view payload_text) const {
   Poco::Dynamic::Var payload;
   if (!payload_text.empty()) {
+    // Any JSON value is a payload (IoT Hub sends numbers and strings too); Poco 1.11's parser
+    // takes only objects and arrays at the top, so the payload is parsed as the one element of
+    // an array ("1,2" makes two elements and is refused).
     try {
       Poco::JSON::Parser parser;
-      payload = parser.parse(std::string(payload_text));
+      std::string text;
+      text.reserve(payload_text.size() + 2);
+      text.append("[").append(payload_text).append("]");
+      const auto array = parser.parse(text).extract<Poco::JSON::Array::Ptr>();
+      if (!array || array->size() != 1) throw Poco::DataFormatException("not one JSON value");
+      payload = array->get(0);
     } catch (const Poco::Exception& e) {
       return MethodResponse::error(400, "payload is not JSON: " + e.displayText());
     }
@@ -56,6 +65,7 @@ MethodResponse MethodRegistry::dispatch(MethodContext& device, std::string_view 
 void add_builtin_methods(MethodRegistry& registry) {
   registry.add("ping", [](MethodContext&, const Poco::Dynamic::Var& payload) {
     // The payload as it came, re-serialised by the library (it parsed, so it is JSON).
+    if (payload.isEmpty()) return MethodResponse{200, "null"};
     std::ostringstream text;
     Poco::JSON::Stringifier::stringify(payload, text);
     return MethodResponse{200, text.str()};
