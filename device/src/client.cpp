@@ -147,10 +147,9 @@ void DeviceClient::on_io(std::uint32_t events) {
     ::getsockopt(socket(), SOL_SOCKET, SO_ERROR, &err, &len);
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof peer;
-    const bool tcp_up =
-        ::getpeername(socket(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
+    const bool tcp_up = ::getpeername(socket(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
     fail("cannot connect to " + m_target + ": " +
-         (err != 0  ? std::strerror(err)
+         (err != 0 ? std::strerror(err)
           : tcp_up ? "the broker closed the connection during the TLS handshake"
                    : "connection refused or unreachable"));
     return;
