@@ -245,5 +245,64 @@ TEST_F(AgentTest, RefusesAFlashWhoseKeyDoesNotMatchItsCertificateNamingTheFile) 
   EXPECT_NE(out.find("[key_cert_mismatch]"), std::string::npos) << out;
 }
 
+// The test plays DPS on the same broker: it answers the register request 202 (assigning), then
+// the operation-status request 200 with this broker as the assigned hub.
+TEST_F(AgentTest, RegistersThroughDpsThenConnectsToTheAssignedHub) {
+  MqttClient dps(broker, pki, "caller-03");
+  dps.subscribe("$dps/registrations/PUT/#");
+  dps.subscribe("$dps/registrations/GET/#");
+  auto a = agent({"--dir", pki.batch.string(), "--count", "1", "--dps", "0ne00FLEET"});
+  const auto rid_of = [](const std::string& topic) {
+    const auto at = topic.find("?$rid=");
+    return topic.substr(at + 6, topic.find('&', at) - at - 6);
+  };
+  const auto reg = dps.wait_for(
+      [](const Message& m) {
+        return m.topic.rfind("$dps/registrations/PUT/iotdps-register/?$rid=", 0) == 0;
+      },
+      10s);
+  ASSERT_TRUE(reg) << a->log();
+  EXPECT_EQ(parse(reg->payload)->getValue<std::string>("registrationId"), "dev-01");
+  dps.publish("$dps/registrations/res/202/?$rid=" + rid_of(reg->topic) + "&retry-after=1",
+              R"({"operationId":"4.abc.op-1","status":"assigning"})");
+  const auto status = dps.wait_for(
+      [](const Message& m) {
+        return m.topic.rfind("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=", 0) == 0;
+      },
+      5s);
+  ASSERT_TRUE(status) << a->log();
+  EXPECT_NE(status->topic.find("&operationId=4.abc.op-1"), std::string::npos);
+  const std::string hub = "localhost:" + std::to_string(broker.port());
+  dps.publish("$dps/registrations/res/200/?$rid=" + rid_of(status->topic),
+              R"({"operationId":"4.abc.op-1","status":"assigned","registrationState":{)"
+              R"("registrationId":"dev-01","assignedHub":")" +
+                  hub +
+                  R"(","deviceId":"dev-01","status":"assigned","substatus":"initialAssignment"}})");
+  ASSERT_TRUE(a->wait_log("dev-01 registered through DPS: assigned to " + hub, 5s)) << a->log();
+  ASSERT_TRUE(a->wait_log("dev-01 connected to " + hub, 5s)) << a->log();
+  // Two sessions: DPS (clean) then the hub (clean session false).
+  const std::string log = broker.log();
+  EXPECT_NE(log.find("as dev-01 (p2, c1, k180"), std::string::npos) << log;
+  EXPECT_NE(log.find("as dev-01 (p2, c0, k180"), std::string::npos) << log;
+}
+
+TEST_F(AgentTest, DpsRefusalIsLoggedAndRetriedWithBackoff) {
+  MqttClient dps(broker, pki, "caller-03");
+  dps.subscribe("$dps/registrations/PUT/#");
+  auto a = agent({"--dir", pki.batch.string(), "--count", "1", "--dps", "0ne00FLEET"});
+  const auto reg = dps.wait_for(
+      [](const Message& m) { return m.topic.rfind("$dps/registrations/PUT/", 0) == 0; }, 10s);
+  ASSERT_TRUE(reg) << a->log();
+  const std::string rid = reg->topic.substr(reg->topic.find("?$rid=") + 6);
+  dps.publish("$dps/registrations/res/401/?$rid=" + rid,
+              R"({"errorCode":401002,"trackingId":"t","message":"enrollment is disabled"})");
+  ASSERT_TRUE(
+      a->wait_log("DPS refused the registration: 401: enrollment is disabled; retrying in", 5s))
+      << a->log();
+  // It comes back: a second register request, after the backoff.
+  EXPECT_TRUE(dps.wait_count(2, 5s)) << a->log();
+  EXPECT_EQ(a->log().find(" connected to "), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fleetsign::testing
