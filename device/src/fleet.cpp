@@ -203,13 +203,14 @@ class DeviceFleet::Impl {
       m_online += e.offline ? 0 : 1;
       std::optional<SlotStore> store;
       if (m_options.state_dir) {
+        const CertInfo from_batch = batch.cert();
         store.emplace(*m_options.state_dir, batch.id(), m_options.id_rule);
-        auto [credential, slot] = store->load_or_create(batch);
-        if (credential.cert().sha256 != batch.cert().sha256) {
-          m_shared.log(batch.id(), "runs its " + std::string(slot_name(slot)) +
-                                       " slot from the state directory, certificate " +
-                                       credential.cert().serial + ", not the batch's " +
-                                       batch.cert().serial);
+        auto [credential, slot] = store->load_or_create(std::move(batch), false);
+        if (credential.cert().sha256 != from_batch.sha256) {
+          m_shared.log(credential.id(), "runs its " + std::string(slot_name(slot)) +
+                                            " slot from the state directory, certificate " +
+                                            credential.cert().serial + ", not the batch's " +
+                                            from_batch.serial);
         }
         e.client = std::make_unique<DeviceClient>(m_shared, std::move(credential), slot,
                                                   std::move(store), e.failing);
@@ -218,21 +219,29 @@ class DeviceFleet::Impl {
                                                   std::nullopt, e.failing);
       }
     }
+    if (m_options.state_dir) sync_state_dir(*m_options.state_dir);  // one flush for all first runs
   }
 
+  // libmosquitto holds three descriptors per client (its socket and a socket pair it makes in
+  // mosquitto_new for its threaded mode), so 10,000 devices need ~30,000: more than the usual
+  // hard limit, which a privileged process may raise.
   void raise_fd_limit() {
     rlimit lim{};
     ::getrlimit(RLIMIT_NOFILE, &lim);
-    const rlim_t need = static_cast<rlim_t>(m_online) + 64;
-    if (lim.rlim_cur < need) {
-      lim.rlim_cur = std::min(lim.rlim_max, std::max<rlim_t>(need, 1024));
-      ::setrlimit(RLIMIT_NOFILE, &lim);
+    const rlim_t need = static_cast<rlim_t>(m_online) * 3 + 64;
+    if (lim.rlim_cur >= need) return;
+    if (lim.rlim_max < need) {
+      rlimit raised{need, need};
+      if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) return;
     }
+    lim.rlim_cur = std::min(lim.rlim_max, need);
+    ::setrlimit(RLIMIT_NOFILE, &lim);
+    ::getrlimit(RLIMIT_NOFILE, &lim);
     if (lim.rlim_cur < need) {
       throw Error(ErrorCode::kInvalidArgument,
                   std::to_string(m_online) + " devices need " + std::to_string(need) +
-                      " file descriptors; the hard limit (ulimit -Hn) allows " +
-                      std::to_string(lim.rlim_max));
+                      " file descriptors (3 per device); the limit is " +
+                      std::to_string(lim.rlim_cur) + " (raise `ulimit -Hn` or run fewer devices)");
     }
   }
 

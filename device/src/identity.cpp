@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 
 #include <algorithm>
+#include <ctime>
 #include <fstream>
 
 #include "fleetsign/bounded_read.hpp"
@@ -15,102 +16,23 @@ namespace fleetsign::device {
 
 namespace fs = std::filesystem;
 
-namespace ossl {
+// ---------------------------------------------------------------------------------------------
 
-namespace {
-struct PemBlock {
-  std::string name;
-  std::vector<unsigned char> der;
-};
-void free_pem(char* name, char* header, unsigned char* data) {
-  OPENSSL_free(name);
-  OPENSSL_free(header);
-  OPENSSL_clear_free(data, 0);
-}
-// Next PEM block of `bio`; false at the end. `problem` is set when what follows is no PEM block.
-bool next_block(BIO* bio, PemBlock& block, std::string& problem) {
-  char* name = nullptr;
-  char* header = nullptr;
-  unsigned char* data = nullptr;
-  long len = 0;
-  ERR_clear_error();
-  if (PEM_read_bio(bio, &name, &header, &data, &len) != 1) {
-    const unsigned long e = ERR_peek_last_error();
-    if (ERR_GET_LIB(e) != ERR_LIB_PEM || ERR_GET_REASON(e) != PEM_R_NO_START_LINE) {
-      problem = "malformed PEM block: " + last_error();
-    }
-    ERR_clear_error();
-    return false;
+std::string read_device_file(const fs::path& path, std::size_t limit, std::string_view what,
+                             bool secret) {
+  thread_local std::vector<char> scratch;
+  if (scratch.size() < limit) scratch.resize(limit);
+  std::size_t n = 0;
+  try {
+    n = read_bounded_into(path.string(), std::span<char>(scratch.data(), limit), what);
+  } catch (...) {
+    if (secret) OPENSSL_cleanse(scratch.data(), limit);
+    throw;
   }
-  block.name = name;
-  if (header != nullptr && header[0] != '\0') {
-    problem = "PEM block " + block.name + " has headers (an encrypted key?)";
-  }
-  block.der.assign(data, data + len);
-  OPENSSL_cleanse(data, static_cast<std::size_t>(len));
-  free_pem(name, header, data);
-  return problem.empty();
-}
-}  // namespace
-
-std::vector<X509Ptr> parse_certificates(std::string_view pem, std::string& problem) {
-  std::vector<X509Ptr> out;
-  auto bio = mem_bio(pem);
-  PemBlock block;
-  while (next_block(bio.get(), block, problem)) {
-    if (block.name != "CERTIFICATE") {
-      problem = "holds a " + block.name + " block where a CERTIFICATE was expected";
-      break;
-    }
-    const unsigned char* p = block.der.data();
-    X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(block.der.size())));
-    if (!cert || p != block.der.data() + block.der.size()) {
-      problem = "certificate " + std::to_string(out.size() + 1) + " is not valid X.509";
-      break;
-    }
-    out.push_back(std::move(cert));
-  }
+  std::string out(scratch.data(), n);
+  if (secret) OPENSSL_cleanse(scratch.data(), n);
   return out;
 }
-
-PkeyPtr parse_private_key(std::string_view pem, std::string& problem) {
-  auto bio = mem_bio(pem);
-  PemBlock block;
-  if (!next_block(bio.get(), block, problem)) {
-    if (problem.empty()) problem = "holds no PEM private key";
-    return nullptr;
-  }
-  PkeyPtr key;
-  const unsigned char* p = block.der.data();
-  const long len = static_cast<long>(block.der.size());
-  if (block.name == "PRIVATE KEY") {
-    key.reset(d2i_AutoPrivateKey(nullptr, &p, len));
-  } else if (block.name == "EC PRIVATE KEY") {
-    key.reset(d2i_PrivateKey(EVP_PKEY_EC, nullptr, &p, len));
-  } else if (block.name == "RSA PRIVATE KEY") {
-    key.reset(d2i_PrivateKey(EVP_PKEY_RSA, nullptr, &p, len));
-  } else if (block.name == "ENCRYPTED PRIVATE KEY") {
-    problem = "holds an encrypted private key; a device key file must be unencrypted";
-  } else {
-    problem = "holds a " + block.name + " block where a PRIVATE KEY was expected";
-  }
-  OPENSSL_cleanse(block.der.data(), block.der.size());
-  if (!problem.empty()) return nullptr;
-  if (!key || p != block.der.data() + block.der.size()) {
-    problem = "private key does not decode: " + last_error();
-    return nullptr;
-  }
-  PemBlock extra;
-  if (next_block(bio.get(), extra, problem) || !problem.empty()) {
-    problem = "holds more than one PEM block; expected exactly one private key";
-    return nullptr;
-  }
-  return key;
-}
-
-}  // namespace ossl
-
-// ---------------------------------------------------------------------------------------------
 
 Result<DeviceId> DeviceId::check(const policy::DeviceIdRule& rule, std::string_view id) {
   if (auto why = policy::check_device_id(rule, id)) {
@@ -125,12 +47,13 @@ Result<DeviceId> DeviceId::check(const policy::DeviceIdRule& rule, std::string_v
 }
 
 Credential::Credential(DeviceId id, std::string chain_pem, std::string key_pem, CertInfo cert,
-                       std::string source)
+                       std::string source, std::shared_ptr<const ParsedCredential> parsed)
     : m_id(std::move(id)),
       m_chain_pem(std::move(chain_pem)),
       m_key_pem(std::move(key_pem)),
       m_cert(std::move(cert)),
-      m_source(std::move(source)) {}
+      m_source(std::move(source)),
+      m_parsed(std::move(parsed)) {}
 
 Credential::~Credential() {
   if (!m_key_pem.empty()) OPENSSL_cleanse(m_key_pem.data(), m_key_pem.size());
@@ -165,14 +88,27 @@ DeviceId device_id_of(X509* cert, const policy::DeviceIdRule& rule, const std::s
   return std::move(id).value();
 }
 
+std::int64_t unix_time(const ASN1_TIME* t) {
+  std::tm tm{};
+  return ASN1_TIME_to_tm(t, &tm) == 1 ? static_cast<std::int64_t>(timegm(&tm)) : 0;
+}
+
+// The facts a device reports, in the engine's formats (engine/x509: upper-case hex).
 CertInfo info_of(X509* leaf) {
   unsigned char* der = nullptr;
   const int len = i2d_X509(leaf, &der);
   if (len <= 0) throw Error(ErrorCode::kCertificateMalformed, "certificate does not encode");
-  const engine::CertSummary s =
-      engine::summarize_certificate(engine::ByteView(der, static_cast<std::size_t>(len)));
+  CertInfo info;
+  info.sha256 = engine::thumbprint_sha256(engine::ByteView(der, static_cast<std::size_t>(len)));
   OPENSSL_free(der);
-  return CertInfo{s.sha256, s.serial, s.not_before, s.not_after};
+  BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), nullptr);
+  std::vector<std::uint8_t> serial(static_cast<std::size_t>(BN_num_bytes(bn)));
+  BN_bn2bin(bn, serial.data());
+  BN_free(bn);
+  info.serial = engine::hex_upper(serial);
+  info.not_before = unix_time(X509_get0_notBefore(leaf));
+  info.not_after = unix_time(X509_get0_notAfter(leaf));
+  return info;
 }
 
 }  // namespace
@@ -180,24 +116,29 @@ CertInfo info_of(X509* leaf) {
 Credential make_credential(std::string chain_pem, std::string key_pem, std::string source,
                            const policy::DeviceIdRule& rule) {
   std::string problem;
-  const auto chain = ossl::parse_certificates(chain_pem, problem);
+  auto chain = ossl::parse_certificates(chain_pem, problem);
   if (!problem.empty() || chain.empty()) {
     throw Error(ErrorCode::kCertificateMalformed,
                 source + ": " + (problem.empty() ? "holds no certificate" : problem));
   }
   DeviceId id = device_id_of(chain.front().get(), rule, source);
-  const auto key = ossl::parse_private_key(key_pem, problem);
-  if (!key) {
+  auto parsed = std::make_shared<ParsedCredential>();
+  parsed->key = ossl::parse_private_key(key_pem, problem);
+  if (!parsed->key) {
     throw Error(ErrorCode::kKeyRejected, source + ": " + problem);
   }
-  if (X509_check_private_key(chain.front().get(), key.get()) != 1) {
+  if (X509_check_private_key(chain.front().get(), parsed->key.get()) != 1) {
     ERR_clear_error();
     throw Error(ErrorCode::kKeyCertMismatch,
                 source + ": the private key does not match the certificate of " + id.str());
   }
   CertInfo info = info_of(chain.front().get());
+  parsed->leaf = std::move(chain.front());
+  for (std::size_t i = 1; i < chain.size(); ++i) {
+    sk_X509_push(parsed->issuers, chain[i].release());
+  }
   return Credential(std::move(id), std::move(chain_pem), std::move(key_pem), std::move(info),
-                    std::move(source));
+                    std::move(source), std::move(parsed));
 }
 
 namespace {
@@ -240,8 +181,8 @@ Credential load_dir_device(const fs::path& dir, const std::string& stem,
                                     "devices whose keys were generated by the batch)");
   }
   Credential c = make_credential(
-      read_bounded(chain_file.string(), kDeviceChainFileLimit, "device certificate"),
-      read_bounded(key_file.string(), kKeyFileLimit, "device key"),
+      read_device_file(chain_file, kDeviceChainFileLimit, "device certificate", false),
+      read_device_file(key_file, kKeyFileLimit, "device key", true),
       chain_file.string() + " + " + key_file.string(), rule);
   if (c.id() != named.value()) {
     throw Error(ErrorCode::kDeviceIdInvalid, chain_file.string() + ": the certificate's CN '" +

@@ -50,3 +50,19 @@ std::vector<X509Ptr> parse_certificates(std::string_view pem, std::string& probl
 PkeyPtr parse_private_key(std::string_view pem, std::string& problem);
 
 }  // namespace fleetsign::device::ossl
+
+namespace fleetsign::device {
+
+// A credential's OpenSSL objects, decoded once (make_credential) and presented in every handshake.
+// Immutable after construction; the issuers are shared with other devices of the batch.
+struct ParsedCredential {
+  ossl::X509Ptr leaf;
+  STACK_OF(X509) * issuers = nullptr;  // owned
+  ossl::PkeyPtr key;
+  ParsedCredential() : issuers(sk_X509_new_null()) {}
+  ~ParsedCredential() { sk_X509_pop_free(issuers, X509_free); }
+  ParsedCredential(const ParsedCredential&) = delete;  // owns the stack
+  ParsedCredential& operator=(const ParsedCredential&) = delete;
+};
+
+}  // namespace fleetsign::device

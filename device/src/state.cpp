@@ -48,7 +48,7 @@ void ensure_dir(const fs::path& dir) {
 
 }  // namespace
 
-void write_file_atomic(const fs::path& path, std::string_view data, unsigned mode) {
+void write_file_atomic(const fs::path& path, std::string_view data, unsigned mode, bool sync) {
   const fs::path tmp = path.string() + ".tmp";
   ::unlink(tmp.c_str());  // left by a crash: ours, and incomplete
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
@@ -66,14 +66,23 @@ void write_file_atomic(const fs::path& path, std::string_view data, unsigned mod
     }
     done += static_cast<std::size_t>(n);
   }
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (err == 0 && sync && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
     ::unlink(tmp.c_str());
     throw io_error(path, "cannot be written", err);
   }
-  sync_dir(path.parent_path());
+  if (sync) sync_dir(path.parent_path());
+}
+
+void sync_state_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw io_error(dir, "cannot be opened to sync", errno);
+  const int rc = ::syncfs(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw io_error(dir, "cannot be synced to disk", err);
 }
 
 std::string_view slot_name(Slot slot) noexcept {
@@ -117,9 +126,10 @@ Slot SlotStore::active() const {
 
 Credential SlotStore::read(Slot slot) const {
   const fs::path chain = file(slot, "chain"), key = file(slot, "key");
-  Credential c = make_credential(read_bounded(chain.string(), kDeviceChainFileLimit, "slot chain"),
-                                 read_bounded(key.string(), kKeyFileLimit, "slot key"),
-                                 chain.string() + " + " + key.string(), m_rule);
+  Credential c =
+      make_credential(read_device_file(chain, kDeviceChainFileLimit, "slot chain", false),
+                      read_device_file(key, kKeyFileLimit, "slot key", true),
+                      chain.string() + " + " + key.string(), m_rule);
   if (c.id() != m_id) {
     throw Error(ErrorCode::kDeviceIdInvalid, chain.string() + ": the certificate is for " +
                                                  c.id().str() + ", not for " + m_id.str());
@@ -137,25 +147,35 @@ void SlotStore::write(Slot slot, const std::string& chain_pem, const std::string
                                                  c.id().str() + " cannot go into " + m_id.str() +
                                                  "'s " + std::string(slot_name(slot)) + " slot");
   }
-  ensure_dir(m_dir.parent_path());
-  ensure_dir(m_dir);
-  write_file_atomic(file(slot, "key"), key_pem, 0600);
-  write_file_atomic(file(slot, "chain"), chain_pem, 0644);
+  write_files(slot, chain_pem, key_pem, true);
 }
 
-void SlotStore::set_active(Slot slot) {
+void SlotStore::write_files(Slot slot, const std::string& chain_pem, const std::string& key_pem,
+                            bool sync) {
+  ensure_dir(m_dir.parent_path());
+  ensure_dir(m_dir);
+  write_file_atomic(file(slot, "key"), key_pem, 0600, sync);
+  write_file_atomic(file(slot, "chain"), chain_pem, 0644, sync);
+}
+
+void SlotStore::set_active(Slot slot, bool sync) {
   Poco::JSON::Object doc;
   doc.set("active", std::string(slot_name(slot)));
   std::ostringstream text;
   doc.stringify(text);
   text << '\n';
-  write_file_atomic(m_dir / "slot.json", text.str(), 0644);
+  write_file_atomic(m_dir / "slot.json", text.str(), 0644, sync);
 }
 
-std::pair<Credential, Slot> SlotStore::load_or_create(const Credential& initial) {
+std::pair<Credential, Slot> SlotStore::load_or_create(Credential initial, bool sync) {
   if (!exists()) {
-    write(Slot::kPrimary, initial.chain_pem(), initial.key_pem());
-    set_active(Slot::kPrimary);  // last: slot.json marks a complete provisioning
+    if (initial.id() != m_id) {
+      throw Error(ErrorCode::kDeviceIdInvalid,
+                  m_dir.string() + ": cannot hold " + initial.id().str() + "'s credential");
+    }
+    write_files(Slot::kPrimary, initial.chain_pem(), initial.key_pem(), sync);
+    set_active(Slot::kPrimary, sync);  // last: slot.json marks a complete provisioning
+    return {std::move(initial), Slot::kPrimary};
   }
   const Slot slot = active();
   return {read(slot), slot};

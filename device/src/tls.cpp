@@ -8,33 +8,10 @@
 
 namespace fleetsign::device {
 
-TlsIdentity::TlsIdentity(const Credential& credential) {
-  std::string problem;
-  auto certs = ossl::parse_certificates(credential.chain_pem(), problem);
-  m_key = ossl::parse_private_key(credential.key_pem(), problem);
-  if (certs.empty() || !m_key) {
-    // make_credential checked both already: only memory exhaustion gets here.
-    throw Error(ErrorCode::kKeyRejected, credential.source() + ": " + problem);
-  }
-  m_leaf = std::move(certs.front());
-  m_chain = sk_X509_new_null();
-  for (std::size_t i = 1; i < certs.size(); ++i) {
-    sk_X509_push(m_chain, certs[i].release());
-  }
-}
-
-TlsIdentity::TlsIdentity(TlsIdentity&& other) noexcept
-    : m_leaf(std::move(other.m_leaf)),
-      m_chain(std::exchange(other.m_chain, nullptr)),
-      m_key(std::move(other.m_key)) {}
-
-TlsIdentity::~TlsIdentity() {
-  if (m_chain != nullptr) sk_X509_pop_free(m_chain, X509_free);
-}
-
 bool TlsIdentity::present(SSL* ssl) const {
-  return SSL_use_certificate(ssl, m_leaf.get()) == 1 && SSL_use_PrivateKey(ssl, m_key.get()) == 1 &&
-         SSL_set1_chain(ssl, m_chain) == 1;
+  return m_parsed != nullptr && SSL_use_certificate(ssl, m_parsed->leaf.get()) == 1 &&
+         SSL_use_PrivateKey(ssl, m_parsed->key.get()) == 1 &&
+         SSL_set1_chain(ssl, m_parsed->issuers) == 1;
 }
 
 TlsContexts::TlsContexts(const std::filesystem::path& trust_file) : m_store(X509_STORE_new()) {

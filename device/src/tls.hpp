@@ -19,23 +19,15 @@
 
 namespace fleetsign::device {
 
-// A credential parsed once for the handshakes: leaf, chain, key. Move-only (owns OpenSSL
-// objects; the key is freed by OpenSSL, which clears it).
+// What a device presents in its handshakes: its credential's decoded objects, shared.
 class TlsIdentity final {
  public:
-  explicit TlsIdentity(const Credential& credential);  // Error(kKeyRejected, ...) if it fails
-  ~TlsIdentity();
-  TlsIdentity(TlsIdentity&& other) noexcept;
-  TlsIdentity& operator=(TlsIdentity&&) = delete;
-  TlsIdentity(const TlsIdentity&) = delete;
-
+  explicit TlsIdentity(const Credential& credential) : m_parsed(credential.parsed()) {}
   // Puts the identity on `ssl`; false when OpenSSL refuses.
   bool present(SSL* ssl) const;
 
  private:
-  ossl::X509Ptr m_leaf;
-  STACK_OF(X509) * m_chain = nullptr;  // issuers, owned
-  ossl::PkeyPtr m_key;
+  std::shared_ptr<const ParsedCredential> m_parsed;
 };
 
 class TlsContexts final {

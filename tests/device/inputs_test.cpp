@@ -217,9 +217,13 @@ TEST_F(Inputs, TrustFileWithoutCertificatesIsRefused) {
 TEST_F(Inputs, SlotStoreRefusesToStoreAnotherDevicesCertificate) {
   auto devices = load_batch_dir(pki.batch, rule);
   device::SlotStore store(dir.path() / "state", devices[0].id(), rule);
-  const auto [credential, slot] = store.load_or_create(devices[0]);
+  const std::string sha256 = devices[0].cert().sha256;
+  const auto [credential, slot] =
+      store.load_or_create(std::move(load_batch_dir(pki.batch, rule)[0]));
   EXPECT_EQ(slot, device::Slot::kPrimary);
-  EXPECT_EQ(credential.cert().sha256, devices[0].cert().sha256);
+  EXPECT_EQ(credential.cert().sha256, sha256);
+  // Read back from the files it wrote, checked again.
+  EXPECT_EQ(store.read(device::Slot::kPrimary).cert().sha256, sha256);
   expect_error(
       [&] { store.write(device::Slot::kSecondary, devices[1].chain_pem(), devices[1].key_pem()); },
       ErrorCode::kDeviceIdInvalid, {"dev-02", "cannot go into dev-01's secondary slot"});
@@ -233,10 +237,14 @@ TEST_F(Inputs, SlotStoreRefusesToStoreAnotherDevicesCertificate) {
 TEST_F(Inputs, SlotStoreSwitchesSlotsAndRefusesAnUnknownActiveSlot) {
   auto devices = load_batch_dir(pki.batch, rule);
   device::SlotStore store(dir.path() / "state", devices[0].id(), rule);
-  store.load_or_create(devices[0]);
+  expect_error([&] { store.load_or_create(std::move(devices[1])); }, ErrorCode::kDeviceIdInvalid,
+               {"cannot hold dev-02's credential"});
+  EXPECT_FALSE(store.exists());
+  store.load_or_create(std::move(load_batch_dir(pki.batch, rule)[0]));
   store.write(device::Slot::kSecondary, devices[0].chain_pem(), devices[0].key_pem());
   store.set_active(device::Slot::kSecondary);
-  EXPECT_EQ(store.load_or_create(devices[0]).second, device::Slot::kSecondary);
+  EXPECT_EQ(store.load_or_create(std::move(load_batch_dir(pki.batch, rule)[0])).second,
+            device::Slot::kSecondary);
   write_file(store.dir() / "slot.json", R"({"active":"tertiary"})");
   expect_error([&] { store.active(); }, ErrorCode::kCertificateMalformed,
                {"slot.json", "'tertiary' is neither primary nor secondary"});

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +28,12 @@ inline constexpr std::size_t kMaxCommonNameLength = 64;
 // Bounds on what a device reads: one key file, one certificate or chain file.
 inline constexpr std::size_t kKeyFileLimit = 64 * 1024;
 inline constexpr std::size_t kDeviceChainFileLimit = 256 * 1024;
+
+// Reads at most `limit` bytes of `path` (fleetsign::read_bounded's errors) into a string of
+// exactly the file's size: 10,000 devices must not keep 10,000 buffers of `limit` bytes. The
+// scratch buffer is reused per thread and, for a `secret`, wiped after the copy.
+std::string read_device_file(const std::filesystem::path& path, std::size_t limit,
+                             std::string_view what, bool secret);
 
 // A device ID that passed the policy's device-ID rule and the CN bound. Only `check` makes one,
 // so an unchecked string cannot reach a file name or a topic. The alphabet (letters, digits, '-'
@@ -50,11 +57,13 @@ struct CertInfo {
   std::int64_t not_before = 0, not_after = 0;  // Unix seconds
 };
 
+struct ParsedCredential;  // its OpenSSL objects, private to the library
+
 // A checked credential. Move-only: the key text is wiped when the object dies.
 class Credential {
  public:
   Credential(DeviceId id, std::string chain_pem, std::string key_pem, CertInfo cert,
-             std::string source);
+             std::string source, std::shared_ptr<const ParsedCredential> parsed);
   ~Credential();
   Credential(Credential&&) noexcept = default;
   Credential& operator=(Credential&&) noexcept = default;
@@ -65,12 +74,14 @@ class Credential {
   const std::string& key_pem() const noexcept { return m_key_pem; }      // PKCS#8 PEM
   const CertInfo& cert() const noexcept { return m_cert; }
   const std::string& source() const noexcept { return m_source; }  // file(s) it came from
+  const std::shared_ptr<const ParsedCredential>& parsed() const noexcept { return m_parsed; }
 
  private:
   DeviceId m_id;
   std::string m_chain_pem, m_key_pem;
   CertInfo m_cert;
   std::string m_source;
+  std::shared_ptr<const ParsedCredential> m_parsed;
 };
 
 // Checks a chain (PEM, leaf first, at least the leaf) and a key (one unencrypted PEM private

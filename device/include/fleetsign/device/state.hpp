@@ -37,10 +37,12 @@ class SlotStore final {
   const std::filesystem::path& dir() const noexcept { return m_dir; }
   bool exists() const;  // slot.json is there: the device has been provisioned
 
-  // First run: writes `initial` as the primary slot and makes it active. Later runs: reads the
-  // active slot back (the device's flash wins over the batch it was first provisioned from).
-  // Returns the credential the device runs with and its slot.
-  std::pair<Credential, Slot> load_or_create(const Credential& initial);
+  // First run: writes `initial` (checked already: it is a Credential of this device) as the
+  // primary slot and makes it active, and returns it. Later runs: reads the active slot back (the
+  // device's flash wins over the batch it was first provisioned from). With `sync` false the
+  // first-run files are not fsynced one by one: the caller syncs the file system once for a whole
+  // fleet (sync_state_dir), 60,000 fsyncs fewer for 10,000 devices.
+  std::pair<Credential, Slot> load_or_create(Credential initial, bool sync = true);
 
   Slot active() const;               // kIo/kCertificateMalformed when slot.json is missing/bad
   Credential read(Slot slot) const;  // the slot's chain and key, checked
@@ -48,9 +50,10 @@ class SlotStore final {
   // Writes a slot's chain and key (atomically, key 0600). The key must match the chain's leaf and
   // the leaf's CN must be this device: checked before anything is written.
   void write(Slot slot, const std::string& chain_pem, const std::string& key_pem);
-  void set_active(Slot slot);
+  void set_active(Slot slot, bool sync = true);
 
  private:
+  void write_files(Slot slot, const std::string& chain_pem, const std::string& key_pem, bool sync);
   std::filesystem::path file(Slot slot, std::string_view what) const;
 
   std::filesystem::path m_dir;
@@ -59,7 +62,10 @@ class SlotStore final {
 };
 
 // Writes `data` to `path` atomically with `mode` (temporary file with O_NOFOLLOW|O_EXCL, fsync,
-// rename, fsync of the directory). Throws Error(kIo) naming the file.
-void write_file_atomic(const std::filesystem::path& path, std::string_view data, unsigned mode);
+// rename, fsync of the directory; without `sync`, no fsyncs). Throws Error(kIo) naming the file.
+void write_file_atomic(const std::filesystem::path& path, std::string_view data, unsigned mode,
+                       bool sync = true);
+// Flushes the file system holding `dir` to disk (syncfs). Throws Error(kIo).
+void sync_state_dir(const std::filesystem::path& dir);
 
 }  // namespace fleetsign::device
