@@ -70,7 +70,7 @@ bool DeviceClient::start(bool dps) {
   m_target = host + ":" + std::to_string(port);
   close();
   // DPS sessions are not kept; the hub session is (clean session false, as the Azure SDK does).
-  m_mosq = mosquitto_new(m_id.str().c_str(), dps, this);
+  m_mosq = new_mosquitto_client(m_id.str().c_str(), dps, this);
   if (m_mosq == nullptr) {
     m_failure = "cannot make an MQTT client: out of memory";
     return false;

@@ -25,6 +25,10 @@ struct mosquitto_message;
 
 namespace fleetsign::device {
 
+// mosquitto_new() without the socket pair libmosquitto opens for its threaded mode (see
+// mosquitto_new.cpp): one descriptor per client.
+mosquitto* new_mosquitto_client(const char* id, bool clean_session, void* userdata);
+
 // Counters the clients bump and stats() reads from any thread.
 struct FleetCounters {
   std::atomic<std::int64_t> connected{0}, handshaking{0}, connects{0}, connect_failures{0},

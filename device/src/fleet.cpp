@@ -222,13 +222,11 @@ class DeviceFleet::Impl {
     if (m_options.state_dir) sync_state_dir(*m_options.state_dir);  // one flush for all first runs
   }
 
-  // libmosquitto holds three descriptors per client (its socket and a socket pair it makes in
-  // mosquitto_new for its threaded mode), so 10,000 devices need ~30,000: more than the usual
-  // hard limit, which a privileged process may raise.
+  // One descriptor per client (mosquitto_new.cpp), plus room for the rest of the process.
   void raise_fd_limit() {
     rlimit lim{};
     ::getrlimit(RLIMIT_NOFILE, &lim);
-    const rlim_t need = static_cast<rlim_t>(m_online) * 3 + 64;
+    const rlim_t need = static_cast<rlim_t>(m_online) + 64;
     if (lim.rlim_cur >= need) return;
     if (lim.rlim_max < need) {
       rlimit raised{need, need};
@@ -240,7 +238,7 @@ class DeviceFleet::Impl {
     if (lim.rlim_cur < need) {
       throw Error(ErrorCode::kInvalidArgument,
                   std::to_string(m_online) + " devices need " + std::to_string(need) +
-                      " file descriptors (3 per device); the limit is " +
+                      " file descriptors; the limit is " +
                       std::to_string(lim.rlim_cur) + " (raise `ulimit -Hn` or run fewer devices)");
     }
   }

@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <ctime>
@@ -134,7 +135,11 @@ Credential make_credential(std::string chain_pem, std::string key_pem, std::stri
   }
   CertInfo info = info_of(chain.front().get());
   parsed->leaf = std::move(chain.front());
+  // The issuers the device presents: intermediates, not a self-signed root (a trust anchor the
+  // broker has; sending it costs the broker a certificate decode per handshake).
   for (std::size_t i = 1; i < chain.size(); ++i) {
+    X509* cert = chain[i].get();
+    if (X509_check_issued(cert, cert) == X509_V_OK) continue;
     sk_X509_push(parsed->issuers, chain[i].release());
   }
   return Credential(std::move(id), std::move(chain_pem), std::move(key_pem), std::move(info),
