@@ -238,8 +238,8 @@ class DeviceFleet::Impl {
     if (lim.rlim_cur < need) {
       throw Error(ErrorCode::kInvalidArgument,
                   std::to_string(m_online) + " devices need " + std::to_string(need) +
-                      " file descriptors; the limit is " +
-                      std::to_string(lim.rlim_cur) + " (raise `ulimit -Hn` or run fewer devices)");
+                      " file descriptors; the limit is " + std::to_string(lim.rlim_cur) +
+                      " (raise `ulimit -Hn` or run fewer devices)");
     }
   }
 

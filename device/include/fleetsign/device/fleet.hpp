@@ -96,7 +96,8 @@ class DeviceFleet final {
                  std::chrono::steady_clock::time_point deadline =
                      std::chrono::steady_clock::time_point::max());
 
-  void stop() noexcept;  // any thread: makes run_until return soon
+  void stop() noexcept;  // any thread, signal handlers too: run_until returns soon, and at once
+                         // from then on (sticky)
   bool stopped() const noexcept;
 
   // Sends DISCONNECT on every connected client (written at once: an idle socket takes it) and
