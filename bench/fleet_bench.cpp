@@ -3,15 +3,19 @@
 //   1. a temp home (SoftHSM2 token + SQLite), a root CA proven to the registry, an enrollment
 //      group, N device certificates with --generate, `broker init` + `broker start` (Debian's
 //      mosquitto with fleetsign's plugin) — all through the real CLI;
-//   2. N devices connect over TLS with their own certificates (the device agent's DeviceFleet, in
-//      this process, on its own thread): connect_per_s;
+//   2. N devices connect over TLS with their own certificates (fleetsign-device, one process for
+//      all of them): connect_per_s, from the sessions the broker records;
 //   3. one service client (the trigger layer's broker backend) invokes `ping` on every device,
 //      `--in-flight` calls at a time: method_calls_per_s, p50 and p99 latency;
 //   4. the broker's peak RSS (VmHWM).
 //
 // Prints a human summary, or one JSON object with --json. Targets (issue 8): method_calls_per_s
 // >= 5000 with 10,000 devices, p99 < 100 ms with 1,000 calls in flight, broker RSS < 400 MB.
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,6 +28,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -31,10 +36,12 @@
 
 #include "bench.hpp"
 #include "fleetsign/bounded_read.hpp"
-#include "fleetsign/device/fleet.hpp"
+#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/jobs/broker_trigger.hpp"
 #include "fleetsign/policy/policy.hpp"
+
+extern char** environ;
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -176,31 +183,47 @@ int main(int argc, char** argv) {
   s.cli({"broker", "start"});
   const int pid = broker_pid(s.home);
 
-  fleetsign::device::FleetOptions fo;
-  fo.broker_host = "localhost";
-  fo.broker_port = port;
-  fo.trust_file = s.home / "broker" / "ca.pem";
-  fo.id_rule = fleetsign::policy::Policy{}.device_id;
-  fo.devices = fleetsign::device::load_batch_dir(out, fo.id_rule);
-  fo.max_handshakes = 64;
-  fleetsign::device::DeviceFleet fleet(std::move(fo));
-  fleet.start();
-  std::atomic<bool> quit{false};
-  std::thread devices([&] { fleet.run_until([&] { return quit.load(); }); });
+  // The devices run in their own process, as on their own machines: the service client's
+  // libmosquitto loop (select(2)) must not share a process with 10,000 device sockets.
+  const std::string trust = (s.home / "broker" / "ca.pem").string();
+  const std::string device_log = (s.dir / "devices.log").string();
+  std::vector<std::string> dev_argv{FLEETSIGN_DEVICE_PATH, "--broker",
+                                    "localhost:" + std::to_string(port), "--trust", trust,
+                                    "--dir", out.string(), "--log", device_log};
+  std::vector<char*> dev_cargv;
+  for (auto& a : dev_argv) dev_cargv.push_back(a.data());
+  dev_cargv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, device_log.c_str(),
+                                   O_WRONLY | O_APPEND | O_CREAT, 0600);
+  pid_t devices = 0;
+  if (posix_spawn(&devices, dev_cargv[0], &actions, nullptr, dev_cargv.data(), environ) != 0) {
+    std::fprintf(stderr, "cannot start %s\n", dev_cargv[0]);
+    return 1;
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  auto registry = fleetsign::engine::Registry::open(s.home / "registry.db");
+  const auto connected_now = [&] {
+    return static_cast<std::int64_t>(registry->connected_devices().size());
+  };
+  const auto stop_devices = [&] {
+    ::kill(devices, SIGTERM);
+    int st = 0;
+    ::waitpid(devices, &st, 0);
+  };
 
   say("connecting the devices");
   const auto connect_start = Clock::now();
   const auto connect_deadline = connect_start + std::chrono::seconds(600);
-  while (fleet.stats().connected < static_cast<std::int64_t>(opt.devices) &&
-         Clock::now() < connect_deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (tty) {
-      std::fprintf(stderr, "\r  %lld / %zu connected", static_cast<long long>(fleet.stats().connected),
-                   opt.devices);
-    }
+  std::int64_t connected = 0;
+  while (connected < static_cast<std::int64_t>(opt.devices) && Clock::now() < connect_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    connected = connected_now();
+    if (tty) std::fprintf(stderr, "\r  %lld / %zu connected", static_cast<long long>(connected), opt.devices);
   }
   const double connect_s = std::chrono::duration<double>(Clock::now() - connect_start).count();
-  const auto connected = fleet.stats().connected;
   if (tty) std::fprintf(stderr, "\n");
   // The devices' twin GET and reported PATCH settle before the calls are timed.
   std::this_thread::sleep_for(std::chrono::seconds(2));
@@ -208,7 +231,20 @@ int main(int argc, char** argv) {
   say("invoking ping on every device");
   auto options = fleetsign::jobs::broker_options_for_home(s.home);
   options.max_in_flight = opt.in_flight;
-  fleetsign::jobs::BrokerTrigger trigger(options);
+  options.connect_wait = std::chrono::seconds(120);
+  const auto service_start = Clock::now();
+  std::unique_ptr<fleetsign::jobs::BrokerTrigger> trigger_owner;
+  try {
+    trigger_owner = std::make_unique<fleetsign::jobs::BrokerTrigger>(options);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "the service client cannot connect: %s\n", e.what());
+    stop_devices();
+    s.cli({"broker", "stop"});
+    return 1;
+  }
+  fleetsign::jobs::BrokerTrigger& trigger = *trigger_owner;
+  const double service_connect_s =
+      std::chrono::duration<double>(Clock::now() - service_start).count();
   const fleetsign::policy::Policy policy{};
   std::vector<fleetsign::engine::DeviceId> ids;
   for (std::size_t i = 0; i < opt.devices; ++i) {
@@ -237,10 +273,7 @@ int main(int argc, char** argv) {
   const double calls_s = std::chrono::duration<double>(Clock::now() - calls_start).count();
   const long rss_kb = pid > 0 ? vm_hwm_kb(pid) : 0;
 
-  quit = true;
-  fleet.stop();
-  devices.join();
-  fleet.shutdown();
+  stop_devices();
   s.cli({"broker", "stop"});
 
   const double calls_per_s = static_cast<double>(opt.calls) / calls_s;
@@ -257,6 +290,7 @@ int main(int argc, char** argv) {
                      {"calls_ok", static_cast<std::int64_t>(ok)},
                      {"calls_failed", static_cast<std::int64_t>(opt.calls - ok)},
                      {"in_flight", static_cast<std::int64_t>(opt.in_flight)},
+                     {"service_connect_s", std::to_string(service_connect_s)},
                      {"method_calls_per_s", static_cast<std::int64_t>(calls_per_s)},
                      {"p50_ms", std::to_string(p50)},
                      {"p99_ms", std::to_string(p99)},
@@ -270,6 +304,7 @@ int main(int argc, char** argv) {
                 opt.in_flight);
     std::printf("  connected            %lld in %.1f s (%.0f/s)\n", static_cast<long long>(connected),
                 connect_s, static_cast<double>(connected) / connect_s);
+    std::printf("  service client       connected in %.2f s\n", service_connect_s);
     std::printf("  method calls         %zu ok of %zu, %.0f/s (target >= 5000)\n", ok, opt.calls,
                 calls_per_s);
     std::printf("  latency              p50 %.1f ms, p99 %.1f ms (target p99 < 100)\n", p50, p99);
