@@ -15,8 +15,8 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sys/wait.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,8 +36,8 @@
 
 #include "bench.hpp"
 #include "fleetsign/bounded_read.hpp"
-#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/jobs/broker_trigger.hpp"
 #include "fleetsign/policy/policy.hpp"
 
@@ -82,14 +82,22 @@ Options parse(int argc, char** argv) {
         usage((a + " needs a number 1..10000000, not '" + v + "'").c_str());
       }
     };
-    if (a == "--devices") o.devices = number(next());
-    else if (a == "--calls") o.calls = number(next());
-    else if (a == "--in-flight") o.in_flight = number(next());
-    else if (a == "--dir") o.dir = next();
-    else if (a == "--json") o.json = true;
-    else if (a == "--keep") o.keep = true;
-    else if (a == "--help" || a == "-h") usage("fleetsign-fleet-bench: the fleet plane under load");
-    else usage(("unknown option " + a).c_str());
+    if (a == "--devices")
+      o.devices = number(next());
+    else if (a == "--calls")
+      o.calls = number(next());
+    else if (a == "--in-flight")
+      o.in_flight = number(next());
+    else if (a == "--dir")
+      o.dir = next();
+    else if (a == "--json")
+      o.json = true;
+    else if (a == "--keep")
+      o.keep = true;
+    else if (a == "--help" || a == "-h")
+      usage("fleetsign-fleet-bench: the fleet plane under load");
+    else
+      usage(("unknown option " + a).c_str());
   }
   if (o.calls == 0) o.calls = o.devices;
   return o;
@@ -156,9 +164,9 @@ double percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   Setup s;
-  s.dir = opt.dir.empty() ? fs::temp_directory_path() / ("fleetsign-fleet-bench-" +
-                                                         std::to_string(::getpid()))
-                          : opt.dir;
+  s.dir = opt.dir.empty()
+              ? fs::temp_directory_path() / ("fleetsign-fleet-bench-" + std::to_string(::getpid()))
+              : opt.dir;
   fs::create_directories(s.dir);
   s.home = s.dir / "home";
   s.log = s.dir / "bench.log";
@@ -187,9 +195,15 @@ int main(int argc, char** argv) {
   // libmosquitto loop (select(2)) must not share a process with 10,000 device sockets.
   const std::string trust = (s.home / "broker" / "ca.pem").string();
   const std::string device_log = (s.dir / "devices.log").string();
-  std::vector<std::string> dev_argv{FLEETSIGN_DEVICE_PATH, "--broker",
-                                    "localhost:" + std::to_string(port), "--trust", trust,
-                                    "--dir", out.string(), "--log", device_log};
+  std::vector<std::string> dev_argv{FLEETSIGN_DEVICE_PATH,
+                                    "--broker",
+                                    "localhost:" + std::to_string(port),
+                                    "--trust",
+                                    trust,
+                                    "--dir",
+                                    out.string(),
+                                    "--log",
+                                    device_log};
   std::vector<char*> dev_cargv;
   for (auto& a : dev_argv) dev_cargv.push_back(a.data());
   dev_cargv.push_back(nullptr);
@@ -221,7 +235,9 @@ int main(int argc, char** argv) {
   while (connected < static_cast<std::int64_t>(opt.devices) && Clock::now() < connect_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     connected = connected_now();
-    if (tty) std::fprintf(stderr, "\r  %lld / %zu connected", static_cast<long long>(connected), opt.devices);
+    if (tty)
+      std::fprintf(stderr, "\r  %lld / %zu connected", static_cast<long long>(connected),
+                   opt.devices);
   }
   const double connect_s = std::chrono::duration<double>(Clock::now() - connect_start).count();
   if (tty) std::fprintf(stderr, "\n");
@@ -261,13 +277,16 @@ int main(int argc, char** argv) {
   for (std::size_t i = 0; i < opt.calls; ++i) {
     fleetsign::jobs::MethodRequest req{ids[i % ids.size()], "ping", "{\"n\":1}", 30, 0};
     const auto t0 = Clock::now();
-    trigger.invoke(std::move(req), [&, t0](fleetsign::jobs::CallId, fleetsign::jobs::MethodOutcome r) {
-      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      std::lock_guard lock(mu);
-      latencies_ms.push_back(ms);
-      if (r) ++statuses[r.value().status];
-      else ++failures;
-    });
+    trigger.invoke(
+        std::move(req), [&, t0](fleetsign::jobs::CallId, fleetsign::jobs::MethodOutcome r) {
+          const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          std::lock_guard lock(mu);
+          latencies_ms.push_back(ms);
+          if (r)
+            ++statuses[r.value().status];
+          else
+            ++failures;
+        });
   }
   trigger.wait_idle();
   const double calls_s = std::chrono::duration<double>(Clock::now() - calls_start).count();
@@ -280,30 +299,33 @@ int main(int argc, char** argv) {
   const double p50 = percentile(latencies_ms, 0.50), p99 = percentile(latencies_ms, 0.99);
   const std::size_t ok = statuses[200];
   if (opt.json) {
-    std::printf("%s\n",
-                fleetsign::engine::json_object(
-                    {{"devices", static_cast<std::int64_t>(opt.devices)},
-                     {"connected", static_cast<std::int64_t>(connected)},
-                     {"connect_s", std::to_string(connect_s)},
-                     {"connect_per_s", static_cast<std::int64_t>(static_cast<double>(connected) / connect_s)},
-                     {"calls", static_cast<std::int64_t>(opt.calls)},
-                     {"calls_ok", static_cast<std::int64_t>(ok)},
-                     {"calls_failed", static_cast<std::int64_t>(opt.calls - ok)},
-                     {"in_flight", static_cast<std::int64_t>(opt.in_flight)},
-                     {"service_connect_s", std::to_string(service_connect_s)},
-                     {"method_calls_per_s", static_cast<std::int64_t>(calls_per_s)},
-                     {"p50_ms", std::to_string(p50)},
-                     {"p99_ms", std::to_string(p99)},
-                     {"broker_peak_rss_mb", static_cast<std::int64_t>(rss_kb / 1024)},
-                     {"calls_vs_target", std::to_string(calls_per_s / 5000.0)},
-                     {"p99_vs_target", std::to_string(p99 / 100.0)},
-                     {"rss_vs_target", std::to_string(static_cast<double>(rss_kb) / 1024.0 / 400.0)}})
-                    .c_str());
+    std::printf(
+        "%s\n",
+        fleetsign::engine::json_object(
+            {{"devices", static_cast<std::int64_t>(opt.devices)},
+             {"connected", static_cast<std::int64_t>(connected)},
+             {"connect_s", std::to_string(connect_s)},
+             {"connect_per_s",
+              static_cast<std::int64_t>(static_cast<double>(connected) / connect_s)},
+             {"calls", static_cast<std::int64_t>(opt.calls)},
+             {"calls_ok", static_cast<std::int64_t>(ok)},
+             {"calls_failed", static_cast<std::int64_t>(opt.calls - ok)},
+             {"in_flight", static_cast<std::int64_t>(opt.in_flight)},
+             {"service_connect_s", std::to_string(service_connect_s)},
+             {"method_calls_per_s", static_cast<std::int64_t>(calls_per_s)},
+             {"p50_ms", std::to_string(p50)},
+             {"p99_ms", std::to_string(p99)},
+             {"broker_peak_rss_mb", static_cast<std::int64_t>(rss_kb / 1024)},
+             {"calls_vs_target", std::to_string(calls_per_s / 5000.0)},
+             {"p99_vs_target", std::to_string(p99 / 100.0)},
+             {"rss_vs_target", std::to_string(static_cast<double>(rss_kb) / 1024.0 / 400.0)}})
+            .c_str());
   } else {
     std::printf("fleet plane, %zu devices, %zu calls with %zu in flight\n", opt.devices, opt.calls,
                 opt.in_flight);
-    std::printf("  connected            %lld in %.1f s (%.0f/s)\n", static_cast<long long>(connected),
-                connect_s, static_cast<double>(connected) / connect_s);
+    std::printf("  connected            %lld in %.1f s (%.0f/s)\n",
+                static_cast<long long>(connected), connect_s,
+                static_cast<double>(connected) / connect_s);
     std::printf("  service client       connected in %.2f s\n", service_connect_s);
     std::printf("  method calls         %zu ok of %zu, %.0f/s (target >= 5000)\n", ok, opt.calls,
                 calls_per_s);

@@ -65,11 +65,15 @@ bool port_accepts(const BrokerSettings& settings) {
   return ok;
 }
 
-bool is_mosquitto(pid_t pid) {
+// The pid is this home's mosquitto: a mosquitto started with this home's configuration (a pid
+// file can be stale, and its pid reused by any process, another home's broker included).
+bool is_our_mosquitto(pid_t pid, const fs::path& config) {
   try {
     const std::string cmdline =
-        read_bounded("/proc/" + std::to_string(pid) + "/cmdline", 4096, "process command line");
-    return cmdline.find("mosquitto") != std::string::npos;
+        read_bounded("/proc/" + std::to_string(pid) + "/cmdline", 8192, "process command line");
+    const std::string conf_arg = std::string("-c") + '\0' + config.string() + '\0';
+    return cmdline.find("mosquitto") != std::string::npos &&
+           cmdline.find(conf_arg) != std::string::npos;
   } catch (const Error&) {
     return false;
   }
@@ -104,7 +108,7 @@ std::optional<pid_t> Supervisor::running_pid() const {
   } catch (const std::exception&) {
     return std::nullopt;
   }
-  if (pid <= 1 || ::kill(pid, 0) != 0 || !is_mosquitto(pid)) {
+  if (pid <= 1 || ::kill(pid, 0) != 0 || !is_our_mosquitto(pid, m_home.config_path())) {
     return std::nullopt;  // stale: a previous broker that died
   }
   return pid;

@@ -7,6 +7,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/atomic_file.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/broker_home.hpp"
 #include "fleetsign/engine/ca.hpp"
 #include "fleetsign/engine/json.hpp"
@@ -260,15 +261,51 @@ int run_status(Context& ctx) {
   return st.running ? 0 : 3;
 }
 
+std::string current_trust(const broker::BrokerHome& home) {
+  try {
+    return read_bounded(home.clients_ca_path().string(), 64 * 1024 * 1024, "client trust file");
+  } catch (const Error&) {
+    return {};
+  }
+}
+
 int run_reload(Context& ctx) {
+  broker::BrokerHome home(ctx.home_dir());
+  const std::string before = current_trust(home);
+  const broker::BrokerSettings s = refresh(ctx, home);
+  const bool trust_changed = current_trust(home) != before;
+  broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
+  sup.reload();
+  if (trust_changed) {
+    // mosquitto 2.0 reads its listener's cafile only when it starts.
+    std::fprintf(stderr,
+                 "fleetsign: the client trust changed (a new CA or self-signed enrollment); "
+                 "mosquitto reads it only at start: run `fleetsign broker restart` (devices "
+                 "reconnect, sessions persist)\n");
+  }
+  if (ctx.json()) {
+    Poco::JSON::Object o = status_json(home, s, sup.status(s));
+    o.set("restart_needed", trust_changed);
+    ctx.print_json(o);
+  } else {
+    std::printf("broker reloaded: configuration, policy and registry state re-read%s\n",
+                trust_changed ? "; restart it for the new client trust" : "");
+  }
+  return 0;
+}
+
+int run_restart(Context& ctx) {
   broker::BrokerHome home(ctx.home_dir());
   const broker::BrokerSettings s = refresh(ctx, home);
   broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
-  sup.reload();
+  sup.stop();
+  const broker::BrokerStatus st = sup.start(s);
+  ctx.registry().audit("broker.restart", s.endpoint(),
+                       engine::json_object({{"pid", static_cast<std::int64_t>(st.pid)}}));
   if (ctx.json()) {
-    ctx.print_json(status_json(home, s, sup.status(s)));
+    ctx.print_json(status_json(home, s, st));
   } else {
-    std::printf("broker reloaded: configuration and client trust re-read\n");
+    print_status(home, s, st);
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/broker/broker_home.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -120,13 +121,27 @@ int run_set_desired(Context& ctx) {
 }  // namespace
 
 int run_device_list_connected(Context& ctx) {
-  const auto sessions = ctx.registry().connected_devices();
+  // The plugin records sessions; a broker that died (kill -9) leaves rows that say connected
+  // until its next start. Without a running broker, nobody is connected.
+  std::vector<engine::DeviceSession> sessions;
+  bool broker_running = false;
+  {
+    broker::BrokerHome home(ctx.home_dir());
+    if (home.initialised()) {
+      broker::Supervisor sup(home);
+      broker_running = sup.status(home.load()).running;
+    }
+  }
+  if (broker_running) {
+    sessions = ctx.registry().connected_devices();
+  }
   if (ctx.json()) {
     Poco::JSON::Array arr;
     for (const auto& s : sessions) arr.add(session_json(s));
     Object o;
     o.set("connected", arr);
     o.set("count", static_cast<std::int64_t>(sessions.size()));
+    o.set("broker_running", broker_running);
     ctx.print_json(o);
     return 0;
   }
@@ -135,7 +150,8 @@ int run_device_list_connected(Context& ctx) {
     t.add({s.device_id, s.mode, engine::iso8601(s.connected_at), s.cert_sha256, s.cert_serial});
   }
   t.print();
-  std::printf("%zu connected\n", sessions.size());
+  std::printf("%zu connected%s\n", sessions.size(),
+              broker_running ? "" : " (the broker is not running)");
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #include "fleetsign/jobs/broker_trigger.hpp"
 
 #include <mosquitto.h>
+#include <sys/select.h>
 
 #include <array>
 #include <cerrno>
@@ -287,6 +288,15 @@ void BrokerTrigger::Impl::connect() {
                                   ? mosquitto_strerror(rc)
                                   : std::string(mosquitto_strerror(rc)) + ": " + last_error;
     throw Error(ErrorCode::kServiceUnavailable, "cannot connect to the " + where + ": " + cause);
+  }
+  // libmosquitto's network thread waits with select(2): a descriptor at or past FD_SETSIZE would
+  // be written outside its fd_set. Refuse it instead (a process holding thousands of sockets, e.g.
+  // simulated devices, must call from another process).
+  if (const int fd = mosquitto_socket(mosq); fd >= FD_SETSIZE) {
+    throw Error(ErrorCode::kServiceUnavailable,
+                "cannot use the " + where + " from this process: its connection got descriptor " +
+                    std::to_string(fd) + ", past what libmosquitto's select(2) loop can watch (" +
+                    std::to_string(FD_SETSIZE) + ")");
   }
   if (const int loop = mosquitto_loop_start(mosq); loop != MOSQ_ERR_SUCCESS) {
     throw Error(ErrorCode::kInternal,

@@ -54,7 +54,8 @@ std::optional<AnswerTopic> parse_answer_topic(std::string_view topic) {
     }
     status = status * 10 + (rest[i] - '0');
   }
-  if (status < 100 || status > 599) {
+  // Any three-digit status, as the broker forwards it (a device may answer 600..999).
+  if (status < 100 || status > 999) {
     return std::nullopt;
   }
   std::string_view query = rest.substr(5);

@@ -77,10 +77,14 @@ TEST(Topics, AnswerTopicParsesOnlyWellFormedAnswers) {
   EXPECT_EQ(ok->status, 501);
   EXPECT_EQ(ok->rid, rid);
   EXPECT_TRUE(jobs::parse_answer_topic("$fleetsign/methods/res/200/?x=1&$rid=" + rid + "&y=2"));
+  // A device may answer any three-digit status; the broker forwards it and the caller sees it.
+  const auto odd = jobs::parse_answer_topic("$fleetsign/methods/res/999/?$rid=" + rid);
+  ASSERT_TRUE(odd);
+  EXPECT_EQ(odd->status, 999);
   for (const std::string& bad : std::vector<std::string>{
            "$fleetsign/methods/res/200/?$rid=" + rid.substr(1),
            "$fleetsign/methods/res/200/?$rid=" + std::string(32, 'A'),
-           "$fleetsign/methods/res/099/?$rid=" + rid, "$fleetsign/methods/res/600/?$rid=" + rid,
+           "$fleetsign/methods/res/099/?$rid=" + rid, "$fleetsign/methods/res/1000/?$rid=" + rid,
            "$fleetsign/methods/res/20/?$rid=" + rid, "$fleetsign/methods/res/200?$rid=" + rid,
            "$fleetsign/methods/res/200/?rid=" + rid, "$iothub/methods/res/200/?$rid=" + rid,
            "$fleetsign/methods/res/200/?$rid=" + rid + "&$rid=" + rid,

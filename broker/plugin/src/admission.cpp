@@ -124,19 +124,28 @@ Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
                   "the username names " + quoted(*claimed) + ", the certificate's CN is '" +
                       leaf.common_name + "'");
   }
-  // 3. The decision: a hub device now; a DPS device on its registration request.
-  if (a.kind == ClientKind::kDpsDevice) {
-    a.allowed = true;
-    a.rule = "dps-connect";
-    a.reason = "DPS registration connection (the decision answers the register request)";
-    return a;
-  }
+  // 3. The decision. A DPS device that it refuses may still connect to hear DPS's 401 on its
+  // register request, unless that would displace a live connection of the same client id.
   engine::AuthDecision d;
   try {
     d = auth.check(std::span<const engine::Der>(request.leaf, 1), request.now, *claimed);
   } catch (const Error& e) {
     // The registry could not answer: refuse (fail closed) and say why.
     return refuse(a, "registry-error", e.what());
+  }
+  if (a.kind == ClientKind::kDpsDevice && !d.allowed) {
+    if (request.id_in_use) {
+      return refuse(a, d.rule,
+                    d.reason +
+                        "; a DPS connection the decision refuses never replaces the live "
+                        "connection of '" +
+                        leaf.common_name + "'");
+    }
+    a.allowed = true;
+    a.rule = "dps-connect-refused";
+    a.reason =
+        "DPS registration connection; its register request will be answered 401 (" + d.rule + ")";
+    return a;
   }
   a.allowed = d.allowed;
   a.rule = d.rule;

@@ -27,6 +27,9 @@ struct ConnectRequest {
   std::string_view client_id, username;  // username may be empty (none sent)
   const engine::Der* leaf = nullptr;     // the certificate TLS verified; null when none
   std::int64_t now = 0;                  // unix seconds
+  // Another live connection holds this client id: a DPS connection the decision refuses must not
+  // replace it (mosquitto would disconnect the live one).
+  bool id_in_use = false;
 };
 
 struct Admission {
@@ -39,9 +42,10 @@ struct Admission {
 
 // The decision: a service client by thumbprint; a hub device exactly when the Authenticator
 // allows its leaf and CN == client id == the username's device; a DPS device when its CN is a
-// valid device ID and equals the client id and the username's registration ID (the registration
-// request gets the full decision). Never throws for a client's input: a malformed certificate is
-// a refusal ("chain-malformed").
+// valid device ID and equals the client id and the username's registration ID, and either the
+// decision allows it or no live connection holds that client id (a refused device is then
+// admitted only to hear DPS's 401 on its register request; it never displaces a live session).
+// Never throws for a client's input: a malformed certificate is a refusal ("chain-malformed").
 Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
                 const ConnectRequest& request);
 

@@ -53,8 +53,15 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
                              bool clean_session) {
   // A change committed a moment ago counts for this connection already.
   refresh();
-  const Admission a = admit(m_config, *m_auth, request);
   const std::string id(request.client_id);
+  // mosquitto re-authenticates every live client on SIGHUP (`broker reload`): the same
+  // connection again keeps what it had.
+  const Session* again = m_sessions.live(connection, id);
+  const bool was_ready = again != nullptr && again->methods_ready;
+  ConnectRequest checked = request;
+  const Session* holder = m_sessions.find(id);
+  checked.id_in_use = holder != nullptr && holder->connection != connection;
+  const Admission a = admit(m_config, *m_auth, checked);
   if (!a.allowed) {
     m_transport.log(LogLevel::kNotice, "fleetsign: refused " +
                                            std::string(client_kind_name(a.kind)) + " client '" +
@@ -71,7 +78,9 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
   s.decision_mark = m_mark;
   s.connected_at = request.now;
   if (a.kind == ClientKind::kHubDevice) {
-    if (clean_session) {
+    if (was_ready) {
+      s.methods_ready = true;
+    } else if (clean_session) {
       m_method_subscribers.erase(id);
     } else if (m_method_subscribers.count(id) != 0) {
       s.methods_ready = true;  // its persistent session keeps the subscription
