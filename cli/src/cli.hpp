@@ -95,7 +95,7 @@ void add_broker_commands(std::vector<Command>& commands);      // broker init|st
 void add_twin_commands(std::vector<Command>& commands);        // twin show, twin set-desired
 // `device list --connected`: the sessions the broker records (cmd_twin.cpp).
 int run_device_list_connected(Context& ctx);
-void add_method_commands(std::vector<Command>& commands);      // method invoke, fleet backend
+void add_method_commands(std::vector<Command>& commands);  // method invoke, fleet backend
 
 // Helpers shared by commands.
 void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::string& arg,

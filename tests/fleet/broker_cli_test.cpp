@@ -225,8 +225,8 @@ TEST_F(BrokerCli, AConnectedDeviceIsListedWithItsCertificateAndGetsDesiredPatche
   const auto session = listed->getArray("connected")->getObject(0);
   EXPECT_EQ(session->getValue<std::string>("device_id"), "sub-01");
   std::string sha;
-  testing::run("openssl x509 -noout -fingerprint -sha256 -in " + quoted(path("out/sub-01_cert.pem")) +
-                   " | cut -d= -f2 | tr -d ':\n'",
+  testing::run("openssl x509 -noout -fingerprint -sha256 -in " +
+                   quoted(path("out/sub-01_cert.pem")) + " | cut -d= -f2 | tr -d ':\n'",
                &sha);
   EXPECT_EQ(session->getValue<std::string>("cert_sha256"), sha);
   bin.ok("twin set-desired sub-01 --patch " + quoted(R"({"interval":5})"));
