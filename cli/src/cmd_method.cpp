@@ -104,9 +104,54 @@ std::unique_ptr<jobs::Trigger> open_backend(const fs::path& home) {
   }
 }
 
+// `text` with every byte that is not part of a well-formed UTF-8 sequence (RFC 3629: no
+// overlongs, no surrogates, nothing past U+10FFFF) replaced by U+FFFD, so what we print is
+// always valid UTF-8 (and, with --json, valid JSON).
+std::string well_formed_utf8(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    std::size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      len = 1;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      lo = c == 0xE0 ? 0xA0 : 0x80;
+      hi = c == 0xED ? 0x9F : 0xBF;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      lo = c == 0xF0 ? 0x90 : 0x80;
+      hi = c == 0xF4 ? 0x8F : 0xBF;
+    }
+    bool ok = len != 0 && i + len <= n;
+    for (std::size_t k = 1; ok && k < len; ++k) {
+      const unsigned char b = p[i + k];
+      ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    }
+    if (ok) {
+      out.append(text, i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  return out;
+}
+
 // Untrusted text from a device: printed as JSON (escaped by Poco), or as a JSON string when it
-// is not JSON, so no control character reaches the terminal.
-Poco::Dynamic::Var payload_value(const std::string& text) {
+// is not JSON, so no control character reaches the terminal; never anything but UTF-8.
+Poco::Dynamic::Var payload_value(const std::string& raw) {
+  const std::string text = well_formed_utf8(raw);
+  if (text != raw) {
+    return Poco::Dynamic::Var(text);  // not UTF-8, so not JSON: shown as a string
+  }
   try {
     return jobs::parse_json_value(text);
   } catch (const Error&) {

@@ -240,6 +240,44 @@ TEST_F(BrokerCli, AConnectedDeviceIsListedWithItsCertificateAndGetsDesiredPatche
   EXPECT_NE(got.find("\"interval\":5"), std::string::npos) << got;
 }
 
+// A device's answer is untrusted bytes: one that is not UTF-8 reaches the caller as a string with
+// U+FFFD for the bad bytes, so `method invoke --json` still prints valid JSON. The device is
+// Debian's mosquitto_sub (receives the call) and mosquitto_pub (answers it with raw bytes).
+TEST_F(BrokerCli, AnAnswerThatIsNotUtf8IsPrintedAsValidJson) {
+  bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
+  bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
+  bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
+  bin.ok("enrollment group create fleet --ca root");
+  bin.ok("issue --ca root --generate 1 --id-pattern 'raw-{02}' --out " + quoted(path("out")));
+  bin.ok(init_args(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+  bin.ok("broker start");
+  const std::string tls = " -h localhost -p " + std::to_string(port) + " --cafile " +
+                          quoted((bdir / "ca.pem").string()) + " --cert " +
+                          quoted(path("out/raw-01_cert.pem")) + " --key " +
+                          quoted(path("out/raw-01_key.pem")) +
+                          " -i raw-01 -u 'localhost/raw-01/?api-version=2021-04-12' -V mqttv311";
+  // The device: receive one call, answer it with two bytes that are not UTF-8 and "ok".
+  testing::write_file(
+      path("device.sh"),
+      "rid=$(timeout 20 mosquitto_sub" + tls +
+          R"( -c -C 1 -v -t '$iothub/methods/POST/#' | sed -n 's/.*[$]rid=\([0-9a-f]*\).*/\1/p')
+printf '\377\376ok' | timeout 10 mosquitto_pub)" +
+          tls + R"( -t "\$iothub/methods/res/200/?\$rid=$rid" -s
+)");
+  ASSERT_EQ(testing::run("bash " + quoted(path("device.sh")) + " > " + quoted(path("dev.out")) +
+                         " 2>&1 &"),
+            0);
+  for (int i = 0; i < 100; ++i) {
+    if (json(bin.ok("device list --connected --json").out)->getValue<int>("count") == 1) break;
+    ::usleep(100000);
+  }
+  const auto o = bin.run("method invoke raw-01 anything --timeout 15 --json");
+  ASSERT_EQ(o.status, 0) << o.out << o.err << testing::read_file(path("dev.out"));
+  const auto answer = json(o.out);  // parses: valid JSON
+  EXPECT_EQ(answer->getValue<int>("status"), 200);
+  EXPECT_EQ(answer->getValue<std::string>("payload"), "\xEF\xBF\xBD\xEF\xBF\xBDok");
+}
+
 TEST_F(BrokerCli, StartStatusReloadStopSuperviseOneMosquittoWithTls) {
   bin.ok(init_args(FLEETSIGN_PLUGIN_PATH));
   const auto started = bin.ok("broker start --json");
