@@ -101,6 +101,13 @@ TEST(TwinDoc, MergePatchFollowsRfc7386) {
   EXPECT_EQ(engine::merge_patch("{}", R"({"a":{"bb":{"ccc":null}}})", "t"), R"({"a":{"bb":{}}})");
   EXPECT_EQ(error_from([] { engine::merge_patch("{}", R"({"a":{"$b":1}})", "dev"); }).code(),
             ErrorCode::kInvalidArgument);
+  // Objects inside arrays too (the review's {"a":[{"$x":1}]}), at any depth.
+  EXPECT_EQ(error_from([] { engine::merge_patch("{}", R"({"a":[{"$x":1}]})", "dev"); }).code(),
+            ErrorCode::kInvalidArgument);
+  EXPECT_EQ(
+      error_from([] { engine::merge_patch("{}", R"({"a":[1,[{"b":{"$x":1}}]]})", "dev"); }).code(),
+      ErrorCode::kInvalidArgument);
+  EXPECT_EQ(engine::merge_patch("{}", R"({"a":[{"x":"$y"}]})", "t"), R"({"a":[{"x":"$y"}]})");
 }
 
 TEST(Topics, ServiceCallsAreParsedAndBoundsChecked) {

@@ -2,6 +2,7 @@
 #include "fleetsign/engine/twin_doc.hpp"
 
 #include <Poco/Exception.h>
+#include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
@@ -43,15 +44,27 @@ Object::Ptr parse_object(std::string_view text, std::string_view what, std::stri
 
 bool is_object(const Poco::Dynamic::Var& v) { return v.type() == typeid(Object::Ptr); }
 
+void refuse_reserved_keys(const Object& patch, std::string_view what);
+
+// Objects inside arrays are property documents too: their '$' names are reserved as well.
+void refuse_reserved_keys_in(const Poco::Dynamic::Var& value, std::string_view what) {
+  if (is_object(value)) {
+    refuse_reserved_keys(*value.extract<Object::Ptr>(), what);
+  } else if (value.type() == typeid(Poco::JSON::Array::Ptr)) {
+    const auto array = value.extract<Poco::JSON::Array::Ptr>();
+    for (std::size_t i = 0; i < array->size(); ++i) {
+      refuse_reserved_keys_in(array->get(static_cast<unsigned>(i)), what);
+    }
+  }
+}
+
 void refuse_reserved_keys(const Object& patch, std::string_view what) {
   for (const auto& [key, value] : patch) {
     if (!key.empty() && key.front() == '$') {
       throw Error(ErrorCode::kInvalidArgument,
                   std::string(what) + ": '" + key + "' is reserved (names starting with '$')");
     }
-    if (is_object(value)) {
-      refuse_reserved_keys(*value.extract<Object::Ptr>(), what);
-    }
+    refuse_reserved_keys_in(value, what);
   }
 }
 
