@@ -35,9 +35,13 @@ class CaConstraints : public ::testing::Test {
     spec.issuer = issuer;
     spec.subject = "/CN=" + name + " CA/O=fleetsign tests";
     spec.path_len = path_len;
-    spec.days = issuer.empty() ? 4000 : 3000;
+    // Each CA made later gets a day less: a child never asks to outlive its issuer, even when a
+    // second boundary passes between the two (a flaky "valid after its issuer" otherwise).
+    spec.days = issuer.empty() ? 4000 : m_next_days--;
     return issuer.empty() ? th.cas->create_root(spec) : th.cas->create_intermediate(spec);
   }
+
+  int m_next_days = 3000;
 
   int private_keys_in_token() {
     std::string out;
