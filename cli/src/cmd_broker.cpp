@@ -215,12 +215,17 @@ broker::BrokerSettings refresh(Context& ctx, const broker::BrokerHome& home) {
   return s;
 }
 
-int run_start(Context& ctx) {
+// start and restart: the trust file and config refreshed, mosquitto (stopped first for a
+// restart) started, audited, and the status printed.
+int start_broker(Context& ctx, bool restart) {
   broker::BrokerHome home(ctx.home_dir());
   const broker::BrokerSettings s = refresh(ctx, home);
   broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
+  if (restart) {
+    sup.stop();
+  }
   const broker::BrokerStatus st = sup.start(s);
-  ctx.registry().audit("broker.start", s.endpoint(),
+  ctx.registry().audit(restart ? "broker.restart" : "broker.start", s.endpoint(),
                        engine::json_object({{"pid", static_cast<std::int64_t>(st.pid)}}));
   if (ctx.json()) {
     ctx.print_json(status_json(home, s, st));
@@ -229,6 +234,8 @@ int run_start(Context& ctx) {
   }
   return 0;
 }
+
+int run_start(Context& ctx) { return start_broker(ctx, false); }
 
 int run_stop(Context& ctx) {
   broker::BrokerHome home(ctx.home_dir());
@@ -294,21 +301,7 @@ int run_reload(Context& ctx) {
   return 0;
 }
 
-int run_restart(Context& ctx) {
-  broker::BrokerHome home(ctx.home_dir());
-  const broker::BrokerSettings s = refresh(ctx, home);
-  broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
-  sup.stop();
-  const broker::BrokerStatus st = sup.start(s);
-  ctx.registry().audit("broker.restart", s.endpoint(),
-                       engine::json_object({{"pid", static_cast<std::int64_t>(st.pid)}}));
-  if (ctx.json()) {
-    ctx.print_json(status_json(home, s, st));
-  } else {
-    print_status(home, s, st);
-  }
-  return 0;
-}
+int run_restart(Context& ctx) { return start_broker(ctx, true); }
 
 void mosquitto_option(Poco::Util::OptionSet& set) {
   add_option(set, "mosquitto", "PATH",
@@ -356,9 +349,19 @@ void add_broker_commands(std::vector<Command>& commands) {
               "is the broker running; its endpoints and DPS ID scope (exit 3: stopped)",
               mosquitto_option,
               run_status});
+  commands.push_back(Command{{"broker", "restart"},
+                             "[--mosquitto PATH]",
+                             "stop and start the broker (picks up new client trust: new CAs, "
+                             "self-signed enrollments); devices reconnect, sessions persist",
+                             [](Poco::Util::OptionSet& set) {
+                               mosquitto_option(set);
+                               add_option(set, "plugin", "PATH", "fleetsign-broker-plugin.so");
+                             },
+                             run_restart});
   commands.push_back(Command{{"broker", "reload"},
                              "",
-                             "re-read configuration and client trust (new CAs, enrollments)",
+                             "re-read configuration and policy (SIGHUP); says when new client "
+                             "trust needs a restart",
                              [](Poco::Util::OptionSet& set) {
                                mosquitto_option(set);
                                add_option(set, "plugin", "PATH", "fleetsign-broker-plugin.so");

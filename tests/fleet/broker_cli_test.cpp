@@ -308,6 +308,12 @@ TEST_F(BrokerCli, StartStatusReloadStopSuperviseOneMosquittoWithTls) {
   // A restart on the same port works (persistence and pid file in the home).
   bin.ok("broker start");
   EXPECT_EQ(bin.run("broker status").status, 0);
+  const int before = json(bin.ok("broker status --json").out)->getValue<int>("pid");
+  const auto restarted = json(bin.ok("broker restart --json").out);
+  EXPECT_TRUE(restarted->getValue<bool>("accepting"));
+  EXPECT_NE(restarted->getValue<int>("pid"), before);
+  for (int i = 0; i < 100 && ::kill(before, 0) == 0; ++i) ::usleep(20000);
+  EXPECT_NE(::kill(before, 0), 0) << "the old mosquitto is gone";
 }
 #endif
 
