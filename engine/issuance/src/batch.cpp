@@ -219,18 +219,28 @@ void record_intents(Run& run, Chunk& chunk) {
   }
 }
 
-// Step 4, parallel: the token signs; the signature is verified. A failure here is the token's,
-// not the device's: it stops the batch (resumable) instead of rejecting devices.
+// Step 4, parallel: the token signs; the signatures are verified (together, per chunk). A
+// failure here is the token's, not the device's: it stops the batch (resumable) instead of
+// rejecting devices.
 void sign_items(const Run& run, Chunk& chunk) {
+  std::vector<PreparedCert> prepared;
+  std::vector<Item*> owners;
+  prepared.reserve(chunk.items.size());
+  owners.reserve(chunk.items.size());
   for (Item& item : chunk.items) {
     if (!item.ok() || item.committed_before) continue;
-    auto cert = run.issuer.sign(std::move(*item.prepared));
+    prepared.push_back(std::move(*item.prepared));
     item.prepared.reset();
-    if (!cert) {
+    owners.push_back(&item);
+  }
+  if (prepared.empty()) return;
+  auto certs = run.issuer.sign(std::move(prepared));
+  for (std::size_t i = 0; i < certs.size(); ++i) {
+    if (!certs[i]) {
       throw Error(ErrorCode::kTokenError,
-                  "batch " + run.record.id + ": " + cert.error().message + " (resumable)");
+                  "batch " + run.record.id + ": " + certs[i].error().message + " (resumable)");
     }
-    item.cert.emplace(std::move(*cert));
+    owners[i]->cert.emplace(std::move(*certs[i]));
   }
 }
 
