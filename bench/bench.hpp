@@ -21,6 +21,7 @@ struct ChildResult {
   std::string out;       // captured stdout (when asked for)
   double wall_s = 0;     // spawn to reap
   long max_rss_kb = 0;   // the child's own ru_maxrss (wait4), kilobytes
+  double cpu_s = 0;      // the child's user + system CPU time (wait4), seconds
 };
 
 // Runs argv[0] (searched in PATH) with this process's environment plus `env` (overriding), stdout
@@ -47,15 +48,23 @@ bool openssl_accepts_csr(const std::string& pem);
 
 // ---- measure.cpp -----------------------------------------------------------------------------
 
+// A rate measured on N threads, and the CPU time its operations took (the threads' own
+// CLOCK_THREAD_CPUTIME_ID): unlike the rate, the CPU per operation hardly changes when other
+// processes share the cores.
+struct Rate {
+  double per_s = 0;
+  double cpu_us_per_op = 0;
+};
+
 // ECDSA P-256 verifies per second on `threads` threads for ~`seconds`: each thread its own
 // pre-made key/signature pairs; every verify builds its EC_KEY from the point, as the CSR check
 // does.
-double measure_raw_verify(int threads, double seconds);
+Rate measure_raw_verify(int threads, double seconds);
 
 // Signs per second through fleetsign::hsm::SigningKey::sign_digest with the home's CA key.
 // Opens the token in this process: call it only after every child process is done.
-double measure_token_sign(const std::filesystem::path& home, const std::string& user_pin,
-                          const std::string& ca_name, int threads, double seconds);
+Rate measure_token_sign(const std::filesystem::path& home, const std::string& user_pin,
+                        const std::string& ca_name, int threads, double seconds);
 
 // ---- registry_scale.cpp ----------------------------------------------------------------------
 

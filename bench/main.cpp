@@ -55,7 +55,7 @@ void usage(FILE* to) {
       "  --json            print one JSON object instead of a table\n"
       "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
       "  -h, --help        show this help\n"
-      "Progress notes go to stderr.\n");
+      "Progress notes go to stderr. FLEETSIGN_BENCH_CLI=PATH runs another fleetsign build.\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -105,6 +105,13 @@ Options parse(int argc, char** argv) {
     o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   return o;
+}
+
+// The fleetsign program the runs use: the one built beside this bench, or FLEETSIGN_BENCH_CLI (to
+// compare two builds of fleetsign under one bench, back to back).
+std::string cli_path() {
+  const char* other = std::getenv("FLEETSIGN_BENCH_CLI");
+  return other != nullptr && *other != '\0' ? other : FLEETSIGN_CLI_PATH;
 }
 
 void note(const char* fmt, auto... args) {
@@ -183,7 +190,7 @@ class Bench {
   }
 
   ChildResult cli(std::vector<std::string> args) {
-    args.insert(args.begin(), {FLEETSIGN_CLI_PATH, "--home", m_home.string()});
+    args.insert(args.begin(), {cli_path(), "--home", m_home.string()});
     return run(args);
   }
 
@@ -201,8 +208,9 @@ class Bench {
       throw std::runtime_error("issue run '" + tag + "' did not issue all " +
                                std::to_string(expect) + ": " + r.out);
     }
-    note("  %-14s %8zu certs  %9.0f certs/s  (wall %.2f s, max RSS %.0f MB)", tag.c_str(), expect,
-         *rate, r.wall_s, static_cast<double>(r.max_rss_kb) / 1024.0);
+    note("  %-14s %8zu certs  %9.0f certs/s  (wall %.2f s, CPU %.1f us/cert, max RSS %.0f MB)",
+         tag.c_str(), expect, *rate, r.wall_s, r.cpu_s * 1e6 / static_cast<double>(expect),
+         static_cast<double>(r.max_rss_kb) / 1024.0);
     // Outputs stay until the end: on ext4 with `discard`, deleting thousands of files just before
     // a run slows that run's file creation several-fold (measured: 4000/s -> 250/s).
     return {r, *rate};
@@ -272,6 +280,9 @@ class Bench {
 };
 
 struct Results {
+  // CPU microseconds: per token signature, per verify, per certificate of the csr-bundle run
+  // (the whole child process, start-up included).
+  double token_sign_cpu_us = 0, raw_verify_cpu_us = 0, issue_cpu_us = 0;
   double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
          generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0,
          expiry_report_s = 0, auth_checks = 0, registry_record = 0, expiry_aggregate_s = 0;
@@ -280,6 +291,10 @@ struct Results {
 
 void print(const Options& o, const Results& r) {
   const double vs_limit = r.limit > 0 ? r.issue / r.limit : 0;
+  // The same ratio in CPU time: sign + verify as a share of what a certificate costs. The rates
+  // above are taken minutes apart; on a shared machine their load differs, their CPU hardly does.
+  const double vs_limit_cpu =
+      r.issue_cpu_us > 0 ? (r.token_sign_cpu_us + r.raw_verify_cpu_us) / r.issue_cpu_us : 0;
   const double vs_openssl = r.openssl_loop > 0 ? r.issue / r.openssl_loop : 0;
   if (o.json) {
     std::printf(
@@ -289,11 +304,13 @@ void print(const Options& o, const Results& r) {
         "\"rss_devices\":%zu,\"issue_vs_limit\":%.4f,\"issue_vs_openssl_loop\":%.2f,"
         "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu,\"devices_in_registry\":%zu,"
         "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f,\"registry_record_per_s\":%.1f,"
-        "\"expiry_aggregate_1m_s\":%.3f}\n",
+        "\"expiry_aggregate_1m_s\":%.3f,\"token_sign_cpu_us\":%.2f,\"raw_verify_cpu_us\":%.2f,"
+        "\"issue_cpu_us_per_cert\":%.2f,\"issue_vs_limit_cpu\":%.4f}\n",
         r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
         r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
         o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks, r.registry_record,
-        r.expiry_aggregate_s);
+        r.expiry_aggregate_s, r.token_sign_cpu_us, r.raw_verify_cpu_us, r.issue_cpu_us,
+        vs_limit_cpu);
     return;
   }
   std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
@@ -312,6 +329,9 @@ void print(const Options& o, const Results& r) {
   std::printf("  %-22s %12.1f  issue --generate %zu --bundle (child ru_maxrss)\n", "peak_rss_mb",
               r.peak_rss_mb, o.rss_devices);
   std::printf("\n  %-22s %12.3f  issue_per_s / limit_per_s\n", "issue_vs_limit", vs_limit);
+  std::printf("  %-22s %12.3f  CPU: (sign %.1f + verify %.1f us) / %.1f us per certificate\n",
+              "issue_vs_limit_cpu", vs_limit_cpu, r.token_sign_cpu_us, r.raw_verify_cpu_us,
+              r.issue_cpu_us);
   std::printf("  %-22s %12.1f  issue_per_s / openssl_loop_per_s\n", "issue_vs_openssl_loop",
               vs_openssl);
   std::printf("  %-22s %12.2f  issue_per_s at %d threads / at 1 thread (%.1f/s)\n",
@@ -351,8 +371,10 @@ int run_bench(const Options& o) {
 
   Results r;
   note("fleetsign issue runs");
-  r.issue =
-      b.issue("csr-bundle", {"--csr-file", bundle_a.string(), "--bundle"}, n, o.threads).second;
+  const auto bundle_run =
+      b.issue("csr-bundle", {"--csr-file", bundle_a.string(), "--bundle"}, n, o.threads);
+  r.issue = bundle_run.second;
+  r.issue_cpu_us = bundle_run.first.cpu_s * 1e6 / static_cast<double>(n);
   r.issue_files = b.issue("csr-files", {"--csr-file", bundle_b.string()}, n, o.threads).second;
   r.issue_1 =
       o.threads == 1
@@ -381,8 +403,8 @@ int run_bench(const Options& o) {
   note("loading %zu generated devices into the registry", o.registry_devices);
   load_synthetic_devices(b.home() / "registry.db", kCa, o.registry_devices, std::time(nullptr));
   r.devices_in_registry = o.registry_devices + 6 * n + o.rss_devices;
-  const auto report = b.run_any({FLEETSIGN_CLI_PATH, "--home", b.home().string(), "expiry",
-                                 "report", "--within", "400", "--json"});
+  const auto report = b.run_any(
+      {cli_path(), "--home", b.home().string(), "expiry", "report", "--within", "400", "--json"});
   r.expiry_report_s = report.wall_s;
   note("  expiry report over the registry: %.3f s (exit %d)", report.wall_s, report.exit_status);
 
@@ -395,9 +417,13 @@ int run_bench(const Options& o) {
 
   // No more children from here on: the token may now be opened in this process.
   note("raw ECDSA P-256 verify, %d threads, %.0f s", o.threads, kSeconds);
-  r.raw_verify = measure_raw_verify(o.threads, kSeconds);
+  const Rate verify = measure_raw_verify(o.threads, kSeconds);
+  r.raw_verify = verify.per_s;
+  r.raw_verify_cpu_us = verify.cpu_us_per_op;
   note("token sign_digest, %d threads, %.0f s", o.threads, kSeconds);
-  r.token_sign = measure_token_sign(b.home(), kUserPin, kCa, o.threads, kSeconds);
+  const Rate sign = measure_token_sign(b.home(), kUserPin, kCa, o.threads, kSeconds);
+  r.token_sign = sign.per_s;
+  r.token_sign_cpu_us = sign.cpu_us_per_op;
   r.limit = 1.0 / (1.0 / r.token_sign + 1.0 / r.raw_verify);
   note("auth checks, %d threads, %.0f s", o.threads, kSeconds);
   r.auth_checks =

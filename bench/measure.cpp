@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <stdexcept>
 #include <thread>
 
@@ -37,13 +38,21 @@ const EC_GROUP* p256() {
   return group;
 }
 
+double thread_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 // Runs `body(thread_index, stop)` on `threads` threads, released together; each returns its
-// count. Returns count / seconds (start of release to the last thread's end).
+// count. Returns count / seconds (start of release to the last thread's end), and the threads'
+// CPU time per counted operation.
 template <typename Prepare, typename Body>
-double timed_threads(int threads, double seconds, Prepare prepare, Body body) {
+Rate timed_threads(int threads, double seconds, Prepare prepare, Body body) {
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::atomic<long long> total{0};
+  std::vector<double> cpu(static_cast<std::size_t>(threads));
   std::atomic<bool> failed{false};
   Clock::time_point start;
   std::vector<Clock::time_point> ends(static_cast<std::size_t>(threads));
@@ -58,9 +67,11 @@ double timed_threads(int threads, double seconds, Prepare prepare, Body body) {
       const auto stop = start + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(seconds));
       long long n = 0;
+      const double cpu0 = thread_cpu_s();
       if (!body(state, stop, n)) {
         failed = true;
       }
+      cpu[static_cast<std::size_t>(t)] = thread_cpu_s() - cpu0;
       ends[static_cast<std::size_t>(t)] = Clock::now();
       total += n;
     });
@@ -81,7 +92,10 @@ double timed_threads(int threads, double seconds, Prepare prepare, Body body) {
     last = std::max(last, e);
   }
   const double elapsed = std::chrono::duration<double>(last - start).count();
-  return elapsed > 0 ? static_cast<double>(total.load()) / elapsed : 0;
+  double cpu_total = 0;
+  for (const double c : cpu) cpu_total += c;
+  const auto ops = static_cast<double>(total.load());
+  return {elapsed > 0 ? ops / elapsed : 0, ops > 0 ? cpu_total * 1e6 / ops : 0};
 }
 
 struct VerifyPair {
@@ -130,7 +144,7 @@ bool verify_one(const VerifyPair& p) {
 
 }  // namespace
 
-double measure_raw_verify(int threads, double seconds) {
+Rate measure_raw_verify(int threads, double seconds) {
   constexpr std::size_t kPairsPerThread = 1024;
   return timed_threads(
       threads, seconds, [](int) { return make_pairs(kPairsPerThread); },
@@ -148,8 +162,8 @@ double measure_raw_verify(int threads, double seconds) {
       });
 }
 
-double measure_token_sign(const std::filesystem::path& home_dir, const std::string& user_pin,
-                          const std::string& ca_name, int threads, double seconds) {
+Rate measure_token_sign(const std::filesystem::path& home_dir, const std::string& user_pin,
+                        const std::string& ca_name, int threads, double seconds) {
   // Home::open points SOFTHSM2_CONF at the home's private token store before the module loads.
   const auto home = engine::Home::open(home_dir);
   std::string key_uri;

@@ -121,14 +121,34 @@ class Referee {
     EXPECT_EQ(ref == 1, expect_valid) << what << ": the case itself is not what it claims";
     ++checks;
     if (ref == 1) ++valid;
+    m_cases.push_back({digest, der, what, ref == 1});
+  }
+
+  // Every case so far again, all in one verify_all batch (one shared inversion of the s values):
+  // each verdict must still be OpenSSL's.
+  void check_as_one_batch() {
+    std::vector<FixedKeyVerifier::Check> batch;
+    for (const auto& c : m_cases) batch.push_back({c.digest, c.der});
+    m_fast.verify_all(batch);
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      EXPECT_EQ(batch[i].valid, m_cases[i].valid)
+          << "in a batch of " << batch.size() << ": " << m_cases[i].what;
+    }
+    m_cases.clear();
   }
 
   int checks = 0;
   int valid = 0;
 
  private:
+  struct Case {
+    Bytes digest, der;
+    std::string what;
+    bool valid;
+  };
   EC_KEY* m_key;
   FixedKeyVerifier m_fast;
+  std::vector<Case> m_cases;
 };
 
 // Every malformation of one valid signature `der` over `digest`.
@@ -208,12 +228,46 @@ TEST(FixedKeyVerifier, AgreesWithOpensslEcdsaVerifyOnRandomAndMalformedSignature
         malform(ref, key.get(), digest, der, rng);
         ref.check(digest, sign(digest, stranger.get()), std::string(c.name) + " other key", false);
       }
+      ref.check_as_one_batch();
       EXPECT_GT(ref.valid, 0);
       if (::testing::Test::HasFailure()) return;  // the first key that disagrees is enough
     }
   }
   EXPECT_GE(messages, 1000);
   std::printf("[ checked  ] %d keys, %d messages, each valid and malformed\n", keys, messages);
+}
+
+// The branch no random signature reaches (probability about 2^-128): the point's x lies in
+// [n, p), so r = x - n. With Q = R itself, digest 0 and s = r, u1 = 0 and u2 = 1 give R.
+TEST(FixedKeyVerifier, AcceptsASignatureWhosePointXIsAtLeastTheOrder) {
+  for (const int nid : {NID_X9_62_prime256v1, NID_secp384r1}) {
+    EC_GROUP* group = EC_GROUP_new_by_curve_name(nid);
+    const BIGNUM* n = EC_GROUP_get0_order(group);
+    Bn x(BN_dup(n)), r(BN_new());
+    EC_POINT* point = EC_POINT_new(group);
+    int tries = 0;
+    do {
+      BN_add_word(x.get(), 1);
+      ERR_clear_error();
+    } while (EC_POINT_set_compressed_coordinates(group, point, x.get(), 0, nullptr) != 1 &&
+             ++tries < 200);
+    ASSERT_LT(tries, 200) << "no point with x in [n, n + 200]";
+    BN_sub(r.get(), x.get(), n);
+    Key key(EC_KEY_new_by_curve_name(nid));
+    ASSERT_EQ(EC_KEY_set_public_key(key.get(), point), 1);
+    const Bytes digest(static_cast<std::size_t>(BN_num_bytes(n)), 0);
+    const Bytes der = encode(r.get(), r.get());
+    const int ref = ECDSA_verify(0, digest.data(), static_cast<int>(digest.size()), der.data(),
+                                 static_cast<int>(der.size()), key.get());
+    EXPECT_EQ(ref, 1) << "OpenSSL accepts r = x - n";
+    FixedKeyVerifier fast(key.get());
+    EXPECT_TRUE(fast.verify(digest, der));
+    Bytes other = digest;
+    other.back() = 1;
+    EXPECT_FALSE(fast.verify(other, der));
+    EC_POINT_free(point);
+    EC_GROUP_free(group);
+  }
 }
 
 TEST(FixedKeyVerifier, RefusesKeysOnOtherCurves) {

@@ -479,6 +479,96 @@ TEST(Registry, AuditLogRefusesUpdateAndDelete) {
 // The rate is a figure of fleetsign-bench (registry_record_per_s), not an assertion here: a
 // wall-clock bound fails under a sanitizer or a loaded machine without saying anything about
 // behaviour.
+// Spans longer than one multi-row statement (64 rows) plus a remainder: every column of every
+// row is what was given, and each device's slots follow the order of the call.
+TEST(Registry, LongSpansRecordEveryRowAndFillDeviceSlotsInOrder) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  constexpr int kCount = 64 * 2 + 7;
+  std::vector<CertIntent> intents;
+  std::vector<IssuedCert> certs;
+  // Second certificates, later in the same call: of devices 0..2 in the same 64-row statement
+  // (rows 10..12), and of devices 3..5 in the remainder (the last 3 rows).
+  const auto second_of = [&](int n) {
+    return n >= 10 && n <= 12 ? n - 10 : n >= kCount - 3 ? n - (kCount - 3) + 3 : -1;
+  };
+  for (int n = 0; n < kCount; ++n) {
+    const int first = second_of(n);
+    intents.push_back(intent(n, "long", first >= 0 ? "dev-" + std::to_string(first) : ""));
+    intents.back().not_after = kNow + kYear + n;
+    intents.back().lineage.lot = "lot-" + std::to_string(n % 5);
+    certs.push_back(issued(n));
+  }
+  reg->record_intents(intents);
+  for (int n = 0; n < kCount; ++n) {
+    const auto rec = reg->find_cert(serial_of(n));
+    ASSERT_TRUE(rec) << n;
+    EXPECT_EQ(rec->state, CertState::kIntent);
+    EXPECT_EQ(rec->device_id, intents[n].device_id);
+    EXPECT_EQ(rec->seq, n);
+    EXPECT_EQ(rec->der, intents[n].tbs_der) << n;
+    EXPECT_EQ(rec->not_after, kNow + kYear + n);
+    EXPECT_EQ(rec->lineage.lot, intents[n].lineage.lot);
+    EXPECT_EQ(rec->lineage.operator_name, "alice");
+  }
+  reg->record_issued(certs);
+  for (int n = 0; n < kCount; ++n) {
+    const auto rec = reg->find_cert(serial_of(n));
+    EXPECT_EQ(rec->state, CertState::kIssued) << n;
+    EXPECT_EQ(rec->der, certs[n].der) << n;
+    EXPECT_EQ(rec->sha256, "BB" + std::to_string(n));
+  }
+  const auto single = reg->find_device("dev-70");
+  ASSERT_TRUE(single);
+  EXPECT_EQ(single->primary_serial, serial_of(70));
+  EXPECT_EQ(single->primary_not_after, kNow + kYear + 70);
+  EXPECT_EQ(single->secondary_serial, "");
+  EXPECT_EQ(single->lot, "lot-0");
+  EXPECT_EQ(single->ca_name, "issuing");
+  for (int n = 0; n < kCount; ++n) {
+    const int d = second_of(n);
+    if (d < 0) continue;
+    const auto twice = reg->find_device("dev-" + std::to_string(d));
+    ASSERT_TRUE(twice);
+    EXPECT_EQ(twice->primary_serial, serial_of(d)) << "the earlier certificate keeps the primary";
+    EXPECT_EQ(twice->secondary_serial, serial_of(n));
+    EXPECT_EQ(twice->secondary_not_after, kNow + kYear + n);
+  }
+  EXPECT_FALSE(reg->find_device("dev-10"));
+}
+
+// A serial that is not an intent, deep inside a multi-row statement: nothing of the call stays.
+TEST(Registry, LongSpanWithOneNonIntentWritesNothing) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  std::vector<CertIntent> intents;
+  std::vector<IssuedCert> certs;
+  for (int n = 0; n < 100; ++n) {
+    intents.push_back(intent(n));
+    certs.push_back(issued(n));
+  }
+  reg->record_intents(intents);
+  reg->record_issued(std::vector<IssuedCert>{issued(40)});
+  try {
+    reg->record_issued(certs);
+    FAIL() << "expected a throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kRegistryError);
+    EXPECT_NE(std::string(e.what()).find(serial_of(40) + " is issued"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(reg->count_certs("b1", CertState::kIssued), 1);
+  EXPECT_FALSE(reg->find_device("dev-3"));
+
+  // A taken serial in the second multi-row statement of an intent span: nothing is written.
+  std::vector<CertIntent> more;
+  for (int n = 200; n < 300; ++n) more.push_back(intent(n, "b2"));
+  more[90] = intent(7, "b2");
+  EXPECT_EQ(code_of([&] { reg->record_intents(more); }), ErrorCode::kAlreadyExists);
+  EXPECT_FALSE(reg->find_cert(serial_of(200)));
+  EXPECT_EQ(reg->count_certs("b2", CertState::kIntent), 0);
+}
+
 TEST(Registry, RecordsHundredThousandIntentsAndIssuedInChunks) {
   TempDir dir;
   auto reg = Registry::open(dir.db());

@@ -21,6 +21,7 @@
 
 #include "batch_io.hpp"
 #include "batch_params.hpp"
+#include "batch_writer.hpp"
 #include "device_keys.hpp"
 #include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
@@ -67,7 +68,6 @@ struct Run {
   const BatchOptions& options;
   BatchRecord record;
   Stores& registry;
-  std::mutex registry_mutex;  // serial stages run concurrently with each other
   const Issuer& issuer;
   const Clock& clock;
   batch::RenderContext render;
@@ -185,7 +185,6 @@ void record_intents(Run& run, Chunk& chunk) {
     }
     ids.push_back(item.device_id);
   }
-  std::lock_guard lock(run.registry_mutex);
   if (!run.options.reissue && !ids.empty()) {
     const auto holders = run.registry.devices_with_valid_cert(ids, run.clock.now());
     const std::unordered_set<std::string> held(holders.begin(), holders.end());
@@ -219,18 +218,28 @@ void record_intents(Run& run, Chunk& chunk) {
   }
 }
 
-// Step 4, parallel: the token signs; the signature is verified. A failure here is the token's,
-// not the device's: it stops the batch (resumable) instead of rejecting devices.
+// Step 4, parallel: the token signs; the signatures are verified (together, per chunk). A
+// failure here is the token's, not the device's: it stops the batch (resumable) instead of
+// rejecting devices.
 void sign_items(const Run& run, Chunk& chunk) {
+  std::vector<PreparedCert> prepared;
+  std::vector<Item*> owners;
+  prepared.reserve(chunk.items.size());
+  owners.reserve(chunk.items.size());
   for (Item& item : chunk.items) {
     if (!item.ok() || item.committed_before) continue;
-    auto cert = run.issuer.sign(std::move(*item.prepared));
+    prepared.push_back(std::move(*item.prepared));
     item.prepared.reset();
-    if (!cert) {
+    owners.push_back(&item);
+  }
+  if (prepared.empty()) return;
+  auto certs = run.issuer.sign(std::move(prepared));
+  for (std::size_t i = 0; i < certs.size(); ++i) {
+    if (!certs[i]) {
       throw Error(ErrorCode::kTokenError,
-                  "batch " + run.record.id + ": " + cert.error().message + " (resumable)");
+                  "batch " + run.record.id + ": " + certs[i].error().message + " (resumable)");
     }
-    item.cert.emplace(std::move(*cert));
+    owners[i]->cert.emplace(std::move(*certs[i]));
   }
 }
 
@@ -244,7 +253,6 @@ void record_certificates(Run& run, Chunk& chunk) {
         IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1, item.cert->sha256});
   }
   if (!issued.empty()) {
-    std::lock_guard lock(run.registry_mutex);
     run.registry.record_issued(issued);
   }
 }
@@ -271,13 +279,10 @@ void write_outputs(Run& run, Chunk& chunk) {
       run.delivered.push_back(std::move(*item.cert));
     }
   }
-  {
-    std::lock_guard lock(run.registry_mutex);
-    run.registry.update_batch_progress(run.record.id, chunk.items.back().seq,
-                                       run.streams.offsets_json(),
-                                       run.record.issued + run.issued_now + run.reemitted_now,
-                                       run.record.rejected + run.rejected_now);
-  }
+  run.registry.update_batch_progress(run.record.id, chunk.items.back().seq,
+                                     run.streams.offsets_json(),
+                                     run.record.issued + run.issued_now + run.reemitted_now,
+                                     run.record.rejected + run.rejected_now);
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
     batch::drop_spool(run.spool_dir, chunk.items.front().seq);
   }
@@ -315,7 +320,9 @@ batch::RenderContext render_context(const BatchRecord& record, const BatchOption
   return render;
 }
 
-// The stages, in a oneTBB pipeline with a few chunks in flight per thread.
+// The stages, in a oneTBB pipeline with a few chunks in flight per thread. The serial stages hand
+// their work to the writer (batch_writer.hpp), one job at a time in pipeline order: the registry
+// sees one thread, and its commits never hold a worker thread.
 void run_pipeline(Run& run) {
   const int threads =
       run.options.threads > 0 ? run.options.threads : tbb::info::default_concurrency();
@@ -324,6 +331,9 @@ void run_pipeline(Run& run) {
                             static_cast<std::size_t>(threads));
   tbb::task_arena arena(threads);
   const std::size_t in_flight = static_cast<std::size_t>(threads) * tokens_per_thread(run.options);
+  // The serial stages' registry transactions, fsyncs and output appends run on the writer's
+  // thread while `threads` workers check and sign; it is joined before the pipeline's chunks go.
+  batch::Writer writer;
   arena.execute([&] {
     using tbb::filter_mode;
     tbb::parallel_pipeline(
@@ -336,19 +346,19 @@ void run_pipeline(Run& run) {
           });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order, [&](Chunk* c) {
-          run.stages.time(2, [&] { record_intents(run, *c); });
+          writer.run([&] { run.stages.time(2, [&] { record_intents(run, *c); }); });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel, [&](Chunk* c) {
           run.stages.time(3, [&] { sign_items(run, *c); });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order, [&](Chunk* c) {
-          run.stages.time(4, [&] { record_certificates(run, *c); });
+          writer.run([&] { run.stages.time(4, [&] { record_certificates(run, *c); }); });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel, [&](Chunk* c) {
           run.stages.time(5, [&] { batch::render_chunk(run.render, *c); });
           return c;
         }) & tbb::make_filter<Chunk*, void>(filter_mode::serial_in_order, [&](Chunk* c) {
-          run.stages.time(6, [&] { write_outputs(run, *c); });
+          writer.run([&] { run.stages.time(6, [&] { write_outputs(run, *c); }); });
           free_chunk(run, c);
         }));
   });
@@ -536,8 +546,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   }
   batch::OutputStreams streams(o.out_dir, o.bundle, record.offsets_json,
                                o.delivery == Delivery::kBatchDirectory);
-  Run run{o,  record, m_registry, {}, issuer, m_clock, render, streams, batch::open_input(o.input),
-          {}, {},     {},         {}};
+  Run run{o, record, m_registry, issuer, m_clock, render, streams, batch::open_input(o.input)};
   run.spool_dir = std::filesystem::path(o.out_dir) / ".spool" / record.id;
   if (resumed) {
     for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {

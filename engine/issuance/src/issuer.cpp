@@ -300,54 +300,106 @@ const char* Issuer::lint(const PreparedCert& p) const {
 }
 
 Result<SignedCert> Issuer::sign(PreparedCert&& prepared) const {
-  const Impl& m = *m_impl;
-  const PreparedCert p = std::move(prepared);
-  if (const char* why = lint(p)) {
-    return fail(ErrorCode::kSignFailed,
-                "serial " + p.m_serial + ": the certificate was not signed: lint: " + why);
-  }
+  std::vector<PreparedCert> one;
+  one.push_back(std::move(prepared));
+  return std::move(sign(std::move(one)).front());
+}
+
+namespace {
+
+// One certificate between the token's signature and the verdict on it.
+struct Pending {
   std::uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned digest_len = 0;
-  EVP_Digest(p.m_tbs.data(), p.m_tbs.size(), digest, &digest_len, m.md, nullptr);
-  thread_local std::vector<std::uint8_t> signature;
-  std::string error;
-  if (!m.key.sign_digest(ByteView(digest, digest_len), m.md_nid, signature, error)) {
-    return fail(ErrorCode::kSignFailed, "serial " + p.m_serial + ": " + error);
+  std::vector<std::uint8_t> signature;
+  bool signed_ok = false;
+};
+
+}  // namespace
+
+std::vector<Result<SignedCert>> Issuer::sign(std::vector<PreparedCert>&& prepared) const {
+  const Impl& m = *m_impl;
+  const std::vector<PreparedCert> batch = std::move(prepared);
+  std::vector<Result<SignedCert>> out;
+  out.reserve(batch.size());
+  std::vector<Pending> pending(batch.size());
+  std::string token_failure;  // the first one: a failing token is not asked again
+  // 1. Lint, then the token signs: each certificate on its own.
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const PreparedCert& p = batch[i];
+    Pending& s = pending[i];
+    if (!token_failure.empty()) {
+      out.emplace_back(fail(
+          ErrorCode::kSignFailed,
+          "serial " + p.m_serial + ": not signed after a token failure (" + token_failure + ")"));
+      continue;
+    }
+    if (const char* why = lint(p)) {
+      out.emplace_back(
+          fail(ErrorCode::kSignFailed,
+               "serial " + p.m_serial + ": the certificate was not signed: lint: " + why));
+      continue;
+    }
+    EVP_Digest(p.m_tbs.data(), p.m_tbs.size(), s.digest, &s.digest_len, m.md, nullptr);
+    std::string error;
+    if (!m.key.sign_digest(ByteView(s.digest, s.digest_len), m.md_nid, s.signature, error)) {
+      token_failure = error;
+      out.emplace_back(fail(ErrorCode::kSignFailed, "serial " + p.m_serial + ": " + error));
+      continue;
+    }
+    s.signed_ok = true;
+    out.emplace_back(SignedCert{});
   }
-  // Verify what the token produced before anything is recorded or released (Boulder's rule).
-  bool verified = false;
+  // 2. Verify what the token produced before anything is recorded or released (Boulder's rule):
+  //    all signatures of the batch at once where the CA key allows it (one shared inversion).
+  std::vector<FixedKeyVerifier::Check> checks;
   if (m.fast_verifier) {
-    verified = m.fast_verifier->verify(ByteView(digest, digest_len), signature);
-  } else {
-    ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
-    verified =
-        ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-        EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
-        EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest, digest_len) == 1;
+    checks.reserve(batch.size());
+    for (const Pending& s : pending) {
+      checks.push_back({ByteView(s.digest, s.digest_len), s.signature});
+    }
+    m.fast_verifier->verify_all(checks);
   }
-  if (!verified) {
-    ERR_clear_error();
-    return fail(ErrorCode::kSignFailed, "serial " + p.m_serial +
-                                            ": the token's signature does not verify with CA '" +
-                                            m.ca_name + "' certificate's key");
+  // 3. Assemble: TBS, algorithm, signature.
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    if (!pending[i].signed_ok) continue;
+    const PreparedCert& p = batch[i];
+    const Pending& s = pending[i];
+    bool verified = false;
+    if (m.fast_verifier) {
+      verified = checks[i].valid;
+    } else {
+      ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(m.ca_public.get(), nullptr));
+      verified = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+                 EVP_PKEY_CTX_set_signature_md(ctx.get(), m.md) == 1 &&
+                 EVP_PKEY_verify(ctx.get(), s.signature.data(), s.signature.size(), s.digest,
+                                 s.digest_len) == 1;
+    }
+    if (!verified) {
+      ERR_clear_error();
+      out[i] = fail(ErrorCode::kSignFailed,
+                    "serial " + p.m_serial + ": the token's signature does not verify with CA '" +
+                        m.ca_name + "' certificate's key");
+      continue;
+    }
+    SignedCert& cert = *out[i];
+    cert.device_id = p.m_device_id;
+    cert.serial = p.m_serial;
+    cert.not_before = p.m_not_before;
+    cert.not_after = p.m_not_after;
+    const std::size_t bits_len = s.signature.size() + 1;
+    const std::size_t body_len =
+        p.m_tbs.size() + m.algorithm.size() + der::header_size(bits_len) + bits_len;
+    cert.der.reserve(der::header_size(body_len) + body_len);
+    der::put_header(cert.der, der::tag::kSequence, body_len);
+    der::put_bytes(cert.der, p.m_tbs);
+    der::put_bytes(cert.der, m.algorithm);
+    der::put_header(cert.der, der::tag::kBitString, bits_len);
+    cert.der.push_back(0);
+    der::put_bytes(cert.der, s.signature);
+    cert.sha1 = thumbprint_sha1(cert.der);
+    cert.sha256 = thumbprint_sha256(cert.der);
   }
-  SignedCert out;
-  out.device_id = p.m_device_id;
-  out.serial = p.m_serial;
-  out.not_before = p.m_not_before;
-  out.not_after = p.m_not_after;
-  const std::size_t bits_len = signature.size() + 1;
-  const std::size_t body_len =
-      p.m_tbs.size() + m.algorithm.size() + der::header_size(bits_len) + bits_len;
-  out.der.reserve(der::header_size(body_len) + body_len);
-  der::put_header(out.der, der::tag::kSequence, body_len);
-  der::put_bytes(out.der, p.m_tbs);
-  der::put_bytes(out.der, m.algorithm);
-  der::put_header(out.der, der::tag::kBitString, bits_len);
-  out.der.push_back(0);
-  der::put_bytes(out.der, signature);
-  out.sha1 = thumbprint_sha1(out.der);
-  out.sha256 = thumbprint_sha256(out.der);
   return out;
 }
 

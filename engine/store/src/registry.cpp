@@ -1,8 +1,8 @@
 // Registry on SQLite through Poco::Data. See registry.hpp for the contract.
 //
-// Poco re-prepares a Statement each time it is executed afresh, so the hot paths (record_intents,
-// record_issued) bind whole columns (`use(vector)`): one prepare per call, then one bind + step
-// per row inside the same sqlite3_stmt.
+// Poco re-prepares a Statement each time it is executed afresh, so the issuance hot path
+// (record_intents, record_issued, devices_with_valid_cert) lives in registry_issuance.cpp, on
+// sqlite3 statements prepared once per connection.
 #include "fleetsign/engine/registry.hpp"
 
 #include <Poco/Data/LOB.h>
@@ -18,7 +18,6 @@
 #include <ctime>
 #include <mutex>
 #include <string_view>
-#include <unordered_set>
 #include <utility>
 
 #include "fleetsign/error.hpp"
@@ -36,9 +35,6 @@ namespace {
 
 using registry_detail::to_bytes;
 using registry_detail::translate;
-
-// SQLite's default limit on host parameters is 999 in older builds; stay well under it.
-constexpr std::size_t kInListChunk = 500;
 
 // Column lists in the order the *Row buffers below extract them.
 constexpr const char* kCaColumns =
@@ -117,27 +113,6 @@ struct AuditRow {
   }
   AuditEntry take() { return rec; }
 };
-
-template <typename T, typename Key>
-std::optional<Key> first_duplicate(std::span<const T> items, Key T::*key) {
-  std::unordered_set<Key> seen;
-  for (const auto& item : items) {
-    if (!seen.insert(item.*key).second) {
-      return item.*key;
-    }
-  }
-  return std::nullopt;
-}
-
-std::string describe(std::string_view verb, std::size_t count, std::string_view noun,
-                     const std::string& first_serial) {
-  return std::string(verb) + " " + std::to_string(count) + " " + std::string(noun) +
-         " (first serial 0x" + first_serial + ")";
-}
-
-void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
-  sqlite3_bind_text(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
-}
 
 }  // namespace
 
@@ -249,125 +224,6 @@ void Registry::set_ca_verified(const std::string& name, bool verified) {
 
 // --- certificates
 
-void Registry::record_intents(std::span<const CertIntent> intents) {
-  if (intents.empty()) {
-    return;
-  }
-  const std::string what = describe("recording", intents.size(), "intents", intents[0].serial);
-  // Checked here because a UNIQUE failure inside the call could not say which row it was.
-  if (const auto dup = first_duplicate(intents, &CertIntent::serial)) {
-    throw Error(ErrorCode::kAlreadyExists, what + ": serial 0x" + *dup + " appears twice");
-  }
-  try {
-    m_impl->write(what, [&] {
-      // One prepared statement, bound and stepped per row: no per-row SQL parsing or copies.
-      sqlite3_stmt* st = m_impl->m_insert_intent.get(
-          m_impl->db(),
-          "INSERT INTO certificates (serial, device_id, ca_name, batch_id, seq, state, subject, "
-          "not_before, not_after, der, lot, line, site, operator, created_at) "
-          "VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
-      const std::int64_t now = m_impl->stamp(0);
-      for (const auto& i : intents) {
-        bind_text(st, 1, i.serial);
-        bind_text(st, 2, i.device_id);
-        bind_text(st, 3, i.ca_name);
-        bind_text(st, 4, i.batch_id);
-        sqlite3_bind_int64(st, 5, i.seq);
-        bind_text(st, 6, i.subject);
-        sqlite3_bind_int64(st, 7, i.not_before);
-        sqlite3_bind_int64(st, 8, i.not_after);
-        sqlite3_bind_blob(st, 9, i.tbs_der.data(), static_cast<int>(i.tbs_der.size()),
-                          SQLITE_STATIC);
-        bind_text(st, 10, i.lineage.lot);
-        bind_text(st, 11, i.lineage.line);
-        bind_text(st, 12, i.lineage.site);
-        bind_text(st, 13, i.lineage.operator_name);
-        sqlite3_bind_int64(st, 14, now);
-        m_impl->step(st, what);
-      }
-    });
-  } catch (const Error& e) {
-    if (e.code() != ErrorCode::kAlreadyExists) {
-      throw;
-    }
-    // Rolled back by now; name the serial that was taken (serials are never reused).
-    for (const auto& intent : intents) {
-      if (const auto taken = find_cert(intent.serial)) {
-        throw Error(ErrorCode::kAlreadyExists, what + ": serial 0x" + intent.serial +
-                                                   " is already recorded (" +
-                                                   std::string(cert_state_name(taken->state)) +
-                                                   ", device " + taken->device_id + ")");
-      }
-    }
-    throw;
-  }
-}
-
-void Registry::record_issued(std::span<const IssuedCert> certs) {
-  if (certs.empty()) {
-    return;
-  }
-  const std::string what =
-      describe("recording", certs.size(), "issued certificates", certs[0].serial);
-  if (const auto dup = first_duplicate(certs, &IssuedCert::serial)) {
-    throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + *dup + " appears twice");
-  }
-  // Thrown out of the transaction so that it rolls back before the culprit is looked up.
-  struct NotAllIntents {};
-  try {
-    m_impl->write(what, [&] {
-      sqlite3_stmt* issue = m_impl->m_issue.get(
-          m_impl->db(),
-          "UPDATE certificates SET state = 'issued', der = ?1, sha1 = ?2, sha256 = ?3 "
-          "WHERE serial = ?4 AND state = 'intent'");
-      // The device's slots, in the same transaction: a new device gets its primary slot; a known
-      // one gets the new certificate in its secondary slot (rollover jobs alternate them).
-      sqlite3_stmt* slot = m_impl->m_device_slot.get(
-          m_impl->db(),
-          "INSERT INTO devices (registration_id, primary_serial, primary_not_after, ca_name, lot, "
-          "status, created_at, updated_at) "
-          "SELECT device_id, serial, not_after, ca_name, COALESCE(lot, ''), 'enabled', ?1, ?1 "
-          "FROM certificates WHERE serial = ?2 "
-          "ON CONFLICT (registration_id) DO UPDATE SET "
-          "secondary_serial = CASE WHEN devices.primary_serial = '' "
-          "THEN devices.secondary_serial ELSE excluded.primary_serial END, "
-          "secondary_not_after = CASE WHEN devices.primary_serial = '' "
-          "THEN devices.secondary_not_after ELSE excluded.primary_not_after END, "
-          "primary_serial = CASE WHEN devices.primary_serial = '' "
-          "THEN excluded.primary_serial ELSE devices.primary_serial END, "
-          "primary_not_after = CASE WHEN devices.primary_serial = '' "
-          "THEN excluded.primary_not_after ELSE devices.primary_not_after END, "
-          "ca_name = excluded.ca_name, lot = excluded.lot, updated_at = excluded.updated_at");
-      const std::int64_t now = m_impl->stamp(0);
-      for (const auto& c : certs) {
-        sqlite3_bind_blob(issue, 1, c.der.data(), static_cast<int>(c.der.size()), SQLITE_STATIC);
-        bind_text(issue, 2, c.sha1);
-        bind_text(issue, 3, c.sha256);
-        bind_text(issue, 4, c.serial);
-        if (m_impl->step(issue, what) != 1) {
-          throw NotAllIntents{};  // not (or no longer) an intent
-        }
-        sqlite3_bind_int64(slot, 1, now);
-        bind_text(slot, 2, c.serial);
-        m_impl->step(slot, what);
-      }
-    });
-  } catch (const NotAllIntents&) {
-    for (const auto& c : certs) {
-      const auto rec = find_cert(c.serial);
-      if (!rec) {
-        throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + c.serial + " has no intent");
-      }
-      if (rec->state != CertState::kIntent) {
-        throw Error(ErrorCode::kRegistryError, what + ": serial 0x" + c.serial + " is " +
-                                                   std::string(cert_state_name(rec->state)) +
-                                                   ", not an intent");
-      }
-    }
-    throw Error(ErrorCode::kRegistryError, what + ": a serial left the intent state meanwhile");
-  }
-}
-
 std::int64_t Registry::abandon_intents(const std::string& batch_id) {
   return m_impl->write("abandoning intents of batch '" + batch_id + "'", [&] {
     Statement st = (m_impl->m_session << "UPDATE certificates SET state = 'abandoned' "
@@ -380,42 +236,6 @@ std::int64_t Registry::abandon_intents(const std::string& batch_id) {
 std::optional<CertRecord> Registry::find_cert(const std::string& serial) {
   return m_impl->guarded("reading certificate 0x" + serial, [&] {
     return m_impl->select_one<CertRow>(kSelectCerts + "WHERE serial = ?", serial);
-  });
-}
-
-std::vector<std::string> Registry::devices_with_valid_cert(std::span<const std::string> device_ids,
-                                                           std::int64_t now) {
-  const std::string what =
-      "looking up valid certificates of " + std::to_string(device_ids.size()) + " devices";
-  return m_impl->guarded(what, [&] {
-    std::unordered_set<std::string> valid;
-    for (std::size_t begin = 0; begin < device_ids.size(); begin += kInListChunk) {
-      const auto chunk =
-          device_ids.subspan(begin, std::min(kInListChunk, device_ids.size() - begin));
-      std::string sql =
-          "SELECT DISTINCT device_id FROM certificates "
-          "WHERE state = 'issued' AND not_after > ? AND device_id IN (?";
-      for (std::size_t i = 1; i < chunk.size(); ++i) {
-        sql += ", ?";
-      }
-      sql += ")";
-      std::vector<std::string> found;
-      Statement st(m_impl->m_session);
-      st << sql, kw::into(found), kw::bind(now);
-      for (const auto& id : chunk) {
-        st, kw::bind(id);
-      }
-      st.execute();
-      valid.insert(found.begin(), found.end());
-    }
-    // Input order, each device once: callers diff this against their own list.
-    std::vector<std::string> out;
-    for (const auto& id : device_ids) {
-      if (valid.erase(id) != 0) {
-        out.push_back(id);
-      }
-    }
-    return out;
   });
 }
 

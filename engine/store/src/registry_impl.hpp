@@ -62,6 +62,7 @@ class PreparedQuery {
     }
     return m_stmt;
   }
+  sqlite3_stmt* prepared() const { return m_stmt; }  // nullptr until get() prepared it
 
  private:
   sqlite3_stmt* m_stmt = nullptr;
@@ -71,7 +72,9 @@ struct Registry::Impl {
   Session m_session;
   std::string m_file;
   PreparedQuery m_individual_slots, m_cert_state;
-  PreparedQuery m_insert_intent, m_issue, m_device_slot;  // the issuance hot path
+  // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
+  PreparedQuery m_insert_intent, m_issue, m_device_slot;
+  PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;
 
   sqlite3* db();
   // INSERTs one CA row inside the caller's transaction (registry.cpp).

@@ -1,12 +1,13 @@
 #include "fixed_key_verifier.hpp"
 
 #include <openssl/bn.h>
-#include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/obj_mac.h>
 
-#include <cstring>
+#include <memory>
+#include <vector>
 
+#include "der.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
@@ -15,8 +16,32 @@ namespace {
 
 struct BnCtx {
   BN_CTX* ctx = BN_CTX_new();
+  BnCtx() = default;
+  BnCtx(const BnCtx&) = delete;  // owns the context
+  BnCtx& operator=(const BnCtx&) = delete;
   ~BnCtx() { BN_CTX_free(ctx); }
 };
+
+struct BnFree {
+  void operator()(BIGNUM* b) const noexcept { BN_free(b); }
+};
+using Bn = std::unique_ptr<BIGNUM, BnFree>;
+struct PointFree {
+  void operator()(EC_POINT* p) const noexcept { EC_POINT_free(p); }
+};
+using Point = std::unique_ptr<EC_POINT, PointFree>;
+
+// The content of a DER INTEGER that is minimal and not negative (a negative r or s is never
+// valid, and a non-minimal encoding is not DER: ECDSA_verify refuses both).
+bool read_unsigned(der::Bytes& in, der::Bytes& value) {
+  der::Tlv t;
+  if (!der::expect(in, der::tag::kInteger, t) || t.content.empty()) return false;
+  const der::Bytes c = t.content;
+  if ((c[0] & 0x80) != 0) return false;
+  if (c.size() > 1 && c[0] == 0 && (c[1] & 0x80) == 0) return false;
+  value = c;
+  return true;
+}
 
 }  // namespace
 
@@ -29,82 +54,109 @@ FixedKeyVerifier::FixedKeyVerifier(const EC_KEY* key) {
   BnCtx bn;
   m_group = EC_GROUP_new_by_curve_name(nid);
   m_q_group = EC_GROUP_new_by_curve_name(nid);
-  m_order = BN_dup(EC_GROUP_get0_order(m_group));
-  m_order_bits = BN_num_bits(m_order);
-  if (m_group == nullptr || m_q_group == nullptr || m_order == nullptr ||
+  m_order = m_group != nullptr ? BN_dup(EC_GROUP_get0_order(m_group)) : nullptr;
+  if (bn.ctx == nullptr || m_group == nullptr || m_q_group == nullptr || m_order == nullptr ||
       EC_GROUP_set_generator(m_q_group, EC_KEY_get0_public_key(key), m_order,
                              EC_GROUP_get0_cofactor(m_group)) != 1 ||
       EC_GROUP_precompute_mult(m_q_group, bn.ctx) != 1) {
+    release();
     throw Error(ErrorCode::kInternal, "FixedKeyVerifier: cannot precompute the key's table");
   }
+  m_order_bits = BN_num_bits(m_order);
+  m_order_bytes = static_cast<std::size_t>(BN_num_bytes(m_order));
 }
 
-FixedKeyVerifier::~FixedKeyVerifier() {
+FixedKeyVerifier::~FixedKeyVerifier() { release(); }
+
+void FixedKeyVerifier::release() noexcept {
   EC_GROUP_free(m_group);
   EC_GROUP_free(m_q_group);
   BN_free(m_order);
+  m_group = m_q_group = nullptr;
+  m_order = nullptr;
 }
 
 bool FixedKeyVerifier::verify(std::span<const std::uint8_t> digest,
                               std::span<const std::uint8_t> der) const {
-  const unsigned char* p = der.data();
-  ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size()));
-  // Strict DER, as ECDSA_verify demands: the signature must re-encode to the same bytes
-  // (d2i accepts e.g. non-minimal lengths, which would make a second valid encoding).
-  unsigned char* again = nullptr;
-  const int again_len = sig != nullptr ? i2d_ECDSA_SIG(sig, &again) : -1;
-  const bool canonical = sig != nullptr && p == der.data() + der.size() && again_len > 0 &&
-                         static_cast<std::size_t>(again_len) == der.size() &&
-                         std::memcmp(again, der.data(), der.size()) == 0;
-  OPENSSL_free(again);
-  if (!canonical) {
-    ECDSA_SIG_free(sig);
-    ERR_clear_error();
-    return false;
-  }
-  const BIGNUM* r = nullptr;
-  const BIGNUM* s = nullptr;
-  ECDSA_SIG_get0(sig, &r, &s);
+  Check check{digest, der};
+  verify_all(std::span<Check>(&check, 1));
+  return check.valid;
+}
+
+void FixedKeyVerifier::verify_all(std::span<Check> checks) const {
+  for (Check& c : checks) c.valid = false;
   BnCtx bn;
+  if (bn.ctx == nullptr) return;
+  const std::size_t count = checks.size();
+  std::vector<Bn> r(count), w(count);  // w: first the product of the s before, then 1/s
+  std::vector<Bn> s(count);
+  Bn acc(BN_new()), inv(BN_new());
+  if (!acc || !inv || BN_one(acc.get()) != 1) return;
+
+  // 1. Parse (strict DER, SEC 1 4.1.4 step 1: 0 < r, s < n) and take the running product of s.
+  for (std::size_t i = 0; i < count; ++i) {
+    der::Bytes in = checks[i].der_signature, rv, sv;
+    der::Tlv seq;
+    if (!der::expect(in, der::tag::kSequence, seq) || !in.empty()) continue;
+    der::Bytes body = seq.content;
+    if (!read_unsigned(body, rv) || !read_unsigned(body, sv) || !body.empty()) continue;
+    if (rv.size() > m_order_bytes + 1 || sv.size() > m_order_bytes + 1) continue;
+    Bn ri(BN_bin2bn(rv.data(), static_cast<int>(rv.size()), nullptr));
+    Bn si(BN_bin2bn(sv.data(), static_cast<int>(sv.size()), nullptr));
+    Bn wi(BN_dup(acc.get()));
+    if (!ri || !si || !wi || BN_is_zero(ri.get()) || BN_ucmp(ri.get(), m_order) >= 0 ||
+        BN_is_zero(si.get()) || BN_ucmp(si.get(), m_order) >= 0 ||
+        BN_mod_mul(acc.get(), acc.get(), si.get(), m_order, bn.ctx) != 1) {
+      continue;
+    }
+    r[i] = std::move(ri);
+    s[i] = std::move(si);
+    w[i] = std::move(wi);
+  }
+  // 2. One inversion for the batch, then 1/s_i = (s_1..s_{i-1}) / (s_1..s_i), walking back.
+  if (BN_mod_inverse(inv.get(), acc.get(), m_order, bn.ctx) == nullptr) {
+    ERR_clear_error();
+    return;
+  }
+  for (std::size_t i = count; i-- > 0;) {
+    if (!r[i]) continue;
+    if (BN_mod_mul(w[i].get(), w[i].get(), inv.get(), m_order, bn.ctx) != 1 ||
+        BN_mod_mul(inv.get(), inv.get(), s[i].get(), m_order, bn.ctx) != 1) {
+      ERR_clear_error();
+      return;
+    }
+  }
+  // 3. Per signature: x(u1·G + u2·Q) mod n == r (SEC 1, 4.1.4 steps 4-8).
+  Point p1(EC_POINT_new(m_group)), p2(EC_POINT_new(m_q_group)), sum(EC_POINT_new(m_group));
   BN_CTX_start(bn.ctx);
   BIGNUM* e = BN_CTX_get(bn.ctx);
-  BIGNUM* w = BN_CTX_get(bn.ctx);
   BIGNUM* u1 = BN_CTX_get(bn.ctx);
   BIGNUM* u2 = BN_CTX_get(bn.ctx);
   BIGNUM* x = BN_CTX_get(bn.ctx);
-  EC_POINT* p1 = EC_POINT_new(m_group);
-  EC_POINT* p2 = EC_POINT_new(m_q_group);
-  bool ok = x != nullptr && p1 != nullptr && p2 != nullptr &&
-            // 0 < r, s < n (SEC 1, 4.1.4 step 1)
-            !BN_is_zero(r) && !BN_is_negative(r) && BN_ucmp(r, m_order) < 0 && !BN_is_zero(s) &&
-            !BN_is_negative(s) && BN_ucmp(s, m_order) < 0;
-  if (ok) {
-    // e = leftmost bits of the digest (SEC 1, 4.1.4 step 3).
-    const int digest_bits = static_cast<int>(digest.size()) * 8;
-    ok = BN_bin2bn(digest.data(), static_cast<int>(digest.size()), e) != nullptr &&
-         (digest_bits <= m_order_bits || BN_rshift(e, e, digest_bits - m_order_bits) == 1) &&
-         BN_mod_inverse(w, s, m_order, bn.ctx) != nullptr &&
-         BN_mod_mul(u1, e, w, m_order, bn.ctx) == 1 && BN_mod_mul(u2, r, w, m_order, bn.ctx) == 1 &&
-         // u1·G and u2·Q, each from its group's precomputed table.
-         EC_POINT_mul(m_group, p1, u1, nullptr, nullptr, bn.ctx) == 1 &&
-         EC_POINT_mul(m_q_group, p2, u2, nullptr, nullptr, bn.ctx) == 1;
+  if (x != nullptr && p1 && p2 && sum) {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!r[i]) continue;
+      const auto digest = checks[i].digest;
+      // e = the leftmost order-bits of the digest (SEC 1, 4.1.4 step 3).
+      const int digest_bits = static_cast<int>(digest.size()) * 8;
+      checks[i].valid =
+          BN_bin2bn(digest.data(), static_cast<int>(digest.size()), e) != nullptr &&
+          (digest_bits <= m_order_bits || BN_rshift(e, e, digest_bits - m_order_bits) == 1) &&
+          BN_mod_mul(u1, e, w[i].get(), m_order, bn.ctx) == 1 &&
+          BN_mod_mul(u2, r[i].get(), w[i].get(), m_order, bn.ctx) == 1 &&
+          // u1·G and u2·Q, each from its group's precomputed table.
+          EC_POINT_mul(m_group, p1.get(), u1, nullptr, nullptr, bn.ctx) == 1 &&
+          EC_POINT_mul(m_q_group, p2.get(), u2, nullptr, nullptr, bn.ctx) == 1 &&
+          // Same curve and method: the point from Q's group can be added in the named group.
+          EC_POINT_copy(sum.get(), p2.get()) == 1 &&
+          EC_POINT_add(m_group, sum.get(), p1.get(), sum.get(), bn.ctx) == 1 &&
+          EC_POINT_is_at_infinity(m_group, sum.get()) == 0 &&
+          EC_POINT_get_affine_coordinates(m_group, sum.get(), x, nullptr, bn.ctx) == 1 &&
+          BN_nnmod(x, x, m_order, bn.ctx) == 1 && BN_cmp(x, r[i].get()) == 0;
+    }
   }
-  if (ok) {
-    // Same curve and method: the point from Q's group can be added in the named group.
-    EC_POINT* sum = EC_POINT_new(m_group);
-    ok = sum != nullptr && EC_POINT_copy(sum, p2) == 1 &&
-         EC_POINT_add(m_group, sum, p1, sum, bn.ctx) == 1 &&
-         EC_POINT_is_at_infinity(m_group, sum) == 0 &&
-         EC_POINT_get_affine_coordinates(m_group, sum, x, nullptr, bn.ctx) == 1 &&
-         BN_nnmod(x, x, m_order, bn.ctx) == 1 && BN_cmp(x, r) == 0;
-    EC_POINT_free(sum);
-  }
-  EC_POINT_free(p1);
-  EC_POINT_free(p2);
   BN_CTX_end(bn.ctx);
-  ECDSA_SIG_free(sig);
   ERR_clear_error();
-  return ok;
 }
 
 }  // namespace fleetsign::engine

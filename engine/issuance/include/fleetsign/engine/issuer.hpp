@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/x509.hpp"
@@ -122,6 +123,12 @@ class Issuer final {
   // exactly the profile's extensions. kSignFailed when the lint refuses the TBS, the token fails
   // or the signature does not verify against the CA certificate's public key.
   Result<SignedCert> sign(PreparedCert&& prepared) const;
+  // The same steps for a batch (a pipeline chunk): each TBS is linted and signed in turn, then the
+  // token's signatures are verified together (for an EC P-256/P-384 CA one modular inversion
+  // serves the whole batch), then assembled. Element i is what sign(std::move(prepared[i]))
+  // would return, except that after a token failure the rest are not offered to the token (they
+  // fail with kSignFailed too). Every element is consumed.
+  std::vector<Result<SignedCert>> sign(std::vector<PreparedCert>&& prepared) const;
 
   // True when the policy's validity would outlive the CA and not_after was clamped to it.
   bool clamped() const noexcept;
