@@ -19,6 +19,7 @@
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/services.hpp"
 #include "fleetsign/hsm/token.hpp"
+#include "fleetsign/jobs/trigger.hpp"
 #include "fleetsign/policy/policy.hpp"
 
 namespace fleetsign::cli {
@@ -95,7 +96,10 @@ void add_broker_commands(std::vector<Command>& commands);      // broker init|st
 void add_twin_commands(std::vector<Command>& commands);        // twin show, twin set-desired
 // `device list --connected`: the sessions the broker records (cmd_twin.cpp).
 int run_device_list_connected(Context& ctx);
-void add_method_commands(std::vector<Command>& commands);  // method invoke, fleet backend
+void add_method_commands(std::vector<Command>& commands);    // method invoke, fleet backend
+void add_rollover_commands(std::vector<Command>& commands);  // rollover …, job …
+// The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
+std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 
 // Helpers shared by commands.
 void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::string& arg,

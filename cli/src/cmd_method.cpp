@@ -83,7 +83,9 @@ void wipe(std::string& secret) {
   }
 }
 
-std::unique_ptr<jobs::Trigger> open_backend(const fs::path& home) {
+}  // namespace
+
+std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home) {
   const jobs::FleetConfig config = jobs::load_fleet_config(home);
   std::optional<std::string> secret;
   if (config.backend == jobs::Backend::kIotHub) {
@@ -103,6 +105,8 @@ std::unique_ptr<jobs::Trigger> open_backend(const fs::path& home) {
     throw;
   }
 }
+
+namespace {
 
 // `text` with every byte that is not part of a well-formed UTF-8 sequence (RFC 3629: no
 // overlongs, no surrogates, nothing past U+10FFFF) replaced by U+FFFD, so what we print is
@@ -186,7 +190,7 @@ int run_method_invoke(Context& ctx) {
     throw Error(ErrorCode::kUsage, "METHOD: " + refused->message);
   }
   // 2. The call.
-  const auto trigger = open_backend(ctx.home_dir());
+  const auto trigger = open_fleet_backend(ctx.home_dir());
   const jobs::MethodOutcome outcome = jobs::invoke_and_wait(*trigger, std::move(request));
   if (!outcome) {
     throw Error(outcome.error().code, outcome.error().message);

@@ -1,0 +1,487 @@
+// `rollover plan|start` and `job list|show|pause|resume|cancel|retry-failed`: device rollovers as
+// persisted jobs (jobs/rollover.hpp).
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+
+#include "cli.hpp"
+#include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/issuer.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "fleetsign/jobs/rollover.hpp"
+#include "table.hpp"
+
+namespace fleetsign::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::size_t kDeviceListLimit = 64 * 1024 * 1024;  // --devices FILE
+constexpr int kJobIncomplete = 13;  // exit: the job ended with devices not rolled
+
+std::string runner_name() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+void add_selection_options(Poco::Util::OptionSet& s) {
+  add_option(s, "group", "G", "devices whose CA belongs to enrollment group G");
+  add_option(s, "lot", "L", "devices of manufacturing lot L");
+  add_option(s, "expiring-within", "D",
+             "devices whose certificate expires within D (30d, 12h, 90m, 45s)");
+  add_option(s, "devices", "FILE", "device IDs, one per line ('#' comments)");
+  add_option(s, "device", "ID", "one device (repeatable)", true);
+  add_option(s, "ca", "NAME", "sign the new certificates with this CA (default: the device's)");
+}
+
+std::vector<std::string> read_device_list(const Context& ctx, const fs::path& file,
+                                          const policy::Policy& policy) {
+  const std::string text = read_bounded(file.string(), kDeviceListLimit, "device list");
+  std::vector<std::string> ids;
+  std::istringstream in(text);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
+      line.pop_back();
+    }
+    const auto start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    line.erase(0, start);
+    auto id = engine::DeviceId::check(policy, line);
+    if (!id) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  file.string() + ":" + std::to_string(n) + ": " + id.error().message);
+    }
+    ids.push_back(id.value().str());
+  }
+  (void)ctx;
+  return ids;
+}
+
+jobs::RolloverParams params_from(Context& ctx) {
+  const Args& a = ctx.args();
+  jobs::RolloverParams p;
+  p.selection.group = a.get("group").value_or("");
+  p.selection.lot = a.get("lot").value_or("");
+  if (auto d = a.get("expiring-within")) {
+    p.selection.expiring_within_s = jobs::parse_duration(*d, "--expiring-within");
+  }
+  if (auto f = path_option(a, "devices")) {
+    p.selection.devices = read_device_list(ctx, *f, ctx.policy());
+  }
+  if (a.has("device")) {
+    for (const auto& d : a.options.at("device")) {
+      auto id = engine::DeviceId::check(ctx.policy(), d);
+      if (!id) throw Error(ErrorCode::kInvalidArgument, "--device: " + id.error().message);
+      p.selection.devices.push_back(id.value().str());
+    }
+  }
+  p.ca = a.get("ca").value_or("");
+  auto bounded = [&](const char* name, int lo, int hi, int fallback) {
+    const auto v = a.get_int(name);
+    if (!v) return fallback;
+    if (*v < lo || *v > hi) {
+      throw Error(ErrorCode::kUsage, std::string("--") + name + " must be in " +
+                                         std::to_string(lo) + ".." + std::to_string(hi));
+    }
+    return *v;
+  };
+  p.rollout.per_minute = bounded("rate", 1, 10'000'000, 0);
+  if (auto e = a.get("exponential")) {
+    double base = 0, factor = 0;
+    int every = 0;
+    char tail = 0;
+    if (std::sscanf(e->c_str(), "%lf,%lf,%d%c", &base, &factor, &every, &tail) != 3 || base < 1 ||
+        factor < 1 || factor > 5 || every < 1) {
+      throw Error(ErrorCode::kUsage,
+                  "--exponential BASE,FACTOR,EVERY: BASE ≥ 1 per minute, FACTOR in 1..5, EVERY "
+                  "≥ 1 devices; got '" +
+                      *e + "'");
+    }
+    p.rollout.base_per_minute = static_cast<int>(base);
+    p.rollout.factor = factor;
+    p.rollout.every = every;
+  }
+  p.wave = bounded("wave", 1, 10'000'000, 0);
+  if (auto pct = a.get("abort-if-failed")) {
+    char* end = nullptr;
+    p.abort_percent = std::strtod(pct->c_str(), &end);
+    if (end == pct->c_str() || *end != '\0' || !(p.abort_percent > 0) || p.abort_percent > 100) {
+      throw Error(ErrorCode::kUsage, "--abort-if-failed must be a percentage in (0, 100]");
+    }
+  }
+  p.min_executed = bounded("min-executed", 1, 10'000'000, 0);
+  p.step_timeout_s = bounded("step-timeout", 1, jobs::kMaxTimeoutSeconds, 30);
+  p.retries = bounded("retries", 0, 100, 1);
+  p.offline_retry_s = bounded("offline-retry", 1, 86400, 30);
+  p.in_flight = bounded("in-flight", 1, 1000, 256);
+  if (auto d = a.get("deadline")) {
+    p.deadline = ctx.clock().now() + jobs::parse_duration(*d, "--deadline");
+  }
+  return p;
+}
+
+void print_plan(Context& ctx, const jobs::RolloverPlan& plan, const jobs::RolloverParams& params) {
+  if (ctx.json()) {
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("devices", static_cast<std::int64_t>(plan.devices.size()) - plan.conflicts);
+    o.set("conflicts", plan.conflicts);
+    o.set("waves", plan.waves);
+    auto counts = [](const std::map<std::string, std::int64_t>& m) {
+      Poco::JSON::Object c(Poco::JSON_PRESERVE_KEY_ORDER);
+      for (const auto& [k, v] : m) c.set(k, v);
+      return c;
+    };
+    o.set("perGroup", counts(plan.per_group));
+    o.set("perLot", counts(plan.per_lot));
+    o.set("perCa", counts(plan.per_ca));
+    o.set("slots", counts(plan.per_slot));
+    Poco::JSON::Array warnings;
+    for (const auto& w : plan.warnings) warnings.add(w);
+    o.set("warnings", warnings);
+    Poco::JSON::Array conflicts;
+    for (const auto& d : plan.devices) {
+      if (d.conflict.empty()) continue;
+      Poco::JSON::Object c(Poco::JSON_PRESERVE_KEY_ORDER);
+      c.set("device", d.device_id);
+      c.set("reason", d.conflict);
+      conflicts.add(c);
+    }
+    o.set("conflictList", conflicts);
+    ctx.print_json(o);
+    return;
+  }
+  const std::int64_t runnable = static_cast<std::int64_t>(plan.devices.size()) - plan.conflicts;
+  std::printf("%lld device(s) would be rolled in %lld wave(s); %lld conflict(s)\n",
+              static_cast<long long>(runnable), static_cast<long long>(plan.waves),
+              static_cast<long long>(plan.conflicts));
+  auto table = [](const char* what, const std::map<std::string, std::int64_t>& m) {
+    if (m.empty()) return;
+    Table t({what, "devices"});
+    for (const auto& [k, v] : m) t.add({k, std::to_string(v)});
+    t.print(stdout, "  ");
+  };
+  table("group", plan.per_group);
+  table("lot", plan.per_lot);
+  table("signing CA", plan.per_ca);
+  table("new slot", plan.per_slot);
+  for (const auto& w : plan.warnings) std::printf("conflict: %s\n", w.c_str());
+  int shown = 0;
+  for (const auto& d : plan.devices) {
+    if (d.conflict.empty()) continue;
+    if (++shown > 20) {
+      std::printf("  … %lld more (see --json)\n", static_cast<long long>(plan.conflicts - 20));
+      break;
+    }
+    std::printf("  %s: %s\n", d.device_id.c_str(), d.conflict.c_str());
+  }
+  (void)params;
+}
+
+int run_plan(Context& ctx) {
+  const auto params = params_from(ctx);
+  print_plan(ctx, jobs::plan_rollover(ctx.registry(), ctx.policy(), ctx.clock(), params), params);
+  return 0;
+}
+
+std::string eta_text(std::int64_t s) {
+  if (s < 0) return "?";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60),
+                static_cast<long long>(s % 60));
+  return buf;
+}
+
+std::function<void(const jobs::JobProgress&)> progress_line(const Context& ctx) {
+  if (ctx.json() || !isatty(STDERR_FILENO)) return {};
+  return [](const jobs::JobProgress& p) {
+    const double share = p.total > 0 ? static_cast<double>(p.settled) / p.total : 1.0;
+    const int filled = static_cast<int>(share * 30);
+    std::string bar(static_cast<std::size_t>(filled), '#');
+    bar.append(static_cast<std::size_t>(30 - filled), '.');
+    const auto get = [&](const char* s) {
+      const auto it = p.states.find(s);
+      return static_cast<long long>(it == p.states.end() ? 0 : it->second);
+    };
+    std::fprintf(stderr,
+                 "\r[%s] %lld/%lld done, %lld active, %lld offline, %lld failed  %.0f/s  ETA %s ",
+                 bar.c_str(), static_cast<long long>(p.done), static_cast<long long>(p.total),
+                 get("active"), get("offline"), get("refused") + get("timed-out") + get("aborted"),
+                 p.rate_per_s, eta_text(p.eta_s).c_str());
+  };
+}
+
+Poco::JSON::Object progress_json(const jobs::JobProgress& p) {
+  Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+  o.set("id", p.job.id);
+  o.set("kind", p.job.kind);
+  o.set("state", p.job.state);
+  o.set("total", p.total);
+  o.set("done", p.done);
+  o.set("failed", p.failed);
+  Poco::JSON::Object states(Poco::JSON_PRESERVE_KEY_ORDER);
+  for (const auto& [k, v] : p.states) states.set(k, v);
+  o.set("states", states);
+  o.set("ratePerSecond", std::round(p.rate_per_s * 10) / 10);
+  o.set("etaSeconds", p.eta_s);
+  o.set("createdAt", engine::iso8601(p.job.created_at));
+  if (p.job.finished_at != 0) o.set("finishedAt", engine::iso8601(p.job.finished_at));
+  if (!p.job.runner.empty()) o.set("runner", p.job.runner);
+  return o;
+}
+
+// The closing report: who is back, who is not and why.
+int report(Context& ctx, const std::string& job_id, bool list_done) {
+  const auto p = jobs::job_progress(ctx.registry(), job_id, ctx.clock().now());
+  const auto tasks = ctx.registry().job_tasks(job_id, "");
+  const bool incomplete = p.done + p.states.count("conflict") * 0 < p.total;
+  if (ctx.json()) {
+    Poco::JSON::Object o = progress_json(p);
+    Poco::JSON::Array not_back, back;
+    for (const auto& t : tasks) {
+      Poco::JSON::Object d(Poco::JSON_PRESERVE_KEY_ORDER);
+      d.set("device", t.device_id);
+      d.set("state", t.state);
+      if (t.state == "done") {
+        if (!list_done) continue;
+        d.set("serial", t.new_serial);
+        d.set("sha256", t.new_sha256);
+        d.set("slot", t.target_slot);
+        back.add(d);
+        continue;
+      }
+      d.set("step", t.step);
+      d.set("attempts", t.attempts);
+      if (t.last_status != 0) d.set("status", t.last_status);
+      d.set("reason", t.last_error);
+      not_back.add(d);
+    }
+    if (list_done) o.set("back", back);
+    o.set("notBack", not_back);
+    ctx.print_json(o);
+  } else {
+    std::printf("job %s (%s): %s\n", p.job.id.c_str(), p.job.kind.c_str(), p.job.state.c_str());
+    std::printf("  %lld of %lld devices back on new certificates", static_cast<long long>(p.done),
+                static_cast<long long>(p.total));
+    if (p.rate_per_s > 0) std::printf(", %.1f devices/s", p.rate_per_s);
+    if (p.job.finished_at == 0 && p.eta_s > 0) std::printf(", ETA %s", eta_text(p.eta_s).c_str());
+    std::printf("\n");
+    for (const auto& [state, count] : p.states) {
+      std::printf("  %-10s %lld\n", state.c_str(), static_cast<long long>(count));
+    }
+    int shown = 0;
+    for (const auto& t : tasks) {
+      if (t.state == "done" || t.state == "pending" || t.state == "active") continue;
+      if (shown++ == 0) std::printf("not back:\n");
+      if (shown > 50) {
+        std::printf("  … (see --json)\n");
+        break;
+      }
+      std::printf("  %s  %s: %s\n", t.device_id.c_str(), t.state.c_str(), t.last_error.c_str());
+    }
+  }
+  const bool settled =
+      p.job.state == "finished" || p.job.state == "aborted" || p.job.state == "canceled";
+  return settled && incomplete ? kJobIncomplete : 0;
+}
+
+int run_job_in_foreground(Context& ctx, const std::string& job_id) {
+  auto trigger = open_fleet_backend(ctx.home_dir());
+  jobs::RunnerOptions options;
+  options.runner = runner_name();
+  options.progress = progress_line(ctx);
+  ctx.token();  // logs in: the runner signs
+  jobs::run_job(ctx.registry(), ctx.cas(), ctx.policy(), ctx.clock(), *trigger, job_id, options);
+  if (options.progress) std::fprintf(stderr, "\n");
+  return report(ctx, job_id, false);
+}
+
+int run_start(Context& ctx) {
+  const auto params = params_from(ctx);
+  const auto plan = jobs::plan_rollover(ctx.registry(), ctx.policy(), ctx.clock(), params);
+  if (plan.devices.size() == static_cast<std::size_t>(plan.conflicts)) {
+    print_plan(ctx, plan, params);
+    throw Error(ErrorCode::kInvalidArgument,
+                "no device to roll: the selection is empty or every "
+                "device has a conflict");
+  }
+  const std::string id = jobs::create_job(ctx.registry(), ctx.clock(), params, plan);
+  if (!ctx.json()) {
+    std::fprintf(stderr, "job %s: %zu device(s)\n", id.c_str(),
+                 plan.devices.size() - static_cast<std::size_t>(plan.conflicts));
+  }
+  if (ctx.args().has("no-run")) {
+    if (ctx.json()) {
+      Poco::JSON::Object o;
+      o.set("id", id);
+      ctx.print_json(o);
+    } else {
+      std::printf("%s\n", id.c_str());
+    }
+    return 0;
+  }
+  return run_job_in_foreground(ctx, id);
+}
+
+int run_job_list(Context& ctx) {
+  const auto jobs_list = ctx.registry().list_jobs(ctx.args().get_int("limit").value_or(50));
+  if (ctx.json()) {
+    Poco::JSON::Array arr;
+    for (const auto& j : jobs_list) {
+      arr.add(progress_json(jobs::job_progress(ctx.registry(), j.id, ctx.clock().now())));
+    }
+    Poco::JSON::Object o;
+    o.set("jobs", arr);
+    ctx.print_json(o);
+    return 0;
+  }
+  Table t({"job", "kind", "state", "done", "total", "created"});
+  for (const auto& j : jobs_list) {
+    const auto p = jobs::job_progress(ctx.registry(), j.id, ctx.clock().now());
+    t.add({j.id, j.kind, j.state, std::to_string(p.done), std::to_string(p.total),
+           engine::iso8601(j.created_at)});
+  }
+  t.print();
+  return 0;
+}
+
+const std::string& job_arg(const Context& ctx) {
+  static std::string id;
+  id = ctx.args().positional_at(0, "JOB");
+  return id;
+}
+
+int run_job_show(Context& ctx) { return report(ctx, job_arg(ctx), ctx.args().has("all")); }
+
+int print_state(Context& ctx, const std::string& id, const std::string& state) {
+  if (ctx.json()) {
+    Poco::JSON::Object o;
+    o.set("id", id);
+    o.set("state", state);
+    ctx.print_json(o);
+  } else {
+    std::printf("job %s: %s\n", id.c_str(), state.c_str());
+  }
+  return 0;
+}
+
+int run_job_pause(Context& ctx) {
+  const std::string id = job_arg(ctx);
+  return print_state(ctx, id, jobs::pause_job(ctx.registry(), id));
+}
+
+int run_job_cancel(Context& ctx) {
+  const std::string id = job_arg(ctx);
+  return print_state(ctx, id, jobs::cancel_job(ctx.registry(), id));
+}
+
+int run_job_resume(Context& ctx) {
+  const std::string id = job_arg(ctx);
+  auto job = ctx.registry().find_job(id);
+  if (!job) throw Error(ErrorCode::kNotFound, "no job '" + id + "'");
+  if (job->state == "paused") jobs::reopen_job(ctx.registry(), id);
+  return run_job_in_foreground(ctx, id);
+}
+
+int run_job_retry_failed(Context& ctx) {
+  const std::string id = job_arg(ctx);
+  const std::int64_t n = jobs::retry_failed(ctx.registry(), ctx.clock(), id);
+  if (!ctx.json())
+    std::fprintf(stderr, "job %s: %lld device(s) to try again\n", id.c_str(),
+                 static_cast<long long>(n));
+  if (ctx.args().has("no-run")) return print_state(ctx, id, "running");
+  return run_job_in_foreground(ctx, id);
+}
+
+}  // namespace
+
+void add_rollover_commands(std::vector<Command>& commands) {
+  commands.push_back(Command{
+      {"rollover", "plan"},
+      "[--group G] [--lot L] [--expiring-within D] [--devices FILE] [--device ID]… [--ca NAME] "
+      "[--wave N] [--json]",
+      "what a rollover would do: devices per group, lot and CA, waves, target slots, conflicts "
+      "(changes nothing)",
+      [](Poco::Util::OptionSet& s) {
+        add_selection_options(s);
+        add_option(s, "wave", "N", "devices per wave");
+        add_flag(s, "json", "print the plan as JSON");
+      },
+      run_plan});
+  commands.push_back(Command{
+      {"rollover", "start"},
+      "[selection as in plan] [--rate N | --exponential BASE,FACTOR,EVERY] [--wave N] "
+      "[--abort-if-failed PCT --min-executed N] [--step-timeout S] [--retries N] [--deadline D] "
+      "[--offline-retry S] [--in-flight N] [--no-run] [--json]",
+      "start a device rollover job and run it here (new key on the device, sign, install, "
+      "reprovision, confirm, retire); exit 13 when devices were left behind",
+      [](Poco::Util::OptionSet& s) {
+        add_selection_options(s);
+        add_option(s, "rate", "N", "devices started per minute at most");
+        add_option(s, "exponential", "BASE,FACTOR,EVERY",
+                   "start at BASE/min, multiply by FACTOR after every EVERY devices done");
+        add_option(s, "wave", "N", "devices per wave; a wave starts when the last one settled");
+        add_option(s, "abort-if-failed", "PCT",
+                   "stop the job when this share of settled devices failed");
+        add_option(s, "min-executed", "N", "… once at least N devices settled");
+        add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
+        add_option(s, "retries", "N", "further tries of a device that failed a step (1)");
+        add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
+        add_option(s, "deadline", "D", "stop retrying after D (e.g. 2h; default 24h)");
+        add_option(s, "in-flight", "N", "devices in progress at once (256)");
+        add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
+        add_flag(s, "json", "print the closing report as JSON");
+      },
+      run_start});
+  commands.push_back(Command{{"job", "list"},
+                             "[--limit N] [--json]",
+                             "the newest jobs",
+                             [](Poco::Util::OptionSet& s) {
+                               add_option(s, "limit", "N", "at most N jobs (50)");
+                               add_flag(s, "json", "print as JSON");
+                             },
+                             run_job_list});
+  commands.push_back(Command{
+      {"job", "show"},
+      "JOB [--all] [--json]",
+      "counts per state, rate, ETA, and who is not back and why (exit 13 when a settled job left "
+      "devices behind)",
+      [](Poco::Util::OptionSet& s) {
+        add_flag(s, "all", "--json: list the devices that are back too");
+        add_flag(s, "json", "print as JSON");
+      },
+      run_job_show});
+  commands.push_back(Command{{"job", "pause"},
+                             "JOB [--json]",
+                             "stop starting devices (those in progress finish)",
+                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             run_job_pause});
+  commands.push_back(Command{{"job", "resume"},
+                             "JOB [--json]",
+                             "run a paused or interrupted job here, from where it stopped",
+                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             run_job_resume});
+  commands.push_back(Command{{"job", "cancel"},
+                             "JOB [--json]",
+                             "cancel devices not started; those switching finish",
+                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             run_job_cancel});
+  commands.push_back(
+      Command{{"job", "retry-failed"},
+              "JOB [--no-run] [--json]",
+              "offline, refused, timed-out and aborted devices go again, and the job runs here",
+              [](Poco::Util::OptionSet& s) {
+                add_flag(s, "no-run", "only mark them (run with `job resume` or `serve`)");
+                add_flag(s, "json", "print as JSON");
+              },
+              run_job_retry_failed});
+}
+
+}  // namespace fleetsign::cli

@@ -1,0 +1,120 @@
+#include "fleetsign/engine/job_issue.hpp"
+
+#include <tbb/parallel_for.h>
+
+#include <optional>
+
+namespace fleetsign::engine {
+
+namespace {
+
+constexpr std::size_t kSubChunk = 32;  // CSRs per parallel task: a token round trip amortised
+
+struct Item {
+  std::optional<PreparedCert> prepared;
+  std::optional<Failure> failure;
+  std::optional<Result<SignedCert>> signed_cert;
+};
+
+void check_and_prepare(const Issuer& issuer, const JobCsr& csr, Item& slot) {
+  auto checked = check_csr(csr.csr_der, issuer.policy());
+  if (!checked) {
+    slot.failure = checked.error();
+    return;
+  }
+  if (checked.value().device_id.str() != csr.device_id) {
+    slot.failure = Failure{ErrorCode::kInvalidArgument, "the CSR names device '" +
+                                                            checked.value().device_id.str() +
+                                                            "', not '" + csr.device_id + "'"};
+    return;
+  }
+  auto prepared = issuer.prepare(checked.value());
+  if (!prepared) {
+    slot.failure = prepared.error();
+    return;
+  }
+  slot.prepared.emplace(std::move(prepared.value()));
+}
+
+}  // namespace
+
+std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
+                                                 std::span<const JobCsr> csrs) {
+  std::vector<Item> slots(csrs.size());
+  const std::size_t chunks = (csrs.size() + kSubChunk - 1) / kSubChunk;
+  tbb::parallel_for(std::size_t{0}, chunks, [&](std::size_t c) {
+    const std::size_t end = std::min(csrs.size(), (c + 1) * kSubChunk);
+    for (std::size_t i = c * kSubChunk; i < end; ++i) check_and_prepare(issuer, csrs[i], slots[i]);
+  });
+
+  std::vector<CertIntent> intents;
+  intents.reserve(csrs.size());
+  for (std::size_t i = 0; i < csrs.size(); ++i) {
+    if (!slots[i].prepared) continue;
+    const PreparedCert& p = *slots[i].prepared;
+    CertIntent intent;
+    intent.serial = p.serial();
+    intent.device_id = p.device_id();
+    intent.ca_name = issuer.ca_name();
+    intent.batch_id = m_job_id;
+    intent.seq = csrs[i].seq;
+    intent.subject = p.subject();
+    intent.not_before = p.not_before();
+    intent.not_after = p.not_after();
+    intent.tbs_der = p.tbs();
+    intent.lineage.lot = csrs[i].lot;
+    intent.lineage.operator_name = "job " + m_job_id;
+    intents.push_back(std::move(intent));
+  }
+  if (!intents.empty()) m_stores.record_intents(intents);  // committed before the token signs
+
+  tbb::parallel_for(std::size_t{0}, chunks, [&](std::size_t c) {
+    const std::size_t end = std::min(csrs.size(), (c + 1) * kSubChunk);
+    std::vector<PreparedCert> batch;
+    std::vector<std::size_t> index;
+    for (std::size_t i = c * kSubChunk; i < end; ++i) {
+      if (!slots[i].prepared) continue;
+      batch.push_back(std::move(*slots[i].prepared));
+      slots[i].prepared.reset();
+      index.push_back(i);
+    }
+    if (batch.empty()) return;
+    auto results = issuer.sign(std::move(batch));
+    for (std::size_t k = 0; k < results.size(); ++k) {
+      slots[index[k]].signed_cert.emplace(std::move(results[k]));
+    }
+  });
+
+  std::vector<IssuedCert> issued;
+  issued.reserve(intents.size());
+  for (auto& slot : slots) {
+    if (slot.signed_cert && slot.signed_cert->has_value()) {
+      const SignedCert& c = slot.signed_cert->value();
+      issued.push_back(IssuedCert{c.serial, c.der, c.sha1, c.sha256});
+    }
+  }
+  if (!issued.empty()) m_stores.record_issued(issued);  // before any certificate leaves
+
+  std::vector<Result<SignedCert>> out;
+  out.reserve(csrs.size());
+  for (auto& slot : slots) {
+    if (slot.failure) {
+      out.emplace_back(std::move(*slot.failure));
+    } else {
+      out.emplace_back(std::move(*slot.signed_cert));
+    }
+  }
+  return out;
+}
+
+std::unordered_map<std::string, CertRecord> JobIssuer::recover() {
+  m_stores.abandon_intents(m_job_id);
+  std::unordered_map<std::string, CertRecord> out;
+  for (auto& cert : m_stores.batch_issued_after(m_job_id, -1)) {
+    auto [it, fresh] = out.try_emplace(cert.device_id, cert);
+    if (!fresh && cert.created_at >= it->second.created_at) it->second = std::move(cert);
+  }
+  return out;
+}
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,148 @@
+// Device rollovers as jobs: a selection of devices, a plan (what would happen, changing nothing),
+// a persisted job (JobStore), and the runner that takes every device through the rotation
+// protocol of broker/PROTOCOL.md ("Rotation methods"):
+//
+//   createCsr → sign (job_issue.hpp: intent → token → record) → installCertificate → [individual
+//   enrollment: the new certificate enters the enrollment's free slot] → reprovision → confirm
+//   (the broker records the device connected with the new certificate) → retire (the old
+//   certificate leaves its slot, in the transaction that marks the task done)
+//
+// Every step is idempotent towards the device and keyed by (job, device, step), so a runner
+// killed at any moment is resumed by another (`job resume`, `serve`) that repeats at most the
+// steps whose record it lost, and never signs a second certificate for a device in one job.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fleetsign/engine/ca.hpp"
+#include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/stores.hpp"
+#include "fleetsign/jobs/trigger.hpp"
+#include "fleetsign/policy/policy.hpp"
+
+namespace fleetsign::jobs {
+
+// Which devices a job covers; every filter given applies. At least one is required.
+struct Selection {
+  std::string group;                    // devices whose CA belongs to the enrollment group
+  std::string lot;                      // devices of a manufacturing lot
+  std::int64_t expiring_within_s = -1;  // a current certificate expires within this; -1 = any
+  std::vector<std::string> devices;     // explicit IDs (--devices FILE, --device ID)
+  bool empty() const noexcept {
+    return group.empty() && lot.empty() && expiring_within_s < 0 && devices.empty();
+  }
+};
+
+// AWS IoT Jobs' rollout: a constant rate, or an exponential one that grows by `factor` after
+// every `every` devices done, starting at `base` per minute. 0 = unlimited.
+struct Rollout {
+  int per_minute = 0;
+  int base_per_minute = 0;
+  double factor = 1.0;
+  int every = 0;
+};
+
+struct RolloverParams {
+  Selection selection;
+  std::string ca;  // the CA that signs the new certificates; empty = each device's current CA
+  std::string key_type = "ec-p256";  // the device's new key (createCsr's keyType)
+  Rollout rollout;
+  int wave = 0;              // devices per wave: a wave starts when the last one is settled
+  double abort_percent = 0;  // stop when failures reach this share of settled devices; 0 = never
+  int min_executed = 0;      // … once at least this many are settled
+  int step_timeout_s = 30;   // each method call, and the wait for the reconnection
+  int retries = 1;           // further tries of a device that timed out or answered an error
+  int offline_retry_s = 30;  // an offline device is tried again after this, until the deadline
+  std::int64_t deadline =
+      0;                // unix seconds: offline devices stop being retried; 0 = 24 h after start
+  int in_flight = 256;  // devices in progress at once
+  std::string kind = "device-rollover";
+};
+
+std::string params_json(const RolloverParams& params);
+// kInvalidArgument naming `origin` and the field.
+RolloverParams parse_params(std::string_view json_text, std::string_view origin);
+// "30d", "12h", "90m", "45s" or a plain number of seconds; kUsage naming `what` otherwise.
+std::int64_t parse_duration(std::string_view text, std::string_view what);
+
+struct PlannedDevice {
+  std::string device_id, ca_name, group, lot;
+  std::string old_serial;
+  std::int64_t old_not_after = 0;
+  std::string target_slot;  // the registry slot the new certificate goes into
+  std::string enrollment;   // the individual enrollment's ID, when one decides for the device
+  std::string conflict;     // why the device cannot be rolled (empty: it can)
+};
+
+struct RolloverPlan {
+  std::vector<PlannedDevice> devices;  // in job order (oldest certificate first)
+  std::map<std::string, std::int64_t> per_group, per_lot, per_ca, per_slot;
+  std::int64_t waves = 1;
+  std::int64_t conflicts = 0;
+  std::vector<std::string> warnings;  // job-level conflicts (a CA ending before new certificates)
+};
+
+// What `start` would do; reads only. kNotFound for an unknown group, CA or device file entry
+// that is not a device of the registry is a per-device conflict.
+RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
+                           const engine::Clock& clock, const RolloverParams& params);
+
+// Records the job: one task per planned device (a conflicting one starts in state "conflict").
+// Returns its ID ("roll-YYYYMMDD-HHMMSS-xxxxxx").
+std::string create_job(engine::Stores& stores, const engine::Clock& clock,
+                       const RolloverParams& params, const RolloverPlan& plan);
+
+// A job's figures for `job show` and progress lines.
+struct JobProgress {
+  engine::JobRecord job;
+  std::map<std::string, std::int64_t> states;  // task state → count
+  std::int64_t total = 0, settled = 0, done = 0, failed = 0;
+  double rate_per_s = 0;    // devices done per second since the first task started
+  std::int64_t eta_s = -1;  // -1: unknown
+  std::int64_t first_started_at = 0, last_finished_at = 0;
+};
+JobProgress job_progress(engine::Stores& stores, const std::string& job_id, std::int64_t now);
+
+struct RunnerOptions {
+  std::string runner;  // the lease holder's name ("host:pid")
+  // Called about twice a second from the runner's thread (a progress line).
+  std::function<void(const JobProgress&)> progress;
+  std::chrono::milliseconds flush_every{100};
+  std::chrono::milliseconds confirm_poll{200};
+  // Test hook: called after every flush with the number of flushes so far.
+  std::function<void(std::int64_t)> after_flush;
+};
+
+// Runs the job until it is finished, paused, canceled or aborted (by its threshold or another
+// process), and returns its final record. Takes the job's lease (kHomeBusy when a live runner
+// holds it). Per-device outcomes are task states; token, registry and trigger set-up failures
+// throw (the job stays resumable).
+engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
+                          const policy::Policy& policy, const engine::Clock& clock,
+                          Trigger& trigger, const std::string& job_id,
+                          const RunnerOptions& options);
+
+// Another process's requests: the running runner sees them within a second. Each returns the new
+// state, or throws kInvalidArgument when the job's state does not allow it (a finished job
+// cannot be paused).
+std::string pause_job(engine::Stores& stores, const std::string& job_id);
+std::string cancel_job(engine::Stores& stores, const std::string& job_id);
+// paused/aborted/canceled → running (not run here: `job resume` or `serve` runs it).
+std::string reopen_job(engine::Stores& stores, const std::string& job_id);
+// Tasks in a final failure state ("offline", "refused", "timed-out", "aborted") go back to
+// pending with their attempts reset, and the job to running. Returns how many.
+std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
+                          const std::string& job_id);
+
+bool is_final_task_state(std::string_view state) noexcept;
+bool is_failed_task_state(
+    std::string_view state) noexcept;  // refused, timed-out, offline, conflict
+
+}  // namespace fleetsign::jobs
