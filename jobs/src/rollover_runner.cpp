@@ -12,7 +12,10 @@
 //   - the old certificate leaves its slot in the transaction that marks the device done.
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -64,6 +67,23 @@ struct Live {
   engine::Slot enrollment_old_slot = engine::Slot::kPrimary;
   bool enrollment_old_known = false;
 };
+
+// "host:pid" of a lease holder on this host (the same host as `self`) whose process is gone.
+bool holder_is_dead(const std::string& holder, const std::string& self) {
+  const auto colon = holder.rfind(':');
+  const auto self_colon = self.rfind(':');
+  if (holder.empty() || colon == std::string::npos || self_colon == std::string::npos ||
+      holder.compare(0, colon, self, 0, self_colon) != 0) {
+    return false;
+  }
+  long pid = 0;
+  try {
+    pid = std::stol(holder.substr(colon + 1));
+  } catch (const std::exception&) {
+    return false;
+  }
+  return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
 
 std::string message_of(const std::string& payload) {
   try {
@@ -678,7 +698,10 @@ bool Runner::control(Steady::time_point) {
 JobRecord Runner::run() {
   load();
   const std::int64_t now = m_clock.now();
-  if (!m_stores.acquire_job(m_job_id, m_options.runner, now, now - kLeaseStale)) {
+  // A runner of this host whose process is gone (kill -9) holds the lease no longer.
+  const std::int64_t stale_before =
+      holder_is_dead(m_job.runner, m_options.runner) ? now + 1 : now - kLeaseStale;
+  if (!m_stores.acquire_job(m_job_id, m_options.runner, now, stale_before)) {
     auto job = m_stores.find_job(m_job_id);
     throw Error(ErrorCode::kHomeBusy, "job " + m_job_id + " is being run by " +
                                           (job ? job->runner : std::string("another process")) +

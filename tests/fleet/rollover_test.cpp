@@ -1,0 +1,317 @@
+// Rollover jobs end to end, nothing mocked: the real `fleetsign` binary with its SoftHSM2 token
+// and SQLite registry, fleetsign's broker (Debian's mosquitto + the plugin) with TLS client
+// authentication, and fleets of the real device agent (fleetsign-device) that keep their slots in
+// a flash directory. Each test checks what matters afterwards from three sides: the registry
+// (slots, certificates per job), each device's flash (the slot it runs), and the broker's
+// session records (the certificate it is connected with).
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "cli_process.hpp"
+#include "device_fixture.hpp"
+#include "enrollment_support.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
+
+namespace fleetsign {
+namespace {
+
+namespace fs = std::filesystem;
+using Poco::JSON::Object;
+using testing::quoted;
+
+Object::Ptr json(const std::string& text) {
+  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The leaf's SHA-256 (upper-case hex) of a PEM chain file.
+std::string leaf_sha256(const fs::path& chain) {
+  const auto certs = engine::read_certificates(chain);
+  return certs.empty() ? std::string() : engine::thumbprint_sha256(certs.front());
+}
+
+std::string active_slot(const fs::path& flash, const std::string& id) {
+  return json(testing::read_file(flash / id / "slot.json"))->getValue<std::string>("active");
+}
+
+class Rollover : public ::testing::Test {
+ protected:
+  testing::TempDir dir;
+  fs::path home = dir.path() / "home";
+  testing::Binary bin{home};
+  int port = free_port();
+  std::vector<std::unique_ptr<testing::Agent>> agents;
+
+  void SetUp() override {
+    bin.ok("init");
+    bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
+    bin.ok("ca create-intermediate --name factory-1 --issuer root --days 3650 "
+           "--subject /CN=Factory-1");
+    bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
+    bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
+    bin.ok("enrollment group create fleet --ca root");
+    bin.ok("broker init --port " + std::to_string(port) + " --plugin " +
+           quoted(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+    bin.ok("broker start");
+  }
+  void TearDown() override {
+    for (auto& a : agents) a->stop(SIGTERM);
+    bin.run("broker stop");
+  }
+
+  std::string path(const std::string& name) const { return (dir.path() / name).string(); }
+
+  // Issues `count` devices "{prefix}-NNNN" in lot `lot` and runs them as one agent process.
+  testing::Agent& fleet(const std::string& lot, const std::string& prefix, int count,
+                        const std::string& extra = "") {
+    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" +
+           prefix + "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
+    std::vector<std::string> args = {"--broker",
+                                     "localhost:" + std::to_string(port),
+                                     "--trust",
+                                     (home / "broker" / "ca.pem").string(),
+                                     "--dir",
+                                     path(lot),
+                                     "--state",
+                                     path(lot + "-flash")};
+    std::istringstream words(extra);
+    for (std::string w; words >> w;) args.push_back(w);
+    fs::create_directories(path(lot + "-agent"));
+    agents.push_back(std::make_unique<testing::Agent>(path(lot + "-agent"), args));
+    return *agents.back();
+  }
+
+  // Waits until `want` devices of the prefix are connected (or the count stops growing when
+  // want < 0); returns the count.
+  int wait_connected(const std::string& prefix, int want, int seconds = 90) {
+    int last = -1, stable = 0;
+    for (int i = 0; i < seconds * 5; ++i) {
+      int n = 0;
+      for (const auto& s : connected()) n += s.first.rfind(prefix + "-", 0) == 0 ? 1 : 0;
+      if (n == want) return n;
+      stable = n == last ? stable + 1 : 0;
+      last = n;
+      if (want < 0 && n > 0 && stable >= 15) return n;
+      ::usleep(200000);
+    }
+    return last;
+  }
+
+  // Connected device → the SHA-256 of the certificate the broker saw.
+  std::map<std::string, std::string> connected() {
+    std::map<std::string, std::string> out;
+    const auto listed = json(bin.ok("device list --connected --json").out);
+    const auto arr = listed->getArray("connected");
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+      const auto s = arr->getObject(i);
+      out[s->getValue<std::string>("device_id")] = s->getValue<std::string>("cert_sha256");
+    }
+    return out;
+  }
+
+  std::unique_ptr<engine::Registry> registry() {
+    return engine::Registry::open(home / "registry.db");
+  }
+
+  // Every done device: its registry slots hold only the job's certificate, the job issued it
+  // exactly one certificate, its flash runs that certificate, and the broker saw it connect with
+  // it. Returns how many devices were done.
+  int check_done_devices(const std::string& job, const std::string& lot, bool want_primary) {
+    auto reg = registry();
+    std::map<std::string, int> issued_by_job;
+    for (const auto& c : reg->batch_issued_after(job, -1)) ++issued_by_job[c.device_id];
+    const auto sessions = connected();
+    int done = 0;
+    for (const auto& t : reg->job_tasks(job, "done")) {
+      ++done;
+      SCOPED_TRACE(t.device_id);
+      EXPECT_EQ(issued_by_job[t.device_id], 1);
+      const auto d = reg->find_device(t.device_id);
+      EXPECT_TRUE(d.has_value());
+      if (!d) continue;
+      EXPECT_EQ(want_primary ? d->primary_serial : d->secondary_serial, t.new_serial);
+      EXPECT_EQ(want_primary ? d->secondary_serial : d->primary_serial, "");
+      const fs::path flash = path(lot + "-flash");
+      const std::string slot = active_slot(flash, t.device_id);
+      EXPECT_EQ(leaf_sha256(flash / t.device_id / (slot + ".chain.pem")), t.new_sha256);
+      const auto s = sessions.find(t.device_id);
+      EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256);
+    }
+    for (const auto& [device, n] : issued_by_job) EXPECT_LE(n, 1) << device;
+    return done;
+  }
+};
+
+// The heart of the product: 1,000 devices roll onto new certificates (new key on each device,
+// signed in the token, installed, reprovisioned, confirmed, old slot retired); a second rollover
+// alternates the slots.
+TEST_F(Rollover, AThousandDevicesRollAndASecondRolloverAlternatesTheSlots) {
+  fleet("LOT-A", "ra", 1000);
+  ASSERT_EQ(wait_connected("ra", 1000), 1000);
+  const auto plan = json(bin.ok("rollover plan --group fleet --expiring-within 400d --json").out);
+  EXPECT_EQ(plan->getValue<int>("devices"), 1000);
+  EXPECT_EQ(plan->getValue<int>("conflicts"), 0);
+  EXPECT_EQ(plan->getObject("slots")->getValue<int>("secondary"), 1000);
+  const auto before = connected();
+
+  const auto first = bin.run("rollover start --group fleet --expiring-within 400d --json");
+  ASSERT_EQ(first.status, 0) << first.out << first.err;
+  const auto report = json(first.out);
+  EXPECT_EQ(report->getValue<std::string>("state"), "finished");
+  EXPECT_EQ(report->getValue<int>("done"), 1000);
+  const std::string job = report->getValue<std::string>("id");
+  EXPECT_EQ(check_done_devices(job, "LOT-A", false), 1000);
+  const auto after = connected();
+  for (const auto& [id, sha] : before) EXPECT_NE(after.at(id), sha) << id;
+  EXPECT_EQ(active_slot(path("LOT-A-flash"), "ra-0001"), "secondary");
+
+  // `job show` tells the story; the job is listed.
+  const auto show = json(bin.ok("job show " + job + " --json").out);
+  EXPECT_EQ(show->getObject("states")->getValue<int>("done"), 1000);
+  EXPECT_EQ(show->getArray("notBack")->size(), 0u);
+  EXPECT_NE(bin.ok("job list").out.find(job), std::string::npos);
+
+  const auto second = bin.run("rollover start --lot LOT-A --json");
+  ASSERT_EQ(second.status, 0) << second.out << second.err;
+  const std::string job2 = json(second.out)->getValue<std::string>("id");
+  EXPECT_EQ(check_done_devices(job2, "LOT-A", true), 1000);
+  EXPECT_EQ(active_slot(path("LOT-A-flash"), "ra-0001"), "primary");
+}
+
+// 5% of the devices never connect: they are retried until the deadline and reported; the rest
+// finish.
+TEST_F(Rollover, OfflineDevicesAreRetriedUntilTheDeadlineAndListed) {
+  fleet("LOT-B", "rb", 200, "--offline-fraction 0.05 --seed 7");
+  const int online = wait_connected("rb", -1);
+  ASSERT_GT(online, 170);
+  ASSERT_LT(online, 200);
+  const auto out =
+      bin.run("rollover start --lot LOT-B --deadline 12s --offline-retry 2 --json");
+  EXPECT_EQ(out.status, 13) << out.out << out.err;
+  const auto report = json(out.out);
+  EXPECT_EQ(report->getValue<int>("done"), online);
+  const auto not_back = report->getArray("notBack");
+  EXPECT_EQ(static_cast<int>(not_back->size()), 200 - online);
+  for (std::size_t i = 0; i < not_back->size(); ++i) {
+    EXPECT_EQ(not_back->getObject(i)->getValue<std::string>("state"), "offline");
+    EXPECT_EQ(not_back->getObject(i)->getValue<int>("status"), 404);
+  }
+  // Offline devices were tried more than once.
+  auto reg = registry();
+  EXPECT_EQ(check_done_devices(report->getValue<std::string>("id"), "LOT-B", false), online);
+}
+
+// 10% of the devices answer every method with an error: the abort threshold stops the job, the
+// devices not started are aborted, and the ones that finished are consistent.
+TEST_F(Rollover, TheAbortThresholdStopsAJobWhoseDevicesAnswerErrors) {
+  fleet("LOT-C", "rc", 200, "--fail-fraction 0.1 --seed 3");
+  ASSERT_EQ(wait_connected("rc", 200), 200);
+  const auto out = bin.run(
+      "rollover start --lot LOT-C --abort-if-failed 5 --min-executed 20 --retries 0 "
+      "--in-flight 10 --json");
+  EXPECT_EQ(out.status, 13) << out.out << out.err;
+  const auto report = json(out.out);
+  EXPECT_EQ(report->getValue<std::string>("state"), "aborted");
+  const auto states = report->getObject("states");
+  EXPECT_GT(states->optValue<int>("refused", 0), 0);
+  EXPECT_GT(states->optValue<int>("aborted", 0), 0);
+  EXPECT_LT(report->getValue<int>("done"), 200);
+  check_done_devices(report->getValue<std::string>("id"), "LOT-C", false);
+}
+
+// kill -9 of the runner at random moments, several times, then a resume to the end: no device
+// has two certificates from the job, none is lost, every slot matches what the device runs.
+TEST_F(Rollover, KillNineAtRandomMomentsThenResumeKeepsEveryDeviceConsistent) {
+  fleet("LOT-D", "rd", 300);
+  ASSERT_EQ(wait_connected("rd", 300), 300);
+  const auto created = bin.run("rollover start --lot LOT-D --no-run --in-flight 32 --json");
+  ASSERT_EQ(created.status, 0) << created.err;
+  const std::string job = json(created.out)->getValue<std::string>("id");
+  std::mt19937 rng(std::random_device{}());
+  int landed = 0;
+  for (int round = 0; round < 6; ++round) {
+    testing::CliProcess runner(home, {"job", "resume", job});
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<int>(300, 1500)(rng)));
+    landed += runner.kill_now() ? 1 : 0;
+  }
+  EXPECT_GE(landed, 3);
+  const auto end = bin.run("job resume " + job + " --json");
+  ASSERT_EQ(end.status, 0) << end.out << end.err;
+  EXPECT_EQ(json(end.out)->getValue<int>("done"), 300);
+  EXPECT_EQ(check_done_devices(job, "LOT-D", false), 300);
+  // Every intent of the job became a certificate or was abandoned; none is open.
+  auto reg = registry();
+  EXPECT_EQ(reg->count_certs(job, engine::CertState::kIntent), 0);
+}
+
+// The broker restarts in the middle of a job: calls in flight fail, the runner retries them, and
+// the job still ends with every device rolled.
+TEST_F(Rollover, ABrokerRestartMidJobIsRidden) {
+  fleet("LOT-E", "re", 300);
+  ASSERT_EQ(wait_connected("re", 300), 300);
+  testing::CliProcess runner(home, {"rollover", "start", "--lot", "LOT-E", "--in-flight", "16"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  bin.ok("broker restart");
+  EXPECT_EQ(runner.wait(), 0);
+  auto reg = registry();
+  const auto jobs = reg->list_jobs(1);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].state, "finished");
+  ASSERT_EQ(wait_connected("re", 300), 300);
+  EXPECT_EQ(check_done_devices(jobs[0].id, "LOT-E", false), 300);
+}
+
+// Pause stops starting devices; resume finishes the job; cancel cancels what has not started.
+TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
+  fleet("LOT-F", "rf", 120);
+  ASSERT_EQ(wait_connected("rf", 120), 120);
+  const std::string job =
+      json(bin.ok("rollover start --lot LOT-F --no-run --rate 600 --json").out)
+          ->getValue<std::string>("id");
+  testing::CliProcess runner(home, {"job", "resume", job});
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  bin.ok("job pause " + job);
+  EXPECT_EQ(runner.wait(), 0);
+  auto show = json(bin.run("job show " + job + " --json").out);
+  EXPECT_EQ(show->getValue<std::string>("state"), "paused");
+  const int done_at_pause = show->getValue<int>("done");
+  EXPECT_GT(done_at_pause, 0);
+  EXPECT_LT(done_at_pause, 120);
+  EXPECT_EQ(show->getObject("states")->optValue<int>("active", 0), 0);
+  // Nothing moves while paused.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(json(bin.run("job show " + job + " --json").out)->getValue<int>("done"),
+            done_at_pause);
+  EXPECT_EQ(bin.run("job cancel " + job).status, 0);
+  show = json(bin.run("job show " + job + " --json").out);
+  EXPECT_EQ(show->getValue<std::string>("state"), "canceled");
+  EXPECT_EQ(show->getObject("states")->getValue<int>("canceled"), 120 - done_at_pause);
+  EXPECT_EQ(check_done_devices(job, "LOT-F", false), done_at_pause);
+  EXPECT_EQ(bin.run("job pause " + job).status, 2);
+}
+
+}  // namespace
+}  // namespace fleetsign
