@@ -165,6 +165,48 @@ class FaultStores final : public engine::Stores {
 
   // JobStore
   int job_store_version() override { return m_inner.job_store_version(); }
+  void create_job(const engine::JobRecord& job, std::span<const engine::JobTask> tasks) override {
+    write("create_job", [&] { m_inner.create_job(job, tasks); });
+  }
+  std::optional<engine::JobRecord> find_job(const std::string& id) override {
+    return m_inner.find_job(id);
+  }
+  std::vector<engine::JobRecord> list_jobs(std::int64_t limit) override {
+    return m_inner.list_jobs(limit);
+  }
+  void set_job_state(const std::string& id, const std::string& state,
+                     std::int64_t finished_at) override {
+    write("set_job_state", [&] { m_inner.set_job_state(id, state, finished_at); });
+  }
+  void set_job_report(const std::string& id, const std::string& report_json) override {
+    write("set_job_report", [&] { m_inner.set_job_report(id, report_json); });
+  }
+  bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
+                   std::int64_t stale_before) override {
+    bool held = false;
+    write("acquire_job", [&] { held = m_inner.acquire_job(id, runner, now, stale_before); });
+    return held;
+  }
+  void heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) override {
+    write("heartbeat_job", [&] { m_inner.heartbeat_job(id, runner, now); });
+  }
+  void release_job(const std::string& id, const std::string& runner) override {
+    write("release_job", [&] { m_inner.release_job(id, runner); });
+  }
+  std::vector<engine::JobTask> job_tasks(const std::string& id, const std::string& state) override {
+    return m_inner.job_tasks(id, state);
+  }
+  std::vector<std::pair<std::string, std::int64_t>> count_job_tasks(
+      const std::string& id) override {
+    return m_inner.count_job_tasks(id);
+  }
+  void save_job_tasks(std::span<const engine::JobTask> tasks,
+                      std::span<const engine::SlotChange> changes) override {
+    write("save_job_tasks", [&] { m_inner.save_job_tasks(tasks, changes); });
+  }
+  void add_job_tasks(std::span<const engine::JobTask> tasks) override {
+    write("add_job_tasks", [&] { m_inner.add_job_tasks(tasks); });
+  }
 
   // FleetStateStore
   std::int64_t set_desired(const std::string& device_id, const std::string& patch) override {

@@ -59,7 +59,10 @@ RegistryChanges read_changes(engine::FleetStateStore& store, std::int64_t* mark)
       break;
     }
     for (const auto& row : rows) {
-      if (row.action != "twin.set-desired") {
+      if (row.action.starts_with("job.")) {
+        // A job's own rows (create, state changes) never change admission; the slot changes a
+        // job makes write their own enrollment rows.
+      } else if (row.action != "twin.set-desired") {
         out.admission = true;
       } else if (auto c = desired_change(row)) {
         out.desired.push_back(std::move(*c));

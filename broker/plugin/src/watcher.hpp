@@ -37,7 +37,7 @@ struct DesiredChange {
 
 // What a change mark's new audit rows mean to the broker.
 struct RegistryChanges {
-  bool admission = false;  // anything but a desired-property change: the decision may differ
+  bool admission = false;  // anything but a desired-property change or a job row ("job.*")
   std::vector<DesiredChange> desired;
 };
 // Reads the audit rows after `*mark` (up to the current mark) and advances `*mark`. Throws Error.

@@ -92,6 +92,15 @@ void bind_all(Statement& st, const std::vector<std::string>& params) {
   }
 }
 
+std::string group_detail(const EnrollmentGroup& g) {
+  return json_object(
+      {{"enabled", g.enabled}, {"primary_ca", g.primary_ca}, {"secondary_ca", g.secondary_ca}});
+}
+
+}  // namespace
+
+namespace registry_detail {
+
 void audit_row(Registry::Impl& impl, const std::string& action, const std::string& subject,
                const std::string& detail) {
   const std::int64_t at = impl.stamp(0);
@@ -100,18 +109,16 @@ void audit_row(Registry::Impl& impl, const std::string& action, const std::strin
       kw::bind(at), kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
 }
 
-std::string group_detail(const EnrollmentGroup& g) {
-  return json_object(
-      {{"enabled", g.enabled}, {"primary_ca", g.primary_ca}, {"secondary_ca", g.secondary_ca}});
-}
-
 std::string individual_detail(const IndividualEnrollment& ie) {
   return json_object({{"enabled", ie.enabled},
                       {"primary_sha256", ie.primary_sha256},
                       {"secondary_sha256", ie.secondary_sha256}});
 }
 
-}  // namespace
+}  // namespace registry_detail
+
+using registry_detail::audit_row;
+using registry_detail::individual_detail;
 
 void Registry::save_group(const EnrollmentGroup& g, const std::string& action, bool create) {
   m_impl->write(

@@ -48,6 +48,14 @@ inline std::vector<std::uint8_t> to_bytes(const BLOB& blob) {
 
 }  // namespace registry_detail
 
+namespace registry_detail {
+// registry_enrollments.cpp: one audit row inside the caller's transaction, and the detail an
+// individual enrollment's audit rows carry ({"enabled","primary_sha256","secondary_sha256"}).
+void audit_row(Registry::Impl& impl, const std::string& action, const std::string& subject,
+               const std::string& detail);
+std::string individual_detail(const IndividualEnrollment& ie);
+}  // namespace registry_detail
+
 // A statement prepared once on the connection and reset after each use.
 class PreparedQuery {
  public:
@@ -75,6 +83,10 @@ struct Registry::Impl {
   // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
   PreparedQuery m_insert_intent, m_issue, m_device_slot;
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;
+  // The job runner's hot path (registry_jobs.cpp): task rows and the slot changes of a flush.
+  PreparedQuery m_insert_task, m_update_task, m_tasks_all, m_tasks_in_state;
+  PreparedQuery m_device_serials, m_clear_primary, m_clear_secondary;
+  PreparedQuery m_set_ie_primary, m_set_ie_secondary;
 
   sqlite3* db();
   // INSERTs one CA row inside the caller's transaction (registry.cpp).

@@ -150,6 +150,41 @@ CREATE TABLE twins (
   updated_at BIGINT NOT NULL
 );
 )sql",
+    // 6 (issue 9): persisted jobs. A job keeps its parameters, state and lease; its tasks, one per
+    // device, record the step each reached. job_tasks_state serves job_tasks(id, state) and
+    // count_job_tasks; a flush updates rows through the primary key.
+    R"sql(
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL
+    CHECK (state IN ('running', 'paused', 'canceled', 'aborted', 'finished')),
+  params_json TEXT NOT NULL DEFAULT '{}', report_json TEXT NOT NULL DEFAULT '{}',
+  runner TEXT NOT NULL DEFAULT '', heartbeat_at BIGINT NOT NULL DEFAULT 0,
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, finished_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_created ON jobs (created_at DESC, id DESC);
+CREATE TABLE job_tasks (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  seq BIGINT NOT NULL,
+  device_id TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'active', 'done', 'offline', 'refused',
+    'timed-out', 'aborted', 'canceled', 'conflict')),
+  step TEXT NOT NULL DEFAULT ''
+    CHECK (step IN ('', 'csr', 'sign', 'install', 'reprovision', 'confirm', 'retire')),
+  attempts BIGINT NOT NULL DEFAULT 0,
+  target_slot TEXT NOT NULL DEFAULT '',
+  old_serial TEXT NOT NULL DEFAULT '', new_serial TEXT NOT NULL DEFAULT '',
+  new_sha256 TEXT NOT NULL DEFAULT '',
+  next_at BIGINT NOT NULL DEFAULT 0, last_status BIGINT NOT NULL DEFAULT 0,
+  last_error TEXT NOT NULL DEFAULT '',
+  started_at BIGINT NOT NULL DEFAULT 0, updated_at BIGINT NOT NULL DEFAULT 0,
+  finished_at BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (job_id, device_id),
+  UNIQUE (job_id, seq)
+);
+CREATE INDEX job_tasks_state ON job_tasks (job_id, state, seq);
+)sql",
 };
 
 }  // namespace fleetsign::engine

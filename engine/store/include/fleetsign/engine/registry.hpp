@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
   int schema_version();
 
   // CaStore
@@ -97,8 +97,22 @@ class Registry final : public Stores {
              const std::string& detail) override;
   std::vector<AuditEntry> audit_log(std::int64_t limit) override;
 
-  // JobStore (empty until the jobs issue)
-  int job_store_version() override { return 0; }
+  // JobStore (registry_jobs.cpp; schema v6)
+  int job_store_version() override;
+  void create_job(const JobRecord& job, std::span<const JobTask> tasks) override;
+  std::optional<JobRecord> find_job(const std::string& id) override;
+  std::vector<JobRecord> list_jobs(std::int64_t limit) override;
+  void set_job_state(const std::string& id, const std::string& state,
+                     std::int64_t finished_at) override;
+  void set_job_report(const std::string& id, const std::string& report_json) override;
+  bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
+                   std::int64_t stale_before) override;
+  void heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) override;
+  void release_job(const std::string& id, const std::string& runner) override;
+  std::vector<JobTask> job_tasks(const std::string& id, const std::string& state) override;
+  std::vector<std::pair<std::string, std::int64_t>> count_job_tasks(const std::string& id) override;
+  void save_job_tasks(std::span<const JobTask> tasks, std::span<const SlotChange> changes) override;
+  void add_job_tasks(std::span<const JobTask> tasks) override;
 
   // FleetStateStore (registry_fleet_state.cpp)
   std::int64_t set_desired(const std::string& device_id, const std::string& patch_json) override;

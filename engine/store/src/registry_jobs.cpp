@@ -1,0 +1,512 @@
+// Registry: persisted jobs and their tasks (schema v6). See stores.hpp (JobStore) for the contract.
+//
+// The runner flushes task rows every ~100 ms (up to ~1,000 a flush), so the task statements are
+// sqlite3 statements prepared once per connection and stepped per row inside one transaction;
+// the job rows themselves (a handful of writes per job) go through Poco::Data.
+//
+// No audit row is written for task rows or device slots: the broker plugin re-checks every live
+// session on any audit row but a desired-property change, and neither changes admission (the
+// decision reads individual enrollments and certificate states, not the devices table). An
+// individual enrollment's slot does change admission, so that change is audited.
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <array>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "registry_impl.hpp"
+
+namespace fleetsign::engine {
+
+using registry_detail::audit_row;
+using registry_detail::individual_detail;
+
+namespace {
+
+constexpr std::array<std::string_view, 5> kJobStates = {"running", "paused", "canceled", "aborted",
+                                                        "finished"};
+constexpr std::array<std::string_view, 9> kTaskStates = {"pending", "active",   "done",
+                                                         "offline", "refused",  "timed-out",
+                                                         "aborted", "canceled", "conflict"};
+constexpr std::array<std::string_view, 7> kSteps = {
+    "", "csr", "sign", "install", "reprovision", "confirm", "retire"};
+constexpr std::array<std::string_view, 3> kTargetSlots = {"", "primary", "secondary"};
+
+constexpr const char* kJobColumns =
+    "id, kind, state, params_json, report_json, runner, heartbeat_at, created_at, updated_at, "
+    "finished_at";
+
+// The task's columns in the order bind_task binds them (?1…?13); read_task reads job_id, seq and
+// device_id before them.
+const std::string kTaskFields =
+    "state, step, attempts, target_slot, old_serial, new_serial, new_sha256, next_at, last_status, "
+    "last_error, started_at, updated_at, finished_at";
+const std::string kInsertTask = "INSERT INTO job_tasks (" + kTaskFields +
+                                ", job_id, device_id, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                                "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+// seq stays as created: it is the task's position in the job (waves, certificate seq follow it).
+const std::string kUpdateTask =
+    "UPDATE job_tasks SET state = ?1, step = ?2, attempts = ?3, target_slot = ?4, "
+    "old_serial = ?5, new_serial = ?6, new_sha256 = ?7, next_at = ?8, last_status = ?9, "
+    "last_error = ?10, started_at = ?11, updated_at = ?12, finished_at = ?13 "
+    "WHERE job_id = ?14 AND device_id = ?15";
+const std::string kSelectTasks =
+    "SELECT job_id, seq, device_id, " + kTaskFields + " FROM job_tasks WHERE job_id = ?1 ";
+const std::string kSelectAllTasks = kSelectTasks + "ORDER BY seq";
+const std::string kSelectTasksInState = kSelectTasks + "AND state = ?2 ORDER BY seq";
+
+template <std::size_t N>
+std::string one_of(const std::array<std::string_view, N>& names) {
+  std::string out;
+  for (const auto name : names) {
+    out += (out.empty() ? "'" : ", '") + std::string(name) + "'";
+  }
+  return out;
+}
+
+// kInvalidArgument naming the field and the values it may take (the CHECK constraints' sets).
+template <std::size_t N>
+void check_value(const std::array<std::string_view, N>& names, const std::string& value,
+                 const std::string& field, const std::string& what) {
+  if (std::find(names.begin(), names.end(), value) == names.end()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what + ": " + field + " '" + value + "' is not one of " + one_of(names));
+  }
+}
+
+void check_task(const JobTask& t, const std::string& what) {
+  if (t.device_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": a task has no device ID");
+  }
+  const std::string of = what + ": task of device '" + t.device_id + "'";
+  check_value(kTaskStates, t.state, "state", of);
+  check_value(kSteps, t.step, "step", of);
+  check_value(kTargetSlots, t.target_slot, "target slot", of);
+}
+
+void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
+  sqlite3_bind_text(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
+}
+
+void bind_task(sqlite3_stmt* st, const JobTask& t, std::int64_t now) {
+  bind_text(st, 1, t.state);
+  bind_text(st, 2, t.step);
+  sqlite3_bind_int64(st, 3, t.attempts);
+  bind_text(st, 4, t.target_slot);
+  bind_text(st, 5, t.old_serial);
+  bind_text(st, 6, t.new_serial);
+  bind_text(st, 7, t.new_sha256);
+  sqlite3_bind_int64(st, 8, t.next_at);
+  sqlite3_bind_int64(st, 9, t.last_status);
+  bind_text(st, 10, t.last_error);
+  sqlite3_bind_int64(st, 11, t.started_at);
+  sqlite3_bind_int64(st, 12, t.updated_at != 0 ? t.updated_at : now);
+  sqlite3_bind_int64(st, 13, t.finished_at);
+}
+
+std::string column_text(sqlite3_stmt* st, int col) {
+  const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
+  return text != nullptr
+             ? std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(st, col)))
+             : std::string();
+}
+
+JobTask read_task(sqlite3_stmt* st) {
+  JobTask t;
+  t.job_id = column_text(st, 0);
+  t.seq = sqlite3_column_int64(st, 1);
+  t.device_id = column_text(st, 2);
+  t.state = column_text(st, 3);
+  t.step = column_text(st, 4);
+  t.attempts = sqlite3_column_int64(st, 5);
+  t.target_slot = column_text(st, 6);
+  t.old_serial = column_text(st, 7);
+  t.new_serial = column_text(st, 8);
+  t.new_sha256 = column_text(st, 9);
+  t.next_at = sqlite3_column_int64(st, 10);
+  t.last_status = static_cast<int>(sqlite3_column_int64(st, 11));
+  t.last_error = column_text(st, 12);
+  t.started_at = sqlite3_column_int64(st, 13);
+  t.updated_at = sqlite3_column_int64(st, 14);
+  t.finished_at = sqlite3_column_int64(st, 15);
+  return t;
+}
+
+// Resets a cached statement however its use ends (a thrown error included).
+struct StmtReset {
+  sqlite3_stmt* st;
+  explicit StmtReset(sqlite3_stmt* statement) : st(statement) {}
+  StmtReset(const StmtReset&) = delete;
+  StmtReset& operator=(const StmtReset&) = delete;
+  ~StmtReset() {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+};
+
+[[noreturn]] void throw_sqlite(sqlite3* db, int rc, const std::string& what) {
+  const int primary = rc & 0xFF;
+  throw Error(primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? ErrorCode::kRegistryBusy
+                                                                 : ErrorCode::kRegistryError,
+              what + ": " + sqlite3_errmsg(db));
+}
+
+struct JobRow {
+  JobRecord rec;
+  void bind_into(Statement& st) {
+    st, kw::into(rec.id), kw::into(rec.kind), kw::into(rec.state), kw::into(rec.params_json),
+        kw::into(rec.report_json), kw::into(rec.runner), kw::into(rec.heartbeat_at),
+        kw::into(rec.created_at), kw::into(rec.updated_at), kw::into(rec.finished_at);
+  }
+  JobRecord take() { return rec; }
+};
+
+std::optional<JobRecord> select_job(Registry::Impl& impl, const std::string& id) {
+  return impl.select_one<JobRow>(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id = ?",
+                                 id);
+}
+
+std::string describe_tasks(std::string_view verb, std::span<const JobTask> tasks,
+                           const std::string& job_id) {
+  std::string out =
+      std::string(verb) + " " + std::to_string(tasks.size()) + " tasks of job '" + job_id + "'";
+  if (!tasks.empty()) out += " (first device '" + tasks.front().device_id + "')";
+  return out;
+}
+
+// A device listed twice in one span of new tasks (the primary key would refuse it anyway; this
+// names it).
+void refuse_duplicates(std::span<const JobTask> tasks, const std::string& what) {
+  std::unordered_set<std::string_view> devices;
+  std::unordered_set<std::int64_t> seqs;
+  for (const auto& t : tasks) {
+    if (!devices.insert(t.device_id).second) {
+      throw Error(ErrorCode::kAlreadyExists, what + ": device '" + t.device_id + "' appears twice");
+    }
+    if (!seqs.insert(t.seq).second) {
+      throw Error(ErrorCode::kAlreadyExists,
+                  what + ": seq " + std::to_string(t.seq) + " appears twice");
+    }
+  }
+}
+
+}  // namespace
+
+int Registry::job_store_version() {
+  return m_impl->guarded("reading the job store version",
+                         [&] { return m_impl->stored_version() >= 6 ? 1 : 0; });
+}
+
+// Inserts task rows inside the caller's transaction, under `job_id`.
+static void insert_tasks(Registry::Impl& impl, const std::string& job_id,
+                         std::span<const JobTask> tasks, const std::string& what) {
+  const std::int64_t now = impl.stamp(0);
+  sqlite3_stmt* st = impl.m_insert_task.get(impl.db(), kInsertTask.c_str());
+  for (const auto& t : tasks) {
+    bind_task(st, t, now);
+    bind_text(st, 14, job_id);
+    bind_text(st, 15, t.device_id);
+    sqlite3_bind_int64(st, 16, t.seq);
+    impl.step(st, what);
+  }
+}
+
+void Registry::create_job(const JobRecord& job, std::span<const JobTask> tasks) {
+  const std::string what = describe_tasks("creating job '" + job.id + "' with", tasks, job.id);
+  if (job.id.empty() || job.kind.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": a job needs an id and a kind");
+  }
+  const std::string state = job.state.empty() ? "running" : job.state;
+  check_value(kJobStates, state, "state", what);
+  for (const auto& t : tasks) {
+    check_task(t, what);
+    if (!t.job_id.empty() && t.job_id != job.id) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  what + ": the task of device '" + t.device_id + "' names job '" + t.job_id + "'");
+    }
+  }
+  refuse_duplicates(tasks, what);
+  m_impl->write(what, [&] {
+    if (select_job(*m_impl, job.id)) {
+      throw Error(ErrorCode::kAlreadyExists, what + ": job '" + job.id + "' already exists");
+    }
+    const std::int64_t created = m_impl->stamp(job.created_at);
+    const std::int64_t updated = job.updated_at != 0 ? job.updated_at : created;
+    const std::string report = job.report_json.empty() ? "{}" : job.report_json;
+    m_impl->m_session << "INSERT INTO jobs (" << kJobColumns
+                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        kw::bind(job.id), kw::bind(job.kind), kw::bind(state), kw::bind(job.params_json),
+        kw::bind(report), kw::bind(job.runner), kw::bind(job.heartbeat_at), kw::bind(created),
+        kw::bind(updated), kw::bind(job.finished_at), kw::now;
+    insert_tasks(*m_impl, job.id, tasks, what);
+    audit_row(
+        *m_impl, "job.create", job.id,
+        json_object({{"kind", job.kind}, {"tasks", static_cast<std::int64_t>(tasks.size())}}));
+  });
+}
+
+std::optional<JobRecord> Registry::find_job(const std::string& id) {
+  return m_impl->guarded("reading job '" + id + "'", [&] { return select_job(*m_impl, id); });
+}
+
+std::vector<JobRecord> Registry::list_jobs(std::int64_t limit) {
+  return m_impl->guarded("listing jobs", [&] {
+    std::string sql =
+        std::string("SELECT ") + kJobColumns + " FROM jobs ORDER BY created_at DESC, id DESC";
+    if (limit > 0) sql += " LIMIT " + std::to_string(limit);
+    return m_impl->select<JobRow>(sql);
+  });
+}
+
+void Registry::set_job_state(const std::string& id, const std::string& state,
+                             std::int64_t finished_at) {
+  const std::string what = "setting job '" + id + "' " + state;
+  check_value(kJobStates, state, "state", what);
+  m_impl->write(what, [&] {
+    const auto job = select_job(*m_impl, id);
+    if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
+    const std::int64_t now = m_impl->stamp(0);
+    const std::int64_t finished = finished_at != 0 ? finished_at : job->finished_at;
+    m_impl->m_session << "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+        kw::bind(state), kw::bind(now), kw::bind(finished), kw::bind(id), kw::now;
+    audit_row(*m_impl, "job." + state, id,
+              json_object({{"kind", job->kind}, {"from", job->state}, {"finished_at", finished}}));
+  });
+}
+
+void Registry::set_job_report(const std::string& id, const std::string& report_json) {
+  const std::string what = "recording the report of job '" + id + "'";
+  m_impl->write(what, [&] {
+    const std::int64_t now = m_impl->stamp(0);
+    Statement st = (m_impl->m_session << "UPDATE jobs SET report_json = ?, updated_at = ? "
+                                         "WHERE id = ?",
+                    kw::bind(report_json), kw::bind(now), kw::bind(id));
+    Impl::expect_row(st, what + ": job '" + id + "'");
+  });
+}
+
+bool Registry::acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
+                           std::int64_t stale_before) {
+  const std::string what = "taking the lease of job '" + id + "' for runner '" + runner + "'";
+  if (runner.empty()) throw Error(ErrorCode::kInvalidArgument, what + ": no runner named");
+  return m_impl->write(what, [&] {
+    // One conditional UPDATE: two runners racing for a free or stale lease cannot both win.
+    Statement st =
+        (m_impl->m_session << "UPDATE jobs SET runner = ?, heartbeat_at = ? "
+                              "WHERE id = ? AND (runner = '' OR runner = ? "
+                              "OR heartbeat_at < ?)",
+         kw::bind(runner), kw::bind(now), kw::bind(id), kw::bind(runner), kw::bind(stale_before));
+    if (st.execute() == 1) return true;
+    if (!select_job(*m_impl, id)) throw Error(ErrorCode::kNotFound, what + ": job not found");
+    return false;
+  });
+}
+
+void Registry::heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) {
+  const std::string what = "heartbeat of job '" + id + "' by runner '" + runner + "'";
+  m_impl->write(what, [&] {
+    Statement st = (m_impl->m_session << "UPDATE jobs SET heartbeat_at = ? "
+                                         "WHERE id = ? AND runner = ?",
+                    kw::bind(now), kw::bind(id), kw::bind(runner));
+    if (st.execute() == 1) return;
+    const auto job = select_job(*m_impl, id);
+    if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
+    throw Error(ErrorCode::kHomeBusy,
+                what + ": the lease is held by " +
+                    (job->runner.empty() ? std::string("no runner")
+                                         : "runner '" + job->runner + "' (heartbeat at " +
+                                               std::to_string(job->heartbeat_at) + ")") +
+                    ": another process took the job over");
+  });
+}
+
+void Registry::release_job(const std::string& id, const std::string& runner) {
+  // Only the holder releases: a runner that lost its lease leaves the new holder's alone.
+  m_impl->write("releasing job '" + id + "' by runner '" + runner + "'", [&] {
+    m_impl->m_session << "UPDATE jobs SET runner = '' WHERE id = ? AND runner = ?", kw::bind(id),
+        kw::bind(runner), kw::now;
+  });
+}
+
+std::vector<JobTask> Registry::job_tasks(const std::string& id, const std::string& state) {
+  const std::string what =
+      "reading the " + (state.empty() ? std::string() : state + " ") + "tasks of job '" + id + "'";
+  sqlite3* db = m_impl->db();
+  sqlite3_stmt* st = state.empty() ? m_impl->m_tasks_all.get(db, kSelectAllTasks.c_str())
+                                   : m_impl->m_tasks_in_state.get(db, kSelectTasksInState.c_str());
+  StmtReset reset{st};
+  bind_text(st, 1, id);
+  if (!state.empty()) bind_text(st, 2, state);
+  std::vector<JobTask> out;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) out.push_back(read_task(st));
+  if (rc != SQLITE_DONE) throw_sqlite(db, rc, what);
+  return out;
+}
+
+std::vector<std::pair<std::string, std::int64_t>> Registry::count_job_tasks(const std::string& id) {
+  return m_impl->guarded("counting the tasks of job '" + id + "'", [&] {
+    std::vector<std::string> states;
+    std::vector<std::int64_t> counts;
+    // job_tasks_state (job_id, state, seq) answers this from the index alone.
+    m_impl->m_session << "SELECT state, COUNT(*) FROM job_tasks WHERE job_id = ? GROUP BY state "
+                         "ORDER BY state",
+        kw::into(states), kw::into(counts), kw::bind(id), kw::now;
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    for (std::size_t i = 0; i < states.size(); ++i) out.emplace_back(states[i], counts[i]);
+    return out;
+  });
+}
+
+// kRetireDevice: the device's slot that does not hold `serial` becomes free. No audit row: device
+// slots are bookkeeping (expiry, the next issuance's slot), not admission.
+static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::int64_t now,
+                              const std::string& what) {
+  sqlite3* db = impl.db();
+  sqlite3_stmt* q = impl.m_device_serials.get(
+      db, "SELECT primary_serial, secondary_serial FROM devices WHERE registration_id = ?1");
+  std::string primary, secondary;
+  {
+    StmtReset reset{q};
+    bind_text(q, 1, c.device_id);
+    const int rc = sqlite3_step(q);
+    if (rc == SQLITE_DONE) {
+      throw Error(ErrorCode::kNotFound, what + ": device '" + c.device_id + "' is not registered");
+    }
+    if (rc != SQLITE_ROW) throw_sqlite(db, rc, what);
+    primary = column_text(q, 0);
+    secondary = column_text(q, 1);
+  }
+  if (primary != c.serial && secondary != c.serial) {
+    throw Error(ErrorCode::kRegistryError,
+                what + ": device '" + c.device_id + "' holds certificate 0x" + c.serial +
+                    " in neither slot (primary '" + primary + "', secondary '" + secondary + "')");
+  }
+  const bool keep_primary = primary == c.serial;
+  if ((keep_primary ? secondary : primary).empty()) return;  // the other slot is free already
+  sqlite3_stmt* clear =
+      keep_primary ? impl.m_clear_secondary.get(db,
+                                                "UPDATE devices SET secondary_serial = '', "
+                                                "secondary_not_after = 0, updated_at = ?1 "
+                                                "WHERE registration_id = ?2")
+                   : impl.m_clear_primary.get(db,
+                                              "UPDATE devices SET primary_serial = '', "
+                                              "primary_not_after = 0, updated_at = ?1 "
+                                              "WHERE registration_id = ?2");
+  sqlite3_bind_int64(clear, 1, now);
+  bind_text(clear, 2, c.device_id);
+  impl.step(clear, what);
+}
+
+void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const SlotChange> changes) {
+  if (tasks.empty() && changes.empty()) return;
+  const std::string what =
+      describe_tasks("saving", tasks, tasks.empty() ? std::string() : tasks.front().job_id) +
+      " and " + std::to_string(changes.size()) + " slot changes";
+  for (const auto& t : tasks) check_task(t, what);
+  for (const auto& c : changes) {
+    if (c.device_id.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, what + ": a slot change names no device");
+    }
+    if (c.kind == SlotChange::Kind::kRetireDevice && c.serial.empty()) {
+      throw Error(ErrorCode::kInvalidArgument, what + ": retiring a slot of device '" +
+                                                   c.device_id + "' names no serial to keep");
+    }
+  }
+  m_impl->write(what, [&] {
+    const std::int64_t now = m_impl->stamp(0);
+    sqlite3_stmt* update = m_impl->m_update_task.get(m_impl->db(), kUpdateTask.c_str());
+    for (const auto& t : tasks) {
+      bind_task(update, t, now);
+      bind_text(update, 14, t.job_id);
+      bind_text(update, 15, t.device_id);
+      if (m_impl->step(update, what) == 0) {
+        throw Error(ErrorCode::kNotFound,
+                    what + ": job '" + t.job_id + "' has no task for device '" + t.device_id + "'");
+      }
+    }
+    for (const auto& c : changes) {
+      if (c.kind == SlotChange::Kind::kRetireDevice) {
+        retire_other_slot(*m_impl, c, now, what);
+        continue;
+      }
+      auto ie = find_individual_slots(c.device_id);
+      if (!ie) {
+        throw Error(ErrorCode::kNotFound,
+                    what + ": individual enrollment '" + c.device_id + "' not found");
+      }
+      const std::string sha256 = c.cert_der.empty() ? std::string() : thumbprint_sha256(c.cert_der);
+      const bool primary = c.slot == Slot::kPrimary;
+      (primary ? ie->primary_sha256 : ie->secondary_sha256) = sha256;
+      sqlite3_stmt* set =
+          primary ? m_impl->m_set_ie_primary.get(
+                        m_impl->db(),
+                        "UPDATE individual_enrollments SET primary_cert = ?1, primary_sha256 = ?2, "
+                        "updated_at = ?3 WHERE registration_id = ?4")
+                  : m_impl->m_set_ie_secondary.get(
+                        m_impl->db(),
+                        "UPDATE individual_enrollments SET secondary_cert = ?1, "
+                        "secondary_sha256 = ?2, updated_at = ?3 WHERE registration_id = ?4");
+      // An empty BLOB, not NULL, for a free slot: what save_individual stores.
+      sqlite3_bind_blob(set, 1,
+                        c.cert_der.empty() ? "" : static_cast<const void*>(c.cert_der.data()),
+                        static_cast<int>(c.cert_der.size()), SQLITE_STATIC);
+      bind_text(set, 2, sha256);
+      sqlite3_bind_int64(set, 3, now);
+      bind_text(set, 4, c.device_id);
+      m_impl->step(set, what);
+      audit_row(*m_impl, "enrollment.individual.set-slot", c.device_id, individual_detail(*ie));
+    }
+  });
+}
+
+void Registry::add_job_tasks(std::span<const JobTask> tasks) {
+  if (tasks.empty()) return;
+  const std::string& job_id = tasks.front().job_id;
+  const std::string what = describe_tasks("adding", tasks, job_id);
+  for (const auto& t : tasks) {
+    check_task(t, what);
+    if (t.job_id != job_id) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  what + ": the task of device '" + t.device_id + "' names job '" + t.job_id + "'");
+    }
+  }
+  refuse_duplicates(tasks, what);
+  try {
+    m_impl->write(what, [&] {
+      if (!select_job(*m_impl, job_id)) {
+        throw Error(ErrorCode::kNotFound, what + ": job '" + job_id + "' not found");
+      }
+      insert_tasks(*m_impl, job_id, tasks, what);
+    });
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kAlreadyExists) throw;
+    // Rolled back by now: name the device (or seq) the job already has.
+    std::unordered_map<std::string, std::int64_t> seq_of;
+    std::unordered_map<std::int64_t, std::string> device_at;
+    for (auto& have : job_tasks(job_id, "")) {
+      seq_of.emplace(have.device_id, have.seq);
+      device_at.emplace(have.seq, std::move(have.device_id));
+    }
+    for (const auto& t : tasks) {
+      if (seq_of.count(t.device_id) != 0) {
+        throw Error(ErrorCode::kAlreadyExists,
+                    what + ": device '" + t.device_id + "' is already in the job");
+      }
+      if (const auto it = device_at.find(t.seq); it != device_at.end()) {
+        throw Error(ErrorCode::kAlreadyExists, what + ": seq " + std::to_string(t.seq) +
+                                                   " is taken by device '" + it->second + "'");
+      }
+    }
+    throw;
+  }
+}
+
+}  // namespace fleetsign::engine
