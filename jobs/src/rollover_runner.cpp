@@ -779,6 +779,7 @@ JobRecord Runner::run() {
   flush();
   m_trigger.wait_idle();
   if (m_state == "running" || m_state == "deadline") {
+    if (m_job.kind == "ca-rollover") finish_ca_rollover(m_stores, m_policy, m_clock, m_job_id);
     m_stores.set_job_state(m_job_id, "finished", m_clock.now());
   } else if (m_state == "aborted" || m_state == "canceled") {
     m_stores.set_job_state(m_job_id, m_state, m_clock.now());

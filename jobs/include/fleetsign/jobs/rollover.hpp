@@ -141,6 +141,35 @@ std::string reopen_job(engine::Stores& stores, const std::string& job_id);
 std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
                           const std::string& job_id);
 
+// CA rollover for an enrollment group: a new intermediate (its key made in the token, issued by
+// the old one's issuer) goes into the group's free slot, so the broker trusts both; every device
+// of the group is rolled onto a certificate under it (a job of kind "ca-rollover"); when the job
+// finishes (all devices confirmed, or at its deadline, with a report), the new intermediate
+// becomes the group's primary and the old one leaves its slot. An aborted or canceled job leaves
+// both in place for the operator to decide.
+struct CaRolloverRequest {
+  std::string group;
+  std::string new_name;  // empty: "{old}-r{YYYYMMDD}"
+  std::string subject;   // empty: the old CA's subject
+  std::optional<int> days;
+  policy::KeyAlgorithm key = policy::KeyAlgorithm::kEcP256;
+  RolloverParams params;  // rate, waves, abort, timeouts (selection and ca are set here)
+};
+struct CaRolloverStart {
+  std::string job_id, old_ca, new_ca, new_slot;
+  bool ca_created = false;  // false: an earlier, interrupted run of the same request made it
+  RolloverPlan plan;
+};
+// Idempotent: the same request again (after a crash) reuses the CA and the slot it set.
+// Errors: kNotFound (group), kInvalidArgument (the group's CA is a root or external, or the free
+// slot holds another CA), and those of CaService::create_intermediate.
+CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas,
+                                  const policy::Policy& policy, const engine::Clock& clock,
+                                  const CaRolloverRequest& request);
+// The last step (run_job calls it when a ca-rollover job finishes): new CA primary, old out.
+void finish_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
+                        const engine::Clock& clock, const std::string& job_id);
+
 bool is_final_task_state(std::string_view state) noexcept;
 bool is_failed_task_state(
     std::string_view state) noexcept;  // refused, timed-out, offline, conflict
