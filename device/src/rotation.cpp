@@ -256,13 +256,8 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
 
   // Installed already (a repeated call, before or after reprovision): the same answer.
   if (store.has(slot)) {
-    std::optional<CertInfo> held;
-    try {
-      held = store.read(slot).cert();
-    } catch (const Error& e) {
-      if (e.code() == ErrorCode::kIo) throw;  // a damaged slot is overwritten below
-    }
-    if (held && held->sha256 == info.sha256) {
+    // The thumbprint of what the slot holds: a slot written by write() was checked whole.
+    if (store.leaf_sha256(slot) == info.sha256) {
       store.remove_pending(slot);  // left by a power cut between the write and the removal
       Poco::JSON::Object body = installed(slot, info);
       body.set("already", true);
@@ -282,13 +277,24 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
                     "' has none (createCsr first)");
   }
   std::string problem;
-  const auto key = ossl::parse_private_key(pending->key_pem, problem);
+  auto key = ossl::parse_private_key(pending->key_pem, problem);
   if (!key || X509_check_private_key(leaf, key.get()) != 1) {
     ERR_clear_error();
     refuse(409, "no pending key for this certificate: its public key is not the key slot '" +
                     slot_str(slot) + "' holds for job '" + pending->job_id + "'");
   }
-  store.write(slot, pem, pending->key_pem);
+  // The chain and key as checked here (CN, key match, links): written without decoding again.
+  auto parsed = std::make_shared<ParsedCredential>();
+  parsed->leaf = ossl::X509Ptr(X509_dup(leaf));
+  for (std::size_t i = 1; i < chain.size(); ++i) {
+    if (X509_check_issued(chain[i].get(), chain[i].get()) == X509_V_OK) continue;  // a root
+    X509_up_ref(chain[i].get());
+    sk_X509_push(parsed->issuers, chain[i].get());
+  }
+  parsed->key = std::move(key);
+  store.write(
+      slot, Credential(device.device_id(), pem, pending->key_pem, info,
+                       store.dir().string() + " (" + slot_str(slot) + " slot)", std::move(parsed)));
   store.remove_pending(slot);
   return MethodResponse::json(200, installed(slot, info));
 }
@@ -309,17 +315,18 @@ MethodResponse reprovision(MethodContext& device, const Poco::Dynamic::Var& payl
     return static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   });
   SlotStore& store = store_of(device);
-  if (!store.has(slot)) refuse(409, "slot '" + slot_str(slot) + "' holds no certificate");
-  const CertInfo held = store.read(slot).cert();  // checked: a slot it cannot connect with is 409
-  if (held.sha256 != sha) {
-    refuse(409, "slot '" + slot_str(slot) + "' holds certificate " + held.sha256 + ", not " + sha);
+  const auto held = store.leaf_sha256(slot);
+  if (!held) refuse(409, "slot '" + slot_str(slot) + "' holds no certificate");
+  if (*held != sha) {
+    refuse(409, "slot '" + slot_str(slot) + "' holds certificate " + *held + ", not " + sha);
   }
   Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
   body.set("slot", slot_str(slot));
-  body.set("sha256", held.sha256);
+  body.set("sha256", sha);
   const bool running =
-      store.active() == slot && device.slot() == slot && device.certificate().sha256 == held.sha256;
+      store.active() == slot && device.slot() == slot && device.certificate().sha256 == sha;
   if (!running) {
+    store.read(slot);        // the whole slot checked before the switch: one it cannot use is 409
     store.set_active(slot);  // durable before the answer: after a power cut the device runs it
     device.reconnect_after_answer(true);
   }

@@ -4,6 +4,8 @@
 #include <Poco/JSON/Parser.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include <sstream>
 
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::device {
@@ -191,6 +194,38 @@ void SlotStore::put(const fs::path& path, std::string_view data, unsigned mode, 
     // mounted with `discard` (this machine's) that is a synchronous ~1.5 ms per file.
     write_file_in_place(path, data, mode);
   }
+}
+
+void SlotStore::write(Slot slot, const Credential& c) {
+  if (c.id() != m_id) {
+    throw Error(ErrorCode::kDeviceIdInvalid, m_dir.string() + ": a certificate for " +
+                                                 c.id().str() + " cannot go into " + m_id.str() +
+                                                 "'s " + std::string(slot_name(slot)) + " slot");
+  }
+  write_files(slot, c.chain_pem(), c.key_pem(), m_sync);
+}
+
+std::optional<std::string> SlotStore::leaf_sha256(Slot slot) const {
+  const fs::path path = file(slot, "chain");
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  const std::string text = read_device_file(path, kDeviceChainFileLimit, "slot chain", false);
+  BIO* bio = BIO_new_mem_buf(text.data(), static_cast<int>(text.size()));
+  char* name = nullptr;
+  char* header = nullptr;
+  unsigned char* der = nullptr;
+  long len = 0;
+  std::optional<std::string> sha;
+  if (bio != nullptr && PEM_read_bio(bio, &name, &header, &der, &len) == 1 &&
+      std::string_view(name) == "CERTIFICATE") {
+    sha = engine::thumbprint_sha256(engine::ByteView(der, static_cast<std::size_t>(len)));
+  }
+  ERR_clear_error();
+  OPENSSL_free(name);
+  OPENSSL_free(header);
+  OPENSSL_free(der);
+  BIO_free(bio);
+  return sha;
 }
 
 void SlotStore::write_files(Slot slot, const std::string& chain_pem, const std::string& key_pem,

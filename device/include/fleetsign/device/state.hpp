@@ -66,7 +66,13 @@ class SlotStore final {
   // Writes a slot's chain and key (atomically, key 0600). The key must match the chain's leaf and
   // the leaf's CN must be this device: checked before anything is written.
   void write(Slot slot, const std::string& chain_pem, const std::string& key_pem);
+  // The same for a credential checked already (make_credential): only its device is checked.
+  void write(Slot slot, const Credential& credential);
   void set_active(Slot slot);
+  // SHA-256 (upper-case hex) of the slot's leaf certificate DER, from its first PEM block and
+  // without decoding the certificate (cheap; read() checks it all); nullopt when the slot has no
+  // chain file or its first block is not a CERTIFICATE.
+  std::optional<std::string> leaf_sha256(Slot slot) const;
 
   // Whether write(), set_active() and the pending-key calls fsync (default true). false
   // (`--sync never`) is for simulation only: files are then rewritten in place without fsync
