@@ -83,6 +83,7 @@ class DeviceFleet::Impl {
         m_rng(std::random_device{}()) {
     ignore_sigpipe();
     add_builtin_methods(m_methods);
+    add_rotation_methods(m_methods);
     if (m_options.broker_host.empty() || m_options.broker_port < 1 ||
         m_options.broker_port > 65535) {
       throw Error(ErrorCode::kInvalidArgument, "broker: needs HOST:PORT with a port in 1..65535");
@@ -205,6 +206,7 @@ class DeviceFleet::Impl {
       if (m_options.state_dir) {
         const CertInfo from_batch = batch.cert();
         store.emplace(*m_options.state_dir, batch.id(), m_options.id_rule);
+        store->set_sync(m_options.sync);
         auto [credential, slot] = store->load_or_create(std::move(batch), false);
         if (credential.cert().sha256 != from_batch.sha256) {
           m_shared.log(credential.id(), "runs its " + std::string(slot_name(slot)) +
@@ -219,7 +221,8 @@ class DeviceFleet::Impl {
                                                   std::nullopt, e.failing);
       }
     }
-    if (m_options.state_dir) sync_state_dir(*m_options.state_dir);  // one flush for all first runs
+    // One flush for all first runs.
+    if (m_options.state_dir && m_options.sync) sync_state_dir(*m_options.state_dir);
   }
 
   // One descriptor per client (mosquitto_new.cpp), plus room for the rest of the process.

@@ -94,7 +94,8 @@ std::int64_t unix_time(const ASN1_TIME* t) {
   return ASN1_TIME_to_tm(t, &tm) == 1 ? static_cast<std::int64_t>(timegm(&tm)) : 0;
 }
 
-// The facts a device reports, in the engine's formats (engine/x509: upper-case hex).
+}  // namespace
+
 CertInfo info_of(X509* leaf) {
   unsigned char* der = nullptr;
   const int len = i2d_X509(leaf, &der);
@@ -111,8 +112,6 @@ CertInfo info_of(X509* leaf) {
   info.not_after = unix_time(X509_get0_notAfter(leaf));
   return info;
 }
-
-}  // namespace
 
 Credential make_credential(std::string chain_pem, std::string key_pem, std::string source,
                            const policy::DeviceIdRule& rule) {

@@ -33,12 +33,14 @@ constexpr const char* kUsage =
     "                        [--state DIR] [--count N] [--offline-fraction F] [--fail-fraction F]"
     " [--seed S]\n"
     "                        [--dps ID_SCOPE] [--log FILE] [--json] [--duration S]"
-    " [--max-handshakes N] [--help]\n"
+    " [--max-handshakes N]\n"
+    "                        [--sync always|never] [--help]\n"
     "\n"
     "Runs the devices of a batch (`fleetsign issue --generate ... --out DIR`, per-device files or\n"
     "--bundle) as IoT Hub MQTT devices, each over TLS with its own certificate: they answer "
     "direct\n"
-    "methods (ping, getCertificate), report their certificate in the twin, and reconnect with\n"
+    "methods (ping, getCertificate, and the rotation methods createCsr, installCertificate,\n"
+    "reprovision), report their certificate in the twin, and reconnect with\n"
     "backoff. Use it to rehearse a rollover against a broker before touching a real fleet.\n"
     "\n"
     "  --broker HOST:PORT      the broker (or DPS endpoint with --dps); [v6addr]:PORT for IPv6\n"
@@ -56,7 +58,9 @@ constexpr const char* kUsage =
     "  --log FILE              per-device events to FILE (default: stderr)\n"
     "  --json                  print a JSON summary on stdout at the end\n"
     "  --duration S            stop after S seconds (default: run until SIGINT/SIGTERM)\n"
-    "  --max-handshakes N      TLS handshakes in flight at once (default 64)\n";
+    "  --max-handshakes N      TLS handshakes in flight at once (default 64)\n"
+    "  --sync always|never     fsync each flash write (default always); never: simulation only,\n"
+    "                          a power cut may lose what a rotation wrote\n";
 
 volatile sig_atomic_t g_signal = 0;
 dev::DeviceFleet* g_fleet = nullptr;
@@ -73,8 +77,8 @@ struct Args {
 
 Args parse_args(int argc, char** argv) {
   static const char* kValued[] = {
-      "broker",           "trust",         "dir", "bundle", "state",    "count",         "seed",
-      "offline-fraction", "fail-fraction", "dps", "log",    "duration", "max-handshakes"};
+      "broker",           "trust",         "dir", "bundle", "state",    "count",          "seed",
+      "offline-fraction", "fail-fraction", "dps", "log",    "duration", "max-handshakes", "sync"};
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -180,6 +184,13 @@ int run(const Args& a) {
   const double count = parse_number(a, "count", 1, 1e7, 0);
   const double duration = parse_number(a, "duration", 0.001, 1e9, 0);
   if (a.values.count("state")) o.state_dir = a.values.at("state");
+  if (a.values.count("sync")) {
+    const std::string& sync = a.values.at("sync");
+    if (sync != "always" && sync != "never") {
+      throw Error(ErrorCode::kUsage, "--sync '" + sync + "': expected always or never");
+    }
+    o.sync = sync == "always";
+  }
   if (a.values.count("dps")) {
     const std::string& scope = a.values.at("dps");
     if (scope.empty() || scope.size() > 64 ||

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fleetsign/device/identity.hpp"
+
 namespace fleetsign::device::ossl {
 
 template <typename T, void (*Free)(T*)>
@@ -64,5 +66,13 @@ struct ParsedCredential {
   ParsedCredential(const ParsedCredential&) = delete;  // owns the stack
   ParsedCredential& operator=(const ParsedCredential&) = delete;
 };
+
+}  // namespace fleetsign::device
+
+namespace fleetsign::device {
+
+// The facts a device reports about `leaf`, in the engine's formats (engine/x509: upper-case hex).
+// Throws Error(kCertificateMalformed) when it does not encode.
+CertInfo info_of(X509* leaf);
 
 }  // namespace fleetsign::device

@@ -44,6 +44,9 @@ struct FleetOptions {
   policy::DeviceIdRule id_rule;      // checks IDs read back from the state directory
   std::optional<std::filesystem::path> state_dir;  // each device's flash (SlotStore)
   std::optional<std::string> dps_id_scope;         // register through DPS first
+  // fsync every flash write (first-run provisioning, rotations). false: simulation only, a power
+  // cut may lose or tear what was written (`--sync never`).
+  bool sync = true;
   // Fault knobs, each an exact fraction of the devices chosen by `seed` (independently):
   double offline_fraction = 0;  // never connect
   double fail_fraction = 0;     // answer every method 500
@@ -83,7 +86,7 @@ class DeviceFleet final {
   DeviceFleet(const DeviceFleet&) = delete;  // owns sockets and TLS contexts
   DeviceFleet& operator=(const DeviceFleet&) = delete;
 
-  MethodRegistry& methods() noexcept;  // the builtin methods are already in it
+  MethodRegistry& methods() noexcept;  // the builtin and rotation methods are already in it
 
   // Raises RLIMIT_NOFILE as far as allowed (throws kInvalidArgument when even that is short of
   // one descriptor per online device plus headroom) and schedules every online device's first

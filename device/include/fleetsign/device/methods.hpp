@@ -1,8 +1,7 @@
 // Direct methods a device answers (IoT Hub's `$iothub/methods/POST/{name}/?$rid=` calls): a
-// registry of handlers by method name. The reference agent registers `ping` and `getCertificate`;
-// the rotation issue adds its methods (new key + CSR for the free slot, install a chain,
-// reprovision) through the same registry, using the device's SlotStore and
-// `reconnect_after_answer`.
+// registry of handlers by method name. The reference agent registers `ping`, `getCertificate` and
+// the rotation methods (new key + CSR for the free slot, install a chain, reprovision), which use
+// the device's SlotStore and `reconnect_after_answer`.
 //
 // Handlers run on the fleet's one thread, one call at a time per fleet: they must not block
 // (no network, no waiting); writing a slot file is fine. A handler that throws answers 500.
@@ -67,5 +66,16 @@ class MethodRegistry final {
 // `ping`: answers 200 with the payload it was given.
 // `getCertificate`: 200 {"sha256","serial","notAfter","slot"} of the certificate in use.
 void add_builtin_methods(MethodRegistry& registry);
+
+// The rotation methods (../../../../broker/PROTOCOL.md, "Rotation methods"), each idempotent:
+// `createCsr` {"jobId","slot","keyType"}: a new key for the free slot, kept in flash as pending,
+//   and a CSR for it (the same key again for the same job);
+// `installCertificate` {"jobId","slot","chain"}: the certificate for the pending key goes into
+//   the slot;
+// `reprovision` {"jobId","slot","sha256"}: the slot becomes the active one (durably), then the
+//   device reconnects with it (through DPS when the fleet uses DPS).
+// 400 for a bad payload (naming the field), 409 for a state conflict (or no --state), 500 for
+// an I/O failure (naming the file).
+void add_rotation_methods(MethodRegistry& registry);
 
 }  // namespace fleetsign::device
