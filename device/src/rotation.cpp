@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <ctime>
+#include <optional>
 
 #include "fleetsign/device/methods.hpp"
 #include "fleetsign/engine/x509.hpp"
@@ -88,6 +89,21 @@ SlotStore& store_of(MethodContext& device) {
 
 std::string slot_str(Slot slot) { return std::string(slot_name(slot)); }
 
+// "slot" is optional: without it the device decides (the engine need not track the device's
+// own slot names).
+std::optional<Slot> optional_slot(const Poco::JSON::Object& o) {
+  if (!o.has("slot")) return std::nullopt;
+  return slot_field(o);
+}
+
+// The slot whose leaf has this SHA-256, if any.
+std::optional<Slot> slot_holding(const SlotStore& store, const std::string& sha256) {
+  for (const Slot s : {Slot::kPrimary, Slot::kSecondary}) {
+    if (store.has(s) && store.leaf_sha256(s) == sha256) return s;
+  }
+  return std::nullopt;
+}
+
 void refuse_active(Slot slot) {
   refuse(409, "slot '" + slot_str(slot) + "' is the active slot (the device runs on it); a " +
                   "rotation goes into the free slot '" + slot_str(other_slot(slot)) + "'");
@@ -145,13 +161,14 @@ std::string make_csr(const DeviceId& id, EVP_PKEY* key, const std::string& key_t
 MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& payload) {
   const auto o = object_of(payload);
   const std::string job = job_id(*o);
-  const Slot slot = slot_field(*o);
+  const auto asked = optional_slot(*o);
   std::string key_type = "ec-p256";
   if (o->has("keyType")) key_type = string_field(*o, "keyType");
   if (curve_of(key_type) == nullptr) {
     refuse(400, "field 'keyType' must be \"ec-p256\" or \"ec-p384\"");
   }
   SlotStore& store = store_of(device);
+  const Slot slot = asked ? *asked : other_slot(store.active());
   if (store.active() == slot) refuse_active(slot);
 
   // The same job asking again (the engine retried): the key already in flash, so every CSR of
@@ -247,12 +264,15 @@ Poco::JSON::Object installed(Slot slot, const CertInfo& info) {
 MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::Var& payload) {
   const auto o = object_of(payload);
   const std::string job = job_id(*o);
-  const Slot slot = slot_field(*o);
+  const auto asked = optional_slot(*o);
   const std::string pem = string_field(*o, "chain");
   SlotStore& store = store_of(device);
   const auto chain = checked_chain(pem, device.device_id());
   X509* leaf = chain.front().get();
   const CertInfo info = info_of(leaf);
+  // Without "slot": the slot that holds this leaf already (a repeated call), else the free one.
+  const Slot slot =
+      asked ? *asked : slot_holding(store, info.sha256).value_or(other_slot(store.active()));
 
   // Installed already (a repeated call, before or after reprovision): the same answer.
   if (store.has(slot)) {
@@ -304,7 +324,7 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
 MethodResponse reprovision(MethodContext& device, const Poco::Dynamic::Var& payload) {
   const auto o = object_of(payload);
   job_id(*o);
-  const Slot slot = slot_field(*o);
+  const auto asked = optional_slot(*o);
   std::string sha = string_field(*o, "sha256");
   if (sha.size() != 64 || !std::all_of(sha.begin(), sha.end(), [](char c) {
         return std::isxdigit(static_cast<unsigned char>(c)) != 0;
@@ -315,6 +335,8 @@ MethodResponse reprovision(MethodContext& device, const Poco::Dynamic::Var& payl
     return static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   });
   SlotStore& store = store_of(device);
+  // Without "slot": the slot that holds the certificate named by its thumbprint.
+  const Slot slot = asked ? *asked : slot_holding(store, sha).value_or(other_slot(store.active()));
   const auto held = store.leaf_sha256(slot);
   if (!held) refuse(409, "slot '" + slot_str(slot) + "' holds no certificate");
   if (*held != sha) {

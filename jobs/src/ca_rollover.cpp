@@ -101,8 +101,8 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
     spec.name = new_name;
     spec.issuer = old.parent;
     // Not the old subject itself: two CAs of one name would leave chain building to key IDs.
-    spec.subject = request.subject.empty() ? renamed_subject(old.subject, today(clock))
-                                           : request.subject;
+    spec.subject =
+        request.subject.empty() ? renamed_subject(old.subject, today(clock)) : request.subject;
     spec.key = request.key;
     spec.days = request.days;
     cas.create_intermediate(spec);
