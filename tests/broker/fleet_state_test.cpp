@@ -7,6 +7,7 @@
 #include "fleetsign/error.hpp"
 #include "test_home.hpp"
 #include "topics.hpp"
+#include "watcher.hpp"
 
 namespace fleetsign {
 namespace {
@@ -89,6 +90,28 @@ TEST_F(FleetState, SessionsRecordTheCertificateAndResetAtStart) {
   EXPECT_EQ(reg->mark_all_disconnected(200), 2);
   EXPECT_TRUE(reg->connected_devices().empty());
   EXPECT_EQ(reg->mark_all_disconnected(201), 0);
+}
+
+// The watcher's reading of the audit log: a job's own rows (job.create, job.<state>) change no
+// admission, so they never make the broker re-check its live sessions; an enrollment row does.
+TEST_F(FleetState, JobRowsAreNotAdmissionChanges) {
+  std::int64_t mark = reg->change_mark();
+  engine::JobRecord job;
+  job.id = "j1";
+  job.kind = "device-rollover";
+  reg->create_job(job, {});
+  reg->set_job_state("j1", "paused", 0);
+  reg->set_desired("dev-1", R"({"a":1})");
+  auto changes = broker::read_changes(*reg, &mark);
+  EXPECT_FALSE(changes.admission);
+  ASSERT_EQ(changes.desired.size(), 1u);
+  EXPECT_EQ(changes.desired[0].device_id, "dev-1");
+  EXPECT_EQ(mark, reg->change_mark());
+  reg->set_job_state("j1", "canceled", 5);
+  reg->audit("enrollment.individual.set-slot", "dev-1", "{}");
+  changes = broker::read_changes(*reg, &mark);
+  EXPECT_TRUE(changes.admission);
+  EXPECT_EQ(mark, reg->change_mark());
 }
 
 TEST(TwinDoc, MergePatchFollowsRfc7386) {
