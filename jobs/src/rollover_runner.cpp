@@ -182,6 +182,7 @@ class Runner {
   std::size_t m_wave = 0;
   bool m_admitting = true;
   Steady::time_point m_sign_since{};
+  std::string m_stop_state = "aborted";  // what a device stopped half-way becomes
 };
 
 void Runner::load() {
@@ -374,7 +375,12 @@ void Runner::failed_call(std::size_t i, Phase phase, int status, const std::stri
                                 "", "reprovision", "", ""};
   const std::string step = names[static_cast<int>(phase)];
   if (t.stopping && t.row.step != "install" && t.row.step != "reprovision") {
-    settle(i, t.row.state == "active" ? "aborted" : t.row.state, t.row.last_error);
+    if (status == kStatusDeviceOffline) {
+      t.row.last_status = status;
+      settle(i, "offline", step + ": " + why + " (until the job stopped: " + t.row.last_error + ")");
+    } else {
+      settle(i, m_stop_state, t.row.last_error);
+    }
     return;
   }
   if (transient) {
@@ -412,7 +418,7 @@ void Runner::wait_retry(std::size_t i, const std::string& state, int status, con
 void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
   Live& t = m_tasks[i];
   if (t.stopping && (phase == Phase::kCsr)) {
-    settle(i, "aborted", t.row.last_error);
+    settle(i, m_stop_state, t.row.last_error);
     return;
   }
   auto answer = answer_object(r.payload);
@@ -516,7 +522,7 @@ void Runner::sign_queued() {
       t.cert_der = std::move(cert.der);
       touch(t);
       if (t.stopping) {
-        settle(i, "aborted", t.row.last_error);
+        settle(i, m_stop_state, t.row.last_error);
         continue;
       }
       install(i);
@@ -630,6 +636,7 @@ void Runner::check_abort() {
 // installing or reprovisioning finish the switch (a device is never left half-way).
 void Runner::stop_all(const std::string& state, const std::string& why) {
   m_admitting = false;
+  m_stop_state = state;
   for (std::size_t i : m_pending) {
     if (m_tasks[i].phase == Phase::kIdle) settle(i, state, why);
   }
