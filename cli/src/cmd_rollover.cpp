@@ -2,6 +2,7 @@
 // persisted jobs (jobs/rollover.hpp).
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -65,25 +66,29 @@ std::vector<std::string> read_device_list(const Context& ctx, const fs::path& fi
   return ids;
 }
 
-jobs::RolloverParams params_from(Context& ctx) {
+jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   const Args& a = ctx.args();
   jobs::RolloverParams p;
-  p.selection.group = a.get("group").value_or("");
-  p.selection.lot = a.get("lot").value_or("");
-  if (auto d = a.get("expiring-within")) {
-    p.selection.expiring_within_s = jobs::parse_duration(*d, "--expiring-within");
-  }
-  if (auto f = path_option(a, "devices")) {
-    p.selection.devices = read_device_list(ctx, *f, ctx.policy());
-  }
-  if (a.has("device")) {
-    for (const auto& d : a.options.at("device")) {
-      auto id = engine::DeviceId::check(ctx.policy(), d);
-      if (!id) throw Error(ErrorCode::kInvalidArgument, "--device: " + id.error().message);
-      p.selection.devices.push_back(id.value().str());
+  if (!selection) {
+    // A CA rollover selects the group's devices itself.
+  } else {
+    p.selection.group = a.get("group").value_or("");
+    p.selection.lot = a.get("lot").value_or("");
+    if (auto d = a.get("expiring-within")) {
+      p.selection.expiring_within_s = jobs::parse_duration(*d, "--expiring-within");
     }
+    if (auto f = path_option(a, "devices")) {
+      p.selection.devices = read_device_list(ctx, *f, ctx.policy());
+    }
+    if (a.has("device")) {
+      for (const auto& d : a.options.at("device")) {
+        auto id = engine::DeviceId::check(ctx.policy(), d);
+        if (!id) throw Error(ErrorCode::kInvalidArgument, "--device: " + id.error().message);
+        p.selection.devices.push_back(id.value().str());
+      }
+    }
+    p.ca = a.get("ca").value_or("");
   }
-  p.ca = a.get("ca").value_or("");
   auto bounded = [&](const char* name, int lo, int hi, int fallback) {
     const auto v = a.get_int(name);
     if (!v) return fallback;
@@ -234,6 +239,13 @@ Poco::JSON::Object progress_json(const jobs::JobProgress& p) {
   o.set("createdAt", engine::iso8601(p.job.created_at));
   if (p.job.finished_at != 0) o.set("finishedAt", engine::iso8601(p.job.finished_at));
   if (!p.job.runner.empty()) o.set("runner", p.job.runner);
+  if (p.job.report_json != "{}" && !p.job.report_json.empty()) {
+    try {
+      Poco::JSON::Parser parser;
+      o.set("report", parser.parse(p.job.report_json));
+    } catch (const Poco::Exception&) {
+    }
+  }
   return o;
 }
 
@@ -328,6 +340,37 @@ int run_start(Context& ctx) {
     return 0;
   }
   return run_job_in_foreground(ctx, id);
+}
+
+int print_state(Context& ctx, const std::string& id, const std::string& state);
+
+int run_ca_rollover(Context& ctx) {
+  const Args& a = ctx.args();
+  jobs::CaRolloverRequest request;
+  request.group = a.require("group");
+  request.new_name = a.get("name").value_or("");
+  request.subject = a.get("subject").value_or("");
+  if (auto d = a.get_int("days")) {
+    if (*d < 1 || *d > 36500) throw Error(ErrorCode::kUsage, "--days must be in 1..36500");
+    request.days = *d;
+  }
+  if (auto k = a.get("key")) {
+    auto alg = policy::parse_key_algorithm(*k);
+    if (!alg) throw Error(ErrorCode::kUsage, "--key: unknown key algorithm '" + *k + "'");
+    request.key = *alg;
+  }
+  request.params = params_from(ctx, false);
+  ctx.token();  // the new CA's key is made in the token
+  const auto started =
+      jobs::start_ca_rollover(ctx.registry(), ctx.cas(), ctx.policy(), ctx.clock(), request);
+  if (!ctx.json()) {
+    std::fprintf(stderr, "CA rollover of group %s: %s %s in the %s slot (both trusted); job %s\n",
+                 request.group.c_str(), started.new_ca.c_str(),
+                 started.ca_created ? "created" : "(made by an earlier run)",
+                 started.new_slot.c_str(), started.job_id.c_str());
+  }
+  if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
+  return run_job_in_foreground(ctx, started.job_id);
 }
 
 int run_job_list(Context& ctx) {
@@ -440,6 +483,32 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_flag(s, "json", "print the closing report as JSON");
       },
       run_start});
+  commands.push_back(Command{
+      {"rollover", "ca"},
+      "--group G [--name NEW] [--subject DN] [--days D] [--key ALG] [job options as in start] "
+      "[--no-run] [--json]",
+      "CA rollover: a new intermediate (key made in the token) in the group's free slot, every "
+      "device of the group rolled under it, then it becomes the primary and the old one leaves",
+      [](Poco::Util::OptionSet& s) {
+        add_option(s, "group", "G", "the enrollment group whose intermediate is replaced");
+        add_option(s, "name", "NEW", "the new CA's name (default {old}-r{YYYYMMDD})");
+        add_option(s, "subject", "DN", "its subject (default: the old one's, CN dated)");
+        add_option(s, "days", "D", "its validity in days (default: the policy's)");
+        add_option(s, "key", "ALG", "its key (ec-p256, ec-p384, rsa-2048, …)");
+        add_option(s, "rate", "N", "devices started per minute at most");
+        add_option(s, "exponential", "BASE,FACTOR,EVERY", "exponential rollout");
+        add_option(s, "wave", "N", "devices per wave");
+        add_option(s, "abort-if-failed", "PCT", "stop when this share of devices failed");
+        add_option(s, "min-executed", "N", "… once at least N devices settled");
+        add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
+        add_option(s, "retries", "N", "further tries of a device that failed a step (1)");
+        add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
+        add_option(s, "deadline", "D", "the swap happens then at the latest (default 24h)");
+        add_option(s, "in-flight", "N", "devices in progress at once (256)");
+        add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
+        add_flag(s, "json", "print the closing report as JSON");
+      },
+      run_ca_rollover});
   commands.push_back(Command{{"job", "list"},
                              "[--limit N] [--json]",
                              "the newest jobs",

@@ -157,11 +157,12 @@ void finish_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
   const std::string new_ca = r->getValue<std::string>("newCa");
   engine::EnrollmentService enrollments(stores, policy, clock);
   engine::EnrollmentGroup group = enrollments.group(group_name);
-  if (group.primary_ca != new_ca) {
-    group = enrollments.set_group_slot(group_name, Slot::kPrimary, new_ca);
-  }
-  if (group.secondary_ca == old_ca || group.secondary_ca == new_ca) {
-    enrollments.clear_group_slot(group_name, Slot::kSecondary);
+  // One transaction: the new CA becomes the primary as the old one leaves (no moment in which
+  // the group trusts neither, or still both).
+  if (group.primary_ca != new_ca || !group.secondary_ca.empty()) {
+    group.primary_ca = new_ca;
+    group.secondary_ca.clear();
+    stores.save_group(group, "enrollment.group.ca-rollover", false);
   }
   stores.set_job_report(job_id, report_json(group_name, old_ca, new_ca,
                                             r->optValue<std::string>("newSlot", ""), "finalized"));

@@ -67,8 +67,9 @@ class Rollover : public ::testing::Test {
   void SetUp() override {
     bin.ok("init");
     bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
-    bin.ok("ca create-intermediate --name factory-1 --issuer root --days 3650 "
-           "--subject /CN=Factory-1");
+    bin.ok(
+        "ca create-intermediate --name factory-1 --issuer root --days 3650 "
+        "--subject /CN=Factory-1");
     bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
     bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
     bin.ok("enrollment group create fleet --ca root");
@@ -86,16 +87,12 @@ class Rollover : public ::testing::Test {
   // Issues `count` devices "{prefix}-NNNN" in lot `lot` and runs them as one agent process.
   testing::Agent& fleet(const std::string& lot, const std::string& prefix, int count,
                         const std::string& extra = "") {
-    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" +
-           prefix + "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
-    std::vector<std::string> args = {"--broker",
-                                     "localhost:" + std::to_string(port),
-                                     "--trust",
-                                     (home / "broker" / "ca.pem").string(),
-                                     "--dir",
-                                     path(lot),
-                                     "--state",
-                                     path(lot + "-flash")};
+    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" + prefix +
+           "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
+    std::vector<std::string> args = {"--broker", "localhost:" + std::to_string(port),
+                                     "--trust",  (home / "broker" / "ca.pem").string(),
+                                     "--dir",    path(lot),
+                                     "--state",  path(lot + "-flash")};
     std::istringstream words(extra);
     for (std::string w; words >> w;) args.push_back(w);
     fs::create_directories(path(lot + "-agent"));
@@ -207,8 +204,7 @@ TEST_F(Rollover, OfflineDevicesAreRetriedUntilTheDeadlineAndListed) {
   const int online = wait_connected("rb", -1);
   ASSERT_GT(online, 170);
   ASSERT_LT(online, 200);
-  const auto out =
-      bin.run("rollover start --lot LOT-B --deadline 12s --offline-retry 2 --json");
+  const auto out = bin.run("rollover start --lot LOT-B --deadline 12s --offline-retry 2 --json");
   EXPECT_EQ(out.status, 13) << out.out << out.err;
   const auto report = json(out.out);
   EXPECT_EQ(report->getValue<int>("done"), online);
@@ -288,9 +284,8 @@ TEST_F(Rollover, ABrokerRestartMidJobIsRidden) {
 TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
   fleet("LOT-F", "rf", 120);
   ASSERT_EQ(wait_connected("rf", 120), 120);
-  const std::string job =
-      json(bin.ok("rollover start --lot LOT-F --no-run --rate 600 --json").out)
-          ->getValue<std::string>("id");
+  const std::string job = json(bin.ok("rollover start --lot LOT-F --no-run --rate 600 --json").out)
+                              ->getValue<std::string>("id");
   testing::CliProcess runner(home, {"job", "resume", job});
   std::this_thread::sleep_for(std::chrono::milliseconds(2000));
   bin.ok("job pause " + job);
@@ -303,14 +298,67 @@ TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
   EXPECT_EQ(show->getObject("states")->optValue<int>("active", 0), 0);
   // Nothing moves while paused.
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-  EXPECT_EQ(json(bin.run("job show " + job + " --json").out)->getValue<int>("done"),
-            done_at_pause);
+  EXPECT_EQ(json(bin.run("job show " + job + " --json").out)->getValue<int>("done"), done_at_pause);
   EXPECT_EQ(bin.run("job cancel " + job).status, 0);
   show = json(bin.run("job show " + job + " --json").out);
   EXPECT_EQ(show->getValue<std::string>("state"), "canceled");
   EXPECT_EQ(show->getObject("states")->getValue<int>("canceled"), 120 - done_at_pause);
   EXPECT_EQ(check_done_devices(job, "LOT-F", false), done_at_pause);
   EXPECT_EQ(bin.run("job pause " + job).status, 2);
+}
+
+// A CA rollover: a new intermediate enters the group's free slot (both trusted during the
+// overlap), every device moves onto a certificate under it, then it becomes the primary and the
+// old intermediate leaves: a device certificate under the old one is refused from then on.
+TEST_F(Rollover, ACaRolloverMovesTheGroupOntoANewIntermediateWithAnOverlap) {
+  // Only the group "line" (which trusts the intermediate itself) admits these devices.
+  bin.ok("enrollment group disable fleet");
+  bin.ok("enrollment group create line --ca factory-1");
+  fleet("LOT-G", "rg", 100);
+  ASSERT_EQ(wait_connected("rg", 100), 100);
+  const std::string old_chain = path("LOT-G/rg-0001_fullchain.pem");
+  const auto started = bin.run("rollover ca --group line --name factory-2 --no-run --json");
+  ASSERT_EQ(started.status, 0) << started.out << started.err;
+  const std::string job = json(started.out)->getValue<std::string>("id");
+  {
+    auto reg = registry();
+    const auto g = reg->find_group("line");
+    ASSERT_TRUE(g.has_value());
+    EXPECT_EQ(g->primary_ca, "factory-1");
+    EXPECT_EQ(g->secondary_ca, "factory-2");
+    EXPECT_EQ(reg->find_ca("factory-2")->parent, "root");
+  }
+  // The overlap: the old intermediate's devices are still admitted.
+  EXPECT_TRUE(json(bin.ok("auth check --chain " + quoted(old_chain) + " --json").out)
+                  ->getValue<bool>("allowed"));
+  // Running the same request again continues it: no second CA, the same job.
+  const auto again = bin.run("rollover ca --group line --name factory-2 --no-run --json");
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_EQ(json(again.out)->getValue<std::string>("id"), job);
+
+  const auto end = bin.run("job resume " + job + " --json");
+  ASSERT_EQ(end.status, 0) << end.out << end.err;
+  const auto report = json(end.out);
+  EXPECT_EQ(report->getValue<int>("done"), 100);
+  EXPECT_EQ(report->getObject("report")->getValue<std::string>("phase"), "finalized");
+  EXPECT_EQ(check_done_devices(job, "LOT-G", false), 100);
+  auto reg = registry();
+  const auto g = reg->find_group("line");
+  EXPECT_EQ(g->primary_ca, "factory-2");
+  EXPECT_EQ(g->secondary_ca, "");
+  for (const auto& t : reg->job_tasks(job, "done")) {
+    EXPECT_EQ(reg->find_cert(t.new_serial)->ca_name, "factory-2") << t.device_id;
+  }
+  // The old intermediate left its slot: its device certificates are no longer admitted.
+  const auto old = json(bin.run("auth check --chain " + quoted(old_chain) + " --json").out);
+  EXPECT_FALSE(old->getValue<bool>("allowed")) << old->getValue<std::string>("reason");
+  // …and a new one is.
+  const auto t = reg->job_tasks(job, "done").front();
+  testing::write_file(path("new.pem"),
+                      engine::pem(reg->find_cert(t.new_serial)->der, "CERTIFICATE") +
+                          engine::pem(reg->find_ca("factory-2")->cert_der, "CERTIFICATE"));
+  EXPECT_TRUE(json(bin.ok("auth check --chain " + quoted(path("new.pem")) + " --json").out)
+                  ->getValue<bool>("allowed"));
 }
 
 }  // namespace
