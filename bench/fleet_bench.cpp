@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "fleet_setup.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/registry.hpp"
@@ -103,93 +104,28 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-struct Setup {
-  fs::path dir, home, log;
-  std::map<std::string, std::string> env;
-
-  std::string cli(const std::vector<std::string>& args, bool capture = false) {
-    std::vector<std::string> argv{FLEETSIGN_CLI_PATH, "--home", home.string()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    const auto r = fleetsign::bench::run_child(argv, env, log, capture);
-    if (r.exit_status != 0) {
-      std::string cmd;
-      for (const auto& a : args) cmd += " " + a;
-      std::fprintf(stderr, "fleetsign%s failed (%d); log %s:\n%s\n", cmd.c_str(), r.exit_status,
-                   log.c_str(), fleetsign::bench::tail_of(log).c_str());
-      std::exit(1);
-    }
-    return r.out;
-  }
-};
-
-long vm_hwm_kb(int pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return 0;
-}
-
-int broker_pid(const fs::path& home) {
-  try {
-    return std::stoi(fleetsign::read_bounded((home / "broker" / "mosquitto.pid").string(), 64,
-                                             "broker pid file"));
-  } catch (const std::exception&) {
-    return 0;
-  }
-}
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const auto i = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
-  Setup s;
-  s.dir = opt.dir.empty()
-              ? fs::temp_directory_path() / ("fleetsign-fleet-bench-" + std::to_string(::getpid()))
-              : opt.dir;
-  fs::create_directories(s.dir);
-  s.home = s.dir / "home";
-  s.log = s.dir / "bench.log";
-  s.env = {{"FLEETSIGN_PIN", "bench-user-pin"}, {"FLEETSIGN_SO_PIN", "bench-so-pin"}};
+  const fs::path dir = opt.dir.empty() ? fs::temp_directory_path() /
+                                             ("fleetsign-fleet-bench-" + std::to_string(::getpid()))
+                                       : opt.dir;
+  fleetsign::bench::FleetSetup s(dir);
   const bool tty = ::isatty(STDERR_FILENO) != 0 && !opt.json;
   const auto say = [&](const char* what) {
     if (tty) std::fprintf(stderr, "%s\n", what);
   };
 
   say("setting up a home, a proven root CA, a group and the device certificates");
-  s.cli({"init"});
-  s.cli({"ca", "create-root", "--name", "root", "--subject", "/CN=Bench Fleet Root"});
-  const fs::path pop = s.dir / "pop.pem";
-  s.cli({"ca", "verification-cert", "--ca", "root", "--code", "BENCH", "--out", pop.string()});
-  s.cli({"ca", "verify", "root", "--code", "BENCH", "--cert", pop.string()});
-  s.cli({"enrollment", "group", "create", "fleet", "--ca", "root"});
+  s.init_with_proven_root();
   const fs::path out = s.dir / "devices";
   s.cli({"issue", "--ca", "root", "--generate", std::to_string(opt.devices), "--id-pattern",
          "bench-{06}", "--out", out.string()});
-  const int port = free_port();
+  const int port = fleetsign::bench::free_port();
   s.cli({"broker", "init", "--port", std::to_string(port), "--host", "localhost"});
   s.cli({"broker", "start"});
-  const int pid = broker_pid(s.home);
+  const int pid = fleetsign::bench::broker_pid(s.home);
 
   // The devices run in their own process, as on their own machines: the service client's
   // libmosquitto loop (select(2)) must not share a process with 10,000 device sockets.
@@ -204,29 +140,12 @@ int main(int argc, char** argv) {
                                     out.string(),
                                     "--log",
                                     device_log};
-  std::vector<char*> dev_cargv;
-  for (auto& a : dev_argv) dev_cargv.push_back(a.data());
-  dev_cargv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, device_log.c_str(),
-                                   O_WRONLY | O_APPEND | O_CREAT, 0600);
-  pid_t devices = 0;
-  if (posix_spawn(&devices, dev_cargv[0], &actions, nullptr, dev_cargv.data(), environ) != 0) {
-    std::fprintf(stderr, "cannot start %s\n", dev_cargv[0]);
-    return 1;
-  }
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t devices = fleetsign::bench::spawn_logged(dev_argv, device_log);
   auto registry = fleetsign::engine::Registry::open(s.home / "registry.db");
   const auto connected_now = [&] {
     return static_cast<std::int64_t>(registry->connected_devices().size());
   };
-  const auto stop_devices = [&] {
-    ::kill(devices, SIGTERM);
-    int st = 0;
-    ::waitpid(devices, &st, 0);
-  };
+  const auto stop_devices = [&] { fleetsign::bench::stop_child(devices); };
 
   say("connecting the devices");
   const auto connect_start = Clock::now();
@@ -290,13 +209,14 @@ int main(int argc, char** argv) {
   }
   trigger.wait_idle();
   const double calls_s = std::chrono::duration<double>(Clock::now() - calls_start).count();
-  const long rss_kb = pid > 0 ? vm_hwm_kb(pid) : 0;
+  const long rss_kb = pid > 0 ? fleetsign::bench::vm_hwm_kb(pid) : 0;
 
   stop_devices();
   s.cli({"broker", "stop"});
 
   const double calls_per_s = static_cast<double>(opt.calls) / calls_s;
-  const double p50 = percentile(latencies_ms, 0.50), p99 = percentile(latencies_ms, 0.99);
+  const double p50 = fleetsign::bench::percentile(latencies_ms, 0.50),
+               p99 = fleetsign::bench::percentile(latencies_ms, 0.99);
   const std::size_t ok = statuses[200];
   if (opt.json) {
     std::printf(

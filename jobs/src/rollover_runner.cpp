@@ -59,8 +59,9 @@ struct Live {
   JobTask row;
   Phase phase = Phase::kIdle;
   bool dirty = false;
-  bool stopping = false;     // abort/cancel/deadline: settle at the next safe point
-  Steady::time_point due{};  // retry not before; confirm deadline
+  bool stopping = false;       // abort/cancel/deadline: settle at the next safe point
+  Steady::time_point due{};    // retry not before; confirm deadline
+  Steady::time_point began{};  // first start in this run
   engine::Der csr, cert_der;
   std::string ca_name, group, lot, enrollment;
   engine::Slot enrollment_old_slot = engine::Slot::kPrimary;
@@ -299,6 +300,7 @@ void Runner::admit(Steady::time_point now) {
 void Runner::start(std::size_t i) {
   Live& t = m_tasks[i];
   ++m_active;
+  if (t.began == Steady::time_point{}) t.began = Steady::now();
   t.row.state = "active";
   if (t.row.started_at == 0) t.row.started_at = m_clock.now();
   t.row.next_at = 0;
@@ -377,7 +379,8 @@ void Runner::failed_call(std::size_t i, Phase phase, int status, const std::stri
   if (t.stopping && t.row.step != "install" && t.row.step != "reprovision") {
     if (status == kStatusDeviceOffline) {
       t.row.last_status = status;
-      settle(i, "offline", step + ": " + why + " (until the job stopped: " + t.row.last_error + ")");
+      settle(i, "offline",
+             step + ": " + why + " (until the job stopped: " + t.row.last_error + ")");
     } else {
       settle(i, m_stop_state, t.row.last_error);
     }
@@ -609,6 +612,10 @@ void Runner::settle(std::size_t i, const std::string& state, const std::string& 
   t.row.next_at = 0;
   touch(t);
   if (was_active) --m_active;
+  if (m_options.on_settled && t.began != Steady::time_point{}) {
+    m_options.on_settled(
+        t.row, std::chrono::duration_cast<std::chrono::microseconds>(Steady::now() - t.began));
+  }
   if (state == "done") {
     ++m_done;
     ++m_settled_exec;

@@ -116,6 +116,9 @@ struct RunnerOptions {
   std::function<void(const JobProgress&)> progress;
   std::chrono::milliseconds flush_every{100};
   std::chrono::milliseconds confirm_poll{200};
+  // Called on the runner's thread as each device settles, with how long it took from its start
+  // in this run (the benchmark's per-device figures).
+  std::function<void(const engine::JobTask&, std::chrono::microseconds)> on_settled;
   // Test hook: called after every flush with the number of flushes so far.
   std::function<void(std::int64_t)> after_flush;
 };
