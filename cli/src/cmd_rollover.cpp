@@ -344,6 +344,29 @@ int run_start(Context& ctx) {
 
 int print_state(Context& ctx, const std::string& id, const std::string& state);
 
+int run_breach(Context& ctx) {
+  const Args& a = ctx.args();
+  const std::string device = a.require("device");
+  auto params = params_from(ctx, false);
+  if (!a.has("deadline")) params.deadline = ctx.clock().now() + 300;
+  const auto started = jobs::start_breach_roll(ctx.registry(), ctx.clock(), device,
+                                               a.get("serial").value_or(""), params);
+  if (!ctx.json()) {
+    std::fprintf(stderr,
+                 "certificate 0x%s of %s revoked (keyCompromise) and out of its %s slot: the "
+                 "broker drops a session using it within a second\n%s; job %s\n",
+                 started.serial.c_str(), device.c_str(), started.slot.c_str(),
+                 started.other_certificate
+                     ? "the device holds another valid certificate: it is rolled as soon as it "
+                       "connects with it"
+                     : "the device holds no other valid certificate: it cannot connect until it "
+                       "is re-provisioned",
+                 started.job_id.c_str());
+  }
+  if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
+  return run_job_in_foreground(ctx, started.job_id);
+}
+
 int run_ca_rollover(Context& ctx) {
   const Args& a = ctx.args();
   jobs::CaRolloverRequest request;
@@ -483,6 +506,22 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_flag(s, "json", "print the closing report as JSON");
       },
       run_start});
+  commands.push_back(Command{
+      {"rollover", "breach"},
+      "--device ID [--serial S] [--deadline D] [--offline-retry S] [--no-run] [--json]",
+      "breach roll of one certificate: revoked and out of its slot at once (no overlap), then "
+      "the device rolled onto a new one when it is reachable on another valid certificate",
+      [](Poco::Util::OptionSet& s) {
+        add_option(s, "device", "ID", "the device whose certificate is compromised");
+        add_option(s, "serial", "S", "the compromised certificate (default: the one in use)");
+        add_option(s, "deadline", "D", "stop waiting for the device after D (default 5m)");
+        add_option(s, "offline-retry", "S", "retry an offline device every S seconds (30)");
+        add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
+        add_option(s, "retries", "N", "further tries of a failed step (1)");
+        add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
+        add_flag(s, "json", "print the closing report as JSON");
+      },
+      run_breach});
   commands.push_back(Command{
       {"rollover", "ca"},
       "--group G [--name NEW] [--subject DN] [--days D] [--key ALG] [job options as in start] "

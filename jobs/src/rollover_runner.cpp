@@ -597,17 +597,22 @@ void Runner::settle(std::size_t i, const std::string& state, const std::string& 
   const bool was_active = t.phase != Phase::kIdle && t.phase != Phase::kSettled;
   if (t.phase == Phase::kSettled) return;
   // A certificate signed but never delivered leaves the registry's slot again.
-  if (state != "done" && !t.row.new_serial.empty() && t.row.step == "sign" &&
-      !t.row.old_serial.empty()) {
+  if (state != "done" && !t.row.new_serial.empty() && t.row.step == "sign") {
     SlotChange back;
-    back.kind = SlotChange::Kind::kRetireDevice;
+    back.kind = SlotChange::Kind::kReleaseDevice;
     back.device_id = t.row.device_id;
-    back.serial = t.row.old_serial;
+    back.serial = t.row.new_serial;
     m_changes.push_back(std::move(back));
   }
   t.phase = Phase::kSettled;
   t.row.state = state;
   t.row.last_error = why;
+  if (state == "offline" && m_job.kind == "breach-roll") {
+    t.row.last_error +=
+        "; its compromised certificate was revoked, so unless it holds another "
+        "valid certificate it cannot connect: re-provision it (a new CSR from the "
+        "device through `issue --csr`)";
+  }
   t.row.finished_at = m_clock.now();
   t.row.next_at = 0;
   touch(t);

@@ -361,5 +361,48 @@ TEST_F(Rollover, ACaRolloverMovesTheGroupOntoANewIntermediateWithAnOverlap) {
                   ->getValue<bool>("allowed"));
 }
 
+// A breach roll: the compromised certificate is revoked and out of its slot at once (no
+// overlap): the broker drops the device within a second, `auth check` refuses the certificate as
+// revoked, and a device that held no other certificate is reported as needing re-provisioning.
+TEST_F(Rollover, ABreachRollRevokesAtOnceWithNoOverlap) {
+  fleet("LOT-H", "rh", 3);
+  ASSERT_EQ(wait_connected("rh", 3), 3);
+  const std::string old_chain = path("LOT-H/rh-0001_fullchain.pem");
+  std::string serial;
+  {
+    auto reg = registry();
+    serial = reg->find_device("rh-0001")->primary_serial;
+  }
+  testing::CliProcess job(home, {"rollover", "breach", "--device", "rh-0001", "--deadline", "6s",
+                                 "--offline-retry", "2"});
+  // Within a couple of seconds: revoked, refused, and dropped by the broker.
+  bool dropped = false;
+  for (int i = 0; i < 40 && !dropped; ++i) {
+    ::usleep(100000);
+    const auto c = connected();
+    dropped = c.count("rh-0001") == 0 && c.count("rh-0002") == 1;
+  }
+  EXPECT_TRUE(dropped);
+  const auto check = json(bin.run("auth check --chain " + quoted(old_chain) + " --json").out);
+  EXPECT_FALSE(check->getValue<bool>("allowed"));
+  EXPECT_EQ(check->getValue<std::string>("rule"), "revoked");
+  EXPECT_EQ(job.wait(), 13);
+  auto reg = registry();
+  EXPECT_EQ(reg->find_cert(serial)->state, engine::CertState::kRevoked);
+  const auto d = reg->find_device("rh-0001");
+  EXPECT_EQ(d->primary_serial, "");
+  EXPECT_EQ(d->secondary_serial, "");
+  const auto jobs = reg->list_jobs(1);
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].kind, "breach-roll");
+  const auto tasks = reg->job_tasks(jobs[0].id, "");
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state, "offline");
+  EXPECT_NE(tasks[0].last_error.find("re-provision"), std::string::npos) << tasks[0].last_error;
+  // The other devices are untouched.
+  EXPECT_EQ(reg->find_cert(reg->find_device("rh-0002")->primary_serial)->state,
+            engine::CertState::kIssued);
+}
+
 }  // namespace
 }  // namespace fleetsign

@@ -74,6 +74,13 @@ class FaultStores final : public engine::Stores {
     write("abandon_intents", [&] { n = m_inner.abandon_intents(batch_id); });
     return n;
   }
+  std::int64_t revoke_certs(std::span<const std::string> serials, const std::string& reason,
+                            std::int64_t at) override {
+    std::int64_t n = 0;
+    write("revoke_certs", [&] { n = m_inner.revoke_certs(serials, reason, at); });
+    return n;
+  }
+
   std::optional<engine::CertRecord> find_cert(const std::string& serial) override {
     return m_inner.find_cert(serial);
   }

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <utility>
 
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 #include "registry_impl.hpp"
 #include "registry_schema.hpp"
@@ -230,6 +231,49 @@ std::int64_t Registry::abandon_intents(const std::string& batch_id) {
                                          "WHERE batch_id = ? AND state = 'intent'",
                     kw::bind(batch_id));
     return static_cast<std::int64_t>(st.execute());
+  });
+}
+
+std::int64_t Registry::revoke_certs(std::span<const std::string> serials, const std::string& reason,
+                                    std::int64_t at) {
+  const std::string what = "revoking " + std::to_string(serials.size()) + " certificate(s)" +
+                           (serials.empty() ? std::string() : " (first 0x" + serials[0] + ")");
+  return m_impl->write(what, [&] {
+    Session& db = m_impl->m_session;
+    std::int64_t revoked = 0;
+    for (const auto& serial : serials) {
+      std::string state, device, sha256;
+      Statement find = (db << "SELECT state, device_id, COALESCE(sha256, '') FROM certificates "
+                              "WHERE serial = ?",
+                        kw::into(state), kw::into(device), kw::into(sha256), kw::bind(serial));
+      if (find.execute() == 0 || (state != "issued" && state != "revoked")) {
+        throw Error(ErrorCode::kNotFound,
+                    what + ": 0x" + serial + " is not an issued certificate of this registry");
+      }
+      if (state == "revoked") continue;
+      db << "UPDATE certificates SET state = 'revoked', revoked_at = ?, revocation_reason = ? "
+            "WHERE serial = ?",
+          kw::bind(at), kw::bind(reason), kw::bind(serial), kw::now;
+      for (const char* slot : {"primary", "secondary"}) {
+        const std::string col = slot;
+        db << "UPDATE devices SET " + col + "_serial = '', " + col +
+                  "_not_after = 0, "
+                  "updated_at = ? WHERE registration_id = ? AND " +
+                  col + "_serial = ?",
+            kw::bind(at), kw::bind(device), kw::bind(serial), kw::now;
+        db << "UPDATE individual_enrollments SET " + col + "_cert = NULL, " + col +
+                  "_sha256 = '', updated_at = ? WHERE registration_id = ? AND " + col +
+                  "_sha256 = ?",
+            kw::bind(at), kw::bind(device), kw::bind(sha256), kw::now;
+      }
+      ++revoked;
+    }
+    if (revoked > 0) {
+      registry_detail::audit_row(
+          *m_impl, "cert.revoke", serials.size() == 1 ? serials[0] : std::string("certificates"),
+          json_object({{"count", revoked}, {"reason", reason}, {"first", serials[0]}}));
+    }
+    return revoked;
   });
 }
 

@@ -384,12 +384,15 @@ static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::in
     primary = column_text(q, 0);
     secondary = column_text(q, 1);
   }
-  if (primary != c.serial && secondary != c.serial) {
+  if (c.kind == SlotChange::Kind::kReleaseDevice) {
+    if (primary != c.serial && secondary != c.serial) return;  // not (or no longer) in a slot
+  } else if (primary != c.serial && secondary != c.serial) {
     throw Error(ErrorCode::kRegistryError,
                 what + ": device '" + c.device_id + "' holds certificate 0x" + c.serial +
                     " in neither slot (primary '" + primary + "', secondary '" + secondary + "')");
   }
-  const bool keep_primary = primary == c.serial;
+  // kReleaseDevice frees the slot holding the serial: it "keeps" the other one.
+  const bool keep_primary = (primary == c.serial) != (c.kind == SlotChange::Kind::kReleaseDevice);
   if ((keep_primary ? secondary : primary).empty()) return;  // the other slot is free already
   sqlite3_stmt* clear =
       keep_primary ? impl.m_clear_secondary.get(db,
@@ -415,7 +418,7 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
     if (c.device_id.empty()) {
       throw Error(ErrorCode::kInvalidArgument, what + ": a slot change names no device");
     }
-    if (c.kind == SlotChange::Kind::kRetireDevice && c.serial.empty()) {
+    if (c.kind != SlotChange::Kind::kIndividualSlot && c.serial.empty()) {
       throw Error(ErrorCode::kInvalidArgument, what + ": retiring a slot of device '" +
                                                    c.device_id + "' names no serial to keep");
     }
@@ -433,7 +436,7 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
       }
     }
     for (const auto& c : changes) {
-      if (c.kind == SlotChange::Kind::kRetireDevice) {
+      if (c.kind == SlotChange::Kind::kRetireDevice || c.kind == SlotChange::Kind::kReleaseDevice) {
         retire_other_slot(*m_impl, c, now, what);
         continue;
       }

@@ -185,6 +185,12 @@ CREATE TABLE job_tasks (
 );
 CREATE INDEX job_tasks_state ON job_tasks (job_id, state, seq);
 )sql",
+    // 7 (issue 9's breach roll, issue 10's revocation runs): when and why a certificate was
+    // revoked, for the CRL and the reports.
+    R"sql(
+ALTER TABLE certificates ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE certificates ADD COLUMN revocation_reason TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 }  // namespace fleetsign::engine

@@ -173,6 +173,21 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
 void finish_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
                         const engine::Clock& clock, const std::string& job_id);
 
+// Breach roll of one certificate: it is revoked ("keyCompromise") and leaves its slot at once,
+// with no overlap (the broker drops a session using it within a second); then a job of kind
+// "breach-roll" takes the device through the rotation protocol as soon as it is reachable again
+// on another valid certificate. A device whose only certificate was the compromised one cannot
+// come back by itself: the job reports it offline with that reason (re-provision it).
+struct BreachRollStart {
+  std::string job_id, serial, slot;
+  bool other_certificate = false;  // the device still holds a valid certificate in its other slot
+};
+// `serial` empty: the certificate the broker saw the device connect with, else its only one.
+// kNotFound (device, serial not in one of its slots), kInvalidArgument (several candidates).
+BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& clock,
+                                  const std::string& device_id, const std::string& serial,
+                                  RolloverParams params);
+
 bool is_final_task_state(std::string_view state) noexcept;
 bool is_failed_task_state(
     std::string_view state) noexcept;  // refused, timed-out, offline, conflict

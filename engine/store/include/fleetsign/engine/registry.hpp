@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 6;
+  static constexpr int kSchemaVersion = 7;
   int schema_version();
 
   // CaStore
@@ -56,6 +56,8 @@ class Registry final : public Stores {
   void record_intents(std::span<const CertIntent> intents) override;
   void record_issued(std::span<const IssuedCert> certs) override;
   std::int64_t abandon_intents(const std::string& batch_id) override;
+  std::int64_t revoke_certs(std::span<const std::string> serials, const std::string& reason,
+                            std::int64_t at) override;
   std::optional<CertRecord> find_cert(const std::string& serial) override;
   std::optional<CertState> cert_state(const std::string& serial) override;
   std::vector<std::string> devices_with_valid_cert(std::span<const std::string> device_ids,

@@ -242,6 +242,14 @@ class CertificateStore {
   virtual void record_issued(std::span<const IssuedCert> certs) = 0;
   // Marks every intent of `batch_id` abandoned (their serials stay, never reused). Returns count.
   virtual std::int64_t abandon_intents(const std::string& batch_id) = 0;
+  // One transaction (schema v7): each serial in state issued becomes revoked at `at` with
+  // `reason` (an RFC 5280 CRLReason name: "keyCompromise", "superseded", …); the device slots
+  // that held it are freed, and so is an individual enrollment's slot holding its SHA-256; one
+  // audit row "cert.revoke" ({"count","reason","first"}) makes the broker re-check live sessions.
+  // Serials already revoked are skipped; one that is not an issued or revoked certificate is
+  // kNotFound and nothing is written. Returns how many became revoked.
+  virtual std::int64_t revoke_certs(std::span<const std::string> serials, const std::string& reason,
+                                    std::int64_t at) = 0;
   virtual std::optional<CertRecord> find_cert(const std::string& serial) = 0;
   virtual std::optional<CertState> cert_state(const std::string& serial) = 0;
   // Of `device_ids`, those that hold an issued certificate valid at `now` (not_after > now).
@@ -346,8 +354,9 @@ struct JobTask {
 // A change to slots made in the same transaction as task rows.
 struct SlotChange {
   enum class Kind {
-    kRetireDevice,     // the device's slot that does not hold `serial` becomes free
-    kIndividualSlot,   // the individual enrollment's `slot` holds `cert_der` (empty: free)
+    kRetireDevice,    // the device's slot that does not hold `serial` becomes free
+    kIndividualSlot,  // the individual enrollment's `slot` holds `cert_der` (empty: free)
+    kReleaseDevice,   // the device's slot that holds `serial` becomes free (none: no-op)
   };
   Kind kind = Kind::kRetireDevice;
   std::string device_id;  // also the individual enrollment's registration ID
