@@ -67,4 +67,6 @@ echo "  fleet: broker on localhost:$port, 1,000 devices running (log $dir/device
 echo "       $fs --home $dir/home method invoke sensor-000007 ping --payload '{\"hello\":1}'"
 echo "       $fs --home $dir/home twin show sensor-000007"
 echo "       $fs --home $dir/home device list --connected"
+echo "  roll the fleet onto new certificates (new keys on the devices, signed in the token):"
+echo "       $fs --home $dir/home rollover start --group fleet --expiring-within 400d --pin-file $dir/user.pin"
 echo "  stop: kill \$(cat $dir/devices.pid); $fs --home $dir/home broker stop"

@@ -502,6 +502,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
         add_option(s, "deadline", "D", "stop retrying after D (e.g. 2h; default 24h)");
         add_option(s, "in-flight", "N", "devices in progress at once (256)");
+        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
         add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
         add_flag(s, "json", "print the closing report as JSON");
       },
@@ -518,6 +519,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_option(s, "offline-retry", "S", "retry an offline device every S seconds (30)");
         add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
         add_option(s, "retries", "N", "further tries of a failed step (1)");
+        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
         add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
         add_flag(s, "json", "print the closing report as JSON");
       },
@@ -544,6 +546,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
         add_option(s, "deadline", "D", "the swap happens then at the latest (default 24h)");
         add_option(s, "in-flight", "N", "devices in progress at once (256)");
+        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
         add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
         add_flag(s, "json", "print the closing report as JSON");
       },
@@ -572,9 +575,13 @@ void add_rollover_commands(std::vector<Command>& commands) {
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_job_pause});
   commands.push_back(Command{{"job", "resume"},
-                             "JOB [--json]",
+                             "JOB [--pin-file FILE] [--json]",
                              "run a paused or interrupted job here, from where it stopped",
-                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             [](Poco::Util::OptionSet& s) {
+                               add_option(s, "pin-file", "FILE",
+                                          "user PIN file (else FLEETSIGN_PIN or a prompt)");
+                               add_flag(s, "json", "print as JSON");
+                             },
                              run_job_resume});
   commands.push_back(Command{{"job", "cancel"},
                              "JOB [--json]",
@@ -586,6 +593,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
               "JOB [--no-run] [--json]",
               "offline, refused, timed-out and aborted devices go again, and the job runs here",
               [](Poco::Util::OptionSet& s) {
+                add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
                 add_flag(s, "no-run", "only mark them (run with `job resume` or `serve`)");
                 add_flag(s, "json", "print as JSON");
               },
