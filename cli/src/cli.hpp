@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "fleetsign/broker/broker_home.hpp"
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/registry.hpp"
@@ -98,6 +99,13 @@ void add_twin_commands(std::vector<Command>& commands);        // twin show, twi
 int run_device_list_connected(Context& ctx);
 void add_method_commands(std::vector<Command>& commands);    // method invoke, fleet backend
 void add_rollover_commands(std::vector<Command>& commands);  // rollover …, job …
+// The home's broker (cmd_broker.cpp): its trust file and config refreshed from the registry,
+// mosquitto started (stopped first when `restart`) and audited. kAlreadyExists when it runs;
+// kBrokerFailed when it does not come up. The mosquitto binary: --mosquitto, FLEETSIGN_MOSQUITTO,
+// else /usr/sbin/mosquitto.
+broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
+std::filesystem::path broker_binary(const Args& args);
+void add_serve_commands(std::vector<Command>& commands);  // serve
 // The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
 std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 

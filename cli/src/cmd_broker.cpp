@@ -215,18 +215,11 @@ broker::BrokerSettings refresh(Context& ctx, const broker::BrokerHome& home) {
   return s;
 }
 
-// start and restart: the trust file and config refreshed, mosquitto (stopped first for a
-// restart) started, audited, and the status printed.
+// start and restart (start_home_broker), with the status printed.
 int start_broker(Context& ctx, bool restart) {
+  const broker::BrokerStatus st = start_home_broker(ctx, restart);
   broker::BrokerHome home(ctx.home_dir());
-  const broker::BrokerSettings s = refresh(ctx, home);
-  broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
-  if (restart) {
-    sup.stop();
-  }
-  const broker::BrokerStatus st = sup.start(s);
-  ctx.registry().audit(restart ? "broker.restart" : "broker.start", s.endpoint(),
-                       engine::json_object({{"pid", static_cast<std::int64_t>(st.pid)}}));
+  const broker::BrokerSettings s = home.load();
   if (ctx.json()) {
     ctx.print_json(status_json(home, s, st));
   } else {
@@ -310,6 +303,21 @@ void mosquitto_option(Poco::Util::OptionSet& set) {
 }
 
 }  // namespace
+
+fs::path broker_binary(const Args& args) { return mosquitto_binary(args); }
+
+broker::BrokerStatus start_home_broker(Context& ctx, bool restart) {
+  broker::BrokerHome home(ctx.home_dir());
+  const broker::BrokerSettings s = refresh(ctx, home);
+  broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
+  if (restart) {
+    sup.stop();
+  }
+  const broker::BrokerStatus st = sup.start(s);
+  ctx.registry().audit(restart ? "broker.restart" : "broker.start", s.endpoint(),
+                       engine::json_object({{"pid", static_cast<std::int64_t>(st.pid)}}));
+  return st;
+}
 
 void add_broker_commands(std::vector<Command>& commands) {
   commands.push_back(Command{

@@ -17,6 +17,7 @@
 
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/error.hpp"
+#include "json_read.hpp"
 
 namespace fleetsign::policy {
 namespace {
@@ -24,6 +25,7 @@ namespace {
 using Poco::Dynamic::Var;
 using Poco::JSON::Array;
 using Poco::JSON::Object;
+using namespace detail;  // NOLINT: the reading helpers shared with rollover_policy.cpp
 
 constexpr std::pair<KeyAlgorithm, std::string_view> kAlgorithmNames[] = {
     {KeyAlgorithm::kEcP256, "ec-p256"},   {KeyAlgorithm::kEcP384, "ec-p384"},
@@ -43,152 +45,9 @@ constexpr int kMinRsaBits = 2048;
 constexpr int kMaxOverlapDays = 3650;
 constexpr int kMaxWaveSize = 1000000;
 
-// Joins the items with ", ", each rendered by `show`.
-template <typename Range, typename Show>
-std::string join(const Range& items, Show show) {
-  std::string out;
-  for (const auto& item : items) {
-    out += (out.empty() ? "" : ", ") + std::string(show(item));
-  }
-  return out;
-}
-
 std::string names_of(const std::vector<KeyAlgorithm>& algorithms) {
   return join(algorithms, key_algorithm_name);
 }
-
-// Messages end up in terminals and JSON logs, so control and non-ASCII bytes are shown as \xNN
-// rather than written raw.
-std::string escape(std::string_view text) {
-  std::string out;
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '\'' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (byte < 0x20 || byte >= 0x7f) {
-      char hex[5];
-      std::snprintf(hex, sizeof hex, "\\x%02x", byte);
-      out += hex;
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string quote(std::string_view text) { return "'" + escape(text) + "'"; }
-
-// --- Reading JSON. A Where names the origin and dotted path so each message says where it is.
-
-struct Where {
-  std::string_view origin;
-  std::string path;
-
-  Where field(std::string_view name) const {
-    return {origin, path.empty() ? std::string(name) : path + "." + std::string(name)};
-  }
-  Where item(std::size_t index) const { return {origin, path + "[" + std::to_string(index) + "]"}; }
-  [[noreturn]] void fail(std::string_view problem) const {
-    std::string message(origin);
-    message += ": ";
-    if (!path.empty()) {
-      message += path + ": ";
-    }
-    message += problem;
-    throw Error(ErrorCode::kPolicyInvalid, message);
-  }
-};
-
-std::string type_name(const Var& value) {
-  if (value.isEmpty()) {
-    return "null";
-  }
-  if (value.isBoolean()) {  // checked first: Poco also reports booleans as integers
-    return "boolean";
-  }
-  if (value.isNumeric()) {
-    return "number";
-  }
-  if (value.isString()) {
-    return "string";
-  }
-  if (value.type() == typeid(Array::Ptr)) {
-    return "array";
-  }
-  return value.type() == typeid(Object::Ptr) ? "object" : "unknown";
-}
-
-Object::Ptr as_object(const Var& value, const Where& where) {
-  if (value.type() != typeid(Object::Ptr)) {
-    where.fail("must be an object, got " + type_name(value));
-  }
-  return value.extract<Object::Ptr>();
-}
-
-Array::Ptr as_array(const Var& value, const Where& where) {
-  if (value.type() != typeid(Array::Ptr)) {
-    where.fail("must be an array, got " + type_name(value));
-  }
-  return value.extract<Array::Ptr>();
-}
-
-std::string as_string(const Var& value, const Where& where) {
-  if (!value.isString()) {
-    where.fail("must be a string, got " + type_name(value));
-  }
-  return value.extract<std::string>();
-}
-
-int as_int_in(const Var& value, const Where& where, int low, int high) {
-  if (value.isBoolean() || !value.isInteger()) {
-    // A fraction or exponent is shown as written, so "365.0" is not reported as a type error.
-    where.fail("must be an integer, got " +
-               (value.isNumeric() && !value.isBoolean() ? value.toString() : type_name(value)));
-  }
-  const std::string range = std::to_string(low) + ".." + std::to_string(high);
-  // Parse Poco's own rendering: it may hold int64 or uint64, and from_chars reports overflow.
-  const std::string text = value.toString();
-  long long number = 0;
-  const auto parsed = std::from_chars(text.data(), text.data() + text.size(), number);
-  if (parsed.ec != std::errc() || number < low || number > high) {
-    where.fail("must be an integer in " + range + ", got " + text);
-  }
-  return static_cast<int>(number);
-}
-
-// One JSON object being read. Every field is optional, and an unknown one is refused: a typo must
-// fail loudly rather than leave the default silently in force.
-class Section final {
- public:
-  Section(const Var& value, Where where, std::initializer_list<std::string_view> known)
-      : m_object(as_object(value, where)), m_where(std::move(where)) {
-    for (const auto& name : m_object->getNames()) {
-      if (std::find(known.begin(), known.end(), name) == known.end()) {
-        const auto same = [](std::string_view known_name) { return known_name; };
-        m_where.field(name).fail("unknown field; expected one of: " + join(known, same));
-      }
-    }
-  }
-
-  // target = read(value, where) when the field is present.
-  template <typename T, typename Read>
-  void read(std::string_view name, T& target, Read read) const {
-    const std::string key(name);
-    if (m_object->has(key)) {
-      target = read(m_object->get(key), m_where.field(name));
-    }
-  }
-
-  template <typename T>
-  void read_int(std::string_view name, T& target, int low, int high) const {
-    read(name, target, [&](const Var& v, const Where& w) { return as_int_in(v, w, low, high); });
-  }
-
- private:
-  Object::Ptr m_object;
-  Where m_where;
-};
 
 std::vector<KeyAlgorithm> read_algorithms(const Var& value, const Where& where) {
   const auto array = as_array(value, where);
@@ -287,14 +146,16 @@ DeviceSubject read_device_subject(const Var& value, const Where& where) {
 }
 
 GroupSettings read_group(const Var& value, const Where& where) {
-  const Section section(value, where,
-                        {"intermediate", "device_days", "alert_days", "overlap_days", "wave_size"});
+  const Section section(
+      value, where,
+      {"intermediate", "device_days", "alert_days", "overlap_days", "wave_size", "rollover"});
   GroupSettings group;
   section.read("intermediate", group.intermediate, read_ca_name);
   section.read_int("device_days", group.device_days, 1, kMaxDays);
   section.read("alert_days", group.alert_days, read_alert_days);
   section.read_int("overlap_days", group.overlap_days, 0, kMaxOverlapDays);
   section.read_int("wave_size", group.wave_size, 1, kMaxWaveSize);
+  section.read("rollover", group.rollover, read_rollover_overrides);
   return group;
 }
 
@@ -313,7 +174,7 @@ std::map<std::string, GroupSettings> read_groups(const Var& value, const Where& 
 Policy read_policy(const Var& document, const Where& where) {
   const Section section(document, where,
                         {"ca_keys", "device_keys", "validity", "device_id", "device_subject",
-                         "alert_days", "groups"});
+                         "alert_days", "rollover", "groups"});
   Policy policy;
   section.read("ca_keys", policy.ca_keys, read_algorithms);
   section.read("device_keys", policy.device_keys, read_algorithms);
@@ -321,6 +182,7 @@ Policy read_policy(const Var& document, const Where& where) {
   section.read("device_id", policy.device_id, read_device_id);
   section.read("device_subject", policy.device_subject, read_device_subject);
   section.read("alert_days", policy.alert_days, read_alert_days);
+  section.read("rollover", policy.rollover, read_rollover);
   section.read("groups", policy.groups, read_groups);
   return policy;
 }
@@ -442,6 +304,7 @@ std::string default_policy_json() {
   doc->set("device_id", device_id);
   doc->set("device_subject", device_subject);
   doc->set("alert_days", days_json(defaults.alert_days));
+  doc->set("rollover", rollover_json(defaults.rollover));
   doc->set("groups", ordered_object());
   std::ostringstream out;
   doc->stringify(out, 2);

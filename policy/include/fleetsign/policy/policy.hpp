@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fleetsign/policy/rollover_schedule.hpp"
+
 namespace fleetsign::policy {
 
 // Key algorithms fleetsign knows, by their CLI/JSON names.
@@ -55,6 +57,7 @@ struct GroupSettings {
   std::vector<int> alert_days;     // overrides alerts.days when non-empty
   int overlap_days = 14;           // old and new slot both valid
   int wave_size = 1000;            // devices triggered at once in a rollover
+  RolloverOverrides rollover;      // "rollover": overrides the top level's schedule
 };
 
 struct Policy {
@@ -68,6 +71,7 @@ struct Policy {
   DeviceIdRule device_id;
   DeviceSubject device_subject;
   std::vector<int> alert_days{30, 14, 7};  // strictly decreasing, all > 0
+  RolloverSchedule rollover;               // scheduled rollovers (`fleetsign serve`)
   std::map<std::string, GroupSettings> groups;
 };
 
@@ -89,5 +93,9 @@ std::optional<std::string> check_device_key(const Policy& policy, const KeyDescr
 std::optional<std::string> check_ca_key(const Policy& policy, KeyAlgorithm alg);
 // Device validity days for a group (group override, else the default).
 int device_days_for(const Policy& policy, std::string_view group);
+// The rollover schedule of a group: the top level's, with the group's overrides.
+RolloverSchedule rollover_for(const Policy& policy, std::string_view group);
+// The alert thresholds of a group (its alert_days when given, else the top level's).
+const std::vector<int>& alert_days_for(const Policy& policy, std::string_view group);
 
 }  // namespace fleetsign::policy

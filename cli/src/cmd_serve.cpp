@@ -1,0 +1,318 @@
+// `fleetsign serve`: one long-running process that supervises the home's broker, runs the jobs
+// and schedules rollovers (jobs/scheduler.hpp). Each tick, in order:
+//   1. the broker: started when HOME/broker is set up and mosquitto is not running (it died);
+//   2. the scheduler: rollover jobs created by policy, expiry alerts logged (and audited);
+//   3. the jobs: each job in state running whose lease is free or stale, and that has no child
+//      of ours already, is run by a child `fleetsign --home HOME --wait job resume ID` (spawned,
+//      never forked, with the PIN in FLEETSIGN_PIN of its environment, never in argv). A child
+//      that dies is simply spawned again at a later tick: the job resumes where it stopped.
+// SIGTERM/SIGINT: no more spawning, SIGTERM to the children, wait for them, exit 0; the broker
+// keeps running (it is a service of its own). --once: one tick, waiting for the children.
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "cli.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "fleetsign/jobs/scheduler.hpp"
+
+extern char** environ;
+
+namespace fleetsign::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kDefaultTick = 60;
+constexpr int kMaxTick = 86400;
+constexpr std::int64_t kLeaseStale = 15;  // seconds without heartbeat: the runner is gone
+constexpr auto kPoll = std::chrono::milliseconds(200);
+
+volatile std::sig_atomic_t g_stop = 0;
+void on_stop_signal(int) { g_stop = 1; }
+
+void log(const std::string& line) { std::fprintf(stderr, "fleetsign serve: %s\n", line.c_str()); }
+
+std::string host_name() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
+  return host;
+}
+
+// A lease holder "host:pid" of this host whose process is gone.
+bool holder_is_gone(const std::string& runner) {
+  const auto colon = runner.rfind(':');
+  if (colon == std::string::npos || runner.substr(0, colon) != host_name()) return false;
+  try {
+    const pid_t pid = static_cast<pid_t>(std::stol(runner.substr(colon + 1)));
+    return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+// The test hook: --now UNIX or FLEETSIGN_TEST_NOW pins the scheduler's clock (and only it).
+std::unique_ptr<engine::Clock> scheduler_clock(const Args& args) {
+  std::optional<std::string> text = args.get("now");
+  if (!text) {
+    if (const char* env = std::getenv("FLEETSIGN_TEST_NOW"); env != nullptr && *env != '\0') {
+      text = env;
+    }
+  }
+  if (!text) return std::make_unique<engine::SystemClock>();
+  try {
+    std::size_t used = 0;
+    const long long t = std::stoll(*text, &used);
+    if (used == text->size() && t >= 0) return std::make_unique<engine::FixedClock>(t);
+  } catch (const std::exception&) {
+  }
+  throw Error(ErrorCode::kUsage,
+              "--now / FLEETSIGN_TEST_NOW: '" + *text + "' is not a unix time in seconds");
+}
+
+class Server final {
+ public:
+  Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock)
+      : m_ctx(ctx),
+        m_pin(std::move(pin)),
+        m_clock(std::move(clock)),
+        m_scheduler(ctx.registry(), ctx.policy(), *m_clock),
+        m_self(fs::read_symlink("/proc/self/exe")) {}
+  Server(const Server&) = delete;  // owns its children
+  Server& operator=(const Server&) = delete;
+
+  Poco::JSON::Object tick();
+  // Reaps children that exited; blocks until all have when `all`.
+  void reap(bool all);
+  void stop_children();
+  bool has_children() const { return !m_children.empty(); }
+
+ private:
+  std::string supervise_broker();
+  void spawn(const std::string& job_id);
+
+  Context& m_ctx;
+  hsm::Pin m_pin;
+  std::unique_ptr<engine::Clock> m_clock;
+  jobs::Scheduler m_scheduler;
+  fs::path m_self;
+  engine::SystemClock m_wall;               // leases are stamped with the runners' wall clock
+  std::map<pid_t, std::string> m_children;  // pid → job
+  Poco::JSON::Array m_finished;             // {"job", "status"} of the children reaped
+  bool m_token_failed = false;
+};
+
+// "absent" (no broker set up), "running", "started", or "failed".
+std::string Server::supervise_broker() {
+  const broker::BrokerHome home(m_ctx.home_dir());
+  if (!home.initialised()) return "absent";
+  broker::Supervisor sup(home, broker_binary(m_ctx.args()));
+  if (sup.status(home.load()).running) return "running";
+  try {
+    const auto st = start_home_broker(m_ctx, false);
+    log("broker was not running: started it (pid " + std::to_string(st.pid) + ")");
+    return "started";
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kAlreadyExists) return "running";
+    log("broker: could not start it: " + std::string(e.what()));
+    return "failed";
+  }
+}
+
+void Server::spawn(const std::string& job_id) {
+  const std::string home = m_ctx.home_dir().string();
+  // --wait: the home's lock is one process's at a time, so a second job's runner queues.
+  std::vector<std::string> argv_s = {m_self.string(), "--home", home,    "job",
+                                     "resume",        job_id,   "--wait"};
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_s;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "FLEETSIGN_PIN=", 14) != 0) env_s.emplace_back(*e);
+  }
+  env_s.push_back(std::string("FLEETSIGN_PIN=") + m_pin.c_str());
+  std::vector<char*> env;
+  for (auto& e : env_s) env.push_back(e.data());
+  env.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, 2, 1);  // its report goes to the log, not our stdout
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  explicit_bzero(env_s.back().data(), env_s.back().size());
+  if (rc != 0) {
+    log("job " + job_id + ": cannot start " + m_self.string() + ": " + std::strerror(rc));
+    return;
+  }
+  m_children.emplace(pid, job_id);
+  log("job " + job_id + ": running it in process " + std::to_string(pid));
+}
+
+Poco::JSON::Object Server::tick() {
+  Poco::JSON::Object out(Poco::JSON_PRESERVE_KEY_ORDER);
+  out.set("broker", supervise_broker());
+
+  const jobs::Scheduler::Tick t = m_scheduler.tick();
+  Poco::JSON::Array created, alerts, problems;
+  for (const auto& id : t.jobs_created) {
+    log("scheduled job " + id);
+    created.add(id);
+  }
+  for (const auto& a : t.alerts) {
+    log("alert: " + jobs::alert_text(a));
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("group", a.group);
+    o.set("days", a.days);
+    o.set("count", a.count);
+    Poco::JSON::Array devices;
+    for (const auto& d : a.devices) devices.add(d);
+    o.set("devices", devices);
+    alerts.add(o);
+  }
+  for (const auto& p : t.problems) {
+    log("scheduler: " + p);
+    problems.add(p);
+  }
+  out.set("jobs_created", created);
+  out.set("alerts", alerts);
+  out.set("problems", problems);
+
+  Poco::JSON::Array spawned;
+  const std::int64_t now = m_wall.now();
+  for (const auto& job : m_ctx.registry().list_jobs(0)) {
+    if (g_stop != 0 || m_token_failed) break;
+    if (job.state != "running") continue;
+    bool ours = false;
+    for (const auto& [pid, id] : m_children) ours = ours || id == job.id;
+    const bool free =
+        job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
+    if (ours || !free) continue;
+    spawn(job.id);
+    spawned.add(job.id);
+  }
+  out.set("jobs_spawned", spawned);
+  return out;
+}
+
+void Server::reap(bool all) {
+  while (!m_children.empty()) {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, all ? 0 : WNOHANG);
+    if (pid == 0) return;
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      m_children.clear();
+      return;
+    }
+    const auto it = m_children.find(pid);
+    if (it == m_children.end()) continue;
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    log("job " + it->second + ": process " + std::to_string(pid) +
+        (code >= 0 ? " exited with status " + std::to_string(code)
+                   : " died by signal " + std::to_string(WTERMSIG(status))));
+    // Token errors (exit 4: a wrong or locked PIN, the token gone) would only spend login attempts
+    // if repeated: stop running jobs until an operator restarts serve.
+    if (code == exit_status_for(ErrorCode::kPinIncorrect) && !m_token_failed) {
+      m_token_failed = true;
+      log("the token refused the job's runner (exit 4): no more jobs are run until serve is "
+          "restarted with a working PIN");
+    }
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("job", it->second);
+    o.set("status", code);
+    m_finished.add(o);
+    m_children.erase(it);
+  }
+}
+
+void Server::stop_children() {
+  for (const auto& [pid, job] : m_children) {
+    log("job " + job + ": stopping process " + std::to_string(pid));
+    ::kill(pid, SIGTERM);
+  }
+  reap(true);
+}
+
+int run_serve(Context& ctx) {
+  const int tick_s = ctx.args().get_int("tick").value_or(kDefaultTick);
+  if (tick_s < 1 || tick_s > kMaxTick) {
+    throw Error(ErrorCode::kUsage, "--tick must be 1.." + std::to_string(kMaxTick) + " seconds");
+  }
+  const bool once = ctx.args().has("once");
+  auto clock = scheduler_clock(ctx.args());
+  // The PIN now, as every command gets it (file, environment, prompt): a service without one
+  // fails at its start, not at its first job weeks later.
+  hsm::Pin pin = hsm::Pin::from_sources(path_option(ctx.args(), "pin-file"), "FLEETSIGN_PIN",
+                                        "user PIN for the home's token: ");
+  ctx.policy();  // a policy file error stops serve here
+  Server server(ctx, std::move(pin), std::move(clock));
+
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+  log(std::string("started: home ") + ctx.home_dir().string() +
+      (once ? ", one tick" : ", a tick every " + std::to_string(tick_s) + " s"));
+
+  while (g_stop == 0) {
+    Poco::JSON::Object summary = server.tick();
+    if (once) {
+      while (server.has_children() && g_stop == 0) {
+        server.reap(false);
+        std::this_thread::sleep_for(kPoll);
+      }
+      if (g_stop == 0 && ctx.json()) ctx.print_json(summary);
+      break;
+    }
+    const auto next = std::chrono::steady_clock::now() + std::chrono::seconds(tick_s);
+    while (g_stop == 0 && std::chrono::steady_clock::now() < next) {
+      server.reap(false);
+      std::this_thread::sleep_for(kPoll);
+    }
+  }
+  if (g_stop != 0) log("stopping: no new jobs; the broker keeps running");
+  server.stop_children();
+  log("stopped");
+  return 0;
+}
+
+}  // namespace
+
+void add_serve_commands(std::vector<Command>& commands) {
+  commands.push_back(Command{
+      {"serve"},
+      "[--tick S] [--once] [--pin-file FILE] [--mosquitto PATH] [--json]",
+      "run the fleet: keep the broker up, run the jobs, start rollovers and raise expiry alerts "
+      "by policy (the policy's \"rollover\" section)",
+      [](Poco::Util::OptionSet& s) {
+        add_option(s, "tick", "S", "seconds between ticks (60)");
+        add_flag(s, "once", "one tick, wait for the jobs it started, exit (cron, tests)");
+        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
+        add_option(s, "mosquitto", "PATH",
+                   "mosquitto binary (default $FLEETSIGN_MOSQUITTO, else /usr/sbin/mosquitto)");
+        add_option(s, "plugin", "PATH", "fleetsign-broker-plugin.so (when the broker starts)");
+        add_option(s, "now", "UNIX",
+                   "test hook: the scheduler's clock stands at this unix time (also "
+                   "FLEETSIGN_TEST_NOW); leases and the runners keep the system clock");
+        add_flag(s, "json", "--once: print the tick's summary as JSON");
+      },
+      run_serve});
+}
+
+}  // namespace fleetsign::cli

@@ -1,0 +1,194 @@
+// `fleetsign serve` as the real binary: it starts a stopped broker (Debian's mosquitto with
+// fleetsign's plugin, TLS client authentication), runs a job through a child `job resume`, creates
+// the jobs the policy schedules and logs the expiry alerts, and stops cleanly on SIGTERM.
+// The devices here are never connected (the device agent's rotation methods arrive on another
+// branch): each job still runs through its child and records every device as offline.
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "cli_process.hpp"
+#include "enrollment_support.hpp"
+
+namespace fleetsign {
+namespace {
+
+namespace fs = std::filesystem;
+using Poco::JSON::Object;
+using testing::quoted;
+
+Object::Ptr json(const std::string& text) {
+  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
+}
+
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+
+class Serve : public ::testing::Test {
+ protected:
+  testing::TempDir dir;
+  fs::path home = dir.path() / "home";
+  testing::Binary bin{home};
+  int port = free_port();
+
+  void SetUp() override {
+    bin.ok("init");
+    bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
+    bin.ok(
+        "ca create-intermediate --name factory-1 --issuer root --days 3650 "
+        "--subject /CN=Factory-1");
+    bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
+    bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
+    bin.ok("enrollment group create fleet --ca root");
+    bin.ok("broker init --port " + std::to_string(port) + " --plugin " +
+           quoted(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+    bin.ok("issue --ca factory-1 --generate 3 --id-pattern 'dev-{02}' --lot L1 --out " +
+           quoted(path("L1")));
+  }
+  void TearDown() override { bin.run("broker stop"); }
+
+  std::string path(const std::string& name) const { return (dir.path() / name).string(); }
+
+  bool broker_running() { return bin.run("broker status").status == 0; }
+
+  // `job show` exits 13 for a settled job that left devices behind: its JSON is what counts.
+  Object::Ptr job(const std::string& id) { return json(bin.run("job show " + id + " --json").out); }
+
+  // Rewrites the home's policy.json with `rollover` as its "rollover" section.
+  void set_rollover(const std::string& rollover) {
+    const fs::path file = home / "policy.json";
+    auto doc = json(testing::read_file(file));
+    doc->set("rollover", json(rollover));
+    std::ostringstream out;
+    doc->stringify(out, 2);
+    testing::write_file(file, out.str());
+  }
+};
+
+TEST_F(Serve, OnceStartsTheStoppedBrokerAndRunsAJobThroughAChild) {
+  const std::string id =
+      json(bin.ok("rollover start --group fleet --no-run --deadline 4s --offline-retry 1 "
+                  "--json")
+               .out)
+          ->getValue<std::string>("id");
+  EXPECT_EQ(job(id)->getValue<std::string>("state"), "running");
+  ASSERT_FALSE(broker_running());
+
+  const auto served = bin.run("serve --once --json");
+  ASSERT_EQ(served.status, 0) << served.err;
+  const auto summary = json(served.out);
+  EXPECT_EQ(summary->getValue<std::string>("broker"), "started");
+  ASSERT_EQ(summary->getArray("jobs_spawned")->size(), 1u) << served.out;
+  EXPECT_EQ(summary->getArray("jobs_spawned")->getElement<std::string>(0), id);
+  EXPECT_NE(served.err.find("job " + id + ": running it in process"), std::string::npos)
+      << served.err;
+  EXPECT_NE(served.err.find("exited with status"), std::string::npos) << served.err;
+  EXPECT_TRUE(broker_running());  // serve leaves it running
+
+  // The child ran the job to its end: every device settled (never connected, so not rolled
+  // before the deadline) and reported with its reason.
+  const auto shown = job(id);
+  std::ostringstream text;
+  shown->stringify(text);
+  EXPECT_EQ(shown->getValue<std::string>("state"), "finished") << text.str();
+  EXPECT_EQ(shown->getValue<int>("total"), 3);
+  const auto states = shown->getObject("states");
+  EXPECT_FALSE(states->has("pending") || states->has("active")) << text.str();
+  EXPECT_EQ(shown->getArray("notBack")->size(), 3u) << text.str();
+  EXPECT_NE(text.str().find("the job's deadline passed"), std::string::npos) << text.str();
+
+  // A second tick finds nothing left to run.
+  const auto again = json(bin.ok("serve --once --json").out);
+  EXPECT_EQ(again->getValue<std::string>("broker"), "running");
+  EXPECT_EQ(again->getArray("jobs_spawned")->size(), 0u);
+}
+
+TEST_F(Serve, SchedulesTheRolloverThePolicyAsksForAndLogsAlerts) {
+  set_rollover(R"({"enabled": true, "before_expiry_days": 400, "step_timeout_s": 2,
+                  "windows": [{"days": "daily", "start": "00:00", "end": "24:00"}]})");
+  // The scheduler's clock three days back: the job's deadline (that day's window end) has passed
+  // for its runner, which keeps the system clock, so the child settles the offline devices at once.
+  const std::int64_t back = std::time(nullptr) - 3 * 86400;
+  const auto served = bin.run("serve --once --json --now " + std::to_string(back));
+  ASSERT_EQ(served.status, 0) << served.err;
+  const auto summary = json(served.out);
+  ASSERT_EQ(summary->getArray("jobs_created")->size(), 1u) << served.out << served.err;
+  const std::string id = summary->getArray("jobs_created")->getElement<std::string>(0);
+  ASSERT_EQ(summary->getArray("jobs_spawned")->size(), 1u);
+  EXPECT_EQ(summary->getArray("jobs_spawned")->getElement<std::string>(0), id);
+  const auto shown = job(id);
+  EXPECT_EQ(shown->getValue<int>("total"), 3);
+  // The devices expire in about 365 days: no 30/14/7 alert today. A year on they all do.
+  EXPECT_EQ(summary->getArray("alerts")->size(), 0u);
+  EXPECT_EQ(shown->getValue<std::string>("state"), "finished");
+  set_rollover(R"({"enabled": false})");  // alerts alone
+  const std::int64_t year_on = std::time(nullptr) + 360 * 86400;
+  const auto later = bin.run("serve --once --json --now " + std::to_string(year_on));
+  ASSERT_EQ(later.status, 0) << later.err;
+  EXPECT_NE(later.err.find("fleetsign serve: alert: group fleet: 3 devices expire within 7 days "
+                           "and are not rotated: dev-"),
+            std::string::npos)
+      << later.err;
+}
+
+TEST_F(Serve, SigtermStopsSpawningStopsTheChildrenAndExitsZero) {
+  const std::string id =
+      json(bin.ok("rollover start --group fleet --no-run --deadline 120s --offline-retry 1 --json")
+               .out)
+          ->getValue<std::string>("id");
+  testing::CliProcess serve(home, {"serve", "--tick", "1"});
+  ASSERT_GT(serve.pid(), 0);
+  pid_t runner = 0;
+  for (int i = 0; i < 150 && runner == 0; ++i) {  // the child takes the job's lease
+    ::usleep(100000);
+    const std::string holder = job(id)->optValue<std::string>("runner", "");
+    if (!holder.empty())
+      runner = static_cast<pid_t>(std::stol(holder.substr(holder.rfind(':') + 1)));
+  }
+  ASSERT_GT(runner, 0) << "no child took the job";
+  EXPECT_NE(runner, serve.pid());
+  EXPECT_TRUE(alive(runner));
+  // The PIN reaches the child through its environment, never its command line.
+  const std::string cmdline = testing::read_file("/proc/" + std::to_string(runner) + "/cmdline");
+  EXPECT_NE(cmdline.find("resume"), std::string::npos);
+  EXPECT_EQ(cmdline.find(testing::kUserPin), std::string::npos);
+  const std::string environment =
+      testing::read_file("/proc/" + std::to_string(runner) + "/environ");
+  EXPECT_NE(environment.find(std::string("FLEETSIGN_PIN=") + testing::kUserPin), std::string::npos);
+
+  ASSERT_EQ(::kill(serve.pid(), SIGTERM), 0);
+  bool exited = false;
+  for (int i = 0; i < 300 && !exited; ++i) {
+    ::usleep(100000);
+    exited = !serve.running();
+  }
+  ASSERT_TRUE(exited) << "serve did not stop within 30 s of SIGTERM";
+  EXPECT_EQ(serve.wait(), 0);
+  EXPECT_FALSE(alive(runner));  // its child went with it
+  EXPECT_TRUE(broker_running());
+  // The job stays resumable: a later serve or `job resume` continues it.
+  EXPECT_EQ(job(id)->getValue<std::string>("state"), "running");
+}
+
+}  // namespace
+}  // namespace fleetsign
