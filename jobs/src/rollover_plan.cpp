@@ -163,6 +163,12 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
   engine::DeviceFilter filter;
   if (!params.selection.group.empty()) {
     filter.ca_names = index.cas_of_group(params.selection.group);  // kNotFound when unknown
+    if (filter.ca_names.empty()) {
+      // A group with no CA in its slots has no devices (an empty filter would mean "any CA").
+      RolloverPlan none;
+      none.warnings.push_back("group '" + params.selection.group + "' has no CA in its slots");
+      return none;
+    }
   }
   filter.lot = params.selection.lot;
   const std::set<std::string> group_cas(filter.ca_names.begin(), filter.ca_names.end());
