@@ -424,7 +424,29 @@ const std::string& job_arg(const Context& ctx) {
   return id;
 }
 
-int run_job_show(Context& ctx) { return report(ctx, job_arg(ctx), ctx.args().has("all")); }
+// --watch: the progress bar on a terminal (a line per second when piped) until the job is
+// settled or paused, then the report.
+int run_job_show(Context& ctx) {
+  const std::string id = job_arg(ctx);
+  if (ctx.args().has("watch") && !ctx.json()) {
+    const auto line = progress_line(ctx);
+    const bool tty = static_cast<bool>(line);
+    while (true) {
+      const auto p = jobs::job_progress(ctx.registry(), id, ctx.clock().now());
+      if (tty) {
+        line(p);
+      } else {
+        std::printf("%lld/%lld done, %lld settled\n", static_cast<long long>(p.done),
+                    static_cast<long long>(p.total), static_cast<long long>(p.settled));
+        std::fflush(stdout);
+      }
+      if (p.job.state != "running") break;
+      ::usleep(tty ? 500000 : 1000000);
+    }
+    if (tty) std::fprintf(stderr, "\n");
+  }
+  return report(ctx, id, ctx.args().has("all"));
+}
 
 int print_state(Context& ctx, const std::string& id, const std::string& state) {
   if (ctx.json()) {
@@ -561,10 +583,11 @@ void add_rollover_commands(std::vector<Command>& commands) {
                              run_job_list});
   commands.push_back(Command{
       {"job", "show"},
-      "JOB [--all] [--json]",
+      "JOB [--watch] [--all] [--json]",
       "counts per state, rate, ETA, and who is not back and why (exit 13 when a settled job left "
       "devices behind)",
       [](Poco::Util::OptionSet& s) {
+        add_flag(s, "watch", "follow a running job with a progress bar until it stops");
         add_flag(s, "all", "--json: list the devices that are back too");
         add_flag(s, "json", "print as JSON");
       },
