@@ -66,8 +66,32 @@ std::vector<std::string> read_device_list(const Context& ctx, const fs::path& fi
   return ids;
 }
 
+// The options of a job run (rollover start and ca): pace, thresholds, timeouts, the PIN, output.
+void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
+  add_option(s, "rate", "N", "devices started per minute at most");
+  add_option(s, "exponential", "BASE,FACTOR,EVERY",
+             "start at BASE/min, multiply by FACTOR after every EVERY devices done");
+  add_option(s, "wave", "N", "devices per wave; a wave starts when the last one settled");
+  add_option(s, "abort-if-failed", "PCT", "stop the job when this share of settled devices failed");
+  add_option(s, "min-executed", "N", "… once at least N devices settled");
+  add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
+  add_option(s, "retries", "N", "further tries of a device that failed a step (1)");
+  add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
+  add_option(s, "deadline", "D", deadline_help);
+  add_option(s, "in-flight", "N", "devices in progress at once (256)");
+  add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
+  add_option(s, "confirm", "session|method",
+             "confirm a reconnection from the broker's session records (default with the broker) "
+             "or by asking the device with getCertificate (always with IoT Hub)");
+  add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
+  add_flag(s, "json", "print the closing report as JSON");
+}
+
 jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   const Args& a = ctx.args();
+  if (auto how = a.get("confirm"); how && *how != "session" && *how != "method") {
+    throw Error(ErrorCode::kUsage, "--confirm must be session or method, got '" + *how + "'");
+  }
   jobs::RolloverParams p;
   if (!selection) {
     // A CA rollover selects the group's devices itself.
@@ -309,6 +333,7 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   jobs::RunnerOptions options;
   options.runner = runner_name();
   options.progress = progress_line(ctx);
+  options.confirm_by_method = ctx.args().get("confirm").value_or("") == "method";
   ctx.token();  // logs in: the runner signs
   jobs::run_job(ctx.registry(), ctx.cas(), ctx.policy(), ctx.clock(), *trigger, job_id, options);
   if (options.progress) std::fprintf(stderr, "\n");
@@ -512,21 +537,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
       "reprovision, confirm, retire); exit 13 when devices were left behind",
       [](Poco::Util::OptionSet& s) {
         add_selection_options(s);
-        add_option(s, "rate", "N", "devices started per minute at most");
-        add_option(s, "exponential", "BASE,FACTOR,EVERY",
-                   "start at BASE/min, multiply by FACTOR after every EVERY devices done");
-        add_option(s, "wave", "N", "devices per wave; a wave starts when the last one settled");
-        add_option(s, "abort-if-failed", "PCT",
-                   "stop the job when this share of settled devices failed");
-        add_option(s, "min-executed", "N", "… once at least N devices settled");
-        add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
-        add_option(s, "retries", "N", "further tries of a device that failed a step (1)");
-        add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
-        add_option(s, "deadline", "D", "stop retrying after D (e.g. 2h; default 24h)");
-        add_option(s, "in-flight", "N", "devices in progress at once (256)");
-        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
-        add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
-        add_flag(s, "json", "print the closing report as JSON");
+        add_job_options(s, "stop retrying after D (e.g. 2h; default 24h)");
       },
       run_start});
   commands.push_back(Command{
@@ -558,19 +569,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_option(s, "subject", "DN", "its subject (default: the old one's, CN dated)");
         add_option(s, "days", "D", "its validity in days (default: the policy's)");
         add_option(s, "key", "ALG", "its key (ec-p256, ec-p384, rsa-2048, …)");
-        add_option(s, "rate", "N", "devices started per minute at most");
-        add_option(s, "exponential", "BASE,FACTOR,EVERY", "exponential rollout");
-        add_option(s, "wave", "N", "devices per wave");
-        add_option(s, "abort-if-failed", "PCT", "stop when this share of devices failed");
-        add_option(s, "min-executed", "N", "… once at least N devices settled");
-        add_option(s, "step-timeout", "S", "seconds per method call and reconnection (30)");
-        add_option(s, "retries", "N", "further tries of a device that failed a step (1)");
-        add_option(s, "offline-retry", "S", "retry offline devices every S seconds (30)");
-        add_option(s, "deadline", "D", "the swap happens then at the latest (default 24h)");
-        add_option(s, "in-flight", "N", "devices in progress at once (256)");
-        add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
-        add_flag(s, "no-run", "record the job only (run it with `job resume` or `serve`)");
-        add_flag(s, "json", "print the closing report as JSON");
+        add_job_options(s, "the swap happens then at the latest (default 24h)");
       },
       run_ca_rollover});
   commands.push_back(Command{{"job", "list"},

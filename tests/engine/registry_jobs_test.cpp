@@ -150,7 +150,7 @@ void expect_same(const JobTask& a, const JobTask& b) {
 }
 
 TEST_F(Jobs, JobsAndTasksRoundTripEveryField) {
-  EXPECT_EQ(reg->schema_version(), 6);
+  EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
   EXPECT_EQ(reg->job_store_version(), 1);
   JobRecord j = job("j1", kNow - 50);
   j.state = "paused";
@@ -505,21 +505,73 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     return sql;
   };
   {
-    // Back to what v5 wrote: no job tables, version 5.
+    // Back to what v5 wrote: no job tables, no revocation columns (v7), version 5.
     auto raw = raw_session(old.db());
     raw << "DROP TABLE job_tasks", kw::now;
     raw << "DROP TABLE jobs", kw::now;
+    raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
+    raw << "ALTER TABLE certificates DROP COLUMN revocation_reason", kw::now;
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());
   auto reg = Registry::open(old.db());
-  EXPECT_EQ(reg->schema_version(), 6);
+  EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
   EXPECT_EQ(reg->job_store_version(), 1);
   EXPECT_EQ(reg->twin("dev-1")->desired, R"({"a":1})");
   EXPECT_EQ(schema_of(old.db()), schema_of(fresh.db()));
   EXPECT_EQ(schema_of(old.db()).size(), 4u) << "2 tables, 2 indexes";
   reg->create_job(job("j1"), {});
   EXPECT_TRUE(reg->find_job("j1"));
+}
+
+}  // namespace
+}  // namespace fleetsign::engine
+
+namespace fleetsign::engine {
+namespace {
+
+// revoke_certs (schema v7): revoked with time and reason, out of the device's slot and of an
+// individual enrollment's slot, one audit row for the broker; all-or-nothing; repeats skip.
+TEST_F(Jobs, RevokeCertsFreesTheSlotsWritesOneAuditRowAndIsAllOrNothing) {
+  device("dev-0", {"0A01", "0A02"});  // primary 0A01, secondary 0A02
+  device("dev-1", {"0B01"});
+  IndividualEnrollment ie;
+  ie.registration_id = "dev-0";
+  ie.primary_cert = {0x30, 0x01};
+  ie.primary_sha256 = "S256";  // the thumbprint device() records for every certificate
+  reg->save_individual(ie, "enrollment.individual.create", true);
+  const auto mark = reg->change_mark();
+
+  // An unknown serial in the span: nothing is written.
+  const std::vector<std::string> bad{"0A01", "FFFF"};
+  EXPECT_EQ(error_of([&] { reg->revoke_certs(bad, "keyCompromise", kNow); }).code(),
+            ErrorCode::kNotFound);
+  EXPECT_EQ(reg->cert_state("0A01"), CertState::kIssued);
+  EXPECT_EQ(reg->change_mark(), mark);
+
+  const std::vector<std::string> one{"0A01"};
+  EXPECT_EQ(reg->revoke_certs(one, "keyCompromise", kNow + 5), 1);
+  EXPECT_EQ(reg->cert_state("0A01"), CertState::kRevoked);
+  const auto d = reg->find_device("dev-0");
+  EXPECT_EQ(d->primary_serial, "");
+  EXPECT_EQ(d->secondary_serial, "0A02");
+  EXPECT_EQ(reg->find_individual_slots("dev-0")->primary_sha256, "");
+  EXPECT_EQ(reg->find_device("dev-1")->primary_serial, "0B01");
+  const auto rows = reg->audit_after(mark, 10);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].action, "cert.revoke");
+  EXPECT_EQ(rows[0].detail, R"({"count":1,"reason":"keyCompromise","first":"0A01"})");
+  // Again: already revoked, nothing to do, no audit row.
+  EXPECT_EQ(reg->revoke_certs(one, "keyCompromise", kNow + 6), 0);
+  EXPECT_EQ(reg->audit_after(mark, 10).size(), 1u);
+  // The revocation's time and reason are kept.
+  auto raw = raw_session(dir.db());
+  std::int64_t at = 0;
+  std::string reason;
+  raw << "SELECT revoked_at, revocation_reason FROM certificates WHERE serial = '0A01'",
+      kw::into(at), kw::into(reason), kw::now;
+  EXPECT_EQ(at, kNow + 5);
+  EXPECT_EQ(reason, "keyCompromise");
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <regex>
 
 #include "enrollment_support.hpp"
+#include "fleet_support.hpp"
 
 namespace fleetsign {
 namespace {
@@ -20,21 +21,8 @@ namespace fs = std::filesystem;
 using Poco::JSON::Object;
 using testing::quoted;
 
-Object::Ptr json(const std::string& text) {
-  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::free_port;
+using testing::json;
 
 mode_t mode_of(const fs::path& p) {
   struct stat st {};

@@ -20,6 +20,7 @@
 #include "cli_process.hpp"
 #include "device_fixture.hpp"
 #include "enrollment_support.hpp"
+#include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
 
@@ -30,21 +31,8 @@ namespace fs = std::filesystem;
 using Poco::JSON::Object;
 using testing::quoted;
 
-Object::Ptr json(const std::string& text) {
-  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::free_port;
+using testing::json;
 
 // The leaf's SHA-256 (upper-case hex) of a PEM chain file.
 std::string leaf_sha256(const fs::path& chain) {
@@ -235,6 +223,19 @@ TEST_F(Rollover, TheAbortThresholdStopsAJobWhoseDevicesAnswerErrors) {
   EXPECT_GT(states->optValue<int>("aborted", 0), 0);
   EXPECT_LT(report->getValue<int>("done"), 200);
   check_done_devices(report->getValue<std::string>("id"), "LOT-C", false);
+}
+
+// Confirmation by asking the device (getCertificate), as with IoT Hub, which records no
+// sessions: the same end state.
+TEST_F(Rollover, ConfirmationByAskingTheDeviceReachesTheSameEndState) {
+  fleet("LOT-I", "ri", 50);
+  ASSERT_EQ(wait_connected("ri", 50), 50);
+  const auto out = bin.run("rollover start --lot LOT-I --confirm method --json");
+  ASSERT_EQ(out.status, 0) << out.out << out.err;
+  const auto report = json(out.out);
+  EXPECT_EQ(report->getValue<int>("done"), 50);
+  EXPECT_EQ(check_done_devices(report->getValue<std::string>("id"), "LOT-I", false), 50);
+  EXPECT_EQ(bin.run("rollover start --lot LOT-I --confirm twin").status, 2);
 }
 
 // kill -9 of the runner at random moments, several times, then a resume to the end: no device

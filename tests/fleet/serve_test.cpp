@@ -18,6 +18,7 @@
 
 #include "cli_process.hpp"
 #include "enrollment_support.hpp"
+#include "fleet_support.hpp"
 
 namespace fleetsign {
 namespace {
@@ -26,21 +27,8 @@ namespace fs = std::filesystem;
 using Poco::JSON::Object;
 using testing::quoted;
 
-Object::Ptr json(const std::string& text) {
-  return Poco::JSON::Parser().parse(text).extract<Object::Ptr>();
-}
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::free_port;
+using testing::json;
 
 bool alive(pid_t pid) { return pid > 0 && ::kill(pid, 0) == 0; }
 

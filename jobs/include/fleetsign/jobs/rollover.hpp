@@ -116,6 +116,9 @@ struct RunnerOptions {
   std::function<void(const JobProgress&)> progress;
   std::chrono::milliseconds flush_every{100};
   std::chrono::milliseconds confirm_poll{200};
+  // How a reconnection is confirmed: from the broker's session records (the default with the
+  // broker backend), or by asking the device (getCertificate: always so with IoT Hub).
+  bool confirm_by_method = false;
   // Called on the runner's thread as each device settles, with how long it took from its start
   // in this run (the benchmark's per-device figures).
   std::function<void(const engine::JobTask&, std::chrono::microseconds)> on_settled;

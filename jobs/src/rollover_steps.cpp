@@ -1,0 +1,380 @@
+// The rollover runner, second half (see rollover_runner.hpp): signing, confirmation, settling,
+// flushes, the other processes' requests, and the main loop.
+#include <Poco/JSON/Object.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "fleetsign/hsm/token.hpp"
+#include "rollover_runner.hpp"
+
+namespace fleetsign::jobs {
+namespace runner_detail {
+
+const std::string& Runner::chain_pem(const std::string& ca_name) {
+  auto it = m_chains.find(ca_name);
+  if (it != m_chains.end()) return it->second;
+  std::string pem;
+  for (const auto& ca : m_cas.chain(ca_name)) {
+    if (ca.parent.empty()) break;  // the root is the verifier's, not the device's to present
+    engine::append_pem(pem, ca.cert_der, "CERTIFICATE");
+  }
+  return m_chains.emplace(ca_name, std::move(pem)).first->second;
+}
+
+const engine::Issuer& Runner::issuer_for(const Live& t) {
+  const std::string key = t.ca_name + "\n" + t.group;
+  auto it = m_issuers.find(key);
+  if (it != m_issuers.end()) return *it->second;
+  const engine::CaRecord ca = m_cas.get(t.ca_name);
+  const hsm::SigningKey& signing_key = m_cas.load_key(ca);
+  auto issuer = std::make_unique<engine::Issuer>(
+      ca, signing_key, m_policy, policy::device_days_for(m_policy, t.group), m_clock, m_random);
+  return *m_issuers.emplace(key, std::move(issuer)).first->second;
+}
+
+void Runner::sign_queued() {
+  if (m_to_sign.empty()) return;
+  // One chunk per issuing CA and group.
+  std::map<std::string, std::vector<std::size_t>> by_issuer;
+  for (std::size_t i : m_to_sign) {
+    by_issuer[m_tasks[i].ca_name + "\n" + m_tasks[i].group].push_back(i);
+  }
+  m_to_sign.clear();
+  for (auto& [key, indices] : by_issuer) {
+    std::vector<engine::JobCsr> csrs;
+    csrs.reserve(indices.size());
+    for (std::size_t i : indices) {
+      Live& t = m_tasks[i];
+      csrs.push_back(engine::JobCsr{t.row.device_id, t.row.seq, std::move(t.csr), t.lot});
+      t.csr.clear();
+    }
+    auto results = m_issuer.issue(issuer_for(m_tasks[indices.front()]), csrs);
+    for (std::size_t k = 0; k < indices.size(); ++k) {
+      const std::size_t i = indices[k];
+      Live& t = m_tasks[i];
+      if (!results[k]) {
+        settle(i, "refused", "its CSR was refused: " + results[k].error().message);
+        continue;
+      }
+      auto& cert = results[k].value();
+      t.row.new_serial = cert.serial;
+      t.row.new_sha256 = cert.sha256;
+      t.row.step = "sign";
+      t.cert_der = std::move(cert.der);
+      touch(t);
+      if (t.stopping) {
+        settle(i, m_stop_state, t.row.last_error);
+        continue;
+      }
+      install(i);
+    }
+  }
+}
+
+void Runner::install(std::size_t i) {
+  Live& t = m_tasks[i];
+  std::string chain;
+  engine::append_pem(chain, t.cert_der, "CERTIFICATE");
+  chain += chain_pem(t.ca_name);
+  Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
+  body.set("jobId", m_job_id);
+  body.set("chain", chain);
+  call(i, Phase::kInstall, "installCertificate", body);
+}
+
+void Runner::reprovision(std::size_t i) {
+  Live& t = m_tasks[i];
+  Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
+  body.set("jobId", m_job_id);
+  body.set("sha256", t.row.new_sha256);
+  call(i, Phase::kReprovision, "reprovision", body);
+}
+
+// Seen connected with the new certificate: the old one leaves its slots in the flush that
+// records the device done.
+void Runner::confirmed(std::size_t i) {
+  Live& t = m_tasks[i];
+  t.row.step = "retire";
+  SlotChange retire;
+  retire.kind = SlotChange::Kind::kRetireDevice;
+  retire.device_id = t.row.device_id;
+  retire.serial = t.row.new_serial;
+  m_changes.push_back(std::move(retire));
+  if (!t.enrollment.empty()) {
+    SlotChange old;
+    old.kind = SlotChange::Kind::kIndividualSlot;
+    old.device_id = t.enrollment;
+    old.slot = t.enrollment_old_slot;  // freed: the old certificate is no longer trusted
+    m_changes.push_back(std::move(old));
+  }
+  settle(i, "done", "");
+}
+
+void Runner::probe(std::size_t i) {
+  Poco::JSON::Object body;
+  call(i, Phase::kProbe, "getCertificate", body);
+}
+
+// The broker records the certificate each device connects with (device_sessions): one read per
+// poll confirms every waiting device. A backend without those records (IoT Hub) asks the device
+// itself (getCertificate, which reports the certificate it is connected with).
+void Runner::poll_confirmations(Steady::time_point now) {
+  if (m_confirming.empty()) return;
+  const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method;
+  std::unordered_map<std::string, std::string> seen;
+  if (sessions) {
+    for (auto& s : m_stores.connected_devices()) seen.emplace(s.device_id, s.cert_sha256);
+  }
+  std::vector<std::size_t> still;
+  for (std::size_t i : m_confirming) {
+    Live& t = m_tasks[i];
+    if (t.phase != Phase::kConfirm) continue;
+    const auto s = seen.find(t.row.device_id);
+    if (s != seen.end() && s->second == t.row.new_sha256) {
+      confirmed(i);
+    } else if (!sessions && now < t.due) {
+      probe(i);
+    } else if (now >= t.due) {
+      ++t.row.attempts;
+      if (t.row.attempts > m_params.retries) {
+        settle(i, "timed-out",
+               "not seen connected with the new certificate within " +
+                   std::to_string(m_params.step_timeout_s) + " s of reprovision");
+      } else {
+        reprovision(i);
+      }
+    } else {
+      still.push_back(i);
+    }
+  }
+  m_confirming = std::move(still);
+}
+
+void Runner::settle(std::size_t i, const std::string& state, const std::string& why) {
+  Live& t = m_tasks[i];
+  const bool was_active = t.phase != Phase::kIdle && t.phase != Phase::kSettled;
+  if (t.phase == Phase::kSettled) return;
+  // A certificate signed but never delivered leaves the registry's slot again.
+  if (state != "done" && !t.row.new_serial.empty() && t.row.step == "sign") {
+    SlotChange back;
+    back.kind = SlotChange::Kind::kReleaseDevice;
+    back.device_id = t.row.device_id;
+    back.serial = t.row.new_serial;
+    m_changes.push_back(std::move(back));
+  }
+  t.phase = Phase::kSettled;
+  t.row.state = state;
+  t.row.last_error = why;
+  if (state == "offline" && m_job.kind == "breach-roll") {
+    t.row.last_error +=
+        "; its compromised certificate was revoked, so unless it holds another "
+        "valid certificate it cannot connect: re-provision it (a new CSR from the "
+        "device through `issue --csr`)";
+  }
+  t.row.finished_at = m_clock.now();
+  t.row.next_at = 0;
+  touch(t);
+  if (was_active) --m_active;
+  if (m_options.on_settled && t.began != Steady::time_point{}) {
+    m_options.on_settled(
+        t.row, std::chrono::duration_cast<std::chrono::microseconds>(Steady::now() - t.began));
+  }
+  if (state == "done") {
+    ++m_done;
+    ++m_settled_exec;
+  } else if (state == "refused" || state == "timed-out") {
+    ++m_failed;
+    ++m_settled_exec;
+  }
+  check_abort();
+}
+
+void Runner::check_abort() {
+  if (m_params.abort_percent <= 0 || m_state != "running") return;
+  if (m_settled_exec < std::max(1, m_params.min_executed)) return;
+  if (static_cast<double>(m_failed) * 100.0 <
+      m_params.abort_percent * static_cast<double>(m_settled_exec)) {
+    return;
+  }
+  m_state = "aborted";
+  stop_all("aborted", "the job stopped: " + std::to_string(m_failed) + " of " +
+                          std::to_string(m_settled_exec) + " devices failed (threshold " +
+                          std::to_string(static_cast<int>(m_params.abort_percent)) + "%)");
+}
+
+// No new device starts; those not yet past installCertificate stop at their next answer; those
+// installing or reprovisioning finish the switch (a device is never left half-way).
+void Runner::stop_all(const std::string& state, const std::string& why) {
+  m_admitting = false;
+  m_stop_state = state;
+  for (std::size_t i : m_pending) {
+    if (m_tasks[i].phase == Phase::kIdle) settle(i, state, why);
+  }
+  m_pending.clear();
+  for (std::size_t i : m_waiting)
+    settle(i, m_tasks[i].row.state == "offline" ? "offline" : state,
+           m_tasks[i].row.state == "offline" ? m_tasks[i].row.last_error : why);
+  m_waiting.clear();
+  for (auto& t : m_tasks) {
+    if (t.phase == Phase::kCsr || t.phase == Phase::kSign) {
+      t.stopping = true;
+      t.row.last_error = why;
+    }
+  }
+}
+
+void Runner::flush() {
+  std::vector<JobTask> rows;
+  for (auto& t : m_tasks) {
+    if (t.dirty) {
+      rows.push_back(t.row);
+      t.dirty = false;
+    }
+  }
+  if (rows.empty() && m_changes.empty()) return;
+  m_stores.save_job_tasks(rows, m_changes);
+  m_changes.clear();
+  ++m_flushes;
+  auto after = std::move(m_after_flush);
+  m_after_flush.clear();
+  for (std::size_t i : after) {
+    if (m_tasks[i].phase == Phase::kEnroll) reprovision(i);
+  }
+  if (m_options.after_flush) m_options.after_flush(m_flushes);
+}
+
+// Heartbeat, and the requests of other processes (pause, cancel). False when this runner must
+// stop at once (another runner holds the lease).
+bool Runner::control(Steady::time_point) {
+  try {
+    m_stores.heartbeat_job(m_job_id, m_options.runner, m_clock.now());
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kHomeBusy) return false;
+    throw;
+  }
+  auto job = m_stores.find_job(m_job_id);
+  if (!job) return false;
+  if (m_state == "running" && job->state == "paused") {
+    m_state = "paused";
+    m_admitting = false;
+  } else if (m_state == "paused" && job->state == "running") {
+    m_state = "running";
+    m_admitting = true;
+  } else if (m_state != "canceled" && job->state == "canceled") {
+    m_state = "canceled";
+    stop_all("canceled", "the job was canceled");
+  }
+  if (m_state == "running" && m_params.deadline != 0 && m_clock.now() >= m_params.deadline) {
+    m_state = "deadline";
+    stop_all("timed-out", "the job's deadline passed before this device was rolled");
+  }
+  return true;
+}
+
+JobRecord Runner::run() {
+  load();
+  const std::int64_t now = m_clock.now();
+  // A runner of this host whose process is gone (kill -9) holds the lease no longer.
+  const std::int64_t stale_before =
+      holder_is_dead(m_job.runner, m_options.runner) ? now + 1 : now - kLeaseStale;
+  if (!m_stores.acquire_job(m_job_id, m_options.runner, now, stale_before)) {
+    auto job = m_stores.find_job(m_job_id);
+    throw Error(ErrorCode::kHomeBusy, "job " + m_job_id + " is being run by " +
+                                          (job ? job->runner : std::string("another process")) +
+                                          " (its heartbeat is recent)");
+  }
+  if (m_state == "finished") {
+    m_stores.release_job(m_job_id, m_options.runner);
+    return m_job;
+  }
+  if (m_state == "aborted" || m_state == "canceled") {
+    // Start nothing new; a device that was switching (its certificate installed) finishes.
+    m_admitting = false;
+    auto pending = std::move(m_pending);
+    m_pending.clear();
+    for (std::size_t i : pending) {
+      const auto& step = m_tasks[i].row.step;
+      if (m_tasks[i].row.state == "active" &&
+          (step == "install" || step == "reprovision" || step == "confirm")) {
+        start(i);
+      } else {
+        settle(i, m_tasks[i].row.state == "offline" ? "offline" : m_state,
+               "the job was " + m_state + " before this device switched");
+      }
+    }
+  }
+  if (m_state == "paused") m_admitting = false;
+
+  auto last_flush = Steady::now();
+  auto last_control = Steady::time_point{};
+  auto last_confirm = Steady::now();
+  auto last_progress = Steady::time_point{};
+  bool lost_lease = false;
+  while (true) {
+    const auto t = Steady::now();
+    if (t - last_control >= kControlEvery) {
+      last_control = t;
+      if (!control(t)) {
+        lost_lease = true;
+        break;
+      }
+    }
+    admit(t);
+    while (auto item = m_queue.pop(std::chrono::milliseconds(m_to_sign.empty() ? 10 : 1))) {
+      on_completion(item->id, std::move(item->outcome));
+      if (m_queue.size() == 0) break;
+    }
+    // CSRs that arrive together are signed together: wait a little for a fuller chunk.
+    if (!m_to_sign.empty() && m_sign_since == Steady::time_point{}) m_sign_since = Steady::now();
+    if (m_to_sign.size() >= 128 ||
+        (!m_to_sign.empty() && Steady::now() - m_sign_since >= std::chrono::milliseconds(20))) {
+      sign_queued();
+      m_sign_since = {};
+    }
+    if (Steady::now() - last_confirm >= m_options.confirm_poll) {
+      last_confirm = Steady::now();
+      poll_confirmations(last_confirm);
+    }
+    if (Steady::now() - last_flush >= m_options.flush_every || !m_after_flush.empty()) {
+      flush();
+      last_flush = Steady::now();
+    }
+    if (m_options.progress && t - last_progress >= kControlEvery) {
+      last_progress = t;
+      m_options.progress(job_progress(m_stores, m_job_id, m_clock.now()));
+    }
+    const bool idle = m_active == 0 && m_calls.empty() && m_to_sign.empty();
+    if (idle && (m_pending.empty() || !m_admitting) && (m_waiting.empty() || !m_admitting)) {
+      if (m_state != "running" || (m_pending.empty() && m_waiting.empty())) break;
+    }
+  }
+  if (lost_lease) {
+    m_trigger.wait_idle();
+    return *m_stores.find_job(m_job_id);
+  }
+  flush();
+  m_trigger.wait_idle();
+  if (m_state == "running" || m_state == "deadline") {
+    if (m_job.kind == "ca-rollover") finish_ca_rollover(m_stores, m_policy, m_clock, m_job_id);
+    m_stores.set_job_state(m_job_id, "finished", m_clock.now());
+  } else if (m_state == "aborted" || m_state == "canceled") {
+    m_stores.set_job_state(m_job_id, m_state, m_clock.now());
+  }
+  m_stores.release_job(m_job_id, m_options.runner);
+  return *m_stores.find_job(m_job_id);
+}
+
+}  // namespace runner_detail
+
+engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
+                          const policy::Policy& policy, const engine::Clock& clock,
+                          Trigger& trigger, const std::string& job_id,
+                          const RunnerOptions& options) {
+  runner_detail::Runner runner(stores, cas, policy, clock, trigger, job_id, options);
+  return runner.run();
+}
+
+}  // namespace fleetsign::jobs
