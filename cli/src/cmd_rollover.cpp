@@ -103,6 +103,10 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
     }
     if (auto f = path_option(a, "devices")) {
       p.selection.devices = read_device_list(ctx, *f, ctx.policy());
+      if (p.selection.devices.empty()) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    f->string() + ": lists no device (one ID per line; '#' starts a comment)");
+      }
     }
     if (a.has("device")) {
       for (const auto& d : a.options.at("device")) {
@@ -127,8 +131,9 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
     double base = 0, factor = 0;
     int every = 0;
     char tail = 0;
-    if (std::sscanf(e->c_str(), "%lf,%lf,%d%c", &base, &factor, &every, &tail) != 3 || base < 1 ||
-        factor < 1 || factor > 5 || every < 1) {
+    // Written so that NaN fails too.
+    if (std::sscanf(e->c_str(), "%lf,%lf,%d%c", &base, &factor, &every, &tail) != 3 ||
+        !(base >= 1 && base <= 1e7) || !(factor >= 1 && factor <= 5) || every < 1) {
       throw Error(ErrorCode::kUsage,
                   "--exponential BASE,FACTOR,EVERY: BASE ≥ 1 per minute, FACTOR in 1..5, EVERY "
                   "≥ 1 devices; got '" +

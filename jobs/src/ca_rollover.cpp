@@ -115,7 +115,8 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
 
   // An earlier run of the same request that got this far has its job already.
   for (const auto& job : stores.list_jobs(50)) {
-    if (job.kind != "ca-rollover") continue;
+    // A canceled or aborted one is not continued: a new job takes the group's devices again.
+    if (job.kind != "ca-rollover" || job.state == "canceled" || job.state == "aborted") continue;
     try {
       Poco::JSON::Parser parser;
       auto r = parser.parse(job.report_json).extract<Poco::JSON::Object::Ptr>();

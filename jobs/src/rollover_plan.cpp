@@ -269,6 +269,19 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
       p.enrollment = ie->registration_id;
       if (p.conflict.empty() && !ie->enabled) p.conflict = "its individual enrollment is disabled";
     }
+    if (p.conflict.empty() && p.enrollment.empty()) {
+      // The new certificate must be admitted: its CA in the chain of an enabled group's slot
+      // (the device's own group; an individual enrollment takes the certificate itself).
+      const auto* signing_group = index.group_of_ca(p.ca_name);
+      if (signing_group == nullptr || !signing_group->enabled) {
+        p.conflict = "the signing CA '" + p.ca_name +
+                     "' is not in a slot (or under one) of an enabled enrollment group: the "
+                     "broker would refuse the new certificate";
+      } else if (!p.group.empty() && signing_group->name != p.group) {
+        p.conflict = "the signing CA '" + p.ca_name + "' belongs to group '" + signing_group->name +
+                     "', not to the device's group '" + p.group + "'";
+      }
+    }
     if (p.conflict.empty()) p.conflict = ca_conflict(p.ca_name, p.group);
     plan.devices.push_back(std::move(p));
   }

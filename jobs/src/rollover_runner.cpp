@@ -202,6 +202,15 @@ void Runner::start(std::size_t i) {
     t.ca_name = it->second.ca_name;
     if (t.row.step == "" || t.row.step == "csr") t.row.step = "sign";
   }
+  if (m_job.kind == "breach-roll" && !connected_without(t.row.device_id, t.row.old_serial)) {
+    // Never over a session that presented the compromised certificate (the broker drops it
+    // within a second): only once the device is back on another valid certificate.
+    t.row.attempts = 0;
+    wait_retry(i, "offline", kStatusDeviceOffline,
+               "not connected with a valid certificate (its compromised one was revoked)",
+               std::chrono::seconds(m_params.offline_retry_s));
+    return;
+  }
   if (t.cert_der.empty()) {
     t.row.step = "";
     Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
@@ -213,11 +222,18 @@ void Runner::start(std::size_t i) {
   } else if (t.row.step == "install") {
     t.enrollment.empty() ? reprovision(i) : install(i);  // the enrollment's slot is re-committed
   } else {
-    // reprovision or confirm reached: wait for the device (a repeated reprovision is harmless).
-    t.phase = Phase::kConfirm;
-    t.due = Steady::now() + std::chrono::seconds(m_params.step_timeout_s);
-    m_confirming.push_back(i);
+    // reprovision or confirm reached: tell it again (the device answers at once, without a
+    // reconnection, when it already runs the new certificate), then wait for it.
+    reprovision(i);
   }
+}
+
+// The device is connected, and not with `serial` (as the broker recorded its session).
+bool Runner::connected_without(const std::string& device, const std::string& serial) {
+  for (const auto& s : m_stores.connected_devices()) {
+    if (s.device_id == device) return s.cert_serial != serial;
+  }
+  return false;
 }
 
 void Runner::call(std::size_t i, Phase phase, const std::string& method,

@@ -82,6 +82,7 @@ class Runner {
   void install(std::size_t i);
   void reprovision(std::size_t i);
   void poll_confirmations(Steady::time_point now);
+  bool connected_without(const std::string& device, const std::string& serial);
   void confirmed(std::size_t i);
   void probe(std::size_t i);  // getCertificate: which certificate is the device connected with?
   void settle(std::size_t i, const std::string& state, const std::string& why);

@@ -48,7 +48,10 @@ void Runner::sign_queued() {
     csrs.reserve(indices.size());
     for (std::size_t i : indices) {
       Live& t = m_tasks[i];
-      csrs.push_back(engine::JobCsr{t.row.device_id, t.row.seq, std::move(t.csr), t.lot});
+      engine::Der replaced;
+      if (auto old = m_stores.find_cert(t.row.old_serial)) replaced = std::move(old->der);
+      csrs.push_back(
+          engine::JobCsr{t.row.device_id, t.row.seq, std::move(t.csr), t.lot, std::move(replaced)});
       t.csr.clear();
     }
     auto results = m_issuer.issue(issuer_for(m_tasks[indices.front()]), csrs);

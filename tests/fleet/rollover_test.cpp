@@ -171,6 +171,20 @@ TEST_F(Rollover, AThousandDevicesRollAndASecondRolloverAlternatesTheSlots) {
   const auto after = connected();
   for (const auto& [id, sha] : before) EXPECT_NE(after.at(id), sha) << id;
   EXPECT_EQ(active_slot(path("LOT-A-flash"), "ra-0001"), "secondary");
+  // The retired certificate is superseded: it cannot log in again.
+  const auto retired =
+      json(bin.run("auth check --chain " + quoted(path("LOT-A/ra-0001_fullchain.pem")) + " --json")
+               .out);
+  EXPECT_FALSE(retired->getValue<bool>("allowed"));
+  EXPECT_EQ(retired->getValue<std::string>("rule"), "revoked");
+  // A CA the device's enrollment does not trust (the broker's own) is a conflict, and so is an
+  // empty device list rather than "every device".
+  const auto wrong_ca = json(bin.ok("rollover plan --device ra-0002 --ca broker-ca --json").out);
+  EXPECT_EQ(wrong_ca->getValue<int>("conflicts"), 1);
+  EXPECT_EQ(wrong_ca->getValue<int>("devices"), 0);
+  testing::write_file(path("empty.txt"), "# nothing\n");
+  EXPECT_EQ(bin.run("rollover start --group fleet --devices " + quoted(path("empty.txt"))).status,
+            2);
 
   // `job show` tells the story; the job is listed.
   const auto show = json(bin.ok("job show " + job + " --json").out);

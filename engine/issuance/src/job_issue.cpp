@@ -1,5 +1,6 @@
 #include "fleetsign/engine/job_issue.hpp"
 
+#include <openssl/x509.h>
 #include <tbb/parallel_for.h>
 
 #include <optional>
@@ -9,6 +10,20 @@ namespace fleetsign::engine {
 namespace {
 
 constexpr std::size_t kSubChunk = 32;  // CSRs per parallel task: a token round trip amortised
+
+// The SubjectPublicKeyInfo of a certificate, DER (empty when it does not parse).
+Der spki_of(const Der& cert_der) {
+  const unsigned char* p = cert_der.data();
+  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(cert_der.size()));
+  if (cert == nullptr) return {};
+  unsigned char* out = nullptr;
+  const int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &out);
+  Der spki;
+  if (n > 0) spki.assign(out, out + n);
+  OPENSSL_free(out);
+  X509_free(cert);
+  return spki;
+}
 
 struct Item {
   std::optional<PreparedCert> prepared;
@@ -26,6 +41,12 @@ void check_and_prepare(const Issuer& issuer, const JobCsr& csr, Item& slot) {
     slot.failure = Failure{ErrorCode::kInvalidArgument, "the CSR names device '" +
                                                             checked.value().device_id.str() +
                                                             "', not '" + csr.device_id + "'"};
+    return;
+  }
+  if (!csr.replaced_cert.empty() && checked.value().spki == spki_of(csr.replaced_cert)) {
+    slot.failure = Failure{ErrorCode::kKeyRejected,
+                           "the CSR reuses the key of the certificate it replaces: a rollover "
+                           "needs a new key"};
     return;
   }
   auto prepared = issuer.prepare(checked.value());

@@ -406,6 +406,18 @@ static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::in
   sqlite3_bind_int64(clear, 1, now);
   bind_text(clear, 2, c.device_id);
   impl.step(clear, what);
+  if (c.kind == SlotChange::Kind::kRetireDevice) {
+    // The retired certificate is superseded: revoked, so it cannot log in again. No audit row:
+    // no live session uses it (the device was confirmed on its successor), and a new
+    // connection with it is refused at its admission check.
+    sqlite3_stmt* revoke = impl.m_revoke_superseded.get(
+        db,
+        "UPDATE certificates SET state = 'revoked', revoked_at = ?1, "
+        "revocation_reason = 'superseded' WHERE serial = ?2 AND state = 'issued'");
+    sqlite3_bind_int64(revoke, 1, now);
+    bind_text(revoke, 2, keep_primary ? secondary : primary);
+    impl.step(revoke, what);
+  }
 }
 
 void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const SlotChange> changes) {

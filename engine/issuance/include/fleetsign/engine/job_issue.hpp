@@ -28,7 +28,8 @@ struct JobCsr {
   std::string device_id;  // the task's device (checked against the policy when the job was made)
   std::int64_t seq = 0;   // the task's seq in the job
   Der csr_der;
-  std::string lot;  // lineage of the new certificate: the device's lot
+  std::string lot;    // lineage of the new certificate: the device's lot
+  Der replaced_cert;  // the certificate it replaces: a CSR with that certificate's key is refused
 };
 
 class JobIssuer final {
@@ -37,7 +38,8 @@ class JobIssuer final {
 
   // One chunk, all signed by `issuer`. Element i answers csrs[i]: the signed certificate
   // (recorded) or why not (kCsrMalformed, kKeyRejected, kCsrSignatureInvalid, kDeviceIdInvalid,
-  // kInvalidArgument: the CSR names another device; kSignFailed).
+  // kInvalidArgument: the CSR names another device; kKeyRejected also when it reuses the key of
+  // the certificate it replaces; kSignFailed).
   std::vector<Result<SignedCert>> issue(const Issuer& issuer, std::span<const JobCsr> csrs);
 
   // The certificates this job issued, by device (the newest when there are several), after the

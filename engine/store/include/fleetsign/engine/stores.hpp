@@ -354,7 +354,8 @@ struct JobTask {
 // A change to slots made in the same transaction as task rows.
 struct SlotChange {
   enum class Kind {
-    kRetireDevice,    // the device's slot that does not hold `serial` becomes free
+    kRetireDevice,    // the device's slot that does not hold `serial` becomes free, and the
+                      // certificate it held is revoked ("superseded": it cannot log in again)
     kIndividualSlot,  // the individual enrollment's `slot` holds `cert_der` (empty: free)
     kReleaseDevice,   // the device's slot that holds `serial` becomes free (none: no-op)
   };
