@@ -131,7 +131,6 @@ Scheduler::History Scheduler::read_history() {
 }
 
 Scheduler::Tick Scheduler::tick() {
-  const std::int64_t now = m_clock.now();
   catch_up_alerts();
   const History history = read_history();
   Tick tick;
@@ -217,8 +216,8 @@ void Scheduler::alert_group(const engine::EnrollmentGroup& group, const History&
   std::unordered_set<std::string> seen;
   for (const auto& c : m_stores.expiring_device_certs(now + widest * kDay, filter)) {
     if (!seen.insert(c.registration_id).second) continue;
-    const auto last = history.last.find(c.registration_id);
-    if (last != history.last.end() && last->second.state == "done") continue;
+    // A rolled device counts by its new certificate (the later slot), never by having been
+    // rolled once: when the new one nears its end, it is due again.
     const auto device = m_stores.find_device(c.registration_id);
     if (!device) continue;
     std::int64_t expiry = 0;
