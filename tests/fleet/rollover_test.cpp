@@ -172,9 +172,8 @@ TEST_F(Rollover, AThousandDevicesRollAndASecondRolloverAlternatesTheSlots) {
   for (const auto& [id, sha] : before) EXPECT_NE(after.at(id), sha) << id;
   EXPECT_EQ(active_slot(path("LOT-A-flash"), "ra-0001"), "secondary");
   // The retired certificate is superseded: it cannot log in again.
-  const auto retired =
-      json(bin.run("auth check --chain " + quoted(path("LOT-A/ra-0001_fullchain.pem")) + " --json")
-               .out);
+  const auto retired = json(
+      bin.run("auth check --chain " + quoted(path("LOT-A/ra-0001_fullchain.pem")) + " --json").out);
   EXPECT_FALSE(retired->getValue<bool>("allowed"));
   EXPECT_EQ(retired->getValue<std::string>("rule"), "revoked");
   // A CA the device's enrollment does not trust (the broker's own) is a conflict, and so is an
