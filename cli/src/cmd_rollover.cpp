@@ -157,7 +157,12 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   p.offline_retry_s = bounded("offline-retry", 1, 86400, 30);
   p.in_flight = bounded("in-flight", 1, 1000, 256);
   if (auto d = a.get("deadline")) {
-    p.deadline = ctx.clock().now() + jobs::parse_duration(*d, "--deadline");
+    const std::int64_t s = jobs::parse_duration(*d, "--deadline");
+    if (s < 1) throw Error(ErrorCode::kUsage, "--deadline must be at least 1s");
+    p.deadline = ctx.clock().now() + s;
+  }
+  if (a.has("rate") && a.has("exponential")) {
+    throw Error(ErrorCode::kUsage, "--rate and --exponential are two rollouts: choose one");
   }
   return p;
 }

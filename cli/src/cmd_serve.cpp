@@ -99,6 +99,7 @@ class Server final {
   void reap(bool all);
   void stop_children();
   bool has_children() const { return !m_children.empty(); }
+  bool token_failed() const { return m_token_failed; }
 
  private:
   std::string supervise_broker();
@@ -289,7 +290,8 @@ int run_serve(Context& ctx) {
   if (g_stop != 0) log("stopping: no new jobs; the broker keeps running");
   server.stop_children();
   log("stopped");
-  return 0;
+  // A runner the token refused (a wrong or locked PIN) is serve's failure too: exit as it did.
+  return server.token_failed() ? exit_status_for(ErrorCode::kPinIncorrect) : 0;
 }
 
 }  // namespace

@@ -208,6 +208,17 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
     }
   }
 
+  // A device already in a running or paused job is that job's until it settles there.
+  std::unordered_map<std::string, std::string> busy;
+  for (const auto& job : stores.list_jobs(1000)) {
+    if (job.state != "running" && job.state != "paused") continue;
+    for (const auto& t : stores.job_tasks(job.id, "")) {
+      if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
+        busy.emplace(t.device_id, job.id);
+      }
+    }
+  }
+
   std::unordered_map<std::string, engine::DeviceSession> sessions;
   for (auto& s : stores.connected_devices()) sessions.emplace(s.device_id, std::move(s));
 
@@ -265,6 +276,9 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
       p.target_slot = slot_text(old_is_primary ? engine::Slot::kSecondary : engine::Slot::kPrimary);
     }
     if (p.conflict.empty() && d.status != "enabled") p.conflict = "the device is " + d.status;
+    if (const auto b = busy.find(d.registration_id); p.conflict.empty() && b != busy.end()) {
+      p.conflict = "the device is in job " + b->second + ", which has not settled it yet";
+    }
     if (auto ie = stores.find_individual_slots(d.registration_id)) {
       p.enrollment = ie->registration_id;
       if (p.conflict.empty() && !ie->enabled) p.conflict = "its individual enrollment is disabled";
