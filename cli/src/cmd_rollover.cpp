@@ -36,7 +36,8 @@ void add_selection_options(Poco::Util::OptionSet& s) {
   add_option(s, "group", "G", "devices whose CA belongs to enrollment group G");
   add_option(s, "lot", "L", "devices of manufacturing lot L");
   add_option(s, "expiring-within", "D",
-             "devices whose certificate expires within D (30d, 12h, 90m, 45s)");
+             "devices whose certificate expires within D (30d, 12h, 90m, 45s; a bare number is "
+             "days)");
   add_option(s, "devices", "FILE", "device IDs, one per line ('#' comments)");
   add_option(s, "device", "ID", "one device (repeatable)", true);
   add_option(s, "ca", "NAME", "sign the new certificates with this CA (default: the device's)");
@@ -99,7 +100,10 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
     p.selection.group = a.get("group").value_or("");
     p.selection.lot = a.get("lot").value_or("");
     if (auto d = a.get("expiring-within")) {
-      p.selection.expiring_within_s = jobs::parse_duration(*d, "--expiring-within");
+      // A bare number is days, as in `expiry report --within DAYS`.
+      const bool days = !d->empty() && d->find_first_not_of("0123456789") == std::string::npos;
+      p.selection.expiring_within_s =
+          jobs::parse_duration(days ? *d + "d" : *d, "--expiring-within");
     }
     if (auto f = path_option(a, "devices")) {
       p.selection.devices = read_device_list(ctx, *f, ctx.policy());
