@@ -7,7 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <string>
+
+#include "enrollment_support.hpp"
 
 namespace fleetsign::testing {
 
@@ -26,6 +29,24 @@ inline int free_port() {
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   ::close(fd);
   return ntohs(addr.sin_port);
+}
+
+// A home with what a fleet test starts from: root "root" proven to the registry, intermediate
+// "factory-1" under it, group "fleet" trusting the root, and the broker set up on `port` with
+// fleetsign's plugin (not started).
+inline void init_fleet_home(const Binary& bin, const std::filesystem::path& dir, int port,
+                            const std::string& plugin) {
+  const std::string pop = quoted((dir / "pop.pem").string());
+  bin.ok("init");
+  bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
+  bin.ok(
+      "ca create-intermediate --name factory-1 --issuer root --days 3650 "
+      "--subject /CN=Factory-1");
+  bin.ok("ca verification-cert --ca root --code POP --out " + pop);
+  bin.ok("ca verify root --code POP --cert " + pop);
+  bin.ok("enrollment group create fleet --ca root");
+  bin.ok("broker init --port " + std::to_string(port) + " --plugin " + quoted(plugin) +
+         " --host localhost");
 }
 
 }  // namespace fleetsign::testing

@@ -53,16 +53,7 @@ class Rollover : public ::testing::Test {
   std::vector<std::unique_ptr<testing::Agent>> agents;
 
   void SetUp() override {
-    bin.ok("init");
-    bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
-    bin.ok(
-        "ca create-intermediate --name factory-1 --issuer root --days 3650 "
-        "--subject /CN=Factory-1");
-    bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
-    bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
-    bin.ok("enrollment group create fleet --ca root");
-    bin.ok("broker init --port " + std::to_string(port) + " --plugin " +
-           quoted(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+    testing::init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
     bin.ok("broker start");
   }
   void TearDown() override {

@@ -40,16 +40,7 @@ class Serve : public ::testing::Test {
   int port = free_port();
 
   void SetUp() override {
-    bin.ok("init");
-    bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
-    bin.ok(
-        "ca create-intermediate --name factory-1 --issuer root --days 3650 "
-        "--subject /CN=Factory-1");
-    bin.ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
-    bin.ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
-    bin.ok("enrollment group create fleet --ca root");
-    bin.ok("broker init --port " + std::to_string(port) + " --plugin " +
-           quoted(FLEETSIGN_PLUGIN_PATH) + " --host localhost");
+    testing::init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
     bin.ok("issue --ca factory-1 --generate 3 --id-pattern 'dev-{02}' --lot L1 --out " +
            quoted(path("L1")));
   }
