@@ -226,7 +226,14 @@ TEST_F(Rollover, TheAbortThresholdStopsAJobWhoseDevicesAnswerErrors) {
   EXPECT_GT(states->optValue<int>("refused", 0), 0);
   EXPECT_GT(states->optValue<int>("aborted", 0), 0);
   EXPECT_LT(report->getValue<int>("done"), 200);
-  check_done_devices(report->getValue<std::string>("id"), "LOT-C", false);
+  const std::string job = report->getValue<std::string>("id");
+  check_done_devices(job, "LOT-C", false);
+  // A certificate signed for a device that never switched to it is revoked, never left valid.
+  auto reg = registry();
+  for (const auto& t : reg->job_tasks(job, "")) {
+    if (t.state == "done" || t.new_serial.empty() || t.step != "sign") continue;
+    EXPECT_EQ(reg->cert_state(t.new_serial), engine::CertState::kRevoked) << t.device_id;
+  }
 }
 
 // Confirmation by asking the device (getCertificate), as with IoT Hub, which records no

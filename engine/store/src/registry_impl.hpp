@@ -85,7 +85,8 @@ struct Registry::Impl {
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;
   // The job runner's hot path (registry_jobs.cpp): task rows and the slot changes of a flush.
   PreparedQuery m_insert_task, m_update_task, m_tasks_all, m_tasks_in_state;
-  PreparedQuery m_device_serials, m_clear_primary, m_clear_secondary, m_revoke_superseded;
+  PreparedQuery m_device_serials, m_clear_primary, m_clear_secondary, m_revoke_superseded,
+      m_revoke_released;
   PreparedQuery m_set_ie_primary, m_set_ie_secondary;
 
   sqlite3* db();

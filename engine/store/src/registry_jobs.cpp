@@ -385,6 +385,15 @@ static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::in
     secondary = column_text(q, 1);
   }
   if (c.kind == SlotChange::Kind::kReleaseDevice) {
+    // A certificate signed for a job but never switched to: revoked, so a copy the device may
+    // have stored (an install whose answer was lost) can never log in.
+    sqlite3_stmt* revoke = impl.m_revoke_released.get(
+        db,
+        "UPDATE certificates SET state = 'revoked', revoked_at = ?1, "
+        "revocation_reason = 'cessationOfOperation' WHERE serial = ?2 AND state = 'issued'");
+    sqlite3_bind_int64(revoke, 1, now);
+    bind_text(revoke, 2, c.serial);
+    impl.step(revoke, what);
     if (primary != c.serial && secondary != c.serial) return;  // not (or no longer) in a slot
   } else if (primary != c.serial && secondary != c.serial) {
     throw Error(ErrorCode::kRegistryError,

@@ -357,7 +357,8 @@ struct SlotChange {
     kRetireDevice,    // the device's slot that does not hold `serial` becomes free, and the
                       // certificate it held is revoked ("superseded": it cannot log in again)
     kIndividualSlot,  // the individual enrollment's `slot` holds `cert_der` (empty: free)
-    kReleaseDevice,   // the device's slot that holds `serial` becomes free (none: no-op)
+    kReleaseDevice,   // the device's slot that holds `serial` becomes free (none: no-op), and
+                      // the certificate is revoked ("cessationOfOperation": never switched to)
   };
   Kind kind = Kind::kRetireDevice;
   std::string device_id;  // also the individual enrollment's registration ID
