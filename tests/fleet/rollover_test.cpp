@@ -189,6 +189,22 @@ TEST_F(Rollover, AThousandDevicesRollAndASecondRolloverAlternatesTheSlots) {
   EXPECT_EQ(active_slot(path("LOT-A-flash"), "ra-0001"), "primary");
 }
 
+// A hostile device list is refused naming the file and the problem, and no job is recorded.
+TEST_F(Rollover, ABadDeviceListIsRefusedNamingItAndRecordsNoJob) {
+  testing::write_file(path("bad-id.txt"), "ok-1\n../x\n");
+  auto out = bin.run("rollover start --devices " + quoted(path("bad-id.txt")));
+  EXPECT_EQ(out.status, 2) << out.err;
+  EXPECT_NE(out.err.find("bad-id.txt:2"), std::string::npos) << out.err;
+  out = bin.run("rollover start --devices /dev/zero");
+  EXPECT_EQ(out.status, 2) << out.err;
+  EXPECT_NE(out.err.find("device list"), std::string::npos) << out.err;
+  EXPECT_NE(bin.run("rollover start --devices " + quoted(dir.path().string())).status, 0);
+  EXPECT_NE(bin.run("rollover start --devices " + quoted(path("missing.txt"))).status, 0);
+  EXPECT_EQ(bin.run("rollover plan --lot L --expiring-within 30x").status, 2);
+  EXPECT_EQ(bin.run("rollover start --lot L --exponential 10,nan,5").status, 2);
+  EXPECT_EQ(json(bin.ok("job list --json").out)->getArray("jobs")->size(), 0u);
+}
+
 // 5% of the devices never connect: they are retried until the deadline and reported; the rest
 // finish.
 TEST_F(Rollover, OfflineDevicesAreRetriedUntilTheDeadlineAndListed) {
