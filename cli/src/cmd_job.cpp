@@ -145,7 +145,7 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   jobs::RunnerOptions options;
   options.runner = runner_name();
   options.progress = progress_line(ctx);
-  options.confirm_by_method = ctx.args().get("confirm").value_or("") == "method";
+  // --confirm on `rollover start` is kept with the job (params.confirm); nothing to pass here.
   ctx.token();  // logs in: the runner signs
   jobs::run_job(ctx.registry(), ctx.cas(), ctx.policy(), ctx.clock(), *trigger, job_id, options);
   if (options.progress) std::fprintf(stderr, "\n");
@@ -238,11 +238,25 @@ int run_job_resume(Context& ctx) {
 
 int run_job_retry_failed(Context& ctx) {
   const std::string id = job_arg(ctx);
-  const std::int64_t n = jobs::retry_failed(ctx.registry(), ctx.clock(), id);
+  std::int64_t deadline = 0;
+  if (auto d = ctx.args().get("deadline")) {
+    const std::int64_t s = jobs::parse_duration(*d, "--deadline");
+    if (s < 1) throw Error(ErrorCode::kUsage, "--deadline must be at least 1s");
+    deadline = ctx.clock().now() + s;
+  }
+  const std::int64_t n = jobs::retry_failed(ctx.registry(), ctx.clock(), id, deadline);
   if (!ctx.json())
     std::fprintf(stderr, "job %s: %lld device(s) to try again\n", id.c_str(),
                  static_cast<long long>(n));
-  if (ctx.args().has("no-run")) return print_state(ctx, id, "running");
+  if (ctx.args().has("no-run")) {
+    if (!ctx.json()) return print_state(ctx, id, "running");
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("id", id);
+    o.set("state", "running");
+    o.set("retried", n);
+    ctx.print_json(o);
+    return 0;
+  }
   return run_job_in_foreground(ctx, id);
 }
 
@@ -289,9 +303,11 @@ void add_job_commands(std::vector<Command>& commands) {
                              run_job_cancel});
   commands.push_back(
       Command{{"job", "retry-failed"},
-              "JOB [--no-run] [--json]",
+              "JOB [--deadline D] [--no-run] [--json]",
               "offline, refused, timed-out and aborted devices go again, and the job runs here",
               [](Poco::Util::OptionSet& s) {
+                add_option(s, "deadline", "D",
+                           "the job's new deadline, D from now (default: 24h when it passed)");
                 add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
                 add_flag(s, "no-run", "only mark them (run with `job resume` or `serve`)");
                 add_flag(s, "json", "print as JSON");

@@ -154,6 +154,7 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   p.retries = bounded("retries", 0, 100, 1);
   p.offline_retry_s = bounded("offline-retry", 1, 86400, 30);
   p.in_flight = bounded("in-flight", 1, 1000, 256);
+  p.confirm = a.get("confirm").value_or("session");
   if (auto d = a.get("deadline")) {
     const std::int64_t s = jobs::parse_duration(*d, "--deadline");
     if (s < 1) throw Error(ErrorCode::kUsage, "--deadline must be at least 1s");

@@ -165,6 +165,21 @@ void finish_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
     group.secondary_ca.clear();
     stores.save_group(group, "enrollment.group.ca-rollover", false);
   }
+  // The devices left behind lost their way in with the old CA: their report says so (idempotent:
+  // a finish interrupted after the swap annotates them once when it runs again).
+  const std::string note = "; CA " + old_ca + " has left group " + group_name +
+                           ", so this device cannot connect until it is re-provisioned";
+  std::vector<engine::JobTask> behind;
+  for (auto& task : stores.job_tasks(job_id, "")) {
+    if (task.state == "done" || task.state == "conflict" || !is_final_task_state(task.state)) {
+      continue;
+    }
+    if (task.last_error.find(note) != std::string::npos) continue;
+    task.last_error += note;
+    task.updated_at = clock.now();
+    behind.push_back(std::move(task));
+  }
+  if (!behind.empty()) stores.save_job_tasks(behind, {});
   stores.set_job_report(job_id, report_json(group_name, old_ca, new_ca,
                                             r->optValue<std::string>("newSlot", ""), "finalized"));
 }

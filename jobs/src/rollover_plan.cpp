@@ -104,6 +104,7 @@ std::string params_json(const RolloverParams& p) {
   o.set("offlineRetry", p.offline_retry_s);
   o.set("deadline", p.deadline);
   o.set("inFlight", p.in_flight);
+  o.set("confirm", p.confirm);
   std::ostringstream s;
   o.stringify(s);
   return s.str();
@@ -144,6 +145,12 @@ RolloverParams parse_params(std::string_view text, std::string_view origin) {
   p.offline_retry_s = get_or<int>(o, "offlineRetry", p.offline_retry_s, origin);
   p.deadline = get_or<std::int64_t>(o, "deadline", 0, origin);
   p.in_flight = get_or<int>(o, "inFlight", p.in_flight, origin);
+  p.confirm = get_or<std::string>(o, "confirm", p.confirm, origin);
+  if (p.confirm != "session" && p.confirm != "method") {
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        std::string(origin) + ": confirm must be session or method, not '" + p.confirm + "'");
+  }
   return p;
 }
 
@@ -437,11 +444,21 @@ std::string reopen_job(engine::Stores& stores, const std::string& job_id) {
 }
 
 std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
-                          const std::string& job_id) {
+                          const std::string& job_id, std::int64_t new_deadline) {
   auto job = stores.find_job(job_id);
   if (!job) throw Error(ErrorCode::kNotFound, "no job '" + job_id + "'");
   if (job->state == "canceled") {
     throw Error(ErrorCode::kInvalidArgument, "job " + job_id + " is " + job->state);
+  }
+  const std::int64_t now = clock.now();
+  if (new_deadline != 0 && new_deadline <= now) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "job " + job_id + ": the new deadline must be in the future");
+  }
+  RolloverParams params = parse_params(job->params_json, "job " + job_id + " parameters");
+  if (new_deadline != 0 || (params.deadline != 0 && params.deadline <= now)) {
+    params.deadline = new_deadline != 0 ? new_deadline : now + 86400;
+    stores.set_job_params(job_id, params_json(params));
   }
   std::vector<JobTask> again;
   for (auto& task : stores.job_tasks(job_id, "")) {

@@ -126,7 +126,8 @@ void Runner::probe(std::size_t i) {
 // itself (getCertificate, which reports the certificate it is connected with).
 void Runner::poll_confirmations(Steady::time_point now) {
   if (m_confirming.empty()) return;
-  const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method;
+  const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method &&
+                        m_params.confirm != "method";
   std::unordered_map<std::string, std::string> seen;
   if (sessions) {
     for (auto& s : m_stores.connected_devices()) seen.emplace(s.device_id, s.cert_sha256);

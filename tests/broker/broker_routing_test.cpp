@@ -67,6 +67,33 @@ TEST_F(BrokerRouting, AMethodCallReachesItsDeviceAndTheAnswerItsCaller) {
   EXPECT_FALSE(svc->wait_for(answer_to(rid), 500ms));
 }
 
+// A device answering with more than 128 KiB: the caller gets 502 at once (not a timeout later),
+// with the device and the size, and the call is over.
+TEST_F(BrokerRouting, AnAnswerOver128KiBFailsTheCallWith502AtOnce) {
+  auto dev = h.online_device(a);
+  auto svc = h.online_service();
+  const std::string rid = new_rid();
+  svc->publish(call_topic("dev-a", "createCsr", rid, 0, 30), "{}");
+  const auto call = dev->wait_topic_prefix("$iothub/methods/POST/createCsr/?$rid=");
+  ASSERT_TRUE(call) << h.broker_log();
+  const std::string drid = rid_of(call->topic);
+  const auto start = std::chrono::steady_clock::now();
+  dev->publish("$iothub/methods/res/200/?$rid=" + drid,
+               "\"" + std::string(128 * 1024 + 1, 'A') + "\"");
+  const auto answer = svc->wait_for(answer_to(rid), 5s);
+  ASSERT_TRUE(answer) << h.broker_log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_EQ(status_of(answer->topic), 502);
+  const auto body = json(answer->payload);
+  EXPECT_EQ(body->getValue<int>("errorCode"), 502001);
+  EXPECT_NE(body->getValue<std::string>("message").find("dev-a answered createCsr with 131075"),
+            std::string::npos)
+      << answer->payload;
+  // The call is over: a proper answer afterwards is dropped.
+  dev->publish("$iothub/methods/res/200/?$rid=" + drid, "{}");
+  EXPECT_FALSE(svc->wait_for(answer_to(rid), 500ms));
+}
+
 TEST_F(BrokerRouting, AnOfflineDeviceGets404WhenTheConnectTimeoutPasses) {
   auto svc = h.online_service();
   const std::string rid = new_rid();

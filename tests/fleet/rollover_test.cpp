@@ -12,6 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <random>
 #include <set>
@@ -223,8 +226,23 @@ TEST_F(Rollover, OfflineDevicesAreRetriedUntilTheDeadlineAndListed) {
     EXPECT_EQ(not_back->getObject(i)->getValue<int>("status"), 404);
   }
   // Offline devices were tried more than once.
+  const std::string job = report->getValue<std::string>("id");
+  EXPECT_EQ(check_done_devices(job, "LOT-B", false), online);
+  // retry-failed after the deadline: the devices go again with a new deadline (else they would
+  // time out at once), and each keeps the reason it failed until a new outcome.
+  const std::int64_t before = std::time(nullptr);
+  EXPECT_EQ(bin.run("job retry-failed " + job + " --deadline 0s --no-run").status, 2);
+  const auto retried = bin.run("job retry-failed " + job + " --deadline 2h --no-run --json");
+  ASSERT_EQ(retried.status, 0) << retried.err;
+  EXPECT_EQ(json(retried.out)->getValue<int>("retried"), 200 - online) << retried.out;
   auto reg = registry();
-  EXPECT_EQ(check_done_devices(report->getValue<std::string>("id"), "LOT-B", false), online);
+  const auto params = json(reg->find_job(job)->params_json);
+  EXPECT_GE(params->getValue<std::int64_t>("deadline"), before + 7200);
+  EXPECT_LE(params->getValue<std::int64_t>("deadline"), std::time(nullptr) + 7200);
+  const auto again = reg->job_tasks(job, "pending");
+  EXPECT_EQ(static_cast<int>(again.size()), 200 - online);
+  for (const auto& t : again) EXPECT_FALSE(t.last_error.empty()) << t.device_id;
+  EXPECT_EQ(reg->find_job(job)->state, "running");
 }
 
 // 10% of the devices answer every method with an error: the abort threshold stops the job, the
@@ -262,6 +280,10 @@ TEST_F(Rollover, ConfirmationByAskingTheDeviceReachesTheSameEndState) {
   const auto report = json(out.out);
   EXPECT_EQ(report->getValue<int>("done"), 50);
   EXPECT_EQ(check_done_devices(report->getValue<std::string>("id"), "LOT-I", false), 50);
+  // Kept with the job: `job resume` and `serve` confirm the same way.
+  EXPECT_EQ(json(registry()->find_job(report->getValue<std::string>("id"))->params_json)
+                ->getValue<std::string>("confirm"),
+            "method");
   EXPECT_EQ(bin.run("rollover start --lot LOT-I --confirm twin").status, 2);
 }
 
@@ -342,10 +364,23 @@ TEST_F(Rollover, ACaRolloverMovesTheGroupOntoANewIntermediateWithAnOverlap) {
   // Only the group "line" (which trusts the intermediate itself) admits these devices.
   bin.ok("enrollment group disable fleet");
   bin.ok("enrollment group create line --ca factory-1");
-  fleet("LOT-G", "rg", 100);
-  ASSERT_EQ(wait_connected("rg", 100), 100);
-  const std::string old_chain = path("LOT-G/rg-0001_fullchain.pem");
-  const auto started = bin.run("rollover ca --group line --name factory-2 --no-run --json");
+  // A few devices never come: the job ends at its deadline, and they are told why they are lost.
+  fleet("LOT-G", "rg", 100, "--offline-fraction 0.04 --seed 11");
+  const int online = wait_connected("rg", -1);
+  ASSERT_GT(online, 90);
+  ASSERT_LT(online, 100);
+  // A connected device's chain: it is admitted during the overlap and refused after the swap.
+  const std::string old_chain = [&] {
+    auto reg = registry();
+    const auto sessions = reg->connected_devices();
+    for (const auto& d : sessions) {
+      if (d.device_id.rfind("rg-", 0) == 0) return path("LOT-G/" + d.device_id + "_fullchain.pem");
+    }
+    return std::string();
+  }();
+  ASSERT_FALSE(old_chain.empty());
+  const auto started = bin.run(
+      "rollover ca --group line --name factory-2 --deadline 25s --offline-retry 2 --no-run --json");
   ASSERT_EQ(started.status, 0) << started.out << started.err;
   const std::string job = json(started.out)->getValue<std::string>("id");
   {
@@ -365,11 +400,17 @@ TEST_F(Rollover, ACaRolloverMovesTheGroupOntoANewIntermediateWithAnOverlap) {
   EXPECT_EQ(json(again.out)->getValue<std::string>("id"), job);
 
   const auto end = bin.run("job resume " + job + " --json");
-  ASSERT_EQ(end.status, 0) << end.out << end.err;
+  ASSERT_EQ(end.status, 13) << end.out << end.err;
   const auto report = json(end.out);
-  EXPECT_EQ(report->getValue<int>("done"), 100);
+  EXPECT_EQ(report->getValue<int>("done"), online);
   EXPECT_EQ(report->getObject("report")->getValue<std::string>("phase"), "finalized");
-  EXPECT_EQ(check_done_devices(job, "LOT-G", false), 100);
+  EXPECT_EQ(check_done_devices(job, "LOT-G", false), online);
+  const auto not_back = report->getArray("notBack");
+  ASSERT_EQ(static_cast<int>(not_back->size()), 100 - online);
+  for (std::size_t i = 0; i < not_back->size(); ++i) {
+    const std::string reason = not_back->getObject(i)->getValue<std::string>("reason");
+    EXPECT_NE(reason.find("CA factory-1 has left group line"), std::string::npos) << reason;
+  }
   auto reg = registry();
   const auto g = reg->find_group("line");
   EXPECT_EQ(g->primary_ca, "factory-2");

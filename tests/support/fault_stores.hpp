@@ -188,6 +188,9 @@ class FaultStores final : public engine::Stores {
   void set_job_report(const std::string& id, const std::string& report_json) override {
     write("set_job_report", [&] { m_inner.set_job_report(id, report_json); });
   }
+  void set_job_params(const std::string& id, const std::string& params_json) override {
+    write("set_job_params", [&] { m_inner.set_job_params(id, params_json); });
+  }
   bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
                    std::int64_t stale_before) override {
     bool held = false;

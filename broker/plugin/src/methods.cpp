@@ -110,10 +110,13 @@ bool MethodRouter::answer(const std::string& device_id, const Request& req,
     return false;
   }
   if (payload.size() > kMethodPayloadLimit) {
-    m_transport.log(LogLevel::kWarning, "device " + device_id + " answered " + it->second.method +
-                                            " with " + std::to_string(payload.size()) +
-                                            " bytes, over 128 KiB: dropped");
-    return false;
+    // The caller learns at once what the device did, rather than a timeout later.
+    const std::string what = "device " + device_id + " answered " + it->second.method + " with " +
+                             std::to_string(payload.size()) + " bytes, over the 128 KiB limit";
+    m_transport.log(LogLevel::kWarning, what + ": the call fails with 502");
+    error_answer(it->second, 502, 502001, what);
+    finish(it->first);
+    return true;
   }
   m_transport.publish(it->second.service, service_answer_topic(req.status, it->second.rid),
                       payload);

@@ -292,6 +292,18 @@ void Registry::set_job_report(const std::string& id, const std::string& report_j
   });
 }
 
+void Registry::set_job_params(const std::string& id, const std::string& params_json) {
+  const std::string what = "recording the parameters of job '" + id + "'";
+  m_impl->write(what, [&] {
+    const std::int64_t now = m_impl->stamp(0);
+    Statement st = (m_impl->m_session << "UPDATE jobs SET params_json = ?, updated_at = ? "
+                                         "WHERE id = ?",
+                    kw::bind(params_json), kw::bind(now), kw::bind(id));
+    Impl::expect_row(st, what + ": job '" + id + "'");
+    audit_row(*m_impl, "job.params", id, params_json);
+  });
+}
+
 bool Registry::acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
                            std::int64_t stale_before) {
   const std::string what = "taking the lease of job '" + id + "' for runner '" + runner + "'";

@@ -63,6 +63,10 @@ struct RolloverParams {
   std::int64_t deadline =
       0;                // unix seconds: offline devices stop being retried; 0 = 24 h after start
   int in_flight = 256;  // devices in progress at once
+  // How a reconnection is confirmed: "session" (the broker's session records; with IoT Hub the
+  // device is asked anyway) or "method" (ask the device with getCertificate). Kept with the job,
+  // so `job resume` and `serve` confirm as `start` did.
+  std::string confirm = "session";
   std::string kind = "device-rollover";
 };
 
@@ -143,9 +147,12 @@ std::string cancel_job(engine::Stores& stores, const std::string& job_id);
 // paused/aborted/canceled → running (not run here: `job resume` or `serve` runs it).
 std::string reopen_job(engine::Stores& stores, const std::string& job_id);
 // Tasks in a final failure state ("offline", "refused", "timed-out", "aborted") go back to
-// pending with their attempts reset, and the job to running. Returns how many.
+// pending with their attempts reset (their last error stays until a new outcome), and the job to
+// running. The job's deadline becomes `new_deadline` (unix seconds) when given, or 24 h from now
+// when it has passed: a retry after the deadline would otherwise time out at once. kInvalidArgument
+// for a `new_deadline` not in the future. Returns how many tasks go again.
 std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
-                          const std::string& job_id);
+                          const std::string& job_id, std::int64_t new_deadline = 0);
 
 // CA rollover for an enrollment group: a new intermediate (its key made in the token, issued by
 // the old one's issuer) goes into the group's free slot, so the broker trusts both; every device

@@ -107,6 +107,7 @@ class Registry final : public Stores {
   void set_job_state(const std::string& id, const std::string& state,
                      std::int64_t finished_at) override;
   void set_job_report(const std::string& id, const std::string& report_json) override;
+  void set_job_params(const std::string& id, const std::string& params_json) override;
   bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
                    std::int64_t stale_before) override;
   void heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) override;

@@ -381,6 +381,9 @@ class JobStore {
   virtual void set_job_state(const std::string& id, const std::string& state,
                              std::int64_t finished_at) = 0;
   virtual void set_job_report(const std::string& id, const std::string& report_json) = 0;
+  // Replaces the job's parameters (retry-failed extends a deadline that passed), with an audit
+  // row "job.params". kNotFound when there is no such job.
+  virtual void set_job_params(const std::string& id, const std::string& params_json) = 0;
   // The lease: the job becomes `runner`'s when it has no runner, or `runner` holds it already,
   // or its heartbeat is older than `stale_before`. Returns whether `runner` holds it now.
   virtual bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
