@@ -122,11 +122,13 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
   for (const auto& slot : slots) {
     if (slot.signed_cert && !slot.signed_cert->has_value() &&
         slot.signed_cert->error().code == ErrorCode::kSignFailed) {
-      throw Error(ErrorCode::kTokenError,
-                  "job " + m_job_id + ": " + slot.signed_cert->error().message + " (" +
-                      std::to_string(issued.size()) +
-                      " certificates of this chunk were signed and recorded; the job can resume "
-                      "once the token signs again)");
+      throw Error(
+          ErrorCode::kTokenError,
+          "job " + m_job_id + ": " + slot.signed_cert->error().message + " (" +
+              std::to_string(issued.size()) +
+              " certificates of this chunk were signed and recorded; once the token signs again, "
+              "`fleetsign job resume " +
+              m_job_id + "` continues the job)");
     }
   }
 
