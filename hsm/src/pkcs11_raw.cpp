@@ -28,6 +28,14 @@ std::string ckr_name(CK_RV rv) {
       return "CKR_DEVICE_ERROR";
     case CKR_DEVICE_REMOVED:
       return "CKR_DEVICE_REMOVED";
+    case CKR_DEVICE_MEMORY:
+      return "CKR_DEVICE_MEMORY";
+    case CKR_HOST_MEMORY:
+      return "CKR_HOST_MEMORY";
+    case CKR_OPERATION_ACTIVE:
+      return "CKR_OPERATION_ACTIVE";
+    case CKR_SESSION_CLOSED:
+      return "CKR_SESSION_CLOSED";
     case CKR_MECHANISM_INVALID:
       return "CKR_MECHANISM_INVALID";
     case CKR_OBJECT_HANDLE_INVALID:

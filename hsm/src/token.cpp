@@ -182,6 +182,15 @@ struct SigningKey::Fast {
     std::lock_guard lock(mutex);
     idle.push_back(s);
   }
+  // A session whose signing failed is never handed out again: closed (its error ignored: it may
+  // be gone already), and the next signer opens a fresh one.
+  void discard(CK_SESSION_HANDLE s) {
+    {
+      std::lock_guard lock(mutex);
+      all.erase(std::remove(all.begin(), all.end(), s), all.end());
+    }
+    f->C_CloseSession(s);
+  }
 };
 
 namespace {
@@ -204,6 +213,26 @@ void append_der_integer(std::vector<std::uint8_t>& out, const std::uint8_t* p, s
   if (pad) out.push_back(0);
   out.insert(out.end(), p, p + n);
 }
+
+// Failures of a session rather than of the key or the token: the same request may succeed on a
+// fresh session. CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN and the like
+// are not retried: they stay until someone acts.
+bool transient_ckr(CK_RV rv) {
+  switch (rv) {
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_GENERAL_ERROR:
+    case CKR_FUNCTION_FAILED:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_HOST_MEMORY:
+    case CKR_OPERATION_ACTIVE:
+      return true;
+    default:
+      return false;
+  }
+}
+constexpr int kSignAttempts = 3;  // a transient failure is tried twice more, on fresh sessions
 
 void ecdsa_raw_to_der(const std::uint8_t* raw, std::size_t len, std::vector<std::uint8_t>& out) {
   std::uint8_t body[2 * (2 + 1 + 66)];
@@ -237,12 +266,6 @@ bool SigningKey::signs_with_session_copy() const noexcept { return m_fast && m_f
 
 bool SigningKey::sign_digest(std::span<const std::uint8_t> digest, int md_nid,
                              std::vector<std::uint8_t>& out, std::string& error) const {
-  CK_RV rv = CKR_OK;
-  const CK_SESSION_HANDLE session = m_fast->acquire(rv);
-  if (session == CK_INVALID_HANDLE) {
-    error = "token signing with " + m_ref.uri() + ": C_OpenSession failed: " + raw::ckr_name(rv);
-    return false;
-  }
   std::uint8_t input[19 + 64];
   std::size_t input_len = digest.size();
   CK_MECHANISM mech{is_ec() ? CKM_ECDSA : CKM_RSA_PKCS, nullptr, 0};
@@ -256,15 +279,30 @@ bool SigningKey::sign_digest(std::span<const std::uint8_t> digest, int md_nid,
   }
   std::uint8_t sig[1024];
   CK_ULONG sig_len = sizeof sig;
-  rv = m_fast->f->C_SignInit(session, &mech, m_fast->object);
-  if (rv == CKR_OK) {
-    rv = m_fast->f->C_Sign(session, input, input_len, sig, &sig_len);
-  }
-  m_fast->release(session);
-  if (rv != CKR_OK) {
-    error = "token signing with " + m_ref.uri() + " failed: " + raw::ckr_name(rv);
-    out.clear();
-    return false;
+  CK_RV rv = CKR_OK;
+  int attempt = 1;
+  for (;; ++attempt) {
+    const CK_SESSION_HANDLE session = m_fast->acquire(rv);
+    if (session != CK_INVALID_HANDLE) {
+      sig_len = sizeof sig;
+      rv = m_fast->f->C_SignInit(session, &mech, m_fast->object);
+      if (rv == CKR_OK) {
+        rv = m_fast->f->C_Sign(session, input, input_len, sig, &sig_len);
+      }
+      if (rv == CKR_OK) {
+        m_fast->release(session);
+        break;
+      }
+      m_fast->discard(session);
+    }
+    if (!transient_ckr(rv) || attempt == kSignAttempts) {
+      error = "token signing with " + m_ref.uri() + " failed: " + raw::ckr_name(rv) +
+              (session == CK_INVALID_HANDLE ? " (C_OpenSession)" : "") +
+              (attempt > 1 ? " (" + std::to_string(attempt) + " attempts, each on a fresh session)"
+                           : "");
+      out.clear();
+      return false;
+    }
   }
   if (is_ec()) {
     ecdsa_raw_to_der(sig, sig_len, out);

@@ -3,6 +3,8 @@
 // output certificate must be byte-equal to it, and its serial is read from its own bytes.
 #include <Poco/Data/Session.h>
 #include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 
 #include "batch_support.hpp"
@@ -315,6 +317,32 @@ void check_batch_show(Check& c, Fleet& fleet) {
 
 }  // namespace
 
+std::vector<std::string> unverified_certs(engine::Registry& registry, const std::string& batch_id) {
+  std::vector<std::string> bad;
+  std::map<std::string, std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>> keys;
+  for (const auto& rec : registry.batch_issued_after(batch_id, -1)) {
+    auto it = keys.find(rec.ca_name);
+    if (it == keys.end()) {
+      EVP_PKEY* key = nullptr;
+      if (const auto ca = registry.find_ca(rec.ca_name)) {
+        const X509Ptr ca_cert = parse_cert_der(to_string(ca->cert_der));
+        if (ca_cert) key = X509_get_pubkey(ca_cert.get());
+      }
+      it = keys.emplace(rec.ca_name,
+                        std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>(key, EVP_PKEY_free))
+               .first;
+    }
+    const X509Ptr cert = parse_cert_der(to_string(rec.der));
+    if (!it->second) {
+      bad.push_back(rec.serial + ": no certificate for its CA '" + rec.ca_name + "'");
+    } else if (!cert || X509_verify(cert.get(), it->second.get()) != 1) {
+      bad.push_back(rec.serial + ": does not verify under CA '" + rec.ca_name + "'");
+    }
+  }
+  ERR_clear_error();
+  return bad;
+}
+
 BatchFacts check_batch(Fleet& fleet, const Expected& e) {
   SCOPED_TRACE("check_batch " + e.batch_id + " in " + e.out.string());
   Check c{e, Problems(e.batch_id), {}, {}, {}};
@@ -325,6 +353,11 @@ BatchFacts check_batch(Fleet& fleet, const Expected& e) {
     return c.f;
   }
   read_registry(c, *registry);
+  if (e.verify_signatures) {
+    for (const auto& why : unverified_certs(*registry, e.batch_id)) {
+      c.p.add("(g) an issued certificate does not verify under its CA", why);
+    }
+  }
   check_inputs(c);
   if (e.bundle) {
     check_bundle(c);

@@ -122,6 +122,7 @@ struct Expected {
   bool bundle = false;
   bool generated_keys = false;  // --generate: keys in the outputs
   bool pfx = false;
+  bool verify_signatures = false;  // (g) too: one signature verification per certificate
 };
 
 // What check_batch() found, for test-specific assertions on top of the invariants.
@@ -140,8 +141,13 @@ struct BatchFacts {
 //      iothub-import.jsonl one line per issued device, or bundle.jsonl/.pem without duplicates;
 //      nothing for a device that is not issued;
 //  (e) generated keys: {id}_key.pem mode 0600 and its public key is the certificate's;
-//  (f) `batch show --json`: state finished, counts equal to the above.
+//  (f) `batch show --json`: state finished, counts equal to the above;
+//  (g) with verify_signatures: every issued certificate verifies under its CA (unverified_certs).
 BatchFacts check_batch(Fleet& fleet, const Expected& e);
+
+// The issued certificates of a batch (or job: its ID is their batch_id) whose signature does not
+// verify under the certificate of the CA their row names, as "SERIAL: why". Empty when all do.
+std::vector<std::string> unverified_certs(engine::Registry& registry, const std::string& batch_id);
 
 // Files in OUT/.spool, where --generate keeps a chunk's private keys until its outputs are
 // written (batch_io.hpp). A finished batch should have none. Not part of check_batch(): see

@@ -237,7 +237,10 @@ void sign_items(const Run& run, Chunk& chunk) {
   for (std::size_t i = 0; i < certs.size(); ++i) {
     if (!certs[i]) {
       throw Error(ErrorCode::kTokenError,
-                  "batch " + run.record.id + ": " + certs[i].error().message + " (resumable)");
+                  "batch " + run.record.id + ": " + certs[i].error().message +
+                      "; the batch stopped, and once the token signs again `fleetsign issue "
+                      "--resume " +
+                      run.record.id + "` completes it");
     }
     owners[i]->cert.emplace(std::move(*certs[i]));
   }

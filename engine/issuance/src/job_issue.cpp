@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "fleetsign/error.hpp"
+
 namespace fleetsign::engine {
 
 namespace {
@@ -115,6 +117,20 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
     }
   }
   if (!issued.empty()) m_stores.record_issued(issued);  // before any certificate leaves
+  // kSignFailed is the token's failure (or the lint's), never the device's: the chunk stops
+  // here, its signed certificates recorded above, the rest left as intents for recover().
+  for (const auto& slot : slots) {
+    if (slot.signed_cert && !slot.signed_cert->has_value() &&
+        slot.signed_cert->error().code == ErrorCode::kSignFailed) {
+      throw Error(
+          ErrorCode::kTokenError,
+          "job " + m_job_id + ": " + slot.signed_cert->error().message + " (" +
+              std::to_string(issued.size()) +
+              " certificates of this chunk were signed and recorded; once the token signs again, "
+              "`fleetsign job resume " +
+              m_job_id + "` continues the job)");
+    }
+  }
 
   std::vector<Result<SignedCert>> out;
   out.reserve(csrs.size());

@@ -70,7 +70,10 @@ class SigningKey final {
 
   // Signs a message digest (SHA-256 or SHA-384, per `md_nid`) in the token. Writes the DER
   // signature (ECDSA-Sig-Value, or the RSA PKCS#1 v1.5 block) into `out` (resized). Thread-safe.
-  // Returns false on a token failure; `error` then says why.
+  // Returns false on a token failure; `error` then says why. A session that fails is closed, never
+  // reused; a session error (CKR_SESSION_HANDLE_INVALID, CKR_GENERAL_ERROR, CKR_DEVICE_MEMORY, …)
+  // is tried again on a fresh session, up to 3 attempts in all; CKR_DEVICE_REMOVED and other
+  // token-wide errors are not.
   bool sign_digest(std::span<const std::uint8_t> digest, int md_nid, std::vector<std::uint8_t>& out,
                    std::string& error) const;
 

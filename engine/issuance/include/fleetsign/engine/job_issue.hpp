@@ -39,7 +39,10 @@ class JobIssuer final {
   // One chunk, all signed by `issuer`. Element i answers csrs[i]: the signed certificate
   // (recorded) or why not (kCsrMalformed, kKeyRejected, kCsrSignatureInvalid, kDeviceIdInvalid,
   // kInvalidArgument: the CSR names another device; kKeyRejected also when it reuses the key of
-  // the certificate it replaces; kSignFailed).
+  // the certificate it replaces). A token that fails to sign, or signs what does not verify
+  // (kSignFailed from Issuer::sign), is Error(kTokenError) once the chunk's signed certificates
+  // are recorded; its other intents stay open for recover(). A transient token error has been
+  // retried by then (hsm::SigningKey::sign_digest).
   std::vector<Result<SignedCert>> issue(const Issuer& issuer, std::span<const JobCsr> csrs);
 
   // The certificates this job issued, by device (the newest when there are several), after the
