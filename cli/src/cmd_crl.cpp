@@ -171,6 +171,19 @@ int run_sign(Context& ctx) {
 
 }  // namespace
 
+std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>& ca_names) {
+  ctx.token();
+  const auto crls =
+      engine::refresh_crls(ctx.registry(), ctx.cas(), ctx.policy().crl, ctx.clock(), ca_names);
+  std::string line;
+  for (const auto& c : crls) {
+    line += (line.empty() ? "" : "; ") + std::string("CRL number ") + std::to_string(c.number) +
+            " of CA " + c.ca_name + " signed (" + std::to_string(c.entries) + " entries)";
+  }
+  const std::string broker = update_broker(ctx, ctx.clock().now());
+  return broker.empty() ? line : line + (line.empty() ? "" : "; ") + broker;
+}
+
 void add_crl_commands(std::vector<Command>& commands) {
   commands.push_back(
       Command{{"crl", "show"},

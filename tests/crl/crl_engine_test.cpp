@@ -277,6 +277,8 @@ TEST_F(CrlInstaller, InstallsCheckedCrlsAndNeverAGarbageOne) {
       << "int1's CRL offered as root's";
   EXPECT_NE(refused({candidate("int1", int1)}, clock.now() + 8 * 86400).find("stale"),
             std::string::npos);
+  EXPECT_NE(refused({candidate("int1", int1)}, clock.now() - 3600).find("not valid yet"),
+            std::string::npos);
   // A newer CRL installs; the older one cannot come back after it.
   const engine::Der int1_v2 = sign("int1").der;
   broker::install_crl_bundle(home, {candidate("root", root1), candidate("int1", int1_v2)}, true, "",

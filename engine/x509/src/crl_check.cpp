@@ -11,6 +11,8 @@ namespace fleetsign::engine {
 
 namespace {
 
+constexpr std::int64_t kClockSkew = 300;
+
 using CrlPtr = std::unique_ptr<X509_CRL, ossl::Deleter<X509_CRL_free>>;
 using IntPtr = std::unique_ptr<ASN1_INTEGER, ossl::Deleter<ASN1_INTEGER_free>>;
 using AkidPtr = std::unique_ptr<AUTHORITY_KEYID, ossl::Deleter<AUTHORITY_KEYID_free>>;
@@ -80,6 +82,11 @@ CrlInfo check_crl(ByteView der, ByteView ca_cert_der, std::int64_t now, std::str
   }
   if (X509_CRL_verify(crl.get(), X509_get0_pubkey(ca.get())) != 1) {
     fail(what, "signature does not verify with the CA's key");
+  }
+  // A relying party refuses a CRL from the future (X509_V_ERR_CRL_NOT_YET_VALID) as surely as a
+  // stale one; a few minutes of clock skew between hosts are tolerated.
+  if (info.this_update > now + kClockSkew) {
+    fail(what, "is not valid yet: thisUpdate " + iso8601(info.this_update) + " is in the future");
   }
   if (info.next_update <= now) {
     fail(what, "is stale: nextUpdate " + iso8601(info.next_update) + " has passed");

@@ -31,7 +31,7 @@ struct CrlInstall {
 };
 
 // Checks every candidate (parse, signature with its CA's key, issuer = CA subject, AKI = CA's SKI,
-// nextUpdate after `now`) and refuses one whose CRL number is lower than the installed file's for
+// thisUpdate not in the future, nextUpdate after `now`) and refuses one whose CRL number is lower than the installed file's for
 // the same issuer; then writes crl.pem atomically (temp + fsync + rename) when `complete`, or
 // removes it otherwise (`off_reason` says why). Throws Error(kCrlInvalid) naming the CA and the
 // cause, or kIo; the installed file is then untouched.

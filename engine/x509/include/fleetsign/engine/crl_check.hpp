@@ -27,7 +27,8 @@ CrlInfo read_crl(ByteView der, std::string_view what = "CRL");
 
 // read_crl, then checks it against its CA certificate (DER): the issuer equals the CA's subject,
 // the authority key identifier (when present) equals the CA's subject key identifier, the
-// signature verifies with the CA's public key, and nextUpdate is after `now`. Throws
+// signature verifies with the CA's public key, thisUpdate is not after `now` (5 minutes of clock
+// skew allowed), and nextUpdate is after `now`. Throws
 // Error(kCrlInvalid) naming `what` and the first check that failed.
 CrlInfo check_crl(ByteView der, ByteView ca_cert_der, std::int64_t now,
                   std::string_view what = "CRL");
