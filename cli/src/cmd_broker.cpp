@@ -213,7 +213,13 @@ broker::BrokerSettings refresh(Context& ctx, const broker::BrokerHome& home) {
   }
   home.write_clients_ca(ctx.registry());
   // The CRL file is checked before it is installed: a bad one would leave mosquitto with none.
-  broker::install_registry_crls(home, ctx.registry(), ctx.clock().now());
+  try {
+    broker::install_registry_crls(home, ctx.registry(), ctx.clock().now());
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kCrlInvalid) throw;
+    throw Error(e.code(), std::string(e.what()) +
+                              ": run `fleetsign crl sign --due` (or keep `fleetsign serve` running)");
+  }
   home.write_config(s);
   return s;
 }

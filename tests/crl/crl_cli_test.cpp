@@ -120,6 +120,16 @@ TEST_F(CrlCli, SignDueSignsWhatIsMissingBehindARevocationOrNearNextUpdate) {
   EXPECT_EQ(due(kT + 3600 + 97 * 3600), (std::vector<std::string>{"root", "factory-1"}));
 }
 
+TEST_F(CrlCli, ABreachRollPutsTheCertificateIntoItsCasCrlAtOnce) {
+  bin.ok("crl sign --all");
+  const auto breach = bin.ok("rollover breach --device dev-02 --no-run");
+  EXPECT_NE(breach.err.find("CRL number 2 of CA factory-1 signed (1 entries)"), std::string::npos)
+      << breach.err;
+  const auto s = json(bin.ok("crl show factory-1 --json").out);
+  EXPECT_EQ(s->getValue<int>("number"), 2);
+  EXPECT_EQ(s->getValue<int>("entries"), 1);
+}
+
 #ifdef FLEETSIGN_FAULTY_BIN
 TEST_F(CrlCli, ANumberReservedBeforeAKillIsNeverReused) {
   std::string out;
@@ -204,6 +214,40 @@ TEST_F(CrlBroker, MosquittoRefusesARevokedDeviceThroughTheInstalledCrl) {
   start();
   EXPECT_EQ(publish("dev-02"), 0) << testing::read_file(dir.path() / "mosq.log");
   EXPECT_NE(publish("dev-01"), 0) << "revoked: refused in the TLS handshake";
+}
+
+// The home's own broker (fleetsign's plugin, the generated config): with every CA's CRL signed,
+// `broker start` runs mosquitto with the crlfile, a good device gets in, a revoked one does not.
+TEST_F(CrlBroker, TheHomesBrokerRunsWithTheCrlFileAndAdmitsAGoodDevice) {
+  bin.ok("ca verification-cert --ca root --code POP --out " + path("pop.pem"));
+  bin.ok("ca verify root --code POP --cert " + path("pop.pem"));
+  bin.ok("enrollment group create fleet --ca root");
+  revoke("dev-01", "keyCompromise");
+  bin.ok("crl sign --all");
+  ASSERT_NE(testing::read_file(bdir / "mosquitto.conf").find("crlfile"), std::string::npos);
+  bin.ok("broker start");
+  const int home_port = json(testing::read_file(bdir / "broker.json"))->getValue<int>("port");
+  const auto pub = [&](const std::string& device) {
+    const fs::path out = dir.path() / "out";
+    return testing::run("timeout 10 mosquitto_pub -h localhost -p " + std::to_string(home_port) +
+                        " --cafile " + quoted((bdir / "ca.pem").string()) + " --cert " +
+                        quoted((out / (device + "_cert.pem")).string()) + " --key " +
+                        quoted((out / (device + "_key.pem")).string()) + " -i " + device +
+                        " -u 'localhost/" + device +
+                        "/?api-version=2021-04-12' -V mqttv311 -t 'devices/" + device +
+                        "/messages/events/' -m x -q 1 > /dev/null 2>&1");
+  };
+  EXPECT_EQ(pub("dev-02"), 0) << testing::read_file(bdir / "mosquitto.log");
+  EXPECT_NE(pub("dev-01"), 0);
+  // A new CRL is installed into the running broker (SIGHUP): dev-02 is refused (by the plugin's
+  // decision too), and the reloaded broker still admits a good device through its new CRL file.
+  revoke("dev-02", "superseded");
+  const auto signed_one = bin.ok("crl sign factory-1");
+  EXPECT_NE(signed_one.out.find("mosquitto reloaded"), std::string::npos) << signed_one.out;
+  ::usleep(500000);
+  EXPECT_NE(pub("dev-02"), 0) << testing::read_file(bdir / "mosquitto.log");
+  EXPECT_EQ(pub("dev-03"), 0) << testing::read_file(bdir / "mosquitto.log");
+  bin.run("broker stop");
 }
 
 TEST_F(CrlBroker, ACaWhoseCrlIsMissingFromTheFileHasEveryDeviceRefused) {
