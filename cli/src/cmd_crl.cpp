@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "cli.hpp"
 #include "fleetsign/broker/crl_install.hpp"
@@ -138,9 +139,26 @@ int run_sign(Context& ctx) {
     }
   }
   std::vector<engine::CrlRecord> signed_crls;
+  // One CA that cannot be signed for (its key gone from the token) does not keep the others'
+  // CRLs from staying fresh: each is signed on its own, and the first failure is thrown after.
+  std::optional<Error> failure;
+  Poco::JSON::Array failed;
   if (!names.empty()) {
     ctx.token();
-    signed_crls = engine::refresh_crls(ctx.registry(), ctx.cas(), ctx.policy().crl, *clock, names);
+    engine::CrlSigner signer(ctx.registry(), ctx.cas(), ctx.policy().crl, *clock);
+    for (const auto& name : names) {
+      try {
+        signed_crls.push_back(signer.sign(name));
+      } catch (const Error& e) {
+        std::fprintf(stderr, "fleetsign: CA %s: %s\n", name.c_str(), e.what());
+        Poco::JSON::Object item(Poco::JSON_PRESERVE_KEY_ORDER);
+        item.set("ca", name);
+        item.set("code", std::string(error_code_name(e.code())));
+        item.set("message", std::string(e.what()));
+        failed.add(item);
+        if (!failure) failure = e;
+      }
+    }
   }
   const std::string broker_line = update_broker(ctx, clock->now());
   if (ctx.json()) {
@@ -155,6 +173,7 @@ int run_sign(Context& ctx) {
       list.add(item);
     }
     o.set("signed", list);
+    o.set("failed", failed);
     o.set("broker", broker_line);
     ctx.print_json(o);
   } else {
@@ -166,7 +185,8 @@ int run_sign(Context& ctx) {
     if (signed_crls.empty()) std::printf("no CRL needed signing\n");
     if (!broker_line.empty()) std::printf("%s\n", broker_line.c_str());
   }
-  return 0;
+  // The first failure's exit status (see the README's table); the others are on stderr.
+  return failure ? exit_status_for(failure->code()) : 0;
 }
 
 }  // namespace
