@@ -217,8 +217,9 @@ broker::BrokerSettings refresh(Context& ctx, const broker::BrokerHome& home) {
     broker::install_registry_crls(home, ctx.registry(), ctx.clock().now());
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kCrlInvalid) throw;
-    throw Error(e.code(), std::string(e.what()) +
-                              ": run `fleetsign crl sign --due` (or keep `fleetsign serve` running)");
+    throw Error(e.code(),
+                std::string(e.what()) +
+                    ": run `fleetsign crl sign --due` (or keep `fleetsign serve` running)");
   }
   home.write_config(s);
   return s;
