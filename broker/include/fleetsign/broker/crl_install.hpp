@@ -31,10 +31,10 @@ struct CrlInstall {
 };
 
 // Checks every candidate (parse, signature with its CA's key, issuer = CA subject, AKI = CA's SKI,
-// thisUpdate not in the future, nextUpdate after `now`) and refuses one whose CRL number is lower than the installed file's for
-// the same issuer; then writes crl.pem atomically (temp + fsync + rename) when `complete`, or
-// removes it otherwise (`off_reason` says why). Throws Error(kCrlInvalid) naming the CA and the
-// cause, or kIo; the installed file is then untouched.
+// thisUpdate not in the future, nextUpdate after `now`) and refuses one whose CRL number is lower
+// than the installed file's for the same issuer; then writes crl.pem atomically (temp + fsync +
+// rename) when `complete`, or removes it otherwise (`off_reason` says why). Throws
+// Error(kCrlInvalid) naming the CA and the cause, or kIo; the installed file is then untouched.
 CrlInstall install_crl_bundle(const BrokerHome& home, const std::vector<CrlCandidate>& crls,
                               bool complete, const std::string& off_reason, std::int64_t now);
 
