@@ -88,5 +88,9 @@ double measure_registry_record(const std::filesystem::path& db_file, std::size_t
 // Seconds for build_expiry_report to aggregate `count` due certificates held in memory (groups,
 // lots, buckets, the first 1000 listed). Was a < 1 s assertion in expiry_test.
 double measure_expiry_aggregate(std::size_t count);
+// Seconds to sign (in the token), store, check and install as the broker's file a CRL of
+// `entries` revoked certificates of `ca_name` (crl_bench.cpp; loads them into the registry first).
+double measure_crl_sign(const std::filesystem::path& home_dir, const std::string& user_pin,
+                        const std::string& ca_name, std::size_t entries);
 
 }  // namespace fleetsign::bench

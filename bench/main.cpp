@@ -34,6 +34,7 @@ struct Options {
   std::size_t openssl_csrs = 300;
   std::size_t registry_devices = 1000000;
   bool json = false;
+  bool crl_only = false;
   std::optional<fs::path> keep;
 };
 
@@ -42,7 +43,7 @@ void usage(FILE* to) {
       to,
       "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] "
       "[--registry-devices N] "
-      "[--json] [--keep DIR]\n"
+      "[--json] [--keep DIR] [--crl-only]\n"
       "Measures, in one run, fleetsign's issuance rate against the token-sign + ECDSA-verify "
       "ceiling and against the openssl x509 -req loop.\n"
       "  --threads N       threads for everything (default: hardware concurrency)\n"
@@ -54,6 +55,7 @@ void usage(FILE* to) {
       "(default 1000000)\n"
       "  --json            print one JSON object instead of a table\n"
       "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
+      "  --crl-only        only crl_100k_sign_s (issue 10's CRL figure)\n"
       "  -h, --help        show this help\n"
       "Progress notes go to stderr. FLEETSIGN_BENCH_CLI=PATH runs another fleetsign build.\n");
 }
@@ -96,6 +98,8 @@ Options parse(int argc, char** argv) {
       o.registry_devices = static_cast<std::size_t>(count(1));
     else if (arg == "--json")
       o.json = true;
+    else if (arg == "--crl-only")
+      o.crl_only = true;
     else if (arg == "--keep")
       o.keep = need();
     else
@@ -285,7 +289,8 @@ struct Results {
   double token_sign_cpu_us = 0, raw_verify_cpu_us = 0, issue_cpu_us = 0;
   double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
          generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0,
-         expiry_report_s = 0, auth_checks = 0, registry_record = 0, expiry_aggregate_s = 0;
+         expiry_report_s = 0, auth_checks = 0, registry_record = 0, expiry_aggregate_s = 0,
+         crl_100k_sign_s = 0;
   std::size_t devices_in_registry = 0;
 };
 
@@ -305,12 +310,12 @@ void print(const Options& o, const Results& r) {
         "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu,\"devices_in_registry\":%zu,"
         "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f,\"registry_record_per_s\":%.1f,"
         "\"expiry_aggregate_1m_s\":%.3f,\"token_sign_cpu_us\":%.2f,\"raw_verify_cpu_us\":%.2f,"
-        "\"issue_cpu_us_per_cert\":%.2f,\"issue_vs_limit_cpu\":%.4f}\n",
+        "\"issue_cpu_us_per_cert\":%.2f,\"issue_vs_limit_cpu\":%.4f,\"crl_100k_sign_s\":%.3f}\n",
         r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
         r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
         o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks, r.registry_record,
         r.expiry_aggregate_s, r.token_sign_cpu_us, r.raw_verify_cpu_us, r.issue_cpu_us,
-        vs_limit_cpu);
+        vs_limit_cpu, r.crl_100k_sign_s);
     return;
   }
   std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
@@ -346,6 +351,8 @@ void print(const Options& o, const Results& r) {
               "registry_record_per_s", r.registry_record);
   std::printf("  %-22s %12.3f  build_expiry_report over 1000000 due certificates in memory\n",
               "expiry_aggregate_1m_s", r.expiry_aggregate_s);
+  std::printf("  %-22s %12.3f  CRL of 100000 entries: sign in the token, store, check, install\n",
+              "crl_100k_sign_s", r.crl_100k_sign_s);
 }
 
 int run_bench(const Options& o) {
@@ -355,6 +362,14 @@ int run_bench(const Options& o) {
   // Everything below that loads SoftHSM2 — children and this process — uses the private store.
   setenv("SOFTHSM2_CONF", (b.home() / "softhsm2.conf").c_str(), 1);
   b.setup();
+  if (o.crl_only) {
+    const double s = measure_crl_sign(b.home(), kUserPin, kCa, 100000);
+    std::printf(o.json ? "{\"crl_100k_sign_s\":%.3f}\n"
+                       : "  crl_100k_sign_s %.3f  CRL of 100000 entries: sign, store, check, "
+                         "install\n",
+                s);
+    return 0;
+  }
 
   const std::size_t n = o.csrs;
   note("making 3 x %zu P-256 CSRs", n);
@@ -434,6 +449,8 @@ int run_bench(const Options& o) {
   r.registry_record = measure_registry_record(work.path() / "record-bench.db", 100000);
   note("expiry aggregation over 1000000 due certificates");
   r.expiry_aggregate_s = measure_expiry_aggregate(1000000);
+  note("CRL of 100000 revoked certificates: sign, store, check, install");
+  r.crl_100k_sign_s = measure_crl_sign(b.home(), kUserPin, kCa, 100000);
 
   print(o, r);
   note("done in %.1f s%s%s",

@@ -11,6 +11,7 @@ packages=(
   googletest libgtest-dev
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   python3 clang-format
+  gnutls-bin
 )
 missing=()
 for p in "${packages[@]}"; do

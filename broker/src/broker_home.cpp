@@ -192,6 +192,9 @@ void BrokerHome::write_config(const BrokerSettings& s) const {
   line(out, "cafile", clients_ca_path().string());
   line(out, "certfile", server_cert_path().string());
   line(out, "keyfile", server_key_path().string());
+  if (fs::is_regular_file(crl_path(), ec)) {
+    line(out, "crlfile", crl_path().string());
+  }
   out << "require_certificate true\nuse_identity_as_username false\ntls_version tlsv1.2\n";
   write_file_atomic(config_path(), out.str(), 0600);
 }

@@ -106,6 +106,11 @@ void add_rollover_commands(std::vector<Command>& commands);  // rollover …, jo
 broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
 std::filesystem::path broker_binary(const Args& args);
 void add_serve_commands(std::vector<Command>& commands);  // serve
+void add_crl_commands(std::vector<Command>& commands);    // crl show|export|sign
+// After a revocation (cmd_crl.cpp): new CRLs for `ca_names` signed in the token, then the broker's
+// CRL file re-installed (checked first) and mosquitto reloaded when it runs. Returns a line for
+// the operator about the CRLs and the broker.
+std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>& ca_names);
 // The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
 std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 

@@ -9,6 +9,7 @@
 #include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/broker_home.hpp"
+#include "fleetsign/broker/crl_install.hpp"
 #include "fleetsign/engine/ca.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/x509.hpp"
@@ -211,6 +212,15 @@ broker::BrokerSettings refresh(Context& ctx, const broker::BrokerHome& home) {
     home.save(s);
   }
   home.write_clients_ca(ctx.registry());
+  // The CRL file is checked before it is installed: a bad one would leave mosquitto with none.
+  try {
+    broker::install_registry_crls(home, ctx.registry(), ctx.clock().now());
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::kCrlInvalid) throw;
+    throw Error(e.code(),
+                std::string(e.what()) +
+                    ": run `fleetsign crl sign --due` (or keep `fleetsign serve` running)");
+  }
   home.write_config(s);
   return s;
 }
@@ -272,8 +282,11 @@ std::string current_trust(const broker::BrokerHome& home) {
 int run_reload(Context& ctx) {
   broker::BrokerHome home(ctx.home_dir());
   const std::string before = current_trust(home);
+  const bool crl_before = fs::exists(home.crl_path());
   const broker::BrokerSettings s = refresh(ctx, home);
-  const bool trust_changed = current_trust(home) != before;
+  // mosquitto reads its listener's cafile and whether it has a crlfile only when it starts.
+  const bool trust_changed =
+      current_trust(home) != before || fs::exists(home.crl_path()) != crl_before;
   broker::Supervisor sup(home, mosquitto_binary(ctx.args()));
   sup.reload();
   if (trust_changed) {

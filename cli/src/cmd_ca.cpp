@@ -71,6 +71,10 @@ int run_create(Context& ctx, bool root) {
   }
   auto service = ca_service(ctx);
   const engine::CaRecord ca = root ? service.create_root(spec) : service.create_intermediate(spec);
+  // Every CA has a CRL from its first day: mosquitto refuses a device whose issuer has none in the
+  // broker's CRL file, and relying parties may ask for it.
+  const std::string crl_line = refresh_crls_and_broker(ctx, {ca.name});
+  if (!ctx.json()) std::fprintf(stderr, "%s\n", crl_line.c_str());
   if (ctx.json()) {
     ctx.print_json(ca_json(ca));
   } else {

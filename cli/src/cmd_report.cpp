@@ -4,6 +4,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/engine/cloud_export.hpp"
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/expiry.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -158,6 +159,34 @@ void print_report(const engine::ExpiryReport& r, std::size_t rows) {
   std::printf("\nstatus %d: %s\n", r.exit_status(), kMeaning[r.exit_status()]);
 }
 
+Array crls_json(const std::vector<engine::CrlStatus>& crls) {
+  Array out;
+  for (const auto& c : crls) {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("ca", c.ca_name);
+    o.set("state", std::string(engine::crl_state_name(c.state)));
+    o.set("number", c.latest ? c.latest->number : 0);
+    o.set("next_update", c.latest ? engine::iso8601(c.latest->next_update) : std::string());
+    o.set("revoked_since", c.revoked_since);
+    out.add(o);
+  }
+  return out;
+}
+
+void print_crls(const std::vector<engine::CrlStatus>& crls, int status) {
+  if (crls.empty()) return;
+  std::printf("\nCRLs (serve re-signs those due, near or stale; `fleetsign crl sign --due`):\n");
+  Table t({"CA", "STATE", "NUMBER", "NEXT UPDATE", "BEHIND A REVOCATION"});
+  for (const auto& c : crls) {
+    t.add({c.ca_name, std::string(engine::crl_state_name(c.state)),
+           c.latest ? std::to_string(c.latest->number) : "-",
+           c.latest ? engine::iso8601(c.latest->next_update) : "-",
+           c.revoked_since ? "yes" : "no"});
+  }
+  t.print(stdout, "  ");
+  std::printf("status %d including the CRLs (near or past nextUpdate: 2)\n", status);
+}
+
 int run_expiry_report(Context& ctx) {
   const Args& a = ctx.args();
   engine::ExpiryOptions options;
@@ -171,12 +200,22 @@ int run_expiry_report(Context& ctx) {
   if (limit && *limit < 0) throw Error(ErrorCode::kUsage, "--limit must be 0 or more");
   options.limit = limit ? static_cast<std::size_t>(*limit) : (ctx.json() ? 1000 : kHumanDueRows);
   const auto report = engine::expiry_report(ctx.registry(), ctx.policy(), ctx.clock(), options);
+  // CRL freshness is an availability duty: one past nextUpdate refuses every device of its CA.
+  const auto crls = engine::crl_statuses(ctx.registry(), ctx.policy().crl, ctx.clock().now());
+  int status = report.exit_status();
+  for (const auto& c : crls) {
+    if (c.state == engine::CrlState::kNear || c.state == engine::CrlState::kStale) status = 2;
+  }
   if (ctx.json()) {
-    ctx.print_json(report_json(report));
+    Object o = report_json(report);
+    o.set("crls", crls_json(crls));
+    o.set("status", status);
+    ctx.print_json(o);
   } else {
     print_report(report, options.limit);
+    print_crls(crls, status);
   }
-  return report.exit_status();
+  return status;
 }
 
 int run_export(Context& ctx, bool dps) {

@@ -263,6 +263,11 @@ int run_breach(Context& ctx) {
   if (!a.has("deadline")) params.deadline = ctx.clock().now() + 300;
   const auto started = jobs::start_breach_roll(ctx.registry(), ctx.clock(), device,
                                                a.get("serial").value_or(""), params);
+  // The revocation goes into the issuer's CRL at once (and into the broker's CRL file).
+  if (const auto cert = ctx.registry().find_cert(started.serial)) {
+    const std::string line = refresh_crls_and_broker(ctx, {cert->ca_name});
+    if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  }
   if (!ctx.json()) {
     std::fprintf(stderr,
                  "certificate 0x%s of %s revoked (keyCompromise) and out of its %s slot: the "

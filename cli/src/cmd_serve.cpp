@@ -1,5 +1,8 @@
 // `fleetsign serve`: one long-running process that supervises the home's broker, runs the jobs
 // and schedules rollovers (jobs/scheduler.hpp). Each tick, in order:
+//   0. the CRLs (engine/crl.hpp): a CA's CRL that is missing, within the policy's re-sign margin
+//      of its nextUpdate, or behind a revocation is re-signed by a child `fleetsign crl sign
+//      --due` (which also installs the broker's CRL file); one near nextUpdate is warned about;
 //   1. the broker: started when HOME/broker is set up and mosquitto is not running (it died);
 //   2. the scheduler: rollover jobs created by policy, expiry alerts logged (and audited);
 //   3. the jobs: each job in state running whose lease is free or stale, and that has no child
@@ -24,6 +27,7 @@
 #include <thread>
 
 #include "cli.hpp"
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/scheduler.hpp"
@@ -85,8 +89,10 @@ std::unique_ptr<engine::Clock> scheduler_clock(const Args& args) {
 
 class Server final {
  public:
-  Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock)
+  Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock,
+         std::optional<std::string> now_arg)
       : m_ctx(ctx),
+        m_now_arg(std::move(now_arg)),
         m_pin(std::move(pin)),
         m_clock(std::move(clock)),
         m_scheduler(ctx.registry(), ctx.policy(), *m_clock),
@@ -103,15 +109,18 @@ class Server final {
 
  private:
   std::string supervise_broker();
-  void spawn(const std::string& job_id);
+  Poco::JSON::Array check_crls();
+  // Runs `fleetsign --home HOME ARGS` as a child known by `label` (a job ID, or "crl").
+  void spawn(const std::string& label, const std::vector<std::string>& args);
 
   Context& m_ctx;
+  std::optional<std::string> m_now_arg;  // --now, passed on to the CRL signer
   hsm::Pin m_pin;
   std::unique_ptr<engine::Clock> m_clock;
   jobs::Scheduler m_scheduler;
   fs::path m_self;
   engine::SystemClock m_wall;               // leases are stamped with the runners' wall clock
-  std::map<pid_t, std::string> m_children;  // pid → job
+  std::map<pid_t, std::string> m_children;  // pid → "job ID" or "crl"
   Poco::JSON::Array m_finished;             // {"job", "status"} of the children reaped
   bool m_token_failed = false;
 };
@@ -133,11 +142,43 @@ std::string Server::supervise_broker() {
   }
 }
 
-void Server::spawn(const std::string& job_id) {
+// The CRLs' freshness duty: a CRL past nextUpdate makes relying parties refuse every device of
+// its CA. Signing needs the token, so a child does it, like a job's runner.
+Poco::JSON::Array Server::check_crls() {
+  Poco::JSON::Array out;
+  const std::int64_t now = m_clock->now();
+  bool sign = false;
+  for (const auto& c : engine::crl_statuses(m_ctx.registry(), m_ctx.policy().crl, now)) {
+    if (c.state == engine::CrlState::kNear || c.state == engine::CrlState::kStale) {
+      log("warning: the CRL of CA " + c.ca_name + " is " +
+          std::string(engine::crl_state_name(c.state)) + " (nextUpdate " +
+          engine::iso8601(c.latest->next_update) + ")");
+    }
+    sign = sign || c.needs_signing();
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("ca", c.ca_name);
+    o.set("state", std::string(engine::crl_state_name(c.state)));
+    o.set("revoked_since", c.revoked_since);
+    out.add(o);
+  }
+  bool running = false;
+  for (const auto& [pid, label] : m_children) running = running || label == "crl";
+  if (sign && !running && !m_token_failed) {
+    std::vector<std::string> args = {"crl", "sign", "--due", "--wait"};
+    if (m_now_arg) {
+      args.push_back("--now");
+      args.push_back(*m_now_arg);
+    }
+    spawn("crl", args);
+  }
+  return out;
+}
+
+void Server::spawn(const std::string& label, const std::vector<std::string>& args) {
   const std::string home = m_ctx.home_dir().string();
   // --wait: the home's lock is one process's at a time, so a second job's runner queues.
-  std::vector<std::string> argv_s = {m_self.string(), "--home", home,    "job",
-                                     "resume",        job_id,   "--wait"};
+  std::vector<std::string> argv_s = {m_self.string(), "--home", home};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -157,15 +198,16 @@ void Server::spawn(const std::string& job_id) {
   posix_spawn_file_actions_destroy(&actions);
   explicit_bzero(env_s.back().data(), env_s.back().size());
   if (rc != 0) {
-    log("job " + job_id + ": cannot start " + m_self.string() + ": " + std::strerror(rc));
+    log(label + ": cannot start " + m_self.string() + ": " + std::strerror(rc));
     return;
   }
-  m_children.emplace(pid, job_id);
-  log("job " + job_id + ": running it in process " + std::to_string(pid));
+  m_children.emplace(pid, label);
+  log(label + ": running it in process " + std::to_string(pid));
 }
 
 Poco::JSON::Object Server::tick() {
   Poco::JSON::Object out(Poco::JSON_PRESERVE_KEY_ORDER);
+  out.set("crls", check_crls());
   out.set("broker", supervise_broker());
 
   const jobs::Scheduler::Tick t = m_scheduler.tick();
@@ -199,11 +241,11 @@ Poco::JSON::Object Server::tick() {
     if (g_stop != 0 || m_token_failed) break;
     if (job.state != "running") continue;
     bool ours = false;
-    for (const auto& [pid, id] : m_children) ours = ours || id == job.id;
+    for (const auto& [pid, id] : m_children) ours = ours || id == "job " + job.id;
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
     if (ours || !free) continue;
-    spawn(job.id);
+    spawn("job " + job.id, {"job", "resume", job.id, "--wait"});
     spawned.add(job.id);
   }
   out.set("jobs_spawned", spawned);
@@ -223,7 +265,7 @@ void Server::reap(bool all) {
     const auto it = m_children.find(pid);
     if (it == m_children.end()) continue;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    log("job " + it->second + ": process " + std::to_string(pid) +
+    log(it->second + ": process " + std::to_string(pid) +
         (code >= 0 ? " exited with status " + std::to_string(code)
                    : " died by signal " + std::to_string(WTERMSIG(status))));
     // Token errors (exit 4: a wrong or locked PIN, the token gone) would only spend login attempts
@@ -234,7 +276,7 @@ void Server::reap(bool all) {
           "restarted with a working PIN");
     }
     Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
-    o.set("job", it->second);
+    o.set("job", it->second.rfind("job ", 0) == 0 ? it->second.substr(4) : it->second);
     o.set("status", code);
     m_finished.add(o);
     m_children.erase(it);
@@ -243,7 +285,7 @@ void Server::reap(bool all) {
 
 void Server::stop_children() {
   for (const auto& [pid, job] : m_children) {
-    log("job " + job + ": stopping process " + std::to_string(pid));
+    log(job + ": stopping process " + std::to_string(pid));
     ::kill(pid, SIGTERM);
   }
   reap(true);
@@ -261,7 +303,8 @@ int run_serve(Context& ctx) {
   hsm::Pin pin = hsm::Pin::from_sources(path_option(ctx.args(), "pin-file"), "FLEETSIGN_PIN",
                                         "user PIN for the home's token: ");
   ctx.policy();  // a policy file error stops serve here
-  Server server(ctx, std::move(pin), std::move(clock));
+  std::optional<std::string> now_arg = ctx.args().get("now");
+  Server server(ctx, std::move(pin), std::move(clock), std::move(now_arg));
 
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
@@ -301,7 +344,7 @@ void add_serve_commands(std::vector<Command>& commands) {
       {"serve"},
       "[--tick S] [--once] [--pin-file FILE] [--mosquitto PATH] [--json]",
       "run the fleet: keep the broker up, run the jobs, start rollovers and raise expiry alerts "
-      "by policy (the policy's \"rollover\" section)",
+      "by policy (the policy's \"rollover\" section), keep every CA's CRL fresh (\"crl\")",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "tick", "S", "seconds between ticks (60)");
         add_flag(s, "once", "one tick, wait for the jobs it started, exit (cron, tests)");

@@ -129,6 +129,28 @@ Validity read_validity(const Var& value, const Where& where) {
   return validity;
 }
 
+// A CRL lives at most a year: relying parties fetch it far more often than that.
+constexpr int kMaxCrlHours = 366 * 24;
+
+CrlSchedule read_crl(const Var& value, const Where& where) {
+  const Section section(value, where, {"validity_hours", "resign_hours", "warn_hours"});
+  CrlSchedule crl;
+  section.read_int("validity_hours", crl.validity_hours, 2, kMaxCrlHours);
+  section.read_int("resign_hours", crl.resign_hours, 1, kMaxCrlHours);
+  section.read_int("warn_hours", crl.warn_hours, 0, kMaxCrlHours);
+  if (crl.resign_hours >= crl.validity_hours) {
+    where.field("resign_hours")
+        .fail("must be less than validity_hours (" + std::to_string(crl.validity_hours) +
+              "), got " + std::to_string(crl.resign_hours));
+  }
+  if (crl.warn_hours >= crl.resign_hours) {
+    where.field("warn_hours")
+        .fail("must be less than resign_hours (" + std::to_string(crl.resign_hours) + "), got " +
+              std::to_string(crl.warn_hours));
+  }
+  return crl;
+}
+
 DeviceIdRule read_device_id(const Var& value, const Where& where) {
   const Section section(value, where, {"extra_chars", "max_length"});
   DeviceIdRule rule;
@@ -174,7 +196,7 @@ std::map<std::string, GroupSettings> read_groups(const Var& value, const Where& 
 Policy read_policy(const Var& document, const Where& where) {
   const Section section(document, where,
                         {"ca_keys", "device_keys", "validity", "device_id", "device_subject",
-                         "alert_days", "rollover", "groups"});
+                         "alert_days", "rollover", "crl", "groups"});
   Policy policy;
   section.read("ca_keys", policy.ca_keys, read_algorithms);
   section.read("device_keys", policy.device_keys, read_algorithms);
@@ -183,6 +205,7 @@ Policy read_policy(const Var& document, const Where& where) {
   section.read("device_subject", policy.device_subject, read_device_subject);
   section.read("alert_days", policy.alert_days, read_alert_days);
   section.read("rollover", policy.rollover, read_rollover);
+  section.read("crl", policy.crl, read_crl);
   section.read("groups", policy.groups, read_groups);
   return policy;
 }
@@ -305,6 +328,11 @@ std::string default_policy_json() {
   doc->set("device_subject", device_subject);
   doc->set("alert_days", days_json(defaults.alert_days));
   doc->set("rollover", rollover_json(defaults.rollover));
+  auto crl = ordered_object();
+  crl->set("validity_hours", defaults.crl.validity_hours);
+  crl->set("resign_hours", defaults.crl.resign_hours);
+  crl->set("warn_hours", defaults.crl.warn_hours);
+  doc->set("crl", crl);
   doc->set("groups", ordered_object());
   std::ostringstream out;
   doc->stringify(out, 2);

@@ -9,6 +9,8 @@
 //   after_commit      its certificates are committed; nothing written (record_issued, after)
 //   before_watermark  its outputs are written and synced; the watermark has not moved past them
 //                     (update_batch_progress, before)
+//   crl_reserved      a CRL's number is committed and signed; the CRL is not stored (store_crl,
+//                     before)
 // Without FLEETSIGN_FAULT it behaves exactly like fleetsign.
 #include <csignal>
 #include <cstdlib>
@@ -29,6 +31,8 @@ const std::map<std::string, std::pair<std::string, std::string>>& kill_points() 
       {"after_sign", {"record_issued", "before"}},
       {"after_commit", {"record_issued", "after"}},
       {"before_watermark", {"update_batch_progress", "before"}},
+      // A CRL's number is reserved (committed), the token signed it, it is not stored yet.
+      {"crl_reserved", {"store_crl", "before"}},
   };
   return points;
 }

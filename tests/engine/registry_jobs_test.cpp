@@ -505,8 +505,13 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     return sql;
   };
   {
-    // Back to what v5 wrote: no job tables, no revocation columns (v7), version 5.
+    // Back to what v5 wrote: no job tables, no revocation columns (v7), no CRLs (v8), version 5.
     auto raw = raw_session(old.db());
+    raw << "DROP INDEX certificates_revoked", kw::now;
+    raw << "DROP TABLE crls", kw::now;
+    raw << "DROP TABLE crl_numbers", kw::now;
+    raw << "ALTER TABLE cas DROP COLUMN revoked_at", kw::now;
+    raw << "ALTER TABLE cas DROP COLUMN revocation_reason", kw::now;
     raw << "DROP TABLE job_tasks", kw::now;
     raw << "DROP TABLE jobs", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;

@@ -155,6 +155,25 @@ TEST(PolicyFile, RejectsUnknownFieldNamingIt) {
   EXPECT_TRUE(has_substr(e.what(), "policy.json: validity.device_dayz: unknown field"));
 }
 
+TEST(PolicyFile, CrlScheduleHasSaneDefaultsAndOrderedMargins) {
+  const Policy defaults = parse_policy("{}", "x");
+  EXPECT_EQ(defaults.crl.validity_hours, 168);
+  EXPECT_EQ(defaults.crl.resign_hours, 72);
+  EXPECT_EQ(defaults.crl.warn_hours, 24);
+  const Policy p =
+      parse_policy(R"({"crl": {"validity_hours": 48, "resign_hours": 12, "warn_hours": 2}})", "x");
+  EXPECT_EQ(p.crl.validity_hours, 48);
+  EXPECT_EQ(p.crl.resign_hours, 12);
+  EXPECT_EQ(p.crl.warn_hours, 2);
+  Error e = parse_error(R"({"crl": {"validity_hours": 48, "resign_hours": 48}})");
+  EXPECT_EQ(e.code(), ErrorCode::kPolicyInvalid);
+  EXPECT_TRUE(has_substr(e.what(), "policy.json: crl.resign_hours: must be less than")) << e.what();
+  e = parse_error(R"({"crl": {"resign_hours": 10, "warn_hours": 10}})");
+  EXPECT_TRUE(has_substr(e.what(), "crl.warn_hours: must be less than")) << e.what();
+  e = parse_error(R"({"crl": {"validity_hourz": 10}})");
+  EXPECT_TRUE(has_substr(e.what(), "crl.validity_hourz: unknown field")) << e.what();
+}
+
 TEST(PolicyFile, RejectsUnknownTopLevelField) {
   const Error e = parse_error(R"({"alert_dayz": [30]})");
   EXPECT_EQ(e.code(), ErrorCode::kPolicyInvalid);

@@ -61,6 +61,27 @@ class FaultStores final : public engine::Stores {
   std::vector<engine::CaCertRecord> ca_certs_of(const std::string& subject_name) override {
     return m_inner.ca_certs_of(subject_name);
   }
+  bool revoke_ca(const std::string& name, const std::string& reason, std::int64_t at) override {
+    bool changed = false;
+    write("revoke_ca", [&] { changed = m_inner.revoke_ca(name, reason, at); });
+    return changed;
+  }
+
+  // CrlStore
+  std::vector<engine::RevokedSerial> revoked_certs_of(const std::string& ca_name) override {
+    return m_inner.revoked_certs_of(ca_name);
+  }
+  std::int64_t reserve_crl_number(const std::string& ca_name) override {
+    std::int64_t n = 0;
+    write("reserve_crl_number", [&] { n = m_inner.reserve_crl_number(ca_name); });
+    return n;
+  }
+  void store_crl(const engine::CrlRecord& crl) override {
+    write("store_crl", [&] { m_inner.store_crl(crl); });
+  }
+  std::optional<engine::CrlRecord> latest_crl(const std::string& ca_name) override {
+    return m_inner.latest_crl(ca_name);
+  }
 
   // CertificateStore
   void record_intents(std::span<const engine::CertIntent> intents) override {

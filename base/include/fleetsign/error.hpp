@@ -60,6 +60,7 @@ enum class ErrorCode : int {
   kCertificateMalformed = 69,
   // The fleet plane (80–89).
   kBrokerFailed = 80,  // mosquitto would not start, stop or reload (the message quotes its log)
+  kCrlInvalid = 81,    // a CRL that does not parse, verify, match its CA, or is stale/older
   // direct methods (the trigger layer, `fleetsign method invoke`)
   kDeviceOffline = 70,       // the device was not online within the connect timeout (404)
   kDeviceTimeout = 71,       // no answer within the response timeout (504)
@@ -172,6 +173,8 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "broker_failed";
     case ErrorCode::kCertificateMalformed:
       return "certificate_malformed";
+    case ErrorCode::kCrlInvalid:
+      return "crl_invalid";
     case ErrorCode::kDeviceOffline:
       return "device_offline";
     case ErrorCode::kDeviceTimeout:

@@ -47,7 +47,8 @@ constexpr const char* kBatchColumns =
 const std::string kSelectCerts =
     "SELECT serial, device_id, ca_name, batch_id, seq, state, subject, not_before, not_after, "
     "sha1, sha256, der, lot, line, site, operator, created_at FROM certificates ";
-const std::string kSelectCas = std::string("SELECT ") + kCaColumns + " FROM cas ";
+const std::string kSelectCas =
+    std::string("SELECT ") + kCaColumns + ", revoked_at, revocation_reason FROM cas ";
 const std::string kSelectBatches = std::string("SELECT ") + kBatchColumns + " FROM batches ";
 
 constexpr std::array<std::string_view, 4> kStateNames = {"intent", "issued", "abandoned",
@@ -87,7 +88,8 @@ struct CaRow {
   void bind_into(Statement& st) {
     st, kw::into(rec.name), kw::into(rec.parent), kw::into(rec.subject), kw::into(rec.key_uri),
         kw::into(rec.key_type), kw::into(cert), kw::into(rec.not_before), kw::into(rec.not_after),
-        kw::into(rec.sha1), kw::into(rec.sha256), kw::into(verified), kw::into(rec.created_at);
+        kw::into(rec.sha1), kw::into(rec.sha256), kw::into(verified), kw::into(rec.created_at),
+        kw::into(rec.revoked_at), kw::into(rec.revocation_reason);
   }
   CaRecord take() {
     rec.cert_der = to_bytes(cert);

@@ -191,6 +191,27 @@ CREATE INDEX job_tasks_state ON job_tasks (job_id, state, seq);
 ALTER TABLE certificates ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE certificates ADD COLUMN revocation_reason TEXT NOT NULL DEFAULT '';
 )sql",
+    // 8 (issue 10): CRLs signed in the token. A revoked intermediate is listed by its issuer's CRL;
+    // a CRL number is reserved (crl_numbers) before the token signs and never reused. The partial
+    // index makes a CA's revoked certificates one range read, whatever the table's size.
+    R"sql(
+ALTER TABLE cas ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE cas ADD COLUMN revocation_reason TEXT NOT NULL DEFAULT '';
+CREATE TABLE crl_numbers (
+  ca_name TEXT PRIMARY KEY REFERENCES cas(name),
+  last_number BIGINT NOT NULL
+);
+CREATE TABLE crls (
+  ca_name TEXT NOT NULL REFERENCES cas(name),
+  number BIGINT NOT NULL,
+  this_update BIGINT NOT NULL, next_update BIGINT NOT NULL,
+  entries BIGINT NOT NULL,
+  der BLOB NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (ca_name, number)
+);
+CREATE INDEX certificates_revoked ON certificates (ca_name, serial) WHERE state = 'revoked';
+)sql",
 };
 
 }  // namespace fleetsign::engine

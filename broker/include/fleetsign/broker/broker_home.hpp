@@ -51,6 +51,8 @@ class BrokerHome final {
   std::filesystem::path pid_path() const { return m_dir / "mosquitto.pid"; }
   std::filesystem::path log_path() const { return m_dir / "mosquitto.log"; }
   std::filesystem::path data_dir() const { return m_dir / "data"; }
+  // mosquitto's crlfile, when installed (crl_install.hpp); write_config names it only then.
+  std::filesystem::path crl_path() const { return m_dir / "crl.pem"; }
 
   bool initialised() const;
   // Reads broker.json (kNotFound: "run fleetsign broker init"; kInvalidArgument naming a bad
@@ -59,7 +61,8 @@ class BrokerHome final {
   void save(const BrokerSettings& settings) const;  // atomic replace
 
   // mosquitto.conf from the settings: TLS with client certificates required, the plugin with
-  // plugin_opt_home, persistence, pid file and log in this directory.
+  // plugin_opt_home, persistence, pid file and log in this directory; `crlfile` when crl.pem
+  // is installed (mosquitto reads that line only at start: a change needs a restart).
   void write_config(const BrokerSettings& settings) const;
   // clients-ca.pem: every registry CA certificate plus the certificates in individual
   // enrollments' slots (self-signed device certificates are their own issuers). Returns how many.

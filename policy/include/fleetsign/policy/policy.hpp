@@ -60,6 +60,15 @@ struct GroupSettings {
   RolloverOverrides rollover;      // "rollover": overrides the top level's schedule
 };
 
+// Certificate revocation lists (policy "crl"): a CA's CRL is valid `validity_hours` from its
+// thisUpdate; `fleetsign serve` re-signs it when less than `resign_hours` remain, and it is
+// reported as near its nextUpdate when less than `warn_hours` remain. warn < resign < validity.
+struct CrlSchedule {
+  int validity_hours = 168;  // 7 days
+  int resign_hours = 72;     // 3 days
+  int warn_hours = 24;       // 1 day
+};
+
 struct Policy {
   std::vector<KeyAlgorithm> ca_keys{KeyAlgorithm::kEcP256, KeyAlgorithm::kEcP384,
                                     KeyAlgorithm::kRsa2048, KeyAlgorithm::kRsa3072,
@@ -72,6 +81,7 @@ struct Policy {
   DeviceSubject device_subject;
   std::vector<int> alert_days{30, 14, 7};  // strictly decreasing, all > 0
   RolloverSchedule rollover;               // scheduled rollovers (`fleetsign serve`)
+  CrlSchedule crl;                         // CRL validity and re-signing (`fleetsign serve`)
   std::map<std::string, GroupSettings> groups;
 };
 

@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
   int schema_version();
 
   // CaStore
@@ -51,6 +51,7 @@ class Registry final : public Stores {
   void abandon_ca_cert_intent(const std::string& serial) override;
   std::optional<CaCertRecord> find_ca_cert(const std::string& serial) override;
   std::vector<CaCertRecord> ca_certs_of(const std::string& subject_name) override;
+  bool revoke_ca(const std::string& name, const std::string& reason, std::int64_t at) override;
 
   // CertificateStore
   void record_intents(std::span<const CertIntent> intents) override;
@@ -127,6 +128,12 @@ class Registry final : public Stores {
   std::vector<DeviceSession> connected_devices() override;
   std::int64_t change_mark() override;
   std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override;
+
+  // CrlStore (registry_crls.cpp; schema v8)
+  std::vector<RevokedSerial> revoked_certs_of(const std::string& ca_name) override;
+  std::int64_t reserve_crl_number(const std::string& ca_name) override;
+  void store_crl(const CrlRecord& crl) override;
+  std::optional<CrlRecord> latest_crl(const std::string& ca_name) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

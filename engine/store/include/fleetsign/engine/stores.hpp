@@ -34,6 +34,8 @@ struct CaRecord {
   std::string sha256;
   bool verified = false;  // proof of possession checked (`ca verify`)
   std::int64_t created_at = 0;
+  std::int64_t revoked_at = 0;    // schema v8: 0 = not revoked
+  std::string revocation_reason;  // RFC 5280 CRLReason name when revoked
 };
 
 // Where a device certificate came from; recorded with every certificate.
@@ -161,6 +163,24 @@ struct CaCertRecord {
   std::int64_t created_at = 0;
 };
 
+// A certificate revocation list a CA signed (schema v8). Its number is reserved (committed)
+// before the token signs, so a number is never used twice, even after kill -9.
+struct CrlRecord {
+  std::string ca_name;
+  std::int64_t number = 0;  // cRLNumber, monotonic per CA
+  std::int64_t this_update = 0, next_update = 0;
+  std::int64_t entries = 0;  // revoked certificates listed
+  std::vector<std::uint8_t> der;
+  std::int64_t created_at = 0;
+};
+
+// One certificate a CA revoked, as its CRL lists it.
+struct RevokedSerial {
+  std::string serial;  // upper-case hex, as encoded
+  std::int64_t revoked_at = 0;
+  std::string reason;  // RFC 5280 CRLReason name; "" or "unspecified": no reasonCode
+};
+
 struct AuditEntry {
   std::int64_t id = 0;
   std::int64_t at = 0;
@@ -227,6 +247,31 @@ class CaStore {
   virtual void abandon_ca_cert_intent(const std::string& serial) = 0;
   virtual std::optional<CaCertRecord> find_ca_cert(const std::string& serial) = 0;
   virtual std::vector<CaCertRecord> ca_certs_of(const std::string& subject_name) = 0;
+
+  // Schema v8: the CA is revoked at `at` for `reason` (an RFC 5280 CRLReason name), with an audit
+  // row "ca.revoke" ({"reason","parent"}) in the same transaction. Its issuer's CRL lists it from
+  // then on. Already revoked: nothing changes and it returns false. kNotFound for an unknown CA.
+  // The CA's own certificates are not touched: revoking them is the caller's (revoke --ca).
+  virtual bool revoke_ca(const std::string& name, const std::string& reason, std::int64_t at) = 0;
+};
+
+// Certificate revocation lists (schema v8): the numbering, the signed lists, and what they list.
+class CrlStore {
+ public:
+  virtual ~CrlStore() = default;
+  // Device certificates of `ca_name` in state revoked, by serial. (Revoked intermediates are
+  // CaRecords with revoked_at != 0 and parent = ca_name.)
+  virtual std::vector<RevokedSerial> revoked_certs_of(const std::string& ca_name) = 0;
+  // Commits and returns the CA's next CRL number: one more than any number reserved or stored
+  // before (1 for the first). Called before the token signs, so a kill between reserving and
+  // storing leaves a gap, never a reused number.
+  virtual std::int64_t reserve_crl_number(const std::string& ca_name) = 0;
+  // Stores a signed CRL with an audit row "crl.sign" ({"number","entries","next_update"}).
+  // kAlreadyExists when the CA has a CRL with that number; kRegistryError when the number was
+  // never reserved.
+  virtual void store_crl(const CrlRecord& crl) = 0;
+  // The CA's CRL with the highest number, if any.
+  virtual std::optional<CrlRecord> latest_crl(const std::string& ca_name) = 0;
 };
 
 // Certificates and their intents: the exactly-once record of issuance.
@@ -446,6 +491,7 @@ class Stores : public CaStore,
                public EnrollmentStore,
                public AuditLog,
                public JobStore,
-               public FleetStateStore {};
+               public FleetStateStore,
+               public CrlStore {};
 
 }  // namespace fleetsign::engine
