@@ -61,6 +61,8 @@ std::vector<std::string> read_device_list(const Context& ctx, const fs::path& fi
   return ids;
 }
 
+}  // namespace
+
 // The options of a job run (rollover start and ca): pace, thresholds, timeouts, the PIN, output.
 void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
   add_option(s, "rate", "N", "devices started per minute at most");
@@ -82,7 +84,7 @@ void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
   add_flag(s, "json", "print the closing report as JSON");
 }
 
-jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
+jobs::RolloverParams params_from(Context& ctx, bool selection) {
   const Args& a = ctx.args();
   if (auto how = a.get("confirm"); how && *how != "session" && *how != "method") {
     throw Error(ErrorCode::kUsage, "--confirm must be session or method, got '" + *how + "'");
@@ -164,6 +166,8 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   }
   return p;
 }
+
+namespace {
 
 void print_plan(Context& ctx, const jobs::RolloverPlan& plan, const jobs::RolloverParams& params) {
   if (ctx.json()) {
