@@ -214,10 +214,8 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
     }
   }
   if (out.job_id.empty()) {
-    if (open_incident_for(stores, request.scope_kind, request.scope)) {
-      throw Error(ErrorCode::kAlreadyExists, "an incident is already open for " +
-                                                 request.scope_kind + " '" + request.scope + "'");
-    }
+    // An incident left open by a canceled or aborted job is taken over by the new job (its
+    // devices stay pinned meanwhile); advance_incident finds it instead of opening another.
     out.plan = plan_incident(stores, policy, clock, request);
     RolloverParams params = request.params;
     params.kind = "incident";
