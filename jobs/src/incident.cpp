@@ -289,11 +289,11 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
     if (kind == "ca") {
       revoke_ca_record(stores, scope, reason, clock.now());
       if (!group.empty()) {
-        const auto g = enrollments.group(group);
-        const engine::Slot s =
-            slot == "primary" ? engine::Slot::kPrimary : engine::Slot::kSecondary;
-        if ((s == engine::Slot::kPrimary ? g.primary_ca : g.secondary_ca) == scope) {
-          enrollments.set_group_slot(group, s, "");
+        auto g = enrollments.group(group);
+        std::string& held = slot == "primary" ? g.primary_ca : g.secondary_ca;
+        if (held == scope) {
+          held.clear();
+          stores.save_group(g, "enrollment.group.incident", false);
         }
       }
     } else if (reason == "keyCompromise") {

@@ -10,9 +10,11 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <gtest/gtest.h>
+#include <mosquitto.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <chrono>
 #include <map>
 #include <random>
 #include <thread>
@@ -135,24 +137,45 @@ class Incident : public ::testing::Test {
     EVP_PKEY_free(attacker);
   }
 
-  // mosquitto_rr as device `id` with `stem`'s files in `files`: a twin GET, waiting `wait_s` for
-  // the answer. Returns what it printed (the twin document, or nothing).
+  // A real MQTT client (libmosquitto) as device `id` with `stem`'s files in `files`: it
+  // subscribes to the twin answers and asks for its twin, waiting `wait_s` for the answer.
+  // Returns "connack=N granted=G" and the answer's topic and payload when one came.
   std::string twin_get(const std::string& id, const fs::path& files, const std::string& stem,
                        int wait_s = 3) {
-    const std::string cmd = "timeout 20 mosquitto_rr -h localhost -p " + std::to_string(port) +
-                            " --cafile " + quoted((home / "broker" / "ca.pem").string()) +
-                            " --cert " + quoted((files / (stem + "_fullchain.pem")).string()) +
-                            " --key " + quoted((files / (stem + "_key.pem")).string()) + " -i " +
-                            id + " -u " + quoted("localhost/" + id + "/?api-version=2021-04-12") +
-                            " -t '$iothub/twin/GET/?$rid=7' -e '$iothub/twin/res/#' -m '' -W " +
-                            std::to_string(wait_s) + " 2>&1";
-    std::string out;
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (p == nullptr) return out;
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    ::pclose(p);
-    return out;
+    struct Probe {
+      int connack = -1, granted = -1;
+      std::string answer;
+    } probe;
+    mosquitto_lib_init();
+    mosquitto* m = mosquitto_new(id.c_str(), true, &probe);
+    const std::string user = "localhost/" + id + "/?api-version=2021-04-12";
+    mosquitto_username_pw_set(m, user.c_str(), nullptr);
+    mosquitto_tls_set(m, (home / "broker" / "ca.pem").c_str(), nullptr,
+                      (files / (stem + "_fullchain.pem")).c_str(),
+                      (files / (stem + "_key.pem")).c_str(), nullptr);
+    mosquitto_connect_callback_set(m, [](mosquitto* c, void* u, int rc) {
+      static_cast<Probe*>(u)->connack = rc;
+      if (rc == 0) mosquitto_subscribe(c, nullptr, "$iothub/twin/res/#", 0);
+    });
+    mosquitto_subscribe_callback_set(m, [](mosquitto* c, void* u, int, int n, const int* granted) {
+      static_cast<Probe*>(u)->granted = n > 0 ? granted[0] : -1;
+      mosquitto_publish(c, nullptr, "$iothub/twin/GET/?$rid=7", 0, "", 0, false);
+    });
+    mosquitto_message_callback_set(m, [](mosquitto*, void* u, const mosquitto_message* msg) {
+      static_cast<Probe*>(u)->answer = std::string(msg->topic) + " " +
+                                       std::string(static_cast<const char*>(msg->payload),
+                                                   static_cast<std::size_t>(msg->payloadlen));
+    });
+    if (mosquitto_connect(m, "localhost", port, 30) == MOSQ_ERR_SUCCESS) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+      while (std::chrono::steady_clock::now() < until && probe.answer.empty()) {
+        if (mosquitto_loop(m, 100, 1) != MOSQ_ERR_SUCCESS) break;
+      }
+      mosquitto_disconnect(m);
+    }
+    mosquitto_destroy(m);
+    return "connack=" + std::to_string(probe.connack) +
+           " granted=" + std::to_string(probe.granted) + " " + probe.answer;
   }
 
   // Every done device's old certificate was revoked once, when it was retired (superseded): the
@@ -185,8 +208,9 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   issue("LOT-X", "rx", 1);  // a device that stays offline: no agent runs it
   ASSERT_EQ(wait_connected("ri", kDevices), kDevices);
   const fs::path lot_x = path("LOT-X");
-  ASSERT_NE(twin_get("rx-0001", lot_x, "rx-0001").find("desired"), std::string::npos)
-      << "before the incident a device reads its twin";
+  const std::string before = twin_get("rx-0001", lot_x, "rx-0001");
+  ASSERT_NE(before.find("desired"), std::string::npos)
+      << "before the incident a device reads its twin: " << before;
 
   // The attacker's certificates: a device that never existed, and a real device's ID with the
   // attacker's key. Before the incident the stolen key is enough: the chain validates.
@@ -228,15 +252,18 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
     const auto d = auth(path(std::string("forged/") + stem + "_fullchain.pem"));
     EXPECT_FALSE(d->getValue<bool>("allowed")) << stem;
     EXPECT_EQ(d->getValue<std::string>("rule"), "incident-unrecorded") << stem;
-    EXPECT_EQ(twin_get(stem, path("forged"), stem).find("desired"), std::string::npos)
-        << stem << ": the broker refused it";
+    const std::string seen = twin_get(stem, path("forged"), stem);
+    EXPECT_EQ(seen.find("desired"), std::string::npos) << stem << ": " << seen;
+    EXPECT_EQ(seen.find("connack=0"), std::string::npos) << stem << ": the broker refused it";
   }
   // A recorded certificate is pinned: admitted, for the rotation methods only.
   const auto pinned = auth(path("LOT-I/ri-0001_fullchain.pem"));
   EXPECT_TRUE(pinned->getValue<bool>("allowed"));
   EXPECT_EQ(pinned->getValue<std::string>("rule"), "incident-pinned");
-  EXPECT_EQ(twin_get("rx-0001", lot_x, "rx-0001").find("desired"), std::string::npos)
-      << "a pinned session reads no twin";
+  const std::string pinned_twin = twin_get("rx-0001", lot_x, "rx-0001");
+  EXPECT_NE(pinned_twin.find("connack=0 granted=128"), std::string::npos)
+      << "a pinned session connects but may not subscribe to twin answers: " << pinned_twin;
+  EXPECT_EQ(pinned_twin.find("desired"), std::string::npos) << pinned_twin;
   // The live sessions were cut off and came back pinned.
   ASSERT_EQ(wait_connected("ri", kDevices), kDevices);
 
