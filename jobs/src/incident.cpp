@@ -204,6 +204,12 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
   // An earlier run of the same request that recorded its job: continue that one.
   for (const auto& job : stores.list_jobs(1000)) {
     if (job.kind != "incident" || job.state == "finished" || job.state == "canceled") continue;
+    if (job.report_json.empty() || job.report_json == "{}") {
+      // A start killed between recording the job and its report: that job never opened
+      // anything, and its tasks would hold the devices; it is canceled, this run records anew.
+      stores.set_job_state(job.id, "canceled", clock.now());
+      continue;
+    }
     const auto r = report_of(job);
     if (r->optValue<std::string>("scopeKind", "") == request.scope_kind &&
         r->optValue<std::string>("scope", "") == request.scope &&

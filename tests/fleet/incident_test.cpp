@@ -264,8 +264,14 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   EXPECT_NE(pinned_twin.find("connack=0 granted=128"), std::string::npos)
       << "a pinned session connects but may not subscribe to twin answers: " << pinned_twin;
   EXPECT_EQ(pinned_twin.find("desired"), std::string::npos) << pinned_twin;
-  // The live sessions were cut off and came back pinned.
+  // The live sessions were cut off and came back pinned: the rotation methods reach them,
+  // nothing else does.
   ASSERT_EQ(wait_connected("ri", kDevices), kDevices);
+  const auto other = bin.run("method invoke ri-0003 getTwin --timeout 5 --json");
+  EXPECT_EQ(other.status, 11) << other.out << other.err;
+  EXPECT_NE(other.out.find("rotation methods only"), std::string::npos) << other.out;
+  const auto rotation = bin.run("method invoke ri-0003 getCertificate --timeout 5 --json");
+  EXPECT_EQ(rotation.status, 0) << rotation.out << rotation.err;
 
   const auto end = bin.run("job resume " + job + " --json");
   const auto report = json(end.out);
@@ -319,8 +325,16 @@ TEST_F(Incident, KillNineDuringAnIncidentRunThenResume) {
   const int kDevices = 150;
   fleet("LOT-K", "rk", kDevices);
   ASSERT_EQ(wait_connected("rk", kDevices), kDevices);
-  const auto started = bin.run(
-      "incident start --ca factory-1 --reason cACompromise --yes --no-run --in-flight 16 --json");
+  // kill -9 of the start itself, part-way through its steps; the same command continues it.
+  const std::string start_cmd =
+      "incident start --ca factory-1 --reason cACompromise --yes --no-run --in-flight 16";
+  {
+    testing::CliProcess first(home, {"incident", "start", "--ca", "factory-1", "--reason",
+                                     "cACompromise", "--yes", "--no-run", "--in-flight", "16"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    first.kill_now();
+  }
+  const auto started = bin.run(start_cmd + " --json");
   ASSERT_EQ(started.status, 0) << started.out << started.err;
   const std::string job = json(started.out)->getValue<std::string>("id");
   ASSERT_EQ(wait_connected("rk", kDevices), kDevices);
@@ -355,7 +369,52 @@ TEST_F(Incident, KillNineDuringAnIncidentRunThenResume) {
   EXPECT_EQ(counts.at("incident.open"), 1);
   EXPECT_EQ(counts.at("ca.revoke"), 1);
   EXPECT_EQ(revoked_sum, 0) << "every device was back: nothing was left to revoke at the close";
+  int incident_jobs = 0;
+  for (const auto& j : reg->list_jobs(100)) {
+    incident_jobs += j.kind == "incident" && j.state != "canceled" ? 1 : 0;
+  }
+  EXPECT_EQ(incident_jobs, 1);
+  EXPECT_EQ(reg->list_incidents(false).size(), 1u);
+  int replacements = 0;
+  for (const auto& c : reg->list_cas()) replacements += c.name.rfind("factory-1-i", 0) == 0 ? 1 : 0;
+  EXPECT_EQ(replacements, 1);
   expect_old_revoked_once(*reg, job);
+}
+
+// A lot whose devices' own keys leaked: they cannot be rotated over the network. Their
+// certificates are revoked at once (the broker drops them), they are listed for factory
+// re-provisioning, and the dry run's numbers are the run's.
+TEST_F(Incident, ALotWithCompromisedDeviceKeysGoesToFactoryReprovisioning) {
+  fleet("LOT-A", "ra", 20);
+  fleet("LOT-B", "rb", 10);
+  ASSERT_EQ(wait_connected("ra", 20), 20);
+  ASSERT_EQ(wait_connected("rb", 10), 10);
+  const auto before = connected();
+  const auto plan =
+      json(bin.ok("incident start --lot LOT-A --reason keyCompromise --dry-run --json").out);
+  EXPECT_EQ(plan->getValue<int>("devices"), 20);
+  EXPECT_EQ(plan->getValue<int>("factory"), 20);
+  EXPECT_EQ(plan->getValue<int>("rotate"), 0);
+  EXPECT_EQ(plan->getValue<int>("connected"), 20);
+  const auto run = bin.run("incident start --lot LOT-A --reason keyCompromise --yes --json");
+  EXPECT_EQ(run.status, 13) << run.out << run.err;  // devices left behind
+  const auto report = json(run.out);
+  EXPECT_EQ(report->getValue<std::string>("state"), "finished");
+  EXPECT_EQ(report->getObject("report")->getArray("factory")->size(), 20u);
+  const auto not_back = report->getArray("notBack");
+  ASSERT_EQ(not_back->size(), static_cast<std::size_t>(plan->getValue<int>("factory")));
+  for (std::size_t i = 0; i < not_back->size(); ++i) {
+    EXPECT_NE(not_back->getObject(i)->getValue<std::string>("reason").find("factory"),
+              std::string::npos);
+  }
+  EXPECT_EQ(wait_connected("ra", 0, 10), 0) << "their sessions were dropped";
+  const auto after = connected();
+  for (const auto& [id, sha] : before) {
+    if (id.rfind("rb-", 0) == 0) EXPECT_EQ(after.count(id) ? after.at(id) : "", sha) << id;
+  }
+  EXPECT_EQ(auth(path("LOT-A/ra-0001_fullchain.pem"))->getValue<std::string>("rule"), "revoked");
+  EXPECT_TRUE(auth(path("LOT-B/rb-0001_fullchain.pem"))->getValue<bool>("allowed"));
+  EXPECT_EQ(registry()->list_incidents(true).size(), 0u);
 }
 
 }  // namespace
