@@ -15,6 +15,8 @@
 #include <openssl/x509.h>
 
 #include <chrono>
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <random>
 #include <thread>
@@ -233,11 +235,33 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   EXPECT_EQ(bin.run("incident start --ca factory-1 --reason cACompromise").status, 2)
       << "without --yes nothing runs";
 
+  const std::int64_t t0 = std::time(nullptr);
+  const auto before_start = std::chrono::steady_clock::now();
   const auto started = bin.run(
       "incident start --ca factory-1 --reason cACompromise --replacement-ca factory-1-ir --yes "
       "--no-run --deadline 60s --offline-retry 5 --step-timeout 15 --json");
   ASSERT_EQ(started.status, 0) << started.out << started.err;
   const std::string job = json(started.out)->getValue<std::string>("id");
+  // Measured: every live session under the CA cut off and back pinned (a new session row).
+  const auto returned = std::chrono::steady_clock::now();
+  int repinned = 0;
+  while (std::chrono::steady_clock::now() - returned < std::chrono::seconds(60)) {
+    repinned = 0;
+    for (const auto& s : registry()->connected_devices()) {
+      repinned += s.device_id.rfind("ri-", 0) == 0 && s.connected_at >= t0 ? 1 : 0;
+    }
+    if (repinned == kDevices) break;
+    ::usleep(100000);
+  }
+  EXPECT_EQ(repinned, kDevices);
+  const auto ms = [](auto d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  std::printf(
+      "incident start took %lld ms; all %d sessions cut off and back pinned %lld ms after "
+      "it returned\n",
+      static_cast<long long>(ms(returned - before_start)), kDevices,
+      static_cast<long long>(ms(std::chrono::steady_clock::now() - returned)));
   {
     auto reg = registry();
     const auto incidents = reg->list_incidents(true);
