@@ -441,5 +441,27 @@ TEST_F(Incident, ALotWithCompromisedDeviceKeysGoesToFactoryReprovisioning) {
   EXPECT_EQ(registry()->list_incidents(true).size(), 0u);
 }
 
+// A lot whose certificates are suspect but whose devices' keys are not: pinned like a CA's
+// devices, rotated onto new certificates under their own CA, the old ones revoked.
+TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {
+  fleet("LOT-S", "rs", 15);
+  ASSERT_EQ(wait_connected("rs", 15), 15);
+  const auto run = bin.run("incident start --lot LOT-S --reason affiliationChanged --yes --json");
+  ASSERT_EQ(run.status, 0) << run.out << run.err;
+  const auto report = json(run.out);
+  EXPECT_EQ(report->getValue<int>("done"), 15);
+  const std::string job = report->getValue<std::string>("id");
+  auto reg = registry();
+  EXPECT_EQ(reg->list_incidents(true).size(), 0u);
+  const auto sessions = connected();
+  for (const auto& t : reg->job_tasks(job, "done")) {
+    EXPECT_EQ(reg->find_cert(t.new_serial)->ca_name, kCa) << t.device_id;
+    const auto s = sessions.find(t.device_id);
+    EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256) << t.device_id;
+  }
+  expect_old_revoked_once(*reg, job);
+  EXPECT_EQ(auth(path("LOT-S/rs-0001_fullchain.pem"))->getValue<std::string>("rule"), "revoked");
+}
+
 }  // namespace
 }  // namespace fleetsign

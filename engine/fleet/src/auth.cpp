@@ -530,7 +530,9 @@ std::optional<AuthDecision> Authenticator::Impl::incident_decision(const Der& le
     if (rec) {
       for (const auto& i : lineage_incidents) {
         const std::string& value = i.scope_kind == "lot" ? rec->lot : rec->site;
-        if (value == i.scope) {
+        // Recorded after the incident opened: the incident's own replacements (a lot's CA is
+        // not compromised), admitted as usual.
+        if (value == i.scope && rec->created_at < i.opened_at) {
           return pin(i, i.scope_kind + " '" + i.scope + "'", leaf_der, leaf, cn, serial, rec, at);
         }
       }
