@@ -505,12 +505,13 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     return sql;
   };
   {
-    // Back to what v5 wrote: no job tables, no revocation columns (v7), version 5.
+    // Back to what v5 wrote: no job tables, no revocation columns (v7), no incidents (v8).
     auto raw = raw_session(old.db());
     raw << "DROP TABLE job_tasks", kw::now;
     raw << "DROP TABLE jobs", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revocation_reason", kw::now;
+    raw << "DROP TABLE incidents", kw::now;  // v8 (issue 10's incidents)
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());
