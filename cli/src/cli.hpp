@@ -99,6 +99,7 @@ void add_twin_commands(std::vector<Command>& commands);        // twin show, twi
 int run_device_list_connected(Context& ctx);
 void add_method_commands(std::vector<Command>& commands);    // method invoke, fleet backend
 void add_rollover_commands(std::vector<Command>& commands);  // rollover …, job …
+void add_incident_commands(std::vector<Command>& commands);  // incident start|list
 // The home's broker (cmd_broker.cpp): its trust file and config refreshed from the registry,
 // mosquitto started (stopped first when `restart`) and audited. kAlreadyExists when it runs;
 // kBrokerFailed when it does not come up. The mosquitto binary: --mosquitto, FLEETSIGN_MOSQUITTO,

@@ -145,6 +145,10 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   jobs::RunnerOptions options;
   options.runner = runner_name();
   options.progress = progress_line(ctx);
+  options.crls_changed = [&ctx] {
+    const std::string line = refresh_crls_and_broker(ctx, {});
+    if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  };
   // --confirm on `rollover start` is kept with the job (params.confirm); nothing to pass here.
   ctx.token();  // logs in: the runner signs
   jobs::run_job(ctx.registry(), ctx.cas(), ctx.policy(), ctx.clock(), *trigger, job_id, options);

@@ -61,6 +61,8 @@ std::vector<std::string> read_device_list(const Context& ctx, const fs::path& fi
   return ids;
 }
 
+}  // namespace
+
 // The options of a job run (rollover start and ca): pace, thresholds, timeouts, the PIN, output.
 void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
   add_option(s, "rate", "N", "devices started per minute at most");
@@ -82,7 +84,7 @@ void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
   add_flag(s, "json", "print the closing report as JSON");
 }
 
-jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
+jobs::RolloverParams params_from(Context& ctx, bool selection) {
   const Args& a = ctx.args();
   if (auto how = a.get("confirm"); how && *how != "session" && *how != "method") {
     throw Error(ErrorCode::kUsage, "--confirm must be session or method, got '" + *how + "'");
@@ -165,6 +167,8 @@ jobs::RolloverParams params_from(Context& ctx, bool selection = true) {
   }
   return p;
 }
+
+namespace {
 
 void print_plan(Context& ctx, const jobs::RolloverPlan& plan, const jobs::RolloverParams& params) {
   if (ctx.json()) {
@@ -309,6 +313,9 @@ int run_ca_rollover(Context& ctx) {
                  started.ca_created ? "created" : "(made by an earlier run)",
                  started.new_slot.c_str(), started.job_id.c_str());
   }
+  // The new CA's first CRL joins the broker's CRL file before any device moves onto it.
+  const std::string crl_line = refresh_crls_and_broker(ctx, {});
+  if (!ctx.json() && !crl_line.empty()) std::fprintf(stderr, "%s\n", crl_line.c_str());
   if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
   return run_job_in_foreground(ctx, started.job_id);
 }

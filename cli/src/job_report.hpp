@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "fleetsign/jobs/rollover.hpp"
 
 namespace fleetsign::cli {
 
@@ -17,5 +18,10 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id);
 // {"id","state"} with --json, else "job ID: STATE".
 int print_state(Context& ctx, const std::string& id, const std::string& state);
 void add_job_commands(std::vector<Command>& commands);  // job list|show|pause|resume|…
+
+// cmd_rollover.cpp: a job run's options (pace, thresholds, timeouts, deadline, PIN, --no-run,
+// --json) and the parameters they give; `selection`: also the rollover's device selection.
+void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help);
+jobs::RolloverParams params_from(Context& ctx, bool selection = true);
 
 }  // namespace fleetsign::cli

@@ -33,6 +33,7 @@ std::vector<Command> all_commands() {
   fleetsign::cli::add_twin_commands(commands);
   fleetsign::cli::add_method_commands(commands);
   fleetsign::cli::add_rollover_commands(commands);
+  fleetsign::cli::add_incident_commands(commands);
   fleetsign::cli::add_serve_commands(commands);
   fleetsign::cli::add_crl_commands(commands);
   fleetsign::cli::add_misc_commands(commands);

@@ -7,6 +7,7 @@
 #include <ctime>
 #include <sstream>
 
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/rollover.hpp"
@@ -110,6 +111,11 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
   } else if (stores.find_ca(new_name)->parent != old.parent) {
     throw Error(ErrorCode::kAlreadyExists,
                 "a CA named '" + new_name + "' exists with another issuer; choose --name");
+  }
+  // Its first CRL before any device connects under it: the broker refuses a device whose issuer
+  // has no CRL in its CRL file (the caller installs the file).
+  if (!stores.latest_crl(new_name)) {
+    engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&new_name, 1));
   }
   if (in_new_slot != new_name) enrollments.set_group_slot(request.group, new_slot, new_name);
 

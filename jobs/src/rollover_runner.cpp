@@ -94,6 +94,10 @@ void Runner::load() {
         t.ca_name = m_params.ca.empty() ? d->ca_name : m_params.ca;
         t.lot = d->lot;
         if (const auto* g = index.group_of_ca(d->ca_name)) t.group = g->name;
+        // A CA that left every slot (an incident's): the group of the CA that signs now.
+        if (const auto* g = index.group_of_ca(t.ca_name); t.group.empty() && g != nullptr) {
+          t.group = g->name;
+        }
       }
       if (auto ie = m_stores.find_individual_slots(t.row.device_id)) {
         t.enrollment = ie->registration_id;

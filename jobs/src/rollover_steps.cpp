@@ -8,6 +8,7 @@
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/hsm/token.hpp"
+#include "fleetsign/jobs/incident.hpp"
 #include "rollover_runner.hpp"
 
 namespace fleetsign::jobs {
@@ -294,6 +295,12 @@ JobRecord Runner::run() {
     m_stores.release_job(m_job_id, m_options.runner);
     return m_job;
   }
+  // An incident cuts its scope off and makes its replacement before any device moves; a
+  // runner that resumes one killed half-way there finishes those steps first.
+  if (m_job.kind == "incident") {
+    advance_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);
+    if (m_options.crls_changed) m_options.crls_changed();
+  }
   if (m_state == "aborted" || m_state == "canceled") {
     // Start nothing new; a device that was switching (its certificate installed) finishes.
     m_admitting = false;
@@ -363,6 +370,10 @@ JobRecord Runner::run() {
   m_trigger.wait_idle();
   if (m_state == "running" || m_state == "deadline") {
     if (m_job.kind == "ca-rollover") finish_ca_rollover(m_stores, m_policy, m_clock, m_job_id);
+    if (m_job.kind == "incident") {
+      finish_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);
+      if (m_options.crls_changed) m_options.crls_changed();
+    }
     m_stores.set_job_state(m_job_id, "finished", m_clock.now());
   } else if (m_state == "aborted" || m_state == "canceled") {
     m_stores.set_job_state(m_job_id, m_state, m_clock.now());

@@ -505,7 +505,8 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     return sql;
   };
   {
-    // Back to what v5 wrote: no job tables, no revocation columns (v7), no CRLs (v8), version 5.
+    // Back to what v5 wrote: no job tables, no revocation columns (v7), no CRLs (v8), no
+    // incidents (v9), version 5.
     auto raw = raw_session(old.db());
     raw << "DROP INDEX certificates_revoked", kw::now;
     raw << "DROP TABLE crls", kw::now;
@@ -516,6 +517,7 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     raw << "DROP TABLE jobs", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revocation_reason", kw::now;
+    raw << "DROP TABLE incidents", kw::now;  // v9 (issue 10's incidents)
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());

@@ -272,6 +272,36 @@ class FaultStores final : public engine::Stores {
     return m_inner.audit_after(after_id, limit);
   }
 
+  // IncidentStore
+  std::int64_t open_incident(const engine::Incident& incident) override {
+    std::int64_t id = 0;
+    write("open_incident", [&] { id = m_inner.open_incident(incident); });
+    return id;
+  }
+  void set_incident_job(std::int64_t id, const std::string& job_id) override {
+    write("set_incident_job", [&] { m_inner.set_incident_job(id, job_id); });
+  }
+  void mark_incident_ca_revoked(std::int64_t id, std::int64_t at) override {
+    write("mark_incident_ca_revoked", [&] { m_inner.mark_incident_ca_revoked(id, at); });
+  }
+  void close_incident(std::int64_t id, std::int64_t at) override {
+    write("close_incident", [&] { m_inner.close_incident(id, at); });
+  }
+  std::vector<engine::Incident> list_incidents(bool open_only) override {
+    return m_inner.list_incidents(open_only);
+  }
+  std::optional<engine::Incident> find_incident(std::int64_t id) override {
+    return m_inner.find_incident(id);
+  }
+  std::optional<engine::PinnedCert> pinned_cert(const std::string& serial) override {
+    return m_inner.pinned_cert(serial);
+  }
+  std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
+                                                   const std::string& scope,
+                                                   std::int64_t before) override {
+    return m_inner.issued_serials_in_scope(scope_kind, scope, before);
+  }
+
  private:
   template <typename F>
   void write(const std::string& op, F&& f) {

@@ -148,6 +148,7 @@ Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
     return a;
   }
   a.allowed = d.allowed;
+  a.rotation_only = d.allowed && d.rotation_only;
   a.rule = d.rule;
   a.reason = d.reason;
   return a;

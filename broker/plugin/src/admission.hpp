@@ -38,6 +38,9 @@ struct Admission {
   std::string rule;    // the decision's rule ("enrollment-group", "client-id-mismatch", …)
   std::string reason;  // a sentence for the broker log
   std::string device_id, sha256, serial;
+  // An incident pins the certificate (the decision's "incident-pinned"): the session may only
+  // receive the rotation methods and answer them (PROTOCOL.md, "Incidents").
+  bool rotation_only = false;
 };
 
 // The decision: a service client by thumbprint; a hub device exactly when the Authenticator

@@ -77,6 +77,7 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
   s.serial = a.serial;
   s.decision_mark = m_mark;
   s.connected_at = request.now;
+  s.rotation_only = a.rotation_only;
   if (a.kind == ClientKind::kHubDevice) {
     if (was_ready) {
       s.methods_ready = true;
@@ -132,6 +133,14 @@ void FleetBroker::serve_service(const Session& s, const Request& req, std::strin
     return;
   }
   const Session* target = m_sessions.find(device);
+  if (target != nullptr && target->rotation_only && !rotation_method(req.method)) {
+    m_methods.refuse(s.client_id, req.rid,
+                     "device " + device +
+                         " is admitted for the rotation methods only (an incident pins its "
+                         "certificate): " +
+                         std::string(req.method) + " is not one");
+    return;
+  }
   const bool ready =
       target != nullptr && target->kind == ClientKind::kHubDevice && target->methods_ready;
   m_methods.call(s.client_id, req, payload, ready, now_ms());
@@ -140,6 +149,9 @@ void FleetBroker::serve_service(const Session& s, const Request& req, std::strin
 void FleetBroker::serve_device(Session& s, const Request& req, std::string_view payload) {
   using K = Request::Kind;
   const bool hub = s.kind == ClientKind::kHubDevice;
+  if (s.rotation_only && req.kind != K::kMethodResponse) {
+    return;  // pinned by an incident: no twin, no telemetry, no DPS; consumed, never answered
+  }
   switch (req.kind) {
     case K::kMethodResponse:
       if (hub && !m_methods.answer(s.client_id, req, payload)) {
@@ -176,7 +188,7 @@ Verdict FleetBroker::on_subscribe(const void* connection, const std::string& cli
     return service_may_subscribe(filter) ? Verdict::kAllow : Verdict::kDeny;
   }
   const bool dps = s->kind == ClientKind::kDpsDevice;
-  if (!device_may_subscribe(filter, dps)) {
+  if (s->rotation_only ? filter != "$iothub/methods/POST/#" : !device_may_subscribe(filter, dps)) {
     return Verdict::kDeny;
   }
   if (!dps && filter == "$iothub/methods/POST/#" && !s->methods_ready) {
@@ -196,9 +208,9 @@ Verdict FleetBroker::on_read(const void* connection, const std::string& client_i
   if (s == nullptr) {
     return Verdict::kDeny;
   }
-  const bool ok = s->kind == ClientKind::kService
-                      ? service_may_read(topic)
-                      : device_may_read(topic, s->kind == ClientKind::kDpsDevice);
+  const bool ok = s->kind == ClientKind::kService ? service_may_read(topic)
+                  : s->rotation_only              ? topic.substr(0, 21) == "$iothub/methods/POST/"
+                                     : device_may_read(topic, s->kind == ClientKind::kDpsDevice);
   return ok ? Verdict::kAllow : Verdict::kDeny;
 }
 
@@ -259,7 +271,9 @@ void FleetBroker::apply_recheck(const Recheck& r) {
   m_sessions.for_each([&](Session& s) {
     if (s.kind == ClientKind::kHubDevice && s.seq > r.snapshot_seq && s.decision_mark < r.mark) {
       auto d = m_auth->check(std::span<const engine::Der>(s.leaf.get(), 1), now, s.client_id);
-      if (!d.allowed) late.emplace_back(s.client_id, std::move(d));
+      if (!d.allowed || d.rotation_only != s.rotation_only) {
+        late.emplace_back(s.client_id, std::move(d));
+      }
     }
   });
   for (const auto& [id, d] : late) {

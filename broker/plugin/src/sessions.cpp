@@ -4,9 +4,9 @@
 namespace fleetsign::broker {
 
 void LiveDevices::put(const std::string& device_id, std::shared_ptr<const engine::Der> leaf,
-                      std::uint64_t seq) {
+                      std::uint64_t seq, bool rotation_only) {
   const std::lock_guard lock(m_mutex);
-  m_devices[device_id] = Entry{device_id, std::move(leaf), seq};
+  m_devices[device_id] = Entry{device_id, std::move(leaf), seq, rotation_only};
   m_max_seq = std::max(m_max_seq, seq);
 }
 
@@ -35,7 +35,7 @@ Session& SessionTable::add(Session session) {
   auto [it, inserted] = m_sessions.insert_or_assign(id, std::move(session));
   Session& s = it->second;
   if (s.kind == ClientKind::kHubDevice) {
-    m_mirror.put(id, s.leaf, s.seq);
+    m_mirror.put(id, s.leaf, s.seq, s.rotation_only);
   } else {
     m_mirror.erase(id, 0);  // a DPS or service entry replaced whatever was mirrored
   }

@@ -29,6 +29,7 @@ struct Session {
   std::int64_t decision_mark = 0;  // the change mark of the decision that admitted it
   std::int64_t connected_at = 0;   // unix seconds
   bool methods_ready = false;      // subscribed to $iothub/methods/POST/#
+  bool rotation_only = false;      // pinned by an incident: the rotation methods only
 };
 
 // A hub device as the watcher re-checks it. Thread-safe.
@@ -38,9 +39,10 @@ class LiveDevices {
     std::string device_id;
     std::shared_ptr<const engine::Der> leaf;
     std::uint64_t seq = 0;
+    bool rotation_only = false;  // the mode it was admitted in
   };
-  void put(const std::string& device_id, std::shared_ptr<const engine::Der> leaf,
-           std::uint64_t seq);
+  void put(const std::string& device_id, std::shared_ptr<const engine::Der> leaf, std::uint64_t seq,
+           bool rotation_only);
   // Only that admission's entry; seq 0: whatever entry the ID has.
   void erase(const std::string& device_id, std::uint64_t seq);
   // Every entry, and the highest admission seq handed out when the copy was taken.

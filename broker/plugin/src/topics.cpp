@@ -207,6 +207,11 @@ std::string dps_answer_topic(int status, std::string_view rid, bool retry_after)
          (retry_after ? "&retry-after=1" : "");
 }
 
+bool rotation_method(std::string_view method) {
+  return method == "createCsr" || method == "installCertificate" || method == "reprovision" ||
+         method == "getCertificate";
+}
+
 bool device_may_subscribe(std::string_view filter, bool dps_mode) {
   if (dps_mode) {
     return filter == "$dps/registrations/res/#";

@@ -50,6 +50,9 @@ std::string twin_desired_topic(std::int64_t version);
 std::string dps_answer_topic(int status, std::string_view rid, bool retry_after);
 
 // Subscriptions a client may hold (the ACL's subscribe check), by filter text.
+// The rotation protocol's methods (PROTOCOL.md, "Rotation methods"), and getCertificate that
+// confirms one: all a session pinned by an incident may be called with.
+bool rotation_method(std::string_view method);
 bool device_may_subscribe(std::string_view filter, bool dps_mode);
 bool service_may_subscribe(std::string_view filter);
 // What a client may receive: the plugin addresses everything it sends to one client id, so a

@@ -136,6 +136,11 @@ void RegistryWatcher::recheck(std::int64_t mark) {
           auth.check(std::span<const engine::Der>(d.leaf.get(), 1), now, d.device_id);
       if (!decision.allowed) {
         r.refused.push_back(Refusal{d.device_id, d.seq, decision.rule, decision.reason});
+      } else if (decision.rotation_only != d.rotation_only) {
+        // An incident opened (or closed) for its certificate: cut the session off; it comes
+        // back in the mode the decision now gives (rotation only, or full rights).
+        r.refused.push_back(Refusal{d.device_id, d.seq, decision.rule,
+                                    "admission mode changed: " + decision.reason});
       }
     }
     m_inbox.post(std::move(r));

@@ -88,9 +88,19 @@ std::string serial_hex(der::Bytes content) {
 
 }  // namespace
 
+// An incident as the decision uses it.
+struct OpenIncident {
+  std::int64_t id = 0, compromised_at = 0, opened_at = 0;
+  std::string reason, scope_kind, scope;
+};
+
 struct Authenticator::Impl {
   Stores& registry;
   std::map<std::string, Ca> cas;
+  std::map<std::string, OpenIncident> ca_incidents;  // CA name → its open incident
+  std::map<std::string, std::int64_t> revoked_cas;   // CA name → when it was marked revoked
+  std::vector<OpenIncident> lineage_incidents;       // open lot/site incidents that pin
+
   std::unordered_map<std::string, std::vector<Ca*>> by_subject;
   StorePtr trusted;   // verified CAs in slots of enabled groups
   StorePtr everyone;  // every registry CA: explains refusals (which anchor would have matched)
@@ -105,6 +115,12 @@ struct Authenticator::Impl {
   AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
   AuthDecision classify_anchor(const Ca& ca);
   const Ca* ca_for_cert(const X509* cert);
+  std::optional<AuthDecision> incident_decision(const Der& leaf_der, const LeafView& leaf,
+                                                const std::string& cn, const std::string& serial,
+                                                std::int64_t at);
+  AuthDecision pin(const OpenIncident& incident, const std::string& what, const Der& leaf_der,
+                   const LeafView& leaf, const std::string& cn, const std::string& serial,
+                   const std::optional<PinnedCert>& rec, std::int64_t at);
 };
 
 void Authenticator::Impl::load() {
@@ -128,6 +144,19 @@ void Authenticator::Impl::load() {
     cas.emplace(ca.rec.name, std::move(ca));
   }
   for (auto& [name, ca] : cas) by_subject[ca.subject_der].push_back(&ca);
+  for (const auto& [name, ca] : cas) {
+    if (ca.rec.revoked_at != 0) revoked_cas.emplace(name, ca.rec.revoked_at);  // revoke --ca
+  }
+  for (const auto& i : registry.list_incidents(false)) {
+    OpenIncident o{i.id, i.compromised_at, i.opened_at, i.reason, i.scope_kind, i.scope};
+    if (i.scope_kind == "ca" && i.ca_revoked_at != 0) revoked_cas.emplace(i.scope, i.ca_revoked_at);
+    if (i.closed_at != 0) continue;
+    if (i.scope_kind == "ca") {
+      ca_incidents.emplace(i.scope, std::move(o));
+    } else if (i.reason != "keyCompromise") {
+      lineage_incidents.push_back(std::move(o));
+    }
+  }
   for (const auto& g : registry.list_groups()) {
     for (const auto& [slot, ca_name] :
          {std::pair{Slot::kPrimary, g.primary_ca}, std::pair{Slot::kSecondary, g.secondary_ca}}) {
@@ -235,27 +264,32 @@ AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
   return refuse("no-enrollment", "");
 }
 
-AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& leaf,
-                                            std::int64_t at) {
-  // 1. The leaf's own checks: signature by its issuer, end-entity, usage, validity.
+// Whether `issuer`'s key signed the leaf (false for an unsupported or inconsistent algorithm).
+bool leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   const EVP_MD* md = digest_of(leaf.sig_alg_oid);
-  if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) {
-    return refuse("chain-invalid", "unsupported or inconsistent signature algorithm");
-  }
+  if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) return false;
   std::uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned digest_len = 0;
   EVP_Digest(leaf.tbs.data(), leaf.tbs.size(), digest, &digest_len, md, nullptr);
-  bool good = false;
   if (issuer.fast && md == EVP_sha256()) {
-    good = issuer.fast->verify(ByteView(digest, digest_len), leaf.signature);
-  } else {
-    ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
-    good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-           EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
-           EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest,
-                           digest_len) == 1;
-    ERR_clear_error();
+    return issuer.fast->verify(ByteView(digest, digest_len), leaf.signature);
   }
+  ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
+  const bool good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+                    EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
+                    EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(),
+                                    digest, digest_len) == 1;
+  ERR_clear_error();
+  return good;
+}
+
+AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& leaf,
+                                            std::int64_t at) {
+  // 1. The leaf's own checks: signature by its issuer, end-entity, usage, validity.
+  if (digest_of(leaf.sig_alg_oid) == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) {
+    return refuse("chain-invalid", "unsupported or inconsistent signature algorithm");
+  }
+  const bool good = leaf_signed_by(issuer, leaf);
   if (!good)
     return refuse("chain-invalid",
                   "leaf signature does not verify with CA '" + issuer.rec.name + "'");
@@ -435,6 +469,88 @@ AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& le
   return openssl_path(leaf_der, chain, at);
 }
 
+// Exactly the recorded certificate, recorded before the compromise: admitted for rotation only.
+AuthDecision Authenticator::Impl::pin(const OpenIncident& incident, const std::string& what,
+                                      const Der& leaf_der, const LeafView& leaf,
+                                      const std::string& cn, const std::string& serial,
+                                      const std::optional<PinnedCert>& rec, std::int64_t at) {
+  const std::string prefix = "incident " + std::to_string(incident.id) + " (" + what + "): ";
+  if (!rec || rec->sha256 != thumbprint_sha256(leaf_der) || rec->device_id != cn) {
+    return refuse("incident-unrecorded",
+                  prefix + "certificate serial " + serial +
+                      " is not exactly one this registry recorded (a forgery with the stolen key "
+                      "is refused)");
+  }
+  const bool revoked_by_incident = rec->state == CertState::kRevoked &&
+                                   rec->revocation_reason == incident.reason &&
+                                   rec->revoked_at >= incident.opened_at;
+  if (rec->state != CertState::kIssued && !revoked_by_incident) {
+    return refuse(rec->state == CertState::kRevoked ? "revoked" : "incident-unrecorded",
+                  prefix + "certificate serial " + serial + " is " +
+                      std::string(cert_state_name(rec->state)));
+  }
+  if (rec->created_at >= incident.compromised_at) {
+    return refuse("incident-after-compromise", prefix + "certificate serial " + serial +
+                                                   " was recorded at " + iso8601(rec->created_at) +
+                                                   ", not before the compromise at " +
+                                                   iso8601(incident.compromised_at));
+  }
+  if (at < leaf.not_before)
+    return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+  if (at > leaf.not_after)
+    return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+  AuthDecision d;
+  d.allowed = true;
+  d.rule = "incident-pinned";
+  d.rotation_only = true;
+  d.enrollment = rec->device_id;
+  d.reason = prefix + "certificate serial " + serial +
+             " is the one recorded for this device before the compromise: admitted for the "
+             "rotation methods only";
+  return d;
+}
+
+std::optional<AuthDecision> Authenticator::Impl::incident_decision(const Der& leaf_der,
+                                                                   const LeafView& leaf,
+                                                                   const std::string& cn,
+                                                                   const std::string& serial,
+                                                                   std::int64_t at) {
+  if (!ca_incidents.empty() || !revoked_cas.empty()) {
+    auto it = by_subject.find(
+        std::string(reinterpret_cast<const char*>(leaf.issuer.data()), leaf.issuer.size()));
+    if (it != by_subject.end()) {
+      for (const Ca* issuer : it->second) {
+        // CAs sharing a subject (a CA rollover keeps the old one's): the key decides.
+        if (it->second.size() > 1 && !leaf_signed_by(*issuer, leaf)) continue;
+        const std::string& name = issuer->rec.name;
+        if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
+          return pin(open->second, "CA '" + name + "'", leaf_der, leaf, cn, serial,
+                     registry.pinned_cert(serial), at);
+        }
+        if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
+          return refuse("ca-revoked", "CA '" + name + "' was revoked at " +
+                                          iso8601(revoked->second) +
+                                          ": nothing it signed is admitted");
+        }
+      }
+    }
+  }
+  if (!lineage_incidents.empty()) {
+    const auto rec = registry.pinned_cert(serial);
+    if (rec) {
+      for (const auto& i : lineage_incidents) {
+        const std::string& value = i.scope_kind == "lot" ? rec->lot : rec->site;
+        // Recorded after the incident opened: the incident's own replacements (a lot's CA is
+        // not compromised), admitted as usual.
+        if (value == i.scope && rec->created_at < i.opened_at) {
+          return pin(i, i.scope_kind + " '" + i.scope + "'", leaf_der, leaf, cn, serial, rec, at);
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 Authenticator::Authenticator(Stores& registry) : m_impl(std::make_unique<Impl>(registry)) {
   m_impl->load();
 }
@@ -456,6 +572,8 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
     d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn +
                                                "' is not the registration ID '" +
                                                std::string(claimed_id) + "'");
+  } else if (auto incident = m_impl->incident_decision(chain[0], leaf, *cn, serial, at)) {
+    d = std::move(*incident);
   } else if (state == CertState::kRevoked) {
     d = refuse("revoked", "certificate serial " + serial + " is revoked");
   } else {

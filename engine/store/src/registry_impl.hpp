@@ -79,7 +79,7 @@ class PreparedQuery {
 struct Registry::Impl {
   Session m_session;
   std::string m_file;
-  PreparedQuery m_individual_slots, m_cert_state;
+  PreparedQuery m_individual_slots, m_cert_state, m_pinned_cert;
   // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
   PreparedQuery m_insert_intent, m_issue, m_device_slot;
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;

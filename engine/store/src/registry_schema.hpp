@@ -212,6 +212,22 @@ CREATE TABLE crls (
 );
 CREATE INDEX certificates_revoked ON certificates (ca_name, serial) WHERE state = 'revoked';
 )sql",
+    // 9 (issue 10 §4): incidents. At most one open incident per scope; the decision loads them
+    // all when its Authenticator is built (a handful of rows).
+    R"sql(
+CREATE TABLE incidents (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  scope_kind TEXT NOT NULL CHECK (scope_kind IN ('ca', 'lot', 'site')),
+  scope TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  compromised_at BIGINT NOT NULL,
+  opened_at BIGINT NOT NULL,
+  closed_at BIGINT NOT NULL DEFAULT 0,
+  job_id TEXT NOT NULL DEFAULT '',
+  ca_revoked_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX incidents_open ON incidents (scope_kind, scope) WHERE closed_at = 0;
+)sql",
 };
 
 }  // namespace fleetsign::engine

@@ -126,6 +126,9 @@ struct RunnerOptions {
   // Called on the runner's thread as each device settles, with how long it took from its start
   // in this run (the benchmark's per-device figures).
   std::function<void(const engine::JobTask&, std::chrono::microseconds)> on_settled;
+  // Called on the runner's thread after the job changed CRLs in the registry (an incident's
+  // revocations and replacement CA): the caller installs them where they are used (the broker).
+  std::function<void()> crls_changed;
   // Test hook: called after every flush with the number of flushes so far.
   std::function<void(std::int64_t)> after_flush;
 };

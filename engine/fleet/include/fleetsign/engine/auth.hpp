@@ -10,6 +10,15 @@
 //     slot of an *enabled* group. As in DPS, a CA in a slot counts as verified when it proved
 //     possession itself, or when its registry path validates up to a CA that did (an intermediate
 //     signed by a verified root needs no proof of its own);
+//   - incidents (stores.hpp, IncidentStore), checked before everything above: under a CA that is
+//     marked revoked every certificate is refused ("ca-revoked"), unless an incident is open for
+//     that CA; while one is open, a certificate whose issuer is that CA is admitted only when it
+//     is exactly one the registry recorded (same serial, SHA-256 thumbprint, CN = the recorded
+//     device, state issued — or revoked by the incident's own reason after it opened) and
+//     recorded before the operator's compromise time, and then only for the rotation methods
+//     ("incident-pinned", rotation_only); else "incident-unrecorded" (a certificate forged with
+//     the stolen key) or "incident-after-compromise". An open lot or site incident (not
+//     keyCompromise) pins the recorded certificates of that lot or site the same way;
 //   - a time before any certificate's notBefore is "not-yet-valid"; after the leaf's notAfter
 //     "expired", after a CA's notAfter "ca-expired".
 //
@@ -35,7 +44,9 @@ struct AuthDecision {
   // Stable rule names: "individual-enrollment", "enrollment-group" (allowed); "chain-malformed",
   // "registration-id-invalid", "registration-id-mismatch", "revoked", "individual-disabled",
   // "individual-mismatch", "not-yet-valid", "expired", "chain-invalid", "ca-not-verified",
-  // "group-disabled", "ca-expired", "no-enrollment" (refused).
+  // "group-disabled", "ca-expired", "no-enrollment" (refused); "incident-pinned" (allowed, for
+  // the rotation methods only), "incident-unrecorded", "incident-after-compromise", "ca-revoked"
+  // (refused).
   std::string rule;
   std::string reason;  // a sentence naming the enrollment, slot, CA or check that decided
   std::string registration_id;
@@ -43,6 +54,9 @@ struct AuthDecision {
   std::string slot;        // "primary" | "secondary" when allowed
   std::string leaf_serial, leaf_sha256;
   bool fast_path = false;
+  // Allowed only to answer the rotation methods (an incident pins the certificate): the broker
+  // lets such a session receive $iothub/methods/POST/# and answer, nothing else.
+  bool rotation_only = false;
 };
 
 class Authenticator final {

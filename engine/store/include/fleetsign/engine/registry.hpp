@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 8;
+  static constexpr int kSchemaVersion = 9;
   int schema_version();
 
   // CaStore
@@ -134,6 +134,18 @@ class Registry final : public Stores {
   std::int64_t reserve_crl_number(const std::string& ca_name) override;
   void store_crl(const CrlRecord& crl) override;
   std::optional<CrlRecord> latest_crl(const std::string& ca_name) override;
+
+  // IncidentStore (registry_incidents.cpp; schema v8)
+  std::int64_t open_incident(const Incident& incident) override;
+  void set_incident_job(std::int64_t id, const std::string& job_id) override;
+  void mark_incident_ca_revoked(std::int64_t id, std::int64_t at) override;
+  void close_incident(std::int64_t id, std::int64_t at) override;
+  std::vector<Incident> list_incidents(bool open_only) override;
+  std::optional<Incident> find_incident(std::int64_t id) override;
+  std::optional<PinnedCert> pinned_cert(const std::string& serial) override;
+  std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
+                                                   const std::string& scope,
+                                                   std::int64_t before) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

@@ -483,6 +483,52 @@ class FleetStateStore {
   virtual std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) = 0;
 };
 
+// Incident response (schema v8, issue 10 §4). An incident is opened for one scope — a CA whose key
+// is suspected stolen ("ca"), or a manufacturing lot or site whose device certificates are suspect
+// ("lot", "site") — with the operator's compromise time. While it is open the authentication
+// decision admits a certificate of that scope only when it is exactly one the registry recorded
+// before the compromise, and only for the rotation methods (auth.hpp, "incident-pinned").
+struct Incident {
+  std::int64_t id = 0;
+  std::string scope_kind;  // "ca" | "lot" | "site"
+  std::string scope;       // the CA's name, the lot or the site
+  std::string reason;      // RFC 5280 CRLReason name ("cACompromise", "keyCompromise", …)
+  std::int64_t compromised_at = 0;            // unix seconds, given by the operator
+  std::int64_t opened_at = 0, closed_at = 0;  // closed_at 0: open
+  std::string job_id;                         // the incident job, once recorded
+  std::int64_t ca_revoked_at = 0;             // "ca" scope: when the CA was marked revoked
+};
+
+// What the decision needs to pin one certificate: a point query by serial (the primary key).
+struct PinnedCert {
+  std::string serial, device_id, ca_name, sha256, lot, site;
+  CertState state = CertState::kIntent;
+  std::int64_t created_at = 0, revoked_at = 0;
+  std::string revocation_reason;
+};
+
+class IncidentStore {
+ public:
+  virtual ~IncidentStore() = default;
+  // Records an open incident with an audit row "incident.open" (the broker's watcher re-checks
+  // live sessions on it). Returns its id. kAlreadyExists when one is open for that scope.
+  virtual std::int64_t open_incident(const Incident& incident) = 0;
+  virtual void set_incident_job(std::int64_t id, const std::string& job_id) = 0;
+  // The CA of a "ca" incident is marked revoked (once: a later call keeps the first time), with
+  // an audit row "ca.revoke" ({"reason","incident"}).
+  virtual void mark_incident_ca_revoked(std::int64_t id, std::int64_t at) = 0;
+  // Closes it (once) with an audit row "incident.close".
+  virtual void close_incident(std::int64_t id, std::int64_t at) = 0;
+  virtual std::vector<Incident> list_incidents(bool open_only) = 0;  // by id
+  virtual std::optional<Incident> find_incident(std::int64_t id) = 0;
+  virtual std::optional<PinnedCert> pinned_cert(const std::string& serial) = 0;
+  // Serials of the issued certificates of a scope ("ca": ca_name, "lot", "site": lineage)
+  // recorded before `before` (the certificates an incident revokes when it closes).
+  virtual std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
+                                                           const std::string& scope,
+                                                           std::int64_t before) = 0;
+};
+
 // Every contract at once: what start-up code hands to components that use several. A backend
 // (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
 class Stores : public CaStore,
@@ -492,6 +538,7 @@ class Stores : public CaStore,
                public AuditLog,
                public JobStore,
                public FleetStateStore,
-               public CrlStore {};
+               public CrlStore,
+               public IncidentStore {};
 
 }  // namespace fleetsign::engine

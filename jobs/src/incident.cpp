@@ -1,0 +1,412 @@
+// Incident runs (incident.hpp): the plan, the job's phases before the rotation, and the close.
+#include "fleetsign/jobs/incident.hpp"
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include <algorithm>
+#include <array>
+#include <set>
+#include <ctime>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "fleetsign/engine/crl.hpp"
+#include "fleetsign/engine/enrollment.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::jobs {
+
+namespace {
+
+using Poco::JSON::Object;
+
+constexpr std::array<std::string_view, 6> kReasons = {"keyCompromise",        "cACompromise",
+                                                      "affiliationChanged",   "superseded",
+                                                      "cessationOfOperation", "unspecified"};
+
+std::string stamp_day(const engine::Clock& clock) {
+  const std::time_t t = static_cast<std::time_t>(clock.now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[16];
+  std::strftime(buf, sizeof buf, "%Y%m%d", &tm);
+  return buf;
+}
+
+std::string text(const Object& o) {
+  std::ostringstream s;
+  o.stringify(s);
+  return s.str();
+}
+
+Object::Ptr report_of(const engine::JobRecord& job) {
+  try {
+    Poco::JSON::Parser parser;
+    return parser.parse(job.report_json).extract<Object::Ptr>();
+  } catch (const Poco::Exception& e) {
+    throw Error(ErrorCode::kRegistryError, "job " + job.id + ": report: " + e.displayText());
+  }
+}
+
+engine::JobRecord job_of(engine::Stores& stores, const std::string& job_id) {
+  auto job = stores.find_job(job_id);
+  if (!job) throw Error(ErrorCode::kNotFound, "no job '" + job_id + "'");
+  if (job->kind != "incident") {
+    throw Error(ErrorCode::kInvalidArgument, "job " + job_id + " is a " + job->kind);
+  }
+  return *job;
+}
+
+void set_phase(engine::Stores& stores, const std::string& job_id, Object::Ptr report,
+               const std::string& phase) {
+  report->set("phase", phase);
+  stores.set_job_report(job_id, text(*report));
+}
+
+std::optional<engine::Incident> open_incident_for(engine::Stores& stores, const std::string& kind,
+                                                  const std::string& scope) {
+  for (auto& i : stores.list_incidents(true)) {
+    if (i.scope_kind == kind && i.scope == scope) return i;
+  }
+  return std::nullopt;
+}
+
+// The device's certificate in the scope (a slot's certificate of that CA, lot or site).
+std::optional<engine::CertRecord> scoped_cert(engine::Stores& stores, const engine::DeviceRecord& d,
+                                              const std::string& kind, const std::string& scope) {
+  for (const auto* serial : {&d.primary_serial, &d.secondary_serial}) {
+    if (serial->empty()) continue;
+    auto c = stores.find_cert(*serial);
+    if (!c || c->state != engine::CertState::kIssued) continue;
+    const std::string& value = kind == "ca"    ? c->ca_name
+                               : kind == "lot" ? c->lineage.lot
+                                               : c->lineage.site;
+    if (value == scope) return c;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
+                           const engine::Clock& clock, const IncidentRequest& request) {
+  (void)policy;
+  if (request.scope_kind != "ca" && request.scope_kind != "lot" && request.scope_kind != "site") {
+    throw Error(ErrorCode::kInvalidArgument,
+                "an incident is for a CA, a lot or a site, not '" + request.scope_kind + "'");
+  }
+  if (request.scope.empty())
+    throw Error(ErrorCode::kInvalidArgument, "the incident names no scope");
+  if (std::find(kReasons.begin(), kReasons.end(), request.reason) == kReasons.end()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--reason '" + request.reason +
+                    "' is not one of keyCompromise, cACompromise, affiliationChanged, superseded, "
+                    "cessationOfOperation, unspecified");
+  }
+  IncidentPlan plan;
+  plan.scope_kind = request.scope_kind;
+  plan.scope = request.scope;
+  plan.reason = request.reason;
+  plan.compromised_at = request.compromised_at.value_or(clock.now());
+  const engine::GroupIndex index = engine::GroupIndex::load(stores);
+  engine::DeviceFilter filter;
+  if (request.scope_kind == "ca") {
+    if (request.reason == "keyCompromise") {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "a CA's incident is cACompromise; keyCompromise is for devices' own keys "
+                  "(--lot or --site)");
+    }
+    const auto ca = stores.find_ca(request.scope);
+    if (!ca) throw Error(ErrorCode::kNotFound, "no CA '" + request.scope + "' in the registry");
+    if (ca->parent.empty() || engine::is_external(*ca)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "CA '" + request.scope + "' is " + (ca->parent.empty() ? "a root" : "external") +
+                      ": an incident replaces an intermediate of this registry");
+    }
+    for (const auto& g : stores.list_groups()) {
+      if (g.primary_ca == ca->name || g.secondary_ca == ca->name) {
+        plan.group = g.name;
+        plan.slot = g.primary_ca == ca->name ? "primary" : "secondary";
+        break;
+      }
+    }
+    plan.replacement_ca = request.replacement_ca.empty() ? request.scope + "-i" + stamp_day(clock)
+                                                         : request.replacement_ca;
+    if (const auto r = stores.find_ca(plan.replacement_ca)) {
+      plan.replacement_exists = true;
+      if (r->parent != ca->parent && request.replacement_ca.empty()) {
+        throw Error(ErrorCode::kAlreadyExists, "a CA named '" + plan.replacement_ca +
+                                                   "' exists with another issuer; name one with "
+                                                   "--replacement-ca");
+      }
+      if (r->name == ca->name) {
+        throw Error(ErrorCode::kInvalidArgument, "the replacement cannot be the compromised CA");
+      }
+    }
+    filter.ca_names = {request.scope};
+  } else if (request.scope_kind == "lot") {
+    filter.lot = request.scope;
+  }
+  plan.certificates = static_cast<std::int64_t>(
+      stores.issued_serials_in_scope(request.scope_kind, request.scope, clock.now() + 1).size());
+
+  std::unordered_set<std::string> connected;
+  for (const auto& s : stores.connected_devices()) connected.insert(s.device_id);
+  std::unordered_map<std::string, std::string> busy;
+  for (const auto& job : stores.list_jobs(1000)) {
+    if (job.state != "running" && job.state != "paused") continue;
+    for (const auto& t : stores.job_tasks(job.id, "")) {
+      if (!is_final_task_state(t.state)) busy.emplace(t.device_id, job.id);
+    }
+  }
+  for (const auto& d : stores.list_devices(filter)) {
+    const auto cert = scoped_cert(stores, d, request.scope_kind, request.scope);
+    if (!cert) continue;
+    IncidentDevice p;
+    p.device_id = d.registration_id;
+    p.lot = d.lot;
+    p.serial = cert->serial;
+    p.target_slot = cert->serial == d.primary_serial ? "secondary" : "primary";
+    p.connected = connected.count(d.registration_id) != 0;
+    if (const auto* g = index.group_of_ca(cert->ca_name)) p.group = g->name;
+    p.action = "rotate";
+    if (request.reason == "keyCompromise") {
+      p.action = "factory";
+      p.why =
+          "factory re-provisioning: its own key is compromised (keyCompromise), so it cannot "
+          "be rotated over the network";
+    } else if (d.status != "enabled") {
+      p.action = "conflict";
+      p.why = "the device is " + d.status;
+    } else if (!d.primary_serial.empty() && !d.secondary_serial.empty()) {
+      p.action = "conflict";
+      p.why = "both slots hold certificates: retire one first";
+    } else if (const auto b = busy.find(d.registration_id); b != busy.end()) {
+      p.action = "conflict";
+      p.why = "the device is in job " + b->second + ", which has not settled it yet";
+    }
+    (p.action == "rotate"    ? plan.rotate
+     : p.action == "factory" ? plan.factory
+                             : plan.conflicts) += 1;
+    plan.connected += p.connected ? 1 : 0;
+    ++plan.per_lot[p.lot.empty() ? "(none)" : p.lot];
+    ++plan.per_group[p.group.empty() ? "(none)" : p.group];
+    plan.devices.push_back(std::move(p));
+  }
+  return plan;
+}
+
+IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
+                             const policy::Policy& policy, const engine::Clock& clock,
+                             const IncidentRequest& request) {
+  IncidentStart out;
+  // An earlier run of the same request that recorded its job: continue that one.
+  for (const auto& job : stores.list_jobs(1000)) {
+    if (job.kind != "incident" || job.state == "finished" || job.state == "canceled") continue;
+    if (job.report_json.empty() || job.report_json == "{}") {
+      // A start killed between recording the job and its report: that job never opened
+      // anything, and its tasks would hold the devices; it is canceled, this run records anew.
+      stores.set_job_state(job.id, "canceled", clock.now());
+      continue;
+    }
+    const auto r = report_of(job);
+    if (r->optValue<std::string>("scopeKind", "") == request.scope_kind &&
+        r->optValue<std::string>("scope", "") == request.scope &&
+        r->optValue<std::string>("phase", "") != "closed") {
+      out.job_id = job.id;
+      out.resumed = true;
+      break;
+    }
+  }
+  if (out.job_id.empty()) {
+    // An incident left open by a canceled or aborted job is taken over by the new job (its
+    // devices stay pinned meanwhile); advance_incident finds it instead of opening another.
+    out.plan = plan_incident(stores, policy, clock, request);
+    RolloverParams params = request.params;
+    params.kind = "incident";
+    params.selection = Selection{};
+    params.ca = out.plan.replacement_ca;  // empty for a lot or site: each device's own CA
+    RolloverPlan tasks;
+    Poco::JSON::Array factory;
+    for (const auto& d : out.plan.devices) {
+      PlannedDevice p;
+      p.device_id = d.device_id;
+      p.lot = d.lot;
+      p.group = d.group;
+      p.old_serial = d.serial;
+      p.target_slot = d.target_slot;
+      p.conflict = d.action == "rotate" ? "" : d.why;
+      params.selection.devices.push_back(d.device_id);
+      if (d.action == "factory") factory.add(d.device_id);
+      tasks.devices.push_back(std::move(p));
+    }
+    std::stable_sort(tasks.devices.begin(), tasks.devices.end(), [](const auto& a, const auto& b) {
+      return a.conflict.empty() && !b.conflict.empty();
+    });
+    out.job_id = create_job(stores, clock, params, tasks);
+    Object::Ptr r = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    r->set("scopeKind", request.scope_kind);
+    r->set("scope", request.scope);
+    r->set("reason", request.reason);
+    r->set("compromisedAt", out.plan.compromised_at);
+    r->set("group", out.plan.group);
+    r->set("slot", out.plan.slot);
+    r->set("replacementCa", out.plan.replacement_ca);
+    r->set("key", std::string(policy::key_algorithm_name(request.key)));
+    r->set("factory", factory);
+    set_phase(stores, out.job_id, r, "open");
+  }
+  advance_incident(stores, cas, policy, clock, out.job_id);
+  const auto r = report_of(job_of(stores, out.job_id));
+  out.incident_id = r->optValue<std::int64_t>("incident", 0);
+  return out;
+}
+
+namespace {
+
+// New CRLs from the CAs that signed `serials` (after they were revoked).
+void refresh_crls_of(engine::Stores& stores, engine::CaService& cas, const policy::Policy& policy,
+                     const engine::Clock& clock, const std::vector<std::string>& serials) {
+  std::set<std::string> names;
+  for (const auto& serial : serials) {
+    if (auto cert = stores.find_cert(serial)) names.insert(cert->ca_name);
+  }
+  const std::vector<std::string> list(names.begin(), names.end());
+  engine::refresh_crls(stores, cas, policy.crl, clock, list);
+}
+
+}  // namespace
+
+void advance_incident(engine::Stores& stores, engine::CaService& cas, const policy::Policy& policy,
+                      const engine::Clock& clock, const std::string& job_id) {
+  const auto job = job_of(stores, job_id);
+  auto r = report_of(job);
+  const std::string kind = r->getValue<std::string>("scopeKind");
+  const std::string scope = r->getValue<std::string>("scope");
+  const std::string reason = r->getValue<std::string>("reason");
+  const std::string group = r->optValue<std::string>("group", "");
+  const std::string slot = r->optValue<std::string>("slot", "");
+  std::string phase = r->optValue<std::string>("phase", "open");
+  engine::EnrollmentService enrollments(stores, policy, clock);
+
+  if (phase == "open") {
+    // 1. Cut off: the incident opens (the broker re-checks every live session: those under the
+    //    scope come back pinned, rotation only), the CA is revoked and leaves its slot.
+    auto incident = open_incident_for(stores, kind, scope);
+    std::int64_t id = incident ? incident->id : 0;
+    if (!incident) {
+      engine::Incident i;
+      i.scope_kind = kind;
+      i.scope = scope;
+      i.reason = reason;
+      i.compromised_at = r->getValue<std::int64_t>("compromisedAt");
+      i.opened_at = clock.now();
+      i.job_id = job_id;
+      id = stores.open_incident(i);
+    }
+    r->set("incident", id);
+    stores.set_job_report(job_id, text(*r));
+    if (kind == "ca") {
+      revoke_ca_record(stores, scope, reason, clock.now());
+      // The issuer's CRL lists the compromised CA from now on.
+      const std::string parent = cas.get(scope).parent;
+      if (!parent.empty()) {
+        engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&parent, 1));
+      }
+      if (!group.empty()) {
+        auto g = enrollments.group(group);
+        std::string& held = slot == "primary" ? g.primary_ca : g.secondary_ca;
+        if (held == scope) {
+          held.clear();
+          stores.save_group(g, "enrollment.group.incident", false);
+        }
+      }
+    } else if (reason == "keyCompromise") {
+      // The devices' own keys: their certificates of the scope are revoked at once.
+      std::vector<std::string> serials;
+      for (const auto& t : stores.job_tasks(job_id, "conflict")) {
+        if (!t.old_serial.empty()) serials.push_back(t.old_serial);
+      }
+      if (!serials.empty()) {
+        stores.revoke_certs(serials, "keyCompromise", clock.now());
+        refresh_crls_of(stores, cas, policy, clock, serials);
+      }
+    }
+    phase = "revoked";
+    set_phase(stores, job_id, r, phase);
+  }
+  if (phase == "revoked") {
+    // 2. The replacement, made in the token under the compromised CA's issuer (or the one
+    //    named), into the slot the compromised CA left.
+    if (kind == "ca") {
+      const std::string replacement = r->getValue<std::string>("replacementCa");
+      if (!stores.find_ca(replacement)) {
+        const engine::CaRecord old = cas.get(scope);
+        engine::CaSpec spec;
+        spec.name = replacement;
+        spec.issuer = old.parent;
+        // Not the old subject: the decision tells the two apart by the leaf's issuer name.
+        spec.subject = old.subject + "/OU=incident " + stamp_day(clock);
+        auto key = policy::parse_key_algorithm(r->optValue<std::string>("key", "ec-p256"));
+        spec.key = key.value_or(policy::KeyAlgorithm::kEcP256);
+        cas.create_intermediate(spec);
+      }
+      // Its first CRL before any device connects under it: the broker refuses a device whose
+      // issuer has no CRL in its CRL file.
+      if (!stores.latest_crl(replacement)) {
+        engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&replacement, 1));
+      }
+      if (!group.empty()) {
+        const auto g = enrollments.group(group);
+        const engine::Slot s =
+            slot == "primary" ? engine::Slot::kPrimary : engine::Slot::kSecondary;
+        if ((s == engine::Slot::kPrimary ? g.primary_ca : g.secondary_ca) != replacement) {
+          enrollments.set_group_slot(group, s, replacement);
+        }
+      }
+    }
+    set_phase(stores, job_id, r, "rotating");
+  }
+}
+
+void finish_incident(engine::Stores& stores, engine::CaService& cas, const policy::Policy& policy,
+                     const engine::Clock& clock, const std::string& job_id) {
+  const auto job = job_of(stores, job_id);
+  auto r = report_of(job);
+  if (r->optValue<std::string>("phase", "") == "closed") return;
+  const std::string kind = r->getValue<std::string>("scopeKind");
+  const std::string scope = r->getValue<std::string>("scope");
+  const std::int64_t id = r->optValue<std::int64_t>("incident", 0);
+  const auto incident = stores.find_incident(id);
+  const std::int64_t opened = incident ? incident->opened_at : job.created_at;
+  // Everything of the scope recorded before the incident that is still valid: revoked. The
+  // certificates the job issued came later, so they stay.
+  const auto serials = stores.issued_serials_in_scope(kind, scope, opened);
+  const std::string reason = r->getValue<std::string>("reason");
+  const std::int64_t revoked =
+      serials.empty()
+          ? 0
+          : stores.revoke_certs(serials, kind == "ca" ? "cACompromise" : reason, clock.now());
+  // Every revocation is followed by a new CRL from the CAs that signed what was revoked.
+  if (revoked > 0) refresh_crls_of(stores, cas, policy, clock, serials);
+  if (id != 0) stores.close_incident(id, clock.now());
+  r->set("revokedAtClose", revoked);
+  set_phase(stores, job_id, r, "closed");
+}
+
+void revoke_ca_record(engine::Stores& stores, const std::string& ca, const std::string& reason,
+                      std::int64_t at) {
+  const auto incident = open_incident_for(stores, "ca", ca);
+  if (!incident) {
+    throw Error(ErrorCode::kNotFound, "no incident is open for CA '" + ca + "' to revoke it");
+  }
+  // The CA's own record (its issuer's CRL lists it from now on), then the incident's mark; both
+  // are idempotent, so a run killed between them completes both when it runs again.
+  stores.revoke_ca(ca, reason, at);
+  stores.mark_incident_ca_revoked(incident->id, at);
+}
+
+}  // namespace fleetsign::jobs
