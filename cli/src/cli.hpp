@@ -106,6 +106,7 @@ void add_rollover_commands(std::vector<Command>& commands);  // rollover …, jo
 broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
 std::filesystem::path broker_binary(const Args& args);
 void add_serve_commands(std::vector<Command>& commands);  // serve
+void add_revoke_commands(std::vector<Command>& commands);  // revoke, blocklist …
 // The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
 std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 

@@ -34,6 +34,7 @@ std::vector<Command> all_commands() {
   fleetsign::cli::add_method_commands(commands);
   fleetsign::cli::add_rollover_commands(commands);
   fleetsign::cli::add_serve_commands(commands);
+  fleetsign::cli::add_revoke_commands(commands);
   fleetsign::cli::add_misc_commands(commands);
   return commands;
 }

@@ -191,6 +191,22 @@ CREATE INDEX job_tasks_state ON job_tasks (job_id, state, seq);
 ALTER TABLE certificates ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE certificates ADD COLUMN revocation_reason TEXT NOT NULL DEFAULT '';
 )sql",
+    // 8 (issue 10's revocation runs): each certificate's public key hash (SPKI SHA-256), written
+    // with the certificate and computed here for the ones recorded before (fleetsign_key_sha256
+    // is a function the registry registers on its connection); the compromised-key blocklist;
+    // and when a CA was revoked (the same two columns as the CRL branch's: keep one at merge).
+    R"sql(
+ALTER TABLE certificates ADD COLUMN key_sha256 TEXT NOT NULL DEFAULT '';
+UPDATE certificates SET key_sha256 = fleetsign_key_sha256(der)
+  WHERE state IN ('issued', 'revoked') AND der IS NOT NULL;
+CREATE TABLE blocked_keys (
+  key_sha256 TEXT PRIMARY KEY,
+  reason TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
+  added_at BIGINT NOT NULL
+);
+ALTER TABLE cas ADD COLUMN revoked_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE cas ADD COLUMN revocation_reason TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 }  // namespace fleetsign::engine

@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
   int schema_version();
 
   // CaStore
@@ -126,6 +126,16 @@ class Registry final : public Stores {
   std::vector<DeviceSession> connected_devices() override;
   std::int64_t change_mark() override;
   std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override;
+
+  // RevocationStore (registry_revocation.cpp; schema v8)
+  std::vector<RevocableCert> select_certs(const CertQuery& query) override;
+  std::int64_t apply_revocation(const RevocationChunk& chunk) override;
+  bool revoke_ca(const std::string& name, const std::string& reason, std::int64_t at) override;
+  std::vector<std::string> revoked_ca_names() override;
+  std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) override;
+  void remove_blocked_key(const std::string& key_sha256) override;
+  std::vector<BlockedKey> list_blocked_keys() override;
+  std::vector<std::string> blocked_key_hashes() override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 
