@@ -108,7 +108,7 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
-  EXPECT_EQ(Registry::kSchemaVersion, 7);
+  EXPECT_EQ(Registry::kSchemaVersion, 8);
 
   auto raw = raw_session(dir.db());
   std::string mode;

@@ -65,7 +65,9 @@ class Revoke : public ::testing::Test {
     bin.ok("init");
     bin.ok("ca create-root --name root --subject /CN=Root");
     bin.ok("ca create-intermediate --name factory-1 --issuer root --days 3650 --subject /CN=F1");
-    bin.ok("ca create-intermediate --name factory-2 --issuer root --days 3650 --subject /CN=F2");
+    bin.ok(
+        "ca create-intermediate --name factory-2 --issuer root --days 3650 --path-len 1 "
+        "--subject /CN=F2");
     bin.ok("ca create-intermediate --name line-2b --issuer factory-2 --days 3000 --subject /CN=L2B");
     bin.ok("ca verification-cert --ca root --code POP --out " + pop);
     bin.ok("ca verify root --code POP --cert " + pop);
@@ -129,7 +131,9 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
   auto reg = registry();
   const auto dv = reg->certs_of_device("dv-01");
   ASSERT_EQ(dv.size(), 1u);
-  const std::string key = reg->select_certs({.device_id = "dv-02"}).at(0).key_sha256;
+  engine::CertQuery by_device;
+  by_device.device_id = "dv-02";
+  const std::string key = reg->select_certs(by_device).at(0).key_sha256;
   ASSERT_EQ(key.size(), 64u);
   reg.reset();
 
