@@ -20,9 +20,8 @@ namespace {
 using Poco::JSON::Array;
 using Poco::JSON::Object;
 
-constexpr const char* kSelectors[] = {"serial", "device",   "ca",           "lot",
-                                      "batch",  "site",     "line",         "issued-between",
-                                      "key-sha256"};
+constexpr const char* kSelectors[] = {
+    "serial", "device", "ca", "lot", "batch", "site", "line", "issued-between", "key-sha256"};
 constexpr std::size_t kBlocklistFileLimit = 64 * 1024 * 1024;  // ~800k hashes
 
 jobs::RevocationSelector selector_of(Context& ctx) {
@@ -109,17 +108,18 @@ std::string names(const std::vector<std::string>& v) {
 }
 
 void print_plan(const jobs::RevocationPlan& p, bool dry_run) {
-  std::printf("%s %s, reason %s\n", dry_run ? "Dry run (nothing changed):" : "Revocation:",
-              p.selector.describe().c_str(), p.reason.c_str());
+  std::printf("%s %s, reason %s\n",
+              dry_run ? "Dry run (nothing changed):" : "Revocation:", p.selector.describe().c_str(),
+              p.reason.c_str());
   Table t({"", ""});
-  t.add({"certificates", std::to_string(p.to_revoke.size()) + " (already revoked: " +
-                             std::to_string(p.already_revoked) + ")"});
+  t.add({"certificates", std::to_string(p.to_revoke.size()) +
+                             " (already revoked: " + std::to_string(p.already_revoked) + ")"});
   t.add({"devices", std::to_string(p.devices.size())});
   t.add({"  by group", counts(p.devices_by_group)});
   t.add({"  by lot", counts(p.devices_by_lot)});
   t.add({"  by site", counts(p.devices_by_site)});
-  t.add({"connected now", std::to_string(p.connected_affected) + " (dropped: " +
-                              std::to_string(p.connected_dropped.size()) + ")"});
+  t.add({"connected now", std::to_string(p.connected_affected) +
+                              " (dropped: " + std::to_string(p.connected_dropped.size()) + ")"});
   t.add({"CAs revoked", names(p.cas_revoked)});
   t.add({"CAs affected", names(p.cas_affected)});
   for (const auto& g : p.group_changes) {
@@ -144,8 +144,9 @@ void confirm(Context& ctx, const jobs::RevocationPlan& p) {
     throw Error(ErrorCode::kUsage, "refusing to revoke the certificates of " + n +
                                        " devices without --yes (run with --dry-run to see them)");
   }
-  std::fprintf(stderr, "Revoke %zu certificate(s) of %s devices? Type %s or 'revoke': ",
-               p.to_revoke.size(), n.c_str(), n.c_str());
+  std::fprintf(stderr,
+               "Revoke %zu certificate(s) of %s devices? Type %s or 'revoke': ", p.to_revoke.size(),
+               n.c_str(), n.c_str());
   std::string answer;
   if (!std::getline(std::cin, answer) || (answer != n && answer != "revoke")) {
     throw Error(ErrorCode::kUsage, "not confirmed: nothing was revoked");
@@ -156,7 +157,8 @@ int run_revoke(Context& ctx) {
   const auto selector = selector_of(ctx);
   const std::string reason = jobs::check_reason(ctx.args().get("reason").value_or(""), selector);
   const bool dry_run = ctx.args().has("dry-run");
-  if (dry_run && ctx.args().has("yes")) throw Error(ErrorCode::kUsage, "--dry-run or --yes, not both");
+  if (dry_run && ctx.args().has("yes"))
+    throw Error(ErrorCode::kUsage, "--dry-run or --yes, not both");
   engine::Stores& stores = ctx.registry();
   const auto plan = jobs::plan_revocation(stores, ctx.clock(), selector, reason);
   if (!dry_run) confirm(ctx, plan);
@@ -164,8 +166,9 @@ int run_revoke(Context& ctx) {
   if (!dry_run) {
     const bool show = !ctx.json() && isatty(STDERR_FILENO) != 0;
     outcome = jobs::execute_revocation(stores, plan, [&](std::int64_t done, std::int64_t total) {
-      if (show) std::fprintf(stderr, "\rrevoking: %lld/%lld", static_cast<long long>(done),
-                             static_cast<long long>(total));
+      if (show)
+        std::fprintf(stderr, "\rrevoking: %lld/%lld", static_cast<long long>(done),
+                     static_cast<long long>(total));
     });
     if (show && !plan.to_revoke.empty()) std::fprintf(stderr, "\n");
   }
@@ -186,13 +189,13 @@ int run_revoke(Context& ctx) {
   } else {
     print_plan(plan, dry_run);
     if (!dry_run) {
-      std::printf("revoked %lld certificate(s); %lld enrollment(s) disabled, %lld key(s) blocked, "
-                  "%lld CA(s) revoked, %lld group(s) changed\n",
-                  static_cast<long long>(outcome.certificates_revoked),
-                  static_cast<long long>(outcome.enrollments_disabled),
-                  static_cast<long long>(outcome.keys_blocked),
-                  static_cast<long long>(outcome.cas_revoked),
-                  static_cast<long long>(outcome.groups_changed));
+      std::printf(
+          "revoked %lld certificate(s); %lld enrollment(s) disabled, %lld key(s) blocked, "
+          "%lld CA(s) revoked, %lld group(s) changed\n",
+          static_cast<long long>(outcome.certificates_revoked),
+          static_cast<long long>(outcome.enrollments_disabled),
+          static_cast<long long>(outcome.keys_blocked), static_cast<long long>(outcome.cas_revoked),
+          static_cast<long long>(outcome.groups_changed));
     }
   }
   return 0;
@@ -287,7 +290,8 @@ void add_revoke_commands(std::vector<Command>& commands) {
        [](Poco::Util::OptionSet& s) {
          add_option(s, "serial", "S", "one certificate (hex serial)");
          add_option(s, "device", "ID", "every certificate of a device");
-         add_option(s, "ca", "NAME", "everything under a CA: the CA, its child CAs, their certificates");
+         add_option(s, "ca", "NAME",
+                    "everything under a CA: the CA, its child CAs, their certificates");
          add_option(s, "lot", "L", "the certificates of a manufacturing lot");
          add_option(s, "batch", "B", "the certificates of an issuance batch (or job)");
          add_option(s, "site", "S", "the certificates of a site");

@@ -170,7 +170,8 @@ RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& cloc
   std::vector<std::string> ca_names;
   if (selector.kind == "ca") {
     if (!stores.find_ca(selector.value)) {
-      throw Error(ErrorCode::kNotFound, "--ca '" + selector.value + "': no such CA in the registry");
+      throw Error(ErrorCode::kNotFound,
+                  "--ca '" + selector.value + "': no such CA in the registry");
     }
     ca_names = ca_subtree(cas, selector.value);
     const auto already = stores.revoked_ca_names();
@@ -259,7 +260,8 @@ RevocationOutcome execute_revocation(
   // 2. Keys named by the operator that no certificate carried (key-sha256 with no match).
   std::vector<engine::BlockedKey> keys;
   for (const auto& k : plan.keys_to_block) {
-    keys.push_back(engine::BlockedKey{k, plan.reason, "revoke " + plan.selector.describe(), plan.at});
+    keys.push_back(
+        engine::BlockedKey{k, plan.reason, "revoke " + plan.selector.describe(), plan.at});
   }
   if (block && !keys.empty()) stores.add_blocked_keys(keys);  // those blocked by chunks are kept
   out.keys_blocked = static_cast<std::int64_t>(plan.keys_to_block.size());
@@ -274,8 +276,8 @@ RevocationOutcome execute_revocation(
       (slot == std::string("primary") ? g->primary_ca : g->secondary_ca).clear();
     }
     if (change.disable) g->enabled = false;
-    stores.save_group(*g, change.disable ? "enrollment.group.disable" : "enrollment.group.clear-slot",
-                      false);
+    stores.save_group(
+        *g, change.disable ? "enrollment.group.disable" : "enrollment.group.clear-slot", false);
     ++out.groups_changed;
   }
   // 4. One audit row for the run: what was asked and what it did.

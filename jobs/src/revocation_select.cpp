@@ -30,20 +30,20 @@ std::string normalize_hex(const std::string& option, std::string_view text, std:
     out += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   }
   if (out.size() < min || out.size() > max) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "--" + option + " '" + std::string(text) + "': expected " +
-                    (min == max ? std::to_string(min) : std::to_string(min) + ".." +
-                                                             std::to_string(max)) +
-                    " hex digits, got " + std::to_string(out.size()));
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "--" + option + " '" + std::string(text) + "': expected " +
+            (min == max ? std::to_string(min) : std::to_string(min) + ".." + std::to_string(max)) +
+            " hex digits, got " + std::to_string(out.size()));
   }
   return out;
 }
 
 std::string check_name(const std::string& option, const std::string& value) {
   if (value.empty() || value.size() > kMaxName) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "--" + option + ": expected 1.." + std::to_string(kMaxName) + " characters, got " +
-                    std::to_string(value.size()));
+    throw Error(ErrorCode::kInvalidArgument, "--" + option + ": expected 1.." +
+                                                 std::to_string(kMaxName) + " characters, got " +
+                                                 std::to_string(value.size()));
   }
   for (const char c : value) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F) {
@@ -117,8 +117,7 @@ RevocationSelector parse_selector(const policy::Policy& policy, const std::strin
                   "--device '" + values[0] + "': " + id.error().message);
     }
     sel.value = id.value().str();
-  } else if (kind == "ca" || kind == "lot" || kind == "batch" || kind == "site" ||
-             kind == "line") {
+  } else if (kind == "ca" || kind == "lot" || kind == "batch" || kind == "site" || kind == "line") {
     sel.value = check_name(kind, values[0]);
   } else if (kind == "issued-between") {
     sel.from = parse_time(values[0], "--issued-between T1");

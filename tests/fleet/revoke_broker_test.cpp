@@ -89,7 +89,8 @@ TEST_F(RevokeLive, ALotOfAThousandConnectedDevicesIsDroppedWithinOneSecondAndSta
   }
   const double dropped_s = std::chrono::duration<double>(Clock::now() - returned).count();
   EXPECT_EQ(left, 0);
-  EXPECT_LT(dropped_s, 1.0) << "last lot-A session dropped " << dropped_s << " s after revoke returned";
+  EXPECT_LT(dropped_s, 1.0) << "last lot-A session dropped " << dropped_s
+                            << " s after revoke returned";
   RecordProperty("last_session_dropped_s", std::to_string(dropped_s));
   std::printf("last lot-A session dropped %.3f s after `revoke` returned\n", dropped_s);
 

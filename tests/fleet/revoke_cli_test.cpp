@@ -49,7 +49,8 @@ int count_lines_with(const std::string& text, const std::string& what) {
 std::string spki_sha256(EVP_PKEY* key) {
   unsigned char* der = nullptr;
   const int n = i2d_PUBKEY(key, &der);
-  const std::string out = engine::thumbprint_sha256(engine::ByteView(der, static_cast<std::size_t>(n)));
+  const std::string out =
+      engine::thumbprint_sha256(engine::ByteView(der, static_cast<std::size_t>(n)));
   OPENSSL_free(der);
   return out;
 }
@@ -68,7 +69,8 @@ class Revoke : public ::testing::Test {
     bin.ok(
         "ca create-intermediate --name factory-2 --issuer root --days 3650 --path-len 1 "
         "--subject /CN=F2");
-    bin.ok("ca create-intermediate --name line-2b --issuer factory-2 --days 3000 --subject /CN=L2B");
+    bin.ok(
+        "ca create-intermediate --name line-2b --issuer factory-2 --days 3000 --subject /CN=L2B");
     bin.ok("ca verification-cert --ca root --code POP --out " + pop);
     bin.ok("ca verify root --code POP --cert " + pop);
     bin.ok("enrollment group create fleet --ca factory-1");
@@ -98,15 +100,18 @@ class Revoke : public ::testing::Test {
     const auto p1 = dry->getObject("plan"), p2 = real->getObject("plan");
     for (const char* k : {"certificates", "devices", "connected_dropped", "enrollments_disabled",
                           "keys_blocked", "already_revoked"}) {
-      EXPECT_EQ(p1->getValue<std::int64_t>(k), p2->getValue<std::int64_t>(k)) << selector << " " << k;
+      EXPECT_EQ(p1->getValue<std::int64_t>(k), p2->getValue<std::int64_t>(k))
+          << selector << " " << k;
     }
     EXPECT_EQ(p1->getArray("cas_revoked")->size(), p2->getArray("cas_revoked")->size());
     EXPECT_EQ(p1->getArray("group_changes")->size(), p2->getArray("group_changes")->size());
     const auto o = real->getObject("outcome");
-    EXPECT_EQ(o->getValue<std::int64_t>("certificates_revoked"), p1->getValue<std::int64_t>("certificates"));
+    EXPECT_EQ(o->getValue<std::int64_t>("certificates_revoked"),
+              p1->getValue<std::int64_t>("certificates"));
     EXPECT_EQ(o->getValue<std::int64_t>("enrollments_disabled"),
               p1->getValue<std::int64_t>("enrollments_disabled"));
-    EXPECT_EQ(o->getValue<std::int64_t>("keys_blocked"), p1->getValue<std::int64_t>("keys_blocked"));
+    EXPECT_EQ(o->getValue<std::int64_t>("keys_blocked"),
+              p1->getValue<std::int64_t>("keys_blocked"));
     EXPECT_EQ(revoked() - before, p1->getValue<std::int64_t>("certificates")) << selector;
     // Idempotent: the same revocation again revokes nothing.
     const auto again = json(bin.ok("revoke " + selector + " --yes --json").out);
@@ -259,7 +264,8 @@ TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
     std::ofstream f(list);
     f << "# known bad\n" << spki_sha256(known.get()) << "\n";
   }
-  const auto added = json(bin.ok("blocklist add --from-file " + quoted(list.string()) + " --json").out);
+  const auto added =
+      json(bin.ok("blocklist add --from-file " + quoted(list.string()) + " --json").out);
   EXPECT_EQ(added->getValue<std::int64_t>("added"), 1);
   const auto listed = bin.ok("blocklist list").out;
   EXPECT_NE(listed.find(spki_sha256(stolen.get())), std::string::npos) << listed;

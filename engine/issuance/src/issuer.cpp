@@ -178,8 +178,8 @@ Result<PreparedCert> Issuer::prepare(const DeviceId& checked_id, ByteView spki) 
   // Cheap (one SHA-256 over ~91 bytes); the blocklist's set is only consulted when not empty.
   p.m_key_sha256 = thumbprint_sha256(spki);
   if (m.blocklist && m.blocklist->contains(p.m_key_sha256)) {
-    return fail(ErrorCode::kKeyBlocked, "device '" + device_id + "': its public key (SPKI SHA-256 " +
-                                            p.m_key_sha256 +
+    return fail(ErrorCode::kKeyBlocked, "device '" + device_id +
+                                            "': its public key (SPKI SHA-256 " + p.m_key_sha256 +
                                             ") is on the compromised-key blocklist");
   }
   p.m_device_id = device_id;

@@ -43,15 +43,16 @@ using registry_detail::translate;
 void key_sha256_function(sqlite3_context* ctx, int, sqlite3_value** argv) {
   const auto* blob = static_cast<const std::uint8_t*>(sqlite3_value_blob(argv[0]));
   const int size = sqlite3_value_bytes(argv[0]);
-  const std::string hash =
-      blob == nullptr ? std::string() : key_sha256_of_cert(ByteView(blob, static_cast<std::size_t>(size)));
+  const std::string hash = blob == nullptr
+                               ? std::string()
+                               : key_sha256_of_cert(ByteView(blob, static_cast<std::size_t>(size)));
   sqlite3_result_text(ctx, hash.data(), static_cast<int>(hash.size()), SQLITE_TRANSIENT);
 }
 
 void register_functions(sqlite3* db) {
-  if (sqlite3_create_function_v2(db, "fleetsign_key_sha256", 1,
-                                 SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr, key_sha256_function,
-                                 nullptr, nullptr, nullptr) != SQLITE_OK) {
+  if (sqlite3_create_function_v2(db, "fleetsign_key_sha256", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                 nullptr, key_sha256_function, nullptr, nullptr,
+                                 nullptr) != SQLITE_OK) {
     throw Error(ErrorCode::kRegistryError,
                 std::string("registering fleetsign_key_sha256: ") + sqlite3_errmsg(db));
   }

@@ -22,8 +22,9 @@ void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
 
 std::string column_text(sqlite3_stmt* st, int column) {
   const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, column));
-  return text == nullptr ? std::string()
-                         : std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(st, column)));
+  return text == nullptr
+             ? std::string()
+             : std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(st, column)));
 }
 
 // A statement finalized on scope exit; steps throw Error naming `what`.
@@ -31,8 +32,8 @@ class Stmt {
  public:
   Stmt(sqlite3* db, const std::string& sql, const std::string& what) : m_db(db), m_what(what) {
     if (sqlite3_prepare_v2(db, sql.c_str(), -1, &m_st, nullptr) != SQLITE_OK) {
-      throw Error(ErrorCode::kRegistryError, what + ": preparing '" + sql + "': " +
-                                                 sqlite3_errmsg(db));
+      throw Error(ErrorCode::kRegistryError,
+                  what + ": preparing '" + sql + "': " + sqlite3_errmsg(db));
     }
   }
   Stmt(const Stmt&) = delete;  // owns a sqlite3_stmt
@@ -77,9 +78,11 @@ const char* const kRevocableColumns =
 
 // The certificates' own rows: revoked, their slots freed. Returns (serial, key_sha256) of each
 // that became revoked now. Inside the caller's transaction.
-std::vector<std::pair<std::string, std::string>> revoke_rows(
-    Registry::Impl& impl, std::span<const std::string> serials, const std::string& reason,
-    std::int64_t at, const std::string& what) {
+std::vector<std::pair<std::string, std::string>> revoke_rows(Registry::Impl& impl,
+                                                             std::span<const std::string> serials,
+                                                             const std::string& reason,
+                                                             std::int64_t at,
+                                                             const std::string& what) {
   sqlite3* db = impl.db();
   Stmt find(db,
             "SELECT state, device_id, COALESCE(sha256, ''), key_sha256 FROM certificates "
@@ -213,12 +216,12 @@ std::int64_t Registry::apply_revocation(const RevocationChunk& chunk) {
     }
     const std::int64_t disabled = disable_individuals(*m_impl, chunk.disable, chunk.at, what);
     if (!revoked.empty()) {
-      registry_detail::audit_row(
-          *m_impl, "cert.revoke", serials.size() == 1 ? serials[0] : std::string("certificates"),
-          json_object({{"count", static_cast<std::int64_t>(revoked.size())},
-                       {"reason", chunk.reason},
-                       {"first", revoked.front().first},
-                       {"keys_blocked", blocked}}));
+      registry_detail::audit_row(*m_impl, "cert.revoke",
+                                 serials.size() == 1 ? serials[0] : std::string("certificates"),
+                                 json_object({{"count", static_cast<std::int64_t>(revoked.size())},
+                                              {"reason", chunk.reason},
+                                              {"first", revoked.front().first},
+                                              {"keys_blocked", blocked}}));
     }
     if (disabled > 0) {
       registry_detail::audit_row(*m_impl, "enrollment.individual.disable", "revocation",
@@ -312,8 +315,8 @@ bool Registry::revoke_ca(const std::string& name, const std::string& reason, std
 std::vector<std::string> Registry::revoked_ca_names() {
   return m_impl->guarded("listing revoked CAs", [&] {
     std::vector<std::string> names;
-    m_impl->m_session << "SELECT name FROM cas WHERE revoked_at > 0 ORDER BY name",
-        kw::into(names), kw::now;
+    m_impl->m_session << "SELECT name FROM cas WHERE revoked_at > 0 ORDER BY name", kw::into(names),
+        kw::now;
     return names;
   });
 }
@@ -324,10 +327,9 @@ std::int64_t Registry::add_blocked_keys(std::span<const BlockedKey> keys) {
     std::int64_t added = 0;
     block_keys(*m_impl, keys, what, added);
     if (added > 0) {
-      registry_detail::audit_row(*m_impl, "blocklist.add",
-                                 keys.size() == 1 ? keys[0].key_sha256 : std::string("keys"),
-                                 json_object({{"count", added},
-                                              {"source", keys.empty() ? "" : keys[0].source}}));
+      registry_detail::audit_row(
+          *m_impl, "blocklist.add", keys.size() == 1 ? keys[0].key_sha256 : std::string("keys"),
+          json_object({{"count", added}, {"source", keys.empty() ? "" : keys[0].source}}));
     }
     return added;
   });

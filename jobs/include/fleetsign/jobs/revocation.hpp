@@ -46,9 +46,8 @@ RevocationSelector parse_selector(const policy::Policy& policy, const std::strin
 std::int64_t parse_time(std::string_view text, std::string_view what);
 
 // The RFC 5280 reasons a revocation takes (unspecified is not one: say why).
-inline constexpr std::string_view kReasons[] = {"keyCompromise", "cACompromise",
-                                                "affiliationChanged", "superseded",
-                                                "cessationOfOperation"};
+inline constexpr std::string_view kReasons[] = {
+    "keyCompromise", "cACompromise", "affiliationChanged", "superseded", "cessationOfOperation"};
 // `reason` when it is one of kReasons (kInvalidArgument otherwise); when empty: keyCompromise for
 // a key-sha256 selector, else kUsage ("--reason is required").
 std::string check_reason(const std::string& reason, const RevocationSelector& selector);
@@ -62,7 +61,7 @@ struct GroupChange {
 struct RevocationPlan {
   RevocationSelector selector;
   std::string reason;
-  std::int64_t at = 0;  // the revocation time recorded
+  std::int64_t at = 0;                           // the revocation time recorded
   std::vector<engine::RevocableCert> to_revoke;  // issued now, by device then serial
   std::int64_t already_revoked = 0;              // matched, revoked before: left alone
   std::vector<std::string> devices;              // devices of to_revoke, sorted
@@ -77,9 +76,9 @@ struct RevocationPlan {
   // disabled one is created with the revoked certificate, when a group or enrollment admits them).
   std::vector<engine::IndividualEnrollment> disable_enrollments;
   std::vector<std::string> keys_to_block;  // keyCompromise: SPKI SHA-256s not yet blocked
-  // The replacement plan. reprovision: own key compromised (keyCompromise), factory re-provisioning.
-  // rotate_now: still holds a working certificate, the rotation protocol reaches it.
-  // rotate_incident: no working certificate left, an incident run (registry pinning) brings it
+  // The replacement plan. reprovision: own key compromised (keyCompromise), factory
+  // re-provisioning. rotate_now: still holds a working certificate, the rotation protocol reaches
+  // it. rotate_incident: no working certificate left, an incident run (registry pinning) brings it
   // back. retire: cessationOfOperation, nothing to replace.
   std::vector<std::string> reprovision, rotate_now, rotate_incident, retire;
 };
@@ -110,6 +109,7 @@ bool revoke_ca_record(engine::Stores& stores, const std::string& ca_name, const 
 // Called after a revocation changed something, with the CAs whose CRLs list new entries (the
 // issuers of the revoked certificates and the parents of revoked CAs). TODO(merge): wire to the
 // CRL branch's refresh_crls; a no-op until then.
-void refresh_crls_after_revocation(engine::Stores& stores, const std::vector<std::string>& ca_names);
+void refresh_crls_after_revocation(engine::Stores& stores,
+                                   const std::vector<std::string>& ca_names);
 
 }  // namespace fleetsign::jobs

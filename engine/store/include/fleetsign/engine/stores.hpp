@@ -441,7 +441,7 @@ class FleetStateStore {
 struct CertQuery {
   // Every non-empty field must match; a query with no field set is refused (kInvalidArgument).
   std::string serial, device_id, batch_id, lot, site, line, key_sha256;
-  std::vector<std::string> ca_names;  // the issuing CA is one of these
+  std::vector<std::string> ca_names;            // the issuing CA is one of these
   std::int64_t issued_from = 0, issued_to = 0;  // created_at in [from, to) when to > 0
 };
 
@@ -490,7 +490,7 @@ class RevocationStore {
   // one audit row "blocklist.add". remove: kNotFound when absent; audit "blocklist.remove".
   virtual std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) = 0;
   virtual void remove_blocked_key(const std::string& key_sha256) = 0;
-  virtual std::vector<BlockedKey> list_blocked_keys() = 0;  // by added_at
+  virtual std::vector<BlockedKey> list_blocked_keys() = 0;    // by added_at
   virtual std::vector<std::string> blocked_key_hashes() = 0;  // what issuance loads per batch
 };
 
