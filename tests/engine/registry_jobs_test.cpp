@@ -511,6 +511,11 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     raw << "DROP TABLE jobs", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revocation_reason", kw::now;
+    // …and none of v8's (key hashes, the blocklist, CA revocation).
+    raw << "ALTER TABLE certificates DROP COLUMN key_sha256", kw::now;
+    raw << "DROP TABLE blocked_keys", kw::now;
+    raw << "ALTER TABLE cas DROP COLUMN revoked_at", kw::now;
+    raw << "ALTER TABLE cas DROP COLUMN revocation_reason", kw::now;
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());

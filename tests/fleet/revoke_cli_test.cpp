@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -166,6 +167,38 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
   // keyCompromise blocked the keys of dv-03 and dv-02.
   const auto keys = json(bin.ok("blocklist list --json").out)->getArray("keys");
   EXPECT_EQ(keys->size(), 2u);
+}
+
+TEST_F(Revoke, TheVersionEightMigrationComputesTheKeyHashOfCertificatesRecordedBefore) {
+  issue("factory-1", "m", 3, "--lot LM");
+  std::map<std::string, std::string> before;
+  for (const auto& c : registry()->select_certs([] {
+         engine::CertQuery q;
+         q.lot = "LM";
+         return q;
+       }())) {
+    before[c.serial] = c.key_sha256;
+  }
+  ASSERT_EQ(before.size(), 3u);
+  // Back to what v7 wrote: no key hashes, no blocklist, no CA revocation columns.
+  const auto db = home / "registry.db";
+  testing::tamper(db, "ALTER TABLE certificates DROP COLUMN key_sha256");
+  testing::tamper(db, "DROP TABLE blocked_keys");
+  testing::tamper(db, "ALTER TABLE cas DROP COLUMN revoked_at");
+  testing::tamper(db, "ALTER TABLE cas DROP COLUMN revocation_reason");
+  testing::tamper(db, "UPDATE schema_version SET version = 7");
+  const auto plan = json(bin.ok("revoke --lot LM --reason keyCompromise --dry-run --json").out);
+  EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 3);
+  auto reg = registry();
+  EXPECT_EQ(reg->schema_version(), engine::Registry::kSchemaVersion);
+  for (const auto& [serial, key] : before) {
+    engine::CertQuery q;
+    q.serial = serial;
+    const auto after = reg->select_certs(q);
+    ASSERT_EQ(after.size(), 1u);
+    EXPECT_EQ(after[0].key_sha256, key) << serial;
+    EXPECT_EQ(key, engine::key_sha256_of_cert(reg->find_cert(serial)->der));
+  }
 }
 
 TEST_F(Revoke, MoreThanOneDeviceNeedsYesAndBadSelectorsAreRefusedNamingTheValue) {

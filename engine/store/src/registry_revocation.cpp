@@ -1,4 +1,7 @@
 // Registry: revocation runs (schema v8). See stores.hpp (RevocationStore) for the contract.
+// revoke_certs (CertificateStore) takes the same path: for "keyCompromise" it also blocks the
+// certificates' keys, and its audit detail then adds "keys_blocked" (TODO(merge): say so in
+// stores.hpp's comment of revoke_certs).
 //
 // Why sqlite3 statements here and not Poco's: a revocation run writes several rows per
 // certificate (the certificate, two device slots, two individual-enrollment slots) for up to a
@@ -197,6 +200,7 @@ std::int64_t Registry::revoke_certs(std::span<const std::string> serials, const 
   chunk.serials.assign(serials.begin(), serials.end());
   chunk.reason = reason;
   chunk.at = at;
+  chunk.block_keys = reason == "keyCompromise";  // §3: a compromised key is never signed again
   return apply_revocation(chunk);
 }
 
@@ -216,12 +220,17 @@ std::int64_t Registry::apply_revocation(const RevocationChunk& chunk) {
     }
     const std::int64_t disabled = disable_individuals(*m_impl, chunk.disable, chunk.at, what);
     if (!revoked.empty()) {
-      registry_detail::audit_row(*m_impl, "cert.revoke",
-                                 serials.size() == 1 ? serials[0] : std::string("certificates"),
-                                 json_object({{"count", static_cast<std::int64_t>(revoked.size())},
-                                              {"reason", chunk.reason},
-                                              {"first", revoked.front().first},
-                                              {"keys_blocked", blocked}}));
+      const std::string subject = serials.size() == 1 ? serials[0] : std::string("certificates");
+      const auto count = static_cast<std::int64_t>(revoked.size());
+      // keys_blocked only when some were: the detail of a plain revocation stays as it was.
+      registry_detail::audit_row(*m_impl, "cert.revoke", subject,
+                                 blocked == 0 ? json_object({{"count", count},
+                                                             {"reason", chunk.reason},
+                                                             {"first", revoked.front().first}})
+                                              : json_object({{"count", count},
+                                                             {"reason", chunk.reason},
+                                                             {"first", revoked.front().first},
+                                                             {"keys_blocked", blocked}}));
     }
     if (disabled > 0) {
       registry_detail::audit_row(*m_impl, "enrollment.individual.disable", "revocation",
