@@ -112,6 +112,7 @@ void add_crl_commands(std::vector<Command>& commands);    // crl show|export|sig
 // CRL file re-installed (checked first) and mosquitto reloaded when it runs. Returns a line for
 // the operator about the CRLs and the broker.
 std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>& ca_names);
+void add_revoke_commands(std::vector<Command>& commands);  // revoke, blocklist …
 // The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
 std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 

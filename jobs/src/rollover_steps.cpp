@@ -31,8 +31,10 @@ const engine::Issuer& Runner::issuer_for(const Live& t) {
   if (it != m_issuers.end()) return *it->second;
   const engine::CaRecord ca = m_cas.get(t.ca_name);
   const hsm::SigningKey& signing_key = m_cas.load_key(ca);
+  // The compromised-key blocklist as it is when this runner first signs for the CA.
   auto issuer = std::make_unique<engine::Issuer>(
-      ca, signing_key, m_policy, policy::device_days_for(m_policy, t.group), m_clock, m_random);
+      ca, signing_key, m_policy, policy::device_days_for(m_policy, t.group), m_clock, m_random,
+      engine::KeyBlocklist::load(m_stores));
   return *m_issuers.emplace(key, std::move(issuer)).first->second;
 }
 

@@ -283,6 +283,23 @@ TEST_F(IssuerTest, PolicySetsEveryExtensionAndNothingIsCopiedFromTheCsr) {
   }
 }
 
+TEST_F(IssuerTest, ABlockedKeyIsRefusedWithItsOwnCodeAndEveryCertificateCarriesItsKeyHash) {
+  const CheckedCsr bad = checked("good_p256.csr"), good = checked("good_san.csr");
+  const std::string bad_key = thumbprint_sha256(bad.spki);
+  const Issuer iss(ca, th.cas->load_key(ca), th.policy, 365, clock, th.random,
+                   std::make_shared<const KeyBlocklist>(std::vector<std::string>{bad_key}));
+  const auto refused = iss.prepare(bad);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, ErrorCode::kKeyBlocked);
+  EXPECT_NE(refused.error().message.find(bad_key), std::string::npos) << refused.error().message;
+  // Another key goes through, and its certificate names its key the way the registry records it.
+  const SignedCert sc = issue(iss, good);
+  EXPECT_EQ(sc.key_sha256, thumbprint_sha256(good.spki));
+  EXPECT_EQ(sc.key_sha256, key_sha256_of_cert(sc.der));
+  // Without a blocklist the same key is issued.
+  EXPECT_TRUE(issuer(365, th.random).prepare(bad).has_value());
+}
+
 TEST_F(IssuerTest, SignedCertificateParsesVerifiesWithTheCaAndLastsDeviceDays) {
   const Issuer iss = issuer(365, th.random);
   const CheckedCsr csr = checked("good_p256.csr");

@@ -518,6 +518,9 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revocation_reason", kw::now;
     raw << "DROP TABLE incidents", kw::now;  // v9 (issue 10's incidents)
+    // …and none of v10's (key hashes, the blocklist).
+    raw << "ALTER TABLE certificates DROP COLUMN key_sha256", kw::now;
+    raw << "DROP TABLE blocked_keys", kw::now;
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());

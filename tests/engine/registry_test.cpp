@@ -108,7 +108,7 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
-  EXPECT_EQ(Registry::kSchemaVersion, 9);  // 8: CRLs, 9: incidents (issue 10)
+  EXPECT_EQ(Registry::kSchemaVersion, 10);  // 8: CRLs, 9: incidents, 10: key hashes + blocklist
 
   auto raw = raw_session(dir.db());
   std::string mode;

@@ -302,6 +302,29 @@ class FaultStores final : public engine::Stores {
     return m_inner.issued_serials_in_scope(scope_kind, scope, before);
   }
 
+  // RevocationStore
+  std::vector<engine::RevocableCert> select_certs(const engine::CertQuery& query) override {
+    return m_inner.select_certs(query);
+  }
+  std::int64_t apply_revocation(const engine::RevocationChunk& chunk) override {
+    std::int64_t n = 0;
+    write("apply_revocation", [&] { n = m_inner.apply_revocation(chunk); });
+    return n;
+  }
+  std::vector<std::string> revoked_ca_names() override { return m_inner.revoked_ca_names(); }
+  std::int64_t add_blocked_keys(std::span<const engine::BlockedKey> keys) override {
+    std::int64_t n = 0;
+    write("add_blocked_keys", [&] { n = m_inner.add_blocked_keys(keys); });
+    return n;
+  }
+  void remove_blocked_key(const std::string& key_sha256) override {
+    write("remove_blocked_key", [&] { m_inner.remove_blocked_key(key_sha256); });
+  }
+  std::vector<engine::BlockedKey> list_blocked_keys() override {
+    return m_inner.list_blocked_keys();
+  }
+  std::vector<std::string> blocked_key_hashes() override { return m_inner.blocked_key_hashes(); }
+
  private:
   template <typename F>
   void write(const std::string& op, F&& f) {

@@ -66,6 +66,8 @@ enum class ErrorCode : int {
   kDeviceTimeout = 71,       // no answer within the response timeout (504)
   kMethodFailed = 72,        // the device or the service answered with another non-2xx status
   kServiceUnavailable = 73,  // the broker or IoT Hub cannot be reached, or broke the protocol
+  // Revocation (90–99).
+  kKeyBlocked = 90,  // a CSR's public key is on the compromised-key blocklist (per item)
 };
 
 // Stable snake_case name, e.g. "csr_signature_invalid"; and the process exit status for a
@@ -183,6 +185,8 @@ inline std::string_view error_code_name(ErrorCode code) noexcept {
       return "method_failed";
     case ErrorCode::kServiceUnavailable:
       return "service_unavailable";
+    case ErrorCode::kKeyBlocked:
+      return "key_blocked";
   }
   return "unknown";
 }

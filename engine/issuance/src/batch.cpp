@@ -253,7 +253,8 @@ void record_certificates(Run& run, Chunk& chunk) {
   for (const Item& item : chunk.items) {
     if (!item.ok() || item.committed_before) continue;
     issued.push_back(
-        IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1, item.cert->sha256});
+        IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1, item.cert->sha256,
+                   item.cert->key_sha256});
   }
   if (!issued.empty()) {
     run.registry.record_issued(issued);
@@ -541,8 +542,9 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
   // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
   const CaRecord ca = m_cas.get(o.ca_name);
   const hsm::SigningKey& key = m_cas.load_key(ca);
+  // The compromised-key blocklist, read once per batch (a run of the CLI).
   const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, o.group), m_clock,
-                      m_random);
+                      m_random, KeyBlocklist::load(m_registry));
   batch::RenderContext render = render_context(record, o, ca, m_cas.chain(ca.name), pfx_password);
   if (o.bundle && record.offsets_json == "{}") {
     std::ofstream(std::filesystem::path(o.out_dir) / "chain.pem") << render.chain_pem;

@@ -81,6 +81,7 @@ struct Issuer::Impl {
   ossl::PkeyPtr ca_public;                          // for verifying every signature the token makes
   std::unique_ptr<FixedKeyVerifier> fast_verifier;  // P-256 CAs: precomputed tables for the key
   mutable std::atomic<std::uint32_t> serial_counter{0};
+  std::shared_ptr<const KeyBlocklist> blocklist;  // null: nothing is blocked
 
   Impl(const CaRecord& ca, const hsm::SigningKey& k, const Clock& c, RandomSource& r, int days)
       : ca_name(ca.name),
@@ -91,10 +92,18 @@ struct Issuer::Impl {
         ca_not_after(ca.not_after) {}
 };
 
+std::shared_ptr<const KeyBlocklist> KeyBlocklist::load(RevocationStore& store) {
+  const auto hashes = store.blocked_key_hashes();
+  if (hashes.empty()) return nullptr;
+  return std::make_shared<const KeyBlocklist>(hashes);
+}
+
 Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Policy& policy,
-               int device_days, const Clock& clock, RandomSource& random)
+               int device_days, const Clock& clock, RandomSource& random,
+               std::shared_ptr<const KeyBlocklist> blocklist)
     : m_policy(policy), m_impl(std::make_unique<Impl>(ca, key, clock, random, device_days)) {
   Impl& m = *m_impl;
+  m.blocklist = std::move(blocklist);
   std::uint8_t start[4];
   random.fill(start);
   m.serial_counter = (std::uint32_t{start[0]} << 24) | (std::uint32_t{start[1]} << 16) |
@@ -166,6 +175,13 @@ Result<PreparedCert> Issuer::prepare(const DeviceId& checked_id, ByteView spki) 
   const Impl& m = *m_impl;
   const std::string& device_id = checked_id.str();
   PreparedCert p;
+  // Cheap (one SHA-256 over ~91 bytes); the blocklist's set is only consulted when not empty.
+  p.m_key_sha256 = thumbprint_sha256(spki);
+  if (m.blocklist && m.blocklist->contains(p.m_key_sha256)) {
+    return fail(ErrorCode::kKeyBlocked, "device '" + device_id +
+                                            "': its public key (SPKI SHA-256 " + p.m_key_sha256 +
+                                            ") is on the compromised-key blocklist");
+  }
   p.m_device_id = device_id;
   p.m_subject = m.subject_line_prefix + "/CN=" + device_id;
   p.m_not_before = m.clock.now() - kBackdateSeconds;
@@ -385,6 +401,7 @@ std::vector<Result<SignedCert>> Issuer::sign(std::vector<PreparedCert>&& prepare
     SignedCert& cert = *out[i];
     cert.device_id = p.m_device_id;
     cert.serial = p.m_serial;
+    cert.key_sha256 = p.m_key_sha256;
     cert.not_before = p.m_not_before;
     cert.not_after = p.m_not_after;
     const std::size_t bits_len = s.signature.size() + 1;

@@ -113,7 +113,7 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
   for (auto& slot : slots) {
     if (slot.signed_cert && slot.signed_cert->has_value()) {
       const SignedCert& c = slot.signed_cert->value();
-      issued.push_back(IssuedCert{c.serial, c.der, c.sha1, c.sha256});
+      issued.push_back(IssuedCert{c.serial, c.der, c.sha1, c.sha256, c.key_sha256});
     }
   }
   if (!issued.empty()) m_stores.record_issued(issued);  // before any certificate leaves

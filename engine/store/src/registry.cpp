@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "registry_impl.hpp"
 #include "registry_schema.hpp"
@@ -36,6 +37,26 @@ namespace {
 
 using registry_detail::to_bytes;
 using registry_detail::translate;
+
+// fleetsign_key_sha256(der): the SPKI SHA-256 of a certificate ('' when it does not parse), for
+// the v8 migration that fills key_sha256 of the certificates recorded before.
+void key_sha256_function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  const auto* blob = static_cast<const std::uint8_t*>(sqlite3_value_blob(argv[0]));
+  const int size = sqlite3_value_bytes(argv[0]);
+  const std::string hash = blob == nullptr
+                               ? std::string()
+                               : key_sha256_of_cert(ByteView(blob, static_cast<std::size_t>(size)));
+  sqlite3_result_text(ctx, hash.data(), static_cast<int>(hash.size()), SQLITE_TRANSIENT);
+}
+
+void register_functions(sqlite3* db) {
+  if (sqlite3_create_function_v2(db, "fleetsign_key_sha256", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                 nullptr, key_sha256_function, nullptr, nullptr,
+                                 nullptr) != SQLITE_OK) {
+    throw Error(ErrorCode::kRegistryError,
+                std::string("registering fleetsign_key_sha256: ") + sqlite3_errmsg(db));
+  }
+}
 
 // Column lists in the order the *Row buffers below extract them.
 constexpr const char* kCaColumns =
@@ -168,6 +189,7 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
     impl->exec("PRAGMA foreign_keys = ON");
     // 64 MiB of page cache: the index pages a batch touches stay in memory between chunks.
     impl->exec("PRAGMA cache_size = -65536");
+    register_functions(impl->db());
     impl->migrate(kMigrations);
     return std::unique_ptr<Registry>(new Registry(std::move(impl)));
   } catch (const Poco::Exception& e) {
@@ -236,48 +258,7 @@ std::int64_t Registry::abandon_intents(const std::string& batch_id) {
   });
 }
 
-std::int64_t Registry::revoke_certs(std::span<const std::string> serials, const std::string& reason,
-                                    std::int64_t at) {
-  const std::string what = "revoking " + std::to_string(serials.size()) + " certificate(s)" +
-                           (serials.empty() ? std::string() : " (first 0x" + serials[0] + ")");
-  return m_impl->write(what, [&] {
-    Session& db = m_impl->m_session;
-    std::int64_t revoked = 0;
-    for (const auto& serial : serials) {
-      std::string state, device, sha256;
-      Statement find = (db << "SELECT state, device_id, COALESCE(sha256, '') FROM certificates "
-                              "WHERE serial = ?",
-                        kw::into(state), kw::into(device), kw::into(sha256), kw::bind(serial));
-      if (find.execute() == 0 || (state != "issued" && state != "revoked")) {
-        throw Error(ErrorCode::kNotFound,
-                    what + ": 0x" + serial + " is not an issued certificate of this registry");
-      }
-      if (state == "revoked") continue;
-      db << "UPDATE certificates SET state = 'revoked', revoked_at = ?, revocation_reason = ? "
-            "WHERE serial = ?",
-          kw::bind(at), kw::bind(reason), kw::bind(serial), kw::now;
-      for (const char* slot : {"primary", "secondary"}) {
-        const std::string col = slot;
-        db << "UPDATE devices SET " + col + "_serial = '', " + col +
-                  "_not_after = 0, "
-                  "updated_at = ? WHERE registration_id = ? AND " +
-                  col + "_serial = ?",
-            kw::bind(at), kw::bind(device), kw::bind(serial), kw::now;
-        db << "UPDATE individual_enrollments SET " + col + "_cert = NULL, " + col +
-                  "_sha256 = '', updated_at = ? WHERE registration_id = ? AND " + col +
-                  "_sha256 = ?",
-            kw::bind(at), kw::bind(device), kw::bind(sha256), kw::now;
-      }
-      ++revoked;
-    }
-    if (revoked > 0) {
-      registry_detail::audit_row(
-          *m_impl, "cert.revoke", serials.size() == 1 ? serials[0] : std::string("certificates"),
-          json_object({{"count", revoked}, {"reason", reason}, {"first", serials[0]}}));
-    }
-    return revoked;
-  });
-}
+// revoke_certs: registry_revocation.cpp (one path with revocation runs).
 
 std::optional<CertRecord> Registry::find_cert(const std::string& serial) {
   return m_impl->guarded("reading certificate 0x" + serial, [&] {

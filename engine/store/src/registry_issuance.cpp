@@ -105,8 +105,8 @@ void bind_intent(sqlite3_stmt* st, int first, const CertIntent& i) {
 // Only intents become issued; the row count tells whether every serial was one.
 std::string issue_sql(std::size_t rows) {
   return "UPDATE certificates SET state = 'issued', der = v.column2, sha1 = v.column3, "
-         "sha256 = v.column4 FROM (VALUES " +
-         tuples(rows, 4, 1) +
+         "sha256 = v.column4, key_sha256 = v.column5 FROM (VALUES " +
+         tuples(rows, 5, 1) +
          ") AS v WHERE certificates.serial = v.column1 AND certificates.state = 'intent'";
 }
 
@@ -210,11 +210,12 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
             statement(m_impl->db(), rows, m_impl->m_issue_many, m_impl->m_issue, issue_sql);
         for (std::size_t r = 0; r < rows; ++r) {
           const IssuedCert& c = certs[at + r];
-          const int p = 1 + static_cast<int>(r) * 4;
+          const int p = 1 + static_cast<int>(r) * 5;
           bind_text(issue, p, c.serial);
           bind_blob(issue, p + 1, c.der);
           bind_text(issue, p + 2, c.sha1);
           bind_text(issue, p + 3, c.sha256);
+          bind_text(issue, p + 4, c.key_sha256);
         }
         if (m_impl->step(issue, what) != static_cast<int>(rows)) {
           throw NotAllIntents{};  // some serial is not (or no longer) an intent

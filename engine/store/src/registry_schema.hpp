@@ -228,6 +228,19 @@ CREATE TABLE incidents (
 );
 CREATE UNIQUE INDEX incidents_open ON incidents (scope_kind, scope) WHERE closed_at = 0;
 )sql",
+    // 10 (issue 10's revocation runs): each certificate's public key hash (SPKI SHA-256), written
+    // with the certificate and computed here for the ones recorded before (fleetsign_key_sha256
+    // is a function the registry registers on its connection), and the compromised-key blocklist.
+    R"sql(
+ALTER TABLE certificates ADD COLUMN key_sha256 TEXT NOT NULL DEFAULT '';
+UPDATE certificates SET key_sha256 = fleetsign_key_sha256(der)
+  WHERE state IN ('issued', 'revoked') AND der IS NOT NULL;
+CREATE TABLE blocked_keys (
+  key_sha256 TEXT PRIMARY KEY,
+  reason TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
+  added_at BIGINT NOT NULL
+);
+)sql",
 };
 
 }  // namespace fleetsign::engine

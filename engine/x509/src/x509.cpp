@@ -46,6 +46,21 @@ std::string thumbprint_sha256(ByteView der) {
   return hex_upper(md);
 }
 
+std::string key_sha256_of_cert(ByteView cert_der) {
+  const unsigned char* p = cert_der.data();
+  ossl::X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(cert_der.size())));
+  if (!cert) {
+    ERR_clear_error();
+    return {};
+  }
+  unsigned char* spki = nullptr;
+  const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert.get()), &spki);
+  std::string out;
+  if (len > 0) out = thumbprint_sha256(ByteView(spki, static_cast<std::size_t>(len)));
+  OPENSSL_free(spki);
+  return out;
+}
+
 void append_pem(std::string& out, ByteView der, std::string_view label) {
   out += "-----BEGIN ";
   out += label;

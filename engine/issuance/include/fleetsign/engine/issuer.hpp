@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "fleetsign/engine/clock.hpp"
@@ -30,6 +31,25 @@ class SigningKey;
 namespace fleetsign::engine {
 
 struct CaRecord;
+class RevocationStore;
+
+// The compromised-key blocklist as issuance checks it: SPKI SHA-256 hashes (upper-case hex),
+// loaded once per batch or job into a hash set. Immutable; thread-safe to read.
+class KeyBlocklist final {
+ public:
+  KeyBlocklist() = default;
+  explicit KeyBlocklist(const std::vector<std::string>& hashes)
+      : m_hashes(hashes.begin(), hashes.end()) {}
+  // Reads RevocationStore::blocked_key_hashes(); nullptr when the list is empty (the hot path
+  // then skips the check).
+  static std::shared_ptr<const KeyBlocklist> load(RevocationStore& store);
+  bool empty() const noexcept { return m_hashes.empty(); }
+  bool contains(const std::string& key_sha256) const { return m_hashes.count(key_sha256) != 0; }
+  std::size_t size() const noexcept { return m_hashes.size(); }
+
+ private:
+  std::unordered_set<std::string> m_hashes;
+};
 
 // RFC 5280 ub-common-name: a certificate's CN (= the device ID) has at most 64 characters. The
 // policy's longer limit (up to 128) applies only to IDs that never go into a certificate.
@@ -85,11 +105,12 @@ class PreparedCert {
   std::int64_t not_before() const noexcept { return m_not_before; }
   std::int64_t not_after() const noexcept { return m_not_after; }
   const std::string& subject() const noexcept { return m_subject; }
+  const std::string& key_sha256() const noexcept { return m_key_sha256; }  // SPKI SHA-256
 
  private:
   friend class Issuer;
   PreparedCert() = default;
-  std::string m_device_id, m_serial, m_subject;
+  std::string m_device_id, m_serial, m_subject, m_key_sha256;
   Der m_tbs;
   std::int64_t m_not_before = 0, m_not_after = 0;
 };
@@ -100,6 +121,7 @@ struct SignedCert {
   Der der;
   std::string sha1, sha256;
   std::int64_t not_before = 0, not_after = 0;
+  std::string key_sha256;  // SHA-256 of the SubjectPublicKeyInfo (the blocklist's key identity)
 };
 
 class Issuer final {
@@ -107,12 +129,15 @@ class Issuer final {
   // `ca` must have been loaded (its key matched its certificate). The issuer keeps references to
   // key, policy, clock and random source: they must outlive it. `device_days` is the validity;
   // a certificate never outlives its CA: not_after is clamped to the CA's (see clamped()).
+  // `blocklist` (may be null): prepare refuses a key on it with kKeyBlocked.
   Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Policy& policy,
-         int device_days, const Clock& clock, RandomSource& random);
+         int device_days, const Clock& clock, RandomSource& random,
+         std::shared_ptr<const KeyBlocklist> blocklist = nullptr);
   ~Issuer();
   Issuer(const Issuer&) = delete;  // owns OpenSSL key objects
   Issuer& operator=(const Issuer&) = delete;
 
+  // kKeyBlocked when the key's SPKI SHA-256 is on the issuer's blocklist.
   Result<PreparedCert> prepare(const CheckedCsr& csr) const;
   // A key made here (--generate): the ID is checked (DeviceId), `spki` is our own encoder's.
   Result<PreparedCert> prepare(const DeviceId& device_id, ByteView spki) const;

@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 9;
+  static constexpr int kSchemaVersion = 10;
   int schema_version();
 
   // CaStore
@@ -146,6 +146,15 @@ class Registry final : public Stores {
   std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
                                                    const std::string& scope,
                                                    std::int64_t before) override;
+
+  // RevocationStore (registry_revocation.cpp; schema v10)
+  std::vector<RevocableCert> select_certs(const CertQuery& query) override;
+  std::int64_t apply_revocation(const RevocationChunk& chunk) override;
+  std::vector<std::string> revoked_ca_names() override;
+  std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) override;
+  void remove_blocked_key(const std::string& key_sha256) override;
+  std::vector<BlockedKey> list_blocked_keys() override;
+  std::vector<std::string> blocked_key_hashes() override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

@@ -65,6 +65,7 @@ struct IssuedCert {
   std::string serial;
   std::vector<std::uint8_t> der;
   std::string sha1, sha256;  // upper-case hex
+  std::string key_sha256;    // SHA-256 of the SubjectPublicKeyInfo, upper-case hex (schema v8)
 };
 
 struct CertRecord {
@@ -291,8 +292,9 @@ class CertificateStore {
   // `reason` (an RFC 5280 CRLReason name: "keyCompromise", "superseded", …); the device slots
   // that held it are freed, and so is an individual enrollment's slot holding its SHA-256; one
   // audit row "cert.revoke" ({"count","reason","first"}) makes the broker re-check live sessions.
-  // Serials already revoked are skipped; one that is not an issued or revoked certificate is
-  // kNotFound and nothing is written. Returns how many became revoked.
+  // For "keyCompromise" the certificates' keys join the blocklist (schema v10; the audit detail
+  // then adds "keys_blocked"). Serials already revoked are skipped; one that is not an issued or
+  // revoked certificate is kNotFound and nothing is written. Returns how many became revoked.
   virtual std::int64_t revoke_certs(std::span<const std::string> serials, const std::string& reason,
                                     std::int64_t at) = 0;
   virtual std::optional<CertRecord> find_cert(const std::string& serial) = 0;
@@ -529,6 +531,63 @@ class IncidentStore {
                                                            std::int64_t before) = 0;
 };
 
+// Revocation runs (schema v10, issue 10): the certificates a selector names, CA revocation, and the
+// compromised-key blocklist (SPKI SHA-256 of keys a CSR may never use again).
+struct CertQuery {
+  // Every non-empty field must match; a query with no field set is refused (kInvalidArgument).
+  std::string serial, device_id, batch_id, lot, site, line, key_sha256;
+  std::vector<std::string> ca_names;            // the issuing CA is one of these
+  std::int64_t issued_from = 0, issued_to = 0;  // created_at in [from, to) when to > 0
+};
+
+// A device certificate as a revocation sees it (state issued or revoked; never intents).
+struct RevocableCert {
+  std::string serial, device_id, ca_name, batch_id, lot, line, site;
+  CertState state = CertState::kIssued;
+  std::string sha256, key_sha256;  // upper-case hex
+  std::int64_t not_after = 0, created_at = 0;
+  std::string revocation_reason;  // when revoked
+};
+
+struct BlockedKey {
+  std::string key_sha256;  // upper-case hex, 64 characters
+  std::string reason;      // free text or an RFC 5280 reason name
+  std::string source;      // "revoke 0x<serial>", "blocklist add", a file name
+  std::int64_t added_at = 0;
+};
+
+// One chunk of a revocation run, written in one transaction.
+struct RevocationChunk {
+  std::vector<std::string> serials;  // become revoked (revoke_certs' rules: slots freed, audit)
+  std::string reason;                // RFC 5280 CRLReason name
+  std::int64_t at = 0;
+  // keyCompromise: the keys of the certificates revoked here join the blocklist (source
+  // "revoke 0x<serial>").
+  bool block_keys = false;
+  // Devices left with no working certificate: their individual enrollment becomes disabled, or a
+  // disabled one is created with this certificate in its primary slot (DPS then refuses the
+  // device even though its group trusts the chain). Audit row "enrollment.individual.disable".
+  std::vector<IndividualEnrollment> disable;
+};
+
+class RevocationStore {
+ public:
+  virtual ~RevocationStore() = default;
+  // Device certificates in state issued or revoked matching `query`, by serial.
+  virtual std::vector<RevocableCert> select_certs(const CertQuery& query) = 0;
+  // One transaction: the chunk (see RevocationChunk). Returns how many certificates became
+  // revoked (already revoked ones are skipped; an unknown serial is kNotFound, nothing written).
+  virtual std::int64_t apply_revocation(const RevocationChunk& chunk) = 0;
+  // A CA becomes revoked through CaStore::revoke_ca; these are the revoked ones, by name.
+  virtual std::vector<std::string> revoked_ca_names() = 0;
+  // The blocklist. add: keys already blocked are kept as they are; returns how many are new;
+  // one audit row "blocklist.add". remove: kNotFound when absent; audit "blocklist.remove".
+  virtual std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) = 0;
+  virtual void remove_blocked_key(const std::string& key_sha256) = 0;
+  virtual std::vector<BlockedKey> list_blocked_keys() = 0;    // by added_at
+  virtual std::vector<std::string> blocked_key_hashes() = 0;  // what issuance loads per batch
+};
+
 // Every contract at once: what start-up code hands to components that use several. A backend
 // (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
 class Stores : public CaStore,
@@ -539,6 +598,8 @@ class Stores : public CaStore,
                public JobStore,
                public FleetStateStore,
                public CrlStore,
-               public IncidentStore {};
+               public IncidentStore,
+
+               public RevocationStore {};
 
 }  // namespace fleetsign::engine

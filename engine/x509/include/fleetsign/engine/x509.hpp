@@ -20,6 +20,10 @@ std::string hex_upper(ByteView bytes);
 // Thumbprints the way Azure and AWS portals show them: upper-case hex, no separators.
 std::string thumbprint_sha1(ByteView der);
 std::string thumbprint_sha256(ByteView der);
+// The key's identity on the compromised-key blocklist: SHA-256 of the certificate's
+// SubjectPublicKeyInfo DER (for a CSR: thumbprint_sha256 of its SPKI). Empty when `cert_der` does
+// not parse.
+std::string key_sha256_of_cert(ByteView cert_der);
 
 // PEM with 64-column base64 lines; `label` e.g. "CERTIFICATE".
 void append_pem(std::string& out, ByteView der, std::string_view label);
