@@ -14,24 +14,34 @@
 //
 // Prints a human summary, or one JSON object with --json. Target (issue 9): >= 300 devices/s
 // with 10,000 devices on a 2-core machine (all of them in under 35 s).
+//
+// --incident (issue 10's benchmark): instead of a rollover, an incident run over the lot (its
+// certificates suspect, reason affiliationChanged): the time from the command to the last live
+// session of the lot dropped (the devices come back pinned, rotation only), the time until the
+// whole lot is back on replacement certificates, and the CRL signed at the end (every old
+// certificate of the lot revoked).
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "fleet_setup.hpp"
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/services.hpp"
 #include "fleetsign/hsm/pin.hpp"
 #include "fleetsign/jobs/fleet_config.hpp"
+#include "fleetsign/jobs/incident.hpp"
 #include "fleetsign/jobs/rollover.hpp"
 
 namespace fs = std::filesystem;
@@ -43,13 +53,14 @@ struct Options {
   std::size_t devices = 10000;
   int in_flight = 512;
   bool json = false;
+  bool incident = false;
   fs::path dir;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "%s\nusage: fleetsign-rollover-bench [--devices N] [--in-flight N] [--dir DIR] "
-               "[--json]\n",
+               "[--incident] [--json]\n",
                msg);
   std::exit(2);
 }
@@ -70,6 +81,8 @@ Options parse(int argc, char** argv) {
       o.dir = value();
     } else if (a == "--json") {
       o.json = true;
+    } else if (a == "--incident") {
+      o.incident = true;
     } else if (a == "--help" || a == "-h") {
       usage("fleetsign-rollover-bench: rotate a simulated fleet end to end and report the rate");
     } else {
@@ -132,10 +145,41 @@ int main(int argc, char** argv) {
   params.selection.lot = "BENCH";
   params.in_flight = opt.in_flight;
   params.step_timeout_s = 60;
-  const auto plan = fleetsign::jobs::plan_rollover(services.stores(), services.policy(),
-                                                   services.clock(), params);
-  const std::string job =
-      fleetsign::jobs::create_job(services.stores(), services.clock(), params, plan);
+  std::string job;
+  double drop_s = -1, start_s = 0;  // --incident: the command, and the last old session's drop
+  auto t0 = SteadyClock::now();
+  if (!opt.incident) {
+    const auto plan = fleetsign::jobs::plan_rollover(services.stores(), services.policy(),
+                                                     services.clock(), params);
+    job = fleetsign::jobs::create_job(services.stores(), services.clock(), params, plan);
+    t0 = SteadyClock::now();
+  } else {
+    // Sessions are recorded in whole seconds: start on a fresh second, so that every session
+    // older than it is one the incident must cut off.
+    const std::int64_t second = std::time(nullptr) + 1;
+    while (std::time(nullptr) < second) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    t0 = SteadyClock::now();
+    fleetsign::jobs::IncidentRequest req;
+    req.scope_kind = "lot";
+    req.scope = "BENCH";
+    req.reason = "affiliationChanged";
+    req.params = params;
+    job = fleetsign::jobs::start_incident(services.stores(), services.cas(), services.policy(),
+                                          services.clock(), req)
+              .job_id;
+    const auto returned = SteadyClock::now();
+    start_s = std::chrono::duration<double>(returned - t0).count();
+    say("waiting for the lot's live sessions to be dropped");
+    while (SteadyClock::now() - returned < std::chrono::seconds(60)) {
+      std::size_t old = 0;
+      for (const auto& d : registry->connected_devices()) old += d.connected_at < second ? 1 : 0;
+      if (old == 0) {
+        drop_s = std::chrono::duration<double>(SteadyClock::now() - returned).count();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
   auto trigger = fleetsign::jobs::open_trigger(fleetsign::jobs::load_fleet_config(s.home), s.home,
                                                std::nullopt);
   std::vector<double> per_device_ms;
@@ -154,12 +198,23 @@ int main(int argc, char** argv) {
                    static_cast<long long>(p.total));
     };
   }
-  const auto t0 = SteadyClock::now();
   const auto final_job =
       fleetsign::jobs::run_job(services.stores(), services.cas(), services.policy(),
                                services.clock(), *trigger, job, options);
   const double wall_s = std::chrono::duration<double>(SteadyClock::now() - t0).count();
   if (tty) std::fprintf(stderr, "\n");
+  // The CRL that lists the lot's old certificates, signed again now to time it alone.
+  double crl_s = 0;
+  std::int64_t crl_entries = 0;
+  if (opt.incident) {
+    const std::string root = "root";
+    const auto c0 = SteadyClock::now();
+    const auto crls =
+        fleetsign::engine::refresh_crls(services.stores(), services.cas(), services.policy().crl,
+                                        services.clock(), std::span(&root, 1));
+    crl_s = std::chrono::duration<double>(SteadyClock::now() - c0).count();
+    if (!crls.empty()) crl_entries = crls.front().entries;
+  }
   rusage self{};
   ::getrusage(RUSAGE_SELF, &self);
   const long engine_kb = self.ru_maxrss;
@@ -176,7 +231,8 @@ int main(int argc, char** argv) {
   const double p99 = fleetsign::bench::percentile(per_device_ms, 0.99);
   if (opt.json) {
     std::printf("%s\n", fleetsign::engine::json_object(
-                            {{"devices", static_cast<std::int64_t>(opt.devices)},
+                            {{"mode", std::string(opt.incident ? "incident" : "rollover")},
+                             {"devices", static_cast<std::int64_t>(opt.devices)},
                              {"connected", static_cast<std::int64_t>(connected)},
                              {"rotated", static_cast<std::int64_t>(done)},
                              {"job_state", final_job.state},
@@ -187,16 +243,32 @@ int main(int argc, char** argv) {
                              {"p99_ms", std::to_string(p99)},
                              {"engine_peak_rss_mb", static_cast<std::int64_t>(engine_kb / 1024)},
                              {"broker_peak_rss_mb", static_cast<std::int64_t>(broker_kb / 1024)},
-                             {"rate_vs_target", std::to_string(rate / 300.0)}})
+                             {"rate_vs_target", std::to_string(rate / 300.0)},
+                             // --incident only (0 / -1 otherwise):
+                             {"incident_start_s", std::to_string(start_s)},
+                             {"last_session_dropped_after_return_s", std::to_string(drop_s)},
+                             {"crl_entries", crl_entries},
+                             {"crl_sign_s", std::to_string(crl_s)}})
                             .c_str());
   } else {
-    std::printf("rollover of %zu devices (%zu connected), %d in flight\n", opt.devices, connected,
+    std::printf("%s of %zu devices (%zu connected), %d in flight\n",
+                opt.incident ? "incident run (lot)" : "rollover", opt.devices, connected,
                 opt.in_flight);
+    if (opt.incident) {
+      std::printf(
+          "  incident start       %.2f s; last live session dropped %.2f s after it "
+          "returned (target < 2 s)\n",
+          start_s, drop_s);
+    }
     std::printf("  rotated              %zu in %.1f s: %.0f devices/s (target >= 300)\n", done,
                 wall_s, rate);
     std::printf("  per device           p50 %.0f ms, p99 %.0f ms\n", p50, p99);
     std::printf("  peak RSS             engine %ld MB, broker %ld MB\n", engine_kb / 1024,
                 broker_kb / 1024);
+    if (opt.incident) {
+      std::printf("  CRL                  %lld entries signed and stored in %.2f s\n",
+                  static_cast<long long>(crl_entries), crl_s);
+    }
     std::printf("  job                  %s (%s)\n", job.c_str(), final_job.state.c_str());
   }
   return done == opt.devices ? 0 : 1;

@@ -181,6 +181,12 @@ int run_init(Context& ctx) {
   const std::size_t trusted = home.write_clients_ca(ctx.registry());
   home.write_config(s);
   home.save(s);
+  // The broker's CA signs client certificates too (the service clients'): with its first CRL the
+  // broker's CRL file covers every issuer, and mosquitto checks revocation at TLS as well.
+  const bool first_crl = !ctx.registry().latest_crl(ca.name).has_value();
+  const std::string crl_line = refresh_crls_and_broker(
+      ctx, first_crl ? std::vector<std::string>{ca.name} : std::vector<std::string>{});
+  if (!ctx.json() && !crl_line.empty()) std::fprintf(stderr, "%s\n", crl_line.c_str());
   ctx.registry().audit(
       "broker.init", s.endpoint(),
       engine::json_object({{"ca", s.ca}, {"id_scope", s.id_scope}, {"server_sha256", server_sha}}));

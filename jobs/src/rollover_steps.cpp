@@ -30,6 +30,7 @@ const engine::Issuer& Runner::issuer_for(const Live& t) {
   auto it = m_issuers.find(key);
   if (it != m_issuers.end()) return *it->second;
   const engine::CaRecord ca = m_cas.get(t.ca_name);
+  m_cas.require_can_sign(ca.name);
   const hsm::SigningKey& signing_key = m_cas.load_key(ca);
   // The compromised-key blocklist as it is when this runner first signs for the CA.
   auto issuer = std::make_unique<engine::Issuer>(

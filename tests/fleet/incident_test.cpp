@@ -11,7 +11,9 @@
 #include <Poco/JSON/Object.h>
 #include <gtest/gtest.h>
 #include <mosquitto.h>
+#include <openssl/bio.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <chrono>
@@ -334,6 +336,31 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   // one left behind at the close (cACompromise, the only cert.revoke row's count).
   EXPECT_EQ(revoked_sum, 1);
   expect_old_revoked_once(*reg, job);
+  // The compromised intermediate ends revoked by its root's CRL (signed in the token), and the
+  // broker's CRL file covers the replacement (else mosquitto would refuse its devices at TLS).
+  const std::string ca_serial = engine::summarize_certificate(reg->find_ca(kCa)->cert_der).serial;
+  bin.ok("crl export root --der --out " + quoted(path("root.crl")));
+  std::string text;
+  ASSERT_EQ(
+      testing::run("openssl crl -inform DER -noout -text -in " + quoted(path("root.crl")) + " 2>&1",
+                   &text),
+      0);
+  EXPECT_NE(text.find("Serial Number: " + ca_serial), std::string::npos) << text;
+  EXPECT_NE(text.find("CA Compromise"), std::string::npos) << text;
+  bool replacement_crl = false;
+  {
+    BIO* file = BIO_new_file((home / "broker" / "crl.pem").c_str(), "r");
+    ASSERT_NE(file, nullptr) << "the broker has a CRL file";
+    while (X509_CRL* crl = PEM_read_bio_X509_CRL(file, nullptr, nullptr, nullptr)) {
+      char name[512];
+      X509_NAME_oneline(X509_CRL_get_issuer(crl), name, sizeof name);
+      replacement_crl =
+          replacement_crl || std::string(name).find("OU=incident") != std::string::npos;
+      X509_CRL_free(crl);
+    }
+    BIO_free(file);
+  }
+  EXPECT_TRUE(replacement_crl) << "the broker's CRL file lists the replacement's CRL";
   const auto left = reg->find_device("rx-0001");
   ASSERT_TRUE(left.has_value());
   for (const auto& c : reg->certs_of_device("rx-0001")) {

@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <set>
@@ -169,7 +170,7 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
   EXPECT_EQ(keys->size(), 2u);
 }
 
-TEST_F(Revoke, TheVersionEightMigrationComputesTheKeyHashOfCertificatesRecordedBefore) {
+TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore) {
   issue("factory-1", "m", 3, "--lot LM");
   std::map<std::string, std::string> before;
   for (const auto& c : registry()->select_certs([] {
@@ -180,13 +181,11 @@ TEST_F(Revoke, TheVersionEightMigrationComputesTheKeyHashOfCertificatesRecordedB
     before[c.serial] = c.key_sha256;
   }
   ASSERT_EQ(before.size(), 3u);
-  // Back to what v7 wrote: no key hashes, no blocklist, no CA revocation columns.
+  // Back to what v9 wrote: no key hashes, no blocklist (the migration to v10 adds them).
   const auto db = home / "registry.db";
   testing::tamper(db, "ALTER TABLE certificates DROP COLUMN key_sha256");
   testing::tamper(db, "DROP TABLE blocked_keys");
-  testing::tamper(db, "ALTER TABLE cas DROP COLUMN revoked_at");
-  testing::tamper(db, "ALTER TABLE cas DROP COLUMN revocation_reason");
-  testing::tamper(db, "UPDATE schema_version SET version = 7");
+  testing::tamper(db, "UPDATE schema_version SET version = 9");
   const auto plan = json(bin.ok("revoke --lot LM --reason keyCompromise --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 3);
   auto reg = registry();
@@ -278,6 +277,36 @@ TEST_F(Revoke, ACaRevocationDisablesAGroupLeftWithoutAWorkingCaAndTheExportTells
   const auto p1 = lines.find("\"p-01\"");
   ASSERT_NE(p1, std::string::npos);
   EXPECT_NE(lines.substr(p1, lines.find('\n', p1) - p1).find("\"disabled\""), std::string::npos);
+}
+
+// A revoked CA signs nothing more, and neither does a CA under it; a device under a CA whose
+// issuer is revoked is refused even when its own CA and certificate are not (a stolen key with
+// pathLen >= 1 could have minted that CA).
+TEST_F(Revoke, NothingIsSignedOrAdmittedUnderARevokedCa) {
+  issue("line-2b", "lb", 1, "--lot LL");
+  const std::string chain = quoted((dir.path() / "lb" / "lb-01_fullchain.pem").string());
+  ASSERT_TRUE(
+      json(bin.ok("auth check --chain " + chain + " --json").out)->getValue<bool>("allowed"));
+  // Only the CA record (as an incident marks it): its child line-2b and the leaf stay as they were.
+  registry()->revoke_ca("factory-2", "cACompromise", std::time(nullptr));
+  const auto decision = json(bin.run("auth check --chain " + chain + " --json").out);
+  EXPECT_FALSE(decision->getValue<bool>("allowed"));
+  EXPECT_EQ(decision->getValue<std::string>("rule"), "ca-revoked");
+  EXPECT_NE(decision->getValue<std::string>("reason").find("factory-2"), std::string::npos);
+  for (const char* ca : {"factory-2", "line-2b"}) {
+    const auto r =
+        bin.run("issue --ca " + std::string(ca) + " --generate 1 --id-pattern 'z-{02}' --out " +
+                quoted((dir.path() / ("z-" + std::string(ca))).string()));
+    EXPECT_NE(r.status, 0) << ca;
+    EXPECT_NE(r.err.find("CA 'factory-2' was revoked"), std::string::npos) << r.err;
+  }
+  const auto sub = bin.run(
+      "ca create-intermediate --name sub-2 --issuer factory-2 --days 100 --subject /CN=SUB");
+  EXPECT_NE(sub.status, 0);
+  EXPECT_NE(sub.err.find("was revoked"), std::string::npos) << sub.err;
+  EXPECT_FALSE(registry()->find_ca("sub-2").has_value());
+  // Elsewhere in the hierarchy, issuance goes on.
+  issue("factory-1", "ok", 1, "--lot LO");
 }
 
 TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {

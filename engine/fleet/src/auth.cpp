@@ -277,8 +277,8 @@ bool leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
   const bool good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
                     EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
-                    EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(),
-                                    digest, digest_len) == 1;
+                    EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest,
+                                    digest_len) == 1;
   ERR_clear_error();
   return good;
 }
@@ -522,15 +522,22 @@ std::optional<AuthDecision> Authenticator::Impl::incident_decision(const Der& le
       for (const Ca* issuer : it->second) {
         // CAs sharing a subject (a CA rollover keeps the old one's): the key decides.
         if (it->second.size() > 1 && !leaf_signed_by(*issuer, leaf)) continue;
-        const std::string& name = issuer->rec.name;
-        if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
-          return pin(open->second, "CA '" + name + "'", leaf_der, leaf, cn, serial,
-                     registry.pinned_cert(serial), at);
-        }
-        if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
-          return refuse("ca-revoked", "CA '" + name + "' was revoked at " +
-                                          iso8601(revoked->second) +
-                                          ": nothing it signed is admitted");
+        // The issuer, then its issuers: a CA under a revoked or compromised one is no better
+        // (a stolen key with pathLen >= 1 can mint sub-CAs).
+        int depth = 0;
+        for (const Ca* ca = issuer; ca != nullptr && depth < 16; ++depth) {
+          const std::string& name = ca->rec.name;
+          if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
+            return pin(open->second, "CA '" + name + "'", leaf_der, leaf, cn, serial,
+                       registry.pinned_cert(serial), at);
+          }
+          if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
+            return refuse("ca-revoked", "CA '" + name + "' was revoked at " +
+                                            iso8601(revoked->second) +
+                                            ": nothing signed under it is admitted");
+          }
+          const auto parent = cas.find(ca->rec.parent);
+          ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
         }
       }
     }

@@ -252,9 +252,8 @@ void record_certificates(Run& run, Chunk& chunk) {
   issued.reserve(chunk.items.size());
   for (const Item& item : chunk.items) {
     if (!item.ok() || item.committed_before) continue;
-    issued.push_back(
-        IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1, item.cert->sha256,
-                   item.cert->key_sha256});
+    issued.push_back(IssuedCert{item.cert->serial, item.cert->der, item.cert->sha1,
+                                item.cert->sha256, item.cert->key_sha256});
   }
   if (!issued.empty()) {
     run.registry.record_issued(issued);
@@ -504,6 +503,7 @@ BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_p
   if (o.batch_id.empty()) o.batch_id = new_batch_id(m_clock, m_random);
   // Nothing is written before every check that can fail on the inputs has passed.
   m_cas.load_key(m_cas.get(o.ca_name));  // kNotFound, kKeyNotFound (an external CA)
+  m_cas.require_can_sign(o.ca_name);     // kCaConstraint: it or an issuer is revoked
   check_inputs(o.input, m_policy);
   if (o.delivery != Delivery::kReturned) prepare_out_dir(o);
   if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, o.batch_id, false);
@@ -541,6 +541,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
                                   std::int64_t abandoned) {
   // Start-up, on this thread, before any signing: key lookup and the key/certificate match.
   const CaRecord ca = m_cas.get(o.ca_name);
+  m_cas.require_can_sign(ca.name);
   const hsm::SigningKey& key = m_cas.load_key(ca);
   // The compromised-key blocklist, read once per batch (a run of the CLI).
   const Issuer issuer(ca, key, m_policy, policy::device_days_for(m_policy, o.group), m_clock,

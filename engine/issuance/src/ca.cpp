@@ -89,6 +89,7 @@ CaRecord CaService::get(const std::string& name) {
 CaRecord CaService::create_root(const CaSpec& spec) { return create(spec, nullptr); }
 
 CaRecord CaService::create_intermediate(const CaSpec& spec) {
+  require_can_sign(spec.issuer);
   const CaRecord issuer = get(spec.issuer);
   return create(spec, &issuer);
 }
@@ -284,6 +285,16 @@ std::vector<CaRecord> CaService::chain(const std::string& name) {
     next = out.back().parent;
   }
   return out;
+}
+
+void CaService::require_can_sign(const std::string& name) {
+  for (const CaRecord& ca : chain(name)) {
+    if (ca.revoked_at == 0) continue;
+    throw Error(ErrorCode::kCaConstraint,
+                "CA '" + ca.name + "' was revoked (" + ca.revocation_reason + ") at " +
+                    iso8601(ca.revoked_at) + ": nothing more is signed under it" +
+                    (ca.name == name ? std::string() : " (it issued CA '" + name + "')"));
+  }
 }
 
 Der CaService::make_verification_cert(const std::string& ca_name, const std::string& code) {

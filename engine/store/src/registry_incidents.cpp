@@ -84,7 +84,8 @@ void Registry::mark_incident_ca_revoked(std::int64_t id, std::int64_t at) {
     const std::int64_t when = m_impl->stamp(at);
     m_impl->m_session << "UPDATE incidents SET ca_revoked_at = ? WHERE id = ?", kw::bind(when),
         kw::bind(id), kw::now;
-    audit_row(*m_impl, "ca.revoke", scope, json_object({{"reason", reason}, {"incident", id}}));
+    audit_row(*m_impl, "incident.ca-revoke", scope,
+              json_object({{"reason", reason}, {"incident", id}}));
   });
 }
 

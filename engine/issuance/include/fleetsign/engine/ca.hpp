@@ -73,6 +73,9 @@ class CaService final {
   const hsm::SigningKey& load_key(const CaRecord& ca);
   // The CA and its issuers, leaf-most first, ending with the root.
   std::vector<CaRecord> chain(const std::string& name);
+  // kCaConstraint naming the CA when `name` or one of its issuers is revoked: nothing more is
+  // signed under it (device certificates, CAs). Its CRL still is.
+  void require_can_sign(const std::string& name);
 
   // Proof of possession: a certificate with CN = code signed by the CA's token key. Its intent
   // (serial + TBS) is recorded before the token signs, the certificate after.

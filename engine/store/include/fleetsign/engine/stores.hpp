@@ -517,7 +517,7 @@ class IncidentStore {
   virtual std::int64_t open_incident(const Incident& incident) = 0;
   virtual void set_incident_job(std::int64_t id, const std::string& job_id) = 0;
   // The CA of a "ca" incident is marked revoked (once: a later call keeps the first time), with
-  // an audit row "ca.revoke" ({"reason","incident"}).
+  // an audit row "incident.ca-revoke" ({"reason","incident"}).
   virtual void mark_incident_ca_revoked(std::int64_t id, std::int64_t at) = 0;
   // Closes it (once) with an audit row "incident.close".
   virtual void close_incident(std::int64_t id, std::int64_t at) = 0;
