@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <array>
-#include <set>
 #include <ctime>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>

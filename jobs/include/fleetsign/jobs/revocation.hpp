@@ -104,5 +104,4 @@ RevocationOutcome execute_revocation(
     engine::Stores& stores, const RevocationPlan& plan,
     const std::function<void(std::int64_t, std::int64_t)>& progress = {});
 
-
 }  // namespace fleetsign::jobs
