@@ -52,8 +52,10 @@ void sign_and_check(X509* cert, const hsm::SigningKey& key, EVP_PKEY* issuer_pub
   }
 }
 
+// Days that still fit when the command is run again a while later (an hour's margin: advice given
+// at a second's boundary must not be refused a second later).
 std::string days_hint(std::int64_t from, std::int64_t until) {
-  return std::to_string((until - from) / 86400);
+  return std::to_string(std::max<std::int64_t>(0, (until - from - 3600) / 86400));
 }
 
 }  // namespace
