@@ -107,7 +107,10 @@ void add_incident_commands(std::vector<Command>& commands);  // incident start|l
 broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
 std::filesystem::path broker_binary(const Args& args);
 void add_serve_commands(std::vector<Command>& commands);  // serve
-void add_crl_commands(std::vector<Command>& commands);    // crl show|export|sign
+// The test hook (cmd_serve.cpp): --now UNIX or FLEETSIGN_TEST_NOW pins a clock (serve's scheduler,
+// crl's); else the system clock. kUsage for anything but a unix time in seconds.
+std::unique_ptr<engine::Clock> test_hook_clock(const Args& args);
+void add_crl_commands(std::vector<Command>& commands);  // crl show|export|sign
 // After a revocation (cmd_crl.cpp): new CRLs for `ca_names` signed in the token, then the broker's
 // CRL file re-installed (checked first) and mosquitto reloaded when it runs. Returns a line for
 // the operator about the CRLs and the broker.

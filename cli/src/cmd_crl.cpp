@@ -20,25 +20,6 @@ namespace fleetsign::cli {
 
 namespace {
 
-// The test hook: --now UNIX or FLEETSIGN_TEST_NOW pins the CRL's clock (as for serve).
-std::unique_ptr<engine::Clock> crl_clock(const Args& args) {
-  std::optional<std::string> text = args.get("now");
-  if (!text) {
-    if (const char* env = std::getenv("FLEETSIGN_TEST_NOW"); env != nullptr && *env != '\0') {
-      text = env;
-    }
-  }
-  if (!text) return std::make_unique<engine::SystemClock>();
-  try {
-    std::size_t used = 0;
-    const long long t = std::stoll(*text, &used);
-    if (used == text->size() && t >= 0) return std::make_unique<engine::FixedClock>(t);
-  } catch (const std::exception&) {
-  }
-  throw Error(ErrorCode::kUsage,
-              "--now / FLEETSIGN_TEST_NOW: '" + *text + "' is not a unix time in seconds");
-}
-
 engine::CrlRecord latest_or_fail(Context& ctx, const std::string& ca) {
   ctx.cas().get(ca);  // kNotFound names the CA
   auto latest = ctx.registry().latest_crl(ca);
@@ -53,7 +34,7 @@ int run_show(Context& ctx) {
   const std::string ca = ctx.args().positional_at(0, "CA");
   const engine::CrlRecord crl = latest_or_fail(ctx, ca);
   const engine::CrlInfo info = engine::read_crl(crl.der, "CRL of CA '" + ca + "'");
-  const auto now = crl_clock(ctx.args())->now();
+  const auto now = test_hook_clock(ctx.args())->now();
   const engine::CrlState state = engine::crl_state(crl, ctx.policy().crl, now);
   if (ctx.json()) {
     Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
@@ -122,7 +103,7 @@ std::string update_broker(Context& ctx, std::int64_t now) {
 
 int run_sign(Context& ctx) {
   const bool all = ctx.args().has("all"), due = ctx.args().has("due");
-  const auto clock = crl_clock(ctx.args());
+  const auto clock = test_hook_clock(ctx.args());
   std::vector<std::string> names;
   if (all || due) {
     if (!ctx.args().positional.empty() || (all && due)) {

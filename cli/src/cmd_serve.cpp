@@ -36,6 +36,24 @@ extern char** environ;
 
 namespace fleetsign::cli {
 
+std::unique_ptr<engine::Clock> test_hook_clock(const Args& args) {
+  std::optional<std::string> text = args.get("now");
+  if (!text) {
+    if (const char* env = std::getenv("FLEETSIGN_TEST_NOW"); env != nullptr && *env != '\0') {
+      text = env;
+    }
+  }
+  if (!text) return std::make_unique<engine::SystemClock>();
+  try {
+    std::size_t used = 0;
+    const long long t = std::stoll(*text, &used);
+    if (used == text->size() && t >= 0) return std::make_unique<engine::FixedClock>(t);
+  } catch (const std::exception&) {
+  }
+  throw Error(ErrorCode::kUsage,
+              "--now / FLEETSIGN_TEST_NOW: '" + *text + "' is not a unix time in seconds");
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -66,25 +84,6 @@ bool holder_is_gone(const std::string& runner) {
   } catch (const std::exception&) {
     return false;
   }
-}
-
-// The test hook: --now UNIX or FLEETSIGN_TEST_NOW pins the scheduler's clock (and only it).
-std::unique_ptr<engine::Clock> scheduler_clock(const Args& args) {
-  std::optional<std::string> text = args.get("now");
-  if (!text) {
-    if (const char* env = std::getenv("FLEETSIGN_TEST_NOW"); env != nullptr && *env != '\0') {
-      text = env;
-    }
-  }
-  if (!text) return std::make_unique<engine::SystemClock>();
-  try {
-    std::size_t used = 0;
-    const long long t = std::stoll(*text, &used);
-    if (used == text->size() && t >= 0) return std::make_unique<engine::FixedClock>(t);
-  } catch (const std::exception&) {
-  }
-  throw Error(ErrorCode::kUsage,
-              "--now / FLEETSIGN_TEST_NOW: '" + *text + "' is not a unix time in seconds");
 }
 
 class Server final {
@@ -297,7 +296,7 @@ int run_serve(Context& ctx) {
     throw Error(ErrorCode::kUsage, "--tick must be 1.." + std::to_string(kMaxTick) + " seconds");
   }
   const bool once = ctx.args().has("once");
-  auto clock = scheduler_clock(ctx.args());
+  auto clock = test_hook_clock(ctx.args());
   // The PIN now, as every command gets it (file, environment, prompt): a service without one
   // fails at its start, not at its first job weeks later.
   hsm::Pin pin = hsm::Pin::from_sources(path_option(ctx.args(), "pin-file"), "FLEETSIGN_PIN",
