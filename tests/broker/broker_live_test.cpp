@@ -3,6 +3,7 @@
 // the broker's CPU cost per routed method call.
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -144,6 +145,44 @@ TEST_F(BrokerLive, AfterARestartDevicesReconnectAndMethodsAndTwinsWorkAgain) {
   const auto twin = dev->wait_topic_prefix("$iothub/twin/res/200/");
   ASSERT_TRUE(twin);
   EXPECT_NE(twin->payload.find(R"("boot":1)"), std::string::npos) << twin->payload;
+}
+
+// mosquitto 2.0.11 re-authenticates every client it knows after a reload (SIGHUP: `broker
+// reload`, every CRL install), also the stored session of a persistent client that is offline.
+// Refusing that session made mosquitto put it twice on its session-expiry list, and read it after
+// freeing it when the device came back (the broker crashed during incident runs). The stored
+// session is left alone, the device comes back to it, and the broker lives on.
+TEST_F(BrokerLive, AReloadLeavesTheStoredSessionOfAnOfflineDeviceAlone) {
+  const auto a = h.issue("dev-a");
+  h.start_broker();
+  {
+    auto dev = h.device(a, "", false);
+    ASSERT_EQ(dev->connect(), 0);
+    ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
+    dev->disconnect();
+  }
+  for (int i = 0; i < 3; ++i) {
+    h.cli_ok({"broker", "reload"});
+    std::this_thread::sleep_for(300ms);
+  }
+  auto svc = h.online_service();
+  const std::string rid = new_rid();
+  svc->publish(call_topic("dev-a", "resume", rid, 20, 10), "{}");
+  auto dev = h.device(a, "", false);
+  ASSERT_EQ(dev->connect(), 0);
+  const auto call = dev->wait_topic_prefix("$iothub/methods/POST/resume/");
+  ASSERT_TRUE(call) << "the stored session kept its subscription\n" << h.broker_log();
+  dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(call->topic), "{}");
+  ASSERT_TRUE(svc->wait_for(answer_to(rid)));
+  dev->disconnect();
+  h.cli_ok({"broker", "reload"});
+  std::this_thread::sleep_for(1500ms);  // mosquitto walks its session-expiry list each second
+  EXPECT_EQ(::kill(h.broker_pid(), 0), 0) << "mosquitto is still running\n" << h.broker_log();
+  const std::string log = h.broker_log();
+  EXPECT_EQ(log.find("refused hub client 'dev-a'"), std::string::npos)
+      << "an offline session is never refused at a reload\n"
+      << log;
+  EXPECT_NE(log.find("configuration reloaded"), std::string::npos) << log;
 }
 
 // End to end: `fleetsign method invoke` (the trigger layer's broker backend, a service client)

@@ -58,6 +58,15 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
   // connection again keeps what it had.
   const Session* again = m_sessions.live(connection, id);
   const bool was_ready = again != nullptr && again->methods_ready;
+  if (m_reloading && again == nullptr && request.leaf == nullptr) {
+    // After a reload mosquitto 2.0 re-authenticates every client it knows, including the stored
+    // session of a persistent client that is not connected (no TLS, so no certificate). Refusing
+    // it makes mosquitto disconnect that session a second time, which puts it twice on its
+    // session-expiry list and later reads it after it was freed (a crash). It is not connected,
+    // so nothing is admitted: its next connection is checked like any other. A real connection
+    // always has a certificate (require_certificate true) and is never handled here.
+    return true;
+  }
   ConnectRequest checked = request;
   const Session* holder = m_sessions.find(id);
   checked.id_in_use = holder != nullptr && holder->connection != connection;
@@ -282,6 +291,7 @@ void FleetBroker::apply_recheck(const Recheck& r) {
 }
 
 void FleetBroker::on_tick() {
+  m_reloading = false;  // mosquitto re-authenticates between the reload event and this tick
   m_log.drain_to(m_transport);
   for (const auto& r : m_inbox.take_rechecks()) {
     try {
@@ -306,6 +316,7 @@ void FleetBroker::on_tick() {
 }
 
 void FleetBroker::on_reload() {
+  m_reloading = true;
   try {
     BrokerConfig fresh = load_broker_config(m_config.home);
     m_config = std::move(fresh);

@@ -58,8 +58,10 @@ class FleetBroker {
   void on_disconnect(const void* connection, const std::string& client_id);
   // MOSQ_EVT_TICK: takes what the threads handed over, kicks, expires method calls.
   void on_tick();
-  // MOSQ_EVT_RELOAD (SIGHUP, `fleetsign broker reload`): broker.json and the policy are read
-  // again; on an error the running configuration stays and the error is logged.
+  // MOSQ_EVT_RELOAD (SIGHUP, `fleetsign broker reload`, a new CRL): broker.json and the policy
+  // are read again; on an error the running configuration stays and the error is logged. Until
+  // the next tick, on_connect admits the stored sessions of disconnected clients that mosquitto
+  // re-authenticates after a reload (see on_connect).
   void on_reload();
 
   // For tests and measurements.
@@ -94,6 +96,7 @@ class FleetBroker {
   std::unordered_set<std::string> m_method_subscribers;  // persistent sessions' subscriptions
   std::vector<std::string> m_ready;                      // devices to tell the router about
   std::int64_t m_last_evict_ms = 0, m_last_refresh_ms = 0;
+  bool m_reloading = false;                    // from MOSQ_EVT_RELOAD to the next tick
   std::unique_ptr<RegistryWatcher> m_watcher;  // last: it starts its thread when all is ready
 };
 
