@@ -22,8 +22,7 @@ using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 
 Der spki_in_form(EVP_PKEY* key, const char* form) {
   if (form != nullptr) {
-    EXPECT_EQ(EVP_PKEY_set_utf8_string_param(key, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
-                                             form),
+    EXPECT_EQ(EVP_PKEY_set_utf8_string_param(key, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, form),
               1);
   }
   unsigned char* der = nullptr;
@@ -33,7 +32,6 @@ Der spki_in_form(EVP_PKEY* key, const char* form) {
   OPENSSL_free(der);
   return out;
 }
-
 
 TEST(KeyHash, OneEcKeyHasOneHashInEveryPointEncoding) {
   for (const char* curve : {"P-256", "P-384", "P-521"}) {

@@ -11,9 +11,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "der.hpp"
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/error.hpp"
-#include "der.hpp"
 #include "oids.hpp"
 #include "ossl.hpp"
 
