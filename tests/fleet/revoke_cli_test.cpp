@@ -4,6 +4,7 @@
 // export says so, revoked devices under a group get disabled individual enrollments, and a CSR
 // with a blocked key is refused in a batch while the rest is issued.
 #include <gtest/gtest.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
@@ -46,6 +47,15 @@ int count_lines_with(const std::string& text, const std::string& what) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) n += line.find(what) != std::string::npos;
   return n;
+}
+
+// A copy of `key` whose SPKI carries its EC point compressed (openssl ec -conv_form compressed).
+testing::Pkey compressed(EVP_PKEY* key) {
+  testing::Pkey out(EVP_PKEY_dup(key));
+  EXPECT_EQ(EVP_PKEY_set_utf8_string_param(out.get(), OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                           "compressed"),
+            1);
+  return out;
 }
 
 std::string spki_sha256(EVP_PKEY* key) {
@@ -311,6 +321,8 @@ TEST_F(Revoke, NothingIsSignedOrAdmittedUnderARevokedCa) {
 
 TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
   testing::Pkey stolen = testing::ec_key(), known = testing::ec_key();
+  // The same keys, their points sent compressed: another encoding, the same key, still blocked.
+  testing::Pkey stolen_c = compressed(stolen.get()), known_c = compressed(known.get());
   // The stolen key's certificate, revoked for keyCompromise: its key is blocked.
   const fs::path one = dir.path() / "one.csr";
   {
@@ -340,6 +352,10 @@ TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
       const std::string id = "k-" + std::to_string(i);
       if (i == 7) {
         f << engine::pem(csr_with_key(stolen.get(), id), "CERTIFICATE REQUEST");
+      } else if (i == 11) {
+        f << engine::pem(csr_with_key(stolen_c.get(), id), "CERTIFICATE REQUEST");
+      } else if (i == 31) {
+        f << engine::pem(csr_with_key(known_c.get(), id), "CERTIFICATE REQUEST");
       } else if (i == 23) {
         f << engine::pem(csr_with_key(known.get(), id), "CERTIFICATE REQUEST");
       } else {
@@ -351,11 +367,12 @@ TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
   const auto r = bin.run("issue --ca factory-1 --csr-file " + quoted(bundle.string()) + " --out " +
                          quoted(out.string()) + " --bundle --json");
   EXPECT_EQ(r.status, 3) << r.err;  // completed with rejects
-  EXPECT_EQ(json(r.out)->getValue<std::int64_t>("issued"), 38);
+  EXPECT_EQ(json(r.out)->getValue<std::int64_t>("issued"), 36);
   const std::string rejects = testing::read_file(out / "rejects.csv");
-  EXPECT_EQ(count_lines_with(rejects, "key_blocked"), 2) << rejects;
-  EXPECT_NE(rejects.find("k-7"), std::string::npos);
-  EXPECT_NE(rejects.find("k-23"), std::string::npos);
+  EXPECT_EQ(count_lines_with(rejects, "key_blocked"), 4) << rejects;
+  for (const char* id : {"k-7", "k-11", "k-23", "k-31"}) {
+    EXPECT_NE(rejects.find(id), std::string::npos) << id;
+  }
   // The single-issue path refuses it too, with its own code; removing the key lets it through.
   const fs::path again = dir.path() / "again.csr";
   {
@@ -366,6 +383,17 @@ TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
                               quoted((dir.path() / "single").string()));
   EXPECT_EQ(single.status, 7) << single.err;
   EXPECT_NE(single.err.find("key_blocked"), std::string::npos) << single.err;
+  // The revoked certificate's key, its point compressed, through the single-issue path.
+  const fs::path stolen_csr = dir.path() / "stolen-c.csr";
+  {
+    std::ofstream f(stolen_csr);
+    f << engine::pem(csr_with_key(stolen_c.get(), "k-single-c"), "CERTIFICATE REQUEST");
+  }
+  const auto single_c = bin.run("issue --ca factory-1 --csr " + quoted(stolen_csr.string()) +
+                                " --out " + quoted((dir.path() / "single-c").string()));
+  EXPECT_EQ(single_c.status, 7) << single_c.err;
+  EXPECT_NE(single_c.err.find("key_blocked"), std::string::npos) << single_c.err;
+  EXPECT_NE(single_c.err.find(spki_sha256(stolen.get())), std::string::npos) << single_c.err;
   bin.ok("blocklist remove " + spki_sha256(known.get()));
   bin.ok("issue --ca factory-1 --csr " + quoted(again.string()) + " --out " +
          quoted((dir.path() / "single2").string()));

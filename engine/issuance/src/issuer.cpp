@@ -175,8 +175,9 @@ Result<PreparedCert> Issuer::prepare(const DeviceId& checked_id, ByteView spki) 
   const Impl& m = *m_impl;
   const std::string& device_id = checked_id.str();
   PreparedCert p;
-  // Cheap (one SHA-256 over ~91 bytes); the blocklist's set is only consulted when not empty.
-  p.m_key_sha256 = thumbprint_sha256(spki);
+  // Cheap (one SHA-256 over ~91 bytes; a compressed EC point is re-encoded first, so the same key
+  // sent compressed has the same hash); the blocklist's set is only consulted when not empty.
+  p.m_key_sha256 = key_sha256_of_spki(spki);
   if (m.blocklist && m.blocklist->contains(p.m_key_sha256)) {
     return fail(ErrorCode::kKeyBlocked, "device '" + device_id +
                                             "': its public key (SPKI SHA-256 " + p.m_key_sha256 +

@@ -1,10 +1,10 @@
 #include "fleetsign/engine/job_issue.hpp"
 
-#include <openssl/x509.h>
 #include <tbb/parallel_for.h>
 
 #include <optional>
 
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
@@ -12,20 +12,6 @@ namespace fleetsign::engine {
 namespace {
 
 constexpr std::size_t kSubChunk = 32;  // CSRs per parallel task: a token round trip amortised
-
-// The SubjectPublicKeyInfo of a certificate, DER (empty when it does not parse).
-Der spki_of(const Der& cert_der) {
-  const unsigned char* p = cert_der.data();
-  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(cert_der.size()));
-  if (cert == nullptr) return {};
-  unsigned char* out = nullptr;
-  const int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &out);
-  Der spki;
-  if (n > 0) spki.assign(out, out + n);
-  OPENSSL_free(out);
-  X509_free(cert);
-  return spki;
-}
 
 struct Item {
   std::optional<PreparedCert> prepared;
@@ -45,7 +31,9 @@ void check_and_prepare(const Issuer& issuer, const JobCsr& csr, Item& slot) {
                                                             "', not '" + csr.device_id + "'"};
     return;
   }
-  if (!csr.replaced_cert.empty() && checked.value().spki == spki_of(csr.replaced_cert)) {
+  // By key identity, not bytes: the replaced key sent with its EC point compressed is the same key.
+  if (!csr.replaced_cert.empty() &&
+      key_sha256_of_spki(checked.value().spki) == key_sha256_of_cert(csr.replaced_cert)) {
     slot.failure = Failure{ErrorCode::kKeyRejected,
                            "the CSR reuses the key of the certificate it replaces: a rollover "
                            "needs a new key"};

@@ -1,6 +1,7 @@
 #include "fleetsign/engine/x509.hpp"
 
 #include <openssl/asn1.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -10,8 +11,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "der.hpp"
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/error.hpp"
+#include "oids.hpp"
 #include "ossl.hpp"
 
 namespace fleetsign::engine {
@@ -46,6 +49,48 @@ std::string thumbprint_sha256(ByteView der) {
   return hex_upper(md);
 }
 
+namespace {
+
+// True when `spki` is an id-ecPublicKey SubjectPublicKeyInfo whose point is not in uncompressed
+// form (0x02/0x03 compressed, 0x06/0x07 hybrid): the only encodings the key hash re-encodes.
+bool ec_point_not_uncompressed(ByteView spki) {
+  der::Bytes in = spki, body, alg, oid_tlv, bits;
+  der::Tlv t;
+  if (!der::expect(in, der::tag::kSequence, t)) return false;
+  body = t.content;
+  if (!der::expect(body, der::tag::kSequence, t)) return false;
+  alg = t.content;
+  if (!der::expect(alg, der::tag::kOid, t)) return false;
+  oid_tlv = t.content;
+  if (!der::expect(body, der::tag::kBitString, t) || t.content.size() < 2) return false;
+  bits = t.content;
+  const std::uint8_t form = bits[1];  // bits[0]: the unused-bits count
+  if (form != 0x02 && form != 0x03 && form != 0x06 && form != 0x07) return false;
+  return der::equal(oid_tlv, oid::kEcPublicKey);
+}
+
+}  // namespace
+
+std::string key_sha256_of_spki(ByteView spki) {
+  if (!ec_point_not_uncompressed(spki)) return thumbprint_sha256(spki);
+  // Rare: decode and re-encode the point uncompressed, so one key has one identity.
+  const unsigned char* p = spki.data();
+  ossl::PkeyPtr key(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())));
+  unsigned char* canonical = nullptr;
+  const int len =
+      key && p == spki.data() + spki.size() &&
+              EVP_PKEY_set_utf8_string_param(key.get(), OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+                                             "uncompressed") == 1
+          ? i2d_PUBKEY(key.get(), &canonical)
+          : -1;
+  // A key OpenSSL cannot decode is hashed as sent (the CSR check refuses it before issuance).
+  std::string out = len > 0 ? thumbprint_sha256(ByteView(canonical, static_cast<std::size_t>(len)))
+                            : thumbprint_sha256(spki);
+  OPENSSL_free(canonical);
+  if (len <= 0) ERR_clear_error();
+  return out;
+}
+
 std::string key_sha256_of_cert(ByteView cert_der) {
   const unsigned char* p = cert_der.data();
   ossl::X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(cert_der.size())));
@@ -56,7 +101,7 @@ std::string key_sha256_of_cert(ByteView cert_der) {
   unsigned char* spki = nullptr;
   const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert.get()), &spki);
   std::string out;
-  if (len > 0) out = thumbprint_sha256(ByteView(spki, static_cast<std::size_t>(len)));
+  if (len > 0) out = key_sha256_of_spki(ByteView(spki, static_cast<std::size_t>(len)));
   OPENSSL_free(spki);
   return out;
 }

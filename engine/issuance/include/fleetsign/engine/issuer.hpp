@@ -121,7 +121,7 @@ struct SignedCert {
   Der der;
   std::string sha1, sha256;
   std::int64_t not_before = 0, not_after = 0;
-  std::string key_sha256;  // SHA-256 of the SubjectPublicKeyInfo (the blocklist's key identity)
+  std::string key_sha256;  // key_sha256_of_spki: the blocklist's key identity
 };
 
 class Issuer final {

@@ -20,9 +20,12 @@ std::string hex_upper(ByteView bytes);
 // Thumbprints the way Azure and AWS portals show them: upper-case hex, no separators.
 std::string thumbprint_sha1(ByteView der);
 std::string thumbprint_sha256(ByteView der);
-// The key's identity on the compromised-key blocklist: SHA-256 of the certificate's
-// SubjectPublicKeyInfo DER (for a CSR: thumbprint_sha256 of its SPKI). Empty when `cert_der` does
-// not parse.
+// The key's identity on the compromised-key blocklist: SHA-256 (upper-case hex) of the canonical
+// SubjectPublicKeyInfo DER: an EC point sent compressed (or hybrid) is re-encoded uncompressed, so
+// one key has one hash however it is sent; every other SPKI (RSA, uncompressed EC, one OpenSSL
+// cannot decode) is hashed as sent, without allocating.
+std::string key_sha256_of_spki(ByteView spki);
+// key_sha256_of_spki of a certificate's SPKI. Empty when `cert_der` does not parse.
 std::string key_sha256_of_cert(ByteView cert_der);
 
 // PEM with 64-column base64 lines; `label` e.g. "CERTIFICATE".

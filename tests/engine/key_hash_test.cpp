@@ -1,0 +1,93 @@
+// The compromised-key blocklist's key identity (key_sha256_of_spki): one EC key has one hash
+// whether its point is sent uncompressed, compressed or hybrid, and every other SPKI (RSA,
+// uncompressed EC, bytes OpenSSL cannot decode) hashes exactly as sent.
+#include <gtest/gtest.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fleetsign/engine/x509.hpp"
+
+namespace fleetsign::engine {
+namespace {
+
+struct PkeyFree {
+  void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
+};
+using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+
+Der spki_in_form(EVP_PKEY* key, const char* form) {
+  if (form != nullptr) {
+    EXPECT_EQ(EVP_PKEY_set_utf8_string_param(key, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, form),
+              1);
+  }
+  unsigned char* der = nullptr;
+  const int n = i2d_PUBKEY(key, &der);
+  EXPECT_GT(n, 0);
+  Der out(der, der + n);
+  OPENSSL_free(der);
+  return out;
+}
+
+TEST(KeyHash, OneEcKeyHasOneHashInEveryPointEncoding) {
+  for (const char* curve : {"P-256", "P-384", "P-521"}) {
+    Pkey key(EVP_EC_gen(curve));
+    ASSERT_TRUE(key) << curve;
+    const Der plain = spki_in_form(key.get(), "uncompressed");
+    const Der compressed = spki_in_form(key.get(), "compressed");
+    const Der hybrid = spki_in_form(key.get(), "hybrid");
+    ASSERT_NE(plain, compressed) << curve;
+    ASSERT_LT(compressed.size(), plain.size()) << curve;
+    ASSERT_NE(plain, hybrid) << curve;
+    // Uncompressed is hashed as sent: the hash recorded before this canonical form is unchanged.
+    EXPECT_EQ(key_sha256_of_spki(plain), thumbprint_sha256(plain)) << curve;
+    EXPECT_EQ(key_sha256_of_spki(compressed), thumbprint_sha256(plain)) << curve;
+    EXPECT_EQ(key_sha256_of_spki(hybrid), thumbprint_sha256(plain)) << curve;
+    EXPECT_NE(thumbprint_sha256(compressed), thumbprint_sha256(plain)) << curve;
+  }
+  // Two different keys stay different when both are compressed.
+  Pkey a(EVP_EC_gen("P-256")), b(EVP_EC_gen("P-256"));
+  EXPECT_NE(key_sha256_of_spki(spki_in_form(a.get(), "compressed")),
+            key_sha256_of_spki(spki_in_form(b.get(), "compressed")));
+}
+
+TEST(KeyHash, RsaAndUndecodableSpkisHashAsSent) {
+  Pkey rsa(EVP_RSA_gen(2048));
+  ASSERT_TRUE(rsa);
+  const Der spki = spki_in_form(rsa.get(), nullptr);
+  EXPECT_EQ(key_sha256_of_spki(spki), thumbprint_sha256(spki));
+  // An EC SPKI with a compressed point OpenSSL refuses (x = 2^256 - 1, above the field prime):
+  // hashed as sent, no throw.
+  Pkey ec(EVP_EC_gen("P-256"));
+  Der broken = spki_in_form(ec.get(), "compressed");
+  for (std::size_t i = broken.size() - 32; i < broken.size(); ++i) broken[i] = 0xFF;
+  EXPECT_EQ(key_sha256_of_spki(broken), thumbprint_sha256(broken));
+  const Der garbage = {0x30, 0x03, 0x02, 0x01, 0x00};
+  EXPECT_EQ(key_sha256_of_spki(garbage), thumbprint_sha256(garbage));
+}
+
+TEST(KeyHash, ACertificateHashesLikeItsSpki) {
+  Pkey key(EVP_EC_gen("P-256"));
+  X509* cert = X509_new();
+  X509_set_pubkey(cert, key.get());
+  X509_set_version(cert, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+  ASSERT_GT(X509_sign(cert, key.get(), EVP_sha256()), 0);
+  unsigned char* der = nullptr;
+  const int n = i2d_X509(cert, &der);
+  const Der cert_der(der, der + n);
+  OPENSSL_free(der);
+  X509_free(cert);
+  EXPECT_EQ(key_sha256_of_cert(cert_der),
+            thumbprint_sha256(spki_in_form(key.get(), "uncompressed")));
+  EXPECT_EQ(key_sha256_of_cert(Der{0x30, 0x00}), "");
+}
+
+}  // namespace
+}  // namespace fleetsign::engine
