@@ -43,6 +43,11 @@ Poco::JSON::Object ca_json(const engine::CaRecord& ca) {
   o.set("sha1", ca.sha1);
   o.set("sha256", ca.sha256);
   o.set("verified", ca.verified);
+  o.set("revoked", ca.revoked_at != 0);
+  if (ca.revoked_at != 0) {
+    o.set("revoked_at", engine::iso8601(ca.revoked_at));
+    o.set("revocation_reason", ca.revocation_reason);
+  }
   return o;
 }
 
@@ -56,6 +61,10 @@ void print_ca(const engine::CaRecord& ca) {
       engine::iso8601(ca.not_before).c_str(), engine::iso8601(ca.not_after).c_str(),
       (ca.key_uri.empty() ? std::string("external, not in the token") : ca.key_uri).c_str(),
       ca.key_type.c_str(), ca.sha1.c_str(), ca.sha256.c_str(), ca.verified ? "yes" : "no");
+  if (ca.revoked_at != 0) {
+    std::printf("  REVOKED      %s (%s): nothing is signed or admitted under it\n",
+                engine::iso8601(ca.revoked_at).c_str(), ca.revocation_reason.c_str());
+  }
 }
 
 int run_create(Context& ctx, bool root) {
@@ -94,13 +103,13 @@ int run_list(Context& ctx) {
     ctx.print_json(o);
     return 0;
   }
-  std::printf("%-20s %-20s %-8s %-20s %-9s %s\n", "NAME", "ISSUER", "KEY", "NOT AFTER", "VERIFIED",
-              "SUBJECT");
+  std::printf("%-20s %-20s %-8s %-20s %-9s %-8s %s\n", "NAME", "ISSUER", "KEY", "NOT AFTER",
+              "VERIFIED", "STATE", "SUBJECT");
   for (const auto& ca : cas) {
-    std::printf("%-20s %-20s %-8s %-20s %-9s %s\n", ca.name.c_str(),
+    std::printf("%-20s %-20s %-8s %-20s %-9s %-8s %s\n", ca.name.c_str(),
                 ca.parent.empty() ? "(root)" : ca.parent.c_str(), ca.key_type.c_str(),
                 engine::iso8601(ca.not_after).c_str(), ca.verified ? "yes" : "no",
-                ca.subject.c_str());
+                ca.revoked_at != 0 ? "REVOKED" : "active", ca.subject.c_str());
   }
   return 0;
 }

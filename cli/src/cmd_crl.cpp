@@ -5,11 +5,14 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <optional>
 
 #include "cli.hpp"
+#include "fleetsign/atomic_file.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/crl_install.hpp"
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/crl_check.hpp"
@@ -81,6 +84,15 @@ int run_export(Context& ctx) {
 
 // Re-installs the broker's CRL file from the registry and reloads a running mosquitto.
 // Returns a line for the operator ("" when there is no broker).
+// A file's bytes ("" when it cannot be read: missing, or over `limit`).
+std::string read_or_empty(const std::filesystem::path& file, std::size_t limit) {
+  try {
+    return read_bounded(file.string(), limit, file.filename().string());
+  } catch (const Error&) {
+    return {};
+  }
+}
+
 std::string update_broker(Context& ctx, std::int64_t now) {
   const broker::BrokerHome home(ctx.home_dir());
   if (!home.initialised()) return {};
@@ -88,8 +100,17 @@ std::string update_broker(Context& ctx, std::int64_t now) {
   const broker::CrlInstall inst = broker::install_registry_crls(home, ctx.registry(), now);
   if (!inst.enabled) return "broker: no CRL file (" + inst.off_reason + ")";
   broker::Supervisor sup(home, broker_binary(ctx.args()));
-  if (was_on && inst.changed && sup.status(home.load()).running) {
+  // The file mosquitto was last told to read, by its hash: a run killed between installing the
+  // file and the reload leaves it behind, and the next run reloads although the file is the same
+  // (else the broker would keep refusing every device under a CA whose first CRL it never read).
+  const std::filesystem::path loaded = home.crl_path().string() + ".loaded";
+  const std::string bytes = read_or_empty(home.crl_path(), std::size_t{256} << 20);
+  const std::string installed = engine::thumbprint_sha256(
+      engine::ByteView(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+  const bool told = !inst.changed && read_or_empty(loaded, 128) == installed;
+  if (was_on && !told && sup.status(home.load()).running) {
     sup.reload();
+    write_file_atomic(loaded, installed, 0644);
     return "broker: CRL file installed (" + std::to_string(inst.crls) +
            " CRLs), mosquitto reloaded";
   }

@@ -69,6 +69,21 @@ void print_plan(Context& ctx, const jobs::IncidentPlan& plan) {
     o.set("slot", plan.slot);
     o.set("replacementCa", plan.replacement_ca);
     o.set("replacementExists", plan.replacement_exists);
+    Poco::JSON::Array replacements;
+    for (const auto& c : plan.replacements) {
+      Poco::JSON::Object r(Poco::JSON_PRESERVE_KEY_ORDER);
+      r.set("ca", c.ca);
+      r.set("replacement", c.replacement);
+      r.set("issuer", c.issuer);
+      r.set("exists", c.exists);
+      Poco::JSON::Array held;
+      for (const auto& s : plan.slots) {
+        if (s.ca == c.ca) held.add(s.group + "/" + s.slot);
+      }
+      r.set("slots", held);
+      replacements.add(r);
+    }
+    o.set("replacements", replacements);
     o.set("devices", static_cast<std::int64_t>(plan.devices.size()));
     o.set("rotate", plan.rotate);
     o.set("factory", plan.factory);
@@ -105,6 +120,17 @@ void print_plan(Context& ctx, const jobs::IncidentPlan& plan) {
             ? " (it sits in no group slot)"
             : (" and leaves the " + plan.slot + " slot of group '" + plan.group + "'").c_str(),
         plan.replacement_ca.c_str(), plan.replacement_exists ? "exists" : "made in the token");
+    for (std::size_t i = 1; i < plan.replacements.size(); ++i) {
+      const auto& c = plan.replacements[i];
+      std::string held;
+      for (const auto& s : plan.slots) {
+        if (s.ca == c.ca) held += ", takes the " + s.slot + " slot of group '" + s.group + "'";
+      }
+      std::printf(
+          "  CA '%s' below it is revoked at the close; replacement '%s' under '%s' (%s)%s\n",
+          c.ca.c_str(), c.replacement.c_str(), c.issuer.c_str(),
+          c.exists ? "exists" : "made in the token", held.c_str());
+    }
   }
   std::printf(
       "  %zu device(s), %lld connected now: %lld rotated, %lld to factory re-provisioning, %lld "

@@ -136,13 +136,18 @@ void print_plan(const jobs::RevocationPlan& p, bool dry_run) {
   t.print(stdout, "  ");
 }
 
-// More than one device needs --yes, or the count (or the word "revoke") typed on a terminal.
+// More than one device, or any CA, needs --yes, or the count (or the word "revoke") typed on a
+// terminal.
 void confirm(Context& ctx, const jobs::RevocationPlan& p) {
-  if (p.devices.size() <= 1 || ctx.args().has("yes")) return;
+  if ((p.devices.size() <= 1 && p.cas_revoked.empty()) || ctx.args().has("yes")) return;
   const std::string n = std::to_string(p.devices.size());
   if (isatty(STDIN_FILENO) == 0 || isatty(STDERR_FILENO) == 0) {
-    throw Error(ErrorCode::kUsage, "refusing to revoke the certificates of " + n +
-                                       " devices without --yes (run with --dry-run to see them)");
+    throw Error(
+        ErrorCode::kUsage,
+        "refusing to revoke " +
+            (p.cas_revoked.empty() ? std::string() : "CA(s) " + names(p.cas_revoked) + " and ") +
+            "the certificates of " + n +
+            " device(s) without --yes (run with --dry-run to see them)");
   }
   std::fprintf(stderr,
                "Revoke %zu certificate(s) of %s devices? Type %s or 'revoke': ", p.to_revoke.size(),
@@ -161,6 +166,12 @@ int run_revoke(Context& ctx) {
     throw Error(ErrorCode::kUsage, "--dry-run or --yes, not both");
   engine::Stores& stores = ctx.registry();
   const auto plan = jobs::plan_revocation(stores, ctx.clock(), selector, reason);
+  if (plan.to_revoke.empty() && plan.already_revoked == 0 && plan.cas_revoked.empty() &&
+      plan.keys_to_block.empty()) {
+    // A typo in a serial or a lot must not look like a revocation that went through.
+    throw Error(ErrorCode::kNotFound, "nothing matches " + plan.selector.describe() +
+                                          ": no certificate, CA or key to revoke");
+  }
   if (!dry_run) confirm(ctx, plan);
   jobs::RevocationOutcome outcome;
   if (!dry_run) {

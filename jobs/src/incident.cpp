@@ -4,6 +4,7 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <array>
@@ -74,19 +75,89 @@ std::optional<engine::Incident> open_incident_for(engine::Stores& stores, const 
   return std::nullopt;
 }
 
-// The device's certificate in the scope (a slot's certificate of that CA, lot or site).
+// The device's certificate in the scope (a slot's certificate of one of the CAs, of the lot or of
+// the site).
 std::optional<engine::CertRecord> scoped_cert(engine::Stores& stores, const engine::DeviceRecord& d,
-                                              const std::string& kind, const std::string& scope) {
+                                              const std::string& kind, const std::string& scope,
+                                              const std::set<std::string>& cas) {
   for (const auto* serial : {&d.primary_serial, &d.secondary_serial}) {
     if (serial->empty()) continue;
     auto c = stores.find_cert(*serial);
     if (!c || c->state != engine::CertState::kIssued) continue;
-    const std::string& value = kind == "ca"    ? c->ca_name
-                               : kind == "lot" ? c->lineage.lot
-                                               : c->lineage.site;
-    if (value == scope) return c;
+    if (kind == "ca" ? cas.count(c->ca_name) != 0
+                     : (kind == "lot" ? c->lineage.lot : c->lineage.site) == scope) {
+      return c;
+    }
   }
   return std::nullopt;
+}
+
+// The pathLen of a CA certificate; nullopt when it has none (unlimited) or does not parse.
+std::optional<int> path_len_of(const engine::CaRecord& ca) {
+  const unsigned char* p = ca.cert_der.data();
+  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(ca.cert_der.size()));
+  if (cert == nullptr) return std::nullopt;
+  const long n = X509_get_pathlen(cert);
+  X509_free(cert);
+  return n >= 0 ? std::optional<int>(static_cast<int>(n)) : std::nullopt;
+}
+
+// The compromised CA and every CA of this registry below it that still works, parents first,
+// each with its replacement's name and issuer. Replacements of the CAs below are named
+// "{ca}-i{YYYYMMDD}"; one that exists must have the expected issuer.
+std::vector<IncidentCa> plan_replacements(engine::Stores& stores, const engine::CaRecord& top,
+                                          const std::string& top_replacement,
+                                          const std::string& day) {
+  const std::vector<engine::CaRecord> all = stores.list_cas();
+  std::vector<const engine::CaRecord*> subtree{&top};
+  std::vector<std::size_t> parent_of{0};  // index into subtree
+  for (std::size_t i = 0; i < subtree.size(); ++i) {
+    for (const auto& c : all) {
+      if (c.parent == subtree[i]->name && c.name != top.name && c.revoked_at == 0 &&
+          !engine::is_external(c)) {
+        subtree.push_back(&c);
+        parent_of.push_back(i);
+      }
+    }
+  }
+  std::vector<IncidentCa> out;
+  for (std::size_t i = 0; i < subtree.size(); ++i) {
+    const engine::CaRecord& c = *subtree[i];
+    IncidentCa r;
+    r.ca = c.name;
+    r.replacement = i == 0 ? top_replacement : c.name + "-i" + day;
+    r.issuer = i == 0 ? c.parent : out[parent_of[i]].replacement;
+    r.path_len = path_len_of(c);
+    if (!r.path_len) {
+      // Unlimited: as many levels as the CAs below it use.
+      int below = 0;
+      for (std::size_t j = i + 1; j < subtree.size(); ++j) {
+        int levels = 0;
+        std::size_t k = j;
+        while (k != 0 && k != i) {
+          k = parent_of[k];
+          ++levels;
+        }
+        if (k == i) below = std::max(below, levels);
+      }
+      r.path_len = below;
+    }
+    if (const auto existing = stores.find_ca(r.replacement)) {
+      r.exists = true;
+      if (existing->name == c.name) {
+        throw Error(ErrorCode::kInvalidArgument, "the replacement cannot be the compromised CA");
+      }
+      if (i == 0) {
+        r.issuer = existing->parent;  // named with --replacement-ca (or made by an earlier run)
+      } else if (existing->parent != r.issuer) {
+        throw Error(ErrorCode::kAlreadyExists,
+                    "a CA named '" + r.replacement + "' exists with another issuer than '" +
+                        r.issuer + "'; it cannot replace '" + c.name + "'");
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 }  // namespace
@@ -126,32 +197,48 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
                   "CA '" + request.scope + "' is " + (ca->parent.empty() ? "a root" : "external") +
                       ": an incident replaces an intermediate of this registry");
     }
-    for (const auto& g : stores.list_groups()) {
-      if (g.primary_ca == ca->name || g.secondary_ca == ca->name) {
-        plan.group = g.name;
-        plan.slot = g.primary_ca == ca->name ? "primary" : "secondary";
-        break;
-      }
-    }
     plan.replacement_ca = request.replacement_ca.empty() ? request.scope + "-i" + stamp_day(clock)
                                                          : request.replacement_ca;
     if (const auto r = stores.find_ca(plan.replacement_ca)) {
-      plan.replacement_exists = true;
       if (r->parent != ca->parent && request.replacement_ca.empty()) {
         throw Error(ErrorCode::kAlreadyExists, "a CA named '" + plan.replacement_ca +
                                                    "' exists with another issuer; name one with "
                                                    "--replacement-ca");
       }
-      if (r->name == ca->name) {
-        throw Error(ErrorCode::kInvalidArgument, "the replacement cannot be the compromised CA");
+    }
+    plan.replacements = plan_replacements(stores, *ca, plan.replacement_ca, stamp_day(clock));
+    plan.replacement_exists = plan.replacements.front().exists;
+    for (const auto& g : stores.list_groups()) {
+      for (const auto& r : plan.replacements) {
+        for (const auto* held : {&g.primary_ca, &g.secondary_ca}) {
+          if (*held != r.ca) continue;
+          plan.slots.push_back(
+              {g.name, held == &g.primary_ca ? "primary" : "secondary", r.ca, r.replacement});
+        }
       }
     }
-    filter.ca_names = {request.scope};
+    for (const auto& s : plan.slots) {
+      if (s.ca == ca->name) {
+        plan.group = s.group;
+        plan.slot = s.slot;
+        break;
+      }
+    }
+    for (const auto& r : plan.replacements) filter.ca_names.push_back(r.ca);
   } else if (request.scope_kind == "lot") {
     filter.lot = request.scope;
   }
-  plan.certificates = static_cast<std::int64_t>(
-      stores.issued_serials_in_scope(request.scope_kind, request.scope, clock.now() + 1).size());
+  std::set<std::string> scope_cas;
+  for (const auto& r : plan.replacements) scope_cas.insert(r.ca);
+  if (request.scope_kind == "ca") {
+    for (const auto& c : scope_cas) {
+      plan.certificates += static_cast<std::int64_t>(
+          stores.issued_serials_in_scope("ca", c, clock.now() + 1).size());
+    }
+  } else {
+    plan.certificates = static_cast<std::int64_t>(
+        stores.issued_serials_in_scope(request.scope_kind, request.scope, clock.now() + 1).size());
+  }
 
   std::unordered_set<std::string> connected;
   for (const auto& s : stores.connected_devices()) connected.insert(s.device_id);
@@ -163,7 +250,7 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
     }
   }
   for (const auto& d : stores.list_devices(filter)) {
-    const auto cert = scoped_cert(stores, d, request.scope_kind, request.scope);
+    const auto cert = scoped_cert(stores, d, request.scope_kind, request.scope, scope_cas);
     if (!cert) continue;
     IncidentDevice p;
     p.device_id = d.registration_id;
@@ -228,7 +315,8 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
     RolloverParams params = request.params;
     params.kind = "incident";
     params.selection = Selection{};
-    params.ca = out.plan.replacement_ca;  // empty for a lot or site: each device's own CA
+    // A lot or site: each device's own CA. A CA: each device's CA's replacement.
+    for (const auto& r : out.plan.replacements) params.ca_map[r.ca] = r.replacement;
     RolloverPlan tasks;
     Poco::JSON::Array factory;
     for (const auto& d : out.plan.devices) {
@@ -255,6 +343,25 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
     r->set("group", out.plan.group);
     r->set("slot", out.plan.slot);
     r->set("replacementCa", out.plan.replacement_ca);
+    Poco::JSON::Array replacements, slots;
+    for (const auto& c : out.plan.replacements) {
+      Object::Ptr o = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
+      o->set("ca", c.ca);
+      o->set("replacement", c.replacement);
+      o->set("issuer", c.issuer);
+      o->set("pathLen", c.path_len.value_or(-1));
+      replacements.add(o);
+    }
+    for (const auto& s : out.plan.slots) {
+      Object::Ptr o = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
+      o->set("group", s.group);
+      o->set("slot", s.slot);
+      o->set("ca", s.ca);
+      o->set("replacement", s.replacement);
+      slots.add(o);
+    }
+    r->set("replacements", replacements);
+    r->set("slots", slots);
     r->set("key", std::string(policy::key_algorithm_name(request.key)));
     r->set("factory", factory);
     set_phase(stores, out.job_id, r, "open");
@@ -266,6 +373,45 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
 }
 
 namespace {
+
+// The report's subtree and slots; a report written before there were arrays holds one CA.
+struct Recorded {
+  std::vector<IncidentCa> cas;
+  std::vector<IncidentSlot> slots;
+};
+
+Recorded recorded_of(const Object& r) {
+  Recorded out;
+  const std::string scope = r.getValue<std::string>("scope");
+  if (const auto a = r.getArray("replacements")) {
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      const auto o = a->getObject(i);
+      IncidentCa c;
+      c.ca = o->getValue<std::string>("ca");
+      c.replacement = o->getValue<std::string>("replacement");
+      c.issuer = o->getValue<std::string>("issuer");
+      if (const int n = o->optValue<int>("pathLen", -1); n >= 0) c.path_len = n;
+      out.cas.push_back(std::move(c));
+    }
+  } else {
+    IncidentCa c;
+    c.ca = scope;
+    c.replacement = r.optValue<std::string>("replacementCa", "");
+    out.cas.push_back(std::move(c));
+  }
+  if (const auto a = r.getArray("slots")) {
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      const auto o = a->getObject(i);
+      out.slots.push_back({o->getValue<std::string>("group"), o->getValue<std::string>("slot"),
+                           o->getValue<std::string>("ca"),
+                           o->getValue<std::string>("replacement")});
+    }
+  } else if (const std::string group = r.optValue<std::string>("group", ""); !group.empty()) {
+    out.slots.push_back({group, r.optValue<std::string>("slot", ""), scope,
+                         r.optValue<std::string>("replacementCa", "")});
+  }
+  return out;
+}
 
 // New CRLs from the CAs that signed `serials` (after they were revoked).
 void refresh_crls_of(engine::Stores& stores, engine::CaService& cas, const policy::Policy& policy,
@@ -287,8 +433,7 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
   const std::string kind = r->getValue<std::string>("scopeKind");
   const std::string scope = r->getValue<std::string>("scope");
   const std::string reason = r->getValue<std::string>("reason");
-  const std::string group = r->optValue<std::string>("group", "");
-  const std::string slot = r->optValue<std::string>("slot", "");
+  const Recorded recorded = kind == "ca" ? recorded_of(*r) : Recorded{};
   std::string phase = r->optValue<std::string>("phase", "open");
   engine::EnrollmentService enrollments(stores, policy, clock);
 
@@ -316,10 +461,11 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
       if (!parent.empty()) {
         engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&parent, 1));
       }
-      if (!group.empty()) {
-        auto g = enrollments.group(group);
-        std::string& held = slot == "primary" ? g.primary_ca : g.secondary_ca;
-        if (held == scope) {
+      // It and the CAs below it leave their slots (their devices are pinned meanwhile).
+      for (const auto& s : recorded.slots) {
+        auto g = enrollments.group(s.group);
+        std::string& held = s.slot == "primary" ? g.primary_ca : g.secondary_ca;
+        if (held == s.ca) {
           held.clear();
           stores.save_group(g, "enrollment.group.incident", false);
         }
@@ -342,29 +488,32 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
     // 2. The replacement, made in the token under the compromised CA's issuer (or the one
     //    named), into the slot the compromised CA left.
     if (kind == "ca") {
-      const std::string replacement = r->getValue<std::string>("replacementCa");
-      if (!stores.find_ca(replacement)) {
-        const engine::CaRecord old = cas.get(scope);
-        engine::CaSpec spec;
-        spec.name = replacement;
-        spec.issuer = old.parent;
-        // Not the old subject: the decision tells the two apart by the leaf's issuer name.
-        spec.subject = old.subject + "/OU=incident " + stamp_day(clock);
-        auto key = policy::parse_key_algorithm(r->optValue<std::string>("key", "ec-p256"));
-        spec.key = key.value_or(policy::KeyAlgorithm::kEcP256);
-        cas.create_intermediate(spec);
+      // Parents first: each replacement's issuer exists when it is made.
+      for (const auto& c : recorded.cas) {
+        if (!stores.find_ca(c.replacement)) {
+          const engine::CaRecord old = cas.get(c.ca);
+          engine::CaSpec spec;
+          spec.name = c.replacement;
+          spec.issuer = c.issuer.empty() ? old.parent : c.issuer;
+          // Not the old subject: the decision tells the two apart by the leaf's issuer name.
+          spec.subject = old.subject + "/OU=incident " + stamp_day(clock);
+          auto key = policy::parse_key_algorithm(r->optValue<std::string>("key", "ec-p256"));
+          spec.key = key.value_or(policy::KeyAlgorithm::kEcP256);
+          spec.path_len = c.path_len;
+          cas.create_intermediate(spec);
+        }
+        // Its first CRL before any device connects under it: the broker refuses a device whose
+        // issuer has no CRL in its CRL file.
+        if (!stores.latest_crl(c.replacement)) {
+          engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&c.replacement, 1));
+        }
       }
-      // Its first CRL before any device connects under it: the broker refuses a device whose
-      // issuer has no CRL in its CRL file.
-      if (!stores.latest_crl(replacement)) {
-        engine::refresh_crls(stores, cas, policy.crl, clock, std::span(&replacement, 1));
-      }
-      if (!group.empty()) {
-        const auto g = enrollments.group(group);
-        const engine::Slot s =
-            slot == "primary" ? engine::Slot::kPrimary : engine::Slot::kSecondary;
-        if ((s == engine::Slot::kPrimary ? g.primary_ca : g.secondary_ca) != replacement) {
-          enrollments.set_group_slot(group, s, replacement);
+      for (const auto& s : recorded.slots) {
+        const auto g = enrollments.group(s.group);
+        const engine::Slot slot =
+            s.slot == "primary" ? engine::Slot::kPrimary : engine::Slot::kSecondary;
+        if ((slot == engine::Slot::kPrimary ? g.primary_ca : g.secondary_ca) != s.replacement) {
+          enrollments.set_group_slot(s.group, slot, s.replacement);
         }
       }
     }
@@ -383,8 +532,26 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
   const auto incident = stores.find_incident(id);
   const std::int64_t opened = incident ? incident->opened_at : job.created_at;
   // Everything of the scope recorded before the incident that is still valid: revoked. The
-  // certificates the job issued came later, so they stay.
-  const auto serials = stores.issued_serials_in_scope(kind, scope, opened);
+  // certificates the job issued came later, so they stay. A CA's scope is its subtree: the CAs
+  // below it are revoked too (their issuer's key is the stolen one), each listed by its issuer's
+  // CRL.
+  std::vector<std::string> serials;
+  std::vector<std::string> crl_issuers;
+  if (kind == "ca") {
+    const Recorded recorded = recorded_of(*r);
+    for (const auto& c : recorded.cas) {
+      auto some = stores.issued_serials_in_scope("ca", c.ca, opened);
+      serials.insert(serials.end(), some.begin(), some.end());
+      if (c.ca == scope) continue;
+      const auto rec = stores.find_ca(c.ca);
+      if (rec && rec->revoked_at == 0) {
+        stores.revoke_ca(c.ca, "cACompromise", clock.now());
+        crl_issuers.push_back(rec->parent);
+      }
+    }
+  } else {
+    serials = stores.issued_serials_in_scope(kind, scope, opened);
+  }
   const std::string reason = r->getValue<std::string>("reason");
   const std::int64_t revoked =
       serials.empty()
@@ -392,6 +559,7 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
           : stores.revoke_certs(serials, kind == "ca" ? "cACompromise" : reason, clock.now());
   // Every revocation is followed by a new CRL from the CAs that signed what was revoked.
   if (revoked > 0) refresh_crls_of(stores, cas, policy, clock, serials);
+  if (!crl_issuers.empty()) engine::refresh_crls(stores, cas, policy.crl, clock, crl_issuers);
   if (id != 0) stores.close_incident(id, clock.now());
   r->set("revokedAtClose", revoked);
   set_phase(stores, job_id, r, "closed");

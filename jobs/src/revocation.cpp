@@ -181,10 +181,12 @@ RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& cloc
       }
     }
   }
-  std::set<std::string> devices, issuers;
+  std::set<std::string> devices, issuers, revoked_keys;
   for (auto& c : stores.select_certs(query_for(selector, ca_names))) {
     if (c.state == engine::CertState::kRevoked) {
       ++plan.already_revoked;
+      // Revoked before for another reason, its key now known compromised: the key is blocked.
+      if (!c.key_sha256.empty()) revoked_keys.insert(std::move(c.key_sha256));
       continue;
     }
     devices.insert(c.device_id);
@@ -207,6 +209,9 @@ RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& cloc
     std::set<std::string> keys(blocked.begin(), blocked.end()), fresh;
     for (const auto& c : plan.to_revoke) {
       if (!c.key_sha256.empty() && keys.count(c.key_sha256) == 0) fresh.insert(c.key_sha256);
+    }
+    for (const auto& k : revoked_keys) {
+      if (keys.count(k) == 0) fresh.insert(k);
     }
     if (selector.kind == "key-sha256" && keys.count(selector.value) == 0) {
       fresh.insert(selector.value);

@@ -91,6 +91,11 @@ std::string params_json(const RolloverParams& p) {
   o.set("kind", p.kind);
   o.set("selection", sel);
   o.set("ca", p.ca);
+  if (!p.ca_map.empty()) {
+    Poco::JSON::Object map(Poco::JSON_PRESERVE_KEY_ORDER);
+    for (const auto& [from, to] : p.ca_map) map.set(from, to);
+    o.set("caMap", map);
+  }
   o.set("keyType", p.key_type);
   o.set("perMinute", p.rollout.per_minute);
   o.set("basePerMinute", p.rollout.base_per_minute);
@@ -132,6 +137,11 @@ RolloverParams parse_params(std::string_view text, std::string_view origin) {
     }
   }
   p.ca = get_or<std::string>(o, "ca", "", origin);
+  if (auto map = o->getObject("caMap")) {
+    for (const auto& name : map->getNames()) {
+      p.ca_map[name] = get_or<std::string>(map, name, "", origin);
+    }
+  }
   p.key_type = get_or<std::string>(o, "keyType", p.key_type, origin);
   p.rollout.per_minute = get_or<int>(o, "perMinute", 0, origin);
   p.rollout.base_per_minute = get_or<int>(o, "basePerMinute", 0, origin);

@@ -91,7 +91,10 @@ void Runner::load() {
     t.row = std::move(row);
     if (!is_final_task_state(t.row.state) || (t.row.state == "offline" && t.row.next_at != 0)) {
       if (auto d = m_stores.find_device(t.row.device_id)) {
-        t.ca_name = m_params.ca.empty() ? d->ca_name : m_params.ca;
+        const auto mapped = m_params.ca_map.find(d->ca_name);
+        t.ca_name = mapped != m_params.ca_map.end() ? mapped->second
+                    : m_params.ca.empty()           ? d->ca_name
+                                                    : m_params.ca;
         t.lot = d->lot;
         if (const auto* g = index.group_of_ca(d->ca_name)) t.group = g->name;
         // A CA that left every slot (an incident's): the group of the CA that signs now.

@@ -252,6 +252,43 @@ TEST_F(CrlBroker, TheHomesBrokerRunsWithTheCrlFileAndAdmitsAGoodDevice) {
   bin.run("broker stop");
 }
 
+// A run killed after installing the CRL file and before telling mosquitto (SIGHUP) left a file
+// the broker never read: the next install reloads it although the file is the same. Otherwise
+// the devices of a CA whose first CRL is only in the file are refused at TLS for good (what an
+// incident run killed at that moment did).
+TEST_F(CrlBroker, AFileInstalledButNeverReadIsReadByTheNextInstall) {
+  bin.ok("ca verification-cert --ca root --code POP --out " + path("pop.pem"));
+  bin.ok("ca verify root --code POP --cert " + path("pop.pem"));
+  bin.ok("enrollment group create fleet --ca root");
+  bin.ok("crl sign --all");
+  bin.ok("broker start");
+  const int home_port = json(testing::read_file(bdir / "broker.json"))->getValue<int>("port");
+  // The kill: the broker looks stopped (its pid file aside) while a new CA's first CRL is
+  // installed, so nobody reloads it.
+  const fs::path pid = bdir / "mosquitto.pid", aside = dir.path() / "pid.aside";
+  fs::rename(pid, aside);
+  bin.ok("ca create-intermediate --name late --issuer root --days 100 --subject /CN=Late");
+  fs::rename(aside, pid);
+  bin.ok("issue --ca late --generate 1 --id-pattern 'late-{01}' --out " + path("late"));
+  const auto pub = [&] {
+    return testing::run("timeout 10 mosquitto_pub -h localhost -p " + std::to_string(home_port) +
+                        " --cafile " + quoted((bdir / "ca.pem").string()) + " --cert " +
+                        quoted(path("late/late-1_fullchain.pem")) + " --key " +
+                        quoted(path("late/late-1_key.pem")) +
+                        " -i late-1 -u 'localhost/late-1/?api-version=2021-04-12' -V mqttv311 "
+                        "-t 'devices/late-1/messages/events/' -m x -q 1 > /dev/null 2>&1");
+  };
+  EXPECT_NE(pub(), 0) << "mosquitto has not read late's CRL yet";
+  const auto again = bin.ok("crl sign --due");
+  EXPECT_NE(again.out.find("mosquitto reloaded"), std::string::npos) << again.out;
+  ::usleep(500000);
+  EXPECT_EQ(pub(), 0) << testing::read_file(bdir / "mosquitto.log");
+  const auto quiet = bin.ok("crl sign --due");
+  EXPECT_EQ(quiet.out.find("mosquitto reloaded"), std::string::npos)
+      << "a file mosquitto has read is not reloaded again: " << quiet.out;
+  bin.run("broker stop");
+}
+
 TEST_F(CrlBroker, ACaWhoseCrlIsMissingFromTheFileHasEveryDeviceRefused) {
   bin.ok("crl sign --all");
   // A file without factory-1's CRL: what fleetsign's installer never writes.

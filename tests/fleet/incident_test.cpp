@@ -468,6 +468,87 @@ TEST_F(Incident, ALotWithCompromisedDeviceKeysGoesToFactoryReprovisioning) {
   EXPECT_EQ(registry()->list_incidents(true).size(), 0u);
 }
 
+// A stolen key of an intermediate with CAs below it: the whole subtree is untrustworthy. Each CA
+// below gets a replacement under the compromised CA's replacement, takes its group slot, and its
+// devices rotate onto it; at the close the CAs below are revoked too, and nothing of the subtree
+// is left valid.
+TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
+  const int kDevices = 12;
+  bin.ok(
+      "ca create-intermediate --name region --issuer root --days 3650 --path-len 1 "
+      "--subject /CN=Region");
+  bin.ok("ca create-intermediate --name plant --issuer region --days 3000 --subject /CN=Plant");
+  bin.ok("enrollment group create plants --ca plant");
+  bin.ok("issue --ca plant --generate " + std::to_string(kDevices) +
+         " --id-pattern 'pl-{04}' --lot LOT-P --out " + quoted(path("LOT-P")));
+  std::vector<std::string> args = {"--broker", "localhost:" + std::to_string(port),
+                                   "--trust",  (home / "broker" / "ca.pem").string(),
+                                   "--dir",    path("LOT-P"),
+                                   "--state",  path("LOT-P-flash")};
+  fs::create_directories(path("LOT-P-agent"));
+  agents.push_back(std::make_unique<testing::Agent>(path("LOT-P-agent"), args));
+  ASSERT_EQ(wait_connected("pl", kDevices), kDevices);
+
+  const auto plan = json(bin.ok("incident start --ca region --reason cACompromise "
+                                "--replacement-ca region-r --dry-run --json")
+                             .out);
+  EXPECT_EQ(plan->getValue<int>("devices"), kDevices) << "the devices under the CA below count";
+  EXPECT_EQ(plan->getValue<int>("rotate"), kDevices);
+  EXPECT_EQ(plan->getValue<int>("certificates"), kDevices);
+  const auto replacements = plan->getArray("replacements");
+  ASSERT_EQ(replacements->size(), 2u);
+  EXPECT_EQ(replacements->getObject(1)->getValue<std::string>("ca"), "plant");
+  EXPECT_EQ(replacements->getObject(1)->getValue<std::string>("issuer"), "region-r");
+  const std::string plant_r = replacements->getObject(1)->getValue<std::string>("replacement");
+  EXPECT_EQ(replacements->getObject(1)->getArray("slots")->getElement<std::string>(0),
+            "plants/primary");
+
+  const auto started = bin.run(
+      "incident start --ca region --reason cACompromise --replacement-ca region-r --yes "
+      "--no-run --deadline 60s --offline-retry 5 --step-timeout 15 --json");
+  ASSERT_EQ(started.status, 0) << started.out << started.err;
+  const std::string job = json(started.out)->getValue<std::string>("id");
+  {
+    auto reg = registry();
+    EXPECT_EQ(reg->find_ca("region-r")->parent, "root");
+    EXPECT_EQ(reg->find_ca(plant_r)->parent, "region-r");
+    EXPECT_EQ(reg->find_group("plants")->primary_ca, plant_r);
+  }
+  // While it is open the devices under the CA below are pinned, not refused.
+  const auto pinned = auth(path("LOT-P/pl-0001_fullchain.pem"));
+  EXPECT_EQ(pinned->getValue<std::string>("rule"), "incident-pinned");
+
+  const auto end = bin.run("job resume " + job + " --json");
+  const auto report = json(end.out);
+  EXPECT_EQ(report->getValue<std::string>("state"), "finished") << end.out << end.err;
+  EXPECT_EQ(report->getValue<int>("done"), kDevices) << end.out;
+
+  auto reg = registry();
+  const auto sessions = connected();
+  for (const auto& t : reg->job_tasks(job, "done")) {
+    const auto cert = reg->find_cert(t.new_serial);
+    ASSERT_TRUE(cert.has_value()) << t.device_id;
+    EXPECT_EQ(cert->ca_name, plant_r) << t.device_id;
+    const auto s = sessions.find(t.device_id);
+    EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256) << t.device_id;
+  }
+  EXPECT_NE(reg->find_ca("region")->revoked_at, 0);
+  EXPECT_NE(reg->find_ca("plant")->revoked_at, 0) << "the CA below ends revoked";
+  EXPECT_EQ(reg->find_ca("plant")->revocation_reason, "cACompromise");
+  EXPECT_EQ(reg->find_ca(plant_r)->revoked_at, 0);
+  EXPECT_EQ(reg->issued_serials_in_scope("ca", "plant", INT64_MAX).size(), 0u);
+  // The CA below is listed by the compromised CA's last CRL.
+  const std::string plant_serial =
+      engine::summarize_certificate(reg->find_ca("plant")->cert_der).serial;
+  bin.ok("crl export region --der --out " + quoted(path("region.crl")));
+  std::string text;
+  ASSERT_EQ(testing::run(
+                "openssl crl -inform DER -noout -text -in " + quoted(path("region.crl")) + " 2>&1",
+                &text),
+            0);
+  EXPECT_NE(text.find("Serial Number: " + plant_serial), std::string::npos) << text;
+}
+
 // A lot whose certificates are suspect but whose devices' keys are not: pinned like a CA's
 // devices, rotated onto new certificates under their own CA, the old ones revoked.
 TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {

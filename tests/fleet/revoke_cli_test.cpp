@@ -210,6 +210,51 @@ TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore
   }
 }
 
+// v11: a certificate recorded before with its EC point compressed had the hash of those bytes; the
+// migration gives it its key's identity, so revoking or blocking by that key finds it.
+TEST_F(Revoke, TheV11MigrationGivesACompressedKeyItsIdentityHash) {
+  testing::Pkey key = testing::ec_key();
+  testing::Pkey key_c = compressed(key.get());
+  const fs::path csr = dir.path() / "mc.csr";
+  {
+    std::ofstream f(csr);
+    f << engine::pem(csr_with_key(key_c.get(), "mc-1"), "CERTIFICATE REQUEST");
+  }
+  bin.ok("issue --ca factory-1 --csr " + quoted(csr.string()) + " --out " +
+         quoted((dir.path() / "mc").string()));
+  const std::string identity = spki_sha256(key.get()), as_sent = spki_sha256(key_c.get());
+  ASSERT_NE(identity, as_sent);
+  engine::CertQuery q;
+  q.device_id = "mc-1";
+  ASSERT_EQ(registry()->select_certs(q).at(0).key_sha256, identity);
+  const auto db = home / "registry.db";
+  testing::tamper(
+      db, "UPDATE certificates SET key_sha256 = '" + as_sent + "' WHERE device_id = 'mc-1'");
+  testing::tamper(db, "UPDATE schema_version SET version = 10");
+  const auto plan = json(bin.ok("revoke --key-sha256 " + identity + " --dry-run --json").out);
+  EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("certificates"), 1)
+      << "found by its key's identity";
+  auto reg = registry();
+  EXPECT_EQ(reg->schema_version(), engine::Registry::kSchemaVersion);
+  EXPECT_EQ(reg->select_certs(q).at(0).key_sha256, identity);
+}
+
+// A certificate revoked as superseded whose key turns out compromised: revoking it again for
+// keyCompromise blocks its key (no CSR with it is signed again).
+TEST_F(Revoke, AKeyCompromiseFoundLaterBlocksTheKeyOfAnAlreadyRevokedCertificate) {
+  issue("factory-1", "late", 1, "--lot LL");
+  bin.ok("revoke --device late-01 --reason superseded");
+  EXPECT_EQ(registry()->blocked_key_hashes().size(), 0u);
+  const auto out = json(bin.ok("revoke --device late-01 --reason keyCompromise --json").out);
+  EXPECT_EQ(out->getObject("plan")->getValue<std::int64_t>("already_revoked"), 1);
+  EXPECT_EQ(out->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 1);
+  engine::CertQuery q;
+  q.device_id = "late-01";
+  const auto keys = registry()->blocked_key_hashes();
+  ASSERT_EQ(keys.size(), 1u);
+  EXPECT_EQ(keys[0], registry()->select_certs(q).at(0).key_sha256);
+}
+
 TEST_F(Revoke, MoreThanOneDeviceNeedsYesAndBadSelectorsAreRefusedNamingTheValue) {
   issue("factory-1", "y", 3, "--lot LY");
   auto r = bin.run("revoke --lot LY --reason superseded");
@@ -218,6 +263,22 @@ TEST_F(Revoke, MoreThanOneDeviceNeedsYesAndBadSelectorsAreRefusedNamingTheValue)
   EXPECT_EQ(revoked(), 0);
   bin.ok("revoke --device y-01 --reason superseded");  // one device: no confirmation needed
   EXPECT_EQ(revoked(), 1);
+  // Nothing matched is an error naming the selector, not a revocation that went through.
+  const auto none = bin.run("revoke --lot NOPE --reason superseded --yes");
+  EXPECT_NE(none.status, 0);
+  EXPECT_NE(none.err.find("nothing matches"), std::string::npos) << none.err;
+  EXPECT_NE(none.err.find("NOPE"), std::string::npos) << none.err;
+  // A CA is never revoked without --yes, however few devices it has.
+  bin.ok("ca create-intermediate --name lonely --issuer root --days 100 --subject /CN=Lonely");
+  const auto ca = bin.run("revoke --ca lonely --reason cessationOfOperation");
+  EXPECT_EQ(ca.status, 2) << ca.err;
+  EXPECT_NE(ca.err.find("lonely"), std::string::npos) << ca.err;
+  EXPECT_EQ(registry()->find_ca("lonely")->revoked_at, 0);
+  bin.ok("revoke --ca lonely --reason cessationOfOperation --yes");
+  const auto shown = json(bin.ok("ca show lonely --json").out);
+  EXPECT_TRUE(shown->getValue<bool>("revoked"));
+  EXPECT_EQ(shown->getValue<std::string>("revocation_reason"), "cessationOfOperation");
+  EXPECT_NE(bin.ok("ca list").out.find("REVOKED"), std::string::npos);
 
   const std::pair<std::string, std::string> bad[] = {
       {"--serial 12XY --reason superseded", "not hexadecimal"},

@@ -241,6 +241,13 @@ CREATE TABLE blocked_keys (
   added_at BIGINT NOT NULL
 );
 )sql",
+    // 11: the key hash became the key's identity, not its bytes (an EC point sent compressed is
+    // hashed uncompressed, so a blocked key cannot come back compressed): recomputed for the
+    // certificates recorded before. Blocked hashes were given by the operator and stay as given.
+    R"sql(
+UPDATE certificates SET key_sha256 = fleetsign_key_sha256(der)
+  WHERE state IN ('issued', 'revoked') AND der IS NOT NULL;
+)sql",
 };
 
 }  // namespace fleetsign::engine

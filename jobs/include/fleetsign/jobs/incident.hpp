@@ -6,13 +6,17 @@
 //   while the incident is open the decision admits one only when it is exactly a recorded one
 //   from before the compromise, and only for the rotation methods (auth.hpp, "incident-pinned").
 //   Steps, each recorded in the job's report ("phase") so that a crash at any point continues:
-//     open     → the incident opens (live sessions under the CA are cut off; they come back
-//                pinned), the CA is marked revoked and leaves its group's slot;
+//     open     → the incident opens (live sessions under the CA and the CAs below it are cut
+//                off; they come back pinned), the CA is marked revoked, and it and the CAs
+//                below it leave their groups' slots;
 //     revoked  → a replacement intermediate is made in the token (same issuer, the CA rollover's
-//                creation code) or the one named is used, and enters that slot;
-//     rotating → the rollover runner takes every good device onto a certificate under it;
-//     closed   → the incident closes and every certificate still under the CA is revoked
-//                (cACompromise); the job's report lists who is back and who is not, and why.
+//                creation code) or the one named is used; each CA below gets a replacement under
+//                its issuer's replacement; each replacement enters its CA's slot;
+//     rotating → the rollover runner takes every good device onto a certificate under the
+//                replacement of its CA;
+//     closed   → the incident closes, the CAs below are revoked, and every certificate still
+//                under the subtree is revoked (cACompromise); the job's report lists who is
+//                back and who is not, and why.
 //   scope "lot" / "site": the device certificates of a lot or site are suspect. With
 //   keyCompromise the devices' own keys are: they cannot be rotated over the network, their
 //   certificates are revoked at once and they are listed for factory re-provisioning. With any
@@ -51,12 +55,30 @@ struct IncidentDevice {
   std::string why;     // factory and conflict
 };
 
+// A CA of the compromised subtree ("ca" scope) and the CA made to replace it.
+struct IncidentCa {
+  std::string ca, replacement;
+  std::string issuer;           // the replacement's issuer: the old issuer's, or its replacement
+  std::optional<int> path_len;  // the old CA's pathLen (or what the CAs below it need)
+  bool exists = false;          // the replacement is in the registry already
+};
+
+// A group slot that holds a CA of the subtree: the replacement takes it.
+struct IncidentSlot {
+  std::string group, slot, ca, replacement;
+};
+
 struct IncidentPlan {
   std::string scope_kind, scope, reason;
   std::int64_t compromised_at = 0;
   std::string group, slot;  // "ca": the group slot the CA sits in ("" = trusted through its issuer)
   std::string replacement_ca;
   bool replacement_exists = false;
+  // "ca": the compromised CA first, then every CA below it, parents first (a stolen key with
+  // pathLen >= 1 makes the whole subtree untrustworthy: each CA gets a replacement under the
+  // replacement of its issuer, and its devices rotate onto it).
+  std::vector<IncidentCa> replacements;
+  std::vector<IncidentSlot> slots;
   std::vector<IncidentDevice> devices;
   std::map<std::string, std::int64_t> per_lot, per_group;
   std::int64_t rotate = 0, factory = 0, conflicts = 0, connected = 0;

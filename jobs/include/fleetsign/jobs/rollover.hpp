@@ -52,6 +52,9 @@ struct Rollout {
 struct RolloverParams {
   Selection selection;
   std::string ca;  // the CA that signs the new certificates; empty = each device's current CA
+  // An incident's replacements: a device whose current CA is a key here is signed by the value
+  // (the compromised CA and every CA below it each have their own); before `ca`.
+  std::map<std::string, std::string> ca_map;
   std::string key_type = "ec-p256";  // the device's new key (createCsr's keyType)
   Rollout rollout;
   int wave = 0;              // devices per wave: a wave starts when the last one is settled
