@@ -82,8 +82,6 @@ int run_export(Context& ctx) {
   return 0;
 }
 
-// Re-installs the broker's CRL file from the registry and reloads a running mosquitto.
-// Returns a line for the operator ("" when there is no broker).
 // A file's bytes ("" when it cannot be read: missing, or over `limit`).
 std::string read_or_empty(const std::filesystem::path& file, std::size_t limit) {
   try {
@@ -93,6 +91,8 @@ std::string read_or_empty(const std::filesystem::path& file, std::size_t limit) 
   }
 }
 
+// Re-installs the broker's CRL file from the registry and reloads a running mosquitto.
+// Returns a line for the operator ("" when there is no broker).
 std::string update_broker(Context& ctx, std::int64_t now) {
   const broker::BrokerHome home(ctx.home_dir());
   if (!home.initialised()) return {};

@@ -107,7 +107,14 @@ RevocationSelector parse_selector(const policy::Policy& policy, const std::strin
                                        std::to_string(values.size()));
   }
   if (kind == "serial") {
-    sel.value = normalize_hex(kind, values[0], 1, 40);
+    // DER's sign byte (a leading 00 before a byte >= 0x80, as some tools print a serial) is not
+    // part of the number as the registry records it.
+    sel.value = normalize_hex(kind, values[0], 1, 42);
+    while (sel.value.size() > 2 && sel.value.starts_with("00")) sel.value.erase(0, 2);
+    if (sel.value.size() > 40) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--serial '" + values[0] + "': expected at most 20 bytes (40 hex digits)");
+    }
   } else if (kind == "key-sha256") {
     sel.value = normalize_hex(kind, values[0], 64, 64);
   } else if (kind == "device") {

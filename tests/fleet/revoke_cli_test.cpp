@@ -263,6 +263,15 @@ TEST_F(Revoke, MoreThanOneDeviceNeedsYesAndBadSelectorsAreRefusedNamingTheValue)
   EXPECT_EQ(revoked(), 0);
   bin.ok("revoke --device y-01 --reason superseded");  // one device: no confirmation needed
   EXPECT_EQ(revoked(), 1);
+  // A serial as some tools print it, with DER's sign byte: the same certificate.
+  engine::CertQuery y2;
+  y2.device_id = "y-02";
+  const std::string serial = registry()->select_certs(y2).at(0).serial;
+  const auto padded = json(bin.ok("revoke --serial 00:" + serial +
+                                  " --reason superseded "
+                                  "--dry-run --json")
+                               .out);
+  EXPECT_EQ(padded->getObject("plan")->getValue<std::int64_t>("certificates"), 1);
   // Nothing matched is an error naming the selector, not a revocation that went through.
   const auto none = bin.run("revoke --lot NOPE --reason superseded --yes");
   EXPECT_NE(none.status, 0);
