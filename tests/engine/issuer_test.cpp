@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <bitset>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <stdexcept>
@@ -211,6 +212,27 @@ TEST(CsrChecks, RsaPublicExponentOneEvenSmallOrHugeIsKeyRejected) {
     EXPECT_NE(result.error().message.find("exponent"), std::string::npos) << result.error().message;
   }
   EVP_PKEY_free(signer);
+}
+
+// An SPKI whose algorithm identifier carries an element after the curve OID (ecPublicKey,
+// prime256v1, NULL), a valid signature over it: the same key under another SPKI hash, past the
+// blocklist and the replaced-key check, had it been accepted (a hostile review's CSR).
+TEST(CsrChecks, AnAlgorithmIdentifierWithBytesAfterTheCurveIsMalformed) {
+  const policy::Policy policy;
+  TempDir dir;
+  const fs::path file = dir.path() / "algextra.csr";
+  std::ofstream(file) << "-----BEGIN CERTIFICATE REQUEST-----\n"
+                         "MIHQMHkCAQAwFTETMBEGA1UEAwwKYy1hbGdleHRyYTBbMBUGByqGSM49AgEGCCqG\n"
+                         "SM49AwEHBQADQgAE5JiE646TZisQuDv1poRRuKCaHKxadmhiRdAHreHDByy6JeI4\n"
+                         "jZhjCmQtCafvwqa8/s1fOO8I4HnuzWSu4eQAvqAAMAoGCCqGSM49BAMCA0cAMEQC\n"
+                         "IDeEPnbxUzWDj4roWnIucVcVWWAmrLkoBOfjtRnBiGRSAiAgZGk1gm/mvLTuNLtD\n"
+                         "FmrGF+cdm2WrA/ad7VOW616yrg==\n"
+                         "-----END CERTIFICATE REQUEST-----\n";
+  const auto blobs = read_csrs(file);
+  ASSERT_EQ(blobs.size(), 1u);
+  ASSERT_TRUE(blobs[0].problem.empty()) << blobs[0].problem;
+  const auto result = check_csr(blobs[0].der, policy);
+  ASSERT_FALSE(result.has_value()) << "a CSR whose SPKI is not exact DER is refused";
 }
 
 // --- issuing ---------------------------------------------------------------------------------

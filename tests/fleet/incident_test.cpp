@@ -488,6 +488,9 @@ TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
   fs::create_directories(path("LOT-P-agent"));
   agents.push_back(std::make_unique<testing::Agent>(path("LOT-P-agent"), args));
   ASSERT_EQ(wait_connected("pl", kDevices), kDevices);
+  // Recorded in an earlier second than the compromise (a certificate of the compromise's own
+  // second counts as after it, and is refused rather than pinned).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
 
   const auto plan = json(bin.ok("incident start --ca region --reason cACompromise "
                                 "--replacement-ca region-r --dry-run --json")

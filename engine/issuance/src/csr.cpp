@@ -45,9 +45,12 @@ bool split_spki(Bytes spki, SpkiParts& out) {
   Bytes a = alg.content;
   if (!der::expect(a, der::tag::kOid, oid)) return false;
   out.algorithm = oid.content;
+  // At most one parameters element (a named curve's OID, RSA's NULL) and nothing after it: extra
+  // bytes would give one key another SPKI hash, past the blocklist and the replaced-key check.
   der::Tlv params;
-  if (!a.empty() && der::read(a, params) && params.tag == der::tag::kOid) {
-    out.parameters = params.content;
+  if (!a.empty()) {
+    if (!der::read(a, params) || !a.empty()) return false;
+    if (params.tag == der::tag::kOid) out.parameters = params.content;
   }
   if (bits.content.empty() || bits.content[0] != 0) return false;
   out.key_bits = bits.content.subspan(1);
