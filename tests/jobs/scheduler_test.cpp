@@ -215,7 +215,10 @@ TEST_F(SchedulerTest, AlertsAt30_14_7RaisedOncePerDayAndAgainTheNextDay) {
   issue({"soon-1"}, 358);  // expires 7 days before the others
 
   const auto p = policy(R"({"enabled": false})");  // alerts need no rollover
-  clock.set(expiry - 20 * kDay);                   // late-*: 20 days left; soon-1: 13
+  // The first minute of a UTC day, so that "later the same day" is the same day whatever the
+  // hour the suite runs at: late-*: 20 to 21 days left; soon-1: 13 to 14.
+  const std::int64_t day = (expiry - 20 * kDay) / kDay * kDay + 60;
+  clock.set(day);
   const auto first = Scheduler(*th.registry, p, clock).tick().alerts;
   ASSERT_EQ(first.size(), 2u);
   EXPECT_EQ(first[0].group, "fleet");
@@ -230,12 +233,12 @@ TEST_F(SchedulerTest, AlertsAt30_14_7RaisedOncePerDayAndAgainTheNextDay) {
 
   // Later the same UTC day, and after a restart: nothing again.
   Scheduler restarted(*th.registry, p, clock);
-  clock.set(expiry - 20 * kDay + 2 * kHour);
+  clock.set(day + 2 * kHour);
   EXPECT_TRUE(restarted.tick().alerts.empty());
   EXPECT_EQ(audit("alert.expiry").size(), 2u);
 
   // The next UTC day: raised again.
-  clock.set(expiry - 19 * kDay + 2 * kHour);
+  clock.set(day + kDay + 2 * kHour);
   EXPECT_EQ(restarted.tick().alerts.size(), 2u);
   // A week on, soon-1 is within 7 days.
   clock.set(expiry - 13 * kDay);
