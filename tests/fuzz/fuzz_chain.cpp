@@ -46,11 +46,11 @@ namespace {
 using namespace fleetsign;
 using X509Ptr = std::unique_ptr<X509, decltype(&X509_free)>;
 
-constexpr std::int64_t kCaFrom = 1577836800;    // 2020-01-01
-constexpr std::int64_t kCaUntil = 2208988800;   // 2040-01-01
-constexpr std::int64_t kLeafFrom = 1704067200;  // 2024-01-01
+constexpr std::int64_t kCaFrom = 1577836800;     // 2020-01-01
+constexpr std::int64_t kCaUntil = 2208988800;    // 2040-01-01
+constexpr std::int64_t kLeafFrom = 1704067200;   // 2024-01-01
 constexpr std::int64_t kLeafUntil = 1893456000;  // 2030-01-01
-constexpr std::int64_t kSeedAt = 1748736000;    // 2025-06-01
+constexpr std::int64_t kSeedAt = 1748736000;     // 2025-06-01
 constexpr std::int64_t kYear10000 = 253402300800;
 
 struct Spec {
@@ -74,9 +74,8 @@ X509Ptr make_cert(const Spec& s) {
   bool ok = X509_set_version(cert.get(), 2) == 1 &&
             ASN1_INTEGER_set(X509_get_serialNumber(cert.get()), s.serial) == 1 &&
             X509_set_subject_name(cert.get(), name) == 1 &&
-            X509_set_issuer_name(cert.get(), s.issuer != nullptr
-                                                 ? X509_get_subject_name(s.issuer)
-                                                 : name) == 1 &&
+            X509_set_issuer_name(
+                cert.get(), s.issuer != nullptr ? X509_get_subject_name(s.issuer) : name) == 1 &&
             ASN1_TIME_set(X509_getm_notBefore(cert.get()), static_cast<time_t>(s.from)) &&
             ASN1_TIME_set(X509_getm_notAfter(cert.get()), static_cast<time_t>(s.until)) &&
             X509_set_pubkey(cert.get(), s.key) == 1;
@@ -136,12 +135,12 @@ struct World {
   broker::BrokerConfig config;
 
   World() {
-    root = make_cert({{"Fuzz Root"}, root_key, nullptr, nullptr, 1, kCaFrom, kCaUntil,
-                      kCaExtensions});
-    inter = make_cert({{"Fuzz Int"}, int_key, root.get(), root_key, 2, kCaFrom, kCaUntil,
-                       kCaExtensions});
-    inter384 = make_cert({{"Fuzz Int 384"}, int384_key, root.get(), root_key, 3, kCaFrom,
-                          kCaUntil, kCaExtensions});
+    root =
+        make_cert({{"Fuzz Root"}, root_key, nullptr, nullptr, 1, kCaFrom, kCaUntil, kCaExtensions});
+    inter = make_cert(
+        {{"Fuzz Int"}, int_key, root.get(), root_key, 2, kCaFrom, kCaUntil, kCaExtensions});
+    inter384 = make_cert(
+        {{"Fuzz Int 384"}, int384_key, root.get(), root_key, 3, kCaFrom, kCaUntil, kCaExtensions});
     dir = std::filesystem::temp_directory_path() /
           ("fleetsign-fuzz-chain-" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
@@ -153,10 +152,8 @@ struct World {
     add_ca("int384", "root", inter384.get(), "ec-p384", false);
     registry->save_group({"g1", true, "int", ""}, "create", true);
     registry->save_group({"g2", true, "int384", ""}, "create", true);
-    registry->save_individual({"dev-ind", true, {}, {}, std::string(64, 'A'), ""}, "create",
-                              true);
-    registry->save_individual({"dev-off", false, {}, {}, std::string(64, 'B'), ""}, "create",
-                              true);
+    registry->save_individual({"dev-ind", true, {}, {}, std::string(64, 'A'), ""}, "create", true);
+    registry->save_individual({"dev-off", false, {}, {}, std::string(64, 'B'), ""}, "create", true);
     engine::Incident incident;
     incident.scope_kind = "ca";
     incident.scope = "int384";
@@ -233,23 +230,35 @@ void write_seeds() {
       {"by-int384",
        {{"dev-2"}, lk, w.inter384.get(), w.int384_key, 101, kLeafFrom, kLeafUntil, leaf_ext}},
       {"leaf-is-ca",
-       {{"dev-3"}, lk, w.inter.get(), w.int_key, 102, kLeafFrom, kLeafUntil,
+       {{"dev-3"},
+        lk,
+        w.inter.get(),
+        w.int_key,
+        102,
+        kLeafFrom,
+        kLeafUntil,
         with(leaf_ext, NID_basic_constraints, "critical,CA:TRUE")}},
       {"server-eku",
-       {{"dev-4"}, lk, w.inter.get(), w.int_key, 103, kLeafFrom, kLeafUntil,
+       {{"dev-4"},
+        lk,
+        w.inter.get(),
+        w.int_key,
+        103,
+        kLeafFrom,
+        kLeafUntil,
         with(leaf_ext, NID_ext_key_usage, "serverAuth")}},
       {"unknown-critical",
        {{"dev-5"}, lk, w.inter.get(), w.int_key, 104, kLeafFrom, kLeafUntil, leaf_ext, true}},
       {"expired", {{"dev-6"}, lk, w.inter.get(), w.int_key, 105, kLeafFrom, kSeedAt - 1, leaf_ext}},
-      {"individual", {{"dev-ind"}, lk, w.inter.get(), w.int_key, 106, kLeafFrom, kLeafUntil,
-                      leaf_ext}},
-      {"individual-off", {{"dev-off"}, lk, w.inter.get(), w.int_key, 107, kLeafFrom, kLeafUntil,
-                          leaf_ext}},
-      {"two-cn", {{"dev-7", "dev-8"}, lk, w.inter.get(), w.int_key, 108, kLeafFrom, kLeafUntil,
-                  leaf_ext}},
+      {"individual",
+       {{"dev-ind"}, lk, w.inter.get(), w.int_key, 106, kLeafFrom, kLeafUntil, leaf_ext}},
+      {"individual-off",
+       {{"dev-off"}, lk, w.inter.get(), w.int_key, 107, kLeafFrom, kLeafUntil, leaf_ext}},
+      {"two-cn",
+       {{"dev-7", "dev-8"}, lk, w.inter.get(), w.int_key, 108, kLeafFrom, kLeafUntil, leaf_ext}},
       {"self-signed", {{"dev-9"}, lk, nullptr, nullptr, 109, kLeafFrom, kLeafUntil, leaf_ext}},
-      {"bad-id", {{"dev 10/../x"}, lk, w.inter.get(), w.int_key, 110, kLeafFrom, kLeafUntil,
-                  leaf_ext}},
+      {"bad-id",
+       {{"dev 10/../x"}, lk, w.inter.get(), w.int_key, 110, kLeafFrom, kLeafUntil, leaf_ext}},
   };
   const engine::Der inter = der_of(w.inter.get()), root = der_of(w.root.get());
   for (const auto& s : seeds) {
@@ -267,8 +276,8 @@ void write_seeds() {
     fuzz::write_seed("der-" + s.name, der_seed);
     const std::string cn = s.spec.cns.front();
     for (const std::string& username :
-         {"hub.example/" + cn + "/?api-version=2021-04-12", "0ne00FUZZ/registrations/" + cn +
-                                                                "/api-version=2019-03-31"}) {
+         {"hub.example/" + cn + "/?api-version=2021-04-12",
+          "0ne00FUZZ/registrations/" + cn + "/api-version=2019-03-31"}) {
       engine::Der connect{2};
       put_time(connect, kSeedAt);
       connect.push_back(static_cast<std::uint8_t>(cn.size()));

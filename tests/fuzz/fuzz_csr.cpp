@@ -25,9 +25,9 @@ namespace {
 using namespace fleetsign;
 
 struct Policies {
-  policy::Policy all;         // the defaults: EC P-256/P-384, RSA 2048..4096
-  policy::Policy narrow;      // P-384 only, IDs up to 16 characters with '.', '_' and ':'
-  policy::Policy rsa_only;    // RSA 3072 only
+  policy::Policy all;       // the defaults: EC P-256/P-384, RSA 2048..4096
+  policy::Policy narrow;    // P-384 only, IDs up to 16 characters with '.', '_' and ':'
+  policy::Policy rsa_only;  // RSA 3072 only
   Policies() {
     narrow.device_keys = {policy::KeyAlgorithm::kEcP384};
     narrow.device_id = {"._:", 16};

@@ -40,7 +40,8 @@ std::array<Key, 4>& keys() {
     std::array<Key, 4> out;
     const int nids[] = {NID_X9_62_prime256v1, NID_X9_62_prime256v1, NID_secp384r1, NID_secp384r1};
     for (std::size_t i = 0; i < out.size(); ++i) {
-      out[i].ec = fleetsign::fuzz::deterministic_key(nids[i], "fleetsign fuzz key " + std::to_string(i));
+      out[i].ec =
+          fleetsign::fuzz::deterministic_key(nids[i], "fleetsign fuzz key " + std::to_string(i));
       out[i].fast = std::make_unique<FixedKeyVerifier>(out[i].ec);
     }
     return out;
@@ -76,7 +77,8 @@ void write_seeds() {
   for (std::size_t k = 0; k < keys().size(); ++k) {
     for (const std::size_t digest_size : {32, 48, 64}) {
       Bytes digest(digest_size);
-      for (std::size_t i = 0; i < digest.size(); ++i) digest[i] = static_cast<std::uint8_t>(i * 7 + k);
+      for (std::size_t i = 0; i < digest.size(); ++i)
+        digest[i] = static_cast<std::uint8_t>(i * 7 + k);
       const Bytes sig = sign(keys()[k].ec, digest);
       Bytes one{static_cast<std::uint8_t>(k), 0};
       append_field(one, digest);

@@ -33,8 +33,8 @@ std::int64_t int64_of(fuzz::Input& in) {
 }
 
 bool id_char(char c, const std::string& extra) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '-' || (c != '\0' && extra.find(c) != std::string::npos);
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         (c != '\0' && extra.find(c) != std::string::npos);
 }
 
 // DeviceId::check on one ID, with the invariants of an accepted ID.
@@ -96,8 +96,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;
   }
   const std::int64_t last = std::max<std::int64_t>(count, 1);
-  for (const std::int64_t k : {std::int64_t{1}, last, last / 2 + 1, last - 1,
-                               n > 0 && n <= last ? n : std::int64_t{1}}) {
+  for (const std::int64_t k :
+       {std::int64_t{1}, last, last / 2 + 1, last - 1, n > 0 && n <= last ? n : std::int64_t{1}}) {
     if (k >= 1) expand_checked(p, pattern, k);
   }
   return 0;

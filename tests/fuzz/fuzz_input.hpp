@@ -9,10 +9,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <vector>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace fleetsign::fuzz {
 
@@ -82,7 +82,8 @@ inline void write_seed(const std::string& name, std::span<const std::uint8_t> by
   const char* dir = seeds_out();
   if (dir == nullptr) return;
   std::ofstream out(std::string(dir) + "/" + name, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   if (!out) violated("cannot write a seed into FLEETSIGN_FUZZ_SEEDS_OUT");
 }
 

@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "device/src/ossl.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/crl_check.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fuzz_file.hpp"
 #include "fuzz_input.hpp"
-#include "device/src/ossl.hpp"
 
 namespace {
 

@@ -28,7 +28,7 @@ void check_alert_days(const std::vector<int>& days) {
 
 void check_schedule(const policy::RolloverSchedule& s) {
   for (const auto& w : s.windows) {
-    if (w.start_minute < 0 || w.start_minute > 1439 || w.end_minute < 1 || w.end_minute > 1440 ||
+    if (w.start_minute < 0 || w.start_minute > 1439 || w.end_minute < 0 || w.end_minute > 1440 ||
         w.start_minute == w.end_minute || (w.days & 0x80) != 0 || w.days == 0) {
       fuzz::violated("an accepted policy has a malformed maintenance window");
     }

@@ -8,7 +8,8 @@
 // Invariants: merge_patch gives a JSON object of at most kTwinDocLimit bytes, or throws
 // fleetsign::Error (kInvalidArgument, kInputTooLarge) and nothing else; a merge patch is
 // idempotent (applying the same patch to its own result changes nothing), and the normalized
-// patch merges to the same document. A DPS request is answered exactly once.
+// patch merges to the same document; an error's message makes a JSON answer (it is UTF-8). A DPS
+// request is answered exactly once.
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
@@ -20,6 +21,7 @@
 #include "config.hpp"
 #include "dps.hpp"
 #include "fleetsign/engine/auth.hpp"
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/stores.hpp"
 #include "fleetsign/engine/twin_doc.hpp"
@@ -31,9 +33,16 @@ namespace {
 
 using namespace fleetsign;
 
+// The broker answers a refused PATCH with {"message": what()}: it must be JSON (UTF-8).
 void expect_twin_error(const Error& e) {
   if (e.code() != ErrorCode::kInvalidArgument && e.code() != ErrorCode::kInputTooLarge) {
     fuzz::violated("merge_patch threw another error code");
+  }
+  try {
+    Poco::JSON::Parser parser;
+    (void)parser.parse(engine::json_object({{"message", std::string(e.what())}}));
+  } catch (const Poco::Exception&) {
+    fuzz::violated("merge_patch's message does not make a JSON answer (not UTF-8)");
   }
 }
 
