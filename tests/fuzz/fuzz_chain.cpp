@@ -16,8 +16,8 @@
 //   1  up to 4 DER certificates, each with a 2-byte big-endian length: the leaf first
 //   2  a CONNECT: client id (1 length byte + bytes), username (same), then the leaf's DER
 //
-// Invariants: the fast path and OpenSSL's X509_verify_cert (force_openssl) agree on allowed and
-// on rotation-only (auth.hpp: "two paths give the same answers"); an allowed decision names a
+// Invariants: the fast path and OpenSSL's X509_verify_cert (force_openssl) agree on allowed, the
+// rule and rotation-only (auth.hpp: "two paths give the same answers"); an allowed decision names a
 // leaf whose CN passes the device-ID check; an admitted hub device is the certificate's CN, the
 // client id and the username's device at once. The decision never throws for hostile bytes.
 #include <openssl/pem.h>
@@ -116,7 +116,9 @@ engine::Der der_of(X509* cert) {
 const std::vector<std::pair<int, std::string>> kCaExtensions = {
     {NID_basic_constraints, "critical,CA:TRUE"},
     {NID_key_usage, "critical,keyCertSign,cRLSign"},
-    {NID_subject_key_identifier, "hash"}};
+    {NID_subject_key_identifier, "hash"},
+    // X509_STRICT (the Authenticator's check of each CA path) wants an AKI below the root.
+    {NID_authority_key_identifier, "keyid:always"}};
 const std::vector<std::pair<int, std::string>> kLeafExtensions = {
     {NID_basic_constraints, "critical,CA:FALSE"},
     {NID_key_usage, "critical,digitalSignature"},
@@ -296,12 +298,18 @@ void decide_both(std::span<const engine::Der> chain, std::int64_t at) {
   World& w = world();
   const auto fast = w.auth->check(chain, at);
   const auto reference = w.auth->check(chain, at, {}, true);
-  if (fast.allowed != reference.allowed || fast.rotation_only != reference.rotation_only) {
+  if (std::getenv("FLEETSIGN_FUZZ_VERBOSE") != nullptr) {  // to read what a reproducer decides
+    std::fprintf(stderr, "at %lld: fast path %s (%s); OpenSSL %s (%s)\n",
+                 static_cast<long long>(at), fast.rule.c_str(), fast.reason.c_str(),
+                 reference.rule.c_str(), reference.reason.c_str());
+  }
+  if (fast.allowed != reference.allowed || fast.rule != reference.rule ||
+      fast.rotation_only != reference.rotation_only) {
     std::fprintf(stderr, "fast path: %s (%s)\nOpenSSL: %s (%s)\n", fast.rule.c_str(),
                  fast.reason.c_str(), reference.rule.c_str(), reference.reason.c_str());
     fuzz::violated("the fast path and OpenSSL's path disagree");
   }
-  if (fast.allowed && policy::check_device_id({}, fast.registration_id)) {
+  if (fast.allowed && policy::check_device_id({"._:", 128}, fast.registration_id)) {
     fuzz::violated("a device with an invalid ID was allowed");
   }
 }
@@ -339,7 +347,8 @@ void connect(fuzz::Input& in, std::int64_t at) {
     broker::ConnectRequest request{client_id, username, &leaf, at, in_use};
     const broker::Admission a = broker::admit(w.config, *w.auth, request);
     if (!a.allowed || a.kind == broker::ClientKind::kService) continue;
-    if (a.device_id != client_id || policy::check_device_id({}, a.device_id)) {
+    if (a.device_id != client_id ||
+        policy::check_device_id(w.config.policy.device_id, a.device_id)) {
       fuzz::violated("admitted a device whose CN is not its client id or not a device ID");
     }
     if (a.kind == broker::ClientKind::kHubDevice &&
