@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "cli.hpp"
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fs = std::filesystem;
@@ -104,7 +105,9 @@ int report(const fleetsign::Error& e, bool json) {
   if (json) {
     Poco::JSON::Object err;
     err.set("code", std::string(fleetsign::error_code_name(e.code())));
-    err.set("message", std::string(e.what()));
+    // A message may quote an input's bytes (a JSON parser names the byte it refused): --json
+    // output stays JSON, which is UTF-8.
+    err.set("message", fleetsign::engine::valid_utf8(e.what()));
     Poco::JSON::Object obj;
     obj.set("error", err);
     std::ostringstream s;

@@ -6,6 +6,7 @@
 
 #include <sstream>
 
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/x509.hpp"
 
 namespace fleetsign::device {
@@ -18,7 +19,9 @@ MethodResponse MethodResponse::json(int status, const Poco::JSON::Object& body) 
 
 MethodResponse MethodResponse::error(int status, std::string_view message) {
   Poco::JSON::Object body;
-  body.set("message", std::string(message));
+  // Messages may quote the caller's bytes (the parser's error names the byte it refused): the
+  // answer must stay JSON, which is UTF-8.
+  body.set("message", engine::valid_utf8(message));
   return json(status, body);
 }
 

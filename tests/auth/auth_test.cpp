@@ -420,6 +420,43 @@ TEST_F(AuthDecisions, RefusesACaCertificatePresentedAsTheDevice) {
   EXPECT_EQ(decide({ca("int1").cert_der}).rule, "chain-invalid");
 }
 
+// Found by fuzz_chain: with cA = TRUE but a keyUsage without keyCertSign, X509_check_ca says
+// "not a CA", so OpenSSL's path allowed what the fast path refuses.
+TEST_F(AuthDecisions, RefusesALeafWithCaTrueWhateverItsKeyUsageOnBothPaths) {
+  auto root = make_soft_ca("Soft Root", nullptr);
+  add_external("soft-root", root->cert, true);
+  group("fleet", "soft-root");
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* cert = X509_new();
+  fill_cert(cert, "dev-20", nullptr, root->cert, key, now - kDay, 365);
+  add_ext(cert, root->cert, NID_basic_constraints, "critical,CA:TRUE");
+  add_ext(cert, root->cert, NID_key_usage, "critical,digitalSignature");
+  add_ext(cert, root->cert, NID_ext_key_usage, "clientAuth");
+  ASSERT_GT(X509_sign(cert, root->key, EVP_sha256()), 0);
+  const Der der = der_of(cert);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  const AuthDecision d = decide({der});  // both paths, which must agree
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.rule, "chain-invalid");
+  EXPECT_NE(d.reason.find("CA certificate"), std::string::npos) << d.reason;
+}
+
+// Found by fuzz_chain: the CN was required to be one string, not a device ID, so a chain to an
+// enabled group admitted "dev 21/../x" (the broker checks IDs itself; `auth check` did not).
+TEST_F(AuthDecisions, RefusesACnOutsideTheCloudsDeviceIdAlphabet) {
+  auto root = make_soft_ca("Soft Root", nullptr);
+  add_external("soft-root", root->cert, true);
+  group("fleet", "soft-root");
+  for (const char* cn : {"dev 21/../x", "dev\x01", "d\xC3\xA9v"}) {
+    const AuthDecision d = decide({soft_leaf(*root, cn, nullptr, "critical,digitalSignature")});
+    EXPECT_FALSE(d.allowed) << cn;
+    EXPECT_EQ(d.rule, "registration-id-invalid") << cn;
+  }
+  EXPECT_TRUE(
+      decide({soft_leaf(*root, "dev.21:a_b", nullptr, "critical,digitalSignature")}).allowed);
+}
+
 TEST_F(AuthDecisions, RefusesALeafFromACaThatNoGroupTrusts) {
   auto stranger = make_soft_ca("Stranger", nullptr);
   const AuthDecision d =

@@ -1,7 +1,9 @@
 // The registry's fleet state (schema v4: device sessions and twins), twin documents (merge patch),
 // and the plugin's topic grammar — without a broker.
+#include <Poco/JSON/Parser.h>
 #include <gtest/gtest.h>
 
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/twin_doc.hpp"
 #include "fleetsign/error.hpp"
@@ -131,6 +133,17 @@ TEST(TwinDoc, MergePatchFollowsRfc7386) {
       error_from([] { engine::merge_patch("{}", R"({"a":[1,[{"b":{"$x":1}}]]})", "dev"); }).code(),
       ErrorCode::kInvalidArgument);
   EXPECT_EQ(engine::merge_patch("{}", R"({"a":[{"x":"$y"}]})", "t"), R"({"a":[{"x":"$y"}]})");
+}
+
+// Found by fuzz_twin_payload: the broker answers a refused PATCH with {"message": what()}, and
+// what() quoted the byte the parser refused, so the answer was not JSON (not UTF-8).
+TEST(TwinDoc, APatchThatIsNotUtf8IsRefusedWithAMessageThatMakesJson) {
+  const Error e = error_from([] { engine::merge_patch("{}", "{\"a\":\xCF}", "dev-1"); });
+  EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  const std::string answer = engine::json_object({{"message", std::string(e.what())}});
+  Poco::JSON::Parser parser;
+  EXPECT_NO_THROW(parser.parse(answer)) << answer;
+  EXPECT_NE(answer.find("\xEF\xBF\xBD"), std::string::npos) << answer;
 }
 
 TEST(Topics, ServiceCallsAreParsedAndBoundsChecked) {

@@ -130,6 +130,16 @@ TEST_F(Methods, NonJsonIs400AndUnknownNameIs501) {
             "method 'reboot' is not implemented by dev-1");
 }
 
+// Found by fuzz_method_payload: the parser's message quoted the byte it refused, and Poco writes
+// strings byte for byte, so the 400 answer itself was not JSON (not UTF-8).
+TEST_F(Methods, AnAnswerToAPayloadThatIsNotUtf8IsStillJson) {
+  const auto r = registry.dispatch(device, "ping", "{\"a\":[\xCF\xD3{\"b\":null}]}");
+  EXPECT_EQ(r.status, 400);
+  const std::string message = body(r)->getValue<std::string>("message");
+  EXPECT_NE(message.find("not JSON"), std::string::npos) << message;
+  EXPECT_NE(message.find("\xEF\xBF\xBD"), std::string::npos) << message;
+}
+
 TEST_F(Methods, GetCertificateDescribesTheCertificateInUse) {
   const auto b = body(registry.dispatch(device, "getCertificate", "null"));
   EXPECT_EQ(b->getValue<std::string>("sha256"), "AB");

@@ -10,6 +10,7 @@
 
 #include "fixed_key_verifier.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/policy/policy.hpp"
 #include "leaf.hpp"
 #include "names.hpp"
 #include "oids.hpp"
@@ -347,7 +348,9 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
                                                std::int64_t at) {
   auto leaf = ossl::from_der(leaf_der);
   if (!leaf) return refuse("chain-malformed", "the leaf is not a valid X.509 certificate");
-  if (X509_check_ca(leaf.get()) != 0)
+  // cA = TRUE makes a CA certificate whatever its keyUsage says, as on the fast path
+  // (X509_check_ca answers 0 when keyUsage lacks keyCertSign: found by fuzz_chain).
+  if (X509_check_ca(leaf.get()) != 0 || (X509_get_extension_flags(leaf.get()) & EXFLAG_CA) != 0)
     return refuse("chain-invalid", "the leaf is a CA certificate, not a device certificate");
   STACK_OF(X509)* untrusted = sk_X509_new_null();
   std::vector<ossl::X509Ptr> owned;
@@ -585,6 +588,14 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
     d = refuse("revoked", "certificate serial " + serial + " is revoked");
   } else {
     d = m_impl->decide(chain[0], leaf, chain, at, force_openssl);
+  }
+  // Only an ID in the cloud's alphabet (DPS registration IDs: letters, digits, "-._:", 128 at
+  // most, the widest a policy allows) is admitted; a home's narrower rule is the issuer's and the
+  // broker's. Checked last, so a refusal keeps its more telling rule (found by fuzz_chain).
+  if (d.allowed) {
+    if (auto bad = policy::check_device_id(policy::DeviceIdRule{"._:", 128}, *cn)) {
+      d = refuse("registration-id-invalid", "the certificate's CN: " + *bad);
+    }
   }
   d.registration_id = *cn;
   d.leaf_serial = serial;

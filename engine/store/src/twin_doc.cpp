@@ -8,6 +8,7 @@
 
 #include <sstream>
 
+#include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/stores.hpp"
 #include "fleetsign/error.hpp"
 
@@ -37,8 +38,9 @@ Object::Ptr parse_object(std::string_view text, std::string_view what, std::stri
     }
     return v.extract<Object::Ptr>();
   } catch (const Poco::Exception& e) {
-    throw Error(ErrorCode::kInvalidArgument, std::string(what) + ": the " + std::string(role) +
-                                                 " is not valid JSON: " + e.displayText());
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string(what) + ": the " + std::string(role) +
+                    " is not valid JSON: " + valid_utf8(e.displayText()));
   }
 }
 

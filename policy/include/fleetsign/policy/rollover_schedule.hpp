@@ -18,7 +18,7 @@ namespace fleetsign::policy {
 struct Window {
   std::uint8_t days = 0x7f;  // bit 0 = Monday … bit 6 = Sunday
   int start_minute = 0;      // minutes after 00:00 UTC, 0..1439
-  int end_minute = 1440;     // 1..1440; != start_minute
+  int end_minute = 1440;     // 0..1440 ("00:00" after a start: up to midnight); != start_minute
 };
 
 // One occurrence of a window: [start, end) in unix seconds.

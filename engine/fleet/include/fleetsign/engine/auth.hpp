@@ -1,6 +1,7 @@
 // The decision a cloud (Azure DPS / IoT Hub) makes when a device presents its certificate chain,
 // with the rule that decided it:
-//   - the leaf's CN is the registration ID and must be a valid device ID;
+//   - the leaf's CN is the registration ID and must be a valid device ID in the cloud's alphabet
+//     (letters, digits and "-._:", at most 128: the widest a policy allows);
 //   - a revoked certificate is refused;
 //   - an individual enrollment for that ID wins over any group: disabled refuses, even when an
 //     enabled group would accept; enabled allows only the certificate (or SHA-256 thumbprint) in

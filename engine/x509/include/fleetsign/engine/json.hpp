@@ -30,4 +30,10 @@ inline std::string json_quote(std::string_view value) {
   return out;
 }
 
+// `text` as well-formed UTF-8 (RFC 3629): every byte that does not belong to a valid sequence
+// (stray continuation bytes, truncated, overlong or surrogate forms, code points above U+10FFFF) is
+// replaced by U+FFFD. For messages that quote hostile bytes (a JSON parser's error names the byte
+// it refused) before they go into JSON, which must be UTF-8: Poco writes strings byte for byte.
+std::string valid_utf8(std::string_view text);
+
 }  // namespace fleetsign::engine

@@ -1,0 +1,73 @@
+// fuzz_der: the engine's own DER reader (der::read / der::expect) and the readers built on it that
+// take bytes from outside: X.501 Names (single_common_name), certificates as the authentication
+// fast path reads them (parse_leaf), SubjectPublicKeyInfo (describe_spki), a CSR's CN
+// (csr_common_name), and CRLs (read_crl, OpenSSL underneath).
+//
+// Invariants of der::read, checked on every TLV of the input, walked into constructed values:
+//   - what it returns lies inside the input, `whole` is header + content, and the input advances
+//     by exactly `whole`;
+//   - it is strict DER: re-encoding the tag and length with der::put_header gives back the very
+//     header bytes it read (one encoding per value), and header_size agrees.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "der.hpp"
+#include "fleetsign/engine/crl_check.hpp"
+#include "fleetsign/engine/issuer.hpp"
+#include "fleetsign/error.hpp"
+#include "fuzz_input.hpp"
+#include "leaf.hpp"
+#include "names.hpp"
+
+namespace {
+
+using namespace fleetsign::engine;
+
+constexpr int kMaxDepth = 64;
+
+void walk(der::Bytes in, int depth) {
+  while (!in.empty()) {
+    const der::Bytes before = in;
+    der::Tlv tlv;
+    if (!der::read(in, tlv)) return;
+    const std::size_t header = tlv.whole.size() - tlv.content.size();
+    if (tlv.whole.data() != before.data() || tlv.whole.size() > before.size() ||
+        tlv.content.data() != before.data() + header ||
+        in.data() != before.data() + tlv.whole.size() || tlv.tag != before[0]) {
+      fleetsign::fuzz::violated("der::read returned a TLV that is not the front of its input");
+    }
+    std::vector<std::uint8_t> again;
+    der::put_header(again, tlv.tag, tlv.content.size());
+    if (!der::equal(again, tlv.whole.first(header)) ||
+        der::header_size(tlv.content.size()) != header) {
+      fleetsign::fuzz::violated("der::read accepted a header that is not the DER encoding");
+    }
+    if ((tlv.tag & 0x20) != 0 && depth < kMaxDepth) walk(tlv.content, depth + 1);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const der::Bytes in(data, size);
+  walk(in, 0);
+
+  (void)single_common_name(in);
+  (void)describe_spki(in);
+  (void)csr_common_name(in);
+  LeafView leaf;
+  std::string why;
+  if (parse_leaf(in, leaf, why)) {
+    (void)single_common_name(leaf.subject);
+    (void)single_common_name(leaf.issuer);
+    (void)describe_spki(leaf.spki);
+  } else if (why.empty()) {
+    fleetsign::fuzz::violated("parse_leaf refused without saying why");
+  }
+  try {
+    (void)read_crl(in, "fuzz CRL");
+  } catch (const fleetsign::Error&) {
+  }
+  return 0;
+}
