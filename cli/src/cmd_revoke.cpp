@@ -164,6 +164,10 @@ int run_revoke(Context& ctx) {
   const bool dry_run = ctx.args().has("dry-run");
   if (dry_run && ctx.args().has("yes"))
     throw Error(ErrorCode::kUsage, "--dry-run or --yes, not both");
+  // A run takes the home (the token, for the CRLs that follow) before it plans: a second revoke
+  // at the same time waits (--wait) or is refused before it records anything, and what was
+  // planned and confirmed is what runs.
+  if (!dry_run) ctx.token();
   engine::Stores& stores = ctx.registry();
   const auto plan = jobs::plan_revocation(stores, ctx.clock(), selector, reason);
   if (plan.to_revoke.empty() && plan.already_revoked == 0 && plan.cas_revoked.empty() &&

@@ -16,6 +16,7 @@
 
 #include "enrollment_support.hpp"
 #include "fleet_support.hpp"
+#include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
 
@@ -253,6 +254,29 @@ TEST_F(Revoke, AKeyCompromiseFoundLaterBlocksTheKeyOfAnAlreadyRevokedCertificate
   const auto keys = registry()->blocked_key_hashes();
   ASSERT_EQ(keys.size(), 1u);
   EXPECT_EQ(keys[0], registry()->select_certs(q).at(0).key_sha256);
+}
+
+// Two responders at once: the second run finds the home taken before it records anything, so no
+// certificate is left revoked with its CRL unsigned; with --wait it runs after the first.
+TEST_F(Revoke, ARunWhileAnotherProcessHoldsTheHomeRecordsNothingAndWaitRunsAfterIt) {
+  issue("factory-1", "busy", 2, "--lot LB");
+  {
+    const auto held = engine::HomeLock::acquire(home, false);
+    const auto r = bin.run("revoke --lot LB --reason keyCompromise --yes");
+    EXPECT_NE(r.status, 0) << r.out << r.err;
+    EXPECT_NE(r.err.find("home_busy"), std::string::npos) << r.err;
+    EXPECT_EQ(revoked(), 0);
+    EXPECT_EQ(registry()->blocked_key_hashes().size(), 0u);
+    // The preview needs no token and runs meanwhile.
+    EXPECT_EQ(json(bin.ok("revoke --lot LB --dry-run --reason keyCompromise --json").out)
+                  ->getObject("plan")
+                  ->getValue<std::int64_t>("certificates"),
+              2);
+  }
+  bin.ok("revoke --lot LB --reason keyCompromise --yes --wait");
+  EXPECT_EQ(revoked(), 2);
+  const auto crl = json(bin.ok("crl show factory-1 --json").out);
+  EXPECT_EQ(crl->getValue<std::int64_t>("entries"), 2) << bin.ok("crl show factory-1 --json").out;
 }
 
 TEST_F(Revoke, MoreThanOneDeviceNeedsYesAndBadSelectorsAreRefusedNamingTheValue) {
