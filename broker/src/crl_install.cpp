@@ -101,4 +101,30 @@ CrlInstall install_registry_crls(const BrokerHome& home, engine::Stores& stores,
   return install_crl_bundle(home, crls, off.empty(), off, now);
 }
 
+fs::path crl_loaded_path(const BrokerHome& home) {
+  return home.crl_path().string() + ".loaded";
+}
+
+std::string installed_crl_marker(const BrokerHome& home) {
+  std::error_code ec;
+  const std::string conf = read_bounded(home.config_path().string(), kConfigFileLimit,
+                                        "broker configuration");
+  if (conf.find("\ncrlfile ") == std::string::npos || !fs::is_regular_file(home.crl_path(), ec)) {
+    return std::string(kNoCrlFile);
+  }
+  const std::string bytes = read_bounded(home.crl_path().string(), kCrlFileLimit, "CRL file");
+  return engine::thumbprint_sha256(
+      engine::ByteView(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
+}
+
+std::string read_crl_marker(const BrokerHome& home) {
+  std::error_code ec;
+  if (!fs::is_regular_file(crl_loaded_path(home), ec)) return {};
+  return read_bounded(crl_loaded_path(home).string(), 128, "CRL marker");
+}
+
+void write_crl_marker(const BrokerHome& home, const std::string& marker) {
+  write_file_atomic(crl_loaded_path(home), marker, 0644);
+}
+
 }  // namespace fleetsign::broker

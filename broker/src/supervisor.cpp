@@ -16,6 +16,7 @@
 
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/broker_home.hpp"
+#include "fleetsign/broker/crl_install.hpp"
 #include "fleetsign/error.hpp"
 
 extern char** environ;
@@ -136,6 +137,8 @@ BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds)
   }
   std::error_code ec;
   fs::remove(m_home.pid_path(), ec);
+  // What this mosquitto will read: the CRL file its config names now, or none (crl_install.hpp).
+  write_crl_marker(m_home, installed_crl_marker(m_home));
   const std::string conf = m_home.config_path().string();
   const std::string exe = m_mosquitto.string();
   std::vector<char*> argv{const_cast<char*>(exe.c_str()), const_cast<char*>("-c"),

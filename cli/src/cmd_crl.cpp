@@ -82,15 +82,6 @@ int run_export(Context& ctx) {
   return 0;
 }
 
-// A file's bytes ("" when it cannot be read: missing, or over `limit`).
-std::string read_or_empty(const std::filesystem::path& file, std::size_t limit) {
-  try {
-    return read_bounded(file.string(), limit, file.filename().string());
-  } catch (const Error&) {
-    return {};
-  }
-}
-
 // Re-installs the broker's CRL file from the registry and reloads a running mosquitto.
 // Returns a line for the operator ("" when there is no broker).
 std::string update_broker(Context& ctx, std::int64_t now) {
@@ -100,26 +91,31 @@ std::string update_broker(Context& ctx, std::int64_t now) {
   const broker::CrlInstall inst = broker::install_registry_crls(home, ctx.registry(), now);
   if (!inst.enabled) return "broker: no CRL file (" + inst.off_reason + ")";
   broker::Supervisor sup(home, broker_binary(ctx.args()));
-  // The file mosquitto was last told to read, by its hash: a run killed between installing the
-  // file and the reload leaves it behind, and the next run reloads although the file is the same
-  // (else the broker would keep refusing every device under a CA whose first CRL it never read).
-  const std::filesystem::path loaded = home.crl_path().string() + ".loaded";
-  const std::string bytes = read_or_empty(home.crl_path(), std::size_t{256} << 20);
-  const std::string installed = engine::thumbprint_sha256(
-      engine::ByteView(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()));
-  const bool told = !inst.changed && read_or_empty(loaded, 128) == installed;
-  if (was_on && !told && sup.status(home.load()).running) {
-    sup.reload();
-    write_file_atomic(loaded, installed, 0644);
-    return "broker: CRL file installed (" + std::to_string(inst.crls) +
-           " CRLs), mosquitto reloaded";
+  // The file mosquitto was last told to read, by its hash (crl_install.hpp): a run killed between
+  // installing the file and the reload leaves it behind, and the next run reloads although the
+  // file is the same (else the broker would keep refusing every device under a CA whose first CRL
+  // it never read). A mosquitto started with no crlfile reads none on a reload: it needs a restart.
+  const std::string installed = broker::installed_crl_marker(home);
+  const std::string told = broker::read_crl_marker(home);
+  const std::string crls = std::to_string(inst.crls) + " CRLs";
+  if (was_on && sup.status(home.load()).running) {
+    if (told == broker::kNoCrlFile) {
+      return "broker: CRL file installed (" + crls +
+             "); the running mosquitto was started without it and reads it only at start: "
+             "`fleetsign broker restart`";
+    }
+    if (inst.changed || told != installed) {
+      sup.reload();
+      broker::write_crl_marker(home, installed);
+      return "broker: CRL file installed (" + crls + "), mosquitto reloaded";
+    }
   }
   if (!was_on) {
     home.write_config(home.load());
-    return "broker: CRL file installed (" + std::to_string(inst.crls) +
-           " CRLs); mosquitto reads a new crlfile only at start: `fleetsign broker restart`";
+    return "broker: CRL file installed (" + crls +
+           "); mosquitto reads a new crlfile only at start: `fleetsign broker restart`";
   }
-  return "broker: CRL file installed (" + std::to_string(inst.crls) + " CRLs)";
+  return "broker: CRL file installed (" + crls + ")";
 }
 
 int run_sign(Context& ctx) {

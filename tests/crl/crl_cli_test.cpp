@@ -289,6 +289,38 @@ TEST_F(CrlBroker, AFileInstalledButNeverReadIsReadByTheNextInstall) {
   bin.run("broker stop");
 }
 
+// A mosquitto started with no crlfile in its config (a home whose broker ran before its CRLs
+// existed) reads none on a reload: the install says to restart it, and never records the file as
+// read, until a restart has mosquitto read it.
+TEST_F(CrlBroker, ABrokerStartedWithoutACrlFileIsToldToRestartNotReloaded) {
+  bin.ok("crl sign --all");
+  // A self-signed device certificate: no CRL can cover it, so the broker starts with no crlfile.
+  ASSERT_EQ(testing::run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                         "-keyout " + path("solo1.key") + " -out " + path("solo1.pem") +
+                         " -subj /CN=solo1 -days 30 -addext basicConstraints=critical,CA:FALSE "
+                         "-addext keyUsage=digitalSignature 2>/dev/null"),
+            0);
+  bin.ok("enrollment individual create solo1 --cert " + path("solo1.pem"));
+  bin.ok("broker start");
+  EXPECT_FALSE(fs::exists(bdir / "crl.pem"));
+  EXPECT_EQ(testing::read_file(bdir / "crl.pem.loaded"), "no-crlfile");
+  // The device moves onto a certificate of the house: every certificate is covered again.
+  bin.ok("issue --ca factory-1 --generate 1 --id-pattern 'solo{01}' --out " + path("solo"));
+  bin.ok("enrollment individual set-slot solo1 secondary --cert " + path("solo/solo1_cert.pem"));
+  bin.ok("enrollment individual clear-slot solo1 primary");
+  const auto first = bin.ok("crl sign factory-1");
+  EXPECT_NE(first.out.find("reads a new crlfile only at start"), std::string::npos) << first.out;
+  const auto second = bin.ok("crl sign factory-1");
+  EXPECT_EQ(second.out.find("mosquitto reloaded"), std::string::npos) << second.out;
+  EXPECT_NE(second.out.find("`fleetsign broker restart`"), std::string::npos) << second.out;
+  EXPECT_EQ(testing::read_file(bdir / "crl.pem.loaded"), "no-crlfile");
+  bin.ok("broker restart");
+  EXPECT_EQ(testing::read_file(bdir / "crl.pem.loaded").size(), 64u) << "the file's SHA-256";
+  const auto third = bin.ok("crl sign factory-1");
+  EXPECT_NE(third.out.find("mosquitto reloaded"), std::string::npos) << third.out;
+  bin.run("broker stop");
+}
+
 TEST_F(CrlBroker, ACaWhoseCrlIsMissingFromTheFileHasEveryDeviceRefused) {
   bin.ok("crl sign --all");
   // A file without factory-1's CRL: what fleetsign's installer never writes.

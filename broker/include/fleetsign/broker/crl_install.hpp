@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -42,5 +44,17 @@ CrlInstall install_crl_bundle(const BrokerHome& home, const std::vector<CrlCandi
 // and has a CRL, and no individual enrollment holds a self-signed certificate (nobody can sign a
 // CRL for those). Then install_crl_bundle.
 CrlInstall install_registry_crls(const BrokerHome& home, engine::Stores& stores, std::int64_t now);
+
+// What the running mosquitto read: HOME/broker/crl.pem.loaded holds the SHA-256 of the CRL file it
+// last read (written by Supervisor::start and after each reload), or kNoCrlFile when it was
+// started with no crlfile in its config: mosquitto reads a crlfile named by a reload only at its
+// next start, so then nothing but a restart makes it check revocation through the file.
+inline constexpr std::string_view kNoCrlFile = "no-crlfile";
+std::filesystem::path crl_loaded_path(const BrokerHome& home);
+// The SHA-256 (hex) of the installed crl.pem, or kNoCrlFile when the config names none.
+std::string installed_crl_marker(const BrokerHome& home);
+// The marker as written (empty when missing: a broker started before markers existed).
+std::string read_crl_marker(const BrokerHome& home);
+void write_crl_marker(const BrokerHome& home, const std::string& marker);
 
 }  // namespace fleetsign::broker
