@@ -24,7 +24,11 @@ namespace fleetsign::cli {
 namespace {
 
 engine::CrlRecord latest_or_fail(Context& ctx, const std::string& ca) {
-  ctx.cas().get(ca);  // kNotFound names the CA
+  // The registry alone: reading a CRL needs neither the token nor the home's lock, so relying
+  // parties get it while a job or `serve` holds the home.
+  if (!ctx.registry().find_ca(ca)) {
+    throw Error(ErrorCode::kNotFound, "CA '" + ca + "' not found in the registry");
+  }
   auto latest = ctx.registry().latest_crl(ca);
   if (!latest) {
     throw Error(ErrorCode::kNotFound,

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "enrollment_support.hpp"
+#include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "test_home.hpp"
@@ -100,6 +101,17 @@ TEST_F(CrlCli, ShowAndExportPrintTheLatestCrlThatSignMade) {
     EXPECT_EQ(help.status, 0) << cmd;
     EXPECT_NE((help.out + help.err).find("crl"), std::string::npos) << cmd;
   }
+}
+
+// Reading a CRL needs neither the token nor the home: while a job (or serve) holds the home, a
+// relying party still gets it; an unknown CA is still not_found.
+TEST_F(CrlCli, ShowAndExportWorkWhileAnotherProcessHoldsTheHome) {
+  const auto held = engine::HomeLock::acquire(home, false);
+  EXPECT_EQ(show("factory-1")->getValue<std::string>("ca"), "factory-1");
+  EXPECT_NE(bin.ok("crl export root").out.find("-----BEGIN X509 CRL-----"), std::string::npos);
+  const auto r = bin.run("crl export nosuch");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("not_found"), std::string::npos) << r.err;
 }
 
 TEST_F(CrlCli, SignDueSignsWhatIsMissingBehindARevocationOrNearNextUpdate) {
