@@ -82,8 +82,12 @@ int run_export(Context& ctx) {
   return 0;
 }
 
-// A file's bytes ("" when it cannot be read: missing, or over `limit`).
+// A file's bytes ("" when it cannot be read: missing, not a regular file, or over `limit`). The
+// files are the broker's own (HOME/broker/crl.pem and its .loaded mark): anything else there is
+// damage that the next install replaces, never a device to read `limit` bytes of.
 std::string read_or_empty(const std::filesystem::path& file, std::size_t limit) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return {};
   try {
     return read_bounded(file.string(), limit, file.filename().string());
   } catch (const Error&) {
