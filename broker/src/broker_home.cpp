@@ -22,8 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::size_t kSettingsLimit = 64 * 1024;
-
 Error bad_setting(const fs::path& file, const std::string& field, const std::string& why) {
   return Error(ErrorCode::kInvalidArgument, file.string() + ": \"" + field + "\" " + why);
 }
@@ -85,8 +83,10 @@ BrokerHome::BrokerHome(fs::path home_dir)
     : m_dir(fs::absolute(home_dir).lexically_normal() / "broker") {}
 
 bool BrokerHome::initialised() const {
+  // Whatever is there counts: a device or a FIFO in place of broker.json is refused by load(),
+  // naming it, rather than taken for "no broker".
   std::error_code ec;
-  return fs::is_regular_file(settings_path(), ec);
+  return fs::exists(settings_path(), ec);
 }
 
 BrokerSettings BrokerHome::load() const {
@@ -95,7 +95,7 @@ BrokerSettings BrokerHome::load() const {
                 settings_path().string() + " does not exist: run `fleetsign broker init` first");
   }
   const std::string text =
-      read_bounded(settings_path().string(), kSettingsLimit, "broker settings");
+      read_bounded(settings_path().string(), kBrokerSettingsLimit, "broker settings");
   Poco::JSON::Object::Ptr obj;
   try {
     obj = Poco::JSON::Parser().parse(text).extract<Poco::JSON::Object::Ptr>();

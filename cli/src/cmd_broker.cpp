@@ -277,7 +277,11 @@ int run_status(Context& ctx) {
   return st.running ? 0 : 3;
 }
 
+// The trust file mosquitto read last ("" when missing or damaged: it is rewritten anyway). Only a
+// regular file is read: it is the broker's own, and a device there is damage, not 64 MiB to read.
 std::string current_trust(const broker::BrokerHome& home) {
+  std::error_code ec;
+  if (!fs::is_regular_file(home.clients_ca_path(), ec)) return {};
   try {
     return read_bounded(home.clients_ca_path().string(), 64 * 1024 * 1024, "client trust file");
   } catch (const Error&) {

@@ -13,6 +13,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/fleet_config.hpp"
 #include "fleetsign/jobs/iothub_trigger.hpp"
@@ -265,6 +266,8 @@ int run_fleet_backend(Context& ctx) {
       config.connection_string_file = fs::absolute(*file);
     }
     if (auto ca = path_option(a, "ca-file")) {
+      // Read now (bounded, certificates only), so a wrong file shows here, not at the first call.
+      engine::read_certificates(*ca, "IoT Hub CA file", kChainFileLimit);
       config.ca_file = fs::absolute(*ca);
     }
   } else {

@@ -2,6 +2,7 @@
 #include <Poco/JSON/Array.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <iostream>
 
@@ -152,8 +153,11 @@ void confirm(Context& ctx, const jobs::RevocationPlan& p) {
   std::fprintf(stderr,
                "Revoke %zu certificate(s) of %s devices? Type %s or 'revoke': ", p.to_revoke.size(),
                n.c_str(), n.c_str());
-  std::string answer;
-  if (!std::getline(std::cin, answer) || (answer != n && answer != "revoke")) {
+  // One line from the terminal, bounded: a line longer than the buffer is no confirmation.
+  std::array<char, 256> line{};
+  std::cin.getline(line.data(), static_cast<std::streamsize>(line.size()));
+  const std::string answer = std::cin ? std::string(line.data()) : std::string();
+  if (answer != n && answer != "revoke") {
     throw Error(ErrorCode::kUsage, "not confirmed: nothing was revoked");
   }
 }

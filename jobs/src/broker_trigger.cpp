@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/error.hpp"
 #include "topics.hpp"
 
@@ -28,11 +29,20 @@ void init_library() {
   std::call_once(once, [] { mosquitto_lib_init(); });
 }
 
-void require_readable(const std::filesystem::path& file, const char* what) {
+constexpr std::size_t kServiceKeyLimit = 64 * 1024;  // a PEM private key
+
+// libmosquitto (OpenSSL) reads the TLS files itself, whole: only a regular file within `limit`
+// is handed to it, so a device or a huge file there is refused naming it instead of being read.
+void require_readable(const std::filesystem::path& file, const char* what, std::size_t limit) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec)) {
     throw Error(ErrorCode::kIo,
                 std::string(what) + " '" + file.string() + "': not a readable file");
+  }
+  if (const auto size = std::filesystem::file_size(file, ec); !ec && size > limit) {
+    throw Error(ErrorCode::kInputTooLarge, std::string(what) + " '" + file.string() +
+                                               "': larger than the limit of " +
+                                               std::to_string(limit) + " bytes");
   }
 }
 
@@ -253,9 +263,9 @@ struct BrokerTrigger::Impl {
 
 void BrokerTrigger::Impl::connect() {
   init_library();
-  require_readable(opt.ca_file, "broker CA file");
-  require_readable(opt.cert_file, "service certificate");
-  require_readable(opt.key_file, "service key");
+  require_readable(opt.ca_file, "broker CA file", kChainFileLimit);
+  require_readable(opt.cert_file, "service certificate", kCertFileLimit);
+  require_readable(opt.key_file, "service key", kServiceKeyLimit);
   client_id = std::string(kServiceClientPrefix) + random_hex(8);
   mosq = mosquitto_new(client_id.c_str(), true, this);
   if (mosq == nullptr) {

@@ -160,7 +160,8 @@ BrokerTriggerOptions broker_options_for_home(const fs::path& home) {
     }
   }
   const std::string origin = json.string();
-  const auto obj = parse_object(read_bounded(origin, kConfigFileLimit, "broker config"), origin);
+  const auto obj =
+      parse_object(read_bounded(origin, kBrokerSettingsLimit, "broker settings"), origin);
   if (obj->has("port")) {
     const auto port = obj->get("port");
     if (!port.isInteger() || port.convert<int>() < 1 || port.convert<int>() > 65535) {

@@ -14,6 +14,7 @@
 #include <Poco/Net/NetSSL.h>
 #include <Poco/Net/RejectCertificateHandler.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <sys/socket.h>
 
@@ -23,6 +24,8 @@
 #include <sstream>
 #include <thread>
 
+#include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/json_value.hpp"
 
@@ -167,18 +170,27 @@ struct IotHubTrigger::Impl {
     params.verificationMode = Poco::Net::Context::VERIFY_STRICT;
     params.loadDefaultCAs = true;
     params.cipherList = "HIGH:!aNULL:!MD5";
+    // The extra trust is read here, bounded like every input (OpenSSL would read a path whole,
+    // /dev/zero for ever), and added to the context's store below.
+    std::vector<engine::Der> extra_trust;
     if (opt.ca_file) {
-      std::error_code ec;
-      if (!std::filesystem::is_regular_file(*opt.ca_file, ec)) {
-        throw Error(ErrorCode::kIo,
-                    "IoT Hub CA file '" + opt.ca_file->string() + "': not a readable file");
-      }
-      params.caLocation = opt.ca_file->string();
+      extra_trust = engine::read_certificates(*opt.ca_file, "IoT Hub CA file", kChainFileLimit);
     }
     try {
       context = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, params);
     } catch (const Poco::Exception& e) {
       throw Error(ErrorCode::kIo, "TLS trust for IoT Hub: " + e.displayText());
+    }
+    X509_STORE* store = SSL_CTX_get_cert_store(context->sslContext());
+    for (const engine::Der& der : extra_trust) {
+      const unsigned char* p = der.data();
+      X509* cert = d2i_X509(nullptr, &p, static_cast<long>(der.size()));
+      const bool added = cert != nullptr && X509_STORE_add_cert(store, cert) == 1;
+      X509_free(cert);
+      if (!added) {
+        throw Error(ErrorCode::kIo, "IoT Hub CA file '" + opt.ca_file->string() +
+                                        "': cannot be added to the trust");
+      }
     }
     context->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
     context->setInvalidCertificateHandler(new Poco::Net::RejectCertificateHandler(false));

@@ -22,7 +22,7 @@ Error invalid(const std::filesystem::path& file, const std::string& field, const
 }
 
 Object::Ptr parse(const std::filesystem::path& file) {
-  const std::string text = read_bounded(file.string(), kConfigFileLimit, "broker configuration");
+  const std::string text = read_bounded(file.string(), kBrokerSettingsLimit, "broker settings");
   try {
     Poco::JSON::Parser parser;
     const Poco::Dynamic::Var v = parser.parse(text);

@@ -23,6 +23,7 @@
 #include "batch_params.hpp"
 #include "batch_writer.hpp"
 #include "device_keys.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
@@ -370,10 +371,18 @@ void run_pipeline(Run& run) {
 // One output directory belongs to one batch: its streams are truncated to the batch's own
 // watermark and its key spool is the batch's, so a second batch there would destroy the first's
 // outputs. A marker file names the owner.
+constexpr std::size_t kBatchMarkerLimit = 4096;  // OUT/.fleetsign-batch: one batch ID
+
 void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
   const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
+  // The marker is read like any input: the directory is the operator's, and a marker that is
+  // /dev/zero or a huge file must be refused, not read for ever (a batch ID is a short name).
   std::string owner;
-  if (std::ifstream in(marker); in) std::getline(in, owner);
+  std::error_code ec;
+  if (std::filesystem::exists(marker, ec)) {
+    owner = read_bounded(marker.string(), kBatchMarkerLimit, "batch marker file");
+    owner.erase(std::min(owner.find('\n'), owner.size()));
+  }
   if (!owner.empty() && owner != batch_id) {
     throw Error(ErrorCode::kOutputDirInUse, "output directory " + out +
                                                 " holds the outputs of batch '" + owner +

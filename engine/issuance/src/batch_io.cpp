@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
+#include <fstream>
+#include <optional>
 
 #include "device_keys.hpp"
 #include "fleetsign/bounded_read.hpp"
@@ -36,8 +39,11 @@ class CsrDirReader final : public InputReader {
     if (!fs::is_directory(dir, ec)) {
       throw Error(ErrorCode::kInvalidArgument, "--csr-dir " + dir.string() + ": not a directory");
     }
+    // Every entry but a directory is a device's CSR: a device file, a FIFO or a dangling link is
+    // read (bounded) and rejected naming it, never skipped without a word.
     for (const auto& e : fs::directory_iterator(dir)) {
-      if (e.is_regular_file()) m_files.push_back(e.path());
+      std::error_code entry_ec;
+      if (!e.is_directory(entry_ec)) m_files.push_back(e.path());
     }
     // Sorted, so a resumed batch sees the same order.
     std::sort(m_files.begin(), m_files.end());
@@ -494,26 +500,64 @@ void sync_outputs(const fs::path& out_dir) {
   ::close(fd);
 }
 
+namespace {
+
+// A spool line is "SEQ BASE64(PKCS#8)": under 8 KiB for any key fleetsign makes (RSA-4096 is about
+// 3.2 KiB of base64). A longer line is a damaged or foreign file: refused, never read whole.
+constexpr std::size_t kMaxSpoolLine = 16 * 1024;
+
+// One spool line: its sequence number and key, or nullopt when it does not parse (skipped, as a
+// line that does not decode always was).
+std::optional<std::pair<std::int64_t, Der>> parse_spool_line(std::string_view line) {
+  const std::size_t space = line.find(' ');
+  std::int64_t seq = 0;
+  if (space == std::string_view::npos ||
+      std::from_chars(line.data(), line.data() + space, seq).ptr != line.data() + space) {
+    return std::nullopt;
+  }
+  const std::string_view b64 = line.substr(space + 1);
+  Der der(b64.size() / 4 * 3);
+  const int n = EVP_DecodeBlock(der.data(), reinterpret_cast<const unsigned char*>(b64.data()),
+                                static_cast<int>(b64.size()));
+  if (n < 0) return std::nullopt;
+  std::size_t pad = 0;
+  if (!b64.empty() && b64.back() == '=') ++pad;
+  if (b64.size() > 1 && b64[b64.size() - 2] == '=') ++pad;
+  der.resize(static_cast<std::size_t>(n) - pad);
+  return std::make_pair(seq, std::move(der));
+}
+
+// The keys of one spool file, line by line through a buffer of kMaxSpoolLine + 1 bytes (wiped).
+void load_spool_file(const fs::path& file, std::map<std::int64_t, Der>& keys) {
+  std::ifstream in(file, std::ios::binary);
+  std::string buf(kMaxSpoolLine + 1, '\0');
+  for (std::int64_t line_no = 1;; ++line_no) {
+    in.getline(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const auto got = static_cast<std::size_t>(in.gcount());
+    if (in.fail() && !in.eof()) {
+      OPENSSL_cleanse(buf.data(), buf.size());
+      if (in.bad()) throw Error(ErrorCode::kIo, "key spool " + file.string() + ": cannot be read");
+      throw Error(ErrorCode::kInputTooLarge, "key spool " + file.string() + ": line " +
+                                                 std::to_string(line_no) + " is longer than " +
+                                                 std::to_string(kMaxSpoolLine) + " bytes");
+    }
+    if (got == 0) break;
+    const std::string_view line(buf.data(), in.eof() ? got : got - 1);
+    if (auto key = parse_spool_line(line)) keys[key->first] = std::move(key->second);
+    if (in.eof()) break;
+  }
+  OPENSSL_cleanse(buf.data(), buf.size());
+}
+
+}  // namespace
+
 std::map<std::int64_t, Der> load_spooled_keys(const fs::path& spool_dir) {
   std::map<std::int64_t, Der> keys;
   std::error_code ec;
   if (!fs::is_directory(spool_dir, ec)) return keys;
   for (const auto& e : fs::directory_iterator(spool_dir)) {
     if (e.path().extension() != ".keys") continue;  // a .tmp left by a kill is incomplete
-    std::ifstream in(e.path());
-    std::int64_t seq = 0;
-    std::string b64;
-    while (in >> seq >> b64) {
-      Der der(b64.size() / 4 * 3);
-      const int n = EVP_DecodeBlock(der.data(), reinterpret_cast<const unsigned char*>(b64.data()),
-                                    static_cast<int>(b64.size()));
-      if (n < 0) continue;
-      std::size_t pad = 0;
-      if (!b64.empty() && b64.back() == '=') ++pad;
-      if (b64.size() > 1 && b64[b64.size() - 2] == '=') ++pad;
-      der.resize(static_cast<std::size_t>(n) - pad);
-      keys[seq] = std::move(der);
-    }
+    load_spool_file(e.path(), keys);
   }
   return keys;
 }

@@ -8,8 +8,6 @@
 
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <sstream>
 
 #include "der.hpp"
 #include "fleetsign/engine/clock.hpp"
@@ -132,16 +130,6 @@ std::string pem(ByteView der, std::string_view label) {
 
 namespace {
 
-std::string read_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    throw Error(ErrorCode::kIo, file.string() + ": cannot be read");
-  }
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 bool decode_base64(std::string_view text, Der& out) {
   std::string clean;
   clean.reserve(text.size());
@@ -261,7 +249,7 @@ std::vector<CsrBlob> parse_csr_text(std::string_view text) {
 }
 
 std::vector<CsrBlob> read_csrs(const std::filesystem::path& file) {
-  return parse_csr_text(read_file(file));
+  return parse_csr_text(read_bounded(file.string(), kCsrFileLimit, "CSR file"));
 }
 
 CertSummary summarize_certificate(ByteView der) {

@@ -46,6 +46,7 @@ struct CsrBlob {
   int line = 1;
   std::string problem;  // non-empty when this block could not be decoded (bad base64, …)
 };
+// read_csrs reads at most kCsrFileLimit bytes (fleetsign::read_bounded's errors, "CSR file").
 std::vector<CsrBlob> read_csrs(const std::filesystem::path& file);
 std::vector<CsrBlob> parse_csr_text(std::string_view text);
 
