@@ -149,22 +149,27 @@ TEST(TwinDoc, APatchThatIsNotUtf8IsRefusedWithAMessageThatMakesJson) {
 TEST(Topics, ServiceCallsAreParsedAndBoundsChecked) {
   using K = broker::Request::Kind;
   const std::string rid = "0123456789abcdef0123456789abcdef";
-  auto r =
-      broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$ct=10&$rt=20");
+  // A Request's fields are views into the topic (topics.hpp): the topic outlives them.
+  std::string topic = "$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$ct=10&$rt=20";
+  auto r = broker::parse_request(topic);
   EXPECT_EQ(r.kind, K::kMethodCall);
   EXPECT_EQ(r.device_id, "dev-1");
   EXPECT_EQ(r.method, "reboot");
   EXPECT_EQ(r.connect_timeout_s, 10);
   EXPECT_EQ(r.response_timeout_s, 20);
-  r = broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rt=0");
+  topic = "$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rt=0";
+  r = broker::parse_request(topic);
   EXPECT_EQ(r.kind, K::kMalformed);
   EXPECT_EQ(r.rid, rid) << "a malformed call with a good rid can be answered 400";
-  r = broker::parse_request("$fleetsign/methods/POST/dev-1/re/boot/?$rid=" + rid);
+  topic = "$fleetsign/methods/POST/dev-1/re/boot/?$rid=" + rid;
+  r = broker::parse_request(topic);
   EXPECT_EQ(r.kind, K::kMalformed);
-  r = broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=ABC");
+  topic = "$fleetsign/methods/POST/dev-1/reboot/?$rid=ABC";
+  r = broker::parse_request(topic);
   EXPECT_EQ(r.kind, K::kMalformed);
   EXPECT_TRUE(r.rid.empty());
-  r = broker::parse_request("$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rid=" + rid);
+  topic = "$fleetsign/methods/POST/dev-1/reboot/?$rid=" + rid + "&$rid=" + rid;
+  r = broker::parse_request(topic);
   EXPECT_EQ(r.kind, K::kMalformed) << "a repeated key";
 }
 

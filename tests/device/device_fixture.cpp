@@ -169,7 +169,7 @@ Broker::~Broker() { stop(); }
 
 void Broker::start() {
   if (m_pid > 0) return;
-  m_pid = spawn({"/usr/sbin/mosquitto", "-c", (m_dir / "mosquitto.conf").string()},
+  m_pid = spawn({mosquitto_bin(), "-c", (m_dir / "mosquitto.conf").string()},
                 m_dir / "mosquitto.out", m_dir / "mosquitto.err");
   for (int i = 0; i < 100; ++i) {
     if (port_open(m_port)) return;

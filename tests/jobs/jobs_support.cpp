@@ -119,7 +119,7 @@ Mosquitto::Mosquitto(const TestPki& pki, const fs::path& dir, int port)
        << "keyfile " << pki.file("server.key").string() << "\n"
        << "require_certificate true\n";
   write_file(dir / "mosquitto.conf", conf.str());
-  std::vector<std::string> args = {"/usr/sbin/mosquitto", "-c", (dir / "mosquitto.conf").string()};
+  std::vector<std::string> args = {mosquitto_bin(), "-c", (dir / "mosquitto.conf").string()};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -76,6 +76,11 @@ int run(const std::string& command, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+std::string mosquitto_bin() {
+  const char* env = std::getenv("FLEETSIGN_MOSQUITTO");
+  return env != nullptr && *env != '\0' ? env : "/usr/sbin/mosquitto";
+}
+
 std::string fleetsign_bin() {
   const char* bin = std::getenv("FLEETSIGN_BIN");
   return bin != nullptr ? bin : FLEETSIGN_BIN_PATH;

@@ -70,6 +70,9 @@ Error error_from(Fn&& fn) {
 
 // Path of the built fleetsign binary (FLEETSIGN_BIN, set by CTest).
 std::string fleetsign_bin();
+// The mosquitto a test starts: $FLEETSIGN_MOSQUITTO (the sanitizer runs' wrapper, which preloads
+// the runtime the instrumented plugin needs), else /usr/sbin/mosquitto.
+std::string mosquitto_bin();
 // Path of tests/data/make_csrs.sh.
 std::string data_dir();
 std::string read_file(const std::filesystem::path& path);
