@@ -3,12 +3,25 @@
 
 #include <tbb/task.h>
 
+// ThreadSanitizer cannot follow a suspended task: oneTBB resumes it on another stack (swapcontext)
+// through its own, uninstrumented, synchronisation. A TSan build hands the job over the same way but
+// blocks the stage's worker on a condition variable instead of suspending its task, so everything
+// else (the jobs, the stages, the registry and token work they do) is still checked.
+#if defined(__SANITIZE_THREAD__)
+#define FLEETSIGN_WRITER_BLOCKS 1
+#endif
+
 namespace fleetsign::engine::batch {
 
 struct Writer::Pending {
   const std::function<void()>* job;
   std::exception_ptr error;
+#ifdef FLEETSIGN_WRITER_BLOCKS
+  bool done = false;
+  std::condition_variable finished;
+#else
   tbb::task::suspend_point resume_at;
+#endif
 };
 
 Writer::Writer() : m_thread([this] { loop(); }) {}
@@ -23,6 +36,14 @@ Writer::~Writer() {
 }
 
 void Writer::run(const std::function<void()>& job) {
+#ifdef FLEETSIGN_WRITER_BLOCKS
+  Pending pending{&job, nullptr};
+  std::unique_lock lock(m_mutex);
+  m_jobs.push_back(&pending);
+  m_wake.notify_one();
+  pending.finished.wait(lock, [&] { return pending.done; });
+  lock.unlock();
+#else
   Pending pending{&job, nullptr, {}};
   // The callback runs once the task is suspended: only then may the writer resume it.
   tbb::task::suspend([&](tbb::task::suspend_point tag) {
@@ -33,6 +54,7 @@ void Writer::run(const std::function<void()>& job) {
     }
     m_wake.notify_one();
   });
+#endif
   if (pending.error) std::rethrow_exception(pending.error);
 }
 
@@ -51,7 +73,15 @@ void Writer::loop() {
     } catch (...) {
       next->error = std::current_exception();
     }
+#ifdef FLEETSIGN_WRITER_BLOCKS
+    {
+      std::lock_guard lock(m_mutex);
+      next->done = true;
+      next->finished.notify_one();  // under the lock: `next` dies once its stage wakes
+    }
+#else
     tbb::task::resume(next->resume_at);  // `next` belongs to the resumed task from here on
+#endif
   }
 }
 
