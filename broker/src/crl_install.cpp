@@ -101,14 +101,12 @@ CrlInstall install_registry_crls(const BrokerHome& home, engine::Stores& stores,
   return install_crl_bundle(home, crls, off.empty(), off, now);
 }
 
-fs::path crl_loaded_path(const BrokerHome& home) {
-  return home.crl_path().string() + ".loaded";
-}
+fs::path crl_loaded_path(const BrokerHome& home) { return home.crl_path().string() + ".loaded"; }
 
 std::string installed_crl_marker(const BrokerHome& home) {
   std::error_code ec;
-  const std::string conf = read_bounded(home.config_path().string(), kConfigFileLimit,
-                                        "broker configuration");
+  const std::string conf =
+      read_bounded(home.config_path().string(), kConfigFileLimit, "broker configuration");
   if (conf.find("\ncrlfile ") == std::string::npos || !fs::is_regular_file(home.crl_path(), ec)) {
     return std::string(kNoCrlFile);
   }

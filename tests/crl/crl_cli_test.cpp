@@ -308,7 +308,8 @@ TEST_F(CrlBroker, ABrokerStartedWithoutACrlFileIsToldToRestartNotReloaded) {
   bin.ok("crl sign --all");
   // A self-signed device certificate: no CRL can cover it, so the broker starts with no crlfile.
   ASSERT_EQ(testing::run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
-                         "-keyout " + path("solo1.key") + " -out " + path("solo1.pem") +
+                         "-keyout " +
+                         path("solo1.key") + " -out " + path("solo1.pem") +
                          " -subj /CN=solo1 -days 30 -addext basicConstraints=critical,CA:FALSE "
                          "-addext keyUsage=digitalSignature 2>/dev/null"),
             0);

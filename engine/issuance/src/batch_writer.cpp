@@ -4,9 +4,9 @@
 #include <tbb/task.h>
 
 // ThreadSanitizer cannot follow a suspended task: oneTBB resumes it on another stack (swapcontext)
-// through its own, uninstrumented, synchronisation. A TSan build hands the job over the same way but
-// blocks the stage's worker on a condition variable instead of suspending its task, so everything
-// else (the jobs, the stages, the registry and token work they do) is still checked.
+// through its own, uninstrumented, synchronisation. A TSan build hands the job over the same way
+// but blocks the stage's worker on a condition variable instead of suspending its task, so
+// everything else (the jobs, the stages, the registry and token work they do) is still checked.
 #if defined(__SANITIZE_THREAD__)
 #define FLEETSIGN_WRITER_BLOCKS 1
 #endif

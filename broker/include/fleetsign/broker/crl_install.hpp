@@ -9,8 +9,8 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fleetsign/broker/broker_home.hpp"
