@@ -26,21 +26,33 @@ bool wait_for(const std::atomic<bool>& flag, std::chrono::seconds limit) {
 }
 
 // A pipeline of `items` on `threads` workers: serial input → parallel `middle` → serial `last`.
+// The tsan_* edges tell ThreadSanitizer the order oneTBB keeps (batch_writer.hpp).
 template <typename Middle, typename Last>
 void pipeline(int threads, int items, Middle middle, Last last) {
   tbb::task_arena arena(threads);
-  int next = 0;
+  int next = 0, last_order = 0, join = 0;
   arena.execute([&] {
     tbb::parallel_pipeline(
         4,
         tbb::make_filter<void, int>(tbb::filter_mode::serial_in_order, [&](tbb::flow_control& fc) {
+          tsan_acquire(&next);
           if (next == items) fc.stop();
-          return next++;
+          const int i = next++;
+          tsan_release(&next);
+          tsan_release(&join);
+          return i;
         }) & tbb::make_filter<int, int>(tbb::filter_mode::parallel, [&](int i) {
           middle(i);
+          tsan_release(&join);
           return i;
-        }) & tbb::make_filter<int, void>(tbb::filter_mode::serial_in_order, last));
+        }) & tbb::make_filter<int, void>(tbb::filter_mode::serial_in_order, [&](int i) {
+          tsan_acquire(&last_order);
+          last(i);
+          tsan_release(&last_order);
+          tsan_release(&join);
+        }));
   });
+  tsan_acquire(&join);
 }
 
 TEST(BatchWriter, RunsJobsInOrderOnItsOwnThread) {

@@ -338,32 +338,66 @@ void run_pipeline(Run& run) {
   // The serial stages' registry transactions, fsyncs and output appends run on the writer's
   // thread while `threads` workers check and sign; it is joined before the pipeline's chunks go.
   batch::Writer writer;
+  // oneTBB's ordering, for ThreadSanitizer (batch::tsan_*; nothing in other builds): a serial
+  // stage's calls follow each other, a chunk's stages follow each other, and every stage ends
+  // before the pipeline returns (the edge is taken even when a stage throws).
+  int serial_order[7] = {};
+  const auto edges = [&](int stage, bool serial, const Chunk* chunk, auto&& body) {
+    if (serial) batch::tsan_acquire(&serial_order[stage]);
+    if (chunk != nullptr) batch::tsan_acquire(chunk);
+    struct Release {
+      const void* a;
+      const void* b;
+      const void* c;
+      ~Release() {
+        if (a != nullptr) batch::tsan_release(a);
+        if (b != nullptr) batch::tsan_release(b);
+        batch::tsan_release(c);
+      }
+    } release{serial ? &serial_order[stage] : nullptr, chunk, &serial_order};
+    return body();
+  };
+  struct Join {
+    const void* at;
+    ~Join() { batch::tsan_acquire(at); }
+  } join{&serial_order};
   arena.execute([&] {
     using tbb::filter_mode;
     tbb::parallel_pipeline(
         in_flight,
         tbb::make_filter<void, Chunk*>(filter_mode::serial_in_order, [&](tbb::flow_control& fc) {
-          return run.stages.time(0, [&] { return read_chunk(run, fc); });
+          Chunk* c = edges(0, true, nullptr,
+                           [&] { return run.stages.time(0, [&] { return read_chunk(run, fc); }); });
+          if (c != nullptr) batch::tsan_release(c);
+          return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel, [&](Chunk* c) {
-          run.stages.time(1, [&] {
-            for (Item& i : c->items) prepare_item(run, i);
+          edges(1, false, c, [&] {
+            run.stages.time(1, [&] {
+              for (Item& i : c->items) prepare_item(run, i);
+            });
           });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order, [&](Chunk* c) {
-          writer.run([&] { run.stages.time(2, [&] { record_intents(run, *c); }); });
+          edges(2, true, c,
+                [&] { writer.run([&] { run.stages.time(2, [&] { record_intents(run, *c); }); }); });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel, [&](Chunk* c) {
-          run.stages.time(3, [&] { sign_items(run, *c); });
+          edges(3, false, c, [&] { run.stages.time(3, [&] { sign_items(run, *c); }); });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::serial_in_order, [&](Chunk* c) {
-          writer.run([&] { run.stages.time(4, [&] { record_certificates(run, *c); }); });
+          edges(4, true, c, [&] {
+            writer.run([&] { run.stages.time(4, [&] { record_certificates(run, *c); }); });
+          });
           return c;
         }) & tbb::make_filter<Chunk*, Chunk*>(filter_mode::parallel, [&](Chunk* c) {
-          run.stages.time(5, [&] { batch::render_chunk(run.render, *c); });
+          edges(5, false, c,
+                [&] { run.stages.time(5, [&] { batch::render_chunk(run.render, *c); }); });
           return c;
         }) & tbb::make_filter<Chunk*, void>(filter_mode::serial_in_order, [&](Chunk* c) {
-          writer.run([&] { run.stages.time(6, [&] { write_outputs(run, *c); }); });
-          free_chunk(run, c);
+          edges(6, true, c, [&] {
+            writer.run([&] { run.stages.time(6, [&] { write_outputs(run, *c); }); });
+            free_chunk(run, c);
+          });
         }));
   });
 }
