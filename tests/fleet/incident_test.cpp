@@ -461,7 +461,9 @@ TEST_F(Incident, ALotWithCompromisedDeviceKeysGoesToFactoryReprovisioning) {
   EXPECT_EQ(wait_connected("ra", 0, 10), 0) << "their sessions were dropped";
   const auto after = connected();
   for (const auto& [id, sha] : before) {
-    if (id.rfind("rb-", 0) == 0) EXPECT_EQ(after.count(id) ? after.at(id) : "", sha) << id;
+    if (id.rfind("rb-", 0) == 0) {
+      EXPECT_EQ(after.count(id) ? after.at(id) : "", sha) << id;
+    }
   }
   EXPECT_EQ(auth(path("LOT-A/ra-0001_fullchain.pem"))->getValue<std::string>("rule"), "revoked");
   EXPECT_TRUE(auth(path("LOT-B/rb-0001_fullchain.pem"))->getValue<bool>("allowed"));
