@@ -9,6 +9,7 @@
 #   FLEETSIGN_FUZZ_TARGETS="csr der"   only these targets (default: all)
 #   FLEETSIGN_FUZZ_OUT=DIR             reproducers and logs (default: build-fuzz/fuzz-out)
 #   FLEETSIGN_FUZZ_JOBS=N              build jobs (default: nproc)
+#   FLEETSIGN_BUILD_ONLY=1             build, run nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -29,6 +30,7 @@ cmake -S . -B "$build" -G Ninja -DFLEETSIGN_FUZZ=ON -DCMAKE_CXX_COMPILER="$clang
   "${launcher[@]}" >/dev/null
 cmake --build "$build" -j "${FLEETSIGN_FUZZ_JOBS:-$(nproc)}" --target fuzz
 echo "fuzz: built in $(($(date +%s) - start)) s"
+[[ ${FLEETSIGN_BUILD_ONLY:-0} == 1 ]] && exit 0
 
 targets=${FLEETSIGN_FUZZ_TARGETS:-$(cd tests/fuzz/corpus && ls)}
 regex=$(printf '%s|' $targets)

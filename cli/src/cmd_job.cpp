@@ -109,6 +109,7 @@ int report(Context& ctx, const std::string& job_id, bool list_done) {
       d.set("attempts", t.attempts);
       if (t.last_status != 0) d.set("status", t.last_status);
       d.set("reason", t.last_error);
+      if (!t.error_code.empty()) d.set("code", t.error_code);
       not_back.add(d);
     }
     if (list_done) o.set("back", back);

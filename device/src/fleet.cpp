@@ -83,7 +83,7 @@ class DeviceFleet::Impl {
         m_rng(std::random_device{}()) {
     ignore_sigpipe();
     add_builtin_methods(m_methods);
-    add_rotation_methods(m_methods);
+    add_rotation_methods(m_methods, m_options.reuse_key);
     if (m_options.broker_host.empty() || m_options.broker_port < 1 ||
         m_options.broker_port > 65535) {
       throw Error(ErrorCode::kInvalidArgument, "broker: needs HOST:PORT with a port in 1..65535");

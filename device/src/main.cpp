@@ -34,7 +34,7 @@ constexpr const char* kUsage =
     " [--seed S]\n"
     "                        [--dps ID_SCOPE] [--log FILE] [--json] [--duration S]"
     " [--max-handshakes N]\n"
-    "                        [--sync always|never] [--help]\n"
+    "                        [--sync always|never] [--reuse-key] [--help]\n"
     "\n"
     "Runs the devices of a batch (`fleetsign issue --generate ... --out DIR`, per-device files or\n"
     "--bundle) as IoT Hub MQTT devices, each over TLS with its own certificate: they answer "
@@ -53,6 +53,8 @@ constexpr const char* kUsage =
     "  --offline-fraction F    this fraction of devices (chosen by --seed) never connects\n"
     "  --fail-fraction F       this fraction answers every method with 500\n"
     "  --seed S                chooses the offline and failing devices (default 1)\n"
+    "  --reuse-key             createCsr answers with a CSR for the key the device already runs\n"
+    "                          (a device that cannot make keys)\n"
     "  --dps ID_SCOPE          register through DPS at --broker first, then connect to the hub\n"
     "                          it assigns\n"
     "  --log FILE              per-device events to FILE (default: stderr)\n"
@@ -72,7 +74,7 @@ void on_signal(int sig) {
 
 struct Args {
   std::map<std::string, std::string> values;
-  bool json = false, help = false;
+  bool json = false, help = false, reuse_key = false;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -86,6 +88,8 @@ Args parse_args(int argc, char** argv) {
       a.help = true;
     } else if (arg == "--json") {
       a.json = true;
+    } else if (arg == "--reuse-key") {
+      a.reuse_key = true;
     } else if (arg.rfind("--", 0) == 0 && std::find(std::begin(kValued), std::end(kValued),
                                                     arg.substr(2)) != std::end(kValued)) {
       if (i + 1 >= argc) throw Error(ErrorCode::kUsage, arg + " needs a value");
@@ -179,6 +183,7 @@ int run(const Args& a) {
   o.trust_file = a.values.at("trust");
   o.offline_fraction = parse_number(a, "offline-fraction", 0, 1, 0);
   o.fail_fraction = parse_number(a, "fail-fraction", 0, 1, 0);
+  o.reuse_key = a.reuse_key;
   o.seed = static_cast<std::uint64_t>(parse_number(a, "seed", 0, 9e15, 1));
   o.max_handshakes = static_cast<int>(parse_number(a, "max-handshakes", 1, 100000, 64));
   const double count = parse_number(a, "count", 1, 1e7, 0);

@@ -35,8 +35,8 @@ struct Refusal {
 
 // Refusals as their status; fleetsign::Error as 500 (I/O, naming the file) or 409 (what the flash
 // holds is unusable); anything else reaches the registry's 500.
-MethodHandler guarded(MethodResponse (*fn)(MethodContext&, const Poco::Dynamic::Var&)) {
-  return [fn](MethodContext& device, const Poco::Dynamic::Var& payload) {
+MethodHandler guarded(MethodHandler fn) {
+  return [fn = std::move(fn)](MethodContext& device, const Poco::Dynamic::Var& payload) {
     try {
       return fn(device, payload);
     } catch (const Refusal& r) {
@@ -158,7 +158,9 @@ std::string make_csr(const DeviceId& id, EVP_PKEY* key, const std::string& key_t
 
 // --- createCsr -----------------------------------------------------------------------------
 
-MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& payload) {
+// `reuse_key`: the CSR carries the key of the active slot (a device that cannot make keys).
+MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& payload,
+                          bool reuse_key) {
   const auto o = object_of(payload);
   const std::string job = job_id(*o);
   const auto asked = optional_slot(*o);
@@ -187,6 +189,11 @@ MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& paylo
     }
     std::string problem;
     key = ossl::parse_private_key(pending->key_pem, problem);
+  }
+  if (!key && reuse_key) {
+    std::string problem;
+    key = ossl::parse_private_key(store.read(store.active()).key_pem(), problem);
+    if (!key) refuse(409, "the active slot's key cannot be read: " + problem);
   }
   if (!key) {
     key = generate_key(key_type);
@@ -358,8 +365,10 @@ MethodResponse reprovision(MethodContext& device, const Poco::Dynamic::Var& payl
 
 }  // namespace
 
-void add_rotation_methods(MethodRegistry& registry) {
-  registry.add("createCsr", guarded(&create_csr));
+void add_rotation_methods(MethodRegistry& registry, bool reuse_key) {
+  registry.add("createCsr", guarded([reuse_key](MethodContext& d, const Poco::Dynamic::Var& p) {
+                 return create_csr(d, p, reuse_key);
+               }));
   registry.add("installCertificate", guarded(&install_certificate));
   registry.add("reprovision", guarded(&reprovision));
 }

@@ -85,7 +85,8 @@ class Runner {
   bool connected_without(const std::string& device, const std::string& serial);
   void confirmed(std::size_t i);
   void probe(std::size_t i);  // getCertificate: which certificate is the device connected with?
-  void settle(std::size_t i, const std::string& state, const std::string& why);
+  void settle(std::size_t i, const std::string& state, const std::string& why,
+              std::string_view code = {});
   void wait_retry(std::size_t i, const std::string& state, int status, const std::string& why,
                   Steady::duration delay);
   void flush();

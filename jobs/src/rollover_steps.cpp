@@ -63,7 +63,8 @@ void Runner::sign_queued() {
       const std::size_t i = indices[k];
       Live& t = m_tasks[i];
       if (!results[k]) {
-        settle(i, "refused", "its CSR was refused: " + results[k].error().message);
+        settle(i, "refused", "its CSR was refused: " + results[k].error().message,
+               error_code_name(results[k].error().code));
         continue;
       }
       auto& cert = results[k].value();
@@ -161,7 +162,8 @@ void Runner::poll_confirmations(Steady::time_point now) {
   m_confirming = std::move(still);
 }
 
-void Runner::settle(std::size_t i, const std::string& state, const std::string& why) {
+void Runner::settle(std::size_t i, const std::string& state, const std::string& why,
+                    std::string_view code) {
   Live& t = m_tasks[i];
   const bool was_active = t.phase != Phase::kIdle && t.phase != Phase::kSettled;
   if (t.phase == Phase::kSettled) return;
@@ -176,6 +178,7 @@ void Runner::settle(std::size_t i, const std::string& state, const std::string& 
   t.phase = Phase::kSettled;
   t.row.state = state;
   t.row.last_error = why;
+  t.row.error_code = code;
   if (state == "offline" && m_job.kind == "breach-roll") {
     t.row.last_error +=
         "; its compromised certificate was revoked, so unless it holds another "

@@ -31,6 +31,7 @@
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/services.hpp"
 #include "fleetsign/engine/x509.hpp"
+#include "live_fleet.hpp"
 
 namespace fleetsign {
 namespace {
@@ -43,63 +44,12 @@ using testing::quoted;
 constexpr const char* kCa = "factory-1";
 constexpr const char* kReplacement = "factory-1-ir";
 
-class Incident : public ::testing::Test {
+class Incident : public testing::LiveFleet {
  protected:
-  testing::TempDir dir;
-  fs::path home = dir.path() / "home";
-  testing::Binary bin{home};
-  int port = free_port();
-  std::vector<std::unique_ptr<testing::Agent>> agents;
-
-  void SetUp() override {
-    testing::init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
+  void prepare() override {
     // Only group "line", which trusts the intermediate itself, admits these devices.
     bin.ok("enrollment group disable fleet");
     bin.ok("enrollment group create line --ca factory-1");
-    bin.ok("broker start");
-  }
-  void TearDown() override {
-    for (auto& a : agents) a->stop(SIGTERM);
-    bin.run("broker stop");
-  }
-
-  std::string path(const std::string& name) const { return (dir.path() / name).string(); }
-
-  void issue(const std::string& lot, const std::string& prefix, int count) {
-    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" + prefix +
-           "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
-  }
-  void fleet(const std::string& lot, const std::string& prefix, int count) {
-    issue(lot, prefix, count);
-    std::vector<std::string> args = {"--broker", "localhost:" + std::to_string(port),
-                                     "--trust",  (home / "broker" / "ca.pem").string(),
-                                     "--dir",    path(lot),
-                                     "--state",  path(lot + "-flash")};
-    fs::create_directories(path(lot + "-agent"));
-    agents.push_back(std::make_unique<testing::Agent>(path(lot + "-agent"), args));
-  }
-
-  std::map<std::string, std::string> connected() {
-    std::map<std::string, std::string> out;
-    const auto arr = json(bin.ok("device list --connected --json").out)->getArray("connected");
-    for (std::size_t i = 0; i < arr->size(); ++i) {
-      const auto s = arr->getObject(i);
-      out[s->getValue<std::string>("device_id")] = s->getValue<std::string>("cert_sha256");
-    }
-    return out;
-  }
-  int wait_connected(const std::string& prefix, int want, int seconds = 90) {
-    int n = 0;
-    for (int i = 0; i < seconds * 5; ++i) {
-      n = 0;
-      for (const auto& s : connected()) n += s.first.rfind(prefix + "-", 0) == 0 ? 1 : 0;
-      if (n == want) return n;
-      ::usleep(200000);
-    }
-    return n;
-  }
-  std::unique_ptr<engine::Registry> registry() {
-    return engine::Registry::open(home / "registry.db");
   }
 
   Poco::JSON::Object::Ptr auth(const std::string& chain) {

@@ -12,6 +12,7 @@
 #include "enrollment_support.hpp"
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "live_fleet.hpp"
 
 namespace fleetsign {
 namespace {
@@ -22,60 +23,33 @@ using testing::free_port;
 using testing::json;
 using testing::quoted;
 
-class RevokeLive : public ::testing::Test {
+class RevokeLive : public testing::LiveFleet {
  protected:
-  testing::TempDir dir;
-  fs::path home = dir.path() / "home";
-  testing::Binary bin{home};
-  int port = free_port();
-  std::vector<std::unique_ptr<testing::Agent>> agents;
-
-  void SetUp() override {
-    testing::init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
-    bin.ok("broker start");
-  }
-  void TearDown() override {
-    for (auto& a : agents) a->stop(SIGTERM);
-    bin.run("broker stop");
-  }
-  std::string path(const std::string& name) const { return (dir.path() / name).string(); }
-
-  testing::Agent& fleet(const std::string& lot, const std::string& prefix, int count) {
-    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" + prefix +
-           "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
-    const std::vector<std::string> args = {"--broker", "localhost:" + std::to_string(port),
-                                           "--trust",  (home / "broker" / "ca.pem").string(),
-                                           "--dir",    path(lot),
-                                           "--state",  path(lot + "-flash"),
-                                           "--sync",   "never"};
-    fs::create_directories(path(lot + "-agent"));
-    agents.push_back(std::make_unique<testing::Agent>(path(lot + "-agent"), args));
-    return *agents.back();
-  }
-
   // Connected devices whose ID starts with "{prefix}-", from the broker's session records.
-  int connected(engine::Registry& reg, const std::string& prefix) {
+  int count_connected(engine::Registry& reg, const std::string& prefix) {
     int n = 0;
     for (const auto& s : reg.connected_devices()) n += s.device_id.rfind(prefix + "-", 0) == 0;
     return n;
   }
-  int wait_connected(engine::Registry& reg, const std::string& prefix, int want, int seconds) {
+  int wait_count_connected(engine::Registry& reg, const std::string& prefix, int want,
+                           int seconds) {
     int n = 0;
-    for (int i = 0; i < seconds * 10 && (n = connected(reg, prefix)) != want; ++i) ::usleep(100000);
+    for (int i = 0; i < seconds * 10 && (n = count_connected(reg, prefix)) != want; ++i)
+      ::usleep(100000);
     return n;
   }
 };
 
 TEST_F(RevokeLive, ALotOfAThousandConnectedDevicesIsDroppedWithinOneSecondAndStaysOut) {
-  auto& lot_a = fleet("LOT-A", "ra", 1000);
-  fleet("LOT-B", "rb", 50);
+  auto& lot_a = fleet("LOT-A", "ra", 1000, "--sync never");
+  fleet("LOT-B", "rb", 50, "--sync never");
   auto reg = engine::Registry::open(home / "registry.db");
-  ASSERT_EQ(wait_connected(*reg, "ra", 1000, 120), 1000);
-  ASSERT_EQ(wait_connected(*reg, "rb", 50, 60), 50);
+  ASSERT_EQ(wait_count_connected(*reg, "ra", 1000, 120), 1000);
+  ASSERT_EQ(wait_count_connected(*reg, "rb", 50, 60), 50);
 
   const auto dry = json(bin.ok("revoke --lot LOT-A --reason keyCompromise --dry-run --json").out);
   EXPECT_EQ(dry->getObject("plan")->getValue<std::int64_t>("connected_dropped"), 1000);
-  EXPECT_EQ(connected(*reg, "ra"), 1000);  // the dry run changed nothing
+  EXPECT_EQ(count_connected(*reg, "ra"), 1000);  // the dry run changed nothing
 
   const auto started = Clock::now();
   const auto out = bin.ok("revoke --lot LOT-A --reason keyCompromise --yes --json");
@@ -87,7 +61,8 @@ TEST_F(RevokeLive, ALotOfAThousandConnectedDevicesIsDroppedWithinOneSecondAndSta
   EXPECT_EQ(plan->getValue<std::int64_t>("connected_dropped"), 1000);
   EXPECT_EQ(plan->getObject("replacement")->getArray("reprovision")->size(), 1000u);
   int left = -1;
-  while ((left = connected(*reg, "ra")) > 0 && Clock::now() - returned < std::chrono::seconds(5)) {
+  while ((left = count_connected(*reg, "ra")) > 0 &&
+         Clock::now() - returned < std::chrono::seconds(5)) {
     ::usleep(10000);
   }
   const double dropped_s = std::chrono::duration<double>(Clock::now() - returned).count();
@@ -104,8 +79,8 @@ TEST_F(RevokeLive, ALotOfAThousandConnectedDevicesIsDroppedWithinOneSecondAndSta
     ::usleep(200000);
   }
   EXPECT_GE(testing::count_of(lot_a.log(), "retrying in"), failures_before + 500);
-  EXPECT_EQ(connected(*reg, "ra"), 0);
-  EXPECT_EQ(connected(*reg, "rb"), 50);  // the other lot is untouched
+  EXPECT_EQ(count_connected(*reg, "ra"), 0);
+  EXPECT_EQ(count_connected(*reg, "rb"), 50);  // the other lot is untouched
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
+#include "live_fleet.hpp"
 
 namespace fleetsign {
 namespace {
@@ -47,73 +48,8 @@ std::string active_slot(const fs::path& flash, const std::string& id) {
   return json(testing::read_file(flash / id / "slot.json"))->getValue<std::string>("active");
 }
 
-class Rollover : public ::testing::Test {
+class Rollover : public testing::LiveFleet {
  protected:
-  testing::TempDir dir;
-  fs::path home = dir.path() / "home";
-  testing::Binary bin{home};
-  int port = free_port();
-  std::vector<std::unique_ptr<testing::Agent>> agents;
-
-  void SetUp() override {
-    testing::init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
-    bin.ok("broker start");
-  }
-  void TearDown() override {
-    for (auto& a : agents) a->stop(SIGTERM);
-    bin.run("broker stop");
-  }
-
-  std::string path(const std::string& name) const { return (dir.path() / name).string(); }
-
-  // Issues `count` devices "{prefix}-NNNN" in lot `lot` and runs them as one agent process.
-  testing::Agent& fleet(const std::string& lot, const std::string& prefix, int count,
-                        const std::string& extra = "") {
-    bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" + prefix +
-           "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
-    std::vector<std::string> args = {"--broker", "localhost:" + std::to_string(port),
-                                     "--trust",  (home / "broker" / "ca.pem").string(),
-                                     "--dir",    path(lot),
-                                     "--state",  path(lot + "-flash")};
-    std::istringstream words(extra);
-    for (std::string w; words >> w;) args.push_back(w);
-    fs::create_directories(path(lot + "-agent"));
-    agents.push_back(std::make_unique<testing::Agent>(path(lot + "-agent"), args));
-    return *agents.back();
-  }
-
-  // Waits until `want` devices of the prefix are connected (or the count stops growing when
-  // want < 0); returns the count.
-  int wait_connected(const std::string& prefix, int want, int seconds = 90) {
-    int last = -1, stable = 0;
-    for (int i = 0; i < seconds * 5; ++i) {
-      int n = 0;
-      for (const auto& s : connected()) n += s.first.rfind(prefix + "-", 0) == 0 ? 1 : 0;
-      if (n == want) return n;
-      stable = n == last ? stable + 1 : 0;
-      last = n;
-      if (want < 0 && n > 0 && stable >= 15) return n;
-      ::usleep(200000);
-    }
-    return last;
-  }
-
-  // Connected device → the SHA-256 of the certificate the broker saw.
-  std::map<std::string, std::string> connected() {
-    std::map<std::string, std::string> out;
-    const auto listed = json(bin.ok("device list --connected --json").out);
-    const auto arr = listed->getArray("connected");
-    for (std::size_t i = 0; i < arr->size(); ++i) {
-      const auto s = arr->getObject(i);
-      out[s->getValue<std::string>("device_id")] = s->getValue<std::string>("cert_sha256");
-    }
-    return out;
-  }
-
-  std::unique_ptr<engine::Registry> registry() {
-    return engine::Registry::open(home / "registry.db");
-  }
-
   // Every done device: its registry slots hold only the job's certificate, the job issued it
   // exactly one certificate, its flash runs that certificate, and the broker saw it connect with
   // it. Returns how many devices were done.
@@ -285,6 +221,43 @@ TEST_F(Rollover, ConfirmationByAskingTheDeviceReachesTheSameEndState) {
                 ->getValue<std::string>("confirm"),
             "method");
   EXPECT_EQ(bin.run("rollover start --lot LOT-I --confirm twin").status, 2);
+}
+
+// A device that cannot make keys answers createCsr with the key it already runs. When that key is
+// on the blocklist, its CSR is refused with the machine-readable code key_blocked (kept with the
+// task for `job show`), nothing is issued for it, and the other devices roll.
+TEST_F(Rollover, ABlockedKeyIsRefusedWithItsCodeAndTheOthersRoll) {
+  fleet("LOT-K", "rk", 3, "--reuse-key");
+  ASSERT_EQ(wait_connected("rk", 3), 3);
+  std::string key, old_serial;
+  {
+    auto reg = registry();
+    old_serial = reg->find_device("rk-0002")->primary_serial;
+    key = engine::key_sha256_of_cert(reg->find_cert(old_serial)->der);
+  }
+  ASSERT_EQ(key.size(), 64u);
+  bin.ok("blocklist add " + key + " --reason 'sold on a forum'");
+  const auto out = bin.run("rollover start --lot LOT-K --retries 0 --json");
+  EXPECT_EQ(out.status, 13) << out.out << out.err;
+  const auto report = json(out.out);
+  const std::string job = report->getValue<std::string>("id");
+  EXPECT_EQ(report->getValue<int>("done"), 2);
+  EXPECT_EQ(check_done_devices(job, "LOT-K", false), 2);
+  for (const auto& shown : {report, json(bin.run("job show " + job + " --json").out)}) {
+    const auto not_back = shown->getArray("notBack");
+    ASSERT_EQ(not_back->size(), 1u) << out.out;
+    const auto t = not_back->getObject(0);
+    EXPECT_EQ(t->getValue<std::string>("device"), "rk-0002");
+    EXPECT_EQ(t->getValue<std::string>("state"), "refused");
+    EXPECT_EQ(t->optValue<std::string>("code", ""), "key_blocked");
+    EXPECT_NE(t->getValue<std::string>("reason").find("blocklist"), std::string::npos)
+        << t->getValue<std::string>("reason");
+  }
+  // The refused device keeps running its certificate; the job issued it none.
+  auto reg = registry();
+  EXPECT_EQ(reg->find_device("rk-0002")->primary_serial, old_serial);
+  for (const auto& c : reg->batch_issued_after(job, -1)) EXPECT_NE(c.device_id, "rk-0002");
+  EXPECT_EQ(connected().at("rk-0002"), leaf_sha256(path("LOT-K/rk-0002_cert.pem")));
 }
 
 // kill -9 of the runner at random moments, several times, then a resume to the end: no device

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +58,13 @@ class CliProcess {
     std::vector<std::string> env_s = {std::string("FLEETSIGN_PIN=") + kUserPin,
                                       std::string("FLEETSIGN_SO_PIN=") + kSoPin,
                                       "PATH=/usr/bin:/bin"};
+    // A sanitizer run's settings (ci/sanitize.sh: where reports go, suppressions, the mosquitto
+    // wrapper) reach the process and what it starts, as they reach every other process a test
+    // runs.
+    for (const char* name : {"ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS",
+                             "FLEETSIGN_MOSQUITTO", "FLEETSIGN_SANITIZER_PRELOAD"}) {
+      if (const char* value = std::getenv(name)) env_s.push_back(std::string(name) + "=" + value);
+    }
     std::vector<char*> env;
     for (auto& e : env_s) env.push_back(e.data());
     env.push_back(nullptr);

@@ -43,20 +43,21 @@ constexpr const char* kJobColumns =
     "id, kind, state, params_json, report_json, runner, heartbeat_at, created_at, updated_at, "
     "finished_at";
 
-// The task's columns in the order bind_task binds them (?1…?13); read_task reads job_id, seq and
-// device_id before them.
+// The task's columns in the order bind_task binds them (?1…?14); read_task reads job_id, seq and
+// device_id before them. The statements bind the keys after them, from kTaskKey on.
 const std::string kTaskFields =
     "state, step, attempts, target_slot, old_serial, new_serial, new_sha256, next_at, last_status, "
-    "last_error, started_at, updated_at, finished_at";
+    "last_error, started_at, updated_at, finished_at, error_code";
+constexpr int kTaskKey = 15;
 const std::string kInsertTask = "INSERT INTO job_tasks (" + kTaskFields +
                                 ", job_id, device_id, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-                                "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+                                "?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 // seq stays as created: it is the task's position in the job (waves, certificate seq follow it).
 const std::string kUpdateTask =
     "UPDATE job_tasks SET state = ?1, step = ?2, attempts = ?3, target_slot = ?4, "
     "old_serial = ?5, new_serial = ?6, new_sha256 = ?7, next_at = ?8, last_status = ?9, "
-    "last_error = ?10, started_at = ?11, updated_at = ?12, finished_at = ?13 "
-    "WHERE job_id = ?14 AND device_id = ?15";
+    "last_error = ?10, started_at = ?11, updated_at = ?12, finished_at = ?13, error_code = ?14 "
+    "WHERE job_id = ?15 AND device_id = ?16";
 const std::string kSelectTasks =
     "SELECT job_id, seq, device_id, " + kTaskFields + " FROM job_tasks WHERE job_id = ?1 ";
 const std::string kSelectAllTasks = kSelectTasks + "ORDER BY seq";
@@ -109,6 +110,7 @@ void bind_task(sqlite3_stmt* st, const JobTask& t, std::int64_t now) {
   sqlite3_bind_int64(st, 11, t.started_at);
   sqlite3_bind_int64(st, 12, t.updated_at != 0 ? t.updated_at : now);
   sqlite3_bind_int64(st, 13, t.finished_at);
+  bind_text(st, 14, t.error_code);
 }
 
 std::string column_text(sqlite3_stmt* st, int col) {
@@ -136,6 +138,7 @@ JobTask read_task(sqlite3_stmt* st) {
   t.started_at = sqlite3_column_int64(st, 13);
   t.updated_at = sqlite3_column_int64(st, 14);
   t.finished_at = sqlite3_column_int64(st, 15);
+  t.error_code = column_text(st, 16);
   return t;
 }
 
@@ -211,9 +214,9 @@ static void insert_tasks(Registry::Impl& impl, const std::string& job_id,
   sqlite3_stmt* st = impl.m_insert_task.get(impl.db(), kInsertTask.c_str());
   for (const auto& t : tasks) {
     bind_task(st, t, now);
-    bind_text(st, 14, job_id);
-    bind_text(st, 15, t.device_id);
-    sqlite3_bind_int64(st, 16, t.seq);
+    bind_text(st, kTaskKey, job_id);
+    bind_text(st, kTaskKey + 1, t.device_id);
+    sqlite3_bind_int64(st, kTaskKey + 2, t.seq);
     impl.step(st, what);
   }
 }
@@ -461,8 +464,8 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
     sqlite3_stmt* update = m_impl->m_update_task.get(m_impl->db(), kUpdateTask.c_str());
     for (const auto& t : tasks) {
       bind_task(update, t, now);
-      bind_text(update, 14, t.job_id);
-      bind_text(update, 15, t.device_id);
+      bind_text(update, kTaskKey, t.job_id);
+      bind_text(update, kTaskKey + 1, t.device_id);
       if (m_impl->step(update, what) == 0) {
         throw Error(ErrorCode::kNotFound,
                     what + ": job '" + t.job_id + "' has no task for device '" + t.device_id + "'");

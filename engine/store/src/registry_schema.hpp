@@ -248,6 +248,11 @@ CREATE TABLE blocked_keys (
 UPDATE certificates SET key_sha256 = fleetsign_key_sha256(der)
   WHERE state IN ('issued', 'revoked') AND der IS NOT NULL;
 )sql",
+    // 12: a task that failed with one of the CLI's error codes keeps it ("key_blocked" when the
+    // device's new key is on the blocklist), for `job show --json` and scripts.
+    R"sql(
+ALTER TABLE job_tasks ADD COLUMN error_code TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 }  // namespace fleetsign::engine

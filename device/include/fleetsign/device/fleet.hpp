@@ -47,6 +47,8 @@ struct FleetOptions {
   // fsync every flash write (first-run provisioning, rotations). false: simulation only, a power
   // cut may lose or tear what was written (`--sync never`).
   bool sync = true;
+  // createCsr reuses the key the device runs (a device that cannot make keys).
+  bool reuse_key = false;
   // Fault knobs, each an exact fraction of the devices chosen by `seed` (independently):
   double offline_fraction = 0;  // never connect
   double fail_fraction = 0;     // answer every method 500

@@ -75,7 +75,8 @@ void add_builtin_methods(MethodRegistry& registry);
 // `reprovision` {"jobId","slot","sha256"}: the slot becomes the active one (durably), then the
 //   device reconnects with it (through DPS when the fleet uses DPS).
 // 400 for a bad payload (naming the field), 409 for a state conflict (or no --state), 500 for
-// an I/O failure (naming the file).
-void add_rotation_methods(MethodRegistry& registry);
+// an I/O failure (naming the file). `reuse_key`: createCsr signs with the key the device already
+// runs instead of a new one (a device that cannot make keys; fleetsign refuses a blocked key).
+void add_rotation_methods(MethodRegistry& registry, bool reuse_key = false);
 
 }  // namespace fleetsign::device

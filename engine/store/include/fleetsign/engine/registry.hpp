@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 11;
+  static constexpr int kSchemaVersion = 12;
   int schema_version();
 
   // CaStore

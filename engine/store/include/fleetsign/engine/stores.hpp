@@ -396,6 +396,7 @@ struct JobTask {
   int last_status = 0;       // the last method call's status (404, 504, the device's own)
   std::string last_error;    // why the task is not done, in a sentence
   std::int64_t started_at = 0, updated_at = 0, finished_at = 0;
+  std::string error_code;  // the failure's error code name ("key_blocked"), when it has one
 };
 
 // A change to slots made in the same transaction as task rows.
