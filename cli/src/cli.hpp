@@ -124,6 +124,8 @@ void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::
                 const std::string& help, bool repeatable = false);
 void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::string& help);
 std::optional<std::filesystem::path> path_option(const Args& args, const std::string& name);
+// {"name": count, …} in the map's order (a plan's counts per group, lot, site, CA).
+Poco::JSON::Object::Ptr counts_json(const std::map<std::string, std::int64_t>& counts);
 
 // Output files (output_file.cpp). A regular path (or one that does not exist yet) is written to a
 // temporary file in the same directory, fsync'ed, given `perms` and renamed over the target (a

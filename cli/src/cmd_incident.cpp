@@ -90,13 +90,8 @@ void print_plan(Context& ctx, const jobs::IncidentPlan& plan) {
     o.set("conflicts", plan.conflicts);
     o.set("connected", plan.connected);
     o.set("certificates", plan.certificates);
-    auto counts = [](const std::map<std::string, std::int64_t>& m) {
-      Poco::JSON::Object c(Poco::JSON_PRESERVE_KEY_ORDER);
-      for (const auto& [k, v] : m) c.set(k, v);
-      return c;
-    };
-    o.set("perLot", counts(plan.per_lot));
-    o.set("perGroup", counts(plan.per_group));
+    o.set("perLot", counts_json(plan.per_lot));
+    o.set("perGroup", counts_json(plan.per_group));
     Poco::JSON::Array list;
     for (const auto& d : plan.devices) {
       if (d.action == "rotate") continue;

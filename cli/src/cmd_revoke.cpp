@@ -54,12 +54,6 @@ Array::Ptr array_of(const std::vector<std::string>& items) {
   return out;
 }
 
-Object::Ptr map_of(const std::map<std::string, std::int64_t>& m) {
-  Object::Ptr out = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
-  for (const auto& [k, v] : m) out->set(k, v);
-  return out;
-}
-
 Object::Ptr plan_json(const jobs::RevocationPlan& p) {
   Object::Ptr o = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
   o->set("selector", p.selector.describe());
@@ -67,9 +61,9 @@ Object::Ptr plan_json(const jobs::RevocationPlan& p) {
   o->set("certificates", static_cast<std::int64_t>(p.to_revoke.size()));
   o->set("already_revoked", p.already_revoked);
   o->set("devices", static_cast<std::int64_t>(p.devices.size()));
-  o->set("devices_by_group", map_of(p.devices_by_group));
-  o->set("devices_by_lot", map_of(p.devices_by_lot));
-  o->set("devices_by_site", map_of(p.devices_by_site));
+  o->set("devices_by_group", counts_json(p.devices_by_group));
+  o->set("devices_by_lot", counts_json(p.devices_by_lot));
+  o->set("devices_by_site", counts_json(p.devices_by_site));
   o->set("connected_affected", p.connected_affected);
   o->set("connected_dropped", static_cast<std::int64_t>(p.connected_dropped.size()));
   o->set("cas_revoked", array_of(p.cas_revoked));

@@ -176,15 +176,10 @@ void print_plan(Context& ctx, const jobs::RolloverPlan& plan, const jobs::Rollov
     o.set("devices", static_cast<std::int64_t>(plan.devices.size()) - plan.conflicts);
     o.set("conflicts", plan.conflicts);
     o.set("waves", plan.waves);
-    auto counts = [](const std::map<std::string, std::int64_t>& m) {
-      Poco::JSON::Object c(Poco::JSON_PRESERVE_KEY_ORDER);
-      for (const auto& [k, v] : m) c.set(k, v);
-      return c;
-    };
-    o.set("perGroup", counts(plan.per_group));
-    o.set("perLot", counts(plan.per_lot));
-    o.set("perCa", counts(plan.per_ca));
-    o.set("slots", counts(plan.per_slot));
+    o.set("perGroup", counts_json(plan.per_group));
+    o.set("perLot", counts_json(plan.per_lot));
+    o.set("perCa", counts_json(plan.per_ca));
+    o.set("slots", counts_json(plan.per_slot));
     Poco::JSON::Array warnings;
     for (const auto& w : plan.warnings) warnings.add(w);
     o.set("warnings", warnings);

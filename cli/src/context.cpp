@@ -66,6 +66,12 @@ void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::st
   set.addOption(Poco::Util::Option(name, "", help));
 }
 
+Poco::JSON::Object::Ptr counts_json(const std::map<std::string, std::int64_t>& counts) {
+  Poco::JSON::Object::Ptr out = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+  for (const auto& [name, n] : counts) out->set(name, n);
+  return out;
+}
+
 Context::Context(std::optional<fs::path> home_dir, Args args)
     : m_home_dir(std::move(home_dir)), m_args(std::move(args)) {
   protect_directory(this->home_dir());  // no --out may land in the home, opened or not

@@ -190,13 +190,19 @@ MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& paylo
     std::string problem;
     key = ossl::parse_private_key(pending->key_pem, problem);
   }
-  if (!key && reuse_key) {
-    std::string problem;
-    key = ossl::parse_private_key(store.read(store.active()).key_pem(), problem);
-    if (!key) refuse(409, "the active slot's key cannot be read: " + problem);
-  }
   if (!key) {
-    key = generate_key(key_type);
+    if (reuse_key) {
+      std::string problem;
+      key = ossl::parse_private_key(store.read(store.active()).key_pem(), problem);
+      if (!key) refuse(409, "the active slot's key cannot be read: " + problem);
+      // curve_of accepted key_type: P-256 or P-384, told apart by their size.
+      const int bits = key_type == "ec-p256" ? 256 : 384;
+      if (EVP_PKEY_get_base_id(key.get()) != EVP_PKEY_EC || EVP_PKEY_get_bits(key.get()) != bits) {
+        refuse(409, "this device reuses its key, which is not an " + key_type + " key");
+      }
+    } else {
+      key = generate_key(key_type);
+    }
     store.write_pending(slot, PendingKey(job, key_type, private_key_pem(key.get())));
   }
   Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);

@@ -328,6 +328,7 @@ void Runner::wait_retry(std::size_t i, const std::string& state, int status, con
   t.row.state = state;
   t.row.last_status = status;
   t.row.last_error = why;
+  t.row.error_code.clear();
   t.due = Steady::now() + delay;
   t.row.next_at = m_clock.now() + std::chrono::duration_cast<std::chrono::seconds>(delay).count();
   touch(t);

@@ -395,7 +395,18 @@ engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
                           Trigger& trigger, const std::string& job_id,
                           const RunnerOptions& options) {
   runner_detail::Runner runner(stores, cas, policy, clock, trigger, job_id, options);
-  return runner.run();
+  try {
+    return runner.run();
+  } catch (...) {
+    // A failure that ends the run (the token, the registry): the method calls still in flight
+    // complete into the runner's queue, so they must finish before the runner goes. What they
+    // did is repeated by the resume (each step is idempotent towards the device).
+    try {
+      trigger.wait_idle();
+    } catch (...) {  // the first failure is the one to report
+    }
+    throw;
+  }
 }
 
 }  // namespace fleetsign::jobs

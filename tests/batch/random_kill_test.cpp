@@ -31,7 +31,8 @@ std::uint64_t test_seed() {
 }
 
 // Starts the batch, kills it with SIGKILL after `delay`, resumes it, and checks the invariants.
-void kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::milliseconds delay) {
+// Returns whether the kill landed before the batch ended.
+bool kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::milliseconds delay) {
   SCOPED_TRACE("batch " + a.batch_id + " killed after " + std::to_string(delay.count()) + " ms");
   auto child = fleet.start(a.args());
   std::this_thread::sleep_for(delay);
@@ -60,7 +61,7 @@ void kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::m
   // Killed before the batch row was written: starting it again under the same ID is the resume.
   const Outcome resumed =
       recorded ? fleet.run({"issue", "--resume", a.batch_id}) : fleet.run(a.args());
-  ASSERT_EQ(resumed.exit_code(), 0) << resumed.describe();
+  EXPECT_EQ(resumed.exit_code(), 0) << resumed.describe();
   Expected e;
   e.batch_id = a.batch_id;
   e.out = a.out;
@@ -69,6 +70,7 @@ void kill_at_random_then_resume(Fleet& fleet, const IssueArgs& a, std::chrono::m
   e.generated_keys = true;
   const BatchFacts f = check_batch(fleet, e);
   EXPECT_EQ(f.issued, kDevices);
+  return killed.killed_by(SIGKILL);
 }
 
 void three_random_kills(bool bundle) {
@@ -80,6 +82,7 @@ void three_random_kills(bool bundle) {
   std::uniform_int_distribution<int> delay_ms(300, 1500);
   Fleet fleet;
   fleet.make_hierarchy();
+  int killed = 0;
   for (int round = 1; round <= 3; ++round) {
     IssueArgs a;
     a.batch_id = "kill9-" + std::to_string(round);
@@ -87,9 +90,12 @@ void three_random_kills(bool bundle) {
     a.id_pattern = "k" + std::to_string(round) + "-{06}";  // new devices each round
     a.out = fleet.path("out-" + std::to_string(round));
     a.bundle = bundle;
-    kill_at_random_then_resume(fleet, a, std::chrono::milliseconds(delay_ms(rng)));
-    if (::testing::Test::HasFatalFailure()) return;
+    killed +=
+        kill_at_random_then_resume(fleet, a, std::chrono::milliseconds(delay_ms(rng))) ? 1 : 0;
+    if (::testing::Test::HasFailure()) return;
   }
+  // Not every kill need land mid-batch (a fast machine), but one that never does checks nothing.
+  EXPECT_GE(killed, 1) << "every batch ended before its kill";
 }
 
 TEST(BatchKill, KillNineAtRandomMomentsThenResumeKeepsInvariantsWithBundle) {

@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "batch_io.hpp"
+#include "cli_process.hpp"
 #include "fleetsign/device/state.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "test_home.hpp"
@@ -61,9 +62,7 @@ Child run_child(const std::vector<std::string>& argv_s, const fs::path& output_f
   std::vector<char*> argv;
   for (const auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  std::vector<std::string> env_s = {std::string("FLEETSIGN_PIN=") + testing::kUserPin,
-                                    std::string("FLEETSIGN_SO_PIN=") + testing::kSoPin,
-                                    "PATH=/usr/bin:/bin"};
+  std::vector<std::string> env_s = testing::child_environment();
   std::vector<char*> env;
   for (auto& e : env_s) env.push_back(e.data());
   env.push_back(nullptr);

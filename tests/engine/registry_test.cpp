@@ -108,8 +108,8 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
-  EXPECT_EQ(Registry::kSchemaVersion,
-            11);  // 8: CRLs, 9: incidents, 10: key hashes + blocklist, 11: key identity
+  // 8: CRLs, 9: incidents, 10: key hashes + blocklist, 11: key identity, 12: task error codes
+  EXPECT_EQ(Registry::kSchemaVersion, 12);
 
   auto raw = raw_session(dir.db());
   std::string mode;

@@ -33,11 +33,11 @@ inline int free_port() {
 
 // A home with what a fleet test starts from: root "root" proven to the registry, intermediate
 // "factory-1" under it, group "fleet" trusting the root, and the broker set up on `port` with
-// fleetsign's plugin (not started).
+// fleetsign's plugin (not started). `init`: the init command (another PKCS#11 module, …).
 inline void init_fleet_home(const Binary& bin, const std::filesystem::path& dir, int port,
-                            const std::string& plugin) {
+                            const std::string& plugin, const std::string& init = "init") {
   const std::string pop = quoted((dir / "pop.pem").string());
-  bin.ok("init");
+  bin.ok(init);
   bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
   bin.ok(
       "ca create-intermediate --name factory-1 --issuer root --days 3650 "

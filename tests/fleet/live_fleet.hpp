@@ -20,8 +20,20 @@
 #include "enrollment_support.hpp"
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
+#include "fleetsign/engine/x509.hpp"
 
 namespace fleetsign::testing {
+
+// The leaf's SHA-256 (upper-case hex) of a PEM chain file.
+inline std::string leaf_sha256(const std::filesystem::path& chain) {
+  const auto certs = engine::read_certificates(chain);
+  return certs.empty() ? std::string() : engine::thumbprint_sha256(certs.front());
+}
+
+// The slot a device's flash runs ("primary" | "secondary").
+inline std::string active_slot(const std::filesystem::path& flash, const std::string& id) {
+  return json(read_file(flash / id / "slot.json"))->getValue<std::string>("active");
+}
 
 class LiveFleet : public ::testing::Test {
  protected:
@@ -31,11 +43,13 @@ class LiveFleet : public ::testing::Test {
   int port = free_port();
   std::vector<std::unique_ptr<Agent>> agents;
 
+  // The command that makes the home (another PKCS#11 module: "init --module …").
+  virtual std::string init_command() const { return "init"; }
   // Runs after the home is set up and before the broker starts (groups of the test's own).
   virtual void prepare() {}
 
   void SetUp() override {
-    init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH);
+    init_fleet_home(bin, dir.path(), port, FLEETSIGN_PLUGIN_PATH, init_command());
     prepare();
     bin.ok("broker start");
   }
@@ -97,6 +111,34 @@ class LiveFleet : public ::testing::Test {
 
   std::unique_ptr<engine::Registry> registry() {
     return engine::Registry::open(home / "registry.db");
+  }
+
+  // Every done device of a job: its registry slots hold only the job's certificate, the job issued
+  // it exactly one certificate, its flash runs that certificate, and the broker saw it connect
+  // with it. Returns how many devices were done.
+  int check_done_devices(const std::string& job, const std::string& lot, bool want_primary) {
+    auto reg = registry();
+    std::map<std::string, int> issued_by_job;
+    for (const auto& c : reg->batch_issued_after(job, -1)) ++issued_by_job[c.device_id];
+    const auto sessions = connected();
+    int done = 0;
+    for (const auto& t : reg->job_tasks(job, "done")) {
+      ++done;
+      SCOPED_TRACE(t.device_id);
+      EXPECT_EQ(issued_by_job[t.device_id], 1);
+      const auto d = reg->find_device(t.device_id);
+      EXPECT_TRUE(d.has_value());
+      if (!d) continue;
+      EXPECT_EQ(want_primary ? d->primary_serial : d->secondary_serial, t.new_serial);
+      EXPECT_EQ(want_primary ? d->secondary_serial : d->primary_serial, "");
+      const std::filesystem::path flash = path(lot + "-flash");
+      const std::string slot = active_slot(flash, t.device_id);
+      EXPECT_EQ(leaf_sha256(flash / t.device_id / (slot + ".chain.pem")), t.new_sha256);
+      const auto s = sessions.find(t.device_id);
+      EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256);
+    }
+    for (const auto& [device, n] : issued_by_job) EXPECT_LE(n, 1) << device;
+    return done;
   }
 };
 

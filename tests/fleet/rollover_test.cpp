@@ -38,46 +38,10 @@ using testing::quoted;
 using testing::free_port;
 using testing::json;
 
-// The leaf's SHA-256 (upper-case hex) of a PEM chain file.
-std::string leaf_sha256(const fs::path& chain) {
-  const auto certs = engine::read_certificates(chain);
-  return certs.empty() ? std::string() : engine::thumbprint_sha256(certs.front());
-}
+using testing::active_slot;
+using testing::leaf_sha256;
 
-std::string active_slot(const fs::path& flash, const std::string& id) {
-  return json(testing::read_file(flash / id / "slot.json"))->getValue<std::string>("active");
-}
-
-class Rollover : public testing::LiveFleet {
- protected:
-  // Every done device: its registry slots hold only the job's certificate, the job issued it
-  // exactly one certificate, its flash runs that certificate, and the broker saw it connect with
-  // it. Returns how many devices were done.
-  int check_done_devices(const std::string& job, const std::string& lot, bool want_primary) {
-    auto reg = registry();
-    std::map<std::string, int> issued_by_job;
-    for (const auto& c : reg->batch_issued_after(job, -1)) ++issued_by_job[c.device_id];
-    const auto sessions = connected();
-    int done = 0;
-    for (const auto& t : reg->job_tasks(job, "done")) {
-      ++done;
-      SCOPED_TRACE(t.device_id);
-      EXPECT_EQ(issued_by_job[t.device_id], 1);
-      const auto d = reg->find_device(t.device_id);
-      EXPECT_TRUE(d.has_value());
-      if (!d) continue;
-      EXPECT_EQ(want_primary ? d->primary_serial : d->secondary_serial, t.new_serial);
-      EXPECT_EQ(want_primary ? d->secondary_serial : d->primary_serial, "");
-      const fs::path flash = path(lot + "-flash");
-      const std::string slot = active_slot(flash, t.device_id);
-      EXPECT_EQ(leaf_sha256(flash / t.device_id / (slot + ".chain.pem")), t.new_sha256);
-      const auto s = sessions.find(t.device_id);
-      EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256);
-    }
-    for (const auto& [device, n] : issued_by_job) EXPECT_LE(n, 1) << device;
-    return done;
-  }
-};
+class Rollover : public testing::LiveFleet {};
 
 // The heart of the product: 1,000 devices roll onto new certificates (new key on each device,
 // signed in the token, installed, reprovisioned, confirmed, old slot retired); a second rollover
@@ -225,39 +189,56 @@ TEST_F(Rollover, ConfirmationByAskingTheDeviceReachesTheSameEndState) {
 
 // A device that cannot make keys answers createCsr with the key it already runs. When that key is
 // on the blocklist, its CSR is refused with the machine-readable code key_blocked (kept with the
-// task for `job show`), nothing is issued for it, and the other devices roll.
+// task for `job show`), nothing is issued for it, and the other devices roll. Off the blocklist,
+// the same CSR is still refused, as a reused key (key_rejected).
 TEST_F(Rollover, ABlockedKeyIsRefusedWithItsCodeAndTheOthersRoll) {
-  fleet("LOT-K", "rk", 3, "--reuse-key");
-  ASSERT_EQ(wait_connected("rk", 3), 3);
+  fleet("LOT-K", "rk", 2);
+  fleet("LOT-Q", "rq", 1, "--reuse-key");
+  ASSERT_EQ(wait_connected("rk", 2), 2);
+  ASSERT_EQ(wait_connected("rq", 1), 1);
   std::string key, old_serial;
   {
     auto reg = registry();
-    old_serial = reg->find_device("rk-0002")->primary_serial;
+    old_serial = reg->find_device("rq-0001")->primary_serial;
     key = engine::key_sha256_of_cert(reg->find_cert(old_serial)->der);
   }
   ASSERT_EQ(key.size(), 64u);
   bin.ok("blocklist add " + key + " --reason 'sold on a forum'");
-  const auto out = bin.run("rollover start --lot LOT-K --retries 0 --json");
+  testing::write_file(path("devices.txt"), "rk-0001\nrk-0002\nrq-0001\n");
+  const auto out =
+      bin.run("rollover start --devices " + quoted(path("devices.txt")) + " --retries 0 --json");
   EXPECT_EQ(out.status, 13) << out.out << out.err;
   const auto report = json(out.out);
   const std::string job = report->getValue<std::string>("id");
   EXPECT_EQ(report->getValue<int>("done"), 2);
   EXPECT_EQ(check_done_devices(job, "LOT-K", false), 2);
-  for (const auto& shown : {report, json(bin.run("job show " + job + " --json").out)}) {
+  const auto refusal = [&](const Poco::JSON::Object::Ptr& shown) {
     const auto not_back = shown->getArray("notBack");
-    ASSERT_EQ(not_back->size(), 1u) << out.out;
+    EXPECT_EQ(not_back->size(), 1u) << out.out;
     const auto t = not_back->getObject(0);
-    EXPECT_EQ(t->getValue<std::string>("device"), "rk-0002");
+    EXPECT_EQ(t->getValue<std::string>("device"), "rq-0001");
     EXPECT_EQ(t->getValue<std::string>("state"), "refused");
-    EXPECT_EQ(t->optValue<std::string>("code", ""), "key_blocked");
-    EXPECT_NE(t->getValue<std::string>("reason").find("blocklist"), std::string::npos)
-        << t->getValue<std::string>("reason");
+    return std::make_pair(t->optValue<std::string>("code", ""), t->getValue<std::string>("reason"));
+  };
+  for (const auto& shown : {report, json(bin.run("job show " + job + " --json").out)}) {
+    const auto [code, reason] = refusal(shown);
+    EXPECT_EQ(code, "key_blocked");
+    EXPECT_NE(reason.find("blocklist"), std::string::npos) << reason;
   }
   // The refused device keeps running its certificate; the job issued it none.
-  auto reg = registry();
-  EXPECT_EQ(reg->find_device("rk-0002")->primary_serial, old_serial);
-  for (const auto& c : reg->batch_issued_after(job, -1)) EXPECT_NE(c.device_id, "rk-0002");
-  EXPECT_EQ(connected().at("rk-0002"), leaf_sha256(path("LOT-K/rk-0002_cert.pem")));
+  {
+    auto reg = registry();
+    EXPECT_EQ(reg->find_device("rq-0001")->primary_serial, old_serial);
+    for (const auto& c : reg->batch_issued_after(job, -1)) EXPECT_NE(c.device_id, "rq-0001");
+  }
+  EXPECT_EQ(connected().at("rq-0001"), leaf_sha256(path("LOT-Q/rq-0001_cert.pem")));
+
+  // Off the blocklist, and tried again: still refused, now as a reused key.
+  bin.ok("blocklist remove " + key);
+  EXPECT_EQ(bin.run("job retry-failed " + job + " --json").status, 13);
+  const auto [code, reason] = refusal(json(bin.run("job show " + job + " --json").out));
+  EXPECT_EQ(code, "key_rejected");
+  EXPECT_NE(reason.find("reuses the key"), std::string::npos) << reason;
 }
 
 // kill -9 of the runner at random moments, several times, then a resume to the end: no device

@@ -46,6 +46,19 @@ inline CliResult run_cli(const std::filesystem::path& home, const std::vector<st
   return r;
 }
 
+// The whole environment of a child the tests spawn: the test PINs, a PATH, and a sanitizer run's
+// settings (ci/sanitize.sh: where reports go, suppressions, the mosquitto wrapper), so that the
+// child and what it starts report like every other process of the run.
+inline std::vector<std::string> child_environment() {
+  std::vector<std::string> env = {std::string("FLEETSIGN_PIN=") + kUserPin,
+                                  std::string("FLEETSIGN_SO_PIN=") + kSoPin, "PATH=/usr/bin:/bin"};
+  for (const char* name : {"ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS",
+                           "FLEETSIGN_MOSQUITTO", "FLEETSIGN_SANITIZER_PRELOAD"}) {
+    if (const char* value = std::getenv(name)) env.push_back(std::string(name) + "=" + value);
+  }
+  return env;
+}
+
 // A started `fleetsign` process (stdout/stderr to /dev/null); kill() or wait() it.
 class CliProcess {
  public:
@@ -55,16 +68,7 @@ class CliProcess {
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
-    std::vector<std::string> env_s = {std::string("FLEETSIGN_PIN=") + kUserPin,
-                                      std::string("FLEETSIGN_SO_PIN=") + kSoPin,
-                                      "PATH=/usr/bin:/bin"};
-    // A sanitizer run's settings (ci/sanitize.sh: where reports go, suppressions, the mosquitto
-    // wrapper) reach the process and what it starts, as they reach every other process a test
-    // runs.
-    for (const char* name : {"ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS",
-                             "FLEETSIGN_MOSQUITTO", "FLEETSIGN_SANITIZER_PRELOAD"}) {
-      if (const char* value = std::getenv(name)) env_s.push_back(std::string(name) + "=" + value);
-    }
+    std::vector<std::string> env_s = child_environment();
     std::vector<char*> env;
     for (auto& e : env_s) env.push_back(e.data());
     env.push_back(nullptr);

@@ -10,8 +10,8 @@
 // in sigaltstack; seen once in five runs of a batch whose output fails). A sanitizer build
 // (FLEETSIGN_SANITIZED, from CMake) hands the job over the same way but blocks the stage's worker
 // on a condition variable instead of suspending its task, so everything else (the jobs, the
-// stages, the registry and token work they do) is still checked. The plain build's suspension is
-// tested by the plain suite (`FLEETSIGN_PLAIN=1 bash ci/test.sh`).
+// stages, the registry and token work they do) is still checked. The suspension itself is tested
+// by the plain suite only (`FLEETSIGN_PLAIN=1 bash ci/test.sh`; CI runs the sanitized one).
 #if defined(__SANITIZE_THREAD__) || defined(FLEETSIGN_SANITIZED)
 #define FLEETSIGN_WRITER_BLOCKS 1
 #endif

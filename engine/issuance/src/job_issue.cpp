@@ -31,17 +31,18 @@ void check_and_prepare(const Issuer& issuer, const JobCsr& csr, Item& slot) {
                                                             "', not '" + csr.device_id + "'"};
     return;
   }
+  // The blocklist first (prepare): a reused key that is also compromised is reported as blocked.
+  auto prepared = issuer.prepare(checked.value());
+  if (!prepared) {
+    slot.failure = prepared.error();
+    return;
+  }
   // By key identity, not bytes: the replaced key sent with its EC point compressed is the same key.
   if (!csr.replaced_cert.empty() &&
       key_sha256_of_spki(checked.value().spki) == key_sha256_of_cert(csr.replaced_cert)) {
     slot.failure = Failure{ErrorCode::kKeyRejected,
                            "the CSR reuses the key of the certificate it replaces: a rollover "
                            "needs a new key"};
-    return;
-  }
-  auto prepared = issuer.prepare(checked.value());
-  if (!prepared) {
-    slot.failure = prepared.error();
     return;
   }
   slot.prepared.emplace(std::move(prepared.value()));
