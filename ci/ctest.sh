@@ -26,6 +26,10 @@ rc=0
 if [[ $rc == 0 && $# == 0 && ${FLEETSIGN_SKIP_OPENCRYPTOKI:-0} != 1 ]]; then
   ock_dir=$(mktemp -d)
   bash ci/opencryptoki.sh "$ock_dir"
+  # Under ASan: opencryptoki's soft token leaks (~1 KiB a process), and libp11 unloads the module
+  # (dlclose) before LeakSanitizer looks, so no suppression can name it. Leak detection is off for
+  # this run only; ASan's other checks and UBSan stay on.
+  if [[ -n ${ASAN_OPTIONS:-} ]]; then export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0"; fi
   (set -a && . "$ock_dir/env" && set +a && cd "$build" &&
     ctest --output-on-failure --timeout 900 -L opencryptoki) || rc=$?
 fi
