@@ -275,7 +275,7 @@ int main(int argc, char** argv) {
     }
     std::printf("  peak RSS             engine %ld MB, broker %ld MB\n", engine_kb / 1024,
                 broker_kb / 1024);
-    if (opt.incident) {
+    if (opt.incident && !opt.drop_only) {
       std::printf("  CRL                  %lld entries signed and stored in %.2f s\n",
                   static_cast<long long>(crl_entries), crl_s);
     }
