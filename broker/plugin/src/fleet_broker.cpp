@@ -258,20 +258,45 @@ void FleetBroker::refresh() {
   }
 }
 
+void FleetBroker::KickLog::add(const std::string& device_id, const std::string& rule,
+                               const std::string& reason) {
+  for (auto& g : m_groups) {
+    if (g.rule == rule) {
+      ++g.count;
+      return;
+    }
+  }
+  m_groups.push_back(Group{rule, device_id, reason, 1});
+}
+
+void FleetBroker::KickLog::write(Transport& transport) const {
+  for (const auto& g : m_groups) {
+    transport.log(
+        LogLevel::kNotice,
+        g.count == 1
+            ? "fleetsign: disconnected " + g.first_device + ": " + g.rule + ": " + g.first_reason
+            : "fleetsign: disconnected " + std::to_string(g.count) + " sessions: " + g.rule +
+                  " (the first, " + g.first_device + ": " + g.first_reason + ")");
+  }
+}
+
 void FleetBroker::kick(const std::string& device_id, const std::string& rule,
-                       const std::string& reason) {
-  m_transport.log(LogLevel::kNotice,
-                  "fleetsign: disconnecting " + device_id + ": " + rule + ": " + reason);
+                       const std::string& reason, KickLog& log) {
+  log.add(device_id, rule, reason);
   m_transport.kick(device_id);  // fires on_disconnect for it
 }
 
 void FleetBroker::apply_recheck(const Recheck& r) {
+  // One log line per rule, not per session: a revocation can cut off thousands in one tick, and
+  // mosquitto logs each disconnection by name anyway.
+  KickLog log;
   for (const auto& refusal : r.refused) {
     const Session* s = m_sessions.find(refusal.device_id);
     if (s != nullptr && s->seq == refusal.seq) {
-      kick(refusal.device_id, refusal.rule, refusal.reason);
+      kick(refusal.device_id, refusal.rule, refusal.reason, log);
     }
   }
+  log.write(m_transport);
   // Admitted after the watcher's snapshot by a decision older than the one it re-checked with:
   // check them here, with the main thread's decision (as new as the watcher's, or newer).
   refresh();
@@ -281,13 +306,16 @@ void FleetBroker::apply_recheck(const Recheck& r) {
     if (s.kind == ClientKind::kHubDevice && s.seq > r.snapshot_seq && s.decision_mark < r.mark) {
       auto d = m_auth->check(std::span<const engine::Der>(s.leaf.get(), 1), now, s.client_id);
       if (!d.allowed || d.rotation_only != s.rotation_only) {
+        if (d.allowed) d.reason = "admission mode changed: " + d.reason;
         late.emplace_back(s.client_id, std::move(d));
       }
     }
   });
+  KickLog late_log;
   for (const auto& [id, d] : late) {
-    kick(id, d.rule, d.reason);
+    kick(id, d.rule, d.reason, late_log);
   }
+  late_log.write(m_transport);
 }
 
 void FleetBroker::on_tick() {

@@ -75,7 +75,21 @@ class FleetBroker {
   // desired-property changes. Cheap when nothing changed (one indexed query).
   void refresh();
   void apply_recheck(const Recheck& r);
-  void kick(const std::string& device_id, const std::string& rule, const std::string& reason);
+  // The sessions one pass disconnected, by rule: the count, and the first device and reason.
+  class KickLog {
+   public:
+    void add(const std::string& device_id, const std::string& rule, const std::string& reason);
+    void write(Transport& transport) const;
+
+   private:
+    struct Group {
+      std::string rule, first_device, first_reason;
+      std::size_t count = 0;
+    };
+    std::vector<Group> m_groups;  // few rules: a linear search
+  };
+  void kick(const std::string& device_id, const std::string& rule, const std::string& reason,
+            KickLog& log);
   std::int64_t now_ms() const;
 
   BrokerConfig m_config;

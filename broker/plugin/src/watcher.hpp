@@ -69,7 +69,9 @@ class Inbox {
 
 class RegistryWatcher {
  public:
-  static constexpr std::chrono::milliseconds kPollInterval{200};
+  // The change mark is one indexed read: polling it often costs little, and a revocation's drop
+  // waits for it.
+  static constexpr std::chrono::milliseconds kPollInterval{50};
   static constexpr std::chrono::seconds kRecheckInterval{60};
 
   // `start_mark`: the change mark the main thread's first decision was built at.

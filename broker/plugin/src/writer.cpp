@@ -31,14 +31,18 @@ std::uint64_t RegistryWriter::enqueue(engine::ReportedTwin twin) { return push(s
 
 std::uint64_t RegistryWriter::push(Item item) {
   std::uint64_t seq = 0;
+  bool wake = false;
   {
     const std::lock_guard lock(m_mutex);
     m_queue.push_back(std::move(item));
     seq = ++m_queued;
+    // An idle writer waits for a first item; a gathering one for a full batch (or its interval
+    // to pass). Waking it for anything else would cost a context switch per item.
+    wake = m_queue.size() == 1 || m_queue.size() == kBatch;
   }
-  // Wakes an idle writer (it then waits kFlushInterval for more) or a full batch; without a
-  // waiter this costs no system call.
-  m_wake.notify_one();
+  if (wake) {
+    m_wake.notify_one();
+  }
   return seq;
 }
 
