@@ -101,14 +101,19 @@ RegistryWatcher::~RegistryWatcher() {
 
 void RegistryWatcher::run() {
   auto last_recheck = std::chrono::steady_clock::now();
+  bool pending = false;  // a change seen, its re-check not run yet (kMinRecheckGap)
   std::unique_lock lock(m_mutex);
   while (!m_wake.wait_for(lock, kPollInterval, [&] { return m_stop; })) {
     lock.unlock();
     bool changed = false;
-    if (poll(changed) &&
-        (changed || std::chrono::steady_clock::now() - last_recheck >= kRecheckInterval)) {
-      recheck(m_mark);
-      last_recheck = std::chrono::steady_clock::now();
+    if (poll(changed)) {
+      pending = pending || changed;
+      const auto since = std::chrono::steady_clock::now() - last_recheck;
+      if ((pending && since >= kMinRecheckGap) || since >= kRecheckInterval) {
+        recheck(m_mark);
+        last_recheck = std::chrono::steady_clock::now();
+        pending = false;
+      }
     }
     lock.lock();
   }

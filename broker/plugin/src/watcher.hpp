@@ -70,8 +70,10 @@ class Inbox {
 class RegistryWatcher {
  public:
   // The change mark is one indexed read: polling it often costs little, and a revocation's drop
-  // waits for it.
+  // waits for it. A re-check (every session) runs on the first change after a quiet spell at
+  // once, and at most once per kMinRecheckGap while changes keep coming (a job's slot changes).
   static constexpr std::chrono::milliseconds kPollInterval{50};
+  static constexpr std::chrono::milliseconds kMinRecheckGap{200};
   static constexpr std::chrono::seconds kRecheckInterval{60};
 
   // `start_mark`: the change mark the main thread's first decision was built at.
