@@ -67,6 +67,18 @@ void set_phase(engine::Stores& stores, const std::string& job_id, Object::Ptr re
   stores.set_job_report(job_id, text(*report));
 }
 
+// The policy's validity for a replacement CA, cut to what its issuer has left (less a day: the
+// backdate and the clock). A replacement's issuer can be another replacement made a second
+// earlier with the same validity, and a CA may not outlive its issuer.
+int replacement_days(engine::Stores& stores, const policy::Policy& policy,
+                     const engine::Clock& clock, const std::string& issuer) {
+  const int days = policy.validity.intermediate_days;
+  const auto rec = stores.find_ca(issuer);
+  if (!rec) return days;
+  const std::int64_t fits = (rec->not_after - clock.now()) / 86400 - 1;
+  return fits >= 1 && fits < days ? static_cast<int>(fits) : days;
+}
+
 std::optional<engine::Incident> open_incident_for(engine::Stores& stores, const std::string& kind,
                                                   const std::string& scope) {
   for (auto& i : stores.list_incidents(true)) {
@@ -500,6 +512,7 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
           auto key = policy::parse_key_algorithm(r->optValue<std::string>("key", "ec-p256"));
           spec.key = key.value_or(policy::KeyAlgorithm::kEcP256);
           spec.path_len = c.path_len;
+          spec.days = replacement_days(stores, policy, clock, spec.issuer);
           cas.create_intermediate(spec);
         }
         // Its first CRL before any device connects under it: the broker refuses a device whose

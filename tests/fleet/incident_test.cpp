@@ -504,6 +504,42 @@ TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
   EXPECT_NE(text.find("Serial Number: " + plant_serial), std::string::npos) << text;
 }
 
+// A replacement never outlives its issuer. Under a root with less left than the policy's
+// intermediate validity, the replacements are cut to fit, each a day inside its issuer, and the
+// incident opens. Before, it failed with validity_beyond_issuer. The same rule keeps the CA
+// below inside its issuer's replacement when the two are made a second apart (CI met that).
+TEST_F(Incident, ReplacementsAreCutToWhatTheirIssuersHaveLeft) {
+  bin.ok("ca create-root --name short-root --days 3000 --subject /CN=Short-Root");
+  bin.ok(
+      "ca create-intermediate --name region-s --issuer short-root --days 2000 --path-len 1 "
+      "--subject /CN=Region-S");
+  bin.ok(
+      "ca create-intermediate --name plant-s --issuer region-s --days 1000 --subject /CN=Plant-S");
+  bin.ok("enrollment group create plants-s --ca plant-s");
+  bin.ok("issue --ca plant-s --generate 2 --id-pattern 'ps-{04}' --lot LOT-S --out " +
+         quoted(path("LOT-S")));
+  const auto plan = json(bin.ok("incident start --ca region-s --reason cACompromise "
+                                "--replacement-ca region-s2 --dry-run --json")
+                             .out);
+  const auto replacements = plan->getArray("replacements");
+  ASSERT_EQ(replacements->size(), 2u);
+  const std::string plant_r = replacements->getObject(1)->getValue<std::string>("replacement");
+
+  const auto started = bin.run(
+      "incident start --ca region-s --reason cACompromise --replacement-ca region-s2 --yes "
+      "--no-run --deadline 60s --json");
+  ASSERT_EQ(started.status, 0) << started.out << started.err;
+  auto reg = registry();
+  const auto root = reg->find_ca("short-root");
+  const auto region_r = reg->find_ca("region-s2");
+  const auto below_r = reg->find_ca(plant_r);
+  ASSERT_TRUE(root && region_r && below_r);
+  EXPECT_LE(region_r->not_after, root->not_after - 86400);
+  EXPECT_GT(region_r->not_after, root->not_after - 3 * 86400) << "cut to fit, not shorter";
+  EXPECT_LE(below_r->not_after, region_r->not_after - 86400);
+  EXPECT_EQ(reg->find_group("plants-s")->primary_ca, plant_r);
+}
+
 // A lot whose certificates are suspect but whose devices' keys are not: pinned like a CA's
 // devices, rotated onto new certificates under their own CA, the old ones revoked.
 TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {
