@@ -12,7 +12,7 @@ packages=(
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   python3 clang-format
   clang libclang-rt-14-dev
-  gnutls-bin
+  gnutls-bin curl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -106,6 +106,11 @@ void add_incident_commands(std::vector<Command>& commands);  // incident start|l
 // else /usr/sbin/mosquitto.
 broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
 std::filesystem::path broker_binary(const Args& args);
+// A key and a TLS certificate for one of fleetsign's endpoints (cmd_broker.cpp): the key written
+// 0600, the certificate with its chain (the root left out); returns its SHA-256.
+std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::TlsCertSpec& spec,
+                           const std::filesystem::path& cert_path,
+                           const std::filesystem::path& key_path);
 void add_serve_commands(std::vector<Command>& commands);  // serve
 // The test hook (cmd_serve.cpp): --now UNIX or FLEETSIGN_TEST_NOW pins a clock (serve's scheduler,
 // crl's); else the system clock. kUsage for anything but a unix time in seconds.
@@ -115,7 +120,17 @@ void add_crl_commands(std::vector<Command>& commands);  // crl show|export|sign
 // CRL file re-installed (checked first) and mosquitto reloaded when it runs. Returns a line for
 // the operator about the CRLs and the broker.
 std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>& ca_names);
-void add_revoke_commands(std::vector<Command>& commands);  // revoke, blocklist …
+void add_revoke_commands(std::vector<Command>& commands);    // revoke, blocklist …
+void add_operator_commands(std::vector<Command>& commands);  // operator add|list|remove, http init
+// The HTTP service's files in the home (cmd_operator.cpp): its certificate and key (`http init`)
+// and the CAs its TLS accepts client certificates from (every CA of the registry that is not
+// revoked; the route decides who may do what).
+struct HttpFiles {
+  std::filesystem::path dir, cert, key, clients_ca;
+};
+HttpFiles http_files(const std::filesystem::path& home);
+// Writes clients_ca from the registry; returns how many CAs it holds (kNotFound: none).
+std::size_t write_http_trust(engine::Stores& stores, const HttpFiles& files);
 // The fleet's trigger as HOME/fleet.json says (cmd_method.cpp): the broker, or IoT Hub.
 std::unique_ptr<jobs::Trigger> open_fleet_backend(const std::filesystem::path& home);
 
@@ -124,6 +139,10 @@ void add_option(Poco::Util::OptionSet& set, const std::string& name, const std::
                 const std::string& help, bool repeatable = false);
 void add_flag(Poco::Util::OptionSet& set, const std::string& name, const std::string& help);
 std::optional<std::filesystem::path> path_option(const Args& args, const std::string& name);
+// The password of a PKCS#12 file, when `needed`: from --pfx-password-file, FLEETSIGN_PFX_PASSWORD
+// or a prompt on a terminal (kUsage naming `needed_by` when there is none). An empty password (it
+// would leave the key unprotected) or one with a NUL byte (it would be cut there) is refused.
+std::optional<hsm::Pin> pfx_password(const Args& a, bool needed, const std::string& needed_by);
 // {"name": count, …} in the map's order (a plan's counts per group, lot, site, CA).
 Poco::JSON::Object::Ptr counts_json(const std::map<std::string, std::int64_t>& counts);
 

@@ -56,21 +56,6 @@ engine::CaRecord broker_ca(Context& ctx, const std::string& name, bool explicit_
   return ctx.cas().create_root(spec);
 }
 
-// A key and a certificate for one TLS endpoint: key written 0600, certificate with its chain.
-std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::TlsCertSpec& spec,
-                           const fs::path& cert_path, const fs::path& key_path) {
-  const engine::TlsKeyPair key = engine::make_tls_key();
-  const engine::Der cert = ctx.cas().make_tls_cert(ca, spec, key.spki_der);
-  std::string pem = engine::pem(cert, "CERTIFICATE");
-  const auto chain = ctx.cas().chain(ca);
-  for (std::size_t i = 0; i + 1 < chain.size(); ++i) {  // intermediates, not the root
-    engine::append_pem(pem, chain[i].cert_der, "CERTIFICATE");
-  }
-  write_file_atomic(key_path, key.private_pem, 0600);
-  write_file_atomic(cert_path, pem, 0644);
-  return engine::thumbprint_sha256(cert);
-}
-
 Poco::JSON::Object status_json(const broker::BrokerHome& home, const broker::BrokerSettings& s,
                                const broker::BrokerStatus& st) {
   Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
@@ -326,6 +311,20 @@ void mosquitto_option(Poco::Util::OptionSet& set) {
 }
 
 }  // namespace
+
+std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::TlsCertSpec& spec,
+                           const fs::path& cert_path, const fs::path& key_path) {
+  const engine::TlsKeyPair key = engine::make_tls_key();
+  const engine::Der cert = ctx.cas().make_tls_cert(ca, spec, key.spki_der);
+  std::string pem = engine::pem(cert, "CERTIFICATE");
+  const auto chain = ctx.cas().chain(ca);
+  for (std::size_t i = 0; i + 1 < chain.size(); ++i) {  // intermediates, not the root
+    engine::append_pem(pem, chain[i].cert_der, "CERTIFICATE");
+  }
+  write_file_atomic(key_path, key.private_pem, 0600);
+  write_file_atomic(cert_path, pem, 0644);
+  return engine::thumbprint_sha256(cert);
+}
 
 fs::path broker_binary(const Args& args) { return mosquitto_binary(args); }
 

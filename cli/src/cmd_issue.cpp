@@ -147,55 +147,6 @@ std::function<void(const engine::BatchProgress&)> progress_printer(const Context
   };
 }
 
-// The .pfx password, when `needed`: from --pfx-password-file, FLEETSIGN_PFX_PASSWORD or a prompt.
-// An empty password (it would leave the keys unprotected) or one with a NUL byte (it would be cut
-// there) is refused, wherever it came from.
-std::optional<hsm::Pin> pfx_password(const Args& a, bool needed) {
-  if (!needed) {
-    return std::nullopt;
-  }
-  const auto file = path_option(a, "pfx-password-file");
-  const char* env = std::getenv("FLEETSIGN_PFX_PASSWORD");
-  const std::string source = file             ? "--pfx-password-file " + file->string()
-                             : env != nullptr ? std::string("FLEETSIGN_PFX_PASSWORD")
-                                              : std::string("the typed password");
-  if (!file && env != nullptr && *env == '\0') {
-    throw Error(ErrorCode::kInvalidArgument,
-                "FLEETSIGN_PFX_PASSWORD is empty: a .pfx needs a password that protects its key");
-  }
-  if (!file && env == nullptr && isatty(STDIN_FILENO) == 0) {
-    throw Error(ErrorCode::kUsage,
-                "this batch writes .pfx files and needs their password: --pfx-password-file F "
-                "or FLEETSIGN_PFX_PASSWORD");
-  }
-  // The PIN reader's refusals (empty, NUL byte) are a bad argument here, not a token problem.
-  hsm::Pin password = [&] {
-    try {
-      return hsm::Pin::from_sources(file, "FLEETSIGN_PFX_PASSWORD",
-                                    "password for the .pfx files: ");
-    } catch (const Error& e) {
-      if (e.code() == ErrorCode::kPinMissing) {
-        throw Error(
-            ErrorCode::kInvalidArgument,
-            source + ": the password is empty: a .pfx needs a password that protects its key");
-      }
-      if (e.code() == ErrorCode::kInvalidArgument) {
-        throw Error(ErrorCode::kInvalidArgument, "the .pfx password: " + std::string(e.what()));
-      }
-      throw;
-    }
-  }();
-  if (password.size() == 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                source + ": the password is empty: a .pfx needs a password that protects its key");
-  }
-  if (std::strlen(password.c_str()) != password.size()) {
-    throw Error(ErrorCode::kInvalidArgument,
-                source + ": the password holds a NUL byte (it would be cut short there)");
-  }
-  return password;
-}
-
 // FLEETSIGN_STAGE_TIMES=1: per-stage busy time on stderr, for tuning the pipeline.
 void print_stage_times(const engine::BatchSummary& s) {
   if (std::getenv("FLEETSIGN_STAGE_TIMES") == nullptr || s.seconds <= 0) {
@@ -323,7 +274,7 @@ int run_issue(Context& ctx) {
   const std::string existing = a.has("resume") ? a.require("resume") : a.get("batch").value_or("");
   const bool recorded_pfx = !existing.empty() && ctx.registry().find_batch(existing) &&
                             engine::needs_pfx_password(ctx.registry(), existing);
-  const auto password = pfx_password(a, a.has("pfx") || recorded_pfx);
+  const auto password = pfx_password(a, a.has("pfx") || recorded_pfx, "the batch's .pfx files");
   engine::CaService cas(ctx.registry(), ctx.token(), ctx.policy(), ctx.clock(), ctx.random());
   engine::BatchRunner runner(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random());
   if (a.has("resume")) {

@@ -238,6 +238,7 @@ int run_job_resume(Context& ctx) {
   auto job = ctx.registry().find_job(id);
   if (!job) throw Error(ErrorCode::kNotFound, "no job '" + id + "'");
   if (job->state == "paused") jobs::reopen_job(ctx.registry(), id);
+  if (ctx.args().has("no-run")) return print_state(ctx, id, ctx.registry().find_job(id)->state);
   return run_job_in_foreground(ctx, id);
 }
 
@@ -293,11 +294,12 @@ void add_job_commands(std::vector<Command>& commands) {
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_job_pause});
   commands.push_back(Command{{"job", "resume"},
-                             "JOB [--pin-file FILE] [--json]",
+                             "JOB [--pin-file FILE] [--no-run] [--json]",
                              "run a paused or interrupted job here, from where it stopped",
                              [](Poco::Util::OptionSet& s) {
                                add_option(s, "pin-file", "FILE",
                                           "user PIN file (else FLEETSIGN_PIN or a prompt)");
+                               add_flag(s, "no-run", "only reopen a paused job (`serve` runs it)");
                                add_flag(s, "json", "print as JSON");
                              },
                              run_job_resume});

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -26,11 +27,13 @@
 #include <map>
 #include <thread>
 
+#include "child.hpp"
 #include "cli.hpp"
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/scheduler.hpp"
+#include "http_service.hpp"
 
 extern char** environ;
 
@@ -105,6 +108,7 @@ class Server final {
   void stop_children();
   bool has_children() const { return !m_children.empty(); }
   bool token_failed() const { return m_token_failed; }
+  const hsm::Pin& pin() const { return m_pin; }
 
  private:
   std::string supervise_broker();
@@ -252,17 +256,19 @@ Poco::JSON::Object Server::tick() {
 }
 
 void Server::reap(bool all) {
-  while (!m_children.empty()) {
+  // Each of ours by its pid: the HTTP service's request threads wait for children of their own.
+  for (auto it = m_children.begin(); it != m_children.end();) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, all ? 0 : WNOHANG);
-    if (pid == 0) return;
+    const pid_t pid = ::waitpid(it->first, &status, all ? 0 : WNOHANG);
+    if (pid == 0) {
+      ++it;
+      continue;
+    }
     if (pid < 0) {
       if (errno == EINTR) continue;
-      m_children.clear();
-      return;
+      it = m_children.erase(it);
+      continue;
     }
-    const auto it = m_children.find(pid);
-    if (it == m_children.end()) continue;
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     log(it->second + ": process " + std::to_string(pid) +
         (code >= 0 ? " exited with status " + std::to_string(code)
@@ -278,7 +284,7 @@ void Server::reap(bool all) {
     o.set("job", it->second.rfind("job ", 0) == 0 ? it->second.substr(4) : it->second);
     o.set("status", code);
     m_finished.add(o);
-    m_children.erase(it);
+    it = m_children.erase(it);
   }
 }
 
@@ -288,6 +294,77 @@ void Server::stop_children() {
     ::kill(pid, SIGTERM);
   }
   reap(true);
+}
+
+// --http HOST:PORT: the HTTP service (http_service.hpp), its certificate made first when the
+// home has none (a child `http init`, which needs the token).
+std::unique_ptr<HttpService> start_http(Context& ctx, const hsm::Pin& pin) {
+  const auto spec = ctx.args().get("http");
+  if (!spec) return nullptr;
+  if (ctx.args().has("once")) throw Error(ErrorCode::kUsage, "--http does not go with --once");
+  const auto colon = spec->rfind(':');
+  int port = -1;
+  try {
+    std::size_t used = 0;
+    if (colon != std::string::npos) port = std::stoi(spec->substr(colon + 1), &used);
+    if (colon == std::string::npos || used != spec->size() - colon - 1) port = -1;
+  } catch (const std::exception&) {
+    port = -1;
+  }
+  std::string host = colon == std::string::npos ? "" : spec->substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  if (host.empty() || port < 0 || port > 65535) {
+    throw Error(ErrorCode::kUsage, "--http '" + *spec + "': expected HOST:PORT (127.0.0.1:8443)");
+  }
+  const HttpFiles files = http_files(ctx.home_dir());
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  if (!fs::exists(files.cert) || !fs::exists(files.key)) {
+    ChildSpec init;
+    init.program = self;
+    init.args = {"--home", ctx.home_dir().string(), "http", "init", "--wait", "--json"};
+    // The name clients use, and loopback for the machine's own tools (a wildcard bind: its
+    // host name).
+    std::vector<std::string> names = {host, "localhost", "127.0.0.1"};
+    if (host == "0.0.0.0" || host == "::") names[0] = host_name();
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      if (std::find(names.begin(), names.begin() + static_cast<long>(i), names[i]) ==
+          names.begin() + static_cast<long>(i)) {
+        init.args.push_back("--host=" + names[i]);
+      }
+    }
+    init.env.push_back(std::string("FLEETSIGN_PIN=") + pin.c_str());
+    const ChildResult r = run_child(std::move(init));
+    if (r.exit_status != 0) {
+      throw Error(
+          ErrorCode::kInvalidArgument,
+          "--http: making the service's certificate (fleetsign http init) failed: " + r.err);
+    }
+    log("made the HTTP service's certificate (" + files.cert.string() + ")");
+  }
+  const std::size_t trusted = write_http_trust(ctx.registry(), files);
+  HttpOptions o;
+  o.host = host;
+  o.port = static_cast<std::uint16_t>(port);
+  o.home = ctx.home_dir();
+  o.data_dir = path_option(ctx.args(), "http-data")
+                   .value_or(fs::path(ctx.home_dir().lexically_normal().string() + "-http"));
+  refuse_protected(o.data_dir);
+  o.program = self;
+  o.cert_file = files.cert;
+  o.key_file = files.key;
+  o.clients_ca_file = files.clients_ca;
+  o.pin = &pin;
+  if (auto t = ctx.args().get_int("http-threads")) {
+    if (*t < 1 || *t > 256) throw Error(ErrorCode::kUsage, "--http-threads must be 1..256");
+    o.threads = *t;
+  }
+  auto service = std::make_unique<HttpService>(o);
+  log("HTTP service listening on https://" +
+      (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
+      std::to_string(service->port()) + " (client certificates from " + std::to_string(trusted) +
+      " CA(s); data in " + o.data_dir.string() + ")");
+  return service;
 }
 
 int run_serve(Context& ctx) {
@@ -313,6 +390,8 @@ int run_serve(Context& ctx) {
   log(std::string("started: home ") + ctx.home_dir().string() +
       (once ? ", one tick" : ", a tick every " + std::to_string(tick_s) + " s"));
 
+  const std::unique_ptr<HttpService> http = start_http(ctx, server.pin());
+  (void)http;
   while (g_stop == 0) {
     Poco::JSON::Object summary = server.tick();
     if (once) {
@@ -341,7 +420,8 @@ int run_serve(Context& ctx) {
 void add_serve_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"serve"},
-      "[--tick S] [--once] [--pin-file FILE] [--mosquitto PATH] [--json]",
+      "[--tick S] [--once] [--http HOST:PORT [--http-data DIR]] [--pin-file FILE] [--mosquitto "
+      "PATH] [--json]",
       "run the fleet: keep the broker up, run the jobs, start rollovers and raise expiry alerts "
       "by policy (the policy's \"rollover\" section), keep every CA's CRL fresh (\"crl\")",
       [](Poco::Util::OptionSet& s) {
@@ -355,6 +435,12 @@ void add_serve_commands(std::vector<Command>& commands) {
                    "test hook: the scheduler's clock stands at this unix time (also "
                    "FLEETSIGN_TEST_NOW); leases and the runners keep the system clock");
         add_flag(s, "json", "--once: print the tick's summary as JSON");
+        add_option(s, "http", "HOST:PORT",
+                   "also serve the HTTP API, EST, metrics and public CRLs there (TLS; operators "
+                   "authenticate with `fleetsign operator add` certificates)");
+        add_option(s, "http-data", "DIR",
+                   "the HTTP service's uploads and batch outputs (default HOME-http)");
+        add_option(s, "http-threads", "N", "requests answered at once (16)");
       },
       run_serve});
 }

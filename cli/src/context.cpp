@@ -1,7 +1,9 @@
 #include <Poco/Util/Option.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -111,7 +113,10 @@ engine::Services& Context::services() {
     m_services =
         std::make_unique<engine::Services>(engine::Home::open(home_dir()), std::move(pin_source));
     protect_directory(m_services->home().config().dir);
-    if (const char* user = std::getenv("USER"); user != nullptr && *user != '\0') {
+    // The HTTP service runs commands for an operator: FLEETSIGN_ACTOR=http:NAME names them.
+    if (const char* actor = std::getenv("FLEETSIGN_ACTOR"); actor != nullptr && *actor != '\0') {
+      m_services->set_actor(actor);
+    } else if (const char* user = std::getenv("USER"); user != nullptr && *user != '\0') {
       m_services->set_actor(user);
     }
     if (stores_wrapper()) {
@@ -159,6 +164,54 @@ void Context::print_json(const Poco::JSON::Object& obj) const {
   std::ostringstream s;
   obj.stringify(s);
   std::cout << s.str() << std::endl;
+}
+
+// The .pfx password, when `needed` (see cli.hpp): from --pfx-password-file, FLEETSIGN_PFX_PASSWORD
+// or a prompt. An empty password (it would leave the keys unprotected) or one with a NUL byte (it
+// would be cut there) is refused, wherever it came from.
+std::optional<hsm::Pin> pfx_password(const Args& a, bool needed, const std::string& needed_by) {
+  if (!needed) {
+    return std::nullopt;
+  }
+  const auto file = path_option(a, "pfx-password-file");
+  const char* env = std::getenv("FLEETSIGN_PFX_PASSWORD");
+  const std::string source = file             ? "--pfx-password-file " + file->string()
+                             : env != nullptr ? std::string("FLEETSIGN_PFX_PASSWORD")
+                                              : std::string("the typed password");
+  if (!file && env != nullptr && *env == '\0') {
+    throw Error(ErrorCode::kInvalidArgument,
+                "FLEETSIGN_PFX_PASSWORD is empty: a .pfx needs a password that protects its key");
+  }
+  if (!file && env == nullptr && isatty(STDIN_FILENO) == 0) {
+    throw Error(ErrorCode::kUsage,
+                needed_by + " needs a password: --pfx-password-file F or FLEETSIGN_PFX_PASSWORD");
+  }
+  // The PIN reader's refusals (empty, NUL byte) are a bad argument here, not a token problem.
+  hsm::Pin password = [&] {
+    try {
+      return hsm::Pin::from_sources(file, "FLEETSIGN_PFX_PASSWORD",
+                                    "password for " + needed_by + ": ");
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::kPinMissing) {
+        throw Error(
+            ErrorCode::kInvalidArgument,
+            source + ": the password is empty: a .pfx needs a password that protects its key");
+      }
+      if (e.code() == ErrorCode::kInvalidArgument) {
+        throw Error(ErrorCode::kInvalidArgument, "the .pfx password: " + std::string(e.what()));
+      }
+      throw;
+    }
+  }();
+  if (password.size() == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                source + ": the password is empty: a .pfx needs a password that protects its key");
+  }
+  if (std::strlen(password.c_str()) != password.size()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                source + ": the password holds a NUL byte (it would be cut short there)");
+  }
+  return password;
 }
 
 }  // namespace fleetsign::cli

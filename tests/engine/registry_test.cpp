@@ -108,8 +108,9 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   TempDir dir;
   auto reg = Registry::open(dir.db());
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
-  // 8: CRLs, 9: incidents, 10: key hashes + blocklist, 11: key identity, 12: task error codes
-  EXPECT_EQ(Registry::kSchemaVersion, 12);
+  // 8: CRLs, 9: incidents, 10: key hashes + blocklist, 11: key identity, 12: task error codes,
+  // 13: operators
+  EXPECT_EQ(Registry::kSchemaVersion, 13);
 
   auto raw = raw_session(dir.db());
   std::string mode;
@@ -146,6 +147,48 @@ TEST(Registry, TlsCertificatesOfFleetsignsOwnEndpointsAreRecordedLikeCaCertifica
   bad.subject_name = "x";
   bad.issuer_ca = "root";
   EXPECT_THROW(reg->record_ca_cert_intent(bad), Error);
+}
+
+TEST(Registry, OperatorsAreFoundByCertificateUntilRemovedAndANameIsReusedOnlyAfterThat) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  OperatorRecord op;
+  op.name = "alice";
+  op.role = OperatorRole::kFactory;
+  op.groups = {"line-1", "line \"2\""};
+  op.ca_name = "operators";
+  op.serial = "01AB";
+  op.sha256 = std::string(64, 'A');
+  op.not_after = kNow + kYear;
+  reg->add_operator(op);
+  const auto found = reg->find_operator_by_cert(op.sha256);
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->name, "alice");
+  EXPECT_EQ(found->role, OperatorRole::kFactory);
+  EXPECT_EQ(found->groups, op.groups);
+  EXPECT_FALSE(reg->find_operator_by_cert(std::string(64, 'B')).has_value());
+
+  OperatorRecord again = op;
+  again.sha256 = std::string(64, 'C');
+  EXPECT_EQ(code_of([&] { reg->add_operator(again); }), ErrorCode::kAlreadyExists);
+  reg->remove_operator("alice", kNow + 10);
+  EXPECT_FALSE(reg->find_operator_by_cert(op.sha256).has_value());
+  EXPECT_EQ(code_of([&] { reg->remove_operator("alice", kNow + 11); }), ErrorCode::kNotFound);
+  reg->add_operator(again);  // the name is free again; the old certificate stays refused
+  EXPECT_TRUE(reg->find_operator_by_cert(again.sha256).has_value());
+  EXPECT_FALSE(reg->find_operator_by_cert(op.sha256).has_value());
+  const auto all = reg->list_operators();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].removed_at, kNow + 10);
+  EXPECT_EQ(all[1].removed_at, 0);
+  // Both changes are in the audit log.
+  int adds = 0, removes = 0;
+  for (const auto& e : reg->audit_log(100)) {
+    adds += e.action == "operator.add";
+    removes += e.action == "operator.remove";
+  }
+  EXPECT_EQ(adds, 2);
+  EXPECT_EQ(removes, 1);
 }
 
 TEST(Registry, ReopeningKeepsCommittedData) {

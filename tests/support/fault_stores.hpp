@@ -325,6 +325,18 @@ class FaultStores final : public engine::Stores {
   }
   std::vector<std::string> blocked_key_hashes() override { return m_inner.blocked_key_hashes(); }
 
+  // OperatorStore
+  void add_operator(const engine::OperatorRecord& op) override {
+    write("add_operator", [&] { m_inner.add_operator(op); });
+  }
+  std::optional<engine::OperatorRecord> find_operator_by_cert(const std::string& sha256) override {
+    return m_inner.find_operator_by_cert(sha256);
+  }
+  std::vector<engine::OperatorRecord> list_operators() override { return m_inner.list_operators(); }
+  void remove_operator(const std::string& name, std::int64_t at) override {
+    write("remove_operator", [&] { m_inner.remove_operator(name, at); });
+  }
+
  private:
   template <typename F>
   void write(const std::string& op, F&& f) {

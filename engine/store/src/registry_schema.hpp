@@ -253,6 +253,17 @@ UPDATE certificates SET key_sha256 = fleetsign_key_sha256(der)
     R"sql(
 ALTER TABLE job_tasks ADD COLUMN error_code TEXT NOT NULL DEFAULT '';
 )sql",
+    // 13 (issue 12's HTTP service): who holds which operator certificate, and in which role.
+    // A name is reused only after its operator was removed; a certificate is looked up by SHA-256.
+    R"sql(
+CREATE TABLE operators (
+  sha256 TEXT PRIMARY KEY,
+  name TEXT NOT NULL, role TEXT NOT NULL, groups_json TEXT NOT NULL DEFAULT '[]',
+  ca_name TEXT NOT NULL, serial TEXT NOT NULL, not_after BIGINT NOT NULL,
+  created_at BIGINT NOT NULL, removed_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX operators_name ON operators (name, removed_at);
+)sql",
 };
 
 }  // namespace fleetsign::engine

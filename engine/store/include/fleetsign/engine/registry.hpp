@@ -33,7 +33,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 12;
+  static constexpr int kSchemaVersion = 13;
   int schema_version();
 
   // CaStore
@@ -155,6 +155,12 @@ class Registry final : public Stores {
   void remove_blocked_key(const std::string& key_sha256) override;
   std::vector<BlockedKey> list_blocked_keys() override;
   std::vector<std::string> blocked_key_hashes() override;
+
+  // OperatorStore (registry_operators.cpp; schema v13)
+  void add_operator(const OperatorRecord& op) override;
+  std::optional<OperatorRecord> find_operator_by_cert(const std::string& sha256) override;
+  std::vector<OperatorRecord> list_operators() override;
+  void remove_operator(const std::string& name, std::int64_t at) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "fleetsign/engine/operator_store.hpp"
+
 namespace fleetsign::engine {
 
 struct CaRecord {
@@ -600,7 +602,7 @@ class Stores : public CaStore,
                public FleetStateStore,
                public CrlStore,
                public IncidentStore,
-
-               public RevocationStore {};
+               public RevocationStore,
+               public OperatorStore {};
 
 }  // namespace fleetsign::engine

@@ -1,0 +1,111 @@
+// What the HTTP service's files share (http_service.cpp: server, callers, dispatch, CLI
+// children; http_own.cpp: the routes it answers itself). Private to cli/.
+#pragma once
+
+#include <Poco/Net/Context.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/URI.h>
+
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fleetsign/engine/services.hpp"
+#include "http_api.hpp"
+#include "http_service.hpp"
+
+namespace fleetsign::cli {
+
+// Who called: the TLS client certificate (checked by the handshake against every CA of the
+// registry) and the operator it belongs to, if any.
+struct Caller {
+  bool has_cert = false;
+  std::string cert_sha256;
+  engine::Der cert_der;
+  std::optional<engine::OperatorRecord> op;
+  std::string name() const {
+    return op ? op->name : has_cert ? "cert:" + cert_sha256 : "anonymous";
+  }
+};
+
+struct Request {
+  Poco::Net::HTTPServerRequest& http;
+  Poco::Net::HTTPServerResponse& resp;
+  const ApiRoute& route;
+  std::vector<std::string> values;  // the path's {segments}
+  const Caller& caller;
+};
+
+struct HttpService::Impl {
+  explicit Impl(HttpOptions o);
+
+  HttpOptions opt;
+  Poco::Net::Context::Ptr tls;
+  std::unique_ptr<Poco::Net::HTTPServer> server;
+
+  // The registry, read (and audited) under the mutex.
+  template <typename F>
+  auto with_stores(F&& f) {
+    std::lock_guard lock(m_reg_mutex);
+    return f(m_services->stores());
+  }
+  engine::Services& services_locked() { return *m_services; }  // with m_reg_mutex held
+  std::mutex& registry_mutex() { return m_reg_mutex; }
+
+  // Idempotency keys being answered now.
+  std::mutex idem_mutex;
+  std::set<std::string> idem_in_flight;
+
+  std::atomic<std::uint64_t> answered[6] = {};  // by status class: [2] = 2xx, …
+  std::atomic<std::uint64_t> commands_run{0};
+  std::atomic<std::uint64_t> command_ms_total{0};
+  std::atomic<std::int64_t> token_failed_at{0};  // a child's token error (exit 4): not ready
+
+ private:
+  std::mutex m_reg_mutex;
+  std::unique_ptr<engine::Services> m_services;
+};
+
+// Responses.
+void send_json(Poco::Net::HTTPServerResponse& resp, int status, const std::string& body);
+void send_error(Poco::Net::HTTPServerResponse& resp, int status, const std::string& code,
+                const std::string& message);
+void send_bytes(Poco::Net::HTTPServerResponse& resp, int status, const std::string& type,
+                const std::string& body);
+// The HTTP status for one of the CLI's error codes ("not_found" → 404).
+int http_status_for(const std::string& code);
+
+// The service's own routes (http_own.cpp). Returns false when `r.route` is not one of them.
+bool answer_own(HttpService::Impl& impl, Request& r);
+
+// An answer to send: JSON unless said otherwise.
+struct Answer {
+  int status = 200;
+  std::string body;
+};
+Answer error_answer(int status, const std::string& code, const std::string& message);
+
+// Runs the route's CLI command for the caller: `args` are the command's arguments after its
+// words (positional values and options, validated).
+Answer run_command(HttpService::Impl& impl, const Request& r, const std::vector<std::string>& args);
+
+// The route's command arguments: the path's values, then the parameters from the query string
+// (GET, uploads) or a JSON object body, each checked against the route's table entry.
+std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
+                                      const std::string& json_body);
+
+// Reads the request body to `file` (created 0600), at most `limit` bytes: kInputTooLarge naming
+// the limit, kIo naming the file on a write failure.
+void save_body(Poco::Net::HTTPServerRequest& req, const std::filesystem::path& file,
+               std::uint64_t limit);
+// A safe single path segment for the service's own files ([A-Za-z0-9._-], not "." or "..").
+bool is_safe_name(const std::string& s);
+// Upper-case hex SHA-256 of `text`.
+std::string sha256_hex(const std::string& text);
+
+}  // namespace fleetsign::cli

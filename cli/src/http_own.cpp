@@ -1,0 +1,434 @@
+// The routes the HTTP service answers itself (http_api.hpp's entries without CLI words): health,
+// CA certificates and CRLs, EST's CA certificates, the OpenAPI document, who am I, metrics, and
+// batch issuance from an uploaded CSR bundle.
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <openssl/pkcs7.h>
+#include <openssl/x509.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "fleetsign/broker/broker_home.hpp"
+#include "fleetsign/engine/crl.hpp"
+#include "fleetsign/engine/home.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/token_guard.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "http_internal.hpp"
+
+namespace fleetsign::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Poco::JSON::Object;
+
+constexpr const char* kBatchFiles[] = {"bundle.pem",     "bundle.jsonl", "manifest.csv",
+                                       "manifest.jsonl", "rejects.csv",  "iothub-import.jsonl"};
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string stringify(const Object& o) {
+  std::ostringstream out;
+  o.stringify(out);
+  return out.str() + "\n";
+}
+
+// "{name}.crt" → name and "crt".
+std::pair<std::string, std::string> split_ext(const std::string& file) {
+  const auto dot = file.rfind('.');
+  if (dot == std::string::npos || dot == 0) return {file, ""};
+  return {file.substr(0, dot), file.substr(dot + 1)};
+}
+
+// A CA and its issuers, leaf-most first (registry order, no token).
+std::vector<engine::CaRecord> chain_of(engine::Stores& s, const std::string& name) {
+  std::vector<engine::CaRecord> out;
+  std::string next = name;
+  while (!next.empty() && out.size() < 16) {
+    auto ca = s.find_ca(next);
+    if (!ca) break;
+    next = ca->parent;
+    out.push_back(std::move(*ca));
+  }
+  return out;
+}
+
+// Base64 in 64-column lines (RFC 7030's transfer encoding): the PEM encoder's body.
+std::string base64_lines(const engine::Der& der) {
+  const std::string text = engine::pem(der, "PKCS7");
+  const std::size_t begin = text.find('\n') + 1;
+  const std::size_t end = text.rfind("-----END");
+  return text.substr(begin, end - begin);
+}
+
+// RFC 7030 4.1.3: a certs-only CMS SignedData (PKCS#7, no signers).
+engine::Der certs_only(const std::vector<engine::Der>& certs) {
+  std::unique_ptr<PKCS7, void (*)(PKCS7*)> p7(PKCS7_new(), PKCS7_free);
+  if (!p7 || PKCS7_set_type(p7.get(), NID_pkcs7_signed) != 1 ||
+      PKCS7_content_new(p7.get(), NID_pkcs7_data) != 1) {
+    throw Error(ErrorCode::kInternal, "building the EST certs-only message failed");
+  }
+  for (const auto& der : certs) {
+    const unsigned char* p = der.data();
+    X509* x = d2i_X509(nullptr, &p, static_cast<long>(der.size()));
+    if (x == nullptr || PKCS7_add_certificate(p7.get(), x) != 1) {
+      X509_free(x);
+      throw Error(ErrorCode::kInternal, "a registry CA certificate does not parse");
+    }
+    X509_free(x);
+  }
+  unsigned char* buf = nullptr;
+  const int len = i2d_PKCS7(p7.get(), &buf);
+  if (len <= 0) throw Error(ErrorCode::kInternal, "encoding the EST certs-only message failed");
+  engine::Der out(buf, buf + len);
+  OPENSSL_free(buf);
+  return out;
+}
+
+Answer est_cacerts(HttpService::Impl& impl, Request& r) {
+  const std::optional<std::string> label =
+      r.values.empty() ? std::nullopt : std::optional<std::string>(r.values[0]);
+  std::vector<engine::Der> certs;
+  std::string problem;
+  impl.with_stores([&](engine::Stores& s) {
+    std::vector<std::string> roots;
+    const auto groups = s.list_groups();
+    if (label) {
+      const auto g = s.find_group(*label);
+      if (!g) {
+        problem = "no enrollment group '" + *label + "'";
+        return;
+      }
+      roots = {g->primary_ca, g->secondary_ca};
+    } else if (groups.size() == 1) {
+      roots = {groups[0].primary_ca, groups[0].secondary_ca};
+    } else {
+      std::set<std::string> operator_cas;
+      for (const auto& op : s.list_operators()) operator_cas.insert(op.ca_name);
+      for (const auto& ca : s.list_cas()) {
+        if (operator_cas.count(ca.name) == 0 && ca.revoked_at == 0) roots.push_back(ca.name);
+      }
+    }
+    std::set<std::string> seen;
+    for (const auto& name : roots) {
+      if (name.empty()) continue;
+      for (const auto& ca : chain_of(s, name)) {
+        if (seen.insert(ca.name).second && !ca.cert_der.empty()) certs.push_back(ca.cert_der);
+      }
+    }
+  });
+  if (!problem.empty()) return error_answer(404, "not_found", problem);
+  if (certs.empty()) return error_answer(404, "not_found", "no CA certificate to give");
+  return {200, base64_lines(certs_only(certs))};
+}
+
+Answer readyz(HttpService::Impl& impl) {
+  Object checks(Poco::JSON_PRESERVE_KEY_ORDER);
+  bool ready = true;
+  const engine::Home home = engine::Home::open(impl.opt.home);
+  try {
+    impl.with_stores([&](engine::Stores& s) { s.list_cas(); });
+    const bool writable = ::access(home.registry_path().c_str(), W_OK) == 0 &&
+                          ::access(impl.opt.home.c_str(), W_OK) == 0;
+    checks.set("registry", writable ? "ok" : "read-only");
+    ready = ready && writable;
+  } catch (const Error& e) {
+    checks.set("registry", std::string(e.what()));
+    ready = false;
+  }
+  std::string token = "ok";
+  if (::access(home.config().module.c_str(), R_OK) != 0) {
+    token = "the PKCS#11 module " + home.config().module.string() + " is not readable";
+  } else if (home.config().softhsm_conf) {
+    std::error_code ec;
+    for (const auto& dir : fs::directory_iterator(home.config().dir / "tokens", ec)) {
+      std::ifstream in(dir.path() / "token.object", std::ios::binary);
+      const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                             std::istreambuf_iterator<char>());
+      if (!engine::is_complete_token_object(bytes)) {
+        token = "token metadata " + (dir.path() / "token.object").string() +
+                " is damaged (the next command restores it from its copy)";
+      }
+    }
+  }
+  if (token == "ok" && impl.token_failed_at.load() > unix_now() - 300) {
+    token = "a command failed to log in to the token in the last 5 minutes (PIN?)";
+  }
+  checks.set("token", token);
+  ready = ready && token == "ok";
+  const broker::BrokerHome bh(impl.opt.home);
+  if (!bh.initialised()) {
+    checks.set("broker", "absent");
+  } else {
+    const bool running = broker::Supervisor(bh).status(bh.load()).running;
+    checks.set("broker", running ? "ok" : "not running");
+    ready = ready && running;
+  }
+  Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+  o.set("ready", ready);
+  o.set("checks", checks);
+  return {ready ? 200 : 503, stringify(o)};
+}
+
+void metric(std::string& out, const std::string& name, const std::string& type,
+            const std::string& help) {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+Answer metrics(HttpService::Impl& impl) {
+  std::string out;
+  metric(out, "fleetsign_http_responses_total", "counter", "HTTP responses, by status class.");
+  for (int c = 1; c <= 5; ++c) {
+    out += "fleetsign_http_responses_total{class=\"" + std::to_string(c) + "xx\"} " +
+           std::to_string(impl.answered[c].load()) + "\n";
+  }
+  metric(out, "fleetsign_http_commands_total", "counter", "CLI commands run for API requests.");
+  out += "fleetsign_http_commands_total " + std::to_string(impl.commands_run.load()) + "\n";
+  metric(out, "fleetsign_http_command_seconds_total", "counter", "Time spent in those commands.");
+  out += "fleetsign_http_command_seconds_total " +
+         std::to_string(static_cast<double>(impl.command_ms_total.load()) / 1000.0) + "\n";
+  const std::int64_t now = unix_now();
+  impl.with_stores([&](engine::Stores& s) {
+    std::map<std::string, int> jobs = {
+        {"running", 0}, {"paused", 0}, {"finished", 0}, {"canceled", 0}, {"aborted", 0}};
+    for (const auto& j : s.list_jobs(0)) jobs[j.state]++;
+    metric(out, "fleetsign_jobs", "gauge", "Jobs, by state.");
+    for (const auto& [state, n] : jobs) {
+      out += "fleetsign_jobs{state=\"" + state + "\"} " + std::to_string(n) + "\n";
+    }
+    metric(out, "fleetsign_devices", "gauge", "Devices in the registry.");
+    out += "fleetsign_devices " + std::to_string(s.count_devices()) + "\n";
+    metric(out, "fleetsign_connected_devices", "gauge", "Devices connected to the broker now.");
+    out += "fleetsign_connected_devices " + std::to_string(s.connected_devices().size()) + "\n";
+    std::int64_t active = 0;
+    for (const auto& op : s.list_operators()) active += op.removed_at == 0 ? 1 : 0;
+    metric(out, "fleetsign_operators", "gauge", "Active operators.");
+    out += "fleetsign_operators " + std::to_string(active) + "\n";
+    std::string age, left;
+    for (const auto& ca : s.list_cas()) {
+      const auto crl = s.latest_crl(ca.name);
+      if (!crl) continue;
+      age += "fleetsign_crl_age_seconds{ca=\"" + ca.name + "\"} " +
+             std::to_string(now - crl->this_update) + "\n";
+      left += "fleetsign_crl_next_update_seconds{ca=\"" + ca.name + "\"} " +
+              std::to_string(crl->next_update - now) + "\n";
+    }
+    metric(out, "fleetsign_crl_age_seconds", "gauge", "Seconds since the CA's CRL's thisUpdate.");
+    out += age;
+    metric(out, "fleetsign_crl_next_update_seconds", "gauge",
+           "Seconds until the CA's CRL's nextUpdate (negative: stale).");
+    out += left;
+  });
+  return {200, out};
+}
+
+// POST /api/v1/batches: the body (a PEM bundle of CSRs) to DATA/uploads/ID.pem, then
+// `fleetsign issue --csr-file … --bundle --out DATA/batches/ID --batch ID`. With an
+// Idempotency-Key the batch ID is derived from it, so a retry (even after a crash of the service
+// or the child) resumes or shows that same batch and never issues twice.
+Answer post_batch(HttpService::Impl& impl, Request& r) {
+  const Poco::URI uri(r.http.getURI());
+  std::optional<std::string> group, ca;
+  for (const auto& [k, v] : uri.getQueryParameters()) {
+    if (k == "group") group = v;
+    if (k == "ca") ca = v;
+  }
+  const engine::OperatorRecord& op = *r.caller.op;
+  if (op.role == engine::OperatorRole::kFactory) {
+    if (ca) {
+      return error_answer(403, "forbidden",
+                          "a factory issues through its groups: give group, not ca");
+    }
+    if (!group || std::find(op.groups.begin(), op.groups.end(), *group) == op.groups.end()) {
+      std::string mine;
+      for (const auto& g : op.groups) mine += (mine.empty() ? "" : ", ") + g;
+      return error_answer(403, "forbidden",
+                          "factory " + op.name + " issues for its groups only (" + mine +
+                              "); group '" + group.value_or("") + "' is not one of them");
+    }
+  }
+  if (!group && !ca) return error_answer(400, "usage", "give group or ca");
+  const std::string key = r.http.get("Idempotency-Key", "");
+  if (key.size() > 200) return error_answer(400, "invalid_argument", "Idempotency-Key: too long");
+  const std::string id =
+      "api-" + sha256_hex(key.empty()
+                              ? r.caller.cert_sha256 + std::to_string(unix_now()) +
+                                    std::to_string(
+                                        std::chrono::steady_clock::now().time_since_epoch().count())
+                              : r.caller.cert_sha256 + "\n" + key)
+                   .substr(0, 24);
+  std::vector<std::string> args = command_args(r, uri, "");
+  // An enrollment group (not a policy group, which `issue --group` takes): its primary CA issues.
+  if (group) {
+    const bool policy_group = impl.with_stores(
+        [&](engine::Stores&) { return impl.services_locked().policy().groups.count(*group) != 0; });
+    if (!policy_group) {
+      const auto g = impl.with_stores([&](engine::Stores& s) { return s.find_group(*group); });
+      if (!g) return error_answer(404, "not_found", "no group '" + *group + "'");
+      const std::string issuing = !g->primary_ca.empty() ? g->primary_ca : g->secondary_ca;
+      if (ca && *ca != g->primary_ca && *ca != g->secondary_ca) {
+        return error_answer(400, "invalid_argument",
+                            "CA '" + *ca + "' is in no slot of group '" + *group + "'");
+      }
+      std::erase(args, "--group=" + *group);
+      if (!ca) args.push_back("--ca=" + issuing);
+    }
+  }
+  const fs::path upload = impl.opt.data_dir / "uploads" / (id + ".pem");
+  const fs::path out = impl.opt.data_dir / "batches" / id;
+  std::lock_guard idem_lock(impl.idem_mutex);  // one batch upload at a time per service
+  const auto existing = impl.with_stores([&](engine::Stores& s) { return s.find_batch(id); });
+  ApiRoute cmd = r.route;
+  if (existing) {
+    // The same request again: the batch's state, or its resume when it was interrupted.
+    std::istream& in = r.http.stream();
+    char buf[65536];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    }
+    if (existing->state == "finished") {
+      cmd.words = {"batch", "show"};
+      cmd.success_status = 200;
+      Request again{r.http, r.resp, cmd, {}, r.caller};
+      r.resp.set("Idempotent-Replayed", "true");
+      return run_command(impl, again, {id});
+    }
+    cmd.words = {"issue"};
+    Request resume{r.http, r.resp, cmd, {}, r.caller};
+    return run_command(impl, resume, {"--resume=" + id});
+  }
+  std::error_code ec;
+  fs::remove(upload, ec);
+  save_body(r.http, upload, impl.opt.max_upload);
+  fs::create_directories(out.parent_path());
+  args.push_back("--csr-file=" + upload.string());
+  args.push_back("--bundle");
+  args.push_back("--out=" + out.string());
+  args.push_back("--batch=" + id);
+  cmd.words = {"issue"};
+  Request run{r.http, r.resp, cmd, {}, r.caller};
+  Answer a = run_command(impl, run, args);
+  if (a.status < 300) {
+    fs::remove(upload, ec);  // finished: the batch no longer needs its input
+    r.resp.set("Location", "/api/v1/batches/" + id);
+  }
+  return a;
+}
+
+Answer batch_file(HttpService::Impl& impl, Request& r) {
+  const std::string& id = r.values[0];
+  const std::string& file = r.values[1];
+  bool known = false;
+  for (const char* f : kBatchFiles) known = known || file == f;
+  if (!is_safe_name(id) || !known) {
+    return error_answer(404, "not_found", "no such batch file");
+  }
+  const fs::path path = impl.opt.data_dir / "batches" / id / file;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return error_answer(404, "not_found",
+                        "batch " + id + " has no " + file +
+                            " here (only batches issued "
+                            "through the API keep their outputs with the service)");
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return {200, text.str()};
+}
+
+std::string content_type_of(const std::string& file) {
+  if (file.size() > 4 && file.substr(file.size() - 4) == ".pem") return "application/x-pem-file";
+  if (file.size() > 6 && file.substr(file.size() - 6) == ".jsonl") return "application/jsonl";
+  return "text/csv";
+}
+
+}  // namespace
+
+bool answer_own(HttpService::Impl& impl, Request& r) {
+  const std::string& path = r.route.path;
+  auto& resp = r.resp;
+  if (path == "/healthz") {
+    send_json(resp, 200, "{\"status\":\"ok\"}\n");
+  } else if (path == "/readyz") {
+    const Answer a = readyz(impl);
+    send_json(resp, a.status, a.body);
+  } else if (path == "/api/openapi.json") {
+    send_json(resp, 200, openapi_json());
+  } else if (path == "/ca/{name}" || path == "/crl/{name}") {
+    const auto [name, ext] = split_ext(r.values[0]);
+    const bool cert = path == "/ca/{name}";
+    if (!(ext == "pem" || ext == (cert ? "crt" : "crl"))) {
+      send_error(resp, 404, "not_found",
+                 std::string("ask for ") +
+                     (cert ? "{name}.crt or {name}.pem" : "{name}.crl or {name}.pem"));
+      return true;
+    }
+    std::optional<engine::Der> der =
+        impl.with_stores([&](engine::Stores& s) -> std::optional<engine::Der> {
+          if (cert) {
+            const auto ca = s.find_ca(name);
+            return ca && !ca->cert_der.empty() ? std::optional<engine::Der>(ca->cert_der)
+                                               : std::nullopt;
+          }
+          const auto crl = s.latest_crl(name);
+          return crl ? std::optional<engine::Der>(crl->der) : std::nullopt;
+        });
+    if (!der) {
+      send_error(resp, 404, "not_found",
+                 std::string(cert ? "no CA '" : "no CRL of CA '") + engine::valid_utf8(name) + "'");
+    } else if (ext == "pem") {
+      send_bytes(resp, 200, "application/x-pem-file",
+                 engine::pem(*der, cert ? "CERTIFICATE" : "X509 CRL"));
+    } else {
+      send_bytes(resp, 200, cert ? "application/pkix-cert" : "application/pkix-crl",
+                 std::string(der->begin(), der->end()));
+    }
+  } else if (path == "/.well-known/est/cacerts" || path == "/.well-known/est/{label}/cacerts") {
+    const Answer a = est_cacerts(impl, r);
+    if (a.status != 200) {
+      send_json(resp, a.status, a.body);
+    } else {
+      resp.set("Content-Transfer-Encoding", "base64");
+      send_bytes(resp, 200, "application/pkcs7-mime; smime-type=certs-only", a.body);
+    }
+  } else if (path == "/api/v1/whoami") {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("name", r.caller.op->name);
+    o.set("role", std::string(engine::operator_role_name(r.caller.op->role)));
+    Poco::JSON::Array groups;
+    for (const auto& g : r.caller.op->groups) groups.add(g);
+    o.set("groups", groups);
+    o.set("cert_sha256", r.caller.cert_sha256);
+    o.set("not_after", engine::iso8601(r.caller.op->not_after));
+    send_json(resp, 200, stringify(o));
+  } else if (path == "/metrics") {
+    const Answer a = metrics(impl);
+    send_bytes(resp, 200, "text/plain; version=0.0.4", a.body);
+  } else if (path == "/api/v1/batches") {
+    const Answer a = post_batch(impl, r);
+    send_json(resp, a.status, a.body);
+  } else if (path == "/api/v1/batches/{id}/files/{file}") {
+    const Answer a = batch_file(impl, r);
+    if (a.status != 200) {
+      send_json(resp, a.status, a.body);
+    } else {
+      send_bytes(resp, 200, content_type_of(r.values[1]), a.body);
+    }
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace fleetsign::cli

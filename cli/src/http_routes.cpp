@@ -1,0 +1,469 @@
+// The HTTP API's route table and its OpenAPI document (http_api.hpp).
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+
+#include <sstream>
+
+#include "http_api.hpp"
+
+namespace fleetsign::cli {
+
+namespace {
+
+using engine::OperatorRole;
+using K = ApiParam::Kind;
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+
+constexpr Access kPublic{true, OperatorRole::kAuditor};
+constexpr Access kAuditor{false, OperatorRole::kAuditor};
+constexpr Access kFactory{false, OperatorRole::kFactory};
+constexpr Access kOperator{false, OperatorRole::kOperator};
+
+ApiParam value(std::string name, std::string help) {
+  return {std::move(name), K::kValue, std::move(help)};
+}
+ApiParam flag(std::string name, std::string help) {
+  return {std::move(name), K::kFlag, std::move(help)};
+}
+ApiParam list(std::string name, std::string help) {
+  return {std::move(name), K::kList, std::move(help)};
+}
+
+// A read: GET, auditor and up.
+ApiRoute read(std::string path, std::vector<std::string> words, std::string summary,
+              std::vector<ApiParam> params = {}) {
+  ApiRoute r;
+  r.method = "GET";
+  r.path = std::move(path);
+  r.access = kAuditor;
+  r.summary = std::move(summary);
+  r.words = std::move(words);
+  r.params = std::move(params);
+  return r;
+}
+
+// A change: POST (or DELETE), operator only unless said otherwise, audited.
+ApiRoute change(std::string method, std::string path, std::vector<std::string> words,
+                std::string summary, std::vector<ApiParam> params = {},
+                std::vector<std::string> fixed = {}) {
+  ApiRoute r;
+  r.method = std::move(method);
+  r.path = std::move(path);
+  r.access = kOperator;
+  r.summary = std::move(summary);
+  r.words = std::move(words);
+  r.params = std::move(params);
+  r.fixed_args = std::move(fixed);
+  r.changes = true;
+  return r;
+}
+
+// The service's own routes (no CLI command behind them).
+ApiRoute own(std::string method, std::string path, Access access, std::string summary,
+             bool changes = false) {
+  ApiRoute r;
+  r.method = std::move(method);
+  r.path = std::move(path);
+  r.access = access;
+  r.summary = std::move(summary);
+  r.changes = changes;
+  return r;
+}
+
+std::vector<ApiParam> selector_params() {
+  return {value("group", "devices whose CA belongs to this enrollment group"),
+          value("lot", "devices of this manufacturing lot"),
+          value("expiring-within", "devices whose certificate expires within D (30d, 12h)"),
+          list("device", "one device (repeat)"),
+          value("ca", "sign the new certificates with this CA")};
+}
+
+std::vector<ApiParam> job_params() {
+  return {value("rate", "devices started per minute at most"),
+          value("exponential", "BASE,FACTOR,EVERY: a rate that grows"),
+          value("wave", "devices per wave"),
+          value("abort-if-failed", "stop when this share of settled devices failed"),
+          value("min-executed", "… once at least N devices settled"),
+          value("step-timeout", "seconds per method call and reconnection"),
+          value("retries", "further tries of a device that failed a step"),
+          value("offline-retry", "retry offline devices every S seconds"),
+          value("deadline", "when the job stops waiting (30m, 7d, RFC 3339)"),
+          value("in-flight", "devices in progress at once"),
+          value("confirm", "session|method")};
+}
+
+template <typename... Lists>
+std::vector<ApiParam> join(Lists... lists) {
+  std::vector<ApiParam> out;
+  (out.insert(out.end(), lists.begin(), lists.end()), ...);
+  return out;
+}
+
+std::vector<ApiRoute> build_routes() {
+  std::vector<ApiRoute> r;
+  // Public: health, CA certificates, CRLs, EST's CA certificates, this document.
+  r.push_back(own("GET", "/healthz", kPublic, "the service is up"));
+  r.push_back(own("GET", "/readyz", kPublic,
+                  "ready: the registry reads and writes, the token's files are sound, the broker "
+                  "runs (when one is set up)"));
+  r.push_back(own("GET", "/ca/{name}", kPublic,
+                  "a CA certificate: {name}.crt (DER, application/pkix-cert) or {name}.pem"));
+  r.push_back(own("GET", "/crl/{name}", kPublic,
+                  "a CA's latest CRL: {name}.crl (DER, application/pkix-crl) or {name}.pem"));
+  r.push_back(own("GET", "/api/openapi.json", kPublic, "this document"));
+  r.push_back(own("GET", "/.well-known/est/cacerts", kPublic,
+                  "EST (RFC 7030 4.1): the CA certificates, base64 PKCS#7 certs-only (one "
+                  "enrollment group: its chain; else every CA)"));
+  r.push_back(own("GET", "/.well-known/est/{label}/cacerts", kPublic,
+                  "EST with a label: the chain of the enrollment group {label}"));
+  // Authenticated: who am I, metrics, batch upload and outputs.
+  r.push_back(own("GET", "/api/v1/whoami", kAuditor, "the caller's operator record"));
+  r.push_back(own("GET", "/metrics", kAuditor, "Prometheus text format"));
+  {
+    ApiRoute b = own("POST", "/api/v1/batches", kFactory,
+                     "issue a batch from a PEM bundle of CSRs (the body, streamed to disk); a "
+                     "factory only for its own groups; Idempotency-Key makes a retry resume the "
+                     "same batch",
+                     true);
+    b.body = ApiBody::kPem;
+    b.params = {value("ca", "the issuing CA (operator role)"),
+                value("group", "the enrollment group (its CA issues; required for a factory)"),
+                value("lot", "manufacturing lot"),
+                value("line", "production line"),
+                value("site", "site"),
+                value("threads", "worker threads")};
+    b.success_status = 201;
+    r.push_back(b);
+  }
+  r.push_back(own("GET", "/api/v1/batches/{id}/files/{file}", kAuditor,
+                  "an output of a batch issued through the API: bundle.pem, bundle.jsonl, "
+                  "manifest.csv, manifest.jsonl, iothub-import.jsonl, rejects.csv"));
+
+  // Reads of the CLI.
+  r.push_back(read("/api/v1/cas", {"ca", "list"}, "the CAs"));
+  r.push_back(read("/api/v1/cas/{name}", {"ca", "show"}, "one CA"));
+  r.push_back(read("/api/v1/batches", {"batch", "list"}, "the batches, newest first"));
+  r.push_back(read("/api/v1/batches/{id}", {"batch", "show"}, "one batch"));
+  r.push_back(
+      read("/api/v1/jobs", {"job", "list"}, "the newest jobs", {value("limit", "at most N jobs")}));
+  r.push_back(read("/api/v1/jobs/{id}", {"job", "show"}, "a job: counts per state, rate, ETA",
+                   {flag("all", "list the devices that are back too")}));
+  r.push_back(
+      read("/api/v1/enrollments/groups", {"enrollment", "group", "list"}, "the enrollment groups"));
+  r.push_back(read("/api/v1/enrollments/groups/{name}", {"enrollment", "group", "show"},
+                   "one enrollment group and its slots"));
+  r.push_back(read("/api/v1/devices", {"device", "list"}, "devices",
+                   {value("group", "one enrollment group"), value("lot", "one lot"),
+                    value("limit", "at most N"), flag("connected", "the broker's live sessions")}));
+  r.push_back(read("/api/v1/devices/{id}", {"device", "show"}, "one device"));
+  r.push_back(read("/api/v1/expiry", {"expiry", "report"}, "the expiry report",
+                   {value("within", "days ahead"), value("group", "one enrollment group"),
+                    value("limit", "due certificates listed")}));
+  r.push_back(read("/api/v1/crls/{ca}", {"crl", "show"}, "a CA's CRL: number, dates, freshness"));
+  r.push_back(read("/api/v1/incidents", {"incident", "list"}, "the incidents"));
+  r.push_back(read("/api/v1/blocklist", {"blocklist", "list"}, "the blocked public keys"));
+  r.push_back(read("/api/v1/operators", {"operator", "list"}, "the operators"));
+  {
+    ApiRoute a = read("/api/v1/auth/check", {"auth", "check"},
+                      "the broker's decision for a device chain (the PEM body)",
+                      {value("at", "judge at this time (RFC 3339 or unix seconds)"),
+                       value("registration-id", "the registration ID the device presents")});
+    a.method = "POST";
+    a.body = ApiBody::kPem;
+    a.file_option = "chain";
+    r.push_back(a);
+  }
+  // Changes.
+  r.push_back(change("POST", "/api/v1/jobs/{id}/pause", {"job", "pause"}, "pause a job"));
+  r.push_back(change("POST", "/api/v1/jobs/{id}/resume", {"job", "resume"},
+                     "reopen a paused job (serve runs it)", {}, {"--no-run"}));
+  r.push_back(change("POST", "/api/v1/jobs/{id}/cancel", {"job", "cancel"}, "cancel a job"));
+  r.push_back(change("POST", "/api/v1/jobs/{id}/retry-failed", {"job", "retry-failed"},
+                     "try the failed devices again (serve runs them)",
+                     {value("deadline", "a new deadline")}, {"--no-run"}));
+  r.push_back(
+      change("POST", "/api/v1/rollovers/plan", {"rollover", "plan"},
+             "what a rollover would do (changes nothing)",
+             join(selector_params(), std::vector<ApiParam>{value("wave", "devices per wave")})));
+  r.back().changes = false;
+  r.back().access = kAuditor;
+  r.push_back(change("POST", "/api/v1/rollovers", {"rollover", "start"},
+                     "start a device rollover job (serve runs it)",
+                     join(selector_params(), job_params()), {"--no-run"}));
+  r.back().success_status = 201;
+  r.push_back(change(
+      "POST", "/api/v1/rollovers/breach", {"rollover", "breach"},
+      "breach roll of one device's certificate (serve runs it)",
+      {value("device", "the device"), value("serial", "the compromised certificate"),
+       value("deadline", "stop waiting after D"), value("offline-retry", "retry every S seconds"),
+       value("step-timeout", "seconds per step"), value("retries", "further tries")},
+      {"--no-run"}));
+  r.back().success_status = 201;
+  r.push_back(change(
+      "POST", "/api/v1/rollovers/ca", {"rollover", "ca"},
+      "CA rollover of an enrollment group (serve runs it)",
+      join(std::vector<ApiParam>{value("group", "the group"), value("name", "the new CA's name"),
+                                 value("subject", "its subject"), value("days", "its validity"),
+                                 value("key", "its key algorithm")},
+           job_params()),
+      {"--no-run"}));
+  r.back().success_status = 201;
+  r.push_back(change(
+      "POST", "/api/v1/revocations", {"revoke"},
+      "revoke certificates; dry-run is the blast radius and changes nothing",
+      {value("serial", "one certificate"), value("device", "a device"),
+       value("ca", "everything under a CA"), value("lot", "a lot"),
+       value("batch", "a batch or job"), value("site", "a site"),
+       value("line", "a production line"), value("key-sha256", "every certificate of a public key"),
+       value("reason", "RFC 5280 reason"), flag("dry-run", "change nothing"),
+       flag("yes", "revoke more than one device")}));
+  r.push_back(change(
+      "POST", "/api/v1/incidents", {"incident", "start"},
+      "start an incident run (serve runs its job)",
+      join(std::vector<ApiParam>{value("ca", "a compromised intermediate"),
+                                 value("lot", "a suspect lot"), value("site", "a suspect site"),
+                                 value("reason", "RFC 5280 reason"),
+                                 value("replacement-ca", "the replacement CA"),
+                                 value("compromised-at", "when (RFC 3339)"),
+                                 value("key", "the replacement's key"),
+                                 flag("dry-run", "change nothing"), flag("yes", "run it")},
+           job_params()),
+      {"--no-run"}));
+  r.push_back(change("POST", "/api/v1/crls/{ca}/sign", {"crl", "sign"},
+                     "sign a new CRL now and install the broker's"));
+  r.push_back(change("POST", "/api/v1/blocklist", {"blocklist", "add"}, "block public keys",
+                     {{"keys", K::kPositional, "SPKI SHA-256 hashes"}, value("reason", "why")}));
+  r.push_back(change("DELETE", "/api/v1/blocklist/{hash}", {"blocklist", "remove"},
+                     "unblock a public key"));
+  r.push_back(change(
+      "POST", "/api/v1/enrollments/groups/{name}", {"enrollment", "group", "create"},
+      "create an enrollment group",
+      {value("ca", "the primary slot's CA"), value("secondary-ca", "the secondary slot's CA")}));
+  r.back().success_status = 201;
+  for (const char* verb : {"enable", "disable"}) {
+    r.push_back(change("POST", std::string("/api/v1/enrollments/groups/{name}/") + verb,
+                       {"enrollment", "group", verb}, std::string(verb) + " an enrollment group"));
+  }
+  r.push_back(change("POST", "/api/v1/enrollments/groups/{name}/slots/{slot}",
+                     {"enrollment", "group", "set-slot"}, "put a registry CA in a slot",
+                     {value("ca", "the CA")}));
+  r.push_back(change("DELETE", "/api/v1/enrollments/groups/{name}/slots/{slot}",
+                     {"enrollment", "group", "clear-slot"}, "empty a slot"));
+  r.push_back(change("POST", "/api/v1/devices/{id}/methods/{method}", {"method", "invoke"},
+                     "invoke a direct method on a device",
+                     {value("payload", "the method's payload (JSON text)"),
+                      value("timeout", "seconds for the answer"),
+                      value("connect-timeout", "seconds for an offline device to connect")}));
+  r.push_back(change("DELETE", "/api/v1/operators/{name}", {"operator", "remove"},
+                     "remove an operator: its certificate is refused at once"));
+  return r;
+}
+
+std::vector<std::string> split(const std::string& path) {
+  std::vector<std::string> out;
+  std::size_t start = 1;
+  while (start <= path.size()) {
+    const std::size_t end = path.find('/', start);
+    out.push_back(path.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return out;
+}
+
+bool is_placeholder(const std::string& s) {
+  return s.size() > 2 && s.front() == '{' && s.back() == '}';
+}
+
+}  // namespace
+
+bool role_allows(engine::OperatorRole have, engine::OperatorRole need) noexcept {
+  return static_cast<int>(have) >= static_cast<int>(need);
+}
+
+const std::vector<ApiRoute>& api_routes() {
+  static const std::vector<ApiRoute> routes = build_routes();
+  return routes;
+}
+
+RouteMatch match_route(const std::string& method, const std::vector<std::string>& segments) {
+  RouteMatch best;
+  for (const ApiRoute& r : api_routes()) {
+    const auto pattern = split(r.path);
+    if (pattern.size() != segments.size()) continue;
+    std::vector<std::string> values;
+    bool ok = true;
+    for (std::size_t i = 0; ok && i < pattern.size(); ++i) {
+      if (is_placeholder(pattern[i])) {
+        ok = !segments[i].empty();
+        values.push_back(segments[i]);
+      } else {
+        ok = pattern[i] == segments[i];
+      }
+    }
+    if (!ok) continue;
+    // A literal segment wins over a placeholder (/batches/{id} vs /batches/…/files/…: sizes
+    // differ; /est/cacerts vs /est/{label}/cacerts: sizes differ too), so the first full match
+    // with the right method is the route.
+    if (r.method == method) return {&r, std::move(values), true};
+    if (best.route == nullptr) best = {&r, std::move(values), false};
+  }
+  return best;
+}
+
+std::string openapi_json() {
+  Object doc(Poco::JSON_PRESERVE_KEY_ORDER);
+  doc.set("openapi", "3.0.3");
+  Object info(Poco::JSON_PRESERVE_KEY_ORDER);
+  info.set("title", "fleetsign");
+  info.set("version", "1");
+  info.set("description",
+           "The device PKI of an IoT fleet. Operators authenticate with a client certificate "
+           "(`fleetsign operator add`); roles: auditor reads, factory issues batches for its "
+           "groups, operator does everything. Errors are {\"error\":{\"code\",\"message\"}} with "
+           "the CLI's codes. POSTs honour an Idempotency-Key header.");
+  doc.set("info", info);
+  Object schemes(Poco::JSON_PRESERVE_KEY_ORDER);
+  Object mtls(Poco::JSON_PRESERVE_KEY_ORDER);
+  mtls.set("type", "mutualTLS");
+  mtls.set("description", "an operator certificate from `fleetsign operator add`");
+  schemes.set("operatorCertificate", mtls);
+  Object components(Poco::JSON_PRESERVE_KEY_ORDER);
+  components.set("securitySchemes", schemes);
+  Object error_schema(Poco::JSON_PRESERVE_KEY_ORDER);
+  error_schema.set("type", "object");
+  Array required;
+  required.add("error");
+  error_schema.set("required", required);
+  Object schemas(Poco::JSON_PRESERVE_KEY_ORDER);
+  schemas.set("Error", error_schema);
+  components.set("schemas", schemas);
+  doc.set("components", components);
+
+  Object paths(Poco::JSON_PRESERVE_KEY_ORDER);
+  for (const ApiRoute& r : api_routes()) {
+    Object::Ptr item = paths.has(r.path) ? paths.getObject(r.path)
+                                         : Object::Ptr(new Object(Poco::JSON_PRESERVE_KEY_ORDER));
+    Object op(Poco::JSON_PRESERVE_KEY_ORDER);
+    op.set("summary", r.summary);
+    std::string op_id;
+    for (const char c : r.method + r.path)
+      op_id += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+    op.set("operationId", op_id);
+    op.set("x-fleetsign-role", r.access.is_public
+                                   ? "public"
+                                   : std::string(engine::operator_role_name(r.access.min_role)));
+    if (!r.words.empty()) {
+      std::string cli = "fleetsign";
+      for (const auto& w : r.words) cli += " " + w;
+      op.set("x-fleetsign-cli", cli);
+    }
+    Array security;
+    if (!r.access.is_public) {
+      Object s;
+      s.set("operatorCertificate", Array());
+      security.add(s);
+    }
+    op.set("security", security);
+    Array params;
+    for (const auto& seg : split(r.path)) {
+      if (!is_placeholder(seg)) continue;
+      Object p(Poco::JSON_PRESERVE_KEY_ORDER);
+      p.set("name", seg.substr(1, seg.size() - 2));
+      p.set("in", "path");
+      p.set("required", true);
+      Object schema;
+      schema.set("type", "string");
+      p.set("schema", schema);
+      params.add(p);
+    }
+    const bool query = r.method == "GET" || r.body == ApiBody::kPem;
+    Object body_props(Poco::JSON_PRESERVE_KEY_ORDER);
+    for (const ApiParam& a : r.params) {
+      Object schema(Poco::JSON_PRESERVE_KEY_ORDER);
+      if (a.kind == K::kFlag) {
+        schema.set("type", "boolean");
+      } else if (a.kind == K::kList || a.kind == K::kPositional) {
+        schema.set("type", "array");
+        Object items;
+        items.set("type", "string");
+        schema.set("items", items);
+      } else {
+        schema.set("type", "string");
+      }
+      schema.set("description", a.help);
+      if (query) {
+        Object p(Poco::JSON_PRESERVE_KEY_ORDER);
+        p.set("name", a.name);
+        p.set("in", "query");
+        p.set("required", false);
+        p.set("schema", schema);
+        params.add(p);
+      } else {
+        body_props.set(a.name, schema);
+      }
+    }
+    if (r.changes || r.method == "POST") {
+      Object p(Poco::JSON_PRESERVE_KEY_ORDER);
+      p.set("name", "Idempotency-Key");
+      p.set("in", "header");
+      p.set("required", false);
+      Object schema;
+      schema.set("type", "string");
+      p.set("schema", schema);
+      params.add(p);
+    }
+    op.set("parameters", params);
+    if (r.body == ApiBody::kPem) {
+      Object content;
+      Object media;
+      Object schema;
+      schema.set("type", "string");
+      media.set("schema", schema);
+      content.set("application/x-pem-file", media);
+      Object rb;
+      rb.set("required", true);
+      rb.set("content", content);
+      op.set("requestBody", rb);
+    } else if (!query && body_props.size() != 0) {
+      Object schema(Poco::JSON_PRESERVE_KEY_ORDER);
+      schema.set("type", "object");
+      schema.set("additionalProperties", false);
+      schema.set("properties", body_props);
+      Object media;
+      media.set("schema", schema);
+      Object content;
+      content.set("application/json", media);
+      Object rb;
+      rb.set("required", false);
+      rb.set("content", content);
+      op.set("requestBody", rb);
+    }
+    Object responses(Poco::JSON_PRESERVE_KEY_ORDER);
+    Object ok;
+    ok.set("description", "success");
+    responses.set(std::to_string(r.success_status), ok);
+    Object err_media;
+    Object ref;
+    ref.set("$ref", "#/components/schemas/Error");
+    err_media.set("schema", ref);
+    Object err_content;
+    err_content.set("application/json", err_media);
+    Object err;
+    err.set("description", "an error with the CLI's code (4xx: the request, 5xx: the service)");
+    err.set("content", err_content);
+    responses.set("default", err);
+    op.set("responses", responses);
+    std::string method = r.method;
+    for (auto& c : method) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    item->set(method, op);
+    paths.set(r.path, item);
+  }
+  doc.set("paths", paths);
+  std::ostringstream out;
+  doc.stringify(out);
+  return out.str();
+}
+
+}  // namespace fleetsign::cli

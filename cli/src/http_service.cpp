@@ -1,0 +1,674 @@
+// The HTTP service (http_service.hpp): TLS and the server, who is calling, the route table's
+// access rules, parameters into CLI arguments, the children, idempotency and the audit log.
+#include "http_service.hpp"
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequestImpl.h>
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/SecureServerSocket.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/Net/X509Certificate.h>
+#include <Poco/URI.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "child.hpp"
+#include "fleetsign/atomic_file.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/x509.hpp"
+#include "fleetsign/error.hpp"
+#include "http_internal.hpp"
+
+namespace fleetsign::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::size_t kMaxJsonBody = 1u << 20;
+constexpr std::size_t kMaxValue = 8192;
+constexpr std::size_t kMaxKey = 200;
+
+engine::Services::PinSource no_pin() {
+  return [](const std::string&) -> hsm::Pin {
+    throw Error(ErrorCode::kInternal, "the HTTP service never opens the token itself");
+  };
+}
+
+std::string read_bounded_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
+  std::string body;
+  std::istream& in = req.stream();
+  char buf[16384];
+  while (in) {
+    in.read(buf, sizeof buf);
+    body.append(buf, static_cast<std::size_t>(in.gcount()));
+    if (body.size() > limit) {
+      throw Error(ErrorCode::kInputTooLarge,
+                  "request body: more than " + std::to_string(limit) + " bytes");
+    }
+  }
+  return body;
+}
+
+Caller identify(HttpService::Impl& impl, Poco::Net::HTTPServerRequest& req) {
+  Caller c;
+  auto* http = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req);
+  if (http == nullptr) return c;
+  Poco::Net::SecureStreamSocket socket(http->socket());
+  if (!socket.havePeerCertificate()) return c;
+  const Poco::Net::X509Certificate cert = socket.peerCertificate();
+  unsigned char* buf = nullptr;
+  const int len = i2d_X509(const_cast<X509*>(cert.certificate()), &buf);
+  if (len <= 0) return c;
+  c.cert_der.assign(buf, buf + len);
+  OPENSSL_free(buf);
+  c.has_cert = true;
+  c.cert_sha256 = engine::thumbprint_sha256(c.cert_der);
+  c.op =
+      impl.with_stores([&](engine::Stores& s) { return s.find_operator_by_cert(c.cert_sha256); });
+  if (c.op && c.op->not_after != 0 &&
+      c.op->not_after < std::chrono::duration_cast<std::chrono::seconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count()) {
+    c.op.reset();  // TLS checked the dates too; a record past its certificate's end is no one's
+  }
+  return c;
+}
+
+void check_value(const std::string& what, const std::string& v, bool positional) {
+  if (v.size() > kMaxValue) {
+    throw Error(ErrorCode::kInputTooLarge,
+                what + ": more than " + std::to_string(kMaxValue) + " bytes");
+  }
+  if (v.find('\0') != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": holds a NUL byte");
+  }
+  // A positional value must not read as an option.
+  if (positional && (v.empty() || v.front() == '-')) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what + ": '" + engine::valid_utf8(v) + "' is empty or starts with '-'");
+  }
+}
+
+const ApiParam* find_param(const ApiRoute& route, const std::string& name) {
+  for (const auto& p : route.params) {
+    if (p.name == name) return &p;
+  }
+  return nullptr;
+}
+
+[[noreturn]] void unknown_param(const ApiRoute& route, const std::string& name) {
+  std::string known;
+  for (const auto& p : route.params) known += (known.empty() ? "" : ", ") + p.name;
+  throw Error(ErrorCode::kInvalidArgument,
+              "parameter '" + engine::valid_utf8(name) + "' is not one of " + route.method + " " +
+                  route.path + "'s" + (known.empty() ? " (it takes none)" : ": " + known));
+}
+
+bool truthy(const std::string& name, const std::string& v) {
+  if (v.empty() || v == "true" || v == "1") return true;
+  if (v == "false" || v == "0") return false;
+  throw Error(ErrorCode::kInvalidArgument,
+              "parameter '" + name + "': '" + engine::valid_utf8(v) + "' is not true or false");
+}
+
+// The command's arguments: path values, then options and positional parameters.
+struct ArgBuilder {
+  const ApiRoute& route;
+  std::vector<std::string> positional, options;
+  std::set<std::string> seen;
+
+  void add(const std::string& name, const std::string& v) {
+    const ApiParam* p = find_param(route, name);
+    if (p == nullptr) unknown_param(route, name);
+    check_value("parameter '" + name + "'", v, p->kind == ApiParam::Kind::kPositional);
+    if ((p->kind == ApiParam::Kind::kValue || p->kind == ApiParam::Kind::kFlag) &&
+        !seen.insert(name).second) {
+      throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is given twice");
+    }
+    switch (p->kind) {
+      case ApiParam::Kind::kFlag:
+        if (truthy(name, v)) options.push_back("--" + name);
+        break;
+      case ApiParam::Kind::kValue:
+      case ApiParam::Kind::kList:
+        options.push_back("--" + name + "=" + v);
+        break;
+      case ApiParam::Kind::kPositional:
+        positional.push_back(v);
+        break;
+    }
+  }
+
+  void add_json(const std::string& name, const Poco::Dynamic::Var& v) {
+    const ApiParam* p = find_param(route, name);
+    if (p == nullptr) unknown_param(route, name);
+    const bool many = p->kind == ApiParam::Kind::kList || p->kind == ApiParam::Kind::kPositional;
+    if (v.type() == typeid(Poco::JSON::Array::Ptr)) {
+      if (!many) {
+        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' takes one value");
+      }
+      const auto arr = v.extract<Poco::JSON::Array::Ptr>();
+      for (std::size_t i = 0; i < arr->size(); ++i) {
+        const auto item = arr->get(i);
+        if (!item.isString()) {
+          throw Error(ErrorCode::kInvalidArgument,
+                      "parameter '" + name + "': every item must be a string");
+        }
+        add(name, item.toString());
+      }
+      return;
+    }
+    if (v.isBoolean()) {
+      if (p->kind != ApiParam::Kind::kFlag) {
+        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is not a flag");
+      }
+      add(name, v.convert<bool>() ? "true" : "false");
+      return;
+    }
+    if (v.isString() || v.isNumeric()) {
+      if (p->kind == ApiParam::Kind::kFlag) {
+        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is true or false");
+      }
+      add(name, v.toString());
+      return;
+    }
+    throw Error(ErrorCode::kInvalidArgument,
+                "parameter '" + name + "': a string, number, boolean or array of strings");
+  }
+};
+
+void audit(HttpService::Impl& impl, const Caller& caller, const std::string& method,
+           const std::string& path, int status) {
+  try {
+    impl.with_stores([&](engine::Stores& s) {
+      s.audit("http.request", caller.name(),
+              engine::json_object({{"method", method},
+                                   {"path", engine::valid_utf8(path)},
+                                   {"status", static_cast<std::int64_t>(status)},
+                                   {"cert_sha256", caller.cert_sha256}}));
+    });
+  } catch (const Error& e) {
+    std::fprintf(stderr, "fleetsign serve: http: audit failed: %s\n", e.what());
+  }
+}
+
+// Idempotency (POSTs with an Idempotency-Key header): the first answer is kept in DATA/
+// idempotency and replayed for the same key and request; another request under the same key is
+// refused (422), and a second copy while the first runs waits its turn (409).
+class Idempotency {
+ public:
+  Idempotency(HttpService::Impl& impl, const Caller& caller, const std::string& key,
+              const std::string& request_hash)
+      : m_impl(impl), m_request(request_hash) {
+    m_id = sha256_hex(caller.cert_sha256 + "\n" + key);
+    m_file = impl.opt.data_dir / "idempotency" / (m_id + ".json");
+    std::lock_guard lock(impl.idem_mutex);
+    if (!impl.idem_in_flight.insert(m_id).second) {
+      throw Error(ErrorCode::kAlreadyExists,
+                  "a request with this Idempotency-Key is being answered; retry later");
+    }
+    m_held = true;
+  }
+  ~Idempotency() {
+    if (!m_held) return;
+    std::lock_guard lock(m_impl.idem_mutex);
+    m_impl.idem_in_flight.erase(m_id);
+  }
+  Idempotency(const Idempotency&) = delete;
+  Idempotency& operator=(const Idempotency&) = delete;
+
+  const std::string& id() const { return m_id; }
+  // The kept answer, if any: {status, body}. kInvalidArgument when the key was used for another
+  // request.
+  std::optional<std::pair<int, std::string>> replay() const {
+    std::ifstream in(m_file);
+    if (!in) return std::nullopt;
+    std::stringstream text;
+    text << in.rdbuf();
+    const auto obj = Poco::JSON::Parser().parse(text.str()).extract<Poco::JSON::Object::Ptr>();
+    if (obj->getValue<std::string>("request") != m_request) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "this Idempotency-Key was used for another request (method, path, parameters "
+                  "or body differ)");
+    }
+    return std::make_pair(obj->getValue<int>("status"), obj->getValue<std::string>("body"));
+  }
+  void keep(int status, const std::string& body) const {
+    fs::create_directories(m_file.parent_path());
+    write_file_atomic(m_file,
+                      engine::json_object({{"request", m_request},
+                                           {"status", static_cast<std::int64_t>(status)},
+                                           {"body", body}}),
+                      0600);
+  }
+
+ private:
+  HttpService::Impl& m_impl;
+  std::string m_request, m_id;
+  fs::path m_file;
+  bool m_held = false;
+};
+
+class Handler final : public Poco::Net::HTTPRequestHandler {
+ public:
+  explicit Handler(HttpService::Impl& impl) : m_impl(impl) {}
+  void handleRequest(Poco::Net::HTTPServerRequest& req,
+                     Poco::Net::HTTPServerResponse& resp) override;
+
+ private:
+  void dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                Caller& caller);
+  HttpService::Impl& m_impl;
+};
+
+void Handler::handleRequest(Poco::Net::HTTPServerRequest& req,
+                            Poco::Net::HTTPServerResponse& resp) {
+  Caller caller;
+  try {
+    caller = identify(m_impl, req);
+    dispatch(req, resp, caller);
+  } catch (const Error& e) {
+    if (!resp.sent()) {
+      send_error(resp, http_status_for(std::string(error_code_name(e.code()))),
+                 std::string(error_code_name(e.code())), e.what());
+    }
+  } catch (const Poco::Exception& e) {
+    if (!resp.sent())
+      send_error(resp, 400, "invalid_argument", engine::valid_utf8(e.displayText()));
+  } catch (const std::exception& e) {
+    if (!resp.sent()) send_error(resp, 500, "internal", e.what());
+  }
+  const int status = static_cast<int>(resp.getStatus());
+  m_impl.answered[std::min(5, std::max(0, status / 100))]++;
+}
+
+void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
+                       Caller& caller) {
+  const Poco::URI uri(req.getURI());
+  const std::string path = uri.getPath();
+  if (path.empty() || path.front() != '/') {
+    send_error(resp, 400, "invalid_argument", "the request path must start with '/'");
+    return;
+  }
+  std::vector<std::string> segments;
+  for (std::size_t start = 1; start <= path.size();) {
+    const std::size_t end = path.find('/', start);
+    segments.push_back(
+        path.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  const RouteMatch m = match_route(req.getMethod(), segments);
+  if (m.route == nullptr) {
+    send_error(resp, 404, "not_found",
+               "no route " + req.getMethod() + " " + engine::valid_utf8(path));
+    return;
+  }
+  if (!m.method_ok) {
+    resp.set("Allow", m.route->method);
+    send_error(resp, 405, "usage", engine::valid_utf8(path) + " does not take " + req.getMethod());
+    return;
+  }
+  const ApiRoute& route = *m.route;
+  if (!route.access.is_public) {
+    std::string denied;
+    int status = 0;
+    if (!caller.has_cert) {
+      status = 401;
+      denied = "this route needs an operator's client certificate (fleetsign operator add)";
+    } else if (!caller.op) {
+      status = 403;
+      denied = "certificate " + caller.cert_sha256 + " is not an active operator's";
+    } else if (!role_allows(caller.op->role, route.access.min_role)) {
+      status = 403;
+      denied = "operator " + caller.op->name + " has role " +
+               std::string(engine::operator_role_name(caller.op->role)) + "; " + route.method +
+               " " + route.path + " needs " +
+               std::string(engine::operator_role_name(route.access.min_role));
+    }
+    if (status != 0) {
+      audit(m_impl, caller, req.getMethod(), path, status);
+      send_error(resp, status, status == 401 ? "unauthenticated" : "forbidden", denied);
+      return;
+    }
+  }
+  Request r{req, resp, route, m.values, caller};
+  if (route.words.empty()) {
+    answer_own(m_impl, r);
+    if (route.changes) audit(m_impl, caller, req.getMethod(), path, resp.getStatus());
+    return;
+  }
+
+  std::string body;
+  fs::path upload;
+  if (route.body == ApiBody::kPem) {
+    upload =
+        m_impl.opt.data_dir / "uploads" /
+        ("body-" +
+         sha256_hex(std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) +
+                    caller.cert_sha256 + path)
+             .substr(0, 24) +
+         ".pem");
+    save_body(req, upload, 16u << 20);
+  } else if (req.getMethod() != "GET") {
+    body = read_bounded_body(req, kMaxJsonBody);
+  }
+  struct Cleanup {
+    fs::path file;
+    ~Cleanup() {
+      std::error_code ec;
+      if (!file.empty()) fs::remove(file, ec);
+    }
+  } cleanup{upload};
+  std::vector<std::string> args = command_args(r, uri, body);
+  if (route.body == ApiBody::kPem) args.push_back("--" + route.file_option + "=" + upload.string());
+  args.insert(args.end(), route.fixed_args.begin(), route.fixed_args.end());
+
+  const std::string key = req.get("Idempotency-Key", "");
+  if (route.changes && !key.empty()) {
+    if (key.size() > kMaxKey || key.find_first_of(std::string("\0\r\n", 3)) != std::string::npos) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "Idempotency-Key: at most " + std::to_string(kMaxKey) + " characters, one line");
+    }
+    Idempotency idem(m_impl, caller, key,
+                     sha256_hex(req.getMethod() + " " + req.getURI() + "\n" + body));
+    if (const auto kept = idem.replay()) {
+      resp.set("Idempotent-Replayed", "true");
+      send_json(resp, kept->first, kept->second);
+      return;
+    }
+    const Answer a = run_command(m_impl, r, args);
+    // Only a definite answer is kept: a 5xx (busy, unavailable) may be retried with the key.
+    if (a.status < 500) idem.keep(a.status, a.body);
+    send_json(resp, a.status, a.body);
+  } else {
+    const Answer a = run_command(m_impl, r, args);
+    send_json(resp, a.status, a.body);
+  }
+  if (route.changes) audit(m_impl, caller, req.getMethod(), path, resp.getStatus());
+}
+
+class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
+ public:
+  explicit HandlerFactory(HttpService::Impl& impl) : m_impl(impl) {}
+  Poco::Net::HTTPRequestHandler* createRequestHandler(
+      const Poco::Net::HTTPServerRequest&) override {
+    return new Handler(m_impl);
+  }
+
+ private:
+  HttpService::Impl& m_impl;
+};
+
+}  // namespace
+
+// The route's arguments from the query string (GET, uploads) or a JSON object body.
+std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
+                                      const std::string& json_body) {
+  ArgBuilder b{r.route, {}, {}, {}};
+  for (std::size_t i = 0; i < r.values.size(); ++i) {
+    check_value("path segment " + std::to_string(i + 1), r.values[i], true);
+  }
+  const bool query = r.route.method == "GET" || r.route.body == ApiBody::kPem;
+  if (query) {
+    for (const auto& [k, v] : uri.getQueryParameters()) b.add(k, v);
+  } else {
+    if (!uri.getRawQuery().empty()) {
+      throw Error(ErrorCode::kInvalidArgument, r.route.method + " " + r.route.path +
+                                                   " takes its parameters as a JSON object "
+                                                   "body, not a query string");
+    }
+    if (json_body.find_first_not_of(" \t\r\n") != std::string::npos) {
+      Poco::Dynamic::Var parsed;
+      try {
+        parsed = Poco::JSON::Parser().parse(json_body);
+      } catch (const Poco::Exception& e) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "request body: not JSON: " + engine::valid_utf8(e.displayText()));
+      }
+      if (parsed.type() != typeid(Poco::JSON::Object::Ptr)) {
+        throw Error(ErrorCode::kInvalidArgument, "request body: not a JSON object");
+      }
+      const auto obj = parsed.extract<Poco::JSON::Object::Ptr>();
+      for (const auto& [k, v] : *obj) b.add_json(k, v);
+    }
+  }
+  std::vector<std::string> args = r.values;
+  args.insert(args.end(), b.positional.begin(), b.positional.end());
+  args.insert(args.end(), b.options.begin(), b.options.end());
+  return args;
+}
+
+HttpService::Impl::Impl(HttpOptions o) : opt(std::move(o)) {
+  m_services = std::make_unique<engine::Services>(engine::Home::open(opt.home), no_pin());
+  m_services->set_actor("http-service");
+  m_services->stores();
+}
+
+HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(std::move(options))) {
+  Impl& impl = *m_impl;
+  for (const auto& [file, what] :
+       {std::pair{impl.opt.cert_file, "certificate"}, std::pair{impl.opt.key_file, "key"},
+        std::pair{impl.opt.clients_ca_file, "client CA file"}}) {
+    if (!fs::is_regular_file(file)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "HTTP service " + std::string(what) + " " + file.string() + ": not a file");
+    }
+  }
+  fs::create_directories(impl.opt.data_dir);
+  fs::permissions(impl.opt.data_dir, fs::perms::owner_all);
+  try {
+    Poco::Net::Context::Params p;
+    p.privateKeyFile = impl.opt.key_file.string();
+    p.certificateFile = impl.opt.cert_file.string();
+    p.caLocation = impl.opt.clients_ca_file.string();
+    p.verificationMode = Poco::Net::Context::VERIFY_RELAXED;
+    p.verificationDepth = 9;
+    p.loadDefaultCAs = false;
+    p.cipherList = "HIGH:!aNULL:!eNULL:!MD5:!RC4:!3DES";
+    impl.tls = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, p);
+    impl.tls->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
+    SSL_CTX* ssl = impl.tls->sslContext();
+    // OpenSSL's own verdict on the client's chain: a bad one ends the handshake, none is allowed
+    // (public routes), and Poco's certificate handlers (which want an Application) stay out.
+    SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+    static const unsigned char kSid[] = "fleetsign-http";
+    SSL_CTX_set_session_id_context(ssl, kSid, sizeof kSid - 1);
+  } catch (const Poco::Exception& e) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "HTTP service TLS files (" + impl.opt.cert_file.string() + ", " +
+                    impl.opt.key_file.string() + "): " + e.displayText());
+  }
+  try {
+    Poco::Net::SecureServerSocket socket(Poco::Net::SocketAddress(impl.opt.host, impl.opt.port),
+                                         128, impl.tls);
+    auto* params = new Poco::Net::HTTPServerParams;
+    params->setMaxThreads(impl.opt.threads);
+    params->setMaxQueued(512);
+    params->setKeepAlive(true);
+    params->setTimeout(Poco::Timespan(30, 0));
+    params->setServerName("fleetsign");
+    impl.server = std::make_unique<Poco::Net::HTTPServer>(new HandlerFactory(impl), socket,
+                                                          Poco::Net::HTTPServerParams::Ptr(params));
+    impl.server->start();
+  } catch (const Poco::Exception& e) {
+    throw Error(ErrorCode::kIo, "HTTP service: cannot listen on " + impl.opt.host + ":" +
+                                    std::to_string(impl.opt.port) + ": " + e.displayText());
+  }
+}
+
+HttpService::~HttpService() {
+  if (m_impl && m_impl->server) m_impl->server->stopAll(false);
+}
+
+std::uint16_t HttpService::port() const { return m_impl->server->port(); }
+
+void send_json(Poco::Net::HTTPServerResponse& resp, int status, const std::string& body) {
+  send_bytes(resp, status, "application/json", body.empty() ? "{}\n" : body);
+}
+
+void send_error(Poco::Net::HTTPServerResponse& resp, int status, const std::string& code,
+                const std::string& message) {
+  const Answer a = error_answer(status, code, message);
+  send_bytes(resp, status, "application/json", a.body);
+}
+
+void send_bytes(Poco::Net::HTTPServerResponse& resp, int status, const std::string& type,
+                const std::string& body) {
+  resp.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  resp.setContentType(type);
+  resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
+  resp.set("Cache-Control", "no-store");
+  resp.set("X-Content-Type-Options", "nosniff");
+  resp.send().write(body.data(), static_cast<std::streamsize>(body.size()));
+}
+
+int http_status_for(const std::string& code) {
+  static const std::map<std::string, int> kStatus = {
+      {"usage", 400},
+      {"invalid_argument", 400},
+      {"policy_invalid", 400},
+      {"invalid_subject", 400},
+      {"device_id_invalid", 400},
+      {"validity_beyond_issuer", 422},
+      {"ca_constraint", 422},
+      {"csr_malformed", 422},
+      {"csr_signature_invalid", 422},
+      {"key_rejected", 422},
+      {"key_blocked", 422},
+      {"certificate_malformed", 422},
+      {"crl_invalid", 422},
+      {"input_too_large", 413},
+      {"not_found", 404},
+      {"device_offline", 404},
+      {"already_exists", 409},
+      {"already_issued", 409},
+      {"duplicate_in_batch", 409},
+      {"output_dir_in_use", 409},
+      {"home_busy", 503},
+      {"registry_busy", 503},
+      {"service_unavailable", 503},
+      {"device_timeout", 504},
+      {"method_failed", 502},
+  };
+  const auto it = kStatus.find(code);
+  return it == kStatus.end() ? 500 : it->second;
+}
+
+Answer error_answer(int status, const std::string& code, const std::string& message) {
+  Poco::JSON::Object err(Poco::JSON_PRESERVE_KEY_ORDER);
+  err.set("code", code);
+  err.set("message", engine::valid_utf8(message));
+  Poco::JSON::Object obj;
+  obj.set("error", err);
+  std::ostringstream out;
+  obj.stringify(out);
+  return {status, out.str() + "\n"};
+}
+
+Answer run_command(HttpService::Impl& impl, const Request& r,
+                   const std::vector<std::string>& args) {
+  ChildSpec spec;
+  spec.program = impl.opt.program;
+  spec.args = {"--home", impl.opt.home.string()};
+  spec.args.insert(spec.args.end(), r.route.words.begin(), r.route.words.end());
+  spec.args.insert(spec.args.end(), args.begin(), args.end());
+  spec.args.push_back("--wait");
+  spec.args.push_back("--json");
+  if (impl.opt.pin != nullptr) {
+    spec.env.push_back(std::string("FLEETSIGN_PIN=") + impl.opt.pin->c_str());
+  }
+  spec.env.push_back("FLEETSIGN_ACTOR=http:" + r.caller.name());
+  const auto started = std::chrono::steady_clock::now();
+  const ChildResult res = run_child(std::move(spec));
+  impl.commands_run++;
+  impl.command_ms_total +=
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count());
+  if (res.exit_status == exit_status_for(ErrorCode::kPinIncorrect)) {
+    impl.token_failed_at = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  }
+  if (res.timed_out) return error_answer(504, "internal", "the command did not finish in time");
+  if (res.truncated) {
+    return error_answer(500, "input_too_large",
+                        "the command's answer is too large for the API; use a limit parameter");
+  }
+  // The CLI's --json output: one object; on failure {"error":{code,message}}.
+  std::string code;
+  bool json = true;
+  try {
+    const auto obj = Poco::JSON::Parser()
+                         .parse(res.out.empty() ? "{}" : res.out)
+                         .extract<Poco::JSON::Object::Ptr>();
+    if (obj->has("error"))
+      code = obj->getObject("error")->optValue<std::string>("code", "internal");
+  } catch (const Poco::Exception&) {
+    json = false;
+  }
+  if (res.exit_status == 0) return {r.route.success_status, res.out.empty() ? "{}\n" : res.out};
+  if (!code.empty()) return {http_status_for(code), res.out};
+  // A non-zero status with a result (`job show` of a job that left devices behind, a batch with
+  // rejected CSRs): the result is the answer.
+  if (json && !res.out.empty()) return {r.route.success_status, res.out};
+  const std::size_t tail = res.err.size() > 2000 ? res.err.size() - 2000 : 0;
+  return error_answer(500, "internal", "the command failed: " + res.err.substr(tail));
+}
+
+void save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file, std::uint64_t limit) {
+  fs::create_directories(file.parent_path());
+  std::FILE* f = std::fopen(file.c_str(), "wbx");
+  if (f == nullptr) throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot create it");
+  std::uint64_t total = 0;
+  char buf[65536];
+  std::istream& in = req.stream();
+  bool ok = true;
+  while (ok && in) {
+    in.read(buf, sizeof buf);
+    const auto got = static_cast<std::size_t>(in.gcount());
+    total += got;
+    if (total > limit) {
+      std::fclose(f);
+      std::error_code ec;
+      fs::remove(file, ec);
+      throw Error(ErrorCode::kInputTooLarge,
+                  "request body: more than " + std::to_string(limit) + " bytes");
+    }
+    ok = std::fwrite(buf, 1, got, f) == got;
+  }
+  ok = ok && std::fflush(f) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) {
+    std::error_code ec;
+    fs::remove(file, ec);
+    throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot be written (disk full?)");
+  }
+}
+
+bool is_safe_name(const std::string& s) {
+  if (s.empty() || s.size() > 128 || s == "." || s == "..") return false;
+  for (const char c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-')
+      return false;
+  }
+  return true;
+}
+
+std::string sha256_hex(const std::string& text) {
+  return engine::thumbprint_sha256(
+      engine::ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+}
+
+}  // namespace fleetsign::cli
