@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fleetsign/broker/broker_home.hpp"
+#include "fleetsign/engine/auth.hpp"
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/registry.hpp"
@@ -93,8 +94,12 @@ void add_misc_commands(std::vector<Command>& commands);
 void add_enrollment_commands(std::vector<Command>& commands);  // enrollment …, device …
 void add_report_commands(std::vector<Command>& commands);      // expiry report, export …
 void add_auth_commands(std::vector<Command>& commands);        // auth check
-void add_broker_commands(std::vector<Command>& commands);      // broker init|start|stop|…
-void add_twin_commands(std::vector<Command>& commands);        // twin show, twin set-desired
+// `auth check`'s time (--at) and JSON answer, shared with the HTTP service (cmd_auth.cpp):
+// "2026-11-23T07:13:11Z", "2026-11-23" or unix seconds (kUsage otherwise).
+std::int64_t parse_auth_time(const std::string& text);
+Poco::JSON::Object auth_decision_json(const engine::AuthDecision& d, std::int64_t at);
+void add_broker_commands(std::vector<Command>& commands);  // broker init|start|stop|…
+void add_twin_commands(std::vector<Command>& commands);    // twin show, twin set-desired
 // `device list --connected`: the sessions the broker records (cmd_twin.cpp).
 int run_device_list_connected(Context& ctx);
 void add_method_commands(std::vector<Command>& commands);    // method invoke, fleet backend

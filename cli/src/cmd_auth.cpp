@@ -35,8 +35,10 @@ std::optional<std::int64_t> parse_calendar(const std::string& text, const char* 
   return static_cast<std::int64_t>(t);
 }
 
+}  // namespace
+
 // "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds (digits only).
-std::int64_t parse_time(const std::string& text) {
+std::int64_t parse_auth_time(const std::string& text) {
   if (auto t = parse_calendar(text, "%Y-%m-%dT%H:%M:%SZ")) return *t;
   if (auto t = parse_calendar(text, "%Y-%m-%d")) return *t;
   const bool digits =
@@ -46,25 +48,31 @@ std::int64_t parse_time(const std::string& text) {
   return std::stoll(text);
 }
 
+Poco::JSON::Object auth_decision_json(const engine::AuthDecision& d, std::int64_t at) {
+  Poco::JSON::Object o;
+  o.set("allowed", d.allowed);
+  o.set("rule", d.rule);
+  o.set("reason", d.reason);
+  o.set("registration_id", d.registration_id);
+  o.set("enrollment", d.enrollment);
+  o.set("slot", d.slot);
+  o.set("serial", d.leaf_serial);
+  o.set("sha256", d.leaf_sha256);
+  o.set("at", engine::iso8601(at));
+  return o;
+}
+
+namespace {
+
 int run_auth_check(Context& ctx) {
   const Args& a = ctx.args();
   const std::string file = a.require("chain");
   const auto chain = engine::read_certificates(file, "chain", kChainFileLimit);
-  const std::int64_t at = a.has("at") ? parse_time(*a.get("at")) : ctx.clock().now();
+  const std::int64_t at = a.has("at") ? parse_auth_time(*a.get("at")) : ctx.clock().now();
   engine::Authenticator auth(ctx.registry());
   const auto d = auth.check(chain, at, a.get("registration-id").value_or(""), a.has("openssl"));
   if (ctx.json()) {
-    Poco::JSON::Object o;
-    o.set("allowed", d.allowed);
-    o.set("rule", d.rule);
-    o.set("reason", d.reason);
-    o.set("registration_id", d.registration_id);
-    o.set("enrollment", d.enrollment);
-    o.set("slot", d.slot);
-    o.set("serial", d.leaf_serial);
-    o.set("sha256", d.leaf_sha256);
-    o.set("at", engine::iso8601(at));
-    ctx.print_json(o);
+    ctx.print_json(auth_decision_json(d, at));
   } else {
     std::printf("%s: %s (%s)\n  %s\n  registration ID %s, serial %s\n",
                 d.allowed ? "ALLOWED" : "REFUSED", d.rule.c_str(), file.c_str(), d.reason.c_str(),

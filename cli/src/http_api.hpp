@@ -15,7 +15,8 @@ namespace fleetsign::cli {
 // Who may call a route: nobody needs a certificate for a public one; otherwise an operator whose
 // role is at least this (auditor < factory < operator).
 struct Access {
-  bool is_public = false;
+  bool is_public = false;  // no operator needed (device routes check the device themselves)
+  bool device = false;     // EST enrollment: the device's own certificate
   engine::OperatorRole min_role = engine::OperatorRole::kAuditor;
 };
 bool role_allows(engine::OperatorRole have, engine::OperatorRole need) noexcept;

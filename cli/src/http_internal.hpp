@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "fleetsign/engine/auth.hpp"
+#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/services.hpp"
 #include "http_api.hpp"
 #include "http_service.hpp"
@@ -61,6 +63,16 @@ struct HttpService::Impl {
   std::mutex idem_mutex;
   std::set<std::string> idem_in_flight;
 
+  // Authenticators for /api/v1/auth/check, each with a registry connection of its own (neither is
+  // thread-safe), rebuilt when the registry's change mark moves.
+  struct AuthSlot {
+    std::unique_ptr<engine::Registry> registry;
+    std::unique_ptr<engine::Authenticator> auth;
+    std::int64_t mark = -1;
+  };
+  std::unique_ptr<AuthSlot> take_auth();
+  void give_back(std::unique_ptr<AuthSlot> slot);
+
   std::atomic<std::uint64_t> answered[6] = {};  // by status class: [2] = 2xx, …
   std::atomic<std::uint64_t> commands_run{0};
   std::atomic<std::uint64_t> command_ms_total{0};
@@ -69,6 +81,31 @@ struct HttpService::Impl {
  private:
   std::mutex m_reg_mutex;
   std::unique_ptr<engine::Services> m_services;
+  std::mutex m_auth_mutex;
+  std::vector<std::unique_ptr<AuthSlot>> m_auth_free;
+};
+
+// Idempotency (POSTs with an Idempotency-Key header, http_params.cpp): the first definite
+// answer is kept in DATA/idempotency and replayed for the same key and request; the key with
+// another request is refused (400), and a second copy while the first runs gets 409.
+class Idempotency {
+ public:
+  // kAlreadyExists while a request with this key (of this caller) is being answered.
+  Idempotency(HttpService::Impl& impl, const Caller& caller, const std::string& key,
+              const std::string& request_hash);
+  ~Idempotency();
+  Idempotency(const Idempotency&) = delete;
+  Idempotency& operator=(const Idempotency&) = delete;
+
+  // The kept answer, if any: {status, body}. kInvalidArgument when the key was used for another
+  // request.
+  std::optional<std::pair<int, std::string>> replay() const;
+  void keep(int status, const std::string& body) const;
+
+ private:
+  HttpService::Impl& m_impl;
+  std::string m_request, m_id;
+  std::filesystem::path m_file;
 };
 
 // Responses.
@@ -90,6 +127,9 @@ struct Answer {
 };
 Answer error_answer(int status, const std::string& code, const std::string& message);
 
+// EST (RFC 7030, http_est.cpp): cacerts, simpleenroll, simplereenroll, with or without a label.
+void answer_est(HttpService::Impl& impl, Request& r);
+
 // Runs the route's CLI command for the caller: `args` are the command's arguments after its
 // words (positional values and options, validated).
 Answer run_command(HttpService::Impl& impl, const Request& r, const std::vector<std::string>& args);
@@ -99,6 +139,8 @@ Answer run_command(HttpService::Impl& impl, const Request& r, const std::vector<
 std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
                                       const std::string& json_body);
 
+// The request body, at most `limit` bytes (kInputTooLarge naming the limit).
+std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit);
 // Reads the request body to `file` (created 0600), at most `limit` bytes: kInputTooLarge naming
 // the limit, kIo naming the file on a write failure.
 void save_body(Poco::Net::HTTPServerRequest& req, const std::filesystem::path& file,

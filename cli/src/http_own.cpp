@@ -4,8 +4,6 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
-#include <openssl/pkcs7.h>
-#include <openssl/x509.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +11,8 @@
 #include <map>
 #include <sstream>
 
+#include "cli.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/broker_home.hpp"
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/home.hpp"
@@ -50,88 +50,6 @@ std::pair<std::string, std::string> split_ext(const std::string& file) {
   const auto dot = file.rfind('.');
   if (dot == std::string::npos || dot == 0) return {file, ""};
   return {file.substr(0, dot), file.substr(dot + 1)};
-}
-
-// A CA and its issuers, leaf-most first (registry order, no token).
-std::vector<engine::CaRecord> chain_of(engine::Stores& s, const std::string& name) {
-  std::vector<engine::CaRecord> out;
-  std::string next = name;
-  while (!next.empty() && out.size() < 16) {
-    auto ca = s.find_ca(next);
-    if (!ca) break;
-    next = ca->parent;
-    out.push_back(std::move(*ca));
-  }
-  return out;
-}
-
-// Base64 in 64-column lines (RFC 7030's transfer encoding): the PEM encoder's body.
-std::string base64_lines(const engine::Der& der) {
-  const std::string text = engine::pem(der, "PKCS7");
-  const std::size_t begin = text.find('\n') + 1;
-  const std::size_t end = text.rfind("-----END");
-  return text.substr(begin, end - begin);
-}
-
-// RFC 7030 4.1.3: a certs-only CMS SignedData (PKCS#7, no signers).
-engine::Der certs_only(const std::vector<engine::Der>& certs) {
-  std::unique_ptr<PKCS7, void (*)(PKCS7*)> p7(PKCS7_new(), PKCS7_free);
-  if (!p7 || PKCS7_set_type(p7.get(), NID_pkcs7_signed) != 1 ||
-      PKCS7_content_new(p7.get(), NID_pkcs7_data) != 1) {
-    throw Error(ErrorCode::kInternal, "building the EST certs-only message failed");
-  }
-  for (const auto& der : certs) {
-    const unsigned char* p = der.data();
-    X509* x = d2i_X509(nullptr, &p, static_cast<long>(der.size()));
-    if (x == nullptr || PKCS7_add_certificate(p7.get(), x) != 1) {
-      X509_free(x);
-      throw Error(ErrorCode::kInternal, "a registry CA certificate does not parse");
-    }
-    X509_free(x);
-  }
-  unsigned char* buf = nullptr;
-  const int len = i2d_PKCS7(p7.get(), &buf);
-  if (len <= 0) throw Error(ErrorCode::kInternal, "encoding the EST certs-only message failed");
-  engine::Der out(buf, buf + len);
-  OPENSSL_free(buf);
-  return out;
-}
-
-Answer est_cacerts(HttpService::Impl& impl, Request& r) {
-  const std::optional<std::string> label =
-      r.values.empty() ? std::nullopt : std::optional<std::string>(r.values[0]);
-  std::vector<engine::Der> certs;
-  std::string problem;
-  impl.with_stores([&](engine::Stores& s) {
-    std::vector<std::string> roots;
-    const auto groups = s.list_groups();
-    if (label) {
-      const auto g = s.find_group(*label);
-      if (!g) {
-        problem = "no enrollment group '" + *label + "'";
-        return;
-      }
-      roots = {g->primary_ca, g->secondary_ca};
-    } else if (groups.size() == 1) {
-      roots = {groups[0].primary_ca, groups[0].secondary_ca};
-    } else {
-      std::set<std::string> operator_cas;
-      for (const auto& op : s.list_operators()) operator_cas.insert(op.ca_name);
-      for (const auto& ca : s.list_cas()) {
-        if (operator_cas.count(ca.name) == 0 && ca.revoked_at == 0) roots.push_back(ca.name);
-      }
-    }
-    std::set<std::string> seen;
-    for (const auto& name : roots) {
-      if (name.empty()) continue;
-      for (const auto& ca : chain_of(s, name)) {
-        if (seen.insert(ca.name).second && !ca.cert_der.empty()) certs.push_back(ca.cert_der);
-      }
-    }
-  });
-  if (!problem.empty()) return error_answer(404, "not_found", problem);
-  if (certs.empty()) return error_answer(404, "not_found", "no CA certificate to give");
-  return {200, base64_lines(certs_only(certs))};
 }
 
 Answer readyz(HttpService::Impl& impl) {
@@ -326,6 +244,30 @@ Answer post_batch(HttpService::Impl& impl, Request& r) {
   return a;
 }
 
+// POST /api/v1/auth/check: `auth check --json`'s answer, from a pooled Authenticator.
+Answer auth_check(HttpService::Impl& impl, Request& r) {
+  std::optional<std::int64_t> at;
+  std::string claimed;
+  for (const auto& [k, v] : Poco::URI(r.http.getURI()).getQueryParameters()) {
+    if (k == "at" && !at) {
+      at = parse_auth_time(v);
+    } else if (k == "registration-id" && claimed.empty()) {
+      claimed = v;
+    } else {
+      return error_answer(400, "invalid_argument",
+                          "parameter '" + engine::valid_utf8(k) +
+                              "' is not one of POST /api/v1/auth/check's: at, registration-id "
+                              "(each once)");
+    }
+  }
+  const auto chain = engine::certificates_from_text(read_body(r.http, kChainFileLimit), "chain");
+  const std::int64_t when = at.value_or(unix_now());
+  auto slot = impl.take_auth();
+  const engine::AuthDecision d = slot->auth->check(chain, when, claimed);
+  impl.give_back(std::move(slot));
+  return {200, stringify(auth_decision_json(d, when))};
+}
+
 Answer batch_file(HttpService::Impl& impl, Request& r) {
   const std::string& id = r.values[0];
   const std::string& file = r.values[1];
@@ -394,14 +336,8 @@ bool answer_own(HttpService::Impl& impl, Request& r) {
       send_bytes(resp, 200, cert ? "application/pkix-cert" : "application/pkix-crl",
                  std::string(der->begin(), der->end()));
     }
-  } else if (path == "/.well-known/est/cacerts" || path == "/.well-known/est/{label}/cacerts") {
-    const Answer a = est_cacerts(impl, r);
-    if (a.status != 200) {
-      send_json(resp, a.status, a.body);
-    } else {
-      resp.set("Content-Transfer-Encoding", "base64");
-      send_bytes(resp, 200, "application/pkcs7-mime; smime-type=certs-only", a.body);
-    }
+  } else if (path.rfind("/.well-known/est/", 0) == 0) {
+    answer_est(impl, r);
   } else if (path == "/api/v1/whoami") {
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("name", r.caller.op->name);
@@ -417,6 +353,9 @@ bool answer_own(HttpService::Impl& impl, Request& r) {
     send_bytes(resp, 200, "text/plain; version=0.0.4", a.body);
   } else if (path == "/api/v1/batches") {
     const Answer a = post_batch(impl, r);
+    send_json(resp, a.status, a.body);
+  } else if (path == "/api/v1/auth/check") {
+    const Answer a = auth_check(impl, r);
     send_json(resp, a.status, a.body);
   } else if (path == "/api/v1/batches/{id}/files/{file}") {
     const Answer a = batch_file(impl, r);

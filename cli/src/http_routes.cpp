@@ -15,10 +15,11 @@ using K = ApiParam::Kind;
 using Poco::JSON::Array;
 using Poco::JSON::Object;
 
-constexpr Access kPublic{true, OperatorRole::kAuditor};
-constexpr Access kAuditor{false, OperatorRole::kAuditor};
-constexpr Access kFactory{false, OperatorRole::kFactory};
-constexpr Access kOperator{false, OperatorRole::kOperator};
+constexpr Access kPublic{true, false, OperatorRole::kAuditor};
+constexpr Access kDevice{true, true, OperatorRole::kAuditor};
+constexpr Access kAuditor{false, false, OperatorRole::kAuditor};
+constexpr Access kFactory{false, false, OperatorRole::kFactory};
+constexpr Access kOperator{false, false, OperatorRole::kOperator};
 
 ApiParam value(std::string name, std::string help) {
   return {std::move(name), K::kValue, std::move(help)};
@@ -117,6 +118,18 @@ std::vector<ApiRoute> build_routes() {
                   "enrollment group: its chain; else every CA)"));
   r.push_back(own("GET", "/.well-known/est/{label}/cacerts", kPublic,
                   "EST with a label: the chain of the enrollment group {label}"));
+  for (const char* label : {"", "{label}/"}) {
+    for (const char* op : {"simpleenroll", "simplereenroll"}) {
+      ApiRoute e = own("POST", std::string("/.well-known/est/") + label + op, kDevice,
+                       "EST (RFC 7030 4.2): a base64 PKCS#10 for the device whose current "
+                       "certificate authenticates the TLS session; the new certificate (base64 "
+                       "certs-only PKCS#7) goes into the device's free slot" +
+                           std::string(*label ? "; the device must be in group {label}" : ""),
+                       true);
+      e.body = ApiBody::kPem;
+      r.push_back(e);
+    }
+  }
   // Authenticated: who am I, metrics, batch upload and outputs.
   r.push_back(own("GET", "/api/v1/whoami", kAuditor, "the caller's operator record"));
   r.push_back(own("GET", "/metrics", kAuditor, "Prometheus text format"));
@@ -165,13 +178,13 @@ std::vector<ApiRoute> build_routes() {
   r.push_back(read("/api/v1/blocklist", {"blocklist", "list"}, "the blocked public keys"));
   r.push_back(read("/api/v1/operators", {"operator", "list"}, "the operators"));
   {
-    ApiRoute a = read("/api/v1/auth/check", {"auth", "check"},
-                      "the broker's decision for a device chain (the PEM body)",
-                      {value("at", "judge at this time (RFC 3339 or unix seconds)"),
-                       value("registration-id", "the registration ID the device presents")});
-    a.method = "POST";
+    // Answered here, not by a child: the broker's decision at the rate the broker needs it.
+    ApiRoute a = own("POST", "/api/v1/auth/check", kAuditor,
+                     "the broker's decision for a device chain (the PEM body), as `fleetsign auth "
+                     "check --json` gives it");
     a.body = ApiBody::kPem;
-    a.file_option = "chain";
+    a.params = {value("at", "judge at this time (RFC 3339, a date or unix seconds)"),
+                value("registration-id", "the registration ID the device presents")};
     r.push_back(a);
   }
   // Changes.
@@ -329,6 +342,10 @@ std::string openapi_json() {
   mtls.set("type", "mutualTLS");
   mtls.set("description", "an operator certificate from `fleetsign operator add`");
   schemes.set("operatorCertificate", mtls);
+  Object device_tls(Poco::JSON_PRESERVE_KEY_ORDER);
+  device_tls.set("type", "mutualTLS");
+  device_tls.set("description", "the device's current certificate, admitted by the fleet");
+  schemes.set("deviceCertificate", device_tls);
   Object components(Poco::JSON_PRESERVE_KEY_ORDER);
   components.set("securitySchemes", schemes);
   Object error_schema(Poco::JSON_PRESERVE_KEY_ORDER);
@@ -360,9 +377,9 @@ std::string openapi_json() {
       op.set("x-fleetsign-cli", cli);
     }
     Array security;
-    if (!r.access.is_public) {
+    if (!r.access.is_public || r.access.device) {
       Object s;
-      s.set("operatorCertificate", Array());
+      s.set(r.access.device ? "deviceCertificate" : "operatorCertificate", Array());
       security.add(s);
     }
     op.set("security", security);
@@ -421,7 +438,7 @@ std::string openapi_json() {
       Object schema;
       schema.set("type", "string");
       media.set("schema", schema);
-      content.set("application/x-pem-file", media);
+      content.set(r.access.device ? "application/pkcs10" : "application/x-pem-file", media);
       Object rb;
       rb.set("required", true);
       rb.set("content", content);

@@ -35,7 +35,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::size_t kMaxJsonBody = 1u << 20;
-constexpr std::size_t kMaxValue = 8192;
 constexpr std::size_t kMaxKey = 200;
 
 engine::Services::PinSource no_pin() {
@@ -44,20 +43,9 @@ engine::Services::PinSource no_pin() {
   };
 }
 
-std::string read_bounded_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
-  std::string body;
-  std::istream& in = req.stream();
-  char buf[16384];
-  while (in) {
-    in.read(buf, sizeof buf);
-    body.append(buf, static_cast<std::size_t>(in.gcount()));
-    if (body.size() > limit) {
-      throw Error(ErrorCode::kInputTooLarge,
-                  "request body: more than " + std::to_string(limit) + " bytes");
-    }
-  }
-  return body;
-}
+}  // namespace
+
+namespace {
 
 Caller identify(HttpService::Impl& impl, Poco::Net::HTTPServerRequest& req) {
   Caller c;
@@ -84,109 +72,6 @@ Caller identify(HttpService::Impl& impl, Poco::Net::HTTPServerRequest& req) {
   return c;
 }
 
-void check_value(const std::string& what, const std::string& v, bool positional) {
-  if (v.size() > kMaxValue) {
-    throw Error(ErrorCode::kInputTooLarge,
-                what + ": more than " + std::to_string(kMaxValue) + " bytes");
-  }
-  if (v.find('\0') != std::string::npos) {
-    throw Error(ErrorCode::kInvalidArgument, what + ": holds a NUL byte");
-  }
-  // A positional value must not read as an option.
-  if (positional && (v.empty() || v.front() == '-')) {
-    throw Error(ErrorCode::kInvalidArgument,
-                what + ": '" + engine::valid_utf8(v) + "' is empty or starts with '-'");
-  }
-}
-
-const ApiParam* find_param(const ApiRoute& route, const std::string& name) {
-  for (const auto& p : route.params) {
-    if (p.name == name) return &p;
-  }
-  return nullptr;
-}
-
-[[noreturn]] void unknown_param(const ApiRoute& route, const std::string& name) {
-  std::string known;
-  for (const auto& p : route.params) known += (known.empty() ? "" : ", ") + p.name;
-  throw Error(ErrorCode::kInvalidArgument,
-              "parameter '" + engine::valid_utf8(name) + "' is not one of " + route.method + " " +
-                  route.path + "'s" + (known.empty() ? " (it takes none)" : ": " + known));
-}
-
-bool truthy(const std::string& name, const std::string& v) {
-  if (v.empty() || v == "true" || v == "1") return true;
-  if (v == "false" || v == "0") return false;
-  throw Error(ErrorCode::kInvalidArgument,
-              "parameter '" + name + "': '" + engine::valid_utf8(v) + "' is not true or false");
-}
-
-// The command's arguments: path values, then options and positional parameters.
-struct ArgBuilder {
-  const ApiRoute& route;
-  std::vector<std::string> positional, options;
-  std::set<std::string> seen;
-
-  void add(const std::string& name, const std::string& v) {
-    const ApiParam* p = find_param(route, name);
-    if (p == nullptr) unknown_param(route, name);
-    check_value("parameter '" + name + "'", v, p->kind == ApiParam::Kind::kPositional);
-    if ((p->kind == ApiParam::Kind::kValue || p->kind == ApiParam::Kind::kFlag) &&
-        !seen.insert(name).second) {
-      throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is given twice");
-    }
-    switch (p->kind) {
-      case ApiParam::Kind::kFlag:
-        if (truthy(name, v)) options.push_back("--" + name);
-        break;
-      case ApiParam::Kind::kValue:
-      case ApiParam::Kind::kList:
-        options.push_back("--" + name + "=" + v);
-        break;
-      case ApiParam::Kind::kPositional:
-        positional.push_back(v);
-        break;
-    }
-  }
-
-  void add_json(const std::string& name, const Poco::Dynamic::Var& v) {
-    const ApiParam* p = find_param(route, name);
-    if (p == nullptr) unknown_param(route, name);
-    const bool many = p->kind == ApiParam::Kind::kList || p->kind == ApiParam::Kind::kPositional;
-    if (v.type() == typeid(Poco::JSON::Array::Ptr)) {
-      if (!many) {
-        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' takes one value");
-      }
-      const auto arr = v.extract<Poco::JSON::Array::Ptr>();
-      for (std::size_t i = 0; i < arr->size(); ++i) {
-        const auto item = arr->get(i);
-        if (!item.isString()) {
-          throw Error(ErrorCode::kInvalidArgument,
-                      "parameter '" + name + "': every item must be a string");
-        }
-        add(name, item.toString());
-      }
-      return;
-    }
-    if (v.isBoolean()) {
-      if (p->kind != ApiParam::Kind::kFlag) {
-        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is not a flag");
-      }
-      add(name, v.convert<bool>() ? "true" : "false");
-      return;
-    }
-    if (v.isString() || v.isNumeric()) {
-      if (p->kind == ApiParam::Kind::kFlag) {
-        throw Error(ErrorCode::kInvalidArgument, "parameter '" + name + "' is true or false");
-      }
-      add(name, v.toString());
-      return;
-    }
-    throw Error(ErrorCode::kInvalidArgument,
-                "parameter '" + name + "': a string, number, boolean or array of strings");
-  }
-};
-
 void audit(HttpService::Impl& impl, const Caller& caller, const std::string& method,
            const std::string& path, int status) {
   try {
@@ -201,63 +86,6 @@ void audit(HttpService::Impl& impl, const Caller& caller, const std::string& met
     std::fprintf(stderr, "fleetsign serve: http: audit failed: %s\n", e.what());
   }
 }
-
-// Idempotency (POSTs with an Idempotency-Key header): the first answer is kept in DATA/
-// idempotency and replayed for the same key and request; another request under the same key is
-// refused (422), and a second copy while the first runs waits its turn (409).
-class Idempotency {
- public:
-  Idempotency(HttpService::Impl& impl, const Caller& caller, const std::string& key,
-              const std::string& request_hash)
-      : m_impl(impl), m_request(request_hash) {
-    m_id = sha256_hex(caller.cert_sha256 + "\n" + key);
-    m_file = impl.opt.data_dir / "idempotency" / (m_id + ".json");
-    std::lock_guard lock(impl.idem_mutex);
-    if (!impl.idem_in_flight.insert(m_id).second) {
-      throw Error(ErrorCode::kAlreadyExists,
-                  "a request with this Idempotency-Key is being answered; retry later");
-    }
-    m_held = true;
-  }
-  ~Idempotency() {
-    if (!m_held) return;
-    std::lock_guard lock(m_impl.idem_mutex);
-    m_impl.idem_in_flight.erase(m_id);
-  }
-  Idempotency(const Idempotency&) = delete;
-  Idempotency& operator=(const Idempotency&) = delete;
-
-  const std::string& id() const { return m_id; }
-  // The kept answer, if any: {status, body}. kInvalidArgument when the key was used for another
-  // request.
-  std::optional<std::pair<int, std::string>> replay() const {
-    std::ifstream in(m_file);
-    if (!in) return std::nullopt;
-    std::stringstream text;
-    text << in.rdbuf();
-    const auto obj = Poco::JSON::Parser().parse(text.str()).extract<Poco::JSON::Object::Ptr>();
-    if (obj->getValue<std::string>("request") != m_request) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "this Idempotency-Key was used for another request (method, path, parameters "
-                  "or body differ)");
-    }
-    return std::make_pair(obj->getValue<int>("status"), obj->getValue<std::string>("body"));
-  }
-  void keep(int status, const std::string& body) const {
-    fs::create_directories(m_file.parent_path());
-    write_file_atomic(m_file,
-                      engine::json_object({{"request", m_request},
-                                           {"status", static_cast<std::int64_t>(status)},
-                                           {"body", body}}),
-                      0600);
-  }
-
- private:
-  HttpService::Impl& m_impl;
-  std::string m_request, m_id;
-  fs::path m_file;
-  bool m_held = false;
-};
 
 class Handler final : public Poco::Net::HTTPRequestHandler {
  public:
@@ -361,7 +189,7 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
          ".pem");
     save_body(req, upload, 16u << 20);
   } else if (req.getMethod() != "GET") {
-    body = read_bounded_body(req, kMaxJsonBody);
+    body = read_body(req, kMaxJsonBody);
   }
   struct Cleanup {
     fs::path file;
@@ -412,47 +240,36 @@ class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
 
 }  // namespace
 
-// The route's arguments from the query string (GET, uploads) or a JSON object body.
-std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
-                                      const std::string& json_body) {
-  ArgBuilder b{r.route, {}, {}, {}};
-  for (std::size_t i = 0; i < r.values.size(); ++i) {
-    check_value("path segment " + std::to_string(i + 1), r.values[i], true);
-  }
-  const bool query = r.route.method == "GET" || r.route.body == ApiBody::kPem;
-  if (query) {
-    for (const auto& [k, v] : uri.getQueryParameters()) b.add(k, v);
-  } else {
-    if (!uri.getRawQuery().empty()) {
-      throw Error(ErrorCode::kInvalidArgument, r.route.method + " " + r.route.path +
-                                                   " takes its parameters as a JSON object "
-                                                   "body, not a query string");
-    }
-    if (json_body.find_first_not_of(" \t\r\n") != std::string::npos) {
-      Poco::Dynamic::Var parsed;
-      try {
-        parsed = Poco::JSON::Parser().parse(json_body);
-      } catch (const Poco::Exception& e) {
-        throw Error(ErrorCode::kInvalidArgument,
-                    "request body: not JSON: " + engine::valid_utf8(e.displayText()));
-      }
-      if (parsed.type() != typeid(Poco::JSON::Object::Ptr)) {
-        throw Error(ErrorCode::kInvalidArgument, "request body: not a JSON object");
-      }
-      const auto obj = parsed.extract<Poco::JSON::Object::Ptr>();
-      for (const auto& [k, v] : *obj) b.add_json(k, v);
-    }
-  }
-  std::vector<std::string> args = r.values;
-  args.insert(args.end(), b.positional.begin(), b.positional.end());
-  args.insert(args.end(), b.options.begin(), b.options.end());
-  return args;
-}
-
 HttpService::Impl::Impl(HttpOptions o) : opt(std::move(o)) {
   m_services = std::make_unique<engine::Services>(engine::Home::open(opt.home), no_pin());
   m_services->set_actor("http-service");
   m_services->stores();
+}
+
+std::unique_ptr<HttpService::Impl::AuthSlot> HttpService::Impl::take_auth() {
+  std::unique_ptr<AuthSlot> slot;
+  {
+    std::lock_guard lock(m_auth_mutex);
+    if (!m_auth_free.empty()) {
+      slot = std::move(m_auth_free.back());
+      m_auth_free.pop_back();
+    }
+  }
+  if (!slot) {
+    slot = std::make_unique<AuthSlot>();
+    slot->registry = engine::Registry::open(engine::Home::open(opt.home).registry_path());
+  }
+  const std::int64_t mark = slot->registry->change_mark();
+  if (!slot->auth || mark != slot->mark) {
+    slot->auth = std::make_unique<engine::Authenticator>(*slot->registry);
+    slot->mark = mark;
+  }
+  return slot;
+}
+
+void HttpService::Impl::give_back(std::unique_ptr<AuthSlot> slot) {
+  std::lock_guard lock(m_auth_mutex);
+  m_auth_free.push_back(std::move(slot));
 }
 
 HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(std::move(options))) {
@@ -625,50 +442,6 @@ Answer run_command(HttpService::Impl& impl, const Request& r,
   if (json && !res.out.empty()) return {r.route.success_status, res.out};
   const std::size_t tail = res.err.size() > 2000 ? res.err.size() - 2000 : 0;
   return error_answer(500, "internal", "the command failed: " + res.err.substr(tail));
-}
-
-void save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file, std::uint64_t limit) {
-  fs::create_directories(file.parent_path());
-  std::FILE* f = std::fopen(file.c_str(), "wbx");
-  if (f == nullptr) throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot create it");
-  std::uint64_t total = 0;
-  char buf[65536];
-  std::istream& in = req.stream();
-  bool ok = true;
-  while (ok && in) {
-    in.read(buf, sizeof buf);
-    const auto got = static_cast<std::size_t>(in.gcount());
-    total += got;
-    if (total > limit) {
-      std::fclose(f);
-      std::error_code ec;
-      fs::remove(file, ec);
-      throw Error(ErrorCode::kInputTooLarge,
-                  "request body: more than " + std::to_string(limit) + " bytes");
-    }
-    ok = std::fwrite(buf, 1, got, f) == got;
-  }
-  ok = ok && std::fflush(f) == 0;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) {
-    std::error_code ec;
-    fs::remove(file, ec);
-    throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot be written (disk full?)");
-  }
-}
-
-bool is_safe_name(const std::string& s) {
-  if (s.empty() || s.size() > 128 || s == "." || s == "..") return false;
-  for (const char c : s) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-')
-      return false;
-  }
-  return true;
-}
-
-std::string sha256_hex(const std::string& text) {
-  return engine::thumbprint_sha256(
-      engine::ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
 }
 
 }  // namespace fleetsign::cli

@@ -68,6 +68,8 @@ class Http : public ::testing::Test {
     bin->ok("init");
     bin->ok("ca create-root --name root --subject /CN=Http-Root");
     bin->ok("ca create-intermediate --name int1 --issuer root --subject /CN=Http-Int1");
+    bin->ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
+    bin->ok("ca verify root --code POP --cert " + quoted(path("pop.pem")));
     bin->ok("enrollment group create fleet --ca int1");
     bin->ok("enrollment group create other --ca int1");
     const std::string pw = " --pfx-password-file " + quoted(path("p12pass"));
@@ -447,6 +449,115 @@ TEST_F(Http, OperatorAddChecksItsInputAndWritesAProtectedPkcs12) {
   EXPECT_EQ(get("/api/v1/whoami", "erin").status, 200);
   // The operator CA's key is in the token like every CA's: not exportable.
   EXPECT_NE(bin->ok("ca show operators --json").out.find("pkcs11:"), std::string::npos);
+}
+
+TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
+  bin->ok("issue --ca int1 --generate 2 --id-pattern 'est-{02}' --pfx --pfx-password-file " +
+          quoted(path("p12pass")) + " --out " + quoted(path("estout")));
+  fs::copy_file(path("estout/est-01.pfx"), path("est1.p12"), fs::copy_options::overwrite_existing);
+  // A CSR (new key) as RFC 7030 wants it: base64 DER PKCS#10.
+  const auto csr = [&](const std::string& cn, const std::string& key) {
+    const std::string b64 = path(cn + ".b64");
+    shell("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+          quoted(key) + " -subj /CN=" + cn + " -outform DER 2>/dev/null | openssl base64 > " +
+          quoted(b64));
+    return "-H 'Content-Type: application/pkcs10' --data-binary @" + quoted(b64);
+  };
+  const std::string mine = csr("est-01", path("est1-new.key"));
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "", mine).status, 401);
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "alice", mine).status, 403);
+  const Reply other =
+      call("POST", "/.well-known/est/simplereenroll", "est1", csr("est-02", path("est2-new.key")));
+  EXPECT_EQ(other.status, 400) << other.body;
+  EXPECT_EQ(call("POST", "/.well-known/est/other/simplereenroll", "est1", mine).status, 403);
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "est1",
+                 "-H 'Content-Type: application/pkcs10' --data-binary 'not base64!'")
+                .status,
+            400);
+
+  const Reply r = call("POST", "/.well-known/est/fleet/simplereenroll", "est1", mine);
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::ofstream(path("new.b64")) << r.body;
+  int rc = -1;
+  shell("openssl base64 -d -in " + quoted(path("new.b64")) +
+            " | openssl pkcs7 -inform DER -print_certs -out " + quoted(path("new.pem")),
+        &rc);
+  ASSERT_EQ(rc, 0);
+  const std::string subject =
+      shell("openssl x509 -in " + quoted(path("new.pem")) + " -noout -subject -issuer");
+  EXPECT_NE(subject.find("CN = est-01"), std::string::npos) << subject;
+  EXPECT_NE(subject.find("Http-Int1"), std::string::npos) << subject;
+  // Recorded, in the device's free slot, beside the one it holds.
+  const auto device = json(bin->ok("device show est-01 --json").out);
+  ASSERT_TRUE(device->getObject("primary") && device->getObject("secondary"))
+      << bin->ok("device show est-01 --json").out;
+  EXPECT_NE(device->getObject("primary")->getValue<std::string>("serial"),
+            device->getObject("secondary")->getValue<std::string>("serial"));
+
+  // The new certificate is a working credential: it re-enrolls in turn (with a new key).
+  const std::string again = csr("est-01", path("est1-newer.key"));
+  int crc = -1;
+  const std::string code = shell(
+      "curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
+          " --cert " + quoted(path("new.pem")) + " --key " + quoted(path("est1-new.key")) + " " +
+          again + " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll",
+      &crc);
+  EXPECT_EQ(code, "200");
+  // Its own key again is refused (a rotation needs a new key pair).
+  shell("openssl req -new -key " + quoted(path("est1-new.key")) +
+        " -subj /CN=est-01 -outform DER 2>/dev/null | openssl base64 > " +
+        quoted(path("same.b64")));
+  const std::string same =
+      shell("curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
+            " --cert " + quoted(path("new.pem")) + " --key " + quoted(path("est1-new.key")) +
+            " -H 'Content-Type: application/pkcs10' --data-binary @" + quoted(path("same.b64")) +
+            " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll");
+  EXPECT_EQ(same, "422");
+}
+
+TEST_F(Http, AuthCheckOverHttpGivesTheClisAnswer) {
+  bin->ok("issue --ca int1 --generate 1 --id-pattern 'ac-{02}' --out " + quoted(path("acout")));
+  const std::string chain = path("acout/ac-01_fullchain.pem");
+  const auto compare = [&](const std::string& file, const std::string& at) {
+    const auto cli =
+        json(bin->run("auth check --chain " + quoted(file) + " --at " + at + " --json").out);
+    const Reply http =
+        call("POST", "/api/v1/auth/check?at=" + at, "bob", "--data-binary @" + quoted(file));
+    ASSERT_EQ(http.status, 200) << http.body;
+    const auto o = json(http.body);
+    for (const char* field :
+         {"rule", "reason", "registration_id", "enrollment", "slot", "serial", "sha256", "at"}) {
+      EXPECT_EQ(o->getValue<std::string>(field), cli->getValue<std::string>(field)) << field;
+    }
+    EXPECT_EQ(o->getValue<bool>("allowed"), cli->getValue<bool>("allowed"));
+  };
+  compare(chain, "2027-01-01");
+  EXPECT_TRUE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  compare(chain, "2040-01-01");  // expired by then: refused, for the same reason
+  // The decision follows the registry: disabled groups refuse at once.
+  bin->ok("enrollment group disable fleet");
+  bin->ok("enrollment group disable other");
+  EXPECT_FALSE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  bin->ok("enrollment group enable fleet");
+  bin->ok("enrollment group enable other");
+  EXPECT_TRUE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  std::ofstream(path("junk.pem"))
+      << "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+  const Reply junk =
+      call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(path("junk.pem")));
+  EXPECT_EQ(junk.status, 422) << junk.body;
+  EXPECT_EQ(error_code(junk), "certificate_malformed");
+  EXPECT_EQ(
+      call("POST", "/api/v1/auth/check?at=yesterday", "bob", "--data-binary @" + quoted(chain))
+          .status,
+      400);
+  EXPECT_EQ(call("POST", "/api/v1/auth/check", "", "--data-binary @" + quoted(chain)).status, 401);
 }
 
 }  // namespace

@@ -208,12 +208,15 @@ std::vector<CsrBlob> pem_blocks(std::string_view text,
 
 std::vector<Der> read_certificates(const std::filesystem::path& file, std::string_view what,
                                    std::size_t limit) {
-  const std::string text = read_bounded(file.string(), limit, what);
+  return certificates_from_text(read_bounded(file.string(), limit, what), file.string());
+}
+
+std::vector<Der> certificates_from_text(std::string_view text, const std::string& name) {
   bool marker = false;
   std::vector<Der> out;
   for (auto& b : pem_blocks(text, {"CERTIFICATE"}, &marker)) {
     if (!b.problem.empty()) {
-      throw Error(ErrorCode::kCertificateMalformed, file.string() + ": " + b.problem);
+      throw Error(ErrorCode::kCertificateMalformed, name + ": " + b.problem);
     }
     out.push_back(std::move(b.der));
   }
@@ -221,12 +224,11 @@ std::vector<Der> read_certificates(const std::filesystem::path& file, std::strin
     out.emplace_back(text.begin(), text.end());  // DER
   }
   if (out.empty()) {
-    throw Error(ErrorCode::kCertificateMalformed, file.string() + ": holds no certificate");
+    throw Error(ErrorCode::kCertificateMalformed, name + ": holds no certificate");
   }
   for (const auto& der : out) {
     if (!ossl::from_der(der)) {
-      throw Error(ErrorCode::kCertificateMalformed,
-                  file.string() + ": not a valid X.509 certificate");
+      throw Error(ErrorCode::kCertificateMalformed, name + ": not a valid X.509 certificate");
     }
   }
   return out;

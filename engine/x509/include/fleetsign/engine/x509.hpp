@@ -40,6 +40,8 @@ std::string pem(ByteView der, std::string_view label);
 std::vector<Der> read_certificates(const std::filesystem::path& file,
                                    std::string_view what = "certificate file",
                                    std::size_t limit = kCertFileLimit);
+// The same for text already read (an HTTP body): `name` names it in the messages.
+std::vector<Der> certificates_from_text(std::string_view text, const std::string& name);
 // Every CSR in a PEM bundle, DER otherwise, with the line each starts on (1 for DER).
 struct CsrBlob {
   Der der;
