@@ -262,7 +262,7 @@ int main(int argc, char** argv) {
                    {"-o", (dir / ("api-" + std::to_string(r) + ".json")).string(), "-H",
                     "Content-Type: application/x-pem-file", "--data-binary",
                     "@" + (dir / ("bundle-" + std::to_string(2 * r + 1) + ".pem")).string(),
-                    base + "/api/v1/batches?ca=int1&threads=" + std::to_string(threads)});
+                    base + "/api/v1/batches?ca=int1"});
     const auto api = fleetsign::bench::run_child(up_argv, {}, s.log);
     if (cli.exit_status != 0 || api.exit_status != 0) {
       std::fprintf(stderr, "round %zu failed (cli %d, api %d); log %s:\n%s\n", r, cli.exit_status,

@@ -149,6 +149,9 @@ BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds)
   posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, m_home.log_path().c_str(),
                                    O_WRONLY | O_APPEND | O_CREAT, 0600);
   posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  // Nothing else of ours: a daemon that outlives this process must not keep its sockets (the
+  // HTTP service's listening socket: a restarted serve would share the port with it).
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   pid_t child = 0;
   const int rc = ::posix_spawn(&child, exe.c_str(), &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);

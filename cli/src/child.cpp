@@ -56,6 +56,7 @@ ChildResult run_child(ChildSpec spec) {
     const std::string entry(*e);
     bool replaced = false;
     for (const auto& x : spec.env) replaced = replaced || env_name(x) == env_name(entry);
+    for (const auto& x : spec.unset) replaced = replaced || x == env_name(entry);
     if (!replaced) env_s.push_back(entry);
   }
   env_s.insert(env_s.end(), spec.env.begin(), spec.env.end());
@@ -69,6 +70,8 @@ ChildResult run_child(ChildSpec spec) {
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, out.fd[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err.fd[1], 2);
+  // Only 0-2: never the HTTP service's listening socket or another client's connection.
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   pid_t pid = 0;
   const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);

@@ -25,6 +25,7 @@ struct ChildSpec {
   // NAME=VALUE entries added to (and replacing the same names in) this process's environment.
   // Cleared from memory after the child started (a PIN travels this way, never in argv).
   std::vector<std::string> env;
+  std::vector<std::string> unset;  // names left out of the child's environment
   std::chrono::seconds timeout{600};
   std::size_t out_limit = 16u << 20;
 };

@@ -60,12 +60,27 @@ int run_operator_add(Context& ctx) {
   if (!out) throw Error(ErrorCode::kUsage, "--out F.p12 is required: the operator's credential");
   refuse_protected(*out);
   const auto password = pfx_password(a, true, "the operator's .p12");
-  const engine::OperatorCredential cred =
-      engine::add_operator(ctx.cas(), ctx.registry(), ctx.policy(), spec, password->c_str());
-  write_output_file(*out, std::filesystem::perms(0600), [&](std::ostream& os) {
-    os.write(reinterpret_cast<const char*>(cred.pfx.data()),
-             static_cast<std::streamsize>(cred.pfx.size()));
-  });
+  bool written = false;
+  const auto write = [&](const engine::OperatorCredential& c) {
+    write_output_file(*out, std::filesystem::perms(0600), [&](std::ostream& os) {
+      os.write(reinterpret_cast<const char*>(c.pfx.data()),
+               static_cast<std::streamsize>(c.pfx.size()));
+    });
+    written = true;
+  };
+  const engine::OperatorCredential cred = [&] {
+    try {
+      return engine::add_operator(ctx.cas(), ctx.registry(), ctx.policy(), spec, password->c_str(),
+                                  write);
+    } catch (...) {
+      std::error_code ec;
+      // The role was not recorded: no credential either (a device or a FIFO is left alone).
+      if (written && std::filesystem::is_regular_file(std::filesystem::symlink_status(*out, ec))) {
+        std::filesystem::remove(*out, ec);
+      }
+      throw;
+    }
+  }();
   if (ctx.json()) {
     Object::Ptr o = operator_json(cred.record);
     o->set("out", out->string());

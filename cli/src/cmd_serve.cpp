@@ -187,7 +187,11 @@ void Server::spawn(const std::string& label, const std::vector<std::string>& arg
   argv.push_back(nullptr);
   std::vector<std::string> env_s;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "FLEETSIGN_PIN=", 14) != 0) env_s.emplace_back(*e);
+    if (std::strncmp(*e, "FLEETSIGN_PIN=", 14) != 0 &&
+        std::strncmp(*e, "FLEETSIGN_SO_PIN=", 17) != 0 &&
+        std::strncmp(*e, "FLEETSIGN_PFX_PASSWORD=", 23) != 0) {
+      env_s.emplace_back(*e);
+    }
   }
   env_s.push_back(std::string("FLEETSIGN_PIN=") + m_pin.c_str());
   std::vector<char*> env;
@@ -196,6 +200,8 @@ void Server::spawn(const std::string& label, const std::vector<std::string>& arg
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, 2, 1);  // its report goes to the log, not our stdout
+  posix_spawn_file_actions_addclosefrom_np(&actions,
+                                           3);  // none of our sockets (the HTTP service's)
   pid_t pid = 0;
   const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);

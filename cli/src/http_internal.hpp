@@ -141,10 +141,25 @@ std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
 
 // The request body, at most `limit` bytes (kInputTooLarge naming the limit).
 std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit);
-// Reads the request body to `file` (created 0600), at most `limit` bytes: kInputTooLarge naming
-// the limit, kIo naming the file on a write failure.
-void save_body(Poco::Net::HTTPServerRequest& req, const std::filesystem::path& file,
-               std::uint64_t limit);
+// Reads the request body to `file` (created 0600), at most `limit` bytes, and returns its SHA-256
+// (upper-case hex): kInputTooLarge naming the limit, kIo naming the file on a write failure; the
+// file is removed on every failure (a client that goes away included).
+std::string save_body(Poco::Net::HTTPServerRequest& req, const std::filesystem::path& file,
+                      std::uint64_t limit);
+
+// Marks `what` as being answered for the guard's life: kAlreadyExists (409) while another request
+// holds it. Nothing else waits.
+class InFlight {
+ public:
+  InFlight(HttpService::Impl& impl, std::string what);
+  ~InFlight();
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  HttpService::Impl& m_impl;
+  std::string m_what;
+};
 // A safe single path segment for the service's own files ([A-Za-z0-9._-], not "." or "..").
 bool is_safe_name(const std::string& s);
 // Upper-case hex SHA-256 of `text`.

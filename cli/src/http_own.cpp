@@ -10,8 +10,10 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <variant>
 
 #include "cli.hpp"
+#include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/broker/broker_home.hpp"
 #include "fleetsign/engine/crl.hpp"
@@ -30,8 +32,9 @@ namespace {
 
 using Poco::JSON::Object;
 
-constexpr const char* kBatchFiles[] = {"bundle.pem",     "bundle.jsonl", "manifest.csv",
-                                       "manifest.jsonl", "rejects.csv",  "iothub-import.jsonl"};
+constexpr const char* kBatchFiles[] = {"bundle.pem",         "bundle.jsonl",   "chain.pem",
+                                       "manifest.csv",       "manifest.jsonl", "rejects.csv",
+                                       "iothub-import.jsonl"};
 
 std::int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
@@ -188,48 +191,68 @@ Answer post_batch(HttpService::Impl& impl, Request& r) {
                               : r.caller.cert_sha256 + "\n" + key)
                    .substr(0, 24);
   std::vector<std::string> args = command_args(r, uri, "");
-  // An enrollment group (not a policy group, which `issue --group` takes): its primary CA issues.
+  // The group: an enrollment group's primary CA issues (a policy group of the same name adds its
+  // settings, `issue --group`); else a policy group alone.
   if (group) {
     const bool policy_group = impl.with_stores(
         [&](engine::Stores&) { return impl.services_locked().policy().groups.count(*group) != 0; });
-    if (!policy_group) {
-      const auto g = impl.with_stores([&](engine::Stores& s) { return s.find_group(*group); });
-      if (!g) return error_answer(404, "not_found", "no group '" + *group + "'");
-      const std::string issuing = !g->primary_ca.empty() ? g->primary_ca : g->secondary_ca;
+    const auto g = impl.with_stores([&](engine::Stores& s) { return s.find_group(*group); });
+    if (g) {
       if (ca && *ca != g->primary_ca && *ca != g->secondary_ca) {
         return error_answer(400, "invalid_argument",
                             "CA '" + *ca + "' is in no slot of group '" + *group + "'");
       }
-      std::erase(args, "--group=" + *group);
-      if (!ca) args.push_back("--ca=" + issuing);
+      if (!policy_group) std::erase(args, "--group=" + *group);
+      if (!ca) args.push_back("--ca=" + (!g->primary_ca.empty() ? g->primary_ca : g->secondary_ca));
+    } else if (!policy_group) {
+      return error_answer(404, "not_found", "no group '" + *group + "'");
     }
   }
-  const fs::path upload = impl.opt.data_dir / "uploads" / (id + ".pem");
+  // One request per batch at a time (a second copy: 409); other requests never wait for it.
+  InFlight busy(impl, "batch " + id);
+  const fs::path uploads = impl.opt.data_dir / "uploads";
+  const fs::path part =
+      uploads /
+      (id + "." +
+       sha256_hex(std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()))
+           .substr(0, 8) +
+       ".part");
+  const fs::path upload = uploads / (id + ".pem");
   const fs::path out = impl.opt.data_dir / "batches" / id;
-  std::lock_guard idem_lock(impl.idem_mutex);  // one batch upload at a time per service
+  const fs::path request_file = impl.opt.data_dir / "batches" / (id + ".request");
+  const std::string body_sha = save_body(r.http, part, impl.opt.max_upload);
+  const std::string request = sha256_hex(uri.getRawQuery() + "\n" + body_sha);
+  std::error_code ec;
   const auto existing = impl.with_stores([&](engine::Stores& s) { return s.find_batch(id); });
   ApiRoute cmd = r.route;
   if (existing) {
-    // The same request again: the batch's state, or its resume when it was interrupted.
-    std::istream& in = r.http.stream();
-    char buf[65536];
-    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    fs::remove(part, ec);
+    std::ifstream in(request_file);
+    std::string kept;
+    std::getline(in, kept);
+    if (kept != request) {
+      return error_answer(400, "invalid_argument",
+                          "this Idempotency-Key was used for another batch (parameters or CSRs "
+                          "differ): batch " +
+                              id);
     }
+    // The same request again: the batch's state, or its resume when it was interrupted.
+    r.resp.set("Idempotent-Replayed", "true");
+    r.resp.set("Location", "/api/v1/batches/" + id);
     if (existing->state == "finished") {
       cmd.words = {"batch", "show"};
-      cmd.success_status = 200;
       Request again{r.http, r.resp, cmd, {}, r.caller};
-      r.resp.set("Idempotent-Replayed", "true");
       return run_command(impl, again, {id});
     }
     cmd.words = {"issue"};
     Request resume{r.http, r.resp, cmd, {}, r.caller};
-    return run_command(impl, resume, {"--resume=" + id});
+    const Answer a = run_command(impl, resume, {"--resume=" + id});
+    if (a.status < 300) fs::remove(upload, ec);
+    return a;
   }
-  std::error_code ec;
-  fs::remove(upload, ec);
-  save_body(r.http, upload, impl.opt.max_upload);
   fs::create_directories(out.parent_path());
+  write_file_atomic(request_file, request + "\n", 0600);
+  fs::rename(part, upload);
   args.push_back("--csr-file=" + upload.string());
   args.push_back("--bundle");
   args.push_back("--out=" + out.string());
@@ -237,10 +260,10 @@ Answer post_batch(HttpService::Impl& impl, Request& r) {
   cmd.words = {"issue"};
   Request run{r.http, r.resp, cmd, {}, r.caller};
   Answer a = run_command(impl, run, args);
-  if (a.status < 300) {
-    fs::remove(upload, ec);  // finished: the batch no longer needs its input
-    r.resp.set("Location", "/api/v1/batches/" + id);
-  }
+  // The input stays only while a recorded batch may need it to resume.
+  const auto after = impl.with_stores([&](engine::Stores& s) { return s.find_batch(id); });
+  if (!after || after->state == "finished") fs::remove(upload, ec);
+  if (a.status < 300) r.resp.set("Location", "/api/v1/batches/" + id);
   return a;
 }
 
@@ -268,25 +291,22 @@ Answer auth_check(HttpService::Impl& impl, Request& r) {
   return {200, stringify(auth_decision_json(d, when))};
 }
 
-Answer batch_file(HttpService::Impl& impl, Request& r) {
+// The path of an output of a batch issued through the API, or an error answer.
+std::variant<fs::path, Answer> batch_file(HttpService::Impl& impl, Request& r) {
   const std::string& id = r.values[0];
   const std::string& file = r.values[1];
   bool known = false;
   for (const char* f : kBatchFiles) known = known || file == f;
-  if (!is_safe_name(id) || !known) {
-    return error_answer(404, "not_found", "no such batch file");
-  }
+  if (!is_safe_name(id) || !known) return error_answer(404, "not_found", "no such batch file");
   const fs::path path = impl.opt.data_dir / "batches" / id / file;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
     return error_answer(404, "not_found",
                         "batch " + id + " has no " + file +
-                            " here (only batches issued "
-                            "through the API keep their outputs with the service)");
+                            " here (only batches issued through the API keep their outputs with "
+                            "the service)");
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return {200, text.str()};
+  return path;
 }
 
 std::string content_type_of(const std::string& file) {
@@ -358,11 +378,14 @@ bool answer_own(HttpService::Impl& impl, Request& r) {
     const Answer a = auth_check(impl, r);
     send_json(resp, a.status, a.body);
   } else if (path == "/api/v1/batches/{id}/files/{file}") {
-    const Answer a = batch_file(impl, r);
-    if (a.status != 200) {
-      send_json(resp, a.status, a.body);
+    const auto found = batch_file(impl, r);
+    if (const auto* a = std::get_if<Answer>(&found)) {
+      send_json(resp, a->status, a->body);
     } else {
-      send_bytes(resp, 200, content_type_of(r.values[1]), a.body);
+      // Streamed from the file: a bundle of 10^6 devices is never held in memory.
+      resp.set("Cache-Control", "no-store");
+      resp.set("X-Content-Type-Options", "nosniff");
+      resp.sendFile(std::get<fs::path>(found).string(), content_type_of(r.values[1]));
     }
   } else {
     return false;

@@ -3,9 +3,11 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <openssl/evp.h>
 
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -30,6 +32,9 @@ void check_value(const std::string& what, const std::string& v, bool positional)
   }
   if (v.find('\0') != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, what + ": holds a NUL byte");
+  }
+  if (engine::valid_utf8(v) != v) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": is not valid UTF-8");
   }
   // A positional value must not read as an option.
   if (positional && (v.empty() || v.front() == '-')) {
@@ -180,34 +185,67 @@ std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
   return body;
 }
 
-void save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file, std::uint64_t limit) {
+std::string save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file,
+                      std::uint64_t limit) {
   fs::create_directories(file.parent_path());
-  std::FILE* f = std::fopen(file.c_str(), "wbx");
-  if (f == nullptr) throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot create it");
+  struct Partial {
+    const fs::path& file;
+    std::FILE* f = nullptr;
+    bool done = false;
+    ~Partial() {
+      if (f != nullptr) std::fclose(f);
+      std::error_code ec;
+      if (!done) fs::remove(file, ec);
+    }
+  } partial{file};
+  partial.f = std::fopen(file.c_str(), "wbx");
+  if (partial.f == nullptr) {
+    throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot create it");
+  }
+  const std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr);
   std::uint64_t total = 0;
   char buf[65536];
   std::istream& in = req.stream();
-  bool ok = true;
-  while (ok && in) {
+  while (in) {
     in.read(buf, sizeof buf);
     const auto got = static_cast<std::size_t>(in.gcount());
     total += got;
     if (total > limit) {
-      std::fclose(f);
-      std::error_code ec;
-      fs::remove(file, ec);
       throw Error(ErrorCode::kInputTooLarge,
                   "request body: more than " + std::to_string(limit) + " bytes");
     }
-    ok = std::fwrite(buf, 1, got, f) == got;
+    if (std::fwrite(buf, 1, got, partial.f) != got) {
+      throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot be written (disk full?)");
+    }
+    EVP_DigestUpdate(md.get(), buf, got);
   }
-  ok = ok && std::fflush(f) == 0;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) {
-    std::error_code ec;
-    fs::remove(file, ec);
+  const bool flushed = std::fflush(partial.f) == 0;
+  const bool closed = std::fclose(partial.f) == 0;
+  partial.f = nullptr;
+  if (!flushed || !closed) {
     throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot be written (disk full?)");
   }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md.get(), digest, &len);
+  partial.done = true;
+  return engine::hex_upper(engine::ByteView(digest, len));
+}
+
+InFlight::InFlight(HttpService::Impl& impl, std::string what)
+    : m_impl(impl), m_what(std::move(what)) {
+  std::lock_guard lock(impl.idem_mutex);
+  if (!impl.idem_in_flight.insert(m_what).second) {
+    throw Error(ErrorCode::kAlreadyExists, m_what +
+                                               " is being answered for another request; "
+                                               "retry later");
+  }
+}
+
+InFlight::~InFlight() {
+  std::lock_guard lock(m_impl.idem_mutex);
+  m_impl.idem_in_flight.erase(m_what);
 }
 
 bool is_safe_name(const std::string& s) {

@@ -142,10 +142,8 @@ std::vector<ApiRoute> build_routes() {
     b.body = ApiBody::kPem;
     b.params = {value("ca", "the issuing CA (operator role)"),
                 value("group", "the enrollment group (its CA issues; required for a factory)"),
-                value("lot", "manufacturing lot"),
-                value("line", "production line"),
-                value("site", "site"),
-                value("threads", "worker threads")};
+                value("lot", "manufacturing lot"), value("line", "production line"),
+                value("site", "site")};
     b.success_status = 201;
     r.push_back(b);
   }

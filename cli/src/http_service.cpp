@@ -118,6 +118,15 @@ void Handler::handleRequest(Poco::Net::HTTPServerRequest& req,
   }
   const int status = static_cast<int>(resp.getStatus());
   m_impl.answered[std::min(5, std::max(0, status / 100))]++;
+  // Who did what: every request but a read, answered or refused, and every refusal of a read.
+  if (req.getMethod() != "GET" || status == 401 || status == 403) {
+    std::string path = req.getURI();
+    try {
+      path = Poco::URI(req.getURI()).getPath();
+    } catch (const Poco::Exception&) {
+    }
+    audit(m_impl, caller, req.getMethod(), path, status);
+  }
 }
 
 void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
@@ -165,7 +174,6 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
                std::string(engine::operator_role_name(route.access.min_role));
     }
     if (status != 0) {
-      audit(m_impl, caller, req.getMethod(), path, status);
       send_error(resp, status, status == 401 ? "unauthenticated" : "forbidden", denied);
       return;
     }
@@ -173,7 +181,6 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
   Request r{req, resp, route, m.values, caller};
   if (route.words.empty()) {
     answer_own(m_impl, r);
-    if (route.changes) audit(m_impl, caller, req.getMethod(), path, resp.getStatus());
     return;
   }
 
@@ -216,14 +223,17 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
       return;
     }
     const Answer a = run_command(m_impl, r, args);
-    // Only a definite answer is kept: a 5xx (busy, unavailable) may be retried with the key.
-    if (a.status < 500) idem.keep(a.status, a.body);
+    // Only a definite answer is kept: a 5xx (busy, unavailable), a device that was offline or a
+    // request in flight may be retried with the key.
+    if (a.status < 400 || a.status == 400 || a.status == 403 || a.status == 413 ||
+        a.status == 422) {
+      idem.keep(a.status, a.body);
+    }
     send_json(resp, a.status, a.body);
   } else {
     const Answer a = run_command(m_impl, r, args);
     send_json(resp, a.status, a.body);
   }
-  if (route.changes) audit(m_impl, caller, req.getMethod(), path, resp.getStatus());
 }
 
 class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
@@ -282,8 +292,24 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
                   "HTTP service " + std::string(what) + " " + file.string() + ": not a file");
     }
   }
-  fs::create_directories(impl.opt.data_dir);
-  fs::permissions(impl.opt.data_dir, fs::perms::owner_all);
+  if (!fs::exists(impl.opt.data_dir)) {
+    fs::create_directories(impl.opt.data_dir);
+    fs::permissions(impl.opt.data_dir, fs::perms::owner_all);
+  } else if ((fs::status(impl.opt.data_dir).permissions() &
+              (fs::perms::group_write | fs::perms::others_write)) != fs::perms::none) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--http-data " + impl.opt.data_dir.string() +
+                    ": others may write there; give a directory of the service's own (0700)");
+  }
+  // Uploads left by a crash or a client that went away: kept only while their batch may resume.
+  std::error_code ec;
+  for (const auto& f : fs::directory_iterator(impl.opt.data_dir / "uploads", ec)) {
+    const auto batch =
+        impl.with_stores([&](engine::Stores& s) { return s.find_batch(f.path().stem().string()); });
+    if (f.path().extension() != ".pem" || !batch || batch->state == "finished") {
+      fs::remove(f.path(), ec);
+    }
+  }
   try {
     Poco::Net::Context::Params p;
     p.privateKeyFile = impl.opt.key_file.string();
@@ -313,7 +339,10 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
     params->setMaxThreads(impl.opt.threads);
     params->setMaxQueued(512);
     params->setKeepAlive(true);
-    params->setTimeout(Poco::Timespan(30, 0));
+    // A connection that sends nothing (or stalls its TLS handshake) holds a thread for at most
+    // this long; a large upload is fine as long as each read brings data.
+    params->setTimeout(Poco::Timespan(10, 0));
+    params->setKeepAliveTimeout(Poco::Timespan(10, 0));
     params->setServerName("fleetsign");
     impl.server = std::make_unique<Poco::Net::HTTPServer>(new HandlerFactory(impl), socket,
                                                           Poco::Net::HTTPServerParams::Ptr(params));
@@ -342,7 +371,7 @@ void send_error(Poco::Net::HTTPServerResponse& resp, int status, const std::stri
 
 void send_bytes(Poco::Net::HTTPServerResponse& resp, int status, const std::string& type,
                 const std::string& body) {
-  resp.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  resp.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
   resp.setContentType(type);
   resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
   resp.set("Cache-Control", "no-store");
@@ -406,6 +435,8 @@ Answer run_command(HttpService::Impl& impl, const Request& r,
     spec.env.push_back(std::string("FLEETSIGN_PIN=") + impl.opt.pin->c_str());
   }
   spec.env.push_back("FLEETSIGN_ACTOR=http:" + r.caller.name());
+  spec.unset = {"FLEETSIGN_SO_PIN",
+                "FLEETSIGN_PFX_PASSWORD"};  // no command the API runs needs them
   const auto started = std::chrono::steady_clock::now();
   const ChildResult res = run_child(std::move(spec));
   impl.commands_run++;
@@ -437,6 +468,14 @@ Answer run_command(HttpService::Impl& impl, const Request& r,
   }
   if (res.exit_status == 0) return {r.route.success_status, res.out.empty() ? "{}\n" : res.out};
   if (!code.empty()) return {http_status_for(code), res.out};
+  // `method invoke` answers with a result and the exit status of its outcome: offline, no
+  // answer, another status, the backend unavailable.
+  for (const ErrorCode c : {ErrorCode::kDeviceOffline, ErrorCode::kDeviceTimeout,
+                            ErrorCode::kMethodFailed, ErrorCode::kServiceUnavailable}) {
+    if (json && res.exit_status == exit_status_for(c)) {
+      return {http_status_for(std::string(error_code_name(c))), res.out};
+    }
+  }
   // A non-zero status with a result (`job show` of a job that left devices behind, a batch with
   // rejected CSRs): the result is the answer.
   if (json && !res.out.empty()) return {r.route.success_status, res.out};

@@ -13,8 +13,10 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 
+#include "child.hpp"
 #include "cli_process.hpp"
 #include "enrollment_support.hpp"
 #include "fleet_support.hpp"
@@ -350,7 +352,7 @@ TEST_F(Http, ABatchFromAnUploadedBundleIssuesOnceAndAFactoryOnlyForItsGroups) {
 
   // The retry (a lost answer) issues nothing more and names the same batch.
   const Reply again = call("POST", "/api/v1/batches?group=fleet&lot=API-LOT", "carol", keyed);
-  ASSERT_EQ(again.status, 200) << again.body;
+  ASSERT_EQ(again.status, 201) << again.body;
   EXPECT_NE(again.body.find(batch), std::string::npos) << again.body;
   EXPECT_EQ(count_certs("lot = 'API-LOT'"), 5);
 
@@ -558,6 +560,80 @@ TEST_F(Http, AuthCheckOverHttpGivesTheClisAnswer) {
           .status,
       400);
   EXPECT_EQ(call("POST", "/api/v1/auth/check", "", "--data-binary @" + quoted(chain)).status, 401);
+}
+
+TEST_F(Http, ABatchKeyReusedWithAnotherRequestIsRefusedAndTheServerDecidesItsThreads) {
+  std::ofstream(path("k1.pem")) << engine::pem(testing::csr_der("kb-1"), "CERTIFICATE REQUEST");
+  std::ofstream(path("k2.pem")) << engine::pem(testing::csr_der("kb-2"), "CERTIFICATE REQUEST");
+  const auto upload = [&](const std::string& file, const std::string& query) {
+    return call("POST", "/api/v1/batches?" + query, "alice",
+                "-H 'Idempotency-Key: kb' --data-binary @" + quoted(path(file)));
+  };
+  ASSERT_EQ(upload("k1.pem", "ca=int1&lot=KB").status, 201);
+  const Reply other_body = upload("k2.pem", "ca=int1&lot=KB");
+  EXPECT_EQ(other_body.status, 400) << other_body.body;
+  EXPECT_EQ(upload("k1.pem", "ca=int1&lot=KB-2").status, 400);
+  EXPECT_EQ(count_certs("device_id = 'kb-2'"), 0);
+  const Reply same = upload("k1.pem", "ca=int1&lot=KB");
+  EXPECT_EQ(same.status, 201) << same.body;
+  EXPECT_EQ(count_certs("device_id = 'kb-1'"), 1);
+  // Threads are the service's business, not a caller's.
+  const Reply threads = call("POST", "/api/v1/batches?ca=int1&threads=2147483647", "alice",
+                             "--data-binary @" + quoted(path("k2.pem")));
+  EXPECT_EQ(threads.status, 400) << threads.body;
+  // No upload is left behind by a refused or finished batch.
+  std::size_t left = 0;
+  std::error_code ec;
+  for ([[maybe_unused]] const auto& f : fs::directory_iterator(data / "uploads", ec)) ++left;
+  EXPECT_EQ(left, 0u);
+}
+
+TEST_F(Http, RefusedRequestsAreAuditedAndAnswerWithTheirReason) {
+  const Reply bad = post_json("/api/v1/revocations", "alice", R"({"nosuch":"x"})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(sql("SELECT detail FROM audit WHERE action = 'http.request' AND subject = 'alice'")
+                .find("\"status\":400"),
+            std::string::npos);
+  const Reply utf = get("/api/v1/devices?lot=%FF%FE", "alice");
+  EXPECT_EQ(utf.status, 400) << utf.body;
+  const std::string head = shell("curl -sS -i --cacert " + quoted(path("operators.pem")) +
+                                 " https://localhost:" + std::to_string(port) + "/api/v1/cas");
+  EXPECT_NE(head.find("401 Unauthorized"), std::string::npos) << head;
+}
+
+TEST_F(Http, OperatorCertificatesCanNeverBeDeviceIdentities) {
+  const std::string pw = " --pfx-password-file " + quoted(path("p12pass"));
+  // int1 sits in group fleet's slot: its certificates are devices, not operators.
+  const auto r = bin->run("operator add mallory --role auditor --ca int1 --json --out " +
+                          quoted(path("m.p12")) + pw);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("invalid_argument"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("m.p12")));
+  // …and no group may trust the operators' chain.
+  const auto g = bin->run("enrollment group create staff --ca operators --json");
+  EXPECT_NE(g.status, 0);
+  EXPECT_NE(g.out.find("invalid_argument"), std::string::npos) << g.out;
+  EXPECT_NE(
+      bin->run("operator add anonymous --role auditor --out " + quoted(path("a.p12")) + pw).status,
+      0);
+}
+
+TEST_F(Http, ChildrenGetNoDescriptorBeyondTheirStandardStreams) {
+  // A descriptor of ours without close-on-exec (as Poco's sockets are): the child must not see it.
+  const int fd = ::dup(STDERR_FILENO);
+  ASSERT_GT(fd, 2);
+  cli::ChildSpec spec;
+  spec.program = "/bin/sh";
+  spec.args = {"-c", "ls /proc/self/fd"};
+  const cli::ChildResult r = cli::run_child(spec);
+  ::close(fd);
+  EXPECT_EQ(r.exit_status, 0);
+  std::istringstream in(r.out);
+  std::set<std::string> fds;
+  for (std::string line; std::getline(in, line);) fds.insert(line);
+  // 0-2, and the directory `ls` itself opens.
+  EXPECT_LE(fds.size(), 4u) << r.out;
+  EXPECT_EQ(fds.count(std::to_string(fd)), fd > 3 ? 0u : fds.count(std::to_string(fd)));
 }
 
 }  // namespace

@@ -251,6 +251,18 @@ CaRecord EnrollmentService::slot_ca(const std::string& ca_name) const {
   if (!summarize_certificate(ca->cert_der).is_ca) {
     throw Error(ErrorCode::kInvalidArgument, "CA '" + ca_name + "' does not hold a CA certificate");
   }
+  // A group trusting the chain of an operator CA would make every operator's certificate a
+  // device identity (operators.hpp): refused.
+  for (const auto& op : m_registry.list_operators()) {
+    for (auto at = m_registry.find_ca(op.ca_name); at;
+         at = at->parent.empty() ? std::nullopt : m_registry.find_ca(at->parent)) {
+      if (at->name == ca_name) {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "CA '" + ca_name + "' is in the chain of operator CA '" + op.ca_name +
+                        "': a group trusting it would admit operators' certificates as devices");
+      }
+    }
+  }
   return *ca;
 }
 

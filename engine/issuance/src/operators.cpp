@@ -29,6 +29,12 @@ Der pkcs8_der(const std::string& pem_text) {
 }
 
 void check_spec(Stores& stores, const policy::Policy& policy, const OperatorSpec& spec) {
+  for (const char* reserved : {"anonymous", "http-service"}) {
+    if (spec.name == reserved) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "operator name '" + spec.name + "' is reserved (the audit log uses it)");
+    }
+  }
   if (const auto id = DeviceId::check(policy, spec.name); !id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "operator name '" + spec.name + "': " + id.error().message);
@@ -61,7 +67,23 @@ void check_spec(Stores& stores, const policy::Policy& policy, const OperatorSpec
 CaRecord ensure_operator_ca(CaService& cas, Stores& stores, const std::string& name,
                             bool* created) {
   if (created != nullptr) *created = false;
-  if (auto found = stores.find_ca(name)) return *found;
+  if (auto found = stores.find_ca(name)) {
+    // Its certificates must never be device identities: no CA of its chain may sit in an
+    // enrollment group's slot (the enrollment side refuses the converse).
+    for (const auto& g : stores.list_groups()) {
+      for (auto at = std::optional<CaRecord>(*found); at;
+           at = at->parent.empty() ? std::nullopt : stores.find_ca(at->parent)) {
+        if (at->name == g.primary_ca || at->name == g.secondary_ca) {
+          throw Error(ErrorCode::kInvalidArgument,
+                      "CA '" + name + "' cannot issue operator certificates: enrollment group '" +
+                          g.name + "' trusts " +
+                          (at->name == name ? "it" : "its issuer '" + at->name + "'") +
+                          ", so they would be device identities too (use a CA of its own)");
+        }
+      }
+    }
+    return *found;
+  }
   if (name != kDefaultOperatorCa) {
     throw Error(ErrorCode::kNotFound, "operator CA '" + name + "' does not exist");
   }
@@ -74,7 +96,8 @@ CaRecord ensure_operator_ca(CaService& cas, Stores& stores, const std::string& n
 }
 
 OperatorCredential add_operator(CaService& cas, Stores& stores, const policy::Policy& policy,
-                                const OperatorSpec& spec, const char* password) {
+                                const OperatorSpec& spec, const char* password,
+                                const std::function<void(const OperatorCredential&)>& deliver) {
   check_spec(stores, policy, spec);
   OperatorCredential out;
   ensure_operator_ca(cas, stores, spec.ca, &out.created_ca);
@@ -94,12 +117,15 @@ OperatorCredential add_operator(CaService& cas, Stores& stores, const policy::Po
   rec.serial = summary.serial;
   rec.sha256 = summary.sha256;
   rec.not_after = summary.not_after;
-  stores.add_operator(rec);
   std::vector<Der> chain;
   for (const auto& ca : cas.chain(spec.ca)) chain.push_back(ca.cert_der);
   Der pkcs8 = pkcs8_der(key.private_pem);
   out.pfx = make_pfx(out.cert, pkcs8, chain, spec.name, password);
   OPENSSL_cleanse(pkcs8.data(), pkcs8.size());
+  // The credential first, the role after: an operator is never recorded without the key that
+  // makes it usable (a failed write records nothing; the certificate itself is recorded already).
+  deliver(out);
+  stores.add_operator(rec);
   return out;
 }
 

@@ -4,6 +4,7 @@
 // in software, for the holder; the CA's key never leaves the token).
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,7 +38,9 @@ struct OperatorCredential {
 };
 
 // The operator CA `name`: found, or (the default name only) created as a root in the token.
-// kNotFound for another name that does not exist. `created` tells which.
+// kNotFound for another name that does not exist; kInvalidArgument when an enrollment group
+// trusts it or one of its issuers (its certificates would be device identities). `created`
+// tells which.
 CaRecord ensure_operator_ca(CaService& cas, Stores& stores, const std::string& name,
                             bool* created = nullptr);
 
@@ -45,8 +48,10 @@ CaRecord ensure_operator_ca(CaService& cas, Stores& stores, const std::string& n
 // role without, a factory without groups; kNotFound for an unknown group or a named CA that does
 // not exist; kAlreadyExists for an active operator of that name), creates the default operator CA
 // when missing, issues the certificate (its intent recorded before the token signs, like every
-// certificate), records the operator (audited) and builds the PKCS#12 under `password`.
+// certificate), builds the PKCS#12 under `password`, hands it to `deliver` (which writes it; an
+// exception there records no operator) and then records the operator (audited).
 OperatorCredential add_operator(CaService& cas, Stores& stores, const policy::Policy& policy,
-                                const OperatorSpec& spec, const char* password);
+                                const OperatorSpec& spec, const char* password,
+                                const std::function<void(const OperatorCredential&)>& deliver);
 
 }  // namespace fleetsign::engine
