@@ -97,6 +97,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   void dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
                 Caller& caller);
   HttpService::Impl& m_impl;
+  const ApiRoute* m_route = nullptr;  // what the request matched, once it did
 };
 
 void Handler::handleRequest(Poco::Net::HTTPServerRequest& req,
@@ -118,8 +119,10 @@ void Handler::handleRequest(Poco::Net::HTTPServerRequest& req,
   }
   const int status = static_cast<int>(resp.getStatus());
   m_impl.answered[std::min(5, std::max(0, status / 100))]++;
-  // Who did what: every request but a read, answered or refused, and every refusal of a read.
-  if (req.getMethod() != "GET" || status == 401 || status == 403) {
+  // Who did what: every request that may change something (a route that changes, or one that
+  // matched none), answered or refused, and every refusal of a read.
+  if ((req.getMethod() != "GET" && (m_route == nullptr || m_route->changes)) || status == 401 ||
+      status == 403) {
     std::string path = req.getURI();
     try {
       path = Poco::URI(req.getURI()).getPath();
@@ -157,6 +160,7 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
     return;
   }
   const ApiRoute& route = *m.route;
+  m_route = &route;
   if (!route.access.is_public) {
     std::string denied;
     int status = 0;
@@ -236,6 +240,16 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
   }
 }
 
+// Every accepted connection answers without Nagle's delay: a response is headers and body in two
+// TLS records, and the second waiting for the peer's delayed ACK costs 40 ms.
+class NoDelay final : public Poco::Net::TCPServerConnectionFilter {
+ public:
+  bool accept(const Poco::Net::StreamSocket& socket) override {
+    const_cast<Poco::Net::StreamSocket&>(socket).setNoDelay(true);
+    return true;
+  }
+};
+
 class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
  public:
   explicit HandlerFactory(HttpService::Impl& impl) : m_impl(impl) {}
@@ -269,11 +283,23 @@ std::unique_ptr<HttpService::Impl::AuthSlot> HttpService::Impl::take_auth() {
     slot = std::make_unique<AuthSlot>();
     slot->registry = engine::Registry::open(engine::Home::open(opt.home).registry_path());
   }
+  // Rebuilt (CA paths validated again) only when a change may alter admission: the audit rows
+  // since this Authenticator was built, as the broker's watcher reads them.
   const std::int64_t mark = slot->registry->change_mark();
-  if (!slot->auth || mark != slot->mark) {
-    slot->auth = std::make_unique<engine::Authenticator>(*slot->registry);
-    slot->mark = mark;
+  bool rebuild = !slot->auth || mark < slot->mark;
+  for (std::int64_t seen = slot->mark; !rebuild && seen < mark;) {
+    const auto rows = slot->registry->audit_after(seen, 1000);
+    if (rows.empty()) break;
+    for (const auto& row : rows) {
+      rebuild =
+          rebuild || !(row.action.starts_with("job.") || row.action.starts_with("alert.") ||
+                       row.action.starts_with("http.") || row.action.starts_with("operator.") ||
+                       row.action == "twin.set-desired");
+      seen = row.id;
+    }
   }
+  if (rebuild) slot->auth = std::make_unique<engine::Authenticator>(*slot->registry);
+  slot->mark = mark;
   return slot;
 }
 
@@ -346,6 +372,7 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
     params->setServerName("fleetsign");
     impl.server = std::make_unique<Poco::Net::HTTPServer>(new HandlerFactory(impl), socket,
                                                           Poco::Net::HTTPServerParams::Ptr(params));
+    impl.server->setConnectionFilter(new NoDelay);
     impl.server->start();
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kIo, "HTTP service: cannot listen on " + impl.opt.host + ":" +

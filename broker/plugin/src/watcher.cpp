@@ -59,9 +59,11 @@ RegistryChanges read_changes(engine::FleetStateStore& store, std::int64_t* mark)
       break;
     }
     for (const auto& row : rows) {
-      if (row.action.starts_with("job.") || row.action.starts_with("alert.")) {
-        // A job's own rows (create, state changes) and the scheduler's alerts never change
-        // admission; the slot changes a job makes write their own enrollment rows.
+      if (row.action.starts_with("job.") || row.action.starts_with("alert.") ||
+          row.action.starts_with("http.") || row.action.starts_with("operator.")) {
+        // A job's own rows (create, state changes), the scheduler's alerts and the HTTP
+        // service's requests and operators never change admission; the slot changes a job
+        // makes write their own enrollment rows.
       } else if (row.action != "twin.set-desired") {
         out.admission = true;
       } else if (auto c = desired_change(row)) {
