@@ -159,10 +159,13 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
                                .count();
   engine::AuthDecision decision;
   std::string issuing_ca;
-  impl.with_stores([&](engine::Stores& s) {
-    engine::Authenticator auth(s);
+  {
+    auto slot = impl.take_auth();  // pooled, like the auth check: no rebuild under the lock
     const std::vector<engine::Der> chain = {r.caller.cert_der};
-    decision = auth.check(chain, now);
+    decision = slot->auth->check(chain, now);
+    impl.give_back(std::move(slot));
+  }
+  impl.with_stores([&](engine::Stores& s) {
     if (!decision.allowed) return;
     if (const auto g = s.find_group(decision.enrollment)) {
       issuing_ca = !g->primary_ca.empty() ? g->primary_ca : g->secondary_ca;

@@ -1,6 +1,7 @@
 // The routes the HTTP service answers itself (http_api.hpp's entries without CLI words): health,
 // CA certificates and CRLs, EST's CA certificates, the OpenAPI document, who am I, metrics, and
 // batch issuance from an uploaded CSR bundle.
+#include <Poco/Exception.h>
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
@@ -299,6 +300,13 @@ std::variant<fs::path, Answer> batch_file(HttpService::Impl& impl, Request& r) {
   for (const char* f : kBatchFiles) known = known || file == f;
   if (!is_safe_name(id) || !known) return error_answer(404, "not_found", "no such batch file");
   const fs::path path = impl.opt.data_dir / "batches" / id / file;
+  // A running batch still appends to its outputs (and cuts them back on a resume): only a
+  // finished one has files whose length holds while they are sent.
+  const auto batch = impl.with_stores([&](engine::Stores& s) { return s.find_batch(id); });
+  if (batch && batch->state != "finished") {
+    return error_answer(409, "already_exists",
+                        "batch " + id + " is " + batch->state + ": its files are not final yet");
+  }
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) {
     return error_answer(404, "not_found",
@@ -385,7 +393,11 @@ bool answer_own(HttpService::Impl& impl, Request& r) {
       // Streamed from the file: a bundle of 10^6 devices is never held in memory.
       resp.set("Cache-Control", "no-store");
       resp.set("X-Content-Type-Options", "nosniff");
-      resp.sendFile(std::get<fs::path>(found).string(), content_type_of(r.values[1]));
+      try {
+        resp.sendFile(std::get<fs::path>(found).string(), content_type_of(r.values[1]));
+      } catch (const Poco::FileNotFoundException&) {
+        if (!resp.sent()) send_error(resp, 404, "not_found", "no such batch file");
+      }
     }
   } else {
     return false;

@@ -3,7 +3,9 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -170,6 +172,17 @@ std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
   return args;
 }
 
+// A body cut short (the client went away, a reset, the read timeout) is never taken for a whole
+// one: Poco's stream ends quietly at a close and only sets badbit on an error.
+void require_complete(Poco::Net::HTTPServerRequest& req, const std::istream& in,
+                      std::uint64_t total) {
+  if (in.bad() ||
+      (req.hasContentLength() && total != static_cast<std::uint64_t>(req.getContentLength64()))) {
+    throw Error(ErrorCode::kIo, "request body: incomplete (" + std::to_string(total) +
+                                    " bytes received); nothing was done with it");
+  }
+}
+
 std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
   std::string body;
   std::istream& in = req.stream();
@@ -182,6 +195,7 @@ std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
                   "request body: more than " + std::to_string(limit) + " bytes");
     }
   }
+  require_complete(req, in, body.size());
   return body;
 }
 
@@ -198,7 +212,9 @@ std::string save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file,
       if (!done) fs::remove(file, ec);
     }
   } partial{file};
-  partial.f = std::fopen(file.c_str(), "wbx");
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  partial.f = fd < 0 ? nullptr : ::fdopen(fd, "wb");
+  if (fd >= 0 && partial.f == nullptr) ::close(fd);
   if (partial.f == nullptr) {
     throw Error(ErrorCode::kIo, "upload " + file.string() + ": cannot create it");
   }
@@ -220,6 +236,7 @@ std::string save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file,
     }
     EVP_DigestUpdate(md.get(), buf, got);
   }
+  require_complete(req, in, total);
   const bool flushed = std::fflush(partial.f) == 0;
   const bool closed = std::fclose(partial.f) == 0;
   partial.f = nullptr;

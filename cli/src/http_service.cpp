@@ -240,16 +240,6 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
   }
 }
 
-// Every accepted connection answers without Nagle's delay: a response is headers and body in two
-// TLS records, and the second waiting for the peer's delayed ACK costs 40 ms.
-class NoDelay final : public Poco::Net::TCPServerConnectionFilter {
- public:
-  bool accept(const Poco::Net::StreamSocket& socket) override {
-    const_cast<Poco::Net::StreamSocket&>(socket).setNoDelay(true);
-    return true;
-  }
-};
-
 class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
  public:
   explicit HandlerFactory(HttpService::Impl& impl) : m_impl(impl) {}
@@ -372,7 +362,6 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
     params->setServerName("fleetsign");
     impl.server = std::make_unique<Poco::Net::HTTPServer>(new HandlerFactory(impl), socket,
                                                           Poco::Net::HTTPServerParams::Ptr(params));
-    impl.server->setConnectionFilter(new NoDelay);
     impl.server->start();
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kIo, "HTTP service: cannot listen on " + impl.opt.host + ":" +
@@ -399,6 +388,8 @@ void send_error(Poco::Net::HTTPServerResponse& resp, int status, const std::stri
 void send_bytes(Poco::Net::HTTPServerResponse& resp, int status, const std::string& type,
                 const std::string& body) {
   resp.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  // A refusal may leave the request's body unread: the connection cannot carry another request.
+  if (status >= 400) resp.setKeepAlive(false);
   resp.setContentType(type);
   resp.setContentLength64(static_cast<Poco::Int64>(body.size()));
   resp.set("Cache-Control", "no-store");

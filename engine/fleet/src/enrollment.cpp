@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cctype>
+#include <set>
 
 #include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/operators.hpp"
 #include "fleetsign/error.hpp"
 #include "ossl.hpp"
 
@@ -253,12 +255,15 @@ CaRecord EnrollmentService::slot_ca(const std::string& ca_name) const {
   }
   // A group trusting the chain of an operator CA would make every operator's certificate a
   // device identity (operators.hpp): refused.
-  for (const auto& op : m_registry.list_operators()) {
-    for (auto at = m_registry.find_ca(op.ca_name); at;
-         at = at->parent.empty() ? std::nullopt : m_registry.find_ca(at->parent)) {
+  std::set<std::string> operator_cas = {kDefaultOperatorCa};  // it also signs http init's
+  for (const auto& op : m_registry.list_operators()) operator_cas.insert(op.ca_name);
+  for (const auto& name : operator_cas) {
+    int depth = 0;
+    for (auto at = m_registry.find_ca(name); at && depth < 16;
+         at = at->parent.empty() ? std::nullopt : m_registry.find_ca(at->parent), ++depth) {
       if (at->name == ca_name) {
         throw Error(ErrorCode::kInvalidArgument,
-                    "CA '" + ca_name + "' is in the chain of operator CA '" + op.ca_name +
+                    "CA '" + ca_name + "' is in the chain of operator CA '" + name +
                         "': a group trusting it would admit operators' certificates as devices");
       }
     }

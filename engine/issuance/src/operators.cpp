@@ -71,8 +71,9 @@ CaRecord ensure_operator_ca(CaService& cas, Stores& stores, const std::string& n
     // Its certificates must never be device identities: no CA of its chain may sit in an
     // enrollment group's slot (the enrollment side refuses the converse).
     for (const auto& g : stores.list_groups()) {
-      for (auto at = std::optional<CaRecord>(*found); at;
-           at = at->parent.empty() ? std::nullopt : stores.find_ca(at->parent)) {
+      int depth = 0;
+      for (auto at = std::optional<CaRecord>(*found); at && depth < 16;
+           at = at->parent.empty() ? std::nullopt : stores.find_ca(at->parent), ++depth) {
         if (at->name == g.primary_ca || at->name == g.secondary_ca) {
           throw Error(ErrorCode::kInvalidArgument,
                       "CA '" + name + "' cannot issue operator certificates: enrollment group '" +
