@@ -1,0 +1,279 @@
+// `fleetsign serve --http` from outside: operators, EST enrollment, the auth check, refusals and
+// uploads cut short (the fixture: http_fixture.hpp).
+#include <gtest/gtest.h>
+
+#include "http_fixture.hpp"
+
+namespace fleetsign::http_test {
+namespace {
+
+namespace fs = std::filesystem;
+using Poco::JSON::Object;
+using testing::json;
+using testing::quoted;
+
+TEST_F(Http, OperatorAddChecksItsInputAndWritesAProtectedPkcs12) {
+  const std::string pw = " --pfx-password-file " + quoted(path("p12pass"));
+  const auto bad = [&](const std::string& args, const std::string& code) {
+    const auto r = bin->run("operator add " + args + " --json");
+    EXPECT_NE(r.status, 0) << args;
+    EXPECT_NE(r.out.find("\"" + code + "\""), std::string::npos) << args << ": " << r.out;
+  };
+  bad("'../evil' --role operator --out " + quoted(path("e.p12")) + pw, "invalid_argument");
+  bad("erin --role factory --out " + quoted(path("e.p12")) + pw, "invalid_argument");
+  bad("erin --role auditor --group fleet --out " + quoted(path("e.p12")) + pw, "invalid_argument");
+  bad("erin --role factory --group nosuch --out " + quoted(path("e.p12")) + pw, "not_found");
+  bad("erin --role root --out " + quoted(path("e.p12")) + pw, "usage");
+  bad("alice --role operator --out " + quoted(path("e.p12")) + pw, "already_exists");
+  bad("erin --role operator --out " + quoted((home / "e.p12").string()) + pw, "invalid_argument");
+  std::ofstream(path("empty-pass")).flush();
+  bad("erin --role operator --out " + quoted(path("e.p12")) + " --pfx-password-file " +
+          quoted(path("empty-pass")),
+      "invalid_argument");
+  EXPECT_FALSE(fs::exists(path("e.p12")));
+
+  // The credential: the key, the certificate (CN = name, clientAuth) and the chain, under the
+  // password; the registry knows its SHA-256 and role.
+  const auto added =
+      json(bin->ok("operator add erin --role auditor --json --out " + quoted(path("erin.p12")) + pw)
+               .out);
+  EXPECT_EQ(fs::status(path("erin.p12")).permissions() & fs::perms::group_all, fs::perms::none);
+  int rc = -1;
+  const std::string dump =
+      shell("openssl pkcs12 -in " + quoted(path("erin.p12")) + " -passin pass:" + kP12Password +
+                " -nodes 2>/dev/null | openssl x509 -noout -subject -ext extendedKeyUsage",
+            &rc);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NE(dump.find("CN = erin"), std::string::npos) << dump;
+  EXPECT_NE(dump.find("TLS Web Client Authentication"), std::string::npos) << dump;
+  const std::string wrong = shell("openssl pkcs12 -in " + quoted(path("erin.p12")) +
+                                      " -passin pass:wrong -nokeys 2>&1 >/dev/null",
+                                  &rc);
+  EXPECT_NE(rc, 0) << wrong;
+  const auto listed = json(bin->ok("operator list --json").out)->getArray("operators");
+  bool found = false;
+  for (std::size_t i = 0; i < listed->size(); ++i) {
+    const auto op = listed->getObject(i);
+    if (op->getValue<std::string>("name") != "erin") continue;
+    found = true;
+    EXPECT_EQ(op->getValue<std::string>("role"), "auditor");
+    EXPECT_EQ(op->getValue<std::string>("sha256"), added->getValue<std::string>("sha256"));
+  }
+  EXPECT_TRUE(found);
+  EXPECT_EQ(get("/api/v1/whoami", "erin").status, 200);
+  // The operator CA's key is in the token like every CA's: not exportable.
+  EXPECT_NE(bin->ok("ca show operators --json").out.find("pkcs11:"), std::string::npos);
+}
+
+TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
+  bin->ok("issue --ca int1 --generate 2 --id-pattern 'est-{02}' --pfx --pfx-password-file " +
+          quoted(path("p12pass")) + " --out " + quoted(path("estout")));
+  fs::copy_file(path("estout/est-01.pfx"), path("est1.p12"), fs::copy_options::overwrite_existing);
+  // A CSR (new key) as RFC 7030 wants it: base64 DER PKCS#10.
+  const auto csr = [&](const std::string& cn, const std::string& key) {
+    const std::string b64 = path(cn + ".b64");
+    shell("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+          quoted(key) + " -subj /CN=" + cn + " -outform DER 2>/dev/null | openssl base64 > " +
+          quoted(b64));
+    return "-H 'Content-Type: application/pkcs10' --data-binary @" + quoted(b64);
+  };
+  const std::string mine = csr("est-01", path("est1-new.key"));
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "", mine).status, 401);
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "alice", mine).status, 403);
+  const Reply other =
+      call("POST", "/.well-known/est/simplereenroll", "est1", csr("est-02", path("est2-new.key")));
+  EXPECT_EQ(other.status, 400) << other.body;
+  EXPECT_EQ(call("POST", "/.well-known/est/other/simplereenroll", "est1", mine).status, 403);
+  EXPECT_EQ(call("POST", "/.well-known/est/simplereenroll", "est1",
+                 "-H 'Content-Type: application/pkcs10' --data-binary 'not base64!'")
+                .status,
+            400);
+
+  const Reply r = call("POST", "/.well-known/est/fleet/simplereenroll", "est1", mine);
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::ofstream(path("new.b64")) << r.body;
+  int rc = -1;
+  shell("openssl base64 -d -in " + quoted(path("new.b64")) +
+            " | openssl pkcs7 -inform DER -print_certs -out " + quoted(path("new.pem")),
+        &rc);
+  ASSERT_EQ(rc, 0);
+  const std::string subject =
+      shell("openssl x509 -in " + quoted(path("new.pem")) + " -noout -subject -issuer");
+  EXPECT_NE(subject.find("CN = est-01"), std::string::npos) << subject;
+  EXPECT_NE(subject.find("Http-Int1"), std::string::npos) << subject;
+  // Recorded, in the device's free slot, beside the one it holds.
+  const auto device = json(bin->ok("device show est-01 --json").out);
+  ASSERT_TRUE(device->getObject("primary") && device->getObject("secondary"))
+      << bin->ok("device show est-01 --json").out;
+  EXPECT_NE(device->getObject("primary")->getValue<std::string>("serial"),
+            device->getObject("secondary")->getValue<std::string>("serial"));
+
+  // The new certificate is a working credential: it re-enrolls in turn (with a new key).
+  const std::string again = csr("est-01", path("est1-newer.key"));
+  int crc = -1;
+  const std::string code = shell(
+      "curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
+          " --cert " + quoted(path("new.pem")) + " --key " + quoted(path("est1-new.key")) + " " +
+          again + " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll",
+      &crc);
+  EXPECT_EQ(code, "200");
+  // Its own key again is refused (a rotation needs a new key pair).
+  shell("openssl req -new -key " + quoted(path("est1-new.key")) +
+        " -subj /CN=est-01 -outform DER 2>/dev/null | openssl base64 > " +
+        quoted(path("same.b64")));
+  const std::string same =
+      shell("curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
+            " --cert " + quoted(path("new.pem")) + " --key " + quoted(path("est1-new.key")) +
+            " -H 'Content-Type: application/pkcs10' --data-binary @" + quoted(path("same.b64")) +
+            " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll");
+  EXPECT_EQ(same, "422");
+}
+
+TEST_F(Http, AuthCheckOverHttpGivesTheClisAnswer) {
+  bin->ok("issue --ca int1 --generate 1 --id-pattern 'ac-{02}' --out " + quoted(path("acout")));
+  const std::string chain = path("acout/ac-01_fullchain.pem");
+  const auto compare = [&](const std::string& file, const std::string& at) {
+    const auto cli =
+        json(bin->run("auth check --chain " + quoted(file) + " --at " + at + " --json").out);
+    const Reply http =
+        call("POST", "/api/v1/auth/check?at=" + at, "bob", "--data-binary @" + quoted(file));
+    ASSERT_EQ(http.status, 200) << http.body;
+    const auto o = json(http.body);
+    for (const char* field :
+         {"rule", "reason", "registration_id", "enrollment", "slot", "serial", "sha256", "at"}) {
+      EXPECT_EQ(o->getValue<std::string>(field), cli->getValue<std::string>(field)) << field;
+    }
+    EXPECT_EQ(o->getValue<bool>("allowed"), cli->getValue<bool>("allowed"));
+  };
+  compare(chain, "2027-01-01");
+  EXPECT_TRUE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  compare(chain, "2040-01-01");  // expired by then: refused, for the same reason
+  // The decision follows the registry: disabled groups refuse at once.
+  bin->ok("enrollment group disable fleet");
+  bin->ok("enrollment group disable other");
+  EXPECT_FALSE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  bin->ok("enrollment group enable fleet");
+  bin->ok("enrollment group enable other");
+  EXPECT_TRUE(
+      json(call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(chain)).body)
+          ->getValue<bool>("allowed"));
+  std::ofstream(path("junk.pem"))
+      << "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+  const Reply junk =
+      call("POST", "/api/v1/auth/check", "bob", "--data-binary @" + quoted(path("junk.pem")));
+  EXPECT_EQ(junk.status, 422) << junk.body;
+  EXPECT_EQ(error_code(junk), "certificate_malformed");
+  EXPECT_EQ(
+      call("POST", "/api/v1/auth/check?at=yesterday", "bob", "--data-binary @" + quoted(chain))
+          .status,
+      400);
+  EXPECT_EQ(call("POST", "/api/v1/auth/check", "", "--data-binary @" + quoted(chain)).status, 401);
+}
+
+TEST_F(Http, ABatchKeyReusedWithAnotherRequestIsRefusedAndTheServerDecidesItsThreads) {
+  std::ofstream(path("k1.pem")) << engine::pem(testing::csr_der("kb-1"), "CERTIFICATE REQUEST");
+  std::ofstream(path("k2.pem")) << engine::pem(testing::csr_der("kb-2"), "CERTIFICATE REQUEST");
+  const auto upload = [&](const std::string& file, const std::string& query) {
+    return call("POST", "/api/v1/batches?" + query, "alice",
+                "-H 'Idempotency-Key: kb' --data-binary @" + quoted(path(file)));
+  };
+  ASSERT_EQ(upload("k1.pem", "ca=int1&lot=KB").status, 201);
+  const Reply other_body = upload("k2.pem", "ca=int1&lot=KB");
+  EXPECT_EQ(other_body.status, 400) << other_body.body;
+  EXPECT_EQ(upload("k1.pem", "ca=int1&lot=KB-2").status, 400);
+  EXPECT_EQ(count_certs("device_id = 'kb-2'"), 0);
+  const Reply same = upload("k1.pem", "ca=int1&lot=KB");
+  EXPECT_EQ(same.status, 201) << same.body;
+  EXPECT_EQ(count_certs("device_id = 'kb-1'"), 1);
+  // Threads are the service's business, not a caller's.
+  const Reply threads = call("POST", "/api/v1/batches?ca=int1&threads=2147483647", "alice",
+                             "--data-binary @" + quoted(path("k2.pem")));
+  EXPECT_EQ(threads.status, 400) << threads.body;
+  // No upload is left behind by a refused or finished batch.
+  std::size_t left = 0;
+  std::error_code ec;
+  for ([[maybe_unused]] const auto& f : fs::directory_iterator(data / "uploads", ec)) ++left;
+  EXPECT_EQ(left, 0u);
+}
+
+TEST_F(Http, RefusedRequestsAreAuditedAndAnswerWithTheirReason) {
+  const Reply bad = post_json("/api/v1/revocations", "alice", R"({"nosuch":"x"})");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(sql("SELECT detail FROM audit WHERE action = 'http.request' AND subject = 'alice'")
+                .find("\"status\":400"),
+            std::string::npos);
+  const Reply utf = get("/api/v1/devices?lot=%FF%FE", "alice");
+  EXPECT_EQ(utf.status, 400) << utf.body;
+  const std::string head = shell("curl -sS -i --cacert " + quoted(path("operators.pem")) +
+                                 " https://localhost:" + std::to_string(port) + "/api/v1/cas");
+  EXPECT_NE(head.find("401 Unauthorized"), std::string::npos) << head;
+}
+
+TEST_F(Http, OperatorCertificatesCanNeverBeDeviceIdentities) {
+  const std::string pw = " --pfx-password-file " + quoted(path("p12pass"));
+  // int1 sits in group fleet's slot: its certificates are devices, not operators.
+  const auto r = bin->run("operator add mallory --role auditor --ca int1 --json --out " +
+                          quoted(path("m.p12")) + pw);
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("invalid_argument"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("m.p12")));
+  // …and no group may trust the operators' chain.
+  const auto g = bin->run("enrollment group create staff --ca operators --json");
+  EXPECT_NE(g.status, 0);
+  EXPECT_NE(g.out.find("invalid_argument"), std::string::npos) << g.out;
+  EXPECT_NE(
+      bin->run("operator add anonymous --role auditor --out " + quoted(path("a.p12")) + pw).status,
+      0);
+}
+
+TEST_F(Http, ChildrenGetNoDescriptorBeyondTheirStandardStreams) {
+  // A descriptor of ours without close-on-exec (as Poco's sockets are): the child must not see it.
+  const int fd = ::dup(STDERR_FILENO);
+  ASSERT_GT(fd, 2);
+  cli::ChildSpec spec;
+  spec.program = "/bin/sh";
+  spec.args = {"-c", "ls /proc/self/fd"};
+  const cli::ChildResult r = cli::run_child(spec);
+  ::close(fd);
+  EXPECT_EQ(r.exit_status, 0);
+  std::istringstream in(r.out);
+  std::set<std::string> fds;
+  for (std::string line; std::getline(in, line);) fds.insert(line);
+  // 0-2, and the directory `ls` itself opens.
+  EXPECT_LE(fds.size(), 4u) << r.out;
+  EXPECT_EQ(fds.count(std::to_string(fd)), fd > 3 ? 0u : fds.count(std::to_string(fd)));
+}
+
+TEST_F(Http, AnUploadCutShortIssuesNothingAndItsRetryIssuesOnce) {
+  // alice's key and certificate as PEM, for openssl s_client.
+  shell("openssl pkcs12 -in " + quoted(path("alice.p12")) + " -passin pass:" + kP12Password +
+        " -nodes -out " + quoted(path("alice-all.pem")) + " 2>/dev/null");
+  const std::string csr = engine::pem(testing::csr_der("cut-1"), "CERTIFICATE REQUEST");
+  std::ofstream(path("cut-full.pem")) << csr;
+  // Headers promise 100,000 bytes; the client sends part of one CSR and closes.
+  std::ofstream(path("cut-request.txt"))
+      << "POST /api/v1/batches?ca=int1 HTTP/1.1\r\nHost: localhost\r\nIdempotency-Key: cut\r\n"
+      << "Content-Type: application/x-pem-file\r\nContent-Length: 100000\r\n\r\n"
+      << csr.substr(0, csr.size() / 2);
+  shell("timeout 30 openssl s_client -connect 127.0.0.1:" + std::to_string(port) + " -cert " +
+        quoted(path("alice-all.pem")) + " -key " + quoted(path("alice-all.pem")) +
+        " -no_ign_eof < " + quoted(path("cut-request.txt")) + " > /dev/null 2>&1");
+  EXPECT_EQ(count_certs("device_id = 'cut-1'"), 0);
+  std::size_t left = 0;
+  std::error_code ec;
+  for ([[maybe_unused]] const auto& f : fs::directory_iterator(data / "uploads", ec)) ++left;
+  EXPECT_EQ(left, 0u);
+  // The client's retry with the same key and the whole body is a new request, issued once.
+  const Reply retry =
+      call("POST", "/api/v1/batches?ca=int1", "alice",
+           "-H 'Idempotency-Key: cut' --data-binary @" + quoted(path("cut-full.pem")));
+  EXPECT_EQ(retry.status, 201) << retry.body;
+  EXPECT_EQ(count_certs("device_id = 'cut-1'"), 1);
+}
+
+}  // namespace
+}  // namespace fleetsign::http_test
