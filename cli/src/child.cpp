@@ -45,6 +45,15 @@ std::string env_name(const std::string& entry) { return entry.substr(0, entry.fi
 
 }  // namespace
 
+SpawnAttr::SpawnAttr() {
+  posix_spawnattr_init(&m_attr);
+  sigset_t defaults;
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigdefault(&m_attr, &defaults);
+  posix_spawnattr_setflags(&m_attr, POSIX_SPAWN_SETSIGDEF);
+}
+
 ChildResult run_child(ChildSpec spec) {
   std::vector<std::string> argv_s = {spec.program.string()};
   argv_s.insert(argv_s.end(), spec.args.begin(), spec.args.end());
@@ -73,7 +82,8 @@ ChildResult run_child(ChildSpec spec) {
   // Only 0-2: never the HTTP service's listening socket or another client's connection.
   posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
+  const SpawnAttr attr;
+  const int rc = posix_spawn(&pid, argv[0], &actions, attr.get(), argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   for (auto& e : env_s) explicit_bzero(e.data(), e.size());
   for (auto& e : spec.env) explicit_bzero(e.data(), e.size());

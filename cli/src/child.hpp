@@ -3,6 +3,8 @@
 // status and one JSON error format, and the home's lock is taken per request, as for any command.
 #pragma once
 
+#include <spawn.h>
+
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
@@ -28,6 +30,21 @@ struct ChildSpec {
   std::vector<std::string> unset;  // names left out of the child's environment
   std::chrono::seconds timeout{600};
   std::size_t out_limit = 16u << 20;
+};
+
+// posix_spawn attributes that give the child the default SIGPIPE action: `serve --http` ignores
+// SIGPIPE (a browser that leaves an event stream must not kill the service), its children must
+// not inherit that.
+class SpawnAttr {
+ public:
+  SpawnAttr();
+  ~SpawnAttr() { posix_spawnattr_destroy(&m_attr); }
+  SpawnAttr(const SpawnAttr&) = delete;
+  SpawnAttr& operator=(const SpawnAttr&) = delete;
+  const posix_spawnattr_t* get() const { return &m_attr; }
+
+ private:
+  posix_spawnattr_t m_attr;
 };
 
 // Throws Error(kInternal) when the child cannot be started; every other outcome is a result.

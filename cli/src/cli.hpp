@@ -90,7 +90,7 @@ void set_stores_wrapper(engine::Services::StoresWrapper wrapper);
 void add_init_commands(std::vector<Command>& commands);
 void add_ca_commands(std::vector<Command>& commands);
 void add_issue_commands(std::vector<Command>& commands);
-void add_misc_commands(std::vector<Command>& commands);
+void add_overview_commands(std::vector<Command>& commands);    // fleet overview, audit
 void add_enrollment_commands(std::vector<Command>& commands);  // enrollment …, device …
 void add_report_commands(std::vector<Command>& commands);      // expiry report, export …
 void add_auth_commands(std::vector<Command>& commands);        // auth check

@@ -460,41 +460,4 @@ void add_issue_commands(std::vector<Command>& commands) {
                              run_batch_show});
 }
 
-void add_misc_commands(std::vector<Command>& commands) {
-  commands.push_back(Command{
-      {"audit"},
-      "[--limit N] [--json]",
-      "show the append-only audit log, newest first",
-      [](Poco::Util::OptionSet& s) {
-        add_option(s, "limit", "N", "entries to show (default 50)");
-        add_flag(s, "json", "print as JSON");
-      },
-      [](Context& ctx) {
-        const auto entries = ctx.registry().audit_log(ctx.args().get_int("limit").value_or(50));
-        if (ctx.json()) {
-          Poco::JSON::Array arr;
-          for (const auto& e : entries) {
-            Poco::JSON::Object o;
-            o.set("id", e.id);
-            o.set("at", engine::iso8601(e.at));
-            o.set("actor", e.actor);
-            o.set("action", e.action);
-            o.set("subject", e.subject);
-            o.set("detail", e.detail);
-            arr.add(o);
-          }
-          Poco::JSON::Object o;
-          o.set("audit", arr);
-          ctx.print_json(o);
-        } else {
-          for (const auto& e : entries) {
-            std::printf("%6lld %s %-10s %-24s %-20s %s\n", static_cast<long long>(e.id),
-                        engine::iso8601(e.at).c_str(), e.actor.c_str(), e.action.c_str(),
-                        e.subject.c_str(), e.detail.c_str());
-          }
-        }
-        return 0;
-      }});
-}
-
 }  // namespace fleetsign::cli

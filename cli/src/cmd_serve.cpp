@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -68,6 +69,7 @@ constexpr auto kPoll = std::chrono::milliseconds(200);
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_stop_signal(int) { g_stop = 1; }
+std::atomic<bool> g_wake{false};  // the HTTP service made a job: tick now
 
 void log(const std::string& line) { std::fprintf(stderr, "fleetsign serve: %s\n", line.c_str()); }
 
@@ -203,7 +205,8 @@ void Server::spawn(const std::string& label, const std::vector<std::string>& arg
   posix_spawn_file_actions_addclosefrom_np(&actions,
                                            3);  // none of our sockets (the HTTP service's)
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
+  const SpawnAttr attr;
+  const int rc = posix_spawn(&pid, argv[0], &actions, attr.get(), argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   explicit_bzero(env_s.back().data(), env_s.back().size());
   if (rc != 0) {
@@ -361,10 +364,14 @@ std::unique_ptr<HttpService> start_http(Context& ctx, const hsm::Pin& pin) {
   o.key_file = files.key;
   o.clients_ca_file = files.clients_ca;
   o.pin = &pin;
+  o.wake = [] { g_wake = true; };
   if (auto t = ctx.args().get_int("http-threads")) {
     if (*t < 1 || *t > 256) throw Error(ErrorCode::kUsage, "--http-threads must be 1..256");
     o.threads = *t;
   }
+  // A client that goes away mid-answer (a closed event stream, a cut download) is a write error on
+  // its own connection, not a signal that ends the service; children get SIGPIPE back (SpawnAttr).
+  ::signal(SIGPIPE, SIG_IGN);
   auto service = std::make_unique<HttpService>(o);
   log("HTTP service listening on https://" +
       (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
@@ -409,7 +416,7 @@ int run_serve(Context& ctx) {
       break;
     }
     const auto next = std::chrono::steady_clock::now() + std::chrono::seconds(tick_s);
-    while (g_stop == 0 && std::chrono::steady_clock::now() < next) {
+    while (g_stop == 0 && !g_wake.exchange(false) && std::chrono::steady_clock::now() < next) {
       server.reap(false);
       std::this_thread::sleep_for(kPoll);
     }

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "cli.hpp"
+#include "fleetsign/engine/sign_metrics.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::cli {
@@ -79,7 +80,15 @@ Context::Context(std::optional<fs::path> home_dir, Args args)
   protect_directory(this->home_dir());  // no --out may land in the home, opened or not
 }
 
-Context::~Context() = default;
+Context::~Context() {
+  // What the token's signing took in this command, added to the home's (serve's /metrics).
+  try {
+    engine::save_sign_latency(home_dir());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleetsign: warning: the signing latency was not recorded: %s\n",
+                 e.what());
+  }
+}
 
 fs::path Context::home_dir() const {
   if (m_home_dir) {

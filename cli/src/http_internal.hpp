@@ -77,6 +77,8 @@ struct HttpService::Impl {
   std::atomic<std::uint64_t> commands_run{0};
   std::atomic<std::uint64_t> command_ms_total{0};
   std::atomic<std::int64_t> token_failed_at{0};  // a child's token error (exit 4): not ready
+  std::atomic<bool> stopping{false};             // the service is stopping: streams end
+  std::atomic<int> event_streams{0};             // /api/v1/events streams open now
 
  private:
   std::mutex m_reg_mutex;
@@ -126,6 +128,10 @@ struct Answer {
   std::string body;
 };
 Answer error_answer(int status, const std::string& code, const std::string& message);
+
+// The dashboard (http_dashboard.cpp): its page and assets, Chart.js from Debian's libjs-chart.js,
+// and the jobs' Server-Sent Events stream. Returns false when `r.route` is not one of them.
+bool answer_dashboard(HttpService::Impl& impl, Request& r);
 
 // EST (RFC 7030, http_est.cpp): cacerts, simpleenroll, simplereenroll, with or without a label.
 void answer_est(HttpService::Impl& impl, Request& r);

@@ -7,7 +7,9 @@
 #include <Poco/JSON/Parser.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -20,6 +22,7 @@
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/home.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/sign_metrics.hpp"
 #include "fleetsign/engine/token_guard.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -109,6 +112,68 @@ void metric(std::string& out, const std::string& name, const std::string& type,
   out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
 }
 
+// A label value in the text format: backslash, quote and newline escaped.
+std::string label(const std::string& v) {
+  std::string out;
+  for (const char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    out += c == '\n' ? std::string("\\n") : std::string(1, c);
+  }
+  return out;
+}
+
+// Device certificates (both slots) by alert threshold: expired, then within each threshold (not
+// cumulative: a certificate counts in the smallest threshold it falls under), as the expiry report
+// buckets them. One day-bucketed scan of the expiry indexes.
+void expiry_buckets(std::string& out, engine::Stores& s, const std::vector<int>& thresholds,
+                    std::int64_t now) {
+  const int horizon =
+      thresholds.empty() ? 0 : *std::max_element(thresholds.begin(), thresholds.end());
+  std::map<int, std::int64_t> per_day;  // day index (-1: expired) → certificates
+  for (const auto& b : s.expiry_histogram(now, 86400, horizon)) per_day[b.bucket] += b.count;
+  std::vector<int> sorted(thresholds.begin(), thresholds.end());
+  std::sort(sorted.begin(), sorted.end());
+  metric(out, "fleetsign_device_certificates_expiring", "gauge",
+         "Device certificates by alert threshold (expired, or the smallest threshold in days "
+         "they expire within).");
+  out += "fleetsign_device_certificates_expiring{within=\"expired\"} " +
+         std::to_string(per_day[-1]) + "\n";
+  int from = 0;
+  for (const int d : sorted) {
+    std::int64_t n = 0;
+    for (auto it = per_day.lower_bound(from); it != per_day.end() && it->first < d; ++it) {
+      n += it->second;
+    }
+    out += "fleetsign_device_certificates_expiring{within=\"" + std::to_string(d) + "d\"} " +
+           std::to_string(n) + "\n";
+    from = d;
+  }
+}
+
+// The token's signing latency over every command of the home (engine/sign_metrics.hpp).
+void sign_histogram(std::string& out, const fs::path& home) {
+  const auto h = engine::load_sign_latency(home).value_or(hsm::SignLatency{});
+  metric(out, "fleetsign_token_sign_seconds", "histogram",
+         "Time the token took per device-certificate signature (C_SignInit + C_Sign, retries "
+         "included), summed over every command of the home when each ends.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < h.counts.size(); ++i) {
+    cumulative += h.counts[i];
+    char le[32];
+    if (i < hsm::kSignLatencyBounds.size()) {
+      std::snprintf(le, sizeof le, "%g", hsm::kSignLatencyBounds[i]);
+    } else {
+      std::snprintf(le, sizeof le, "+Inf");
+    }
+    out += "fleetsign_token_sign_seconds_bucket{le=\"" + std::string(le) + "\"} " +
+           std::to_string(cumulative) + "\n";
+  }
+  char sum[64];
+  std::snprintf(sum, sizeof sum, "%.9f", static_cast<double>(h.sum_ns) / 1e9);
+  out += "fleetsign_token_sign_seconds_sum " + std::string(sum) + "\n";
+  out += "fleetsign_token_sign_seconds_count " + std::to_string(cumulative) + "\n";
+}
+
 Answer metrics(HttpService::Impl& impl) {
   std::string out;
   metric(out, "fleetsign_http_responses_total", "counter", "HTTP responses, by status class.");
@@ -134,6 +199,15 @@ Answer metrics(HttpService::Impl& impl) {
     out += "fleetsign_devices " + std::to_string(s.count_devices()) + "\n";
     metric(out, "fleetsign_connected_devices", "gauge", "Devices connected to the broker now.");
     out += "fleetsign_connected_devices " + std::to_string(s.connected_devices().size()) + "\n";
+    metric(out, "fleetsign_certificates_issued_total", "counter",
+           "Certificates issued, by CA and mode (batch: issue and API uploads; job: rollovers "
+           "and incidents; single).");
+    for (const auto& c : s.issued_counts()) {
+      out += "fleetsign_certificates_issued_total{ca=\"" + label(c.ca_name) + "\",mode=\"" +
+             c.mode + "\"} " + std::to_string(c.count) + "\n";
+    }
+    expiry_buckets(out, s, impl.services_locked().policy().alert_days, now);
+    sign_histogram(out, impl.opt.home);
     std::int64_t active = 0;
     for (const auto& op : s.list_operators()) active += op.removed_at == 0 ? 1 : 0;
     metric(out, "fleetsign_operators", "gauge", "Active operators.");
@@ -142,9 +216,9 @@ Answer metrics(HttpService::Impl& impl) {
     for (const auto& ca : s.list_cas()) {
       const auto crl = s.latest_crl(ca.name);
       if (!crl) continue;
-      age += "fleetsign_crl_age_seconds{ca=\"" + ca.name + "\"} " +
+      age += "fleetsign_crl_age_seconds{ca=\"" + label(ca.name) + "\"} " +
              std::to_string(now - crl->this_update) + "\n";
-      left += "fleetsign_crl_next_update_seconds{ca=\"" + ca.name + "\"} " +
+      left += "fleetsign_crl_next_update_seconds{ca=\"" + label(ca.name) + "\"} " +
               std::to_string(crl->next_update - now) + "\n";
     }
     metric(out, "fleetsign_crl_age_seconds", "gauge", "Seconds since the CA's CRL's thisUpdate.");

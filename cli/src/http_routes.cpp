@@ -130,6 +130,13 @@ std::vector<ApiRoute> build_routes() {
       r.push_back(e);
     }
   }
+  // The dashboard: its page and files (Chart.js from Debian), the jobs' event stream.
+  r.push_back(own("GET", "/", kAuditor, "redirects to the dashboard, /ui/"));
+  r.push_back(own("GET", "/ui/", kAuditor, "the dashboard (a single page)"));
+  r.push_back(own("GET", "/ui/{file}", kAuditor, "the dashboard's scripts and styles"));
+  r.push_back(own("GET", "/api/v1/events", kAuditor,
+                  "Server-Sent Events: \"jobs\", the newest jobs with task counts per state, "
+                  "rate and ETA, sent when they change"));
   // Authenticated: who am I, metrics, batch upload and outputs.
   r.push_back(own("GET", "/api/v1/whoami", kAuditor, "the caller's operator record"));
   r.push_back(own("GET", "/metrics", kAuditor, "Prometheus text format"));
@@ -171,6 +178,16 @@ std::vector<ApiRoute> build_routes() {
   r.push_back(read("/api/v1/expiry", {"expiry", "report"}, "the expiry report",
                    {value("within", "days ahead"), value("group", "one enrollment group"),
                     value("limit", "due certificates listed")}));
+  r.push_back(read("/api/v1/fleet", {"fleet", "overview"},
+                   "devices per group, certificates expiring per week, the CA tree, devices "
+                   "rollovers left behind",
+                   {value("weeks", "weeks of the expiry horizon (52)")}));
+  r.push_back(read(
+      "/api/v1/audit", {"audit"}, "the audit log, newest first, a page at a time",
+      {value("limit", "entries (50, at most 1000)"),
+       value("before", "entries older than this id: the next page"),
+       value("action", "actions starting with this"), value("actor", "one actor"),
+       value("subject", "subjects starting with this"), value("since", "at or after this time")}));
   r.push_back(read("/api/v1/crls/{ca}", {"crl", "show"}, "a CA's CRL: number, dates, freshness"));
   r.push_back(read("/api/v1/incidents", {"incident", "list"}, "the incidents"));
   r.push_back(read("/api/v1/blocklist", {"blocklist", "list"}, "the blocked public keys"));

@@ -94,6 +94,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
                      Poco::Net::HTTPServerResponse& resp) override;
 
  private:
+  void after_command(const ApiRoute& route, const Answer& a);
   void dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerResponse& resp,
                 Caller& caller);
   HttpService::Impl& m_impl;
@@ -148,6 +149,21 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
     if (end == std::string::npos) break;
     start = end + 1;
   }
+  if (req.getMethod() != "GET" && req.getMethod() != "HEAD") {
+    // A browser sends the operator's certificate with every site's requests: a change is taken
+    // only from the dashboard's own origin, or from no browser at all (curl and scripts send
+    // neither header). A form on another site cannot issue, revoke or cancel.
+    const std::string site = req.get("Sec-Fetch-Site", "");
+    const std::string origin = req.get("Origin", "");
+    if (site == "cross-site" || site == "same-site" ||
+        (!origin.empty() && origin != "https://" + req.getHost())) {
+      send_error(resp, 403, "forbidden",
+                 "a cross-origin request may not change anything (Origin '" +
+                     engine::valid_utf8(origin) + "', Sec-Fetch-Site '" + engine::valid_utf8(site) +
+                     "')");
+      return;
+    }
+  }
   const RouteMatch m = match_route(req.getMethod(), segments);
   if (m.route == nullptr) {
     send_error(resp, 404, "not_found",
@@ -184,7 +200,7 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
   }
   Request r{req, resp, route, m.values, caller};
   if (route.words.empty()) {
-    answer_own(m_impl, r);
+    if (!answer_dashboard(m_impl, r)) answer_own(m_impl, r);
     return;
   }
 
@@ -227,6 +243,7 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
       return;
     }
     const Answer a = run_command(m_impl, r, args);
+    after_command(route, a);
     // Only a definite answer is kept: a 5xx (busy, unavailable), a device that was offline or a
     // request in flight may be retried with the key.
     if (a.status < 400 || a.status == 400 || a.status == 403 || a.status == 413 ||
@@ -236,8 +253,16 @@ void Handler::dispatch(Poco::Net::HTTPServerRequest& req, Poco::Net::HTTPServerR
     send_json(resp, a.status, a.body);
   } else {
     const Answer a = run_command(m_impl, r, args);
+    after_command(route, a);
     send_json(resp, a.status, a.body);
   }
+}
+
+void Handler::after_command(const ApiRoute& route, const Answer& a) {
+  // A job made or reopened: serve runs it now rather than at its next tick.
+  const bool makes_job = std::find(route.fixed_args.begin(), route.fixed_args.end(), "--no-run") !=
+                         route.fixed_args.end();
+  if (makes_job && a.status < 300 && m_impl.opt.wake) m_impl.opt.wake();
 }
 
 class HandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
@@ -370,6 +395,7 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
 }
 
 HttpService::~HttpService() {
+  if (m_impl) m_impl->stopping = true;  // event streams end within a second
   if (m_impl && m_impl->server) m_impl->server->stopAll(false);
 }
 

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,6 +32,9 @@ struct HttpOptions {
   const hsm::Pin* pin = nullptr;                      // for the children; must outlive the service
   std::uint64_t max_upload = std::uint64_t{4} << 30;  // a CSR bundle's bytes at most
   int threads = 16;
+  // Called after a request created or reopened a job (serve then ticks at once, not at its next
+  // tick). From the server's threads: must be thread-safe.
+  std::function<void()> wake;
 };
 
 class HttpService final {

@@ -39,7 +39,7 @@ std::vector<Command> all_commands() {
   fleetsign::cli::add_crl_commands(commands);
   fleetsign::cli::add_revoke_commands(commands);
   fleetsign::cli::add_operator_commands(commands);
-  fleetsign::cli::add_misc_commands(commands);
+  fleetsign::cli::add_overview_commands(commands);
   return commands;
 }
 

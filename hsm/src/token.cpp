@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "fleetsign/error.hpp"
+#include "fleetsign/hsm/sign_latency.hpp"
 #include "mechanisms.hpp"
 #include "pkcs11_raw.hpp"
 
@@ -266,6 +267,7 @@ bool SigningKey::signs_with_session_copy() const noexcept { return m_fast && m_f
 
 bool SigningKey::sign_digest(std::span<const std::uint8_t> digest, int md_nid,
                              std::vector<std::uint8_t>& out, std::string& error) const {
+  const SignTimer timer;  // the latency histogram (/metrics)
   std::uint8_t input[19 + 64];
   std::size_t input_len = digest.size();
   CK_MECHANISM mech{is_ec() ? CKM_ECDSA : CKM_RSA_PKCS, nullptr, 0};

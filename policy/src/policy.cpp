@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <iterator>
 #include <sstream>
+#include <string_view>
 #include <utility>
 
 #include "fleetsign/bounded_read.hpp"
@@ -167,6 +168,31 @@ DeviceSubject read_device_subject(const Var& value, const Where& where) {
   return subject;
 }
 
+std::string read_base_url(const Var& value, const Where& where) {
+  std::string url = as_string(value, where);
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  if (url.empty()) return url;
+  constexpr std::size_t kMaxUrl = 200;
+  const bool scheme = url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
+  const auto bad = std::find_if(url.begin(), url.end(), [](char c) {
+    return c <= ' ' || c > '~' ||
+           std::string_view("\"<>\\^`{|}?#").find(c) != std::string_view::npos;
+  });
+  if (!scheme || url.size() > kMaxUrl || bad != url.end() ||
+      url.find("//", 8) != std::string::npos) {
+    where.fail("must be an http:// or https:// URL of at most " + std::to_string(kMaxUrl) +
+               " printable characters without spaces, query or fragment, got '" + url + "'");
+  }
+  return url;
+}
+
+Publish read_publish(const Var& value, const Where& where) {
+  const Section section(value, where, {"base_url"});
+  Publish publish;
+  section.read("base_url", publish.base_url, read_base_url);
+  return publish;
+}
+
 GroupSettings read_group(const Var& value, const Where& where) {
   const Section section(
       value, where,
@@ -196,7 +222,7 @@ std::map<std::string, GroupSettings> read_groups(const Var& value, const Where& 
 Policy read_policy(const Var& document, const Where& where) {
   const Section section(document, where,
                         {"ca_keys", "device_keys", "validity", "device_id", "device_subject",
-                         "alert_days", "rollover", "crl", "groups"});
+                         "alert_days", "rollover", "crl", "publish", "groups"});
   Policy policy;
   section.read("ca_keys", policy.ca_keys, read_algorithms);
   section.read("device_keys", policy.device_keys, read_algorithms);
@@ -206,6 +232,7 @@ Policy read_policy(const Var& document, const Where& where) {
   section.read("alert_days", policy.alert_days, read_alert_days);
   section.read("rollover", policy.rollover, read_rollover);
   section.read("crl", policy.crl, read_crl);
+  section.read("publish", policy.publish, read_publish);
   section.read("groups", policy.groups, read_groups);
   return policy;
 }
@@ -333,6 +360,9 @@ std::string default_policy_json() {
   crl->set("resign_hours", defaults.crl.resign_hours);
   crl->set("warn_hours", defaults.crl.warn_hours);
   doc->set("crl", crl);
+  auto publish = ordered_object();
+  publish->set("base_url", defaults.publish.base_url);
+  doc->set("publish", publish);
   doc->set("groups", ordered_object());
   std::ostringstream out;
   doc->stringify(out, 2);

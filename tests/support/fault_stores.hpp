@@ -181,6 +181,14 @@ class FaultStores final : public engine::Stores {
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override {
     return m_inner.latest_leaf_expiry_by_ca();
   }
+  std::vector<engine::CaBucketCount> expiry_histogram(std::int64_t from, std::int64_t bucket_s,
+                                                      int buckets) override {
+    return m_inner.expiry_histogram(from, bucket_s, buckets);
+  }
+  std::vector<engine::IssuedCount> issued_counts() override { return m_inner.issued_counts(); }
+  std::vector<engine::CaDeviceCount> device_counts_by_ca() override {
+    return m_inner.device_counts_by_ca();
+  }
 
   // AuditLog
   void audit(const std::string& action, const std::string& subject,
@@ -189,6 +197,9 @@ class FaultStores final : public engine::Stores {
   }
   std::vector<engine::AuditEntry> audit_log(std::int64_t limit) override {
     return m_inner.audit_log(limit);
+  }
+  std::vector<engine::AuditEntry> audit_page(const engine::AuditQuery& query) override {
+    return m_inner.audit_page(query);
   }
 
   // JobStore

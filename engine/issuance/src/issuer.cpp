@@ -9,6 +9,7 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
+#include <openssl/x509v3.h>
 
 #include <atomic>
 #include <cassert>
@@ -62,6 +63,22 @@ void put_rdn(Der& out, ByteView type_oid, std::string_view value) {
   out.insert(out.end(), value.begin(), value.end());
 }
 
+// Appends one non-critical extension, made by OpenSSL from its config text, as DER.
+void append_extension(Der& out, int nid, const std::string& value) {
+  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, nid, value.c_str());
+  const int len = ext == nullptr ? -1 : i2d_X509_EXTENSION(ext, nullptr);
+  if (len <= 0) {
+    X509_EXTENSION_free(ext);
+    throw Error(ErrorCode::kPolicyInvalid,
+                "policy publish.base_url: cannot make the extension '" + value + "'");
+  }
+  const std::size_t at = out.size();
+  out.resize(at + static_cast<std::size_t>(len));
+  unsigned char* p = out.data() + at;
+  i2d_X509_EXTENSION(ext, &p);
+  X509_EXTENSION_free(ext);
+}
+
 }  // namespace
 
 struct Issuer::Impl {
@@ -75,7 +92,9 @@ struct Issuer::Impl {
   Der algorithm;    // AlgorithmIdentifier DER
   const EVP_MD* md;
   int md_nid;
-  Der aki_ext;         // authorityKeyIdentifier extension DER
+  // The extensions after the SKI, DER: authorityKeyIdentifier, then (policy publish.base_url)
+  // cRLDistributionPoints and authorityInfoAccess.
+  Der aki_ext;
   Der subject_prefix;  // RDNs before CN (O, OU), DER
   std::string subject_line_prefix;
   ossl::PkeyPtr ca_public;                          // for verifying every signature the token makes
@@ -149,6 +168,15 @@ Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Pol
   der::put_header(m.aki_ext, der::tag::kSequence, keyid_len);
   der::put_header(m.aki_ext, 0x80, ski_len);
   der::put_bytes(m.aki_ext, ByteView(ASN1_STRING_get0_data(ski), ski_len));
+  if (!policy.publish.base_url.empty()) {
+    // Where relying parties find the CA's CRL and certificate (fleetsign serve --http answers
+    // both); the same bytes in every certificate of this CA.
+    const std::string& base = policy.publish.base_url;
+    append_extension(m.aki_ext, NID_crl_distribution_points,
+                     "URI:" + base + "/crl/" + ca.name + ".crl");
+    append_extension(m.aki_ext, NID_info_access,
+                     "caIssuers;URI:" + base + "/ca/" + ca.name + ".crt");
+  }
   if (!policy.device_subject.organization.empty()) {
     put_rdn(m.subject_prefix, oid::kOrganization, policy.device_subject.organization);
     m.subject_line_prefix += "/O=" + policy.device_subject.organization;

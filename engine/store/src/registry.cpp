@@ -381,4 +381,36 @@ std::vector<AuditEntry> Registry::audit_log(std::int64_t limit) {
   });
 }
 
+std::vector<AuditEntry> Registry::audit_page(const AuditQuery& q) {
+  return m_impl->guarded("reading the audit log", [&] {
+    // Newest first along the primary key; the filters are checked on the rows walked.
+    std::string sql = "SELECT id, at, actor, action, subject, detail FROM audit WHERE 1";
+    std::vector<std::string> text;
+    if (q.before_id > 0) sql += " AND id < " + std::to_string(q.before_id);
+    if (q.since > 0) sql += " AND at >= " + std::to_string(q.since);
+    if (!q.action_prefix.empty()) {
+      sql += " AND substr(action, 1, length(?)) = ?";
+      text.insert(text.end(), {q.action_prefix, q.action_prefix});
+    }
+    if (!q.subject_prefix.empty()) {
+      sql += " AND substr(subject, 1, length(?)) = ?";
+      text.insert(text.end(), {q.subject_prefix, q.subject_prefix});
+    }
+    if (!q.actor.empty()) {
+      sql += " AND actor = ?";
+      text.push_back(q.actor);
+    }
+    sql += " ORDER BY id DESC LIMIT " + std::to_string(std::max<std::int64_t>(q.limit, 1));
+    std::vector<AuditEntry> out;
+    AuditRow row;
+    Statement st(m_impl->m_session);
+    st << sql;
+    row.bind_into(st);
+    for (const auto& t : text) st, kw::bind(t);
+    st, kw::range(0, 1);
+    while (!st.done() && st.execute() > 0) out.push_back(row.take());
+    return out;
+  });
+}
+
 }  // namespace fleetsign::engine

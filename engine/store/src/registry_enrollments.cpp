@@ -2,6 +2,7 @@
 #include <Poco/Data/SQLite/Utility.h>
 
 #include <algorithm>
+#include <map>
 
 #include "fleetsign/engine/json.hpp"
 #include "registry_impl.hpp"
@@ -348,6 +349,71 @@ std::vector<std::pair<std::string, std::int64_t>> Registry::latest_leaf_expiry_b
         kw::into(ca), kw::into(latest), kw::now;
     std::vector<std::pair<std::string, std::int64_t>> out;
     for (std::size_t i = 0; i < ca.size(); ++i) out.emplace_back(ca[i], latest[i]);
+    return out;
+  });
+}
+
+std::vector<CaBucketCount> Registry::expiry_histogram(std::int64_t from, std::int64_t bucket_s,
+                                                      int buckets) {
+  return m_impl->guarded("counting device certificates by expiry", [&] {
+    if (bucket_s < 1) throw Error(ErrorCode::kInvalidArgument, "expiry histogram: bucket < 1 s");
+    const std::int64_t until = from + static_cast<std::int64_t>(std::max(buckets, 0)) * bucket_s;
+    std::map<std::pair<std::string, int>, std::int64_t> counts;
+    for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
+      const std::string col = std::string(slot_name(slot)) + "_not_after";
+      std::vector<std::string> ca;
+      std::vector<int> bucket;
+      std::vector<std::int64_t> n;
+      // The <slot>_expiry index covers the range and the CA: no table rows are read.
+      Statement st(m_impl->m_session);
+      st << "SELECT ca_name, CASE WHEN " + col + " < ? THEN -1 ELSE (" + col +
+                " - ?) / ? END AS b, COUNT(*) FROM devices WHERE " + col + " > 0 AND " + col +
+                " < ? GROUP BY ca_name, b",
+          kw::into(ca), kw::into(bucket), kw::into(n), kw::bind(from), kw::bind(from),
+          kw::bind(bucket_s), kw::bind(until);
+      st.execute();
+      for (std::size_t i = 0; i < ca.size(); ++i) counts[{ca[i], bucket[i]}] += n[i];
+    }
+    std::vector<CaBucketCount> out;
+    out.reserve(counts.size());
+    for (const auto& [key, n] : counts) out.push_back(CaBucketCount{key.first, key.second, n});
+    return out;
+  });
+}
+
+std::vector<IssuedCount> Registry::issued_counts() {
+  return m_impl->guarded("counting issued certificates", [&] {
+    std::vector<std::string> ca, mode;
+    std::vector<std::int64_t> n;
+    m_impl->m_session
+        << "SELECT c.ca_name, CASE WHEN c.batch_id = '' THEN 'single' WHEN j.id IS NOT NULL THEN "
+           "'job' ELSE 'batch' END AS mode, COUNT(*) FROM certificates c LEFT JOIN jobs j ON j.id "
+           "= c.batch_id WHERE c.state IN ('issued', 'revoked') GROUP BY c.ca_name, mode "
+           "ORDER BY c.ca_name, mode",
+        kw::into(ca), kw::into(mode), kw::into(n), kw::now;
+    std::vector<IssuedCount> out;
+    out.reserve(ca.size());
+    for (std::size_t i = 0; i < ca.size(); ++i) out.push_back(IssuedCount{ca[i], mode[i], n[i]});
+    return out;
+  });
+}
+
+std::vector<CaDeviceCount> Registry::device_counts_by_ca() {
+  return m_impl->guarded("counting devices per CA", [&] {
+    std::vector<std::string> ca;
+    std::vector<std::int64_t> devices, primary, secondary, connected;
+    m_impl->m_session
+        << "SELECT d.ca_name, COUNT(*), SUM(d.primary_serial <> ''), SUM(d.secondary_serial <> "
+           "''), "
+           "COUNT(s.device_id) FROM devices d LEFT JOIN device_sessions s ON s.device_id = "
+           "d.registration_id AND s.connected = 1 GROUP BY d.ca_name ORDER BY d.ca_name",
+        kw::into(ca), kw::into(devices), kw::into(primary), kw::into(secondary),
+        kw::into(connected), kw::now;
+    std::vector<CaDeviceCount> out;
+    out.reserve(ca.size());
+    for (std::size_t i = 0; i < ca.size(); ++i) {
+      out.push_back(CaDeviceCount{ca[i], devices[i], primary[i], secondary[i], connected[i]});
+    }
     return out;
   });
 }

@@ -50,6 +50,14 @@ struct DeviceSubject {
   std::string organizational_unit;  // optional OU=
 };
 
+// Where relying parties fetch what the service publishes (`fleetsign serve --http`): when set,
+// every device certificate carries a CRL Distribution Point BASE/crl/{ca}.crl and an Authority
+// Information Access caIssuers BASE/ca/{ca}.crt (RFC 5280 4.2.1.13, 4.2.2.1). "http://" or
+// "https://", at most 200 characters, no query or fragment; a trailing '/' is dropped.
+struct Publish {
+  std::string base_url;  // empty: the certificates carry neither extension
+};
+
 // Per-group settings (used by enrollments and rollover jobs; optional in the file).
 struct GroupSettings {
   std::string intermediate;        // CA name that issues this group's devices
@@ -82,6 +90,7 @@ struct Policy {
   std::vector<int> alert_days{30, 14, 7};  // strictly decreasing, all > 0
   RolloverSchedule rollover;               // scheduled rollovers (`fleetsign serve`)
   CrlSchedule crl;                         // CRL validity and re-signing (`fleetsign serve`)
+  Publish publish;                         // CRL and CA URLs in device certificates
   std::map<std::string, GroupSettings> groups;
 };
 

@@ -94,11 +94,16 @@ class Registry final : public Stores {
   std::vector<ExpiringCert> expiring_device_certs(std::int64_t until,
                                                   const DeviceFilter& filter) override;
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override;
+  std::vector<CaBucketCount> expiry_histogram(std::int64_t from, std::int64_t bucket_s,
+                                              int buckets) override;
+  std::vector<IssuedCount> issued_counts() override;
+  std::vector<CaDeviceCount> device_counts_by_ca() override;
 
   // AuditLog (append-only: the table refuses UPDATE and DELETE by trigger)
   void audit(const std::string& action, const std::string& subject,
              const std::string& detail) override;
   std::vector<AuditEntry> audit_log(std::int64_t limit) override;
+  std::vector<AuditEntry> audit_page(const AuditQuery& query) override;
 
   // JobStore (registry_jobs.cpp; schema v6)
   int job_store_version() override;

@@ -127,6 +127,24 @@ struct DeviceRecord {
   std::int64_t created_at = 0, updated_at = 0;
 };
 
+// The dashboard's and the metrics' aggregates (expiry_histogram, device_counts_by_ca,
+// issued_counts): counts, never rows per device.
+struct CaBucketCount {
+  std::string ca_name;  // the device's issuer (its newest certificate's CA)
+  int bucket = 0;       // 0.. from `from`; -1: expired already
+  std::int64_t count = 0;
+};
+struct IssuedCount {
+  std::string ca_name;
+  std::string mode;        // "batch" (issue, API uploads) | "job" (rollovers, incidents) | "single"
+  std::int64_t count = 0;  // certificates issued (revoked ones included), intents not
+};
+struct CaDeviceCount {
+  std::string ca_name;
+  std::int64_t devices = 0, primary = 0, secondary = 0;  // devices; certificates per slot
+  std::int64_t connected = 0;                            // with a live broker session
+};
+
 struct DeviceFilter {
   std::vector<std::string> ca_names;  // empty = any
   std::string lot;                    // empty = any
@@ -352,6 +370,24 @@ class EnrollmentStore {
                                                           const DeviceFilter& filter) = 0;
   // Latest not_after of the device certificates each CA issued (current slots only).
   virtual std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() = 0;
+  // Device certificates (both slots) expiring before from + buckets·bucket_s, counted per issuing
+  // CA and bucket of bucket_s seconds (-1: expired before `from`); one indexed range scan per slot.
+  virtual std::vector<CaBucketCount> expiry_histogram(std::int64_t from, std::int64_t bucket_s,
+                                                      int buckets) = 0;
+  // Certificates issued per CA and mode (one scan of the certificates).
+  virtual std::vector<IssuedCount> issued_counts() = 0;
+  // Devices, certificates per slot and live sessions, per issuing CA.
+  virtual std::vector<CaDeviceCount> device_counts_by_ca() = 0;
+};
+
+// A page of the audit log, newest first: entries with id < before_id (0: from the newest), at
+// most `limit`, whose action and subject start with the prefixes given and whose actor is `actor`
+// (empty: any), at or after `since` (unix seconds; 0: any).
+struct AuditQuery {
+  std::int64_t before_id = 0;
+  std::int64_t limit = 100;
+  std::string action_prefix, actor, subject_prefix;
+  std::int64_t since = 0;
 };
 
 // The append-only audit log.
@@ -361,6 +397,7 @@ class AuditLog {
   virtual void audit(const std::string& action, const std::string& subject,
                      const std::string& detail) = 0;
   virtual std::vector<AuditEntry> audit_log(std::int64_t limit) = 0;
+  virtual std::vector<AuditEntry> audit_page(const AuditQuery& query) = 0;
 };
 
 // Persisted jobs (schema v6): multi-step operations over many devices — device rollovers, CA
