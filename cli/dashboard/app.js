@@ -67,6 +67,7 @@ const views = {
 };
 
 function show(name) {
+  if (name !== 'jobs') stopJobs();
   for (const b of document.querySelectorAll('#tabs button')) {
     b.classList.toggle('active', b.dataset.view === name);
   }
@@ -158,16 +159,32 @@ const JOB_ACTIONS = {
   running: ['pause', 'cancel'], paused: ['resume', 'cancel'],
   finished: ['retry-failed'], aborted: ['retry-failed'], canceled: [],
 };
+// One stream while the Jobs view is shown (each holds a server thread). The browser reconnects
+// a stream that broke; one the server refused (503: too many) is tried again here, later.
 function startJobs() {
   if (state.events) return;
   const live = document.getElementById('jobs-live');
-  state.events = new EventSource('/api/v1/events');
-  state.events.addEventListener('open', () => { live.textContent = 'live'; });
-  state.events.addEventListener('error', () => { live.textContent = 'reconnecting…'; });
-  state.events.addEventListener('jobs', (ev) => {
+  const events = new EventSource('/api/v1/events');
+  state.events = events;
+  events.addEventListener('open', () => { live.textContent = 'live'; state.retry = 0; });
+  events.addEventListener('error', () => {
+    if (events.readyState !== EventSource.CLOSED) { live.textContent = 'reconnecting…'; return; }
+    live.textContent = 'the service refused the stream; retrying…';
+    stopJobs();
+    state.retry = Math.min((state.retry || 0) + 1, 6);
+    state.retryTimer = setTimeout(() => {
+      if (!document.getElementById('view-jobs').hidden) startJobs();
+    }, 1000 * 2 ** state.retry);
+  });
+  events.addEventListener('jobs', (ev) => {
     live.textContent = 'live';
     renderJobs(JSON.parse(ev.data).jobs);
   });
+}
+function stopJobs() {
+  clearTimeout(state.retryTimer);
+  if (state.events) state.events.close();
+  state.events = null;
 }
 // The page's policy forbids style attributes: the bar's width is set through the CSSOM.
 function progressBar(pct) {
@@ -231,9 +248,9 @@ async function previewRevocation(ev) {
   const out = document.getElementById('revoke-result');
   out.replaceChildren(el('p', {}, 'computing the blast radius…'));
   const body = { [document.getElementById('revoke-kind').value]: document.getElementById('revoke-value').value,
-    reason: document.getElementById('revoke-reason').value, 'dry-run': true };
+    reason: document.getElementById('revoke-reason').value };
   try {
-    const r = await api('/api/v1/revocations', { body });
+    const r = await api('/api/v1/revocations/preview', { body });
     const p = r.plan;
     out.replaceChildren(
       el('h3', {}, `Blast radius of ${p.selector} (${p.reason}): nothing was revoked`),
@@ -296,6 +313,10 @@ document.addEventListener('DOMContentLoaded', async () => {
     state.me = await api('/api/v1/whoami');
     document.getElementById('whoami').textContent = `${state.me.name} (${state.me.role})`;
   } catch (e) { showError(e); }
+  window.addEventListener('hashchange', () => {
+    const v = location.hash.slice(1);
+    if (views[v]) show(v);
+  });
   const first = location.hash.slice(1);
   show(views[first] ? first : 'horizon');
 });

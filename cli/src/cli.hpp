@@ -24,6 +24,10 @@
 #include "fleetsign/jobs/trigger.hpp"
 #include "fleetsign/policy/policy.hpp"
 
+namespace fleetsign::engine {
+class SignLatencyFlusher;
+}
+
 namespace fleetsign::cli {
 
 // Parsed options of one invocation: repeated options keep every value.
@@ -70,6 +74,8 @@ class Context {
   std::optional<std::filesystem::path> m_home_dir;
   Args m_args;
   std::unique_ptr<engine::Services> m_services;
+  // The token's signing latency, saved to the home while the token is open (sign_metrics.hpp).
+  std::unique_ptr<engine::SignLatencyFlusher> m_sign_flusher;
   hsm::Token& open_token(bool check_registry);
 };
 

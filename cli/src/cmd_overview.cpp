@@ -131,8 +131,19 @@ int run_audit(Context& ctx) {
   q.action_prefix = a.get("action").value_or("");
   q.actor = a.get("actor").value_or("");
   q.subject_prefix = a.get("subject").value_or("");
-  if (const auto s = a.get("since")) q.since = parse_auth_time(*s);
-  const auto entries = ctx.registry().audit_page(q);
+  if (const auto s = a.get("since")) {
+    try {
+      q.since = parse_auth_time(*s);
+    } catch (const Error&) {
+      throw Error(ErrorCode::kUsage,
+                  "--since '" + *s + "': a time is RFC 3339, a date (2026-01-01) or unix seconds");
+    }
+  }
+  const std::int64_t limit = q.limit;
+  q.limit = limit + 1;  // one more: whether there is a next page
+  auto entries = ctx.registry().audit_page(q);
+  const bool more = static_cast<std::int64_t>(entries.size()) > limit;
+  if (more) entries.resize(static_cast<std::size_t>(limit));
   if (ctx.json()) {
     Array arr;
     for (const auto& e : entries) {
@@ -148,7 +159,7 @@ int run_audit(Context& ctx) {
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("audit", arr);
     // The next page: --before this id (null on the last page).
-    if (static_cast<std::int64_t>(entries.size()) == q.limit) {
+    if (more) {
       o.set("next_before", entries.back().id);
     } else {
       o.set("next_before", Poco::Dynamic::Var());

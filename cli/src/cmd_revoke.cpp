@@ -300,7 +300,13 @@ int run_blocklist_remove(Context& ctx) {
   const auto sel =
       jobs::parse_selector(ctx.policy(), "key-sha256", {ctx.args().positional_at(0, "HASH")});
   ctx.registry().remove_blocked_key(sel.value);
-  if (!ctx.json()) std::printf("unblocked %s\n", sel.value.c_str());
+  if (ctx.json()) {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("removed", sel.value);
+    ctx.print_json(o);
+  } else {
+    std::printf("unblocked %s\n", sel.value.c_str());
+  }
   return 0;
 }
 

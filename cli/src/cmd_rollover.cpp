@@ -232,7 +232,8 @@ int run_start(Context& ctx) {
   const auto params = params_from(ctx);
   const auto plan = jobs::plan_rollover(ctx.registry(), ctx.policy(), ctx.clock(), params);
   if (plan.devices.size() == static_cast<std::size_t>(plan.conflicts)) {
-    print_plan(ctx, plan, params);
+    // The plan shows why (conflicts) on a terminal; with --json the error is the one document.
+    if (!ctx.json()) print_plan(ctx, plan, params);
     throw Error(ErrorCode::kInvalidArgument,
                 "no device to roll: the selection is empty or every "
                 "device has a conflict");

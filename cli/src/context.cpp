@@ -81,13 +81,9 @@ Context::Context(std::optional<fs::path> home_dir, Args args)
 }
 
 Context::~Context() {
-  // What the token's signing took in this command, added to the home's (serve's /metrics).
-  try {
-    engine::save_sign_latency(home_dir());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "fleetsign: warning: the signing latency was not recorded: %s\n",
-                 e.what());
-  }
+  // What the token's signing took in this command, added to the home's (serve's /metrics): the
+  // flusher saves the rest when it stops.
+  m_sign_flusher.reset();
 }
 
 fs::path Context::home_dir() const {
@@ -160,6 +156,10 @@ hsm::Token& Context::open_token(bool check_registry) {
       throw Error(e.code(), std::string(e.what()) + "; add --wait to wait for it");
     }
     throw;
+  }
+  if (!m_sign_flusher) {
+    m_sign_flusher =
+        std::make_unique<engine::SignLatencyFlusher>(home_dir(), std::chrono::seconds(10));
   }
   if (s.notices().size() != shown) {
     for (const auto& line : s.notices()) {

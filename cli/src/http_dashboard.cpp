@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -50,45 +51,54 @@ void send_asset(Poco::Net::HTTPServerResponse& resp, const std::string& type,
   send_bytes(resp, 200, type, body);
 }
 
-// The newest jobs with counts per task state, rate and ETA: the stream's one event.
-std::string jobs_event(HttpService::Impl& impl) {
-  const std::int64_t now = unix_now();
+// The newest jobs with counts per task state, rate and ETA: the stream's one event. `settled`
+// keeps the counts of jobs that ended (they change only when a job is reopened, which changes its
+// state), so a poll counts the tasks of running and paused jobs only.
+std::string jobs_event(
+    engine::Stores& s, std::int64_t now,
+    std::map<std::string, std::vector<std::pair<std::string, std::int64_t>>>& settled) {
   Array jobs;
-  impl.with_stores([&](engine::Stores& s) {
-    for (const auto& j : s.list_jobs(kStreamJobs)) {
-      Object o(Poco::JSON_PRESERVE_KEY_ORDER);
-      o.set("id", j.id);
-      o.set("kind", j.kind);
-      o.set("state", j.state);
-      o.set("created_at", engine::iso8601(j.created_at));
-      o.set("finished_at", j.finished_at > 0 ? engine::iso8601(j.finished_at) : "");
-      Object counts(Poco::JSON_PRESERVE_KEY_ORDER);
-      std::int64_t total = 0, open = 0;
-      for (const auto& [state, n] : s.count_job_tasks(j.id)) {
-        counts.set(state, n);
-        total += n;
-        if (state == "pending" || state == "active") open += n;
-      }
-      o.set("tasks", counts);
-      o.set("total", total);
-      o.set("settled", total - open);
-      // Devices settled per minute since the job began (to its end once it ended), and the time
-      // the rest would take at that rate while it runs.
-      const std::int64_t end = j.finished_at > 0 ? j.finished_at : now;
-      const double minutes =
-          static_cast<double>(std::max<std::int64_t>(end - j.created_at, 1)) / 60.0;
-      const double rate = static_cast<double>(total - open) / minutes;
-      o.set("rate_per_min", std::round(rate * 10.0) / 10.0);
-      if (j.state == "running" && rate > 0 && open > 0) {
-        o.set("eta_s", static_cast<std::int64_t>(static_cast<double>(open) / rate * 60.0));
-      } else {
-        o.set("eta_s", Poco::Dynamic::Var());
-      }
-      jobs.add(o);
+  for (const auto& j : s.list_jobs(kStreamJobs)) {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("id", j.id);
+    o.set("kind", j.kind);
+    o.set("state", j.state);
+    o.set("created_at", engine::iso8601(j.created_at));
+    o.set("finished_at", j.finished_at > 0 ? engine::iso8601(j.finished_at) : "");
+    const bool ended = j.state != "running" && j.state != "paused";
+    const std::string key = j.id + "\n" + j.state + "\n" + std::to_string(j.finished_at);
+    auto cached = settled.find(key);
+    if (!ended || cached == settled.end()) {
+      auto counts = s.count_job_tasks(j.id);
+      cached = ended ? settled.emplace(key, std::move(counts)).first
+                     : settled.insert_or_assign("\n" + j.id, std::move(counts)).first;
     }
-  });
+    Object counts(Poco::JSON_PRESERVE_KEY_ORDER);
+    std::int64_t total = 0, open = 0;
+    for (const auto& [state, n] : cached->second) {
+      counts.set(state, n);
+      total += n;
+      if (state == "pending" || state == "active") open += n;
+    }
+    o.set("tasks", counts);
+    o.set("total", total);
+    o.set("settled", total - open);
+    // Devices settled per minute since the job began (to its end once it ended), and the time
+    // the rest would take at that rate while it runs.
+    const std::int64_t end = j.finished_at > 0 ? j.finished_at : now;
+    const double minutes =
+        static_cast<double>(std::max<std::int64_t>(end - j.created_at, 1)) / 60.0;
+    const double rate = static_cast<double>(total - open) / minutes;
+    o.set("rate_per_min", std::round(rate * 10.0) / 10.0);
+    if (j.state == "running" && rate > 0 && open > 0) {
+      o.set("eta_s", static_cast<std::int64_t>(static_cast<double>(open) / rate * 60.0));
+    } else {
+      o.set("eta_s", Poco::Dynamic::Var());
+    }
+    jobs.add(o);
+  }
+  if (settled.size() > 4 * static_cast<std::size_t>(kStreamJobs)) settled.clear();
   Object o(Poco::JSON_PRESERVE_KEY_ORDER);
-  o.set("at", engine::iso8601(now));
   o.set("jobs", jobs);
   std::ostringstream out;
   o.stringify(out);
@@ -97,13 +107,15 @@ std::string jobs_event(HttpService::Impl& impl) {
 
 // GET /api/v1/events: "jobs" events, each the whole state of the newest jobs, sent when it
 // changes (checked every second), a comment every 15 s to keep proxies open, for at most 10
-// minutes (EventSource reconnects by itself). At most half the server's threads stream at once.
+// minutes (EventSource reconnects by itself). Each stream holds one of the server's threads: at
+// most a third of them stream at once, and with fewer than 3 threads none does (503).
 void stream_events(HttpService::Impl& impl, Request& r) {
-  const int limit = std::max(1, impl.opt.threads / 2);
+  const int limit = impl.opt.threads / 3;
   if (++impl.event_streams > limit) {
     --impl.event_streams;
     send_error(r.resp, 503, "unavailable",
-               "too many event streams open (" + std::to_string(limit) + "); try again later");
+               "event streams open: " + std::to_string(limit) +
+                   " at most (a third of --http-threads); try again later");
     return;
   }
   struct Release {
@@ -123,7 +135,7 @@ void stream_events(HttpService::Impl& impl, Request& r) {
   auto last_write = started;
   std::string last;
   while (!impl.stopping && out.good() && Clock::now() - started < kStreamLife) {
-    std::string event = jobs_event(impl);
+    std::string event = impl.jobs_snapshot();
     if (event != last) {
       out << "event: jobs\ndata: " << event << "\n\n";
       out.flush();
@@ -142,10 +154,21 @@ void stream_events(HttpService::Impl& impl, Request& r) {
 
 }  // namespace
 
+std::string HttpService::Impl::jobs_snapshot() {
+  std::lock_guard lock(snapshot_mutex);
+  const auto now = Clock::now();
+  if (snapshot.empty() || now - snapshot_at >= std::chrono::seconds(1)) {
+    snapshot =
+        with_reports([&](engine::Stores& s) { return jobs_event(s, unix_now(), snapshot_counts); });
+    snapshot_at = now;
+  }
+  return snapshot;
+}
+
 bool answer_dashboard(HttpService::Impl& impl, Request& r) {
   const std::string& path = r.route.path;
   auto& resp = r.resp;
-  if (path == "/") {
+  if (path == "/" || path == "/ui") {
     resp.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_FOUND);
     resp.set("Location", "/ui/");
     resp.setContentLength(0);

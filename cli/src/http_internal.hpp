@@ -9,6 +9,8 @@
 #include <Poco/URI.h>
 
 #include <atomic>
+#include <chrono>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -59,6 +61,28 @@ struct HttpService::Impl {
   engine::Services& services_locked() { return *m_services; }  // with m_reg_mutex held
   std::mutex& registry_mutex() { return m_reg_mutex; }
 
+  // A second registry connection for the reads that scan (metrics, the event stream's jobs), so
+  // that a scan never holds up another request's identification; behind its own mutex.
+  template <typename F>
+  auto with_reports(F&& f) {
+    std::lock_guard lock(m_report_mutex);
+    if (!m_reports) m_reports = open_report_registry();
+    return f(*m_reports);
+  }
+
+  // The event stream's payload (the newest jobs), computed at most once a second for all streams
+  // (http_dashboard.cpp).
+  std::string jobs_snapshot();
+  std::mutex snapshot_mutex;
+  std::string snapshot;
+  std::chrono::steady_clock::time_point snapshot_at{};
+  std::map<std::string, std::vector<std::pair<std::string, std::int64_t>>> snapshot_counts;
+
+  // /metrics' scans of the registry (certificates issued, expiry buckets), kept for 5 s.
+  std::mutex metrics_mutex;
+  std::string metrics_scans;
+  std::chrono::steady_clock::time_point metrics_at{};
+
   // Idempotency keys being answered now.
   std::mutex idem_mutex;
   std::set<std::string> idem_in_flight;
@@ -85,6 +109,9 @@ struct HttpService::Impl {
   std::unique_ptr<engine::Services> m_services;
   std::mutex m_auth_mutex;
   std::vector<std::unique_ptr<AuthSlot>> m_auth_free;
+  std::unique_ptr<engine::Registry> open_report_registry();
+  std::mutex m_report_mutex;
+  std::unique_ptr<engine::Registry> m_reports;
 };
 
 // Idempotency (POSTs with an Idempotency-Key header, http_params.cpp): the first definite

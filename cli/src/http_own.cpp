@@ -186,8 +186,11 @@ Answer metrics(HttpService::Impl& impl) {
   metric(out, "fleetsign_http_command_seconds_total", "counter", "Time spent in those commands.");
   out += "fleetsign_http_command_seconds_total " +
          std::to_string(static_cast<double>(impl.command_ms_total.load()) / 1000.0) + "\n";
+  const std::vector<int> alert_days =
+      impl.with_stores([&](engine::Stores&) { return impl.services_locked().policy().alert_days; });
   const std::int64_t now = unix_now();
-  impl.with_stores([&](engine::Stores& s) {
+  // On the report connection: a scan never holds up the requests being identified.
+  impl.with_reports([&](engine::Stores& s) {
     std::map<std::string, int> jobs = {
         {"running", 0}, {"paused", 0}, {"finished", 0}, {"canceled", 0}, {"aborted", 0}};
     for (const auto& j : s.list_jobs(0)) jobs[j.state]++;
@@ -199,14 +202,26 @@ Answer metrics(HttpService::Impl& impl) {
     out += "fleetsign_devices " + std::to_string(s.count_devices()) + "\n";
     metric(out, "fleetsign_connected_devices", "gauge", "Devices connected to the broker now.");
     out += "fleetsign_connected_devices " + std::to_string(s.connected_devices().size()) + "\n";
-    metric(out, "fleetsign_certificates_issued_total", "counter",
-           "Certificates issued, by CA and mode (batch: issue and API uploads; job: rollovers "
-           "and incidents; single).");
-    for (const auto& c : s.issued_counts()) {
-      out += "fleetsign_certificates_issued_total{ca=\"" + label(c.ca_name) + "\",mode=\"" +
-             c.mode + "\"} " + std::to_string(c.count) + "\n";
+    // The scans of every certificate and device, at most every 5 s (a scraper that asks more
+    // often must not read a registry of millions each time).
+    {
+      std::lock_guard cache(impl.metrics_mutex);
+      const auto t = std::chrono::steady_clock::now();
+      if (impl.metrics_scans.empty() || t - impl.metrics_at >= std::chrono::seconds(5)) {
+        std::string scans;
+        metric(scans, "fleetsign_certificates_issued_total", "counter",
+               "Certificates issued, by CA and mode (batch: issue and API uploads; job: "
+               "rollovers and incidents; single).");
+        for (const auto& c : s.issued_counts()) {
+          scans += "fleetsign_certificates_issued_total{ca=\"" + label(c.ca_name) + "\",mode=\"" +
+                   c.mode + "\"} " + std::to_string(c.count) + "\n";
+        }
+        expiry_buckets(scans, s, alert_days, now);
+        impl.metrics_scans = std::move(scans);
+        impl.metrics_at = t;
+      }
+      out += impl.metrics_scans;
     }
-    expiry_buckets(out, s, impl.services_locked().policy().alert_days, now);
     sign_histogram(out, impl.opt.home);
     std::int64_t active = 0;
     for (const auto& op : s.list_operators()) active += op.removed_at == 0 ? 1 : 0;

@@ -174,6 +174,12 @@ std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
 
 // A body cut short (the client went away, a reset, the read timeout) is never taken for a whole
 // one: Poco's stream ends quietly at a close and only sets badbit on an error.
+// No Content-Length and not chunked: HTTP/1.1 says the body is empty (Poco would read to the
+// connection's end, and hold the client until the idle timeout).
+static bool has_body(const Poco::Net::HTTPServerRequest& req) {
+  return req.hasContentLength() || req.getChunkedTransferEncoding();
+}
+
 void require_complete(Poco::Net::HTTPServerRequest& req, const std::istream& in,
                       std::uint64_t total) {
   if (in.bad() ||
@@ -185,6 +191,7 @@ void require_complete(Poco::Net::HTTPServerRequest& req, const std::istream& in,
 
 std::string read_body(Poco::Net::HTTPServerRequest& req, std::size_t limit) {
   std::string body;
+  if (!has_body(req)) return body;
   std::istream& in = req.stream();
   char buf[16384];
   while (in) {
@@ -223,7 +230,8 @@ std::string save_body(Poco::Net::HTTPServerRequest& req, const fs::path& file,
   std::uint64_t total = 0;
   char buf[65536];
   std::istream& in = req.stream();
-  while (in) {
+  // No Content-Length and not chunked: an empty body (read_body says why).
+  while (has_body(req) && in) {
     in.read(buf, sizeof buf);
     const auto got = static_cast<std::size_t>(in.gcount());
     total += got;

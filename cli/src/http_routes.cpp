@@ -2,6 +2,7 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 
+#include <map>
 #include <sstream>
 
 #include "http_api.hpp"
@@ -132,6 +133,9 @@ std::vector<ApiRoute> build_routes() {
   }
   // The dashboard: its page and files (Chart.js from Debian), the jobs' event stream.
   r.push_back(own("GET", "/", kAuditor, "redirects to the dashboard, /ui/"));
+  r.back().success_status = 302;
+  r.push_back(own("GET", "/ui", kAuditor, "redirects to /ui/"));
+  r.back().success_status = 302;
   r.push_back(own("GET", "/ui/", kAuditor, "the dashboard (a single page)"));
   r.push_back(own("GET", "/ui/{file}", kAuditor, "the dashboard's scripts and styles"));
   r.push_back(own("GET", "/api/v1/events", kAuditor,
@@ -246,6 +250,19 @@ std::vector<ApiRoute> build_routes() {
        value("line", "a production line"), value("key-sha256", "every certificate of a public key"),
        value("reason", "RFC 5280 reason"), flag("dry-run", "change nothing"),
        flag("yes", "revoke more than one device")}));
+  // The blast radius alone, for anyone who reads: the same command, always a dry run.
+  r.push_back(change(
+      "POST", "/api/v1/revocations/preview", {"revoke"},
+      "the blast radius of a revocation: what `revoke --dry-run` shows (changes "
+      "nothing; auditors may call it)",
+      {value("serial", "one certificate"), value("device", "a device"),
+       value("ca", "everything under a CA"), value("lot", "a lot"),
+       value("batch", "a batch or job"), value("site", "a site"),
+       value("line", "a production line"), value("key-sha256", "every certificate of a public key"),
+       value("reason", "RFC 5280 reason")},
+      {"--dry-run"}));
+  r.back().changes = false;
+  r.back().access = kAuditor;
   r.push_back(change(
       "POST", "/api/v1/incidents", {"incident", "start"},
       "start an incident run (serve runs its job)",
@@ -288,6 +305,106 @@ std::vector<ApiRoute> build_routes() {
   return r;
 }
 
+// What each route answers on success (ApiRoute::returns), by "METHOD PATH".
+void set_returns(std::vector<ApiRoute>& routes) {
+  const std::string group =
+      "name:string status:string primary:object? secondary:object? "
+      "created_at:string updated_at:string";
+  const std::string state = "id:string state:string";
+  const std::map<std::string, std::string> returns = {
+      {"GET /healthz", "status:string"},
+      {"GET /readyz", "ready:boolean checks:object"},
+      {"GET /ca/{name}", "media:application/pkix-cert media:application/x-pem-file"},
+      {"GET /crl/{name}", "media:application/pkix-crl media:application/x-pem-file"},
+      {"GET /api/openapi.json", "openapi:string info:object paths:object components:object"},
+      {"GET /.well-known/est/cacerts", "media:application/pkcs7-mime"},
+      {"GET /.well-known/est/{label}/cacerts", "media:application/pkcs7-mime"},
+      {"POST /.well-known/est/simpleenroll", "media:application/pkcs7-mime"},
+      {"POST /.well-known/est/simplereenroll", "media:application/pkcs7-mime"},
+      {"POST /.well-known/est/{label}/simpleenroll", "media:application/pkcs7-mime"},
+      {"POST /.well-known/est/{label}/simplereenroll", "media:application/pkcs7-mime"},
+      {"GET /", "media:none"},
+      {"GET /ui/", "media:text/html"},
+      {"GET /ui/{file}", "media:text/javascript media:text/css"},
+      {"GET /api/v1/events", "media:text/event-stream"},
+      {"GET /api/v1/whoami",
+       "name:string role:string groups:array cert_sha256:string not_after:string"},
+      {"GET /metrics", "media:text/plain"},
+      {"POST /api/v1/batches",
+       "batch:string issued:integer rejected:integer total_issued:integer "
+       "total_rejected:integer resumed:boolean already_finished:boolean seconds:number"},
+      {"GET /api/v1/batches/{id}/files/{file}",
+       "media:application/x-pem-file media:application/jsonl media:text/csv"},
+      {"GET /api/v1/cas", "cas:array"},
+      {"GET /api/v1/cas/{name}",
+       "name:string parent:string subject:string issuer:string serial:string key_type:string "
+       "key_uri:string not_before:string not_after:string sha1:string sha256:string "
+       "verified:boolean revoked:boolean"},
+      {"GET /api/v1/batches", "batches:array"},
+      {"GET /api/v1/batches/{id}",
+       "id:string ca:string state:string params:object issued:integer rejected:integer "
+       "created_at:string finished_at:string watermark:integer"},
+      {"GET /api/v1/jobs", "jobs:array"},
+      {"GET /api/v1/jobs/{id}",
+       "id:string kind:string state:string total:integer done:integer failed:integer "
+       "states:object ratePerSecond:number etaSeconds:integer? createdAt:string notBack:array"},
+      {"GET /api/v1/enrollments/groups", "count:integer groups:array"},
+      {"GET /api/v1/enrollments/groups/{name}", group},
+      {"GET /api/v1/devices",
+       "count:integer devices:array? connected:array? broker_running:boolean?"},
+      {"GET /api/v1/devices/{id}",
+       "registration_id:string ca:string group:string lot:string status:string "
+       "primary:object? secondary:object? individual_enrollment:string"},
+      {"GET /api/v1/expiry",
+       "as_of:string until:string within_days:integer thresholds:array status:integer "
+       "summary:object groups:array cas:array findings:array due:array due_listed:integer "
+       "crls:array"},
+      {"GET /api/v1/fleet",
+       "as_of:string weeks:integer thresholds:array devices:integer connected:integer "
+       "groups:array cas:array not_back:array not_back_total:integer"},
+      {"GET /api/v1/audit", "audit:array next_before:integer?"},
+      {"GET /api/v1/crls/{ca}",
+       "ca:string issuer:string number:integer this_update:string next_update:string "
+       "entries:integer state:string fresh:boolean authority_key_id:string sha256:string"},
+      {"GET /api/v1/incidents", "incidents:array"},
+      {"GET /api/v1/blocklist", "keys:array"},
+      {"GET /api/v1/operators", "operators:array"},
+      {"POST /api/v1/auth/check",
+       "allowed:boolean reason:string at:string rule:string? registration_id:string? "
+       "enrollment:string? serial:string? sha256:string? slot:string?"},
+      {"POST /api/v1/jobs/{id}/pause", state},
+      {"POST /api/v1/jobs/{id}/resume", state},
+      {"POST /api/v1/jobs/{id}/cancel", state},
+      {"POST /api/v1/jobs/{id}/retry-failed", state},
+      {"POST /api/v1/rollovers/plan",
+       "devices:integer conflicts:integer waves:integer perGroup:object perLot:object "
+       "perCa:object slots:object warnings:array conflictList:array"},
+      {"POST /api/v1/rollovers", "id:string"},
+      {"POST /api/v1/rollovers/breach", state},
+      {"POST /api/v1/rollovers/ca", state},
+      {"POST /api/v1/revocations", "dry_run:boolean plan:object outcome:object?"},
+      {"POST /api/v1/revocations/preview", "dry_run:boolean plan:object"},
+      {"GET /ui", "media:none"},
+      {"POST /api/v1/incidents",
+       "scopeKind:string? scope:string? reason:string? devices:integer? certificates:integer? "
+       "id:string? state:string?"},
+      {"POST /api/v1/crls/{ca}/sign", "signed:array failed:array broker:string"},
+      {"POST /api/v1/blocklist", "given:integer added:integer"},
+      {"DELETE /api/v1/blocklist/{hash}", "removed:string"},
+      {"POST /api/v1/enrollments/groups/{name}", group},
+      {"POST /api/v1/enrollments/groups/{name}/enable", group},
+      {"POST /api/v1/enrollments/groups/{name}/disable", group},
+      {"POST /api/v1/enrollments/groups/{name}/slots/{slot}", group},
+      {"DELETE /api/v1/enrollments/groups/{name}/slots/{slot}", group},
+      {"POST /api/v1/devices/{id}/methods/{method}", "status:integer payload:object?"},
+      {"DELETE /api/v1/operators/{name}", "removed:string"},
+  };
+  for (ApiRoute& r : routes) {
+    const auto it = returns.find(r.method + " " + r.path);
+    if (it != returns.end()) r.returns = it->second;
+  }
+}
+
 std::vector<std::string> split(const std::string& path) {
   std::vector<std::string> out;
   std::size_t start = 1;
@@ -311,7 +428,11 @@ bool role_allows(engine::OperatorRole have, engine::OperatorRole need) noexcept 
 }
 
 const std::vector<ApiRoute>& api_routes() {
-  static const std::vector<ApiRoute> routes = build_routes();
+  static const std::vector<ApiRoute> routes = [] {
+    auto r = build_routes();
+    set_returns(r);
+    return r;
+  }();
   return routes;
 }
 
@@ -338,6 +459,52 @@ RouteMatch match_route(const std::string& method, const std::vector<std::string>
     if (best.route == nullptr) best = {&r, std::move(values), false};
   }
   return best;
+}
+
+// The success response of a route from its `returns`: a JSON object schema (types, required keys,
+// nullable optional ones), or the media types of an answer that is not JSON.
+Object success_response(const ApiRoute& r) {
+  Object ok(Poco::JSON_PRESERVE_KEY_ORDER);
+  ok.set("description", "success");
+  Object content(Poco::JSON_PRESERVE_KEY_ORDER);
+  Object props(Poco::JSON_PRESERVE_KEY_ORDER);
+  Array required;
+  std::istringstream words(r.returns);
+  for (std::string w; words >> w;) {
+    const auto colon = w.find(':');
+    const std::string key = w.substr(0, colon);
+    std::string type = w.substr(colon + 1);
+    if (key == "media") {
+      if (type == "none") continue;
+      Object schema;
+      schema.set("type", "string");
+      schema.set("format", "binary");
+      Object media;
+      media.set("schema", schema);
+      content.set(type, media);
+      continue;
+    }
+    Object p;
+    if (!type.empty() && type.back() == '?') {
+      type.pop_back();
+      p.set("nullable", true);
+    } else {
+      required.add(key);
+    }
+    p.set("type", type);
+    props.set(key, p);
+  }
+  if (props.size() != 0) {
+    Object schema(Poco::JSON_PRESERVE_KEY_ORDER);
+    schema.set("type", "object");
+    schema.set("required", required);
+    schema.set("properties", props);
+    Object media;
+    media.set("schema", schema);
+    content.set("application/json", media);
+  }
+  if (content.size() != 0) ok.set("content", content);
+  return ok;
 }
 
 std::string openapi_json() {
@@ -473,9 +640,7 @@ std::string openapi_json() {
       op.set("requestBody", rb);
     }
     Object responses(Poco::JSON_PRESERVE_KEY_ORDER);
-    Object ok;
-    ok.set("description", "success");
-    responses.set(std::to_string(r.success_status), ok);
+    responses.set(std::to_string(r.success_status), success_response(r));
     Object err_media;
     Object ref;
     ref.set("$ref", "#/components/schemas/Error");

@@ -394,6 +394,10 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
   }
 }
 
+std::unique_ptr<engine::Registry> HttpService::Impl::open_report_registry() {
+  return engine::Registry::open(engine::Home::open(opt.home).registry_path());
+}
+
 HttpService::~HttpService() {
   if (m_impl) m_impl->stopping = true;  // event streams end within a second
   if (m_impl && m_impl->server) m_impl->server->stopAll(false);

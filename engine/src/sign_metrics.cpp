@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <sstream>
 
@@ -85,6 +86,41 @@ void save_sign_latency(const fs::path& home_dir) {
 
 std::optional<hsm::SignLatency> load_sign_latency(const fs::path& home_dir) {
   return read_file(file_of(home_dir));
+}
+
+namespace {
+
+void save_or_warn(const fs::path& home) {
+  try {
+    save_sign_latency(home);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fleetsign: warning: the signing latency was not recorded: %s\n",
+                 e.what());
+  }
+}
+
+}  // namespace
+
+SignLatencyFlusher::SignLatencyFlusher(fs::path home_dir, std::chrono::seconds every)
+    : m_home(std::move(home_dir)), m_every(every) {
+  m_thread = std::thread([this] {
+    std::unique_lock lock(m_mutex);
+    while (!m_wake.wait_for(lock, m_every, [this] { return m_stop; })) {
+      lock.unlock();
+      save_or_warn(m_home);
+      lock.lock();
+    }
+  });
+}
+
+SignLatencyFlusher::~SignLatencyFlusher() {
+  {
+    std::lock_guard lock(m_mutex);
+    m_stop = true;
+  }
+  m_wake.notify_all();
+  m_thread.join();
+  save_or_warn(m_home);
 }
 
 }  // namespace fleetsign::engine

@@ -168,20 +168,27 @@ DeviceSubject read_device_subject(const Var& value, const Where& where) {
   return subject;
 }
 
+// A base URL for the certificates' CRL and CA URLs: http or https, a host, an optional port and
+// path, of characters that need no escaping in a URI and no quoting anywhere they are written
+// (letters, digits, - . _ ~ / : and %).
 std::string read_base_url(const Var& value, const Where& where) {
   std::string url = as_string(value, where);
   while (!url.empty() && url.back() == '/') url.pop_back();
   if (url.empty()) return url;
   constexpr std::size_t kMaxUrl = 200;
-  const bool scheme = url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0;
-  const auto bad = std::find_if(url.begin(), url.end(), [](char c) {
-    return c <= ' ' || c > '~' ||
-           std::string_view("\"<>\\^`{|}?#").find(c) != std::string_view::npos;
-  });
-  if (!scheme || url.size() > kMaxUrl || bad != url.end() ||
-      url.find("//", 8) != std::string::npos) {
-    where.fail("must be an http:// or https:// URL of at most " + std::to_string(kMaxUrl) +
-               " printable characters without spaces, query or fragment, got '" + url + "'");
+  const std::size_t scheme = url.rfind("https://", 0) == 0  ? 8
+                             : url.rfind("http://", 0) == 0 ? 7
+                                                            : 0;
+  const auto allowed = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("-._~/:%").find(c) != std::string_view::npos;
+  };
+  const std::string host = scheme == 0 ? "" : url.substr(scheme, url.find('/', scheme) - scheme);
+  if (scheme == 0 || url.size() > kMaxUrl || !std::all_of(url.begin(), url.end(), allowed) ||
+      host.empty() || host.front() == ':' || url.find("//", scheme) != std::string::npos) {
+    where.fail("must be an http:// or https:// URL with a host, at most " +
+               std::to_string(kMaxUrl) + " characters of letters, digits and - . _ ~ / : %, got '" +
+               url + "'");
   }
   return url;
 }

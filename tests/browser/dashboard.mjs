@@ -79,6 +79,11 @@ try {
   await page.waitForSelector(`#ca-tree li[data-ca="${expect.root}"] li[data-ca="${expect.intermediate}"]`);
   const rootText = await page.textContent(`#ca-tree li[data-ca="${expect.root}"]`);
   check(rootText.includes('proof of possession'), `root shows its proof of possession: ${rootText}`);
+  // A CA whose subject is markup shows it as text.
+  const hostile = await page.textContent(`#ca-tree li[data-ca="${expect.hostile_ca}"]`);
+  check(hostile.includes('<img'), `the hostile subject is shown as text: ${hostile}`);
+  check(await page.locator('#ca-tree img').count() === 0, 'no element made from registry text');
+  check(await page.evaluate(() => window.__xss === undefined), 'no script ran from registry text');
   result.views.push('cas');
 
   // Revocation preview: the blast radius of a lot, nothing revoked.
@@ -125,6 +130,31 @@ try {
   check(jc[4].includes(`done ${expect.rollover_devices}`), `job tasks '${jc[4]}'`);
   check(await row.locator('button[data-action="retry-failed"]').count() === 1, 'a finished job offers retry-failed');
   await page.screenshot({ path: `${env.FLEETSIGN_SHOTS}/jobs.png`, fullPage: true });
+
+  // Job control from the page: a rollover of the lot whose devices are offline, paused, resumed
+  // and canceled with its row's buttons, each state pushed back by the stream.
+  const second = await page.evaluate(async (lot) => {
+    const r = await fetch('/api/v1/rollovers', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ lot }) });
+    return { status: r.status, body: await r.json() };
+  }, expect.preview_lot);
+  check(second.status === 201, `second rollover: ${second.status} ${JSON.stringify(second.body)}`);
+  const row2 = page.locator(`#jobs-table tbody tr[data-job="${second.body.id}"]`);
+  const waitState = async (want) => {
+    await page.waitForFunction(([id, st]) => {
+      const r = document.querySelector(`#jobs-table tbody tr[data-job="${id}"]`);
+      return r && r.dataset.state === st;
+    }, [second.body.id, want], { timeout: 60e3 });
+  };
+  await waitState('running');
+  await row2.locator('button[data-action="pause"]').click();
+  await waitState('paused');
+  await row2.locator('button[data-action="resume"]').click();
+  await waitState('running');
+  page.once('dialog', (d) => d.accept());
+  await row2.locator('button[data-action="cancel"]').click();
+  await waitState('canceled');
+  result.controlled = second.body.id;
   result.views.push('jobs');
 
   // Fleet again: the rotated devices hold their new certificates in the other slot.

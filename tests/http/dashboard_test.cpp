@@ -50,6 +50,10 @@ class Dashboard : public testing::LiveFleet {
     bin.ok("operator add alice --role operator --out " + quoted(path("alice.p12")) +
            " --pfx-password-file " + quoted(path("p12pass")));
     bin.ok("ca export operators --out " + quoted(path("operators.pem")));
+    // Registry text that is markup: the page must show it as text.
+    bin.ok(
+        "ca create-intermediate --name xss-ca --issuer root --subject "
+        "'/CN=<img src=x onerror=window.__xss=1>'");
   }
 
   // The first column of the first row of a query, on a read-only connection of our own.
@@ -113,6 +117,7 @@ TEST_F(Dashboard, EveryViewShowsTheRegistryAndAJobRunsToItsEndInTheBrowser) {
   expect.set("root", "root");
   expect.set("intermediate", "factory-1");
   expect.set("crl_ca", "root");
+  expect.set("hostile_ca", "xss-ca");
   expect.set("preview_lot", "L2");
   expect.set("preview_certificates", count("SELECT COUNT(*) FROM certificates WHERE lot='L2' "
                                            "AND state='issued'"));
@@ -149,6 +154,16 @@ TEST_F(Dashboard, EveryViewShowsTheRegistryAndAJobRunsToItsEndInTheBrowser) {
   EXPECT_EQ(count("SELECT COUNT(*) FROM certificates WHERE lot='L2' AND state='revoked'"), 0);
   EXPECT_EQ(count("SELECT COUNT(*) FROM certificates WHERE lot='L2' AND state='issued'"), 4);
   EXPECT_EQ(count("SELECT COUNT(*) FROM audit WHERE action='revoke.run'"), 0);
+  // The job the page paused, resumed and canceled, by the operator, through the API.
+  const std::string controlled = result->getValue<std::string>("controlled");
+  EXPECT_EQ(count("SELECT COUNT(*) FROM jobs WHERE id='" + controlled + "' AND state='canceled'"),
+            1);
+  for (const char* action : {"job.paused", "job.running", "job.canceled"}) {
+    EXPECT_GE(count("SELECT COUNT(*) FROM audit WHERE subject='" + controlled + "' AND action='" +
+                    action + "' AND actor='http:alice'"),
+              1)
+        << action;
+  }
   // The browser's requests are in the audit log under the operator's name.
   EXPECT_GE(count("SELECT COUNT(*) FROM audit WHERE action='http.request' AND subject='alice' "
                   "AND detail LIKE '%/api/v1/rollovers%'"),

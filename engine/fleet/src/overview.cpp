@@ -16,6 +16,8 @@ constexpr const char* kLeftBehind[] = {"offline", "timed-out", "refused", "confl
 
 bool is_rollover(const std::string& kind) { return kind != "revocation"; }
 
+constexpr std::int64_t kMaxListedPerState = 10000;
+
 }  // namespace
 
 FleetOverview fleet_overview(Stores& registry, std::int64_t now, int weeks,
@@ -104,7 +106,9 @@ FleetOverview fleet_overview(Stores& registry, std::int64_t now, int weeks,
         continue;
       }
       out.not_back_total += n;
-      if (out.not_back.size() >= not_back_limit) continue;
+      // Listed from jobs whose count is small enough to read whole (the store reads a state's
+      // tasks at once); a larger one is in the total, and `job show` lists it.
+      if (out.not_back.size() >= not_back_limit || n > kMaxListedPerState) continue;
       for (auto& t : registry.job_tasks(job.id, state)) {
         if (out.not_back.size() >= not_back_limit) break;
         out.not_back.push_back(NotBack{job.id, job.kind, std::move(t.device_id), state, t.step});

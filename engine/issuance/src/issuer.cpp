@@ -63,20 +63,77 @@ void put_rdn(Der& out, ByteView type_oid, std::string_view value) {
   out.insert(out.end(), value.begin(), value.end());
 }
 
-// Appends one non-critical extension, made by OpenSSL from its config text, as DER.
-void append_extension(Der& out, int nid, const std::string& value) {
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, nid, value.c_str());
+// A GENERAL_NAME uniformResourceIdentifier holding `uri` (nullptr when out of memory).
+GENERAL_NAME* uri_name(const std::string& uri) {
+  GENERAL_NAME* name = GENERAL_NAME_new();
+  ASN1_IA5STRING* text = ASN1_IA5STRING_new();
+  if (name == nullptr || text == nullptr ||
+      ASN1_STRING_set(text, uri.data(), static_cast<int>(uri.size())) != 1) {
+    GENERAL_NAME_free(name);
+    ASN1_IA5STRING_free(text);
+    return nullptr;
+  }
+  GENERAL_NAME_set0_value(name, GEN_URI, text);
+  return name;
+}
+
+// Appends a non-critical extension's DER; `ext` is consumed.
+void append_extension(Der& out, X509_EXTENSION* ext, const std::string& what) {
   const int len = ext == nullptr ? -1 : i2d_X509_EXTENSION(ext, nullptr);
   if (len <= 0) {
     X509_EXTENSION_free(ext);
-    throw Error(ErrorCode::kPolicyInvalid,
-                "policy publish.base_url: cannot make the extension '" + value + "'");
+    throw Error(ErrorCode::kInternal, "cannot encode the " + what + " extension");
   }
   const std::size_t at = out.size();
   out.resize(at + static_cast<std::size_t>(len));
   unsigned char* p = out.data() + at;
   i2d_X509_EXTENSION(ext, &p);
   X509_EXTENSION_free(ext);
+}
+
+// cRLDistributionPoints with one distribution point whose full name is `uri` (RFC 5280 4.2.1.13).
+void append_crl_dp(Der& out, const std::string& uri) {
+  CRL_DIST_POINTS* points = sk_DIST_POINT_new_null();
+  DIST_POINT* point = DIST_POINT_new();
+  if (points != nullptr && point != nullptr && sk_DIST_POINT_push(points, point) > 0) {
+    point->distpoint = DIST_POINT_NAME_new();
+    if (point->distpoint != nullptr) {
+      point->distpoint->type = 0;  // fullName
+      point->distpoint->name.fullname = sk_GENERAL_NAME_new_null();
+      if (GENERAL_NAME* name = uri_name(uri); name != nullptr) {
+        if (point->distpoint->name.fullname == nullptr ||
+            sk_GENERAL_NAME_push(point->distpoint->name.fullname, name) <= 0) {
+          GENERAL_NAME_free(name);
+        }
+      }
+    }
+  } else {
+    DIST_POINT_free(point);
+  }
+  X509_EXTENSION* ext = points == nullptr || sk_DIST_POINT_num(points) != 1
+                            ? nullptr
+                            : X509V3_EXT_i2d(NID_crl_distribution_points, 0, points);
+  sk_DIST_POINT_pop_free(points, DIST_POINT_free);
+  append_extension(out, ext, "CRL distribution point");
+}
+
+// authorityInfoAccess with one caIssuers access description at `uri` (RFC 5280 4.2.2.1).
+void append_aia(Der& out, const std::string& uri) {
+  AUTHORITY_INFO_ACCESS* aia = sk_ACCESS_DESCRIPTION_new_null();
+  ACCESS_DESCRIPTION* ad = ACCESS_DESCRIPTION_new();
+  X509_EXTENSION* ext = nullptr;
+  if (aia != nullptr && ad != nullptr) {
+    ad->method = OBJ_nid2obj(NID_ad_ca_issuers);
+    GENERAL_NAME_free(ad->location);
+    ad->location = uri_name(uri);
+    if (ad->location != nullptr && sk_ACCESS_DESCRIPTION_push(aia, ad) > 0) {
+      ad = nullptr;
+      ext = X509V3_EXT_i2d(NID_info_access, 0, aia);
+    }
+  }
+  ACCESS_DESCRIPTION_free(ad);
+  sk_ACCESS_DESCRIPTION_pop_free(aia, ACCESS_DESCRIPTION_free);
+  append_extension(out, ext, "authority information access");
 }
 
 }  // namespace
@@ -172,10 +229,8 @@ Issuer::Issuer(const CaRecord& ca, const hsm::SigningKey& key, const policy::Pol
     // Where relying parties find the CA's CRL and certificate (fleetsign serve --http answers
     // both); the same bytes in every certificate of this CA.
     const std::string& base = policy.publish.base_url;
-    append_extension(m.aki_ext, NID_crl_distribution_points,
-                     "URI:" + base + "/crl/" + ca.name + ".crl");
-    append_extension(m.aki_ext, NID_info_access,
-                     "caIssuers;URI:" + base + "/ca/" + ca.name + ".crt");
+    append_crl_dp(m.aki_ext, base + "/crl/" + ca.name + ".crl");
+    append_aia(m.aki_ext, base + "/ca/" + ca.name + ".crt");
   }
   if (!policy.device_subject.organization.empty()) {
     put_rdn(m.subject_prefix, oid::kOrganization, policy.device_subject.organization);

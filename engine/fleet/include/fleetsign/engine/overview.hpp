@@ -42,7 +42,9 @@ struct FleetOverview {
   int weeks = 0;
   std::vector<GroupOverview> groups;  // by name, kNoGroup last
   std::vector<CaOverview> cas;        // registry order (parents before children)
-  std::vector<NotBack> not_back;      // the first `not_back_limit`, newest job first
+  // The first `not_back_limit`, newest job first, from jobs with at most 10,000 tasks in that
+  // state (a larger job counts in the total only: `job show` lists it).
+  std::vector<NotBack> not_back;
   std::int64_t not_back_total = 0;
   std::int64_t devices = 0, connected = 0;
 };
