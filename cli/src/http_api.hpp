@@ -70,7 +70,11 @@ struct RouteMatch {
 };
 RouteMatch match_route(const std::string& method, const std::vector<std::string>& segments);
 
-// The OpenAPI 3.0 document of every route (JSON text).
+// The OpenAPI 3.0 document of every route (JSON text; http_openapi.cpp).
 std::string openapi_json();
+
+// A route's path split on '/' ("/a/{b}" → "a", "{b}"), and whether a segment is a {placeholder}.
+std::vector<std::string> split_route_path(const std::string& path);
+bool is_path_placeholder(const std::string& segment);
 
 }  // namespace fleetsign::cli
