@@ -6,6 +6,7 @@
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "paging.hpp"
 
 namespace fleetsign::cli {
 
@@ -94,12 +95,16 @@ int run_create(Context& ctx, bool root) {
 }
 
 int run_list(Context& ctx) {
-  const auto cas = ctx.registry().list_cas();
+  const auto page = page_args(ctx.args(), 0);
+  const auto key = [](const engine::CaRecord& ca) { return ca.name; };
+  auto cas = page_in_memory(ctx.registry().list_cas(), page, key, "CA");
+  const auto next = cut_page(cas, page, key);
   if (ctx.json()) {
     Poco::JSON::Array arr;
     for (const auto& ca : cas) arr.add(ca_json(ca));
     Poco::JSON::Object o;
     o.set("cas", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
@@ -111,6 +116,7 @@ int run_list(Context& ctx) {
                 engine::iso8601(ca.not_after).c_str(), ca.verified ? "yes" : "no",
                 ca.revoked_at != 0 ? "REVOKED" : "active", ca.subject.c_str());
   }
+  print_next_hint(next);
   return 0;
 }
 
@@ -291,9 +297,12 @@ void add_ca_commands(std::vector<Command>& commands) {
               },
               [](Context& c) { return run_create(c, false); }});
   commands.push_back(Command{{"ca", "list"},
-                             "[--json]",
-                             "list CAs",
-                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             "[--limit N] [--after NAME] [--json]",
+                             "list CAs, oldest first",
+                             [](Poco::Util::OptionSet& s) {
+                               add_paging_options(s, "default: all", "NAME");
+                               add_flag(s, "json", "print as JSON");
+                             },
                              run_list});
   commands.push_back(Command{{"ca", "show"},
                              "NAME [--json]",

@@ -7,6 +7,7 @@
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "paging.hpp"
 #include "table.hpp"
 
 namespace fleetsign::cli {
@@ -31,14 +32,16 @@ Poco::Dynamic::Var slot_or_null(bool free, F make) {
   return free ? Poco::Dynamic::Var() : Poco::Dynamic::Var(make());
 }
 
-// {"KEY": [to_json(item)…]} on stdout.
+// {"KEY": [to_json(item)…], "count": N, "next_after": cursor|null} on stdout.
 template <typename T, typename F>
-void print_json_list(Context& ctx, const std::string& key, const std::vector<T>& items, F to_json) {
+void print_json_list(Context& ctx, const std::string& key, const std::vector<T>& items, F to_json,
+                     const Poco::Dynamic::Var& next = {}) {
   Poco::JSON::Array arr;
   for (const auto& item : items) arr.add(to_json(item));
   Object o;
   o.set(key, arr);
   o.set("count", items.size());
+  set_next(o, next);
   ctx.print_json(o);
 }
 
@@ -157,9 +160,13 @@ int run_group_clear_slot(Context& ctx) {
 }
 
 int run_group_list(Context& ctx) {
-  const auto groups = ctx.registry().list_groups();
+  const auto page = page_args(ctx.args(), 0);
+  auto groups = page_in_memory(
+      ctx.registry().list_groups(), page, [](const auto& g) { return g.name; }, "group");
+  const auto next = cut_page(groups, page, [](const auto& g) { return g.name; });
   if (ctx.json()) {
-    print_json_list(ctx, "groups", groups, [&](const auto& g) { return group_json(ctx, g); });
+    print_json_list(
+        ctx, "groups", groups, [&](const auto& g) { return group_json(ctx, g); }, next);
     return 0;
   }
   Table t({"NAME", "STATUS", "PRIMARY CA", "SECONDARY CA", "UPDATED"});
@@ -168,6 +175,7 @@ int run_group_list(Context& ctx) {
            g.secondary_ca.empty() ? "-" : g.secondary_ca, when(g.updated_at)});
   }
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -329,16 +337,19 @@ int run_device_list(Context& ctx) {
   const auto index = engine::GroupIndex::load(ctx.registry());
   engine::DeviceFilter filter;
   filter.lot = a.get("lot").value_or("");
-  filter.limit = a.get_int("limit").value_or(0);
-  if (filter.limit < 0) throw Error(ErrorCode::kUsage, "--limit must be 0 (no limit) or more");
+  const auto page = page_args(a, 0);
+  filter.limit = one_more(page).limit;
+  filter.after = page.after;
   if (auto group = a.get("group")) {
     filter.ca_names = index.cas_of_group(*group);
     if (filter.ca_names.empty()) filter.ca_names = {""};  // both slots free: no device matches
   }
-  const auto devices = ctx.registry().list_devices(filter);
+  auto devices = ctx.registry().list_devices(filter);
+  const auto next = cut_page(devices, page, [](const auto& d) { return d.registration_id; });
   if (ctx.json()) {
-    print_json_list(ctx, "devices", devices,
-                    [&](const auto& d) { return device_json(ctx, d, index, false); });
+    print_json_list(
+        ctx, "devices", devices, [&](const auto& d) { return device_json(ctx, d, index, false); },
+        next);
     return 0;
   }
   Table t({"REGISTRATION ID", "STATUS", "CA", "GROUP", "LOT", "PRIMARY NOT AFTER",
@@ -350,6 +361,7 @@ int run_device_list(Context& ctx) {
            d.secondary_serial.empty() ? "-" : when(d.secondary_not_after)});
   }
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -424,8 +436,14 @@ void add_group_commands(std::vector<Command>& c) {
   c.push_back(simple({"enrollment", "group", "show"}, "NAME [--json]",
                      "show an enrollment group and its slots",
                      [](Context& x) { return show_group(x, service(x).group(name_arg(x))); }));
-  c.push_back(simple({"enrollment", "group", "list"}, "[--json]", "list enrollment groups",
-                     run_group_list));
+  c.push_back(Command{{"enrollment", "group", "list"},
+                      "[--limit N] [--after NAME] [--json]",
+                      "list enrollment groups, by name",
+                      [](Poco::Util::OptionSet& s) {
+                        add_paging_options(s, "default: all", "NAME");
+                        json_flag(s);
+                      },
+                      run_group_list});
 }
 
 void credential_options(Poco::Util::OptionSet& s, bool secondary) {
@@ -477,21 +495,21 @@ void add_individual_commands(std::vector<Command>& c) {
 void add_enrollment_commands(std::vector<Command>& commands) {
   add_group_commands(commands);
   add_individual_commands(commands);
-  commands.push_back(Command{{"device", "list"},
-                             "[--group G] [--lot L] [--limit N] [--connected] [--json]",
-                             "list devices and the certificate in each slot, or (--connected) "
-                             "the devices connected to the broker now",
-                             [](Poco::Util::OptionSet& s) {
-                               add_option(s, "group", "G",
-                                          "devices whose chain leads to the group's slot CAs");
-                               add_option(s, "lot", "L", "devices of one manufacturing lot");
-                               add_option(s, "limit", "N", "at most N devices (default: all)");
-                               add_flag(s, "connected",
-                                        "the devices connected to the broker now, with the "
-                                        "certificate each presented");
-                               json_flag(s);
-                             },
-                             run_device_list});
+  commands.push_back(
+      Command{{"device", "list"},
+              "[--group G] [--lot L] [--limit N] [--after ID] [--connected] [--json]",
+              "list devices and the certificate in each slot, or (--connected) "
+              "the devices connected to the broker now",
+              [](Poco::Util::OptionSet& s) {
+                add_option(s, "group", "G", "devices whose chain leads to the group's slot CAs");
+                add_option(s, "lot", "L", "devices of one manufacturing lot");
+                add_paging_options(s, "default: all", "ID");
+                add_flag(s, "connected",
+                         "the devices connected to the broker now, with the "
+                         "certificate each presented");
+                json_flag(s);
+              },
+              run_device_list});
   commands.push_back(simple({"device", "show"}, "ID [--json]",
                             "show a device: slots with serial, expiry and state", run_device_show));
 }

@@ -10,6 +10,7 @@
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/incident.hpp"
 #include "job_report.hpp"
+#include "paging.hpp"
 #include "table.hpp"
 
 namespace fleetsign::cli {
@@ -173,7 +174,10 @@ int run_incident_start(Context& ctx) {
 }
 
 int run_incident_list(Context& ctx) {
-  const auto incidents = ctx.registry().list_incidents(false);
+  const auto page = page_args(ctx.args(), 0);
+  const auto key = [](const engine::Incident& i) { return std::to_string(i.id); };
+  auto incidents = page_in_memory(ctx.registry().list_incidents(false), page, key, "incident");
+  const auto next = cut_page(incidents, page, key);
   if (ctx.json()) {
     Poco::JSON::Array arr;
     for (const auto& i : incidents) {
@@ -191,6 +195,7 @@ int run_incident_list(Context& ctx) {
     }
     Poco::JSON::Object o;
     o.set("incidents", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
@@ -201,6 +206,7 @@ int run_incident_list(Context& ctx) {
            i.closed_at == 0 ? "open" : engine::iso8601(i.closed_at), i.job_id});
   }
   t.print(stdout, "");
+  print_next_hint(next);
   return 0;
 }
 
@@ -231,12 +237,14 @@ void add_incident_commands(std::vector<Command>& commands) {
         add_job_options(s, "stop retrying offline devices after D (default 24h)");
       },
       run_incident_start});
-  commands.push_back(
-      Command{{"incident", "list"},
-              "[--json]",
-              "incidents, open and closed",
-              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print them as JSON"); },
-              run_incident_list});
+  commands.push_back(Command{{"incident", "list"},
+                             "[--limit N] [--after ID] [--json]",
+                             "incidents, open and closed, oldest first",
+                             [](Poco::Util::OptionSet& s) {
+                               add_paging_options(s, "default: all", "ID");
+                               add_flag(s, "json", "print them as JSON");
+                             },
+                             run_incident_list});
 }
 
 }  // namespace fleetsign::cli

@@ -13,6 +13,7 @@
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuance.hpp"
 #include "fleetsign/error.hpp"
+#include "paging.hpp"
 
 namespace fleetsign::cli {
 
@@ -326,7 +327,9 @@ int run_issue(Context& ctx) {
 }
 
 int run_batch_list(Context& ctx) {
-  const auto batches = ctx.registry().list_batches();
+  const auto page = page_args(ctx.args(), 0);
+  auto batches = ctx.registry().list_batches(one_more(page));
+  const auto next = cut_page(batches, page, [](const auto& b) { return b.id; });
   if (ctx.json()) {
     Poco::JSON::Array arr;
     for (const auto& b : batches) {
@@ -341,6 +344,7 @@ int run_batch_list(Context& ctx) {
     }
     Poco::JSON::Object o;
     o.set("batches", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
@@ -351,6 +355,7 @@ int run_batch_list(Context& ctx) {
                 b.state.c_str(), static_cast<long long>(b.issued),
                 static_cast<long long>(b.rejected), engine::iso8601(b.created_at).c_str());
   }
+  print_next_hint(next);
   return 0;
 }
 
@@ -449,9 +454,12 @@ void add_issue_commands(std::vector<Command>& commands) {
       },
       run_issue});
   commands.push_back(Command{{"batch", "list"},
-                             "[--json]",
+                             "[--limit N] [--after BATCH] [--json]",
                              "list batches, newest first",
-                             [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
+                             [](Poco::Util::OptionSet& s) {
+                               add_paging_options(s, "default: all", "BATCH");
+                               add_flag(s, "json", "print as JSON");
+                             },
                              run_batch_list});
   commands.push_back(Command{{"batch", "show"},
                              "BATCH [--json]",

@@ -16,6 +16,7 @@
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/rollover.hpp"
 #include "job_report.hpp"
+#include "paging.hpp"
 #include "table.hpp"
 
 namespace fleetsign::cli {
@@ -172,7 +173,9 @@ int print_state(Context& ctx, const std::string& id, const std::string& state) {
 namespace {
 
 int run_job_list(Context& ctx) {
-  const auto jobs_list = ctx.registry().list_jobs(ctx.args().get_int("limit").value_or(50));
+  const auto page = page_args(ctx.args(), 50);
+  auto jobs_list = ctx.registry().list_jobs(one_more(page));
+  const auto next = cut_page(jobs_list, page, [](const auto& j) { return j.id; });
   if (ctx.json()) {
     Poco::JSON::Array arr;
     for (const auto& j : jobs_list) {
@@ -180,6 +183,7 @@ int run_job_list(Context& ctx) {
     }
     Poco::JSON::Object o;
     o.set("jobs", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
@@ -190,6 +194,7 @@ int run_job_list(Context& ctx) {
            engine::iso8601(j.created_at)});
   }
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -270,10 +275,10 @@ int run_job_retry_failed(Context& ctx) {
 
 void add_job_commands(std::vector<Command>& commands) {
   commands.push_back(Command{{"job", "list"},
-                             "[--limit N] [--json]",
+                             "[--limit N] [--after JOB] [--json]",
                              "the newest jobs",
                              [](Poco::Util::OptionSet& s) {
-                               add_option(s, "limit", "N", "at most N jobs (50)");
+                               add_paging_options(s, "default 50", "JOB");
                                add_flag(s, "json", "print as JSON");
                              },
                              run_job_list});

@@ -11,6 +11,7 @@
 #include "fleetsign/engine/operators.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "paging.hpp"
 #include "table.hpp"
 
 namespace fleetsign::cli {
@@ -103,12 +104,16 @@ int run_operator_add(Context& ctx) {
 }
 
 int run_operator_list(Context& ctx) {
-  const auto ops = ctx.registry().list_operators();
+  const auto page = page_args(ctx.args(), 0);
+  const auto key = [](const engine::OperatorRecord& op) { return op.name; };
+  auto ops = page_in_memory(ctx.registry().list_operators(), page, key, "operator");
+  const auto next = cut_page(ops, page, key);
   if (ctx.json()) {
     Array::Ptr arr = new Array;
     for (const auto& op : ops) arr->add(operator_json(op));
     Object o;
     o.set("operators", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
@@ -118,6 +123,7 @@ int run_operator_list(Context& ctx) {
            engine::iso8601(op.not_after), op.removed_at == 0 ? "active" : "removed", op.sha256});
   }
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -216,9 +222,12 @@ void add_operator_commands(std::vector<Command>& commands) {
        },
        run_operator_add});
   commands.push_back({{"operator", "list"},
-                      "[--json]",
-                      "the operators, removed ones included",
-                      [](Poco::Util::OptionSet& s) { add_flag(s, "json", "JSON on stdout"); },
+                      "[--limit N] [--after NAME] [--json]",
+                      "the operators, removed ones included, oldest first",
+                      [](Poco::Util::OptionSet& s) {
+                        add_paging_options(s, "default: all", "NAME");
+                        add_flag(s, "json", "JSON on stdout");
+                      },
                       run_operator_list});
   commands.push_back({{"operator", "remove"},
                       "NAME [--json]",

@@ -12,6 +12,7 @@
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/revocation.hpp"
+#include "paging.hpp"
 #include "table.hpp"
 
 namespace fleetsign::cli {
@@ -274,7 +275,9 @@ int run_blocklist_add(Context& ctx) {
 }
 
 int run_blocklist_list(Context& ctx) {
-  const auto keys = ctx.registry().list_blocked_keys();
+  const auto page = page_args(ctx.args(), 0);
+  auto keys = ctx.registry().list_blocked_keys(one_more(page));
+  const auto next = cut_page(keys, page, [](const auto& k) { return k.key_sha256; });
   if (ctx.json()) {
     Array::Ptr arr = new Array;
     for (const auto& k : keys) {
@@ -287,12 +290,14 @@ int run_blocklist_list(Context& ctx) {
     }
     Object o;
     o.set("keys", arr);
+    set_next(o, next);
     ctx.print_json(o);
     return 0;
   }
   Table t({"KEY SHA-256", "ADDED", "REASON", "SOURCE"});
   for (const auto& k : keys) t.add({k.key_sha256, engine::iso8601(k.added_at), k.reason, k.source});
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -348,9 +353,12 @@ void add_revoke_commands(std::vector<Command>& commands) {
                       },
                       run_blocklist_add});
   commands.push_back({{"blocklist", "list"},
-                      "[--json]",
-                      "the blocked public keys",
-                      [](Poco::Util::OptionSet& s) { add_flag(s, "json", "JSON on stdout"); },
+                      "[--limit N] [--after HASH] [--json]",
+                      "the blocked public keys, by hash",
+                      [](Poco::Util::OptionSet& s) {
+                        add_paging_options(s, "default: all", "HASH");
+                        add_flag(s, "json", "JSON on stdout");
+                      },
                       run_blocklist_list});
   commands.push_back({{"blocklist", "remove"},
                       "HASH",

@@ -56,7 +56,11 @@ struct ApiRoute {
   // ("cas:array count:integer next_before:integer?": '?' marks a key that may be absent or null),
   // or, for an answer that is not JSON, its media types ("media:application/pkix-cert …").
   std::string returns;
+  bool paged = false;  // a list: limit (kApiPageDefault unless asked, kApiPageMax at most), after
 };
+
+constexpr int kApiPageDefault = 100;
+constexpr int kApiPageMax = 1000;
 
 const std::vector<ApiRoute>& api_routes();
 

@@ -1,4 +1,5 @@
-// EST (RFC 7030) for devices: /.well-known/est[/{label}]/cacerts, simpleenroll, simplereenroll.
+// EST (RFC 7030) for devices: /.well-known/est[/{label}]/cacerts, csrattrs, simpleenroll,
+// simplereenroll.
 // A device authenticates with its current certificate (TLS); the fleet's own decision
 // (engine/auth.hpp) must admit it, the CSR must name it, and the new certificate is issued by the
 // same single-issue path as `fleetsign issue --csr … --reissue` (a child, like every command the
@@ -239,6 +240,22 @@ void answer_est(HttpService::Impl& impl, Request& r) {
   const std::optional<std::string> label =
       labelled ? std::optional<std::string>(r.values[0]) : std::nullopt;
   const std::string op = path.substr(path.rfind('/') + 1);
+  if (op == "csrattrs") {
+    // RFC 7030 4.5.2: a server that asks for no particular attributes answers 204. A label must
+    // still name an enrollment group.
+    const bool known = !label || impl.with_stores([&](engine::Stores& s) {
+      return s.find_group(*label).has_value();
+    });
+    if (!known) {
+      send_json(r.resp, 404,
+                error_answer(404, "not_found", "no enrollment group '" + *label + "'").body);
+      return;
+    }
+    r.resp.setStatus(Poco::Net::HTTPResponse::HTTP_NO_CONTENT);
+    r.resp.setContentLength(0);
+    r.resp.send();
+    return;
+  }
   const Answer a = op == "cacerts" ? est_cacerts(impl, r) : est_enroll(impl, r, label);
   if (a.status != 200) {
     send_json(r.resp, a.status, a.body);

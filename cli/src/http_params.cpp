@@ -133,6 +133,25 @@ struct ArgBuilder {
   }
 };
 
+// A list's page through the API: limit 1..kApiPageMax, kApiPageDefault when not asked (a list of
+// ten million devices is never answered whole).
+void page_limit(std::vector<std::string>& options) {
+  const std::string prefix = "--limit=";
+  for (const auto& o : options) {
+    if (!o.starts_with(prefix)) continue;
+    const std::string v = o.substr(prefix.size());
+    const bool digits =
+        !v.empty() && v.size() <= 4 && v.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoi(v) < 1 || std::stoi(v) > kApiPageMax) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "parameter 'limit': a page of 1 to " + std::to_string(kApiPageMax) +
+                      " items (then follow next_after), got '" + engine::valid_utf8(v) + "'");
+    }
+    return;
+  }
+  options.push_back(prefix + std::to_string(kApiPageDefault));
+}
+
 }  // namespace
 
 // The route's arguments from the query string (GET, uploads) or a JSON object body.
@@ -166,6 +185,7 @@ std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
       for (const auto& [k, v] : *obj) b.add_json(k, v);
     }
   }
+  if (r.route.paged) page_limit(b.options);
   std::vector<std::string> args = r.values;
   args.insert(args.end(), b.positional.begin(), b.positional.end());
   args.insert(args.end(), b.options.begin(), b.options.end());

@@ -95,6 +95,17 @@ std::vector<ApiParam> job_params() {
           value("confirm", "session|method")};
 }
 
+// A list, a page at a time: limit (100 unless asked, at most 1000) and after, the cursor the
+// last page answered as next_after.
+ApiRoute paged(ApiRoute r, const std::string& key) {
+  r.params.push_back(value("limit", "items on this page (" + std::to_string(kApiPageDefault) +
+                                        ", at most " + std::to_string(kApiPageMax) + ")"));
+  r.params.push_back(value(
+      "after", "the " + key + " after which the page starts: the last " + "page's next_after"));
+  r.paged = true;
+  return r;
+}
+
 template <typename... Lists>
 std::vector<ApiParam> join(Lists... lists) {
   std::vector<ApiParam> out;
@@ -119,6 +130,12 @@ std::vector<ApiRoute> build_routes() {
                   "enrollment group: its chain; else every CA)"));
   r.push_back(own("GET", "/.well-known/est/{label}/cacerts", kPublic,
                   "EST with a label: the chain of the enrollment group {label}"));
+  for (const char* label : {"", "{label}/"}) {
+    r.push_back(own("GET", std::string("/.well-known/est/") + label + "csrattrs", kPublic,
+                    "EST (RFC 7030 4.5): 204, no attributes asked; the CSR is checked at "
+                    "enrollment (subject = the registration ID, a new key the policy allows)"));
+    r.back().success_status = 204;
+  }
   for (const char* label : {"", "{label}/"}) {
     for (const char* op : {"simpleenroll", "simplereenroll"}) {
       ApiRoute e = own("POST", std::string("/.well-known/est/") + label + op, kDevice,
@@ -163,21 +180,23 @@ std::vector<ApiRoute> build_routes() {
                   "manifest.csv, manifest.jsonl, iothub-import.jsonl, rejects.csv"));
 
   // Reads of the CLI.
-  r.push_back(read("/api/v1/cas", {"ca", "list"}, "the CAs"));
+  r.push_back(paged(read("/api/v1/cas", {"ca", "list"}, "the CAs, oldest first"), "CA name"));
   r.push_back(read("/api/v1/cas/{name}", {"ca", "show"}, "one CA"));
-  r.push_back(read("/api/v1/batches", {"batch", "list"}, "the batches, newest first"));
-  r.push_back(read("/api/v1/batches/{id}", {"batch", "show"}, "one batch"));
   r.push_back(
-      read("/api/v1/jobs", {"job", "list"}, "the newest jobs", {value("limit", "at most N jobs")}));
+      paged(read("/api/v1/batches", {"batch", "list"}, "the batches, newest first"), "batch id"));
+  r.push_back(read("/api/v1/batches/{id}", {"batch", "show"}, "one batch"));
+  r.push_back(paged(read("/api/v1/jobs", {"job", "list"}, "the jobs, newest first"), "job id"));
   r.push_back(read("/api/v1/jobs/{id}", {"job", "show"}, "a job: counts per state, rate, ETA",
                    {flag("all", "list the devices that are back too")}));
-  r.push_back(
-      read("/api/v1/enrollments/groups", {"enrollment", "group", "list"}, "the enrollment groups"));
+  r.push_back(paged(read("/api/v1/enrollments/groups", {"enrollment", "group", "list"},
+                         "the enrollment groups, by name"),
+                    "group name"));
   r.push_back(read("/api/v1/enrollments/groups/{name}", {"enrollment", "group", "show"},
                    "one enrollment group and its slots"));
-  r.push_back(read("/api/v1/devices", {"device", "list"}, "devices",
-                   {value("group", "one enrollment group"), value("lot", "one lot"),
-                    value("limit", "at most N"), flag("connected", "the broker's live sessions")}));
+  r.push_back(paged(read("/api/v1/devices", {"device", "list"}, "devices, by registration ID",
+                         {value("group", "one enrollment group"), value("lot", "one lot"),
+                          flag("connected", "the broker's live sessions (not paged)")}),
+                    "registration ID"));
   r.push_back(read("/api/v1/devices/{id}", {"device", "show"}, "one device"));
   r.push_back(read("/api/v1/expiry", {"expiry", "report"}, "the expiry report",
                    {value("within", "days ahead"), value("group", "one enrollment group"),
@@ -193,9 +212,13 @@ std::vector<ApiRoute> build_routes() {
        value("action", "actions starting with this"), value("actor", "one actor"),
        value("subject", "subjects starting with this"), value("since", "at or after this time")}));
   r.push_back(read("/api/v1/crls/{ca}", {"crl", "show"}, "a CA's CRL: number, dates, freshness"));
-  r.push_back(read("/api/v1/incidents", {"incident", "list"}, "the incidents"));
-  r.push_back(read("/api/v1/blocklist", {"blocklist", "list"}, "the blocked public keys"));
-  r.push_back(read("/api/v1/operators", {"operator", "list"}, "the operators"));
+  r.push_back(paged(read("/api/v1/incidents", {"incident", "list"}, "the incidents, oldest first"),
+                    "incident id"));
+  r.push_back(
+      paged(read("/api/v1/blocklist", {"blocklist", "list"}, "the blocked public keys, by hash"),
+            "key hash"));
+  r.push_back(paged(read("/api/v1/operators", {"operator", "list"}, "the operators, oldest first"),
+                    "operator name"));
   {
     // Answered here, not by a child: the broker's decision at the rate the broker needs it.
     ApiRoute a = own("POST", "/api/v1/auth/check", kAuditor,
@@ -319,6 +342,8 @@ void set_returns(std::vector<ApiRoute>& routes) {
       {"GET /api/openapi.json", "openapi:string info:object paths:object components:object"},
       {"GET /.well-known/est/cacerts", "media:application/pkcs7-mime"},
       {"GET /.well-known/est/{label}/cacerts", "media:application/pkcs7-mime"},
+      {"GET /.well-known/est/csrattrs", "media:none"},
+      {"GET /.well-known/est/{label}/csrattrs", "media:none"},
       {"POST /.well-known/est/simpleenroll", "media:application/pkcs7-mime"},
       {"POST /.well-known/est/simplereenroll", "media:application/pkcs7-mime"},
       {"POST /.well-known/est/{label}/simpleenroll", "media:application/pkcs7-mime"},
@@ -335,23 +360,24 @@ void set_returns(std::vector<ApiRoute>& routes) {
        "total_rejected:integer resumed:boolean already_finished:boolean seconds:number"},
       {"GET /api/v1/batches/{id}/files/{file}",
        "media:application/x-pem-file media:application/jsonl media:text/csv"},
-      {"GET /api/v1/cas", "cas:array"},
+      {"GET /api/v1/cas", "cas:array next_after:string?"},
       {"GET /api/v1/cas/{name}",
        "name:string parent:string subject:string issuer:string serial:string key_type:string "
        "key_uri:string not_before:string not_after:string sha1:string sha256:string "
        "verified:boolean revoked:boolean"},
-      {"GET /api/v1/batches", "batches:array"},
+      {"GET /api/v1/batches", "batches:array next_after:string?"},
       {"GET /api/v1/batches/{id}",
        "id:string ca:string state:string params:object issued:integer rejected:integer "
        "created_at:string finished_at:string watermark:integer"},
-      {"GET /api/v1/jobs", "jobs:array"},
+      {"GET /api/v1/jobs", "jobs:array next_after:string?"},
       {"GET /api/v1/jobs/{id}",
        "id:string kind:string state:string total:integer done:integer failed:integer "
        "states:object ratePerSecond:number etaSeconds:integer? createdAt:string notBack:array"},
-      {"GET /api/v1/enrollments/groups", "count:integer groups:array"},
+      {"GET /api/v1/enrollments/groups", "count:integer groups:array next_after:string?"},
       {"GET /api/v1/enrollments/groups/{name}", group},
       {"GET /api/v1/devices",
-       "count:integer devices:array? connected:array? broker_running:boolean?"},
+       "count:integer devices:array? connected:array? broker_running:boolean? "
+       "next_after:string?"},
       {"GET /api/v1/devices/{id}",
        "registration_id:string ca:string group:string lot:string status:string "
        "primary:object? secondary:object? individual_enrollment:string"},
@@ -366,9 +392,9 @@ void set_returns(std::vector<ApiRoute>& routes) {
       {"GET /api/v1/crls/{ca}",
        "ca:string issuer:string number:integer this_update:string next_update:string "
        "entries:integer state:string fresh:boolean authority_key_id:string sha256:string"},
-      {"GET /api/v1/incidents", "incidents:array"},
-      {"GET /api/v1/blocklist", "keys:array"},
-      {"GET /api/v1/operators", "operators:array"},
+      {"GET /api/v1/incidents", "incidents:array next_after:string?"},
+      {"GET /api/v1/blocklist", "keys:array next_after:string?"},
+      {"GET /api/v1/operators", "operators:array next_after:string?"},
       {"POST /api/v1/auth/check",
        "allowed:boolean reason:string at:string rule:string? registration_id:string? "
        "enrollment:string? serial:string? sha256:string? slot:string?"},

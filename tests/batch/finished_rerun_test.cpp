@@ -32,7 +32,7 @@ RegistryCounts counts(Fleet& fleet, const std::string& batch_id) {
   c.issued = registry->count_certs("", engine::CertState::kIssued);
   c.abandoned = registry->count_certs("", engine::CertState::kAbandoned);
   c.revoked = registry->count_certs("", engine::CertState::kRevoked);
-  c.batches = registry->list_batches().size();
+  c.batches = registry->list_batches({}).size();
   c.batch = registry->find_batch(batch_id).value_or(engine::BatchRecord{});
   return c;
 }

@@ -24,7 +24,7 @@ class IssueInputs : public ::testing::Test {
       EXPECT_EQ(registry->count_certs("", state), 0)
           << why << ": " << engine::cert_state_name(state);
     }
-    EXPECT_TRUE(registry->list_batches().empty()) << why << ": a batch was recorded";
+    EXPECT_TRUE(registry->list_batches({}).empty()) << why << ": a batch was recorded";
   }
 
   static void expect_code(const Outcome& o, int status, const std::string& code) {

@@ -208,7 +208,7 @@ TEST_F(Jobs, ListIsNewestFirstAndDefaultsAreStamped) {
   reg->create_job(job("old", kNow - 100), {});
   reg->create_job(job("new"), {});
   reg->create_job(job("mid", kNow - 50), {});
-  const auto all = reg->list_jobs(0);
+  const auto all = reg->list_jobs({0});
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].id, "new");
   EXPECT_EQ(all[1].id, "mid");
@@ -217,7 +217,26 @@ TEST_F(Jobs, ListIsNewestFirstAndDefaultsAreStamped) {
   EXPECT_EQ(all[0].report_json, "{}");
   EXPECT_EQ(all[0].created_at, kNow);
   EXPECT_EQ(all[0].updated_at, kNow);
-  EXPECT_EQ(reg->list_jobs(2).size(), 2u);
+  EXPECT_EQ(reg->list_jobs({2}).size(), 2u);
+}
+
+// Pages follow the list's order (newest first, the id breaking a tie of created_at): each job
+// once, and a cursor naming no job is refused rather than read as the start.
+TEST_F(Jobs, PagesAfterACursorTakeEachJobOnce) {
+  for (const char* id : {"a", "c", "b", "e", "d"}) reg->create_job(job(id, kNow - 10), {});
+  reg->create_job(job("newest"), {});
+  std::vector<std::string> seen;
+  ListPage page{2, ""};
+  for (int i = 0; i < 10; ++i) {
+    const auto rows = reg->list_jobs(page);
+    for (const auto& r : rows) seen.push_back(r.id);
+    if (rows.size() < 2) break;
+    page.after = rows.back().id;
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{"newest", "e", "d", "c", "b", "a"}));
+  EXPECT_TRUE(reg->list_jobs({0, "a"}).empty());
+  EXPECT_EQ(reg->list_jobs({0, "c"}).size(), 2u);
+  EXPECT_EQ(error_of([&] { reg->list_jobs({2, "ghost"}); }).code(), ErrorCode::kNotFound);
 }
 
 TEST_F(Jobs, CreateIsAtomic) {

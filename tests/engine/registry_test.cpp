@@ -474,10 +474,17 @@ TEST(Registry, BatchIsCreatedProgressedFinishedAndListed) {
   EXPECT_EQ(found->state, "finished");
   EXPECT_EQ(found->finished_at, 1500);
 
-  const auto all = reg->list_batches();
+  const auto all = reg->list_batches({});
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].id, "batch-b");  // newest first
   EXPECT_EQ(all[1].id, "batch-a");
+  // A page after a batch: the older ones; a batch that is not there is no cursor.
+  const auto after = reg->list_batches({1, "batch-b"});
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_EQ(after[0].id, "batch-a");
+  EXPECT_TRUE(reg->list_batches({0, "batch-a"}).empty());
+  EXPECT_EQ(reg->list_batches({1, ""}).size(), 1u);
+  EXPECT_EQ(code_of([&] { reg->list_batches({1, "nope"}); }), ErrorCode::kNotFound);
   EXPECT_FALSE(reg->find_batch("nope"));
   EXPECT_EQ(code_of([&] { reg->update_batch_progress("nope", 1, "", 0, 0); }),
             ErrorCode::kNotFound);

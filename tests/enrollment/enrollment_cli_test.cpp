@@ -220,6 +220,52 @@ TEST_F(EnrollmentCli, DeviceListFiltersByGroupLotAndLimit) {
   EXPECT_EQ(error_code(bin.run("device show ghost --json")), "not_found");
 }
 
+// Every list pages the same way: --limit N, then --after the last page's next_after, until
+// next_after is null; each item comes exactly once, in the list's order.
+TEST_F(EnrollmentCli, ListsPageWithLimitAndAfterAndEachItemComesOnce) {
+  for (const char* id : {"dev-3", "dev-1", "dev-5", "dev-2", "dev-4"}) issue(id);
+  std::vector<std::string> seen;
+  std::string after;
+  int pages = 0;
+  for (; pages < 10; ++pages) {
+    const auto page = json(
+        bin.ok("device list --limit 2 --json" + (after.empty() ? "" : " --after " + after)).out);
+    const auto devices = page->getArray("devices");
+    EXPECT_LE(devices->size(), 2u);
+    for (std::size_t i = 0; i < devices->size(); ++i) {
+      seen.push_back(
+          devices->getObject(static_cast<unsigned>(i))->getValue<std::string>("registration_id"));
+    }
+    if (page->isNull("next_after")) break;
+    after = page->getValue<std::string>("next_after");
+    EXPECT_EQ(after, seen.back());
+  }
+  EXPECT_EQ(pages, 2);  // 2 + 2 + 1
+  EXPECT_EQ(seen, (std::vector<std::string>{"dev-1", "dev-2", "dev-3", "dev-4", "dev-5"}));
+  // A full last page says so: nothing follows dev-5.
+  const auto last = json(bin.ok("device list --limit 2 --after dev-3 --json").out);
+  EXPECT_EQ(last->getValue<int>("count"), 2);
+  EXPECT_TRUE(last->isNull("next_after"));
+  EXPECT_TRUE(json(bin.ok("device list --json").out)->isNull("next_after"));
+  EXPECT_NE(bin.ok("device list --limit 1").out.find("more: --after dev-1"), std::string::npos);
+
+  bin.ok("enrollment group create g-b --ca int");
+  bin.ok("enrollment group create g-a --ca root");
+  bin.ok("enrollment group create g-c --ca int");
+  const auto groups = json(bin.ok("enrollment group list --limit 1 --after g-a --json").out);
+  ASSERT_EQ(groups->getArray("groups")->size(), 1u);
+  EXPECT_EQ(groups->getArray("groups")->getObject(0)->getValue<std::string>("name"), "g-b");
+  EXPECT_EQ(groups->getValue<std::string>("next_after"), "g-b");
+  // A cursor that names no item of a list keyed by name is refused, not read as "from the start".
+  EXPECT_EQ(error_code(bin.run("enrollment group list --after g-zz --json")), "not_found");
+  EXPECT_EQ(error_code(bin.run("ca list --after nope --json")), "not_found");
+  const auto cas = json(bin.ok("ca list --limit 1 --json").out);
+  EXPECT_EQ(cas->getArray("cas")->size(), 1u);
+  EXPECT_FALSE(cas->isNull("next_after"));
+  EXPECT_EQ(error_code(bin.run("device list --limit -1 --json")), "usage");
+  EXPECT_EQ(error_code(bin.run("device list --after '' --json")), "usage");
+}
+
 TEST_F(EnrollmentCli, ExpiryReportExitStatusFollowsTheThresholds) {
   issue("far");  // 365 days: nothing due within 30
   auto o = bin.run("expiry report --json");

@@ -242,6 +242,65 @@ TEST_F(Http, AnIdempotencyKeyReplaysTheFirstAnswerAndRefusesAnotherRequest) {
   EXPECT_EQ(listed.body.find(std::string(64, 'B')), std::string::npos);
 }
 
+// Lists are paged: 100 items unless asked, at most 1,000, and next_after leads to the next page
+// until it is null; every item comes once. (Keys from 'E…' sort after the other tests' keys.)
+TEST_F(Http, ListsArePagedWithACursorAndABoundedPageSize) {
+  {
+    std::ofstream f(path("many-keys.txt"));
+    for (int i = 0; i < 150; ++i) {
+      std::string n = std::to_string(i);
+      f << "E" << std::string(63 - n.size(), '0') << n << "\n";
+    }
+  }
+  bin->ok("blocklist add --reason test --from-file " + quoted(path("many-keys.txt")));
+  std::set<std::string> seen;
+  std::string last;
+  int pages = 0;
+  for (std::string url = "/api/v1/blocklist"; pages < 10; ++pages) {
+    const Reply r = get(url, "bob");
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto o = json(r.body);
+    const auto keys = o->getArray("keys");
+    if (pages == 0) EXPECT_EQ(keys->size(), 100u);  // the default page
+    for (std::size_t i = 0; i < keys->size(); ++i) {
+      const auto k = keys->getObject(static_cast<unsigned>(i))->getValue<std::string>("key_sha256");
+      EXPECT_GT(k, last);  // in order, never twice
+      last = k;
+      if (k[0] == 'E') seen.insert(k);
+    }
+    if (o->isNull("next_after")) break;
+    EXPECT_EQ(o->getValue<std::string>("next_after"), last);
+    url = "/api/v1/blocklist?after=" + last;
+  }
+  EXPECT_EQ(pages, 1);
+  EXPECT_EQ(seen.size(), 150u);
+  // Asked sizes: 1..1000, else refused naming the parameter.
+  const Reply small = get("/api/v1/blocklist?limit=7", "bob");
+  ASSERT_EQ(small.status, 200) << small.body;
+  EXPECT_EQ(json(small.body)->getArray("keys")->size(), 7u);
+  for (const char* bad : {"0", "1001", "-1", "ten", "99999999999"}) {
+    const Reply r = get(std::string("/api/v1/blocklist?limit=") + bad, "bob");
+    EXPECT_EQ(r.status, 400) << bad << ": " << r.body;
+    EXPECT_NE(r.body.find("'limit'"), std::string::npos) << r.body;
+  }
+  // Every list route takes the same two parameters; a cursor naming no item is a 404.
+  EXPECT_EQ(get("/api/v1/jobs?after=no-such-job", "bob").status, 404);
+  EXPECT_EQ(get("/api/v1/batches?after=no-such-batch", "bob").status, 404);
+  const Reply cas = get("/api/v1/cas?limit=1", "bob");
+  ASSERT_EQ(cas.status, 200) << cas.body;
+  EXPECT_EQ(json(cas.body)->getValue<std::string>("next_after"), "root");
+  const Reply after_root = get("/api/v1/cas?limit=1&after=root", "bob");
+  ASSERT_EQ(after_root.status, 200) << after_root.body;
+  EXPECT_EQ(json(after_root.body)->getArray("cas")->getObject(0)->getValue<std::string>("name"),
+            "int1");
+  for (const char* list : {"/api/v1/devices", "/api/v1/enrollments/groups", "/api/v1/incidents",
+                           "/api/v1/operators", "/api/v1/jobs", "/api/v1/batches"}) {
+    const Reply r = get(std::string(list) + "?limit=1", "bob");
+    ASSERT_EQ(r.status, 200) << list << ": " << r.body;
+    EXPECT_TRUE(json(r.body)->has("next_after")) << list << ": " << r.body;
+  }
+}
+
 TEST_F(Http, ReadyzChecksTheRegistryAndTheToken) {
   const Reply r = get("/readyz");
   ASSERT_EQ(r.status, 200) << r.body;

@@ -133,7 +133,9 @@ class FaultStores final : public engine::Stores {
   std::optional<engine::BatchRecord> find_batch(const std::string& id) override {
     return m_inner.find_batch(id);
   }
-  std::vector<engine::BatchRecord> list_batches() override { return m_inner.list_batches(); }
+  std::vector<engine::BatchRecord> list_batches(const engine::ListPage& page) override {
+    return m_inner.list_batches(page);
+  }
   void update_batch_progress(const std::string& id, std::int64_t watermark,
                              const std::string& offsets_json, std::int64_t issued,
                              std::int64_t rejected) override {
@@ -210,8 +212,8 @@ class FaultStores final : public engine::Stores {
   std::optional<engine::JobRecord> find_job(const std::string& id) override {
     return m_inner.find_job(id);
   }
-  std::vector<engine::JobRecord> list_jobs(std::int64_t limit) override {
-    return m_inner.list_jobs(limit);
+  std::vector<engine::JobRecord> list_jobs(const engine::ListPage& page) override {
+    return m_inner.list_jobs(page);
   }
   void set_job_state(const std::string& id, const std::string& state,
                      std::int64_t finished_at) override {
@@ -331,8 +333,8 @@ class FaultStores final : public engine::Stores {
   void remove_blocked_key(const std::string& key_sha256) override {
     write("remove_blocked_key", [&] { m_inner.remove_blocked_key(key_sha256); });
   }
-  std::vector<engine::BlockedKey> list_blocked_keys() override {
-    return m_inner.list_blocked_keys();
+  std::vector<engine::BlockedKey> list_blocked_keys(const engine::ListPage& page) override {
+    return m_inner.list_blocked_keys(page);
   }
   std::vector<std::string> blocked_key_hashes() override { return m_inner.blocked_key_hashes(); }
 

@@ -330,9 +330,20 @@ std::optional<BatchRecord> Registry::find_batch(const std::string& id) {
   });
 }
 
-std::vector<BatchRecord> Registry::list_batches() {
+std::vector<BatchRecord> Registry::list_batches(const ListPage& page) {
   return m_impl->guarded("listing batches", [&] {
-    return m_impl->select<BatchRow>(kSelectBatches + "ORDER BY created_at DESC, id DESC");
+    std::string sql = kSelectBatches;
+    if (!page.after.empty()) {
+      if (!find_batch(page.after)) {
+        throw Error(ErrorCode::kNotFound,
+                    "no batch '" + page.after + "' to list the batches after");
+      }
+      sql += "WHERE (created_at, id) < (SELECT created_at, id FROM batches WHERE id = ?) ";
+    }
+    sql += "ORDER BY created_at DESC, id DESC";
+    if (page.limit > 0) sql += " LIMIT " + std::to_string(page.limit);
+    return page.after.empty() ? m_impl->select<BatchRow>(sql)
+                              : m_impl->select<BatchRow>(sql, page.after);
   });
 }
 

@@ -84,6 +84,10 @@ std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params
     sql += (sql.empty() ? prefix : std::string(" AND ")) + "lot = ?";
     params.push_back(f.lot);
   }
+  if (!f.after.empty()) {
+    sql += (sql.empty() ? prefix : std::string(" AND ")) + "registration_id > ?";
+    params.push_back(f.after);
+  }
   return sql;
 }
 

@@ -259,12 +259,19 @@ std::optional<JobRecord> Registry::find_job(const std::string& id) {
   return m_impl->guarded("reading job '" + id + "'", [&] { return select_job(*m_impl, id); });
 }
 
-std::vector<JobRecord> Registry::list_jobs(std::int64_t limit) {
+std::vector<JobRecord> Registry::list_jobs(const ListPage& page) {
   return m_impl->guarded("listing jobs", [&] {
-    std::string sql =
-        std::string("SELECT ") + kJobColumns + " FROM jobs ORDER BY created_at DESC, id DESC";
-    if (limit > 0) sql += " LIMIT " + std::to_string(limit);
-    return m_impl->select<JobRow>(sql);
+    std::string sql = std::string("SELECT ") + kJobColumns + " FROM jobs";
+    if (!page.after.empty()) {
+      if (!select_job(*m_impl, page.after)) {
+        throw Error(ErrorCode::kNotFound, "no job '" + page.after + "' to list the jobs after");
+      }
+      sql += " WHERE (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?)";
+    }
+    sql += " ORDER BY created_at DESC, id DESC";
+    if (page.limit > 0) sql += " LIMIT " + std::to_string(page.limit);
+    return page.after.empty() ? m_impl->select<JobRow>(sql)
+                              : m_impl->select<JobRow>(sql, page.after);
   });
 }
 

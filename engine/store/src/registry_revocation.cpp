@@ -336,12 +336,18 @@ void Registry::remove_blocked_key(const std::string& key_sha256) {
   });
 }
 
-std::vector<BlockedKey> Registry::list_blocked_keys() {
+std::vector<BlockedKey> Registry::list_blocked_keys(const ListPage& page) {
   return m_impl->guarded("listing blocked keys", [&] {
-    Stmt st(m_impl->db(),
-            "SELECT key_sha256, reason, source, added_at FROM blocked_keys ORDER BY added_at, "
-            "key_sha256",
-            "listing blocked keys");
+    // By key: a cursor that stays valid when the key it names is removed meanwhile.
+    std::string sql = "SELECT key_sha256, reason, source, added_at FROM blocked_keys";
+    if (!page.after.empty()) sql += " WHERE key_sha256 > ?";
+    sql += " ORDER BY key_sha256";
+    if (page.limit > 0) sql += " LIMIT " + std::to_string(page.limit);
+    Stmt st(m_impl->db(), sql, "listing blocked keys");
+    if (!page.after.empty()) {
+      sqlite3_bind_text(st.get(), 1, page.after.data(), static_cast<int>(page.after.size()),
+                        SQLITE_TRANSIENT);
+    }
     std::vector<BlockedKey> out;
     while (st.row()) {
       out.push_back(BlockedKey{column_text(st.get(), 0), column_text(st.get(), 1),

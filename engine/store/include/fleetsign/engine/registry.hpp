@@ -72,7 +72,7 @@ class Registry final : public Stores {
   // BatchStore
   void create_batch(const BatchRecord& batch) override;
   std::optional<BatchRecord> find_batch(const std::string& id) override;
-  std::vector<BatchRecord> list_batches() override;
+  std::vector<BatchRecord> list_batches(const ListPage& page) override;
   void update_batch_progress(const std::string& id, std::int64_t watermark,
                              const std::string& offsets_json, std::int64_t issued,
                              std::int64_t rejected) override;
@@ -109,7 +109,7 @@ class Registry final : public Stores {
   int job_store_version() override;
   void create_job(const JobRecord& job, std::span<const JobTask> tasks) override;
   std::optional<JobRecord> find_job(const std::string& id) override;
-  std::vector<JobRecord> list_jobs(std::int64_t limit) override;
+  std::vector<JobRecord> list_jobs(const ListPage& page) override;
   void set_job_state(const std::string& id, const std::string& state,
                      std::int64_t finished_at) override;
   void set_job_report(const std::string& id, const std::string& report_json) override;
@@ -158,7 +158,7 @@ class Registry final : public Stores {
   std::vector<std::string> revoked_ca_names() override;
   std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) override;
   void remove_blocked_key(const std::string& key_sha256) override;
-  std::vector<BlockedKey> list_blocked_keys() override;
+  std::vector<BlockedKey> list_blocked_keys(const ListPage& page) override;
   std::vector<std::string> blocked_key_hashes() override;
 
   // OperatorStore (registry_operators.cpp; schema v13)

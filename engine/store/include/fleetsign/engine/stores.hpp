@@ -149,6 +149,15 @@ struct DeviceFilter {
   std::vector<std::string> ca_names;  // empty = any
   std::string lot;                    // empty = any
   std::int64_t limit = 0;             // 0 = no limit
+  std::string after;                  // registration IDs after this one (the next page)
+};
+
+// One page of a list: at most `limit` items (0 = all) after the item whose key is `after`
+// (empty = from the start), in the list's order. Lists keyed by an id refuse an id that names
+// nothing (kNotFound); the blocklist, ordered by key, takes any key.
+struct ListPage {
+  std::int64_t limit = 0;
+  std::string after;
 };
 
 // One row of the expiry scan: a device certificate in a slot expiring before `until`.
@@ -338,7 +347,7 @@ class BatchStore {
   virtual ~BatchStore() = default;
   virtual void create_batch(const BatchRecord& batch) = 0;  // kAlreadyExists on a taken id
   virtual std::optional<BatchRecord> find_batch(const std::string& id) = 0;
-  virtual std::vector<BatchRecord> list_batches() = 0;  // newest first
+  virtual std::vector<BatchRecord> list_batches(const ListPage& page) = 0;  // newest first
   virtual void update_batch_progress(const std::string& id, std::int64_t watermark,
                                      const std::string& offsets_json, std::int64_t issued,
                                      std::int64_t rejected) = 0;
@@ -463,7 +472,7 @@ class JobStore {
   // the id is taken.
   virtual void create_job(const JobRecord& job, std::span<const JobTask> tasks) = 0;
   virtual std::optional<JobRecord> find_job(const std::string& id) = 0;
-  virtual std::vector<JobRecord> list_jobs(std::int64_t limit) = 0;  // newest first
+  virtual std::vector<JobRecord> list_jobs(const ListPage& page) = 0;  // newest first
   // The state (and finished_at, when `finished_at` is not 0) with an audit row "job.<state>".
   virtual void set_job_state(const std::string& id, const std::string& state,
                              std::int64_t finished_at) = 0;
@@ -624,7 +633,7 @@ class RevocationStore {
   // one audit row "blocklist.add". remove: kNotFound when absent; audit "blocklist.remove".
   virtual std::int64_t add_blocked_keys(std::span<const BlockedKey> keys) = 0;
   virtual void remove_blocked_key(const std::string& key_sha256) = 0;
-  virtual std::vector<BlockedKey> list_blocked_keys() = 0;    // by added_at
+  virtual std::vector<BlockedKey> list_blocked_keys(const ListPage& page) = 0;  // by key
   virtual std::vector<std::string> blocked_key_hashes() = 0;  // what issuance loads per batch
 };
 
