@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cctype>
 #include <cstdio>
 #include <iostream>
 
@@ -275,7 +276,8 @@ int run_blocklist_add(Context& ctx) {
 }
 
 int run_blocklist_list(Context& ctx) {
-  const auto page = page_args(ctx.args(), 0);
+  auto page = page_args(ctx.args(), 0);
+  for (auto& c : page.after) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   auto keys = ctx.registry().list_blocked_keys(one_more(page));
   const auto next = cut_page(keys, page, [](const auto& k) { return k.key_sha256; });
   if (ctx.json()) {

@@ -404,7 +404,6 @@ int run_serve(Context& ctx) {
       (once ? ", one tick" : ", a tick every " + std::to_string(tick_s) + " s"));
 
   const std::unique_ptr<HttpService> http = start_http(ctx, server.pin());
-  (void)http;
   while (g_stop == 0) {
     Poco::JSON::Object summary = server.tick();
     if (once) {
@@ -418,6 +417,7 @@ int run_serve(Context& ctx) {
     const auto next = std::chrono::steady_clock::now() + std::chrono::seconds(tick_s);
     while (g_stop == 0 && !g_wake.exchange(false) && std::chrono::steady_clock::now() < next) {
       server.reap(false);
+      if (http) http->refresh_trust();
       std::this_thread::sleep_for(kPoll);
     }
   }

@@ -113,7 +113,7 @@ void stream_events(HttpService::Impl& impl, Request& r) {
   const int limit = impl.opt.threads / 3;
   if (++impl.event_streams > limit) {
     --impl.event_streams;
-    send_error(r.resp, 503, "unavailable",
+    send_error(r.resp, 503, "service_unavailable",
                "event streams open: " + std::to_string(limit) +
                    " at most (a third of --http-threads); try again later");
     return;

@@ -11,11 +11,15 @@
 #include <openssl/pkcs7.h>
 #include <openssl/x509.h>
 
+#include <array>
 #include <chrono>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <sstream>
 
+#include "fleetsign/atomic_file.hpp"
+#include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/auth.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/json.hpp"
@@ -130,6 +134,7 @@ std::optional<engine::Der> decode_base64(const std::string& body) {
   if (n < 0) return std::nullopt;
   std::size_t pad = 0;
   for (std::size_t i = clean.size(); i > 0 && clean[i - 1] == '='; --i) ++pad;
+  if (pad > 2 || pad > static_cast<std::size_t>(n)) return std::nullopt;  // "====": no bytes
   out.resize(static_cast<std::size_t>(n) - pad);
   return out;
 }
@@ -159,7 +164,8 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
                                std::chrono::system_clock::now().time_since_epoch())
                                .count();
   engine::AuthDecision decision;
-  std::string issuing_ca;
+  std::string issuing_ca, lot, other_serial;
+  bool both_slots = false;
   {
     auto slot = impl.take_auth();  // pooled, like the auth check: no rebuild under the lock
     const std::vector<engine::Der> chain = {r.caller.cert_der};
@@ -174,6 +180,10 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
     if (const auto cert = s.find_cert(decision.leaf_serial); cert && issuing_ca.empty()) {
       issuing_ca = cert->ca_name;
     }
+    if (const auto d = s.find_device(decision.registration_id)) {
+      lot = d->lot;  // the device keeps its lineage: a lot's recall still finds it
+      both_slots = !d->primary_serial.empty() && !d->secondary_serial.empty();
+    }
   });
   if (!decision.allowed) {
     return error_answer(
@@ -186,12 +196,19 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
         "device " + decision.registration_id + " is not in enrollment group '" + *label + "'");
   }
   if (issuing_ca.empty()) {
-    return error_answer(409, "not_found",
+    return error_answer(409, "invalid_argument",
                         "no CA of this registry issues for device " + decision.registration_id +
                             " (an individual enrollment of an outside certificate)");
   }
+  const std::string type = engine::valid_utf8(r.http.getContentType());
+  if (!type.starts_with("application/pkcs10")) {
+    return error_answer(415, "invalid_argument",
+                        "Content-Type '" + type +
+                            "': EST takes application/pkcs10, a base64 PKCS#10 (RFC 7030 4.2.1)");
+  }
   const auto der = decode_base64(read_body(r.http, kMaxCsrBody));
-  if (!der) {
+  const std::string key = der ? csr_key_sha256(*der) : std::string();
+  if (key.empty()) {
     return error_answer(400, "csr_malformed",
                         "the body must be a base64-encoded PKCS#10 request (RFC 7030 4.2.1)");
   }
@@ -201,14 +218,21 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
                         "the CSR names '" + engine::valid_utf8(cn) + "'; the certificate is " +
                             decision.registration_id + "'s");
   }
-  const std::string key = csr_key_sha256(*der);
-  if (!key.empty() && key == engine::key_sha256_of_cert(r.caller.cert_der)) {
+  if (key == engine::key_sha256_of_cert(r.caller.cert_der)) {
     return error_answer(422, "key_rejected",
                         "the CSR reuses the current certificate's key: make a new key pair");
   }
   const std::string id =
       sha256_hex(r.caller.cert_sha256 + "\n" + std::string(der->begin(), der->end())).substr(0, 24);
   const fs::path dir = impl.opt.data_dir / "est" / id;
+  // The same request again (a client's retry) gets the certificate it got, never a second one;
+  // a copy in flight waits for the first.
+  static std::array<std::mutex, 16> stripes;
+  std::lock_guard stripe(stripes[static_cast<unsigned char>(id[0]) % stripes.size()]);
+  const fs::path answer_file = dir / "answer.b64";
+  if (std::error_code ec; fs::is_regular_file(answer_file, ec)) {
+    return {200, read_bounded(answer_file.string(), kChainFileLimit, "EST answer")};
+  }
   fs::create_directories(dir);
   const fs::path csr_file = dir / "request.pem";
   {
@@ -223,13 +247,25 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
   Caller device = r.caller;
   device.op.reset();
   Request run{r.http, r.resp, cmd, {}, device};
-  const Answer a = run_command(impl, run,
-                               {"--csr=" + csr_file.string(), "--ca=" + issuing_ca, "--reissue",
-                                "--out=" + (dir / "out").string(), "--lot=est"});
+  // Into the device's free slot: with both held, the one the device did not present is retired
+  // (its certificate revoked as superseded), as a rollover's retire step does.
+  if (both_slots) {
+    engine::SlotChange retire;
+    retire.kind = engine::SlotChange::Kind::kRetireDevice;
+    retire.device_id = decision.registration_id;
+    retire.serial = decision.leaf_serial;
+    impl.with_stores([&](engine::Stores& s) { s.save_job_tasks({}, {&retire, 1}); });
+  }
+  std::vector<std::string> args = {"--csr=" + csr_file.string(), "--ca=" + issuing_ca, "--reissue",
+                                   "--out=" + (dir / "out").string()};
+  if (!lot.empty()) args.push_back("--lot=" + lot);
+  const Answer a = run_command(impl, run, args);
   if (a.status != 200) return a;
   const auto result = Poco::JSON::Parser().parse(a.body).extract<Poco::JSON::Object::Ptr>();
   const auto certs = engine::read_certificates(result->getValue<std::string>("cert"), "EST result");
-  return {200, base64_lines(certs_only({certs.front()}))};
+  const std::string answer = base64_lines(certs_only({certs.front()}));
+  write_file_atomic(answer_file, answer, 0600);
+  return {200, answer};
 }
 
 }  // namespace
@@ -251,7 +287,7 @@ void answer_est(HttpService::Impl& impl, Request& r) {
                 error_answer(404, "not_found", "no enrollment group '" + *label + "'").body);
       return;
     }
-    r.resp.setStatus(Poco::Net::HTTPResponse::HTTP_NO_CONTENT);
+    r.resp.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_NO_CONTENT);
     r.resp.setContentLength(0);
     r.resp.send();
     return;

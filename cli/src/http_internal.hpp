@@ -50,6 +50,8 @@ struct HttpService::Impl {
 
   HttpOptions opt;
   Poco::Net::Context::Ptr tls;
+  std::int64_t trust_mark = -1;   // the registry's change mark when the trust was last read
+  std::set<std::string> trusted;  // the CAs added to the TLS store by refresh_trust
   std::unique_ptr<Poco::Net::HTTPServer> server;
 
   // The registry, read (and audited) under the mutex.

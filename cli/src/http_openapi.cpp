@@ -17,7 +17,7 @@ using Poco::JSON::Array;
 using Poco::JSON::Object;
 
 // The success response of a route from its `returns`: a JSON object schema (types, required keys,
-// nullable optional ones), or the media types of an answer that is not JSON.
+// optional ones may be null), or the media types of an answer that is not JSON.
 Object success_response(const ApiRoute& r) {
   Object ok(Poco::JSON_PRESERVE_KEY_ORDER);
   ok.set("description", "success");
@@ -42,17 +42,20 @@ Object success_response(const ApiRoute& r) {
     Object p;
     if (!type.empty() && type.back() == '?') {
       type.pop_back();
-      p.set("nullable", true);
+      Array types;  // OpenAPI 3.1 (JSON Schema 2020-12): a key that may be null
+      types.add(type);
+      types.add("null");
+      p.set("type", types);
     } else {
       required.add(key);
+      p.set("type", type);
     }
-    p.set("type", type);
     props.set(key, p);
   }
   if (props.size() != 0) {
     Object schema(Poco::JSON_PRESERVE_KEY_ORDER);
     schema.set("type", "object");
-    schema.set("required", required);
+    if (required.size() != 0) schema.set("required", required);
     schema.set("properties", props);
     Object media;
     media.set("schema", schema);
@@ -66,7 +69,7 @@ Object success_response(const ApiRoute& r) {
 
 std::string openapi_json() {
   Object doc(Poco::JSON_PRESERVE_KEY_ORDER);
-  doc.set("openapi", "3.0.3");
+  doc.set("openapi", "3.1.0");  // 3.1: mutualTLS security schemes
   Object info(Poco::JSON_PRESERVE_KEY_ORDER);
   info.set("title", "fleetsign");
   info.set("version", "1");

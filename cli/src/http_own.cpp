@@ -329,11 +329,8 @@ Answer post_batch(HttpService::Impl& impl, Request& r) {
     // The same request again: the batch's state, or its resume when it was interrupted.
     r.resp.set("Idempotent-Replayed", "true");
     r.resp.set("Location", "/api/v1/batches/" + id);
-    if (existing->state == "finished") {
-      cmd.words = {"batch", "show"};
-      Request again{r.http, r.resp, cmd, {}, r.caller};
-      return run_command(impl, again, {id});
-    }
+    // A finished batch answers as its first answer did (already_finished: true), from the
+    // registry; an unfinished one resumes.
     cmd.words = {"issue"};
     Request resume{r.http, r.resp, cmd, {}, r.caller};
     const Answer a = run_command(impl, resume, {"--resume=" + id});
@@ -353,7 +350,9 @@ Answer post_batch(HttpService::Impl& impl, Request& r) {
   // The input stays only while a recorded batch may need it to resume.
   const auto after = impl.with_stores([&](engine::Stores& s) { return s.find_batch(id); });
   if (!after || after->state == "finished") fs::remove(upload, ec);
-  if (a.status < 300) r.resp.set("Location", "/api/v1/batches/" + id);
+  // Recorded, whatever the answer (a timeout included): where to see it, and the same
+  // Idempotency-Key resumes it.
+  if (after) r.resp.set("Location", "/api/v1/batches/" + id);
   return a;
 }
 

@@ -204,8 +204,9 @@ void require_complete(Poco::Net::HTTPServerRequest& req, const std::istream& in,
                       std::uint64_t total) {
   if (in.bad() ||
       (req.hasContentLength() && total != static_cast<std::uint64_t>(req.getContentLength64()))) {
-    throw Error(ErrorCode::kIo, "request body: incomplete (" + std::to_string(total) +
-                                    " bytes received); nothing was done with it");
+    throw Error(ErrorCode::kInvalidArgument,
+                "request body: incomplete (" + std::to_string(total) +
+                    " bytes read before the connection failed); nothing was done with it");
   }
 }
 

@@ -13,12 +13,14 @@
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/X509Certificate.h>
 #include <Poco/URI.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <sstream>
 
 #include "child.hpp"
@@ -72,15 +74,37 @@ Caller identify(HttpService::Impl& impl, Poco::Net::HTTPServerRequest& req) {
   return c;
 }
 
+// A request without a client certificate is anyone's: at most one audit row a second for those
+// (saying how many were left out since), so an anonymous flood cannot grow the registry.
+bool anonymous_audit_due(std::int64_t& left_out) {
+  static std::mutex mutex;
+  static std::int64_t last_second = 0, skipped = 0;
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::steady_clock::now().time_since_epoch())
+                               .count();
+  std::lock_guard lock(mutex);
+  if (now == last_second) {
+    ++skipped;
+    return false;
+  }
+  last_second = now;
+  left_out = skipped;
+  skipped = 0;
+  return true;
+}
+
 void audit(HttpService::Impl& impl, const Caller& caller, const std::string& method,
            const std::string& path, int status) {
+  std::int64_t left_out = 0;
+  if (!caller.has_cert && !anonymous_audit_due(left_out)) return;
   try {
     impl.with_stores([&](engine::Stores& s) {
       s.audit("http.request", caller.name(),
               engine::json_object({{"method", method},
                                    {"path", engine::valid_utf8(path)},
                                    {"status", static_cast<std::int64_t>(status)},
-                                   {"cert_sha256", caller.cert_sha256}}));
+                                   {"cert_sha256", caller.cert_sha256},
+                                   {"anonymous_left_out", left_out}}));
     });
   } catch (const Error& e) {
     std::fprintf(stderr, "fleetsign serve: http: audit failed: %s\n", e.what());
@@ -316,6 +340,27 @@ std::unique_ptr<HttpService::Impl::AuthSlot> HttpService::Impl::take_auth() {
   if (rebuild) slot->auth = std::make_unique<engine::Authenticator>(*slot->registry);
   slot->mark = mark;
   return slot;
+}
+
+void HttpService::refresh_trust() {
+  Impl& impl = *m_impl;
+  if (!impl.tls) return;
+  impl.with_stores([&](engine::Stores& s) {
+    const std::int64_t mark = s.change_mark();
+    if (mark == impl.trust_mark) return;
+    impl.trust_mark = mark;
+    X509_STORE* store = SSL_CTX_get_cert_store(impl.tls->sslContext());
+    for (const auto& ca : s.list_cas()) {
+      if (ca.revoked_at != 0 || ca.cert_der.empty() || impl.trusted.count(ca.name) != 0) continue;
+      const unsigned char* p = ca.cert_der.data();
+      X509* x = d2i_X509(nullptr, &p, static_cast<long>(ca.cert_der.size()));
+      if (x == nullptr) continue;
+      X509_STORE_add_cert(store, x);  // the store's own lock; one already there is kept
+      X509_free(x);
+      impl.trusted.insert(ca.name);
+    }
+    ERR_clear_error();
+  });
 }
 
 void HttpService::Impl::give_back(std::unique_ptr<AuthSlot> slot) {

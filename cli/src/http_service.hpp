@@ -48,6 +48,12 @@ class HttpService final {
 
   std::uint16_t port() const;
 
+  // Client certificates from CAs made since the start (a CA rollover's, an incident's
+  // replacement) are accepted from now on: the TLS trust store gains every CA of the registry it
+  // lacks. Cheap when nothing changed (one read of the registry's change mark); serve calls it
+  // between ticks.
+  void refresh_trust();
+
   struct Impl;
 
  private:

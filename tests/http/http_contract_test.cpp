@@ -1,6 +1,6 @@
 // The API's contract from outside: every route of the OpenAPI document the service serves
 // (GET /api/openapi.json) is called, and each answer is checked against that document: the status
-// is one it declares, a JSON answer has every required key with its declared type (nullable ones
+// is one it declares, a JSON answer has every required key with its declared type (optional ones
 // may be null or absent), an error is {"error":{"code","message"}}, and any other answer has a
 // declared media type. A route added without an example here fails the test.
 #include <Poco/JSON/Array.h>
@@ -51,8 +51,14 @@ std::string mismatch(const Object::Ptr& schema, const std::string& body) {
     if (!doc->has(key)) continue;
     const Var v = doc->get(key);
     const auto p = props->getObject(key);
-    if (v.isEmpty() && p->has("nullable")) continue;
-    const std::string type = p->getValue<std::string>("type");
+    // "type": "T", or ["T", "null"] for a key that may be null (OpenAPI 3.1).
+    std::string type;
+    if (const auto types = p->getArray("type")) {
+      if (v.isEmpty()) continue;
+      type = types->getElement<std::string>(0);
+    } else {
+      type = p->getValue<std::string>("type");
+    }
     if (!has_type(v, type)) return "key '" + key + "' is not of type " + type + ": " + v.toString();
   }
   return "";

@@ -66,8 +66,10 @@ TEST_F(Http, OperatorAddChecksItsInputAndWritesAProtectedPkcs12) {
 }
 
 TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
-  bin->ok("issue --ca int1 --generate 2 --id-pattern 'est-{02}' --pfx --pfx-password-file " +
-          quoted(path("p12pass")) + " --out " + quoted(path("estout")));
+  bin->ok(
+      "issue --ca int1 --generate 2 --id-pattern 'est-{02}' --lot EST-L1 --pfx "
+      "--pfx-password-file " +
+      quoted(path("p12pass")) + " --out " + quoted(path("estout")));
   fs::copy_file(path("estout/est-01.pfx"), path("est1.p12"), fs::copy_options::overwrite_existing);
   // A CSR (new key) as RFC 7030 wants it: base64 DER PKCS#10.
   const auto csr = [&](const std::string& cn, const std::string& key) {
@@ -88,6 +90,21 @@ TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
                  "-H 'Content-Type: application/pkcs10' --data-binary 'not base64!'")
                 .status,
             400);
+  // Base64 of nothing, of bytes that are no CSR, and another media type: refused, named.
+  for (const char* body : {"====", "AAAA"}) {
+    const Reply bad =
+        call("POST", "/.well-known/est/simplereenroll", "est1",
+             std::string("-H 'Content-Type: application/pkcs10' --data-binary ") + body);
+    EXPECT_EQ(bad.status, 400) << body << ": " << bad.body;
+    EXPECT_EQ(error_code(bad), "csr_malformed") << bad.body;
+  }
+  const Reply text =
+      call("POST", "/.well-known/est/simplereenroll", "est1",
+           "-H 'Content-Type: text/plain' --data-binary @" + quoted(path("est-01.b64")));
+  EXPECT_EQ(text.status, 415) << text.body;
+  const std::string factory_serial = json(bin->ok("device show est-01 --json").out)
+                                         ->getObject("primary")
+                                         ->getValue<std::string>("serial");
 
   const Reply r = call("POST", "/.well-known/est/fleet/simplereenroll", "est1", mine);
   ASSERT_EQ(r.status, 200) << r.body;
@@ -107,16 +124,40 @@ TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
       << bin->ok("device show est-01 --json").out;
   EXPECT_NE(device->getObject("primary")->getValue<std::string>("serial"),
             device->getObject("secondary")->getValue<std::string>("serial"));
+  EXPECT_EQ(device->getValue<std::string>("lot"), "EST-L1");  // a recall of the lot finds it
+  const std::string first_new = device->getObject("secondary")->getValue<std::string>("serial");
 
   // The new certificate is a working credential: it re-enrolls in turn (with a new key).
   const std::string again = csr("est-01", path("est1-newer.key"));
   int crc = -1;
-  const std::string code = shell(
-      "curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
-          " --cert " + quoted(path("new.pem")) + " --key " + quoted(path("est1-new.key")) + " " +
-          again + " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll",
-      &crc);
-  EXPECT_EQ(code, "200");
+  const auto enroll_again = [&](const std::string& out) {
+    return shell("curl -sS -o " + quoted(path(out)) + " -w '%{http_code}' --cacert " +
+                     quoted(path("operators.pem")) + " --cert " + quoted(path("new.pem")) +
+                     " --key " + quoted(path("est1-new.key")) + " " + again +
+                     " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll",
+                 &crc);
+  };
+  EXPECT_EQ(enroll_again("again.b64"), "200");
+  // Both slots were held: the one the device did not present (the factory's) was retired and
+  // revoked as superseded; the new certificate took it, beside the one the device used.
+  const auto after = json(bin->ok("device show est-01 --json").out);
+  EXPECT_EQ(after->getObject("secondary")->getValue<std::string>("serial"), first_new);
+  const std::string second_new = after->getObject("primary")->getValue<std::string>("serial");
+  EXPECT_NE(second_new, factory_serial);
+  EXPECT_EQ(sql("SELECT state || ' ' || revocation_reason FROM certificates WHERE serial = '" +
+                factory_serial + "'"),
+            "revoked superseded\n");
+  // The same request again is answered with the same certificate: nothing is issued twice.
+  const std::string issued_before =
+      sql("SELECT COUNT(*) FROM certificates WHERE device_id = 'est-01'");
+  EXPECT_EQ(enroll_again("again2.b64"), "200");
+  EXPECT_EQ(testing::read_file(path("again2.b64")), testing::read_file(path("again.b64")));
+  EXPECT_EQ(sql("SELECT COUNT(*) FROM certificates WHERE device_id = 'est-01'"), issued_before);
+  // EST's certificates are single issues in the metrics, not a batch's.
+  const Reply m = get("/metrics", "bob");
+  EXPECT_NE(m.body.find("fleetsign_certificates_issued_total{ca=\"int1\",mode=\"single\"}"),
+            std::string::npos)
+      << m.body;
   // Its own key again is refused (a rotation needs a new key pair).
   shell("openssl req -new -key " + quoted(path("est1-new.key")) +
         " -subj /CN=est-01 -outform DER 2>/dev/null | openssl base64 > " +
@@ -127,6 +168,23 @@ TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
             " -H 'Content-Type: application/pkcs10' --data-binary @" + quoted(path("same.b64")) +
             " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll");
   EXPECT_EQ(same, "422");
+}
+
+// A CA made while the service runs (a CA rollover's, an incident's replacement): its devices'
+// certificates pass TLS without sending the chain, within a moment, without a restart.
+TEST_F(Http, ClientCertificatesOfACaMadeAfterTheStartPassTls) {
+  bin->ok("ca create-intermediate --name late-ca --issuer root --subject /CN=Http-Late");
+  bin->ok("issue --ca late-ca --generate 1 --id-pattern 'late-{02}' --out " + quoted(path("late")));
+  std::string code;
+  for (int i = 0; i < 50 && code != "204"; ++i) {
+    if (i > 0) ::usleep(100000);
+    code =
+        shell("curl -sS -o /dev/null -w '%{http_code}' --cacert " + quoted(path("operators.pem")) +
+              " --cert " + quoted(path("late/late-01_cert.pem")) + " --key " +
+              quoted(path("late/late-01_key.pem")) + " https://localhost:" + std::to_string(port) +
+              "/.well-known/est/csrattrs 2>/dev/null");
+  }
+  EXPECT_EQ(code, "204") << "the leaf of a CA made after the start still fails TLS";
 }
 
 TEST_F(Http, AuthCheckOverHttpGivesTheClisAnswer) {
@@ -211,6 +269,25 @@ TEST_F(Http, RefusedRequestsAreAuditedAndAnswerWithTheirReason) {
   const std::string head = shell("curl -sS -i --cacert " + quoted(path("operators.pem")) +
                                  " https://localhost:" + std::to_string(port) + "/api/v1/cas");
   EXPECT_NE(head.find("401 Unauthorized"), std::string::npos) << head;
+  // Anonymous refusals cannot grow the registry: at most one audit row a second for them.
+  const auto anonymous_rows = [&] {
+    return std::stoll(
+        sql("SELECT COUNT(*) FROM audit WHERE action = 'http.request' AND detail "
+            "LIKE '%\"cert_sha256\":\"\"%'"));
+  };
+  const long long rows_before = anonymous_rows();
+  const auto started = std::chrono::steady_clock::now();
+  std::string many;
+  for (int i = 0; i < 30; ++i) {
+    many += " https://localhost:" + std::to_string(port) + "/api/v1/revocations";
+  }
+  shell("curl -sS -o /dev/null -X POST --cacert " + quoted(path("operators.pem")) + many);
+  const auto seconds =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+          .count();
+  const long long added = anonymous_rows() - rows_before;
+  EXPECT_GE(added, 0);
+  EXPECT_LE(added, seconds + 2) << "30 anonymous requests in " << seconds << " s";
 }
 
 TEST_F(Http, OperatorCertificatesCanNeverBeDeviceIdentities) {

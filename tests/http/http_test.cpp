@@ -53,7 +53,7 @@ TEST_F(Http, OpenApiDocumentsEveryRoute) {
   const Reply r = get("/api/openapi.json");
   ASSERT_EQ(r.status, 200);
   const auto doc = json(r.body);
-  EXPECT_EQ(doc->getValue<std::string>("openapi"), "3.0.3");
+  EXPECT_EQ(doc->getValue<std::string>("openapi"), "3.1.0");
   const auto paths = doc->getObject("paths");
   for (const auto& route : cli::api_routes()) {
     ASSERT_TRUE(paths->has(route.path)) << route.path;

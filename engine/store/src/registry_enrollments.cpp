@@ -390,7 +390,9 @@ std::vector<IssuedCount> Registry::issued_counts() {
     std::vector<std::string> ca, mode;
     std::vector<std::int64_t> n;
     m_impl->m_session
-        << "SELECT c.ca_name, CASE WHEN c.batch_id = '' THEN 'single' WHEN j.id IS NOT NULL THEN "
+        << "SELECT c.ca_name, CASE WHEN c.batch_id = '' OR c.batch_id LIKE 'single-%' THEN "
+           "'single' "
+           "WHEN j.id IS NOT NULL THEN "
            "'job' ELSE 'batch' END AS mode, COUNT(*) FROM certificates c LEFT JOIN jobs j ON j.id "
            "= c.batch_id WHERE c.state IN ('issued', 'revoked') GROUP BY c.ca_name, mode "
            "ORDER BY c.ca_name, mode",
