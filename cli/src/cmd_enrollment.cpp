@@ -275,9 +275,12 @@ int run_individual_set_slot(Context& ctx) {
 }
 
 int run_individual_list(Context& ctx) {
-  const auto all = ctx.registry().list_individuals();
+  const auto page = page_args(ctx.args(), 0);
+  const auto key = [](const engine::IndividualEnrollment& ie) { return ie.registration_id; };
+  auto all = page_in_memory(ctx.registry().list_individuals(), page, key, "individual enrollment");
+  const auto next = cut_page(all, page, key);
   if (ctx.json()) {
-    print_json_list(ctx, "individual_enrollments", all, individual_json);
+    print_json_list(ctx, "individual_enrollments", all, individual_json, next);
     return 0;
   }
   auto slot = [](const engine::Der& cert, const std::string& sha) {
@@ -290,6 +293,7 @@ int run_individual_list(Context& ctx) {
            slot(ie.secondary_cert, ie.secondary_sha256), when(ie.updated_at)});
   }
   t.print();
+  print_next_hint(next);
   return 0;
 }
 
@@ -486,8 +490,14 @@ void add_individual_commands(std::vector<Command>& c) {
   c.push_back(
       simple({"enrollment", "individual", "show"}, "ID [--json]", "show an individual enrollment",
              [](Context& x) { return show_individual(x, service(x).individual(id_arg(x))); }));
-  c.push_back(simple({"enrollment", "individual", "list"}, "[--json]",
-                     "list individual enrollments", run_individual_list));
+  c.push_back(Command{{"enrollment", "individual", "list"},
+                      "[--limit N] [--after ID] [--json]",
+                      "list individual enrollments, by registration ID",
+                      [](Poco::Util::OptionSet& s) {
+                        add_paging_options(s, "default: all", "ID");
+                        json_flag(s);
+                      },
+                      run_individual_list});
 }
 
 }  // namespace

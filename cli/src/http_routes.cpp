@@ -106,6 +106,47 @@ ApiRoute paged(ApiRoute r, const std::string& key) {
   return r;
 }
 
+// Individual enrollments (by thumbprint: no server-side file), device twins, CA creation.
+void add_more_changes(std::vector<ApiRoute>& r) {
+  const std::string ind = "/api/v1/enrollments/individuals";
+  r.push_back(paged(read(ind, {"enrollment", "individual", "list"},
+                         "the individual enrollments, by registration ID"),
+                    "registration ID"));
+  r.push_back(read(ind + "/{id}", {"enrollment", "individual", "show"},
+                   "one individual enrollment and its slots"));
+  r.push_back(change(
+      "POST", ind + "/{id}", {"enrollment", "individual", "create"},
+      "create an individual enrollment trusting one device certificate, by SHA-256 thumbprint",
+      {value("thumbprint", "the primary slot's SHA-256 thumbprint (64 hex digits)"),
+       value("secondary-thumbprint", "the secondary slot's")}));
+  r.back().success_status = 201;
+  for (const char* verb : {"enable", "disable"}) {
+    r.push_back(change("POST", ind + "/{id}/" + verb, {"enrollment", "individual", verb},
+                       std::string(verb) + " an individual enrollment"));
+  }
+  r.push_back(change("POST", ind + "/{id}/slots/{slot}", {"enrollment", "individual", "set-slot"},
+                     "put a thumbprint in a slot",
+                     {value("thumbprint", "SHA-256 thumbprint (64 hex digits)")}));
+  r.push_back(change("DELETE", ind + "/{id}/slots/{slot}",
+                     {"enrollment", "individual", "clear-slot"}, "empty a slot"));
+  r.push_back(read("/api/v1/devices/{id}/twin", {"twin", "show"},
+                   "a device's twin: desired and reported properties, session"));
+  r.push_back(change("POST", "/api/v1/devices/{id}/twin/desired", {"twin", "set-desired"},
+                     "merge-patch the desired properties (RFC 7386); the broker pushes them",
+                     {value("patch", "a JSON object, as text")}));
+  r.push_back(change("POST", "/api/v1/cas", {"ca", "create-intermediate"},
+                     "create an intermediate CA, its key made in the token",
+                     {value("name", "the CA's name"), value("issuer", "the CA that signs it"),
+                      value("subject", "its subject (/CN=…)"), value("key", "its key algorithm"),
+                      value("days", "its validity"), value("path-len", "its pathLen")}));
+  r.back().success_status = 201;
+  r.push_back(change("POST", "/api/v1/cas/roots", {"ca", "create-root"},
+                     "create a root CA, its key made in the token",
+                     {value("name", "the CA's name"), value("subject", "its subject (/CN=…)"),
+                      value("key", "its key algorithm"), value("days", "its validity")}));
+  r.back().success_status = 201;
+}
+
 template <typename... Lists>
 std::vector<ApiParam> join(Lists... lists) {
   std::vector<ApiParam> out;
@@ -325,11 +366,19 @@ std::vector<ApiRoute> build_routes() {
                       value("connect-timeout", "seconds for an offline device to connect")}));
   r.push_back(change("DELETE", "/api/v1/operators/{name}", {"operator", "remove"},
                      "remove an operator: its certificate is refused at once"));
+  add_more_changes(r);
   return r;
 }
 
 // What each route answers on success (ApiRoute::returns), by "METHOD PATH".
 void set_returns(std::vector<ApiRoute>& routes) {
+  const std::string ca =
+      "name:string parent:string subject:string issuer:string serial:string key_type:string "
+      "key_uri:string not_before:string not_after:string sha1:string sha256:string "
+      "verified:boolean revoked:boolean";
+  const std::string individual =
+      "registration_id:string status:string primary:object? secondary:object? "
+      "created_at:string updated_at:string";
   const std::string group =
       "name:string status:string primary:object? secondary:object? "
       "created_at:string updated_at:string";
@@ -361,10 +410,7 @@ void set_returns(std::vector<ApiRoute>& routes) {
       {"GET /api/v1/batches/{id}/files/{file}",
        "media:application/x-pem-file media:application/jsonl media:text/csv"},
       {"GET /api/v1/cas", "cas:array next_after:string?"},
-      {"GET /api/v1/cas/{name}",
-       "name:string parent:string subject:string issuer:string serial:string key_type:string "
-       "key_uri:string not_before:string not_after:string sha1:string sha256:string "
-       "verified:boolean revoked:boolean"},
+      {"GET /api/v1/cas/{name}", ca},
       {"GET /api/v1/batches", "batches:array next_after:string?"},
       {"GET /api/v1/batches/{id}",
        "id:string ca:string state:string params:object issued:integer rejected:integer "
@@ -424,6 +470,18 @@ void set_returns(std::vector<ApiRoute>& routes) {
       {"DELETE /api/v1/enrollments/groups/{name}/slots/{slot}", group},
       {"POST /api/v1/devices/{id}/methods/{method}", "status:integer payload:object?"},
       {"DELETE /api/v1/operators/{name}", "removed:string"},
+      {"GET /api/v1/enrollments/individuals",
+       "count:integer individual_enrollments:array next_after:string?"},
+      {"GET /api/v1/enrollments/individuals/{id}", individual},
+      {"POST /api/v1/enrollments/individuals/{id}", individual},
+      {"POST /api/v1/enrollments/individuals/{id}/enable", individual},
+      {"POST /api/v1/enrollments/individuals/{id}/disable", individual},
+      {"POST /api/v1/enrollments/individuals/{id}/slots/{slot}", individual},
+      {"DELETE /api/v1/enrollments/individuals/{id}/slots/{slot}", individual},
+      {"GET /api/v1/devices/{id}/twin", "deviceId:string properties:object connected:boolean"},
+      {"POST /api/v1/devices/{id}/twin/desired", "deviceId:string desired_version:integer"},
+      {"POST /api/v1/cas", ca},
+      {"POST /api/v1/cas/roots", ca},
   };
   for (ApiRoute& r : routes) {
     const auto it = returns.find(r.method + " " + r.path);

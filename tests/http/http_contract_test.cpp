@@ -194,6 +194,22 @@ TEST_F(Contract, EveryRouteAnswersAsTheOpenApiDocumentSays) {
       {"POST", "/api/v1/devices/ctc-01/methods/ping", "alice", json_body + R"('{"timeout":"1"}')",
        404},
       {"DELETE", "/api/v1/operators/nobody", "alice", "", 404},
+      {"POST", "/api/v1/enrollments/individuals/zz-ind", "alice",
+       json_body + "'{\"thumbprint\":\"" + std::string(64, 'D') + "\"}'", 201},
+      {"GET", "/api/v1/enrollments/individuals?limit=5", "bob", ""},
+      {"GET", "/api/v1/enrollments/individuals/zz-ind", "bob", ""},
+      {"POST", "/api/v1/enrollments/individuals/zz-ind/disable", "alice", ""},
+      {"POST", "/api/v1/enrollments/individuals/zz-ind/enable", "alice", ""},
+      {"POST", "/api/v1/enrollments/individuals/zz-ind/slots/secondary", "alice",
+       json_body + "'{\"thumbprint\":\"" + std::string(64, 'E') + "\"}'"},
+      {"DELETE", "/api/v1/enrollments/individuals/zz-ind/slots/secondary", "alice", ""},
+      {"GET", "/api/v1/devices/ctc-01/twin", "bob", ""},
+      {"POST", "/api/v1/devices/ctc-01/twin/desired", "alice",
+       json_body + R"('{"patch":"{\"interval\":30}"}')"},
+      {"POST", "/api/v1/cas", "alice",
+       json_body + R"('{"name":"zz-int","issuer":"root","subject":"/CN=Contract-Int"}')", 201},
+      {"POST", "/api/v1/cas/roots", "alice",
+       json_body + R"('{"name":"zz-root","subject":"/CN=Contract-Root"}')", 201},
   };
 
   const auto doc = json(get("/api/openapi.json").body);
