@@ -50,13 +50,19 @@ jobs::RevocationSelector selector_of(Context& ctx) {
   return jobs::parse_selector(ctx.policy(), kind, values);
 }
 
-Array::Ptr array_of(const std::vector<std::string>& items) {
+// At most `limit` items (0: all); the counts beside the lists stay whole.
+Array::Ptr array_of(const std::vector<std::string>& items, std::size_t limit = 0) {
   Array::Ptr out = new Array;
-  for (const auto& i : items) out->add(i);
+  for (const auto& i : items) {
+    if (limit != 0 && out->size() >= limit) break;
+    out->add(i);
+  }
   return out;
 }
 
-Object::Ptr plan_json(const jobs::RevocationPlan& p) {
+// `list_limit`: the device lists (replacement plan, sessions dropped) hold at most this many
+// IDs (0: all), so the plan of a million devices stays a page; their counts are whole.
+Object::Ptr plan_json(const jobs::RevocationPlan& p, std::size_t list_limit) {
   Object::Ptr o = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
   o->set("selector", p.selector.describe());
   o->set("reason", p.reason);
@@ -83,12 +89,19 @@ Object::Ptr plan_json(const jobs::RevocationPlan& p) {
   o->set("enrollments_disabled", static_cast<std::int64_t>(p.disable_enrollments.size()));
   o->set("keys_blocked", static_cast<std::int64_t>(p.keys_to_block.size()));
   Object::Ptr repl = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
-  repl->set("reprovision", array_of(p.reprovision));
-  repl->set("rotate_now", array_of(p.rotate_now));
-  repl->set("rotate_incident", array_of(p.rotate_incident));
-  repl->set("retire", array_of(p.retire));
+  repl->set("reprovision", array_of(p.reprovision, list_limit));
+  repl->set("rotate_now", array_of(p.rotate_now, list_limit));
+  repl->set("rotate_incident", array_of(p.rotate_incident, list_limit));
+  repl->set("retire", array_of(p.retire, list_limit));
+  Object::Ptr repl_counts = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
+  repl_counts->set("reprovision", static_cast<std::int64_t>(p.reprovision.size()));
+  repl_counts->set("rotate_now", static_cast<std::int64_t>(p.rotate_now.size()));
+  repl_counts->set("rotate_incident", static_cast<std::int64_t>(p.rotate_incident.size()));
+  repl_counts->set("retire", static_cast<std::int64_t>(p.retire.size()));
   o->set("replacement", repl);
-  o->set("connected_dropped_devices", array_of(p.connected_dropped));
+  o->set("replacement_counts", repl_counts);
+  o->set("connected_dropped_devices", array_of(p.connected_dropped, list_limit));
+  o->set("list_limit", static_cast<std::int64_t>(list_limit));
   return o;
 }
 
@@ -164,6 +177,8 @@ int run_revoke(Context& ctx) {
   const bool dry_run = ctx.args().has("dry-run");
   if (dry_run && ctx.args().has("yes"))
     throw Error(ErrorCode::kUsage, "--dry-run or --yes, not both");
+  const int list_limit = ctx.args().get_int("list-limit").value_or(0);
+  if (list_limit < 0) throw Error(ErrorCode::kUsage, "--list-limit must be 0 (all) or more");
   // A run takes the home (the token, for the CRLs that follow) before it plans: a second revoke
   // at the same time waits (--wait) or is refused before it records anything, and what was
   // planned and confirmed is what runs.
@@ -202,7 +217,7 @@ int run_revoke(Context& ctx) {
   if (ctx.json()) {
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("dry_run", dry_run);
-    o.set("plan", plan_json(plan));
+    o.set("plan", plan_json(plan, static_cast<std::size_t>(list_limit)));
     if (!dry_run) {
       Object::Ptr r = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
       r->set("certificates_revoked", outcome.certificates_revoked);
@@ -342,6 +357,9 @@ void add_revoke_commands(std::vector<Command>& commands) {
                     "cessationOfOperation (required, except keyCompromise for --key-sha256)");
          add_flag(s, "dry-run", "show the plan and change nothing");
          add_flag(s, "yes", "revoke more than one device without asking");
+         add_option(s, "list-limit", "N",
+                    "--json: device IDs listed per list of the plan (0: all, the default; the "
+                    "counts are whole)");
          add_flag(s, "json", "one JSON object on stdout");
        },
        run_revoke});

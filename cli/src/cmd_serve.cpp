@@ -249,7 +249,7 @@ Poco::JSON::Object Server::tick() {
 
   Poco::JSON::Array spawned;
   const std::int64_t now = m_wall.now();
-  for (const auto& job : m_ctx.registry().list_jobs({0})) {
+  for (const auto& job : m_ctx.registry().list_jobs({.limit = 0})) {
     if (g_stop != 0 || m_token_failed) break;
     if (job.state != "running") continue;
     bool ours = false;

@@ -61,6 +61,7 @@ struct ApiRoute {
 
 constexpr int kApiPageDefault = 100;
 constexpr int kApiPageMax = 1000;
+constexpr int kApiPlanListDefault = 1000;
 
 const std::vector<ApiRoute>& api_routes();
 

@@ -58,7 +58,7 @@ std::string jobs_event(
     engine::Stores& s, std::int64_t now,
     std::map<std::string, std::vector<std::pair<std::string, std::int64_t>>>& settled) {
   Array jobs;
-  for (const auto& j : s.list_jobs({kStreamJobs})) {
+  for (const auto& j : s.list_jobs({.limit = kStreamJobs})) {
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("id", j.id);
     o.set("kind", j.kind);

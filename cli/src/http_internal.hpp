@@ -21,6 +21,7 @@
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/services.hpp"
 #include "http_api.hpp"
+#include "http_guard.hpp"
 #include "http_service.hpp"
 
 namespace fleetsign::cli {
@@ -52,7 +53,8 @@ struct HttpService::Impl {
   Poco::Net::Context::Ptr tls;
   std::int64_t trust_mark = -1;   // the registry's change mark when the trust was last read
   std::set<std::string> trusted;  // the CAs added to the TLS store by refresh_trust
-  std::unique_ptr<Poco::Net::HTTPServer> server;
+  std::unique_ptr<ConnectionGuard> guard;  // before the server: it outlives the connections
+  std::unique_ptr<Poco::Net::TCPServer> server;
 
   // The registry, read (and audited) under the mutex.
   template <typename F>

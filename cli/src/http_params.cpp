@@ -186,6 +186,9 @@ std::vector<std::string> command_args(Request& r, const Poco::URI& uri,
     }
   }
   if (r.route.paged) page_limit(b.options);
+  if (find_param(r.route, "list-limit") != nullptr && b.seen.count("list-limit") == 0) {
+    b.options.push_back("--list-limit=" + std::to_string(kApiPlanListDefault));
+  }
   std::vector<std::string> args = r.values;
   args.insert(args.end(), b.positional.begin(), b.positional.end());
   args.insert(args.end(), b.options.begin(), b.options.end());

@@ -147,6 +147,13 @@ void add_more_changes(std::vector<ApiRoute>& r) {
   r.back().success_status = 201;
 }
 
+// The device lists of a revocation plan: 1,000 IDs each unless asked (the counts are whole), so a
+// CA of a million devices answers a page, not a 16 MiB list.
+ApiParam list_limit_param() {
+  return value("list-limit", "device IDs per list of the plan (" +
+                                 std::to_string(kApiPlanListDefault) + " unless asked; 0: all)");
+}
+
 template <typename... Lists>
 std::vector<ApiParam> join(Lists... lists) {
   std::vector<ApiParam> out;
@@ -313,7 +320,7 @@ std::vector<ApiRoute> build_routes() {
        value("batch", "a batch or job"), value("site", "a site"),
        value("line", "a production line"), value("key-sha256", "every certificate of a public key"),
        value("reason", "RFC 5280 reason"), flag("dry-run", "change nothing"),
-       flag("yes", "revoke more than one device")}));
+       flag("yes", "revoke more than one device"), list_limit_param()}));
   // The blast radius alone, for anyone who reads: the same command, always a dry run.
   r.push_back(change(
       "POST", "/api/v1/revocations/preview", {"revoke"},
@@ -323,7 +330,7 @@ std::vector<ApiRoute> build_routes() {
        value("ca", "everything under a CA"), value("lot", "a lot"),
        value("batch", "a batch or job"), value("site", "a site"),
        value("line", "a production line"), value("key-sha256", "every certificate of a public key"),
-       value("reason", "RFC 5280 reason")},
+       value("reason", "RFC 5280 reason"), list_limit_param()},
       {"--dry-run"}));
   r.back().changes = false;
   r.back().access = kAuditor;

@@ -127,6 +127,16 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
 
 void Handler::handleRequest(Poco::Net::HTTPServerRequest& req,
                             Poco::Net::HTTPServerResponse& resp) {
+  // The head is in: no deadline while it is answered (an upload, an event stream), and the
+  // next head is due within the deadline again once it is.
+  auto* http = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req);
+  const void* conn = http != nullptr ? http->socket().impl() : nullptr;
+  m_impl.guard->busy(conn);
+  struct Idle {
+    ConnectionGuard& guard;
+    const void* conn;
+    ~Idle() { guard.idle(conn); }
+  } idle{*m_impl.guard, conn};
   Caller caller;
   try {
     caller = identify(m_impl, req);
@@ -430,8 +440,15 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
     params->setTimeout(Poco::Timespan(10, 0));
     params->setKeepAliveTimeout(Poco::Timespan(10, 0));
     params->setServerName("fleetsign");
-    impl.server = std::make_unique<Poco::Net::HTTPServer>(new HandlerFactory(impl), socket,
-                                                          Poco::Net::HTTPServerParams::Ptr(params));
+    // A request head (the TLS handshake included) is due within 10 s of the connection's start or
+    // of its last answer, however its bytes trickle in; one address holds at most half the
+    // threads.
+    impl.guard = std::make_unique<ConnectionGuard>(std::chrono::seconds(10),
+                                                   std::max(1, impl.opt.threads / 2));
+    Poco::Net::HTTPServerParams::Ptr shared(params);
+    impl.server = std::make_unique<Poco::Net::TCPServer>(
+        new GuardedConnectionFactory(*impl.guard, shared, new HandlerFactory(impl)), socket,
+        shared);
     impl.server->start();
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kIo, "HTTP service: cannot listen on " + impl.opt.host + ":" +
@@ -445,7 +462,12 @@ std::unique_ptr<engine::Registry> HttpService::Impl::open_report_registry() {
 
 HttpService::~HttpService() {
   if (m_impl) m_impl->stopping = true;  // event streams end within a second
-  if (m_impl && m_impl->server) m_impl->server->stopAll(false);
+  if (m_impl && m_impl->server) {
+    m_impl->server->stop();  // no new connections
+    // Idle keep-alive connections end now; requests in progress are answered first (an event
+    // stream ends within a second of `stopping`).
+    m_impl->guard->drain(std::chrono::seconds(30));
+  }
 }
 
 std::uint16_t HttpService::port() const { return m_impl->server->port(); }

@@ -255,7 +255,7 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   std::unordered_set<std::string> connected;
   for (const auto& s : stores.connected_devices()) connected.insert(s.device_id);
   std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs({1000})) {
+  for (const auto& job : stores.list_jobs({.limit = 1000})) {
     if (job.state != "running" && job.state != "paused") continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state)) busy.emplace(t.device_id, job.id);
@@ -303,7 +303,7 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
                              const IncidentRequest& request) {
   IncidentStart out;
   // An earlier run of the same request that recorded its job: continue that one.
-  for (const auto& job : stores.list_jobs({1000})) {
+  for (const auto& job : stores.list_jobs({.limit = 1000})) {
     if (job.kind != "incident" || job.state == "finished" || job.state == "canceled") continue;
     if (job.report_json.empty() || job.report_json == "{}") {
       // A start killed between recording the job and its report: that job never opened

@@ -227,7 +227,7 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
 
   // A device already in a running or paused job is that job's until it settles there.
   std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs({1000})) {
+  for (const auto& job : stores.list_jobs({.limit = 1000})) {
     if (job.state != "running" && job.state != "paused") continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {

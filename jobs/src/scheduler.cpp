@@ -108,7 +108,7 @@ Scheduler::History Scheduler::read_history() {
     auto [it, added] = h.last.try_emplace(task.device_id, task);
     if (!added && task.at > it->second.at) it->second = task;
   };
-  for (const auto& job : m_stores.list_jobs({0})) {
+  for (const auto& job : m_stores.list_jobs({.limit = 0})) {
     if (!is_active_job(job)) {
       for (const auto& task : settled_tasks(job)) note(task);
       continue;

@@ -208,7 +208,7 @@ TEST_F(Jobs, ListIsNewestFirstAndDefaultsAreStamped) {
   reg->create_job(job("old", kNow - 100), {});
   reg->create_job(job("new"), {});
   reg->create_job(job("mid", kNow - 50), {});
-  const auto all = reg->list_jobs({0});
+  const auto all = reg->list_jobs({.limit = 0});
   ASSERT_EQ(all.size(), 3u);
   EXPECT_EQ(all[0].id, "new");
   EXPECT_EQ(all[1].id, "mid");
@@ -217,7 +217,7 @@ TEST_F(Jobs, ListIsNewestFirstAndDefaultsAreStamped) {
   EXPECT_EQ(all[0].report_json, "{}");
   EXPECT_EQ(all[0].created_at, kNow);
   EXPECT_EQ(all[0].updated_at, kNow);
-  EXPECT_EQ(reg->list_jobs({2}).size(), 2u);
+  EXPECT_EQ(reg->list_jobs({.limit = 2}).size(), 2u);
 }
 
 // Pages follow the list's order (newest first, the id breaking a tie of created_at): each job

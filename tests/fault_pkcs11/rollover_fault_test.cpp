@@ -32,7 +32,7 @@ class RolloverFault : public testing::LiveFleet {
 
   // The only job of the home (a failed `rollover start` prints no report).
   std::string only_job() {
-    const auto jobs = registry()->list_jobs({10});
+    const auto jobs = registry()->list_jobs({.limit = 10});
     EXPECT_EQ(jobs.size(), 1u);
     return jobs.empty() ? std::string() : jobs.front().id;
   }

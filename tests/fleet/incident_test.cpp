@@ -371,7 +371,7 @@ TEST_F(Incident, KillNineDuringAnIncidentRunThenResume) {
   EXPECT_EQ(counts.at("ca.revoke"), 1);
   EXPECT_EQ(revoked_sum, 0) << "every device was back: nothing was left to revoke at the close";
   int incident_jobs = 0;
-  for (const auto& j : reg->list_jobs({100})) {
+  for (const auto& j : reg->list_jobs({.limit = 100})) {
     incident_jobs += j.kind == "incident" && j.state != "canceled" ? 1 : 0;
   }
   EXPECT_EQ(incident_jobs, 1);

@@ -277,7 +277,7 @@ TEST_F(Rollover, ABrokerRestartMidJobIsRidden) {
   bin.ok("broker restart");
   EXPECT_EQ(runner.wait(), 0);
   auto reg = registry();
-  const auto jobs = reg->list_jobs({1});
+  const auto jobs = reg->list_jobs({.limit = 1});
   ASSERT_EQ(jobs.size(), 1u);
   EXPECT_EQ(jobs[0].state, "finished");
   ASSERT_EQ(wait_connected("re", 300), 300);
@@ -415,7 +415,7 @@ TEST_F(Rollover, ABreachRollRevokesAtOnceWithNoOverlap) {
   const auto d = reg->find_device("rh-0001");
   EXPECT_EQ(d->primary_serial, "");
   EXPECT_EQ(d->secondary_serial, "");
-  const auto jobs = reg->list_jobs({1});
+  const auto jobs = reg->list_jobs({.limit = 1});
   ASSERT_EQ(jobs.size(), 1u);
   EXPECT_EQ(jobs[0].kind, "breach-roll");
   const auto tasks = reg->job_tasks(jobs[0].id, "");

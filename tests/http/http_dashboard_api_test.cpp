@@ -246,5 +246,36 @@ TEST_F(Http, DeviceCertificatesCanCarryTheServicesCrlAndCaUrls) {
       << "no --yes on the preview";
 }
 
+// A revocation plan over many devices answers a page: each device list holds list-limit IDs
+// (1,000 unless asked) while the counts stay whole.
+TEST_F(Http, ARevocationPlanListsAPageOfDevicesAndWholeCounts) {
+  bin->ok("issue --ca int1 --generate 3 --id-pattern 'plan-{02}' --lot PLAN-L --out " +
+          quoted(path("plan")));
+  const Reply r = post_json("/api/v1/revocations/preview", "bob",
+                            R"({"lot":"PLAN-L","reason":"superseded","list-limit":"1"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto plan = json(r.body)->getObject("plan");
+  EXPECT_EQ(plan->getValue<int>("devices"), 3);
+  EXPECT_EQ(plan->getValue<int>("list_limit"), 1);
+  const auto lists = plan->getObject("replacement");
+  const auto counts = plan->getObject("replacement_counts");
+  int listed_total = 0;
+  for (const auto& name : counts->getNames()) {
+    const auto listed = lists->getArray(name)->size();
+    const int count = counts->getValue<int>(name);
+    EXPECT_EQ(listed, static_cast<std::size_t>(std::min(count, 1))) << name;
+    listed_total += count;
+  }
+  EXPECT_GE(listed_total, 3) << r.body;  // every device is in the replacement plan
+  const Reply whole =
+      post_json("/api/v1/revocations/preview", "bob", R"({"lot":"PLAN-L","reason":"superseded"})");
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  EXPECT_EQ(json(whole.body)->getObject("plan")->getValue<int>("list_limit"), 1000);
+  EXPECT_EQ(post_json("/api/v1/revocations/preview", "bob",
+                      R"({"lot":"PLAN-L","reason":"superseded","list-limit":"-1"})")
+                .status,
+            400);
+}
+
 }  // namespace
 }  // namespace fleetsign::http_test

@@ -1,6 +1,13 @@
 // `fleetsign serve --http` from outside: operators, EST enrollment, the auth check, refusals and
 // uploads cut short (the fixture: http_fixture.hpp).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <chrono>
+#include <thread>
 
 #include "http_fixture.hpp"
 
@@ -185,6 +192,69 @@ TEST_F(Http, ClientCertificatesOfACaMadeAfterTheStartPassTls) {
               "/.well-known/est/csrattrs 2>/dev/null");
   }
   EXPECT_EQ(code, "204") << "the leaf of a CA made after the start still fails TLS";
+}
+
+// Slow clients (slowloris) cannot freeze the service: one address holds at most half the
+// threads, and a request head that trickles in is cut at its deadline (10 s). The attackers come
+// from 127.0.0.2, the honest client from 127.0.0.1.
+TEST_F(Http, TricklingConnectionsAreCutAndOneAddressHoldsHalfTheThreads) {
+  std::vector<int> socks;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    ::inet_pton(AF_INET, "127.0.0.2", &from.sin_addr);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port));
+    ::inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from), 0);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    socks.push_back(fd);
+  }
+  // Closed by the server: recv sees the end (or a reset) without blocking.
+  const auto closed = [](int fd) {
+    char c = 0;
+    const ssize_t n = ::recv(fd, &c, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  };
+  // A TLS record that announces a 512-byte ClientHello, then its body one byte at a time: every
+  // byte is valid so far, so only the deadline can end it.
+  bool head_sent = false;
+  const auto trickle = [&] {
+    static const unsigned char kHead[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC};
+    static const unsigned char kBody = 0x03;
+    for (int fd : socks) {
+      if (head_sent) {
+        (void)::send(fd, &kBody, 1, MSG_NOSIGNAL);
+      } else {
+        (void)::send(fd, kHead, sizeof kHead, MSG_NOSIGNAL);
+      }
+    }
+    head_sent = true;
+  };
+  const auto started = std::chrono::steady_clock::now();
+  trickle();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  int refused = 0;
+  for (int fd : socks) refused += closed(fd) ? 1 : 0;
+  EXPECT_GE(refused, 8) << "one address held more than half of the 16 threads";
+  // The service answers others meanwhile.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(get("/healthz").status, 200);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  // Trickled bytes keep each read alive, but not the head's deadline.
+  bool all_closed = false;
+  while (!all_closed && std::chrono::steady_clock::now() - started < std::chrono::seconds(20)) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    trickle();
+    all_closed = true;
+    for (int fd : socks) all_closed = all_closed && closed(fd);
+  }
+  const auto took = std::chrono::steady_clock::now() - started;
+  for (int fd : socks) ::close(fd);
+  EXPECT_TRUE(all_closed) << "a trickling connection outlived 20 s";
+  EXPECT_GE(took, std::chrono::seconds(9)) << "cut before its deadline";
 }
 
 TEST_F(Http, AuthCheckOverHttpGivesTheClisAnswer) {

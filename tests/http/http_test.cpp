@@ -261,7 +261,9 @@ TEST_F(Http, ListsArePagedWithACursorAndABoundedPageSize) {
     ASSERT_EQ(r.status, 200) << r.body;
     const auto o = json(r.body);
     const auto keys = o->getArray("keys");
-    if (pages == 0) EXPECT_EQ(keys->size(), 100u);  // the default page
+    if (pages == 0) {
+      EXPECT_EQ(keys->size(), 100u);  // the default page
+    }
     for (std::size_t i = 0; i < keys->size(); ++i) {
       const auto k = keys->getObject(static_cast<unsigned>(i))->getValue<std::string>("key_sha256");
       EXPECT_GT(k, last);  // in order, never twice

@@ -93,7 +93,7 @@ TEST_F(SchedulerTest, CreatesAJobInsideTheGroupsWindowAndNotOutsideIt) {
     clock.set(outside);
     EXPECT_TRUE(scheduler.tick().jobs_created.empty()) << engine::iso8601(outside);
   }
-  EXPECT_TRUE(th.registry->list_jobs({0}).empty());
+  EXPECT_TRUE(th.registry->list_jobs({.limit = 0}).empty());
 
   clock.set(monday + 2 * kHour + 30 * 60);
   const auto tick = scheduler.tick();
@@ -129,7 +129,7 @@ TEST_F(SchedulerTest, CreatesAJobInsideTheGroupsWindowAndNotOutsideIt) {
     clock.set(later);
     EXPECT_TRUE(scheduler.tick().jobs_created.empty());
   }
-  EXPECT_EQ(th.registry->list_jobs({0}).size(), 1u);
+  EXPECT_EQ(th.registry->list_jobs({.limit = 0}).size(), 1u);
 }
 
 TEST_F(SchedulerTest, AWindowCrossingMidnightOpensOnItsDayOnly) {

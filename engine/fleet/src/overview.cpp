@@ -98,7 +98,7 @@ FleetOverview fleet_overview(Stores& registry, std::int64_t now, int weeks,
   }
 
   // Devices the newest rollover jobs left behind.
-  for (const auto& job : registry.list_jobs({jobs})) {
+  for (const auto& job : registry.list_jobs({.limit = jobs})) {
     if (!is_rollover(job.kind)) continue;
     for (const auto& [state, n] : registry.count_job_tasks(job.id)) {
       if (std::find(std::begin(kLeftBehind), std::end(kLeftBehind), state) ==
