@@ -310,6 +310,21 @@ TEST_F(Http, ReadyzChecksTheRegistryAndTheToken) {
   EXPECT_TRUE(o->getValue<bool>("ready"));
   EXPECT_EQ(o->getObject("checks")->getValue<std::string>("token"), "ok");
   EXPECT_EQ(o->getObject("checks")->getValue<std::string>("broker"), "absent");
+  // A failing check: its reason (a path of this machine) for an operator's certificate only.
+  fs::path object;
+  for (const auto& t : fs::directory_iterator(home / "tokens")) object = t.path() / "token.object";
+  ASSERT_FALSE(object.empty());
+  const std::string saved = testing::read_file(object.string());
+  testing::write_file(object.string(), "");
+  const Reply anonymous = get("/readyz");
+  const Reply auditor = get("/readyz", "bob");
+  testing::write_file(object.string(), saved);
+  EXPECT_EQ(anonymous.status, 503) << anonymous.body;
+  EXPECT_EQ(anonymous.body.find(object.string()), std::string::npos) << anonymous.body;
+  EXPECT_NE(anonymous.body.find("failing"), std::string::npos) << anonymous.body;
+  EXPECT_EQ(auditor.status, 503) << auditor.body;
+  EXPECT_NE(auditor.body.find("token.object"), std::string::npos) << auditor.body;
+  EXPECT_EQ(get("/readyz").status, 200);
 }
 
 }  // namespace
