@@ -11,6 +11,7 @@ packages=(
   googletest libgtest-dev
   mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
   python3 clang-format
+  postgresql-15 libpq-dev
   clang libclang-rt-14-dev
   gnutls-bin curl
   chromium libjs-chart.js

@@ -23,6 +23,7 @@ engine::Home make_home(Context& ctx, std::vector<hsm::KeyType>& offered) {
     throw Error(ErrorCode::kUsage, "--token-label must not be empty");
   }
   const bool init_token = !module || a.has("init-token");
+  const std::string registry = a.get("registry").value_or("");
   if (module && !init_token) {
     if (a.has("so-pin-file")) {
       throw Error(ErrorCode::kUsage,
@@ -32,7 +33,7 @@ engine::Home make_home(Context& ctx, std::vector<hsm::KeyType>& offered) {
     const hsm::Pin user_pin = user_pin_for_init(a, "user PIN of the existing token: ");
     try {
       return engine::Home::adopt(ctx.home_dir(), *module, label.value_or("fleetsign"), user_pin,
-                                 &offered);
+                                 &offered, registry);
     } catch (const Error& e) {
       if (e.code() != ErrorCode::kTokenNotFound) {
         throw;
@@ -46,7 +47,7 @@ engine::Home make_home(Context& ctx, std::vector<hsm::KeyType>& offered) {
                                                  "new SO PIN for the token: ");
   const hsm::Pin user_pin = user_pin_for_init(a, "new user PIN for the token: ");
   try {
-    return engine::Home::init(ctx.home_dir(), module, label, so_pin, user_pin);
+    return engine::Home::init(ctx.home_dir(), module, label, so_pin, user_pin, registry);
   } catch (const Error& e) {
     if (e.code() != ErrorCode::kAlreadyExists || !module) {
       throw;
@@ -98,9 +99,12 @@ int run_init(Context& ctx) {
 void add_init_commands(std::vector<Command>& commands) {
   commands.push_back(Command{
       {"init"},
-      "[--module PATH --token-label LABEL [--init-token --so-pin-file F]] [--pin-file F] [--json]",
+      "[--module PATH --token-label LABEL [--init-token --so-pin-file F]] [--pin-file F] "
+      "[--registry postgresql://USER@HOST[:PORT]/DB] [--json]",
       "create a home: config, policy, registry, and (without --module) a private SoftHSM2 token; "
-      "with --module, adopt the existing token LABEL (user PIN only, never re-initialised)",
+      "with --module, adopt the existing token LABEL (user PIN only, never re-initialised); with "
+      "--registry, the registry lives in that PostgreSQL database instead of the home's SQLite "
+      "file",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "module", "PATH",
                    "PKCS#11 module of an existing token to adopt, instead of a private SoftHSM2 "
@@ -112,6 +116,10 @@ void add_init_commands(std::vector<Command>& commands) {
         add_option(s, "so-pin-file", "FILE",
                    "file holding the new SO PIN (else FLEETSIGN_SO_PIN); only for a new token");
         add_option(s, "pin-file", "FILE", "file holding the user PIN (else FLEETSIGN_PIN)");
+        add_option(s, "registry", "URL",
+                   "PostgreSQL registry (postgresql://USER@HOST[:PORT]/DB, an empty database or "
+                   "one an interrupted init left; the password through PGPASSWORD or "
+                   "~/.pgpass, never in the URL); default: the SQLite file in the home");
         add_flag(s, "json", "print the result as JSON");
       },
       run_init});

@@ -67,8 +67,10 @@ Answer readyz(HttpService::Impl& impl, bool detailed) {
   const engine::Home home = engine::Home::open(impl.opt.home);
   try {
     impl.with_stores([&](engine::Stores& s) { s.list_cas(); });
-    const bool writable = ::access(home.registry_path().c_str(), W_OK) == 0 &&
-                          ::access(impl.opt.home.c_str(), W_OK) == 0;
+    // A PostgreSQL registry answered the read above; its writes are the server's business.
+    const bool writable =
+        (!home.sqlite_registry() || ::access(home.registry_path().c_str(), W_OK) == 0) &&
+        ::access(impl.opt.home.c_str(), W_OK) == 0;
     checks.set("registry", writable ? "ok" : "read-only");
     ready = ready && writable;
   } catch (const Error& e) {

@@ -135,7 +135,8 @@ HomeConfig Home::new_home_dir(const fs::path& dir) {
 
 Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
                 const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
-                const hsm::Pin& user_pin) {
+                const hsm::Pin& user_pin, const std::string& registry_url) {
+  if (!registry_url.empty()) check_registry_url(registry_url);
   HomeConfig config = new_home_dir(dir);
   config.module = module.value_or(fs::path(kDefaultModule));
   if (token_label) {
@@ -152,11 +153,13 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
   if (config.softhsm_conf) {
     token_guard(config).refresh_copies();
   }
-  return finish_init(config);
+  return finish_init(config, registry_url);
 }
 
 Home Home::adopt(const fs::path& dir, const fs::path& module, const std::string& token_label,
-                 const hsm::Pin& user_pin, std::vector<hsm::KeyType>* offered) {
+                 const hsm::Pin& user_pin, std::vector<hsm::KeyType>* offered,
+                 const std::string& registry_url) {
+  if (!registry_url.empty()) check_registry_url(registry_url);
   if (token_label.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "adopting a token needs its label");
   }
@@ -179,23 +182,33 @@ Home Home::adopt(const fs::path& dir, const fs::path& module, const std::string&
   HomeConfig config = new_home_dir(dir);
   config.module = fs::absolute(module);
   config.token_label = token_label;
-  return finish_init(config);
+  return finish_init(config, registry_url);
 }
 
-Home Home::finish_init(const HomeConfig& config) {
+Home Home::finish_init(HomeConfig config, const std::string& registry_url) {
+  config.registry_url = registry_url;
   std::string json =
       "{\n  \"module\": " + json_quote(config.module.string()) +
       ",\n  \"token_label\": " + json_quote(config.token_label) + ",\n  \"softhsm_conf\": " +
-      (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") + "\n}\n";
+      (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") +
+      (registry_url.empty() ? "" : ",\n  \"registry\": " + json_quote(registry_url)) + "\n}\n";
   if (!fs::exists(config.dir / "policy.json")) {
     write_file(config.dir / "policy.json", policy::default_policy_json(),
                fs::perms::owner_read | fs::perms::owner_write);
   }
   Home home(config);
-  // The one place a registry is created.
-  Registry::open(home.registry_path())
-      ->audit("home.init", config.dir.string(),
-              json_object({{"module", config.module.string()}, {"token", config.token_label}}));
+  // The one place a registry is created. A PostgreSQL database may hold one already: only an
+  // empty one (an interrupted init's) is taken, never another home's CAs.
+  const auto registry = Registry::open(home.registry_path());
+  if (!home.sqlite_registry() &&
+      (!registry->list_cas().empty() || !registry->list_pending_cas().empty())) {
+    throw Error(ErrorCode::kAlreadyExists,
+                "the PostgreSQL registry at " + registry_url +
+                    " already records CAs: it belongs to another home; give init an empty "
+                    "database");
+  }
+  registry->audit("home.init", config.dir.string(),
+                  json_object({{"module", config.module.string()}, {"token", config.token_label}}));
   // Written last: a home exists only once everything above succeeded.
   write_file(config.dir / kConfigFile, json, fs::perms::owner_read | fs::perms::owner_write);
   return home;
@@ -219,6 +232,10 @@ Home Home::open(const fs::path& dir) {
     if (obj->has("softhsm_conf") && !obj->isNull("softhsm_conf")) {
       config.softhsm_conf = obj->getValue<std::string>("softhsm_conf");
     }
+    if (obj->has("registry") && !obj->isNull("registry")) {
+      config.registry_url = obj->getValue<std::string>("registry");
+      check_registry_url(config.registry_url);
+    }
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kInvalidArgument,
                 (config.dir / kConfigFile).string() + ": malformed: " + e.displayText());
@@ -230,9 +247,32 @@ Home Home::open(const fs::path& dir) {
   return Home(config);
 }
 
+void check_registry_url(const std::string& url) {
+  if (!is_postgres_url(url)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "registry '" + url +
+                    "': not a PostgreSQL URL (postgresql://USER@HOST[:PORT]/DATABASE); leave "
+                    "--registry out for the embedded SQLite registry");
+  }
+  const auto scheme = url.find("://") + 3;
+  const auto at = url.find('@', scheme);
+  const auto colon = url.find(':', scheme);
+  if ((at != std::string::npos && colon != std::string::npos && colon < at) ||
+      url.find("password=") != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "registry URL holds a password: leave it out of the URL and give it to libpq "
+                "through PGPASSWORD or ~/.pgpass (PGPASSFILE), so it is never on a command line "
+                "or in fleetsign.json");
+  }
+}
+
 policy::Policy Home::load_policy() const { return policy::load_policy_file(policy_path()); }
 
 std::unique_ptr<Registry> Home::open_registry(RegistryOptions options) const {
+  if (!sqlite_registry()) {
+    options.must_exist = true;
+    return Registry::open(registry_path(), std::move(options));
+  }
   const fs::path file = registry_path();
   std::error_code ec;
   const bool exists = fs::exists(file, ec);

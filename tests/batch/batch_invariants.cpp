@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "batch_support.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::batchtest {
 
@@ -280,16 +281,18 @@ void read_registry(Check& c, engine::Registry& registry) {
 }
 
 // (c) no intent survives a resume; abandoned serials stay out of every output.
-void check_serials(Check& c, engine::Registry& registry, const fs::path& db) {
+void check_serials(Check& c, engine::Registry& registry, const std::string& db) {
   c.p.expect(registry.count_certs(c.e.batch_id, engine::CertState::kIntent) == 0,
              "(c) intents left", c.e.batch_id);
   std::vector<std::string> abandoned;
-  std::int64_t rows = 0, distinct = 0;
-  Poco::Data::Session sql("SQLite", db.string());
-  sql << "SELECT serial FROM certificates WHERE batch_id = ? AND state = 'abandoned'",
-      into(abandoned), bind(c.e.batch_id), now;
-  sql << "SELECT COUNT(*), COUNT(DISTINCT serial) FROM certificates", into(rows), into(distinct),
-      now;
+  // Batch IDs are checked names (letters, digits, '-', '_', '.'): safe inside quotes.
+  for (const auto& row : test::raw_query(db, "SELECT serial FROM certificates WHERE batch_id = '" +
+                                                 c.e.batch_id + "' AND state = 'abandoned'")) {
+    abandoned.push_back(row.at(0));
+  }
+  const auto counts =
+      test::raw_query(db, "SELECT COUNT(*), COUNT(DISTINCT serial) FROM certificates").at(0);
+  const std::int64_t rows = std::stoll(counts.at(0)), distinct = std::stoll(counts.at(1));
   c.p.expect(rows == distinct, "(b) a serial in two certificate rows",
              std::to_string(rows - distinct));
   c.f.abandoned = static_cast<std::int64_t>(abandoned.size());
@@ -365,7 +368,7 @@ BatchFacts check_batch(Fleet& fleet, const Expected& e) {
     check_device_files(c);
   }
   check_manifests(c);
-  check_serials(c, *registry, fleet.home() / "registry.db");
+  check_serials(c, *registry, fleet.registry_location());
   c.p.expect(
       batch->state == "finished" && batch->issued == c.f.issued && batch->rejected == c.f.rejected,
       "(f) batch row state/counts",

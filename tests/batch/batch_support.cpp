@@ -17,6 +17,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "registry_backend.hpp"
+
 extern char** environ;
 
 namespace fleetsign::batchtest {
@@ -119,7 +121,9 @@ Outcome Child::wait() {
 
 // --- Fleet
 
-Fleet::Fleet() : m_home(m_dir.path() / "home") {}
+Fleet::Fleet()
+    : m_home(m_dir.path() / "home"),
+      m_registry(test::test_registry_location(m_home / "registry.db")) {}
 
 std::unique_ptr<Child> Fleet::start(const std::vector<std::string>& args, const Env& env) {
   // A fault asked for runs the same program with its stores wrapped (faulty_main.cpp).
@@ -147,14 +151,16 @@ Outcome Fleet::ok(const std::vector<std::string>& args) {
 }
 
 void Fleet::make_hierarchy() {
-  ok({"init"});
+  std::vector<std::string> init{"init"};
+  for (const auto& a : test::init_registry_args(m_registry)) init.push_back(a);
+  ok(init);
   ok({"ca", "create-root", "--name", "root", "--subject", "/CN=Batch Test Root/O=fleetsign tests"});
   ok({"ca", "create-intermediate", "--name", "int", "--issuer", "root", "--days", "3000",
       "--subject", "/CN=Batch Test Intermediate/O=fleetsign tests"});
 }
 
 std::unique_ptr<engine::Registry> Fleet::registry() const {
-  return engine::Registry::open(m_home / "registry.db");
+  return engine::Registry::open(m_registry);
 }
 
 Poco::JSON::Object::Ptr Fleet::batch_show(const std::string& batch_id) {

@@ -76,14 +76,18 @@ class Fleet {
 
   // init, then root CA "root" and intermediate "int" (ec-p256) under it.
   void make_hierarchy();
-  // A connection of our own to HOME/registry.db. Call only while no child runs.
+  // A connection of our own to the home's registry (HOME/registry.db, or the PostgreSQL database
+  // of the postgres run). Call only while no child runs.
   std::unique_ptr<engine::Registry> registry() const;
+  // Where the registry is: the SQLite file or the PostgreSQL URL (for test::raw_query).
+  const std::string& registry_location() const { return m_registry; }
   // `fleetsign batch show ID --json`, parsed.
   Poco::JSON::Object::Ptr batch_show(const std::string& batch_id);
 
  private:
   testing::TempDir m_dir;
   fs::path m_home;
+  std::string m_registry;
   int m_runs = 0;
 };
 

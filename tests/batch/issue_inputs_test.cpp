@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "batch_support.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::batchtest {
 namespace {
@@ -151,10 +152,9 @@ TEST_F(IssueInputs, ASingleIssueKilledAfterItsOutputsButBeforeFinishingAnswersTh
   const std::string serial = parse_json(first.out)->getValue<std::string>("serial");
   {
     // The state such a kill leaves: outputs written, watermark past them, batch still running.
-    Poco::Data::SQLite::Connector::registerConnector();
-    Poco::Data::Session raw("SQLite", (fleet.home() / "registry.db").string());
-    raw << "UPDATE batches SET state = 'running', finished_at = 0 WHERE id LIKE 'single-%'",
-        Poco::Data::Keywords::now;
+    test::raw_query(
+        fleet.registry_location(),
+        "UPDATE batches SET state = 'running', finished_at = 0 WHERE id LIKE 'single-%'");
   }
   const Outcome again = fleet.run(args);
   ASSERT_EQ(again.exit_code(), 0) << again.describe();

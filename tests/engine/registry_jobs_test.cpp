@@ -15,6 +15,7 @@
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::engine {
 namespace {
@@ -37,10 +38,16 @@ class TempDir {
     std::error_code ignored;
     fs::remove_all(m_path, ignored);
   }
-  fs::path db() const { return m_path / "registry.db"; }
+  // The registry under test: this directory's SQLite file, or (FLEETSIGN_TEST_REGISTRY=postgresql)
+  // one fresh PostgreSQL database per TempDir.
+  fs::path db() const {
+    if (m_location.empty()) m_location = test::test_registry_location(m_path / "registry.db");
+    return m_location;
+  }
 
  private:
   fs::path m_path;
+  mutable std::string m_location;
 };
 
 // A second, independent connection: what is on disk, not what the Registry caches.
@@ -510,6 +517,7 @@ TEST_F(Jobs, TenThousandTasksAreCreatedAndFlushedInBatches) {
 // A registry written by the previous fleetsign (v5, no job tables) migrates in place on open: its
 // data stays, and the tables it gains are those a new registry is created with.
 TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
+  FLEETSIGN_SQLITE_ONLY();  // SQLite's migrations; a PostgreSQL registry starts at version 13
   TempDir fresh, old;
   Registry::open(fresh.db());
   {
@@ -595,6 +603,7 @@ TEST_F(Jobs, RevokeCertsFreesTheSlotsWritesOneAuditRowAndIsAllOrNothing) {
   EXPECT_EQ(reg->revoke_certs(one, "keyCompromise", kNow + 6), 0);
   EXPECT_EQ(reg->audit_after(mark, 10).size(), 1u);
   // The revocation's time and reason are kept.
+  FLEETSIGN_SQLITE_ONLY();  // read through a second, raw SQLite connection
   auto raw = raw_session(dir.db());
   std::int64_t at = 0;
   std::string reason;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fleetsign/error.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::engine {
 namespace {
@@ -38,10 +39,16 @@ class TempDir {
     std::error_code ignored;
     fs::remove_all(m_path, ignored);
   }
-  fs::path db() const { return m_path / "registry.db"; }
+  // The registry under test: this directory's SQLite file, or (FLEETSIGN_TEST_REGISTRY=postgresql)
+  // one fresh PostgreSQL database per TempDir.
+  fs::path db() const {
+    if (m_location.empty()) m_location = test::test_registry_location(m_path / "registry.db");
+    return m_location;
+  }
 
  private:
   fs::path m_path;
+  mutable std::string m_location;
 };
 
 // A second, independent connection: proves what is on disk, not what the Registry caches.
@@ -112,6 +119,7 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   // 13: operators
   EXPECT_EQ(Registry::kSchemaVersion, 13);
 
+  FLEETSIGN_SQLITE_ONLY();  // the rest reads SQLite's journal mode
   auto raw = raw_session(dir.db());
   std::string mode;
   raw << "PRAGMA journal_mode", kw::into(mode), kw::now;
@@ -208,6 +216,7 @@ TEST(Registry, ReopeningKeepsCommittedData) {
 }
 
 TEST(Registry, DatabaseFromNewerSchemaIsRefused) {
+  FLEETSIGN_SQLITE_ONLY();  // writes the version through a raw SQLite connection
   TempDir dir;
   {
     auto raw = raw_session(dir.db());
@@ -513,6 +522,7 @@ TEST(Registry, AuditLogRefusesUpdateAndDelete) {
   auto reg = Registry::open(dir.db());
   reg->audit("ca.create", "root", "");
 
+  FLEETSIGN_SQLITE_ONLY();  // tests/pg checks the PostgreSQL trigger
   auto raw = raw_session(dir.db());
   EXPECT_THROW((raw << "UPDATE audit SET detail = 'forged'", kw::now), Poco::Exception);
   EXPECT_THROW((raw << "DELETE FROM audit", kw::now), Poco::Exception);

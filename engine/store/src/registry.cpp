@@ -1,8 +1,5 @@
-// Registry on SQLite through Poco::Data. See registry.hpp for the contract.
-//
-// Poco re-prepares a Statement each time it is executed afresh, so the issuance hot path
-// (record_intents, record_issued, devices_with_valid_cert) lives in registry_issuance.cpp, on
-// sqlite3 statements prepared once per connection.
+// The registry: opening (SQLite or PostgreSQL), CAs, certificates, batches and the audit log. See
+// registry.hpp for the contract; the issuance hot path is registry_issuance.cpp.
 #include "fleetsign/engine/registry.hpp"
 
 #include <Poco/Data/LOB.h>
@@ -25,6 +22,7 @@
 #include "fleetsign/error.hpp"
 #include "registry_impl.hpp"
 #include "registry_schema.hpp"
+#include "registry_schema_pg.hpp"
 
 namespace fleetsign::engine {
 
@@ -35,8 +33,10 @@ using Poco::Data::Statement;
 
 namespace {
 
-using registry_detail::to_bytes;
 using registry_detail::translate;
+
+// A PostgreSQL registry is created at this version by kPgSchema.
+constexpr std::int64_t kPgStartVersion = 13;
 
 // fleetsign_key_sha256(der): the SPKI SHA-256 of a certificate ('' when it does not parse), for
 // the v8 migration that fills key_sha256 of the certificates recorded before.
@@ -83,80 +83,88 @@ CertState parse_state(const std::string& name) {
   throw Error(ErrorCode::kRegistryError, "unknown certificate state '" + name + "' in registry");
 }
 
-// Row buffers: Statement extractions write into these members, one row per execute().
+// Row readers, in the column order of the SELECTs above. A NULL text reads "", a NULL number 0.
+std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
+
 struct CertRow {
-  CertRecord rec;
-  std::string state;
-  BLOB der;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.serial), kw::into(rec.device_id), kw::into(rec.ca_name),
-        kw::into(rec.batch_id), kw::into(rec.seq), kw::into(state), kw::into(rec.subject),
-        kw::into(rec.not_before), kw::into(rec.not_after), kw::into(rec.sha1), kw::into(rec.sha256),
-        kw::into(der), kw::into(rec.lineage.lot), kw::into(rec.lineage.line),
-        kw::into(rec.lineage.site), kw::into(rec.lineage.operator_name), kw::into(rec.created_at);
-  }
-  CertRecord take() {
-    rec.state = parse_state(state);
-    rec.der = to_bytes(der);
+  static CertRecord read(sql::Stmt& st) {
+    CertRecord rec;
+    rec.serial = str(st, 0);
+    rec.device_id = str(st, 1);
+    rec.ca_name = str(st, 2);
+    rec.batch_id = str(st, 3);
+    rec.seq = st.int64(4);
+    rec.state = parse_state(str(st, 5));
+    rec.subject = str(st, 6);
+    rec.not_before = st.int64(7);
+    rec.not_after = st.int64(8);
+    rec.sha1 = str(st, 9);
+    rec.sha256 = str(st, 10);
+    rec.der = st.blob(11);
+    rec.lineage.lot = str(st, 12);
+    rec.lineage.line = str(st, 13);
+    rec.lineage.site = str(st, 14);
+    rec.lineage.operator_name = str(st, 15);
+    rec.created_at = st.int64(16);
     return rec;
   }
 };
 
 struct CaRow {
-  CaRecord rec;
-  BLOB cert;
-  std::int64_t verified = 0;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.name), kw::into(rec.parent), kw::into(rec.subject), kw::into(rec.key_uri),
-        kw::into(rec.key_type), kw::into(cert), kw::into(rec.not_before), kw::into(rec.not_after),
-        kw::into(rec.sha1), kw::into(rec.sha256), kw::into(verified), kw::into(rec.created_at),
-        kw::into(rec.revoked_at), kw::into(rec.revocation_reason);
-  }
-  CaRecord take() {
-    rec.cert_der = to_bytes(cert);
-    rec.verified = verified != 0;
+  static CaRecord read(sql::Stmt& st) {
+    CaRecord rec;
+    rec.name = str(st, 0);
+    rec.parent = str(st, 1);
+    rec.subject = str(st, 2);
+    rec.key_uri = str(st, 3);
+    rec.key_type = str(st, 4);
+    rec.cert_der = st.blob(5);
+    rec.not_before = st.int64(6);
+    rec.not_after = st.int64(7);
+    rec.sha1 = str(st, 8);
+    rec.sha256 = str(st, 9);
+    rec.verified = st.int64(10) != 0;
+    rec.created_at = st.int64(11);
+    rec.revoked_at = st.int64(12);
+    rec.revocation_reason = str(st, 13);
     return rec;
   }
 };
 
 struct BatchRow {
-  BatchRecord rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.id), kw::into(rec.ca_name), kw::into(rec.params_json), kw::into(rec.state),
-        kw::into(rec.created_at), kw::into(rec.finished_at), kw::into(rec.issued),
-        kw::into(rec.rejected), kw::into(rec.watermark), kw::into(rec.offsets_json);
+  static BatchRecord read(sql::Stmt& st) {
+    BatchRecord rec;
+    rec.id = str(st, 0);
+    rec.ca_name = str(st, 1);
+    rec.params_json = str(st, 2);
+    rec.state = str(st, 3);
+    rec.created_at = st.int64(4);
+    rec.finished_at = st.int64(5);
+    rec.issued = st.int64(6);
+    rec.rejected = st.int64(7);
+    rec.watermark = st.int64(8);
+    rec.offsets_json = str(st, 9);
+    return rec;
   }
-  BatchRecord take() { return rec; }
 };
 
 struct AuditRow {
-  AuditEntry rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.id), kw::into(rec.at), kw::into(rec.actor), kw::into(rec.action),
-        kw::into(rec.subject), kw::into(rec.detail);
+  static AuditEntry read(sql::Stmt& st) {
+    AuditEntry rec;
+    rec.id = st.int64(0);
+    rec.at = st.int64(1);
+    rec.actor = str(st, 2);
+    rec.action = str(st, 3);
+    rec.subject = str(st, 4);
+    rec.detail = str(st, 5);
+    return rec;
   }
-  AuditEntry take() { return rec; }
 };
 
 }  // namespace
 
-sqlite3* Registry::Impl::db() { return Poco::Data::SQLite::Utility::dbHandle(m_session); }
-
-int Registry::Impl::step(sqlite3_stmt* st, const std::string& what) {
-  const int rc = sqlite3_step(st);
-  const int changed = rc == SQLITE_DONE ? sqlite3_changes(db()) : 0;
-  const std::string message = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db());
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (rc == SQLITE_DONE) {
-    return changed;
-  }
-  const int primary = rc & 0xFF;
-  const ErrorCode code = primary == SQLITE_CONSTRAINT ? ErrorCode::kAlreadyExists
-                         : primary == SQLITE_BUSY || primary == SQLITE_LOCKED
-                             ? ErrorCode::kRegistryBusy
-                             : ErrorCode::kRegistryError;
-  throw Error(code, what + ": " + message);
+sqlite3* Registry::Impl::sqlite_handle() {
+  return m_session ? Poco::Data::SQLite::Utility::dbHandle(*m_session) : nullptr;
 }
 
 std::string_view cert_state_name(CertState state) noexcept {
@@ -169,17 +177,21 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
   if (!options.now) {
     options.now = [] { return static_cast<std::int64_t>(std::time(nullptr)); };
   }
+  if (sql::is_postgres_url(file.string())) {
+    return open_postgres(file.string(), std::move(options));
+  }
   static std::once_flag registered;
   std::call_once(registered, [] { Poco::Data::SQLite::Connector::registerConnector(); });
   const std::string what = "opening registry " + file.string();
   try {
     // Poco's login timeout retries a failed open for that many seconds (a missing directory
     // would hang for a minute); 0 fails at once. Lock waits are busy_timeout's job.
-    auto impl = std::make_unique<Impl>(Session("SQLite", file.string(), 0), file.string(),
+    Session session("SQLite", file.string(), 0);
+    auto db = sql::sqlite_db(Poco::Data::SQLite::Utility::dbHandle(session), file.string());
+    auto impl = std::make_unique<Impl>(std::move(session), std::move(db), file.string(),
                                        std::move(options));
     impl->exec("PRAGMA busy_timeout = 10000");
-    std::string mode;
-    impl->m_session << "PRAGMA journal_mode = WAL", kw::into(mode), kw::now;
+    const auto mode = impl->scalar<std::string>("PRAGMA journal_mode = WAL").value_or("");
     if (mode != "wal") {
       // Without WAL + synchronous=FULL a committed serial could be lost on power failure.
       throw Error(ErrorCode::kRegistryError,
@@ -189,11 +201,39 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
     impl->exec("PRAGMA foreign_keys = ON");
     // 64 MiB of page cache: the index pages a batch touches stay in memory between chunks.
     impl->exec("PRAGMA cache_size = -65536");
-    register_functions(impl->db());
-    impl->migrate(kMigrations);
+    register_functions(impl->sqlite_handle());
+    impl->guarded(what, [&] { impl->migrate(kMigrations, kPgSchema, kPgStartVersion); });
     return std::unique_ptr<Registry>(new Registry(std::move(impl)));
+  } catch (const sql::DbError& e) {
+    throw Error(e.code(), what + ": " + e.what());
   } catch (const Poco::Exception& e) {
     throw translate(what, e);
+  }
+}
+
+bool is_postgres_url(std::string_view text) { return sql::is_postgres_url(text); }
+
+std::unique_ptr<Registry> Registry::open_postgres(const std::string& url, RegistryOptions options) {
+  const std::string shown = sql::redact_url(url);
+  const std::string what = "opening registry " + shown;
+  try {
+    const bool must_exist = options.must_exist;
+    auto impl =
+        std::make_unique<Impl>(std::nullopt, sql::postgres_db(url), shown, std::move(options));
+    if (must_exist && impl->count("SELECT COUNT(*) FROM information_schema.tables WHERE "
+                                  "table_schema = current_schema() AND table_name = "
+                                  "'schema_version'") == 0) {
+      throw Error(ErrorCode::kRegistryMissing,
+                  "the PostgreSQL database " + shown +
+                      " holds no fleetsign registry, but this is an initialised home: the record "
+                      "of its CAs and certificates is gone or the URL is wrong. Restore the "
+                      "database from a backup; a new registry is never created in place of a "
+                      "lost one, because the token's CA keys would be orphaned");
+    }
+    impl->migrate(kMigrations, kPgSchema, kPgStartVersion);
+    return std::unique_ptr<Registry>(new Registry(std::move(impl)));
+  } catch (const sql::DbError& e) {
+    throw Error(e.code(), what + ": " + e.what());
   }
 }
 
@@ -209,17 +249,12 @@ int Registry::schema_version() {
 
 void Registry::Impl::insert_ca(const CaRecord& ca) {
   // NULL, not '', for a root: the parent column is a foreign key.
-  Poco::Nullable<std::string> parent;
-  if (!ca.parent.empty()) {
-    parent = ca.parent;
-  }
-  const BLOB cert(ca.cert_der);
-  const std::int64_t verified = ca.verified ? 1 : 0;
-  m_session << "INSERT INTO cas (" << kCaColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      kw::bind(ca.name), kw::bind(parent), kw::bind(ca.subject), kw::bind(ca.key_uri),
-      kw::bind(ca.key_type), kw::bind(cert), kw::bind(ca.not_before), kw::bind(ca.not_after),
-      kw::bind(ca.sha1), kw::bind(ca.sha256), kw::bind(verified), kw::bind(stamp(ca.created_at)),
-      kw::now;
+  const std::optional<std::string> parent =
+      ca.parent.empty() ? std::nullopt : std::optional(ca.parent);
+  change(std::string("INSERT INTO cas (") + kCaColumns +
+             ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         ca.name, parent, ca.subject, ca.key_uri, ca.key_type, ca.cert_der, ca.not_before,
+         ca.not_after, ca.sha1, ca.sha256, ca.verified, stamp(ca.created_at));
 }
 
 void Registry::add_ca(const CaRecord& ca) {
@@ -234,16 +269,17 @@ std::optional<CaRecord> Registry::find_ca(const std::string& name) {
 
 std::vector<CaRecord> Registry::list_cas() {
   return m_impl->guarded("listing CAs", [&] {
-    return m_impl->select<CaRow>(kSelectCas + "ORDER BY created_at, rowid");
+    // ctid is no insertion order on PostgreSQL; the name breaks ties there instead.
+    return m_impl->select<CaRow>(kSelectCas + (m_impl->postgres() ? "ORDER BY created_at, name"
+                                                                  : "ORDER BY created_at, rowid"));
   });
 }
 
 void Registry::set_ca_verified(const std::string& name, bool verified) {
-  m_impl->write("marking CA '" + name + "' verified", [&] {
-    const std::int64_t flag = verified ? 1 : 0;
-    Statement st = (m_impl->m_session << "UPDATE cas SET verified = ? WHERE name = ?",
-                    kw::bind(flag), kw::bind(name));
-    Impl::expect_row(st, "marking CA '" + name + "' verified");
+  const std::string what = "marking CA '" + name + "' verified";
+  m_impl->write(what, [&] {
+    Impl::expect_row(m_impl->change("UPDATE cas SET verified = ? WHERE name = ?", verified, name),
+                     what);
   });
 }
 
@@ -251,10 +287,9 @@ void Registry::set_ca_verified(const std::string& name, bool verified) {
 
 std::int64_t Registry::abandon_intents(const std::string& batch_id) {
   return m_impl->write("abandoning intents of batch '" + batch_id + "'", [&] {
-    Statement st = (m_impl->m_session << "UPDATE certificates SET state = 'abandoned' "
-                                         "WHERE batch_id = ? AND state = 'intent'",
-                    kw::bind(batch_id));
-    return static_cast<std::int64_t>(st.execute());
+    return m_impl->change(
+        "UPDATE certificates SET state = 'abandoned' WHERE batch_id = ? AND state = 'intent'",
+        batch_id);
   });
 }
 
@@ -278,26 +313,18 @@ std::vector<CertRecord> Registry::batch_issued_after(const std::string& batch_id
 
 std::vector<std::string> Registry::batch_device_ids(const std::string& batch_id) {
   return m_impl->guarded("reading device IDs of batch '" + batch_id + "'", [&] {
-    std::vector<std::string> ids;
-    m_impl->m_session
-        << "SELECT device_id FROM certificates WHERE batch_id = ? AND state = 'issued'",
-        kw::into(ids), kw::bind(batch_id), kw::now;
-    return ids;
+    return m_impl->column<std::string>(
+        "SELECT device_id FROM certificates WHERE batch_id = ? AND state = 'issued'", batch_id);
   });
 }
 
 std::int64_t Registry::count_certs(const std::string& batch_id, CertState state) {
   const std::string name(cert_state_name(state));
   return m_impl->guarded("counting " + name + " certificates", [&] {
-    std::int64_t count = 0;
-    if (batch_id.empty()) {
-      m_impl->m_session << "SELECT COUNT(*) FROM certificates WHERE state = ?", kw::into(count),
-          kw::bind(name), kw::now;
-    } else {
-      m_impl->m_session << "SELECT COUNT(*) FROM certificates WHERE batch_id = ? AND state = ?",
-          kw::into(count), kw::bind(batch_id), kw::bind(name), kw::now;
-    }
-    return count;
+    return batch_id.empty()
+               ? m_impl->count("SELECT COUNT(*) FROM certificates WHERE state = ?", name)
+               : m_impl->count("SELECT COUNT(*) FROM certificates WHERE batch_id = ? AND state = ?",
+                               batch_id, name);
   });
 }
 
@@ -315,12 +342,11 @@ std::vector<CertRecord> Registry::certs_of_device(const std::string& device_id) 
 void Registry::create_batch(const BatchRecord& batch) {
   m_impl->write("creating batch '" + batch.id + "'", [&] {
     const std::string state = batch.state.empty() ? "running" : batch.state;
-    m_impl->m_session << "INSERT INTO batches (" << kBatchColumns
-                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        kw::bind(batch.id), kw::bind(batch.ca_name), kw::bind(batch.params_json), kw::bind(state),
-        kw::bind(m_impl->stamp(batch.created_at)), kw::bind(batch.finished_at),
-        kw::bind(batch.issued), kw::bind(batch.rejected), kw::bind(batch.watermark),
-        kw::bind(batch.offsets_json), kw::now;
+    m_impl->change(std::string("INSERT INTO batches (") + kBatchColumns +
+                       ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   batch.id, batch.ca_name, batch.params_json, state,
+                   m_impl->stamp(batch.created_at), batch.finished_at, batch.issued, batch.rejected,
+                   batch.watermark, batch.offsets_json);
   });
 }
 
@@ -352,21 +378,20 @@ void Registry::update_batch_progress(const std::string& id, std::int64_t waterma
                                      std::int64_t rejected) {
   const std::string what = "recording progress of batch '" + id + "'";
   m_impl->write(what, [&] {
-    Statement st = (m_impl->m_session << "UPDATE batches SET watermark = ?, offsets_json = ?, "
-                                         "issued = ?, rejected = ? WHERE id = ?",
-                    kw::bind(watermark), kw::bind(offsets_json), kw::bind(issued),
-                    kw::bind(rejected), kw::bind(id));
-    Impl::expect_row(st, what);
+    Impl::expect_row(m_impl->change("UPDATE batches SET watermark = ?, offsets_json = ?, "
+                                    "issued = ?, rejected = ? WHERE id = ?",
+                                    watermark, offsets_json, issued, rejected, id),
+                     what);
   });
 }
 
 void Registry::finish_batch(const std::string& id, std::int64_t finished_at) {
   const std::string what = "finishing batch '" + id + "'";
   m_impl->write(what, [&] {
-    Statement st = (m_impl->m_session << "UPDATE batches SET state = 'finished', finished_at = ? "
-                                         "WHERE id = ?",
-                    kw::bind(finished_at), kw::bind(id));
-    Impl::expect_row(st, what);
+    Impl::expect_row(
+        m_impl->change("UPDATE batches SET state = 'finished', finished_at = ? WHERE id = ?",
+                       finished_at, id),
+        what);
   });
 }
 
@@ -375,10 +400,8 @@ void Registry::finish_batch(const std::string& id, std::int64_t finished_at) {
 void Registry::audit(const std::string& action, const std::string& subject,
                      const std::string& detail) {
   m_impl->write("appending audit entry '" + action + "'", [&] {
-    m_impl->m_session << "INSERT INTO audit (at, actor, action, subject, detail) "
-                         "VALUES (?, ?, ?, ?, ?)",
-        kw::bind(m_impl->stamp(0)), kw::bind(m_impl->actor()), kw::bind(action), kw::bind(subject),
-        kw::bind(detail), kw::now;
+    m_impl->change("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                   m_impl->stamp(0), m_impl->actor(), action, subject, detail);
   });
 }
 
@@ -395,7 +418,7 @@ std::vector<AuditEntry> Registry::audit_log(std::int64_t limit) {
 std::vector<AuditEntry> Registry::audit_page(const AuditQuery& q) {
   return m_impl->guarded("reading the audit log", [&] {
     // Newest first along the primary key; the filters are checked on the rows walked.
-    std::string sql = "SELECT id, at, actor, action, subject, detail FROM audit WHERE 1";
+    std::string sql = "SELECT id, at, actor, action, subject, detail FROM audit WHERE 1 = 1";
     std::vector<std::string> text;
     if (q.before_id > 0) sql += " AND id < " + std::to_string(q.before_id);
     if (q.since > 0) sql += " AND at >= " + std::to_string(q.since);
@@ -412,14 +435,10 @@ std::vector<AuditEntry> Registry::audit_page(const AuditQuery& q) {
       text.push_back(q.actor);
     }
     sql += " ORDER BY id DESC LIMIT " + std::to_string(std::max<std::int64_t>(q.limit, 1));
+    auto st = m_impl->query(sql);
+    for (std::size_t i = 0; i < text.size(); ++i) st->bind(static_cast<int>(i + 1), text[i]);
     std::vector<AuditEntry> out;
-    AuditRow row;
-    Statement st(m_impl->m_session);
-    st << sql;
-    row.bind_into(st);
-    for (const auto& t : text) st, kw::bind(t);
-    st, kw::range(0, 1);
-    while (!st.done() && st.execute() > 0) out.push_back(row.take());
+    while (st->step()) out.push_back(AuditRow::read(*st));
     return out;
   });
 }

@@ -1,6 +1,4 @@
 // Registry: enrollment groups, individual enrollments and devices (schema version 2).
-#include <Poco/Data/SQLite/Utility.h>
-
 #include <algorithm>
 #include <map>
 
@@ -8,8 +6,6 @@
 #include "registry_impl.hpp"
 
 namespace fleetsign::engine {
-
-using registry_detail::to_bytes;
 
 std::string_view slot_name(Slot slot) noexcept {
   return slot == Slot::kPrimary ? "primary" : "secondary";
@@ -27,48 +23,85 @@ const std::string kDeviceColumns =
     "ca_name, lot, "
     "status, created_at, updated_at";
 
+// The authentication decision's point lookups, prepared once per connection.
+const std::string kIndividualSlotsSql =
+    "SELECT enabled, primary_sha256, secondary_sha256 FROM individual_enrollments "
+    "WHERE registration_id = ?";
+const std::string kCertStateSql = "SELECT state FROM certificates WHERE serial = ?";
+
+// Row readers, in the column order of the SELECTs above. A NULL text reads "", a NULL number 0.
+std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
+
 struct GroupRow {
-  EnrollmentGroup rec;
-  std::int64_t enabled = 1;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.name), kw::into(enabled), kw::into(rec.primary_ca), kw::into(rec.secondary_ca),
-        kw::into(rec.created_at), kw::into(rec.updated_at);
-  }
-  EnrollmentGroup take() {
-    rec.enabled = enabled != 0;
+  static EnrollmentGroup read(sql::Stmt& st) {
+    EnrollmentGroup rec;
+    rec.name = str(st, 0);
+    rec.enabled = st.int64(1) != 0;
+    rec.primary_ca = str(st, 2);
+    rec.secondary_ca = str(st, 3);
+    rec.created_at = st.int64(4);
+    rec.updated_at = st.int64(5);
     return rec;
   }
 };
 
 struct IndividualRow {
-  IndividualEnrollment rec;
-  std::int64_t enabled = 1;
-  BLOB primary, secondary;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.registration_id), kw::into(enabled), kw::into(primary),
-        kw::into(rec.primary_sha256), kw::into(secondary), kw::into(rec.secondary_sha256),
-        kw::into(rec.created_at), kw::into(rec.updated_at);
-  }
-  IndividualEnrollment take() {
-    rec.enabled = enabled != 0;
-    rec.primary_cert = to_bytes(primary);
-    rec.secondary_cert = to_bytes(secondary);
+  static IndividualEnrollment read(sql::Stmt& st) {
+    IndividualEnrollment rec;
+    rec.registration_id = str(st, 0);
+    rec.enabled = st.int64(1) != 0;
+    rec.primary_cert = st.blob(2);
+    rec.primary_sha256 = str(st, 3);
+    rec.secondary_cert = st.blob(4);
+    rec.secondary_sha256 = str(st, 5);
+    rec.created_at = st.int64(6);
+    rec.updated_at = st.int64(7);
     return rec;
   }
 };
 
 struct DeviceRow {
-  DeviceRecord rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.registration_id), kw::into(rec.primary_serial),
-        kw::into(rec.primary_not_after), kw::into(rec.secondary_serial),
-        kw::into(rec.secondary_not_after), kw::into(rec.ca_name), kw::into(rec.lot),
-        kw::into(rec.status), kw::into(rec.created_at), kw::into(rec.updated_at);
+  static DeviceRecord read(sql::Stmt& st) {
+    DeviceRecord rec;
+    rec.registration_id = str(st, 0);
+    rec.primary_serial = str(st, 1);
+    rec.primary_not_after = st.int64(2);
+    rec.secondary_serial = str(st, 3);
+    rec.secondary_not_after = st.int64(4);
+    rec.ca_name = str(st, 5);
+    rec.lot = str(st, 6);
+    rec.status = str(st, 7);
+    rec.created_at = st.int64(8);
+    rec.updated_at = st.int64(9);
+    return rec;
   }
-  DeviceRecord take() { return rec; }
 };
 
-// "WHERE …" for a device filter, with its parameters in order.
+struct LatestExpiryRow {
+  static std::pair<std::string, std::int64_t> read(sql::Stmt& st) {
+    return {str(st, 0), st.int64(1)};
+  }
+};
+
+struct BucketRow {
+  static CaBucketCount read(sql::Stmt& st) {
+    return CaBucketCount{str(st, 0), static_cast<int>(st.int64(1)), st.int64(2)};
+  }
+};
+
+struct IssuedCountRow {
+  static IssuedCount read(sql::Stmt& st) {
+    return IssuedCount{str(st, 0), str(st, 1), st.int64(2)};
+  }
+};
+
+struct CaDeviceCountRow {
+  static CaDeviceCount read(sql::Stmt& st) {
+    return CaDeviceCount{str(st, 0), st.int64(1), st.int64(2), st.int64(3), st.int64(4)};
+  }
+};
+
+// "WHERE …" for a device filter, with its parameters (all text) in order.
 std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params,
                          const std::string& prefix) {
   std::string sql;
@@ -91,11 +124,33 @@ std::string where_clause(const DeviceFilter& f, std::vector<std::string>& params
   return sql;
 }
 
-void bind_all(Statement& st, const std::vector<std::string>& params) {
+// Binds text parameters from `first` on; they must outlive the statement's use (not copied).
+void bind_texts(sql::Stmt& st, int first, const std::vector<std::string>& params) {
   for (const auto& p : params) {
-    st, kw::bind(p);
+    st.bind(first++, std::string_view(p));
   }
 }
+
+// An empty certificate is stored as NULL (a slot known only by its thumbprint), as before.
+void bind_cert(sql::Stmt& st, int index, const std::vector<std::uint8_t>& der) {
+  if (der.empty()) {
+    st.bind_null(index);
+  } else {
+    st.bind_blob(index, der);
+  }
+}
+
+// Resets a prepared statement however a point lookup leaves (a thrown error included).
+class ResetOnExit {
+ public:
+  explicit ResetOnExit(sql::Stmt& st) : m_st(st) {}
+  ResetOnExit(const ResetOnExit&) = delete;  // resets once
+  ResetOnExit& operator=(const ResetOnExit&) = delete;
+  ~ResetOnExit() { m_st.reset(); }
+
+ private:
+  sql::Stmt& m_st;
+};
 
 std::string group_detail(const EnrollmentGroup& g) {
   return json_object(
@@ -108,10 +163,8 @@ namespace registry_detail {
 
 void audit_row(Registry::Impl& impl, const std::string& action, const std::string& subject,
                const std::string& detail) {
-  const std::int64_t at = impl.stamp(0);
-  const std::string& who = impl.actor();
-  impl.m_session << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-      kw::bind(at), kw::bind(who), kw::bind(action), kw::bind(subject), kw::bind(detail), kw::now;
+  impl.change("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+              impl.stamp(0), impl.actor(), action, subject, detail);
 }
 
 std::string individual_detail(const IndividualEnrollment& ie) {
@@ -135,22 +188,17 @@ void Registry::save_group(const EnrollmentGroup& g, const std::string& action, b
             g.primary_ca.empty() ? std::nullopt : std::optional(g.primary_ca);
         const std::optional<std::string> secondary =
             g.secondary_ca.empty() ? std::nullopt : std::optional(g.secondary_ca);
-        Poco::Nullable<std::string> p =
-            primary ? Poco::Nullable<std::string>(*primary) : Poco::Nullable<std::string>();
-        Poco::Nullable<std::string> sec =
-            secondary ? Poco::Nullable<std::string>(*secondary) : Poco::Nullable<std::string>();
         if (create) {
-          m_impl->m_session << "INSERT INTO enrollment_groups (name, enabled, primary_ca, "
-                               "secondary_ca, created_at, "
-                               "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-              kw::bind(g.name), kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now),
-              kw::bind(now), kw::now;
+          m_impl->change(
+              "INSERT INTO enrollment_groups (name, enabled, primary_ca, secondary_ca, "
+              "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+              g.name, enabled, primary, secondary, now, now);
         } else {
-          Statement st =
-              (m_impl->m_session << "UPDATE enrollment_groups SET enabled = ?, primary_ca = ?, "
-                                    "secondary_ca = ?, updated_at = ? WHERE name = ?",
-               kw::bind(enabled), kw::bind(p), kw::bind(sec), kw::bind(now), kw::bind(g.name));
-          Impl::expect_row(st, "enrollment group '" + g.name + "'");
+          Impl::expect_row(
+              m_impl->change("UPDATE enrollment_groups SET enabled = ?, primary_ca = ?, "
+                             "secondary_ca = ?, updated_at = ? WHERE name = ?",
+                             enabled, primary, secondary, now, g.name),
+              "enrollment group '" + g.name + "'");
         }
         audit_row(*m_impl, action, g.name, group_detail(g));
       });
@@ -172,31 +220,40 @@ std::vector<EnrollmentGroup> Registry::list_groups() {
 
 void Registry::save_individual(const IndividualEnrollment& ie, const std::string& action,
                                bool create) {
-  m_impl->write((create ? "creating" : "updating") + std::string(" individual enrollment '") +
-                    ie.registration_id + "'",
-                [&] {
-                  const std::int64_t now = m_impl->stamp(0);
-                  const std::int64_t enabled = ie.enabled ? 1 : 0;
-                  BLOB primary(ie.primary_cert), secondary(ie.secondary_cert);
-                  if (create) {
-                    m_impl->m_session << "INSERT INTO individual_enrollments ("
-                                      << kIndividualColumns << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        kw::bind(ie.registration_id), kw::bind(enabled), kw::bind(primary),
-                        kw::bind(ie.primary_sha256), kw::bind(secondary),
-                        kw::bind(ie.secondary_sha256), kw::bind(now), kw::bind(now), kw::now;
-                  } else {
-                    Statement st =
-                        (m_impl->m_session
-                             << "UPDATE individual_enrollments SET enabled = ?, primary_cert = ?, "
-                                "primary_sha256 = ?, secondary_cert = ?, secondary_sha256 = ?, "
-                                "updated_at = ? WHERE registration_id = ?",
-                         kw::bind(enabled), kw::bind(primary), kw::bind(ie.primary_sha256),
-                         kw::bind(secondary), kw::bind(ie.secondary_sha256), kw::bind(now),
-                         kw::bind(ie.registration_id));
-                    Impl::expect_row(st, "individual enrollment '" + ie.registration_id + "'");
-                  }
-                  audit_row(*m_impl, action, ie.registration_id, individual_detail(ie));
-                });
+  m_impl->write(
+      (create ? "creating" : "updating") + std::string(" individual enrollment '") +
+          ie.registration_id + "'",
+      [&] {
+        const std::int64_t now = m_impl->stamp(0);
+        const std::int64_t enabled = ie.enabled ? 1 : 0;
+        if (create) {
+          auto st = m_impl->query("INSERT INTO individual_enrollments (" + kIndividualColumns +
+                                  ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+          st->bind(1, std::string_view(ie.registration_id));
+          st->bind(2, enabled);
+          bind_cert(*st, 3, ie.primary_cert);
+          st->bind(4, std::string_view(ie.primary_sha256));
+          bind_cert(*st, 5, ie.secondary_cert);
+          st->bind(6, std::string_view(ie.secondary_sha256));
+          st->bind(7, now);
+          st->bind(8, now);
+          sql::run(*st);
+        } else {
+          auto st = m_impl->query(
+              "UPDATE individual_enrollments SET enabled = ?, primary_cert = ?, "
+              "primary_sha256 = ?, secondary_cert = ?, secondary_sha256 = ?, "
+              "updated_at = ? WHERE registration_id = ?");
+          st->bind(1, enabled);
+          bind_cert(*st, 2, ie.primary_cert);
+          st->bind(3, std::string_view(ie.primary_sha256));
+          bind_cert(*st, 4, ie.secondary_cert);
+          st->bind(5, std::string_view(ie.secondary_sha256));
+          st->bind(6, now);
+          st->bind(7, std::string_view(ie.registration_id));
+          Impl::expect_row(sql::run(*st), "individual enrollment '" + ie.registration_id + "'");
+        }
+        audit_row(*m_impl, action, ie.registration_id, individual_detail(ie));
+      });
 }
 
 std::optional<IndividualEnrollment> Registry::find_individual(const std::string& id) {
@@ -221,59 +278,37 @@ std::optional<DeviceRecord> Registry::find_device(const std::string& id) {
   });
 }
 
-namespace {
-
-std::string column_text(sqlite3_stmt* st, int col) {
-  const unsigned char* text = sqlite3_column_text(st, col);
-  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
-}
-
-// Resets the statement however the lookup leaves (a thrown error included).
-struct StmtReset {
-  sqlite3_stmt* st;
-  ~StmtReset() {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-  }
-};
-
-}  // namespace
+// The two point lookups below serve the authentication decision (thousands a second): each runs
+// a statement prepared once per connection and builds its error message only on failure.
 
 std::optional<IndividualEnrollment> Registry::find_individual_slots(const std::string& id) {
-  sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
-  sqlite3_stmt* st =
-      m_impl->m_individual_slots.get(db,
-                                     "SELECT enabled, primary_sha256, secondary_sha256 FROM "
-                                     "individual_enrollments WHERE registration_id = ?");
-  StmtReset reset{st};
-  sqlite3_bind_text(st, 1, id.data(), static_cast<int>(id.size()), SQLITE_STATIC);
-  const int rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) return std::nullopt;
-  if (rc != SQLITE_ROW) {
-    throw Error(ErrorCode::kRegistryError,
-                "reading individual enrollment '" + id + "': " + sqlite3_errmsg(db));
+  try {
+    sql::Stmt& st = m_impl->m_individual_slots.get(m_impl->db(), kIndividualSlotsSql);
+    const ResetOnExit reset{st};
+    st.bind(1, std::string_view(id));
+    if (!st.step()) return std::nullopt;
+    IndividualEnrollment ie;
+    ie.registration_id = id;
+    ie.enabled = st.int64(0) != 0;
+    ie.primary_sha256 = str(st, 1);
+    ie.secondary_sha256 = str(st, 2);
+    return ie;
+  } catch (const sql::DbError& e) {
+    throw Error(e.code(), "reading individual enrollment '" + id + "': " + e.what());
   }
-  IndividualEnrollment ie;
-  ie.registration_id = id;
-  ie.enabled = sqlite3_column_int64(st, 0) != 0;
-  ie.primary_sha256 = column_text(st, 1);
-  ie.secondary_sha256 = column_text(st, 2);
-  return ie;
 }
 
 std::optional<CertState> Registry::cert_state(const std::string& serial) {
-  sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
-  sqlite3_stmt* st =
-      m_impl->m_cert_state.get(db, "SELECT state FROM certificates WHERE serial = ?");
-  StmtReset reset{st};
-  sqlite3_bind_text(st, 1, serial.data(), static_cast<int>(serial.size()), SQLITE_STATIC);
-  const int rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) return std::nullopt;
-  if (rc != SQLITE_ROW) {
-    throw Error(ErrorCode::kRegistryError,
-                "reading certificate 0x" + serial + ": " + sqlite3_errmsg(db));
+  std::string state;
+  try {
+    sql::Stmt& st = m_impl->m_cert_state.get(m_impl->db(), kCertStateSql);
+    const ResetOnExit reset{st};
+    st.bind(1, std::string_view(serial));
+    if (!st.step()) return std::nullopt;
+    state = str(st, 0);
+  } catch (const sql::DbError& e) {
+    throw Error(e.code(), "reading certificate 0x" + serial + ": " + e.what());
   }
-  const std::string state = column_text(st, 0);
   if (state == "issued") return CertState::kIssued;
   if (state == "revoked") return CertState::kRevoked;
   if (state == "abandoned") return CertState::kAbandoned;
@@ -286,30 +321,17 @@ std::vector<DeviceRecord> Registry::list_devices(const DeviceFilter& filter) {
     std::string sql = "SELECT " + kDeviceColumns + " FROM devices" +
                       where_clause(filter, params, " WHERE ") + " ORDER BY registration_id";
     if (filter.limit > 0) sql += " LIMIT " + std::to_string(filter.limit);
-    // Bulk extraction: one execute for the whole result, not one per row.
-    std::vector<std::string> id, ps, ss, ca, lot, status;
-    std::vector<std::int64_t> pna, sna, created, updated;
-    Statement st(m_impl->m_session);
-    st << sql, kw::into(id), kw::into(ps), kw::into(pna), kw::into(ss), kw::into(sna), kw::into(ca),
-        kw::into(lot), kw::into(status), kw::into(created), kw::into(updated);
-    bind_all(st, params);
-    st.execute();
-    std::vector<DeviceRecord> out(id.size());
-    for (std::size_t i = 0; i < id.size(); ++i) {
-      out[i] = DeviceRecord{
-          std::move(id[i]), std::move(ps[i]),  std::move(ss[i]),     pna[i],     sna[i],
-          std::move(ca[i]), std::move(lot[i]), std::move(status[i]), created[i], updated[i]};
-    }
+    auto st = m_impl->query(sql);
+    bind_texts(*st, 1, params);
+    std::vector<DeviceRecord> out;
+    while (st->step()) out.push_back(DeviceRow::read(*st));
     return out;
   });
 }
 
 std::int64_t Registry::count_devices() {
-  return m_impl->guarded("counting devices", [&] {
-    std::int64_t n = 0;
-    m_impl->m_session << "SELECT COUNT(*) FROM devices", kw::into(n), kw::now;
-    return n;
-  });
+  return m_impl->guarded("counting devices",
+                         [&] { return m_impl->count("SELECT COUNT(*) FROM devices"); });
 }
 
 std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
@@ -323,17 +345,12 @@ std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
       const std::string sql = "SELECT registration_id, " + col + "_serial, ca_name, lot, " + col +
                               "_not_after FROM devices WHERE " + col + "_not_after > 0 AND " + col +
                               "_not_after < ?" + where_clause(filter, params, " AND ");
-      std::vector<std::string> id, serial, ca, lot;
-      std::vector<std::int64_t> na;
-      Statement st(m_impl->m_session);
-      st << sql, kw::into(id), kw::into(serial), kw::into(ca), kw::into(lot), kw::into(na),
-          kw::bind(until);
-      bind_all(st, params);
-      st.execute();
-      out.reserve(out.size() + id.size());
-      for (std::size_t i = 0; i < id.size(); ++i) {
-        out.push_back(ExpiringCert{std::move(id[i]), std::move(serial[i]), std::move(ca[i]),
-                                   std::move(lot[i]), slot, na[i]});
+      auto st = m_impl->query(sql);
+      st->bind(1, until);
+      bind_texts(*st, 2, params);
+      while (st->step()) {
+        out.push_back(
+            ExpiringCert{str(*st, 0), str(*st, 1), str(*st, 2), str(*st, 3), slot, st->int64(4)});
       }
     }
     std::sort(out.begin(), out.end(), [](const ExpiringCert& a, const ExpiringCert& b) {
@@ -346,14 +363,10 @@ std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
 
 std::vector<std::pair<std::string, std::int64_t>> Registry::latest_leaf_expiry_by_ca() {
   return m_impl->guarded("reading the latest device expiry per CA", [&] {
-    std::vector<std::string> ca;
-    std::vector<std::int64_t> latest;
-    // devices_ca (ca_name, primary_not_after) answers this without a table scan.
-    m_impl->m_session << "SELECT ca_name, MAX(primary_not_after) FROM devices GROUP BY ca_name",
-        kw::into(ca), kw::into(latest), kw::now;
-    std::vector<std::pair<std::string, std::int64_t>> out;
-    for (std::size_t i = 0; i < ca.size(); ++i) out.emplace_back(ca[i], latest[i]);
-    return out;
+    // devices_ca (ca_name, primary_not_after) answers this without a table scan. SQLite's GROUP
+    // BY walks that index, so its rows came by CA name; PostgreSQL may hash: ORDER BY says so.
+    return m_impl->select<LatestExpiryRow>(
+        "SELECT ca_name, MAX(primary_not_after) FROM devices GROUP BY ca_name ORDER BY ca_name");
   });
 }
 
@@ -365,18 +378,14 @@ std::vector<CaBucketCount> Registry::expiry_histogram(std::int64_t from, std::in
     std::map<std::pair<std::string, int>, std::int64_t> counts;
     for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
       const std::string col = std::string(slot_name(slot)) + "_not_after";
-      std::vector<std::string> ca;
-      std::vector<int> bucket;
-      std::vector<std::int64_t> n;
-      // The <slot>_expiry index covers the range and the CA: no table rows are read.
-      Statement st(m_impl->m_session);
-      st << "SELECT ca_name, CASE WHEN " + col + " < ? THEN -1 ELSE (" + col +
-                " - ?) / ? END AS b, COUNT(*) FROM devices WHERE " + col + " > 0 AND " + col +
-                " < ? GROUP BY ca_name, b",
-          kw::into(ca), kw::into(bucket), kw::into(n), kw::bind(from), kw::bind(from),
-          kw::bind(bucket_s), kw::bind(until);
-      st.execute();
-      for (std::size_t i = 0; i < ca.size(); ++i) counts[{ca[i], bucket[i]}] += n[i];
+      // The <slot>_expiry index covers the range and the CA: no table rows are read. BIGINT
+      // division truncates on both engines (the column is >= from there: no negative bucket).
+      const auto rows =
+          m_impl->select<BucketRow>("SELECT ca_name, CASE WHEN " + col + " < ? THEN -1 ELSE (" +
+                                        col + " - ?) / ? END AS b, COUNT(*) FROM devices WHERE " +
+                                        col + " > 0 AND " + col + " < ? GROUP BY ca_name, b",
+                                    from, from, bucket_s, until);
+      for (const auto& r : rows) counts[{r.ca_name, r.bucket}] += r.count;
     }
     std::vector<CaBucketCount> out;
     out.reserve(counts.size());
@@ -387,40 +396,27 @@ std::vector<CaBucketCount> Registry::expiry_histogram(std::int64_t from, std::in
 
 std::vector<IssuedCount> Registry::issued_counts() {
   return m_impl->guarded("counting issued certificates", [&] {
-    std::vector<std::string> ca, mode;
-    std::vector<std::int64_t> n;
-    m_impl->m_session
-        << "SELECT c.ca_name, CASE WHEN c.batch_id = '' OR c.batch_id LIKE 'single-%' THEN "
-           "'single' "
-           "WHEN j.id IS NOT NULL THEN "
-           "'job' ELSE 'batch' END AS mode, COUNT(*) FROM certificates c LEFT JOIN jobs j ON j.id "
-           "= c.batch_id WHERE c.state IN ('issued', 'revoked') GROUP BY c.ca_name, mode "
-           "ORDER BY c.ca_name, mode",
-        kw::into(ca), kw::into(mode), kw::into(n), kw::now;
-    std::vector<IssuedCount> out;
-    out.reserve(ca.size());
-    for (std::size_t i = 0; i < ca.size(); ++i) out.push_back(IssuedCount{ca[i], mode[i], n[i]});
-    return out;
+    // "single-…" batch IDs: SQLite's LIKE 'single-%' ignored ASCII case; lower() keeps that on
+    // PostgreSQL, whose LIKE does not.
+    return m_impl->select<IssuedCountRow>(
+        "SELECT c.ca_name, CASE WHEN c.batch_id = '' OR lower(substr(c.batch_id, 1, 7)) = "
+        "'single-' THEN 'single' "
+        "WHEN j.id IS NOT NULL THEN "
+        "'job' ELSE 'batch' END AS mode, COUNT(*) FROM certificates c LEFT JOIN jobs j ON j.id "
+        "= c.batch_id WHERE c.state IN ('issued', 'revoked') GROUP BY c.ca_name, mode "
+        "ORDER BY c.ca_name, mode");
   });
 }
 
 std::vector<CaDeviceCount> Registry::device_counts_by_ca() {
   return m_impl->guarded("counting devices per CA", [&] {
-    std::vector<std::string> ca;
-    std::vector<std::int64_t> devices, primary, secondary, connected;
-    m_impl->m_session
-        << "SELECT d.ca_name, COUNT(*), SUM(d.primary_serial <> ''), SUM(d.secondary_serial <> "
-           "''), "
-           "COUNT(s.device_id) FROM devices d LEFT JOIN device_sessions s ON s.device_id = "
-           "d.registration_id AND s.connected = 1 GROUP BY d.ca_name ORDER BY d.ca_name",
-        kw::into(ca), kw::into(devices), kw::into(primary), kw::into(secondary),
-        kw::into(connected), kw::now;
-    std::vector<CaDeviceCount> out;
-    out.reserve(ca.size());
-    for (std::size_t i = 0; i < ca.size(); ++i) {
-      out.push_back(CaDeviceCount{ca[i], devices[i], primary[i], secondary[i], connected[i]});
-    }
-    return out;
+    // SUM over a CASE, not over the comparison: PostgreSQL has no SUM(boolean).
+    return m_impl->select<CaDeviceCountRow>(
+        "SELECT d.ca_name, COUNT(*), "
+        "SUM(CASE WHEN d.primary_serial <> '' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN d.secondary_serial <> '' THEN 1 ELSE 0 END), "
+        "COUNT(s.device_id) FROM devices d LEFT JOIN device_sessions s ON s.device_id = "
+        "d.registration_id AND s.connected = 1 GROUP BY d.ca_name ORDER BY d.ca_name");
   });
 }
 

@@ -2,7 +2,9 @@
 // the contract (FleetStateStore).
 //
 // The broker's writer thread calls record_sessions and store_reported with batches: each is one
-// transaction with one statement prepared for the whole batch (Poco binds whole columns).
+// transaction with one statement, prepared once, stepped per row in the batch's order. (Not one
+// multi-row INSERT: a batch may name a device twice, which PostgreSQL's ON CONFLICT DO UPDATE
+// refuses within one statement, and the later row must win as it did row by row.)
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
@@ -18,35 +20,47 @@ namespace {
 const std::string kSessionColumns =
     "device_id, connected, mode, cert_sha256, cert_serial, connected_at, disconnected_at";
 
+// Row readers, in the column order of the SELECTs below. A NULL text reads "", a NULL number 0.
+std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
+
 struct SessionRow {
-  DeviceSession rec;
-  std::int64_t connected = 0;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.device_id), kw::into(connected), kw::into(rec.mode), kw::into(rec.cert_sha256),
-        kw::into(rec.cert_serial), kw::into(rec.connected_at), kw::into(rec.disconnected_at);
-  }
-  DeviceSession take() {
-    rec.connected = connected != 0;
+  static DeviceSession read(sql::Stmt& st) {
+    DeviceSession rec;
+    rec.device_id = str(st, 0);
+    rec.connected = st.int64(1) != 0;
+    rec.mode = str(st, 2);
+    rec.cert_sha256 = str(st, 3);
+    rec.cert_serial = str(st, 4);
+    rec.connected_at = st.int64(5);
+    rec.disconnected_at = st.int64(6);
     return rec;
   }
 };
 
 struct TwinRow {
-  Twin rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.device_id), kw::into(rec.desired), kw::into(rec.desired_version),
-        kw::into(rec.reported), kw::into(rec.reported_version), kw::into(rec.updated_at);
+  static Twin read(sql::Stmt& st) {
+    Twin rec;
+    rec.device_id = str(st, 0);
+    rec.desired = str(st, 1);
+    rec.desired_version = st.int64(2);
+    rec.reported = str(st, 3);
+    rec.reported_version = st.int64(4);
+    rec.updated_at = st.int64(5);
+    return rec;
   }
-  Twin take() { return rec; }
 };
 
 struct AuditRow {
-  AuditEntry rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.id), kw::into(rec.at), kw::into(rec.actor), kw::into(rec.action),
-        kw::into(rec.subject), kw::into(rec.detail);
+  static AuditEntry read(sql::Stmt& st) {
+    AuditEntry rec;
+    rec.id = st.int64(0);
+    rec.at = st.int64(1);
+    rec.actor = str(st, 2);
+    rec.action = str(st, 3);
+    rec.subject = str(st, 4);
+    rec.detail = str(st, 5);
+    return rec;
   }
-  AuditEntry take() { return rec; }
 };
 
 // The twin as stored, or the empty twin a device without a row reads as.
@@ -65,14 +79,13 @@ Twin current_twin(Registry::Impl& impl, const std::string& device_id) {
 
 void upsert_twin(Registry::Impl& impl, const Twin& t) {
   const std::int64_t now = impl.stamp(0);
-  impl.m_session
-      << "INSERT INTO twins (device_id, desired, desired_version, reported, "
-         "reported_version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-         "ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, "
-         "desired_version = excluded.desired_version, reported = excluded.reported, "
-         "reported_version = excluded.reported_version, updated_at = excluded.updated_at",
-      kw::bind(t.device_id), kw::bind(t.desired), kw::bind(t.desired_version), kw::bind(t.reported),
-      kw::bind(t.reported_version), kw::bind(now), kw::now;
+  impl.change(
+      "INSERT INTO twins (device_id, desired, desired_version, reported, "
+      "reported_version, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+      "ON CONFLICT (device_id) DO UPDATE SET desired = excluded.desired, "
+      "desired_version = excluded.desired_version, reported = excluded.reported, "
+      "reported_version = excluded.reported_version, updated_at = excluded.updated_at",
+      t.device_id, t.desired, t.desired_version, t.reported, t.reported_version, now);
 }
 
 // {"version":N,"patch":{…}}: the patch as an object, not a string, so the audit log reads well.
@@ -96,12 +109,8 @@ std::int64_t Registry::set_desired(const std::string& device_id, const std::stri
     t.desired = merge_patch(t.desired, patch, what);
     t.desired_version += 1;
     upsert_twin(*m_impl, t);
-    const std::int64_t at = m_impl->stamp(0);
-    const std::string detail = desired_detail(t.desired_version, patch);
-    m_impl->m_session
-        << "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-        kw::bind(at), kw::bind(m_impl->actor()), kw::bind(std::string("twin.set-desired")),
-        kw::bind(device_id), kw::bind(detail), kw::now;
+    registry_detail::audit_row(*m_impl, "twin.set-desired", device_id,
+                               desired_detail(t.desired_version, patch));
     return t.desired_version;
   });
 }
@@ -129,22 +138,18 @@ void Registry::store_reported(std::span<const ReportedTwin> twins) {
   const std::string what = "storing the reported properties of " + std::to_string(twins.size()) +
                            " devices (first '" + twins.front().device_id + "')";
   m_impl->write(what, [&] {
-    std::vector<std::string> ids, docs;
-    std::vector<std::int64_t> versions;
-    for (const auto& t : twins) {
-      ids.push_back(t.device_id);
-      docs.push_back(t.reported);
-      versions.push_back(t.version);
-    }
-    std::vector<std::int64_t> now(twins.size(), m_impl->stamp(0));
+    const std::int64_t now = m_impl->stamp(0);
     // A new twin row starts with empty desired properties; an existing one keeps them.
-    m_impl->m_session
-        << "INSERT INTO twins (device_id, reported, reported_version, updated_at) "
-           "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
-           "reported = excluded.reported, reported_version = excluded.reported_version, "
-           "updated_at = excluded.updated_at "
-           "WHERE excluded.reported_version > twins.reported_version",
-        kw::use(ids), kw::use(docs), kw::use(versions), kw::use(now), kw::now;
+    auto st = m_impl->query(
+        "INSERT INTO twins (device_id, reported, reported_version, updated_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+        "reported = excluded.reported, reported_version = excluded.reported_version, "
+        "updated_at = excluded.updated_at "
+        "WHERE excluded.reported_version > twins.reported_version");
+    for (const auto& t : twins) {
+      registry_detail::bind_all(*st, t.device_id, t.reported, t.version, now);
+      sql::run(*st);
+    }
   });
 }
 
@@ -155,30 +160,27 @@ void Registry::record_sessions(std::span<const DeviceSession> sessions) {
   const std::string what = "recording " + std::to_string(sessions.size()) +
                            " device sessions (first '" + sessions.front().device_id + "')";
   m_impl->write(what, [&] {
-    std::vector<std::string> ids, modes, sha, serial;
-    std::vector<std::int64_t> connected, on, off;
+    // Each row replaces the device's whole session row (was INSERT OR REPLACE; the table has no
+    // other unique key, no triggers and nothing referencing it, so the upsert is the same).
+    auto st = m_impl->query("INSERT INTO device_sessions (" + kSessionColumns +
+                            ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                            "connected = excluded.connected, mode = excluded.mode, "
+                            "cert_sha256 = excluded.cert_sha256, "
+                            "cert_serial = excluded.cert_serial, "
+                            "connected_at = excluded.connected_at, "
+                            "disconnected_at = excluded.disconnected_at");
     for (const auto& s : sessions) {
-      ids.push_back(s.device_id);
-      connected.push_back(s.connected ? 1 : 0);
-      modes.push_back(s.mode);
-      sha.push_back(s.cert_sha256);
-      serial.push_back(s.cert_serial);
-      on.push_back(s.connected_at);
-      off.push_back(s.disconnected_at);
+      registry_detail::bind_all(*st, s.device_id, s.connected, s.mode, s.cert_sha256, s.cert_serial,
+                                s.connected_at, s.disconnected_at);
+      sql::run(*st);
     }
-    m_impl->m_session << "INSERT OR REPLACE INTO device_sessions (" << kSessionColumns
-                      << ") VALUES (?, ?, ?, ?, ?, ?, ?)",
-        kw::use(ids), kw::use(connected), kw::use(modes), kw::use(sha), kw::use(serial),
-        kw::use(on), kw::use(off), kw::now;
   });
 }
 
 std::int64_t Registry::mark_all_disconnected(std::int64_t at) {
   return m_impl->write("marking every device session disconnected", [&] {
-    Statement st = (m_impl->m_session << "UPDATE device_sessions SET connected = 0, "
-                                         "disconnected_at = ? WHERE connected = 1",
-                    kw::bind(at));
-    return static_cast<std::int64_t>(st.execute());
+    return m_impl->change(
+        "UPDATE device_sessions SET connected = 0, disconnected_at = ? WHERE connected = 1", at);
   });
 }
 
@@ -191,11 +193,8 @@ std::vector<DeviceSession> Registry::connected_devices() {
 }
 
 std::int64_t Registry::change_mark() {
-  return m_impl->guarded("reading the registry's change mark", [&] {
-    std::int64_t mark = 0;
-    m_impl->m_session << "SELECT COALESCE(MAX(id), 0) FROM audit", kw::into(mark), kw::now;
-    return mark;
-  });
+  return m_impl->guarded("reading the registry's change mark",
+                         [&] { return m_impl->count("SELECT COALESCE(MAX(id), 0) FROM audit"); });
 }
 
 std::vector<AuditEntry> Registry::audit_after(std::int64_t after_id, std::int64_t limit) {

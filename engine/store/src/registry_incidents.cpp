@@ -1,7 +1,4 @@
 // Registry: incidents (schema v8). See stores.hpp (IncidentStore) for the contract.
-#include <Poco/Data/SQLite/Utility.h>
-#include <sqlite3.h>
-
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/error.hpp"
@@ -16,20 +13,32 @@ namespace {
 constexpr const char* kIncidentColumns =
     "id, scope_kind, scope, reason, compromised_at, opened_at, closed_at, job_id, ca_revoked_at";
 
+std::string text_at(sql::Stmt& st, int column) { return std::string(st.text(column)); }
+
 struct IncidentRow {
-  Incident rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.id), kw::into(rec.scope_kind), kw::into(rec.scope), kw::into(rec.reason),
-        kw::into(rec.compromised_at), kw::into(rec.opened_at), kw::into(rec.closed_at),
-        kw::into(rec.job_id), kw::into(rec.ca_revoked_at);
+  static Incident read(sql::Stmt& st) {
+    Incident rec;
+    rec.id = st.int64(0);
+    rec.scope_kind = text_at(st, 1);
+    rec.scope = text_at(st, 2);
+    rec.reason = text_at(st, 3);
+    rec.compromised_at = st.int64(4);
+    rec.opened_at = st.int64(5);
+    rec.closed_at = st.int64(6);
+    rec.job_id = text_at(st, 7);
+    rec.ca_revoked_at = st.int64(8);
+    return rec;
   }
-  Incident take() { return rec; }
 };
 
-std::string text_at(sqlite3_stmt* st, int col) {
-  const unsigned char* text = sqlite3_column_text(st, col);
-  return text != nullptr ? reinterpret_cast<const char*>(text) : "";
-}
+// What mark_incident_ca_revoked needs of an incident.
+struct IncidentScopeRow {
+  std::string kind, scope, reason;
+  std::int64_t ca_revoked_at = 0;
+  static IncidentScopeRow read(sql::Stmt& st) {
+    return {text_at(st, 0), text_at(st, 1), text_at(st, 2), st.int64(3)};
+  }
+};
 
 std::string incident_detail(const Incident& i) {
   return json_object({{"id", i.id},
@@ -47,11 +56,15 @@ std::int64_t Registry::open_incident(const Incident& incident) {
   return m_impl->write(what, [&] {
     Incident i = incident;
     i.opened_at = m_impl->stamp(i.opened_at);
-    m_impl->m_session << "INSERT INTO incidents (scope_kind, scope, reason, compromised_at, "
-                         "opened_at, job_id) VALUES (?, ?, ?, ?, ?, ?)",
-        kw::bind(i.scope_kind), kw::bind(i.scope), kw::bind(i.reason), kw::bind(i.compromised_at),
-        kw::bind(i.opened_at), kw::bind(i.job_id), kw::now;
-    i.id = static_cast<std::int64_t>(sqlite3_last_insert_rowid(m_impl->db()));
+    // RETURNING: SQLite (3.35+) and PostgreSQL both hand back the id given to the row.
+    const auto id = m_impl->scalar<std::int64_t>(
+        "INSERT INTO incidents (scope_kind, scope, reason, compromised_at, "
+        "opened_at, job_id) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        i.scope_kind, i.scope, i.reason, i.compromised_at, i.opened_at, i.job_id);
+    if (!id) {
+      throw Error(ErrorCode::kRegistryError, what + ": the new incident's id was not returned");
+    }
+    i.id = *id;
     audit_row(*m_impl, "incident.open", i.scope, incident_detail(i));
     return i.id;
   });
@@ -59,33 +72,26 @@ std::int64_t Registry::open_incident(const Incident& incident) {
 
 void Registry::set_incident_job(std::int64_t id, const std::string& job_id) {
   m_impl->write("linking incident " + std::to_string(id) + " to job " + job_id, [&] {
-    Statement st = (m_impl->m_session << "UPDATE incidents SET job_id = ? WHERE id = ?",
-                    kw::bind(job_id), kw::bind(id));
-    Impl::expect_row(st, "incident " + std::to_string(id));
+    Impl::expect_row(m_impl->change("UPDATE incidents SET job_id = ? WHERE id = ?", job_id, id),
+                     "incident " + std::to_string(id));
   });
 }
 
 void Registry::mark_incident_ca_revoked(std::int64_t id, std::int64_t at) {
   m_impl->write("marking the CA of incident " + std::to_string(id) + " revoked", [&] {
-    std::string kind, scope, reason;
-    std::int64_t revoked = 0;
-    Statement find =
-        (m_impl->m_session << "SELECT scope_kind, scope, reason, ca_revoked_at FROM "
-                              "incidents WHERE id = ?",
-         kw::into(kind), kw::into(scope), kw::into(reason), kw::into(revoked), kw::bind(id));
-    if (find.execute() == 0) {
+    const auto found = m_impl->select_one<IncidentScopeRow>(
+        "SELECT scope_kind, scope, reason, ca_revoked_at FROM incidents WHERE id = ?", id);
+    if (!found) {
       throw Error(ErrorCode::kNotFound, "incident " + std::to_string(id) + ": not found");
     }
-    if (kind != "ca") {
+    if (found->kind != "ca") {
       throw Error(ErrorCode::kInvalidArgument,
-                  "incident " + std::to_string(id) + " is for a " + kind + ", not a CA");
+                  "incident " + std::to_string(id) + " is for a " + found->kind + ", not a CA");
     }
-    if (revoked != 0) return;
-    const std::int64_t when = m_impl->stamp(at);
-    m_impl->m_session << "UPDATE incidents SET ca_revoked_at = ? WHERE id = ?", kw::bind(when),
-        kw::bind(id), kw::now;
-    audit_row(*m_impl, "incident.ca-revoke", scope,
-              json_object({{"reason", reason}, {"incident", id}}));
+    if (found->ca_revoked_at != 0) return;
+    m_impl->change("UPDATE incidents SET ca_revoked_at = ? WHERE id = ?", m_impl->stamp(at), id);
+    audit_row(*m_impl, "incident.ca-revoke", found->scope,
+              json_object({{"reason", found->reason}, {"incident", id}}));
   });
 }
 
@@ -96,8 +102,7 @@ void Registry::close_incident(std::int64_t id, std::int64_t at) {
     if (!i) throw Error(ErrorCode::kNotFound, "incident " + std::to_string(id) + ": not found");
     if (i->closed_at != 0) return;
     i->closed_at = m_impl->stamp(at);
-    m_impl->m_session << "UPDATE incidents SET closed_at = ? WHERE id = ?", kw::bind(i->closed_at),
-        kw::bind(id), kw::now;
+    m_impl->change("UPDATE incidents SET closed_at = ? WHERE id = ?", i->closed_at, id);
     audit_row(*m_impl, "incident.close", i->scope, incident_detail(*i));
   });
 }
@@ -126,56 +131,50 @@ std::vector<std::string> Registry::issued_serials_in_scope(const std::string& sc
       : scope_kind == "site"
           ? "site"
           : throw Error(ErrorCode::kInvalidArgument, "no incident scope '" + scope_kind + "'");
-  return m_impl->guarded("listing the issued certificates of " + scope_kind + " '" + scope + "'",
-                         [&] {
-                           std::vector<std::string> serials;
-                           m_impl->m_session << "SELECT serial FROM certificates WHERE " + column +
-                                                    " = ? AND state = 'issued' AND created_at < ? "
-                                                    "ORDER BY serial",
-                               kw::into(serials), kw::bind(scope), kw::bind(before), kw::now;
-                           return serials;
-                         });
+  return m_impl->guarded(
+      "listing the issued certificates of " + scope_kind + " '" + scope + "'", [&] {
+        return m_impl->column<std::string>("SELECT serial FROM certificates WHERE " + column +
+                                               " = ? AND state = 'issued' AND created_at < ? "
+                                               "ORDER BY serial",
+                                           scope, before);
+      });
 }
 
 // The decision's point query (thousands a second while an incident is open): one prepared
 // statement on the primary key.
 std::optional<PinnedCert> Registry::pinned_cert(const std::string& serial) {
-  sqlite3* db = Poco::Data::SQLite::Utility::dbHandle(m_impl->m_session);
-  sqlite3_stmt* st = m_impl->m_pinned_cert.get(
-      db,
+  static const std::string kSql =
       "SELECT device_id, ca_name, state, COALESCE(sha256, ''), COALESCE(lot, ''), "
       "COALESCE(site, ''), created_at, revoked_at, revocation_reason FROM certificates "
-      "WHERE serial = ?");
-  struct Reset {
-    sqlite3_stmt* st;
-    ~Reset() {
-      sqlite3_reset(st);
-      sqlite3_clear_bindings(st);
-    }
-  } reset{st};
-  sqlite3_bind_text(st, 1, serial.data(), static_cast<int>(serial.size()), SQLITE_STATIC);
-  const int rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) return std::nullopt;
-  if (rc != SQLITE_ROW) {
-    throw Error(ErrorCode::kRegistryError,
-                "reading certificate 0x" + serial + ": " + sqlite3_errmsg(db));
+      "WHERE serial = ?";
+  try {
+    sql::Stmt& st = m_impl->m_pinned_cert.get(m_impl->db(), kSql);
+    struct Reset {
+      sql::Stmt& st;
+      ~Reset() { st.reset(); }
+    } reset{st};
+    st.bind(1, serial);
+    if (!st.step()) return std::nullopt;
+    PinnedCert p;
+    p.serial = serial;
+    p.device_id = text_at(st, 0);
+    p.ca_name = text_at(st, 1);
+    const std::string state = text_at(st, 2);
+    p.state = state == "issued"      ? CertState::kIssued
+              : state == "revoked"   ? CertState::kRevoked
+              : state == "abandoned" ? CertState::kAbandoned
+                                     : CertState::kIntent;
+    p.sha256 = text_at(st, 3);
+    p.lot = text_at(st, 4);
+    p.site = text_at(st, 5);
+    p.created_at = st.int64(6);
+    p.revoked_at = st.int64(7);
+    p.revocation_reason = text_at(st, 8);
+    return p;
+  } catch (const sql::DbError& e) {
+    // As before the port: any failure of this lookup is a registry error.
+    throw Error(ErrorCode::kRegistryError, "reading certificate 0x" + serial + ": " + e.what());
   }
-  PinnedCert p;
-  p.serial = serial;
-  p.device_id = text_at(st, 0);
-  p.ca_name = text_at(st, 1);
-  const std::string state = text_at(st, 2);
-  p.state = state == "issued"      ? CertState::kIssued
-            : state == "revoked"   ? CertState::kRevoked
-            : state == "abandoned" ? CertState::kAbandoned
-                                   : CertState::kIntent;
-  p.sha256 = text_at(st, 3);
-  p.lot = text_at(st, 4);
-  p.site = text_at(st, 5);
-  p.created_at = sqlite3_column_int64(st, 6);
-  p.revoked_at = sqlite3_column_int64(st, 7);
-  p.revocation_reason = text_at(st, 8);
-  return p;
 }
 
 }  // namespace fleetsign::engine

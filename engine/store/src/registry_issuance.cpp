@@ -8,8 +8,6 @@
 // registry's CPU per certificate about in half (40 → 18 µs: insert 10 → 5, update 14 → 5, device
 // slot 10 → 3), against one prepared statement stepped per row. The statements are prepared once
 // per connection; a span's remainder (fewer than kRows rows) goes through the one-row forms.
-#include <sqlite3.h>
-
 #include <algorithm>
 #include <string>
 #include <unordered_set>
@@ -41,14 +39,6 @@ std::string describe(std::string_view verb, std::size_t count, std::string_view 
                      const std::string& first_serial) {
   return std::string(verb) + " " + std::to_string(count) + " " + std::string(noun) +
          " (first serial 0x" + first_serial + ")";
-}
-
-void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
-  sqlite3_bind_text(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
-}
-
-void bind_blob(sqlite3_stmt* st, int index, const std::vector<std::uint8_t>& value) {
-  sqlite3_bind_blob(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
 }
 
 // "(?2, ?3, …), (…)": `rows` tuples of `columns` parameters numbered from `first`; `literal`
@@ -86,20 +76,20 @@ std::string insert_intents_sql(std::size_t rows) {
   return sql;
 }
 
-void bind_intent(sqlite3_stmt* st, int first, const CertIntent& i) {
-  bind_text(st, first, i.serial);
-  bind_text(st, first + 1, i.device_id);
-  bind_text(st, first + 2, i.ca_name);
-  bind_text(st, first + 3, i.batch_id);
-  sqlite3_bind_int64(st, first + 4, i.seq);
-  bind_text(st, first + 5, i.subject);
-  sqlite3_bind_int64(st, first + 6, i.not_before);
-  sqlite3_bind_int64(st, first + 7, i.not_after);
-  bind_blob(st, first + 8, i.tbs_der);
-  bind_text(st, first + 9, i.lineage.lot);
-  bind_text(st, first + 10, i.lineage.line);
-  bind_text(st, first + 11, i.lineage.site);
-  bind_text(st, first + 12, i.lineage.operator_name);
+void bind_intent(sql::Stmt& st, int first, const CertIntent& i) {
+  st.bind(first, i.serial);
+  st.bind(first + 1, i.device_id);
+  st.bind(first + 2, i.ca_name);
+  st.bind(first + 3, i.batch_id);
+  st.bind(first + 4, i.seq);
+  st.bind(first + 5, i.subject);
+  st.bind(first + 6, i.not_before);
+  st.bind(first + 7, i.not_after);
+  st.bind_blob(first + 8, i.tbs_der);
+  st.bind(first + 9, i.lineage.lot);
+  st.bind(first + 10, i.lineage.line);
+  st.bind(first + 11, i.lineage.site);
+  st.bind(first + 12, i.lineage.operator_name);
 }
 
 // Only intents become issued; the row count tells whether every serial was one.
@@ -108,6 +98,10 @@ std::string issue_sql(std::size_t rows) {
          "sha256 = v.column4, key_sha256 = v.column5 FROM (VALUES " +
          tuples(rows, 5, 1) +
          ") AS v WHERE certificates.serial = v.column1 AND certificates.state = 'intent'";
+}
+
+std::string issue_returning_sql(std::size_t rows) {
+  return issue_sql(rows) + " RETURNING certificates.device_id";
 }
 
 // The devices' slots, from the certificate rows themselves (so they cannot disagree), in the
@@ -138,12 +132,11 @@ std::string device_slots_sql(std::size_t rows) {
 }
 
 // The statement for `rows` rows: the cached kRows or one-row form (no other size is used).
-sqlite3_stmt* statement(sqlite3* db, std::size_t rows, PreparedQuery& many, PreparedQuery& one,
-                        std::string (*sql)(std::size_t)) {
+sql::Stmt& statement(sql::Db& db, std::size_t rows, PreparedQuery& many, PreparedQuery& one,
+                     std::string (*text_of)(std::size_t)) {
   PreparedQuery& query = rows == kRows ? many : one;
-  if (sqlite3_stmt* ready = query.prepared()) return ready;
-  const std::string text = sql(rows == kRows ? kRows : 1);
-  return query.get(db, text.c_str());
+  if (sql::Stmt* ready = query.prepared()) return *ready;
+  return query.get(db, text_of(rows == kRows ? kRows : 1));
 }
 
 }  // namespace
@@ -162,9 +155,9 @@ void Registry::record_intents(std::span<const CertIntent> intents) {
       const std::int64_t now = m_impl->stamp(0);
       for (std::size_t at = 0; at < intents.size();) {
         const std::size_t rows = intents.size() - at >= kRows ? kRows : 1;
-        sqlite3_stmt* st = statement(m_impl->db(), rows, m_impl->m_insert_intents,
-                                     m_impl->m_insert_intent, insert_intents_sql);
-        sqlite3_bind_int64(st, 1, now);
+        sql::Stmt& st = statement(m_impl->db(), rows, m_impl->m_insert_intents,
+                                  m_impl->m_insert_intent, insert_intents_sql);
+        st.bind(1, now);
         for (std::size_t r = 0; r < rows; ++r) {
           bind_intent(st, 2 + static_cast<int>(r) * kIntentColumns, intents[at + r]);
         }
@@ -202,31 +195,57 @@ void Registry::record_issued(std::span<const IssuedCert> certs) {
   // Thrown out of the transaction so that it rolls back before the culprit is looked up.
   struct NotAllIntents {};
   try {
+    const bool postgres = m_impl->postgres();
+    std::unordered_set<std::string> devices;
     m_impl->write(what, [&] {
       const std::int64_t now = m_impl->stamp(0);
       for (std::size_t at = 0; at < certs.size();) {
         const std::size_t rows = certs.size() - at >= kRows ? kRows : 1;
-        sqlite3_stmt* issue =
-            statement(m_impl->db(), rows, m_impl->m_issue_many, m_impl->m_issue, issue_sql);
+        sql::Stmt& issue = statement(m_impl->db(), rows, m_impl->m_issue_many, m_impl->m_issue,
+                                     postgres ? issue_returning_sql : issue_sql);
         for (std::size_t r = 0; r < rows; ++r) {
           const IssuedCert& c = certs[at + r];
           const int p = 1 + static_cast<int>(r) * 5;
-          bind_text(issue, p, c.serial);
-          bind_blob(issue, p + 1, c.der);
-          bind_text(issue, p + 2, c.sha1);
-          bind_text(issue, p + 3, c.sha256);
-          bind_text(issue, p + 4, c.key_sha256);
+          issue.bind(p, c.serial);
+          issue.bind_blob(p + 1, c.der);
+          issue.bind(p + 2, c.sha1);
+          issue.bind(p + 3, c.sha256);
+          issue.bind(p + 4, c.key_sha256);
         }
-        if (m_impl->step(issue, what) != static_cast<int>(rows)) {
+        // PostgreSQL refuses an upsert that touches one row twice (SQLite applies the rows in
+        // order), so there the UPDATE returns its devices, and a span that renews one device
+        // twice fills the slots row by row, in order.
+        std::size_t changed = 0;
+        bool repeated = false;
+        if (postgres) {
+          devices.clear();
+          try {
+            while (issue.step()) {
+              ++changed;
+              repeated = !devices.emplace(issue.text(0)).second || repeated;
+            }
+          } catch (...) {
+            issue.reset();
+            throw;
+          }
+          issue.reset();
+        } else {
+          changed = static_cast<std::size_t>(m_impl->step(issue, what));
+        }
+        if (changed != rows) {
           throw NotAllIntents{};  // some serial is not (or no longer) an intent
         }
-        sqlite3_stmt* slots = statement(m_impl->db(), rows, m_impl->m_device_slots,
-                                        m_impl->m_device_slot, device_slots_sql);
-        sqlite3_bind_int64(slots, 1, now);
-        for (std::size_t r = 0; r < rows; ++r) {
-          bind_text(slots, 2 + static_cast<int>(r), certs[at + r].serial);
+        for (std::size_t r = 0; r < rows;) {
+          const std::size_t n = repeated ? 1 : rows;
+          sql::Stmt& slots = statement(m_impl->db(), n, m_impl->m_device_slots,
+                                       m_impl->m_device_slot, device_slots_sql);
+          slots.bind(1, now);
+          for (std::size_t i = 0; i < n; ++i) {
+            slots.bind(2 + static_cast<int>(i), certs[at + r + i].serial);
+          }
+          m_impl->step(slots, what);
+          r += n;
         }
-        m_impl->step(slots, what);
         at += rows;
       }
     });
@@ -250,36 +269,34 @@ std::vector<std::string> Registry::devices_with_valid_cert(std::span<const std::
                                                            std::int64_t now) {
   const std::string what =
       "looking up valid certificates of " + std::to_string(device_ids.size()) + " devices";
-  // One statement prepared for kInListChunk IDs; a shorter list leaves the rest NULL, which
-  // matches nothing.
+  // One statement prepared for kInListChunk IDs.
   static const std::string sql =
       "SELECT DISTINCT device_id FROM certificates WHERE state = 'issued' AND not_after > ?1 "
       "AND device_id IN " +
       tuples(1, static_cast<int>(kInListChunk), 2);
-  sqlite3* db = m_impl->db();
-  sqlite3_stmt* st = m_impl->m_valid_certs.get(db, sql.c_str());
+  sql::Stmt& st = m_impl->m_valid_certs.get(m_impl->db(), sql);
   std::unordered_set<std::string> valid;
-  for (std::size_t begin = 0; begin < device_ids.size(); begin += kInListChunk) {
-    const auto chunk = device_ids.subspan(begin, std::min(kInListChunk, device_ids.size() - begin));
-    sqlite3_bind_int64(st, 1, now);
-    for (std::size_t i = 0; i < chunk.size(); ++i) {
-      bind_text(st, 2 + static_cast<int>(i), chunk[i]);
+  m_impl->guarded(what, [&] {
+    for (std::size_t begin = 0; begin < device_ids.size(); begin += kInListChunk) {
+      const auto chunk =
+          device_ids.subspan(begin, std::min(kInListChunk, device_ids.size() - begin));
+      st.bind(1, now);
+      for (std::size_t i = 0; i < chunk.size(); ++i) {
+        st.bind(2 + static_cast<int>(i), chunk[i]);
+      }
+      // The rest are '', which no device ID is (one parameter-type signature on PostgreSQL).
+      for (std::size_t i = chunk.size(); i < kInListChunk; ++i) {
+        st.bind(2 + static_cast<int>(i), std::string_view());
+      }
+      try {
+        while (st.step()) valid.emplace(st.text(0));
+      } catch (...) {
+        st.reset();
+        throw;
+      }
+      st.reset();
     }
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-      const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-      valid.emplace(text, static_cast<std::size_t>(sqlite3_column_bytes(st, 0)));
-    }
-    const std::string message = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    if (rc != SQLITE_DONE) {
-      const int primary = rc & 0xFF;
-      throw Error(primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? ErrorCode::kRegistryBusy
-                                                                     : ErrorCode::kRegistryError,
-                  what + ": " + message);
-    }
-  }
+  });
   // Input order, each device once: callers diff this against their own list.
   std::vector<std::string> out;
   for (const auto& id : device_ids) {

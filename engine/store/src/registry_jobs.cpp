@@ -1,15 +1,14 @@
 // Registry: persisted jobs and their tasks (schema v6). See stores.hpp (JobStore) for the contract.
 //
 // The runner flushes task rows every ~100 ms (up to ~1,000 a flush), so the task statements are
-// sqlite3 statements prepared once per connection and stepped per row inside one transaction;
-// the job rows themselves (a handful of writes per job) go through Poco::Data.
+// prepared once per connection (Impl's PreparedQuery members) and stepped per row inside one
+// transaction; the job rows themselves (a handful of writes per job) go through Impl's cached
+// queries. The SQL is valid on SQLite and PostgreSQL alike.
 //
 // No audit row is written for task rows or device slots: the broker plugin re-checks every live
 // session on any audit row but a desired-property change, and neither changes admission (the
 // decision reads individual enrollments and certificate states, not the devices table). An
 // individual enrollment's slot does change admission, so that change is audited.
-#include <sqlite3.h>
-
 #include <algorithm>
 #include <array>
 #include <string>
@@ -92,83 +91,88 @@ void check_task(const JobTask& t, const std::string& what) {
   check_value(kTargetSlots, t.target_slot, "target slot", of);
 }
 
-void bind_text(sqlite3_stmt* st, int index, const std::string& value) {
-  sqlite3_bind_text(st, index, value.data(), static_cast<int>(value.size()), SQLITE_STATIC);
+// Bound text is not copied: `t` must outlive the statement's execution (its reset).
+void bind_task(sql::Stmt& st, const JobTask& t, std::int64_t now) {
+  st.bind(1, t.state);
+  st.bind(2, t.step);
+  st.bind(3, t.attempts);
+  st.bind(4, t.target_slot);
+  st.bind(5, t.old_serial);
+  st.bind(6, t.new_serial);
+  st.bind(7, t.new_sha256);
+  st.bind(8, t.next_at);
+  st.bind(9, std::int64_t{t.last_status});
+  st.bind(10, t.last_error);
+  st.bind(11, t.started_at);
+  st.bind(12, t.updated_at != 0 ? t.updated_at : now);
+  st.bind(13, t.finished_at);
+  st.bind(14, t.error_code);
 }
 
-void bind_task(sqlite3_stmt* st, const JobTask& t, std::int64_t now) {
-  bind_text(st, 1, t.state);
-  bind_text(st, 2, t.step);
-  sqlite3_bind_int64(st, 3, t.attempts);
-  bind_text(st, 4, t.target_slot);
-  bind_text(st, 5, t.old_serial);
-  bind_text(st, 6, t.new_serial);
-  bind_text(st, 7, t.new_sha256);
-  sqlite3_bind_int64(st, 8, t.next_at);
-  sqlite3_bind_int64(st, 9, t.last_status);
-  bind_text(st, 10, t.last_error);
-  sqlite3_bind_int64(st, 11, t.started_at);
-  sqlite3_bind_int64(st, 12, t.updated_at != 0 ? t.updated_at : now);
-  sqlite3_bind_int64(st, 13, t.finished_at);
-  bind_text(st, 14, t.error_code);
-}
+// A NULL text reads "", a NULL number 0.
+std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
 
-std::string column_text(sqlite3_stmt* st, int col) {
-  const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
-  return text != nullptr
-             ? std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(st, col)))
-             : std::string();
-}
-
-JobTask read_task(sqlite3_stmt* st) {
+JobTask read_task(sql::Stmt& st) {
   JobTask t;
-  t.job_id = column_text(st, 0);
-  t.seq = sqlite3_column_int64(st, 1);
-  t.device_id = column_text(st, 2);
-  t.state = column_text(st, 3);
-  t.step = column_text(st, 4);
-  t.attempts = sqlite3_column_int64(st, 5);
-  t.target_slot = column_text(st, 6);
-  t.old_serial = column_text(st, 7);
-  t.new_serial = column_text(st, 8);
-  t.new_sha256 = column_text(st, 9);
-  t.next_at = sqlite3_column_int64(st, 10);
-  t.last_status = static_cast<int>(sqlite3_column_int64(st, 11));
-  t.last_error = column_text(st, 12);
-  t.started_at = sqlite3_column_int64(st, 13);
-  t.updated_at = sqlite3_column_int64(st, 14);
-  t.finished_at = sqlite3_column_int64(st, 15);
-  t.error_code = column_text(st, 16);
+  t.job_id = str(st, 0);
+  t.seq = st.int64(1);
+  t.device_id = str(st, 2);
+  t.state = str(st, 3);
+  t.step = str(st, 4);
+  t.attempts = st.int64(5);
+  t.target_slot = str(st, 6);
+  t.old_serial = str(st, 7);
+  t.new_serial = str(st, 8);
+  t.new_sha256 = str(st, 9);
+  t.next_at = st.int64(10);
+  t.last_status = static_cast<int>(st.int64(11));
+  t.last_error = str(st, 12);
+  t.started_at = st.int64(13);
+  t.updated_at = st.int64(14);
+  t.finished_at = st.int64(15);
+  t.error_code = str(st, 16);
   return t;
 }
 
-// Resets a cached statement however its use ends (a thrown error included).
+// The statement of `query`, prepared from `text` on first use (no std::string built per call on
+// the hot path).
+sql::Stmt& prepared(PreparedQuery& query, sql::Db& db, const char* text) {
+  if (sql::Stmt* ready = query.prepared()) return *ready;
+  return query.get(db, text);
+}
+
+// Resets a prepared statement however its use ends (a thrown error included).
 struct StmtReset {
-  sqlite3_stmt* st;
-  explicit StmtReset(sqlite3_stmt* statement) : st(statement) {}
+  sql::Stmt& st;
+  explicit StmtReset(sql::Stmt& statement) : st(statement) {}
   StmtReset(const StmtReset&) = delete;
   StmtReset& operator=(const StmtReset&) = delete;
-  ~StmtReset() {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+  ~StmtReset() { st.reset(); }
+};
+
+// In kJobColumns' order.
+struct JobRow {
+  static JobRecord read(sql::Stmt& st) {
+    JobRecord rec;
+    rec.id = str(st, 0);
+    rec.kind = str(st, 1);
+    rec.state = str(st, 2);
+    rec.params_json = str(st, 3);
+    rec.report_json = str(st, 4);
+    rec.runner = str(st, 5);
+    rec.heartbeat_at = st.int64(6);
+    rec.created_at = st.int64(7);
+    rec.updated_at = st.int64(8);
+    rec.finished_at = st.int64(9);
+    return rec;
   }
 };
 
-[[noreturn]] void throw_sqlite(sqlite3* db, int rc, const std::string& what) {
-  const int primary = rc & 0xFF;
-  throw Error(primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? ErrorCode::kRegistryBusy
-                                                                 : ErrorCode::kRegistryError,
-              what + ": " + sqlite3_errmsg(db));
-}
-
-struct JobRow {
-  JobRecord rec;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.id), kw::into(rec.kind), kw::into(rec.state), kw::into(rec.params_json),
-        kw::into(rec.report_json), kw::into(rec.runner), kw::into(rec.heartbeat_at),
-        kw::into(rec.created_at), kw::into(rec.updated_at), kw::into(rec.finished_at);
+// count_job_tasks: (state, COUNT(*)).
+struct StateCountRow {
+  static std::pair<std::string, std::int64_t> read(sql::Stmt& st) {
+    return {str(st, 0), st.int64(1)};
   }
-  JobRecord take() { return rec; }
 };
 
 std::optional<JobRecord> select_job(Registry::Impl& impl, const std::string& id) {
@@ -211,12 +215,12 @@ int Registry::job_store_version() {
 static void insert_tasks(Registry::Impl& impl, const std::string& job_id,
                          std::span<const JobTask> tasks, const std::string& what) {
   const std::int64_t now = impl.stamp(0);
-  sqlite3_stmt* st = impl.m_insert_task.get(impl.db(), kInsertTask.c_str());
+  sql::Stmt& st = impl.m_insert_task.get(impl.db(), kInsertTask);
   for (const auto& t : tasks) {
     bind_task(st, t, now);
-    bind_text(st, kTaskKey, job_id);
-    bind_text(st, kTaskKey + 1, t.device_id);
-    sqlite3_bind_int64(st, kTaskKey + 2, t.seq);
+    st.bind(kTaskKey, job_id);
+    st.bind(kTaskKey + 1, t.device_id);
+    st.bind(kTaskKey + 2, t.seq);
     impl.step(st, what);
   }
 }
@@ -243,11 +247,10 @@ void Registry::create_job(const JobRecord& job, std::span<const JobTask> tasks) 
     const std::int64_t created = m_impl->stamp(job.created_at);
     const std::int64_t updated = job.updated_at != 0 ? job.updated_at : created;
     const std::string report = job.report_json.empty() ? "{}" : job.report_json;
-    m_impl->m_session << "INSERT INTO jobs (" << kJobColumns
-                      << ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        kw::bind(job.id), kw::bind(job.kind), kw::bind(state), kw::bind(job.params_json),
-        kw::bind(report), kw::bind(job.runner), kw::bind(job.heartbeat_at), kw::bind(created),
-        kw::bind(updated), kw::bind(job.finished_at), kw::now;
+    m_impl->change(
+        std::string("INSERT INTO jobs (") + kJobColumns + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        job.id, job.kind, state, job.params_json, report, job.runner, job.heartbeat_at, created,
+        updated, job.finished_at);
     insert_tasks(*m_impl, job.id, tasks, what);
     audit_row(
         *m_impl, "job.create", job.id,
@@ -284,8 +287,8 @@ void Registry::set_job_state(const std::string& id, const std::string& state,
     if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
     const std::int64_t now = m_impl->stamp(0);
     const std::int64_t finished = finished_at != 0 ? finished_at : job->finished_at;
-    m_impl->m_session << "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-        kw::bind(state), kw::bind(now), kw::bind(finished), kw::bind(id), kw::now;
+    m_impl->change("UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE id = ?", state,
+                   now, finished, id);
     audit_row(*m_impl, "job." + state, id,
               json_object({{"kind", job->kind}, {"from", job->state}, {"finished_at", finished}}));
   });
@@ -295,10 +298,9 @@ void Registry::set_job_report(const std::string& id, const std::string& report_j
   const std::string what = "recording the report of job '" + id + "'";
   m_impl->write(what, [&] {
     const std::int64_t now = m_impl->stamp(0);
-    Statement st = (m_impl->m_session << "UPDATE jobs SET report_json = ?, updated_at = ? "
-                                         "WHERE id = ?",
-                    kw::bind(report_json), kw::bind(now), kw::bind(id));
-    Impl::expect_row(st, what + ": job '" + id + "'");
+    Impl::expect_row(m_impl->change("UPDATE jobs SET report_json = ?, updated_at = ? WHERE id = ?",
+                                    report_json, now, id),
+                     what + ": job '" + id + "'");
   });
 }
 
@@ -306,10 +308,9 @@ void Registry::set_job_params(const std::string& id, const std::string& params_j
   const std::string what = "recording the parameters of job '" + id + "'";
   m_impl->write(what, [&] {
     const std::int64_t now = m_impl->stamp(0);
-    Statement st = (m_impl->m_session << "UPDATE jobs SET params_json = ?, updated_at = ? "
-                                         "WHERE id = ?",
-                    kw::bind(params_json), kw::bind(now), kw::bind(id));
-    Impl::expect_row(st, what + ": job '" + id + "'");
+    Impl::expect_row(m_impl->change("UPDATE jobs SET params_json = ?, updated_at = ? WHERE id = ?",
+                                    params_json, now, id),
+                     what + ": job '" + id + "'");
     audit_row(*m_impl, "job.params", id, params_json);
   });
 }
@@ -320,12 +321,11 @@ bool Registry::acquire_job(const std::string& id, const std::string& runner, std
   if (runner.empty()) throw Error(ErrorCode::kInvalidArgument, what + ": no runner named");
   return m_impl->write(what, [&] {
     // One conditional UPDATE: two runners racing for a free or stale lease cannot both win.
-    Statement st =
-        (m_impl->m_session << "UPDATE jobs SET runner = ?, heartbeat_at = ? "
-                              "WHERE id = ? AND (runner = '' OR runner = ? "
-                              "OR heartbeat_at < ?)",
-         kw::bind(runner), kw::bind(now), kw::bind(id), kw::bind(runner), kw::bind(stale_before));
-    if (st.execute() == 1) return true;
+    if (m_impl->change("UPDATE jobs SET runner = ?, heartbeat_at = ? "
+                       "WHERE id = ? AND (runner = '' OR runner = ? OR heartbeat_at < ?)",
+                       runner, now, id, runner, stale_before) == 1) {
+      return true;
+    }
     if (!select_job(*m_impl, id)) throw Error(ErrorCode::kNotFound, what + ": job not found");
     return false;
   });
@@ -334,10 +334,10 @@ bool Registry::acquire_job(const std::string& id, const std::string& runner, std
 void Registry::heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) {
   const std::string what = "heartbeat of job '" + id + "' by runner '" + runner + "'";
   m_impl->write(what, [&] {
-    Statement st = (m_impl->m_session << "UPDATE jobs SET heartbeat_at = ? "
-                                         "WHERE id = ? AND runner = ?",
-                    kw::bind(now), kw::bind(id), kw::bind(runner));
-    if (st.execute() == 1) return;
+    if (m_impl->change("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND runner = ?", now, id,
+                       runner) == 1) {
+      return;
+    }
     const auto job = select_job(*m_impl, id);
     if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
     throw Error(ErrorCode::kHomeBusy,
@@ -352,38 +352,31 @@ void Registry::heartbeat_job(const std::string& id, const std::string& runner, s
 void Registry::release_job(const std::string& id, const std::string& runner) {
   // Only the holder releases: a runner that lost its lease leaves the new holder's alone.
   m_impl->write("releasing job '" + id + "' by runner '" + runner + "'", [&] {
-    m_impl->m_session << "UPDATE jobs SET runner = '' WHERE id = ? AND runner = ?", kw::bind(id),
-        kw::bind(runner), kw::now;
+    m_impl->change("UPDATE jobs SET runner = '' WHERE id = ? AND runner = ?", id, runner);
   });
 }
 
 std::vector<JobTask> Registry::job_tasks(const std::string& id, const std::string& state) {
   const std::string what =
       "reading the " + (state.empty() ? std::string() : state + " ") + "tasks of job '" + id + "'";
-  sqlite3* db = m_impl->db();
-  sqlite3_stmt* st = state.empty() ? m_impl->m_tasks_all.get(db, kSelectAllTasks.c_str())
-                                   : m_impl->m_tasks_in_state.get(db, kSelectTasksInState.c_str());
-  StmtReset reset{st};
-  bind_text(st, 1, id);
-  if (!state.empty()) bind_text(st, 2, state);
-  std::vector<JobTask> out;
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) out.push_back(read_task(st));
-  if (rc != SQLITE_DONE) throw_sqlite(db, rc, what);
-  return out;
+  return m_impl->guarded(what, [&] {
+    sql::Db& db = m_impl->db();
+    sql::Stmt& st = state.empty() ? m_impl->m_tasks_all.get(db, kSelectAllTasks)
+                                  : m_impl->m_tasks_in_state.get(db, kSelectTasksInState);
+    StmtReset reset{st};
+    st.bind(1, id);
+    if (!state.empty()) st.bind(2, state);
+    std::vector<JobTask> out;
+    while (st.step()) out.push_back(read_task(st));
+    return out;
+  });
 }
 
 std::vector<std::pair<std::string, std::int64_t>> Registry::count_job_tasks(const std::string& id) {
   return m_impl->guarded("counting the tasks of job '" + id + "'", [&] {
-    std::vector<std::string> states;
-    std::vector<std::int64_t> counts;
     // job_tasks_state (job_id, state, seq) answers this from the index alone.
-    m_impl->m_session << "SELECT state, COUNT(*) FROM job_tasks WHERE job_id = ? GROUP BY state "
-                         "ORDER BY state",
-        kw::into(states), kw::into(counts), kw::bind(id), kw::now;
-    std::vector<std::pair<std::string, std::int64_t>> out;
-    for (std::size_t i = 0; i < states.size(); ++i) out.emplace_back(states[i], counts[i]);
-    return out;
+    return m_impl->select<StateCountRow>(
+        "SELECT state, COUNT(*) FROM job_tasks WHERE job_id = ? GROUP BY state ORDER BY state", id);
   });
 }
 
@@ -391,30 +384,30 @@ std::vector<std::pair<std::string, std::int64_t>> Registry::count_job_tasks(cons
 // slots are bookkeeping (expiry, the next issuance's slot), not admission.
 static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::int64_t now,
                               const std::string& what) {
-  sqlite3* db = impl.db();
-  sqlite3_stmt* q = impl.m_device_serials.get(
-      db, "SELECT primary_serial, secondary_serial FROM devices WHERE registration_id = ?1");
+  sql::Db& db = impl.db();
+  sql::Stmt& q =
+      prepared(impl.m_device_serials, db,
+               "SELECT primary_serial, secondary_serial FROM devices WHERE registration_id = ?1");
   std::string primary, secondary;
   {
     StmtReset reset{q};
-    bind_text(q, 1, c.device_id);
-    const int rc = sqlite3_step(q);
-    if (rc == SQLITE_DONE) {
+    q.bind(1, c.device_id);
+    // A database error propagates as sql::DbError; the caller's write() names `what`.
+    if (!q.step()) {
       throw Error(ErrorCode::kNotFound, what + ": device '" + c.device_id + "' is not registered");
     }
-    if (rc != SQLITE_ROW) throw_sqlite(db, rc, what);
-    primary = column_text(q, 0);
-    secondary = column_text(q, 1);
+    primary = str(q, 0);
+    secondary = str(q, 1);
   }
   if (c.kind == SlotChange::Kind::kReleaseDevice) {
     // A certificate signed for a job but never switched to: revoked, so a copy the device may
     // have stored (an install whose answer was lost) can never log in.
-    sqlite3_stmt* revoke = impl.m_revoke_released.get(
-        db,
+    sql::Stmt& revoke = prepared(
+        impl.m_revoke_released, db,
         "UPDATE certificates SET state = 'revoked', revoked_at = ?1, "
         "revocation_reason = 'cessationOfOperation' WHERE serial = ?2 AND state = 'issued'");
-    sqlite3_bind_int64(revoke, 1, now);
-    bind_text(revoke, 2, c.serial);
+    revoke.bind(1, now);
+    revoke.bind(2, c.serial);
     impl.step(revoke, what);
     if (primary != c.serial && secondary != c.serial) return;  // not (or no longer) in a slot
   } else if (primary != c.serial && secondary != c.serial) {
@@ -425,28 +418,27 @@ static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::in
   // kReleaseDevice frees the slot holding the serial: it "keeps" the other one.
   const bool keep_primary = (primary == c.serial) != (c.kind == SlotChange::Kind::kReleaseDevice);
   if ((keep_primary ? secondary : primary).empty()) return;  // the other slot is free already
-  sqlite3_stmt* clear =
-      keep_primary ? impl.m_clear_secondary.get(db,
-                                                "UPDATE devices SET secondary_serial = '', "
-                                                "secondary_not_after = 0, updated_at = ?1 "
-                                                "WHERE registration_id = ?2")
-                   : impl.m_clear_primary.get(db,
-                                              "UPDATE devices SET primary_serial = '', "
-                                              "primary_not_after = 0, updated_at = ?1 "
-                                              "WHERE registration_id = ?2");
-  sqlite3_bind_int64(clear, 1, now);
-  bind_text(clear, 2, c.device_id);
+  sql::Stmt& clear = keep_primary ? prepared(impl.m_clear_secondary, db,
+                                             "UPDATE devices SET secondary_serial = '', "
+                                             "secondary_not_after = 0, updated_at = ?1 "
+                                             "WHERE registration_id = ?2")
+                                  : prepared(impl.m_clear_primary, db,
+                                             "UPDATE devices SET primary_serial = '', "
+                                             "primary_not_after = 0, updated_at = ?1 "
+                                             "WHERE registration_id = ?2");
+  clear.bind(1, now);
+  clear.bind(2, c.device_id);
   impl.step(clear, what);
   if (c.kind == SlotChange::Kind::kRetireDevice) {
     // The retired certificate is superseded: revoked, so it cannot log in again. No audit row:
     // no live session uses it (the device was confirmed on its successor), and a new
     // connection with it is refused at its admission check.
-    sqlite3_stmt* revoke = impl.m_revoke_superseded.get(
-        db,
-        "UPDATE certificates SET state = 'revoked', revoked_at = ?1, "
-        "revocation_reason = 'superseded' WHERE serial = ?2 AND state = 'issued'");
-    sqlite3_bind_int64(revoke, 1, now);
-    bind_text(revoke, 2, keep_primary ? secondary : primary);
+    sql::Stmt& revoke =
+        prepared(impl.m_revoke_superseded, db,
+                 "UPDATE certificates SET state = 'revoked', revoked_at = ?1, "
+                 "revocation_reason = 'superseded' WHERE serial = ?2 AND state = 'issued'");
+    revoke.bind(1, now);
+    revoke.bind(2, keep_primary ? secondary : primary);
     impl.step(revoke, what);
   }
 }
@@ -468,11 +460,11 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
   }
   m_impl->write(what, [&] {
     const std::int64_t now = m_impl->stamp(0);
-    sqlite3_stmt* update = m_impl->m_update_task.get(m_impl->db(), kUpdateTask.c_str());
+    sql::Stmt& update = m_impl->m_update_task.get(m_impl->db(), kUpdateTask);
     for (const auto& t : tasks) {
       bind_task(update, t, now);
-      bind_text(update, kTaskKey, t.job_id);
-      bind_text(update, kTaskKey + 1, t.device_id);
+      update.bind(kTaskKey, t.job_id);
+      update.bind(kTaskKey + 1, t.device_id);
       if (m_impl->step(update, what) == 0) {
         throw Error(ErrorCode::kNotFound,
                     what + ": job '" + t.job_id + "' has no task for device '" + t.device_id + "'");
@@ -491,22 +483,20 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
       const std::string sha256 = c.cert_der.empty() ? std::string() : thumbprint_sha256(c.cert_der);
       const bool primary = c.slot == Slot::kPrimary;
       (primary ? ie->primary_sha256 : ie->secondary_sha256) = sha256;
-      sqlite3_stmt* set =
-          primary ? m_impl->m_set_ie_primary.get(
-                        m_impl->db(),
+      sql::Stmt& set =
+          primary ? prepared(
+                        m_impl->m_set_ie_primary, m_impl->db(),
                         "UPDATE individual_enrollments SET primary_cert = ?1, primary_sha256 = ?2, "
                         "updated_at = ?3 WHERE registration_id = ?4")
-                  : m_impl->m_set_ie_secondary.get(
-                        m_impl->db(),
-                        "UPDATE individual_enrollments SET secondary_cert = ?1, "
-                        "secondary_sha256 = ?2, updated_at = ?3 WHERE registration_id = ?4");
-      // An empty BLOB, not NULL, for a free slot: what save_individual stores.
-      sqlite3_bind_blob(set, 1,
-                        c.cert_der.empty() ? "" : static_cast<const void*>(c.cert_der.data()),
-                        static_cast<int>(c.cert_der.size()), SQLITE_STATIC);
-      bind_text(set, 2, sha256);
-      sqlite3_bind_int64(set, 3, now);
-      bind_text(set, 4, c.device_id);
+                  : prepared(m_impl->m_set_ie_secondary, m_impl->db(),
+                             "UPDATE individual_enrollments SET secondary_cert = ?1, "
+                             "secondary_sha256 = ?2, updated_at = ?3 WHERE registration_id = ?4");
+      // An empty BLOB, not NULL, for a free slot: what save_individual stores (bind_blob binds an
+      // empty span as a zero-length BLOB / bytea).
+      set.bind_blob(1, c.cert_der);
+      set.bind(2, sha256);
+      set.bind(3, now);
+      set.bind(4, c.device_id);
       m_impl->step(set, what);
       audit_row(*m_impl, "enrollment.individual.set-slot", c.device_id, individual_detail(*ie));
     }

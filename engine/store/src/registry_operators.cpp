@@ -38,14 +38,17 @@ std::vector<std::string> parse_groups(const std::string& text) {
 }
 
 struct OperatorRow {
-  OperatorRecord rec;
-  std::string role, groups;
-  void bind_into(Statement& st) {
-    st, kw::into(rec.name), kw::into(role), kw::into(groups), kw::into(rec.ca_name),
-        kw::into(rec.serial), kw::into(rec.sha256), kw::into(rec.not_after),
-        kw::into(rec.created_at), kw::into(rec.removed_at);
-  }
-  OperatorRecord take() {
+  static OperatorRecord read(sql::Stmt& st) {
+    OperatorRecord rec;
+    rec.name = std::string(st.text(0));
+    const std::string role(st.text(1));
+    const std::string groups(st.text(2));
+    rec.ca_name = std::string(st.text(3));
+    rec.serial = std::string(st.text(4));
+    rec.sha256 = std::string(st.text(5));
+    rec.not_after = st.int64(6);
+    rec.created_at = st.int64(7);
+    rec.removed_at = st.int64(8);
     const auto parsed = parse_operator_role(role);
     if (!parsed) {
       throw Error(ErrorCode::kRegistryError,
@@ -82,21 +85,18 @@ std::optional<OperatorRole> parse_operator_role(std::string_view name) noexcept 
 void Registry::add_operator(const OperatorRecord& op) {
   const std::string what = "adding operator '" + op.name + "'";
   m_impl->write(what, [&] {
-    std::int64_t active = 0;
-    m_impl->m_session << "SELECT COUNT(*) FROM operators WHERE name = ? AND removed_at = 0",
-        kw::into(active), kw::bind(op.name), kw::now;
-    if (active != 0) {
+    if (m_impl->count("SELECT COUNT(*) FROM operators WHERE name = ? AND removed_at = 0",
+                      op.name) != 0) {
       throw Error(ErrorCode::kAlreadyExists,
                   what + ": an active operator has that name (remove it first)");
     }
     const std::string role(operator_role_name(op.role));
     const std::string groups = groups_json(op.groups);
-    const std::int64_t created = m_impl->stamp(op.created_at);
-    m_impl->m_session << "INSERT INTO operators (sha256, name, role, groups_json, ca_name, serial, "
-                         "not_after, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        kw::bind(op.sha256), kw::bind(op.name), kw::bind(role), kw::bind(groups),
-        kw::bind(op.ca_name), kw::bind(op.serial), kw::bind(op.not_after), kw::bind(created),
-        kw::now;
+    m_impl->change(
+        "INSERT INTO operators (sha256, name, role, groups_json, ca_name, serial, "
+        "not_after, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        op.sha256, op.name, role, groups, op.ca_name, op.serial, op.not_after,
+        m_impl->stamp(op.created_at));
     registry_detail::audit_row(*m_impl, "operator.add", op.name,
                                json_object({{"role", role},
                                             {"groups", groups},
@@ -123,11 +123,10 @@ std::vector<OperatorRecord> Registry::list_operators() {
 void Registry::remove_operator(const std::string& name, std::int64_t at) {
   const std::string what = "removing operator '" + name + "'";
   m_impl->write(what, [&] {
-    const std::int64_t when = m_impl->stamp(at);
-    Statement st = (m_impl->m_session
-                        << "UPDATE operators SET removed_at = ? WHERE name = ? AND removed_at = 0",
-                    kw::bind(when), kw::bind(name));
-    Registry::Impl::expect_row(st, what);
+    Registry::Impl::expect_row(
+        m_impl->change("UPDATE operators SET removed_at = ? WHERE name = ? AND removed_at = 0",
+                       m_impl->stamp(at), name),
+        what);
     registry_detail::audit_row(*m_impl, "operator.remove", name, "{}");
   });
 }

@@ -3,7 +3,7 @@
 //
 //   DIR/fleetsign.json   {"module": …, "token_label": …, "softhsm_conf": "softhsm2.conf"|null}
 //   DIR/policy.json      issuance policy (see policy/)
-//   DIR/registry.db      SQLite registry (WAL)
+//   DIR/registry.db      SQLite registry (WAL), unless the config names a PostgreSQL registry
 //   DIR/softhsm2.conf, DIR/tokens/   the embedded SoftHSM2 token (without --module)
 //   DIR/token-backup/    verified copies of the embedded token's metadata (see token_guard.hpp)
 //   DIR/.lock            the home lock (see home_lock.hpp)
@@ -30,7 +30,14 @@ struct HomeConfig {
   std::filesystem::path module;
   std::string token_label = "fleetsign";
   std::optional<std::filesystem::path> softhsm_conf;  // set for the embedded token
+  // Empty: the embedded SQLite file DIR/registry.db. Else a postgresql:// URL without a password
+  // (libpq reads it from PGPASSWORD or ~/.pgpass).
+  std::string registry_url;
 };
+
+// Checks a registry URL for `init --registry`: postgresql:// (or postgres://) and no password in
+// it (a config file and a command line are no place for one). Throws Error(kInvalidArgument).
+void check_registry_url(const std::string& url);
 
 class Home final {
  public:
@@ -42,7 +49,7 @@ class Home final {
   static Home init(const std::filesystem::path& dir,
                    const std::optional<std::filesystem::path>& module,
                    const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
-                   const hsm::Pin& user_pin);
+                   const hsm::Pin& user_pin, const std::string& registry_url = "");
   // Creates DIR with its config, default policy and registry for an EXISTING token of `module`
   // (a real HSM's, set up by its administrators): logs in once with the user PIN to prove the
   // label and PIN, never initialises or changes the token, needs no SO PIN. The token must offer
@@ -51,20 +58,27 @@ class Home final {
   // there), kPinIncorrect, kPinLocked, kMechanismUnsupported (no CA key type), kTokenError.
   static Home adopt(const std::filesystem::path& dir, const std::filesystem::path& module,
                     const std::string& token_label, const hsm::Pin& user_pin,
-                    std::vector<hsm::KeyType>* offered = nullptr);
+                    std::vector<hsm::KeyType>* offered = nullptr,
+                    const std::string& registry_url = "");
   // Reads DIR/fleetsign.json (kNotFound: "DIR is not a fleetsign home; run fleetsign init").
   // For an embedded token, points SOFTHSM2_CONF at DIR/softhsm2.conf before any module loads.
   static Home open(const std::filesystem::path& dir);
 
   const HomeConfig& config() const noexcept { return m_config; }
-  std::filesystem::path registry_path() const { return m_config.dir / "registry.db"; }
+  // The SQLite file, or the PostgreSQL URL (Registry::open takes either).
+  std::filesystem::path registry_path() const {
+    return m_config.registry_url.empty() ? m_config.dir / "registry.db"
+                                         : std::filesystem::path(m_config.registry_url);
+  }
+  bool sqlite_registry() const noexcept { return m_config.registry_url.empty(); }
   std::filesystem::path policy_path() const { return m_config.dir / "policy.json"; }
 
   bool embedded_token() const noexcept { return m_config.softhsm_conf.has_value(); }
 
   policy::Policy load_policy() const;
-  // Opens the registry. Only `init` creates one: a missing or empty registry.db in a home is
-  // Error(kRegistryMissing) — re-creating it would orphan every CA key in the token.
+  // Opens the registry. Only `init` creates one: a missing or empty registry.db (or a PostgreSQL
+  // database without the registry's tables) in a home is Error(kRegistryMissing) — re-creating
+  // it would orphan every CA key in the token.
   std::unique_ptr<Registry> open_registry(RegistryOptions options = {}) const;
   // Opens the token and logs in. For the embedded token, first restores a token.object that a
   // kill left truncated (a line per file restored is appended to `notices`, when given), and
@@ -77,7 +91,7 @@ class Home final {
  private:
   explicit Home(HomeConfig config) : m_config(std::move(config)) {}
   static HomeConfig new_home_dir(const std::filesystem::path& dir);
-  static Home finish_init(const HomeConfig& config);
+  static Home finish_init(HomeConfig config, const std::string& registry_url);
   HomeConfig m_config;
 };
 

@@ -1,8 +1,10 @@
-// Registry: the SQLite backend of every store contract (stores.hpp), through Poco::Data for the
-// cold paths and prepared sqlite3 statements for the hot ones (the SQL is kept portable to
-// PostgreSQL: TEXT/BIGINT/BLOB, explicit transactions).
+// Registry: every store contract (stores.hpp) over one SQL connection, on SQLite (the embedded
+// default, a file) or PostgreSQL (a postgresql:// URL), through the driver seam in
+// store/src/sql.hpp. The SQL is written once; statements are prepared once per connection.
 //
-// Durability: WAL journal, synchronous=FULL; every write is BEGIN IMMEDIATE … COMMIT.
+// Durability: SQLite runs a WAL journal with synchronous=FULL; every write is one transaction
+// that takes the registry's write lock first (BEGIN IMMEDIATE on SQLite, a transaction-scoped
+// advisory lock on PostgreSQL), so writers from several processes run one after another.
 // Thread safety: one Registry = one connection; NOT thread-safe. Use one per thread, or guard it.
 // Only start-up code (Home, Services) names this class; components take the contracts.
 #pragma once
@@ -10,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "fleetsign/engine/stores.hpp"
 
@@ -21,12 +24,21 @@ namespace fleetsign::engine {
 struct RegistryOptions {
   std::function<std::int64_t()> now;  // unix seconds
   std::string actor = "unknown";      // who acts, in every audit row
+  // PostgreSQL: a database without the registry's tables is Error(kRegistryMissing), not made
+  // (Home::open_registry; only init creates a registry).
+  bool must_exist = false;
 };
+
+// True for a postgresql:// or postgres:// URL (Registry::open then connects instead of opening a
+// file).
+bool is_postgres_url(std::string_view text);
 
 class Registry final : public Stores {
  public:
-  // Opens or creates the database and migrates its schema to the current version. Throws
-  // Error(kSchemaTooNew) when the file was written by a newer fleetsign, kRegistryError on I/O.
+  // Opens or creates the database and migrates its schema to the current version. `file` is a
+  // SQLite file, or a postgresql:// URL (the database must exist; its tables are created). Throws
+  // Error(kSchemaTooNew) when it was written by a newer fleetsign, kRegistryError on I/O or when
+  // the server cannot be reached (the message never shows a password).
   static std::unique_ptr<Registry> open(const std::filesystem::path& file,
                                         RegistryOptions options = {});
   ~Registry() override;
@@ -171,6 +183,7 @@ class Registry final : public Stores {
 
  private:
   explicit Registry(std::unique_ptr<Impl> impl);
+  static std::unique_ptr<Registry> open_postgres(const std::string& url, RegistryOptions options);
   std::unique_ptr<Impl> m_impl;
 };
 

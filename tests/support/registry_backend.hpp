@@ -1,0 +1,34 @@
+// Test support: which registry backend a test runs on. FLEETSIGN_TEST_REGISTRY=postgresql puts
+// each test's registry into a fresh database of the process's PostgreSQL server
+// (postgres_server.hpp); unset (or anything else), into the SQLite file the test names. CTest runs
+// the registry's test programs once per backend (label postgres for the second run).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace fleetsign::test {
+
+bool test_registry_is_postgres();
+// `sqlite_file`, or a fresh PostgreSQL database's URL (a new one on every call).
+std::string test_registry_location(const std::filesystem::path& sqlite_file);
+
+// Runs SQL on a registry through a connection of its own (a SQLite file, or a postgresql:// URL):
+// what is stored, not what a Registry says. Rows as text (NULL reads ""). Throws
+// std::runtime_error with the engine's message. Tests only: the SQL is not parameterised.
+std::vector<std::vector<std::string>> raw_query(const std::string& location,
+                                                const std::string& sql);
+// The SQL that `init --registry` needs for `location`: {"--registry", URL} on PostgreSQL, else {}.
+std::vector<std::string> init_registry_args(const std::string& location);
+
+}  // namespace fleetsign::test
+
+// Skips a test that inspects the SQLite file itself (its pages, its journal, a second raw
+// connection) when the registry under test is PostgreSQL.
+#define FLEETSIGN_SQLITE_ONLY()                                                \
+  do {                                                                         \
+    if (::fleetsign::test::test_registry_is_postgres()) {                      \
+      GTEST_SKIP() << "inspects the SQLite file; the PostgreSQL run skips it"; \
+    }                                                                          \
+  } while (false)
