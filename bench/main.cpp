@@ -36,6 +36,7 @@ struct Options {
   bool json = false;
   bool crl_only = false;
   std::optional<fs::path> keep;
+  std::string postgres;  // --postgres URL: the A/B with the registry in PostgreSQL
 };
 
 void usage(FILE* to) {
@@ -43,7 +44,7 @@ void usage(FILE* to) {
       to,
       "usage: fleetsign-bench [--threads N] [--csrs N] [--rss-devices N] [--openssl-csrs N] "
       "[--registry-devices N] "
-      "[--json] [--keep DIR] [--crl-only]\n"
+      "[--json] [--keep DIR] [--crl-only] [--postgres URL]\n"
       "Measures, in one run, fleetsign's issuance rate against the token-sign + ECDSA-verify "
       "ceiling and against the openssl x509 -req loop.\n"
       "  --threads N       threads for everything (default: hardware concurrency)\n"
@@ -56,6 +57,12 @@ void usage(FILE* to) {
       "  --json            print one JSON object instead of a table\n"
       "  --keep DIR        work in DIR (created, must be empty) and keep it\n"
       "  --crl-only        only crl_100k_sign_s (issue 10's CRL figure)\n"
+      "  --postgres URL    also issue the CSR bundle into a second home whose registry is this "
+      "empty\n"
+      "                    PostgreSQL database (init --registry URL), right after the SQLite "
+      "run,\n"
+      "                    and record 100000 intents + issued there (issue_pg_per_s, "
+      "registry_record_pg_per_s)\n"
       "  -h, --help        show this help\n"
       "Progress notes go to stderr. FLEETSIGN_BENCH_CLI=PATH runs another fleetsign build.\n");
 }
@@ -102,6 +109,8 @@ Options parse(int argc, char** argv) {
       o.crl_only = true;
     else if (arg == "--keep")
       o.keep = need();
+    else if (arg == "--postgres")
+      o.postgres = need();
     else
       throw std::invalid_argument("unknown option '" + arg + "'");
   }
@@ -170,7 +179,9 @@ class WorkDir {
 
 class Bench {
  public:
-  Bench(const Options& o, const fs::path& work) : m_o(o), m_work(work), m_home(work / "home") {
+  Bench(const Options& o, const fs::path& work, const std::string& home = "home",
+        std::vector<std::string> init_args = {})
+      : m_o(o), m_work(work), m_home(work / home), m_init_args(std::move(init_args)) {
     m_log = work / "children.log";
     m_env = {{"FLEETSIGN_PIN", kUserPin},
              {"FLEETSIGN_SO_PIN", kSoPin},
@@ -222,7 +233,9 @@ class Bench {
 
   void setup() {
     note("work dir %s, %d threads", m_work.c_str(), m_o.threads);
-    cli({"init", "--json"});
+    std::vector<std::string> init{"init", "--json"};
+    init.insert(init.end(), m_init_args.begin(), m_init_args.end());
+    cli(init);
     cli({"ca", "create-root", "--name", "root", "--subject", "/CN=Bench Root CA/O=fleetsign-bench",
          "--key", "ec-p256", "--json"});
     cli({"ca", "create-intermediate", "--name", kCa, "--issuer", "root", "--subject",
@@ -280,6 +293,7 @@ class Bench {
  private:
   const Options& m_o;
   fs::path m_work, m_home, m_log;
+  std::vector<std::string> m_init_args;
   std::map<std::string, std::string> m_env;
 };
 
@@ -290,7 +304,7 @@ struct Results {
   double token_sign = 0, raw_verify = 0, limit = 0, issue = 0, issue_files = 0, issue_1 = 0,
          generate = 0, generate_files = 0, openssl_loop = 0, peak_rss_mb = 0, speedup = 0,
          expiry_report_s = 0, auth_checks = 0, registry_record = 0, expiry_aggregate_s = 0,
-         crl_100k_sign_s = 0;
+         crl_100k_sign_s = 0, issue_pg = 0, registry_record_pg = 0;
   std::size_t devices_in_registry = 0;
 };
 
@@ -310,12 +324,14 @@ void print(const Options& o, const Results& r) {
         "\"speedup_threads\":%.3f,\"threads\":%d,\"csrs\":%zu,\"devices_in_registry\":%zu,"
         "\"expiry_report_s\":%.3f,\"auth_checks_per_s\":%.1f,\"registry_record_per_s\":%.1f,"
         "\"expiry_aggregate_1m_s\":%.3f,\"token_sign_cpu_us\":%.2f,\"raw_verify_cpu_us\":%.2f,"
-        "\"issue_cpu_us_per_cert\":%.2f,\"issue_vs_limit_cpu\":%.4f,\"crl_100k_sign_s\":%.3f}\n",
+        "\"issue_cpu_us_per_cert\":%.2f,\"issue_vs_limit_cpu\":%.4f,\"crl_100k_sign_s\":%.3f,"
+        "\"issue_pg_per_s\":%.1f,\"issue_pg_vs_sqlite\":%.4f,\"registry_record_pg_per_s\":%.1f}\n",
         r.token_sign, r.raw_verify, r.limit, r.issue, r.issue_files, r.generate, r.generate_files,
         r.openssl_loop, r.peak_rss_mb, o.rss_devices, vs_limit, vs_openssl, r.speedup, o.threads,
         o.csrs, r.devices_in_registry, r.expiry_report_s, r.auth_checks, r.registry_record,
         r.expiry_aggregate_s, r.token_sign_cpu_us, r.raw_verify_cpu_us, r.issue_cpu_us,
-        vs_limit_cpu, r.crl_100k_sign_s);
+        vs_limit_cpu, r.crl_100k_sign_s, r.issue_pg, r.issue > 0 ? r.issue_pg / r.issue : 0,
+        r.registry_record_pg);
     return;
   }
   std::printf("fleetsign-bench: %d threads, %zu CSRs, EC P-256 intermediate in SoftHSM2\n\n",
@@ -353,6 +369,15 @@ void print(const Options& o, const Results& r) {
               "expiry_aggregate_1m_s", r.expiry_aggregate_s);
   std::printf("  %-22s %12.3f  CRL of 100000 entries: sign in the token, store, check, install\n",
               "crl_100k_sign_s", r.crl_100k_sign_s);
+  if (r.issue_pg > 0) {
+    std::printf("\n  registry on PostgreSQL (--postgres):\n");
+    std::printf("  %-22s %12.1f  issue --csr-file --bundle, right after the SQLite run\n",
+                "issue_pg_per_s", r.issue_pg);
+    std::printf("  %-22s %12.3f  issue_pg_per_s / issue_per_s\n", "issue_pg_vs_sqlite",
+                r.issue > 0 ? r.issue_pg / r.issue : 0);
+    std::printf("  %-22s %12.1f  intents + issued rows recorded, 100000 in 500-row chunks\n",
+                "registry_record_pg_per_s", r.registry_record_pg);
+  }
 }
 
 int run_bench(const Options& o) {
@@ -396,6 +421,16 @@ int run_bench(const Options& o) {
           ? r.issue
           : b.issue("csr-bundle-1t", {"--csr-file", bundle_c.string(), "--bundle"}, n, 1).second;
   r.speedup = r.issue_1 > 0 ? r.issue / r.issue_1 : 0;
+  if (!o.postgres.empty()) {
+    // The same bundle size into a home whose registry is PostgreSQL, right after the SQLite run.
+    Bench pg(o, work.path(), "home-pg", {"--registry", o.postgres});
+    pg.setup();
+    const fs::path bundle_pg = work.path() / "csrs-pg.pem";
+    write_bundle(bundle_pg, make_csrs(3 * n + o.openssl_csrs, n, o.threads));
+    r.issue_pg =
+        pg.issue("csr-bundle-pg", {"--csr-file", bundle_pg.string(), "--bundle"}, n, o.threads)
+            .second;
+  }
   const std::string count = std::to_string(n);
   r.generate = b.issue("gen-bundle", {"--generate", count, "--id-pattern", "gen-{07}", "--bundle"},
                        n, o.threads)
@@ -447,6 +482,10 @@ int run_bench(const Options& o) {
 
   note("registry recording, 100000 intents + issued");
   r.registry_record = measure_registry_record(work.path() / "record-bench.db", 100000);
+  if (!o.postgres.empty()) {
+    note("registry recording on PostgreSQL, 100000 intents + issued");
+    r.registry_record_pg = measure_registry_record(o.postgres, 100000);
+  }
   note("expiry aggregation over 1000000 due certificates");
   r.expiry_aggregate_s = measure_expiry_aggregate(1000000);
   note("CRL of 100000 revoked certificates: sign, store, check, install");

@@ -94,6 +94,7 @@ void set_stores_wrapper(engine::Services::StoresWrapper wrapper);
 
 // Registration (one function per command family, in its own file).
 void add_init_commands(std::vector<Command>& commands);
+void add_registry_commands(std::vector<Command>& commands);  // registry migrate
 void add_ca_commands(std::vector<Command>& commands);
 void add_issue_commands(std::vector<Command>& commands);
 void add_overview_commands(std::vector<Command>& commands);    // fleet overview, audit

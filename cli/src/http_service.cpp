@@ -330,7 +330,7 @@ std::unique_ptr<HttpService::Impl::AuthSlot> HttpService::Impl::take_auth() {
   }
   if (!slot) {
     slot = std::make_unique<AuthSlot>();
-    slot->registry = engine::Registry::open(engine::Home::open(opt.home).registry_path());
+    slot->registry = engine::Home::open(opt.home).open_registry();
   }
   // Rebuilt (CA paths validated again) only when a change may alter admission: the audit rows
   // since this Authenticator was built, as the broker's watcher reads them.
@@ -457,7 +457,7 @@ HttpService::HttpService(HttpOptions options) : m_impl(std::make_unique<Impl>(st
 }
 
 std::unique_ptr<engine::Registry> HttpService::Impl::open_report_registry() {
-  return engine::Registry::open(engine::Home::open(opt.home).registry_path());
+  return engine::Home::open(opt.home).open_registry();
 }
 
 HttpService::~HttpService() {

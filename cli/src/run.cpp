@@ -25,6 +25,7 @@ namespace {
 std::vector<Command> all_commands() {
   std::vector<Command> commands;
   fleetsign::cli::add_init_commands(commands);
+  fleetsign::cli::add_registry_commands(commands);
   fleetsign::cli::add_ca_commands(commands);
   fleetsign::cli::add_issue_commands(commands);
   fleetsign::cli::add_enrollment_commands(commands);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine {
@@ -96,12 +97,14 @@ void refuse_registry_without_cas(Stores& registry, hsm::Token& token,
   if (keys.empty()) {
     return;
   }
-  throw Error(ErrorCode::kRegistryMissing,
-              "registry " + registry_file.string() + " records no CA, but token '" + token.label() +
-                  "' holds " + std::to_string(keys.size()) + " private key(s) (first: '" +
-                  keys.front().label +
-                  "'): the registry was lost or replaced. Restore registry.db from a backup; "
-                  "a CA whose row is gone cannot be re-attached to its key");
+  throw Error(
+      ErrorCode::kRegistryMissing,
+      "registry " + redacted_registry_url(registry_file.string()) + " records no CA, but token '" +
+          token.label() + "' holds " + std::to_string(keys.size()) + " private key(s) (first: '" +
+          keys.front().label +
+          "'): the registry was lost or replaced. Restore it (registry.db, or the PostgreSQL "
+          "database) from a backup; "
+          "a CA whose row is gone cannot be re-attached to its key");
 }
 
 }  // namespace fleetsign::engine

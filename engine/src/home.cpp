@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/token_guard.hpp"
@@ -111,6 +112,28 @@ void clear_interrupted_init(const fs::path& dir) {
   }
 }
 
+// A PostgreSQL database for a new home: its tables are made now, and it must hold no row of
+// another home's (not even an audit row), before any token is made for it.
+void refuse_used_registry(const std::string& url) {
+  const auto registry = Registry::open(url);
+  if (!registry->list_cas().empty() || !registry->list_pending_cas().empty() ||
+      !registry->audit_log(1).empty()) {
+    throw Error(ErrorCode::kAlreadyExists,
+                "the PostgreSQL registry at " + redacted_registry_url(url) +
+                    " is in use (it records CAs or an audit log): it belongs to another home; "
+                    "give init an empty database");
+  }
+}
+
+std::string config_json(const HomeConfig& config) {
+  return "{\n  \"module\": " + json_quote(config.module.string()) +
+         ",\n  \"token_label\": " + json_quote(config.token_label) + ",\n  \"softhsm_conf\": " +
+         (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") +
+         (config.registry_url.empty() ? ""
+                                      : ",\n  \"registry\": " + json_quote(config.registry_url)) +
+         "\n}\n";
+}
+
 TokenStoreGuard token_guard(const HomeConfig& config) {
   return TokenStoreGuard(config.dir / "tokens", config.dir / "token-backup");
 }
@@ -136,7 +159,10 @@ HomeConfig Home::new_home_dir(const fs::path& dir) {
 Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
                 const std::optional<std::string>& token_label, const hsm::Pin& so_pin,
                 const hsm::Pin& user_pin, const std::string& registry_url) {
-  if (!registry_url.empty()) check_registry_url(registry_url);
+  if (!registry_url.empty()) {
+    check_registry_url(registry_url);
+    refuse_used_registry(registry_url);
+  }
   HomeConfig config = new_home_dir(dir);
   config.module = module.value_or(fs::path(kDefaultModule));
   if (token_label) {
@@ -159,7 +185,10 @@ Home Home::init(const fs::path& dir, const std::optional<fs::path>& module,
 Home Home::adopt(const fs::path& dir, const fs::path& module, const std::string& token_label,
                  const hsm::Pin& user_pin, std::vector<hsm::KeyType>* offered,
                  const std::string& registry_url) {
-  if (!registry_url.empty()) check_registry_url(registry_url);
+  if (!registry_url.empty()) {
+    check_registry_url(registry_url);
+    refuse_used_registry(registry_url);
+  }
   if (token_label.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "adopting a token needs its label");
   }
@@ -187,26 +216,14 @@ Home Home::adopt(const fs::path& dir, const fs::path& module, const std::string&
 
 Home Home::finish_init(HomeConfig config, const std::string& registry_url) {
   config.registry_url = registry_url;
-  std::string json =
-      "{\n  \"module\": " + json_quote(config.module.string()) +
-      ",\n  \"token_label\": " + json_quote(config.token_label) + ",\n  \"softhsm_conf\": " +
-      (config.softhsm_conf ? json_quote(config.softhsm_conf->string()) : "null") +
-      (registry_url.empty() ? "" : ",\n  \"registry\": " + json_quote(registry_url)) + "\n}\n";
+  const std::string json = config_json(config);
   if (!fs::exists(config.dir / "policy.json")) {
     write_file(config.dir / "policy.json", policy::default_policy_json(),
                fs::perms::owner_read | fs::perms::owner_write);
   }
   Home home(config);
-  // The one place a registry is created. A PostgreSQL database may hold one already: only an
-  // empty one (an interrupted init's) is taken, never another home's CAs.
+  // The one place a registry is created (a PostgreSQL one was checked empty before the token).
   const auto registry = Registry::open(home.registry_path());
-  if (!home.sqlite_registry() &&
-      (!registry->list_cas().empty() || !registry->list_pending_cas().empty())) {
-    throw Error(ErrorCode::kAlreadyExists,
-                "the PostgreSQL registry at " + registry_url +
-                    " already records CAs: it belongs to another home; give init an empty "
-                    "database");
-  }
   registry->audit("home.init", config.dir.string(),
                   json_object({{"module", config.module.string()}, {"token", config.token_label}}));
   // Written last: a home exists only once everything above succeeded.
@@ -247,20 +264,24 @@ Home Home::open(const fs::path& dir) {
   return Home(config);
 }
 
+void Home::switch_registry(const std::string& url) {
+  check_registry_url(url);
+  HomeConfig next = m_config;
+  next.registry_url = url;
+  write_file_atomic(m_config.dir / kConfigFile, config_json(next), 0600);
+  m_config = std::move(next);
+}
+
 void check_registry_url(const std::string& url) {
+  // The value is not echoed: a connection string that is not a URL may hold a password.
   if (!is_postgres_url(url)) {
     throw Error(ErrorCode::kInvalidArgument,
-                "registry '" + url +
-                    "': not a PostgreSQL URL (postgresql://USER@HOST[:PORT]/DATABASE); leave "
-                    "--registry out for the embedded SQLite registry");
+                "the registry is not a PostgreSQL URL (postgresql://USER@HOST[:PORT]/DATABASE); "
+                "leave --registry out for the embedded SQLite registry");
   }
-  const auto scheme = url.find("://") + 3;
-  const auto at = url.find('@', scheme);
-  const auto colon = url.find(':', scheme);
-  if ((at != std::string::npos && colon != std::string::npos && colon < at) ||
-      url.find("password=") != std::string::npos) {
+  if (registry_url_holds_password(url)) {
     throw Error(ErrorCode::kInvalidArgument,
-                "registry URL holds a password: leave it out of the URL and give it to libpq "
+                "the registry URL holds a password: leave it out of the URL and give it to libpq "
                 "through PGPASSWORD or ~/.pgpass (PGPASSFILE), so it is never on a command line "
                 "or in fleetsign.json");
   }

@@ -7,6 +7,7 @@
 #include <openssl/x509v3.h>
 
 #include "fleetsign/engine/issuance.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::testing {
 
@@ -84,9 +85,7 @@ std::string issue_device(TestHome& th, const std::string& ca, const std::string&
 }
 
 void tamper(const fs::path& registry_db, const std::string& sql) {
-  Poco::Data::SQLite::Connector::registerConnector();
-  Poco::Data::Session session("SQLite", registry_db.string());
-  session << sql, Poco::Data::Keywords::now;
+  test::raw_query(registry_db.string(), sql);
 }
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }

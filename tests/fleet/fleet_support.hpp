@@ -11,6 +11,7 @@
 #include <string>
 
 #include "enrollment_support.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::testing {
 
@@ -37,7 +38,7 @@ inline int free_port() {
 inline void init_fleet_home(const Binary& bin, const std::filesystem::path& dir, int port,
                             const std::string& plugin, const std::string& init = "init") {
   const std::string pop = quoted((dir / "pop.pem").string());
-  bin.ok(init);
+  bin.ok(init + test::init_registry_suffix());
   bin.ok("ca create-root --name root --subject /CN=Fleet-Root");
   bin.ok(
       "ca create-intermediate --name factory-1 --issuer root --days 3650 "

@@ -21,6 +21,7 @@
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::testing {
 
@@ -110,7 +111,7 @@ class LiveFleet : public ::testing::Test {
   }
 
   std::unique_ptr<engine::Registry> registry() {
-    return engine::Registry::open(home / "registry.db");
+    return engine::Registry::open(test::home_registry_location(home));
   }
 
   // Every done device of a job: its registry slots hold only the job's certificate, the job issued

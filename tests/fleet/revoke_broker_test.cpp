@@ -13,6 +13,7 @@
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "live_fleet.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign {
 namespace {
@@ -43,7 +44,7 @@ class RevokeLive : public testing::LiveFleet {
 TEST_F(RevokeLive, ALotOfAThousandConnectedDevicesIsDroppedWithinOneSecondAndStaysOut) {
   auto& lot_a = fleet("LOT-A", "ra", 1000, "--sync never");
   fleet("LOT-B", "rb", 50, "--sync never");
-  auto reg = engine::Registry::open(home / "registry.db");
+  auto reg = engine::Registry::open(test::home_registry_location(home));
   ASSERT_EQ(wait_count_connected(*reg, "ra", 1000, 120), 1000);
   ASSERT_EQ(wait_count_connected(*reg, "rb", 50, 60), 50);
 

@@ -19,6 +19,7 @@
 #include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign {
 namespace {
@@ -100,7 +101,7 @@ class Revoke : public ::testing::Test {
   }
 
   std::unique_ptr<engine::Registry> registry() {
-    return engine::Registry::open(home / "registry.db");
+    return engine::Registry::open(test::home_registry_location(home));
   }
   std::int64_t revoked() { return registry()->count_certs("", engine::CertState::kRevoked); }
 
@@ -144,7 +145,7 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
   issue("factory-1", "dv", 3, "--lot LE --site S0 --line N0");
   issue("factory-1", "tm", 2, "--lot LF --site S0 --line N0");
   issue("line-2b", "ca", 3, "--lot LG --site S0 --line N0");
-  testing::tamper(home / "registry.db",
+  testing::tamper(test::home_registry_location(home),
                   "UPDATE certificates SET created_at = 1000000 WHERE device_id LIKE 'tm-%'");
   auto reg = registry();
   const auto dv = reg->certs_of_device("dv-01");
@@ -182,6 +183,7 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
 }
 
 TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore) {
+  FLEETSIGN_SQLITE_ONLY();  // SQLite's migrations; a PostgreSQL registry starts at version 13
   issue("factory-1", "m", 3, "--lot LM");
   std::map<std::string, std::string> before;
   for (const auto& c : registry()->select_certs([] {
@@ -216,6 +218,7 @@ TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore
 // v11: a certificate recorded before with its EC point compressed had the hash of those bytes; the
 // migration gives it its key's identity, so revoking or blocking by that key finds it.
 TEST_F(Revoke, TheV11MigrationGivesACompressedKeyItsIdentityHash) {
+  FLEETSIGN_SQLITE_ONLY();  // SQLite's migrations; a PostgreSQL registry starts at version 13
   testing::Pkey key = testing::ec_key();
   testing::Pkey key_c = compressed(key.get());
   const fs::path csr = dir.path() / "mc.csr";

@@ -4,6 +4,8 @@
 #include <sqlite3.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <stdexcept>
 #include <string_view>
@@ -76,6 +78,23 @@ std::vector<std::vector<std::string>> sqlite_query(const std::string& file,
 std::vector<std::vector<std::string>> raw_query(const std::string& location,
                                                 const std::string& sql) {
   return is_url(location) ? pg_query(location, sql) : sqlite_query(location, sql);
+}
+
+std::string home_registry_location(const std::filesystem::path& home) {
+  std::ifstream in(home / "fleetsign.json");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Test homes only: the URL holds no quote or escape.
+  const std::string key = "\"registry\": \"";
+  const auto at = text.find(key);
+  if (at == std::string::npos) return (home / "registry.db").string();
+  const auto begin = at + key.size();
+  return text.substr(begin, text.find('"', begin) - begin);
+}
+
+std::string init_registry_suffix() {
+  return test_registry_is_postgres()
+             ? " --registry '" + PostgresServer::shared().create_database() + "'"
+             : std::string();
 }
 
 std::vector<std::string> init_registry_args(const std::string& location) {

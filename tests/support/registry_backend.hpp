@@ -19,6 +19,13 @@ std::string test_registry_location(const std::filesystem::path& sqlite_file);
 // std::runtime_error with the engine's message. Tests only: the SQL is not parameterised.
 std::vector<std::vector<std::string>> raw_query(const std::string& location,
                                                 const std::string& sql);
+// Where the registry of the home `home` is: the "registry" URL of its fleetsign.json, else
+// HOME/registry.db.
+std::string home_registry_location(const std::filesystem::path& home);
+// " --registry 'URL'" for a fresh database on the postgres run, else "": appended to a test's
+// `init` command line.
+std::string init_registry_suffix();
+
 // The SQL that `init --registry` needs for `location`: {"--registry", URL} on PostgreSQL, else {}.
 std::vector<std::string> init_registry_args(const std::string& location);
 

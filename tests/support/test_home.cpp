@@ -10,6 +10,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "registry_backend.hpp"
+
 namespace fleetsign::testing {
 
 namespace fs = std::filesystem;
@@ -37,8 +39,11 @@ TempDir::~TempDir() {
 
 TestHome::TestHome() {
   home_dir = dir.path() / "home";
-  home = std::make_unique<engine::Home>(engine::Home::init(home_dir, std::nullopt, std::nullopt,
-                                                           hsm::Pin(kSoPin), hsm::Pin(kUserPin)));
+  // FLEETSIGN_TEST_REGISTRY=postgresql: the registry in a fresh PostgreSQL database.
+  const std::string registry_url =
+      test::test_registry_is_postgres() ? test::test_registry_location(home_dir) : "";
+  home = std::make_unique<engine::Home>(engine::Home::init(
+      home_dir, std::nullopt, std::nullopt, hsm::Pin(kSoPin), hsm::Pin(kUserPin), registry_url));
   policy = home->load_policy();
   registry = home->open_registry();
   token = home->open_token(hsm::Pin(kUserPin));

@@ -51,7 +51,8 @@ struct TestHome {
   TestHome();
   // root "root" (ec-p256) and intermediate "int1" (ec-p256) under it.
   void make_hierarchy();
-  std::string registry_path_for_tests() const { return (home_dir / "registry.db").string(); }
+  // The SQLite file, or the PostgreSQL URL of the postgres run.
+  std::string registry_path_for_tests() const { return home->registry_path().string(); }
 };
 
 // Runs a shell command, returns its exit status; output goes to `output` when given.

@@ -9,6 +9,7 @@
 #include <cctype>
 
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/registry.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::broker {
@@ -103,6 +104,19 @@ BrokerConfig load_broker_config(const std::filesystem::path& home) {
     c.service_sha256.insert(hex);
   }
   c.policy = policy::load_policy_file(home / "policy.json");
+  // The home's registry: a PostgreSQL URL in fleetsign.json (init --registry, registry migrate),
+  // else the SQLite file.
+  const std::filesystem::path home_file = home / "fleetsign.json";
+  std::error_code ec;
+  const Object::Ptr h =
+      std::filesystem::exists(home_file, ec) ? parse(home_file) : Object::Ptr(new Object);
+  if (h->has("registry") && !h->isNull("registry")) {
+    const auto v = h->get("registry");
+    if (!v.isString() || !engine::is_postgres_url(v.extract<std::string>())) {
+      throw invalid(home_file, "registry", "must be a postgresql:// URL");
+    }
+    c.registry_url = v.extract<std::string>();
+  }
   return c;
 }
 

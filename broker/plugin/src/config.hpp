@@ -19,7 +19,12 @@ struct BrokerConfig {
   std::set<std::string> service_sha256;  // upper-case hex, no separators
   policy::Policy policy;
 
-  std::filesystem::path registry_path() const { return home / "registry.db"; }
+  std::string registry_url;  // from HOME/fleetsign.json; empty: the SQLite file
+
+  // HOME/registry.db, or the PostgreSQL URL (engine::Registry::open takes either).
+  std::filesystem::path registry_path() const {
+    return registry_url.empty() ? home / "registry.db" : std::filesystem::path(registry_url);
+  }
   // "{first host}:{port}": the assignedHub of a DPS registration.
   std::string assigned_hub() const;
 };

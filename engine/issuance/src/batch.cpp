@@ -617,7 +617,12 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
     detail.set("error", std::string(e.what()));
     std::ostringstream text;
     detail.stringify(text);
-    m_registry.audit("batch.interrupt", record.id, text.str());
+    try {
+      m_registry.audit("batch.interrupt", record.id, text.str());
+    } catch (const Error&) {
+      // The registry itself may be what failed (its server gone): the first error is the one
+      // to report.
+    }
     throw;
   }
   const double seconds =

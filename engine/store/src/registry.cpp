@@ -212,6 +212,8 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
 }
 
 bool is_postgres_url(std::string_view text) { return sql::is_postgres_url(text); }
+bool registry_url_holds_password(const std::string& url) { return sql::url_holds_password(url); }
+std::string redacted_registry_url(const std::string& url) { return sql::redact_url(url); }
 
 std::unique_ptr<Registry> Registry::open_postgres(const std::string& url, RegistryOptions options) {
   const std::string shown = sql::redact_url(url);
@@ -269,9 +271,11 @@ std::optional<CaRecord> Registry::find_ca(const std::string& name) {
 
 std::vector<CaRecord> Registry::list_cas() {
   return m_impl->guarded("listing CAs", [&] {
-    // ctid is no insertion order on PostgreSQL; the name breaks ties there instead.
-    return m_impl->select<CaRow>(kSelectCas + (m_impl->postgres() ? "ORDER BY created_at, name"
-                                                                  : "ORDER BY created_at, rowid"));
+    // PostgreSQL keeps no insertion order: a root before the CAs made in its second, then names.
+    return m_impl->select<CaRow>(
+        kSelectCas + (m_impl->postgres()
+                          ? "ORDER BY created_at, CASE WHEN parent IS NULL THEN 0 ELSE 1 END, name"
+                          : "ORDER BY created_at, rowid"));
   });
 }
 

@@ -337,7 +337,13 @@ struct Registry::Impl {
   // never ran there); later migrations are one script for both.
   void migrate(std::span<const std::string_view> migrations, std::string_view pg_schema,
                std::int64_t pg_start) {
-    exec("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)");
+    // PostgreSQL checks the schema's CREATE privilege even for IF NOT EXISTS: a role that may
+    // only read and write rows opens an existing registry without it.
+    if (!postgres() || count("SELECT COUNT(*) FROM information_schema.tables WHERE "
+                             "table_schema = current_schema() AND table_name = "
+                             "'schema_version'") == 0) {
+      exec("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)");
+    }
     for (;;) {
       const auto version = stored_version();
       refuse_newer(version);

@@ -52,6 +52,8 @@ class Stmt {
   // Runs the statement on the first call after binding, then moves row by row: true while a row
   // is ready, false when done.
   virtual bool step() = 0;
+  enum class Kind { kNull, kInteger, kText, kBlob };
+  virtual Kind kind(int column) = 0;  // what the column holds in this row
   virtual bool is_null(int column) = 0;
   virtual std::int64_t int64(int column) = 0;     // NULL reads 0; a boolean 1 or 0
   virtual std::string_view text(int column) = 0;  // valid until the next step or reset
@@ -81,8 +83,10 @@ std::unique_ptr<Db> sqlite_db(sqlite3* handle, std::string name);
 // (kRegistryError) naming the URL without its password when the server cannot be reached.
 std::unique_ptr<Db> postgres_db(const std::string& url);
 
-// The URL with any password replaced by "***", for messages and logs.
+// The URL with any password (user part, password= and sslpassword= parameters, their keys
+// percent-decoded as libpq decodes them) replaced by "***", for messages and logs.
 std::string redact_url(const std::string& url);
+bool url_holds_password(const std::string& url);
 bool is_postgres_url(std::string_view text);
 
 // Steps a statement that returns no rows (INSERT, UPDATE, DELETE) and resets it; returns the

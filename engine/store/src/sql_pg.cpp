@@ -16,7 +16,7 @@ namespace fleetsign::engine::sql {
 
 namespace {
 
-constexpr Oid kInt8 = 20, kText = 25, kBytea = 17;
+constexpr Oid kInt8 = 20, kText = 25, kBytea = 17, kInt4 = 23, kInt2 = 21, kBool = 16;
 // The registry's write lock (pg_advisory_xact_lock): 'fsreg' as a number.
 constexpr long long kWriteLockKey = 0x6673726567;
 
@@ -30,12 +30,19 @@ ErrorCode code_of(const PGresult* r) {
   if (state == nullptr) return ErrorCode::kRegistryError;
   const std::string_view s(state);
   if (s == "23505") return ErrorCode::kAlreadyExists;  // unique_violation
-  if (s == "40001" || s == "40P01" || s == "55P03") return ErrorCode::kRegistryBusy;
+  // serialization, deadlock, lock_not_available (lock_timeout), query_canceled (statement_timeout)
+  if (s == "40001" || s == "40P01" || s == "55P03" || s == "57014") return ErrorCode::kRegistryBusy;
+  // character_not_in_repertoire, untranslatable_character: text that is no UTF-8 (or holds NUL)
+  if (s == "22021" || s == "22P05") return ErrorCode::kInvalidArgument;
   return ErrorCode::kRegistryError;
 }
 
 std::string message_of(PGconn* conn, const PGresult* r) {
-  std::string m = r != nullptr ? PQresultErrorMessage(r) : PQerrorMessage(conn);
+  // The primary message alone: not the multi-line LINE/CONTEXT text with the statement in it.
+  const char* primary = r != nullptr ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+  std::string m = primary != nullptr ? primary
+                  : r != nullptr     ? PQresultErrorMessage(r)
+                                     : PQerrorMessage(conn);
   if (m.empty()) m = PQerrorMessage(conn);
   while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
   return m;
@@ -72,7 +79,12 @@ int translate_placeholders(const std::string& in, std::string& out) {
       std::size_t j = i + 1;
       while (j < in.size() && in[j] >= '0' && in[j] <= '9') ++j;
       int n = highest + 1;
-      if (j > i + 1) std::from_chars(in.data() + i + 1, in.data() + j, n);
+      if (j > i + 1) {
+        const auto [end, ec] = std::from_chars(in.data() + i + 1, in.data() + j, n);
+        if (ec != std::errc() || end != in.data() + j || n < 1 || n > 32766) {
+          throw DbError(ErrorCode::kRegistryError, "bad parameter number in '" + in + "'");
+        }
+      }
       highest = std::max(highest, n);
       out += '$';
       out += std::to_string(n);
@@ -91,10 +103,44 @@ int hex_value(char c) {
   return -1;
 }
 
+// Settings every session of the registry runs with, whatever the role's or database's defaults:
+// a commit is durable when it returns (a reserved CRL number or an issued certificate is never
+// lost to a server crash), bytea reads back in the hex form blob() decodes, text is UTF-8.
+constexpr const char* kSessionSettings =
+    "SET client_min_messages = warning; SET synchronous_commit = on; SET bytea_output = hex; "
+    "SET client_encoding = 'UTF8'";
+
+// The connection and what its statements share: the statement-name counter, and a generation
+// that moves on at every reconnection (server-side statements die with their connection).
+struct Conn {
+  PGconn* pg = nullptr;
+  int counter = 0;
+  int generation = 0;
+  bool in_txn = false;
+
+  // A connection lost outside a transaction is re-established (libpq's PQreset, same
+  // parameters); inside one, the transaction is gone and so is the caller's work: that throws.
+  void ensure() {
+    if (PQstatus(pg) == CONNECTION_OK) return;
+    if (in_txn) {
+      throw DbError(ErrorCode::kRegistryError,
+                    "the connection to PostgreSQL was lost inside a transaction (rolled back)");
+    }
+    PQreset(pg);
+    if (PQstatus(pg) != CONNECTION_OK) {
+      throw DbError(ErrorCode::kRegistryError,
+                    "the connection to PostgreSQL was lost and could not be re-established: " +
+                        message_of(pg, nullptr));
+    }
+    ++generation;
+    checked(pg, PQexec(pg, kSessionSettings));
+  }
+};
+
 class PgStmt final : public Stmt {
  public:
-  PgStmt(PGconn* conn, std::string sql, int params, int* counter)
-      : m_conn(conn), m_sql(std::move(sql)), m_counter(counter) {
+  PgStmt(Conn* conn, std::string sql, int params)
+      : m_conn(conn), m_sql(std::move(sql)), m_generation(conn->generation) {
     const auto n = static_cast<std::size_t>(params);
     m_types.assign(n, 0);
     m_values.assign(n, nullptr);
@@ -105,8 +151,13 @@ class PgStmt final : public Stmt {
   PgStmt(const PgStmt&) = delete;  // its prepared names live on the connection
   PgStmt& operator=(const PgStmt&) = delete;
   ~PgStmt() override {
+    // Not inside a failed transaction (refused there) nor on another connection than its own.
+    if (m_generation != m_conn->generation || PQstatus(m_conn->pg) != CONNECTION_OK ||
+        PQtransactionStatus(m_conn->pg) != PQTRANS_IDLE) {
+      return;
+    }
     for (const auto& [types, name] : m_prepared) {
-      PQclear(PQexec(m_conn, ("DEALLOCATE " + name).c_str()));
+      PQclear(PQexec(m_conn->pg, ("DEALLOCATE " + name).c_str()));
     }
   }
 
@@ -139,6 +190,13 @@ class PgStmt final : public Stmt {
     }
     return m_row < PQntuples(m_result.get());
   }
+  Kind kind(int column) override {
+    if (is_null(column)) return Kind::kNull;
+    const Oid type = PQftype(m_result.get(), column);
+    if (type == kBytea) return Kind::kBlob;
+    if (type == kInt8 || type == kInt4 || type == kInt2 || type == kBool) return Kind::kInteger;
+    return Kind::kText;
+  }
   bool is_null(int column) override { return PQgetisnull(m_result.get(), m_row, column) != 0; }
   std::int64_t int64(int column) override {
     const std::string_view v = text(column);
@@ -146,7 +204,7 @@ class PgStmt final : public Stmt {
     if (v == "f" || v.empty()) return 0;
     std::int64_t out = 0;
     const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-    if (ec != std::errc() || (end != v.data() + v.size() && *end != '.')) {
+    if (ec != std::errc() || end != v.data() + v.size()) {
       throw DbError(ErrorCode::kRegistryError, "column " + std::to_string(column) + " holds '" +
                                                    std::string(v) + "', not an integer");
     }
@@ -159,10 +217,21 @@ class PgStmt final : public Stmt {
   std::vector<std::uint8_t> blob(int column) override {
     const std::string_view v = text(column);
     std::vector<std::uint8_t> out;
-    if (v.size() < 2 || v[0] != '\\' || v[1] != 'x') return out;  // NULL, or no hex form
+    if (is_null(column)) return out;
+    // bytea_output is set to hex for every connection (postgres_db): anything else is refused
+    // rather than read as other bytes.
+    if (v.size() < 2 || v[0] != '\\' || v[1] != 'x' || v.size() % 2 != 0) {
+      throw DbError(ErrorCode::kRegistryError,
+                    "column " + std::to_string(column) + " is not bytea in hex form");
+    }
     out.reserve((v.size() - 2) / 2);
-    for (std::size_t i = 2; i + 1 < v.size(); i += 2) {
-      out.push_back(static_cast<std::uint8_t>(hex_value(v[i]) << 4 | hex_value(v[i + 1])));
+    for (std::size_t i = 2; i < v.size(); i += 2) {
+      const int hi = hex_value(v[i]), lo = hex_value(v[i + 1]);
+      if (hi < 0 || lo < 0) {
+        throw DbError(ErrorCode::kRegistryError,
+                      "column " + std::to_string(column) + " holds a bad hex digit");
+      }
+      out.push_back(static_cast<std::uint8_t>(hi << 4 | lo));
     }
     return out;
   }
@@ -194,25 +263,30 @@ class PgStmt final : public Stmt {
                           m_types.size() * sizeof(Oid));
     auto it = m_prepared.find(key);
     if (it != m_prepared.end()) return it->second;
-    std::string name = "fs" + std::to_string(++*m_counter);
-    checked(m_conn, PQprepare(m_conn, name.c_str(), m_sql.c_str(), static_cast<int>(m_types.size()),
-                              m_types.data()));
+    std::string name = "fs" + std::to_string(++m_conn->counter);
+    checked(m_conn->pg, PQprepare(m_conn->pg, name.c_str(), m_sql.c_str(),
+                                  static_cast<int>(m_types.size()), m_types.data()));
     return m_prepared.emplace(key, std::move(name)).first->second;
   }
 
   void execute() {
+    m_conn->ensure();
+    if (m_generation != m_conn->generation) {
+      m_prepared.clear();  // prepared on a connection that is gone
+      m_generation = m_conn->generation;
+    }
     const std::string& name = prepared_name();
-    m_result =
-        checked(m_conn, PQexecPrepared(m_conn, name.c_str(), static_cast<int>(m_types.size()),
-                                       m_values.data(), m_lengths.data(), m_formats.data(), 0));
+    m_result = checked(m_conn->pg,
+                       PQexecPrepared(m_conn->pg, name.c_str(), static_cast<int>(m_types.size()),
+                                      m_values.data(), m_lengths.data(), m_formats.data(), 0));
     const char* tuples = PQcmdTuples(m_result.get());
     m_changes = 0;
     std::from_chars(tuples, tuples + std::strlen(tuples), m_changes);
   }
 
-  PGconn* m_conn;
+  Conn* m_conn;
   std::string m_sql;
-  int* m_counter;  // the connection's statement-name counter
+  int m_generation;  // the connection's generation m_prepared belongs to
   std::vector<Oid> m_types;
   std::vector<const char*> m_values;
   std::vector<int> m_lengths, m_formats;
@@ -225,50 +299,135 @@ class PgStmt final : public Stmt {
 
 class PgDb final : public Db {
  public:
-  PgDb(PGconn* conn, std::string name) : m_conn(conn), m_name(std::move(name)) {}
+  PgDb(PGconn* conn, std::string name) : m_conn(std::make_unique<Conn>()), m_name(std::move(name)) {
+    m_conn->pg = conn;
+  }
   PgDb(const PgDb&) = delete;  // owns the connection
   PgDb& operator=(const PgDb&) = delete;
-  ~PgDb() override { PQfinish(m_conn); }
+  ~PgDb() override { PQfinish(m_conn->pg); }
 
   Dialect dialect() const override { return Dialect::kPostgres; }
   std::unique_ptr<Stmt> prepare(const std::string& sql) override {
     std::string translated;
     const int params = translate_placeholders(sql, translated);
-    return std::make_unique<PgStmt>(m_conn, std::move(translated), params, &m_counter);
+    return std::make_unique<PgStmt>(m_conn.get(), std::move(translated), params);
   }
-  void exec(const std::string& sql) override { checked(m_conn, PQexec(m_conn, sql.c_str())); }
+  void exec(const std::string& sql) override {
+    PGconn* pg = m_conn->pg;
+    if (sql == "ROLLBACK") {
+      // On a lost connection the server has rolled back already: nothing left to undo.
+      m_conn->in_txn = false;
+      if (PQstatus(pg) == CONNECTION_OK) checked(pg, PQexec(pg, "ROLLBACK"));
+      return;
+    }
+    m_conn->ensure();
+    const Result r = checked(pg, PQexec(pg, sql.c_str()));
+    if (sql == "COMMIT") {
+      m_conn->in_txn = false;
+      // COMMIT of a transaction that failed earlier answers ROLLBACK, not an error.
+      if (std::string_view(PQcmdStatus(r.get())) != "COMMIT") {
+        throw DbError(ErrorCode::kRegistryError,
+                      "the transaction was rolled back by the server, not committed");
+      }
+    }
+  }
   void begin_write() override {
     exec("BEGIN");
-    exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriteLockKey) + ")");
+    m_conn->in_txn = true;
+    try {
+      // A writer waits for the lock as long as SQLite's busy_timeout, then gives up busy.
+      exec("SET LOCAL lock_timeout = '10s'");
+      exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriteLockKey) + ")");
+    } catch (...) {
+      try {
+        exec("ROLLBACK");
+      } catch (const DbError&) {
+        // The connection is gone; so is the transaction.
+      }
+      throw;
+    }
   }
   const std::string& name() const override { return m_name; }
 
  private:
-  PGconn* m_conn;
+  std::unique_ptr<Conn> m_conn;
   std::string m_name;
-  int m_counter = 0;
 };
 
 void ignore_notice(void*, const char*) {}
 
 }  // namespace
 
-std::string redact_url(const std::string& url) {
-  std::string out = url;
-  const auto scheme = out.find("://");
-  const auto at = out.find('@', scheme == std::string::npos ? 0 : scheme + 3);
-  if (scheme != std::string::npos && at != std::string::npos) {
-    const auto colon = out.find(':', scheme + 3);
-    if (colon != std::string::npos && colon < at) {
-      out.replace(colon + 1, at - colon - 1, "***");
+namespace {
+
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size() && hex_value(text[i + 1]) >= 0 &&
+        hex_value(text[i + 2]) >= 0) {
+      out += static_cast<char>(hex_value(text[i + 1]) << 4 | hex_value(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i];
     }
   }
-  const auto pw = out.find("password=");
-  if (pw != std::string::npos) {
-    const auto end = out.find('&', pw);
-    out.replace(pw + 9, (end == std::string::npos ? out.size() : end) - pw - 9, "***");
+  return out;
+}
+
+// A URL as libpq reads it: scheme://[user[:password]@]hosts[/db][?key=value&…]. Where the
+// secrets are: the password of the user part, and the password / sslpassword parameters (their
+// keys percent-decoded, as libpq decodes them).
+struct UrlParts {
+  std::size_t authority = 0, authority_end = 0;                    // [authority, authority_end)
+  std::size_t at = std::string::npos;                              // the '@' ending the user part
+  std::vector<std::pair<std::size_t, std::size_t>> secret_values;  // [begin, end) in the URL
+};
+
+UrlParts parse_url(const std::string& url) {
+  UrlParts p;
+  const auto scheme = url.find("://");
+  p.authority = scheme == std::string::npos ? 0 : scheme + 3;
+  p.authority_end = url.find_first_of("/?", p.authority);
+  if (p.authority_end == std::string::npos) p.authority_end = url.size();
+  const auto at = url.rfind('@', p.authority_end == 0 ? 0 : p.authority_end - 1);
+  if (at != std::string::npos && at >= p.authority && at < p.authority_end) p.at = at;
+  const auto query = url.find('?', p.authority);
+  if (query == std::string::npos) return p;
+  for (std::size_t begin = query + 1; begin <= url.size();) {
+    std::size_t end = url.find('&', begin);
+    if (end == std::string::npos) end = url.size();
+    const auto eq = url.find('=', begin);
+    if (eq != std::string::npos && eq < end) {
+      const std::string key = percent_decoded(std::string_view(url).substr(begin, eq - begin));
+      if (key == "password" || key == "sslpassword") p.secret_values.emplace_back(eq + 1, end);
+    }
+    begin = end + 1;
+  }
+  return p;
+}
+
+}  // namespace
+
+std::string redact_url(const std::string& url) {
+  const UrlParts p = parse_url(url);
+  std::string out = url;
+  // From the end, so that the earlier offsets stay right.
+  for (auto it = p.secret_values.rbegin(); it != p.secret_values.rend(); ++it) {
+    out.replace(it->first, it->second - it->first, "***");
+  }
+  if (p.at != std::string::npos) {
+    const auto colon = out.find(':', p.authority);
+    if (colon != std::string::npos && colon < p.at) out.replace(colon + 1, p.at - colon - 1, "***");
   }
   return out;
+}
+
+bool url_holds_password(const std::string& url) {
+  const UrlParts p = parse_url(url);
+  if (!p.secret_values.empty()) return true;
+  if (p.at == std::string::npos) return false;
+  const auto colon = url.find(':', p.authority);
+  return colon != std::string::npos && colon < p.at;
 }
 
 bool is_postgres_url(std::string_view text) {
@@ -276,7 +435,12 @@ bool is_postgres_url(std::string_view text) {
 }
 
 std::unique_ptr<Db> postgres_db(const std::string& url) {
-  PGconn* conn = PQconnectdb(url.c_str());
+  // Defaults the URL may override (its values come later): fail a dead host in 10 s, and notice a
+  // half-open connection within a minute instead of TCP's two hours.
+  const char* const keys[] = {"connect_timeout",  "keepalives_idle", "keepalives_interval",
+                              "keepalives_count", "dbname",          nullptr};
+  const char* const values[] = {"10", "30", "10", "3", url.c_str(), nullptr};
+  PGconn* conn = PQconnectdbParams(keys, values, 1);
   if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
     std::string why = conn != nullptr ? PQerrorMessage(conn) : "out of memory";
     while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
@@ -286,7 +450,7 @@ std::unique_ptr<Db> postgres_db(const std::string& url) {
   }
   PQsetNoticeProcessor(conn, ignore_notice, nullptr);
   auto db = std::make_unique<PgDb>(conn, redact_url(url));
-  db->exec("SET client_min_messages = warning");
+  db->exec(kSessionSettings);
   return db;
 }
 

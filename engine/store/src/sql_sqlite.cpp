@@ -58,6 +58,18 @@ class SqliteStmt final : public Stmt {
     reset();
     throw DbError(code, message);
   }
+  Kind kind(int column) override {
+    switch (sqlite3_column_type(m_st, column)) {
+      case SQLITE_NULL:
+        return Kind::kNull;
+      case SQLITE_INTEGER:
+        return Kind::kInteger;
+      case SQLITE_BLOB:
+        return Kind::kBlob;
+      default:
+        return Kind::kText;  // TEXT, and REAL as its text
+    }
+  }
   bool is_null(int column) override { return sqlite3_column_type(m_st, column) == SQLITE_NULL; }
   std::int64_t int64(int column) override { return sqlite3_column_int64(m_st, column); }
   std::string_view text(int column) override {

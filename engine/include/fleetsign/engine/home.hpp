@@ -71,6 +71,9 @@ class Home final {
                                          : std::filesystem::path(m_config.registry_url);
   }
   bool sqlite_registry() const noexcept { return m_config.registry_url.empty(); }
+  // Points the home at the PostgreSQL registry `url` from now on (fleetsign.json rewritten
+  // atomically); `registry migrate` calls it once the copy is verified. The SQLite file stays.
+  void switch_registry(const std::string& url);
   std::filesystem::path policy_path() const { return m_config.dir / "policy.json"; }
 
   bool embedded_token() const noexcept { return m_config.softhsm_conf.has_value(); }

@@ -32,6 +32,11 @@ struct RegistryOptions {
 // True for a postgresql:// or postgres:// URL (Registry::open then connects instead of opening a
 // file).
 bool is_postgres_url(std::string_view text);
+// True when a registry URL carries a password (in its user part, or a password= or sslpassword=
+// parameter, however percent-encoded).
+bool registry_url_holds_password(const std::string& url);
+// The URL with its passwords replaced by "***", for messages.
+std::string redacted_registry_url(const std::string& url);
 
 class Registry final : public Stores {
  public:
