@@ -148,18 +148,7 @@ struct BatchRow {
   }
 };
 
-struct AuditRow {
-  static AuditEntry read(sql::Stmt& st) {
-    AuditEntry rec;
-    rec.id = st.int64(0);
-    rec.at = st.int64(1);
-    rec.actor = str(st, 2);
-    rec.action = str(st, 3);
-    rec.subject = str(st, 4);
-    rec.detail = str(st, 5);
-    return rec;
-  }
-};
+using registry_detail::AuditRow;
 
 }  // namespace
 

@@ -112,6 +112,20 @@ T read_column(sql::Stmt& st, int column) {
   }
 }
 
+// An audit row, in the column order id, at, actor, action, subject, detail.
+struct AuditRow {
+  static AuditEntry read(sql::Stmt& st) {
+    AuditEntry rec;
+    rec.id = st.int64(0);
+    rec.at = st.int64(1);
+    rec.actor = std::string(st.text(2));
+    rec.action = std::string(st.text(3));
+    rec.subject = std::string(st.text(4));
+    rec.detail = std::string(st.text(5));
+    return rec;
+  }
+};
+
 // A NULL-or-text column as an empty string.
 inline std::string text_or_empty(sql::Stmt& st, int column) {
   return st.is_null(column) ? std::string() : std::string(st.text(column));
