@@ -123,7 +123,13 @@ std::filesystem::path broker_binary(const Args& args);
 std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::TlsCertSpec& spec,
                            const std::filesystem::path& cert_path,
                            const std::filesystem::path& key_path);
-void add_serve_commands(std::vector<Command>& commands);  // serve
+void add_serve_commands(std::vector<Command>& commands);   // serve
+void add_worker_commands(std::vector<Command>& commands);  // worker clone, batch work
+// A lease holder's name, "host:pid" (cmd_worker.cpp), and whether the holder named is a process of
+// this host that is gone (a lease it held is free at once, not when it expires).
+std::string host_name();
+std::string process_holder_name();
+bool holder_is_gone(const std::string& holder);
 // The test hook (cmd_serve.cpp): --now UNIX or FLEETSIGN_TEST_NOW pins a clock (serve's scheduler,
 // crl's); else the system clock. kUsage for anything but a unix time in seconds.
 std::unique_ptr<engine::Clock> test_hook_clock(const Args& args);

@@ -323,6 +323,30 @@ int run_issue(Context& ctx) {
         a.has("csr-dir") ? engine::BatchInput::Kind::kCsrDir : engine::BatchInput::Kind::kCsrFile;
     o.input.path = a.has("csr-dir") ? a.require("csr-dir") : a.require("csr-file");
   }
+  if (a.has("share")) {
+    const auto size = a.get_int("share").value_or(0);
+    o.progress = nullptr;
+    const std::string id = runner.share(o, size);
+    const auto shares = ctx.registry().batch_shares(id);
+    std::int64_t inputs = 0;
+    for (const auto& sh : shares) inputs += sh.count;
+    if (ctx.json()) {
+      Poco::JSON::Object j(Poco::JSON_PRESERVE_KEY_ORDER);
+      j.set("batch", id);
+      j.set("shares", static_cast<std::int64_t>(shares.size()));
+      j.set("inputs", inputs);
+      j.set("out", std::filesystem::absolute(o.out_dir).string());
+      ctx.print_json(j);
+    } else {
+      std::printf(
+          "batch %s: %lld inputs in %zu shares of up to %d, waiting for workers "
+          "(fleetsign serve --worker); nothing signed here\n  outputs  %s/sNNNN\n"
+          "  progress fleetsign batch show %s\n",
+          id.c_str(), static_cast<long long>(inputs), shares.size(), size,
+          std::filesystem::absolute(o.out_dir).string().c_str(), id.c_str());
+    }
+    return 0;
+  }
   return print_summary(ctx, runner.run(o, password ? &*password : nullptr));
 }
 
@@ -365,14 +389,30 @@ int run_batch_show(Context& ctx) {
   if (!b) {
     throw Error(ErrorCode::kNotFound, "batch '" + id + "' not found in the registry");
   }
-  const auto abandoned = ctx.registry().count_certs(id, engine::CertState::kAbandoned);
-  const auto open_intents = ctx.registry().count_certs(id, engine::CertState::kIntent);
+  // A shared batch (issue --share): its certificates are its shares' batches'.
+  const auto shares = ctx.registry().batch_shares(id);
+  std::vector<std::string> ids = {id};
+  for (const auto& sh : shares) ids.push_back(engine::BatchRunner::share_batch_id(id, sh.share));
+  const auto count = [&](engine::CertState state) {
+    std::int64_t n = 0;
+    for (const auto& one : ids) n += ctx.registry().count_certs(one, state);
+    return n;
+  };
+  const auto abandoned = count(engine::CertState::kAbandoned);
+  const auto open_intents = count(engine::CertState::kIntent);
   // What is recorded, not only what the watermark has passed: an interrupted run's certificates
   // count, and those without outputs yet are shown apart (a resume writes them).
-  const auto recorded = ctx.registry().count_certs(id, engine::CertState::kIssued) +
-                        ctx.registry().count_certs(id, engine::CertState::kRevoked);
-  const auto unwritten = std::max<std::int64_t>(0, recorded - b->issued);
-  const bool interrupted = b->state != "finished" && (open_intents > 0 || unwritten > 0);
+  const auto recorded = count(engine::CertState::kIssued) + count(engine::CertState::kRevoked);
+  std::int64_t written = b->issued;
+  std::int64_t shares_done = 0;
+  for (std::size_t i = 1; i < ids.size() && !shares.empty(); ++i) {
+    shares_done += shares[i - 1].state == "done" ? 1 : 0;
+    if (b->state == "finished") continue;  // the parent's totals are the shares' sum
+    if (const auto sub = ctx.registry().find_batch(ids[i])) written += sub->issued;
+  }
+  const auto unwritten = std::max<std::int64_t>(0, recorded - written);
+  const bool interrupted =
+      shares.empty() && b->state != "finished" && (open_intents > 0 || unwritten > 0);
   if (ctx.json()) {
     Poco::JSON::Parser parser;
     Poco::JSON::Object o;
@@ -388,6 +428,25 @@ int run_batch_show(Context& ctx) {
     o.set("created_at", engine::iso8601(b->created_at));
     o.set("finished_at", b->finished_at != 0 ? engine::iso8601(b->finished_at) : "");
     o.set("params", parser.parse(b->params_json));
+    if (!shares.empty()) {
+      Poco::JSON::Array arr;
+      for (const auto& sh : shares) {
+        Poco::JSON::Object j(Poco::JSON_PRESERVE_KEY_ORDER);
+        j.set("share", sh.share);
+        j.set("batch", engine::BatchRunner::share_batch_id(id, sh.share));
+        j.set("first", sh.first);
+        j.set("count", sh.count);
+        j.set("state", sh.state);
+        j.set("holder", sh.holder);
+        j.set("attempts", sh.attempts);
+        j.set("lease_until", sh.lease_until != 0 ? engine::iso8601(sh.lease_until) : "");
+        j.set("issued", sh.issued);
+        j.set("rejected", sh.rejected);
+        arr.add(j);
+      }
+      o.set("shares", arr);
+      o.set("shares_done", shares_done);
+    }
     ctx.print_json(o);
     return 0;
   }
@@ -403,6 +462,18 @@ int run_batch_show(Context& ctx) {
       (interrupted ? " (interrupted: fleetsign issue --resume " + b->id + ")" : std::string())
           .c_str(),
       engine::iso8601(b->created_at).c_str(), b->params_json.c_str());
+  if (!shares.empty()) {
+    std::printf("  shares      %lld of %zu done (workers: fleetsign serve --worker)\n",
+                static_cast<long long>(shares_done), shares.size());
+    for (const auto& sh : shares) {
+      if (sh.state == "done") continue;
+      std::printf("    share %lld (inputs %lld..%lld): %s, attempts %lld\n",
+                  static_cast<long long>(sh.share), static_cast<long long>(sh.first),
+                  static_cast<long long>(sh.first + sh.count - 1),
+                  sh.holder.empty() ? "waiting" : ("last held by " + sh.holder).c_str(),
+                  static_cast<long long>(sh.attempts));
+    }
+  }
   return 0;
 }
 
@@ -414,7 +485,8 @@ void add_issue_commands(std::vector<Command>& commands) {
       "(--ca NAME | --group G) (--csr FILE | --csr-dir DIR | --csr-file BUNDLE.pem | --generate N "
       "--id-pattern P "
       "[--key ALG]) --out DIR [--batch ID] [--lot L --line L --site S --operator O] [--threads N] "
-      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--json]\n       fleetsign issue "
+      "[--pfx --pfx-password-file F] [--bundle] [--reissue] [--share N] [--json]\n       fleetsign "
+      "issue "
       "--resume BATCH"
       "\n       fleetsign issue --self-signed --id ID --out DIR [--key ALG] [--days N] [--json]",
       "issue device certificates: one, or a batch in parallel (exactly once, resumable)",
@@ -435,6 +507,9 @@ void add_issue_commands(std::vector<Command>& commands) {
         add_option(s, "resume", "BATCH", "resume an interrupted batch from the registry");
         add_option(s, "threads", "N", "worker threads (default: all cores)");
         add_option(s, "chunk", "N", "devices per registry transaction (default 1024; tuning)");
+        add_option(s, "share", "N",
+                   "record the batch in shares of N inputs for `serve --worker` processes to "
+                   "sign (--generate or --csr-dir; nothing is signed here)");
         add_flag(s, "pfx", "also write {id}.pfx (PKCS#12) for generated devices");
         add_option(s, "pfx-password-file", "F",
                    "file holding the .pfx password (else FLEETSIGN_PFX_PASSWORD)");

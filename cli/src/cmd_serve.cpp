@@ -66,6 +66,11 @@ constexpr int kDefaultTick = 60;
 constexpr int kMaxTick = 86400;
 constexpr std::int64_t kLeaseStale = 15;  // seconds without heartbeat: the runner is gone
 constexpr auto kPoll = std::chrono::milliseconds(200);
+// The scheduler's lease (one serve of the registry schedules): renewed every kLeaseRenew; a
+// worker that stops renewing loses it after kSchedulerLease, and another takes it over.
+constexpr const char* kSchedulerLeaseName = "scheduler";
+constexpr std::int64_t kSchedulerLease = 15;
+constexpr auto kLeaseRenew = std::chrono::seconds(5);
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_stop_signal(int) { g_stop = 1; }
@@ -73,29 +78,12 @@ std::atomic<bool> g_wake{false};  // the HTTP service made a job: tick now
 
 void log(const std::string& line) { std::fprintf(stderr, "fleetsign serve: %s\n", line.c_str()); }
 
-std::string host_name() {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
-  return host;
-}
-
-// A lease holder "host:pid" of this host whose process is gone.
-bool holder_is_gone(const std::string& runner) {
-  const auto colon = runner.rfind(':');
-  if (colon == std::string::npos || runner.substr(0, colon) != host_name()) return false;
-  try {
-    const pid_t pid = static_cast<pid_t>(std::stol(runner.substr(colon + 1)));
-    return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
 class Server final {
  public:
   Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock,
-         std::optional<std::string> now_arg)
+         std::optional<std::string> now_arg, bool worker)
       : m_ctx(ctx),
+        m_worker(worker),
         m_now_arg(std::move(now_arg)),
         m_pin(std::move(pin)),
         m_clock(std::move(clock)),
@@ -110,6 +98,10 @@ class Server final {
   void stop_children();
   bool has_children() const { return !m_children.empty(); }
   bool token_failed() const { return m_token_failed; }
+  // Takes or renews the scheduler's lease; whether this serve holds it.
+  bool hold_scheduler_lease();
+  void release_scheduler_lease();
+  bool scheduling() const { return m_scheduling; }
   const hsm::Pin& pin() const { return m_pin; }
 
  private:
@@ -118,7 +110,12 @@ class Server final {
   // Runs `fleetsign --home HOME ARGS` as a child known by `label` (a job ID, or "crl").
   void spawn(const std::string& label, const std::vector<std::string>& args);
 
+  bool has_child(const std::string& label) const;
+
   Context& m_ctx;
+  bool m_worker;  // one of several serves: no broker here
+  std::string m_holder = process_holder_name();
+  bool m_scheduling = false;             // holds the scheduler's lease
   std::optional<std::string> m_now_arg;  // --now, passed on to the CRL signer
   hsm::Pin m_pin;
   std::unique_ptr<engine::Clock> m_clock;
@@ -166,9 +163,7 @@ Poco::JSON::Array Server::check_crls() {
     o.set("revoked_since", c.revoked_since);
     out.add(o);
   }
-  bool running = false;
-  for (const auto& [pid, label] : m_children) running = running || label == "crl";
-  if (sign && !running && !m_token_failed) {
+  if (sign && !has_child("crl") && !m_token_failed) {
     std::vector<std::string> args = {"crl", "sign", "--due", "--wait"};
     if (m_now_arg) {
       args.push_back("--now");
@@ -217,12 +212,54 @@ void Server::spawn(const std::string& label, const std::vector<std::string>& arg
   log(label + ": running it in process " + std::to_string(pid));
 }
 
+bool Server::has_child(const std::string& label) const {
+  return std::any_of(m_children.begin(), m_children.end(),
+                     [&](const auto& child) { return child.second == label; });
+}
+
+bool Server::hold_scheduler_lease() {
+  std::string holder;
+  try {
+    // A holder of this host whose process is gone frees the lease now, not at its expiry.
+    std::string current;
+    const bool held = m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, m_wall.now(),
+                                                  kSchedulerLease, "", &current);
+    const bool stolen = !held && holder_is_gone(current) &&
+                        m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, m_wall.now(),
+                                                    kSchedulerLease, current, &current);
+    holder = current;
+    if ((held || stolen) != m_scheduling) {
+      log((held || stolen) ? "this serve schedules now (it holds the scheduler's lease)"
+                           : "the scheduler's lease is " + current + "'s: another serve schedules");
+    }
+    m_scheduling = held || stolen;
+  } catch (const Error& e) {
+    log("the scheduler's lease: " + std::string(e.what()));
+    m_scheduling = false;
+  }
+  return m_scheduling;
+}
+
+void Server::release_scheduler_lease() {
+  if (!m_scheduling) return;
+  try {
+    m_ctx.registry().release_lease(kSchedulerLeaseName, m_holder);
+  } catch (const Error& e) {
+    log("releasing the scheduler's lease: " + std::string(e.what()));
+  }
+  m_scheduling = false;
+}
+
 Poco::JSON::Object Server::tick() {
   Poco::JSON::Object out(Poco::JSON_PRESERVE_KEY_ORDER);
-  out.set("crls", check_crls());
-  out.set("broker", supervise_broker());
+  out.set("worker", m_holder);
+  // Scheduling (CRL freshness, rollovers by policy, alerts) is one serve's at a time.
+  const bool scheduling = hold_scheduler_lease();
+  out.set("scheduling", scheduling);
+  out.set("crls", scheduling ? check_crls() : Poco::JSON::Array());
+  out.set("broker", m_worker ? std::string("absent") : supervise_broker());
 
-  const jobs::Scheduler::Tick t = m_scheduler.tick();
+  const jobs::Scheduler::Tick t = scheduling ? m_scheduler.tick() : jobs::Scheduler::Tick{};
   Poco::JSON::Array created, alerts, problems;
   for (const auto& id : t.jobs_created) {
     log("scheduled job " + id);
@@ -261,6 +298,14 @@ Poco::JSON::Object Server::tick() {
     spawned.add(job.id);
   }
   out.set("jobs_spawned", spawned);
+  // Shares of shared batches (issue --share) waiting: one child claims and runs them in turn.
+  bool shares = false;
+  if (g_stop == 0 && !m_token_failed && !has_child("shares") &&
+      m_ctx.registry().claimable_batch_shares(now) > 0) {
+    spawn("shares", {"batch", "work", "--wait"});
+    shares = true;
+  }
+  out.set("shares_spawned", shares);
   return out;
 }
 
@@ -393,7 +438,8 @@ int run_serve(Context& ctx) {
                                         "user PIN for the home's token: ");
   ctx.policy();  // a policy file error stops serve here
   std::optional<std::string> now_arg = ctx.args().get("now");
-  Server server(ctx, std::move(pin), std::move(clock), std::move(now_arg));
+  Server server(ctx, std::move(pin), std::move(clock), std::move(now_arg),
+                ctx.args().has("worker"));
 
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
@@ -415,14 +461,22 @@ int run_serve(Context& ctx) {
       break;
     }
     const auto next = std::chrono::steady_clock::now() + std::chrono::seconds(tick_s);
+    auto renew = std::chrono::steady_clock::now() + kLeaseRenew;
     while (g_stop == 0 && !g_wake.exchange(false) && std::chrono::steady_clock::now() < next) {
       server.reap(false);
+      if (std::chrono::steady_clock::now() >= renew) {
+        renew = std::chrono::steady_clock::now() + kLeaseRenew;
+        // Renewed while held; taken when another serve's lease ended (it died): tick now.
+        const bool before = server.scheduling();
+        if (server.hold_scheduler_lease() && !before) g_wake = true;
+      }
       if (http) http->refresh_trust();
       std::this_thread::sleep_for(kPoll);
     }
   }
   if (g_stop != 0) log("stopping: no new jobs; the broker keeps running");
   server.stop_children();
+  server.release_scheduler_lease();
   log("stopped");
   // A runner the token refused (a wrong or locked PIN) is serve's failure too: exit as it did.
   return server.token_failed() ? exit_status_for(ErrorCode::kPinIncorrect) : 0;
@@ -440,6 +494,10 @@ void add_serve_commands(std::vector<Command>& commands) {
       [](Poco::Util::OptionSet& s) {
         add_option(s, "tick", "S", "seconds between ticks (60)");
         add_flag(s, "once", "one tick, wait for the jobs it started, exit (cron, tests)");
+        add_flag(s, "worker",
+                 "one of several serves over one PostgreSQL registry (worker clone): no broker "
+                 "here; jobs and batch shares are claimed with leases, and one serve at a time "
+                 "schedules");
         add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
         add_option(s, "mosquitto", "PATH",
                    "mosquitto binary (default $FLEETSIGN_MOSQUITTO, else /usr/sbin/mosquitto)");

@@ -37,6 +37,7 @@ std::vector<Command> all_commands() {
   fleetsign::cli::add_rollover_commands(commands);
   fleetsign::cli::add_incident_commands(commands);
   fleetsign::cli::add_serve_commands(commands);
+  fleetsign::cli::add_worker_commands(commands);
   fleetsign::cli::add_crl_commands(commands);
   fleetsign::cli::add_revoke_commands(commands);
   fleetsign::cli::add_operator_commands(commands);

@@ -272,6 +272,47 @@ void Home::switch_registry(const std::string& url) {
   m_config = std::move(next);
 }
 
+Home Home::clone_worker(const fs::path& dir) const {
+  if (sqlite_registry()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "home " + m_config.dir.string() +
+                    " keeps its registry in a SQLite file, which only processes of this home "
+                    "share: workers share a PostgreSQL registry (fleetsign registry migrate --to "
+                    "postgresql://…, then clone)");
+  }
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
+    throw Error(ErrorCode::kAlreadyExists, fs::absolute(dir).string() +
+                                               " is not empty: a worker's home is made in a new "
+                                               "or empty directory");
+  }
+  HomeConfig config = new_home_dir(dir);
+  config.module = m_config.module;
+  config.token_label = m_config.token_label;
+  config.softhsm_conf = m_config.softhsm_conf;
+  config.registry_url = m_config.registry_url;
+  const auto copy = [&](const fs::path& from, const fs::path& to) {
+    std::error_code copy_ec;
+    fs::copy(from, to, fs::copy_options::recursive, copy_ec);
+    if (copy_ec) {
+      throw Error(ErrorCode::kIo,
+                  "copying " + from.string() + " to " + to.string() + ": " + copy_ec.message());
+    }
+  };
+  copy(policy_path(), config.dir / "policy.json");
+  if (config.softhsm_conf) {
+    copy(m_config.dir / "tokens", config.dir / "tokens");
+    if (fs::exists(m_config.dir / "token-backup", ec)) {
+      copy(m_config.dir / "token-backup", config.dir / "token-backup");
+    }
+    write_softhsm_conf(config.dir);
+  }
+  // Written last: a home exists only once everything above succeeded.
+  write_file(config.dir / kConfigFile, config_json(config),
+             fs::perms::owner_read | fs::perms::owner_write);
+  return Home(config);
+}
+
 void check_registry_url(const std::string& url) {
   // The value is not echoed: a connection string that is not a URL may hold a password.
   if (!is_postgres_url(url)) {

@@ -350,6 +350,38 @@ class FaultStores final : public engine::Stores {
     write("remove_operator", [&] { m_inner.remove_operator(name, at); });
   }
 
+  // WorkStore: passed through (the shared batch's own writes are not fault points).
+  void create_shared_batch(const engine::BatchRecord& parent,
+                           std::span<const engine::BatchShare> shares) override {
+    m_inner.create_shared_batch(parent, shares);
+  }
+  std::optional<engine::BatchShare> claim_batch_share(const std::string& holder, std::int64_t now,
+                                                      std::int64_t lease_s) override {
+    return m_inner.claim_batch_share(holder, now, lease_s);
+  }
+  bool renew_batch_share(const std::string& batch_id, std::int64_t share, const std::string& holder,
+                         std::int64_t until) override {
+    return m_inner.renew_batch_share(batch_id, share, holder, until);
+  }
+  bool finish_batch_share(const engine::BatchShare& share, const std::string& holder,
+                          std::int64_t now) override {
+    return m_inner.finish_batch_share(share, holder, now);
+  }
+  std::vector<engine::BatchShare> batch_shares(const std::string& batch_id) override {
+    return m_inner.batch_shares(batch_id);
+  }
+  std::int64_t claimable_batch_shares(std::int64_t now) override {
+    return m_inner.claimable_batch_shares(now);
+  }
+  bool take_lease(const std::string& name, const std::string& holder, std::int64_t now,
+                  std::int64_t lease_s, const std::string& stale_holder,
+                  std::string* current) override {
+    return m_inner.take_lease(name, holder, now, lease_s, stale_holder, current);
+  }
+  void release_lease(const std::string& name, const std::string& holder) override {
+    m_inner.release_lease(name, holder);
+  }
+
  private:
   template <typename F>
   void write(const std::string& op, F&& f) {

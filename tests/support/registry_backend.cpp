@@ -2,8 +2,10 @@
 
 #include <libpq-fe.h>
 #include <sqlite3.h>
+#include <stdlib.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -100,6 +102,22 @@ std::string init_registry_suffix() {
 std::vector<std::string> init_registry_args(const std::string& location) {
   if (is_url(location)) return {"--registry", location};
   return {};
+}
+
+RegistryDir::RegistryDir(const std::string& prefix) {
+  std::string pattern = (std::filesystem::temp_directory_path() / (prefix + ".XXXXXX")).string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  m_path = pattern;
+}
+
+RegistryDir::~RegistryDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(m_path, ignored);
+}
+
+std::string RegistryDir::db() const {
+  if (m_location.empty()) m_location = test_registry_location(m_path / "registry.db");
+  return m_location;
 }
 
 }  // namespace fleetsign::test

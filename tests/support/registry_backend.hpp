@@ -29,6 +29,22 @@ std::string init_registry_suffix();
 // The SQL that `init --registry` needs for `location`: {"--registry", URL} on PostgreSQL, else {}.
 std::vector<std::string> init_registry_args(const std::string& location);
 
+// A temporary directory (removed with the object) and the registry a store test opens there: its
+// SQLite file, or one fresh PostgreSQL database per object on the postgres run.
+class RegistryDir {
+ public:
+  explicit RegistryDir(const std::string& prefix);
+  RegistryDir(const RegistryDir&) = delete;  // owns the directory
+  RegistryDir& operator=(const RegistryDir&) = delete;
+  ~RegistryDir();
+  const std::filesystem::path& path() const { return m_path; }
+  std::string db() const;
+
+ private:
+  std::filesystem::path m_path;
+  mutable std::string m_location;
+};
+
 }  // namespace fleetsign::test
 
 // Skips a test that inspects the SQLite file itself (its pages, its journal, a second raw

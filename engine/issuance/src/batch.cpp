@@ -301,9 +301,6 @@ void write_outputs(Run& run, Chunk& chunk) {
   }
 }
 
-// Chunks in flight per thread (defined below).
-std::size_t tokens_per_thread(const BatchOptions& o);
-
 batch::RenderContext render_context(const BatchRecord& record, const BatchOptions& o,
                                     const CaRecord& ca, const std::vector<CaRecord>& chain,
                                     const hsm::Pin* pfx_password) {
@@ -334,7 +331,8 @@ void run_pipeline(Run& run) {
   tbb::global_control allow(tbb::global_control::max_allowed_parallelism,
                             static_cast<std::size_t>(threads));
   tbb::task_arena arena(threads);
-  const std::size_t in_flight = static_cast<std::size_t>(threads) * tokens_per_thread(run.options);
+  const std::size_t in_flight =
+      static_cast<std::size_t>(threads) * batch::tokens_per_thread(run.options);
   // The serial stages' registry transactions, fsyncs and output appends run on the writer's
   // thread while `threads` workers check and sign; it is joined before the pipeline's chunks go.
   batch::Writer writer;
@@ -401,6 +399,10 @@ void run_pipeline(Run& run) {
         }));
   });
 }
+
+}  // namespace
+
+namespace batch {
 
 // One output directory belongs to one batch: its streams are truncated to the batch's own
 // watermark and its key spool is the batch's, so a second batch there would destroy the first's
@@ -483,7 +485,7 @@ void check_inputs(const BatchInput& input, const policy::Policy& policy) {
     if (input.count <= 0) {
       throw Error(ErrorCode::kInvalidArgument, "generating needs a positive device count");
     }
-    validate_id_pattern(input.id_pattern, input.count, policy);
+    validate_id_pattern(input.id_pattern, input.first + input.count, policy);
     if (auto why = policy::check_device_key(policy, describe_key_algorithm(input.key))) {
       throw Error(ErrorCode::kPolicyInvalid,
                   std::string(policy::key_algorithm_name(input.key)) + ": " + *why);
@@ -507,7 +509,12 @@ void prepare_out_dir(const BatchOptions& o) {
   }
 }
 
-}  // namespace
+}  // namespace batch
+
+using batch::check_inputs;
+using batch::claim_out_dir;
+using batch::prepare_out_dir;
+using batch::validate;
 
 BatchRunner::BatchRunner(Stores& registry, CaService& cas, const policy::Policy& policy,
                          const Clock& clock, RandomSource& random)
@@ -568,6 +575,13 @@ BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pf
   if (!rec) throw Error(ErrorCode::kNotFound, "batch '" + batch_id + "' not found in the registry");
   BatchOptions o = params_from_json(rec->id, rec->params_json);
   if (rec->state == "finished") return finished_summary(*rec, o.out_dir);
+  if (!m_registry.batch_shares(batch_id).empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "batch '" + batch_id +
+                    "' is shared by workers: `fleetsign serve --worker` processes run its shares "
+                    "(`batch show " +
+                    batch_id + "` shows them); it is not resumed as one batch");
+  }
   o.progress = std::move(progress);
   o.threads = threads;
   validate(o, pfx_password);

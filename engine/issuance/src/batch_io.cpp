@@ -34,7 +34,7 @@ namespace {
 
 class CsrDirReader final : public InputReader {
  public:
-  explicit CsrDirReader(const fs::path& dir) {
+  CsrDirReader(const fs::path& dir, std::int64_t first, std::int64_t count) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) {
       throw Error(ErrorCode::kInvalidArgument, "--csr-dir " + dir.string() + ": not a directory");
@@ -45,8 +45,14 @@ class CsrDirReader final : public InputReader {
       std::error_code entry_ec;
       if (!e.is_directory(entry_ec)) m_files.push_back(e.path());
     }
-    // Sorted, so a resumed batch sees the same order.
+    // Sorted, so a resumed batch (and every worker of a shared one) sees the same order.
     std::sort(m_files.begin(), m_files.end());
+    if (first > 0 || count > 0) {  // a share: its window of the files
+      const auto size = static_cast<std::int64_t>(m_files.size());
+      const auto begin = std::min(std::max<std::int64_t>(first, 0), size);
+      const auto end = count > 0 ? std::min(begin + count, size) : size;
+      m_files = std::vector<fs::path>(m_files.begin() + begin, m_files.begin() + end);
+    }
   }
   bool next(Item& item) override {
     if (m_pos >= m_files.size()) return false;
@@ -195,8 +201,8 @@ class CsrDerReader final : public InputReader {
 
 class GenerateReader final : public InputReader {
  public:
-  GenerateReader(std::string pattern, std::int64_t count)
-      : m_pattern(std::move(pattern)), m_count(count) {
+  GenerateReader(std::string pattern, std::int64_t first, std::int64_t count)
+      : m_pattern(std::move(pattern)), m_first(first), m_count(count) {
     if (count <= 0) {
       throw Error(ErrorCode::kInvalidArgument, "--generate needs a positive count");
     }
@@ -205,7 +211,7 @@ class GenerateReader final : public InputReader {
   bool next(Item& item) override {
     if (m_seq >= m_count) return false;
     item.seq = m_seq;
-    item.device_id = expand_id_pattern(m_pattern, ++m_seq);
+    item.device_id = expand_id_pattern(m_pattern, m_first + ++m_seq);
     item.source = item.device_id;
     return true;
   }
@@ -213,6 +219,7 @@ class GenerateReader final : public InputReader {
 
  private:
   std::string m_pattern;
+  std::int64_t m_first;
   std::int64_t m_count;
   std::int64_t m_seq = 0;
 };
@@ -222,11 +229,11 @@ class GenerateReader final : public InputReader {
 std::unique_ptr<InputReader> open_input(const BatchInput& input) {
   switch (input.kind) {
     case BatchInput::Kind::kCsrDir:
-      return std::make_unique<CsrDirReader>(input.path);
+      return std::make_unique<CsrDirReader>(input.path, input.first, input.count);
     case BatchInput::Kind::kCsrFile:
       return std::make_unique<CsrBundleReader>(input.path);
     case BatchInput::Kind::kGenerate:
-      return std::make_unique<GenerateReader>(input.id_pattern, input.count);
+      return std::make_unique<GenerateReader>(input.id_pattern, input.first, input.count);
     case BatchInput::Kind::kCsrDer:
       return std::make_unique<CsrDerReader>(input.path, input.der);
   }

@@ -124,6 +124,7 @@ std::string params_to_json(const BatchOptions& o) {
   p.set("input", std::string(input_kind_name(o.input.kind)));
   p.set("path", o.input.path);
   p.set("count", o.input.count);
+  if (o.input.first != 0) p.set("first", o.input.first);
   p.set("id_pattern", o.input.id_pattern);
   p.set("key", std::string(policy::key_algorithm_name(o.input.key)));
   p.set("out", o.out_dir);
@@ -158,6 +159,7 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
     o.input.der = from_hex(p->getValue<std::string>("der"));
   o.input.path = p->getValue<std::string>("path");
   o.input.count = p->getValue<std::int64_t>("count");
+  o.input.first = p->has("first") ? p->getValue<std::int64_t>("first") : 0;
   o.input.id_pattern = p->getValue<std::string>("id_pattern");
   o.input.key = policy::parse_key_algorithm(p->getValue<std::string>("key"))
                     .value_or(policy::KeyAlgorithm::kEcP256);

@@ -14,4 +14,15 @@ BatchOptions params_from_json(const std::string& id, const std::string& text);
 // batch-YYYYMMDD-HHMMSS-xxxxxxxx, from the injected clock and random source.
 std::string new_batch_id(const Clock& clock, RandomSource& random);
 
+namespace batch {
+// batch.cpp's checks, shared with batch_share.cpp: options (kUsage, kInvalidArgument), inputs
+// (before anything is recorded), the output directory (made; kIo) and its owner (a marker file
+// naming the batch; kOutputDirInUse for another batch's or a foreign non-empty directory).
+void validate(const BatchOptions& o, const hsm::Pin* pfx_password);
+void check_inputs(const BatchInput& input, const policy::Policy& policy);
+void prepare_out_dir(const BatchOptions& o);
+void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming);
+std::size_t tokens_per_thread(const BatchOptions& o);
+}  // namespace batch
+
 }  // namespace fleetsign::engine

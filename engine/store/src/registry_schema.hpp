@@ -264,6 +264,25 @@ CREATE TABLE operators (
 );
 CREATE INDEX operators_name ON operators (name, removed_at);
 )sql",
+    // 14 (issue 13's workers): a batch shared by `serve --worker` processes is split into shares
+    // (input ranges), each claimed with a lease; named leases (the scheduler's) elect one worker.
+    R"sql(
+CREATE TABLE batch_shares (
+  batch_id TEXT NOT NULL REFERENCES batches(id),
+  share BIGINT NOT NULL,
+  first_seq BIGINT NOT NULL, count BIGINT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done')),
+  holder TEXT NOT NULL DEFAULT '', lease_until BIGINT NOT NULL DEFAULT 0,
+  attempts BIGINT NOT NULL DEFAULT 0, done_at BIGINT NOT NULL DEFAULT 0,
+  issued BIGINT NOT NULL DEFAULT 0, rejected BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (batch_id, share)
+);
+CREATE INDEX batch_shares_pending ON batch_shares (lease_until) WHERE state = 'pending';
+CREATE TABLE leases (
+  name TEXT PRIMARY KEY,
+  holder TEXT NOT NULL, expires_at BIGINT NOT NULL
+);
+)sql",
 };
 
 }  // namespace fleetsign::engine

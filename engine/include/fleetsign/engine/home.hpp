@@ -74,6 +74,13 @@ class Home final {
   // Points the home at the PostgreSQL registry `url` from now on (fleetsign.json rewritten
   // atomically); `registry migrate` calls it once the copy is verified. The SQLite file stays.
   void switch_registry(const std::string& url);
+  // A worker's home (issue 13): a new home at DIR on the same PostgreSQL registry, module, token
+  // label and policy. With the embedded SoftHSM2 token, its token files are copied (a clone of the
+  // token, as an HSM backup is cloned: the same keys, the same PINs); with a module (a network
+  // HSM), the worker reaches the same token. Take the HomeLock first (a consistent token copy).
+  // Errors: kInvalidArgument for a SQLite home (workers share a PostgreSQL registry),
+  // kAlreadyExists when DIR is a home or not empty, kIo.
+  Home clone_worker(const std::filesystem::path& dir) const;
   std::filesystem::path policy_path() const { return m_config.dir / "policy.json"; }
 
   bool embedded_token() const noexcept { return m_config.softhsm_conf.has_value(); }

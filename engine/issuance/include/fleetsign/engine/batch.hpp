@@ -33,7 +33,10 @@ struct BatchInput {
   // kCsrDir: directory of *.csr/*.pem/*.der; kCsrFile: PEM bundle; kCsrDer: names the source
   std::string path;
   Der der;                 // kCsrDer: one CSR, DER (a one-item batch: `issue --csr`)
-  std::int64_t count = 0;  // kGenerate: number of devices
+  std::int64_t count = 0;  // kGenerate: number of devices; kCsrDir: 0 (all) or a window's size
+  // kGenerate and kCsrDir: the input position this batch starts at (a share of a shared batch:
+  // generated IDs count from first + 1, a CSR directory's sorted files from the first-th).
+  std::int64_t first = 0;
   // kGenerate: e.g. "sensor-{06}": one {NN} placeholder, NN = 01..20 digits (zero-padded, from
   // 1); every ID it makes must pass DeviceId::check before anything is recorded.
   std::string id_pattern;
@@ -114,6 +117,18 @@ class BatchRunner final {
   // resume writes their outputs (re-emitted) and never signs them again.
   BatchSummary resume(const std::string& batch_id, const hsm::Pin* pfx_password,
                       std::function<void(const BatchProgress&)> progress, int threads);
+
+  // A batch for several workers (batch_share.cpp; WorkStore in stores.hpp): checks `options` as
+  // run() does (CA, inputs, output directory), then records the batch and its shares of
+  // `share_size` inputs, signing nothing. Generated devices or a CSR directory only (a bundle is
+  // a stream: it has no positions to share), never .pfx (no worker holds the password).
+  // Returns the batch ID. kUsage / kInvalidArgument for what cannot be shared.
+  std::string share(const BatchOptions& options, std::int64_t share_size);
+  // Runs one claimed share as a batch of its own, "PARENT.sNNNN" with outputs in OUT/sNNNN; a
+  // share an earlier holder started is resumed (its intents abandoned, its outputs re-emitted).
+  BatchSummary run_share(const BatchShare& share,
+                         std::function<void(const BatchProgress&)> progress, int threads);
+  static std::string share_batch_id(const std::string& batch_id, std::int64_t share);
 
  private:
   BatchSummary execute(const BatchRecord& record, const BatchOptions& options,

@@ -50,7 +50,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 13;
+  static constexpr int kSchemaVersion = 14;
   int schema_version();
 
   // CaStore
@@ -183,6 +183,21 @@ class Registry final : public Stores {
   std::optional<OperatorRecord> find_operator_by_cert(const std::string& sha256) override;
   std::vector<OperatorRecord> list_operators() override;
   void remove_operator(const std::string& name, std::int64_t at) override;
+
+  // WorkStore (registry_work.cpp; schema v14)
+  void create_shared_batch(const BatchRecord& parent, std::span<const BatchShare> shares) override;
+  std::optional<BatchShare> claim_batch_share(const std::string& holder, std::int64_t now,
+                                              std::int64_t lease_s) override;
+  bool renew_batch_share(const std::string& batch_id, std::int64_t share, const std::string& holder,
+                         std::int64_t until) override;
+  bool finish_batch_share(const BatchShare& share, const std::string& holder,
+                          std::int64_t now) override;
+  std::vector<BatchShare> batch_shares(const std::string& batch_id) override;
+  std::int64_t claimable_batch_shares(std::int64_t now) override;
+  bool take_lease(const std::string& name, const std::string& holder, std::int64_t now,
+                  std::int64_t lease_s, const std::string& stale_holder,
+                  std::string* current) override;
+  void release_lease(const std::string& name, const std::string& holder) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

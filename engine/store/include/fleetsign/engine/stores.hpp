@@ -637,6 +637,54 @@ class RevocationStore {
   virtual std::vector<std::string> blocked_key_hashes() = 0;  // what issuance loads per batch
 };
 
+// Work shared by several `fleetsign serve --worker` processes over one registry (schema v14).
+// A shared batch is a parent batch (BatchRecord, params with "shares") split into shares: ranges of
+// its inputs, each run as a batch of its own (ID "PARENT.sNNNN", outputs in OUT/sNNNN) by the
+// worker holding the share's lease. A worker killed mid-share stops renewing; once the lease has
+// expired another worker claims the share and resumes its batch (intents abandoned, outputs
+// re-emitted), so the batch's exactly-once rules hold across workers.
+struct BatchShare {
+  std::string batch_id;  // the parent
+  std::int64_t share = 0;
+  std::int64_t first = 0, count = 0;  // the inputs: positions [first, first + count)
+  std::string state;                  // "pending" | "done"
+  std::string holder;                 // "host:pid" of the last claimant ("" when never claimed)
+  std::int64_t lease_until = 0, attempts = 0, done_at = 0;
+  std::int64_t issued = 0, rejected = 0;  // the share batch's totals, once done
+};
+
+class WorkStore {
+ public:
+  virtual ~WorkStore() = default;
+  // One transaction: the parent batch (state "running") and its shares (state pending), with an
+  // audit row "batch.share" ({"shares","devices"}). kAlreadyExists on a taken batch id.
+  virtual void create_shared_batch(const BatchRecord& parent,
+                                   std::span<const BatchShare> shares) = 0;
+  // Claims the first pending share (oldest batch first) that nobody holds or whose lease ended
+  // before `now`: it becomes `holder`'s until now + lease_s, and its attempts count up. One
+  // conditional UPDATE (with FOR UPDATE SKIP LOCKED on PostgreSQL): two claimants never both win.
+  virtual std::optional<BatchShare> claim_batch_share(const std::string& holder, std::int64_t now,
+                                                      std::int64_t lease_s) = 0;
+  // Extends the lease to `until`; false when `holder` lost it (expired and claimed by another).
+  virtual bool renew_batch_share(const std::string& batch_id, std::int64_t share,
+                                 const std::string& holder, std::int64_t until) = 0;
+  // One transaction: the share is done with its totals (only while `holder` holds it: else
+  // kHomeBusy and nothing changes); when it was the batch's last pending share, the parent batch
+  // is finished with the sum of its shares' totals and true is returned.
+  virtual bool finish_batch_share(const BatchShare& share, const std::string& holder,
+                                  std::int64_t now) = 0;
+  virtual std::vector<BatchShare> batch_shares(const std::string& batch_id) = 0;  // by share
+  // Pending shares that a claim at `now` could take (a worker's tick asks before it spawns).
+  virtual std::int64_t claimable_batch_shares(std::int64_t now) = 0;
+  // A named lease (the scheduler's): taken when free, expired, already `holder`'s, or held by
+  // `stale_holder` (non-empty: a holder the caller knows is dead). Renewing is taking it again.
+  // Returns whether `holder` holds it until now + lease_s; `current` (optional) gets the holder.
+  virtual bool take_lease(const std::string& name, const std::string& holder, std::int64_t now,
+                          std::int64_t lease_s, const std::string& stale_holder,
+                          std::string* current) = 0;
+  virtual void release_lease(const std::string& name, const std::string& holder) = 0;
+};
+
 // Every contract at once: what start-up code hands to components that use several. A backend
 // (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
 class Stores : public CaStore,
@@ -649,6 +697,7 @@ class Stores : public CaStore,
                public CrlStore,
                public IncidentStore,
                public RevocationStore,
-               public OperatorStore {};
+               public OperatorStore,
+               public WorkStore {};
 
 }  // namespace fleetsign::engine

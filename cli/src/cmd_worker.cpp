@@ -1,0 +1,240 @@
+// Several workers over one PostgreSQL registry (issue 13):
+//   worker clone DIR   a worker's home: the same registry, policy and token (a SoftHSM2 clone)
+//   batch work         claims shares of shared batches (`issue --share N`) and runs each, with a
+//                      lease renewed while it runs; `serve` spawns it when shares are waiting
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <csignal>
+#include <cstdio>
+#include <mutex>
+#include <thread>
+
+#include "cli.hpp"
+#include "fleetsign/engine/batch.hpp"
+#include "fleetsign/engine/home_lock.hpp"
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/error.hpp"
+
+namespace fleetsign::cli {
+
+std::string host_name() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
+  return host;
+}
+
+std::string process_holder_name() { return host_name() + ":" + std::to_string(::getpid()); }
+
+bool holder_is_gone(const std::string& holder) {
+  const auto colon = holder.rfind(':');
+  if (colon == std::string::npos || holder.substr(0, colon) != host_name()) return false;
+  try {
+    const pid_t pid = static_cast<pid_t>(std::stol(holder.substr(colon + 1)));
+    return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+namespace {
+
+using Poco::JSON::Array;
+using Poco::JSON::Object;
+
+constexpr int kDefaultShareLease = 30;  // seconds a share stays a silent worker's
+
+// Renews one share's lease every lease/3 seconds on a registry connection of its own. A lease
+// found taken over means another worker runs the share now: this process stops at once, as a
+// kill -9 would (the batch is built to survive that), rather than sign beside it.
+class LeaseKeeper final {
+ public:
+  LeaseKeeper(engine::Home& home, const engine::BatchShare& share, std::string holder,
+              std::int64_t lease_s)
+      : m_registry(home.open_registry()),
+        m_share(share),
+        m_holder(std::move(holder)),
+        m_lease(lease_s),
+        m_thread([this] { loop(); }) {}
+  ~LeaseKeeper() {
+    {
+      const std::lock_guard lock(m_mutex);
+      m_stop = true;
+    }
+    m_wake.notify_all();
+    m_thread.join();
+  }
+  LeaseKeeper(const LeaseKeeper&) = delete;  // owns a thread
+  LeaseKeeper& operator=(const LeaseKeeper&) = delete;
+
+ private:
+  void loop() {
+    std::unique_lock lock(m_mutex);
+    const auto every = std::chrono::milliseconds(m_lease * 1000 / 3);
+    while (!m_wake.wait_for(lock, every, [this] { return m_stop; })) {
+      const std::int64_t now = engine::SystemClock().now();
+      try {
+        if (!m_registry->renew_batch_share(m_share.batch_id, m_share.share, m_holder,
+                                           now + m_lease)) {
+          std::fprintf(stderr,
+                       "fleetsign batch work: the lease of share %lld of batch %s was taken over "
+                       "by another worker: stopping at once\n",
+                       static_cast<long long>(m_share.share), m_share.batch_id.c_str());
+          std::_Exit(75);
+        }
+      } catch (const Error& e) {
+        // The registry is unreachable for a moment: the lease runs on until it ends.
+        std::fprintf(stderr, "fleetsign batch work: renewing the lease: %s\n", e.what());
+      }
+    }
+  }
+
+  std::unique_ptr<engine::Registry> m_registry;
+  engine::BatchShare m_share;
+  std::string m_holder;
+  std::int64_t m_lease;
+  std::mutex m_mutex;
+  std::condition_variable m_wake;
+  bool m_stop = false;
+  std::thread m_thread;  // last: started once the members above exist
+};
+
+int run_batch_work(Context& ctx) {
+  const int lease = ctx.args().get_int("lease").value_or(kDefaultShareLease);
+  if (lease < 3 || lease > 3600) throw Error(ErrorCode::kUsage, "--lease must be 3..3600 seconds");
+  const int threads = ctx.args().get_int("threads").value_or(0);
+  if (threads < 0) throw Error(ErrorCode::kUsage, "--threads must be 0 (all cores) or more");
+  const int max_shares = ctx.args().get_int("max-shares").value_or(0);
+  const bool drain = ctx.args().has("drain");
+  if (max_shares < 0) throw Error(ErrorCode::kUsage, "--max-shares must be 0 (no limit) or more");
+  // On a SQLite home its own serve runs the shares; on PostgreSQL every worker's serve does.
+  engine::Home& home = ctx.home();
+  engine::CaService& cas = ctx.cas();  // logs in (and takes the home lock) before any claim
+  engine::BatchRunner runner(ctx.registry(), cas, ctx.policy(), ctx.clock(), ctx.random());
+  const std::string holder = process_holder_name();
+  Array done;
+  int count = 0;
+  while (max_shares == 0 || count < max_shares) {
+    const auto share = ctx.registry().claim_batch_share(holder, engine::SystemClock().now(), lease);
+    if (!share) {
+      // --drain: shares other workers hold are waited for; one whose holder died is claimable
+      // once its lease ends, and this worker finishes it.
+      if (!drain || ctx.registry().claimable_batch_shares(INT64_MAX) == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      continue;
+    }
+    ++count;
+    std::fprintf(stderr,
+                 "fleetsign batch work: %s runs share %lld of batch %s (inputs %lld..%lld, "
+                 "attempt %lld)\n",
+                 holder.c_str(), static_cast<long long>(share->share), share->batch_id.c_str(),
+                 static_cast<long long>(share->first),
+                 static_cast<long long>(share->first + share->count - 1),
+                 static_cast<long long>(share->attempts));
+    engine::BatchSummary s;
+    {
+      const LeaseKeeper keeper(home, *share, holder, lease);
+      s = runner.run_share(*share, nullptr, threads);
+    }
+    engine::BatchShare finished = *share;
+    finished.issued = s.total_issued;
+    finished.rejected = s.total_rejected;
+    const bool last =
+        ctx.registry().finish_batch_share(finished, holder, engine::SystemClock().now());
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("batch", share->batch_id);
+    o.set("share", share->share);
+    o.set("share_batch", s.batch_id);
+    o.set("issued", s.total_issued);
+    o.set("rejected", s.total_rejected);
+    o.set("resumed", s.resumed);
+    o.set("abandoned_serials", s.abandoned);
+    o.set("reemitted", s.reemitted);
+    o.set("seconds", s.seconds);
+    o.set("batch_finished", last);
+    done.add(o);
+    if (!ctx.json()) {
+      std::printf("share %lld of batch %s: issued %lld, rejected %lld in %.2f s%s%s\n",
+                  static_cast<long long>(share->share), share->batch_id.c_str(),
+                  static_cast<long long>(s.total_issued), static_cast<long long>(s.total_rejected),
+                  s.seconds, s.resumed ? " (resumed after its last holder stopped)" : "",
+                  last ? "; the batch is finished" : "");
+      std::fflush(stdout);
+    }
+  }
+  if (ctx.json()) {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("worker", holder);
+    o.set("shares", done);
+    ctx.print_json(o);
+  } else if (count == 0) {
+    std::printf("no batch share is waiting\n");
+  }
+  return 0;
+}
+
+int run_worker_clone(Context& ctx) {
+  const std::filesystem::path dir = ctx.args().positional_at(0, "DIR");
+  engine::Home home = engine::Home::open(ctx.home_dir());
+  // No process of this home changes the token while it is copied.
+  const auto lock = engine::HomeLock::acquire(home.config().dir, ctx.args().has("wait"));
+  const engine::Home worker = home.clone_worker(dir);
+  home.open_registry()->audit(
+      "worker.clone", worker.config().dir.string(),
+      engine::json_object({{"from", home.config().dir.string()},
+                           {"token", worker.embedded_token() ? "softhsm2 clone" : "same module"}}));
+  if (ctx.json()) {
+    Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("home", worker.config().dir.string());
+    o.set("registry", engine::redacted_registry_url(worker.config().registry_url));
+    o.set("token", worker.embedded_token() ? "clone" : "shared");
+    ctx.print_json(o);
+  } else {
+    std::printf(
+        "worker home %s: registry %s, %s\nstart it with: fleetsign --home %s serve "
+        "--worker\n",
+        worker.config().dir.string().c_str(),
+        engine::redacted_registry_url(worker.config().registry_url).c_str(),
+        worker.embedded_token()
+            ? "a clone of the SoftHSM2 token (the same CA keys and PINs: keep it as you "
+              "keep the original)"
+            : "the same PKCS#11 token (module and label)",
+        worker.config().dir.string().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_worker_commands(std::vector<Command>& commands) {
+  commands.push_back(Command{
+      {"worker", "clone"},
+      "DIR [--wait] [--json]",
+      "make a worker's home at DIR: the same PostgreSQL registry, policy and token (a SoftHSM2 "
+      "token is cloned; a module's token is shared)",
+      [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print the result as JSON"); },
+      run_worker_clone});
+  commands.push_back(Command{
+      {"batch", "work"},
+      "[--lease S] [--threads N] [--max-shares N] [--drain] [--pin-file F] [--wait] [--json]",
+      "run waiting shares of shared batches (issue --share), each under a lease; serve --worker "
+      "runs this for you",
+      [](Poco::Util::OptionSet& s) {
+        add_option(s, "lease", "S",
+                   "seconds a share stays this worker's without a renewal (30; renewed every S/3)");
+        add_option(s, "threads", "N", "signing threads (default: all cores)");
+        add_option(s, "max-shares", "N", "stop after N shares (0: until none is waiting)");
+        add_flag(s, "drain",
+                 "also wait for the shares other workers hold, until every shared batch is done "
+                 "(a share whose worker died is taken over when its lease ends)");
+        add_option(s, "pin-file", "FILE", "file holding the user PIN (else FLEETSIGN_PIN)");
+        add_flag(s, "json", "print the shares run as JSON");
+      },
+      run_batch_work});
+}
+
+}  // namespace fleetsign::cli

@@ -1,0 +1,171 @@
+// WorkStore (stores.hpp): shares of a batch claimed by workers with leases, and named leases.
+#include <string>
+
+#include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/registry.hpp"
+#include "fleetsign/error.hpp"
+#include "registry_impl.hpp"
+
+namespace fleetsign::engine {
+
+namespace {
+
+std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
+
+constexpr const char* kShareColumns =
+    "batch_id, share, first_seq, count, state, holder, lease_until, attempts, done_at, issued, "
+    "rejected";
+
+struct ShareRow {
+  static BatchShare read(sql::Stmt& st) {
+    BatchShare s;
+    s.batch_id = str(st, 0);
+    s.share = st.int64(1);
+    s.first = st.int64(2);
+    s.count = st.int64(3);
+    s.state = str(st, 4);
+    s.holder = str(st, 5);
+    s.lease_until = st.int64(6);
+    s.attempts = st.int64(7);
+    s.done_at = st.int64(8);
+    s.issued = st.int64(9);
+    s.rejected = st.int64(10);
+    return s;
+  }
+};
+
+std::string share_name(const std::string& batch_id, std::int64_t share) {
+  return "share " + std::to_string(share) + " of batch '" + batch_id + "'";
+}
+
+}  // namespace
+
+void Registry::create_shared_batch(const BatchRecord& parent, std::span<const BatchShare> shares) {
+  const std::string what = "creating shared batch '" + parent.id + "'";
+  if (shares.empty()) throw Error(ErrorCode::kInvalidArgument, what + ": no share");
+  m_impl->write(what, [&] {
+    if (m_impl->count("SELECT COUNT(*) FROM batches WHERE id = ?", parent.id) != 0) {
+      throw Error(ErrorCode::kAlreadyExists, what + ": the batch id is taken");
+    }
+    m_impl->change(
+        "INSERT INTO batches (id, ca_name, params_json, state, created_at, finished_at, issued, "
+        "rejected, watermark, offsets_json) VALUES (?, ?, ?, 'running', ?, 0, 0, 0, -1, '')",
+        parent.id, parent.ca_name, parent.params_json, m_impl->stamp(parent.created_at));
+    std::int64_t devices = 0;
+    for (const auto& s : shares) {
+      m_impl->change(
+          "INSERT INTO batch_shares (batch_id, share, first_seq, count) VALUES (?, ?, ?, ?)",
+          parent.id, s.share, s.first, s.count);
+      devices += s.count;
+    }
+    registry_detail::audit_row(
+        *m_impl, "batch.share", parent.id,
+        json_object({{"shares", static_cast<std::int64_t>(shares.size())}, {"devices", devices}}));
+  });
+}
+
+std::optional<BatchShare> Registry::claim_batch_share(const std::string& holder, std::int64_t now,
+                                                      std::int64_t lease_s) {
+  const std::string what = "claiming a batch share for '" + holder + "'";
+  if (holder.empty() || lease_s <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": a holder and a positive lease are needed");
+  }
+  return m_impl->write(what, [&] {
+    // The claim is one UPDATE of the row a sub-select picked: on PostgreSQL the sub-select skips
+    // rows another transaction holds, so concurrent claimants never wait on, or win, one share.
+    const std::string pick =
+        std::string(
+            "SELECT batch_id, share FROM batch_shares WHERE state = 'pending' AND "
+            "(holder = '' OR lease_until < ?) ORDER BY batch_id, share LIMIT 1") +
+        (m_impl->postgres() ? " FOR UPDATE SKIP LOCKED" : "");
+    return m_impl->select_one<ShareRow>(
+        "UPDATE batch_shares SET holder = ?, lease_until = ?, attempts = attempts + 1 "
+        "WHERE (batch_id, share) IN (" +
+            pick + ") RETURNING " + kShareColumns,
+        holder, now + lease_s, now);
+  });
+}
+
+bool Registry::renew_batch_share(const std::string& batch_id, std::int64_t share,
+                                 const std::string& holder, std::int64_t until) {
+  return m_impl->write("renewing the lease of " + share_name(batch_id, share), [&] {
+    return m_impl->change(
+               "UPDATE batch_shares SET lease_until = ? WHERE batch_id = ? AND share = ? AND "
+               "holder = ? AND state = 'pending'",
+               until, batch_id, share, holder) == 1;
+  });
+}
+
+bool Registry::finish_batch_share(const BatchShare& s, const std::string& holder,
+                                  std::int64_t now) {
+  const std::string what = "finishing " + share_name(s.batch_id, s.share);
+  return m_impl->write(what, [&] {
+    if (m_impl->change("UPDATE batch_shares SET state = 'done', done_at = ?, issued = ?, "
+                       "rejected = ? WHERE batch_id = ? AND share = ? AND holder = ? AND "
+                       "state = 'pending'",
+                       now, s.issued, s.rejected, s.batch_id, s.share, holder) != 1) {
+      throw Error(ErrorCode::kHomeBusy, what + ": '" + holder +
+                                            "' no longer holds it (its lease ended and another "
+                                            "worker took it over, or it is done)");
+    }
+    if (m_impl->count("SELECT COUNT(*) FROM batch_shares WHERE batch_id = ? AND state = "
+                      "'pending'",
+                      s.batch_id) != 0) {
+      return false;
+    }
+    const std::int64_t issued =
+        m_impl->count("SELECT SUM(issued) FROM batch_shares WHERE batch_id = ?", s.batch_id);
+    const std::int64_t rejected =
+        m_impl->count("SELECT SUM(rejected) FROM batch_shares WHERE batch_id = ?", s.batch_id);
+    m_impl->change(
+        "UPDATE batches SET state = 'finished', finished_at = ?, issued = ?, rejected = ? "
+        "WHERE id = ?",
+        now, issued, rejected, s.batch_id);
+    return true;
+  });
+}
+
+std::vector<BatchShare> Registry::batch_shares(const std::string& batch_id) {
+  return m_impl->guarded("reading the shares of batch '" + batch_id + "'", [&] {
+    return m_impl->select<ShareRow>(std::string("SELECT ") + kShareColumns +
+                                        " FROM batch_shares WHERE batch_id = ? ORDER BY share",
+                                    batch_id);
+  });
+}
+
+std::int64_t Registry::claimable_batch_shares(std::int64_t now) {
+  return m_impl->guarded("counting claimable batch shares", [&] {
+    return m_impl->count(
+        "SELECT COUNT(*) FROM batch_shares WHERE state = 'pending' AND (holder = '' OR "
+        "lease_until < ?)",
+        now);
+  });
+}
+
+bool Registry::take_lease(const std::string& name, const std::string& holder, std::int64_t now,
+                          std::int64_t lease_s, const std::string& stale_holder,
+                          std::string* current) {
+  const std::string what = "taking lease '" + name + "' for '" + holder + "'";
+  if (holder.empty() || lease_s <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, what + ": a holder and a positive lease are needed");
+  }
+  return m_impl->write(what, [&] {
+    m_impl->change(
+        "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO "
+        "UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE "
+        "leases.holder = excluded.holder OR leases.expires_at < ? OR leases.holder = ?",
+        name, holder, now + lease_s, now, stale_holder.empty() ? holder : stale_holder);
+    const std::string held =
+        m_impl->scalar<std::string>("SELECT holder FROM leases WHERE name = ?", name).value_or("");
+    if (current != nullptr) *current = held;
+    return held == holder;
+  });
+}
+
+void Registry::release_lease(const std::string& name, const std::string& holder) {
+  m_impl->write("releasing lease '" + name + "' by '" + holder + "'", [&] {
+    m_impl->change("DELETE FROM leases WHERE name = ? AND holder = ?", name, holder);
+  });
+}
+
+}  // namespace fleetsign::engine

@@ -1,0 +1,222 @@
+// Shared batches and workers (issue 13) through the real binary: `issue --share`, `batch work`,
+// `worker clone`, `serve --worker`. The drill kills one of two workers mid-share and checks the
+// batch's exactly-once rules across them. Workers need the PostgreSQL registry (the pg.* run);
+// the SQLite run checks what a single home does with a shared batch, and the refusals.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "batch_support.hpp"
+#include "registry_backend.hpp"
+
+namespace fleetsign::batchtest {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::int64_t query_int(const std::string& location, const std::string& sql) {
+  return std::stoll(test::raw_query(location, sql).at(0).at(0));
+}
+
+class Workers : public ::testing::Test {
+ protected:
+  void SetUp() override { fleet.make_hierarchy(); }
+
+  // `fleetsign --home DIR ARGS…`, started.
+  std::unique_ptr<Child> start_in(const fs::path& home, std::vector<std::string> args) {
+    std::vector<std::string> argv{testing::fleetsign_bin(), "--home", home.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string stem = "w-" + std::to_string(++m_runs);
+    return std::make_unique<Child>(argv, Env{}, fleet.path(stem + ".out"),
+                                   fleet.path(stem + ".err"));
+  }
+  Outcome run_in(const fs::path& home, std::vector<std::string> args) {
+    return start_in(home, std::move(args))->wait();
+  }
+  std::string share_batch(std::int64_t devices, std::int64_t share, const std::string& pattern,
+                          const std::string& out) {
+    const Outcome o = fleet.run({"issue", "--ca", "int", "--generate", std::to_string(devices),
+                                 "--id-pattern", pattern, "--out", fleet.path(out).string(),
+                                 "--share", std::to_string(share), "--json"});
+    EXPECT_EQ(o.exit_code(), 0) << o.describe();
+    return parse_json(o.out)->getValue<std::string>("batch");
+  }
+  // Every device of the pattern's prefix has exactly one issued certificate, and every share's
+  // directory holds its devices' files and manifest lines.
+  void expect_exactly_once(const std::string& prefix, std::int64_t devices, const std::string& out,
+                           int shares) {
+    const std::string where = " FROM certificates WHERE device_id LIKE '" + prefix + "%'";
+    EXPECT_EQ(
+        query_int(fleet.registry_location(), "SELECT COUNT(*)" + where + " AND state = 'issued'"),
+        devices);
+    EXPECT_EQ(query_int(fleet.registry_location(),
+                        "SELECT COUNT(DISTINCT device_id)" + where + " AND state = 'issued'"),
+              devices);
+    EXPECT_EQ(query_int(fleet.registry_location(), "SELECT COUNT(*)" + where +
+                                                       " AND state NOT IN ('issued', "
+                                                       "'abandoned')"),
+              0);
+    std::int64_t files = 0, lines = 0;
+    for (int s = 0; s < shares; ++s) {
+      char name[16];
+      std::snprintf(name, sizeof name, "s%04d", s);
+      const fs::path dir = fleet.path(out) / name;
+      for (const auto& e : fs::directory_iterator(dir)) {
+        files += e.path().filename().string().ends_with("_cert.pem") ? 1 : 0;
+      }
+      const std::string manifest = testing::read_file(dir / "manifest.jsonl");
+      lines += std::count(manifest.begin(), manifest.end(), '\n');
+    }
+    EXPECT_EQ(files, devices);
+    EXPECT_EQ(lines, devices);
+  }
+
+  Fleet fleet;
+  int m_runs = 0;
+};
+
+TEST_F(Workers, ASharedBatchIsSignedByBatchWorkShareByShareAndShownWhole) {
+  const std::string id = share_batch(900, 250, "sh-{04}", "out");
+  auto show = fleet.batch_show(id);
+  EXPECT_EQ(show->getValue<std::string>("state"), "running");
+  EXPECT_EQ(show->getArray("shares")->size(), 4u);
+  EXPECT_EQ(show->getValue<std::int64_t>("issued"), 0) << "nothing is signed by --share";
+  // The parent is the workers': it is not resumed as one batch.
+  const Outcome resume = fleet.run({"issue", "--resume", id});
+  EXPECT_NE(resume.exit_code(), 0);
+  EXPECT_NE(resume.err.find("shared by workers"), std::string::npos) << resume.describe();
+
+  const Outcome work = fleet.run({"batch", "work", "--json"});
+  ASSERT_EQ(work.exit_code(), 0) << work.describe();
+  const auto done = parse_json(work.out)->getArray("shares");
+  ASSERT_EQ(done->size(), 4u);
+  EXPECT_TRUE(done->getObject(3)->getValue<bool>("batch_finished"));
+  show = fleet.batch_show(id);
+  EXPECT_EQ(show->getValue<std::string>("state"), "finished");
+  EXPECT_EQ(show->getValue<std::int64_t>("issued"), 900);
+  EXPECT_EQ(show->getValue<std::int64_t>("shares_done"), 4);
+  EXPECT_EQ(show->getArray("shares")->getObject(3)->getValue<std::int64_t>("count"), 150);
+  expect_exactly_once("sh-", 900, "out", 4);
+  // The IDs of each share are its window of the pattern: share 1 starts at device 251.
+  EXPECT_TRUE(fs::exists(fleet.path("out") / "s0001" / "sh-0251_cert.pem"));
+  EXPECT_FALSE(fs::exists(fleet.path("out") / "s0001" / "sh-0250_cert.pem"));
+  // Nothing left: a second worker run finds no share.
+  const Outcome again = fleet.run({"batch", "work", "--json"});
+  EXPECT_EQ(again.exit_code(), 0) << again.describe();
+  EXPECT_EQ(parse_json(again.out)->getArray("shares")->size(), 0u);
+}
+
+TEST_F(Workers, WhatCannotBeSharedIsRefusedBeforeAnythingIsRecorded) {
+  const auto refused = [&](std::vector<std::string> extra, const std::string& why) {
+    std::vector<std::string> args{"issue", "--ca", "int", "--out", fleet.path("r").string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Outcome o = fleet.run(args, {"FLEETSIGN_PFX_PASSWORD=a-password"});
+    EXPECT_EQ(o.exit_code(), 2) << o.describe();
+    EXPECT_NE(o.err.find(why), std::string::npos) << o.describe();
+  };
+  refused({"--generate", "10", "--id-pattern", "r-{02}", "--share", "0"}, "share size");
+  refused({"--generate", "10", "--id-pattern", "r-{02}", "--share", "5", "--pfx"}, "--pfx");
+  fs::create_directories(fleet.path("in"));
+  testing::write_file(fleet.path("in") / "b.pem", "");
+  refused({"--csr-file", (fleet.path("in") / "b.pem").string(), "--share", "5"}, "bundle");
+  EXPECT_EQ(query_int(fleet.registry_location(), "SELECT COUNT(*) FROM batches"), 0);
+}
+
+TEST_F(Workers, AWorkerHomeNeedsAPostgresRegistry) {
+  FLEETSIGN_SQLITE_ONLY();
+  const Outcome o = fleet.run({"worker", "clone", fleet.path("w1").string()});
+  EXPECT_NE(o.exit_code(), 0);
+  EXPECT_NE(o.err.find("PostgreSQL registry"), std::string::npos) << o.describe();
+  EXPECT_FALSE(fs::exists(fleet.path("w1") / "fleetsign.json"));
+}
+
+// The drill: two workers, each with a clone of the token, share a batch; one is killed with
+// SIGKILL while it holds a share; the other takes the share over when its lease ends and
+// finishes it. Every device ends with exactly one certificate, every share's outputs are whole.
+TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  for (const char* w : {"w1", "w2"}) {
+    const Outcome c = fleet.run({"worker", "clone", fleet.path(w).string(), "--json"});
+    ASSERT_EQ(c.exit_code(), 0) << c.describe();
+  }
+  // A second clone into the same directory is refused.
+  EXPECT_NE(fleet.run({"worker", "clone", fleet.path("w1").string()}).exit_code(), 0);
+  const std::string id = share_batch(6000, 750, "dr-{05}", "drill");
+  auto w1 = start_in(fleet.path("w1"),
+                     {"batch", "work", "--lease", "3", "--threads", "1", "--drain", "--json"});
+  auto w2 = start_in(fleet.path("w2"),
+                     {"batch", "work", "--lease", "3", "--threads", "1", "--drain", "--json"});
+  // Kill w1 once it has recorded certificates of a share it holds.
+  const std::string held_by_w1 =
+      "SELECT COUNT(*) FROM batch_shares s JOIN certificates c ON c.batch_id = s.batch_id || "
+      "'.s' || lpad(s.share::text, 4, '0') WHERE s.state = 'pending' AND s.holder LIKE '%:" +
+      std::to_string(w1->pid()) + "'";
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (query_int(fleet.registry_location(), held_by_w1) == 0) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never held a share";
+    std::this_thread::sleep_for(20ms);
+  }
+  w1->kill(SIGKILL);
+  EXPECT_TRUE(w1->wait().killed_by(SIGKILL));
+  const Outcome survivor = w2->wait();
+  ASSERT_EQ(survivor.exit_code(), 0) << survivor.describe();
+  // The survivor ran the orphaned share again (attempt 2), resumed from what w1 recorded.
+  bool took_over = false;
+  const auto runs = parse_json(survivor.out)->getArray("shares");
+  for (std::size_t i = 0; i < runs->size(); ++i) {
+    took_over = took_over || runs->getObject(static_cast<unsigned>(i))->getValue<bool>("resumed");
+  }
+  EXPECT_TRUE(took_over) << survivor.out;
+  const auto show = fleet.batch_show(id);
+  EXPECT_EQ(show->getValue<std::string>("state"), "finished");
+  EXPECT_EQ(show->getValue<std::int64_t>("issued"), 6000);
+  EXPECT_EQ(show->getValue<std::int64_t>("open_intents"), 0);
+  std::int64_t attempts = 0;
+  const auto shares = show->getArray("shares");
+  for (std::size_t i = 0; i < shares->size(); ++i) {
+    attempts += shares->getObject(static_cast<unsigned>(i))->getValue<std::int64_t>("attempts");
+  }
+  EXPECT_GE(attempts, 9) << "8 shares, one of them twice";
+  expect_exactly_once("dr-", 6000, "drill", 8);
+}
+
+// One serve of the registry schedules at a time (the scheduler's lease); when it is killed,
+// another takes the lease over (at once: its holder is a dead process of this host).
+TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  for (const char* w : {"w1", "w2"}) {
+    ASSERT_EQ(fleet.run({"worker", "clone", fleet.path(w).string()}).exit_code(), 0);
+  }
+  const std::string holder = "SELECT holder FROM leases WHERE name = 'scheduler'";
+  const auto holder_now = [&] {
+    const auto rows = test::raw_query(fleet.registry_location(), holder);
+    return rows.empty() ? std::string() : rows.at(0).at(0);
+  };
+  auto w1 = start_in(fleet.path("w1"), {"serve", "--worker", "--tick", "1"});
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!holder_now().ends_with(":" + std::to_string(w1->pid()))) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never scheduled";
+    std::this_thread::sleep_for(100ms);
+  }
+  auto w2 = start_in(fleet.path("w2"), {"serve", "--worker", "--tick", "1"});
+  std::this_thread::sleep_for(3s);
+  EXPECT_TRUE(holder_now().ends_with(":" + std::to_string(w1->pid()))) << "w2 took a held lease";
+  w1->kill(SIGKILL);
+  w1->wait();
+  deadline = std::chrono::steady_clock::now() + 30s;
+  while (!holder_now().ends_with(":" + std::to_string(w2->pid()))) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never took the lease over";
+    std::this_thread::sleep_for(100ms);
+  }
+  // A serve that stops releases the lease.
+  w2->kill(SIGTERM);
+  EXPECT_EQ(w2->wait().exit_code(), 0);
+  EXPECT_EQ(holder_now(), "");
+}
+
+}  // namespace
+}  // namespace fleetsign::batchtest
