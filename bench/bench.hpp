@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ struct ChildResult {
 ChildResult run_child(const std::vector<std::string>& argv,
                       const std::map<std::string, std::string>& env,
                       const std::filesystem::path& log, bool capture_stdout = true);
+
+// A number field of a flat JSON object, e.g. "certs_per_s": 123.4 (child.cpp).
+std::optional<double> json_number(const std::string& json, const std::string& key);
 
 // The last `max_bytes` of a file (for error messages).
 std::string tail_of(const std::filesystem::path& file, std::size_t max_bytes = 2000);

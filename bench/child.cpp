@@ -126,4 +126,14 @@ std::string tail_of(const std::filesystem::path& file, std::size_t max_bytes) {
   return text;
 }
 
+std::optional<double> json_number(const std::string& json, const std::string& key) {
+  const auto at = json.find("\"" + key + "\":");
+  if (at == std::string::npos) return std::nullopt;
+  const char* p = json.c_str() + at + key.size() + 3;
+  char* end = nullptr;
+  const double v = std::strtod(p, &end);
+  if (end == p) return std::nullopt;
+  return v;
+}
+
 }  // namespace fleetsign::bench

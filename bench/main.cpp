@@ -133,17 +133,6 @@ void note(const char* fmt, auto... args) {
   std::fputc('\n', stderr);
 }
 
-// A number field of a flat JSON object, e.g. "certs_per_s": 123.4.
-std::optional<double> json_number(const std::string& json, const std::string& key) {
-  const auto at = json.find("\"" + key + "\":");
-  if (at == std::string::npos) return std::nullopt;
-  const char* p = json.c_str() + at + key.size() + 3;
-  char* end = nullptr;
-  const double v = std::strtod(p, &end);
-  if (end == p) return std::nullopt;
-  return v;
-}
-
 // The work directory: made fresh, removed at the end unless --keep.
 class WorkDir {
  public:

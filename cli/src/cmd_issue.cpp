@@ -273,6 +273,12 @@ int run_issue(Context& ctx) {
   }
   // A resume needs only the batch ID and the secrets: --pfx is recorded with the batch.
   const std::string existing = a.has("resume") ? a.require("resume") : a.get("batch").value_or("");
+  if (engine::is_share_batch_id(existing)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "batch '" + existing +
+                    "' is a share of a shared batch: the workers run it (fleetsign batch work / "
+                    "serve --worker), under its lease");
+  }
   const bool recorded_pfx = !existing.empty() && ctx.registry().find_batch(existing) &&
                             engine::needs_pfx_password(ctx.registry(), existing);
   const auto password = pfx_password(a, a.has("pfx") || recorded_pfx, "the batch's .pfx files");

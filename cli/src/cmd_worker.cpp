@@ -74,12 +74,25 @@ class LeaseKeeper final {
  private:
   void loop() {
     std::unique_lock lock(m_mutex);
-    const auto every = std::chrono::milliseconds(m_lease * 1000 / 3);
-    while (!m_wake.wait_for(lock, every, [this] { return m_stop; })) {
+    std::int64_t attempted = m_renewed;
+    while (!m_wake.wait_for(lock, std::chrono::seconds(1), [this] { return m_stop; })) {
       const std::int64_t now = engine::SystemClock().now();
+      if (now - m_renewed >= m_lease - std::max<std::int64_t>(1, m_lease / 6)) {
+        // No renewal for about a lease: another worker may claim the share any moment now.
+        std::fprintf(stderr,
+                     "fleetsign batch work: the lease of share %lld of batch %s could not be "
+                     "renewed for %lld s: stopping at once, before it ends\n",
+                     static_cast<long long>(m_share.share), m_share.batch_id.c_str(),
+                     static_cast<long long>(now - m_renewed));
+        std::_Exit(75);
+      }
+      if (now - attempted < m_lease / 3) continue;  // renewed every third of the lease
+      attempted = now;
       try {
-        if (!m_registry->renew_batch_share(m_share.batch_id, m_share.share, m_holder,
-                                           now + m_lease)) {
+        if (m_registry->renew_batch_share(m_share.batch_id, m_share.share, m_holder,
+                                          now + m_lease)) {
+          m_renewed = now;
+        } else {
           std::fprintf(stderr,
                        "fleetsign batch work: the lease of share %lld of batch %s was taken over "
                        "by another worker: stopping at once\n",
@@ -97,6 +110,7 @@ class LeaseKeeper final {
   engine::BatchShare m_share;
   std::string m_holder;
   std::int64_t m_lease;
+  std::int64_t m_renewed = engine::SystemClock().now();  // the claim counts as the first renewal
   std::mutex m_mutex;
   std::condition_variable m_wake;
   bool m_stop = false;
@@ -136,9 +150,19 @@ int run_batch_work(Context& ctx) {
                  static_cast<long long>(share->first + share->count - 1),
                  static_cast<long long>(share->attempts));
     engine::BatchSummary s;
-    {
+    try {
       const LeaseKeeper keeper(home, *share, holder, lease);
       s = runner.run_share(*share, nullptr, threads);
+    } catch (const Error& e) {
+      // This worker cannot run the share (a CA key its token lacks, outputs it cannot write):
+      // its lease ends now, so another worker claims it at once; the error is this run's.
+      try {
+        ctx.registry().renew_batch_share(share->batch_id, share->share, holder, 0);
+      } catch (const Error&) {
+        // The lease then ends when it would have.
+      }
+      throw e.with_context("share " + std::to_string(share->share) + " of batch " +
+                           share->batch_id);
     }
     engine::BatchShare finished = *share;
     finished.issued = s.total_issued;

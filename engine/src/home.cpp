@@ -281,12 +281,35 @@ Home Home::clone_worker(const fs::path& dir) const {
                     "postgresql://…, then clone)");
   }
   std::error_code ec;
+  // Neither inside the home (a copy of its token into its own token store recurses for ever) nor
+  // around it.
+  const fs::path target = fs::weakly_canonical(fs::absolute(dir), ec);
+  const fs::path source = fs::weakly_canonical(m_config.dir, ec);
+  const auto within = [](const fs::path& inner, const fs::path& outer) {
+    const auto [end, at] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+    return end == outer.end();
+  };
+  if (within(target, source) || within(source, target)) {
+    throw Error(ErrorCode::kInvalidArgument, target.string() +
+                                                 ": a worker's home is made beside the home " +
+                                                 source.string() + ", not inside it or around it");
+  }
   if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
     throw Error(ErrorCode::kAlreadyExists, fs::absolute(dir).string() +
                                                " is not empty: a worker's home is made in a new "
                                                "or empty directory");
   }
+  const bool made = !fs::exists(dir, ec);
   HomeConfig config = new_home_dir(dir);
+  // A clone that fails halfway is removed (it may hold copies of the keys), so it can be retried.
+  struct Cleanup {
+    fs::path dir;
+    bool armed;
+    ~Cleanup() {
+      std::error_code ignored;
+      if (armed) fs::remove_all(dir, ignored);
+    }
+  } cleanup{config.dir, made};
   config.module = m_config.module;
   config.token_label = m_config.token_label;
   config.softhsm_conf = m_config.softhsm_conf;
@@ -310,6 +333,7 @@ Home Home::clone_worker(const fs::path& dir) const {
   // Written last: a home exists only once everything above succeeded.
   write_file(config.dir / kConfigFile, config_json(config),
              fs::perms::owner_read | fs::perms::owner_write);
+  cleanup.armed = false;
   return Home(config);
 }
 

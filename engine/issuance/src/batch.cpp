@@ -450,6 +450,11 @@ void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
   if (auto why = o.batch_id.empty() ? std::nullopt : check_safe_name(o.batch_id, "batch ID")) {
     throw Error(ErrorCode::kInvalidArgument, *why);
   }
+  if (o.share_of.empty() && is_share_batch_id(o.batch_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "batch ID '" + o.batch_id +
+                    "': IDs ending in .sNNNN are the shares of shared batches (issue --share)");
+  }
   if (o.out_dir.empty() && o.delivery != Delivery::kReturned) {
     throw Error(ErrorCode::kUsage, "missing --out DIR");
   }

@@ -5,6 +5,7 @@
 #include "batch_io.hpp"
 #include "batch_params.hpp"
 #include "fleetsign/engine/batch.hpp"
+#include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
@@ -16,6 +17,15 @@ constexpr std::int64_t kMaxShareSize = 10'000'000;
 constexpr std::int64_t kMaxShares = 100'000;
 
 }  // namespace
+
+bool is_share_batch_id(const std::string& id) {
+  const auto dot = id.rfind(".s");
+  if (dot == std::string::npos || id.size() - dot < 6) return false;
+  for (std::size_t i = dot + 2; i < id.size(); ++i) {
+    if (id[i] < '0' || id[i] > '9') return false;
+  }
+  return true;
+}
 
 std::string BatchRunner::share_batch_id(const std::string& batch_id, std::int64_t share) {
   char suffix[32];
@@ -31,11 +41,13 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
   if (options.delivery != Delivery::kBatchDirectory) {
     throw Error(ErrorCode::kUsage, "a shared batch writes into a batch directory (--out)");
   }
-  if (options.input.kind != BatchInput::Kind::kGenerate &&
-      options.input.kind != BatchInput::Kind::kCsrDir) {
+  if (options.input.kind != BatchInput::Kind::kGenerate) {
+    // A CSR directory would be shared by position in its listing, which can change under the
+    // workers, and a device named by two files in two shares would be signed twice: it needs a
+    // manifest of the files and a device check across shares first.
     throw Error(ErrorCode::kUsage,
-                "--share takes --generate or --csr-dir: a CSR bundle is read as a stream and has "
-                "no positions to share (split it into a directory of CSR files)");
+                "--share takes --generate: CSR inputs are not shared between workers yet (issue "
+                "them with one `issue --csr-dir`/`--csr-file` run)");
   }
   if (options.pfx) {
     throw Error(ErrorCode::kUsage,
@@ -55,6 +67,10 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
   const std::int64_t total = o.input.kind == BatchInput::Kind::kGenerate
                                  ? o.input.count
                                  : batch::open_input(o.input)->total();
+  const std::int64_t last = (total + share_size - 1) / share_size - 1;
+  if (const auto why = check_safe_name(share_batch_id(o.batch_id, last), "share batch ID")) {
+    throw Error(ErrorCode::kInvalidArgument, "batch ID '" + o.batch_id + "': " + *why);
+  }
   if ((total + share_size - 1) / share_size > kMaxShares) {
     throw Error(ErrorCode::kUsage, "--share " + std::to_string(share_size) + ": " +
                                        std::to_string(total) + " inputs make more than " +
@@ -88,9 +104,18 @@ BatchSummary BatchRunner::run_share(const BatchShare& share,
     throw Error(ErrorCode::kNotFound, "batch '" + share.batch_id + "' not found in the registry");
   }
   const std::string id = share_batch_id(share.batch_id, share.share);
-  if (m_registry.find_batch(id)) return resume(id, nullptr, std::move(progress), threads);
+  if (const auto existing = m_registry.find_batch(id)) {
+    // Only the share's own batch answers for it.
+    if (params_from_json(id, existing->params_json).share_of != share.batch_id) {
+      throw Error(ErrorCode::kRegistryError, "batch '" + id + "' is not share " +
+                                                 std::to_string(share.share) + " of batch '" +
+                                                 share.batch_id + "': the share cannot be run");
+    }
+    return resume(id, nullptr, std::move(progress), threads);
+  }
   BatchOptions o = params_from_json(parent->id, parent->params_json);
   o.batch_id = id;
+  o.share_of = share.batch_id;
   o.input.first += share.first;
   o.input.count = share.count;
   char dir[32];

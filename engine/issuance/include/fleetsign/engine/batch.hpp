@@ -60,6 +60,9 @@ enum class Delivery {
 
 struct BatchOptions {
   std::string batch_id;  // empty: one is generated
+  // Set by run_share only: the shared batch this one is a share of ("PARENT.sNNNN" IDs are
+  // reserved for shares, so no batch of an operator's can stand in for one).
+  std::string share_of;
   std::string ca_name;
   std::string group;  // policy group whose device validity applies (empty: the default)
   BatchInput input;
@@ -139,6 +142,9 @@ class BatchRunner final {
   const Clock& m_clock;
   RandomSource& m_random;
 };
+
+// "ID.sNNNN" (four or more digits): the form of a share's batch ID, which only run_share uses.
+bool is_share_batch_id(const std::string& batch_id);
 
 // True when the recorded batch writes .pfx files, so a resume needs the PKCS#12 password.
 // kNotFound when there is no such batch.
