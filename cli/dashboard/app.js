@@ -3,7 +3,7 @@
 // Everything from the registry is shown as text (textContent), never as markup.
 'use strict';
 
-const state = { me: null, fleet: null, auditBefore: [], auditNext: null, events: null };
+const state = { me: null, fleet: null, auditBefore: [], auditNext: null, auditSeq: 0, events: null };
 
 // --- small helpers ----------------------------------------------------------------------------
 function el(tag, attrs, ...children) {
@@ -286,8 +286,11 @@ async function loadCas() {
   fill(document.getElementById('ca-tree'), (children.get('') || []).map(node));
 }
 
-// Audit log: filters and pages (newest first, "Older" follows next_before).
+// Audit log: filters and pages (newest first, "Older" follows next_before). The last request
+// wins: an answer that arrives after a later request was made (opening the tab, then filtering,
+// then paging) is dropped, so the table and its "Older" cursor always belong to the newest one.
 async function loadAudit(before) {
+  const seq = ++state.auditSeq;
   const q = new URLSearchParams({ limit: document.getElementById('audit-limit').value });
   for (const [id, key] of [['audit-action', 'action'], ['audit-actor', 'actor'], ['audit-subject', 'subject']]) {
     const v = document.getElementById(id).value.trim();
@@ -295,6 +298,7 @@ async function loadAudit(before) {
   }
   if (before) q.set('before', before);
   const r = await api(`/api/v1/audit?${q}`);
+  if (seq !== state.auditSeq) return;
   state.auditNext = r.next_before;
   document.getElementById('audit-older').disabled = r.next_before === null;
   fill(document.querySelector('#audit-table tbody'), r.audit.map((a) => el('tr', { 'data-id': a.id },
