@@ -548,7 +548,9 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     // …and none of v10's (key hashes, the blocklist).
     raw << "ALTER TABLE certificates DROP COLUMN key_sha256", kw::now;
     raw << "DROP TABLE blocked_keys", kw::now;
-    raw << "DROP TABLE operators", kw::now;  // v13 (issue 12's operators)
+    raw << "DROP TABLE operators", kw::now;     // v13 (issue 12's operators)
+    raw << "DROP TABLE batch_shares", kw::now;  // v14 (issue 13's workers)
+    raw << "DROP TABLE leases", kw::now;
     raw << "UPDATE schema_version SET version = 5", kw::now;
   }
   EXPECT_TRUE(schema_of(old.db()).empty());
