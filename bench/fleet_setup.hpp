@@ -4,12 +4,26 @@
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 namespace fleetsign::bench {
+
+inline double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// "TOOL: message" on stderr (the benches' progress lines).
+template <typename... Args>
+void note_as(const char* tool, const char* fmt, Args... args) {
+  std::fprintf(stderr, "%s: ", tool);
+  std::fprintf(stderr, fmt, args...);
+  std::fputc('\n', stderr);
+}
 
 int free_port();
 long vm_hwm_kb(int pid);  // peak RSS of a process, from /proc/PID/status

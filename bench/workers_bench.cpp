@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 using fleetsign::bench::FleetSetup;
 using fleetsign::bench::json_number;
 using fleetsign::bench::run_child;
+using fleetsign::bench::seconds_since;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -39,14 +40,8 @@ struct Options {
   bool json = false;
 };
 
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
 void note(const char* fmt, auto... args) {
-  std::fprintf(stderr, "fleetsign-workers-bench: ");
-  std::fprintf(stderr, fmt, args...);
-  std::fputc('\n', stderr);
+  fleetsign::bench::note_as("fleetsign-workers-bench", fmt, args...);
 }
 
 // A home with root + intermediate "int" (ec-p256).

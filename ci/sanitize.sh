@@ -49,7 +49,10 @@ export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="log_path=$logs/ubsan:print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="log_path=$logs/tsan:halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp"
 if [[ $mode == address ]]; then
-  export FLEETSIGN_SANITIZER_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so) $(g++ -print-file-name=libstdc++.so.6)"
+  # tests/sanitizers/swift_demangle.c says why mosquitto needs this one too (uninstrumented).
+  shim=$build/libfleetsign-swift-demangle.so
+  cc -shared -fPIC -O2 -o "$shim" "$supp/swift_demangle.c"
+  export FLEETSIGN_SANITIZER_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so) $(g++ -print-file-name=libstdc++.so.6) $shim"
   export FLEETSIGN_MOSQUITTO=$supp/mosquitto
 fi
 

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <charconv>
 #include <ctime>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -212,7 +213,8 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
   if (params.selection.expiring_within_s >= 0) {
     std::unordered_set<std::string> expiring;
     for (const auto& c :
-         stores.expiring_device_certs(now + params.selection.expiring_within_s, filter)) {
+         stores.expiring_device_certs(now + params.selection.expiring_within_s, filter,
+                                      std::numeric_limits<std::size_t>::max())) {
       expiring.insert(c.registration_id);
     }
     if (params.selection.devices.empty() && filter.ca_names.empty() && filter.lot.empty()) {

@@ -6,6 +6,7 @@
 #include <Poco/JSON/Parser.h>
 
 #include <algorithm>
+#include <limits>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -20,6 +21,7 @@ namespace fleetsign::jobs {
 namespace {
 
 constexpr std::int64_t kDay = 86400;
+constexpr std::size_t kAll = std::numeric_limits<std::size_t>::max();
 constexpr std::int64_t kAuditPage = 1000;
 constexpr const char* kAlertAction = "alert.expiry";
 
@@ -214,7 +216,7 @@ void Scheduler::alert_group(const engine::EnrollmentGroup& group, const History&
   // Each device once, by the later of its slots (a rotated device's new certificate counts).
   std::vector<std::pair<std::int64_t, std::string>> due;  // (expiry, device)
   std::unordered_set<std::string> seen;
-  for (const auto& c : m_stores.expiring_device_certs(now + widest * kDay, filter)) {
+  for (const auto& c : m_stores.expiring_device_certs(now + widest * kDay, filter, kAll)) {
     if (!seen.insert(c.registration_id).second) continue;
     // A rolled device counts by its new certificate (the later slot), never by having been
     // rolled once: when the new one nears its end, it is due again.

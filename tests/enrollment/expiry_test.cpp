@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "enrollment_support.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 
@@ -253,6 +255,90 @@ TEST_F(ExpiryRegistry, CaExpiringBeforeLeavesItIssuedIsFlaggedWithTheirCount) {
   EXPECT_EQ(r.findings[0].count, 2);
   EXPECT_NE(r.findings[0].message.find("before 2 leaves it issued"), std::string::npos);
   EXPECT_EQ(r.exit_status(), 2);
+}
+
+// The registry counts per CA, lot and days left (expiry_counts) and lists only the first `limit`:
+// the report must equal the one counted row by row, at the day boundaries, in both slots.
+TEST_F(ExpiryRegistry, RegistryCountsEqualTheRowsCountedOneByOne) {
+  engine::CaSpec int2;
+  int2.name = "int2";
+  int2.issuer = "root";
+  int2.subject = "/CN=Second Intermediate";
+  th.cas->create_intermediate(int2);
+  engine::EnrollmentService(*th.registry, th.policy, th.clock).create_group("g", "root", "");
+  const std::vector<std::pair<std::string, const char*>> devices = {
+      {"d-expired", "int1"}, {"d-now", "int1"}, {"d-1s", "int1"},    {"d-7d", "int2"},
+      {"d-7d1s", "int2"},    {"d-14d", "int1"}, {"d-30d1s", "int2"}, {"d-200d", "int1"},
+      {"d-sec", "int1"},     {"d-out", "int1"}};
+  for (const auto& [id, ca_name] : devices) {
+    testing::issue_device(th, ca_name, id, id.size() % 2 ? "L1" : "L2");
+  }
+  const std::int64_t now = th.clock.now();
+  const std::vector<std::pair<std::string, std::int64_t>> expiry = {
+      {"d-expired", now - 3 * kDay},
+      {"d-now", now},
+      {"d-1s", now + 1},
+      {"d-7d", now + 7 * kDay},
+      {"d-7d1s", now + 7 * kDay + 1},
+      {"d-14d", now + 14 * kDay},
+      {"d-30d1s", now + 30 * kDay + 1},
+      {"d-200d", now + 200 * kDay},
+      {"d-sec", now + 2 * kDay},
+      {"d-out", now + 401 * kDay}};
+  for (const auto& [id, at] : expiry) {
+    testing::tamper(th.home->registry_path(),
+                    "UPDATE devices SET primary_not_after = " + std::to_string(at) +
+                        " WHERE registration_id = '" + id + "'");
+  }
+  // d-sec also holds a secondary certificate: two certificates due for one device.
+  testing::tamper(th.home->registry_path(),
+                  "UPDATE devices SET secondary_serial = 'AB01', secondary_not_after = " +
+                      std::to_string(now + 13 * kDay) + " WHERE registration_id = 'd-sec'");
+
+  for (const std::string group : {"", "g"}) {
+    engine::FixedClock clock(now);
+    engine::ExpiryOptions o;
+    o.group = group;
+    o.within_days = 400;
+    o.limit = 3;
+    const auto counted = engine::expiry_report(*th.registry, th.policy, clock, o);
+    // The same report from every row, counted here.
+    ExpiryInputs in;
+    in.cas = th.registry->list_cas();
+    in.groups = th.registry->list_groups();
+    in.latest_leaf_by_ca = th.registry->latest_leaf_expiry_by_ca();
+    engine::DeviceFilter filter;
+    if (!group.empty()) filter.ca_names = {"int1", "int2"};
+    in.due = th.registry->expiring_device_certs(now + 400 * kDay, filter,
+                                                std::numeric_limits<std::size_t>::max());
+    ASSERT_EQ(in.due.size(), 10u) << group;  // d-out is beyond the window; d-sec counts twice
+    const auto by_row = engine::build_expiry_report(in, th.policy, now, o);
+    EXPECT_EQ(counted.total_due, 10) << group;
+    EXPECT_EQ(counted.total_due, by_row.total_due) << group;
+    EXPECT_EQ(counted.buckets, by_row.buckets) << group;
+    EXPECT_EQ(count(counted.buckets, "expired"), 2) << group;  // d-expired, d-now
+    EXPECT_EQ(count(counted.buckets, "7d"), 3) << group;       // d-1s, d-7d, d-sec's primary
+    EXPECT_EQ(count(counted.buckets, "14d"), 3) << group;      // d-7d1s, d-14d, d-sec's secondary
+    EXPECT_EQ(count(counted.buckets, "later"), 2) << group;    // d-30d1s, d-200d
+    ASSERT_EQ(counted.groups.size(), by_row.groups.size()) << group;
+    for (std::size_t i = 0; i < counted.groups.size(); ++i) {
+      EXPECT_EQ(counted.groups[i].group, by_row.groups[i].group);
+      EXPECT_EQ(counted.groups[i].buckets, by_row.groups[i].buckets);
+      EXPECT_EQ(counted.groups[i].total, by_row.groups[i].total);
+      ASSERT_EQ(counted.groups[i].lots.size(), by_row.groups[i].lots.size());
+      for (std::size_t j = 0; j < counted.groups[i].lots.size(); ++j) {
+        EXPECT_EQ(counted.groups[i].lots[j].lot, by_row.groups[i].lots[j].lot);
+        EXPECT_EQ(counted.groups[i].lots[j].buckets, by_row.groups[i].lots[j].buckets);
+      }
+    }
+    EXPECT_EQ(counted.level, by_row.level);
+    // Only the first three rows come back from the registry, soonest first.
+    ASSERT_EQ(counted.due.size(), 3u) << group;
+    EXPECT_EQ(counted.due[0].cert.registration_id, "d-expired");
+    EXPECT_EQ(counted.due[1].cert.registration_id, "d-now");
+    EXPECT_EQ(counted.due[2].cert.registration_id, "d-1s");
+    EXPECT_EQ(engine::bucket_label(counted.due[2].bucket), "7d");
+  }
 }
 
 }  // namespace

@@ -9,7 +9,6 @@
 #include <Poco/JSON/Parser.h>
 #include <gtest/gtest.h>
 #include <openssl/pem.h>
-#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +24,7 @@
 #include "fleet_support.hpp"
 #include "fleetsign/engine/registry.hpp"
 #include "http_api.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::http_test {
 
@@ -69,7 +69,7 @@ class Http : public ::testing::Test {
     data = dir->path() / "http-data";
     bin = std::make_unique<testing::Binary>(home);
     std::ofstream(path("p12pass")) << kP12Password;
-    bin->ok("init");
+    bin->ok("init" + test::init_registry_suffix());  // PostgreSQL on the pg.* run
     bin->ok("ca create-root --name root --subject /CN=Http-Root");
     bin->ok("ca create-intermediate --name int1 --issuer root --subject /CN=Http-Int1");
     bin->ok("ca verification-cert --ca root --code POP --out " + quoted(path("pop.pem")));
@@ -140,24 +140,14 @@ class Http : public ::testing::Test {
       return "(no JSON error: " + r.body + ")";
     }
   }
-  // Rows of a query on the registry (read-only connection of our own), one line each.
+  // Rows of a query on the registry (a connection of our own, SQLite or PostgreSQL), one line
+  // each, columns separated by a space.
   static std::string sql(const std::string& query) {
-    sqlite3* db = nullptr;
     std::string out;
-    if (sqlite3_open_v2((home / "registry.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
-        SQLITE_OK) {
-      sqlite3_busy_timeout(db, 5000);
-      sqlite3_exec(
-          db, query.c_str(),
-          [](void* text, int n, char** cols, char**) {
-            auto& s = *static_cast<std::string*>(text);
-            for (int i = 0; i < n; ++i) s += std::string(i ? " " : "") + (cols[i] ? cols[i] : "");
-            s += "\n";
-            return 0;
-          },
-          &out, nullptr);
+    for (const auto& row : test::raw_query(test::home_registry_location(home), query)) {
+      for (std::size_t i = 0; i < row.size(); ++i) out += (i ? " " : "") + row[i];
+      out += "\n";
     }
-    sqlite3_close(db);
     return out;
   }
   static std::int64_t count_certs(const std::string& where) {

@@ -176,9 +176,14 @@ class FaultStores final : public engine::Stores {
     return m_inner.list_devices(filter);
   }
   std::int64_t count_devices() override { return m_inner.count_devices(); }
-  std::vector<engine::ExpiringCert> expiring_device_certs(
-      std::int64_t until, const engine::DeviceFilter& filter) override {
-    return m_inner.expiring_device_certs(until, filter);
+  std::vector<engine::ExpiringCert> expiring_device_certs(std::int64_t until,
+                                                          const engine::DeviceFilter& filter,
+                                                          std::size_t limit) override {
+    return m_inner.expiring_device_certs(until, filter, limit);
+  }
+  std::vector<engine::ExpiryCount> expiry_counts(std::int64_t now, std::int64_t until,
+                                                 const engine::DeviceFilter& filter) override {
+    return m_inner.expiry_counts(now, until, filter);
   }
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override {
     return m_inner.latest_leaf_expiry_by_ca();

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
+#include <string_view>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -33,26 +36,51 @@ struct Classified {
   AlertLevel level;
 };
 
+// Whole days left, as the registry counts them (ExpiryCount): 0 when expired, else rounded up, so
+// that "not_after - now <= N days" is "days <= N".
+std::int64_t days_left(std::int64_t not_after, std::int64_t now) {
+  return not_after <= now ? 0 : (not_after - now + kDay - 1) / kDay;
+}
+
 // `thresholds` largest first, never empty (the policy requires at least one).
-Classified classify(std::int64_t not_after, std::int64_t now, const std::vector<int>& thresholds) {
-  if (not_after <= now) {
+Classified classify_days(std::int64_t days, const std::vector<int>& thresholds) {
+  if (days <= 0) {
     return {kExpiredBucket, AlertLevel::kLast};
   }
-  const std::int64_t left = not_after - now;
   BucketKey bucket = kLaterBucket;
   for (auto it = thresholds.rbegin(); it != thresholds.rend(); ++it) {
-    if (left <= std::int64_t{*it} * kDay) {
+    if (days <= *it) {
       bucket = *it;
       break;
     }
   }
   AlertLevel level = AlertLevel::kNone;
-  if (!thresholds.empty() && left <= std::int64_t{thresholds.back()} * kDay) {
+  if (!thresholds.empty() && days <= thresholds.back()) {
     level = AlertLevel::kLast;
-  } else if (!thresholds.empty() && left <= std::int64_t{thresholds.front()} * kDay) {
+  } else if (!thresholds.empty() && days <= thresholds.front()) {
     level = AlertLevel::kFirst;
   }
   return {bucket, level};
+}
+
+Classified classify(std::int64_t not_after, std::int64_t now, const std::vector<int>& thresholds) {
+  return classify_days(days_left(not_after, now), thresholds);
+}
+
+// The counts of rows given by hand (tests, the engine bench): what expiry_counts returns.
+std::vector<ExpiryCount> count_rows(const std::vector<ExpiringCert>& due, std::int64_t now,
+                                    std::int64_t until) {
+  std::map<std::tuple<std::string_view, std::string_view, std::int64_t>, std::int64_t> counts;
+  for (const auto& c : due) {
+    if (c.not_after < until) ++counts[{c.ca_name, c.lot, days_left(c.not_after, now)}];
+  }
+  std::vector<ExpiryCount> out;
+  out.reserve(counts.size());
+  for (const auto& [key, n] : counts) {
+    out.push_back(ExpiryCount{std::string(std::get<0>(key)), std::string(std::get<1>(key)),
+                              std::get<2>(key), n});
+  }
+  return out;
 }
 
 BucketCounts to_counts(const std::map<BucketKey, std::int64_t>& m) {
@@ -157,36 +185,44 @@ ExpiryReport build_expiry_report(const ExpiryInputs& in, const policy::Policy& p
   std::optional<std::unordered_set<std::string>> scope;
   if (!options.group.empty()) scope = group_scope(index, options.group);
 
-  // 1. Devices: one pass, aggregated per group and lot; only the first `limit` kept as rows.
+  // 1. Devices: the counts per CA, lot and days left, summed per group and lot; then the first
+  //    `limit` certificates listed.
   std::vector<GroupAgg> groups;
   std::unordered_map<std::string, std::size_t> group_slot;
+  std::unordered_map<std::string, std::optional<std::size_t>> group_of_ca;  // nullopt: not in scope
   std::map<BucketKey, std::int64_t> all;
-  const std::string* last_ca = nullptr;
-  std::size_t last_group = 0;
-  bool last_in_scope = true;
-  for (const auto& c : in.due) {
-    if (last_ca == nullptr || *last_ca != c.ca_name) {  // rows of one CA tend to come in runs
-      last_ca = &c.ca_name;
-      last_in_scope = !scope || scope->count(c.ca_name) != 0;
-      const EnrollmentGroup* g = index.group_of_ca(c.ca_name);
+  const auto group_of = [&](const std::string& ca_name) -> GroupAgg* {
+    auto [at, added] = group_of_ca.try_emplace(ca_name);
+    if (added && (!scope || scope->count(ca_name) != 0)) {
+      const EnrollmentGroup* g = index.group_of_ca(ca_name);
       const std::string name = scope ? options.group : (g != nullptr ? g->name : kNoGroup);
-      auto [it, added] = group_slot.emplace(name, groups.size());
-      if (added) groups.push_back(GroupAgg{name, thresholds_for(policy, name), {}, {}, 0, {}});
-      last_group = it->second;
+      auto [it, fresh] = group_slot.emplace(name, groups.size());
+      if (fresh) groups.push_back(GroupAgg{name, thresholds_for(policy, name), {}, {}, 0, {}});
+      at->second = it->second;
     }
-    if (!last_in_scope || c.not_after >= out.until) continue;
-    GroupAgg& g = groups[last_group];
-    const Classified k = classify(c.not_after, now, g.thresholds);
-    ++g.buckets[k.bucket];
-    ++all[k.bucket];
-    LotAgg& lot = g.lots[c.lot];
-    ++lot.buckets[k.bucket];
-    ++lot.total;
-    ++g.total;
-    g.level = std::max(g.level, k.level);
+    return at->second ? &groups[*at->second] : nullptr;
+  };
+  const std::vector<ExpiryCount> counted =
+      in.counts ? std::vector<ExpiryCount>{} : count_rows(in.due, now, out.until);
+  for (const auto& c : in.counts ? *in.counts : counted) {
+    GroupAgg* g = group_of(c.ca_name);
+    if (g == nullptr || c.count <= 0) continue;
+    const Classified k = classify_days(c.days, g->thresholds);
+    g->buckets[k.bucket] += c.count;
+    all[k.bucket] += c.count;
+    LotAgg& lot = g->lots[c.lot];
+    lot.buckets[k.bucket] += c.count;
+    lot.total += c.count;
+    g->total += c.count;
+    g->level = std::max(g->level, k.level);
     out.level = std::max(out.level, k.level);
-    if (out.due.size() < options.limit) out.due.push_back(DueCert{c, g.name, k.bucket});
-    ++out.total_due;
+    out.total_due += c.count;
+  }
+  for (const auto& c : in.due) {
+    if (out.due.size() >= options.limit) break;
+    GroupAgg* g = group_of(c.ca_name);
+    if (g == nullptr || c.not_after >= out.until) continue;
+    out.due.push_back(DueCert{c, g->name, classify(c.not_after, now, g->thresholds).bucket});
   }
   out.buckets = to_counts(all);
   for (auto& g : groups) {
@@ -236,7 +272,9 @@ ExpiryReport expiry_report(Stores& registry, const policy::Policy& policy, const
       return build_expiry_report(in, policy, now, options);  // a group whose slots are all empty
     }
   }
-  in.due = registry.expiring_device_certs(now + std::int64_t{within} * kDay, filter);
+  const std::int64_t until = now + std::int64_t{within} * kDay;
+  in.due = registry.expiring_device_certs(until, filter, options.limit);
+  in.counts = registry.expiry_counts(now, until, filter);
   ExpiryReport report = build_expiry_report(in, policy, now, options);
   // Leaves that outlive their CA: rare (issuance clamps to the CA), so counted only when found.
   for (auto& f : report.findings) {

@@ -1,5 +1,6 @@
 // Registry: enrollment groups, individual enrollments and devices (schema version 2).
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "fleetsign/engine/json.hpp"
@@ -335,19 +336,25 @@ std::int64_t Registry::count_devices() {
 }
 
 std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
-                                                          const DeviceFilter& filter) {
+                                                          const DeviceFilter& filter,
+                                                          std::size_t limit) {
   return m_impl->guarded("scanning expiring device certificates", [&] {
     std::vector<ExpiringCert> out;
+    // Each slot's first `limit` (its index's order), merged below: `limit` in all.
+    const auto capped = static_cast<std::int64_t>(
+        std::min<std::size_t>(limit, std::numeric_limits<std::int64_t>::max()));
     for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
       const std::string col = std::string(slot_name(slot));
       std::vector<std::string> params;
       // Indexed on <slot>_not_after: only the rows that are due are read.
       const std::string sql = "SELECT registration_id, " + col + "_serial, ca_name, lot, " + col +
                               "_not_after FROM devices WHERE " + col + "_not_after > 0 AND " + col +
-                              "_not_after < ?" + where_clause(filter, params, " AND ");
+                              "_not_after < ?" + where_clause(filter, params, " AND ") +
+                              " ORDER BY " + col + "_not_after, registration_id LIMIT ?";
       auto st = m_impl->query(sql);
       st->bind(1, until);
       bind_texts(*st, 2, params);
+      st->bind(static_cast<int>(2 + params.size()), capped);
       while (st->step()) {
         out.push_back(
             ExpiringCert{str(*st, 0), str(*st, 1), str(*st, 2), str(*st, 3), slot, st->int64(4)});
@@ -357,6 +364,33 @@ std::vector<ExpiringCert> Registry::expiring_device_certs(std::int64_t until,
       return a.not_after != b.not_after ? a.not_after < b.not_after
                                         : a.registration_id < b.registration_id;
     });
+    if (out.size() > limit) out.resize(limit);
+    return out;
+  });
+}
+
+std::vector<ExpiryCount> Registry::expiry_counts(std::int64_t now, std::int64_t until,
+                                                 const DeviceFilter& filter) {
+  return m_impl->guarded("counting expiring device certificates", [&] {
+    std::vector<ExpiryCount> out;
+    for (const Slot slot : {Slot::kPrimary, Slot::kSecondary}) {
+      const std::string col = std::string(slot_name(slot)) + "_not_after";
+      std::vector<std::string> params;
+      // <slot>_expiry covers the range, the CA and the lot: an index-only scan where the engine
+      // can (PostgreSQL after VACUUM). BIGINT division truncates; the operand is > 0 there.
+      const std::string sql = "SELECT ca_name, lot, CASE WHEN " + col + " <= ? THEN 0 ELSE (" +
+                              col + " - ? + 86399) / 86400 END AS d, COUNT(*) FROM devices WHERE " +
+                              col + " > 0 AND " + col + " < ?" +
+                              where_clause(filter, params, " AND ") + " GROUP BY ca_name, lot, d";
+      auto st = m_impl->query(sql);
+      st->bind(1, now);
+      st->bind(2, now);
+      st->bind(3, until);
+      bind_texts(*st, 4, params);
+      while (st->step()) {
+        out.push_back(ExpiryCount{str(*st, 0), str(*st, 1), st->int64(2), st->int64(3)});
+      }
+    }
     return out;
   });
 }

@@ -13,9 +13,10 @@
 //   1  something due within the first threshold
 //   2  something within the last (smallest) threshold, or expired, or a CA finding
 //
-// Scale: the report aggregates as it reads (counts per group, lot and bucket) and keeps only the
-// first `limit` due certificates, so 10^6 devices cost one indexed scan and no per-device objects
-// beyond the registry's rows. Not thread-safe (uses the Registry).
+// Scale: the registry counts the certificates due per CA, lot and days left (GROUP BY over the
+// expiry index), and returns only the first `limit` as rows: 10^7 devices cost one index scan in
+// the registry and a few thousand count rows here, never one object per device. Not thread-safe
+// (uses the Registry).
 #pragma once
 
 #include <cstdint>
@@ -102,7 +103,10 @@ struct ExpiryReport {
 // Everything the report is computed from, as values (the registry reads them; tests may build
 // them by hand).
 struct ExpiryInputs {
-  std::vector<ExpiringCert> due;  // sorted by not_after, all < until
+  std::vector<ExpiringCert> due;  // sorted by not_after; the rows listed (the first `limit`)
+  // The counts every figure is summed from, as the registry aggregates them (expiry_counts);
+  // without them, `due` is counted (and must then hold every certificate due).
+  std::optional<std::vector<ExpiryCount>> counts;
   std::vector<CaRecord> cas;
   std::vector<EnrollmentGroup> groups;
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_by_ca;

@@ -167,6 +167,15 @@ struct ExpiringCert {
   std::int64_t not_after = 0;
 };
 
+// The expiry scan aggregated in the registry (the report at 10^7 devices): device certificates
+// per CA, lot and whole days left. `days` is 0 for a certificate expired at `now`
+// (not_after <= now), else ceil((not_after - now) / 86400): "due within N days" is days <= N.
+struct ExpiryCount {
+  std::string ca_name, lot;
+  std::int64_t days = 0;
+  std::int64_t count = 0;
+};
+
 // A CA being created: recorded (committed) before its token key is generated, dropped in the
 // transaction that records the CA. A row left behind means a creation was interrupted.
 struct PendingCa {
@@ -374,9 +383,15 @@ class EnrollmentStore {
   virtual std::optional<DeviceRecord> find_device(const std::string& registration_id) = 0;
   virtual std::vector<DeviceRecord> list_devices(const DeviceFilter& filter) = 0;
   virtual std::int64_t count_devices() = 0;
-  // Device certificates (current slots) with not_after < until, ordered by not_after.
+  // Device certificates (current slots) with not_after < until, ordered by not_after (then
+  // registration ID); the first `limit` of them (std::numeric_limits<std::size_t>::max(): all).
   virtual std::vector<ExpiringCert> expiring_device_certs(std::int64_t until,
-                                                          const DeviceFilter& filter) = 0;
+                                                          const DeviceFilter& filter,
+                                                          std::size_t limit) = 0;
+  // The same certificates counted per CA, lot and days left as of `now` (GROUP BY in the
+  // registry: no row per device leaves it). Rows of both slots; a key may appear twice.
+  virtual std::vector<ExpiryCount> expiry_counts(std::int64_t now, std::int64_t until,
+                                                 const DeviceFilter& filter) = 0;
   // Latest not_after of the device certificates each CA issued (current slots only).
   virtual std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() = 0;
   // Device certificates (both slots) expiring before from + buckets·bucket_s, counted per issuing
