@@ -295,10 +295,14 @@ TEST_F(ExpiryRegistry, RegistryCountsEqualTheRowsCountedOneByOne) {
                   "UPDATE devices SET secondary_serial = 'AB01', secondary_not_after = " +
                       std::to_string(now + 13 * kDay) + " WHERE registration_id = 'd-sec'");
 
-  for (const std::string group : {"", "g"}) {
+  // Last: a group whose own thresholds (20, 3) differ from the default (30, 14, 7), so that the
+  // registry's day marks must serve both.
+  for (const std::string group : {"", "g", "g-override"}) {
+    const bool override_g = group == "g-override";
+    if (override_g) th.policy.groups["g"].alert_days = {20, 3};
     engine::FixedClock clock(now);
     engine::ExpiryOptions o;
-    o.group = group;
+    o.group = override_g ? "" : group;
     o.within_days = 400;
     o.limit = 3;
     const auto counted = engine::expiry_report(*th.registry, th.policy, clock, o);
@@ -308,7 +312,7 @@ TEST_F(ExpiryRegistry, RegistryCountsEqualTheRowsCountedOneByOne) {
     in.groups = th.registry->list_groups();
     in.latest_leaf_by_ca = th.registry->latest_leaf_expiry_by_ca();
     engine::DeviceFilter filter;
-    if (!group.empty()) filter.ca_names = {"int1", "int2"};
+    if (group == "g") filter.ca_names = {"int1", "int2"};
     in.due = th.registry->expiring_device_certs(now + 400 * kDay, filter,
                                                 std::numeric_limits<std::size_t>::max());
     ASSERT_EQ(in.due.size(), 10u) << group;  // d-out is beyond the window; d-sec counts twice
@@ -316,10 +320,19 @@ TEST_F(ExpiryRegistry, RegistryCountsEqualTheRowsCountedOneByOne) {
     EXPECT_EQ(counted.total_due, 10) << group;
     EXPECT_EQ(counted.total_due, by_row.total_due) << group;
     EXPECT_EQ(counted.buckets, by_row.buckets) << group;
-    EXPECT_EQ(count(counted.buckets, "expired"), 2) << group;  // d-expired, d-now
-    EXPECT_EQ(count(counted.buckets, "7d"), 3) << group;       // d-1s, d-7d, d-sec's primary
-    EXPECT_EQ(count(counted.buckets, "14d"), 3) << group;      // d-7d1s, d-14d, d-sec's secondary
-    EXPECT_EQ(count(counted.buckets, "later"), 2) << group;    // d-30d1s, d-200d
+    if (override_g) {
+      // Under g's thresholds: d-1s, d-sec's primary (3d); d-7d, d-7d1s, d-14d, d-sec's secondary
+      // (20d); d-30d1s, d-200d later.
+      EXPECT_EQ(count(counted.buckets, "3d"), 2);
+      EXPECT_EQ(count(counted.buckets, "20d"), 4);
+      EXPECT_EQ(count(counted.buckets, "later"), 2);
+      EXPECT_EQ(count(counted.buckets, "7d"), 0);
+    } else {
+      EXPECT_EQ(count(counted.buckets, "expired"), 2) << group;  // d-expired, d-now
+      EXPECT_EQ(count(counted.buckets, "7d"), 3) << group;       // d-1s, d-7d, d-sec's primary
+      EXPECT_EQ(count(counted.buckets, "14d"), 3) << group;      // d-7d1s, d-14d, d-sec's secondary
+      EXPECT_EQ(count(counted.buckets, "later"), 2) << group;    // d-30d1s, d-200d
+    }
     ASSERT_EQ(counted.groups.size(), by_row.groups.size()) << group;
     for (std::size_t i = 0; i < counted.groups.size(); ++i) {
       EXPECT_EQ(counted.groups[i].group, by_row.groups[i].group);
@@ -337,7 +350,7 @@ TEST_F(ExpiryRegistry, RegistryCountsEqualTheRowsCountedOneByOne) {
     EXPECT_EQ(counted.due[0].cert.registration_id, "d-expired");
     EXPECT_EQ(counted.due[1].cert.registration_id, "d-now");
     EXPECT_EQ(counted.due[2].cert.registration_id, "d-1s");
-    EXPECT_EQ(engine::bucket_label(counted.due[2].bucket), "7d");
+    EXPECT_EQ(engine::bucket_label(counted.due[2].bucket), override_g ? "3d" : "7d");
   }
 }
 

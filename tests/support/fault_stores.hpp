@@ -182,8 +182,9 @@ class FaultStores final : public engine::Stores {
     return m_inner.expiring_device_certs(until, filter, limit);
   }
   std::vector<engine::ExpiryCount> expiry_counts(std::int64_t now, std::int64_t until,
+                                                 const std::vector<int>& marks,
                                                  const engine::DeviceFilter& filter) override {
-    return m_inner.expiry_counts(now, until, filter);
+    return m_inner.expiry_counts(now, until, marks, filter);
   }
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override {
     return m_inner.latest_leaf_expiry_by_ca();

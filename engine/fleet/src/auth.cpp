@@ -111,7 +111,8 @@ struct Authenticator::Impl {
   void load();
   void vouch(Ca& ca);
   AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
-                      std::int64_t at, bool force_openssl);
+                      std::int64_t at, bool force_openssl,
+                      const std::optional<IndividualEnrollment>& individual);
   AuthDecision fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at);
   AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
   AuthDecision classify_anchor(const Ca& ca);
@@ -421,9 +422,11 @@ AuthDecision Authenticator::Impl::openssl_path(const Der& leaf_der, std::span<co
 
 AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& leaf,
                                          std::span<const Der> chain, std::int64_t at,
-                                         bool force_openssl) {
-  // 1. Individual enrollment first: it wins over any group.
-  if (auto ie = registry.find_individual_slots(single_common_name(leaf.subject).value())) {
+                                         bool force_openssl,
+                                         const std::optional<IndividualEnrollment>& individual) {
+  // 1. Individual enrollment first (of the leaf's CN, looked up with its state): it wins over
+  //    any group.
+  if (const auto& ie = individual) {
     if (!ie->enabled) {
       return refuse("individual-disabled",
                     "individual enrollment '" + ie->registration_id +
@@ -577,7 +580,9 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
   if (!cn) return refuse("registration-id-invalid", cn.error().message);
   AuthDecision d;
   const std::string serial = serial_hex(leaf.serial);
-  const auto state = m_impl->registry.cert_state(serial);
+  // One round trip: the certificate's state and the CN's individual enrollment.
+  const auto found = m_impl->registry.auth_lookup(serial, *cn);
+  const auto& state = found.state;
   if (!claimed_id.empty() && claimed_id != *cn) {
     d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn +
                                                "' is not the registration ID '" +
@@ -587,7 +592,7 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
   } else if (state == CertState::kRevoked) {
     d = refuse("revoked", "certificate serial " + serial + " is revoked");
   } else {
-    d = m_impl->decide(chain[0], leaf, chain, at, force_openssl);
+    d = m_impl->decide(chain[0], leaf, chain, at, force_openssl, found.individual);
   }
   // Only an ID in the cloud's alphabet (DPS registration IDs: letters, digits, "-._:", 128 at
   // most, the widest a policy allows) is admitted; a home's narrower rule is the issuer's and the

@@ -274,7 +274,13 @@ ExpiryReport expiry_report(Stores& registry, const policy::Policy& policy, const
   }
   const std::int64_t until = now + std::int64_t{within} * kDay;
   in.due = registry.expiring_device_certs(until, filter, options.limit);
-  in.counts = registry.expiry_counts(now, until, filter);
+  // Every threshold in force anywhere: each count then falls in one bucket whichever group's
+  // thresholds classify it.
+  std::vector<int> marks = policy.alert_days;
+  for (const auto& [name, g] : policy.groups) {
+    marks.insert(marks.end(), g.alert_days.begin(), g.alert_days.end());
+  }
+  in.counts = registry.expiry_counts(now, until, marks, filter);
   ExpiryReport report = build_expiry_report(in, policy, now, options);
   // Leaves that outlive their CA: rare (issuance clamps to the CA), so counted only when found.
   for (auto& f : report.findings) {

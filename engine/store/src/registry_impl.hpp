@@ -137,7 +137,7 @@ struct Registry::Impl {
   std::optional<Session> m_session;  // SQLite only: the Poco session that owns the connection
   std::unique_ptr<sql::Db> m_db;
   std::string m_file;  // the SQLite file or the PostgreSQL URL (without its password)
-  PreparedQuery m_individual_slots, m_cert_state, m_pinned_cert;
+  PreparedQuery m_individual_slots, m_cert_state, m_pinned_cert, m_auth_lookup;
   // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
   PreparedQuery m_insert_intent, m_issue, m_device_slot;
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;

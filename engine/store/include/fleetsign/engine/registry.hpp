@@ -108,9 +108,11 @@ class Registry final : public Stores {
   std::optional<DeviceRecord> find_device(const std::string& registration_id) override;
   std::vector<DeviceRecord> list_devices(const DeviceFilter& filter) override;
   std::int64_t count_devices() override;
+  AuthLookup auth_lookup(const std::string& serial, const std::string& registration_id) override;
   std::vector<ExpiringCert> expiring_device_certs(std::int64_t until, const DeviceFilter& filter,
                                                   std::size_t limit) override;
   std::vector<ExpiryCount> expiry_counts(std::int64_t now, std::int64_t until,
+                                         const std::vector<int>& marks,
                                          const DeviceFilter& filter) override;
   std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() override;
   std::vector<CaBucketCount> expiry_histogram(std::int64_t from, std::int64_t bucket_s,

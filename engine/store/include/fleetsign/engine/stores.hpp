@@ -168,8 +168,10 @@ struct ExpiringCert {
 };
 
 // The expiry scan aggregated in the registry (the report at 10^7 devices): device certificates
-// per CA, lot and whole days left. `days` is 0 for a certificate expired at `now`
-// (not_after <= now), else ceil((not_after - now) / 86400): "due within N days" is days <= N.
+// per CA, lot and days left, the days counted up to the next of the report's day marks (its alert
+// thresholds): `days` is 0 for a certificate expired at `now` (not_after <= now), else the
+// smallest mark m with not_after - now <= m days, or the largest mark + 1 when there is none.
+// Every certificate in one row falls in the same bucket under any thresholds taken from the marks.
 struct ExpiryCount {
   std::string ca_name, lot;
   std::int64_t days = 0;
@@ -388,9 +390,10 @@ class EnrollmentStore {
   virtual std::vector<ExpiringCert> expiring_device_certs(std::int64_t until,
                                                           const DeviceFilter& filter,
                                                           std::size_t limit) = 0;
-  // The same certificates counted per CA, lot and days left as of `now` (GROUP BY in the
-  // registry: no row per device leaves it). Rows of both slots; a key may appear twice.
+  // The same certificates counted per CA, lot and day mark as of `now` (ExpiryCount; `marks`
+  // positive). Counted in the registry: no row per device leaves it. A key may appear twice.
   virtual std::vector<ExpiryCount> expiry_counts(std::int64_t now, std::int64_t until,
+                                                 const std::vector<int>& marks,
                                                  const DeviceFilter& filter) = 0;
   // Latest not_after of the device certificates each CA issued (current slots only).
   virtual std::vector<std::pair<std::string, std::int64_t>> latest_leaf_expiry_by_ca() = 0;
@@ -713,6 +716,18 @@ class Stores : public CaStore,
                public IncidentStore,
                public RevocationStore,
                public OperatorStore,
-               public WorkStore {};
+               public WorkStore {
+ public:
+  // The two point lookups of one authentication decision, the certificate's state and the
+  // individual enrollment of its CN: a backend answers both in one round trip (on PostgreSQL the
+  // round trip is most of a decision's cost).
+  struct AuthLookup {
+    std::optional<CertState> state;
+    std::optional<IndividualEnrollment> individual;
+  };
+  virtual AuthLookup auth_lookup(const std::string& serial, const std::string& registration_id) {
+    return AuthLookup{cert_state(serial), find_individual_slots(registration_id)};
+  }
+};
 
 }  // namespace fleetsign::engine
