@@ -190,6 +190,9 @@ void Server::spawn(const std::string& label, const std::vector<std::string>& arg
       env_s.emplace_back(*e);
     }
   }
+  // Who spawned it: `batch work` dies with this process (PR_SET_PDEATHSIG), so that killing a
+  // worker's serve stops its signing too, and its shares' leases run out for the other workers.
+  env_s.push_back("FLEETSIGN_SERVE_PID=" + std::to_string(::getpid()));
   env_s.push_back(std::string("FLEETSIGN_PIN=") + m_pin.c_str());
   std::vector<char*> env;
   for (auto& e : env_s) env.push_back(e.data());
@@ -474,7 +477,10 @@ int run_serve(Context& ctx) {
       std::this_thread::sleep_for(kPoll);
     }
   }
-  if (g_stop != 0) log("stopping: no new jobs; the broker keeps running");
+  if (g_stop != 0) {
+    log(ctx.args().has("worker") ? "stopping: no new jobs or shares"
+                                 : "stopping: no new jobs; the broker keeps running");
+  }
   server.stop_children();
   server.release_scheduler_lease();
   log("stopped");

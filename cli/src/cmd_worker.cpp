@@ -2,8 +2,10 @@
 //   worker clone DIR   a worker's home: the same registry, policy and token (a SoftHSM2 clone)
 //   batch work         claims shares of shared batches (`issue --share N`) and runs each, with a
 //                      lease renewed while it runs; `serve` spawns it when shares are waiting
+#include <sys/prctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -11,6 +13,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -119,7 +122,17 @@ class LeaseKeeper final {
 
 int run_batch_work(Context& ctx) {
   const int lease = ctx.args().get_int("lease").value_or(kDefaultShareLease);
-  if (lease < 3 || lease > 3600) throw Error(ErrorCode::kUsage, "--lease must be 3..3600 seconds");
+  // Renewed every third of the lease in whole seconds, behind the batch's own writes: below 5 s
+  // a busy worker lost its lease to itself (found by review with --lease 3).
+  if (lease < 5 || lease > 3600) throw Error(ErrorCode::kUsage, "--lease must be 5..3600 seconds");
+  // Spawned by `serve`: die with it (a serve killed with kill -9 must not leave its signer
+  // claiming shares), and not start at all when it is already gone.
+  if (const char* serve_pid = std::getenv("FLEETSIGN_SERVE_PID")) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (std::to_string(::getppid()) != serve_pid) {
+      throw Error(ErrorCode::kUsage, "the serve that started this worker has exited");
+    }
+  }
   const int threads = ctx.args().get_int("threads").value_or(0);
   if (threads < 0) throw Error(ErrorCode::kUsage, "--threads must be 0 (all cores) or more");
   const int max_shares = ctx.args().get_int("max-shares").value_or(0);
@@ -155,9 +168,13 @@ int run_batch_work(Context& ctx) {
       s = runner.run_share(*share, nullptr, threads);
     } catch (const Error& e) {
       // This worker cannot run the share (a CA key its token lacks, outputs it cannot write):
-      // its lease ends now, so another worker claims it at once; the error is this run's.
+      // its lease ends soon, 10 s per attempt so far (at most 5 min), so another worker retries
+      // it, and a share that fails everywhere does not keep the shares after it waiting (found
+      // by review: a poisoned first share was claimed again on every tick).
       try {
-        ctx.registry().renew_batch_share(share->batch_id, share->share, holder, 0);
+        const std::int64_t back_off = std::min<std::int64_t>(300, 10 * share->attempts);
+        ctx.registry().renew_batch_share(share->batch_id, share->share, holder,
+                                         engine::SystemClock().now() + back_off);
       } catch (const Error&) {
         // The lease then ends when it would have.
       }

@@ -4,6 +4,7 @@
 // elect one holder and fail over when it stops renewing or is known dead.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <set>
 #include <string>
 #include <thread>
@@ -44,6 +45,89 @@ std::vector<BatchShare> shares_of(const std::string& id, int n, std::int64_t siz
     out.push_back(s);
   }
   return out;
+}
+
+CertIntent intent_for(const std::string& batch, const std::string& device, int serial) {
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "7E%014X", serial);
+  CertIntent i;
+  i.serial = hex;
+  i.device_id = device;
+  i.ca_name = "int";
+  i.batch_id = batch;
+  i.seq = serial;
+  i.subject = "CN=" + device;
+  i.not_before = kNow;
+  i.not_after = kNow + 365 * 86400;
+  i.tbs_der = {0x30, 0x01, static_cast<std::uint8_t>(serial)};
+  return i;
+}
+
+std::vector<CertIntent> intents_for(const std::string& batch, int first_device, int count,
+                                    int first_serial) {
+  std::vector<CertIntent> out;
+  for (int i = 0; i < count; ++i) {
+    out.push_back(intent_for(batch, "dev-" + std::to_string(first_device + i), first_serial + i));
+  }
+  return out;
+}
+
+// Workers with homes of their own share only the registry: the device check and the intents are
+// one write transaction, so a device another batch is issuing, or that holds a valid
+// certificate, is refused and not recorded.
+TEST(WorkStore, ADeviceAnotherBatchIsIssuingOrThatHoldsACertificateIsRefused) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  EXPECT_TRUE(reg->record_new_device_intents(intents_for("A", 0, 10, 0), kNow).empty());
+  const auto refused = reg->record_new_device_intents(intents_for("B", 5, 10, 100), kNow);
+  ASSERT_EQ(refused.size(), 5u);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(refused[i].device_id, "dev-" + std::to_string(5 + i));
+    EXPECT_EQ(refused[i].open_batch, "A");
+    EXPECT_FALSE(reg->find_cert(intent_for("B", "", 100 + i).serial)) << "recorded anyway";
+  }
+  EXPECT_TRUE(reg->find_cert(intent_for("B", "", 105).serial));  // dev-10: new, recorded
+  // A's own resume may record again for its devices (its earlier intents are its own).
+  EXPECT_TRUE(reg->record_new_device_intents(intents_for("A", 3, 1, 200), kNow).empty());
+  // Issued: a valid certificate refuses the device (and only while it is valid).
+  const std::vector<IssuedCert> done{
+      {intent_for("A", "", 0).serial, {0x30, 0x82, 0x01, 0xFF}, "AA", "BB"}};
+  reg->record_issued(done);
+  const auto held = reg->record_new_device_intents(intents_for("C", 0, 1, 300), kNow);
+  ASSERT_EQ(held.size(), 1u);
+  EXPECT_EQ(held[0].device_id, "dev-0");
+  EXPECT_EQ(held[0].open_batch, "");
+  EXPECT_TRUE(
+      reg->record_new_device_intents(intents_for("D", 0, 1, 400), kNow + 366 * 86400).empty());
+}
+
+// The review's race: two workers' batches over the same 400 devices at once, on two
+// connections. Each device ends with exactly one intent.
+TEST(WorkStore, TwoWorkersIssuingTheSameDevicesAtOnceRecordEachDeviceOnce) {
+  TempDir dir;
+  Registry::open(dir.db());  // created (and migrated) before the racers connect
+  std::size_t refused[2] = {0, 0};
+  std::vector<std::thread> racers;
+  for (int w = 0; w < 2; ++w) {
+    racers.emplace_back([&, w] {
+      auto reg = Registry::open(dir.db());
+      for (int chunk = 0; chunk < 8; ++chunk) {
+        refused[w] +=
+            reg->record_new_device_intents(
+                   intents_for("W" + std::to_string(w), chunk * 50, 50, w * 10000 + chunk * 50),
+                   kNow)
+                .size();
+      }
+    });
+  }
+  for (auto& t : racers) t.join();
+  EXPECT_EQ(refused[0] + refused[1], 400u);
+  auto reg = Registry::open(dir.db());
+  for (int d = 0; d < 400; ++d) {
+    const bool first = reg->find_cert(intent_for("", "", d).serial).has_value();
+    const bool second = reg->find_cert(intent_for("", "", 10000 + d).serial).has_value();
+    EXPECT_NE(first, second) << "dev-" << d;
+  }
 }
 
 TEST(WorkStore, EachShareIsClaimedOnceUntilItsLeaseEndsAndOnlyItsHolderFinishesIt) {

@@ -175,25 +175,12 @@ void prepare_item(const Run& run, Item& item) {
 
 // Step 3, serial: duplicates, already-issued devices, then the intents in one transaction.
 void record_intents(Run& run, Chunk& chunk) {
-  std::vector<std::string> ids;
   for (Item& item : chunk.items) {
     if (!item.ok() || item.committed_before) continue;
     if (run.options.input.kind != BatchInput::Kind::kGenerate &&
         !run.seen_ids.insert(item.device_id).second) {
       item.reject(ErrorCode::kDuplicateInBatch,
                   "device ID '" + item.device_id + "' appears earlier in this batch");
-      continue;
-    }
-    ids.push_back(item.device_id);
-  }
-  if (!run.options.reissue && !ids.empty()) {
-    const auto holders = run.registry.devices_with_valid_cert(ids, run.clock.now());
-    const std::unordered_set<std::string> held(holders.begin(), holders.end());
-    for (Item& item : chunk.items) {
-      if (item.ok() && !item.committed_before && held.count(item.device_id) != 0) {
-        item.reject(ErrorCode::kAlreadyIssued,
-                    "device '" + item.device_id + "' already holds a valid certificate");
-      }
     }
   }
   std::vector<CertIntent> intents;
@@ -210,7 +197,26 @@ void record_intents(Run& run, Chunk& chunk) {
   }
   if (!intents.empty()) {
     try {
-      run.registry.record_intents(intents);
+      if (run.options.reissue) {
+        run.registry.record_intents(intents);
+      } else {
+        // Devices that already hold a valid certificate, or that another batch (another
+        // worker's) is issuing, are refused in the transaction that records the rest.
+        std::unordered_map<std::string, std::string> refused;
+        for (auto& r : run.registry.record_new_device_intents(intents, run.clock.now())) {
+          refused.emplace(std::move(r.device_id), std::move(r.open_batch));
+        }
+        for (Item& item : chunk.items) {
+          if (!item.ok() || item.committed_before) continue;
+          const auto it = refused.find(item.device_id);
+          if (it == refused.end()) continue;
+          item.reject(ErrorCode::kAlreadyIssued,
+                      it->second.empty()
+                          ? "device '" + item.device_id + "' already holds a valid certificate"
+                          : "device '" + item.device_id + "' is being issued by batch " +
+                                it->second + " (its intent is open: resume that batch)");
+        }
+      }
     } catch (const Error& e) {
       throw e.with_context("batch " + run.record.id + ", recording " +
                            std::to_string(intents.size()) + " intents from input #" +

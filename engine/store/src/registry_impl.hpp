@@ -140,7 +140,7 @@ struct Registry::Impl {
   PreparedQuery m_individual_slots, m_cert_state, m_pinned_cert, m_auth_lookup;
   // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
   PreparedQuery m_insert_intent, m_issue, m_device_slot;
-  PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs;
+  PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs, m_busy_devices;
   // The job runner's hot path (registry_jobs.cpp): task rows and the slot changes of a flush.
   PreparedQuery m_insert_task, m_update_task, m_tasks_all, m_tasks_in_state;
   PreparedQuery m_device_serials, m_clear_primary, m_clear_secondary, m_revoke_superseded,

@@ -10,6 +10,7 @@
 // per connection; a span's remainder (fewer than kRows rows) goes through the one-row forms.
 #include <algorithm>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "fleetsign/engine/registry.hpp"
@@ -142,6 +143,18 @@ sql::Stmt& statement(sql::Db& db, std::size_t rows, PreparedQuery& many, Prepare
 }  // namespace
 
 void Registry::record_intents(std::span<const CertIntent> intents) {
+  insert_intents(intents, nullptr, nullptr);
+}
+
+std::vector<Stores::RefusedDevice> Registry::record_new_device_intents(
+    std::span<const CertIntent> intents, std::int64_t now) {
+  std::vector<RefusedDevice> refused;
+  insert_intents(intents, &now, &refused);
+  return refused;
+}
+
+void Registry::insert_intents(std::span<const CertIntent> intents, const std::int64_t* check_at,
+                              std::vector<RefusedDevice>* refused) {
   if (intents.empty()) {
     return;
   }
@@ -150,16 +163,62 @@ void Registry::record_intents(std::span<const CertIntent> intents) {
   if (const auto dup = first_duplicate(intents, &CertIntent::serial)) {
     throw Error(ErrorCode::kAlreadyExists, what + ": serial 0x" + *dup + " appears twice");
   }
+  // Devices that hold a valid certificate, or an open intent of another batch: read inside the
+  // write transaction, under the registry's one write lock, so no other writer can add either
+  // between this check and the insert.
+  static const std::string busy_sql =
+      "SELECT device_id, state, batch_id FROM certificates WHERE device_id IN " +
+      tuples(1, static_cast<int>(kInListChunk), 3) +
+      " AND ((state = 'issued' AND not_after > ?1) OR (state = 'intent' AND batch_id <> ?2))";
+  std::vector<const CertIntent*> keep;
   try {
     m_impl->write(what, [&] {
+      keep.clear();
+      if (refused != nullptr) refused->clear();
+      std::unordered_map<std::string, std::string> busy;  // device → open batch ("": issued)
+      if (check_at != nullptr) {
+        sql::Stmt& st = m_impl->m_busy_devices.get(m_impl->db(), busy_sql);
+        for (std::size_t begin = 0; begin < intents.size(); begin += kInListChunk) {
+          const std::size_t n = std::min(kInListChunk, intents.size() - begin);
+          st.bind(1, *check_at);
+          st.bind(2, std::string_view(intents[0].batch_id));
+          for (std::size_t i = 0; i < kInListChunk; ++i) {
+            // The rest are '', which no device ID is (one parameter-type signature).
+            st.bind(3 + static_cast<int>(i),
+                    i < n ? std::string_view(intents[begin + i].device_id) : std::string_view());
+          }
+          try {
+            while (st.step()) {
+              auto [it, added] = busy.try_emplace(std::string(st.text(0)));
+              if (st.text(1) == "intent" && (added || !it->second.empty())) {
+                it->second = std::string(st.text(2));
+              } else if (st.text(1) == "issued") {
+                it->second.clear();
+              }
+            }
+          } catch (...) {
+            st.reset();
+            throw;
+          }
+          st.reset();
+        }
+      }
+      for (const auto& intent : intents) {
+        const auto it = busy.find(intent.device_id);
+        if (it == busy.end()) {
+          keep.push_back(&intent);
+        } else if (refused != nullptr) {
+          refused->push_back(RefusedDevice{intent.device_id, it->second});
+        }
+      }
       const std::int64_t now = m_impl->stamp(0);
-      for (std::size_t at = 0; at < intents.size();) {
-        const std::size_t rows = intents.size() - at >= kRows ? kRows : 1;
+      for (std::size_t at = 0; at < keep.size();) {
+        const std::size_t rows = keep.size() - at >= kRows ? kRows : 1;
         sql::Stmt& st = statement(m_impl->db(), rows, m_impl->m_insert_intents,
                                   m_impl->m_insert_intent, insert_intents_sql);
         st.bind(1, now);
         for (std::size_t r = 0; r < rows; ++r) {
-          bind_intent(st, 2 + static_cast<int>(r) * kIntentColumns, intents[at + r]);
+          bind_intent(st, 2 + static_cast<int>(r) * kIntentColumns, *keep[at + r]);
         }
         m_impl->step(st, what);
         at += rows;

@@ -72,6 +72,8 @@ class Registry final : public Stores {
 
   // CertificateStore
   void record_intents(std::span<const CertIntent> intents) override;
+  std::vector<RefusedDevice> record_new_device_intents(std::span<const CertIntent> intents,
+                                                       std::int64_t now) override;
   void record_issued(std::span<const IssuedCert> certs) override;
   std::int64_t abandon_intents(const std::string& batch_id) override;
   std::int64_t revoke_certs(std::span<const std::string> serials, const std::string& reason,
@@ -206,6 +208,9 @@ class Registry final : public Stores {
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 
  private:
+  // record_intents, and record_new_device_intents when `check_at` is set.
+  void insert_intents(std::span<const CertIntent> intents, const std::int64_t* check_at,
+                      std::vector<RefusedDevice>* refused);
   explicit Registry(std::unique_ptr<Impl> impl);
   static std::unique_ptr<Registry> open_postgres(const std::string& url, RegistryOptions options);
   std::unique_ptr<Impl> m_impl;

@@ -11,6 +11,7 @@
 // Thread safety: an implementation is one connection, not thread-safe: one per thread, or guarded.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -342,6 +343,33 @@ class CertificateStore {
   // Of `device_ids`, those that hold an issued certificate valid at `now` (not_after > now).
   virtual std::vector<std::string> devices_with_valid_cert(std::span<const std::string> device_ids,
                                                            std::int64_t now) = 0;
+  // A batch's intents for devices that must be new: those whose device holds an issued
+  // certificate valid at `now`, or an open intent of another batch, are refused and not
+  // recorded; the rest are recorded as record_intents does. The check and the insert are one
+  // write transaction on a backend (Registry): two processes' batches over the same devices
+  // (workers with homes of their own) cannot both pass it. Returns the refused, in input order.
+  struct RefusedDevice {
+    std::string device_id;
+    std::string open_batch;  // the batch holding an open intent; empty: a valid certificate
+  };
+  virtual std::vector<RefusedDevice> record_new_device_intents(std::span<const CertIntent> intents,
+                                                               std::int64_t now) {
+    // Checked, then written: atomic only where the backend overrides it (wrappers, tests).
+    std::vector<std::string> ids;
+    for (const auto& i : intents) ids.push_back(i.device_id);
+    const auto held = devices_with_valid_cert(ids, now);
+    std::vector<RefusedDevice> refused;
+    std::vector<CertIntent> rest;
+    for (const auto& i : intents) {
+      if (std::find(held.begin(), held.end(), i.device_id) != held.end()) {
+        refused.push_back(RefusedDevice{i.device_id, {}});
+      } else {
+        rest.push_back(i);
+      }
+    }
+    record_intents(rest);
+    return refused;
+  }
   // Issued certificates of a batch with seq > after_seq, ordered by seq.
   virtual std::vector<CertRecord> batch_issued_after(const std::string& batch_id,
                                                      std::int64_t after_seq) = 0;
