@@ -9,7 +9,7 @@
 // carry no DER (the report and the decision never read it).
 //
 //   fleetsign-registry-bench --postgres postgresql://USER@HOST/EMPTY_DB [--sqlite]
-//                            [--devices N] [--threads N] [--seconds S] [--json]
+//                            [--devices N] [--threads N] [--seconds S] [--keep] [--json]
 #include <libpq-fe.h>
 #include <sqlite3.h>
 
@@ -47,6 +47,7 @@ struct Options {
   // --home H --bundle F: measure again over a registry this bench loaded before (H's registry
   // holds the N devices and F the real batch's certificates), without loading it again.
   std::string home, bundle;
+  bool keep = false;  // --keep: leave the loaded homes for --home H --bundle F
 };
 
 struct Figures {
@@ -277,6 +278,8 @@ int main(int argc, char** argv) {
       o.threads = std::stoi(need());
     else if (a == "--seconds")
       o.seconds = std::stod(need());
+    else if (a == "--keep")
+      o.keep = true;
     else if (a == "--json")
       o.json = true;
     else if (a == "--home")
@@ -284,12 +287,14 @@ int main(int argc, char** argv) {
     else if (a == "--bundle")
       o.bundle = need();
     else {
-      std::fprintf(stderr,
-                   "usage: fleetsign-registry-bench --postgres URL [--sqlite] [--devices N] "
-                   "[--threads N] [--seconds S] [--json]\n  URL: an empty PostgreSQL database "
-                   "(PGPASSWORD or ~/.pgpass for a password)\n  --sqlite: the same on a SQLite "
-                   "home, after PostgreSQL\n  --home H --bundle F: measure again over a "
-                   "registry loaded before (H's, with --devices N; F: its real certificates)\n");
+      std::fprintf(
+          stderr,
+          "usage: fleetsign-registry-bench --postgres URL [--sqlite] [--devices N] "
+          "[--threads N] [--seconds S] [--keep] [--json]\n  URL: an empty PostgreSQL database "
+          "(PGPASSWORD or ~/.pgpass for a password)\n  --sqlite: the same on a SQLite "
+          "home, after PostgreSQL\n  --home H --bundle F: measure again over a "
+          "registry loaded before (H's, with --devices N; F: its real certificates)\n  --keep: "
+          "leave the loaded homes (the line to measure them again is printed)\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -329,7 +334,12 @@ int main(int argc, char** argv) {
       print("PostgreSQL", p, o.devices + kReal, false, true);
       if (o.sqlite) print("SQLite", q, o.devices + kReal, false, false);
     }
-    fs::remove_all(work);
+    if (o.keep) {
+      note("kept %s (measure again: --home %s --bundle %s)", work.c_str(), pg.home.c_str(),
+           (pg.dir / "real" / "bundle.pem").c_str());
+    } else {
+      fs::remove_all(work);
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "fleetsign-registry-bench: %s (work dir %s kept)\n", e.what(),

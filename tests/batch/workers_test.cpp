@@ -90,6 +90,25 @@ TEST_F(Workers, ASharedBatchIsSignedByBatchWorkShareByShareAndShownWhole) {
   EXPECT_NE(resume.exit_code(), 0);
   EXPECT_NE(resume.err.find("shared by workers"), std::string::npos) << resume.describe();
 
+  // No other batch can take a share's directory before a worker reaches it (the share would fail
+  // for ever), nor any other place inside the shared batch's directory.
+  for (const char* inside : {"out/s0003", "out/mine", "out/s0001/deeper"}) {
+    const Outcome o = fleet.run({"issue", "--ca", "int", "--generate", "2", "--id-pattern",
+                                 "in-{02}", "--out", fleet.path(inside).string()});
+    EXPECT_NE(o.exit_code(), 0) << o.describe();
+    EXPECT_NE(o.err.find("the output directory of batch '" + id + "'"), std::string::npos)
+        << o.describe();
+  }
+  EXPECT_EQ(query_int(fleet.registry_location(),
+                      "SELECT COUNT(*) FROM certificates WHERE device_id LIKE 'in-%'"),
+            0);
+  // A signer whose serve is gone (the PID serve passes is not its parent's) claims nothing: the
+  // run below still finds all four shares.
+  const Outcome orphan = fleet.run({"batch", "work"}, {"FLEETSIGN_SERVE_PID=1"});
+  EXPECT_EQ(orphan.exit_code(), 2) << orphan.describe();
+  EXPECT_NE(orphan.err.find("the serve that started this worker has exited"), std::string::npos)
+      << orphan.describe();
+
   const Outcome work = fleet.run({"batch", "work", "--json"});
   ASSERT_EQ(work.exit_code(), 0) << work.describe();
   const auto done = parse_json(work.out)->getArray("shares");

@@ -415,22 +415,21 @@ namespace batch {
 // outputs. A marker file names the owner.
 constexpr std::size_t kBatchMarkerLimit = 4096;  // OUT/.fleetsign-batch: one batch ID
 
+// The batch that owns `dir` (its marker's one line), or "" for none. The marker is read like any
+// input: the directory is the operator's, and a marker that is /dev/zero or a huge file must be
+// refused, not read for ever (a batch ID is a short name).
+std::string out_dir_owner(const std::filesystem::path& dir) {
+  const std::filesystem::path marker = dir / ".fleetsign-batch";
+  std::error_code ec;
+  if (!std::filesystem::exists(marker, ec)) return {};
+  std::string owner = read_bounded(marker.string(), kBatchMarkerLimit, "batch marker file");
+  owner.erase(std::min(owner.find('\n'), owner.size()));
+  return owner;
+}
+
 void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
   const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
-  // The marker is read like any input: the directory is the operator's, and a marker that is
-  // /dev/zero or a huge file must be refused, not read for ever (a batch ID is a short name).
-  std::string owner;
-  std::error_code ec;
-  if (std::filesystem::exists(marker, ec)) {
-    owner = read_bounded(marker.string(), kBatchMarkerLimit, "batch marker file");
-    owner.erase(std::min(owner.find('\n'), owner.size()));
-  }
-  if (!owner.empty() && owner != batch_id) {
-    throw Error(ErrorCode::kOutputDirInUse, "output directory " + out +
-                                                " holds the outputs of batch '" + owner +
-                                                "'; each batch needs its own directory");
-  }
-  // Per-device files of a batch would overwrite same-named files of anything else there.
+  const std::string owner = out_dir_owner(out);
   if (owner.empty() && !resuming && !std::filesystem::is_empty(out)) {
     throw Error(ErrorCode::kOutputDirInUse,
                 "output directory " + out +
@@ -511,7 +510,28 @@ void check_inputs(const BatchInput& input, const policy::Policy& policy) {
   }
 }
 
+// Refused before any directory is made: a shared batch's shares write into its sNNNN
+// subdirectories when a worker reaches them, and a batch (or a directory it made) there first
+// would leave that share failing for ever. Only a share of the batch owning the directory above
+// goes inside another batch's directory.
+void refuse_inside_another_batch(const std::string& out, const std::string& batch_id) {
+  std::error_code ec;
+  const auto dir = std::filesystem::weakly_canonical(out, ec);
+  for (auto p = dir.parent_path(); !ec && !p.empty(); p = p.parent_path()) {
+    const std::string above = out_dir_owner(p);
+    if (!above.empty() && !(p == dir.parent_path() && batch_id.starts_with(above + ".s") &&
+                            is_share_batch_id(batch_id))) {
+      throw Error(ErrorCode::kOutputDirInUse,
+                  "output directory " + out + " is inside " + p.string() +
+                      ", the output directory of batch '" + above +
+                      "'; each batch needs its own directory, outside another batch's");
+    }
+    if (p == p.root_path()) break;
+  }
+}
+
 void prepare_out_dir(const BatchOptions& o) {
+  refuse_inside_another_batch(o.out_dir, o.batch_id);
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
   if (ec || !std::filesystem::is_directory(o.out_dir, ec)) {
