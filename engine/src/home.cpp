@@ -301,13 +301,25 @@ Home Home::clone_worker(const fs::path& dir) const {
   }
   const bool made = !fs::exists(dir, ec);
   HomeConfig config = new_home_dir(dir);
-  // A clone that fails halfway is removed (it may hold copies of the keys), so it can be retried.
+  // A clone that fails halfway is removed (it may hold copies of the keys), so it can be retried:
+  // the directory it made, or what it put into the empty one it was given.
   struct Cleanup {
     fs::path dir;
-    bool armed;
+    bool made;
+    bool armed = true;
     ~Cleanup() {
+      if (!armed) return;
       std::error_code ignored;
-      if (armed) fs::remove_all(dir, ignored);
+      if (made) {
+        fs::remove_all(dir, ignored);
+        return;
+      }
+      std::vector<fs::path> put;  // listed first: no removal under a running iterator
+      for (auto it = fs::directory_iterator(dir, ignored);
+           !ignored && it != fs::directory_iterator(); it.increment(ignored)) {
+        put.push_back(it->path());
+      }
+      for (const auto& p : put) fs::remove_all(p, ignored);
     }
   } cleanup{config.dir, made};
   config.module = m_config.module;

@@ -4,6 +4,7 @@
 // the SQLite run checks what a single home does with a shared batch, and the refusals.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <map>
@@ -179,6 +180,18 @@ TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
     EXPECT_NE(o.err.find("beside the home"), std::string::npos) << o.describe();
   }
   EXPECT_FALSE(fs::exists(fleet.home() / "tokens" / "w"));
+  // A clone that fails halfway (a FIFO in the token backup cannot be copied, and the backup is
+  // copied after the token store) leaves the empty directory it was given empty: no copy of the
+  // keys stays behind, and the clone can be retried there.
+  fs::create_directories(fleet.path("w3"));
+  const fs::path fifo = fleet.home() / "token-backup" / "zz-fifo";
+  ASSERT_TRUE(fs::is_directory(fifo.parent_path()));
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const Outcome half = fleet.run({"worker", "clone", fleet.path("w3").string()});
+  fs::remove(fifo);
+  EXPECT_NE(half.exit_code(), 0) << half.describe();
+  EXPECT_TRUE(fs::is_empty(fleet.path("w3"))) << half.describe();
+  EXPECT_EQ(fleet.run({"worker", "clone", fleet.path("w3").string()}).exit_code(), 0);
   const std::string id = share_batch(6000, 750, "dr-{05}", "drill");
   auto w1 = start_in(fleet.path("w1"),
                      {"batch", "work", "--lease", "10", "--threads", "1", "--drain", "--json"});
