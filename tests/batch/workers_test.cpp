@@ -238,6 +238,57 @@ TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
   expect_exactly_once("dr-", 6000, "drill", 8);
 }
 
+// A worker frozen (SIGSTOP) while it holds a share, past its lease: the other worker takes the
+// share over and finishes the batch; the frozen one, woken, writes nothing more (the fencing
+// token, or its lease keeper, whichever comes first) and stops. Exactly once holds.
+TEST_F(Workers, AWorkerFrozenPastItsLeaseWritesNothingWhenItWakes) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  for (const char* w : {"w1", "w2"}) {
+    ASSERT_EQ(fleet.run({"worker", "clone", fleet.path(w).string()}).exit_code(), 0);
+  }
+  const std::string id = share_batch(3000, 750, "fz-{05}", "frozen");
+  auto w1 = start_in(fleet.path("w1"), {"batch", "work", "--lease", "5", "--threads", "1"});
+  const std::string held_by_w1 =
+      "SELECT COUNT(*) FROM batch_shares s JOIN certificates c ON c.batch_id = s.batch_id || "
+      "'.s' || lpad(s.share::text, 4, '0') WHERE s.state = 'pending' AND s.holder LIKE '%:" +
+      std::to_string(w1->pid()) + "'";
+  // Frozen outside a transaction: a process frozen inside one would hold the registry's write
+  // lock (PostgreSQL ends such a session after idle_in_transaction_session_timeout).
+  const std::string in_txn =
+      "SELECT COUNT(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'";
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  for (;;) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never held a share";
+    if (query_int(fleet.registry_location(), held_by_w1) > 0) {
+      w1->kill(SIGSTOP);
+      std::this_thread::sleep_for(50ms);
+      if (query_int(fleet.registry_location(), in_txn) == 0) break;
+      w1->kill(SIGCONT);
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  const std::int64_t recorded_by_w1 = query_int(
+      fleet.registry_location(), "SELECT COUNT(*) FROM certificates WHERE device_id LIKE 'fz-%'");
+  const Outcome w2 = run_in(
+      fleet.path("w2"), {"batch", "work", "--lease", "5", "--threads", "1", "--drain", "--json"});
+  ASSERT_EQ(w2.exit_code(), 0) << w2.describe();
+  EXPECT_EQ(fleet.batch_show(id)->getValue<std::string>("state"), "finished");
+  const std::int64_t certificates = query_int(
+      fleet.registry_location(), "SELECT COUNT(*) FROM certificates WHERE device_id LIKE 'fz-%'");
+  w1->kill(SIGCONT);
+  const Outcome woken = w1->wait();
+  EXPECT_NE(woken.exit_code(), 0) << woken.describe();
+  EXPECT_TRUE(woken.err.find("another worker") != std::string::npos ||
+              woken.err.find("stopping at once") != std::string::npos)
+      << woken.describe();
+  EXPECT_EQ(query_int(fleet.registry_location(),
+                      "SELECT COUNT(*) FROM certificates WHERE device_id LIKE 'fz-%'"),
+            certificates)
+      << "the woken worker recorded after the share was taken over";
+  EXPECT_GT(certificates, recorded_by_w1);
+  expect_exactly_once("fz-", 3000, "frozen", 4);
+}
+
 // One serve of the registry schedules at a time (the scheduler's lease); when it is killed,
 // another takes the lease over (at once: its holder is a dead process of this host).
 TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {

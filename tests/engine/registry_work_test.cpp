@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -194,6 +195,48 @@ TEST(WorkStore, EachShareIsClaimedOnceUntilItsLeaseEndsAndOnlyItsHolderFinishesI
   EXPECT_FALSE(reg->claim_batch_share("host:4", kNow + 1000, 30));
   EXPECT_THROW(reg->finish_batch_share(done_b, "host:3", kNow + 43), Error);
   for (const auto& s : reg->batch_shares("b1")) EXPECT_EQ(s.state, "done");
+}
+
+// The fencing token: a worker frozen past its lease wakes up with writes in flight. Once another
+// worker has claimed its share, every write of its connection is refused with nothing written,
+// before its lease keeper can notice; the new holder writes as usual.
+TEST(WorkStore, AWorkerWhoseShareWasTakenOverWritesNothingMore) {
+  TempDir dir;
+  auto frozen = Registry::open(dir.db());
+  auto other = Registry::open(dir.db());
+  frozen->create_shared_batch(parent("f1"), shares_of("f1", 1, 100));
+  const auto mine = frozen->claim_batch_share("host:1", kNow, 30);
+  ASSERT_TRUE(mine);
+  frozen->fence_writes(ShareFence{"f1", mine->share, "host:1"});
+  // While it holds the share (even past its lease, before anyone claims it) it writes.
+  frozen->record_intents(intents_for("f1.s0000", 0, 2, 0));
+  ASSERT_TRUE(other->claim_batch_share("host:2", kNow + 31, 30));
+  const auto refused = [&](const std::function<void()>& write, const char* what) {
+    try {
+      write();
+      ADD_FAILURE() << what << " was written after the share was taken over";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kHomeBusy) << what << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find("held by 'host:2'"), std::string::npos) << e.what();
+    }
+  };
+  refused([&] { frozen->record_intents(intents_for("f1.s0000", 2, 2, 2)); }, "intents");
+  refused([&] { frozen->record_new_device_intents(intents_for("f1.s0000", 4, 1, 4), kNow); },
+          "device intents");
+  const std::vector<IssuedCert> done{
+      {intent_for("", "", 0).serial, {0x30, 0x82, 0x01, 0xFF}, "AA", "BB"}};
+  refused([&] { frozen->record_issued(done); }, "issued certificates");
+  refused([&] { frozen->abandon_intents("f1.s0000"); }, "abandoned intents");
+  EXPECT_FALSE(frozen->find_cert(intent_for("", "", 2).serial)) << "recorded anyway";
+  EXPECT_FALSE(frozen->find_cert(intent_for("", "", 4).serial)) << "recorded anyway";
+  EXPECT_EQ(other->find_cert(intent_for("", "", 0).serial)->state, CertState::kIntent);
+  // The new holder's writes go through; lifted, the old connection writes again.
+  other->fence_writes(ShareFence{"f1", mine->share, "host:2"});
+  other->record_issued(done);
+  EXPECT_EQ(other->find_cert(intent_for("", "", 0).serial)->state, CertState::kIssued);
+  frozen->fence_writes(std::nullopt);
+  frozen->record_intents(intents_for("x", 10, 1, 10));
+  EXPECT_TRUE(frozen->find_cert(intent_for("", "", 10).serial));
 }
 
 TEST(WorkStore, ClaimantsRacingOnTwoConnectionsNeverGetTheSameShare) {

@@ -376,6 +376,9 @@ class FaultStores final : public engine::Stores {
   std::vector<engine::BatchShare> batch_shares(const std::string& batch_id) override {
     return m_inner.batch_shares(batch_id);
   }
+  void fence_writes(std::optional<engine::ShareFence> fence) override {
+    m_inner.fence_writes(std::move(fence));
+  }
   std::int64_t claimable_batch_shares(std::int64_t now) override {
     return m_inner.claimable_batch_shares(now);
   }

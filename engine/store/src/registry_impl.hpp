@@ -140,6 +140,9 @@ struct Registry::Impl {
   PreparedQuery m_individual_slots, m_cert_state, m_pinned_cert, m_auth_lookup;
   // The issuance hot path (registry_issuance.cpp): one-row and multi-row forms.
   PreparedQuery m_insert_intent, m_issue, m_device_slot;
+  std::optional<ShareFence> m_fence;  // WorkStore::fence_writes
+  // Throws kHomeBusy when m_fence's share is no longer its holder's (registry_work.cpp).
+  void check_fence();
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs, m_busy_devices;
   // The job runner's hot path (registry_jobs.cpp): task rows and the slot changes of a flush.
   PreparedQuery m_insert_task, m_update_task, m_tasks_all, m_tasks_in_state;
@@ -275,6 +278,7 @@ struct Registry::Impl {
   auto write(const std::string& what, F&& body) -> decltype(body()) {
     return guarded(what, [&] {
       ImmediateTxn txn(*this);
+      if (m_fence) check_fence();
       if constexpr (std::is_void_v<decltype(body())>) {
         body();
         txn.commit();

@@ -86,6 +86,21 @@ std::optional<BatchShare> Registry::claim_batch_share(const std::string& holder,
   });
 }
 
+void Registry::fence_writes(std::optional<ShareFence> fence) { m_impl->m_fence = std::move(fence); }
+
+void Registry::Impl::check_fence() {
+  const ShareFence& f = *m_fence;
+  const auto holder = scalar<std::string>(
+      "SELECT holder FROM batch_shares WHERE batch_id = ? AND share = ?", f.batch_id, f.share);
+  if (!holder || *holder != f.holder) {
+    throw Error(ErrorCode::kHomeBusy,
+                share_name(f.batch_id, f.share) + " is held by '" + holder.value_or("nobody") +
+                    "' now, not by this worker ('" + f.holder +
+                    "'): its lease ended and another worker took it over, so this worker "
+                    "writes nothing more for it");
+  }
+}
+
 bool Registry::renew_batch_share(const std::string& batch_id, std::int64_t share,
                                  const std::string& holder, std::int64_t until) {
   return m_impl->write("renewing the lease of " + share_name(batch_id, share), [&] {

@@ -204,6 +204,7 @@ class Registry final : public Stores {
                   std::int64_t lease_s, const std::string& stale_holder,
                   std::string* current) override;
   void release_lease(const std::string& name, const std::string& holder) override;
+  void fence_writes(std::optional<ShareFence> fence) override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)
 

@@ -699,6 +699,13 @@ struct BatchShare {
   std::int64_t issued = 0, rejected = 0;  // the share batch's totals, once done
 };
 
+// Who may write for a share while a worker runs it (WorkStore::fence_writes).
+struct ShareFence {
+  std::string batch_id;
+  std::int64_t share = 0;
+  std::string holder;
+};
+
 class WorkStore {
  public:
   virtual ~WorkStore() = default;
@@ -729,6 +736,12 @@ class WorkStore {
                           std::int64_t lease_s, const std::string& stale_holder,
                           std::string* current) = 0;
   virtual void release_lease(const std::string& name, const std::string& holder) = 0;
+  // A fencing token for the writes of this store's connection: while set, every write
+  // transaction first reads the share's holder under the registry's write lock, and when another
+  // worker claimed it, throws kHomeBusy with nothing written. A worker sets it while it runs a
+  // share, so that a worker frozen past its lease (SIGSTOP, a VM pause) writes nothing after the
+  // share was taken over, even before its lease keeper notices. nullopt lifts it.
+  virtual void fence_writes(std::optional<ShareFence> fence) = 0;
 };
 
 // Every contract at once: what start-up code hands to components that use several. A backend
