@@ -12,6 +12,7 @@
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/engine/token_guard.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/new_path.hpp"
 
 namespace fleetsign::engine {
 
@@ -281,9 +282,11 @@ Home Home::clone_worker(const fs::path& dir) const {
                     "postgresql://…, then clone)");
   }
   std::error_code ec;
-  // Neither inside the home (a copy of its token into its own token store recurses for ever) nor
-  // around it.
-  const fs::path target = fs::weakly_canonical(fs::absolute(dir), ec);
+  // Resolved once, as the kernel will create it (a ".." after a missing directory is refused: found
+  // by review, `worker clone X/new/..` wrote into X and a failed clone then emptied X), and used
+  // for every check, the directories and the cleanup below. Neither inside the home (a copy of its
+  // token into its own token store recurses for ever) nor around it.
+  const fs::path target = resolve_new_path(dir, "worker home");
   const fs::path source = fs::weakly_canonical(m_config.dir, ec);
   const auto within = [](const fs::path& inner, const fs::path& outer) {
     const auto [end, at] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
@@ -294,15 +297,15 @@ Home Home::clone_worker(const fs::path& dir) const {
                                                  ": a worker's home is made beside the home " +
                                                  source.string() + ", not inside it or around it");
   }
-  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
-    throw Error(ErrorCode::kAlreadyExists, fs::absolute(dir).string() +
+  if (fs::exists(target, ec) && !fs::is_empty(target, ec)) {
+    throw Error(ErrorCode::kAlreadyExists, target.string() +
                                                " is not empty: a worker's home is made in a new "
                                                "or empty directory");
   }
-  const bool made = !fs::exists(dir, ec);
-  HomeConfig config = new_home_dir(dir);
+  const bool made = !fs::exists(target, ec);
+  HomeConfig config = new_home_dir(target);
   // A clone that fails halfway is removed (it may hold copies of the keys), so it can be retried:
-  // the directory it made, or what it put into the empty one it was given.
+  // the directory it made, or, in the empty one it was given, only the names it writes.
   struct Cleanup {
     fs::path dir;
     bool made;
@@ -314,12 +317,10 @@ Home Home::clone_worker(const fs::path& dir) const {
         fs::remove_all(dir, ignored);
         return;
       }
-      std::vector<fs::path> put;  // listed first: no removal under a running iterator
-      for (auto it = fs::directory_iterator(dir, ignored);
-           !ignored && it != fs::directory_iterator(); it.increment(ignored)) {
-        put.push_back(it->path());
+      for (const char* name : {"tokens", "token-backup", "policy.json", "softhsm2.conf",
+                               "softhsm2.conf.tmp", kConfigFile}) {
+        fs::remove_all(dir / name, ignored);
       }
-      for (const auto& p : put) fs::remove_all(p, ignored);
     }
   } cleanup{config.dir, made};
   config.module = m_config.module;

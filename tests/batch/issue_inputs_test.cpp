@@ -189,6 +189,26 @@ TEST_F(IssueInputs, OutIntoAForeignNonEmptyDirectoryIsRefusedAndItsFilesAreUntou
   expect_nothing_recorded("foreign --out");
 }
 
+// And never into another batch's own directory (its marker names it), nor a single issue's
+// files: the second batch would overwrite the first's manifests.
+TEST_F(IssueInputs, OutIntoAnotherBatchsDirectoryIsRefusedAndItsOutputsAreUntouched) {
+  IssueArgs a;
+  a.generate = 3;
+  a.id_pattern = "a-{02}";
+  a.out = fleet.path("first");
+  ASSERT_EQ(fleet.run(a.args()).exit_code(), 0);
+  const std::string before = snapshot_dir(a.out);
+  a.id_pattern = "b-{02}";
+  expect_code(fleet.run(a.args()), 2, "output_dir_in_use");
+  const fs::path csr = fleet.path("one.csr");
+  testing::write_file(csr, make_csr_pem("single-1"));
+  const Outcome single =
+      fleet.run({"issue", "--ca", "int", "--csr", csr.string(), "--out", a.out.string()});
+  EXPECT_NE(single.exit_code(), 0) << single.describe();
+  EXPECT_NE(single.err.find("holds the outputs of batch"), std::string::npos) << single.describe();
+  EXPECT_EQ(snapshot_dir(a.out), before);
+}
+
 // Hole 5: an empty password would leave the keys unprotected, a NUL byte would cut it short.
 TEST_F(IssueInputs, PfxPasswordThatIsEmptyOrHoldsANulIsRefusedBeforeAnythingIsRecorded) {
   const fs::path empty = fleet.path("empty.pw"), nul = fleet.path("nul.pw");

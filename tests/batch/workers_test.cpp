@@ -93,12 +93,26 @@ TEST_F(Workers, ASharedBatchIsSignedByBatchWorkShareByShareAndShownWhole) {
 
   // No other batch can take a share's directory before a worker reaches it (the share would fail
   // for ever), nor any other place inside the shared batch's directory.
-  for (const char* inside : {"out/s0003", "out/mine", "out/s0001/deeper"}) {
+  // A ".." after a missing directory is refused: the kernel would walk it through a symlink into
+  // the shared batch's directory (found by review: nx/../L/../s0002, L -> out/s0000).
+  fs::create_directories(fleet.path("out") / "s0000");
+  fs::create_directory_symlink(fleet.path("out") / "s0000", fleet.path("L"));
+  const Outcome dotdot =
+      fleet.run({"issue", "--ca", "int", "--generate", "2", "--id-pattern", "in-{02}", "--out",
+                 (fleet.path("nx") / ".." / "L" / ".." / "s0002").string()});
+  EXPECT_EQ(dotdot.exit_code(), 2) << dotdot.describe();
+  EXPECT_NE(dotdot.err.find("'..' after a directory that does not exist"), std::string::npos)
+      << dotdot.describe();
+  EXPECT_FALSE(fs::exists(fleet.path("out") / "s0002"));
+  fs::remove(fleet.path("L"));
+  fs::remove(fleet.path("out") / "s0000");
+  // A marker that names no recorded batch is not obeyed (anyone could drop one above).
+  testing::write_file(fleet.path("") / ".fleetsign-batch", "nobody\n");
+  for (const char* inside : {"out/s0003", "out/mine", "out/s0001/deeper", "out"}) {
     const Outcome o = fleet.run({"issue", "--ca", "int", "--generate", "2", "--id-pattern",
                                  "in-{02}", "--out", fleet.path(inside).string()});
     EXPECT_NE(o.exit_code(), 0) << o.describe();
-    EXPECT_NE(o.err.find("the output directory of batch '" + id + "'"), std::string::npos)
-        << o.describe();
+    EXPECT_NE(o.err.find(" of batch '" + id + "'"), std::string::npos) << o.describe();
   }
   EXPECT_EQ(query_int(fleet.registry_location(),
                       "SELECT COUNT(*) FROM certificates WHERE device_id LIKE 'in-%'"),
@@ -111,6 +125,7 @@ TEST_F(Workers, ASharedBatchIsSignedByBatchWorkShareByShareAndShownWhole) {
       << orphan.describe();
 
   const Outcome work = fleet.run({"batch", "work", "--json"});
+  fs::remove(fleet.path("") / ".fleetsign-batch");
   ASSERT_EQ(work.exit_code(), 0) << work.describe();
   const auto done = parse_json(work.out)->getArray("shares");
   ASSERT_EQ(done->size(), 4u);
@@ -192,6 +207,16 @@ TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
   EXPECT_NE(half.exit_code(), 0) << half.describe();
   EXPECT_TRUE(fs::is_empty(fleet.path("w3"))) << half.describe();
   EXPECT_EQ(fleet.run({"worker", "clone", fleet.path("w3").string()}).exit_code(), 0);
+  // `X/new/..` is X to the kernel, not a new directory: refused, and X's files stay (found by
+  // review: the clone wrote into X, and a failed one then emptied it).
+  fs::create_directories(fleet.path("victim"));
+  testing::write_file(fleet.path("victim") / "precious.txt", "precious\n");
+  const Outcome up = fleet.run({"worker", "clone", (fleet.path("victim") / "new" / "..").string()});
+  EXPECT_EQ(up.exit_code(), 2) << up.describe();
+  EXPECT_NE(up.err.find("'..' after a directory that does not exist"), std::string::npos)
+      << up.describe();
+  EXPECT_EQ(testing::read_file(fleet.path("victim") / "precious.txt"), "precious\n");
+  EXPECT_FALSE(fs::exists(fleet.path("victim") / "tokens"));
   const std::string id = share_batch(6000, 750, "dr-{05}", "drill");
   auto w1 = start_in(fleet.path("w1"),
                      {"batch", "work", "--lease", "10", "--threads", "1", "--drain", "--json"});

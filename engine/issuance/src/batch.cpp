@@ -27,6 +27,7 @@
 #include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/new_path.hpp"
 
 namespace fleetsign::engine {
 
@@ -430,6 +431,11 @@ std::string out_dir_owner(const std::filesystem::path& dir) {
 void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming) {
   const std::filesystem::path marker = std::filesystem::path(out) / ".fleetsign-batch";
   const std::string owner = out_dir_owner(out);
+  if (!owner.empty() && owner != batch_id) {
+    throw Error(ErrorCode::kOutputDirInUse, "output directory " + out +
+                                                " holds the outputs of batch '" + owner +
+                                                "'; each batch needs its own directory");
+  }
   if (owner.empty() && !resuming && !std::filesystem::is_empty(out)) {
     throw Error(ErrorCode::kOutputDirInUse,
                 "output directory " + out +
@@ -510,28 +516,33 @@ void check_inputs(const BatchInput& input, const policy::Policy& policy) {
   }
 }
 
-// Refused before any directory is made: a shared batch's shares write into its sNNNN
+// A new batch's directory, refused before any directory is made when it is (or is inside) the
+// directory of another batch the registry holds: a shared batch's shares write into its sNNNN
 // subdirectories when a worker reaches them, and a batch (or a directory it made) there first
 // would leave that share failing for ever. Only a share of the batch owning the directory above
-// goes inside another batch's directory.
-void refuse_inside_another_batch(const std::string& out, const std::string& batch_id) {
-  std::error_code ec;
-  const auto dir = std::filesystem::weakly_canonical(out, ec);
-  for (auto p = dir.parent_path(); !ec && !p.empty(); p = p.parent_path()) {
-    const std::string above = out_dir_owner(p);
-    if (!above.empty() && !(p == dir.parent_path() && batch_id.starts_with(above + ".s") &&
-                            is_share_batch_id(batch_id))) {
-      throw Error(ErrorCode::kOutputDirInUse,
-                  "output directory " + out + " is inside " + p.string() +
-                      ", the output directory of batch '" + above +
-                      "'; each batch needs its own directory, outside another batch's");
+// goes inside another batch's directory. Markers naming no recorded batch are not obeyed (any
+// user could drop one into /tmp). The path is resolved as the kernel will create it (a ".." after
+// a missing directory is refused), and the batch records the resolved path.
+void prepare_out_dir(BatchOptions& o, BatchStore& batches, bool resuming) {
+  if (!resuming) {
+    const std::filesystem::path dir = resolve_new_path(o.out_dir, "output directory");
+    for (auto p = dir;; p = p.parent_path()) {
+      const std::string owner = out_dir_owner(p);
+      const bool own = p == dir && owner == o.batch_id;
+      const bool share_of_owner = p == dir.parent_path() && is_share_batch_id(o.batch_id) &&
+                                  o.batch_id.starts_with(owner + ".s");
+      if (!owner.empty() && !own && !share_of_owner && batches.find_batch(owner)) {
+        throw Error(ErrorCode::kOutputDirInUse,
+                    "output directory " + o.out_dir +
+                        (p == dir ? std::string(" holds the outputs")
+                                  : " is inside " + p.string() + ", the output directory") +
+                        " of batch '" + owner +
+                        "'; each batch needs its own directory, outside another batch's");
+      }
+      if (p == p.root_path()) break;
     }
-    if (p == p.root_path()) break;
+    o.out_dir = dir.string();
   }
-}
-
-void prepare_out_dir(const BatchOptions& o) {
-  refuse_inside_another_batch(o.out_dir, o.batch_id);
   std::error_code ec;
   std::filesystem::create_directories(o.out_dir, ec);
   if (ec || !std::filesystem::is_directory(o.out_dir, ec)) {
@@ -586,7 +597,7 @@ BatchSummary BatchRunner::run(const BatchOptions& options, const hsm::Pin* pfx_p
   m_cas.load_key(m_cas.get(o.ca_name));  // kNotFound, kKeyNotFound (an external CA)
   m_cas.require_can_sign(o.ca_name);     // kCaConstraint: it or an issuer is revoked
   check_inputs(o.input, m_policy);
-  if (o.delivery != Delivery::kReturned) prepare_out_dir(o);
+  if (o.delivery != Delivery::kReturned) prepare_out_dir(o, m_registry, false);
   if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, o.batch_id, false);
   BatchRecord rec;
   rec.id = o.batch_id;
@@ -616,7 +627,7 @@ BatchSummary BatchRunner::resume(const std::string& batch_id, const hsm::Pin* pf
   o.progress = std::move(progress);
   o.threads = threads;
   validate(o, pfx_password);
-  if (o.delivery != Delivery::kReturned) prepare_out_dir(o);
+  if (o.delivery != Delivery::kReturned) prepare_out_dir(o, m_registry, true);
   if (o.delivery == Delivery::kBatchDirectory) claim_out_dir(o.out_dir, batch_id, true);
   // Serials of a crashed run that never became certificates: spent, never reused.
   const std::int64_t abandoned = m_registry.abandon_intents(batch_id);

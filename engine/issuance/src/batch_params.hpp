@@ -20,7 +20,7 @@ namespace batch {
 // naming the batch; kOutputDirInUse for another batch's or a foreign non-empty directory).
 void validate(const BatchOptions& o, const hsm::Pin* pfx_password);
 void check_inputs(const BatchInput& input, const policy::Policy& policy);
-void prepare_out_dir(const BatchOptions& o);
+void prepare_out_dir(BatchOptions& o, BatchStore& batches, bool resuming);
 void claim_out_dir(const std::string& out, const std::string& batch_id, bool resuming);
 std::size_t tokens_per_thread(const BatchOptions& o);
 }  // namespace batch

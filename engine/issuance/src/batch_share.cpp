@@ -76,7 +76,7 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
                                        std::to_string(total) + " inputs make more than " +
                                        std::to_string(kMaxShares) + " shares; give larger ones");
   }
-  batch::prepare_out_dir(o);
+  batch::prepare_out_dir(o, m_registry, false);
   batch::claim_out_dir(o.out_dir, o.batch_id, false);
   std::vector<BatchShare> shares;
   for (std::int64_t first = 0, n = 0; first < total; first += share_size, ++n) {
