@@ -278,7 +278,7 @@ TEST_F(Workers, AWorkerFrozenPastItsLeaseWritesNothingWhenItWakes) {
       "'.s' || lpad(s.share::text, 4, '0') WHERE s.state = 'pending' AND s.holder LIKE '%:" +
       std::to_string(w1->pid()) + "'";
   // Frozen outside a transaction: a process frozen inside one would hold the registry's write
-  // lock (PostgreSQL ends such a session after idle_in_transaction_session_timeout).
+  // lock, and the other worker could not write until it woke (a known limit, README).
   const std::string in_txn =
       "SELECT COUNT(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'";
   const auto deadline = std::chrono::steady_clock::now() + 60s;
