@@ -207,6 +207,14 @@ TEST_F(IssueInputs, OutIntoAnotherBatchsDirectoryIsRefusedAndItsOutputsAreUntouc
   EXPECT_NE(single.exit_code(), 0) << single.describe();
   EXPECT_NE(single.err.find("holds the outputs of batch"), std::string::npos) << single.describe();
   EXPECT_EQ(snapshot_dir(a.out), before);
+  // A marker above --out that is no plain file (a link to /dev/zero anyone could plant) is no
+  // batch's: it neither blocks the batch nor is read.
+  fs::create_directories(fleet.path("planted"));
+  fs::create_symlink("/dev/zero", fleet.path("planted") / ".fleetsign-batch");
+  a.id_pattern = "c-{02}";
+  a.out = fleet.path("planted") / "mine";
+  const Outcome under = fleet.run(a.args());
+  EXPECT_EQ(under.exit_code(), 0) << under.describe();
 }
 
 // Hole 5: an empty password would leave the keys unprotected, a NUL byte would cut it short.

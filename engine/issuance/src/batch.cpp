@@ -527,6 +527,14 @@ void prepare_out_dir(BatchOptions& o, BatchStore& batches, bool resuming) {
   if (!resuming) {
     const std::filesystem::path dir = resolve_new_path(o.out_dir, "output directory");
     for (auto p = dir;; p = p.parent_path()) {
+      // Above the directory only a plain file is a batch's marker: a link to /dev/zero planted in
+      // /tmp would otherwise fail every batch under it (found by review).
+      std::error_code ec;
+      if (p != dir && !std::filesystem::is_regular_file(
+                          std::filesystem::symlink_status(p / ".fleetsign-batch", ec))) {
+        if (p == p.root_path()) break;
+        continue;
+      }
       const std::string owner = out_dir_owner(p);
       const bool own = p == dir && owner == o.batch_id;
       const bool share_of_owner = p == dir.parent_path() && is_share_batch_id(o.batch_id) &&
