@@ -206,6 +206,16 @@ std::vector<Input> generated_inputs(const IssueArgs& a) {
   return inputs;
 }
 
+fs::path chunk_spool_file(const fs::path& spool_dir, std::int64_t first_seq) {
+  const std::string prefix = std::to_string(first_seq) + ".";
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(spool_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with(prefix) && name.ends_with(".keys")) return e.path();
+  }
+  return spool_dir / (prefix + "NONE.keys");
+}
+
 std::vector<fs::path> spooled_key_files(const fs::path& out) {
   std::vector<fs::path> files;
   std::error_code ec;

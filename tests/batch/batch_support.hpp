@@ -157,6 +157,9 @@ std::vector<std::string> unverified_certs(engine::Registry& registry, const std:
 // written (batch_io.hpp). A finished batch should have none. Not part of check_batch(): see
 // DISABLED_NoSpooledPrivateKeyOutlivesAFinishedBatch.
 std::vector<fs::path> spooled_key_files(const fs::path& out);
+// The spool file of the chunk starting at input `first_seq` (SEQ.WRITER.keys): the first found,
+// or a path that does not exist.
+fs::path chunk_spool_file(const fs::path& spool_dir, std::int64_t first_seq);
 
 // --- certificates, keys, CSRs, files
 

@@ -114,6 +114,28 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
   }
 }
 
+// A hierarchy, and the arguments of a --generate batch into OUT.
+IssueArgs generated_batch(Fleet& fleet, const std::string& id, std::int64_t n,
+                          const std::string& pattern) {
+  fleet.make_hierarchy();
+  IssueArgs a;
+  a.batch_id = id;
+  a.generate = n;
+  a.id_pattern = pattern;
+  a.out = fleet.path("out");
+  return a;
+}
+
+// Every device of the batch issued once, with its own key (check_batch).
+void check_generated_batch(Fleet& fleet, const IssueArgs& a) {
+  Expected e;
+  e.batch_id = a.batch_id;
+  e.out = a.out;
+  e.inputs = generated_inputs(a);
+  e.generated_keys = true;
+  check_batch(fleet, e);
+}
+
 // PRODUCT BUG (disabled until fixed): a spooled private-key file can outlive its batch.
 // write_outputs() in engine/src/batch.cpp commits the watermark past a chunk
 // (registry.update_batch_progress) and only then removes the chunk's key spool
@@ -127,16 +149,10 @@ TEST_P(KillPoint, ResumeIssuesEveryDeviceOnceAndNeverReusesASerial) {
 // the state a kill between update_batch_progress and drop_spool leaves.
 TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   Fleet fleet;
-  fleet.make_hierarchy();
-  IssueArgs a;
-  a.batch_id = "spool";
-  a.generate = 1500;
-  a.id_pattern = "sp-{05}";
-  a.out = fleet.path("out");
-  const fs::path chunk3_keys =
-      a.out / ".spool" / a.batch_id / (std::to_string(2 * kChunk) + ".keys");
+  const IssueArgs a = generated_batch(fleet, "spool", 1500, "sp-{05}");
   // 1. Chunk 3 committed, its outputs not written: its keys are in the spool.
   ASSERT_TRUE(fleet.run(a.args(), {"FLEETSIGN_FAULT=after_commit:3"}).killed_by(SIGKILL));
+  const fs::path chunk3_keys = chunk_spool_file(a.out / ".spool" / a.batch_id, 2 * kChunk);
   ASSERT_TRUE(fs::exists(chunk3_keys));
   const std::string spooled = testing::read_file(chunk3_keys);
   // 2. A resume writes chunk 3 (watermark 767, spool dropped) and dies at chunk 4.
@@ -151,15 +167,42 @@ TEST(BatchIssue, NoSpooledPrivateKeyOutlivesAFinishedBatch) {
   // 4. The last resume finishes the batch: no private key may stay behind in the spool.
   const Outcome resumed = fleet.run({"issue", "--resume", a.batch_id});
   ASSERT_EQ(resumed.exit_code(), 0) << resumed.describe();
-  Expected e;
-  e.batch_id = a.batch_id;
-  e.out = a.out;
-  e.inputs = generated_inputs(a);
-  e.generated_keys = true;
-  check_batch(fleet, e);
+  check_generated_batch(fleet, a);
   const auto left = spooled_key_files(a.out);
   EXPECT_TRUE(left.empty()) << left.size() << " spool file(s) with private keys left, e.g. "
                             << left.front();
+}
+
+// A worker that lost its share after spooling a chunk's keys (frozen past its lease, woken while
+// the new holder ran the chunk) leaves keys of its own for the same devices beside the holder's.
+// Each run spools under a name of its own, and a resume delivers with each recorded certificate
+// the key whose public key is the certificate's. Before 2026-11-28 the runs shared one file name
+// (SEQ.keys): the woken worker's rename replaced the holder's keys, and a resume after the holder
+// died delivered certificates with keys that are not theirs.
+TEST(BatchIssue, AResumeDeliversEachCertificateWithItsOwnKeyWhenAnotherRunSpooledKeysToo) {
+  Fleet fleet;
+  const IssueArgs a = generated_batch(fleet, "twice", 1000, "tw-{05}");
+  ASSERT_TRUE(fleet.run(a.args(), {"FLEETSIGN_FAULT=after_commit:3"}).killed_by(SIGKILL));
+  const fs::path dir = a.out / ".spool" / a.batch_id;
+  const std::vector<std::string> lines =
+      lines_of(testing::read_file(chunk_spool_file(dir, 2 * kChunk)));
+  ASSERT_GT(lines.size(), 2u);
+  // The other run's keys: each position gets another device's key (all valid P-256 keys), in
+  // files named to be read before and after the holder's.
+  std::string other;
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    const auto& next = lines[(i + 1) % lines.size()];
+    other += lines[i].substr(0, lines[i].find(' ')) + next.substr(next.find(' ')) + "\n";
+  }
+  for (const char* name : {".0000000000000000.keys", ".FFFFFFFFFFFFFFFF.keys"}) {
+    testing::write_file(dir / (std::to_string(2 * kChunk) + name), other);
+    fs::permissions(dir / (std::to_string(2 * kChunk) + name),
+                    fs::perms::owner_read | fs::perms::owner_write);
+  }
+  const Outcome resumed = fleet.run({"issue", "--resume", a.batch_id});
+  ASSERT_EQ(resumed.exit_code(), 0) << resumed.describe();
+  check_generated_batch(fleet, a);  // each device's key file holds its certificate's key
+  EXPECT_TRUE(spooled_key_files(a.out).empty());
 }
 
 INSTANTIATE_TEST_SUITE_P(BatchIssue, KillPoint,

@@ -145,6 +145,72 @@ TEST_F(Workers, ASharedBatchIsSignedByBatchWorkShareByShareAndShownWhole) {
   EXPECT_EQ(parse_json(again.out)->getArray("shares")->size(), 0u);
 }
 
+// A shared CSR directory: the shares read the file list made when the batch was shared, so files
+// added, removed or renamed afterwards move no file into another share's window; a device named
+// by files in two shares is issued once (the registry refuses the second share's intent).
+TEST_F(Workers, ASharedCsrDirectoryIsReadFromItsFileListAndEachDeviceIsIssuedOnce) {
+  const fs::path in = fleet.path("csrs");
+  fs::create_directories(in);
+  for (int i = 1; i <= 30; ++i) {
+    char id[16];
+    std::snprintf(id, sizeof id, "c-%03d", i);
+    testing::write_file(in / (std::string(id) + ".csr"), make_csr_pem(id));
+  }
+  testing::write_file(in / "m-bad.csr", "not a CSR");
+  testing::write_file(in / "z-again.csr", make_csr_pem("c-005"));  // the last share; c-005: share 0
+  testing::write_file(in / "new\nline.csr", make_csr_pem("c-nl"));  // a name with a newline
+  const Outcome shared = fleet.run({"issue", "--ca", "int", "--csr-dir", in.string(), "--out",
+                                    fleet.path("out").string(), "--share", "8", "--json"});
+  ASSERT_EQ(shared.exit_code(), 0) << shared.describe();
+  const std::string id = parse_json(shared.out)->getValue<std::string>("batch");
+  EXPECT_EQ(fleet.batch_show(id)->getArray("shares")->size(), 5u);  // 33 files
+  // After the share: a file that sorts first (it would shift every window of a listing), one
+  // removed, and one rewritten for another device.
+  testing::write_file(in / "a-late.csr", make_csr_pem("a-late"));
+  fs::remove(in / "c-010.csr");
+  testing::write_file(in / "c-011.csr", make_csr_pem("c-011b"));
+
+  const Outcome work = fleet.run({"batch", "work", "--json"});
+  ASSERT_EQ(work.exit_code(), 0) << work.describe();
+  EXPECT_EQ(parse_json(work.out)->getArray("shares")->size(), 5u);
+  const auto show = fleet.batch_show(id);
+  EXPECT_EQ(show->getValue<std::string>("state"), "finished");
+  EXPECT_EQ(show->getValue<std::int64_t>("issued"), 30);  // 28 c-NNN, c-011b, c-nl
+  EXPECT_EQ(show->getValue<std::int64_t>("rejected"), 3);
+  const auto count = [&](const std::string& where) {
+    return query_int(fleet.registry_location(),
+                     "SELECT COUNT(*) FROM certificates WHERE state = 'issued' AND " + where);
+  };
+  EXPECT_EQ(count("device_id LIKE 'c-%'"), 30);
+  EXPECT_EQ(count("device_id = 'c-005'"), 1) << "named by files in shares 0 and 3";
+  EXPECT_EQ(count("device_id = 'c-010'"), 0);
+  EXPECT_EQ(count("device_id = 'a-late'"), 0) << "not in the list made when it was shared";
+  // Each rejected file is named with its reason, in its share's rejects.
+  std::string rejects;
+  for (int s = 0; s < 5; ++s) {
+    char name[16];
+    std::snprintf(name, sizeof name, "s%04d", s);
+    const fs::path r = fleet.path("out") / name / "rejects.csv";
+    if (fs::exists(r)) rejects += testing::read_file(r);
+  }
+  EXPECT_NE(rejects.find("c-010.csr"), std::string::npos) << rejects;
+  EXPECT_NE(rejects.find("m-bad.csr"), std::string::npos) << rejects;
+  EXPECT_NE(rejects.find("z-again.csr,c-005,already_issued"), std::string::npos) << rejects;
+
+  // A list changed under the workers stops the shares that read it, naming it.
+  const Outcome again = fleet.run({"issue", "--ca", "int", "--csr-dir", in.string(), "--out",
+                                   fleet.path("out2").string(), "--share", "100", "--json"});
+  ASSERT_EQ(again.exit_code(), 0) << again.describe();
+  const fs::path list = fleet.path("out2") / ".fleetsign-csr-files";
+  std::string text = testing::read_file(list);
+  text.replace(text.find("a-late.csr"), 10, "../../x.cs");
+  testing::write_file(list, text);
+  const Outcome refused = fleet.run({"batch", "work", "--json"});
+  EXPECT_NE(refused.exit_code(), 0) << refused.describe();
+  EXPECT_NE(refused.err.find("changed since the batch was shared"), std::string::npos)
+      << refused.describe();
+}
+
 TEST_F(Workers, WhatCannotBeSharedIsRefusedBeforeAnythingIsRecorded) {
   const auto refused = [&](std::vector<std::string> extra, const std::string& why) {
     std::vector<std::string> args{"issue", "--ca", "int", "--out", fleet.path("r").string()};
@@ -158,8 +224,16 @@ TEST_F(Workers, WhatCannotBeSharedIsRefusedBeforeAnythingIsRecorded) {
   fs::create_directories(fleet.path("in"));
   testing::write_file(fleet.path("in") / "b.pem", "");
   refused({"--csr-file", (fleet.path("in") / "b.pem").string(), "--share", "5"},
-          "--share takes --generate");
-  refused({"--csr-dir", fleet.path("in").string(), "--share", "5"}, "--share takes --generate");
+          "a CSR bundle is not shared");
+  refused({"--csr-dir", fleet.path("in").string(), "--share", "5", "--reissue"},
+          "does not go with --reissue");
+  fs::remove(fleet.path("in") / "b.pem");
+  EXPECT_EQ(fleet
+                .run({"issue", "--ca", "int", "--out", fleet.path("r").string(), "--csr-dir",
+                      fleet.path("in").string(), "--share", "5"})
+                .exit_code(),
+            2)
+      << "an empty directory is refused like any empty input";
   // Share IDs are reserved: no batch of an operator's can stand in for a share.
   refused({"--generate", "10", "--id-pattern", "r-{02}", "--batch", "mine.s0001"},
           "is a share of a shared batch");

@@ -76,8 +76,9 @@ struct Run {
   batch::OutputStreams& streams;
   std::unique_ptr<batch::InputReader> reader;
   std::map<std::int64_t, CertRecord> committed;  // resume: recorded past the watermark
-  std::map<std::int64_t, Der> spooled_keys;
+  batch::SpooledKeys spooled_keys;
   std::filesystem::path spool_dir;  // OUT/.spool/BATCH
+  std::string spool_writer;         // this run's name in its spool files
   std::unordered_set<std::string> seen_ids;
   StageClock stages;
   std::int64_t issued_now = 0, reemitted_now = 0, rejected_now = 0;
@@ -126,8 +127,11 @@ Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
       item.cert =
           SignedCert{r.device_id, r.serial, r.der, r.sha1, r.sha256, r.not_before, r.not_after};
       if (auto k = run.spooled_keys.find(item.seq); k != run.spooled_keys.end()) {
-        item.key_pkcs8 = k->second;
-      } else if (run.options.input.kind == BatchInput::Kind::kGenerate) {
+        // The certificate's own key: another run's keys for this position (a worker that lost
+        // the share after spooling) are not.
+        item.key_pkcs8 = batch::key_for_cert(k->second, r.der);
+      }
+      if (item.key_pkcs8.empty() && run.options.input.kind == BatchInput::Kind::kGenerate) {
         // Never deliver a generated device's certificate without its key.
         throw Error(ErrorCode::kIo,
                     "batch " + run.record.id + ": the key of device '" + r.device_id +
@@ -194,7 +198,7 @@ void record_intents(Run& run, Chunk& chunk) {
                                  run.options.lineage});
   }
   if (run.options.input.kind == BatchInput::Kind::kGenerate) {
-    batch::spool_keys(run.spool_dir, chunk);  // before the intent: a key is never lost
+    batch::spool_keys(run.spool_dir, chunk, run.spool_writer);  // before the intent
   }
   if (!intents.empty()) {
     try {
@@ -661,6 +665,7 @@ BatchSummary BatchRunner::execute(const BatchRecord& record, const BatchOptions&
                                o.delivery == Delivery::kBatchDirectory);
   Run run{o, record, m_registry, issuer, m_clock, render, streams, batch::open_input(o.input)};
   run.spool_dir = std::filesystem::path(o.out_dir) / ".spool" / record.id;
+  run.spool_writer = batch::new_spool_writer();
   if (resumed) {
     for (auto& r : m_registry.batch_issued_after(record.id, record.watermark)) {
       run.committed.emplace(r.seq, std::move(r));

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,8 +14,10 @@
 #include <optional>
 
 #include "device_keys.hpp"
+#include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::engine::batch {
@@ -32,21 +35,95 @@ Item::~Item() {
 
 namespace {
 
+constexpr std::string_view kManifestHeader = "fleetsign csr-dir file list v1\n";
+// At most this many bytes: a name is at most NAME_MAX (255) bytes, escaped at most 2 bytes each.
+constexpr std::size_t kManifestLimit = std::size_t{2} << 30;
+
+}  // namespace
+
+std::vector<fs::path> list_csr_dir(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw Error(ErrorCode::kInvalidArgument, "--csr-dir " + dir.string() + ": not a directory");
+  }
+  // Every entry but a directory is a device's CSR: a device file, a FIFO or a dangling link is
+  // read (bounded) and rejected naming it, never skipped without a word.
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::error_code entry_ec;
+    if (!e.is_directory(entry_ec)) files.push_back(e.path());
+  }
+  // Sorted, so a resumed batch sees the same order.
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// One name a line; a backslash and a newline in a name are escaped (\\, \n).
+std::string write_csr_manifest(const std::vector<fs::path>& files, const fs::path& manifest) {
+  std::string text(kManifestHeader);
+  for (const auto& f : files) {
+    for (const char c : f.filename().string()) {
+      if (c == '\\') {
+        text += "\\\\";
+      } else if (c == '\n') {
+        text += "\\n";
+      } else {
+        text += c;
+      }
+    }
+    text += '\n';
+  }
+  write_file_atomic(manifest, text, 0644);
+  return thumbprint_sha256(
+      ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+}
+
+std::vector<std::string> read_csr_manifest(const fs::path& manifest, const std::string& sha256) {
+  const std::string text = read_bounded(manifest.string(), kManifestLimit, "CSR file list");
+  const auto got =
+      thumbprint_sha256(ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  if (got != sha256 || !text.starts_with(kManifestHeader)) {
+    throw Error(ErrorCode::kIo, "CSR file list " + manifest.string() +
+                                    ": changed since the batch was shared (SHA-256 " + got +
+                                    ", recorded " + sha256 +
+                                    "): the shares' inputs are no longer known");
+  }
+  std::vector<std::string> names;
+  std::string name;
+  for (std::size_t i = kManifestHeader.size(); i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') {
+      names.push_back(std::move(name));
+      name.clear();
+    } else if (c == '\\' && i + 1 < text.size()) {
+      name += text[++i] == 'n' ? '\n' : text[i];
+    } else {
+      name += c;
+    }
+  }
+  for (const auto& n : names) {  // written by write_csr_manifest: names in one directory
+    if (n.empty() || n == "." || n == ".." || n.find('/') != std::string::npos) {
+      throw Error(ErrorCode::kIo,
+                  "CSR file list " + manifest.string() + ": '" + n + "' is not a file name");
+    }
+  }
+  return names;
+}
+
+namespace {
+
 class CsrDirReader final : public InputReader {
  public:
-  CsrDirReader(const fs::path& dir, std::int64_t first, std::int64_t count) {
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) {
-      throw Error(ErrorCode::kInvalidArgument, "--csr-dir " + dir.string() + ": not a directory");
+  CsrDirReader(const BatchInput& input) {
+    const fs::path dir = input.path;
+    std::int64_t first = input.first, count = input.count;
+    if (!input.manifest.empty()) {
+      for (auto& name : read_csr_manifest(input.manifest, input.manifest_sha256)) {
+        m_files.push_back(dir / name);
+      }
+    } else {
+      m_files = list_csr_dir(dir);
     }
-    // Every entry but a directory is a device's CSR: a device file, a FIFO or a dangling link is
-    // read (bounded) and rejected naming it, never skipped without a word.
-    for (const auto& e : fs::directory_iterator(dir)) {
-      std::error_code entry_ec;
-      if (!e.is_directory(entry_ec)) m_files.push_back(e.path());
-    }
-    // Sorted, so a resumed batch (and every worker of a shared one) sees the same order.
-    std::sort(m_files.begin(), m_files.end());
     if (first > 0 || count > 0) {  // a share: its window of the files
       const auto size = static_cast<std::int64_t>(m_files.size());
       const auto begin = std::min(std::max<std::int64_t>(first, 0), size);
@@ -229,7 +306,7 @@ class GenerateReader final : public InputReader {
 std::unique_ptr<InputReader> open_input(const BatchInput& input) {
   switch (input.kind) {
     case BatchInput::Kind::kCsrDir:
-      return std::make_unique<CsrDirReader>(input.path, input.first, input.count);
+      return std::make_unique<CsrDirReader>(input);
     case BatchInput::Kind::kCsrFile:
       return std::make_unique<CsrBundleReader>(input.path);
     case BatchInput::Kind::kGenerate:
@@ -238,6 +315,35 @@ std::unique_ptr<InputReader> open_input(const BatchInput& input) {
       return std::make_unique<CsrDerReader>(input.path, input.der);
   }
   return nullptr;
+}
+
+void sync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// O_NOFOLLOW: a symlink planted where a device's file goes is refused, never followed. A failed
+// write removes the file, so no empty or half-written file is left (a resume writes it again).
+void write_file(const fs::path& path, std::string_view data, mode_t mode, bool durable) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be created: " + std::strerror(errno));
+  }
+  // A file left from a crashed run may have another mode: keys must end up 0600.
+  ::fchmod(fd, mode);
+  const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
+                  (!durable || ::fsync(fd) == 0);
+  int err = ok ? 0 : (errno != 0 ? errno : EIO);
+  if (::close(fd) != 0 && err == 0) {
+    err = errno;
+  }
+  if (err != 0) {
+    ::unlink(path.c_str());
+    throw Error(ErrorCode::kIo, path.string() + ": cannot be written: " + std::strerror(err));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,35 +373,6 @@ void csv_field(std::string& out, std::string_view v) {
     out.push_back(c);
   }
   out.push_back('"');
-}
-
-void sync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-// O_NOFOLLOW: a symlink planted where a device's file goes is refused, never followed. A failed
-// write removes the file, so no empty or half-written file is left (a resume writes it again).
-void write_file(const fs::path& path, std::string_view data, mode_t mode, bool durable = false) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
-  if (fd < 0) {
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be created: " + std::strerror(errno));
-  }
-  // A file left from a crashed run may have another mode: keys must end up 0600.
-  ::fchmod(fd, mode);
-  const bool ok = ::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
-                  (!durable || ::fsync(fd) == 0);
-  int err = ok ? 0 : (errno != 0 ? errno : EIO);
-  if (::close(fd) != 0 && err == 0) {
-    err = errno;
-  }
-  if (err != 0) {
-    ::unlink(path.c_str());
-    throw Error(ErrorCode::kIo, path.string() + ": cannot be written: " + std::strerror(err));
-  }
 }
 
 void render_issued(const RenderContext& ctx, const Item& item, Chunk& chunk) {
@@ -465,38 +542,6 @@ std::string OutputStreams::offsets_json() const {
   return out + "}";
 }
 
-// ---------------------------------------------------------------------------------------------
-// Key spool
-
-void spool_keys(const fs::path& spool_dir, const Chunk& chunk) {
-  std::string text;
-  for (const Item& item : chunk.items) {
-    if (!item.ok() || item.key_pkcs8.empty()) continue;
-    text += std::to_string(item.seq) + " ";
-    std::string b64(4 * ((item.key_pkcs8.size() + 2) / 3), '\0');
-    const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
-                                  item.key_pkcs8.data(), static_cast<int>(item.key_pkcs8.size()));
-    text.append(b64.data(), static_cast<std::size_t>(n));
-    OPENSSL_cleanse(b64.data(), b64.size());
-    text += "\n";
-  }
-  std::error_code ec;
-  fs::create_directories(spool_dir, ec);
-  fs::permissions(spool_dir.parent_path(), fs::perms::owner_all, ec);
-  fs::permissions(spool_dir, fs::perms::owner_all, ec);
-  // Temporary file, fsync, rename, fsync the directory: a kill or a power cut leaves either the
-  // old spool file or the new one, never a truncated one.
-  const fs::path final_path =
-      spool_dir / (std::to_string(chunk.items.empty() ? 0 : chunk.items.front().seq) + ".keys");
-  const fs::path tmp = final_path.string() + ".tmp";
-  write_file(tmp, text, 0600, true);
-  OPENSSL_cleanse(text.data(), text.size());
-  if (std::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    throw Error(ErrorCode::kIo, final_path.string() + ": cannot be renamed into place");
-  }
-  sync_directory(spool_dir);
-}
-
 void sync_outputs(const fs::path& out_dir) {
   const int fd = ::open(out_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0 || ::syncfs(fd) != 0) {
@@ -505,88 +550,6 @@ void sync_outputs(const fs::path& out_dir) {
                 out_dir.string() + ": cannot be synced to disk: " + std::strerror(errno));
   }
   ::close(fd);
-}
-
-namespace {
-
-// A spool line is "SEQ BASE64(PKCS#8)": under 8 KiB for any key fleetsign makes (RSA-4096 is about
-// 3.2 KiB of base64). A longer line is a damaged or foreign file: refused, never read whole.
-constexpr std::size_t kMaxSpoolLine = 16 * 1024;
-
-// One spool line: its sequence number and key, or nullopt when it does not parse (skipped, as a
-// line that does not decode always was).
-std::optional<std::pair<std::int64_t, Der>> parse_spool_line(std::string_view line) {
-  const std::size_t space = line.find(' ');
-  std::int64_t seq = 0;
-  if (space == std::string_view::npos ||
-      std::from_chars(line.data(), line.data() + space, seq).ptr != line.data() + space) {
-    return std::nullopt;
-  }
-  const std::string_view b64 = line.substr(space + 1);
-  Der der(b64.size() / 4 * 3);
-  const int n = EVP_DecodeBlock(der.data(), reinterpret_cast<const unsigned char*>(b64.data()),
-                                static_cast<int>(b64.size()));
-  if (n < 0) return std::nullopt;
-  std::size_t pad = 0;
-  if (!b64.empty() && b64.back() == '=') ++pad;
-  if (b64.size() > 1 && b64[b64.size() - 2] == '=') ++pad;
-  der.resize(static_cast<std::size_t>(n) - pad);
-  return std::make_pair(seq, std::move(der));
-}
-
-// The keys of one spool file, line by line through a buffer of kMaxSpoolLine + 1 bytes (wiped).
-void load_spool_file(const fs::path& file, std::map<std::int64_t, Der>& keys) {
-  std::ifstream in(file, std::ios::binary);
-  std::string buf(kMaxSpoolLine + 1, '\0');
-  for (std::int64_t line_no = 1;; ++line_no) {
-    in.getline(buf.data(), static_cast<std::streamsize>(buf.size()));
-    const auto got = static_cast<std::size_t>(in.gcount());
-    if (in.fail() && !in.eof()) {
-      OPENSSL_cleanse(buf.data(), buf.size());
-      if (in.bad()) throw Error(ErrorCode::kIo, "key spool " + file.string() + ": cannot be read");
-      throw Error(ErrorCode::kInputTooLarge, "key spool " + file.string() + ": line " +
-                                                 std::to_string(line_no) + " is longer than " +
-                                                 std::to_string(kMaxSpoolLine) + " bytes");
-    }
-    if (got == 0) break;
-    const std::string_view line(buf.data(), in.eof() ? got : got - 1);
-    if (auto key = parse_spool_line(line)) keys[key->first] = std::move(key->second);
-    if (in.eof()) break;
-  }
-  OPENSSL_cleanse(buf.data(), buf.size());
-}
-
-}  // namespace
-
-std::map<std::int64_t, Der> load_spooled_keys(const fs::path& spool_dir) {
-  std::map<std::int64_t, Der> keys;
-  std::error_code ec;
-  if (!fs::is_directory(spool_dir, ec)) return keys;
-  for (const auto& e : fs::directory_iterator(spool_dir)) {
-    if (e.path().extension() != ".keys") continue;  // a .tmp left by a kill is incomplete
-    load_spool_file(e.path(), keys);
-  }
-  return keys;
-}
-
-void clear_spool(const fs::path& spool_dir) {
-  const fs::path& dir = spool_dir;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    // Keys must not linger in freed blocks of a file we merely unlink.
-    const auto size = fs::file_size(e.path(), ec);
-    if (!ec && size > 0)
-      write_file(e.path(), std::string(static_cast<std::size_t>(size), '\0'), 0600);
-    fs::remove(e.path(), ec);
-  }
-  fs::remove(dir, ec);
-  fs::remove(dir.parent_path(), ec);  // .spool itself, once no batch has keys in it
-}
-
-void drop_spool(const fs::path& spool_dir, std::int64_t first_seq) {
-  std::error_code ec;
-  fs::remove(spool_dir / (std::to_string(first_seq) + ".keys"), ec);
 }
 
 }  // namespace fleetsign::engine::batch

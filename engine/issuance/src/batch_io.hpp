@@ -2,6 +2,8 @@
 // manifest streams, bundle, IoT Hub import, rejects). Private to engine/.
 #pragma once
 
+#include <sys/types.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -25,6 +27,17 @@ class InputReader {
 };
 
 std::unique_ptr<InputReader> open_input(const BatchInput& input);
+
+// A CSR directory's entries that are not directories, sorted.
+std::vector<std::filesystem::path> list_csr_dir(const std::filesystem::path& dir);
+// The file list of a shared CSR directory (BatchRunner::share): the names of `files` (from
+// list_csr_dir), in the order every share reads them, written atomically to `manifest`. Returns
+// the list's SHA-256 (upper-case hex).
+std::string write_csr_manifest(const std::vector<std::filesystem::path>& files,
+                               const std::filesystem::path& manifest);
+// The names of a file list whose SHA-256 must be `sha256`. Error(kIo) when it changed.
+std::vector<std::string> read_csr_manifest(const std::filesystem::path& manifest,
+                                           const std::string& sha256);
 
 struct RenderContext {
   std::string batch_id;
@@ -66,9 +79,24 @@ class OutputStreams {
 
 // Generated keys of a chunk, kept until the chunk's outputs are written, so a crash between the
 // certificate commit and the outputs loses no key. Files are 0600, written durably (fsync +
-// rename) in OUT/.spool/BATCH — one directory per batch.
-void spool_keys(const std::filesystem::path& spool_dir, const Chunk& chunk);
-std::map<std::int64_t, Der> load_spooled_keys(const std::filesystem::path& spool_dir);
+// rename) in OUT/.spool/BATCH — one directory per batch, one file per chunk and run
+// (SEQ.WRITER.keys: `writer` is the run's own random name).
+void spool_keys(const std::filesystem::path& spool_dir, const Chunk& chunk,
+                const std::string& writer);
+// Writes a whole file (O_NOFOLLOW; fsync when `durable`); a failed write removes it.
+void write_file(const std::filesystem::path& path, std::string_view data, mode_t mode,
+                bool durable = false);
+// fsync of a directory, best effort.
+void sync_directory(const std::filesystem::path& dir);
+// A run's random name for its spool files (16 hex digits).
+std::string new_spool_writer();
+// Every spooled key by input position: several when runs of a shared batch's share (a worker
+// that lost it, and the one that took it over) each spooled keys for the same chunk.
+using SpooledKeys = std::map<std::int64_t, std::vector<Der>>;
+SpooledKeys load_spooled_keys(const std::filesystem::path& spool_dir);
+// The candidate (PKCS#8 DER) whose public key is the certificate's; empty when none is.
+Der key_for_cert(const std::vector<Der>& candidates, const Der& cert_der);
+// Removes every run's spool file of the chunk that starts at `first_seq`.
 void drop_spool(const std::filesystem::path& spool_dir, std::int64_t first_seq);
 // At the end of a batch: overwrites and removes every spool file left (a kill between the
 // watermark commit and a spool unlink leaves one behind) and the batch's spool directory.

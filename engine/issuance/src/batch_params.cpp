@@ -125,6 +125,10 @@ std::string params_to_json(const BatchOptions& o) {
   p.set("path", o.input.path);
   p.set("count", o.input.count);
   if (o.input.first != 0) p.set("first", o.input.first);
+  if (!o.input.manifest.empty()) {
+    p.set("manifest", o.input.manifest);
+    p.set("manifest_sha256", o.input.manifest_sha256);
+  }
   if (!o.share_of.empty()) p.set("share_of", o.share_of);
   p.set("id_pattern", o.input.id_pattern);
   p.set("key", std::string(policy::key_algorithm_name(o.input.key)));
@@ -161,6 +165,10 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   o.input.path = p->getValue<std::string>("path");
   o.input.count = p->getValue<std::int64_t>("count");
   o.input.first = p->has("first") ? p->getValue<std::int64_t>("first") : 0;
+  if (p->has("manifest")) {
+    o.input.manifest = p->getValue<std::string>("manifest");
+    o.input.manifest_sha256 = p->getValue<std::string>("manifest_sha256");
+  }
   o.share_of = p->has("share_of") ? p->getValue<std::string>("share_of") : "";
   o.input.id_pattern = p->getValue<std::string>("id_pattern");
   o.input.key = policy::parse_key_algorithm(p->getValue<std::string>("key"))

@@ -15,6 +15,7 @@ namespace {
 
 constexpr std::int64_t kMaxShareSize = 10'000'000;
 constexpr std::int64_t kMaxShares = 100'000;
+constexpr const char* kCsrListName = ".fleetsign-csr-files";  // in the shared batch's directory
 
 }  // namespace
 
@@ -41,13 +42,20 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
   if (options.delivery != Delivery::kBatchDirectory) {
     throw Error(ErrorCode::kUsage, "a shared batch writes into a batch directory (--out)");
   }
-  if (options.input.kind != BatchInput::Kind::kGenerate) {
-    // A CSR directory would be shared by position in its listing, which can change under the
-    // workers, and a device named by two files in two shares would be signed twice: it needs a
-    // manifest of the files and a device check across shares first.
+  if (options.input.kind != BatchInput::Kind::kGenerate &&
+      options.input.kind != BatchInput::Kind::kCsrDir) {
+    // A bundle would be shared by the position of its PEM blocks in a file that can change under
+    // the workers.
     throw Error(ErrorCode::kUsage,
-                "--share takes --generate: CSR inputs are not shared between workers yet (issue "
-                "them with one `issue --csr-dir`/`--csr-file` run)");
+                "--share takes --generate or --csr-dir: a CSR bundle is not shared between "
+                "workers (issue it with one `issue --csr-file` run, or split it into a directory)");
+  }
+  if (options.input.kind == BatchInput::Kind::kCsrDir && options.reissue) {
+    // Two files naming one device in two shares: without the registry's device check each share
+    // would issue it.
+    throw Error(ErrorCode::kUsage,
+                "--share with --csr-dir does not go with --reissue: a device named by files in "
+                "two shares would be issued twice");
   }
   if (options.pfx) {
     throw Error(ErrorCode::kUsage,
@@ -64,9 +72,19 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
   m_cas.load_key(m_cas.get(o.ca_name));  // kNotFound, kKeyNotFound (an external CA)
   m_cas.require_can_sign(o.ca_name);
   batch::check_inputs(o.input, m_policy);
-  const std::int64_t total = o.input.kind == BatchInput::Kind::kGenerate
-                                 ? o.input.count
-                                 : batch::open_input(o.input)->total();
+  std::int64_t total = o.input.count;
+  std::vector<std::filesystem::path> csr_files;
+  if (o.input.kind == BatchInput::Kind::kCsrDir) {
+    if (o.input.count != 0 || o.input.first != 0) {
+      throw Error(ErrorCode::kUsage, "--share takes a whole CSR directory");
+    }
+    csr_files = batch::list_csr_dir(o.input.path);
+    total = static_cast<std::int64_t>(csr_files.size());
+  }
+  if (total == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "--csr-dir " + o.input.path + ": no CSR files: nothing to share");
+  }
   const std::int64_t last = (total + share_size - 1) / share_size - 1;
   if (const auto why = check_safe_name(share_batch_id(o.batch_id, last), "share batch ID")) {
     throw Error(ErrorCode::kInvalidArgument, "batch ID '" + o.batch_id + "': " + *why);
@@ -78,6 +96,13 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
   }
   batch::prepare_out_dir(o, m_registry, false);
   batch::claim_out_dir(o.out_dir, o.batch_id, false);
+  if (o.input.kind == BatchInput::Kind::kCsrDir) {
+    // The directory can change under the workers: each share reads its window of the list made
+    // now, so that no file is read by two shares or by none. (A device named by files in two
+    // shares is issued once: the registry refuses the second share's intent.)
+    o.input.manifest = (std::filesystem::path(o.out_dir) / kCsrListName).string();
+    o.input.manifest_sha256 = batch::write_csr_manifest(csr_files, o.input.manifest);
+  }
   std::vector<BatchShare> shares;
   for (std::int64_t first = 0, n = 0; first < total; first += share_size, ++n) {
     BatchShare s;

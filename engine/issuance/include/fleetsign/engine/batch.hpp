@@ -37,6 +37,9 @@ struct BatchInput {
   // kGenerate and kCsrDir: the input position this batch starts at (a share of a shared batch:
   // generated IDs count from first + 1, a CSR directory's sorted files from the first-th).
   std::int64_t first = 0;
+  // kCsrDir of a shared batch: the file list fixed when it was shared (the directory can change
+  // under the workers), read instead of the directory, and its SHA-256 (upper-case hex).
+  std::string manifest, manifest_sha256;
   // kGenerate: e.g. "sensor-{06}": one {NN} placeholder, NN = 01..20 digits (zero-padded, from
   // 1); every ID it makes must pass DeviceId::check before anything is recorded.
   std::string id_pattern;
