@@ -263,6 +263,11 @@ int run_issue(Context& ctx) {
     throw Error(ErrorCode::kUsage,
                 "give exactly one of --csr, --csr-dir, --csr-file, --generate, --resume");
   }
+  if (a.has("share") && (a.has("csr") || a.has("resume"))) {
+    throw Error(ErrorCode::kUsage, std::string("--share does not go with ") +
+                                       (a.has("csr") ? "--csr (one device)" : "--resume") +
+                                       ": it shares a new batch of --generate or --csr-dir");
+  }
   if (a.has("csr")) {
     return run_issue_single(ctx);
   }

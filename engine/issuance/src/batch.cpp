@@ -124,7 +124,8 @@ Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
       item.device_id = r.device_id;
       item.cert =
           SignedCert{r.device_id, r.serial, r.der, r.sha1, r.sha256, r.not_before, r.not_after};
-      if (auto k = run.spooled_keys.find(item.seq); k != run.spooled_keys.end()) {
+      const auto k = run.spooled_keys.find(item.seq);
+      if (k != run.spooled_keys.end()) {
         // The certificate's own key: another run's keys for this position (a worker that lost
         // the share after spooling) are not.
         item.key_pkcs8 = batch::key_for_cert(k->second, r.der);
@@ -133,7 +134,9 @@ Chunk* read_chunk(Run& run, tbb::flow_control& fc) {
         // Never deliver a generated device's certificate without its key.
         throw Error(ErrorCode::kIo,
                     "batch " + run.record.id + ": the key of device '" + r.device_id +
-                        "' (serial " + r.serial + ", recorded) is missing from " +
+                        "' (serial " + r.serial + ", recorded) is " +
+                        (k == run.spooled_keys.end() ? "missing from "
+                                                     : "not among the keys spooled for it in ") +
                         run.spool_dir.string() +
                         "; revoke that serial and issue the device again with --reissue");
       }
@@ -217,7 +220,11 @@ void record_intents(Run& run, Chunk& chunk) {
                       it->second.empty()
                           ? "device '" + item.device_id + "' already holds a valid certificate"
                           : "device '" + item.device_id + "' is being issued by batch " +
-                                it->second + " (its intent is open: resume that batch)");
+                                it->second +
+                                (is_share_batch_id(it->second)
+                                     ? " (its intent is open: the worker holding that share, "
+                                       "or the next one once its lease ends, completes it)"
+                                     : " (its intent is open: resume that batch)"));
         }
       }
     } catch (const Error& e) {

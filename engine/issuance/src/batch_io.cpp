@@ -36,8 +36,6 @@ Item::~Item() {
 namespace {
 
 constexpr std::string_view kManifestHeader = "fleetsign csr-dir file list v1\n";
-// At most this many bytes: a name is at most NAME_MAX (255) bytes, escaped at most 2 bytes each.
-constexpr std::size_t kManifestLimit = std::size_t{2} << 30;
 
 }  // namespace
 
@@ -58,8 +56,10 @@ std::vector<fs::path> list_csr_dir(const fs::path& dir) {
   return files;
 }
 
-// One name a line; a backslash and a newline in a name are escaped (\\, \n).
-std::string write_csr_manifest(const std::vector<fs::path>& files, const fs::path& manifest) {
+// One name a line; a backslash and a newline in a name are escaped (a backslash, then the
+// backslash or 'n').
+std::string write_csr_manifest(const std::vector<fs::path>& files, const fs::path& manifest,
+                               std::int64_t& bytes) {
   std::string text(kManifestHeader);
   for (const auto& f : files) {
     for (const char c : f.filename().string()) {
@@ -74,37 +74,96 @@ std::string write_csr_manifest(const std::vector<fs::path>& files, const fs::pat
     text += '\n';
   }
   write_file_atomic(manifest, text, 0644);
+  bytes = static_cast<std::int64_t>(text.size());
   return thumbprint_sha256(
       ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
 }
 
-std::vector<std::string> read_csr_manifest(const fs::path& manifest, const std::string& sha256) {
-  const std::string text = read_bounded(manifest.string(), kManifestLimit, "CSR file list");
-  const auto got =
-      thumbprint_sha256(ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
-  if (got != sha256 || !text.starts_with(kManifestHeader)) {
-    throw Error(ErrorCode::kIo, "CSR file list " + manifest.string() +
-                                    ": changed since the batch was shared (SHA-256 " + got +
-                                    ", recorded " + sha256 +
-                                    "): the shares' inputs are no longer known");
-  }
-  std::vector<std::string> names;
+namespace {
+
+std::string unescape_name(const std::string& line) {
   std::string name;
-  for (std::size_t i = kManifestHeader.size(); i < text.size(); ++i) {
-    const char c = text[i];
-    if (c == '\n') {
-      names.push_back(std::move(name));
-      name.clear();
-    } else if (c == '\\' && i + 1 < text.size()) {
-      name += text[++i] == 'n' ? '\n' : text[i];
+  name.reserve(line.size());
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    if (line[i] == '\\' && i + 1 < line.size()) {
+      ++i;
+      name += line[i] == 'n' ? '\n' : line[i];
     } else {
-      name += c;
+      name += line[i];
     }
   }
-  for (const auto& n : names) {  // written by write_csr_manifest: names in one directory
-    if (n.empty() || n == "." || n == ".." || n.find('/') != std::string::npos) {
-      throw Error(ErrorCode::kIo,
-                  "CSR file list " + manifest.string() + ": '" + n + "' is not a file name");
+  return name;
+}
+
+}  // namespace
+
+std::vector<std::string> read_csr_manifest(const BatchInput& input) {
+  const std::string& path = input.manifest;
+  const auto changed = [&](const std::string& how) {
+    return Error(ErrorCode::kIo, "CSR file list " + path +
+                                     ": changed since the batch was shared (" + how +
+                                     "): the shares' inputs are no longer known");
+  };
+  // Non-blocking, never through a link: a FIFO or a device planted there is refused below.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    throw Error(ErrorCode::kIo, "CSR file list " + path +
+                                    ": cannot be opened: " + std::strerror(errno) +
+                                    " (it is made when the batch is shared)");
+  }
+  const std::unique_ptr<int, void (*)(int*)> closer(new int(fd), [](int* f) {
+    ::close(*f);
+    delete f;
+  });
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) throw changed("not a regular file now");
+  if (st.st_size != input.manifest_bytes) {
+    throw changed(std::to_string(st.st_size) + " bytes, recorded " +
+                  std::to_string(input.manifest_bytes));
+  }
+  // Read once, in blocks: the SHA-256 of the whole list, and the names of this window only.
+  const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> md(EVP_MD_CTX_new(),
+                                                                   &EVP_MD_CTX_free);
+  if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1) {
+    throw Error(ErrorCode::kInternal, "SHA-256 is not available");
+  }
+  const std::int64_t end = input.count > 0 ? input.first + input.count : INT64_MAX;
+  std::vector<std::string> names;
+  std::string line;
+  std::int64_t index = -1;  // -1: the header line
+  std::int64_t read_bytes = 0;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(ErrorCode::kIo, "CSR file list " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    read_bytes += n;
+    if (read_bytes > input.manifest_bytes) throw changed("it grew while read");
+    EVP_DigestUpdate(md.get(), buf.data(), static_cast<std::size_t>(n));
+    for (ssize_t i = 0; i < n; ++i) {
+      const char c = buf[static_cast<std::size_t>(i)];
+      const bool wanted = index < 0 || (index >= input.first && index < end);
+      if (c != '\n') {
+        if (wanted) line += c;
+        continue;
+      }
+      if (index >= 0 && wanted) names.push_back(unescape_name(line));
+      if (index < 0 && line + "\n" != kManifestHeader) throw changed("its header");
+      line.clear();
+      ++index;
+    }
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_len = 0;
+  EVP_DigestFinal_ex(md.get(), digest, &digest_len);
+  const std::string got = hex_upper(ByteView(digest, digest_len));
+  if (got != input.manifest_sha256) {
+    throw changed("SHA-256 " + got + ", recorded " + input.manifest_sha256);
+  }
+  for (const auto& name : names) {  // written by write_csr_manifest: names in one directory
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+      throw Error(ErrorCode::kIo, "CSR file list " + path + ": '" + name + "' is not a file name");
     }
   }
   return names;
@@ -114,16 +173,27 @@ namespace {
 
 class CsrDirReader final : public InputReader {
  public:
-  CsrDirReader(const BatchInput& input) {
+  explicit CsrDirReader(const BatchInput& input) {
     const fs::path dir = input.path;
-    std::int64_t first = input.first, count = input.count;
-    if (!input.manifest.empty()) {
-      for (auto& name : read_csr_manifest(input.manifest, input.manifest_sha256)) {
-        m_files.push_back(dir / name);
-      }
-    } else {
+    if (input.manifest.empty()) {
       m_files = list_csr_dir(dir);
+      window(input.first, input.count);
+      return;
     }
+    // A shared directory: this share's window of the list made when it was shared. The directory
+    // must be there (a worker without the mount fails the share, which stays to be retried,
+    // rather than rejecting every file).
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--csr-dir " + dir.string() +
+                      ": not a directory here (every worker reads a shared batch's CSR "
+                      "directory at the same path)");
+    }
+    for (auto& name : read_csr_manifest(input)) m_files.push_back(dir / name);
+  }
+  // The files [first, first + count) of the whole listing (count 0: to the end).
+  void window(std::int64_t first, std::int64_t count) {
     if (first > 0 || count > 0) {  // a share: its window of the files
       const auto size = static_cast<std::int64_t>(m_files.size());
       const auto begin = std::min(std::max<std::int64_t>(first, 0), size);

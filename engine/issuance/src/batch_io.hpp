@@ -32,12 +32,13 @@ std::unique_ptr<InputReader> open_input(const BatchInput& input);
 std::vector<std::filesystem::path> list_csr_dir(const std::filesystem::path& dir);
 // The file list of a shared CSR directory (BatchRunner::share): the names of `files` (from
 // list_csr_dir), in the order every share reads them, written atomically to `manifest`. Returns
-// the list's SHA-256 (upper-case hex).
+// the list's SHA-256 (upper-case hex) and sets `bytes` to its size.
 std::string write_csr_manifest(const std::vector<std::filesystem::path>& files,
-                               const std::filesystem::path& manifest);
-// The names of a file list whose SHA-256 must be `sha256`. Error(kIo) when it changed.
-std::vector<std::string> read_csr_manifest(const std::filesystem::path& manifest,
-                                           const std::string& sha256);
+                               const std::filesystem::path& manifest, std::int64_t& bytes);
+// The names at positions [input.first, input.first + input.count) (count 0: to the end) of the
+// file list input.manifest, read once in blocks (only the window's names are kept). The list must
+// be a regular file of its recorded size and SHA-256: Error(kIo) when it changed.
+std::vector<std::string> read_csr_manifest(const BatchInput& input);
 
 struct RenderContext {
   std::string batch_id;

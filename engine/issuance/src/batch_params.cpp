@@ -128,6 +128,7 @@ std::string params_to_json(const BatchOptions& o) {
   if (!o.input.manifest.empty()) {
     p.set("manifest", o.input.manifest);
     p.set("manifest_sha256", o.input.manifest_sha256);
+    p.set("manifest_bytes", o.input.manifest_bytes);
   }
   if (!o.share_of.empty()) p.set("share_of", o.share_of);
   p.set("id_pattern", o.input.id_pattern);
@@ -168,6 +169,7 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   if (p->has("manifest")) {
     o.input.manifest = p->getValue<std::string>("manifest");
     o.input.manifest_sha256 = p->getValue<std::string>("manifest_sha256");
+    o.input.manifest_bytes = p->getValue<std::int64_t>("manifest_bytes");
   }
   o.share_of = p->has("share_of") ? p->getValue<std::string>("share_of") : "";
   o.input.id_pattern = p->getValue<std::string>("id_pattern");

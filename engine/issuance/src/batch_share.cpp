@@ -81,10 +81,6 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
     csr_files = batch::list_csr_dir(o.input.path);
     total = static_cast<std::int64_t>(csr_files.size());
   }
-  if (total == 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "--csr-dir " + o.input.path + ": no CSR files: nothing to share");
-  }
   const std::int64_t last = (total + share_size - 1) / share_size - 1;
   if (const auto why = check_safe_name(share_batch_id(o.batch_id, last), "share batch ID")) {
     throw Error(ErrorCode::kInvalidArgument, "batch ID '" + o.batch_id + "': " + *why);
@@ -101,7 +97,8 @@ std::string BatchRunner::share(const BatchOptions& options, std::int64_t share_s
     // now, so that no file is read by two shares or by none. (A device named by files in two
     // shares is issued once: the registry refuses the second share's intent.)
     o.input.manifest = (std::filesystem::path(o.out_dir) / kCsrListName).string();
-    o.input.manifest_sha256 = batch::write_csr_manifest(csr_files, o.input.manifest);
+    o.input.manifest_sha256 =
+        batch::write_csr_manifest(csr_files, o.input.manifest, o.input.manifest_bytes);
   }
   std::vector<BatchShare> shares;
   for (std::int64_t first = 0, n = 0; first < total; first += share_size, ++n) {

@@ -26,7 +26,8 @@ std::string new_spool_writer() {
 void spool_keys(const fs::path& spool_dir, const Chunk& chunk, const std::string& writer) {
   std::string text;
   for (const Item& item : chunk.items) {
-    if (!item.ok() || item.key_pkcs8.empty()) continue;
+    // A key recorded before (a resume re-emits it) is in an earlier run's file already.
+    if (!item.ok() || item.key_pkcs8.empty() || item.committed_before) continue;
     text += std::to_string(item.seq) + " ";
     std::string b64(4 * ((item.key_pkcs8.size() + 2) / 3), '\0');
     const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()),
@@ -35,6 +36,7 @@ void spool_keys(const fs::path& spool_dir, const Chunk& chunk, const std::string
     OPENSSL_cleanse(b64.data(), b64.size());
     text += "\n";
   }
+  if (text.empty()) return;
   std::error_code ec;
   fs::create_directories(spool_dir, ec);
   fs::permissions(spool_dir.parent_path(), fs::perms::owner_all, ec);
@@ -97,7 +99,12 @@ void load_spool_file(const fs::path& file, SpooledKeys& keys) {
     }
     if (got == 0) break;
     const std::string_view line(buf.data(), in.eof() ? got : got - 1);
-    if (auto key = parse_spool_line(line)) keys[key->first].push_back(std::move(key->second));
+    if (auto key = parse_spool_line(line)) {
+      auto& candidates = keys[key->first];
+      if (std::find(candidates.begin(), candidates.end(), key->second) == candidates.end()) {
+        candidates.push_back(std::move(key->second));
+      }
+    }
     if (in.eof()) break;
   }
   OPENSSL_cleanse(buf.data(), buf.size());
@@ -111,6 +118,10 @@ SpooledKeys load_spooled_keys(const fs::path& spool_dir) {
   if (!fs::is_directory(spool_dir, ec)) return keys;
   for (const auto& e : fs::directory_iterator(spool_dir)) {
     if (e.path().extension() != ".keys") continue;  // a .tmp left by a kill is incomplete
+    // Spool files are regular files fleetsign wrote: a link, FIFO or directory there is none of
+    // its keys (a FIFO would block the resume for ever), and is left for clear_spool.
+    std::error_code type_ec;
+    if (!fs::is_regular_file(e.symlink_status(type_ec))) continue;
     load_spool_file(e.path(), keys);
   }
   return keys;
@@ -121,10 +132,13 @@ void clear_spool(const fs::path& spool_dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    // Keys must not linger in freed blocks of a file we merely unlink.
+    // Keys must not linger in freed blocks of a file we merely unlink. Only regular files are
+    // overwritten: a link planted here is removed, never followed (nor a reason to fail).
+    std::error_code type_ec;
     const auto size = fs::file_size(e.path(), ec);
-    if (!ec && size > 0)
+    if (!ec && size > 0 && fs::is_regular_file(e.symlink_status(type_ec))) {
       write_file(e.path(), std::string(static_cast<std::size_t>(size), '\0'), 0600);
+    }
     fs::remove(e.path(), ec);
   }
   fs::remove(dir, ec);
