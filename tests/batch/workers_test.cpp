@@ -176,8 +176,15 @@ TEST_F(Workers, ASharedCsrDirectoryIsReadFromItsFileListAndEachDeviceIsIssuedOnc
   const Outcome blind = fleet.run({"batch", "work", "--json"});
   EXPECT_EQ(blind.exit_code(), 2) << blind.describe();
   EXPECT_NE(blind.err.find("not a directory here"), std::string::npos) << blind.describe();
+  // Nor when the directory is there but holds none of the share's files (an empty mount point).
+  fs::create_directories(in);
+  const Outcome empty = fleet.run({"batch", "work", "--json"});
+  EXPECT_EQ(empty.exit_code(), 8) << empty.describe();
+  EXPECT_NE(empty.err.find("none of this share's 8 files is there"), std::string::npos)
+      << empty.describe();
   EXPECT_EQ(fleet.batch_show(id)->getValue<std::int64_t>("shares_done"), 0);
   EXPECT_EQ(fleet.batch_show(id)->getValue<std::int64_t>("rejected"), 0);
+  fs::remove(in);
   fs::rename(fleet.path("csrs.away"), in);
 
   // --drain waits out the failed share's back-off (10 s) and runs it too.

@@ -438,6 +438,17 @@ TEST_F(ResourceBoundsInProcess, KeySpoolLinesAreBounded) {
   engine::batch::clear_spool(spool);
   EXPECT_FALSE(fs::exists(fs::symlink_status(spool / "1.keys")));
   EXPECT_FALSE(fs::exists(spool / "3.A.keys"));
+  // A link in the spool directory's own place is neither read nor followed when it is cleared:
+  // the files it points at stay.
+  const fs::path precious = dir.path() / "precious";
+  fs::create_directories(precious);
+  testing::write_file(precious / "3.A.keys", "3 AAAA\n");
+  fs::create_directories(dir.path() / "out" / ".spool");
+  fs::create_directory_symlink(precious, dir.path() / "out" / ".spool" / "B");
+  EXPECT_TRUE(engine::batch::load_spooled_keys(dir.path() / "out" / ".spool" / "B").empty());
+  engine::batch::clear_spool(dir.path() / "out" / ".spool" / "B");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(dir.path() / "out" / ".spool" / "B")));
+  EXPECT_EQ(testing::read_file(precious / "3.A.keys"), "3 AAAA\n");
 }
 
 // The device's pending key file is read during a rotation (a broker's method call): the same

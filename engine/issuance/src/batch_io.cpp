@@ -117,7 +117,7 @@ std::vector<std::string> read_csr_manifest(const BatchInput& input) {
   });
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) throw changed("not a regular file now");
-  if (st.st_size != input.manifest_bytes) {
+  if (input.manifest_bytes >= 0 && st.st_size != input.manifest_bytes) {
     throw changed(std::to_string(st.st_size) + " bytes, recorded " +
                   std::to_string(input.manifest_bytes));
   }
@@ -139,7 +139,9 @@ std::vector<std::string> read_csr_manifest(const BatchInput& input) {
     if (n < 0) throw Error(ErrorCode::kIo, "CSR file list " + path + ": " + std::strerror(errno));
     if (n == 0) break;
     read_bytes += n;
-    if (read_bytes > input.manifest_bytes) throw changed("it grew while read");
+    if (read_bytes > (input.manifest_bytes >= 0 ? input.manifest_bytes : st.st_size)) {
+      throw changed("it grew while read");
+    }
     EVP_DigestUpdate(md.get(), buf.data(), static_cast<std::size_t>(n));
     for (ssize_t i = 0; i < n; ++i) {
       const char c = buf[static_cast<std::size_t>(i)];
@@ -190,7 +192,18 @@ class CsrDirReader final : public InputReader {
                       ": not a directory here (every worker reads a shared batch's CSR "
                       "directory at the same path)");
     }
-    for (auto& name : read_csr_manifest(input)) m_files.push_back(dir / name);
+    bool any = false;
+    for (auto& name : read_csr_manifest(input)) {
+      m_files.push_back(dir / name);
+      any = any || fs::exists(fs::symlink_status(m_files.back(), ec));
+    }
+    // An empty mount point is a directory too: when none of the share's files is there, the
+    // share fails whole rather than rejecting each.
+    if (!m_files.empty() && !any) {
+      throw Error(ErrorCode::kIo, "--csr-dir " + dir.string() + ": none of this share's " +
+                                      std::to_string(m_files.size()) +
+                                      " files is there (is the directory mounted on this worker?)");
+    }
   }
   // The files [first, first + count) of the whole listing (count 0: to the end).
   void window(std::int64_t first, std::int64_t count) {

@@ -169,7 +169,8 @@ BatchOptions params_from_json(const std::string& id, const std::string& text) {
   if (p->has("manifest")) {
     o.input.manifest = p->getValue<std::string>("manifest");
     o.input.manifest_sha256 = p->getValue<std::string>("manifest_sha256");
-    o.input.manifest_bytes = p->getValue<std::int64_t>("manifest_bytes");
+    o.input.manifest_bytes =
+        p->has("manifest_bytes") ? p->getValue<std::int64_t>("manifest_bytes") : -1;
   }
   o.share_of = p->has("share_of") ? p->getValue<std::string>("share_of") : "";
   o.input.id_pattern = p->getValue<std::string>("id_pattern");

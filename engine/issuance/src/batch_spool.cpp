@@ -112,10 +112,21 @@ void load_spool_file(const fs::path& file, SpooledKeys& keys) {
 
 }  // namespace
 
+namespace {
+
+// OUT/.spool/BATCH when it and OUT/.spool are directories, not links to one: the spool is read
+// and cleared only there (a link planted in their place is never followed).
+bool real_spool_dir(const fs::path& spool_dir) {
+  std::error_code ec;
+  return fs::is_directory(fs::symlink_status(spool_dir, ec)) &&
+         fs::is_directory(fs::symlink_status(spool_dir.parent_path(), ec));
+}
+
+}  // namespace
+
 SpooledKeys load_spooled_keys(const fs::path& spool_dir) {
   SpooledKeys keys;
-  std::error_code ec;
-  if (!fs::is_directory(spool_dir, ec)) return keys;
+  if (!real_spool_dir(spool_dir)) return keys;
   for (const auto& e : fs::directory_iterator(spool_dir)) {
     if (e.path().extension() != ".keys") continue;  // a .tmp left by a kill is incomplete
     // Spool files are regular files fleetsign wrote: a link, FIFO or directory there is none of
@@ -130,7 +141,13 @@ SpooledKeys load_spooled_keys(const fs::path& spool_dir) {
 void clear_spool(const fs::path& spool_dir) {
   const fs::path& dir = spool_dir;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return;
+  if (!real_spool_dir(dir)) {
+    // A link in the spool's place is removed, never followed into.
+    for (const fs::path& p : {dir, dir.parent_path()}) {
+      if (fs::is_symlink(fs::symlink_status(p, ec))) fs::remove(p, ec);
+    }
+    return;
+  }
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     // Keys must not linger in freed blocks of a file we merely unlink. Only regular files are
     // overwritten: a link planted here is removed, never followed (nor a reason to fail).

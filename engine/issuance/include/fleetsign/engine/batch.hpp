@@ -40,7 +40,7 @@ struct BatchInput {
   // kCsrDir of a shared batch: the file list fixed when it was shared (the directory can change
   // under the workers), read instead of the directory, and its SHA-256 (upper-case hex).
   std::string manifest, manifest_sha256;
-  std::int64_t manifest_bytes = 0;  // its size
+  std::int64_t manifest_bytes = 0;  // its size (-1: not recorded)
   // kGenerate: e.g. "sensor-{06}": one {NN} placeholder, NN = 01..20 digits (zero-padded, from
   // 1); every ID it makes must pass DeviceId::check before anything is recorded.
   std::string id_pattern;
