@@ -477,6 +477,9 @@ void check_inputs(const BatchInput& input, const policy::Policy& policy) {
                   std::string(policy::key_algorithm_name(input.key)) + ": " + *why);
     }
   }
+  // A share of a shared CSR directory: the directory was found non-empty when it was shared, and
+  // the share's reader checks its file list (a probe would read the whole list once more).
+  if (!input.manifest.empty()) return;
   auto probe = batch::open_input(input);  // kInvalidArgument / kIo for an unreadable input
   batch::Item first;
   if (!probe->next(first)) {
