@@ -121,7 +121,7 @@ class Server final {
   std::unique_ptr<engine::Clock> m_clock;
   jobs::Scheduler m_scheduler;
   fs::path m_self;
-  engine::SystemClock m_wall;               // leases are stamped with the runners' wall clock
+
   std::map<pid_t, std::string> m_children;  // pid → "job ID" or "crl"
   Poco::JSON::Array m_finished;             // {"job", "status"} of the children reaped
   bool m_token_failed = false;
@@ -225,10 +225,12 @@ bool Server::hold_scheduler_lease() {
   try {
     // A holder of this host whose process is gone frees the lease now, not at its expiry.
     std::string current;
-    const bool held = m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, m_wall.now(),
+    // Leases are stamped with the registry's clock, so serves whose clocks differ agree.
+    const std::int64_t registry_now = m_ctx.registry().registry_time();
+    const bool held = m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, registry_now,
                                                   kSchedulerLease, "", &current);
     const bool stolen = !held && holder_is_gone(current) &&
-                        m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, m_wall.now(),
+                        m_ctx.registry().take_lease(kSchedulerLeaseName, m_holder, registry_now,
                                                     kSchedulerLease, current, &current);
     holder = current;
     if ((held || stolen) != m_scheduling) {
@@ -288,7 +290,7 @@ Poco::JSON::Object Server::tick() {
   out.set("problems", problems);
 
   Poco::JSON::Array spawned;
-  const std::int64_t now = m_wall.now();
+  const std::int64_t now = m_ctx.registry().registry_time();  // runners' heartbeats use it too
   for (const auto& job : m_ctx.registry().list_jobs({.limit = 0})) {
     if (g_stop != 0 || m_token_failed) break;
     if (job.state != "running") continue;

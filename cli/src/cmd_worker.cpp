@@ -51,9 +51,11 @@ using Poco::JSON::Object;
 
 constexpr int kDefaultShareLease = 30;  // seconds a share stays a silent worker's
 
-// Renews one share's lease every lease/3 seconds on a registry connection of its own. A lease
-// found taken over means another worker runs the share now: this process stops at once, as a
-// kill -9 would (the batch is built to survive that), rather than sign beside it.
+// Renews one share's lease every lease/3 seconds on a registry connection of its own, to the
+// registry's clock (workers on other machines compare with that clock, not their own); how long
+// it has gone without a renewal is timed here, on the monotonic clock. A lease found taken over
+// means another worker runs the share now: this process stops at once, as a kill -9 would (the
+// batch is built to survive that), rather than sign beside it.
 class LeaseKeeper final {
  public:
   LeaseKeeper(engine::Home& home, const engine::BatchShare& share, std::string holder,
@@ -79,7 +81,7 @@ class LeaseKeeper final {
     std::unique_lock lock(m_mutex);
     std::int64_t attempted = m_renewed;
     while (!m_wake.wait_for(lock, std::chrono::seconds(1), [this] { return m_stop; })) {
-      const std::int64_t now = engine::SystemClock().now();
+      const std::int64_t now = monotonic_s();
       if (now - m_renewed >= m_lease - std::max<std::int64_t>(1, m_lease / 6)) {
         // No renewal for about a lease: another worker may claim the share any moment now.
         std::fprintf(stderr,
@@ -93,7 +95,7 @@ class LeaseKeeper final {
       attempted = now;
       try {
         if (m_registry->renew_batch_share(m_share.batch_id, m_share.share, m_holder,
-                                          now + m_lease)) {
+                                          m_registry->registry_time() + m_lease)) {
           m_renewed = now;
         } else {
           std::fprintf(stderr,
@@ -109,11 +111,17 @@ class LeaseKeeper final {
     }
   }
 
+  static std::int64_t monotonic_s() {
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
   std::unique_ptr<engine::Registry> m_registry;
   engine::BatchShare m_share;
   std::string m_holder;
   std::int64_t m_lease;
-  std::int64_t m_renewed = engine::SystemClock().now();  // the claim counts as the first renewal
+  std::int64_t m_renewed = monotonic_s();  // the claim counts as the first renewal
   std::mutex m_mutex;
   std::condition_variable m_wake;
   bool m_stop = false;
@@ -146,7 +154,8 @@ int run_batch_work(Context& ctx) {
   Array done;
   int count = 0;
   while (max_shares == 0 || count < max_shares) {
-    const auto share = ctx.registry().claim_batch_share(holder, engine::SystemClock().now(), lease);
+    const auto share =
+        ctx.registry().claim_batch_share(holder, ctx.registry().registry_time(), lease);
     if (!share) {
       // --drain: shares other workers hold are waited for; one whose holder died is claimable
       // once its lease ends, and this worker finishes it.
@@ -181,7 +190,7 @@ int run_batch_work(Context& ctx) {
       try {
         const std::int64_t back_off = std::min<std::int64_t>(300, 10 * share->attempts);
         ctx.registry().renew_batch_share(share->batch_id, share->share, holder,
-                                         engine::SystemClock().now() + back_off);
+                                         ctx.registry().registry_time() + back_off);
       } catch (const Error&) {
         // The lease then ends when it would have.
       }
@@ -192,7 +201,7 @@ int run_batch_work(Context& ctx) {
     finished.issued = s.total_issued;
     finished.rejected = s.total_rejected;
     const bool last =
-        ctx.registry().finish_batch_share(finished, holder, engine::SystemClock().now());
+        ctx.registry().finish_batch_share(finished, holder, ctx.registry().registry_time());
     Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("batch", share->batch_id);
     o.set("share", share->share);

@@ -261,7 +261,8 @@ void Runner::flush() {
 // stop at once (another runner holds the lease).
 bool Runner::control(Steady::time_point) {
   try {
-    m_stores.heartbeat_job(m_job_id, m_options.runner, m_clock.now());
+    // The registry's clock: serves on other machines judge the heartbeat's age by it.
+    m_stores.heartbeat_job(m_job_id, m_options.runner, m_stores.registry_time());
   } catch (const Error& e) {
     if (e.code() == ErrorCode::kHomeBusy) return false;
     throw;
@@ -287,7 +288,7 @@ bool Runner::control(Steady::time_point) {
 
 JobRecord Runner::run() {
   load();
-  const std::int64_t now = m_clock.now();
+  const std::int64_t now = m_stores.registry_time();  // the lease's clock, as for the heartbeat
   // A runner of this host whose process is gone (kill -9) holds the lease no longer.
   const std::int64_t stale_before =
       holder_is_dead(m_job.runner, m_options.runner) ? now + 1 : now - kLeaseStale;

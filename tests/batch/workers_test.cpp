@@ -35,6 +35,15 @@ class Workers : public ::testing::Test {
     return std::make_unique<Child>(argv, Env{}, fleet.path(stem + ".out"),
                                    fleet.path(stem + ".err"));
   }
+  // Worker homes w1 and w2 (`worker clone`) on the fleet's registry.
+  bool clone_workers() {
+    for (const char* w : {"w1", "w2"}) {
+      const Outcome o = fleet.run({"worker", "clone", fleet.path(w).string()});
+      EXPECT_EQ(o.exit_code(), 0) << o.describe();
+      if (o.exit_code() != 0) return false;
+    }
+    return true;
+  }
   Outcome run_in(const fs::path& home, std::vector<std::string> args) {
     return start_in(home, std::move(args))->wait();
   }
@@ -379,17 +388,14 @@ TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
 // token, or its lease keeper, whichever comes first) and stops. Exactly once holds.
 TEST_F(Workers, AWorkerFrozenPastItsLeaseWritesNothingWhenItWakes) {
   if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
-  for (const char* w : {"w1", "w2"}) {
-    ASSERT_EQ(fleet.run({"worker", "clone", fleet.path(w).string()}).exit_code(), 0);
-  }
+  ASSERT_TRUE(clone_workers());
   const std::string id = share_batch(3000, 750, "fz-{05}", "frozen");
   auto w1 = start_in(fleet.path("w1"), {"batch", "work", "--lease", "5", "--threads", "1"});
   const std::string held_by_w1 =
       "SELECT COUNT(*) FROM batch_shares s JOIN certificates c ON c.batch_id = s.batch_id || "
       "'.s' || lpad(s.share::text, 4, '0') WHERE s.state = 'pending' AND s.holder LIKE '%:" +
       std::to_string(w1->pid()) + "'";
-  // Frozen outside a transaction: a process frozen inside one would hold the registry's write
-  // lock, and the other worker could not write until it woke (a known limit, README).
+  // Frozen outside a transaction (the next test freezes one inside).
   const std::string in_txn =
       "SELECT COUNT(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'";
   const auto deadline = std::chrono::steady_clock::now() + 60s;
@@ -425,13 +431,54 @@ TEST_F(Workers, AWorkerFrozenPastItsLeaseWritesNothingWhenItWakes) {
   expect_exactly_once("fz-", 3000, "frozen", 4);
 }
 
+// A worker frozen inside a write transaction holds the registry's write lock: the server ends
+// its session after the write transactions' idle limit (20 s), so the other worker finishes the
+// batch while it is still frozen (before, every other writer timed out busy until it woke).
+TEST_F(Workers, AWorkerFrozenInsideAWriteTransactionLosesTheLockAndTheOtherFinishes) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  ASSERT_TRUE(clone_workers());
+  const std::string id = share_batch(3000, 750, "ft-{05}", "frozen-txn");
+  auto w1 = start_in(fleet.path("w1"), {"batch", "work", "--lease", "5", "--threads", "1"});
+  const std::string lock_held =
+      "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE "
+      "l.locktype = 'advisory' AND l.granted AND a.state LIKE 'idle in transaction%'";
+  auto deadline = std::chrono::steady_clock::now() + 90s;
+  for (;;) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 was never frozen in a write";
+    w1->kill(SIGSTOP);
+    std::this_thread::sleep_for(50ms);
+    if (query_int(fleet.registry_location(), lock_held) > 0) break;
+    w1->kill(SIGCONT);
+    std::this_thread::sleep_for(5ms);
+  }
+  const auto frozen_at = std::chrono::steady_clock::now();
+  // w2's writes wait for the lock (10 s), then fail busy, until the server ends w1's session.
+  deadline = frozen_at + 150s;
+  for (;;) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never finished the batch";
+    const Outcome w2 = run_in(
+        fleet.path("w2"), {"batch", "work", "--lease", "5", "--threads", "1", "--drain", "--json"});
+    if (w2.exit_code() == 0) break;
+    EXPECT_NE(w2.err.find("busy"), std::string::npos) << w2.describe();
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - frozen_at, 15s) << "the lock was not held";
+  EXPECT_EQ(fleet.batch_show(id)->getValue<std::string>("state"), "finished");
+  expect_exactly_once("ft-", 3000, "frozen-txn", 4);
+  w1->kill(SIGCONT);
+  const Outcome woken = w1->wait();
+  EXPECT_NE(woken.exit_code(), 0) << woken.describe();
+  // Its connection is gone (or its lease keeper, waking first, stops it).
+  EXPECT_TRUE(woken.err.find("lost") != std::string::npos ||
+              woken.err.find("stopping at once") != std::string::npos)
+      << woken.describe();
+  expect_exactly_once("ft-", 3000, "frozen-txn", 4);
+}
+
 // One serve of the registry schedules at a time (the scheduler's lease); when it is killed,
 // another takes the lease over (at once: its holder is a dead process of this host).
 TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {
   if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
-  for (const char* w : {"w1", "w2"}) {
-    ASSERT_EQ(fleet.run({"worker", "clone", fleet.path(w).string()}).exit_code(), 0);
-  }
+  ASSERT_TRUE(clone_workers());
   const std::string holder = "SELECT holder FROM leases WHERE name = 'scheduler'";
   const auto holder_now = [&] {
     const auto rows = test::raw_query(fleet.registry_location(), holder);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <ctime>
 #include <functional>
 #include <set>
 #include <string>
@@ -288,6 +289,26 @@ TEST(WorkStore, ANamedLeaseHasOneHolderAndFailsOverWhenItEndsOrItsHolderIsKnownD
   EXPECT_TRUE(reg->take_lease("other", "w:2", kNow + 28, 15, "", nullptr));
   EXPECT_THROW(reg->take_lease("x", "", kNow, 15, "", nullptr), Error);
   EXPECT_THROW(reg->take_lease("x", "w:1", kNow, 0, "", nullptr), Error);
+}
+
+// Leases are stamped with the registry's clock (the server's on PostgreSQL): every connection
+// reads the same time, and here, with the server on this machine, it is the system's.
+TEST(WorkStore, TheRegistrysClockIsOneForAllConnections) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  auto other = Registry::open(dir.db());
+  const std::int64_t before = std::time(nullptr);
+  const std::int64_t a = reg->registry_time();
+  const std::int64_t b = other->registry_time();
+  const std::int64_t after = std::time(nullptr);
+  EXPECT_LE(before, a);
+  EXPECT_LE(a, b);
+  EXPECT_LE(b, after);
+  // A claim stamped with it holds for its lease on every connection.
+  reg->create_shared_batch(parent("b1"), shares_of("b1", 1, 10));
+  ASSERT_TRUE(reg->claim_batch_share("w:1", reg->registry_time(), 60));
+  EXPECT_FALSE(other->claim_batch_share("w:2", other->registry_time(), 60));
+  EXPECT_EQ(other->claimable_batch_shares(other->registry_time() + 61), 1);
 }
 
 }  // namespace

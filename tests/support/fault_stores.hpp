@@ -390,6 +390,7 @@ class FaultStores final : public engine::Stores {
   void release_lease(const std::string& name, const std::string& holder) override {
     m_inner.release_lease(name, holder);
   }
+  std::int64_t registry_time() override { return m_inner.registry_time(); }
 
  private:
   template <typename F>

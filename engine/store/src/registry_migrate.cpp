@@ -255,6 +255,11 @@ MigrationReport migrate_registry(const std::filesystem::path& sqlite_file,
     //    transaction on the target.
     src->begin_write();
     dst->begin_write();
+    // The target waits idle while each SQLite table is checksummed (minutes at 10^7 devices):
+    // the write transactions' idle limit is lifted for this one.
+    if (dst->dialect() == sql::Dialect::kPostgres) {
+      dst->exec("SET LOCAL idle_in_transaction_session_timeout = 0");
+    }
     MigrationReport report;
     for (const auto& t : tables) {
       MigratedTable m{t.name, copy_table(*src, *dst, t, file), {}};

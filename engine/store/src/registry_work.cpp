@@ -183,4 +183,11 @@ void Registry::release_lease(const std::string& name, const std::string& holder)
   });
 }
 
+std::int64_t Registry::registry_time() {
+  const char* const sql =
+      m_impl->postgres() ? "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)"
+                         : "SELECT CAST(strftime('%s', 'now') AS INTEGER)";
+  return m_impl->count(sql);
+}
+
 }  // namespace fleetsign::engine

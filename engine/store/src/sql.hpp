@@ -62,6 +62,9 @@ class Stmt {
   virtual void reset() = 0;                  // clears bindings and the result
 };
 
+// How long a PostgreSQL write transaction may wait on its client between statements.
+constexpr const char* kWriteIdleLimit = "20s";
+
 class Db {
  public:
   virtual ~Db() = default;
@@ -71,7 +74,9 @@ class Db {
   virtual void exec(const std::string& sql) = 0;
   // Opens a write transaction that holds the registry's one write lock (SQLite: BEGIN
   // IMMEDIATE; PostgreSQL: BEGIN and a transaction-scoped advisory lock), so writers run one
-  // after another as they do on a SQLite file. COMMIT and ROLLBACK go through exec().
+  // after another as they do on a SQLite file. COMMIT and ROLLBACK go through exec(). On
+  // PostgreSQL the server ends a write transaction that waits on its client longer than
+  // kWriteIdleLimit (a statement of its own can lift that for one transaction).
   virtual void begin_write() = 0;
   // Where this connection points, for messages (a PostgreSQL URL without its password).
   virtual const std::string& name() const = 0;

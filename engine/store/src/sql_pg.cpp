@@ -105,9 +105,8 @@ int hex_value(char c) {
 
 // Settings every session of the registry runs with, whatever the role's or database's defaults:
 // a commit is durable when it returns (a reserved CRL number or an issued certificate is never
-// lost to a server crash), bytea reads back in the hex form blob() decodes, text is UTF-8. No
-// idle_in_transaction_session_timeout: `registry migrate` sits idle in its one transaction while
-// it checksums each SQLite table (minutes at 10^7 devices; found by review).
+// lost to a server crash), bytea reads back in the hex form blob() decodes, text is UTF-8. The
+// idle limit of a transaction is set per write transaction instead (begin_write).
 constexpr const char* kSessionSettings =
     "SET client_min_messages = warning; SET synchronous_commit = on; SET bytea_output = hex; "
     "SET client_encoding = 'UTF8'";
@@ -337,8 +336,12 @@ class PgDb final : public Db {
     exec("BEGIN");
     m_conn->in_txn = true;
     try {
-      // A writer waits for the lock as long as SQLite's busy_timeout, then gives up busy.
-      exec("SET LOCAL lock_timeout = '10s'");
+      // A writer waits for the lock as long as SQLite's busy_timeout, then gives up busy. A
+      // writer that goes silent inside its transaction (a process frozen by SIGSTOP or a paused
+      // VM) loses its connection, and with it the lock and its uncommitted writes, after
+      // kWriteIdleLimit: the other workers go on instead of timing out until it wakes.
+      exec("SET LOCAL lock_timeout = '10s'; SET LOCAL idle_in_transaction_session_timeout = '" +
+           std::string(kWriteIdleLimit) + "'");
       exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriteLockKey) + ")");
     } catch (...) {
       try {

@@ -510,6 +510,9 @@ class WorkStore {
   // share, so that a worker frozen past its lease (SIGSTOP, a VM pause) writes nothing after the
   // share was taken over, even before its lease keeper notices. nullopt lifts it.
   virtual void fence_writes(std::optional<ShareFence> fence) = 0;
+  // The registry's clock (Unix seconds; PostgreSQL: the server's): what workers stamp and compare
+  // leases with, so that workers on machines whose clocks differ agree on when a lease ends.
+  virtual std::int64_t registry_time() = 0;
 };
 
 // Every contract at once: what start-up code hands to components that use several. A backend
