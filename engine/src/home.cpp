@@ -318,7 +318,7 @@ Home Home::clone_worker(const fs::path& dir) const {
         return;
       }
       for (const char* name : {"tokens", "token-backup", "policy.json", "softhsm2.conf",
-                               "softhsm2.conf.tmp", kConfigFile}) {
+                               "softhsm2.conf.tmp", "fleet.json", "broker", kConfigFile}) {
         fs::remove_all(dir / name, ignored);
       }
     }
@@ -336,6 +336,28 @@ Home Home::clone_worker(const fs::path& dir) const {
     }
   };
   copy(policy_path(), config.dir / "policy.json");
+  // What a job's runner needs to reach the fleet (a worker runs rollovers and incidents): the
+  // backend (fleet.json) and the broker's client side, fleetsign's service identity (its key
+  // stays owner-only) and the broker's address and trust. Not the broker's own key or config:
+  // the broker runs where the fleet connects.
+  if (fs::exists(m_config.dir / "fleet.json", ec)) {
+    copy(m_config.dir / "fleet.json", config.dir / "fleet.json");
+  }
+  if (fs::exists(m_config.dir / "broker" / "service.key", ec)) {
+    fs::create_directories(config.dir / "broker", ec);
+    if (ec) {
+      throw Error(ErrorCode::kIo, (config.dir / "broker").string() + ": " + ec.message());
+    }
+    for (const char* name : {"broker.json", "ca.pem", "service.crt", "service.key"}) {
+      copy(m_config.dir / "broker" / name, config.dir / "broker" / name);
+    }
+    fs::permissions(config.dir / "broker" / "service.key",
+                    fs::perms::owner_read | fs::perms::owner_write, ec);
+    if (ec) {
+      throw Error(ErrorCode::kIo,
+                  (config.dir / "broker" / "service.key").string() + ": " + ec.message());
+    }
+  }
   if (config.softhsm_conf) {
     copy(m_config.dir / "tokens", config.dir / "tokens");
     if (fs::exists(m_config.dir / "token-backup", ec)) {

@@ -27,6 +27,7 @@
 #include "fleetsign/engine/registry.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "live_fleet.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign {
 namespace {
@@ -309,6 +310,55 @@ TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
   EXPECT_EQ(show->getObject("states")->getValue<int>("canceled"), 120 - done_at_pause);
   EXPECT_EQ(check_done_devices(job, "LOT-F", false), done_at_pause);
   EXPECT_EQ(bin.run("job pause " + job).status, 2);
+}
+
+// Issue 13's "done": a rollover runs on a worker (`serve --worker` on a home made by `worker
+// clone`, which reaches the fleet through the broker's client files it copied); that worker and
+// its job runner are killed with kill -9 mid-job (a machine gone), and the other worker's serve
+// takes the job over and finishes it: every device rolled once.
+TEST_F(Rollover, AWorkerKilledMidRolloverLeavesItToTheOtherWorker) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  fleet("LOT-W", "rw", 200);
+  ASSERT_EQ(wait_connected("rw", 200), 200);
+  for (const char* w : {"w1", "w2"}) bin.ok("worker clone " + quoted(path(w)));
+  // The broker's client side came along, its service key owner-only; not the broker's own key.
+  EXPECT_EQ(
+      fs::status(fs::path(path("w1")) / "broker" / "service.key").permissions() & fs::perms::all,
+      fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_FALSE(fs::exists(fs::path(path("w1")) / "broker" / "server.key"));
+  const std::string job = json(bin.ok("rollover start --lot LOT-W --no-run --rate 900 --json").out)
+                              ->getValue<std::string>("id");
+  auto reg = registry();
+  pid_t runner = -1;
+  {
+    testing::CliProcess w1(path("w1"), {"serve", "--worker", "--tick", "1"});
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (runner <= 0 || reg->job_tasks(job, "done").size() < 20) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never ran the job";
+      ASSERT_TRUE(w1.running());
+      const auto j = reg->find_job(job);
+      ASSERT_TRUE(j.has_value());
+      const auto colon = j->runner.rfind(':');
+      if (colon != std::string::npos) runner = std::stoi(j->runner.substr(colon + 1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_NE(runner, w1.pid()) << "serve runs a job in a child";
+    EXPECT_TRUE(w1.kill_now());  // the serve first: it would start another runner
+    EXPECT_EQ(::kill(runner, SIGKILL), 0);
+  }
+  const std::size_t done_at_kill = reg->job_tasks(job, "done").size();
+  EXPECT_LT(done_at_kill, 200u) << "the job ended before the kill";
+  testing::CliProcess w2(path("w2"), {"serve", "--worker", "--tick", "1"});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (reg->find_job(job)->state != "finished") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never finished the job";
+    ASSERT_TRUE(w2.running());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ::kill(w2.pid(), SIGTERM);
+  EXPECT_EQ(w2.wait(), 0);
+  EXPECT_EQ(check_done_devices(job, "LOT-W", false), 200);
+  EXPECT_EQ(reg->count_certs(job, engine::CertState::kIntent), 0);
 }
 
 // A CA rollover: a new intermediate enters the group's free slot (both trusted during the

@@ -77,7 +77,9 @@ class Home final {
   // A worker's home (issue 13): a new home at DIR on the same PostgreSQL registry, module, token
   // label and policy. With the embedded SoftHSM2 token, its token files are copied (a clone of the
   // token, as an HSM backup is cloned: the same keys, the same PINs); with a module (a network
-  // HSM), the worker reaches the same token. Take the HomeLock first (a consistent token copy).
+  // HSM), the worker reaches the same token. fleet.json and the broker's client files (address,
+  // trust, the service identity) come along, so the worker's jobs reach the fleet. Take the
+  // HomeLock first (a consistent token copy).
   // Errors: kInvalidArgument for a SQLite home (workers share a PostgreSQL registry),
   // kAlreadyExists when DIR is a home or not empty, kIo.
   Home clone_worker(const std::filesystem::path& dir) const;
