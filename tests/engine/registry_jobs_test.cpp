@@ -16,6 +16,7 @@
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "registry_backend.hpp"
+#include "registry_test_support.hpp"
 
 namespace fleetsign::engine {
 namespace {
@@ -25,36 +26,10 @@ namespace kw = Poco::Data::Keywords;
 
 constexpr std::int64_t kNow = 1'700'000'000;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "registry_jobs_test.XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    m_path = pattern;
-  }
-  TempDir(const TempDir&) = delete;  // owns the directory
-  TempDir& operator=(const TempDir&) = delete;
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(m_path, ignored);
-  }
-  // The registry under test: this directory's SQLite file, or (FLEETSIGN_TEST_REGISTRY=postgresql)
-  // one fresh PostgreSQL database per TempDir.
-  fs::path db() const {
-    if (m_location.empty()) m_location = test::test_registry_location(m_path / "registry.db");
-    return m_location;
-  }
-
- private:
-  fs::path m_path;
-  mutable std::string m_location;
-};
-
-// A second, independent connection: what is on disk, not what the Registry caches.
-Poco::Data::Session raw_session(const fs::path& file) {
-  Poco::Data::SQLite::Connector::registerConnector();
-  return Poco::Data::Session("SQLite", file.string());
-}
+// A temporary registry, and a second, independent connection (what is on disk, not what the
+// Registry caches).
+using regtest::raw_session;
+using regtest::TempDir;
 
 template <typename F>
 Error error_of(F&& f) {

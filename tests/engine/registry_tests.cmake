@@ -1,4 +1,4 @@
-add_executable(registry_test registry_test.cpp)
+add_executable(registry_test registry_test.cpp registry_issuance_test.cpp)
 target_link_libraries(registry_test fleetsign_engine fleetsign_test_postgres GTest::gtest_main)
 # LABELS twice, not LABELS "unit;sqlite": gtest_discover_tests flattens a list value, which would
 # leave only "unit" (https://gitlab.kitware.com/cmake/cmake/-/issues/17812).

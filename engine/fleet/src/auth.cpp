@@ -1,4 +1,5 @@
-// Authenticator: see auth.hpp for the rules and the two paths.
+// Authenticator: see auth.hpp for the rules and the two paths (the incident pins are in
+// auth_incident.cpp).
 #include "fleetsign/engine/auth.hpp"
 
 #include <openssl/err.h>
@@ -8,6 +9,7 @@
 #include <optional>
 #include <unordered_map>
 
+#include "auth_impl.hpp"
 #include "fixed_key_verifier.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/policy/policy.hpp"
@@ -18,38 +20,15 @@
 
 namespace fleetsign::engine {
 
+using auth_detail::Anchor;
+using auth_detail::Ca;
+using auth_detail::leaf_signed_by;
+using auth_detail::refuse;
+using auth_detail::StorePtr;
+
 namespace {
 
-struct Anchor {
-  std::string group;
-  Slot slot = Slot::kPrimary;
-  bool enabled = false;
-};
-
-struct Ca {
-  CaRecord rec;
-  ossl::X509Ptr x509;
-  std::string subject_der;                 // key of the issuer lookup
-  std::unique_ptr<FixedKeyVerifier> fast;  // P-256 keys
-  bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
-  bool constrained = false;                // name/policy constraints: leave it to OpenSSL
-  std::vector<Anchor> anchors;             // the group slots it sits in
-  // Verified itself, or issued (path_ok) below a verified CA: DPS admits an intermediate signed
-  // by a verified CA without a proof of possession of its own. `vouched_by` names that CA.
-  bool vouched = false;
-  std::string vouched_by;
-};
-
-using StorePtr = std::unique_ptr<X509_STORE, ossl::Deleter<X509_STORE_free>>;
-
 constexpr std::size_t kMaxDepth = 16;  // registry parent links followed at most (a cycle guard)
-
-AuthDecision refuse(std::string rule, std::string reason) {
-  AuthDecision d;
-  d.rule = std::move(rule);
-  d.reason = std::move(reason);
-  return d;
-}
 
 const EVP_MD* digest_of(der::Bytes oid_content) {
   if (der::equal(oid_content, oid::kEcdsaSha256) || der::equal(oid_content, oid::kRsaSha256))
@@ -88,42 +67,6 @@ std::string serial_hex(der::Bytes content) {
 }
 
 }  // namespace
-
-// An incident as the decision uses it.
-struct OpenIncident {
-  std::int64_t id = 0, compromised_at = 0, opened_at = 0;
-  std::string reason, scope_kind, scope;
-};
-
-struct Authenticator::Impl {
-  Stores& registry;
-  std::map<std::string, Ca> cas;
-  std::map<std::string, OpenIncident> ca_incidents;  // CA name → its open incident
-  std::map<std::string, std::int64_t> revoked_cas;   // CA name → when it was marked revoked
-  std::vector<OpenIncident> lineage_incidents;       // open lot/site incidents that pin
-
-  std::unordered_map<std::string, std::vector<Ca*>> by_subject;
-  StorePtr trusted;   // verified CAs in slots of enabled groups
-  StorePtr everyone;  // every registry CA: explains refusals (which anchor would have matched)
-
-  explicit Impl(Stores& r) : registry(r) {}
-
-  void load();
-  void vouch(Ca& ca);
-  AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
-                      std::int64_t at, bool force_openssl,
-                      const std::optional<IndividualEnrollment>& individual);
-  AuthDecision fast_path(const Ca& issuer, const LeafView& leaf, std::int64_t at);
-  AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
-  AuthDecision classify_anchor(const Ca& ca);
-  const Ca* ca_for_cert(const X509* cert);
-  std::optional<AuthDecision> incident_decision(const Der& leaf_der, const LeafView& leaf,
-                                                const std::string& cn, const std::string& serial,
-                                                std::int64_t at);
-  AuthDecision pin(const OpenIncident& incident, const std::string& what, const Der& leaf_der,
-                   const LeafView& leaf, const std::string& cn, const std::string& serial,
-                   const std::optional<PinnedCert>& rec, std::int64_t at);
-};
 
 void Authenticator::Impl::load() {
   for (auto& rec : registry.list_cas()) {
@@ -266,8 +209,7 @@ AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
   return refuse("no-enrollment", "");
 }
 
-// Whether `issuer`'s key signed the leaf (false for an unsupported or inconsistent algorithm).
-bool leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
+bool auth_detail::leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   const EVP_MD* md = digest_of(leaf.sig_alg_oid);
   if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) return false;
   std::uint8_t digest[EVP_MAX_MD_SIZE];
@@ -473,95 +415,6 @@ AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& le
     }
   }
   return openssl_path(leaf_der, chain, at);
-}
-
-// Exactly the recorded certificate, recorded before the compromise: admitted for rotation only.
-AuthDecision Authenticator::Impl::pin(const OpenIncident& incident, const std::string& what,
-                                      const Der& leaf_der, const LeafView& leaf,
-                                      const std::string& cn, const std::string& serial,
-                                      const std::optional<PinnedCert>& rec, std::int64_t at) {
-  const std::string prefix = "incident " + std::to_string(incident.id) + " (" + what + "): ";
-  if (!rec || rec->sha256 != thumbprint_sha256(leaf_der) || rec->device_id != cn) {
-    return refuse("incident-unrecorded",
-                  prefix + "certificate serial " + serial +
-                      " is not exactly one this registry recorded (a forgery with the stolen key "
-                      "is refused)");
-  }
-  const bool revoked_by_incident = rec->state == CertState::kRevoked &&
-                                   rec->revocation_reason == incident.reason &&
-                                   rec->revoked_at >= incident.opened_at;
-  if (rec->state != CertState::kIssued && !revoked_by_incident) {
-    return refuse(rec->state == CertState::kRevoked ? "revoked" : "incident-unrecorded",
-                  prefix + "certificate serial " + serial + " is " +
-                      std::string(cert_state_name(rec->state)));
-  }
-  if (rec->created_at >= incident.compromised_at) {
-    return refuse("incident-after-compromise", prefix + "certificate serial " + serial +
-                                                   " was recorded at " + iso8601(rec->created_at) +
-                                                   ", not before the compromise at " +
-                                                   iso8601(incident.compromised_at));
-  }
-  if (at < leaf.not_before)
-    return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-  if (at > leaf.not_after)
-    return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
-  AuthDecision d;
-  d.allowed = true;
-  d.rule = "incident-pinned";
-  d.rotation_only = true;
-  d.enrollment = rec->device_id;
-  d.reason = prefix + "certificate serial " + serial +
-             " is the one recorded for this device before the compromise: admitted for the "
-             "rotation methods only";
-  return d;
-}
-
-std::optional<AuthDecision> Authenticator::Impl::incident_decision(const Der& leaf_der,
-                                                                   const LeafView& leaf,
-                                                                   const std::string& cn,
-                                                                   const std::string& serial,
-                                                                   std::int64_t at) {
-  if (!ca_incidents.empty() || !revoked_cas.empty()) {
-    auto it = by_subject.find(
-        std::string(reinterpret_cast<const char*>(leaf.issuer.data()), leaf.issuer.size()));
-    if (it != by_subject.end()) {
-      for (const Ca* issuer : it->second) {
-        // CAs sharing a subject (a CA rollover keeps the old one's): the key decides.
-        if (it->second.size() > 1 && !leaf_signed_by(*issuer, leaf)) continue;
-        // The issuer, then its issuers: a CA under a revoked or compromised one is no better
-        // (a stolen key with pathLen >= 1 can mint sub-CAs).
-        int depth = 0;
-        for (const Ca* ca = issuer; ca != nullptr && depth < 16; ++depth) {
-          const std::string& name = ca->rec.name;
-          if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
-            return pin(open->second, "CA '" + name + "'", leaf_der, leaf, cn, serial,
-                       registry.pinned_cert(serial), at);
-          }
-          if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
-            return refuse("ca-revoked", "CA '" + name + "' was revoked at " +
-                                            iso8601(revoked->second) +
-                                            ": nothing signed under it is admitted");
-          }
-          const auto parent = cas.find(ca->rec.parent);
-          ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
-        }
-      }
-    }
-  }
-  if (!lineage_incidents.empty()) {
-    const auto rec = registry.pinned_cert(serial);
-    if (rec) {
-      for (const auto& i : lineage_incidents) {
-        const std::string& value = i.scope_kind == "lot" ? rec->lot : rec->site;
-        // Recorded after the incident opened: the incident's own replacements (a lot's CA is
-        // not compromised), admitted as usual.
-        if (value == i.scope && rec->created_at < i.opened_at) {
-          return pin(i, i.scope_kind + " '" + i.scope + "'", leaf_der, leaf, cn, serial, rec, at);
-        }
-      }
-    }
-  }
-  return std::nullopt;
 }
 
 Authenticator::Authenticator(Stores& registry) : m_impl(std::make_unique<Impl>(registry)) {

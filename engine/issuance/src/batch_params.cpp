@@ -1,5 +1,6 @@
 // Batch parameters and names: the ID pattern of --generate, the parameters recorded with a batch
-// (everything a resume needs, as JSON), and new batch IDs.
+// (everything a resume needs, as JSON), new batch IDs, and the checks of a batch's options and
+// inputs before anything is recorded.
 #include "batch_params.hpp"
 
 #include <Poco/JSON/Object.h>
@@ -10,6 +11,8 @@
 #include <ctime>
 #include <sstream>
 
+#include "batch_io.hpp"
+#include "fleetsign/engine/ca_constraints.hpp"
 #include "fleetsign/engine/json.hpp"
 #include "fleetsign/error.hpp"
 
@@ -203,5 +206,78 @@ std::string new_batch_id(const Clock& clock, RandomSource& random) {
   for (char& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return id;
 }
+
+namespace batch {
+
+// Chunks in flight per thread: enough that the serial stages' commits (fsync) overlap other
+// chunks' signing. BatchOptions::chunks_per_thread overrides it for measurements.
+std::size_t tokens_per_thread(const BatchOptions& o) {
+  return o.chunks_per_thread > 0 ? static_cast<std::size_t>(o.chunks_per_thread) : 4;
+}
+
+void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
+  // A batch ID names the spool directory and lines of `batch list`: never a path or a newline.
+  if (auto why = o.batch_id.empty() ? std::nullopt : check_safe_name(o.batch_id, "batch ID")) {
+    throw Error(ErrorCode::kInvalidArgument, *why);
+  }
+  if (o.share_of.empty() && is_share_batch_id(o.batch_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "batch ID '" + o.batch_id +
+                    "': IDs ending in .sNNNN are the shares of shared batches (issue --share)");
+  }
+  if (o.out_dir.empty() && o.delivery != Delivery::kReturned) {
+    throw Error(ErrorCode::kUsage, "missing --out DIR");
+  }
+  if (o.threads < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "thread count " + std::to_string(o.threads) + " is negative (0 means all cores)");
+  }
+  if (o.pfx && o.input.kind != BatchInput::Kind::kGenerate) {
+    throw Error(ErrorCode::kUsage,
+                "--pfx needs --generate: a .pfx holds the device's private key, which a CSR does "
+                "not give us");
+  }
+  if (o.pfx && pfx_password == nullptr) {
+    throw Error(ErrorCode::kUsage,
+                "--pfx needs a password: --pfx-password-file F or FLEETSIGN_PFX_PASSWORD");
+  }
+  if (o.pfx && pfx_password->size() == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the PKCS#12 password is empty: the .pfx files would not protect their keys");
+  }
+  if (o.pfx && std::strlen(pfx_password->c_str()) != pfx_password->size()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the PKCS#12 password holds a NUL byte: it would be cut short there");
+  }
+  if (o.chunk_size < 1 || o.chunk_size > 100000)
+    throw Error(ErrorCode::kUsage, "chunk size must be 1..100000");
+}
+
+// Refuses bad inputs before anything is recorded: a generated ID that fails the device-ID check,
+// a key the policy forbids, an input that holds nothing.
+void check_inputs(const BatchInput& input, const policy::Policy& policy) {
+  if (input.kind == BatchInput::Kind::kGenerate) {
+    if (input.count <= 0) {
+      throw Error(ErrorCode::kInvalidArgument, "generating needs a positive device count");
+    }
+    validate_id_pattern(input.id_pattern, input.first + input.count, policy);
+    if (auto why = policy::check_device_key(policy, describe_key_algorithm(input.key))) {
+      throw Error(ErrorCode::kPolicyInvalid,
+                  std::string(policy::key_algorithm_name(input.key)) + ": " + *why);
+    }
+  }
+  // A share of a shared CSR directory: the directory was found non-empty when it was shared, and
+  // the share's reader checks its file list (a probe would read the whole list once more).
+  if (!input.manifest.empty()) return;
+  auto probe = batch::open_input(input);  // kInvalidArgument / kIo for an unreadable input
+  batch::Item first;
+  if (!probe->next(first)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                (input.path.empty() ? std::string("the input") : input.path) +
+                    " holds no CSR: nothing to issue");
+  }
+}
+
+}  // namespace batch
 
 }  // namespace fleetsign::engine

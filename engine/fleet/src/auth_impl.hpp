@@ -1,0 +1,95 @@
+// The Authenticator's insides (auth.hpp has the contract), shared by auth.cpp (loading, the fast
+// and OpenSSL paths, the decision) and auth_incident.cpp (the pins of open incidents). Private
+// to the fleet room.
+#pragma once
+
+#include <openssl/x509_vfy.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "fixed_key_verifier.hpp"
+#include "fleetsign/engine/auth.hpp"
+#include "leaf.hpp"
+#include "ossl.hpp"
+
+namespace fleetsign::engine {
+
+namespace auth_detail {
+
+struct Anchor {
+  std::string group;
+  Slot slot = Slot::kPrimary;
+  bool enabled = false;
+};
+
+struct Ca {
+  CaRecord rec;
+  ossl::X509Ptr x509;
+  std::string subject_der;                 // key of the issuer lookup
+  std::unique_ptr<FixedKeyVerifier> fast;  // P-256 keys
+  bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
+  bool constrained = false;                // name/policy constraints: leave it to OpenSSL
+  std::vector<Anchor> anchors;             // the group slots it sits in
+  // Verified itself, or issued (path_ok) below a verified CA: DPS admits an intermediate signed
+  // by a verified CA without a proof of possession of its own. `vouched_by` names that CA.
+  bool vouched = false;
+  std::string vouched_by;
+};
+
+using StorePtr = std::unique_ptr<X509_STORE, ossl::Deleter<X509_STORE_free>>;
+
+inline AuthDecision refuse(std::string rule, std::string reason) {
+  AuthDecision d;
+  d.rule = std::move(rule);
+  d.reason = std::move(reason);
+  return d;
+}
+
+// Whether `issuer`'s key signed the leaf (false for an unsupported or inconsistent algorithm).
+bool leaf_signed_by(const Ca& issuer, const LeafView& leaf);
+
+}  // namespace auth_detail
+
+// An incident as the decision uses it.
+struct OpenIncident {
+  std::int64_t id = 0, compromised_at = 0, opened_at = 0;
+  std::string reason, scope_kind, scope;
+};
+
+struct Authenticator::Impl {
+  Stores& registry;
+  std::map<std::string, auth_detail::Ca> cas;
+  std::map<std::string, OpenIncident> ca_incidents;  // CA name → its open incident
+  std::map<std::string, std::int64_t> revoked_cas;   // CA name → when it was marked revoked
+  std::vector<OpenIncident> lineage_incidents;       // open lot/site incidents that pin
+
+  std::unordered_map<std::string, std::vector<auth_detail::Ca*>> by_subject;
+  auth_detail::StorePtr trusted;  // verified CAs in slots of enabled groups
+  auth_detail::StorePtr
+      everyone;  // every registry CA: explains refusals (which anchor would have matched)
+
+  explicit Impl(Stores& r) : registry(r) {}
+
+  void load();
+  void vouch(auth_detail::Ca& ca);
+  AuthDecision decide(const Der& leaf_der, const LeafView& leaf, std::span<const Der> chain,
+                      std::int64_t at, bool force_openssl,
+                      const std::optional<IndividualEnrollment>& individual);
+  AuthDecision fast_path(const auth_detail::Ca& issuer, const LeafView& leaf, std::int64_t at);
+  AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
+  AuthDecision classify_anchor(const auth_detail::Ca& ca);
+  const auth_detail::Ca* ca_for_cert(const X509* cert);
+  std::optional<AuthDecision> incident_decision(const Der& leaf_der, const LeafView& leaf,
+                                                const std::string& cn, const std::string& serial,
+                                                std::int64_t at);
+  AuthDecision pin(const OpenIncident& incident, const std::string& what, const Der& leaf_der,
+                   const LeafView& leaf, const std::string& cn, const std::string& serial,
+                   const std::optional<PinnedCert>& rec, std::int64_t at);
+};
+
+}  // namespace fleetsign::engine
