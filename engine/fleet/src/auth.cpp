@@ -23,6 +23,7 @@ namespace fleetsign::engine {
 using auth_detail::Anchor;
 using auth_detail::Ca;
 using auth_detail::leaf_signed_by;
+using auth_detail::outside_validity;
 using auth_detail::refuse;
 using auth_detail::StorePtr;
 
@@ -209,6 +210,14 @@ AuthDecision Authenticator::Impl::classify_anchor(const Ca& ca) {
   return refuse("no-enrollment", "");
 }
 
+std::optional<AuthDecision> auth_detail::outside_validity(const LeafView& leaf, std::int64_t at) {
+  if (at < leaf.not_before)
+    return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
+  if (at > leaf.not_after)
+    return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+  return std::nullopt;
+}
+
 bool auth_detail::leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   const EVP_MD* md = digest_of(leaf.sig_alg_oid);
   if (md == nullptr || !der::equal(leaf.sig_alg, leaf.tbs_sig_alg)) return false;
@@ -246,13 +255,7 @@ AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& le
   }
   // 2. Up the registry's hierarchy to the nearest verified CA in an enabled group's slot. CAs
   //    are checked for validity before the leaf, in the order OpenSSL reports them.
-  auto leaf_time = [&]() -> std::optional<AuthDecision> {
-    if (at < leaf.not_before)
-      return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-    if (at > leaf.not_after)
-      return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
-    return std::nullopt;
-  };
+
   AuthDecision why_not = refuse("no-enrollment", "");
   for (const Ca* ca = &issuer; ca != nullptr;) {
     if (at < ca->rec.not_before) {
@@ -265,14 +268,14 @@ AuthDecision Authenticator::Impl::fast_path(const Ca& issuer, const LeafView& le
     }
     AuthDecision d = classify_anchor(*ca);
     if (d.allowed) {
-      if (auto bad = leaf_time()) return *bad;
+      if (auto bad = outside_validity(leaf, at)) return *bad;
       return d;
     }
     if (why_not.rule == "no-enrollment" && d.rule != "no-enrollment") why_not = d;
     auto parent = cas.find(ca->rec.parent);
     ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
   }
-  if (auto bad = leaf_time()) return *bad;
+  if (auto bad = outside_validity(leaf, at)) return *bad;
   if (why_not.rule == "no-enrollment") {
     why_not.reason =
         "no enabled enrollment group trusts CA '" + issuer.rec.name + "' or its issuers";
@@ -382,10 +385,7 @@ AuthDecision Authenticator::Impl::decide(const Der& leaf_der, const LeafView& le
                     "the certificate matches neither slot of individual enrollment '" +
                         ie->registration_id + "'");
     }
-    if (at < leaf.not_before)
-      return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-    if (at > leaf.not_after)
-      return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+    if (auto outside = outside_validity(leaf, at)) return *outside;
     AuthDecision d;
     d.allowed = true;
     d.rule = "individual-enrollment";

@@ -52,6 +52,8 @@ inline AuthDecision refuse(std::string rule, std::string reason) {
 
 // Whether `issuer`'s key signed the leaf (false for an unsupported or inconsistent algorithm).
 bool leaf_signed_by(const Ca& issuer, const LeafView& leaf);
+// The leaf outside its validity at `at`: "not-yet-valid" or "expired"; nullopt inside it.
+std::optional<AuthDecision> outside_validity(const LeafView& leaf, std::int64_t at);
 
 }  // namespace auth_detail
 

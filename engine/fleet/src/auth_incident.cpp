@@ -8,6 +8,7 @@ namespace fleetsign::engine {
 
 using auth_detail::Ca;
 using auth_detail::leaf_signed_by;
+using auth_detail::outside_validity;
 using auth_detail::refuse;
 
 // Exactly the recorded certificate, recorded before the compromise: admitted for rotation only.
@@ -36,10 +37,7 @@ AuthDecision Authenticator::Impl::pin(const OpenIncident& incident, const std::s
                                                    ", not before the compromise at " +
                                                    iso8601(incident.compromised_at));
   }
-  if (at < leaf.not_before)
-    return refuse("not-yet-valid", "the leaf is not valid until " + iso8601(leaf.not_before));
-  if (at > leaf.not_after)
-    return refuse("expired", "the leaf expired at " + iso8601(leaf.not_after));
+  if (auto outside = outside_validity(leaf, at)) return *outside;
   AuthDecision d;
   d.allowed = true;
   d.rule = "incident-pinned";
