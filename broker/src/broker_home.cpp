@@ -89,6 +89,11 @@ bool BrokerHome::initialised() const {
   return fs::exists(settings_path(), ec);
 }
 
+bool BrokerHome::hosts_broker() const {
+  std::error_code ec;
+  return initialised() && fs::exists(server_key_path(), ec);
+}
+
 BrokerSettings BrokerHome::load() const {
   if (!initialised()) {
     throw Error(ErrorCode::kNotFound,

@@ -118,6 +118,9 @@ void add_incident_commands(std::vector<Command>& commands);  // incident start|l
 // else /usr/sbin/mosquitto.
 broker::BrokerStatus start_home_broker(Context& ctx, bool restart);
 std::filesystem::path broker_binary(const Args& args);
+// Re-installs the broker's CRL file from the registry's CRLs and reloads a running mosquitto
+// (cmd_crl.cpp). Returns a line for the operator ("" when no broker runs from this home).
+std::string update_broker(Context& ctx, std::int64_t now);
 // A key and a TLS certificate for one of fleetsign's endpoints (cmd_broker.cpp): the key written
 // 0600, the certificate with its chain (the root left out); returns its SHA-256.
 std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::TlsCertSpec& spec,

@@ -86,11 +86,11 @@ int run_export(Context& ctx) {
   return 0;
 }
 
-// Re-installs the broker's CRL file from the registry and reloads a running mosquitto.
-// Returns a line for the operator ("" when there is no broker).
+}  // namespace
+
 std::string update_broker(Context& ctx, std::int64_t now) {
   const broker::BrokerHome home(ctx.home_dir());
-  if (!home.initialised()) return {};
+  if (!home.hosts_broker()) return {};  // none here, or a worker's client side only
   const bool was_on = std::filesystem::exists(home.crl_path());
   const broker::CrlInstall inst = broker::install_registry_crls(home, ctx.registry(), now);
   if (!inst.enabled) return "broker: no CRL file (" + inst.off_reason + ")";
@@ -121,6 +121,8 @@ std::string update_broker(Context& ctx, std::int64_t now) {
   }
   return "broker: CRL file installed (" + crls + ")";
 }
+
+namespace {
 
 int run_sign(Context& ctx) {
   const bool all = ctx.args().has("all"), due = ctx.args().has("due");

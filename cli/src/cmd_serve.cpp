@@ -130,7 +130,7 @@ class Server final {
 // "absent" (no broker set up), "running", "started", or "failed".
 std::string Server::supervise_broker() {
   const broker::BrokerHome home(m_ctx.home_dir());
-  if (!home.initialised()) return "absent";
+  if (!home.hosts_broker()) return "absent";  // none, or a worker's client side only
   broker::Supervisor sup(home, broker_binary(m_ctx.args()));
   if (sup.status(home.load()).running) return "running";
   try {
@@ -263,6 +263,16 @@ Poco::JSON::Object Server::tick() {
   out.set("scheduling", scheduling);
   out.set("crls", scheduling ? check_crls() : Poco::JSON::Array());
   out.set("broker", m_worker ? std::string("absent") : supervise_broker());
+  if (!m_worker && !scheduling) {
+    // The CRLs are re-signed by the serve that schedules, perhaps a worker's on another machine,
+    // into the registry: the broker's CRL file is refreshed from there by the serve beside it.
+    try {
+      const std::string line = update_broker(m_ctx, m_clock->now());
+      if (line.find("reloaded") != std::string::npos) log(line);
+    } catch (const Error& e) {
+      log("broker: the CRL file: " + std::string(e.what()));
+    }
+  }
 
   const jobs::Scheduler::Tick t = scheduling ? m_scheduler.tick() : jobs::Scheduler::Tick{};
   Poco::JSON::Array created, alerts, problems;
@@ -456,7 +466,17 @@ int run_serve(Context& ctx) {
 
   const std::unique_ptr<HttpService> http = start_http(ctx, server.pin());
   while (g_stop == 0) {
-    Poco::JSON::Object summary = server.tick();
+    Poco::JSON::Object summary;
+    try {
+      summary = server.tick();
+    } catch (const Error& e) {
+      // The registry unreachable or busy for a moment (a PostgreSQL restart, a worker frozen
+      // inside a write): a serve outlives it, and the next tick tries again.
+      const bool transient =
+          e.code() == ErrorCode::kRegistryError || e.code() == ErrorCode::kRegistryBusy;
+      if (once || !transient) throw;
+      log("tick: " + std::string(e.what()) + " (the next tick tries again)");
+    }
     if (once) {
       while (server.has_children() && g_stop == 0) {
         server.reap(false);

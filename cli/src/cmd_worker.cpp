@@ -104,8 +104,9 @@ class LeaseKeeper final {
                        static_cast<long long>(m_share.share), m_share.batch_id.c_str());
           std::_Exit(75);
         }
-      } catch (const Error& e) {
-        // The registry is unreachable for a moment: the lease runs on until it ends.
+      } catch (const std::exception& e) {
+        // The registry is unreachable for a moment: the lease runs on until it ends (nothing may
+        // escape this thread: that would abort the process).
         std::fprintf(stderr, "fleetsign batch work: renewing the lease: %s\n", e.what());
       }
     }

@@ -345,6 +345,7 @@ Home Home::clone_worker(const fs::path& dir) const {
   }
   if (fs::exists(m_config.dir / "broker" / "service.key", ec)) {
     fs::create_directories(config.dir / "broker", ec);
+    if (!ec) fs::permissions(config.dir / "broker", fs::perms::owner_all, ec);  // as the source's
     if (ec) {
       throw Error(ErrorCode::kIo, (config.dir / "broker").string() + ": " + ec.message());
     }

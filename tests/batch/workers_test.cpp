@@ -474,6 +474,36 @@ TEST_F(Workers, AWorkerFrozenInsideAWriteTransactionLosesTheLockAndTheOtherFinis
   expect_exactly_once("ft-", 3000, "frozen-txn", 4);
 }
 
+// The registry's connections are cut again and again (as a PostgreSQL restart does) while a
+// worker's serve runs a shared batch: the serve logs and goes on, its signer never aborts (found
+// by review: reading the registry's clock let the connection error escape, which ended the serve
+// and aborted the signer's lease thread), and the batch ends exactly once.
+TEST_F(Workers, AServeAndItsSignerOutliveTheirRegistryConnectionsBeingCut) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  ASSERT_TRUE(clone_workers());
+  const std::string id = share_batch(3000, 750, "cut-{05}", "cut");
+  auto w1 = start_in(fleet.path("w1"), {"serve", "--worker", "--tick", "1"});
+  const std::string cut =
+      "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+      "current_database() AND pid <> pg_backend_pid()";
+  for (int i = 0; i < 15; ++i) {
+    std::this_thread::sleep_for(200ms);
+    test::raw_query(fleet.registry_location(), cut);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (fleet.batch_show(id)->getValue<std::string>("state") != "finished") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the batch never finished";
+    std::this_thread::sleep_for(250ms);
+  }
+  w1->kill(SIGTERM);
+  const Outcome served = w1->wait();
+  EXPECT_EQ(served.exit_code(), 0) << "the serve did not outlive the cuts: " << served.describe();
+  const std::string said = served.out + served.err;  // the children's stderr is in its stdout
+  EXPECT_EQ(said.find("terminate called"), std::string::npos) << served.describe();
+  EXPECT_EQ(said.find("died by signal"), std::string::npos) << served.describe();
+  expect_exactly_once("cut-", 3000, "cut", 4);
+}
+
 // One serve of the registry schedules at a time (the scheduler's lease); when it is killed,
 // another takes the lease over (at once: its holder is a dead process of this host).
 TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {

@@ -187,7 +187,9 @@ std::int64_t Registry::registry_time() {
   const char* const sql =
       m_impl->postgres() ? "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp())) AS BIGINT)"
                          : "SELECT CAST(strftime('%s', 'now') AS INTEGER)";
-  return m_impl->count(sql);
+  // Guarded: a lost connection is an Error like any other read's (the lease loops log it and
+  // go on; the next call reconnects), never a DbError that escapes them.
+  return m_impl->guarded("reading the registry's clock", [&] { return m_impl->count(sql); });
 }
 
 }  // namespace fleetsign::engine

@@ -55,6 +55,9 @@ class BrokerHome final {
   std::filesystem::path crl_path() const { return m_dir / "crl.pem"; }
 
   bool initialised() const;
+  // The broker runs from this home (its server key is here): false for a worker's home, which
+  // holds only the client side (`worker clone`) to reach a broker that runs elsewhere.
+  bool hosts_broker() const;
   // Reads broker.json (kNotFound: "run fleetsign broker init"; kInvalidArgument naming a bad
   // field). Bounded read.
   BrokerSettings load() const;
