@@ -19,6 +19,7 @@
 #include "cli_process.hpp"
 #include "enrollment_support.hpp"
 #include "fleet_support.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign {
 namespace {
@@ -167,6 +168,37 @@ TEST_F(Serve, SigtermStopsSpawningStopsTheChildrenAndExitsZero) {
   EXPECT_TRUE(broker_running());
   // The job stays resumable: a later serve or `job resume` continues it.
   EXPECT_EQ(job(id)->getValue<std::string>("state"), "running");
+}
+
+// Several serves over one PostgreSQL registry: a worker's serve holds the scheduler's lease and
+// re-signs CRLs into the registry, never into a broker of its own (its home holds only the
+// broker's client side); the serve beside the broker installs the registry's new CRL into the
+// broker's CRL file at its next tick.
+TEST_F(Serve, TheBrokersCrlFileFollowsACrlSignedByAWorker) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  bin.ok("crl sign --all");  // the broker's CRL file exists from here on
+  bin.ok("broker start");    // running: a start would install the registry's CRLs anyway
+  bin.ok("worker clone " + quoted(path("w1")));
+  testing::Binary worker{dir.path() / "w1"};
+  testing::CliProcess w1(dir.path() / "w1", {"serve", "--worker", "--tick", "1"});
+  // w1 takes the free scheduler's lease at its first tick.
+  const std::string holder = "SELECT COUNT(*) FROM leases WHERE name = 'scheduler'";
+  for (int i = 0; test::raw_query(test::home_registry_location(home), holder).at(0).at(0) == "0";
+       ++i) {
+    ASSERT_LT(i, 300) << "w1's serve never took the scheduler's lease";
+    ::usleep(100000);
+  }
+  const auto signed_by_worker = worker.run("crl sign factory-1");
+  ASSERT_EQ(signed_by_worker.status, 0) << signed_by_worker.err;
+  EXPECT_EQ(signed_by_worker.out.find("broker"), std::string::npos) << signed_by_worker.out;
+  EXPECT_FALSE(fs::exists(dir.path() / "w1" / "broker" / "crl.pem"));
+  const std::string latest = bin.ok("crl export factory-1").out;
+  const fs::path crl_file = home / "broker" / "crl.pem";
+  EXPECT_EQ(testing::read_file(crl_file).find(latest), std::string::npos) << "not yet";
+  const auto tick = json(bin.ok("serve --once --json").out);
+  EXPECT_FALSE(tick->getValue<bool>("scheduling"));
+  EXPECT_NE(testing::read_file(crl_file).find(latest), std::string::npos)
+      << "the broker's CRL file does not hold the CRL the worker signed";
 }
 
 }  // namespace
