@@ -273,6 +273,10 @@ void Home::switch_registry(const std::string& url) {
   m_config = std::move(next);
 }
 
+namespace {
+constexpr const char* kPartialCloneMarker = ".fleetsign-partial-clone";
+}  // namespace
+
 Home Home::clone_worker(const fs::path& dir) const {
   if (sqlite_registry()) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -297,6 +301,20 @@ Home Home::clone_worker(const fs::path& dir) const {
                                                  ": a worker's home is made beside the home " +
                                                  source.string() + ", not inside it or around it");
   }
+  // The names a clone writes, and its marker: written first and removed last, so that what a clone
+  // killed halfway (kill -9: no cleanup ran) left behind, copies of the keys among it, is known
+  // for what it is and replaced by the next clone there instead of staying for ever.
+  static constexpr const char* kCloneNames[] = {
+      kPartialCloneMarker, "tokens",     "token-backup", "policy.json", "softhsm2.conf",
+      "softhsm2.conf.tmp", "fleet.json", "broker",       kConfigFile};
+  const auto remove_clone_names = [](const fs::path& at) {
+    std::error_code ignored;
+    for (const char* name : kCloneNames) fs::remove_all(at / name, ignored);
+  };
+  if (fs::is_regular_file(target / kPartialCloneMarker, ec) &&
+      !fs::exists(target / kConfigFile, ec)) {
+    remove_clone_names(target);
+  }
   if (fs::exists(target, ec) && !fs::is_empty(target, ec)) {
     throw Error(ErrorCode::kAlreadyExists, target.string() +
                                                " is not empty: a worker's home is made in a new "
@@ -304,11 +322,14 @@ Home Home::clone_worker(const fs::path& dir) const {
   }
   const bool made = !fs::exists(target, ec);
   HomeConfig config = new_home_dir(target);
+  write_file(config.dir / kPartialCloneMarker, "a worker clone in progress\n",
+             fs::perms::owner_read | fs::perms::owner_write);
   // A clone that fails halfway is removed (it may hold copies of the keys), so it can be retried:
   // the directory it made, or, in the empty one it was given, only the names it writes.
   struct Cleanup {
     fs::path dir;
     bool made;
+    void (*remove_names)(const fs::path&);
     bool armed = true;
     ~Cleanup() {
       if (!armed) return;
@@ -317,12 +338,9 @@ Home Home::clone_worker(const fs::path& dir) const {
         fs::remove_all(dir, ignored);
         return;
       }
-      for (const char* name : {"tokens", "token-backup", "policy.json", "softhsm2.conf",
-                               "softhsm2.conf.tmp", "fleet.json", "broker", kConfigFile}) {
-        fs::remove_all(dir / name, ignored);
-      }
+      remove_names(dir);
     }
-  } cleanup{config.dir, made};
+  } cleanup{config.dir, made, remove_clone_names};
   config.module = m_config.module;
   config.token_label = m_config.token_label;
   config.softhsm_conf = m_config.softhsm_conf;
@@ -370,6 +388,7 @@ Home Home::clone_worker(const fs::path& dir) const {
   write_file(config.dir / kConfigFile, config_json(config),
              fs::perms::owner_read | fs::perms::owner_write);
   cleanup.armed = false;
+  fs::remove(config.dir / kPartialCloneMarker, ec);  // a home: the marker no longer counts
   return Home(config);
 }
 

@@ -327,6 +327,21 @@ TEST_F(Workers, AWorkerKilledMidShareLosesItAndTheOtherFinishesItExactlyOnce) {
   EXPECT_NE(half.exit_code(), 0) << half.describe();
   EXPECT_TRUE(fs::is_empty(fleet.path("w3"))) << half.describe();
   EXPECT_EQ(fleet.run({"worker", "clone", fleet.path("w3").string()}).exit_code(), 0);
+  EXPECT_FALSE(fs::exists(fleet.path("w3") / ".fleetsign-partial-clone"));
+  // What a clone killed with kill -9 halfway leaves (its marker, part of the token, no
+  // fleetsign.json) is replaced by the next clone there; the same names beside a home's
+  // fleetsign.json, or without the marker, are never taken for it.
+  fs::create_directories(fleet.path("w4") / "tokens" / "half");
+  testing::write_file(fleet.path("w4") / ".fleetsign-partial-clone", "");
+  testing::write_file(fleet.path("w4") / "tokens" / "half" / "token.object", "half a copy");
+  const Outcome again = fleet.run({"worker", "clone", fleet.path("w4").string()});
+  EXPECT_EQ(again.exit_code(), 0) << again.describe();
+  EXPECT_FALSE(fs::exists(fleet.path("w4") / "tokens" / "half"));
+  EXPECT_FALSE(fs::exists(fleet.path("w4") / ".fleetsign-partial-clone"));
+  EXPECT_EQ(run_in(fleet.path("w4"), {"ca", "list"}).exit_code(), 0);
+  testing::write_file(fleet.path("w1") / ".fleetsign-partial-clone", "");
+  EXPECT_NE(fleet.run({"worker", "clone", fleet.path("w1").string()}).exit_code(), 0);
+  EXPECT_TRUE(fs::exists(fleet.path("w1") / "fleetsign.json"));
   // `X/new/..` is X to the kernel, not a new directory: refused, and X's files stay (found by
   // review: the clone wrote into X, and a failed one then emptied it).
   fs::create_directories(fleet.path("victim"));
