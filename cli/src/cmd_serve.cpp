@@ -121,7 +121,6 @@ class Server final {
   std::unique_ptr<engine::Clock> m_clock;
   jobs::Scheduler m_scheduler;
   fs::path m_self;
-
   std::map<pid_t, std::string> m_children;  // pid → "job ID" or "crl"
   Poco::JSON::Array m_finished;             // {"job", "status"} of the children reaped
   bool m_token_failed = false;

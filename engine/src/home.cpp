@@ -274,7 +274,21 @@ void Home::switch_registry(const std::string& url) {
 }
 
 namespace {
+
+// The names a worker clone writes, and its marker: written first and removed last, so that what a
+// clone killed halfway (kill -9: no cleanup ran) left behind, copies of the keys among it, is
+// known for what it is and replaced by the next clone there instead of staying for ever.
 constexpr const char* kPartialCloneMarker = ".fleetsign-partial-clone";
+
+void remove_clone_names(const fs::path& at) {
+  std::error_code ignored;
+  for (const char* name :
+       {kPartialCloneMarker, "tokens", "token-backup", "policy.json", "softhsm2.conf",
+        "softhsm2.conf.tmp", "fleet.json", "broker", kConfigFile}) {
+    fs::remove_all(at / name, ignored);
+  }
+}
+
 }  // namespace
 
 Home Home::clone_worker(const fs::path& dir) const {
@@ -301,16 +315,6 @@ Home Home::clone_worker(const fs::path& dir) const {
                                                  ": a worker's home is made beside the home " +
                                                  source.string() + ", not inside it or around it");
   }
-  // The names a clone writes, and its marker: written first and removed last, so that what a clone
-  // killed halfway (kill -9: no cleanup ran) left behind, copies of the keys among it, is known
-  // for what it is and replaced by the next clone there instead of staying for ever.
-  static constexpr const char* kCloneNames[] = {
-      kPartialCloneMarker, "tokens",     "token-backup", "policy.json", "softhsm2.conf",
-      "softhsm2.conf.tmp", "fleet.json", "broker",       kConfigFile};
-  const auto remove_clone_names = [](const fs::path& at) {
-    std::error_code ignored;
-    for (const char* name : kCloneNames) fs::remove_all(at / name, ignored);
-  };
   if (fs::is_regular_file(target / kPartialCloneMarker, ec) &&
       !fs::exists(target / kConfigFile, ec)) {
     remove_clone_names(target);
@@ -329,7 +333,6 @@ Home Home::clone_worker(const fs::path& dir) const {
   struct Cleanup {
     fs::path dir;
     bool made;
-    void (*remove_names)(const fs::path&);
     bool armed = true;
     ~Cleanup() {
       if (!armed) return;
@@ -338,9 +341,9 @@ Home Home::clone_worker(const fs::path& dir) const {
         fs::remove_all(dir, ignored);
         return;
       }
-      remove_names(dir);
+      remove_clone_names(dir);
     }
-  } cleanup{config.dir, made, remove_clone_names};
+  } cleanup{config.dir, made};
   config.module = m_config.module;
   config.token_label = m_config.token_label;
   config.softhsm_conf = m_config.softhsm_conf;
