@@ -66,8 +66,11 @@ constexpr int kDefaultTick = 60;
 constexpr int kMaxTick = 86400;
 constexpr std::int64_t kLeaseStale = 15;  // seconds without heartbeat: the runner is gone
 constexpr auto kPoll = std::chrono::milliseconds(200);
-// The scheduler's lease (one serve of the registry schedules): renewed every kLeaseRenew; a
-// worker that stops renewing loses it after kSchedulerLease, and another takes it over.
+// The scheduler's lease (one serve of the registry schedules): renewed every kLeaseRenew. On
+// SQLite a serve that stops renewing loses it after kSchedulerLease (at once when it is a dead
+// process of this host). On PostgreSQL it is also an advisory lock of the serve's connection
+// (WorkStore::take_lease), which the server frees the moment that connection ends: the serve
+// died (on any machine), or sat frozen past kLeaseIdleLimit; a slow tick keeps it.
 constexpr const char* kSchedulerLeaseName = "scheduler";
 constexpr std::int64_t kSchedulerLease = 15;
 constexpr auto kLeaseRenew = std::chrono::seconds(5);
@@ -273,7 +276,17 @@ Poco::JSON::Object Server::tick() {
     }
   }
 
-  const jobs::Scheduler::Tick t = scheduling ? m_scheduler.tick() : jobs::Scheduler::Tick{};
+  jobs::Scheduler::Tick t;
+  if (scheduling) {
+    // Fenced: a serve that loses the lease mid-tick (frozen, its connection cut) while another
+    // takes the scheduling over creates nothing more (the tick's writes are refused).
+    struct Fence {
+      engine::Stores& reg;
+      ~Fence() { reg.fence_lease_writes(std::nullopt); }
+    } fence{m_ctx.registry()};
+    fence.reg.fence_lease_writes(engine::LeaseFence{kSchedulerLeaseName, m_holder});
+    t = m_scheduler.tick();
+  }
   Poco::JSON::Array created, alerts, problems;
   for (const auto& id : t.jobs_created) {
     log("scheduled job " + id);
@@ -477,8 +490,13 @@ int run_serve(Context& ctx) {
       log("tick: " + std::string(e.what()) + " (the next tick tries again)");
     }
     if (once) {
+      auto renew = std::chrono::steady_clock::now() + kLeaseRenew;
       while (server.has_children() && g_stop == 0) {
         server.reap(false);
+        if (server.scheduling() && std::chrono::steady_clock::now() >= renew) {
+          renew = std::chrono::steady_clock::now() + kLeaseRenew;
+          server.hold_scheduler_lease();  // its connection must not sit idle while held
+        }
         std::this_thread::sleep_for(kPoll);
       }
       if (g_stop == 0 && ctx.json()) ctx.print_json(summary);

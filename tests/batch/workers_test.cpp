@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "batch_support.hpp"
+#include "fleetsign/engine/stores.hpp"
 #include "registry_backend.hpp"
 
 namespace fleetsign::batchtest {
@@ -521,9 +522,10 @@ TEST_F(Workers, AServeAndItsSignerOutliveTheirRegistryConnectionsBeingCut) {
   expect_exactly_once("cut-", 3000, "cut", 4);
 }
 
-// One serve of the registry schedules at a time (the scheduler's lease); when it is killed,
-// another takes the lease over (at once: its holder is a dead process of this host).
-TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {
+// One serve of the registry schedules at a time (the scheduler's lease, an advisory lock of its
+// connection): a frozen one loses it once the server ends its idle connection, and does not
+// take it back when it wakes; a killed one loses it at once.
+TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItFreezesOrDies) {
   if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
   ASSERT_TRUE(clone_workers());
   const std::string holder = "SELECT holder FROM leases WHERE name = 'scheduler'";
@@ -531,26 +533,40 @@ TEST_F(Workers, OneServeSchedulesAtATimeAndAnotherTakesOverWhenItDies) {
     const auto rows = test::raw_query(fleet.registry_location(), holder);
     return rows.empty() ? std::string() : rows.at(0).at(0);
   };
+  const auto wait_for_holder = [&](const Child& w, std::chrono::seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!holder_now().ends_with(":" + std::to_string(w.pid()))) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(100ms);
+    }
+    return true;
+  };
   auto w1 = start_in(fleet.path("w1"), {"serve", "--worker", "--tick", "1"});
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (!holder_now().ends_with(":" + std::to_string(w1->pid()))) {
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never scheduled";
-    std::this_thread::sleep_for(100ms);
-  }
+  ASSERT_TRUE(wait_for_holder(*w1, 30s)) << "w1 never scheduled";
   auto w2 = start_in(fleet.path("w2"), {"serve", "--worker", "--tick", "1"});
   std::this_thread::sleep_for(3s);
   EXPECT_TRUE(holder_now().ends_with(":" + std::to_string(w1->pid()))) << "w2 took a held lease";
-  w1->kill(SIGKILL);
-  w1->wait();
-  deadline = std::chrono::steady_clock::now() + 30s;
-  while (!holder_now().ends_with(":" + std::to_string(w2->pid()))) {
-    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never took the lease over";
-    std::this_thread::sleep_for(100ms);
-  }
+
+  // Frozen (SIGSTOP, a paused VM): the server ends its connection after kLeaseIdleLimit.
+  w1->kill(SIGSTOP);
+  ASSERT_TRUE(wait_for_holder(*w2, std::chrono::seconds(engine::kLeaseIdleLimit + 30)))
+      << "w2 never took the lease of a frozen serve";
+  w1->kill(SIGCONT);
+  std::this_thread::sleep_for(7s);  // w1 renews (every 5 s) on a new connection: refused
+  EXPECT_TRUE(holder_now().ends_with(":" + std::to_string(w2->pid())))
+      << "the woken serve took the lease back";
+
+  // Killed: its connection ends with it, and w1 takes the lease at once.
+  w2->kill(SIGKILL);
+  w2->wait();
+  ASSERT_TRUE(wait_for_holder(*w1, 15s)) << "w1 never took the lease over";
   // A serve that stops releases the lease.
-  w2->kill(SIGTERM);
-  EXPECT_EQ(w2->wait().exit_code(), 0);
+  w1->kill(SIGTERM);
+  const Outcome stopped = w1->wait();
+  EXPECT_EQ(stopped.exit_code(), 0) << stopped.describe();
   EXPECT_EQ(holder_now(), "");
+  EXPECT_NE(stopped.err.find("server closed the connection"), std::string::npos)
+      << "w1 never learned that its connection was ended: " << stopped.describe();
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // elect one holder and fail over when it stops renewing or is known dead.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <functional>
@@ -289,6 +290,98 @@ TEST(WorkStore, ANamedLeaseHasOneHolderAndFailsOverWhenItEndsOrItsHolderIsKnownD
   EXPECT_TRUE(reg->take_lease("other", "w:2", kNow + 28, 15, "", nullptr));
   EXPECT_THROW(reg->take_lease("x", "", kNow, 15, "", nullptr), Error);
   EXPECT_THROW(reg->take_lease("x", "w:1", kNow, 0, "", nullptr), Error);
+}
+
+// A lease holder's writes are fenced: once another holder has the lease, the old one's writes
+// are refused and nothing is recorded (a scheduler frozen mid-tick creates no job when it wakes).
+TEST(WorkStore, ALeaseHoldersWritesAreRefusedOnceAnotherHoldsTheLease) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  ASSERT_TRUE(reg->take_lease("scheduler", "w:1", kNow, 15, "", nullptr));
+  reg->fence_lease_writes(LeaseFence{"scheduler", "w:1"});
+  reg->audit("job.scheduled", "j1", "{}");
+  ASSERT_TRUE(reg->take_lease("scheduler", "w:2", kNow + 16, 15, "", nullptr));
+  try {
+    reg->audit("job.scheduled", "j2", "{}");
+    ADD_FAILURE() << "written after the lease was taken over";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kHomeBusy) << e.what();
+    EXPECT_NE(std::string(e.what()).find("held by 'w:2'"), std::string::npos) << e.what();
+  }
+  reg->fence_lease_writes(std::nullopt);
+  std::set<std::string> subjects;
+  for (const auto& entry : reg->audit_log(10)) subjects.insert(entry.subject);
+  EXPECT_EQ(subjects.count("j1"), 1u);
+  EXPECT_EQ(subjects.count("j2"), 0u) << "recorded anyway";
+}
+
+// On PostgreSQL a lease is also an advisory lock of its holder's connection, and the lock
+// decides: another connection cannot take the lease, even long past its expiry, while the
+// holder's connection lives (a slow tick keeps it); it takes it the moment that connection ends
+// (the process died, or the server cut it), without waiting for the expiry.
+TEST(WorkStore, OnPostgresqlALeaseLivesAndEndsWithItsHoldersConnection) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "an advisory lock of PostgreSQL";
+  TempDir dir;
+  auto first = Registry::open(dir.db());
+  auto second = Registry::open(dir.db());
+  std::string current;
+  ASSERT_TRUE(first->take_lease("scheduler", "w:1", kNow, 15, "", &current));
+  EXPECT_FALSE(second->take_lease("scheduler", "w:2", kNow + 1000, 15, "", &current));
+  EXPECT_EQ(current, "w:1");
+  EXPECT_FALSE(second->take_lease("scheduler", "w:2", kNow + 1000, 15, "w:1", &current))
+      << "named dead while its connection lives";
+  // Another name is another lock.
+  EXPECT_TRUE(second->take_lease("other", "w:2", kNow, 15, "", nullptr));
+
+  // w:1's process ends: w:2 takes the lease at once, long before its expiry.
+  first.reset();
+  const auto taken_within = [&](Registry& reg, const std::string& holder, std::int64_t now) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      try {
+        if (reg.take_lease("scheduler", holder, now, 15, "", &current)) return true;
+      } catch (const Error&) {
+        // a connection the server cut: the next call reconnects
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+  ASSERT_TRUE(taken_within(*second, "w:2", kNow + 1)) << "still " << current << "'s";
+  second->fence_lease_writes(LeaseFence{"scheduler", "w:2"});
+  second->audit("job.scheduled", "before-cut", "{}");
+
+  // The server ends w:2's connection (as it does when a frozen holder sits idle past the limit).
+  auto third = Registry::open(dir.db());
+  EXPECT_FALSE(third->take_lease("scheduler", "w:3", kNow + 2, 15, "", &current));
+  const auto cut = test::raw_query(
+      dir.db(),
+      "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND "
+      "objsubid = 2 AND classid = 6714220");
+  ASSERT_EQ(cut.size(), 2u) << "the locks of 'scheduler' and 'other' (both w:2's connection)";
+  ASSERT_TRUE(taken_within(*third, "w:3", kNow + 2)) << "still " << current << "'s";
+  // Woken, w:2 writes nothing more under the lease: on its new connection the lock is not its.
+  int refused = 0;
+  for (int attempt = 0; attempt < 2 && refused == 0; ++attempt) {
+    try {
+      second->audit("job.scheduled", "after-cut", "{}");
+      ADD_FAILURE() << "written after the lease was lost";
+      break;
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::kHomeBusy) ++refused;  // else: the cut connection, first
+    }
+  }
+  EXPECT_EQ(refused, 1);
+  EXPECT_FALSE(second->take_lease("scheduler", "w:2", kNow + 3, 15, "", &current));
+  EXPECT_EQ(current, "w:3");
+  // Released, it is free at once.
+  third->release_lease("scheduler", "w:3");
+  second->fence_lease_writes(std::nullopt);
+  EXPECT_TRUE(second->take_lease("scheduler", "w:2", kNow + 3, 15, "", &current));
+  std::set<std::string> subjects;
+  for (const auto& entry : third->audit_log(10)) subjects.insert(entry.subject);
+  EXPECT_EQ(subjects.count("before-cut"), 1u);
+  EXPECT_EQ(subjects.count("after-cut"), 0u) << "recorded anyway";
 }
 
 // Leases are stamped with the registry's clock (the server's on PostgreSQL): every connection

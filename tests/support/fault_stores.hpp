@@ -379,6 +379,9 @@ class FaultStores final : public engine::Stores {
   void fence_writes(std::optional<engine::ShareFence> fence) override {
     m_inner.fence_writes(std::move(fence));
   }
+  void fence_lease_writes(std::optional<engine::LeaseFence> fence) override {
+    m_inner.fence_lease_writes(std::move(fence));
+  }
   std::int64_t claimable_batch_shares(std::int64_t now) override {
     return m_inner.claimable_batch_shares(now);
   }

@@ -143,6 +143,9 @@ struct Registry::Impl {
   std::optional<ShareFence> m_fence;  // WorkStore::fence_writes
   // Throws kHomeBusy when m_fence's share is no longer its holder's (registry_work.cpp).
   void check_fence();
+  std::optional<LeaseFence> m_lease_fence;  // WorkStore::fence_lease_writes
+  // Throws kHomeBusy when m_lease_fence's holder no longer holds its lease (registry_work.cpp).
+  void check_lease_fence();
   PreparedQuery m_insert_intents, m_issue_many, m_device_slots, m_valid_certs, m_busy_devices;
   // The job runner's hot path (registry_jobs.cpp): task rows and the slot changes of a flush.
   PreparedQuery m_insert_task, m_update_task, m_tasks_all, m_tasks_in_state;
@@ -279,6 +282,7 @@ struct Registry::Impl {
     return guarded(what, [&] {
       ImmediateTxn txn(*this);
       if (m_fence) check_fence();
+      if (m_lease_fence) check_lease_fence();
       if constexpr (std::is_void_v<decltype(body())>) {
         body();
         txn.commit();

@@ -1,4 +1,5 @@
 // WorkStore (stores.hpp): shares of a batch claimed by workers with leases, and named leases.
+#include <cstdint>
 #include <string>
 
 #include "fleetsign/engine/json.hpp"
@@ -36,6 +37,35 @@ struct ShareRow {
 
 std::string share_name(const std::string& batch_id, std::int64_t share) {
   return "share " + std::to_string(share) + " of batch '" + batch_id + "'";
+}
+
+// The PostgreSQL advisory lock behind lease `name`: two int4 keys, 'fsl' and the name's FNV-1a
+// hash (31 bits), which pg_locks shows as classid, objid and objsubid 2.
+struct LeaseLock {
+  std::string keys;  // "K1, K2", for pg_try_advisory_lock and pg_advisory_unlock
+  std::string mine;  // SQL: whether this connection holds it
+};
+
+LeaseLock lease_lock(const std::string& name) {
+  constexpr std::uint32_t kPrefix = 0x66736c;  // 'fsl'
+  std::uint32_t hash = 2166136261u;
+  for (const unsigned char c : name) hash = (hash ^ c) * 16777619u;
+  const std::string k1 = std::to_string(kPrefix), k2 = std::to_string(hash & 0x7fffffffu);
+  return {k1 + ", " + k2,
+          "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = "
+          "pg_backend_pid() AND classid = " +
+              k1 + " AND objid = " + k2 + " AND objsubid = 2 AND granted)"};
+}
+
+// The session's settings while it holds a lease's lock: the server ends it when idle past
+// kLeaseIdleLimit (PostgreSQL 14 and later; older servers lack the setting and skip it), and
+// probes its TCP peer every 5 s (a machine that stopped answering is gone in about 20 s).
+std::string lease_session_settings(bool holding) {
+  const std::string idle = holding ? std::to_string(kLeaseIdleLimit) + "s" : "0";
+  return "SELECT set_config(name, CASE name WHEN 'idle_session_timeout' THEN '" + idle +
+         "' WHEN 'tcp_keepalives_count' THEN '3' ELSE '5' END, false) FROM pg_settings WHERE "
+         "name IN ('idle_session_timeout', 'tcp_keepalives_idle', 'tcp_keepalives_interval', "
+         "'tcp_keepalives_count')";
 }
 
 }  // namespace
@@ -164,23 +194,92 @@ bool Registry::take_lease(const std::string& name, const std::string& holder, st
   if (holder.empty() || lease_s <= 0) {
     throw Error(ErrorCode::kInvalidArgument, what + ": a holder and a positive lease are needed");
   }
-  return m_impl->write(what, [&] {
-    m_impl->change(
-        "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO "
-        "UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE "
-        "leases.holder = excluded.holder OR leases.expires_at < ? OR leases.holder = ?",
-        name, holder, now + lease_s, now, stale_holder.empty() ? holder : stale_holder);
-    const std::string held =
-        m_impl->scalar<std::string>("SELECT holder FROM leases WHERE name = ?", name).value_or("");
-    if (current != nullptr) *current = held;
-    return held == holder;
-  });
+  bool taken_now = false;  // PostgreSQL: this connection took the lock just now
+  if (m_impl->postgres()) {
+    const LeaseLock lock = lease_lock(name);
+    const std::int64_t state = m_impl->guarded(what, [&] {
+      return m_impl->count("SELECT CASE WHEN " + lock.mine + " THEN 1 WHEN pg_try_advisory_lock(" +
+                           lock.keys + ") THEN 2 ELSE 0 END");
+    });
+    if (state == 0) {  // another connection holds it: its row names the holder
+      if (current != nullptr) {
+        *current = m_impl->guarded(what, [&] {
+          return m_impl->scalar<std::string>("SELECT holder FROM leases WHERE name = ?", name)
+              .value_or("");
+        });
+      }
+      return false;
+    }
+    taken_now = state == 2;
+    if (taken_now) m_impl->guarded(what, [&] { m_impl->exec(lease_session_settings(true)); });
+  }
+  const auto write_row = [&] {
+    return m_impl->write(what, [&] {
+      if (taken_now) {
+        // The lock was free: whoever the row names has lost its connection, so its lease.
+        m_impl->change(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO "
+            "UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+            name, holder, now + lease_s);
+      } else {
+        m_impl->change(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO "
+            "UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at WHERE "
+            "leases.holder = excluded.holder OR leases.expires_at < ? OR leases.holder = ?",
+            name, holder, now + lease_s, now, stale_holder.empty() ? holder : stale_holder);
+      }
+      const std::string held =
+          m_impl->scalar<std::string>("SELECT holder FROM leases WHERE name = ?", name)
+              .value_or("");
+      if (current != nullptr) *current = held;
+      return held == holder;
+    });
+  };
+  if (!taken_now) return write_row();
+  try {
+    return write_row();
+  } catch (const Error&) {
+    // Not recorded: the lock goes back too, or no connection would ever take the lease again.
+    try {
+      m_impl->exec("SELECT pg_advisory_unlock(" + lease_lock(name).keys + ")");
+    } catch (const sql::DbError&) {
+      // The connection is gone, and the lock with it.
+    }
+    throw;
+  }
 }
 
 void Registry::release_lease(const std::string& name, const std::string& holder) {
-  m_impl->write("releasing lease '" + name + "' by '" + holder + "'", [&] {
-    m_impl->change("DELETE FROM leases WHERE name = ? AND holder = ?", name, holder);
+  const std::string what = "releasing lease '" + name + "' by '" + holder + "'";
+  const bool released = m_impl->write(what, [&] {
+    return m_impl->change("DELETE FROM leases WHERE name = ? AND holder = ?", name, holder) == 1;
   });
+  if (!released || !m_impl->postgres()) return;
+  const LeaseLock lock = lease_lock(name);
+  m_impl->guarded(what, [&] {
+    m_impl->count("SELECT CASE WHEN " + lock.mine + " THEN CAST(pg_advisory_unlock(" + lock.keys +
+                  ") AS INTEGER) ELSE 0 END");
+    m_impl->exec(lease_session_settings(false));
+  });
+}
+
+void Registry::fence_lease_writes(std::optional<LeaseFence> fence) {
+  m_impl->m_lease_fence = std::move(fence);
+}
+
+void Registry::Impl::check_lease_fence() {
+  const LeaseFence& f = *m_lease_fence;
+  const auto holder = scalar<std::string>("SELECT holder FROM leases WHERE name = ?", f.name);
+  const bool locked = !postgres() || count("SELECT CASE WHEN " + lease_lock(f.name).mine +
+                                           " THEN 1 ELSE 0 END") == 1;
+  if (!holder || *holder != f.holder || !locked) {
+    throw Error(ErrorCode::kHomeBusy,
+                "lease '" + f.name + "' is " +
+                    (locked ? "held by '" + holder.value_or("nobody") + "'"
+                            : "no longer this connection's (it ended, and its lock with it)") +
+                    " now, not by '" + f.holder + "': another process took it over, so '" +
+                    f.holder + "' writes nothing more under it");
+  }
 }
 
 std::int64_t Registry::registry_time() {

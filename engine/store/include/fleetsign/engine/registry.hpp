@@ -205,6 +205,7 @@ class Registry final : public Stores {
                   std::string* current) override;
   void release_lease(const std::string& name, const std::string& holder) override;
   void fence_writes(std::optional<ShareFence> fence) override;
+  void fence_lease_writes(std::optional<LeaseFence> fence) override;
   std::int64_t registry_time() override;
 
   struct Impl;  // registry_impl.hpp (shared by the registry_*.cpp files)

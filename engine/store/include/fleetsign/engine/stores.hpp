@@ -474,6 +474,16 @@ struct ShareFence {
   std::string holder;
 };
 
+// Who may write while holding a named lease (WorkStore::fence_lease_writes).
+struct LeaseFence {
+  std::string name;
+  std::string holder;
+};
+
+// How long a PostgreSQL connection that holds a lease's lock may sit idle before the server
+// ends it, freeing the lock (WorkStore::take_lease).
+constexpr std::int64_t kLeaseIdleLimit = 60;
+
 class WorkStore {
  public:
   virtual ~WorkStore() = default;
@@ -500,10 +510,26 @@ class WorkStore {
   // A named lease (the scheduler's): taken when free, expired, already `holder`'s, or held by
   // `stale_holder` (non-empty: a holder the caller knows is dead). Renewing is taking it again.
   // Returns whether `holder` holds it until now + lease_s; `current` (optional) gets the holder.
+  //
+  // On PostgreSQL the lease is also a session advisory lock of this store's connection, and the
+  // lock decides: while another connection holds it, the lease is not taken, whatever its expiry
+  // says; when this connection takes the lock, the lease is its holder's at once (the previous
+  // holder's connection has ended). The server frees the lock the moment the holder's
+  // connection ends: the process exited or was killed, its machine stopped answering TCP
+  // keepalives (about 20 s), or it sat idle longer than kLeaseIdleLimit (frozen). The holder
+  // must therefore touch the registry more often than that. So a slow holder keeps the lease as
+  // long as it works, and a dead one loses it without waiting for the expiry.
   virtual bool take_lease(const std::string& name, const std::string& holder, std::int64_t now,
                           std::int64_t lease_s, const std::string& stale_holder,
                           std::string* current) = 0;
+  // Ends `holder`'s lease (and on PostgreSQL this connection's lock); another holder's stays.
   virtual void release_lease(const std::string& name, const std::string& holder) = 0;
+  // A fencing token for a lease holder's writes: while set, every write transaction of this
+  // store's connection first checks that `holder` still holds lease `name` (on PostgreSQL: that
+  // this connection still holds its lock), and throws kHomeBusy with nothing written when not.
+  // The scheduler sets it for its tick, so that a serve that lost the lease mid-tick (frozen,
+  // its connection cut) creates no job after another serve took the scheduling over.
+  virtual void fence_lease_writes(std::optional<LeaseFence> fence) = 0;
   // A fencing token for the writes of this store's connection: while set, every write
   // transaction first reads the share's holder under the registry's write lock, and when another
   // worker claimed it, throws kHomeBusy with nothing written. A worker sets it while it runs a
