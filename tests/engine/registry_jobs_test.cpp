@@ -302,6 +302,39 @@ TEST_F(Jobs, LeaseHasOneHolderAndAStaleOneIsTakenOver) {
   EXPECT_EQ(reg->audit_log(0).size(), 1u) << "the lease is not audited";
 }
 
+// A runner's writes are fenced by its job's lease: once another runner took the job over (the
+// first one's heartbeat went stale: frozen, a paused VM), the first records nothing more.
+TEST_F(Jobs, ARunnerWhoseJobWasTakenOverRecordsNothingMore) {
+  reg->create_job(job("j1"), tasks("j1", 3));
+  auto other = open();
+  ASSERT_TRUE(reg->acquire_job("j1", "a:1", kNow, kNow - 60));
+  reg->fence_lease_writes(LeaseFence{"j1", "a:1", true});
+  JobTask early = task("j1", 1);
+  early.state = "active";
+  early.step = "install";
+  reg->save_job_tasks({&early, 1}, {});  // while it holds the job
+  ASSERT_TRUE(other->acquire_job("j1", "b:2", kNow + 100, kNow + 40));
+  JobTask late = task("j1", 2);
+  late.state = "done";
+  const Error refused = error_of([&] { reg->save_job_tasks({&late, 1}, {}); });
+  EXPECT_EQ(refused.code(), ErrorCode::kHomeBusy) << refused.what();
+  EXPECT_NE(std::string(refused.what()).find("run by 'b:2'"), std::string::npos) << refused.what();
+  EXPECT_EQ(error_of([&] { reg->heartbeat_job("j1", "a:1", kNow + 101); }).code(),
+            ErrorCode::kHomeBusy);
+  EXPECT_EQ(error_of([&] { reg->set_job_state("j1", "finished", kNow + 101); }).code(),
+            ErrorCode::kHomeBusy);
+  const auto rows = other->job_tasks("j1", "");
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[1].state, "active") << "written while it held the job";
+  EXPECT_EQ(rows[2].state, task("j1", 2).state) << "recorded after the takeover";
+  EXPECT_EQ(other->find_job("j1")->state, "running");
+  // The new runner writes; lifted, the old connection writes again.
+  other->fence_lease_writes(LeaseFence{"j1", "b:2", true});
+  other->save_job_tasks({&late, 1}, {});
+  reg->fence_lease_writes(std::nullopt);
+  reg->set_job_report("j1", "{}");
+}
+
 TEST_F(Jobs, SaveReplacesRowsAndCountsByState) {
   reg->create_job(job("j1"), tasks("j1", 10));
   clock = kNow + 5;

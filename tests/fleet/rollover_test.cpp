@@ -42,7 +42,35 @@ using testing::json;
 using testing::active_slot;
 using testing::leaf_sha256;
 
-class Rollover : public testing::LiveFleet {};
+class Rollover : public testing::LiveFleet {
+ protected:
+  // 200 connected devices of `lot` (IDs PREFIX-…), worker homes w1 and w2 (`worker clone`), and a
+  // rollover job over the lot that nobody runs yet: its ID ("" when the fleet did not connect).
+  std::string workers_and_a_job(const std::string& lot, const std::string& prefix) {
+    fleet(lot, prefix, 200);
+    if (wait_connected(prefix, 200) != 200) return "";
+    for (const char* w : {"w1", "w2"}) bin.ok("worker clone " + quoted(path(w)));
+    return json(bin.ok("rollover start --lot " + lot + " --no-run --rate 900 --json").out)
+        ->getValue<std::string>("id");
+  }
+};
+
+// The pid of the job's runner (a child of `serve`, named in the job's lease) once `done` of its
+// devices are done; -1 when that does not happen within a minute, or the serve dies.
+pid_t runner_once_done(engine::Registry& reg, const std::string& job, testing::CliProcess& serve,
+                       std::size_t done) {
+  pid_t runner = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (runner <= 0 || reg.job_tasks(job, "done").size() < done) {
+    if (std::chrono::steady_clock::now() > deadline || !serve.running()) return -1;
+    const auto j = reg.find_job(job);
+    if (!j) return -1;
+    const auto colon = j->runner.rfind(':');
+    if (colon != std::string::npos) runner = std::stoi(j->runner.substr(colon + 1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return runner;
+}
 
 // The heart of the product: 1,000 devices roll onto new certificates (new key on each device,
 // signed in the token, installed, reprovisioned, confirmed, old slot retired); a second rollover
@@ -318,30 +346,18 @@ TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
 // takes the job over and finishes it: every device rolled once.
 TEST_F(Rollover, AWorkerKilledMidRolloverLeavesItToTheOtherWorker) {
   if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
-  fleet("LOT-W", "rw", 200);
-  ASSERT_EQ(wait_connected("rw", 200), 200);
-  for (const char* w : {"w1", "w2"}) bin.ok("worker clone " + quoted(path(w)));
+  const std::string job = workers_and_a_job("LOT-W", "rw");
+  ASSERT_FALSE(job.empty());
   // The broker's client side came along, its service key owner-only; not the broker's own key.
   EXPECT_EQ(
       fs::status(fs::path(path("w1")) / "broker" / "service.key").permissions() & fs::perms::all,
       fs::perms::owner_read | fs::perms::owner_write);
   EXPECT_FALSE(fs::exists(fs::path(path("w1")) / "broker" / "server.key"));
-  const std::string job = json(bin.ok("rollover start --lot LOT-W --no-run --rate 900 --json").out)
-                              ->getValue<std::string>("id");
   auto reg = registry();
-  pid_t runner = -1;
   {
     testing::CliProcess w1(path("w1"), {"serve", "--worker", "--tick", "1"});
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (runner <= 0 || reg->job_tasks(job, "done").size() < 20) {
-      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never ran the job";
-      ASSERT_TRUE(w1.running());
-      const auto j = reg->find_job(job);
-      ASSERT_TRUE(j.has_value());
-      const auto colon = j->runner.rfind(':');
-      if (colon != std::string::npos) runner = std::stoi(j->runner.substr(colon + 1));
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    const pid_t runner = runner_once_done(*reg, job, w1, 20);
+    ASSERT_GT(runner, 0) << "w1 never ran the job";
     ASSERT_NE(runner, w1.pid()) << "serve runs a job in a child";
     EXPECT_TRUE(w1.kill_now());  // the serve first: it would start another runner
     EXPECT_EQ(::kill(runner, SIGKILL), 0);
@@ -358,6 +374,58 @@ TEST_F(Rollover, AWorkerKilledMidRolloverLeavesItToTheOtherWorker) {
   ::kill(w2.pid(), SIGTERM);
   EXPECT_EQ(w2.wait(), 0);
   EXPECT_EQ(check_done_devices(job, "LOT-W", false), 200);
+  EXPECT_EQ(reg->count_certs(job, engine::CertState::kIntent), 0);
+}
+
+// A job runner frozen mid-job (SIGSTOP, a paused VM) stops heartbeating; another worker's serve
+// takes the job over and finishes it. Woken, the frozen runner records nothing more (its writes
+// are fenced by the job's lease) and ends: every device rolled once, the job finished once.
+TEST_F(Rollover, AFrozenRunnerWokenAfterAnotherWorkerTookItsJobRecordsNothing) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  const std::string job = workers_and_a_job("LOT-Z", "rz");
+  ASSERT_FALSE(job.empty());
+  auto reg = registry();
+  testing::CliProcess w1(path("w1"), {"serve", "--worker", "--tick", "1"});
+  const pid_t runner = runner_once_done(*reg, job, w1, 20);
+  ASSERT_GT(runner, 0) << "w1 never ran the job";
+  ASSERT_NE(runner, w1.pid()) << "serve runs a job in a child";
+  ASSERT_EQ(::kill(runner, SIGSTOP), 0);
+  const std::string frozen_runner = reg->find_job(job)->runner;
+  testing::CliProcess w2(path("w2"), {"serve", "--worker", "--tick", "1"});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (reg->find_job(job)->state != "finished") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never finished the job";
+    ASSERT_TRUE(w2.running());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  const auto finished = reg->find_job(job);
+  EXPECT_NE(finished->runner, frozen_runner);
+  // The audit rows of the job and its devices (the scheduling serve re-signs CRLs meanwhile).
+  const auto job_rows = [&] {
+    auto rows = reg->audit_log(0);
+    std::erase_if(rows, [](const engine::AuditEntry& e) { return e.action.starts_with("crl."); });
+    return rows;
+  };
+  const auto audit_before = job_rows().size();
+  ASSERT_EQ(::kill(runner, SIGCONT), 0);
+  // Woken, it ends (its serve reaps it) without a write.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (::kill(runner, 0) == 0) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the woken runner kept running";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto audit_after = job_rows();
+  EXPECT_EQ(audit_after.size(), audit_before)
+      << "the woken runner wrote: " << audit_after.front().action << " "
+      << audit_after.front().subject << " " << audit_after.front().detail;
+  EXPECT_EQ(reg->find_job(job)->state, "finished");
+  EXPECT_EQ(reg->find_job(job)->updated_at, finished->updated_at);
+  for (auto* w : {&w1, &w2}) {
+    ::kill(w->pid(), SIGTERM);
+    EXPECT_EQ(w->wait(), 0);
+  }
+  EXPECT_EQ(check_done_devices(job, "LOT-Z", false), 200);
   EXPECT_EQ(reg->count_certs(job, engine::CertState::kIntent), 0);
 }
 

@@ -269,6 +269,17 @@ void Registry::fence_lease_writes(std::optional<LeaseFence> fence) {
 
 void Registry::Impl::check_lease_fence() {
   const LeaseFence& f = *m_lease_fence;
+  if (f.job) {
+    const auto runner = scalar<std::string>("SELECT runner FROM jobs WHERE id = ?", f.name);
+    if (!runner || *runner != f.holder) {
+      throw Error(ErrorCode::kHomeBusy,
+                  "job '" + f.name + "' is run by '" + runner.value_or("nobody") +
+                      "' now, not by '" + f.holder +
+                      "': its heartbeat went stale and another runner took it over, so this "
+                      "runner records nothing more for it");
+    }
+    return;
+  }
   const auto holder = scalar<std::string>("SELECT holder FROM leases WHERE name = ?", f.name);
   const bool locked = !postgres() || count("SELECT CASE WHEN " + lease_lock(f.name).mine +
                                            " THEN 1 ELSE 0 END") == 1;

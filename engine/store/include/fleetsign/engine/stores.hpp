@@ -474,10 +474,12 @@ struct ShareFence {
   std::string holder;
 };
 
-// Who may write while holding a named lease (WorkStore::fence_lease_writes).
+// Who may write while holding a lease (WorkStore::fence_lease_writes): a named lease (the
+// scheduler's), or a job's (JobStore::acquire_job: `name` is the job's ID).
 struct LeaseFence {
   std::string name;
   std::string holder;
+  bool job = false;
 };
 
 // How long a PostgreSQL connection that holds a lease's lock may sit idle before the server
@@ -526,9 +528,11 @@ class WorkStore {
   virtual void release_lease(const std::string& name, const std::string& holder) = 0;
   // A fencing token for a lease holder's writes: while set, every write transaction of this
   // store's connection first checks that `holder` still holds lease `name` (on PostgreSQL: that
-  // this connection still holds its lock), and throws kHomeBusy with nothing written when not.
-  // The scheduler sets it for its tick, so that a serve that lost the lease mid-tick (frozen,
-  // its connection cut) creates no job after another serve took the scheduling over.
+  // this connection still holds its lock), or job `name` when `job`, and throws kHomeBusy with
+  // nothing written when not. The scheduler sets it for its tick, so that a serve that lost the
+  // lease mid-tick (frozen, its connection cut) creates no job after another serve took the
+  // scheduling over; a job's runner sets it for its run, so that a runner frozen past its
+  // heartbeat records nothing (no task state, no certificate) once another runner took the job.
   virtual void fence_lease_writes(std::optional<LeaseFence> fence) = 0;
   // A fencing token for the writes of this store's connection: while set, every write
   // transaction first reads the share's holder under the registry's write lock, and when another
