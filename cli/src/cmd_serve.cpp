@@ -285,7 +285,15 @@ Poco::JSON::Object Server::tick() {
       ~Fence() { reg.fence_lease_writes(std::nullopt); }
     } fence{m_ctx.registry()};
     fence.reg.fence_lease_writes(engine::LeaseFence{kSchedulerLeaseName, m_holder});
-    t = m_scheduler.tick();
+    try {
+      t = m_scheduler.tick();
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::kHomeBusy) throw;
+      // Lost mid-tick (frozen, its connection cut, and another serve took it): step back.
+      log("the scheduler's lease was lost during the tick: " + std::string(e.what()));
+      m_scheduling = false;
+      out.set("scheduling", false);
+    }
   }
   Poco::JSON::Array created, alerts, problems;
   for (const auto& id : t.jobs_created) {

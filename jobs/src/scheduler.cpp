@@ -140,6 +140,9 @@ Scheduler::Tick Scheduler::tick() {
     try {
       schedule_group(group, history, tick);
     } catch (const Error& e) {
+      // A fenced write refused: this process no longer holds the scheduling (its caller's lease
+      // went to another), so the tick ends here rather than failing group after group.
+      if (e.code() == ErrorCode::kHomeBusy) throw;
       tick.problems.push_back("group " + group.name + ": " + e.what());
     }
     alert_group(group, history, tick);

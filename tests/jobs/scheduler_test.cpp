@@ -132,6 +132,33 @@ TEST_F(SchedulerTest, CreatesAJobInsideTheGroupsWindowAndNotOutsideIt) {
   EXPECT_EQ(th.registry->list_jobs({.limit = 0}).size(), 1u);
 }
 
+// A scheduler whose lease went to another process mid-tick (its writes fenced) creates no job
+// and ends the tick with the refusal (its serve steps back), rather than listing it as a problem
+// of each group and going on.
+TEST_F(SchedulerTest, ATickWhoseLeaseWasLostCreatesNothingAndEndsWithTheRefusal) {
+  issue({"dev-1", "dev-2"});
+  // No alert is due (its write would be refused too): the job's creation is what is refused.
+  const auto p = policy::parse_policy(
+      R"({"rollover": {"enabled": true, "before_expiry_days": 30}, "alert_days": [1]})", "test");
+  Scheduler scheduler(*th.registry, p, clock);
+  clock.set(expiry - 10 * kDay);
+  ASSERT_TRUE(th.registry->take_lease("scheduler", "w:1", 100, 15, "", nullptr));
+  th.registry->fence_lease_writes(engine::LeaseFence{"scheduler", "w:1"});
+  ASSERT_TRUE(th.registry->take_lease("scheduler", "w:2", 200, 15, "", nullptr));
+  try {
+    const auto tick = scheduler.tick();
+    ADD_FAILURE() << "the tick went on: " << tick.jobs_created.size() << " job(s), "
+                  << tick.problems.size() << " problem(s)";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kHomeBusy) << e.what();
+  }
+  th.registry->fence_lease_writes(std::nullopt);
+  EXPECT_TRUE(th.registry->list_jobs({.limit = 0}).empty());
+  EXPECT_TRUE(audit("job.scheduled").empty());
+  // The holder's tick schedules.
+  EXPECT_EQ(scheduler.tick().jobs_created.size(), 1u);
+}
+
 TEST_F(SchedulerTest, AWindowCrossingMidnightOpensOnItsDayOnly) {
   issue({"dev-1"});
   const auto p = policy(R"({"enabled": true,

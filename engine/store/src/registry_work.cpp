@@ -211,7 +211,6 @@ bool Registry::take_lease(const std::string& name, const std::string& holder, st
       return false;
     }
     taken_now = state == 2;
-    if (taken_now) m_impl->guarded(what, [&] { m_impl->exec(lease_session_settings(true)); });
   }
   const auto write_row = [&] {
     return m_impl->write(what, [&] {
@@ -237,6 +236,7 @@ bool Registry::take_lease(const std::string& name, const std::string& holder, st
   };
   if (!taken_now) return write_row();
   try {
+    m_impl->guarded(what, [&] { m_impl->exec(lease_session_settings(true)); });
     return write_row();
   } catch (const Error&) {
     // Not recorded: the lock goes back too, or no connection would ever take the lease again.
@@ -285,11 +285,11 @@ void Registry::Impl::check_lease_fence() {
                                            " THEN 1 ELSE 0 END") == 1;
   if (!holder || *holder != f.holder || !locked) {
     throw Error(ErrorCode::kHomeBusy,
-                "lease '" + f.name + "' is " +
-                    (locked ? "held by '" + holder.value_or("nobody") + "'"
-                            : "no longer this connection's (it ended, and its lock with it)") +
-                    " now, not by '" + f.holder + "': another process took it over, so '" +
-                    f.holder + "' writes nothing more under it");
+                "lease '" + f.name + "' no longer belongs to '" + f.holder + "' (" +
+                    (locked ? "it is held by '" + holder.value_or("nobody") + "' now"
+                            : "its connection ended, and the lease's lock with it") +
+                    "): another process may hold it, so '" + f.holder +
+                    "' writes nothing more under it");
   }
 }
 
