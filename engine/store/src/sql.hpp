@@ -64,6 +64,10 @@ class Stmt {
 
 // How long a PostgreSQL write transaction may wait on its client between statements.
 constexpr const char* kWriteIdleLimit = "20s";
+// How long a PostgreSQL writer waits for the write lock before it gives up busy: longer than
+// kWriteIdleLimit, so that a writer frozen inside its transaction is waited out (the server ends
+// it), not reported busy to everyone else until it wakes.
+constexpr const char* kWriteLockWait = "30s";
 
 class Db {
  public:

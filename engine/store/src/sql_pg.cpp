@@ -336,12 +336,12 @@ class PgDb final : public Db {
     exec("BEGIN");
     m_conn->in_txn = true;
     try {
-      // A writer waits for the lock as long as SQLite's busy_timeout, then gives up busy. A
-      // writer that goes silent inside its transaction (a process frozen by SIGSTOP or a paused
-      // VM) loses its connection, and with it the lock and its uncommitted writes, after
-      // kWriteIdleLimit: the other workers go on instead of timing out until it wakes.
-      exec("SET LOCAL lock_timeout = '10s'; SET LOCAL idle_in_transaction_session_timeout = '" +
-           std::string(kWriteIdleLimit) + "'");
+      // A writer that goes silent inside its transaction (a process frozen by SIGSTOP or a
+      // paused VM) loses its connection, and with it the lock and its uncommitted writes, after
+      // kWriteIdleLimit; a writer waits for the lock longer than that (kWriteLockWait), so the
+      // other workers go on after it instead of failing busy until it wakes.
+      exec(std::string("SET LOCAL lock_timeout = '") + kWriteLockWait +
+           "'; SET LOCAL idle_in_transaction_session_timeout = '" + kWriteIdleLimit + "'");
       exec("SELECT pg_advisory_xact_lock(" + std::to_string(kWriteLockKey) + ")");
     } catch (...) {
       try {
