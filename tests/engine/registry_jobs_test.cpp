@@ -1,5 +1,5 @@
 // The job store (schema v6) of the SQLite registry, against a real file in a fresh temporary
-// directory per test: jobs and tasks round trip, creation is atomic, the lease, task flushes with
+// directory per test: jobs and tasks round trip, creation is atomic, task flushes with
 // their slot changes (all or nothing, audited only where admission changes), the v5 → v6 migration.
 #include <Poco/Data/SQLite/Connector.h>
 #include <Poco/Data/Session.h>
@@ -273,66 +273,6 @@ TEST_F(Jobs, StateChangesAreAuditedAndReportsAreNot) {
             ErrorCode::kInvalidArgument);
   EXPECT_EQ(error_of([&] { reg->set_job_report("nope", "{}"); }).code(), ErrorCode::kNotFound);
   EXPECT_EQ(reg->audit_log(0).size(), 3u);
-}
-
-TEST_F(Jobs, LeaseHasOneHolderAndAStaleOneIsTakenOver) {
-  reg->create_job(job("j1"), {});
-  auto other = open();  // the second runner: its own connection, as another process has
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow, kNow - 60));
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow + 1, kNow - 59)) << "the holder again";
-  EXPECT_FALSE(other->acquire_job("j1", "b:2", kNow + 2, kNow - 58)) << "heartbeat is fresh";
-  reg->heartbeat_job("j1", "a:1", kNow + 30);
-  EXPECT_EQ(reg->find_job("j1")->heartbeat_at, kNow + 30);
-  EXPECT_FALSE(other->acquire_job("j1", "b:2", kNow + 60, kNow + 30)) << "not older than";
-  EXPECT_TRUE(other->acquire_job("j1", "b:2", kNow + 100, kNow + 40)) << "stale: taken over";
-  const auto lost = error_of([&] { reg->heartbeat_job("j1", "a:1", kNow + 101); });
-  EXPECT_EQ(lost.code(), ErrorCode::kHomeBusy);
-  EXPECT_NE(std::string(lost.what()).find("'j1'"), std::string::npos) << lost.what();
-  EXPECT_NE(std::string(lost.what()).find("'b:2'"), std::string::npos) << lost.what();
-  reg->release_job("j1", "a:1");  // not the holder: changes nothing
-  EXPECT_EQ(reg->find_job("j1")->runner, "b:2");
-  EXPECT_EQ(reg->find_job("j1")->heartbeat_at, kNow + 100);
-  other->release_job("j1", "b:2");
-  EXPECT_EQ(reg->find_job("j1")->runner, "");
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow + 102, 0)) << "a released lease is free";
-  EXPECT_EQ(error_of([&] { reg->acquire_job("nope", "a:1", kNow, 0); }).code(),
-            ErrorCode::kNotFound);
-  EXPECT_EQ(error_of([&] { reg->heartbeat_job("nope", "a:1", kNow); }).code(),
-            ErrorCode::kNotFound);
-  EXPECT_EQ(reg->audit_log(0).size(), 1u) << "the lease is not audited";
-}
-
-// A runner's writes are fenced by its job's lease: once another runner took the job over (the
-// first one's heartbeat went stale: frozen, a paused VM), the first records nothing more.
-TEST_F(Jobs, ARunnerWhoseJobWasTakenOverRecordsNothingMore) {
-  reg->create_job(job("j1"), tasks("j1", 3));
-  auto other = open();
-  ASSERT_TRUE(reg->acquire_job("j1", "a:1", kNow, kNow - 60));
-  reg->fence_lease_writes(LeaseFence{"j1", "a:1", true});
-  JobTask early = task("j1", 1);
-  early.state = "active";
-  early.step = "install";
-  reg->save_job_tasks({&early, 1}, {});  // while it holds the job
-  ASSERT_TRUE(other->acquire_job("j1", "b:2", kNow + 100, kNow + 40));
-  JobTask late = task("j1", 2);
-  late.state = "done";
-  const Error refused = error_of([&] { reg->save_job_tasks({&late, 1}, {}); });
-  EXPECT_EQ(refused.code(), ErrorCode::kHomeBusy) << refused.what();
-  EXPECT_NE(std::string(refused.what()).find("run by 'b:2'"), std::string::npos) << refused.what();
-  EXPECT_EQ(error_of([&] { reg->heartbeat_job("j1", "a:1", kNow + 101); }).code(),
-            ErrorCode::kHomeBusy);
-  EXPECT_EQ(error_of([&] { reg->set_job_state("j1", "finished", kNow + 101); }).code(),
-            ErrorCode::kHomeBusy);
-  const auto rows = other->job_tasks("j1", "");
-  ASSERT_EQ(rows.size(), 3u);
-  EXPECT_EQ(rows[1].state, "active") << "written while it held the job";
-  EXPECT_EQ(rows[2].state, task("j1", 2).state) << "recorded after the takeover";
-  EXPECT_EQ(other->find_job("j1")->state, "running");
-  // The new runner writes; lifted, the old connection writes again.
-  other->fence_lease_writes(LeaseFence{"j1", "b:2", true});
-  other->save_job_tasks({&late, 1}, {});
-  reg->fence_lease_writes(std::nullopt);
-  reg->set_job_report("j1", "{}");
 }
 
 TEST_F(Jobs, SaveReplacesRowsAndCountsByState) {
