@@ -280,11 +280,8 @@ Poco::JSON::Object Server::tick() {
   if (scheduling) {
     // Fenced: a serve that loses the lease mid-tick (frozen, its connection cut) while another
     // takes the scheduling over creates nothing more (the tick's writes are refused).
-    struct Fence {
-      engine::Stores& reg;
-      ~Fence() { reg.fence_lease_writes(std::nullopt); }
-    } fence{m_ctx.registry()};
-    fence.reg.fence_lease_writes(engine::LeaseFence{kSchedulerLeaseName, m_holder});
+    const engine::FenceScope fence(m_ctx.registry(),
+                                   engine::LeaseFence{kSchedulerLeaseName, m_holder});
     try {
       t = m_scheduler.tick();
     } catch (const Error& e) {

@@ -177,11 +177,8 @@ int run_batch_work(Context& ctx) {
       const LeaseKeeper keeper(home, *share, holder, lease);
       // The fencing token: each of the share's write transactions checks that this worker still
       // holds it (a worker frozen past its lease writes nothing once another took over).
-      struct Fence {
-        engine::Stores& stores;
-        ~Fence() { stores.fence_writes(std::nullopt); }
-      } const fence{ctx.registry()};
-      ctx.registry().fence_writes(engine::ShareFence{share->batch_id, share->share, holder});
+      const engine::FenceScope fence(ctx.registry(),
+                                     engine::ShareFence{share->batch_id, share->share, holder});
       s = runner.run_share(*share, nullptr, threads);
     } catch (const Error& e) {
       // This worker cannot run the share (a CA key its token lacks, outputs it cannot write):

@@ -9,6 +9,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -103,6 +104,8 @@ class Runner {
   }
 
   engine::Stores& m_stores;
+  // The job's lease fences every write once run() has taken the lease; lifted with the runner.
+  std::optional<engine::FenceScope> m_fence;
   engine::CaService& m_cas;
   const policy::Policy& m_policy;
   const engine::Clock& m_clock;

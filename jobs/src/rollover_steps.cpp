@@ -300,7 +300,7 @@ JobRecord Runner::run() {
   }
   // From here every write is fenced by the lease: a runner frozen past its heartbeat (SIGSTOP, a
   // paused VM) records nothing (no task state, no certificate) once another runner took over.
-  m_stores.fence_lease_writes(engine::LeaseFence{m_job_id, m_options.runner, true});
+  m_fence.emplace(m_stores, engine::LeaseFence{m_job_id, m_options.runner, true});
   if (m_state == "finished") {
     m_stores.release_job(m_job_id, m_options.runner);
     return m_job;
@@ -399,11 +399,6 @@ engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
                           Trigger& trigger, const std::string& job_id,
                           const RunnerOptions& options) {
   runner_detail::Runner runner(stores, cas, policy, clock, trigger, job_id, options);
-  // Every write of the run is fenced by the job's lease once run() has taken it (lifted here).
-  struct Fence {
-    engine::Stores& stores;
-    ~Fence() { stores.fence_lease_writes(std::nullopt); }
-  } fence{stores};
   try {
     return runner.run();
   } catch (...) {

@@ -545,6 +545,31 @@ class WorkStore {
   virtual std::int64_t registry_time() = 0;
 };
 
+// A write fence (WorkStore::fence_writes or fence_lease_writes) for the life of this object:
+// set when it is made, lifted when it goes.
+class FenceScope {
+ public:
+  FenceScope(WorkStore& store, ShareFence fence) : m_store(store), m_lease(false) {
+    store.fence_writes(std::move(fence));
+  }
+  FenceScope(WorkStore& store, LeaseFence fence) : m_store(store), m_lease(true) {
+    store.fence_lease_writes(std::move(fence));
+  }
+  FenceScope(const FenceScope&) = delete;  // one fence, lifted once
+  FenceScope& operator=(const FenceScope&) = delete;
+  ~FenceScope() {
+    if (m_lease) {
+      m_store.fence_lease_writes(std::nullopt);
+    } else {
+      m_store.fence_writes(std::nullopt);
+    }
+  }
+
+ private:
+  WorkStore& m_store;
+  bool m_lease;
+};
+
 // Every contract at once: what start-up code hands to components that use several. A backend
 // (SQLite's Registry below, PostgreSQL later) or a wrapper (tests' fault injection) implements it.
 class Stores : public CaStore,
