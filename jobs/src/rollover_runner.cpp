@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <unordered_map>
 
@@ -81,63 +82,114 @@ void Runner::load() {
   m_job = std::move(*job);
   m_params = parse_params(m_job.params_json, "job " + m_job_id + " parameters");
   m_state = m_job.state;
-  m_recovered = m_issuer.recover();
-
-  const engine::GroupIndex index = engine::GroupIndex::load(m_stores);
-  auto rows = m_stores.job_tasks(m_job_id, "");
-  m_tasks.reserve(rows.size());
-  for (auto& row : rows) {
-    Live t;
-    t.row = std::move(row);
-    if (!is_final_task_state(t.row.state) || (t.row.state == "offline" && t.row.next_at != 0)) {
-      if (auto d = m_stores.find_device(t.row.device_id)) {
-        const auto mapped = m_params.ca_map.find(d->ca_name);
-        t.ca_name = mapped != m_params.ca_map.end() ? mapped->second
-                    : m_params.ca.empty()           ? d->ca_name
-                                                    : m_params.ca;
-        t.lot = d->lot;
-        if (const auto* g = index.group_of_ca(d->ca_name)) t.group = g->name;
-        // A CA that left every slot (an incident's): the group of the CA that signs now.
-        if (const auto* g = index.group_of_ca(t.ca_name); t.group.empty() && g != nullptr) {
-          t.group = g->name;
-        }
-      }
-      if (auto ie = m_stores.find_individual_slots(t.row.device_id)) {
-        t.enrollment = ie->registration_id;
-        if (auto old = m_stores.find_cert(t.row.old_serial)) {
-          if (ie->primary_sha256 == old->sha256) {
-            t.enrollment_old_slot = engine::Slot::kPrimary;
-            t.enrollment_old_known = true;
-          } else if (ie->secondary_sha256 == old->sha256) {
-            t.enrollment_old_slot = engine::Slot::kSecondary;
-            t.enrollment_old_known = true;
-          }
-        }
-        if (!t.enrollment_old_known) {
-          t.enrollment_old_slot =
-              ie->primary_sha256.empty() ? engine::Slot::kSecondary : engine::Slot::kPrimary;
-        }
-      }
-    }
-    m_tasks.push_back(std::move(t));
-  }
-  for (std::size_t i = 0; i < m_tasks.size(); ++i) {
-    const auto& row = m_tasks[i].row;
-    if (row.state == "pending" || row.state == "active" ||
-        (row.state == "offline" && row.next_at != 0)) {
-      m_pending.push_back(i);
-    }
-  }
+  // What the job issued so far; the open intents of a task are abandoned when it is claimed.
+  m_recovered = m_issuer.issued();
 }
 
+// Can this runner help the one holding the job's lease? Devices only move once the job-level
+// steps are done: an incident's cut-off and replacement (its phase "rotating").
+bool Runner::can_help() const {
+  if (m_state != "running") return false;
+  if (m_job.kind == "device-rollover" || m_job.kind == "ca-rollover") return true;
+  if (m_job.kind != "incident") return false;
+  const auto report = answer_object(m_job.report_json);
+  return report && report->optValue<std::string>("phase", "") == "rotating";
+}
+
+std::int64_t Runner::stale_before() {
+  return m_stores.registry_time() - kLeaseStale;
+}
+
+Live Runner::make_live(JobTask row) {
+  Live t;
+  t.row = std::move(row);
+  if (is_final_task_state(t.row.state) && !(t.row.state == "offline" && t.row.next_at != 0)) {
+    return t;
+  }
+  if (auto d = m_stores.find_device(t.row.device_id)) {
+    const auto mapped = m_params.ca_map.find(d->ca_name);
+    t.ca_name = mapped != m_params.ca_map.end() ? mapped->second
+                : m_params.ca.empty()           ? d->ca_name
+                                                : m_params.ca;
+    t.lot = d->lot;
+    if (const auto* g = m_index->group_of_ca(d->ca_name)) t.group = g->name;
+    // A CA that left every slot (an incident's): the group of the CA that signs now.
+    if (const auto* g = m_index->group_of_ca(t.ca_name); t.group.empty() && g != nullptr) {
+      t.group = g->name;
+    }
+  }
+  if (auto ie = m_stores.find_individual_slots(t.row.device_id)) {
+    t.enrollment = ie->registration_id;
+    if (auto old = m_stores.find_cert(t.row.old_serial)) {
+      if (ie->primary_sha256 == old->sha256) {
+        t.enrollment_old_slot = engine::Slot::kPrimary;
+        t.enrollment_old_known = true;
+      } else if (ie->secondary_sha256 == old->sha256) {
+        t.enrollment_old_slot = engine::Slot::kSecondary;
+        t.enrollment_old_known = true;
+      }
+    }
+    if (!t.enrollment_old_known) {
+      t.enrollment_old_slot =
+          ie->primary_sha256.empty() ? engine::Slot::kSecondary : engine::Slot::kPrimary;
+    }
+  }
+  // Started by a runner that stopped (or was taken over) after this runner loaded what the job
+  // issued: the certificate it may have recorded for the device is installed, not signed again.
+  if (t.row.state == "active" && m_recovered.count(t.row.device_id) == 0) {
+    for (auto& cert : m_stores.certs_of_device(t.row.device_id)) {
+      if (cert.batch_id != m_job_id || cert.state != engine::CertState::kIssued) continue;
+      auto [it, fresh] = m_recovered.try_emplace(cert.device_id, cert);
+      if (!fresh && cert.created_at >= it->second.created_at) it->second = std::move(cert);
+    }
+  }
+  return t;
+}
+
+// Tasks claimed are this runner's until it releases them or its heartbeat goes stale. Their
+// pending ones join m_pending in seq order.
+std::size_t Runner::claim(std::int64_t limit) {
+  std::int64_t below = std::numeric_limits<std::int64_t>::max();
+  if (m_params.wave > 0 && m_state == "running" && m_share.first_open_seq >= 0) {
+    // The waves open for everyone: the lowest wave with a pending or active task.
+    below = (m_share.first_open_seq / m_params.wave + 1) * m_params.wave;
+  }
+  auto rows = m_stores.claim_job_tasks(m_job_id, m_options.runner, stale_before(), below, limit);
+  m_claimed_none = rows.empty();
+  for (auto& row : rows) {
+    const std::string device = row.device_id;
+    std::size_t i = m_tasks.size();
+    if (const auto it = m_by_device.find(device); it != m_by_device.end()) {
+      // Ours before, settled, and opened again (retry-failed): a fresh start. One still moving
+      // here keeps its state.
+      if (m_tasks[it->second].phase != Phase::kSettled) continue;
+      i = it->second;
+      m_tasks[i] = make_live(std::move(row));
+    } else {
+      m_tasks.push_back(make_live(std::move(row)));
+      m_by_device.emplace(device, i);
+    }
+    const auto& r = m_tasks[i].row;
+    if (r.state == "pending" || r.state == "active" || (r.state == "offline" && r.next_at != 0)) {
+      const auto at = std::upper_bound(
+          m_pending.begin(), m_pending.end(), r.seq,
+          [&](std::int64_t seq, std::size_t k) { return seq < m_tasks[k].row.seq; });
+      m_pending.insert(at, i);
+    }
+  }
+  return rows.size();
+}
+
+// This runner's share of the job's rate: the job's, divided among its live runners.
 double Runner::current_rate() const {
   const Rollout& r = m_params.rollout;
+  double rate = r.per_minute;
   if (r.base_per_minute > 0 && r.every > 0) {
     const double steps = std::floor(static_cast<double>(m_done) / r.every);
-    const double rate = r.base_per_minute * std::pow(std::max(1.0, r.factor), steps);
-    return r.per_minute > 0 ? std::min<double>(rate, r.per_minute) : rate;
+    rate = r.base_per_minute * std::pow(std::max(1.0, r.factor), steps);
+    if (r.per_minute > 0) rate = std::min<double>(rate, r.per_minute);
   }
-  return r.per_minute;
+  return rate / static_cast<double>(std::max<std::int64_t>(1, m_share.runners));
 }
 
 bool Runner::wave_open(std::size_t i) const {

@@ -5,6 +5,7 @@
 
 #include <Poco/JSON/Object.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <map>
@@ -14,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/job_issue.hpp"
 #include "fleetsign/jobs/rollover.hpp"
@@ -29,6 +31,8 @@ constexpr auto kControlEvery = std::chrono::milliseconds(500);
 constexpr auto kTransientRetry = std::chrono::seconds(2);
 constexpr auto kRetryBackoff = std::chrono::seconds(2);
 constexpr auto kLeaseStale = 15;  // seconds without a heartbeat before another runner may take over
+// Tasks a runner claims at a time, and when it claims more (fewer than half left to start).
+constexpr std::int64_t kClaimAtLeast = 512;
 
 enum class Phase {
   kIdle,     // pending, or waiting for a retry
@@ -73,6 +77,15 @@ class Runner {
 
  private:
   void load();
+  bool can_help() const;
+  std::int64_t stale_before();
+  Live make_live(JobTask row);
+  std::size_t claim(std::int64_t limit);
+  void drain();
+  void stop_claimed();
+  std::int64_t claim_size() const {
+    return std::max<std::int64_t>(kClaimAtLeast, 2 * std::int64_t{m_params.in_flight});
+  }
   void admit(Steady::time_point now);
   void start(std::size_t i);
   void call(std::size_t i, Phase phase, const std::string& method, const Poco::JSON::Object& body);
@@ -116,6 +129,11 @@ class Runner {
   engine::CsprngSource m_random;
 
   JobRecord m_job;
+  bool m_lead = false;  // holds the job's lease (does the job-level steps); else a helper
+  std::optional<engine::GroupIndex> m_index;
+  engine::JobShare m_share;
+  bool m_claimed_none = false;  // the last claim found no task
+  std::unordered_map<std::string, std::size_t> m_by_device;
   RolloverParams m_params;
   std::string m_state;  // the job's state as this runner acts on it
   std::vector<Live> m_tasks;

@@ -214,6 +214,9 @@ void Runner::check_abort() {
   stop_all("aborted", "the job stopped: " + std::to_string(m_failed) + " of " +
                           std::to_string(m_settled_exec) + " devices failed (threshold " +
                           std::to_string(static_cast<int>(m_params.abort_percent)) + "%)");
+  // The job's other runners stop at their next look at the job (the lease's holder records the
+  // end once every device has stopped).
+  if (m_share.runners > 1 || !m_lead) m_stores.set_job_state(m_job_id, "aborted", 0);
 }
 
 // No new device starts; those not yet past installCertificate stop at their next answer; those
@@ -279,11 +282,48 @@ bool Runner::control(Steady::time_point) {
     m_state = "canceled";
     stop_all("canceled", "the job was canceled");
   }
+  if (m_state == "running" && job->state == "aborted") {
+    m_state = "aborted";
+    stop_all("aborted", "another runner of the job stopped it: its failures crossed the abort "
+                        "threshold");
+  }
   if (m_state == "running" && m_params.deadline != 0 && m_clock.now() >= m_params.deadline) {
     m_state = "deadline";
     stop_all("timed-out", "the job's deadline passed before this device was rolled");
   }
+  // The job's other runners: the rate is shared among them, and tasks are claimed as this
+  // runner's own run low (those of a runner whose heartbeat went stale with them).
+  m_share = m_stores.job_share(m_job_id, stale_before());
+  if (m_admitting && m_state == "running") {
+    if (static_cast<std::int64_t>(m_pending.size()) < claim_size() / 2) claim(claim_size());
+  } else if (m_state != "running" && m_state != "paused") {
+    drain();
+  }
   return true;
+}
+
+// Stopping (aborted, canceled, deadline): every open task not held by a live runner is claimed
+// and ends here; a device that was switching (its certificate installed) finishes the switch.
+void Runner::drain() {
+  if (claim(0) > 0) stop_claimed();
+}
+
+void Runner::stop_claimed() {
+  const bool deadline = m_state == "deadline";
+  const std::string state = deadline ? "timed-out" : m_state;
+  const std::string why = deadline ? "the job's deadline passed before this device was rolled"
+                                   : "the job was " + m_state + " before this device switched";
+  auto pending = std::move(m_pending);
+  m_pending.clear();
+  for (std::size_t i : pending) {
+    const auto& step = m_tasks[i].row.step;
+    if (m_tasks[i].row.state == "active" &&
+        (step == "install" || step == "reprovision" || step == "confirm")) {
+      start(i);
+    } else {
+      settle(i, m_tasks[i].row.state == "offline" ? "offline" : state, why);
+    }
+  }
 }
 
 JobRecord Runner::run() {
@@ -292,14 +332,20 @@ JobRecord Runner::run() {
   // A runner of this host whose process is gone (kill -9) holds the lease no longer.
   const std::int64_t stale_before =
       holder_is_dead(m_job.runner, m_options.runner) ? now + 1 : now - kLeaseStale;
-  if (!m_stores.acquire_job(m_job_id, m_options.runner, now, stale_before)) {
-    auto job = m_stores.find_job(m_job_id);
-    throw Error(ErrorCode::kHomeBusy, "job " + m_job_id + " is being run by " +
-                                          (job ? job->runner : std::string("another process")) +
-                                          " (its heartbeat is recent)");
+  m_lead = m_stores.acquire_job(m_job_id, m_options.runner, now, stale_before);
+  if (!m_lead) {
+    // Another runner holds the lease: this one helps it, taking tasks of its own.
+    if (!can_help()) {
+      auto job = m_stores.find_job(m_job_id);
+      throw Error(ErrorCode::kHomeBusy, "job " + m_job_id + " is being run by " +
+                                            (job ? job->runner : std::string("another process")) +
+                                            " (its heartbeat is recent)");
+    }
+    m_stores.join_job(m_job_id, m_options.runner, now);
   }
-  // From here every write is fenced by the lease: a runner frozen past its heartbeat (SIGSTOP, a
-  // paused VM) records nothing (no task state, no certificate) once another runner took over.
+  // From here every write is fenced by the runner's membership: a runner frozen past its
+  // heartbeat (SIGSTOP, a paused VM) records nothing (no task state, no certificate) once another
+  // runner took its tasks over.
   m_fence.emplace(m_stores, engine::LeaseFence{m_job_id, m_options.runner, true});
   if (m_state == "finished") {
     m_stores.release_job(m_job_id, m_options.runner);
@@ -307,25 +353,19 @@ JobRecord Runner::run() {
   }
   // An incident cuts its scope off and makes its replacement before any device moves; a
   // runner that resumes one killed half-way there finishes those steps first.
-  if (m_job.kind == "incident") {
+  if (m_lead && m_job.kind == "incident") {
     advance_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);
     if (m_options.crls_changed) m_options.crls_changed();
   }
+  m_index.emplace(engine::GroupIndex::load(m_stores));
+  m_share = m_stores.job_share(m_job_id, now - kLeaseStale);
   if (m_state == "aborted" || m_state == "canceled") {
     // Start nothing new; a device that was switching (its certificate installed) finishes.
     m_admitting = false;
-    auto pending = std::move(m_pending);
-    m_pending.clear();
-    for (std::size_t i : pending) {
-      const auto& step = m_tasks[i].row.step;
-      if (m_tasks[i].row.state == "active" &&
-          (step == "install" || step == "reprovision" || step == "confirm")) {
-        start(i);
-      } else {
-        settle(i, m_tasks[i].row.state == "offline" ? "offline" : m_state,
-               "the job was " + m_state + " before this device switched");
-      }
-    }
+    claim(0);
+    stop_claimed();
+  } else {
+    claim(claim_size());
   }
   if (m_state == "paused") m_admitting = false;
 
@@ -368,8 +408,13 @@ JobRecord Runner::run() {
       m_options.progress(job_progress(m_stores, m_job_id, m_clock.now()));
     }
     const bool idle = m_active == 0 && m_calls.empty() && m_to_sign.empty();
-    if (idle && (m_pending.empty() || !m_admitting) && (m_waiting.empty() || !m_admitting)) {
-      if (m_state != "running" || (m_pending.empty() && m_waiting.empty())) break;
+    if (idle && (m_pending.empty() || !m_admitting) && (m_waiting.empty() || !m_admitting) &&
+        (m_state != "running" || (m_pending.empty() && m_waiting.empty()))) {
+      // Done here. A helper goes once nothing is left to claim; the lease's holder stays until
+      // every task of the job has ended (the others' too), to do the job's last steps.
+      if (m_state == "paused") break;
+      if (!m_lead && m_claimed_none) break;
+      if (m_lead && m_share.open == 0) break;  // read after its own tasks' last flush
     }
   }
   if (lost_lease) {
@@ -378,7 +423,9 @@ JobRecord Runner::run() {
   }
   flush();
   m_trigger.wait_idle();
-  if (m_state == "running" || m_state == "deadline") {
+  if (!m_lead) {
+    // A helper leaves the job's end to the lease's holder.
+  } else if (m_state == "running" || m_state == "deadline") {
     if (m_job.kind == "ca-rollover") finish_ca_rollover(m_stores, m_policy, m_clock, m_job_id);
     if (m_job.kind == "incident") {
       finish_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);

@@ -488,6 +488,7 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
     raw << "DROP TABLE crl_numbers", kw::now;
     raw << "ALTER TABLE cas DROP COLUMN revoked_at", kw::now;
     raw << "ALTER TABLE cas DROP COLUMN revocation_reason", kw::now;
+    raw << "DROP TABLE job_runners", kw::now;  // v15 (job tasks shared by workers)
     raw << "DROP TABLE job_tasks", kw::now;
     raw << "DROP TABLE jobs", kw::now;
     raw << "ALTER TABLE certificates DROP COLUMN revoked_at", kw::now;
@@ -507,7 +508,7 @@ TEST(JobsMigration, AVersionFiveRegistryGainsTheJobStore) {
   EXPECT_EQ(reg->job_store_version(), 1);
   EXPECT_EQ(reg->twin("dev-1")->desired, R"({"a":1})");
   EXPECT_EQ(schema_of(old.db()), schema_of(fresh.db()));
-  EXPECT_EQ(schema_of(old.db()).size(), 4u) << "2 tables, 2 indexes";
+  EXPECT_EQ(schema_of(old.db()).size(), 5u) << "3 tables, 2 indexes";
   reg->create_job(job("j1"), {});
   EXPECT_TRUE(reg->find_job("j1"));
 }

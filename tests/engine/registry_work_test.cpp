@@ -1,8 +1,8 @@
 // The work store (stores.hpp: WorkStore, schema v14) on a real registry: SQLite, and PostgreSQL
 // in the pg.* run. Shares are claimed once, leases end and are taken over, only the holder
 // finishes a share, the last share finishes the batch with the shares' totals; named leases
-// elect one holder and fail over when it stops renewing or is known dead; jobs' leases, and the
-// fences that keep a holder that lost its lease from writing.
+// elect one holder and fail over when it stops renewing or is known dead, and the fences that
+// keep a holder that lost its lease from writing. Jobs' runners: registry_job_share_test.cpp.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -404,107 +404,6 @@ TEST(WorkStore, TheRegistrysClockIsOneForAllConnections) {
   ASSERT_TRUE(reg->claim_batch_share("w:1", reg->registry_time(), 60));
   EXPECT_FALSE(other->claim_batch_share("w:2", other->registry_time(), 60));
   EXPECT_EQ(other->claimable_batch_shares(other->registry_time() + 61), 1);
-}
-
-// Jobs' leases (JobStore::acquire_job) and the fence of a runner's writes: a job with tasks on
-// a registry, and a second connection for the other runner (as another process has).
-class Jobs : public ::testing::Test {
- protected:
-  TempDir dir;
-  std::unique_ptr<Registry> reg = open();
-
-  std::unique_ptr<Registry> open() { return Registry::open(dir.db()); }
-
-  static JobRecord job(const std::string& id) {
-    JobRecord j;
-    j.id = id;
-    j.kind = "device-rollover";
-    j.params_json = "{}";
-    return j;
-  }
-  static JobTask task(const std::string& job_id, int n) {
-    JobTask t;
-    t.job_id = job_id;
-    t.seq = n;
-    t.device_id = "dev-" + std::to_string(n);
-    t.target_slot = "primary";
-    t.updated_at = kNow;
-    return t;
-  }
-  static std::vector<JobTask> tasks(const std::string& job_id, int count) {
-    std::vector<JobTask> out;
-    for (int n = 0; n < count; ++n) out.push_back(task(job_id, n));
-    return out;
-  }
-  template <typename F>
-  static Error error_of(F&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e;
-    }
-    return Error(ErrorCode::kOk, "no error");
-  }
-};
-
-TEST_F(Jobs, LeaseHasOneHolderAndAStaleOneIsTakenOver) {
-  reg->create_job(job("j1"), {});
-  auto other = open();  // the second runner: its own connection, as another process has
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow, kNow - 60));
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow + 1, kNow - 59)) << "the holder again";
-  EXPECT_FALSE(other->acquire_job("j1", "b:2", kNow + 2, kNow - 58)) << "heartbeat is fresh";
-  reg->heartbeat_job("j1", "a:1", kNow + 30);
-  EXPECT_EQ(reg->find_job("j1")->heartbeat_at, kNow + 30);
-  EXPECT_FALSE(other->acquire_job("j1", "b:2", kNow + 60, kNow + 30)) << "not older than";
-  EXPECT_TRUE(other->acquire_job("j1", "b:2", kNow + 100, kNow + 40)) << "stale: taken over";
-  const auto lost = error_of([&] { reg->heartbeat_job("j1", "a:1", kNow + 101); });
-  EXPECT_EQ(lost.code(), ErrorCode::kHomeBusy);
-  EXPECT_NE(std::string(lost.what()).find("'j1'"), std::string::npos) << lost.what();
-  EXPECT_NE(std::string(lost.what()).find("'b:2'"), std::string::npos) << lost.what();
-  reg->release_job("j1", "a:1");  // not the holder: changes nothing
-  EXPECT_EQ(reg->find_job("j1")->runner, "b:2");
-  EXPECT_EQ(reg->find_job("j1")->heartbeat_at, kNow + 100);
-  other->release_job("j1", "b:2");
-  EXPECT_EQ(reg->find_job("j1")->runner, "");
-  EXPECT_TRUE(reg->acquire_job("j1", "a:1", kNow + 102, 0)) << "a released lease is free";
-  EXPECT_EQ(error_of([&] { reg->acquire_job("nope", "a:1", kNow, 0); }).code(),
-            ErrorCode::kNotFound);
-  EXPECT_EQ(error_of([&] { reg->heartbeat_job("nope", "a:1", kNow); }).code(),
-            ErrorCode::kNotFound);
-  EXPECT_EQ(reg->audit_log(0).size(), 1u) << "the lease is not audited";
-}
-
-// A runner's writes are fenced by its job's lease: once another runner took the job over (the
-// first one's heartbeat went stale: frozen, a paused VM), the first records nothing more.
-TEST_F(Jobs, ARunnerWhoseJobWasTakenOverRecordsNothingMore) {
-  reg->create_job(job("j1"), tasks("j1", 3));
-  auto other = open();
-  ASSERT_TRUE(reg->acquire_job("j1", "a:1", kNow, kNow - 60));
-  reg->fence_lease_writes(LeaseFence{"j1", "a:1", true});
-  JobTask early = task("j1", 1);
-  early.state = "active";
-  early.step = "install";
-  reg->save_job_tasks({&early, 1}, {});  // while it holds the job
-  ASSERT_TRUE(other->acquire_job("j1", "b:2", kNow + 100, kNow + 40));
-  JobTask late = task("j1", 2);
-  late.state = "done";
-  const Error refused = error_of([&] { reg->save_job_tasks({&late, 1}, {}); });
-  EXPECT_EQ(refused.code(), ErrorCode::kHomeBusy) << refused.what();
-  EXPECT_NE(std::string(refused.what()).find("run by 'b:2'"), std::string::npos) << refused.what();
-  EXPECT_EQ(error_of([&] { reg->heartbeat_job("j1", "a:1", kNow + 101); }).code(),
-            ErrorCode::kHomeBusy);
-  EXPECT_EQ(error_of([&] { reg->set_job_state("j1", "finished", kNow + 101); }).code(),
-            ErrorCode::kHomeBusy);
-  const auto rows = other->job_tasks("j1", "");
-  ASSERT_EQ(rows.size(), 3u);
-  EXPECT_EQ(rows[1].state, "active") << "written while it held the job";
-  EXPECT_EQ(rows[2].state, task("j1", 2).state) << "recorded after the takeover";
-  EXPECT_EQ(other->find_job("j1")->state, "running");
-  // The new runner writes; lifted, the old connection writes again.
-  other->fence_lease_writes(LeaseFence{"j1", "b:2", true});
-  other->save_job_tasks({&late, 1}, {});
-  reg->fence_lease_writes(std::nullopt);
-  reg->set_job_report("j1", "{}");
 }
 
 }  // namespace

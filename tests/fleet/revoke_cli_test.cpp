@@ -202,6 +202,8 @@ TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore
   testing::tamper(db, "DROP TABLE operators");                          // v13's
   testing::tamper(db, "DROP TABLE batch_shares");                       // v14's
   testing::tamper(db, "DROP TABLE leases");                             // v14's
+  testing::tamper(db, "DROP TABLE job_runners");                        // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");      // v15's
   testing::tamper(db, "UPDATE schema_version SET version = 9");
   const auto plan = json(bin.ok("revoke --lot LM --reason keyCompromise --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 3);
@@ -242,6 +244,8 @@ TEST_F(Revoke, TheV11MigrationGivesACompressedKeyItsIdentityHash) {
   testing::tamper(db, "DROP TABLE operators");                          // v13's
   testing::tamper(db, "DROP TABLE batch_shares");                       // v14's
   testing::tamper(db, "DROP TABLE leases");                             // v14's
+  testing::tamper(db, "DROP TABLE job_runners");                        // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");      // v15's
   testing::tamper(db, "UPDATE schema_version SET version = 10");
   const auto plan = json(bin.ok("revoke --key-sha256 " + identity + " --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("certificates"), 1)

@@ -240,6 +240,20 @@ class FaultStores final : public engine::Stores {
   void heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) override {
     write("heartbeat_job", [&] { m_inner.heartbeat_job(id, runner, now); });
   }
+  void join_job(const std::string& id, const std::string& runner, std::int64_t now) override {
+    write("join_job", [&] { m_inner.join_job(id, runner, now); });
+  }
+  std::vector<engine::JobTask> claim_job_tasks(const std::string& id, const std::string& runner,
+                                               std::int64_t stale_before, std::int64_t below_seq,
+                                               std::int64_t limit) override {
+    std::vector<engine::JobTask> out;
+    write("claim_job_tasks",
+          [&] { out = m_inner.claim_job_tasks(id, runner, stale_before, below_seq, limit); });
+    return out;
+  }
+  engine::JobShare job_share(const std::string& id, std::int64_t stale_before) override {
+    return m_inner.job_share(id, stale_before);
+  }
   void release_job(const std::string& id, const std::string& runner) override {
     write("release_job", [&] { m_inner.release_job(id, runner); });
   }

@@ -135,6 +135,10 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
 
 std::unordered_map<std::string, CertRecord> JobIssuer::recover() {
   m_stores.abandon_intents(m_job_id);
+  return issued();
+}
+
+std::unordered_map<std::string, CertRecord> JobIssuer::issued() {
   std::unordered_map<std::string, CertRecord> out;
   for (auto& cert : m_stores.batch_issued_after(m_job_id, -1)) {
     auto [it, fresh] = out.try_emplace(cert.device_id, cert);

@@ -57,6 +57,10 @@ namespace registry_detail {
 void audit_row(Registry::Impl& impl, const std::string& action, const std::string& subject,
                const std::string& detail);
 std::string individual_detail(const IndividualEnrollment& ie);
+// registry_jobs.cpp: the task rows' SELECT (its columns, FROM, and "WHERE job_id = ?1 "), and
+// the row it reads.
+extern const std::string kSelectTasks;
+JobTask read_task(sql::Stmt& st);
 }  // namespace registry_detail
 
 // A statement prepared once on the connection and reset after each use.

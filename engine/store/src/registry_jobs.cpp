@@ -26,6 +26,7 @@ namespace fleetsign::engine {
 
 using registry_detail::audit_row;
 using registry_detail::individual_detail;
+using registry_detail::read_task;
 
 namespace {
 
@@ -55,12 +56,9 @@ const std::string kInsertTask = "INSERT INTO job_tasks (" + kTaskFields +
 const std::string kUpdateTask =
     "UPDATE job_tasks SET state = ?1, step = ?2, attempts = ?3, target_slot = ?4, "
     "old_serial = ?5, new_serial = ?6, new_sha256 = ?7, next_at = ?8, last_status = ?9, "
-    "last_error = ?10, started_at = ?11, updated_at = ?12, finished_at = ?13, error_code = ?14 "
+    "last_error = ?10, started_at = ?11, updated_at = ?12, finished_at = ?13, error_code = ?14, "
+    "runner = CASE WHEN ?17 = 1 THEN runner ELSE '' END "
     "WHERE job_id = ?15 AND device_id = ?16";
-const std::string kSelectTasks =
-    "SELECT job_id, seq, device_id, " + kTaskFields + " FROM job_tasks WHERE job_id = ?1 ";
-const std::string kSelectAllTasks = kSelectTasks + "ORDER BY seq";
-const std::string kSelectTasksInState = kSelectTasks + "AND state = ?2 ORDER BY seq";
 
 template <std::size_t N>
 std::string one_of(const std::array<std::string_view, N>& names) {
@@ -112,7 +110,19 @@ void bind_task(sql::Stmt& st, const JobTask& t, std::int64_t now) {
 // A NULL text reads "", a NULL number 0.
 std::string str(sql::Stmt& st, int column) { return std::string(st.text(column)); }
 
-JobTask read_task(sql::Stmt& st) {
+}  // namespace
+
+const std::string registry_detail::kSelectTasks =
+    "SELECT job_id, seq, device_id, " + kTaskFields + ", runner FROM job_tasks WHERE job_id = ?1 ";
+
+namespace {
+// After kSelectTasks: a TU's globals are initialised in the order they are defined.
+const std::string kSelectAllTasks = registry_detail::kSelectTasks + "ORDER BY seq";
+const std::string kSelectTasksInState =
+    registry_detail::kSelectTasks + "AND state = ?2 ORDER BY seq";
+}  // namespace
+
+JobTask registry_detail::read_task(sql::Stmt& st) {
   JobTask t;
   t.job_id = str(st, 0);
   t.seq = st.int64(1);
@@ -131,8 +141,11 @@ JobTask read_task(sql::Stmt& st) {
   t.updated_at = st.int64(14);
   t.finished_at = st.int64(15);
   t.error_code = str(st, 16);
+  t.runner = str(st, 17);
   return t;
 }
+
+namespace {
 
 // The statement of `query`, prepared from `text` on first use (no std::string built per call on
 // the hot path).
@@ -315,47 +328,6 @@ void Registry::set_job_params(const std::string& id, const std::string& params_j
   });
 }
 
-bool Registry::acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
-                           std::int64_t stale_before) {
-  const std::string what = "taking the lease of job '" + id + "' for runner '" + runner + "'";
-  if (runner.empty()) throw Error(ErrorCode::kInvalidArgument, what + ": no runner named");
-  return m_impl->write(what, [&] {
-    // One conditional UPDATE: two runners racing for a free or stale lease cannot both win.
-    if (m_impl->change("UPDATE jobs SET runner = ?, heartbeat_at = ? "
-                       "WHERE id = ? AND (runner = '' OR runner = ? OR heartbeat_at < ?)",
-                       runner, now, id, runner, stale_before) == 1) {
-      return true;
-    }
-    if (!select_job(*m_impl, id)) throw Error(ErrorCode::kNotFound, what + ": job not found");
-    return false;
-  });
-}
-
-void Registry::heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) {
-  const std::string what = "heartbeat of job '" + id + "' by runner '" + runner + "'";
-  m_impl->write(what, [&] {
-    if (m_impl->change("UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND runner = ?", now, id,
-                       runner) == 1) {
-      return;
-    }
-    const auto job = select_job(*m_impl, id);
-    if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
-    throw Error(ErrorCode::kHomeBusy,
-                what + ": the lease is held by " +
-                    (job->runner.empty() ? std::string("no runner")
-                                         : "runner '" + job->runner + "' (heartbeat at " +
-                                               std::to_string(job->heartbeat_at) + ")") +
-                    ": another process took the job over");
-  });
-}
-
-void Registry::release_job(const std::string& id, const std::string& runner) {
-  // Only the holder releases: a runner that lost its lease leaves the new holder's alone.
-  m_impl->write("releasing job '" + id + "' by runner '" + runner + "'", [&] {
-    m_impl->change("UPDATE jobs SET runner = '' WHERE id = ? AND runner = ?", id, runner);
-  });
-}
-
 std::vector<JobTask> Registry::job_tasks(const std::string& id, const std::string& state) {
   const std::string what =
       "reading the " + (state.empty() ? std::string() : state + " ") + "tasks of job '" + id + "'";
@@ -461,10 +433,13 @@ void Registry::save_job_tasks(std::span<const JobTask> tasks, std::span<const Sl
   m_impl->write(what, [&] {
     const std::int64_t now = m_impl->stamp(0);
     sql::Stmt& update = m_impl->m_update_task.get(m_impl->db(), kUpdateTask);
+    // A job's runner keeps its claim; anyone else (retry-failed, cancel) frees the task.
+    const bool runner_writes = m_impl->m_lease_fence && m_impl->m_lease_fence->job;
     for (const auto& t : tasks) {
       bind_task(update, t, now);
       update.bind(kTaskKey, t.job_id);
       update.bind(kTaskKey + 1, t.device_id);
+      update.bind(kTaskKey + 2, std::int64_t{runner_writes});
       if (m_impl->step(update, what) == 0) {
         throw Error(ErrorCode::kNotFound,
                     what + ": job '" + t.job_id + "' has no task for device '" + t.device_id + "'");

@@ -283,6 +283,17 @@ CREATE TABLE leases (
   holder TEXT NOT NULL, expires_at BIGINT NOT NULL
 );
 )sql",
+    // 15 (issue 13's workers): a job's tasks are shared by its runners. Each runner has a
+    // membership row renewed by its heartbeat; a task names the runner that claimed it.
+    R"sql(
+ALTER TABLE job_tasks ADD COLUMN runner TEXT NOT NULL DEFAULT '';
+CREATE TABLE job_runners (
+  job_id TEXT NOT NULL REFERENCES jobs(id),
+  runner TEXT NOT NULL,
+  heartbeat_at BIGINT NOT NULL,
+  PRIMARY KEY (job_id, runner)
+);
+)sql",
 };
 
 }  // namespace fleetsign::engine

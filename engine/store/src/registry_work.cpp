@@ -270,13 +270,18 @@ void Registry::fence_lease_writes(std::optional<LeaseFence> fence) {
 void Registry::Impl::check_lease_fence() {
   const LeaseFence& f = *m_lease_fence;
   if (f.job) {
-    const auto runner = scalar<std::string>("SELECT runner FROM jobs WHERE id = ?", f.name);
-    if (!runner || *runner != f.holder) {
+    // The runner's membership row (registry_job_share.cpp), locked until this transaction ends
+    // on PostgreSQL: a claim that takes this runner's tasks over waits for it.
+    if (count(postgres() ? "SELECT COUNT(*) FROM (SELECT 1 FROM job_runners WHERE job_id = ? "
+                           "AND runner = ? FOR SHARE) AS m"
+                         : "SELECT COUNT(*) FROM job_runners WHERE job_id = ? AND runner = ?",
+              f.name, f.holder) == 0) {
+      const auto runner = scalar<std::string>("SELECT runner FROM jobs WHERE id = ?", f.name);
       throw Error(ErrorCode::kHomeBusy,
-                  "job '" + f.name + "' is run by '" + runner.value_or("nobody") +
-                      "' now, not by '" + f.holder +
-                      "': its heartbeat went stale and another runner took it over, so this "
-                      "runner records nothing more for it");
+                  "runner '" + f.holder + "' is no longer one of the runners of job '" + f.name +
+                      "' (its lease is held by '" + runner.value_or("nobody") +
+                      "'): its heartbeat went stale and another runner took its tasks over, so "
+                      "it records nothing more for the job");
     }
     return;
   }

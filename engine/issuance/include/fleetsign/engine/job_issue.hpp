@@ -48,6 +48,9 @@ class JobIssuer final {
   // The certificates this job issued, by device (the newest when there are several), after the
   // job's open intents are abandoned. Call once, before issuing, when a job resumes.
   std::unordered_map<std::string, CertRecord> recover();
+  // The same certificates, with the intents left alone: a job shared by several runners
+  // abandons a task's open intents when a runner claims it (JobStore::claim_job_tasks).
+  std::unordered_map<std::string, CertRecord> issued();
 
  private:
   Stores& m_stores;

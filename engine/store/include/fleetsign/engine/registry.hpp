@@ -50,7 +50,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 14;
+  static constexpr int kSchemaVersion = 15;
   int schema_version();
 
   // CaStore
@@ -140,6 +140,11 @@ class Registry final : public Stores {
   bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
                    std::int64_t stale_before) override;
   void heartbeat_job(const std::string& id, const std::string& runner, std::int64_t now) override;
+  void join_job(const std::string& id, const std::string& runner, std::int64_t now) override;
+  std::vector<JobTask> claim_job_tasks(const std::string& id, const std::string& runner,
+                                       std::int64_t stale_before, std::int64_t below_seq,
+                                       std::int64_t limit) override;
+  JobShare job_share(const std::string& id, std::int64_t stale_before) override;
   void release_job(const std::string& id, const std::string& runner) override;
   std::vector<JobTask> job_tasks(const std::string& id, const std::string& state) override;
   std::vector<std::pair<std::string, std::int64_t>> count_job_tasks(const std::string& id) override;
