@@ -8,7 +8,9 @@
 //   3. the jobs: each job in state running whose lease is free or stale, and that has no child
 //      of ours already, is run by a child `fleetsign --home HOME --wait job resume ID` (spawned,
 //      never forked, with the PIN in FLEETSIGN_PIN of its environment, never in argv). A child
-//      that dies is simply spawned again at a later tick: the job resumes where it stopped.
+//      that dies is simply spawned again at a later tick: the job resumes where it stopped. A
+//      --worker also spawns one for a job another worker runs while tasks of it wait unclaimed:
+//      that child helps (jobs/rollover.hpp: run_job), and the job's devices are shared.
 // SIGTERM/SIGINT: no more spawning, SIGTERM to the children, wait for them, exit 0; the broker
 // keeps running (it is a service of its own). --once: one tick, waiting for the children.
 #include <Poco/JSON/Array.h>
@@ -33,6 +35,7 @@
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/rollover.hpp"
 #include "fleetsign/jobs/scheduler.hpp"
 #include "http_service.hpp"
 
@@ -325,7 +328,10 @@ Poco::JSON::Object Server::tick() {
     for (const auto& [pid, id] : m_children) ours = ours || id == "job " + job.id;
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
-    if (ours || !free) continue;
+    // A worker helps a job another worker runs while some of its tasks wait for a runner.
+    const bool help = !free && m_worker && jobs::can_share_job(job) &&
+                      m_ctx.registry().job_share(job.id, now - kLeaseStale).unclaimed > 0;
+    if (ours || (!free && !help)) continue;
     spawn("job " + job.id, {"job", "resume", job.id, "--wait"});
     spawned.add(job.id);
   }

@@ -86,19 +86,7 @@ void Runner::load() {
   m_recovered = m_issuer.issued();
 }
 
-// Can this runner help the one holding the job's lease? Devices only move once the job-level
-// steps are done: an incident's cut-off and replacement (its phase "rotating").
-bool Runner::can_help() const {
-  if (m_state != "running") return false;
-  if (m_job.kind == "device-rollover" || m_job.kind == "ca-rollover") return true;
-  if (m_job.kind != "incident") return false;
-  const auto report = answer_object(m_job.report_json);
-  return report && report->optValue<std::string>("phase", "") == "rotating";
-}
-
-std::int64_t Runner::stale_before() {
-  return m_stores.registry_time() - kLeaseStale;
-}
+std::int64_t Runner::stale_before() { return m_stores.registry_time() - kLeaseStale; }
 
 Live Runner::make_live(JobTask row) {
   Live t;
@@ -190,6 +178,12 @@ double Runner::current_rate() const {
     if (r.per_minute > 0) rate = std::min<double>(rate, r.per_minute);
   }
   return rate / static_cast<double>(std::max<std::int64_t>(1, m_share.runners));
+}
+
+std::int64_t Runner::claim_size() const {
+  double n = m_params.in_flight;
+  if (const double rate = current_rate(); rate > 0) n = std::min(n, rate / 60.0 * kClaimAhead);
+  return std::max(kClaimAtLeast, static_cast<std::int64_t>(std::ceil(n)));
 }
 
 bool Runner::wave_open(std::size_t i) const {
@@ -454,3 +448,17 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
 }
 
 }  // namespace fleetsign::jobs::runner_detail
+
+namespace fleetsign::jobs {
+
+// Devices only move once the job-level steps are done: an incident's cut-off and replacement
+// (its phase "rotating").
+bool can_share_job(const engine::JobRecord& job) {
+  if (job.state != "running") return false;
+  if (job.kind == "device-rollover" || job.kind == "ca-rollover") return true;
+  if (job.kind != "incident") return false;
+  const auto report = runner_detail::answer_object(job.report_json);
+  return report && report->optValue<std::string>("phase", "") == "rotating";
+}
+
+}  // namespace fleetsign::jobs

@@ -31,8 +31,11 @@ constexpr auto kControlEvery = std::chrono::milliseconds(500);
 constexpr auto kTransientRetry = std::chrono::seconds(2);
 constexpr auto kRetryBackoff = std::chrono::seconds(2);
 constexpr auto kLeaseStale = 15;  // seconds without a heartbeat before another runner may take over
-// Tasks a runner claims at a time, and when it claims more (fewer than half left to start).
-constexpr std::int64_t kClaimAtLeast = 512;
+// A runner claims what it can start in kClaimAhead at its rate (its in-flight limit at most, and
+// kClaimAtLeast at least), and claims again once fewer than half of those are left to start:
+// the job's other runners find tasks to claim.
+constexpr std::int64_t kClaimAtLeast = 8;
+constexpr double kClaimAhead = 4.0;  // seconds
 
 enum class Phase {
   kIdle,     // pending, or waiting for a retry
@@ -77,15 +80,12 @@ class Runner {
 
  private:
   void load();
-  bool can_help() const;
   std::int64_t stale_before();
   Live make_live(JobTask row);
   std::size_t claim(std::int64_t limit);
   void drain();
   void stop_claimed();
-  std::int64_t claim_size() const {
-    return std::max<std::int64_t>(kClaimAtLeast, 2 * std::int64_t{m_params.in_flight});
-  }
+  std::int64_t claim_size() const;
   void admit(Steady::time_point now);
   void start(std::size_t i);
   void call(std::size_t i, Phase phase, const std::string& method, const Poco::JSON::Object& body);

@@ -284,8 +284,9 @@ bool Runner::control(Steady::time_point) {
   }
   if (m_state == "running" && job->state == "aborted") {
     m_state = "aborted";
-    stop_all("aborted", "another runner of the job stopped it: its failures crossed the abort "
-                        "threshold");
+    stop_all("aborted",
+             "another runner of the job stopped it: its failures crossed the abort "
+             "threshold");
   }
   if (m_state == "running" && m_params.deadline != 0 && m_clock.now() >= m_params.deadline) {
     m_state = "deadline";
@@ -335,7 +336,7 @@ JobRecord Runner::run() {
   m_lead = m_stores.acquire_job(m_job_id, m_options.runner, now, stale_before);
   if (!m_lead) {
     // Another runner holds the lease: this one helps it, taking tasks of its own.
-    if (!can_help()) {
+    if (!can_share_job(m_job)) {
       auto job = m_stores.find_job(m_job_id);
       throw Error(ErrorCode::kHomeBusy, "job " + m_job_id + " is being run by " +
                                             (job ? job->runner : std::string("another process")) +

@@ -126,7 +126,6 @@ TEST_F(Jobs, ARunnerWhoseJobWasTakenOverRecordsNothingMore) {
   reg->set_job_report("j1", "{}");
 }
 
-
 std::vector<std::int64_t> seqs(const std::vector<JobTask>& rows) {
   std::vector<std::int64_t> out;
   for (const auto& t : rows) out.push_back(t.seq);

@@ -344,6 +344,56 @@ TEST_F(Rollover, PauseResumeAndCancelAreHonoured) {
 // clone`, which reaches the fleet through the broker's client files it copied); that worker and
 // its job runner are killed with kill -9 mid-job (a machine gone), and the other worker's serve
 // takes the job over and finishes it: every device rolled once.
+// Done devices by the runner ("host:pid") that rolled each.
+std::map<std::string, std::size_t> done_by_runner(engine::Registry& reg, const std::string& job) {
+  std::map<std::string, std::size_t> out;
+  for (const auto& t : reg.job_tasks(job, "done")) ++out[t.runner];
+  return out;
+}
+
+// Two workers share one rollover: the lease's holder and a helper (w2's child) each roll devices
+// of their own, at the job's rate between them. The helper is killed half-way; the holder takes
+// its devices over once its heartbeat is stale and finishes the job: every device exactly once.
+TEST_F(Rollover, TwoWorkersShareARolloverAndTheSurvivorFinishesAKilledOnesDevices) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  const std::string job = workers_and_a_job("LOT-S", "rs");
+  ASSERT_FALSE(job.empty());
+  auto reg = registry();
+  testing::CliProcess w1(path("w1"), {"serve", "--worker", "--tick", "1"});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (reg->find_job(job)->runner.empty()) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w1 never ran the job";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string lead = reg->find_job(job)->runner;
+  testing::CliProcess w2(path("w2"), {"serve", "--worker", "--tick", "1"});
+  std::string helper;
+  while (helper.empty() || done_by_runner(*reg, job)[helper] < 10) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "w2 never helped";
+    for (const auto& [runner, n] : done_by_runner(*reg, job)) {
+      if (runner != lead && !runner.empty()) helper = runner;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(reg->find_job(job)->runner, lead) << "one holder of the lease";
+  EXPECT_TRUE(w2.kill_now());  // the serve first: it would start another runner
+  EXPECT_EQ(::kill(std::stoi(helper.substr(helper.rfind(':') + 1)), SIGKILL), 0);
+  EXPECT_LT(reg->job_tasks(job, "done").size(), 200u) << "the job ended before the kill";
+  while (reg->find_job(job)->state != "finished") {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline + std::chrono::seconds(60))
+        << "w1 never finished the job";
+    ASSERT_TRUE(w1.running());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ::kill(w1.pid(), SIGTERM);
+  EXPECT_EQ(w1.wait(), 0);
+  EXPECT_EQ(check_done_devices(job, "LOT-S", false), 200);
+  EXPECT_EQ(reg->count_certs(job, engine::CertState::kIntent), 0);
+  const auto by = done_by_runner(*reg, job);
+  EXPECT_GE(by.at(helper), 10u);
+  EXPECT_EQ(by.at(helper) + by.at(lead), 200u);
+}
+
 TEST_F(Rollover, AWorkerKilledMidRolloverLeavesItToTheOtherWorker) {
   if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
   const std::string job = workers_and_a_job("LOT-W", "rw");

@@ -122,8 +122,9 @@ std::vector<JobTask> Registry::claim_job_tasks(const std::string& id, const std:
              id, stale_before, runner)) {
       drop_member(*m_impl, id, stale);
     }
-    std::string pick = std::string("SELECT seq FROM job_tasks WHERE job_id = ? AND runner = '' AND ") +
-                       kOpenTask + " AND seq < ? ORDER BY seq";
+    std::string pick =
+        std::string("SELECT seq FROM job_tasks WHERE job_id = ? AND runner = '' AND ") + kOpenTask +
+        " AND seq < ? ORDER BY seq";
     if (limit > 0) pick += " LIMIT " + std::to_string(limit);
     if (m_impl->postgres()) pick += " FOR UPDATE SKIP LOCKED";
     const auto seqs = m_impl->column<std::int64_t>(pick, id, below_seq);
@@ -142,10 +143,11 @@ std::vector<JobTask> Registry::claim_job_tasks(const std::string& id, const std:
       // Whoever held these tasks before signs nothing more for them.
       m_impl->change(
           "UPDATE certificates SET state = 'abandoned' WHERE batch_id = ? AND state = 'intent' "
-          "AND seq IN (" + in + ")",
+          "AND seq IN (" +
+              in + ")",
           id);
-      auto st = m_impl->query(registry_detail::kSelectTasks + "AND seq IN (" + in +
-                              ") ORDER BY seq");
+      auto st =
+          m_impl->query(registry_detail::kSelectTasks + "AND seq IN (" + in + ") ORDER BY seq");
       st->bind(1, id);
       while (st->step()) out.push_back(registry_detail::read_task(*st));
     }
@@ -173,9 +175,9 @@ JobShare Registry::job_share(const std::string& id, std::int64_t stale_before) {
                     "AND r.runner = t.runner WHERE t.job_id = ? AND r.heartbeat_at < ? AND ") +
             "(t.state IN ('pending', 'active') OR (t.state = 'offline' AND t.next_at <> 0))",
         id, stale_before);
-    share.runners = m_impl->count(
-        "SELECT COUNT(*) FROM job_runners WHERE job_id = ? AND heartbeat_at >= ?", id,
-        stale_before);
+    share.runners =
+        m_impl->count("SELECT COUNT(*) FROM job_runners WHERE job_id = ? AND heartbeat_at >= ?", id,
+                      stale_before);
     return share;
   });
 }

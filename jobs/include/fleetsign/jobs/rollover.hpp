@@ -137,9 +137,15 @@ struct RunnerOptions {
 };
 
 // Runs the job until it is finished, paused, canceled or aborted (by its threshold or another
-// process), and returns its final record. Takes the job's lease (kHomeBusy when a live runner
-// holds it). Per-device outcomes are task states; token, registry and trigger set-up failures
-// throw (the job stays resumable).
+// process), and returns its final record. Takes the job's lease, and does the job's own steps.
+// When a live runner holds the lease and the job can be shared (can_share_job), it helps that
+// runner instead: it claims tasks of its own (JobStore::claim_job_tasks; the job's rate is split
+// among the runners), and returns once nothing is left to claim; otherwise kHomeBusy.
+// Per-device outcomes are task states; token, registry and trigger set-up failures throw (the
+// job stays resumable).
+// Whether runners other than the lease's holder may take tasks of the job: a running device or
+// CA rollover, or an incident whose job-level steps are done (its devices are moving).
+bool can_share_job(const engine::JobRecord& job);
 engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
                           const policy::Policy& policy, const engine::Clock& clock,
                           Trigger& trigger, const std::string& job_id,

@@ -134,9 +134,9 @@ class JobStore {
       const std::string& id) = 0;  // (state, count), by state
   // One transaction: each task row replaces the row with its (job_id, device_id) (kNotFound when
   // there is none; a writer that is not a job's runner, such as retry-failed, also frees the
-  // task for the next claim), then the slot changes apply in order. kRetireDevice: kRegistryError when
-  // `serial` is in neither slot of the device. kIndividualSlot: kNotFound without the enrollment;
-  // it writes the audit row "enrollment.individual.set-slot" (admission changes).
+  // task for the next claim), then the slot changes apply in order. kRetireDevice: kRegistryError
+  // when `serial` is in neither slot of the device. kIndividualSlot: kNotFound without the
+  // enrollment; it writes the audit row "enrollment.individual.set-slot" (admission changes).
   virtual void save_job_tasks(std::span<const JobTask> tasks,
                               std::span<const SlotChange> changes) = 0;
   // Appends tasks to an existing job (retry-failed keeps rows; this is for jobs that grow, such
