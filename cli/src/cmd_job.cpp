@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <sstream>
 
 #include "cli.hpp"
@@ -91,13 +92,22 @@ int report(Context& ctx, const std::string& job_id, bool list_done) {
   const auto p = jobs::job_progress(ctx.registry(), job_id, ctx.clock().now());
   const auto tasks = ctx.registry().job_tasks(job_id, "");
   const bool incomplete = p.done < p.total;
+  // Devices rolled by each runner ("host:pid"; several when workers shared the job).
+  std::map<std::string, std::int64_t> by_runner;
+  for (const auto& t : tasks) {
+    if (t.state == "done" && !t.runner.empty()) ++by_runner[t.runner];
+  }
   if (ctx.json()) {
     Poco::JSON::Object o = progress_json(p);
+    Poco::JSON::Object runners(Poco::JSON_PRESERVE_KEY_ORDER);
+    for (const auto& [runner, n] : by_runner) runners.set(runner, n);
+    o.set("doneByRunner", runners);
     Poco::JSON::Array not_back, back;
     for (const auto& t : tasks) {
       Poco::JSON::Object d(Poco::JSON_PRESERVE_KEY_ORDER);
       d.set("device", t.device_id);
       d.set("state", t.state);
+      if (!t.runner.empty()) d.set("runner", t.runner);
       if (t.state == "done") {
         if (!list_done) continue;
         d.set("serial", t.new_serial);
@@ -123,6 +133,13 @@ int report(Context& ctx, const std::string& job_id, bool list_done) {
     if (p.rate_per_s > 0) std::printf(", %.1f devices/s", p.rate_per_s);
     if (p.job.finished_at == 0 && p.eta_s > 0) std::printf(", ETA %s", eta_text(p.eta_s).c_str());
     std::printf("\n");
+    if (by_runner.size() > 1) {
+      std::printf("  shared by %zu runners:", by_runner.size());
+      for (const auto& [runner, n] : by_runner) {
+        std::printf(" %s %lld", runner.c_str(), static_cast<long long>(n));
+      }
+      std::printf("\n");
+    }
     for (const auto& [state, count] : p.states) {
       std::printf("  %-10s %lld\n", state.c_str(), static_cast<long long>(count));
     }

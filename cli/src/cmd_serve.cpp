@@ -329,8 +329,9 @@ Poco::JSON::Object Server::tick() {
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
     // A worker helps a job another worker runs while some of its tasks wait for a runner.
-    const bool help = !free && m_worker && jobs::can_share_job(job) &&
-                      m_ctx.registry().job_share(job.id, now - kLeaseStale).unclaimed > 0;
+    const bool help =
+        !free && m_worker && jobs::can_share_job(job) &&
+        jobs::wants_helper(job, m_ctx.registry().job_share(job.id, now - kLeaseStale));
     if (ours || (!free && !help)) continue;
     spawn("job " + job.id, {"job", "resume", job.id, "--wait"});
     spawned.add(job.id);

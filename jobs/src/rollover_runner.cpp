@@ -461,4 +461,16 @@ bool can_share_job(const engine::JobRecord& job) {
   return report && report->optValue<std::string>("phase", "") == "rotating";
 }
 
+bool wants_helper(const engine::JobRecord& job, const engine::JobShare& share) {
+  if (!can_share_job(job) || share.first_unclaimed_seq < 0) return false;
+  std::int64_t wave = 0;
+  try {
+    wave = parse_params(job.params_json, "job " + job.id + " parameters").wave;
+  } catch (const Error&) {
+    return false;  // its runner reports the parameters' problem
+  }
+  return wave <= 0 || share.first_open_seq < 0 ||
+         share.first_unclaimed_seq < (share.first_open_seq / wave + 1) * wave;
+}
+
 }  // namespace fleetsign::jobs

@@ -295,10 +295,15 @@ bool Runner::control(Steady::time_point) {
   // The job's other runners: the rate is shared among them, and tasks are claimed as this
   // runner's own run low (those of a runner whose heartbeat went stale with them).
   m_share = m_stores.job_share(m_job_id, stale_before());
-  if (m_admitting && m_state == "running") {
-    if (static_cast<std::int64_t>(m_pending.size()) < claim_size() / 2) claim(claim_size());
-  } else if (m_state != "running" && m_state != "paused") {
-    drain();
+  try {
+    if (m_admitting && m_state == "running") {
+      if (static_cast<std::int64_t>(m_pending.size()) < claim_size() / 2) claim(claim_size());
+    } else if (m_state != "running" && m_state != "paused") {
+      drain();
+    }
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kHomeBusy) return false;  // taken over since the heartbeat
+    throw;
   }
   return true;
 }

@@ -152,6 +152,7 @@ TEST_F(Jobs, RunnersClaimDifferentTasksInSeqOrder) {
   EXPECT_EQ(share.unclaimed, 2);
   EXPECT_EQ(share.runners, 2);
   EXPECT_EQ(share.first_open_seq, 0);
+  EXPECT_EQ(share.first_unclaimed_seq, 8);
   // Below the open wave only (seq < 9), then the rest.
   EXPECT_EQ(seqs(reg->claim_job_tasks("j1", "a:1", kNow - 15, 9, 0)), std::vector<std::int64_t>{8});
   EXPECT_EQ(seqs(other->claim_job_tasks("j1", "b:2", kNow - 15, kAll, 0)),
@@ -172,6 +173,7 @@ TEST_F(Jobs, RunnersClaimDifferentTasksInSeqOrder) {
   other->release_job("j1", "b:2");
   share = reg->job_share("j1", kNow - 15);
   EXPECT_EQ(share.unclaimed, 5);
+  EXPECT_EQ(share.first_unclaimed_seq, 4);
   EXPECT_EQ(share.runners, 1);
   EXPECT_EQ(seqs(reg->claim_job_tasks("j1", "a:1", kNow - 15, kAll, 0)),
             (std::vector<std::int64_t>{4, 5, 6, 7, 9}));

@@ -5,6 +5,7 @@
 #include "fleetsign/jobs/fleet_config.hpp"
 #include "fleetsign/jobs/iothub_trigger.hpp"
 #include "fleetsign/jobs/json_value.hpp"
+#include "fleetsign/jobs/rollover.hpp"
 #include "fleetsign/jobs/trigger.hpp"
 #include "jobs_support.hpp"
 #include "test_home.hpp"
@@ -21,6 +22,38 @@ constexpr const char* kKey = "a2V5LWZvci10ZXN0cy1vbmx5";
 const std::string kGood =
     std::string("HostName=MyHub.azure-devices.net;SharedAccessKeyName=service;SharedAccessKey=") +
     kKey;
+
+// A worker starts a helper only for a shared job with a task no runner holds in an open wave.
+TEST(WantsHelper, OnlyWhenATaskOfAnOpenWaveWaitsForARunner) {
+  engine::JobRecord job;
+  job.id = "j";
+  job.kind = "device-rollover";
+  job.state = "running";
+  job.params_json = R"({"wave":10})";
+  engine::JobShare share;
+  share.first_open_seq = 3;
+  share.first_unclaimed_seq = 9;
+  EXPECT_TRUE(jobs::wants_helper(job, share));
+  share.first_unclaimed_seq = 10;  // the next wave: opens when 0..9 have ended
+  EXPECT_FALSE(jobs::wants_helper(job, share));
+  share.first_open_seq = 12;
+  EXPECT_TRUE(jobs::wants_helper(job, share));
+  share.first_unclaimed_seq = -1;
+  EXPECT_FALSE(jobs::wants_helper(job, share)) << "every open task has a runner";
+  share.first_unclaimed_seq = 500;
+  job.params_json = "{}";
+  EXPECT_TRUE(jobs::wants_helper(job, share)) << "no waves";
+  job.state = "paused";
+  EXPECT_FALSE(jobs::wants_helper(job, share));
+  job.state = "running";
+  job.kind = "breach-roll";
+  EXPECT_FALSE(jobs::wants_helper(job, share)) << "one certificate: nothing to share";
+  job.kind = "incident";
+  job.report_json = R"({"phase":"revoked"})";
+  EXPECT_FALSE(jobs::wants_helper(job, share)) << "its devices do not move yet";
+  job.report_json = R"({"phase":"rotating"})";
+  EXPECT_TRUE(jobs::wants_helper(job, share));
+}
 
 TEST(CheckRequest, AcceptsIotHubsNamesPayloadsAndTimeouts) {
   EXPECT_EQ(jobs::check_request({device_id("d-1"), "reboot", "null", 30, 0}), std::nullopt);

@@ -160,7 +160,8 @@ JobShare Registry::job_share(const std::string& id, std::int64_t stale_before) {
     JobShare share;
     auto st = m_impl->query(
         std::string("SELECT COALESCE(MIN(CASE WHEN state IN ('pending', 'active') THEN seq END), "
-                    "-1), COUNT(*), COALESCE(SUM(CASE WHEN runner = '' THEN 1 ELSE 0 END), 0) "
+                    "-1), COUNT(*), COALESCE(SUM(CASE WHEN runner = '' THEN 1 ELSE 0 END), 0), "
+                    "COALESCE(MIN(CASE WHEN runner = '' THEN seq END), -1) "
                     "FROM job_tasks WHERE job_id = ? AND ") +
         kOpenTask);
     st->bind(1, id);
@@ -168,6 +169,7 @@ JobShare Registry::job_share(const std::string& id, std::int64_t stale_before) {
       share.first_open_seq = st->int64(0);
       share.open = st->int64(1);
       share.unclaimed = st->int64(2);
+      share.first_unclaimed_seq = st->int64(3);
     }
     // Tasks of runners whose heartbeat went stale (kill -9, a frozen machine) are free too.
     share.unclaimed += m_impl->count(

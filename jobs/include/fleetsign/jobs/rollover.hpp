@@ -146,6 +146,9 @@ struct RunnerOptions {
 // Whether runners other than the lease's holder may take tasks of the job: a running device or
 // CA rollover, or an incident whose job-level steps are done (its devices are moving).
 bool can_share_job(const engine::JobRecord& job);
+// Whether a helper would find a task to claim now: a shared job with a task no runner holds in an
+// open wave (`serve --worker` starts a helper only then, never one that would leave at once).
+bool wants_helper(const engine::JobRecord& job, const engine::JobShare& share);
 engine::JobRecord run_job(engine::Stores& stores, engine::CaService& cas,
                           const policy::Policy& policy, const engine::Clock& clock,
                           Trigger& trigger, const std::string& job_id,

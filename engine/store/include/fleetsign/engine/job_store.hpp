@@ -60,7 +60,8 @@ struct JobShare {
   std::int64_t first_open_seq = -1;  // the lowest seq of a pending or active task; -1 when none
   std::int64_t open = 0;             // open tasks
   std::int64_t unclaimed = 0;        // open tasks held by no live runner
-  std::int64_t runners = 0;          // live runners (heartbeat at or after stale_before)
+  std::int64_t first_unclaimed_seq = -1;  // the lowest seq of an open task with no runner; -1
+  std::int64_t runners = 0;               // live runners (heartbeat at or after stale_before)
 };
 
 // A change to slots made in the same transaction as task rows.
