@@ -259,6 +259,9 @@ int run_job_resume(Context& ctx) {
   const std::string id = job_arg(ctx);
   auto job = ctx.registry().find_job(id);
   if (!job) throw Error(ErrorCode::kNotFound, "no job '" + id + "'");
+  // `serve` runs only running jobs: a pause made after it chose this one stands.
+  if (ctx.args().has("if-running") && job->state != "running")
+    return print_state(ctx, id, job->state);
   if (job->state == "paused") jobs::reopen_job(ctx.registry(), id);
   if (ctx.args().has("no-run")) return print_state(ctx, id, ctx.registry().find_job(id)->state);
   return run_job_in_foreground(ctx, id);
@@ -315,16 +318,17 @@ void add_job_commands(std::vector<Command>& commands) {
                              "stop starting devices (those in progress finish)",
                              [](Poco::Util::OptionSet& s) { add_flag(s, "json", "print as JSON"); },
                              run_job_pause});
-  commands.push_back(Command{{"job", "resume"},
-                             "JOB [--pin-file FILE] [--no-run] [--json]",
-                             "run a paused or interrupted job here, from where it stopped",
-                             [](Poco::Util::OptionSet& s) {
-                               add_option(s, "pin-file", "FILE",
-                                          "user PIN file (else FLEETSIGN_PIN or a prompt)");
-                               add_flag(s, "no-run", "only reopen a paused job (`serve` runs it)");
-                               add_flag(s, "json", "print as JSON");
-                             },
-                             run_job_resume});
+  commands.push_back(
+      Command{{"job", "resume"},
+              "JOB [--pin-file FILE] [--no-run] [--json]",
+              "run a paused or interrupted job here, from where it stopped",
+              [](Poco::Util::OptionSet& s) {
+                add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
+                add_flag(s, "no-run", "only reopen a paused job (`serve` runs it)");
+                add_flag(s, "if-running", "run it only if it is running (never reopen a pause)");
+                add_flag(s, "json", "print as JSON");
+              },
+              run_job_resume});
   commands.push_back(Command{{"job", "cancel"},
                              "JOB [--json]",
                              "cancel devices not started; those switching finish",

@@ -333,7 +333,7 @@ Poco::JSON::Object Server::tick() {
         !free && m_worker && jobs::can_share_job(job) &&
         jobs::wants_helper(job, m_ctx.registry().job_share(job.id, now - kLeaseStale));
     if (ours || (!free && !help)) continue;
-    spawn("job " + job.id, {"job", "resume", job.id, "--wait"});
+    spawn("job " + job.id, {"job", "resume", job.id, "--if-running", "--wait"});
     spawned.add(job.id);
   }
   out.set("jobs_spawned", spawned);

@@ -441,8 +441,14 @@ std::string cancel_job(engine::Stores& stores, const std::string& job_id) {
   // Tasks not started are canceled here; a running runner settles the ones in progress (a device
   // in the middle of a switch finishes it) and stops.
   change_state(stores, job_id, {"running", "paused"}, "canceled", "canceled");
+  // A task claimed by the job's runners while one holds the lease is theirs to settle: a runner
+  // may have started it since its last flush.
+  const auto job = stores.find_job(job_id);
+  const bool run_now = job && !job->runner.empty() &&
+                       job->heartbeat_at >= stores.registry_time() - kJobHeartbeatStale;
   std::vector<JobTask> canceled;
   for (auto& task : stores.job_tasks(job_id, "pending")) {
+    if (run_now && !task.runner.empty()) continue;
     task.state = "canceled";
     task.last_error = "the job was canceled before this device started";
     canceled.push_back(std::move(task));
@@ -478,6 +484,8 @@ std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
         task.state != "aborted") {
       continue;
     }
+    // Offline with a retry to come: still its runner's (it retries until the deadline).
+    if (task.state == "offline" && task.next_at != 0) continue;
     task.state = "pending";
     task.attempts = 0;
     task.next_at = 0;

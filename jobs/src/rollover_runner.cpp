@@ -82,8 +82,8 @@ void Runner::load() {
   m_job = std::move(*job);
   m_params = parse_params(m_job.params_json, "job " + m_job_id + " parameters");
   m_state = m_job.state;
-  // What the job issued so far; the open intents of a task are abandoned when it is claimed.
-  m_recovered = m_issuer.issued();
+  // What the job issued is read per device as tasks are claimed (make_live); the open intents
+  // of a task are abandoned when it is claimed.
 }
 
 std::int64_t Runner::stale_before() { return m_stores.registry_time() - kLeaseStale; }
@@ -122,14 +122,14 @@ Live Runner::make_live(JobTask row) {
           ie->primary_sha256.empty() ? engine::Slot::kSecondary : engine::Slot::kPrimary;
     }
   }
-  // Started by a runner that stopped (or was taken over) after this runner loaded what the job
-  // issued: the certificate it may have recorded for the device is installed, not signed again.
-  if (t.row.state == "active" && m_recovered.count(t.row.device_id) == 0) {
-    for (auto& cert : m_stores.certs_of_device(t.row.device_id)) {
-      if (cert.batch_id != m_job_id || cert.state != engine::CertState::kIssued) continue;
-      auto [it, fresh] = m_recovered.try_emplace(cert.device_id, cert);
-      if (!fresh && cert.created_at >= it->second.created_at) it->second = std::move(cert);
-    }
+  // What the job issued for the device as it is now (another runner, killed or taken over, may
+  // have signed it after this one started, before its task row said so): that certificate is
+  // installed, never a second one signed. Read at each claim, never from an older copy.
+  m_recovered.erase(t.row.device_id);
+  for (auto& cert : m_stores.certs_of_device(t.row.device_id)) {
+    if (cert.batch_id != m_job_id || cert.state != engine::CertState::kIssued) continue;
+    auto [it, fresh] = m_recovered.try_emplace(cert.device_id, cert);
+    if (!fresh && cert.created_at >= it->second.created_at) it->second = std::move(cert);
   }
   return t;
 }

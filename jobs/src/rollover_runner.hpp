@@ -30,7 +30,7 @@ using Steady = std::chrono::steady_clock;
 constexpr auto kControlEvery = std::chrono::milliseconds(500);
 constexpr auto kTransientRetry = std::chrono::seconds(2);
 constexpr auto kRetryBackoff = std::chrono::seconds(2);
-constexpr auto kLeaseStale = 15;  // seconds without a heartbeat before another runner may take over
+constexpr auto kLeaseStale = kJobHeartbeatStale;  // before another runner may take over
 // A runner claims what it can start in kClaimAhead at its rate (its in-flight limit at most, and
 // kClaimAtLeast at least), and claims again once fewer than half of those are left to start:
 // the job's other runners find tasks to claim.

@@ -67,6 +67,8 @@ bool Registry::acquire_job(const std::string& id, const std::string& runner, std
     }
     // Taken over from a stale holder: it writes nothing more, and its tasks are free.
     if (!before->empty() && *before != runner) drop_member(*m_impl, id, *before);
+    // A runner starts here: tasks an earlier run under its name held are free again.
+    drop_member(*m_impl, id, runner);
     add_member(*m_impl, id, runner, now);
     return true;
   });
@@ -77,6 +79,7 @@ void Registry::join_job(const std::string& id, const std::string& runner, std::i
   if (runner.empty()) throw Error(ErrorCode::kInvalidArgument, what + ": no runner named");
   m_impl->write(what, [&] {
     require_job(*m_impl, id, what);
+    drop_member(*m_impl, id, runner);
     add_member(*m_impl, id, runner, now);
   });
 }

@@ -143,6 +143,9 @@ struct RunnerOptions {
 // among the runners), and returns once nothing is left to claim; otherwise kHomeBusy.
 // Per-device outcomes are task states; token, registry and trigger set-up failures throw (the
 // job stays resumable).
+// Seconds without a heartbeat after which a job's runner counts as gone.
+inline constexpr std::int64_t kJobHeartbeatStale = 15;
+
 // Whether runners other than the lease's holder may take tasks of the job: a running device or
 // CA rollover, or an incident whose job-level steps are done (its devices are moving).
 bool can_share_job(const engine::JobRecord& job);

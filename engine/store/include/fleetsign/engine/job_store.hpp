@@ -107,7 +107,8 @@ class JobStore {
   //
   // The lease: the job becomes `runner`'s when it has no runner, or `runner` holds it already,
   // or its heartbeat is older than `stale_before`. Returns whether `runner` holds it now; when it
-  // does, `runner` is also a member.
+  // does, `runner` is also a member. Both calls start a run: open tasks an earlier run under the
+  // same name held (a restarted host with the same pid) are freed.
   virtual bool acquire_job(const std::string& id, const std::string& runner, std::int64_t now,
                            std::int64_t stale_before) = 0;
   // `runner` becomes (or stays) a member, without the lease. kNotFound when there is no job.
