@@ -67,7 +67,8 @@ namespace fs = std::filesystem;
 
 constexpr int kDefaultTick = 60;
 constexpr int kMaxTick = 86400;
-constexpr std::int64_t kLeaseStale = 15;  // seconds without heartbeat: the runner is gone
+// Seconds without a heartbeat after which a job's runner is gone (the runners' own limit).
+constexpr std::int64_t kLeaseStale = jobs::kJobHeartbeatStale;
 constexpr auto kPoll = std::chrono::milliseconds(200);
 // The scheduler's lease (one serve of the registry schedules): renewed every kLeaseRenew. On
 // SQLite a serve that stops renewing loses it after kSchedulerLease (at once when it is a dead
