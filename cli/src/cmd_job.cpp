@@ -75,10 +75,15 @@ Poco::JSON::Object progress_json(const jobs::JobProgress& p) {
   o.set("createdAt", engine::iso8601(p.job.created_at));
   if (p.job.finished_at != 0) o.set("finishedAt", engine::iso8601(p.job.finished_at));
   if (!p.job.runner.empty()) o.set("runner", p.job.runner);
-  if (p.job.report_json != "{}" && !p.job.report_json.empty()) {
+  // The job's own records, written by fleetsign: the rollout it was started with (rate, waves,
+  // thresholds, deadline) and its job-level progress.
+  for (const auto& [key, text] :
+       {std::pair<const char*, const std::string&>{"params", p.job.params_json},
+        {"report", p.job.report_json}}) {
+    if (text.empty() || text == "{}") continue;
     try {
       Poco::JSON::Parser parser;
-      o.set("report", parser.parse(p.job.report_json));
+      o.set(key, parser.parse(text));
     } catch (const Poco::Exception&) {
     }
   }
@@ -259,8 +264,11 @@ int run_job_resume(Context& ctx) {
   const std::string id = job_arg(ctx);
   auto job = ctx.registry().find_job(id);
   if (!job) throw Error(ErrorCode::kNotFound, "no job '" + id + "'");
-  // `serve` runs only running jobs: a pause made after it chose this one stands.
-  if (ctx.args().has("if-running") && job->state != "running")
+  // `serve` runs only running jobs, and stopped ones that did not end: a pause made after it
+  // chose this one stands.
+  const bool stopping =
+      (job->state == "aborted" || job->state == "canceled") && job->finished_at == 0;
+  if (ctx.args().has("if-running") && job->state != "running" && !stopping)
     return print_state(ctx, id, job->state);
   if (job->state == "paused") jobs::reopen_job(ctx.registry(), id);
   if (ctx.args().has("no-run")) return print_state(ctx, id, ctx.registry().find_job(id)->state);
@@ -325,7 +333,8 @@ void add_job_commands(std::vector<Command>& commands) {
               [](Poco::Util::OptionSet& s) {
                 add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
                 add_flag(s, "no-run", "only reopen a paused job (`serve` runs it)");
-                add_flag(s, "if-running", "run it only if it is running (never reopen a pause)");
+                add_flag(s, "if-running",
+                         "run it only if it is running or stopping (never reopen a pause)");
                 add_flag(s, "json", "print as JSON");
               },
               run_job_resume});

@@ -5,6 +5,7 @@
 #include <Poco/JSON/Parser.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -65,7 +66,7 @@ std::vector<std::string> read_device_list(const Context& ctx, const fs::path& fi
 
 // The options of a job run (rollover start and ca): pace, thresholds, timeouts, the PIN, output.
 void add_job_options(Poco::Util::OptionSet& s, const char* deadline_help) {
-  add_option(s, "rate", "N", "devices started per minute at most");
+  add_option(s, "rate", "N[/min|/s]", "devices started per minute (or per second) at most");
   add_option(s, "exponential", "BASE,FACTOR,EVERY",
              "start at BASE/min, multiply by FACTOR after every EVERY devices done");
   add_option(s, "wave", "N", "devices per wave; a wave starts when the last one settled");
@@ -126,7 +127,27 @@ jobs::RolloverParams params_from(Context& ctx, bool selection) {
     }
     return *v;
   };
-  p.rollout.per_minute = bounded("rate", 1, 10'000'000, 0);
+  if (auto r = a.get("rate")) {
+    // N or N/min (devices per minute), or N/s.
+    std::string_view v = *r;
+    long long scale = 1;
+    if (v.ends_with("/min")) {
+      v.remove_suffix(4);
+    } else if (v.ends_with("/s")) {
+      v.remove_suffix(2);
+      scale = 60;
+    }
+    long long n = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc{} || end != v.data() + v.size() || v.empty() || n < 1 ||
+        n > 10'000'000 / scale) {
+      throw Error(ErrorCode::kUsage,
+                  "--rate N[/min|/s]: devices per minute (or per second), 1 to 10,000,000 a "
+                  "minute; got '" +
+                      *r + "'");
+    }
+    p.rollout.per_minute = static_cast<int>(n * scale);
+  }
   if (auto e = a.get("exponential")) {
     double base = 0, factor = 0;
     int every = 0;

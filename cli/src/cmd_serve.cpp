@@ -5,8 +5,9 @@
 //      --due` (which also installs the broker's CRL file); one near nextUpdate is warned about;
 //   1. the broker: started when HOME/broker is set up and mosquitto is not running (it died);
 //   2. the scheduler: rollover jobs created by policy, expiry alerts logged (and audited);
-//   3. the jobs: each job in state running whose lease is free or stale, and that has no child
-//      of ours already, is run by a child `fleetsign --home HOME --wait job resume ID` (spawned,
+//   3. the jobs: each job in state running whose lease is free or stale (or aborted or canceled
+//      with open tasks, by a runner that died before it ended), and that has no child of ours
+//      already, is run by a child `fleetsign --home HOME --wait job resume ID` (spawned,
 //      never forked, with the PIN in FLEETSIGN_PIN of its environment, never in argv). A child
 //      that dies is simply spawned again at a later tick: the job resumes where it stopped. A
 //      --worker also spawns one for a job another worker runs while tasks of it wait unclaimed:
@@ -322,13 +323,19 @@ Poco::JSON::Object Server::tick() {
 
   Poco::JSON::Array spawned;
   const std::int64_t now = m_ctx.registry().registry_time();  // runners' heartbeats use it too
-  for (const auto& job : m_ctx.registry().list_jobs({.limit = 0})) {
+  for (const auto& job : m_ctx.registry().list_jobs(engine::ListPage{})) {
     if (g_stop != 0 || m_token_failed) break;
-    if (job.state != "running") continue;
+    // A job stopped (aborted, canceled) by a runner that died before it ended: its open tasks
+    // still need a runner to settle them (a device half-way through a switch finishes it).
+    const bool stopping =
+        (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
+    if (job.state != "running" && !stopping) continue;
     bool ours = false;
     for (const auto& [pid, id] : m_children) ours = ours || id == "job " + job.id;
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
+    if (stopping && (!free || m_ctx.registry().job_share(job.id, now - kLeaseStale).open == 0))
+      continue;
     // A worker helps a job another worker runs while some of its tasks wait for a runner.
     const bool help =
         !free && m_worker && jobs::can_share_job(job) &&

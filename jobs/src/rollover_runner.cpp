@@ -173,7 +173,7 @@ double Runner::current_rate() const {
   const Rollout& r = m_params.rollout;
   double rate = r.per_minute;
   if (r.base_per_minute > 0 && r.every > 0) {
-    const double steps = std::floor(static_cast<double>(m_done) / r.every);
+    const double steps = std::floor(static_cast<double>(done_count()) / r.every);
     rate = r.base_per_minute * std::pow(std::max(1.0, r.factor), steps);
     if (r.per_minute > 0) rate = std::min<double>(rate, r.per_minute);
   }

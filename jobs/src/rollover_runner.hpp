@@ -107,6 +107,8 @@ class Runner {
   bool control(Steady::time_point now);
   void stop_all(const std::string& state, const std::string& why);
   void check_abort();
+  void tally_job();  // m_job_done/m_job_failed from the registry
+  std::int64_t done_count() const { return std::max(m_done, m_job_done); }
   double current_rate() const;
   bool wave_open(std::size_t i) const;
   const engine::Issuer& issuer_for(const Live& t);
@@ -147,6 +149,10 @@ class Runner {
   CompletionQueue m_queue;
   std::size_t m_active = 0;
   std::int64_t m_done = 0, m_failed = 0, m_settled_exec = 0, m_flushes = 0;
+  // The job's devices settled since this runner started, by every runner (read from the
+  // registry while the job is shared): the abort threshold and the rate's ramp judge the job, not
+  // one runner's part of it. m_base_*: the job's counts when this runner started.
+  std::int64_t m_job_done = 0, m_job_failed = 0, m_base_done = 0, m_base_failed = 0;
   double m_tokens = 1;
   Steady::time_point m_last_tokens = Steady::now();
   std::size_t m_wave = 0;

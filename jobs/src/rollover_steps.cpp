@@ -203,16 +203,41 @@ void Runner::settle(std::size_t i, const std::string& state, const std::string& 
   check_abort();
 }
 
+namespace {
+struct Tally {
+  std::int64_t done = 0, failed = 0;
+};
+Tally count_settled(engine::Stores& stores, const std::string& job_id) {
+  Tally t;
+  for (const auto& [state, n] : stores.count_job_tasks(job_id)) {
+    if (state == "done") t.done += n;
+    if (state == "refused" || state == "timed-out") t.failed += n;
+  }
+  return t;
+}
+}  // namespace
+
+void Runner::tally_job() {
+  const Tally t = count_settled(m_stores, m_job_id);
+  // A task retried since (retry-failed) leaves the counts: never below this runner's start.
+  m_job_done = std::max<std::int64_t>(0, t.done - m_base_done);
+  m_job_failed = std::max<std::int64_t>(0, t.failed - m_base_failed);
+}
+
 void Runner::check_abort() {
   if (m_params.abort_percent <= 0 || m_state != "running") return;
-  if (m_settled_exec < std::max(1, m_params.min_executed)) return;
-  if (static_cast<double>(m_failed) * 100.0 <
-      m_params.abort_percent * static_cast<double>(m_settled_exec)) {
+  // This runner's own devices (some not flushed yet), or the job's since it started when that
+  // says more: a threshold is crossed by the devices of all the job's runners together.
+  const std::int64_t failed = std::max(m_failed, m_job_failed);
+  const std::int64_t executed = std::max(m_settled_exec, m_job_done + m_job_failed);
+  if (executed < std::max(1, m_params.min_executed)) return;
+  if (static_cast<double>(failed) * 100.0 <
+      m_params.abort_percent * static_cast<double>(executed)) {
     return;
   }
   m_state = "aborted";
-  stop_all("aborted", "the job stopped: " + std::to_string(m_failed) + " of " +
-                          std::to_string(m_settled_exec) + " devices failed (threshold " +
+  stop_all("aborted", "the job stopped: " + std::to_string(failed) + " of " +
+                          std::to_string(executed) + " devices failed (threshold " +
                           std::to_string(static_cast<int>(m_params.abort_percent)) + "%)");
   // The job's other runners stop at their next look at the job (the lease's holder records the
   // end once every device has stopped).
@@ -295,6 +320,11 @@ bool Runner::control(Steady::time_point) {
   // The job's other runners: the rate is shared among them, and tasks are claimed as this
   // runner's own run low (those of a runner whose heartbeat went stale with them).
   m_share = m_stores.job_share(m_job_id, stale_before());
+  const bool judged = m_params.abort_percent > 0 || m_params.rollout.base_per_minute > 0;
+  if (judged && m_state == "running" && (m_share.runners > 1 || !m_lead)) {
+    tally_job();
+    check_abort();
+  }
   try {
     if (m_admitting && m_state == "running") {
       if (static_cast<std::int64_t>(m_pending.size()) < claim_size() / 2) claim(claim_size());
@@ -365,6 +395,11 @@ JobRecord Runner::run() {
   }
   m_index.emplace(engine::GroupIndex::load(m_stores));
   m_share = m_stores.job_share(m_job_id, now - kLeaseStale);
+  if (m_params.abort_percent > 0 || m_params.rollout.base_per_minute > 0) {
+    const Tally base = count_settled(m_stores, m_job_id);
+    m_base_done = base.done;
+    m_base_failed = base.failed;
+  }
   if (m_state == "aborted" || m_state == "canceled") {
     // Start nothing new; a device that was switching (its certificate installed) finishes.
     m_admitting = false;

@@ -170,6 +170,40 @@ TEST_F(Serve, SigtermStopsSpawningStopsTheChildrenAndExitsZero) {
   EXPECT_EQ(job(id)->getValue<std::string>("state"), "running");
 }
 
+// A job another runner aborted (its devices crossed the threshold) or that was canceled, whose
+// lease holder then died before ending it: its open tasks wait for a runner. serve runs it to its
+// end, never reopening it: the devices settle as aborted and the job records when it ended.
+TEST_F(Serve, RunsToItsEndAJobStoppedByARunnerThatDiedBeforeEndingIt) {
+  const std::string id =
+      json(bin.ok("rollover start --group fleet --no-run --deadline 120s --offline-retry 1 --json")
+               .out)
+          ->getValue<std::string>("id");
+  {
+    // A runner on another host took the job and its devices, recorded the abort, and went silent.
+    auto reg = engine::Registry::open(test::home_registry_location(home));
+    const std::int64_t long_ago = reg->registry_time() - 3600;
+    ASSERT_TRUE(reg->acquire_job(id, "elsewhere:4242", long_ago, long_ago));
+    ASSERT_EQ(reg->claim_job_tasks(id, "elsewhere:4242", long_ago, 1000, 0).size(), 3u);
+    reg->set_job_state(id, "aborted", 0);
+  }
+  ASSERT_FALSE(job(id)->has("finishedAt"));
+  const auto served = bin.run("serve --once --json");
+  ASSERT_EQ(served.status, 0) << served.err;
+  const auto summary = json(served.out);
+  ASSERT_EQ(summary->getArray("jobs_spawned")->size(), 1u) << served.out << served.err;
+  EXPECT_EQ(summary->getArray("jobs_spawned")->getElement<std::string>(0), id);
+  const auto shown = job(id);
+  std::ostringstream text;
+  shown->stringify(text);
+  EXPECT_EQ(shown->getValue<std::string>("state"), "aborted") << text.str();
+  EXPECT_TRUE(shown->has("finishedAt")) << text.str();
+  const auto states = shown->getObject("states");
+  EXPECT_FALSE(states->has("pending") || states->has("active")) << text.str();
+  EXPECT_EQ(states->optValue<int>("aborted", 0), 3) << text.str();
+  // Ended: the next tick leaves it alone.
+  EXPECT_EQ(json(bin.ok("serve --once --json").out)->getArray("jobs_spawned")->size(), 0u);
+}
+
 // Several serves over one PostgreSQL registry: a worker's serve holds the scheduler's lease and
 // re-signs CRLs into the registry, never into a broker of its own (its home holds only the
 // broker's client side); the serve beside the broker installs the registry's new CRL into the
