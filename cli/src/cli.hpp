@@ -128,8 +128,9 @@ std::string issue_endpoint(Context& ctx, const std::string& ca, const engine::Tl
                            const std::filesystem::path& key_path);
 void add_serve_commands(std::vector<Command>& commands);   // serve
 void add_worker_commands(std::vector<Command>& commands);  // worker clone, batch work
-// A lease holder's name, "host:pid" (cmd_worker.cpp), and whether the holder named is a process of
-// this host that is gone (a lease it held is free at once, not when it expires).
+// A lease holder's name, "host~tag:pid" (cmd_worker.cpp; the tag names the kernel's boot and the
+// PID namespace), and whether the holder named is a process of this host that is gone (a lease it
+// held is free at once, not when it expires).
 std::string host_name();
 std::string process_holder_name();
 bool holder_is_gone(const std::string& holder);

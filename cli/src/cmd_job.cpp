@@ -26,12 +26,6 @@ namespace {
 
 constexpr int kJobIncomplete = 13;  // exit: the job ended with devices not rolled
 
-std::string runner_name() {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
-  return std::string(host) + ":" + std::to_string(getpid());
-}
-
 std::string eta_text(std::int64_t s) {
   if (s < 0) return "?";
   char buf[32];
@@ -167,7 +161,7 @@ int report(Context& ctx, const std::string& job_id, bool list_done) {
 int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   auto trigger = open_fleet_backend(ctx.home_dir());
   jobs::RunnerOptions options;
-  options.runner = runner_name();
+  options.runner = process_holder_name();
   options.progress = progress_line(ctx);
   options.crls_changed = [&ctx] {
     const std::string line = refresh_crls_and_broker(ctx, {});

@@ -12,6 +12,7 @@
 #include <climits>
 #include <condition_variable>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -31,11 +32,35 @@ std::string host_name() {
   return host;
 }
 
-std::string process_holder_name() { return host_name() + ":" + std::to_string(::getpid()); }
+std::string host_identity() {
+  // The host name alone is not enough: two containers given one host name would share lease
+  // names (their PIDs too, often 1), and each would take the other's dead-looking process for its
+  // own. The kernel's boot and the PID namespace tell them apart, and stay the same for every
+  // process that can see the others' PIDs.
+  static const std::string identity = [] {
+    std::string seed;
+    if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "re")) {
+      char buf[64] = {};
+      seed.assign(buf, std::fread(buf, 1, sizeof buf, f));
+      std::fclose(f);
+    }
+    char ns[128] = {};
+    const ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+    if (n > 0) seed.append(ns, static_cast<std::size_t>(n));
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a: stable across builds and versions
+    for (const unsigned char c : seed) h = (h ^ c) * 1099511628211ull;
+    char tag[16];
+    std::snprintf(tag, sizeof tag, "%08llx", static_cast<unsigned long long>(h & 0xffffffffu));
+    return host_name() + "~" + tag;
+  }();
+  return identity;
+}
+
+std::string process_holder_name() { return host_identity() + ":" + std::to_string(::getpid()); }
 
 bool holder_is_gone(const std::string& holder) {
   const auto colon = holder.rfind(':');
-  if (colon == std::string::npos || holder.substr(0, colon) != host_name()) return false;
+  if (colon == std::string::npos || holder.substr(0, colon) != host_identity()) return false;
   try {
     const pid_t pid = static_cast<pid_t>(std::stol(holder.substr(colon + 1)));
     return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH;

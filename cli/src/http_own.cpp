@@ -203,7 +203,7 @@ Answer metrics(HttpService::Impl& impl) {
   impl.with_reports([&](engine::Stores& s) {
     std::map<std::string, int> jobs = {
         {"running", 0}, {"paused", 0}, {"finished", 0}, {"canceled", 0}, {"aborted", 0}};
-    for (const auto& j : s.list_jobs({.limit = 0})) jobs[j.state]++;
+    for (const auto& j : s.list_jobs(engine::ListPage{})) jobs[j.state]++;
     metric(out, "fleetsign_jobs", "gauge", "Jobs, by state.");
     for (const auto& [state, n] : jobs) {
       out += "fleetsign_jobs{state=\"" + state + "\"} " + std::to_string(n) + "\n";

@@ -34,7 +34,7 @@
 
 namespace fleetsign::jobs::runner_detail {
 
-// "host:pid" of a lease holder on this host (the same host as `self`) whose process is gone.
+// "host:pid" of a lease holder on this host (the same host part as `self`) whose process is gone.
 bool holder_is_dead(const std::string& holder, const std::string& self) {
   const auto colon = holder.rfind(':');
   const auto self_colon = self.rfind(':');
