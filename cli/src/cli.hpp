@@ -132,6 +132,9 @@ void add_worker_commands(std::vector<Command>& commands);  // worker clone, batc
 // PID namespace), and whether the holder named is a process of this host that is gone (a lease it
 // held is free at once, not when it expires).
 std::string host_name();
+// A child of `serve` names the error that ends it on serve's status channel (run.cpp; a command
+// that reports its own failure and returns its exit status calls it itself).
+void tell_parent(const Error& e);
 std::string process_holder_name();
 bool holder_is_gone(const std::string& holder);
 // The test hook (cmd_serve.cpp): --now UNIX or FLEETSIGN_TEST_NOW pins a clock (serve's scheduler,

@@ -190,7 +190,9 @@ int run_sign(Context& ctx) {
     if (!broker_line.empty()) std::printf("%s\n", broker_line.c_str());
   }
   // The first failure's exit status (see the README's table); the others are on stderr.
-  return failure ? exit_status_for(failure->code()) : 0;
+  if (!failure) return 0;
+  tell_parent(*failure);
+  return exit_status_for(failure->code());
 }
 
 }  // namespace

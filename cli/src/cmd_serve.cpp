@@ -16,6 +16,7 @@
 // keeps running (it is a service of its own). --once: one tick, waiting for the children.
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -39,6 +40,7 @@
 #include "fleetsign/jobs/rollover.hpp"
 #include "fleetsign/jobs/scheduler.hpp"
 #include "http_service.hpp"
+#include "serve_children.hpp"
 
 extern char** environ;
 
@@ -101,11 +103,7 @@ class Server final {
   Server& operator=(const Server&) = delete;
 
   Poco::JSON::Object tick();
-  // Reaps children that exited; blocks until all have when `all`.
-  void reap(bool all);
-  void stop_children();
-  bool has_children() const { return !m_children.empty(); }
-  bool token_failed() const { return m_token_failed; }
+  ServeChildren& children() { return m_children; }
   // Takes or renews the scheduler's lease; whether this serve holds it.
   bool hold_scheduler_lease();
   void release_scheduler_lease();
@@ -115,10 +113,10 @@ class Server final {
  private:
   std::string supervise_broker();
   Poco::JSON::Array check_crls();
-  // Runs `fleetsign --home HOME ARGS` as a child known by `label` (a job ID, or "crl").
-  void spawn(const std::string& label, const std::vector<std::string>& args);
-
-  bool has_child(const std::string& label) const;
+  void spawn(const std::string& label, const std::vector<std::string>& args) {
+    m_children.spawn(label, args, m_pin);
+  }
+  bool has_child(const std::string& label) const { return m_children.has(label); }
 
   Context& m_ctx;
   bool m_worker;  // one of several serves: no broker here
@@ -129,9 +127,7 @@ class Server final {
   std::unique_ptr<engine::Clock> m_clock;
   jobs::Scheduler m_scheduler;
   fs::path m_self;
-  std::map<pid_t, std::string> m_children;  // pid → "job ID" or "crl"
-  Poco::JSON::Array m_finished;             // {"job", "status"} of the children reaped
-  bool m_token_failed = false;
+  ServeChildren m_children{m_self, m_ctx.home_dir(), log};  // "job ID", "crl", "shares"
 };
 
 // "absent" (no broker set up), "running", "started", or "failed".
@@ -170,7 +166,7 @@ Poco::JSON::Array Server::check_crls() {
     o.set("revoked_since", c.revoked_since);
     out.add(o);
   }
-  if (sign && !has_child("crl") && !m_token_failed) {
+  if (sign && !has_child("crl") && !m_children.token_failed()) {
     std::vector<std::string> args = {"crl", "sign", "--due", "--wait"};
     if (m_now_arg) {
       args.push_back("--now");
@@ -179,52 +175,6 @@ Poco::JSON::Array Server::check_crls() {
     spawn("crl", args);
   }
   return out;
-}
-
-void Server::spawn(const std::string& label, const std::vector<std::string>& args) {
-  const std::string home = m_ctx.home_dir().string();
-  // --wait: the home's lock is one process's at a time, so a second job's runner queues.
-  std::vector<std::string> argv_s = {m_self.string(), "--home", home};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_s;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "FLEETSIGN_PIN=", 14) != 0 &&
-        std::strncmp(*e, "FLEETSIGN_SO_PIN=", 17) != 0 &&
-        std::strncmp(*e, "FLEETSIGN_PFX_PASSWORD=", 23) != 0) {
-      env_s.emplace_back(*e);
-    }
-  }
-  // Who spawned it: `batch work` dies with this process (PR_SET_PDEATHSIG), so that killing a
-  // worker's serve stops its signing too, and its shares' leases run out for the other workers.
-  env_s.push_back("FLEETSIGN_SERVE_PID=" + std::to_string(::getpid()));
-  env_s.push_back(std::string("FLEETSIGN_PIN=") + m_pin.c_str());
-  std::vector<char*> env;
-  for (auto& e : env_s) env.push_back(e.data());
-  env.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, 2, 1);  // its report goes to the log, not our stdout
-  posix_spawn_file_actions_addclosefrom_np(&actions,
-                                           3);  // none of our sockets (the HTTP service's)
-  pid_t pid = 0;
-  const SpawnAttr attr;
-  const int rc = posix_spawn(&pid, argv[0], &actions, attr.get(), argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  explicit_bzero(env_s.back().data(), env_s.back().size());
-  if (rc != 0) {
-    log(label + ": cannot start " + m_self.string() + ": " + std::strerror(rc));
-    return;
-  }
-  m_children.emplace(pid, label);
-  log(label + ": running it in process " + std::to_string(pid));
-}
-
-bool Server::has_child(const std::string& label) const {
-  return std::any_of(m_children.begin(), m_children.end(),
-                     [&](const auto& child) { return child.second == label; });
 }
 
 bool Server::hold_scheduler_lease() {
@@ -324,14 +274,13 @@ Poco::JSON::Object Server::tick() {
   Poco::JSON::Array spawned;
   const std::int64_t now = m_ctx.registry().registry_time();  // runners' heartbeats use it too
   for (const auto& job : m_ctx.registry().list_jobs(engine::ListPage{})) {
-    if (g_stop != 0 || m_token_failed) break;
+    if (g_stop != 0 || m_children.token_failed()) break;
     // A job stopped (aborted, canceled) by a runner that died before it ended: its open tasks
     // still need a runner to settle them (a device half-way through a switch finishes it).
     const bool stopping =
         (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
     if (job.state != "running" && !stopping) continue;
-    bool ours = false;
-    for (const auto& [pid, id] : m_children) ours = ours || id == "job " + job.id;
+    const bool ours = has_child("job " + job.id);
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
     if (stopping && (!free || m_ctx.registry().job_share(job.id, now - kLeaseStale).open == 0))
@@ -347,54 +296,13 @@ Poco::JSON::Object Server::tick() {
   out.set("jobs_spawned", spawned);
   // Shares of shared batches (issue --share) waiting: one child claims and runs them in turn.
   bool shares = false;
-  if (g_stop == 0 && !m_token_failed && !has_child("shares") &&
+  if (g_stop == 0 && !m_children.token_failed() && !has_child("shares") &&
       m_ctx.registry().claimable_batch_shares(now) > 0) {
     spawn("shares", {"batch", "work", "--wait"});
     shares = true;
   }
   out.set("shares_spawned", shares);
   return out;
-}
-
-void Server::reap(bool all) {
-  // Each of ours by its pid: the HTTP service's request threads wait for children of their own.
-  for (auto it = m_children.begin(); it != m_children.end();) {
-    int status = 0;
-    const pid_t pid = ::waitpid(it->first, &status, all ? 0 : WNOHANG);
-    if (pid == 0) {
-      ++it;
-      continue;
-    }
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      it = m_children.erase(it);
-      continue;
-    }
-    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    log(it->second + ": process " + std::to_string(pid) +
-        (code >= 0 ? " exited with status " + std::to_string(code)
-                   : " died by signal " + std::to_string(WTERMSIG(status))));
-    // Token errors (exit 4: a wrong or locked PIN, the token gone) would only spend login attempts
-    // if repeated: stop running jobs until an operator restarts serve.
-    if (code == exit_status_for(ErrorCode::kPinIncorrect) && !m_token_failed) {
-      m_token_failed = true;
-      log("the token refused the job's runner (exit 4): no more jobs are run until serve is "
-          "restarted with a working PIN");
-    }
-    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
-    o.set("job", it->second.rfind("job ", 0) == 0 ? it->second.substr(4) : it->second);
-    o.set("status", code);
-    m_finished.add(o);
-    it = m_children.erase(it);
-  }
-}
-
-void Server::stop_children() {
-  for (const auto& [pid, job] : m_children) {
-    log(job + ": stopping process " + std::to_string(pid));
-    ::kill(pid, SIGTERM);
-  }
-  reap(true);
 }
 
 // --http HOST:PORT: the HTTP service (http_service.hpp), its certificate made first when the
@@ -511,8 +419,8 @@ int run_serve(Context& ctx) {
     }
     if (once) {
       auto renew = std::chrono::steady_clock::now() + kLeaseRenew;
-      while (server.has_children() && g_stop == 0) {
-        server.reap(false);
+      while (server.children().any() && g_stop == 0) {
+        server.children().reap(false);
         if (server.scheduling() && std::chrono::steady_clock::now() >= renew) {
           renew = std::chrono::steady_clock::now() + kLeaseRenew;
           server.hold_scheduler_lease();  // its connection must not sit idle while held
@@ -525,7 +433,7 @@ int run_serve(Context& ctx) {
     const auto next = std::chrono::steady_clock::now() + std::chrono::seconds(tick_s);
     auto renew = std::chrono::steady_clock::now() + kLeaseRenew;
     while (g_stop == 0 && !g_wake.exchange(false) && std::chrono::steady_clock::now() < next) {
-      server.reap(false);
+      server.children().reap(false);
       if (std::chrono::steady_clock::now() >= renew) {
         renew = std::chrono::steady_clock::now() + kLeaseRenew;
         // Renewed while held; taken when another serve's lease ended (it died): tick now.
@@ -540,11 +448,11 @@ int run_serve(Context& ctx) {
     log(ctx.args().has("worker") ? "stopping: no new jobs or shares"
                                  : "stopping: no new jobs; the broker keeps running");
   }
-  server.stop_children();
+  server.children().stop_all();
   server.release_scheduler_lease();
   log("stopped");
   // A runner the token refused (a wrong or locked PIN) is serve's failure too: exit as it did.
-  return server.token_failed() ? exit_status_for(ErrorCode::kPinIncorrect) : 0;
+  return server.children().token_failed() ? exit_status_for(ErrorCode::kPinIncorrect) : 0;
 }
 
 }  // namespace

@@ -4,10 +4,14 @@
 #include <Poco/Util/HelpFormatter.h>
 #include <Poco/Util/OptionException.h>
 #include <Poco/Util/OptionProcessor.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <sstream>
@@ -104,7 +108,25 @@ Args parse_options(const Command& c, Poco::Util::OptionSet& set,
   return args;
 }
 
+// A child of `serve` (FLEETSIGN_STATUS_FD, set by serve only) tells it which error ended it, in a
+// word: serve stops running jobs for a PIN the token refuses, not for every token error.
+int g_status_fd = -1;
+
+// Taken once at start: the variable is removed, and the descriptor closes on exec, so a process
+// this one starts never writes into whatever its own descriptor 3 is.
+void take_status_channel() {
+  const char* fd = std::getenv("FLEETSIGN_STATUS_FD");
+  if (fd == nullptr) return;
+  struct stat st {};
+  if (std::strcmp(fd, "3") == 0 && ::fstat(3, &st) == 0 && S_ISFIFO(st.st_mode) &&
+      ::fcntl(3, F_SETFD, FD_CLOEXEC) == 0) {
+    g_status_fd = 3;
+  }
+  ::unsetenv("FLEETSIGN_STATUS_FD");
+}
+
 int report(const fleetsign::Error& e, bool json) {
+  fleetsign::cli::tell_parent(e);
   if (json) {
     Poco::JSON::Object err;
     err.set("code", std::string(fleetsign::error_code_name(e.code())));
@@ -151,7 +173,16 @@ std::optional<fs::path> take_home_option(std::vector<std::string>& args) {
 
 }  // namespace
 
+void fleetsign::cli::tell_parent(const fleetsign::Error& e) {
+  if (g_status_fd < 0) return;
+  const std::string_view name = fleetsign::error_code_name(e.code());
+  if (::write(g_status_fd, name.data(), name.size()) < 0) {
+    // serve then acts on the exit status alone, as for a child that died
+  }
+}
+
 int fleetsign::cli::run_main(int argc, char** argv) {
+  take_status_channel();
   std::vector<std::string> argv_rest(argv + 1, argv + argc);
   std::optional<fs::path> home;
   try {

@@ -235,5 +235,44 @@ TEST_F(Serve, TheBrokersCrlFileFollowsACrlSignedByAWorker) {
       << "the broker's CRL file does not hold the CRL the worker signed";
 }
 
+// A PIN the token refuses ends the child with pin_incorrect on serve's status channel: serve runs
+// no more children (each would spend a login attempt) and exits with the token's status.
+TEST_F(Serve, APinTheTokenRefusesStopsItsChildren) {
+  const std::string id =
+      json(bin.ok("rollover start --group fleet --no-run --deadline 60s --json").out)
+          ->getValue<std::string>("id");
+  testing::write_file(path("wrong-pin"), "99999999\n");
+  const auto served = bin.run("serve --once --json --pin-file " + quoted(path("wrong-pin")));
+  EXPECT_EQ(served.status, 4) << served.err;
+  EXPECT_NE(served.err.find("(pin_incorrect)"), std::string::npos) << served.err;
+  EXPECT_NE(served.err.find("no more jobs are run"), std::string::npos) << served.err;
+  EXPECT_EQ(job(id)->getValue<std::string>("state"), "running");
+}
+
+// A worker home cloned before a CA was made has no key for it: the CRL that CA is due is not
+// this worker's to sign. Its serve says so and goes on running jobs; only a PIN the token refuses
+// (or a token gone) stops a serve's children, since trying again would only spend login attempts.
+TEST_F(Serve, AWorkersTokenWithoutANewCasKeyDoesNotStopItsJobs) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  bin.ok("crl sign --all");
+  bin.ok("worker clone " + quoted(path("w1")));
+  bin.ok("ca create-intermediate --name late --issuer root --days 365 --subject /CN=Late");
+  testing::Binary worker{dir.path() / "w1"};
+  // A month on, every CA's CRL is due (its nextUpdate passed), the new CA's too.
+  const std::string month_on = std::to_string(std::time(nullptr) + 30 * 86400);
+  const auto served = worker.run("serve --worker --once --json --now " + month_on);
+  EXPECT_EQ(served.status, 0) << served.err;  // was 4: taken for a PIN the token refused
+  const auto summary = json(served.out);
+  EXPECT_TRUE(summary->getValue<bool>("scheduling")) << served.out;
+  EXPECT_NE(served.err.find("crl: process"), std::string::npos) << served.err;
+  EXPECT_NE(served.err.find("(key_not_found)"), std::string::npos) << served.err;
+  EXPECT_NE(served.err.find("a CA's key is not in this home's token"), std::string::npos)
+      << served.err;
+  EXPECT_EQ(served.err.find("no more jobs are run"), std::string::npos) << served.err;
+  // The CA's CRL is signed where its key is.
+  EXPECT_EQ(bin.run("crl sign --due --now " + month_on).status, 0);
+  EXPECT_NE(bin.ok("crl export late").out.find("BEGIN X509 CRL"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace fleetsign
