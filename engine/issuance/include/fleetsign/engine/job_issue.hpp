@@ -48,8 +48,9 @@ class JobIssuer final {
   // The certificates this job issued, by device (the newest when there are several), after the
   // job's open intents are abandoned. Call once, before issuing, when a job resumes.
   std::unordered_map<std::string, CertRecord> recover();
-  // The same certificates, with the intents left alone: a job shared by several runners
-  // abandons a task's open intents when a runner claims it (JobStore::claim_job_tasks).
+  // The same certificates, with the intents left alone (recover's second half). A runner of a
+  // shared job reads a claimed device's certificate on its own instead (certs_of_device): the
+  // claim already abandoned that task's open intents (JobStore::claim_job_tasks).
   std::unordered_map<std::string, CertRecord> issued();
 
  private:
