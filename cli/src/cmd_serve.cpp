@@ -283,8 +283,7 @@ Poco::JSON::Object Server::tick() {
     const bool ours = has_child("job " + job.id);
     const bool free =
         job.runner.empty() || job.heartbeat_at < now - kLeaseStale || holder_is_gone(job.runner);
-    if (stopping && (!free || m_ctx.registry().job_share(job.id, now - kLeaseStale).open == 0))
-      continue;
+    if (stopping && !free) continue;  // one with no open task is run too: it ends at once
     // A worker helps a job another worker runs while some of its tasks wait for a runner.
     const bool help =
         !free && m_worker && jobs::can_share_job(job) &&

@@ -227,10 +227,14 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
     }
   }
 
-  // A device already in a running or paused job is that job's until it settles there.
+  // A device already in a running or paused job is that job's until it settles there; so is one
+  // in a job aborted or canceled but not ended (its runner died: serve runs it to its end, and a
+  // device half-way through a switch finishes it).
   std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs({.limit = 1000})) {
-    if (job.state != "running" && job.state != "paused") continue;
+  for (const auto& job : stores.list_jobs({.limit = 1000, .after = {}})) {
+    const bool stopping =
+        (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
+    if (job.state != "running" && job.state != "paused" && !stopping) continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
         busy.emplace(t.device_id, job.id);

@@ -107,7 +107,8 @@ class Runner {
   bool control(Steady::time_point now);
   void stop_all(const std::string& state, const std::string& why);
   void check_abort();
-  void tally_job();  // m_job_done/m_job_failed from the registry
+  bool take_stale_lease();  // a helper becomes the holder when the holder's heartbeat is stale
+  void tally_job();         // m_job_done/m_job_failed from the registry
   std::int64_t done_count() const { return std::max(m_done, m_job_done); }
   double current_rate() const;
   bool wave_open(std::size_t i) const;

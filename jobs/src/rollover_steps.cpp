@@ -239,9 +239,12 @@ void Runner::check_abort() {
   stop_all("aborted", "the job stopped: " + std::to_string(failed) + " of " +
                           std::to_string(executed) + " devices failed (threshold " +
                           std::to_string(static_cast<int>(m_params.abort_percent)) + "%)");
-  // The job's other runners stop at their next look at the job (the lease's holder records the
-  // end once every device has stopped).
-  if (m_share.runners > 1 || !m_lead) m_stores.set_job_state(m_job_id, "aborted", 0);
+  // Recorded at once (the job's end comes when every device has stopped): the job's other
+  // runners stop at their next look, and a runner killed while its devices finish switching
+  // leaves the job aborted, not running. A pause or cancel made since this runner's last look
+  // stands.
+  if (const auto job = m_stores.find_job(m_job_id); job && job->state == "running")
+    m_stores.set_job_state(m_job_id, "aborted", 0);
 }
 
 // No new device starts; those not yet past installCertificate stop at their next answer; those
@@ -362,6 +365,20 @@ void Runner::stop_claimed() {
   }
 }
 
+bool Runner::take_stale_lease() {
+  const auto job = m_stores.find_job(m_job_id);
+  if (!job) return false;
+  const std::int64_t now = m_stores.registry_time();
+  const bool dead = holder_is_dead(job->runner, m_options.runner);
+  if (!dead && !job->runner.empty() && job->heartbeat_at >= now - kLeaseStale) return false;
+  // This runner holds no open task here (it is idle with nothing pending): taking the lease
+  // frees none of its own.
+  m_lead =
+      m_stores.acquire_job(m_job_id, m_options.runner, now, dead ? now + 1 : now - kLeaseStale);
+  if (m_lead) m_share = m_stores.job_share(m_job_id, now - kLeaseStale);
+  return m_lead;
+}
+
 JobRecord Runner::run() {
   load();
   const std::int64_t now = m_stores.registry_time();  // the lease's clock, as for the heartbeat
@@ -454,7 +471,9 @@ JobRecord Runner::run() {
       // Done here. A helper goes once nothing is left to claim; the lease's holder stays until
       // every task of the job has ended (the others' too), to do the job's last steps.
       if (m_state == "paused") break;
-      if (!m_lead && m_claimed_none) break;
+      // A helper with nothing left to claim leaves, unless the lease's holder is gone: then it
+      // takes the lease and ends the job itself (no serve may be running to do it).
+      if (!m_lead && m_claimed_none && !take_stale_lease()) break;
       if (m_lead && m_share.open == 0) break;  // read after its own tasks' last flush
     }
   }

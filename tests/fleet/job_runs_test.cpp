@@ -96,6 +96,47 @@ TEST_F(JobRuns, AnotherRunnersFailuresCrossTheJobsAbortThreshold) {
   EXPECT_NE(text.str().find("4 of 4 devices failed"), std::string::npos) << text.str();
 }
 
+// Two workers run a job; the lease's holder is killed. The helper takes over the holder's devices
+// and, with nothing left to claim and the holder gone, takes the lease and ends the job itself:
+// no serve need be running for the job to end.
+TEST_F(JobRuns, AHelperWhoseHolderDiedEndsTheJob) {
+  if (!test::test_registry_is_postgres()) GTEST_SKIP() << "workers share a PostgreSQL registry";
+  bin.ok("broker start");
+  bin.ok("worker clone " + quoted((dir.path() / "w1").string()));
+  const std::string id =
+      json(bin.ok("rollover start --group fleet --no-run --rate 6/min --deadline 8s "
+                  "--offline-retry 1 --json")
+               .out)
+          ->getValue<std::string>("id");
+  testing::CliProcess holder(home, {"job", "resume", id});
+  for (int i = 0; job(id)->optValue<std::string>("runner", "").empty(); ++i) {
+    ASSERT_LT(i, 300) << "no runner took the job";
+    ::usleep(100000);
+  }
+  testing::CliProcess helper(dir.path() / "w1", {"job", "resume", id});
+  const std::string members = "SELECT COUNT(*) FROM job_runners WHERE job_id = '" + id + "'";
+  for (int i = 0; test::raw_query(test::home_registry_location(home), members).at(0).at(0) != "2";
+       ++i) {
+    ASSERT_LT(i, 300) << "the second worker never joined the job";
+    ::usleep(100000);
+  }
+  holder.kill_now();
+  bool exited = false;
+  for (int i = 0; i < 600 && !exited; ++i) {
+    ::usleep(100000);
+    exited = !helper.running();
+  }
+  ASSERT_TRUE(exited) << "the helper did not end within 60 s";
+  helper.wait();
+  const auto shown = job(id);
+  std::ostringstream text;
+  shown->stringify(text);
+  EXPECT_EQ(shown->getValue<std::string>("state"), "finished") << text.str();
+  EXPECT_TRUE(shown->has("finishedAt")) << text.str();
+  const auto states = shown->getObject("states");
+  EXPECT_FALSE(states->has("pending") || states->has("active")) << text.str();
+}
+
 // --rate takes devices per minute, written N or N/min, or per second, N/s; anything else is a
 // usage error that names the option, and no job is recorded.
 TEST_F(JobRuns, RateIsPerMinuteOrPerSecondAndAnythingElseIsRefused) {

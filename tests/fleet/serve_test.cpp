@@ -174,6 +174,11 @@ TEST_F(Serve, SigtermStopsSpawningStopsTheChildrenAndExitsZero) {
 // lease holder then died before ending it: its open tasks wait for a runner. serve runs it to its
 // end, never reopening it: the devices settle as aborted and the job records when it ended.
 TEST_F(Serve, RunsToItsEndAJobStoppedByARunnerThatDiedBeforeEndingIt) {
+  // A job canceled before any runner took it: no open task, never ended. serve ends it too.
+  const std::string empty =
+      json(bin.ok("rollover start --group fleet --no-run --json").out)->getValue<std::string>("id");
+  bin.ok("job cancel " + empty);
+  ASSERT_FALSE(job(empty)->has("finishedAt"));
   const std::string id =
       json(bin.ok("rollover start --group fleet --no-run --deadline 120s --offline-retry 1 --json")
                .out)
@@ -187,11 +192,16 @@ TEST_F(Serve, RunsToItsEndAJobStoppedByARunnerThatDiedBeforeEndingIt) {
     reg->set_job_state(id, "aborted", 0);
   }
   ASSERT_FALSE(job(id)->has("finishedAt"));
+  // Its devices are still its own: a new rollover cannot take them before it ended.
+  const auto plan = json(bin.ok("rollover plan --group fleet --json").out);
+  EXPECT_EQ(plan->getValue<int>("conflicts"), 3) << bin.ok("rollover plan --group fleet").out;
+
   const auto served = bin.run("serve --once --json");
   ASSERT_EQ(served.status, 0) << served.err;
   const auto summary = json(served.out);
-  ASSERT_EQ(summary->getArray("jobs_spawned")->size(), 1u) << served.out << served.err;
-  EXPECT_EQ(summary->getArray("jobs_spawned")->getElement<std::string>(0), id);
+  ASSERT_EQ(summary->getArray("jobs_spawned")->size(), 2u) << served.out << served.err;
+  EXPECT_TRUE(job(empty)->has("finishedAt"));
+  EXPECT_EQ(job(empty)->getValue<std::string>("state"), "canceled");
   const auto shown = job(id);
   std::ostringstream text;
   shown->stringify(text);
@@ -202,6 +212,15 @@ TEST_F(Serve, RunsToItsEndAJobStoppedByARunnerThatDiedBeforeEndingIt) {
   EXPECT_EQ(states->optValue<int>("aborted", 0), 3) << text.str();
   // Ended: the next tick leaves it alone.
   EXPECT_EQ(json(bin.ok("serve --once --json").out)->getArray("jobs_spawned")->size(), 0u);
+
+  // Retried, then canceled before any runner took it: running again cleared its end, so the
+  // cancel leaves it stopping, and serve ends it again.
+  bin.ok("job retry-failed " + id + " --no-run");
+  EXPECT_FALSE(job(id)->has("finishedAt"));
+  bin.ok("job cancel " + id);
+  const auto again = json(bin.ok("serve --once --json").out);
+  ASSERT_EQ(again->getArray("jobs_spawned")->size(), 1u);
+  EXPECT_TRUE(job(id)->has("finishedAt"));
 }
 
 // Several serves over one PostgreSQL registry: a worker's serve holds the scheduler's lease and

@@ -299,7 +299,10 @@ void Registry::set_job_state(const std::string& id, const std::string& state,
     const auto job = select_job(*m_impl, id);
     if (!job) throw Error(ErrorCode::kNotFound, what + ": job not found");
     const std::int64_t now = m_impl->stamp(0);
-    const std::int64_t finished = finished_at != 0 ? finished_at : job->finished_at;
+    // A job running again (resumed, retry-failed) has not ended: its earlier end is cleared.
+    const std::int64_t finished = state == "running" || state == "paused" ? 0
+                                  : finished_at != 0                      ? finished_at
+                                                                          : job->finished_at;
     m_impl->change("UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE id = ?", state,
                    now, finished, id);
     audit_row(*m_impl, "job." + state, id,
