@@ -408,6 +408,12 @@ void check_registry_url(const std::string& url) {
                 "through PGPASSWORD or ~/.pgpass (PGPASSFILE), so it is never on a command line "
                 "or in fleetsign.json");
   }
+  if (!registry_url_names_database(url)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the registry URL names no database (postgresql://USER@HOST[:PORT]/DATABASE): "
+                "without one, PostgreSQL would use the user's name, often the server's own "
+                "maintenance database");
+  }
 }
 
 policy::Policy Home::load_policy() const { return policy::load_policy_file(policy_path()); }

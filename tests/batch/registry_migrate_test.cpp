@@ -98,6 +98,14 @@ TEST_F(RegistryMigrate, ADatabaseWithRowsOrAPasswordInTheUrlIsRefusedAndTheHomeS
   EXPECT_NE(pw.exit_code(), 0);
   EXPECT_NE(pw.err.find("holds a password"), std::string::npos) << pw.describe();
   EXPECT_EQ(pw.err.find("secret"), std::string::npos) << "the password is never echoed";
+  // A URL that names no database would land in the user's own (often `postgres`, the server's).
+  for (const char* no_db :
+       {"postgresql://postgres@127.0.0.1:5432", "postgresql://postgres@127.0.0.1/",
+        "postgresql://postgres@127.0.0.1/?sslmode=disable"}) {
+    const Outcome o2 = fleet.run({"registry", "migrate", "--to", no_db});
+    EXPECT_NE(o2.exit_code(), 0) << no_db;
+    EXPECT_NE(o2.err.find("names no database"), std::string::npos) << o2.describe();
+  }
 
   // Still the SQLite home: a batch lands in the file.
   fleet.ok({"issue", "--ca", "int", "--generate", "3", "--id-pattern", "still-{02}", "--out",

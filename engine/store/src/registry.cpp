@@ -202,6 +202,7 @@ std::unique_ptr<Registry> Registry::open(const std::filesystem::path& file,
 
 bool is_postgres_url(std::string_view text) { return sql::is_postgres_url(text); }
 bool registry_url_holds_password(const std::string& url) { return sql::url_holds_password(url); }
+bool registry_url_names_database(const std::string& url) { return sql::url_names_database(url); }
 std::string redacted_registry_url(const std::string& url) { return sql::redact_url(url); }
 
 std::unique_ptr<Registry> Registry::open_postgres(const std::string& url, RegistryOptions options) {

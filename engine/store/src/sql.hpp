@@ -96,6 +96,9 @@ std::unique_ptr<Db> postgres_db(const std::string& url);
 // percent-decoded as libpq decodes them) replaced by "***", for messages and logs.
 std::string redact_url(const std::string& url);
 bool url_holds_password(const std::string& url);
+// Whether the URL names its database (a path, or dbname=): libpq would otherwise use the user's
+// name, often the server's maintenance database.
+bool url_names_database(const std::string& url);
 bool is_postgres_url(std::string_view text);
 
 // Steps a statement that returns no rows (INSERT, UPDATE, DELETE) and resets it; returns the

@@ -435,6 +435,17 @@ bool url_holds_password(const std::string& url) {
   return colon != std::string::npos && colon < p.at;
 }
 
+bool url_names_database(const std::string& url) {
+  const UrlParts p = parse_url(url);
+  if (p.authority_end < url.size() && url[p.authority_end] == '/') {
+    const auto end = url.find('?', p.authority_end);
+    if ((end == std::string::npos ? url.size() : end) > p.authority_end + 1) return true;
+  }
+  const auto query = url.find('?', p.authority);
+  return query != std::string::npos &&
+         (url.find("?dbname=", query) == query || url.find("&dbname=", query) != std::string::npos);
+}
+
 bool is_postgres_url(std::string_view text) {
   return text.starts_with("postgresql://") || text.starts_with("postgres://");
 }

@@ -35,6 +35,8 @@ bool is_postgres_url(std::string_view text);
 // True when a registry URL carries a password (in its user part, or a password= or sslpassword=
 // parameter, however percent-encoded).
 bool registry_url_holds_password(const std::string& url);
+// Whether a PostgreSQL URL names its database (/DATABASE or dbname=).
+bool registry_url_names_database(const std::string& url);
 // The URL with its passwords replaced by "***", for messages.
 std::string redacted_registry_url(const std::string& url);
 
