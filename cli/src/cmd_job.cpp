@@ -260,9 +260,7 @@ int run_job_resume(Context& ctx) {
   if (!job) throw Error(ErrorCode::kNotFound, "no job '" + id + "'");
   // `serve` runs only running jobs, and stopped ones that did not end: a pause made after it
   // chose this one stands.
-  const bool stopping =
-      (job->state == "aborted" || job->state == "canceled") && job->finished_at == 0;
-  if (ctx.args().has("if-running") && job->state != "running" && !stopping)
+  if (ctx.args().has("if-running") && job->state != "running" && !jobs::job_is_stopping(*job))
     return print_state(ctx, id, job->state);
   if (job->state == "paused") jobs::reopen_job(ctx.registry(), id);
   if (ctx.args().has("no-run")) return print_state(ctx, id, ctx.registry().find_job(id)->state);

@@ -277,8 +277,7 @@ Poco::JSON::Object Server::tick() {
     if (g_stop != 0 || m_children.token_failed()) break;
     // A job stopped (aborted, canceled) by a runner that died before it ended: its open tasks
     // still need a runner to settle them (a device half-way through a switch finishes it).
-    const bool stopping =
-        (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
+    const bool stopping = jobs::job_is_stopping(job);
     if (job.state != "running" && !stopping) continue;
     const bool ours = has_child("job " + job.id);
     const bool free =

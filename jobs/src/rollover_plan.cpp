@@ -232,9 +232,7 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
   // device half-way through a switch finishes it).
   std::unordered_map<std::string, std::string> busy;
   for (const auto& job : stores.list_jobs({.limit = 1000, .after = {}})) {
-    const bool stopping =
-        (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
-    if (job.state != "running" && job.state != "paused" && !stopping) continue;
+    if (job.state != "running" && job.state != "paused" && !job_is_stopping(job)) continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
         busy.emplace(t.device_id, job.id);

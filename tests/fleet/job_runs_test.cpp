@@ -41,6 +41,18 @@ class JobRuns : public ::testing::Test {
 
   // `job show` exits 13 for a settled job that left devices behind: its JSON is what counts.
   Object::Ptr job(const std::string& id) { return json(bin.run("job show " + id + " --json").out); }
+
+  // Whether `p` exited within `seconds` (reaped when it did).
+  static bool exits_within(testing::CliProcess& p, int seconds) {
+    for (int i = 0; i < seconds * 10; ++i) {
+      if (!p.running()) {
+        p.wait();
+        return true;
+      }
+      ::usleep(100000);
+    }
+    return false;
+  }
 };
 
 TEST_F(JobRuns, AnotherRunnersFailuresCrossTheJobsAbortThreshold) {
@@ -74,13 +86,7 @@ TEST_F(JobRuns, AnotherRunnersFailuresCrossTheJobsAbortThreshold) {
   reg->save_job_tasks(mine, {});
 
   // 4 of the job's 4 settled devices failed: the runner stops the whole job, its own devices too.
-  bool exited = false;
-  for (int i = 0; i < 200 && !exited; ++i) {
-    ::usleep(100000);
-    exited = !runner.running();
-  }
-  ASSERT_TRUE(exited) << "the runner did not stop the job within 20 s";
-  runner.wait();
+  ASSERT_TRUE(exits_within(runner, 20)) << "the runner did not stop the job within 20 s";
   const auto shown = job(id);
   std::ostringstream text;
   shown->stringify(text);
@@ -121,13 +127,7 @@ TEST_F(JobRuns, AHelperWhoseHolderDiedEndsTheJob) {
     ::usleep(100000);
   }
   holder.kill_now();
-  bool exited = false;
-  for (int i = 0; i < 600 && !exited; ++i) {
-    ::usleep(100000);
-    exited = !helper.running();
-  }
-  ASSERT_TRUE(exited) << "the helper did not end within 60 s";
-  helper.wait();
+  ASSERT_TRUE(exits_within(helper, 60)) << "the helper did not end within 60 s";
   const auto shown = job(id);
   std::ostringstream text;
   shown->stringify(text);

@@ -149,6 +149,11 @@ inline constexpr std::int64_t kJobHeartbeatStale = 15;
 // Whether runners other than the lease's holder may take tasks of the job: a running device or
 // CA rollover, or an incident whose job-level steps are done (its devices are moving).
 bool can_share_job(const engine::JobRecord& job);
+// Aborted or canceled but not ended (its runner died before ending it): its open tasks are still
+// its own, and serve runs it to its end.
+inline bool job_is_stopping(const engine::JobRecord& job) {
+  return (job.state == "aborted" || job.state == "canceled") && job.finished_at == 0;
+}
 // Whether a helper would find a task to claim now: a shared job with a task no runner holds in an
 // open wave (`serve --worker` starts a helper only then, never one that would leave at once).
 bool wants_helper(const engine::JobRecord& job, const engine::JobShare& share);
