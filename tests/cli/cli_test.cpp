@@ -141,6 +141,19 @@ TEST_F(Cli, EveryCommandHelpExitsZeroAndPrintsUsage) {
   }
 }
 
+// serve's status channel (FLEETSIGN_STATUS_FD=3) is written only when descriptor 3 is a pipe: a
+// variable set by hand, with 3 a file, or naming another descriptor, writes nothing anywhere.
+TEST_F(Cli, AStatusChannelThatIsNotServesPipeIsNeverWritten) {
+  const fs::path three = dir.path() / "three.txt";
+  testing::write_file(three, "");
+  for (const char* value : {"3", "4", "-1", "3x", ""}) {
+    const Outcome o = fleetsign("ca show no-such-ca 3>" + quoted(three.string()),
+                                env_pins() + " FLEETSIGN_STATUS_FD='" + value + "'");
+    EXPECT_NE(o.status, 0) << value;
+    EXPECT_EQ(testing::read_file(three), "") << value;
+  }
+}
+
 TEST_F(Cli, UnknownCommandExitsTwoAndNamesIt) {
   const Outcome o = fleetsign("frobnicate --now");
   EXPECT_EQ(o.status, 2);
