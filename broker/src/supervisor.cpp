@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -153,7 +154,16 @@ BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds)
   // HTTP service's listening socket: a restarted serve would share the port with it).
   posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   pid_t child = 0;
-  const int rc = ::posix_spawn(&child, exe.c_str(), &actions, nullptr, argv.data(), environ);
+  // OpenSSL reads the home's openssl.cnf (BrokerHome::write_config), unless the operator's
+  // environment names a configuration of its own.
+  const std::string openssl_conf = "OPENSSL_CONF=" + m_home.openssl_config_path().string();
+  std::vector<char*> env;
+  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+  if (std::getenv("OPENSSL_CONF") == nullptr && fs::exists(m_home.openssl_config_path(), ec)) {
+    env.push_back(const_cast<char*>(openssl_conf.c_str()));
+  }
+  env.push_back(nullptr);
+  const int rc = ::posix_spawn(&child, exe.c_str(), &actions, nullptr, argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) {
     throw Error(ErrorCode::kBrokerFailed, exe + " cannot be started: " + std::strerror(rc));

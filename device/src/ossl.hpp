@@ -50,6 +50,8 @@ std::vector<X509Ptr> parse_certificates(std::string_view pem, std::string& probl
 // Exactly one unencrypted PEM private key ("PRIVATE KEY", or a traditional "EC/RSA PRIVATE
 // KEY"); null with `problem` set otherwise (absent, encrypted, malformed, more than one).
 PkeyPtr parse_private_key(std::string_view pem, std::string& problem);
+// A new EC key on the curve `curve_nid` (NID_X9_62_prime256v1, NID_secp384r1); null on failure.
+PkeyPtr generate_ec_key(int curve_nid);
 
 }  // namespace fleetsign::device::ossl
 

@@ -118,7 +118,8 @@ const char* curve_of(const std::string& key_type) {
 }
 
 ossl::PkeyPtr generate_key(const std::string& key_type) {
-  ossl::PkeyPtr key(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", curve_of(key_type)));
+  ossl::PkeyPtr key =
+      ossl::generate_ec_key(key_type == "ec-p384" ? NID_secp384r1 : NID_X9_62_prime256v1);
   if (!key) throw std::runtime_error("key generation failed: " + ossl::last_error());
   return key;
 }
@@ -280,7 +281,7 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
   const auto asked = optional_slot(*o);
   const std::string pem = string_field(*o, "chain");
   SlotStore& store = store_of(device);
-  const auto chain = checked_chain(pem, device.device_id());
+  auto chain = checked_chain(pem, device.device_id());
   X509* leaf = chain.front().get();
   const CertInfo info = info_of(leaf);
   // Without "slot": the slot that holds this leaf already (a repeated call), else the free one.
@@ -318,12 +319,11 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
   }
   // The chain and key as checked here (CN, key match, links): written without decoding again.
   auto parsed = std::make_shared<ParsedCredential>();
-  parsed->leaf = ossl::X509Ptr(X509_dup(leaf));
   for (std::size_t i = 1; i < chain.size(); ++i) {
     if (X509_check_issued(chain[i].get(), chain[i].get()) == X509_V_OK) continue;  // a root
-    X509_up_ref(chain[i].get());
-    sk_X509_push(parsed->issuers, chain[i].get());
+    sk_X509_push(parsed->issuers, chain[i].release());
   }
+  parsed->leaf = std::move(chain.front());  // `leaf` stays valid: the credential holds it
   parsed->key = std::move(key);
   store.write(
       slot, Credential(device.device_id(), pem, pending->key_pem, info,

@@ -160,16 +160,43 @@ Slot SlotStore::active() const {
               path.string() + ": active slot '" + name + "' is neither primary nor secondary");
 }
 
+namespace {
+
+// A file as written in place (write_file_in_place) may end in '\n' padding: the text without it.
+std::string_view unpadded(std::string_view text) {
+  const auto end = text.find_last_not_of('\n');
+  return end == std::string_view::npos ? std::string_view() : text.substr(0, end + 1);
+}
+
+std::string key_digest(std::string_view key_pem) {
+  const std::string_view key = unpadded(key_pem);
+  return engine::thumbprint_sha256(
+      engine::ByteView(reinterpret_cast<const std::uint8_t*>(key.data()), key.size()));
+}
+
+}  // namespace
+
+void SlotStore::remember(Slot slot, const Credential& c) const {
+  m_known = Known{slot, std::string(unpadded(c.chain_pem())), key_digest(c.key_pem()), c.cert(),
+                  c.parsed()};
+}
+
 Credential SlotStore::read(Slot slot) const {
   const fs::path chain = file(slot, "chain"), key = file(slot, "key");
-  Credential c =
-      make_credential(read_device_file(chain, kDeviceChainFileLimit, "slot chain", false),
-                      read_device_file(key, kKeyFileLimit, "slot key", true),
-                      chain.string() + " + " + key.string(), m_rule);
+  std::string chain_pem = read_device_file(chain, kDeviceChainFileLimit, "slot chain", false);
+  std::string key_pem = read_device_file(key, kKeyFileLimit, "slot key", true);
+  std::string source = chain.string() + " + " + key.string();
+  if (m_known && m_known->slot == slot && unpadded(chain_pem) == m_known->chain_pem &&
+      key_digest(key_pem) == m_known->key_sha256) {
+    return Credential(m_id, std::move(chain_pem), std::move(key_pem), m_known->cert,
+                      std::move(source), m_known->parsed);
+  }
+  Credential c = make_credential(std::move(chain_pem), std::move(key_pem), source, m_rule);
   if (c.id() != m_id) {
     throw Error(ErrorCode::kDeviceIdInvalid, chain.string() + ": the certificate is for " +
                                                  c.id().str() + ", not for " + m_id.str());
   }
+  remember(slot, c);
   return c;
 }
 
@@ -184,6 +211,7 @@ void SlotStore::write(Slot slot, const std::string& chain_pem, const std::string
                                                  "'s " + std::string(slot_name(slot)) + " slot");
   }
   write_files(slot, chain_pem, key_pem, m_sync);
+  remember(slot, c);
 }
 
 void SlotStore::put(const fs::path& path, std::string_view data, unsigned mode, bool sync) {
@@ -203,6 +231,7 @@ void SlotStore::write(Slot slot, const Credential& c) {
                                                  "'s " + std::string(slot_name(slot)) + " slot");
   }
   write_files(slot, c.chain_pem(), c.key_pem(), m_sync);
+  remember(slot, c);
 }
 
 std::optional<std::string> SlotStore::leaf_sha256(Slot slot) const {

@@ -1,7 +1,12 @@
 // Live sessions at a real mosquitto with fleetsign's plugin: the one decision kept (disabling an
 // enrollment cuts live devices within a second), presence in the registry, a broker restart, and
 // the broker's CPU cost per routed method call.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <fstream>
@@ -205,6 +210,69 @@ TEST_F(BrokerLive, MethodInvokeFromTheCliReachesTheDeviceThroughThePlugin) {
   out = h.cli({"method", "invoke", "dev-b", "uptime", "--timeout", "2"});
   EXPECT_EQ(out.status, 10) << "no answer: 504\n" << out.output;
   EXPECT_TRUE(silent->wait_topic_prefix("$iothub/methods/POST/uptime/"));
+}
+
+// TLS 1.3 session tickets a client gets from the broker, with the protocol that was negotiated:
+// one handshake as device `d`, then an MQTT CONNECT, read until its CONNACK (the tickets come
+// before it) or the end.
+std::pair<int, std::string> tickets_from_broker(int port, const testing::DeviceFiles& d) {
+  static int tickets = 0;
+  tickets = 0;
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
+                                                        &SSL_CTX_free);
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT);
+  SSL_CTX_sess_set_new_cb(ctx.get(), [](SSL*, SSL_SESSION*) {
+    ++tickets;
+    return 0;  // not kept
+  });
+  EXPECT_EQ(SSL_CTX_use_certificate_chain_file(ctx.get(), d.cert.c_str()), 1);
+  EXPECT_EQ(SSL_CTX_use_PrivateKey_file(ctx.get(), d.key.c_str(), SSL_FILETYPE_PEM), 1);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), &SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  std::string version;
+  if (SSL_connect(ssl.get()) == 1) {
+    version = SSL_get_version(ssl.get());
+    const std::string user = "localhost/" + d.id + "/?api-version=2021-04-12";
+    std::string connect = std::string("\x00\x04MQTT\x04\x82\x00\x3c", 10);
+    for (const std::string* field : {&d.id, &user}) {
+      connect += static_cast<char>(field->size() >> 8);
+      connect += static_cast<char>(field->size() & 0xff);
+      connect += *field;
+    }
+    connect.insert(0, 1, static_cast<char>(connect.size()));  // < 128: one length byte
+    connect.insert(0, 1, '\x10');
+    EXPECT_EQ(SSL_write(ssl.get(), connect.data(), static_cast<int>(connect.size())),
+              static_cast<int>(connect.size()));
+    char connack[4];
+    std::size_t got = 0;
+    while (got < sizeof connack) {
+      const int n = SSL_read(ssl.get(), connack + got, static_cast<int>(sizeof connack - got));
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    EXPECT_EQ(got, sizeof connack) << "no CONNACK";
+  }
+  ::close(fd);
+  return {tickets, version};
+}
+
+// mosquitto has no option for it: the broker's openssl.cnf (OPENSSL_CONF) turns the tickets off.
+// Each would cost the broker a decode of the client's certificate, and no device resumes.
+TEST_F(BrokerLive, TheBrokerSendsNoSessionTicketsAfterAHandshake) {
+  const auto d = h.issue("dev-t");
+  h.start_broker();
+  const auto [tickets, version] = tickets_from_broker(h.port, d);
+  EXPECT_EQ(version, "TLSv1.3") << "tickets are a TLS 1.3 server's default: the test needs it";
+  EXPECT_EQ(tickets, 0) << h.broker_log();
+  EXPECT_TRUE(std::filesystem::exists(h.broker_dir / "openssl.cnf"));
 }
 
 // Not a benchmark (fleetsign-fleet-bench is): the broker's CPU per routed call, with devices

@@ -252,6 +252,32 @@ TEST_F(Inputs, SlotStoreSwitchesSlotsAndRefusesAnUnknownActiveSlot) {
   expect_error([&] { store.active(); }, ErrorCode::kCertificateMalformed, {"slot.json"});
 }
 
+// read() decodes a slot again only when its files changed since this store last wrote or read
+// it: the same files give the same decoded credential, and any other text is checked in full.
+TEST_F(Inputs, SlotStoreReusesADecodedSlotOnlyWhileItsFilesAreUnchanged) {
+  auto devices = load_batch_dir(pki.batch, rule);
+  device::SlotStore store(dir.path() / "state", devices[0].id(), rule);
+  store.load_or_create(std::move(load_batch_dir(pki.batch, rule)[0]));
+  const auto sec = device::Slot::kSecondary;
+  store.write(sec, devices[0].chain_pem(), devices[0].key_pem());
+  const auto first = store.read(sec).parsed();
+  EXPECT_EQ(store.read(sec).parsed(), first) << "unchanged files: decoded once";
+  const fs::path chain = store.dir() / "secondary.chain.pem",
+                 key = store.dir() / "secondary.key.pem";
+  write_file(chain, devices[0].chain_pem() + "\n\n\n");  // padding, as a write in place leaves
+  EXPECT_EQ(store.read(sec).parsed(), first);
+  EXPECT_NE(store.read(device::Slot::kPrimary).parsed(), first) << "another slot";
+  // Another key behind the store's back: the slot is checked again, not taken from memory.
+  write_file(key, devices[1].key_pem());
+  expect_error([&] { store.read(sec); }, ErrorCode::kKeyCertMismatch, {"does not match"});
+  write_file(chain, devices[1].chain_pem());
+  expect_error([&] { store.read(sec); }, ErrorCode::kDeviceIdInvalid,
+               {"the certificate is for dev-02, not for dev-01"});
+  write_file(chain, devices[0].chain_pem());
+  write_file(key, devices[0].key_pem());
+  EXPECT_EQ(store.read(sec).cert().sha256, devices[0].cert().sha256);
+}
+
 // --- the program's arguments ------------------------------------------------------------------
 
 TEST_F(Inputs, ProgramRefusesBadArgumentsWithUsageAndExitStatus) {

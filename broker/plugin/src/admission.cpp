@@ -1,6 +1,7 @@
 // Identity and admission: see admission.hpp.
 #include "admission.hpp"
 
+#include "fleetsign/engine/x509_ossl.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::broker {
@@ -88,7 +89,9 @@ Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
   }
   engine::CertSummary leaf;
   try {
-    leaf = engine::summarize_certificate(*request.leaf);
+    leaf = request.leaf_cert != nullptr
+               ? engine::summarize_certificate(request.leaf_cert, *request.leaf)
+               : engine::summarize_certificate(*request.leaf);
   } catch (const Error& e) {
     return refuse(a, "chain-malformed", e.what());
   }

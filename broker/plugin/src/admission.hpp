@@ -3,6 +3,8 @@
 // main thread with that thread's Authenticator.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -26,6 +28,7 @@ std::optional<std::string_view> dps_username_device(std::string_view username,
 struct ConnectRequest {
   std::string_view client_id, username;  // username may be empty (none sent)
   const engine::Der* leaf = nullptr;     // the certificate TLS verified; null when none
+  X509* leaf_cert = nullptr;             // the same decoded, when the caller has it (or null)
   std::int64_t now = 0;                  // unix seconds
   // Another live connection holds this client id: a DPS connection the decision refuses must not
   // replace it (mosquitto would disconnect the live one).

@@ -62,33 +62,38 @@ void log_failure(const char* where, const std::exception& e) {
   mosquitto_log_printf(MOSQ_LOG_ERR, "fleetsign: %s: %s", where, e.what());
 }
 
-// The client's certificate as DER; empty when it presented none.
-fleetsign::engine::Der client_leaf(struct mosquitto* client) {
-  X509* cert = static_cast<X509*>(mosquitto_client_certificate(client));
+// The client's certificate (a reference the caller owns; null when it presented none) and its DER.
+struct ClientLeaf {
+  std::unique_ptr<X509, decltype(&X509_free)> cert{nullptr, &X509_free};
   fleetsign::engine::Der der;
-  if (cert != nullptr) {
-    const int len = i2d_X509(cert, nullptr);
+};
+
+ClientLeaf client_leaf(struct mosquitto* client) {
+  ClientLeaf leaf;
+  leaf.cert.reset(static_cast<X509*>(mosquitto_client_certificate(client)));
+  if (leaf.cert) {
+    const int len = i2d_X509(leaf.cert.get(), nullptr);
     if (len > 0) {
-      der.resize(static_cast<std::size_t>(len));
-      unsigned char* p = der.data();
-      i2d_X509(cert, &p);
+      leaf.der.resize(static_cast<std::size_t>(len));
+      unsigned char* p = leaf.der.data();
+      i2d_X509(leaf.cert.get(), &p);
     }
-    X509_free(cert);
   }
-  return der;
+  return leaf;
 }
 
 int on_basic_auth(int, void* event_data, void* userdata) {
   auto* p = static_cast<Plugin*>(userdata);
   auto* ed = static_cast<mosquitto_evt_basic_auth*>(event_data);
   try {
-    const fleetsign::engine::Der leaf = client_leaf(ed->client);
+    const ClientLeaf leaf = client_leaf(ed->client);
     const std::string client_id = str(mosquitto_client_id(ed->client));
     const std::string username = str(ed->username);
     fleetsign::broker::ConnectRequest req;
     req.client_id = client_id;
     req.username = username;
-    req.leaf = leaf.empty() ? nullptr : &leaf;
+    req.leaf = leaf.der.empty() ? nullptr : &leaf.der;
+    req.leaf_cert = req.leaf != nullptr ? leaf.cert.get() : nullptr;
     req.now = static_cast<std::int64_t>(time(nullptr));
     return p->broker->on_connect(ed->client, req, mosquitto_client_clean_session(ed->client))
                ? MOSQ_ERR_SUCCESS

@@ -11,6 +11,7 @@
 
 #include "der.hpp"
 #include "fleetsign/engine/clock.hpp"
+#include "fleetsign/engine/x509_ossl.hpp"
 #include "fleetsign/error.hpp"
 #include "oids.hpp"
 #include "ossl.hpp"
@@ -259,17 +260,21 @@ CertSummary summarize_certificate(ByteView der) {
   if (!cert) {
     throw Error(ErrorCode::kCertificateMalformed, "not a valid X.509 certificate");
   }
+  return summarize_certificate(cert.get(), der);
+}
+
+CertSummary summarize_certificate(X509* cert, ByteView der) {
   CertSummary s;
-  s.subject = ossl::subject_line(X509_get_subject_name(cert.get()));
-  s.issuer = ossl::subject_line(X509_get_issuer_name(cert.get()));
-  s.serial = ossl::serial_hex(cert.get());
-  s.not_before = ossl::to_unix(X509_get0_notBefore(cert.get()));
-  s.not_after = ossl::to_unix(X509_get0_notAfter(cert.get()));
+  s.subject = ossl::subject_line(X509_get_subject_name(cert));
+  s.issuer = ossl::subject_line(X509_get_issuer_name(cert));
+  s.serial = ossl::serial_hex(cert);
+  s.not_before = ossl::to_unix(X509_get0_notBefore(cert));
+  s.not_after = ossl::to_unix(X509_get0_notAfter(cert));
   s.sha1 = thumbprint_sha1(der);
   s.sha256 = thumbprint_sha256(der);
-  s.is_ca = X509_check_ca(cert.get()) != 0;
+  s.is_ca = X509_check_ca(cert) != 0;
   char cn[256] = {0};
-  X509_NAME_get_text_by_NID(X509_get_subject_name(cert.get()), NID_commonName, cn, sizeof cn);
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
   s.common_name = cn;
   return s;
 }

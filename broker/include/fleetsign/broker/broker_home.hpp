@@ -42,6 +42,8 @@ class BrokerHome final {
   std::filesystem::path home_dir() const { return m_dir.parent_path(); }
   std::filesystem::path settings_path() const { return m_dir / "broker.json"; }
   std::filesystem::path config_path() const { return m_dir / "mosquitto.conf"; }
+  // OpenSSL's settings for this broker's mosquitto (OPENSSL_CONF): no TLS 1.3 session tickets.
+  std::filesystem::path openssl_config_path() const { return m_dir / "openssl.cnf"; }
   std::filesystem::path ca_path() const { return m_dir / "ca.pem"; }
   std::filesystem::path server_cert_path() const { return m_dir / "server.crt"; }
   std::filesystem::path server_key_path() const { return m_dir / "server.key"; }
