@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <openssl/conf.h>
+#include <openssl/err.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <thread>
 
 #include "fleetsign/bounded_read.hpp"
@@ -126,6 +129,30 @@ BrokerStatus Supervisor::status(const BrokerSettings& settings) const {
   return st;
 }
 
+namespace {
+
+// Whether OpenSSL's default configuration (OPENSSL_CONF, else the system's openssl.cnf) sets up
+// no module: its openssl_conf section is absent or empty (Debian's), or the file is missing.
+bool system_openssl_config_is_plain() {
+  const char* named = std::getenv("OPENSSL_CONF");
+  if (named != nullptr && named[0] != '\0') return false;  // the operator's choice stands
+  std::unique_ptr<char, void (*)(char*)> path(CONF_get1_default_config_file(),
+                                              [](char* p) { OPENSSL_free(p); });
+  std::unique_ptr<CONF, decltype(&NCONF_free)> conf(NCONF_new(nullptr), &NCONF_free);
+  bool plain = true;
+  long line = 0;
+  if (path && conf && NCONF_load(conf.get(), path.get(), &line) > 0) {
+    const char* init = NCONF_get_string(conf.get(), nullptr, "openssl_conf");
+    const STACK_OF(CONF_VALUE)* section =
+        init != nullptr ? NCONF_get_section(conf.get(), init) : nullptr;
+    plain = section == nullptr || sk_CONF_VALUE_num(section) == 0;
+  }
+  ERR_clear_error();
+  return plain;
+}
+
+}  // namespace
+
 BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds) {
   if (const auto pid = running_pid()) {
     throw Error(ErrorCode::kAlreadyExists,
@@ -154,12 +181,15 @@ BrokerStatus Supervisor::start(const BrokerSettings& settings, int wait_seconds)
   // HTTP service's listening socket: a restarted serve would share the port with it).
   posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   pid_t child = 0;
-  // OpenSSL reads the home's openssl.cnf (BrokerHome::write_config), unless the operator's
-  // environment names a configuration of its own.
+  // OpenSSL reads the home's openssl.cnf (BrokerHome::write_config) only where it replaces
+  // nothing: the environment names no configuration and the system's sets no module (no
+  // ssl_conf, providers or crypto policy, as on Debian). Otherwise the tickets stay on.
   const std::string openssl_conf = "OPENSSL_CONF=" + m_home.openssl_config_path().string();
   std::vector<char*> env;
-  for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
-  if (std::getenv("OPENSSL_CONF") == nullptr && fs::exists(m_home.openssl_config_path(), ec)) {
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "OPENSSL_CONF=", 13) != 0 || (*e)[13] != '\0') env.push_back(*e);
+  }
+  if (system_openssl_config_is_plain() && fs::exists(m_home.openssl_config_path(), ec)) {
     env.push_back(const_cast<char*>(openssl_conf.c_str()));
   }
   // mosquitto stamps every log line with localtime(); without TZ, glibc stats /etc/localtime

@@ -323,7 +323,7 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
     if (X509_check_issued(chain[i].get(), chain[i].get()) == X509_V_OK) continue;  // a root
     sk_X509_push(parsed->issuers, chain[i].release());
   }
-  parsed->leaf = std::move(chain.front());  // `leaf` stays valid: the credential holds it
+  parsed->leaf = std::move(chain.front());  // `leaf` is valid while `parsed` lives: not below
   parsed->key = std::move(key);
   store.write(
       slot, Credential(device.device_id(), pem, pending->key_pem, info,

@@ -168,17 +168,16 @@ std::string_view unpadded(std::string_view text) {
   return end == std::string_view::npos ? std::string_view() : text.substr(0, end + 1);
 }
 
-std::string key_digest(std::string_view key_pem) {
-  const std::string_view key = unpadded(key_pem);
+std::string text_digest(std::string_view pem) {
+  const std::string_view text = unpadded(pem);
   return engine::thumbprint_sha256(
-      engine::ByteView(reinterpret_cast<const std::uint8_t*>(key.data()), key.size()));
+      engine::ByteView(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
 }
 
 }  // namespace
 
 void SlotStore::remember(Slot slot, const Credential& c) const {
-  m_known = Known{slot, std::string(unpadded(c.chain_pem())), key_digest(c.key_pem()), c.cert(),
-                  c.parsed()};
+  m_known = Known{slot, text_digest(c.chain_pem()), text_digest(c.key_pem()), c.cert(), c.parsed()};
 }
 
 Credential SlotStore::read(Slot slot) const {
@@ -186,8 +185,8 @@ Credential SlotStore::read(Slot slot) const {
   std::string chain_pem = read_device_file(chain, kDeviceChainFileLimit, "slot chain", false);
   std::string key_pem = read_device_file(key, kKeyFileLimit, "slot key", true);
   std::string source = chain.string() + " + " + key.string();
-  if (m_known && m_known->slot == slot && unpadded(chain_pem) == m_known->chain_pem &&
-      key_digest(key_pem) == m_known->key_sha256) {
+  if (m_known && m_known->slot == slot && text_digest(chain_pem) == m_known->chain_sha256 &&
+      text_digest(key_pem) == m_known->key_sha256) {
     return Credential(m_id, std::move(chain_pem), std::move(key_pem), m_known->cert,
                       std::move(source), m_known->parsed);
   }

@@ -349,9 +349,23 @@ void connect(fuzz::Input& in, std::int64_t at) {
   const std::string username(fuzz::as_text(in.short_field()));
   const auto rest = in.rest();
   const engine::Der leaf(rest.begin(), rest.end());
+  // The plugin hands admit the certificate TLS decoded; without one, admit decodes the DER.
+  const unsigned char* p = leaf.data();
+  std::unique_ptr<X509, decltype(&X509_free)> decoded(
+      d2i_X509(nullptr, &p, static_cast<long>(leaf.size())), &X509_free);
+  if (decoded && p != leaf.data() + leaf.size()) decoded.reset();  // TLS takes whole DER only
+  ERR_clear_error();
   for (const bool in_use : {false, true}) {
     broker::ConnectRequest request{client_id, username, &leaf, at, in_use};
     const broker::Admission a = broker::admit(w.config, *w.auth, request);
+    if (decoded) {
+      request.leaf_cert = decoded.get();
+      const broker::Admission b = broker::admit(w.config, *w.auth, request);
+      if (a.allowed != b.allowed || a.rule != b.rule || a.sha256 != b.sha256 ||
+          a.device_id != b.device_id) {
+        fuzz::violated("the decoded certificate and its DER are admitted differently");
+      }
+    }
     if (!a.allowed || a.kind == broker::ClientKind::kService) continue;
     if (a.device_id != client_id ||
         policy::check_device_id(w.config.policy.device_id, a.device_id)) {

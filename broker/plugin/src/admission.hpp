@@ -28,11 +28,11 @@ std::optional<std::string_view> dps_username_device(std::string_view username,
 struct ConnectRequest {
   std::string_view client_id, username;  // username may be empty (none sent)
   const engine::Der* leaf = nullptr;     // the certificate TLS verified; null when none
-  X509* leaf_cert = nullptr;             // the same decoded, when the caller has it (or null)
   std::int64_t now = 0;                  // unix seconds
   // Another live connection holds this client id: a DPS connection the decision refuses must not
   // replace it (mosquitto would disconnect the live one).
   bool id_in_use = false;
+  X509* leaf_cert = nullptr;  // *leaf decoded, when the caller has it (null: admit decodes it)
 };
 
 struct Admission {

@@ -99,10 +99,10 @@ class SlotStore final {
   std::filesystem::path file(Slot slot, std::string_view what) const;
   std::filesystem::path pending_file(Slot slot) const;
 
-  // The last credential written or read, by the text of its files (the key by its SHA-256).
+  // The last credential written or read, by the SHA-256 of its files' text.
   struct Known {
     Slot slot = Slot::kPrimary;
-    std::string chain_pem, key_sha256;
+    std::string chain_sha256, key_sha256;
     CertInfo cert;
     std::shared_ptr<const ParsedCredential> parsed;
   };
