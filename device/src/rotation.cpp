@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cctype>
 #include <ctime>
+#include <mutex>
 #include <optional>
+#include <unordered_map>
 
 #include "fleetsign/device/methods.hpp"
 #include "fleetsign/engine/x509.hpp"
@@ -139,6 +141,49 @@ std::string private_key_pem(EVP_PKEY* key) {
   return bio_text(bio.get());
 }
 
+// Keys this process made, by the SHA-256 of the PEM it wrote for them. installCertificate reads
+// the pending key back from flash; when the text is exactly what createCsr wrote, it takes the key
+// made then instead of decoding and checking it again (a scalar multiplication). Bounded (a key
+// never installed is forgotten when the map fills); any other text is decoded as before.
+class MadeKeys {
+ public:
+  void add(const std::string& pem, EVP_PKEY* key) {
+    const std::lock_guard lock(m_mutex);
+    if (m_keys.size() >= kMax) m_keys.clear();
+    if (EVP_PKEY_up_ref(key) == 1)
+      m_keys.insert_or_assign(engine::thumbprint_sha256(bytes(pem)), ossl::PkeyPtr(key));
+  }
+  // The key whose PEM is `pem` (decoded, and checked, when this process did not make it).
+  ossl::PkeyPtr parse(const std::string& pem, std::string& problem, bool forget) {
+    {
+      const std::lock_guard lock(m_mutex);
+      const auto it = m_keys.find(engine::thumbprint_sha256(bytes(pem)));
+      if (it != m_keys.end()) {
+        ossl::PkeyPtr key = forget ? std::move(it->second) : up_ref(it->second.get());
+        if (forget) m_keys.erase(it);
+        if (key) return key;
+      }
+    }
+    return ossl::parse_private_key(pem, problem);
+  }
+
+ private:
+  static constexpr std::size_t kMax = 4096;
+  static engine::ByteView bytes(const std::string& s) {
+    return engine::ByteView(reinterpret_cast<const std::uint8_t*>(s.data()), s.size());
+  }
+  static ossl::PkeyPtr up_ref(EVP_PKEY* key) {
+    return ossl::PkeyPtr(EVP_PKEY_up_ref(key) == 1 ? key : nullptr);
+  }
+  std::mutex m_mutex;
+  std::unordered_map<std::string, ossl::PkeyPtr> m_keys;
+};
+
+MadeKeys& made_keys() {
+  static MadeKeys keys;
+  return keys;
+}
+
 // PKCS#10, version 1, subject exactly CN=<device ID>, no attributes or extensions, signed with
 // SHA-256 (P-256) or SHA-384 (P-384).
 std::string make_csr(const DeviceId& id, EVP_PKEY* key, const std::string& key_type) {
@@ -189,7 +234,7 @@ MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& paylo
                       slot_str(slot) + "', not " + key_type);
     }
     std::string problem;
-    key = ossl::parse_private_key(pending->key_pem, problem);
+    key = made_keys().parse(pending->key_pem, problem, false);
   }
   if (!key) {
     if (reuse_key) {
@@ -204,7 +249,9 @@ MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& paylo
     } else {
       key = generate_key(key_type);
     }
-    store.write_pending(slot, PendingKey(job, key_type, private_key_pem(key.get())));
+    std::string pem = private_key_pem(key.get());
+    store.write_pending(slot, PendingKey(job, key_type, pem));
+    made_keys().add(pem, key.get());
   }
   Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
   body.set("csr", make_csr(device.device_id(), key.get(), key_type));
@@ -311,7 +358,7 @@ MethodResponse install_certificate(MethodContext& device, const Poco::Dynamic::V
                     "' has none (createCsr first)");
   }
   std::string problem;
-  auto key = ossl::parse_private_key(pending->key_pem, problem);
+  auto key = made_keys().parse(pending->key_pem, problem, true);
   if (!key || X509_check_private_key(leaf, key.get()) != 1) {
     ERR_clear_error();
     refuse(409, "no pending key for this certificate: its public key is not the key slot '" +

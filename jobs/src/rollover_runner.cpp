@@ -283,10 +283,8 @@ void Runner::start(std::size_t i) {
 
 // The device is connected, and not with `serial` (as the broker recorded its session).
 bool Runner::connected_without(const std::string& device, const std::string& serial) {
-  for (const auto& s : m_stores.connected_devices()) {
-    if (s.device_id == device) return s.cert_serial != serial;
-  }
-  return false;
+  const auto sessions = m_stores.connected_sessions_of(std::span<const std::string>(&device, 1));
+  return !sessions.empty() && sessions.front().cert_serial != serial;
 }
 
 void Runner::call(std::size_t i, Phase phase, const std::string& method,

@@ -127,15 +127,22 @@ void Runner::probe(std::size_t i) {
 }
 
 // The broker records the certificate each device connects with (device_sessions): one read per
-// poll confirms every waiting device. A backend without those records (IoT Hub) asks the device
-// itself (getCertificate, which reports the certificate it is connected with).
+// poll, of the waiting devices' rows only, confirms them. A backend without those records (IoT Hub)
+// asks the device itself (getCertificate, which reports the certificate it is connected with).
 void Runner::poll_confirmations(Steady::time_point now) {
   if (m_confirming.empty()) return;
   const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method &&
                         m_params.confirm != "method";
   std::unordered_map<std::string, std::string> seen;
   if (sessions) {
-    for (auto& s : m_stores.connected_devices()) seen.emplace(s.device_id, s.cert_sha256);
+    std::vector<std::string> waiting;
+    waiting.reserve(m_confirming.size());
+    for (std::size_t i : m_confirming) {
+      if (m_tasks[i].phase == Phase::kConfirm) waiting.push_back(m_tasks[i].row.device_id);
+    }
+    for (auto& s : m_stores.connected_sessions_of(waiting)) {
+      seen.emplace(std::move(s.device_id), std::move(s.cert_sha256));
+    }
   }
   std::vector<std::size_t> still;
   for (std::size_t i : m_confirming) {

@@ -413,6 +413,25 @@ TEST_F(AuthDecisions, RefusesATamperedSignature) {
   EXPECT_EQ(d.rule, "chain-invalid");
 }
 
+// Verified signatures are remembered (a device presents its new certificate to DPS, then to the
+// hub): the same certificate is admitted again, and one with the same TBS but another signature is
+// still checked, and refused.
+TEST_F(AuthDecisions, ATamperedSignatureIsRefusedAfterTheGenuineCertificateWasAdmitted) {
+  verify_ca("root");
+  group("fleet", "root");
+  const Der genuine = leaf("int1", "dev-15");
+  EXPECT_TRUE(decide({genuine}).allowed);
+  EXPECT_TRUE(decide({genuine}).allowed);
+  for (const std::size_t from_end : {2u, 12u, 30u}) {
+    Der cert = genuine;
+    cert[cert.size() - from_end] ^= 0x01;
+    const AuthDecision d = decide({cert});
+    EXPECT_FALSE(d.allowed) << from_end;
+    EXPECT_EQ(d.rule, "chain-invalid") << from_end;
+  }
+  EXPECT_TRUE(decide({genuine}).allowed);
+}
+
 TEST_F(AuthDecisions, RefusesACaCertificatePresentedAsTheDevice) {
   verify_ca("root");
   group("fleet", "root");

@@ -4,6 +4,7 @@
 // stale loses its tasks (and its unfinished intents) to the next claim and writes nothing more.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <limits>
 #include <memory>
 #include <set>
@@ -244,6 +245,53 @@ TEST_F(Jobs, TakingAStaleLeaseFreesTheOldHoldersTasks) {
   EXPECT_EQ(other->claim_job_tasks("j1", "b:2", kNow, kAll, 0).size(), 3u);
   EXPECT_EQ(error_of([&] { reg->claim_job_tasks("j1", "a:1", kNow, kAll, 0); }).code(),
             ErrorCode::kHomeBusy);
+}
+
+// The rollover's confirmation poll reads the sessions of its waiting devices only
+// (connected_sessions_of): just the named devices that are connected, each once, by device ID, in
+// slices of bound IDs however many are named (here past one slice), and an ID is only ever a value.
+TEST(Sessions, OnlyTheNamedDevicesThatAreConnectedAreRead) {
+  TempDir dir;
+  auto reg = Registry::open(dir.db());
+  std::vector<DeviceSession> sessions;
+  for (int i = 0; i < 1200; ++i) {
+    char id[16];
+    std::snprintf(id, sizeof id, "dev-%04d", i);
+    sessions.push_back(
+        {id, i % 3 != 0, "hub", "SHA" + std::to_string(i), std::to_string(i), 100, 0});
+  }
+  reg->record_sessions(sessions);
+
+  std::vector<std::string> named;
+  std::set<std::string> want;
+  for (int i = 1198; i >= 0; i -= 2) {  // every even device, backwards
+    named.push_back(sessions[static_cast<std::size_t>(i)].device_id);
+    if (i % 3 != 0) want.insert(named.back());
+  }
+  named.insert(named.begin() + 7, "dev-0002");  // named twice
+  named.push_back("no-such-device");
+  named.push_back("dev-0001' OR '1'='1");
+  const auto got = reg->connected_sessions_of(named);
+  ASSERT_EQ(got.size(), want.size());
+  std::size_t k = 0;
+  for (const auto& id : want) {  // std::set: by device ID
+    EXPECT_EQ(got[k].device_id, id);
+    EXPECT_TRUE(got[k].connected);
+    EXPECT_EQ(got[k].cert_sha256, "SHA" + std::to_string(std::stoi(id.substr(4))));
+    ++k;
+  }
+
+  EXPECT_TRUE(reg->connected_sessions_of({}).empty());
+  const std::vector<std::string> off{"dev-0000", "dev-0003"};  // both disconnected
+  EXPECT_TRUE(reg->connected_sessions_of(off).empty());
+  const std::vector<std::string> one{"dev-0004"};
+  const auto four = reg->connected_sessions_of(one);
+  ASSERT_EQ(four.size(), 1u);
+  EXPECT_EQ(four[0].cert_serial, "4");
+  // A device that disconnects is no longer read as connected.
+  reg->record_sessions(
+      std::vector<DeviceSession>{{"dev-0004", false, "hub", "SHA4", "4", 100, 101}});
+  EXPECT_TRUE(reg->connected_sessions_of(one).empty());
 }
 
 }  // namespace

@@ -8,6 +8,9 @@
 //     by exactly `whole`;
 //   - it is strict DER: re-encoding the tag and length with der::put_header gives back the very
 //     header bytes it read (one encoding per value), and header_size agrees.
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +18,7 @@
 #include "der.hpp"
 #include "fleetsign/engine/crl_check.hpp"
 #include "fleetsign/engine/issuer.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fuzz_input.hpp"
 #include "leaf.hpp"
@@ -47,6 +51,26 @@ void walk(der::Bytes in, int depth) {
   }
 }
 
+// key_sha256_of_cert reads the key through parse_leaf: where OpenSSL decodes the same certificate,
+// the key it finds must hash alike.
+void same_key_as_openssl(der::Bytes in) {
+  const unsigned char* p = in.data();
+  X509* cert = d2i_X509(nullptr, &p, static_cast<long>(in.size()));
+  if (cert == nullptr) {
+    ERR_clear_error();
+    return;
+  }
+  unsigned char* spki = nullptr;
+  const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &spki);
+  if (len > 0 && key_sha256_of_spki(ByteView(spki, static_cast<std::size_t>(len))) !=
+                     key_sha256_of_cert(ByteView(in.data(), in.size()))) {
+    fleetsign::fuzz::violated("key_sha256_of_cert differs from the key OpenSSL decodes");
+  }
+  OPENSSL_free(spki);
+  X509_free(cert);
+  ERR_clear_error();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -62,6 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)single_common_name(leaf.subject);
     (void)single_common_name(leaf.issuer);
     (void)describe_spki(leaf.spki);
+    same_key_as_openssl(in);
   } else if (why.empty()) {
     fleetsign::fuzz::violated("parse_leaf refused without saying why");
   }

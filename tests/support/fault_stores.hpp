@@ -300,6 +300,10 @@ class FaultStores final : public engine::Stores {
   std::vector<engine::DeviceSession> connected_devices() override {
     return m_inner.connected_devices();
   }
+  std::vector<engine::DeviceSession> connected_sessions_of(
+      std::span<const std::string> device_ids) override {
+    return m_inner.connected_sessions_of(device_ids);
+  }
   std::int64_t change_mark() override { return m_inner.change_mark(); }
   std::vector<engine::AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override {
     return m_inner.audit_after(after_id, limit);

@@ -5,9 +5,15 @@
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
+#include <array>
+#include <cstring>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "auth_impl.hpp"
 #include "fixed_key_verifier.hpp"
@@ -39,6 +45,64 @@ const EVP_MD* digest_of(der::Bytes oid_content) {
   if (der::equal(oid_content, oid::kEcdsaSha512) || der::equal(oid_content, oid::kRsaSha512))
     return EVP_sha512();
   return nullptr;
+}
+
+// Signatures verified already (positive answers only), for the whole process: in a rollover a
+// device presents its new certificate twice (to DPS, then to the hub), and the broker's re-check
+// runs the certificate of every live session through the decision again whenever admission
+// changes. An entry is the SHA-256 of the whole input of the verification (the issuer's public
+// key, the digest algorithm, the TBS digest and the signature), so a hit answers exactly what
+// verifying again would. Two generations of kGeneration entries bound its memory (~5 MB).
+class VerifiedSignatures {
+ public:
+  using Key = std::array<std::uint8_t, 32>;
+
+  static Key key_of(const Ca& issuer, const EVP_MD* md, ByteView digest, der::Bytes signature) {
+    thread_local std::vector<std::uint8_t> input;
+    input.clear();
+    const ASN1_BIT_STRING* pub = X509_get0_pubkey_bitstr(issuer.x509.get());
+    const int type = EVP_MD_get_type(md);
+    put(input, ByteView(reinterpret_cast<const std::uint8_t*>(&type), sizeof type));
+    if (pub != nullptr) put(input, ByteView(pub->data, static_cast<std::size_t>(pub->length)));
+    put(input, digest);
+    put(input, signature);
+    Key key{};
+    EVP_Digest(input.data(), input.size(), key.data(), nullptr, EVP_sha256(), nullptr);
+    return key;
+  }
+  bool contains(const Key& key) {
+    const std::lock_guard lock(m_mutex);
+    return m_recent.contains(key) || m_older.contains(key);
+  }
+  void add(const Key& key) {
+    const std::lock_guard lock(m_mutex);
+    if (m_recent.size() >= kGeneration) m_older = std::exchange(m_recent, {});
+    m_recent.insert(key);
+  }
+
+ private:
+  static constexpr std::size_t kGeneration = 32768;
+  // Length-prefixed, so that no two inputs run together alike.
+  static void put(std::vector<std::uint8_t>& out, ByteView bytes) {
+    const auto n = static_cast<std::uint32_t>(bytes.size());
+    const auto* len = reinterpret_cast<const std::uint8_t*>(&n);
+    out.insert(out.end(), len, len + sizeof n);
+    out.insert(out.end(), bytes.begin(), bytes.end());
+  }
+  struct Hash {
+    std::size_t operator()(const Key& k) const {
+      std::size_t h;
+      std::memcpy(&h, k.data(), sizeof h);  // the key is a SHA-256 already
+      return h;
+    }
+  };
+  std::mutex m_mutex;
+  std::unordered_set<Key, Hash> m_recent, m_older;
+};
+
+VerifiedSignatures& verified_signatures() {
+  static VerifiedSignatures cache;
+  return cache;
 }
 
 // The errors X509_verify_cert gives when the chain is fine but ends at nothing trusted.
@@ -224,15 +288,21 @@ bool auth_detail::leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   std::uint8_t digest[EVP_MAX_MD_SIZE];
   unsigned digest_len = 0;
   EVP_Digest(leaf.tbs.data(), leaf.tbs.size(), digest, &digest_len, md, nullptr);
+  const ByteView tbs_digest(digest, digest_len);
+  const auto key = VerifiedSignatures::key_of(issuer, md, tbs_digest, leaf.signature);
+  if (verified_signatures().contains(key)) return true;
+  bool good = false;
   if (issuer.fast && md == EVP_sha256()) {
-    return issuer.fast->verify(ByteView(digest, digest_len), leaf.signature);
+    good = issuer.fast->verify(tbs_digest, leaf.signature);
+  } else {
+    ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
+    good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
+           EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
+           EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest,
+                           digest_len) == 1;
+    ERR_clear_error();
   }
-  ossl::PkeyCtxPtr ctx(EVP_PKEY_CTX_new(X509_get0_pubkey(issuer.x509.get()), nullptr));
-  const bool good = ctx && EVP_PKEY_verify_init(ctx.get()) == 1 &&
-                    EVP_PKEY_CTX_set_signature_md(ctx.get(), md) == 1 &&
-                    EVP_PKEY_verify(ctx.get(), leaf.signature.data(), leaf.signature.size(), digest,
-                                    digest_len) == 1;
-  ERR_clear_error();
+  if (good) verified_signatures().add(key);
   return good;
 }
 

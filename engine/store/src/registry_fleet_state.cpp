@@ -8,6 +8,7 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "fleetsign/engine/twin_doc.hpp"
@@ -179,6 +180,51 @@ std::vector<DeviceSession> Registry::connected_devices() {
                                       " FROM device_sessions WHERE connected = 1 "
                                       "ORDER BY device_id");
   });
+}
+
+std::vector<DeviceSession> Registry::connected_sessions_of(
+    std::span<const std::string> device_ids) {
+  if (device_ids.empty()) return {};
+  return m_impl->guarded(
+      "reading the sessions of " + std::to_string(device_ids.size()) + " devices (first '" +
+          device_ids.front() + "')",
+      [&] {
+        std::vector<DeviceSession> out;
+        // Bound IDs in slices of three fixed sizes (the last ID repeated to fill one), so that
+        // three statements serve every call: the statement cache keeps each by its text.
+        constexpr std::size_t kSizes[] = {8, 64, 512};
+        for (std::size_t at = 0; at < device_ids.size();) {
+          const std::size_t left = device_ids.size() - at;
+          std::size_t size = kSizes[2];
+          for (const std::size_t s : kSizes) {
+            if (s >= left) {
+              size = s;
+              break;
+            }
+          }
+          const std::size_t take = std::min(left, size);
+          std::string text = "SELECT " + kSessionColumns +
+                             " FROM device_sessions WHERE connected = 1 AND device_id IN (?";
+          for (std::size_t i = 1; i < size; ++i) text += ", ?";
+          text += ")";
+          auto st = m_impl->query(text);
+          for (std::size_t i = 0; i < size; ++i) {
+            st->bind(static_cast<int>(i + 1),
+                     std::string_view(device_ids[at + std::min(i, take - 1)]));
+          }
+          while (st->step()) out.push_back(SessionRow::read(*st));
+          at += take;
+        }
+        std::sort(out.begin(), out.end(), [](const DeviceSession& a, const DeviceSession& b) {
+          return a.device_id < b.device_id;
+        });
+        out.erase(std::unique(out.begin(), out.end(),
+                              [](const DeviceSession& a, const DeviceSession& b) {
+                                return a.device_id == b.device_id;
+                              }),
+                  out.end());
+        return out;
+      });
 }
 
 std::int64_t Registry::change_mark() {

@@ -13,6 +13,7 @@
 #include "fleetsign/engine/clock.hpp"
 #include "fleetsign/engine/x509_ossl.hpp"
 #include "fleetsign/error.hpp"
+#include "leaf.hpp"
 #include "oids.hpp"
 #include "ossl.hpp"
 
@@ -91,6 +92,13 @@ std::string key_sha256_of_spki(ByteView spki) {
 }
 
 std::string key_sha256_of_cert(ByteView cert_der) {
+  // The engine's strict DER walk finds the SubjectPublicKeyInfo without decoding the key: d2i_X509
+  // decodes it through OpenSSL 3.0's provider decoders, which cost more than the hash (a
+  // rollover hashes the replaced certificate of every device). What the walk refuses (a v1
+  // certificate, BER) takes OpenSSL's decoder, as before.
+  LeafView leaf;
+  std::string why;
+  if (parse_leaf(cert_der, leaf, why)) return key_sha256_of_spki(leaf.spki);
   const unsigned char* p = cert_der.data();
   ossl::X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(cert_der.size())));
   if (!cert) {

@@ -161,6 +161,8 @@ class Registry final : public Stores {
   void record_sessions(std::span<const DeviceSession> sessions) override;
   std::int64_t mark_all_disconnected(std::int64_t at) override;
   std::vector<DeviceSession> connected_devices() override;
+  std::vector<DeviceSession> connected_sessions_of(
+      std::span<const std::string> device_ids) override;
   std::int64_t change_mark() override;
   std::vector<AuditEntry> audit_after(std::int64_t after_id, std::int64_t limit) override;
 

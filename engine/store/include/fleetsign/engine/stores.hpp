@@ -247,6 +247,10 @@ class FleetStateStore {
   // broker starts with nobody connected. Returns how many were connected.
   virtual std::int64_t mark_all_disconnected(std::int64_t at) = 0;
   virtual std::vector<DeviceSession> connected_devices() = 0;  // by device ID
+  // The connected sessions of just these devices (a job's waiting few among a fleet), by device
+  // ID; a device not connected, unknown or named twice gives no row or one.
+  virtual std::vector<DeviceSession> connected_sessions_of(
+      std::span<const std::string> device_ids) = 0;
   // The registry's change mark: the id of the newest audit row (0 when none). Every change that
   // matters to admission writes an audit row, so a poller compares marks.
   virtual std::int64_t change_mark() = 0;
