@@ -249,9 +249,9 @@ MethodResponse create_csr(MethodContext& device, const Poco::Dynamic::Var& paylo
     } else {
       key = generate_key(key_type);
     }
-    std::string pem = private_key_pem(key.get());
-    store.write_pending(slot, PendingKey(job, key_type, pem));
-    made_keys().add(pem, key.get());
+    const PendingKey made(job, key_type, private_key_pem(key.get()));
+    store.write_pending(slot, made);
+    made_keys().add(made.key_pem, key.get());
   }
   Poco::JSON::Object body(Poco::JSON_PRESERVE_KEY_ORDER);
   body.set("csr", make_csr(device.device_id(), key.get(), key_type));

@@ -6,6 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,6 +89,40 @@ Der self_signed(EVP_PKEY* key, long version) {
   return out;
 }
 
+// Adds one to the DER length at `at` (short form, or long form with one or two octets).
+bool grow_length(Der& der, std::size_t at) {
+  const std::uint8_t first = der[at + 1];
+  if (first < 0x7F) {
+    ++der[at + 1];
+    return true;
+  }
+  if (first == 0x81 && der[at + 2] < 0xFF) {
+    ++der[at + 2];
+    return true;
+  }
+  if (first == 0x82) {
+    const unsigned n = (unsigned{der[at + 2]} << 8 | der[at + 3]) + 1;
+    der[at + 2] = static_cast<std::uint8_t>(n >> 8);
+    der[at + 3] = static_cast<std::uint8_t>(n);
+    return true;
+  }
+  return false;
+}
+
+// `cert` (a P-256 key) with its key's AlgorithmIdentifier length written as 81 13 instead of 13:
+// BER that OpenSSL accepts. Empty when the layout is not the expected one.
+Der with_long_form_key_algorithm(Der cert) {
+  const std::uint8_t spki[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07};
+  const auto it = std::search(cert.begin(), cert.end(), std::begin(spki), std::end(spki));
+  if (it == cert.end() || cert[0] != 0x30 || (cert[1] != 0x81 && cert[1] != 0x82)) return {};
+  const auto at = static_cast<std::size_t>(it - cert.begin());
+  const std::size_t tbs = cert[1] == 0x81 ? 3 : 4;  // the header, then the TBSCertificate
+  if (!grow_length(cert, 0) || !grow_length(cert, tbs)) return {};
+  cert[at + 1] = 0x5A;
+  cert.insert(cert.begin() + static_cast<std::ptrdiff_t>(at + 3), 0x81);
+  return cert;
+}
+
 // The engine's DER walk reads a v3 certificate's key; OpenSSL's decoder reads what the walk
 // refuses (a v1 certificate, trailing bytes after it), with the same hash.
 TEST(KeyHash, ACertificateHashesLikeItsSpki) {
@@ -103,6 +138,15 @@ TEST(KeyHash, ACertificateHashesLikeItsSpki) {
   trailing.push_back(0x00);
   EXPECT_EQ(key_sha256_of_cert(trailing), want);
   EXPECT_EQ(key_sha256_of_cert(Der(v3.begin(), v3.end() - 1)), "");  // cut short
+  // BER inside the key (the AlgorithmIdentifier's length in long form), which OpenSSL reads and
+  // encodes again in DER: the same key, the same hash.
+  const Der ber = with_long_form_key_algorithm(v3);
+  ASSERT_FALSE(ber.empty());
+  const unsigned char* p = ber.data();
+  X509* parsed = d2i_X509(nullptr, &p, static_cast<long>(ber.size()));
+  ASSERT_NE(parsed, nullptr);
+  X509_free(parsed);
+  EXPECT_EQ(key_sha256_of_cert(ber), want);
   EXPECT_EQ(key_sha256_of_cert(Der{0x30, 0x00}), "");
 }
 

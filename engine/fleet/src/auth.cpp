@@ -50,24 +50,31 @@ const EVP_MD* digest_of(der::Bytes oid_content) {
 // Signatures verified already (positive answers only), for the whole process: in a rollover a
 // device presents its new certificate twice (to DPS, then to the hub), and the broker's re-check
 // runs the certificate of every live session through the decision again whenever admission
-// changes. An entry is the SHA-256 of the whole input of the verification (the issuer's public
-// key, the digest algorithm, the TBS digest and the signature), so a hit answers exactly what
-// verifying again would. Two generations of kGeneration entries bound its memory (~5 MB).
+// changes. An entry is the SHA-256 of the whole input of the verification (the digest algorithm,
+// the SHA-256 of the issuer's whole SubjectPublicKeyInfo, the TBS digest and the signature), so a
+// hit answers exactly what verifying again would. Two generations of kGeneration entries bound its
+// memory (~5 MB).
 class VerifiedSignatures {
  public:
   using Key = std::array<std::uint8_t, 32>;
 
-  static Key key_of(const Ca& issuer, const EVP_MD* md, ByteView digest, der::Bytes signature) {
+  // The key of a verification, or nullopt when there is none to remember (the issuer's key could
+  // not be encoded, or hashing failed).
+  static std::optional<Key> key_of(const Ca& issuer, const EVP_MD* md, ByteView digest,
+                                   der::Bytes signature) {
+    if (!issuer.key_id_ok) return std::nullopt;
     thread_local std::vector<std::uint8_t> input;
     input.clear();
-    const ASN1_BIT_STRING* pub = X509_get0_pubkey_bitstr(issuer.x509.get());
     const int type = EVP_MD_get_type(md);
     put(input, ByteView(reinterpret_cast<const std::uint8_t*>(&type), sizeof type));
-    if (pub != nullptr) put(input, ByteView(pub->data, static_cast<std::size_t>(pub->length)));
+    put(input, issuer.key_id);
     put(input, digest);
     put(input, signature);
     Key key{};
-    EVP_Digest(input.data(), input.size(), key.data(), nullptr, EVP_sha256(), nullptr);
+    if (EVP_Digest(input.data(), input.size(), key.data(), nullptr, EVP_sha256(), nullptr) != 1) {
+      ERR_clear_error();
+      return std::nullopt;
+    }
     return key;
   }
   bool contains(const Key& key) {
@@ -148,6 +155,13 @@ void Authenticator::Impl::load() {
     if (ec != nullptr && EC_GROUP_get_curve_name(EC_KEY_get0_group(ec)) == NID_X9_62_prime256v1) {
       ca.fast = std::make_unique<FixedKeyVerifier>(ec);
     }
+    unsigned char* spki = nullptr;
+    const int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(ca.x509.get()), &spki);
+    ca.key_id_ok =
+        spki_len > 0 && EVP_Digest(spki, static_cast<std::size_t>(spki_len), ca.key_id.data(),
+                                   nullptr, EVP_sha256(), nullptr) == 1;
+    OPENSSL_free(spki);
+    ERR_clear_error();
     ca.constrained = X509_get_ext_by_NID(ca.x509.get(), NID_name_constraints, -1) >= 0 ||
                      X509_get_ext_by_NID(ca.x509.get(), NID_policy_constraints, -1) >= 0;
     ca.rec = std::move(rec);
@@ -290,7 +304,7 @@ bool auth_detail::leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
   EVP_Digest(leaf.tbs.data(), leaf.tbs.size(), digest, &digest_len, md, nullptr);
   const ByteView tbs_digest(digest, digest_len);
   const auto key = VerifiedSignatures::key_of(issuer, md, tbs_digest, leaf.signature);
-  if (verified_signatures().contains(key)) return true;
+  if (key && verified_signatures().contains(*key)) return true;
   bool good = false;
   if (issuer.fast && md == EVP_sha256()) {
     good = issuer.fast->verify(tbs_digest, leaf.signature);
@@ -302,7 +316,7 @@ bool auth_detail::leaf_signed_by(const Ca& issuer, const LeafView& leaf) {
                            digest_len) == 1;
     ERR_clear_error();
   }
-  if (good) verified_signatures().add(key);
+  if (good && key) verified_signatures().add(*key);
   return good;
 }
 

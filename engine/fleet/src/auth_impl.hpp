@@ -5,6 +5,8 @@
 
 #include <openssl/x509_vfy.h>
 
+#include <array>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <optional>
@@ -32,9 +34,13 @@ struct Ca {
   ossl::X509Ptr x509;
   std::string subject_der;                 // key of the issuer lookup
   std::unique_ptr<FixedKeyVerifier> fast;  // P-256 keys
-  bool path_ok = false;                    // its chain to its root verifies (signatures, pathLen)
-  bool constrained = false;                // name/policy constraints: leave it to OpenSSL
-  std::vector<Anchor> anchors;             // the group slots it sits in
+  // SHA-256 of its whole SubjectPublicKeyInfo (algorithm, parameters, key): the issuer's part of
+  // a remembered signature's identity (auth.cpp). `key_id_ok` false: nothing is remembered.
+  std::array<std::uint8_t, 32> key_id{};
+  bool key_id_ok = false;
+  bool path_ok = false;         // its chain to its root verifies (signatures, pathLen)
+  bool constrained = false;     // name/policy constraints: leave it to OpenSSL
+  std::vector<Anchor> anchors;  // the group slots it sits in
   // Verified itself, or issued (path_ok) below a verified CA: DPS admits an intermediate signed
   // by a verified CA without a proof of possession of its own. `vouched_by` names that CA.
   bool vouched = false;

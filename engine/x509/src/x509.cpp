@@ -91,14 +91,42 @@ std::string key_sha256_of_spki(ByteView spki) {
   return out;
 }
 
+namespace {
+
+// A SubjectPublicKeyInfo that OpenSSL would encode again byte for byte: id-ecPublicKey with a
+// named curve (P-256, P-384, P-521), a BIT STRING without unused bits, strict DER throughout.
+bool canonical_ec_spki(ByteView spki) {
+  der::Bytes in = spki, body, alg;
+  der::Tlv t, alg_seq, alg_oid, curve, bits;
+  if (!der::expect(in, der::tag::kSequence, t) || !in.empty()) return false;
+  body = t.content;
+  if (!der::expect(body, der::tag::kSequence, alg_seq) ||
+      !der::expect(body, der::tag::kBitString, bits) || !body.empty()) {
+    return false;
+  }
+  alg = alg_seq.content;
+  if (!der::expect(alg, der::tag::kOid, alg_oid) || !der::expect(alg, der::tag::kOid, curve) ||
+      !alg.empty() || !der::equal(alg_oid.content, oid::kEcPublicKey)) {
+    return false;
+  }
+  const der::Bytes c = curve.content;
+  return (der::equal(c, oid::kP256) || der::equal(c, oid::kP384) || der::equal(c, oid::kP521)) &&
+         bits.content.size() >= 2 && bits.content[0] == 0;
+}
+
+}  // namespace
+
 std::string key_sha256_of_cert(ByteView cert_der) {
   // The engine's strict DER walk finds the SubjectPublicKeyInfo without decoding the key: d2i_X509
   // decodes it through OpenSSL 3.0's provider decoders, which cost more than the hash (a
-  // rollover hashes the replaced certificate of every device). What the walk refuses (a v1
-  // certificate, BER) takes OpenSSL's decoder, as before.
+  // rollover hashes the replaced certificate of every device). Only a named-curve EC key in strict
+  // DER is taken as it stands (OpenSSL's encoding of it is the same bytes); anything else (RSA, a
+  // v1 certificate, BER anywhere) takes OpenSSL's decoder and encoder, as before.
   LeafView leaf;
   std::string why;
-  if (parse_leaf(cert_der, leaf, why)) return key_sha256_of_spki(leaf.spki);
+  if (parse_leaf(cert_der, leaf, why) && canonical_ec_spki(leaf.spki)) {
+    return key_sha256_of_spki(leaf.spki);
+  }
   const unsigned char* p = cert_der.data();
   ossl::X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(cert_der.size())));
   if (!cert) {
