@@ -6,6 +6,7 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <sys/stat.h>
@@ -103,6 +104,26 @@ std::string csr_public_key(const std::string& pem, const std::string& id) {
   OPENSSL_free(der);
   X509_REQ_free(req);
   return key;
+}
+
+// A pending key file as another writer would leave it, holding `key_pem`.
+std::string pending_json(const std::string& job, const std::string& key_pem) {
+  return json({{"jobId", job}, {"keyType", "ec-p256"}, {"key", key_pem}});
+}
+
+// `key` in PEM: PKCS#8 ("PRIVATE KEY"), or the traditional encoding ("EC PRIVATE KEY").
+std::string key_pem(EVP_PKEY* key, bool traditional) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  const int ok =
+      traditional
+          ? PEM_write_bio_PrivateKey_traditional(bio, key, nullptr, nullptr, 0, nullptr, nullptr)
+          : PEM_write_bio_PrivateKey(bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+  EXPECT_EQ(ok, 1);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, static_cast<std::size_t>(n));
+  BIO_free(bio);
+  return out;
 }
 
 class Rotation : public ::testing::Test {
@@ -241,6 +262,52 @@ TEST_F(Rotation, AFullRotationSwitchesSlotsAndEveryRepeatAnswersTheSame) {
   EXPECT_EQ(d.slot(), Slot::kPrimary);
   EXPECT_EQ(d.certificate().sha256, sha2);
   EXPECT_EQ(d.reconnects, 2);
+}
+
+// The pending key in flash is what counts. The agent remembers the keys it made only to skip
+// decoding them again: a pending file rewritten behind its back, with another key or with the same
+// key in another encoding, is read from flash.
+TEST_F(Rotation, APendingKeyRewrittenInFlashIsTheKeyThatCounts) {
+  const fs::path flash = dir.path() / "state" / "dev-01";
+  Device d(dir.path() / "state", batch_device("dev-01"));
+  const std::string chain = sign(create(d, "job-1"), "dev-01");
+  ASSERT_FALSE(chain.empty());
+  const fs::path pending = flash / "secondary.pending.json";
+  const std::string made_pem = parse(read_file(pending))->getValue<std::string>("key");
+  BIO* bio = BIO_new_mem_buf(made_pem.data(), static_cast<int>(made_pem.size()));
+  EVP_PKEY* made = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  BIO_free(bio);
+  ASSERT_NE(made, nullptr);
+  EVP_PKEY* other = EVP_EC_gen("P-256");
+  ASSERT_NE(other, nullptr);
+  unsigned char* der = nullptr;
+  const int der_len = i2d_PUBKEY(other, &der);
+  const std::string other_spki(reinterpret_cast<char*>(der), static_cast<std::size_t>(der_len));
+  OPENSSL_free(der);
+
+  // Another key under the same job: the certificate for the key made is refused and nothing in
+  // flash changes.
+  write_file(pending, pending_json("job-1", key_pem(other, false)));
+  const auto before = snapshot(flash);
+  const auto refused = install(d, "job-1", chain);
+  EXPECT_EQ(refused.status, 409) << refused.payload;
+  EXPECT_NE(refused.payload.find("is not the key slot 'secondary' holds"), std::string::npos)
+      << refused.payload;
+  EXPECT_EQ(snapshot(flash), before);
+  // createCsr of the same job again: its CSR carries the key in flash, not the key made.
+  EXPECT_EQ(csr_public_key(create(d, "job-1"), "dev-01"), other_spki);
+
+  // The key made, written back in the traditional encoding (other text, the same key): decoded
+  // from flash, it matches the certificate, and the slot's key file holds that text.
+  const std::string traditional = key_pem(made, true);
+  ASSERT_NE(traditional.find("EC PRIVATE KEY"), std::string::npos);
+  write_file(pending, pending_json("job-1", traditional));
+  const auto ok = install(d, "job-1", chain);
+  ASSERT_EQ(ok.status, 200) << ok.payload;
+  EXPECT_EQ(read_file(flash / "secondary.key.pem"), traditional);
+  EXPECT_FALSE(fs::exists(pending));
+  EVP_PKEY_free(other);
+  EVP_PKEY_free(made);
 }
 
 TEST_F(Rotation, HostileCallsAnswerTheDocumentedStatusAndChangeNothingInFlash) {
