@@ -230,7 +230,8 @@ void add_incident_commands(std::vector<Command>& commands) {
                    "re-provisioning), affiliationChanged, superseded, …");
         add_option(s, "replacement-ca", "NEW", "use this CA instead of making one");
         add_option(s, "compromised-at", "T",
-                   "when the compromise began (unix seconds or YYYY-MM-DDTHH:MM:SSZ; default now)");
+                   "when the compromise began (unix seconds or YYYY-MM-DDTHH:MM:SSZ; default: the "
+                   "end of this second, so every certificate recorded so far is pinned)");
         add_option(s, "key", "ALG", "the replacement's key (ec-p256, ec-p384, …)");
         add_flag(s, "dry-run", "print the plan and change nothing");
         add_flag(s, "yes", "run it (it revokes at once)");

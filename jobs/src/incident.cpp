@@ -193,7 +193,11 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   plan.scope_kind = request.scope_kind;
   plan.scope = request.scope;
   plan.reason = request.reason;
-  plan.compromised_at = request.compromised_at.value_or(clock.now());
+  // Without a time from the operator: the end of this second. Certificates are recorded to the
+  // second, so one recorded in this second, before the command ran, counts as recorded before the
+  // compromise and is pinned (with `now`, a lot issued in the second of the incident was refused
+  // as recorded after it, and its devices could never come back for their rotation).
+  plan.compromised_at = request.compromised_at.value_or(clock.now() + 1);
   const engine::GroupIndex index = engine::GroupIndex::load(stores);
   engine::DeviceFilter filter;
   if (request.scope_kind == "ca") {

@@ -4,6 +4,7 @@
 #include <Poco/JSON/Parser.h>
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <thread>
 
 #include "broker_fixture.hpp"
@@ -141,6 +142,68 @@ TEST_F(BrokerRouting, APersistentSessionGetsHeldCallsWhenItComesBack) {
   const auto answer = svc->wait_for(answer_to(rid));
   ASSERT_TRUE(answer) << "a QoS 1 answer is served like a QoS 0 one";
   EXPECT_EQ(status_of(answer->topic), 200);
+}
+
+// A call held for an offline device that comes back pinned by an incident (issue 10 §4: rotation
+// methods only) goes out only when it is a rotation method; any other is answered 400, as it is
+// when the device is connected. Both ways back: a clean session that subscribes (dev-a), and a
+// persistent one whose subscription outlived it (dev-b).
+TEST_F(BrokerRouting, AHeldCallToADeviceBackPinnedByAnIncidentIsRefusedUnlessItRotates) {
+  {
+    auto dev = h.device(b, "", false);
+    ASSERT_EQ(dev->connect(), 0);
+    ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
+    dev->disconnect();
+  }
+  {
+    auto reg = engine::Registry::open(h.home / "registry.db");
+    engine::Incident incident;
+    incident.scope_kind = "ca";
+    incident.scope = "int";
+    incident.reason = "cACompromise";
+    incident.opened_at = std::time(nullptr);
+    incident.compromised_at = incident.opened_at + 3600;  // both certificates recorded before
+    reg->open_incident(incident);
+  }
+  // The broker has taken the incident in once dev-a's session is pinned (no twin subscription).
+  bool pinned = false;
+  for (int i = 0; i < 50 && !pinned; ++i) {
+    auto probe = h.device(a);
+    ASSERT_EQ(probe->connect(), 0) << h.broker_log();
+    pinned = !probe->subscribe("$iothub/twin/res/#");
+    probe->disconnect();
+    if (!pinned) std::this_thread::sleep_for(200ms);
+  }
+  ASSERT_TRUE(pinned) << h.broker_log();
+  auto svc = h.online_service();
+  for (const bool clean : {true, false}) {
+    const testing::DeviceFiles& files = clean ? a : b;
+    SCOPED_TRACE(files.id);
+    const std::string twin_rid = new_rid(), rotation_rid = new_rid();
+    svc->publish(call_topic(files.id, "getTwin", twin_rid, 20, 10), "{}");
+    svc->publish(call_topic(files.id, "getCertificate", rotation_rid, 20, 10), "{}");
+    std::this_thread::sleep_for(300ms);
+    auto dev = h.device(files, "", clean);
+    ASSERT_EQ(dev->connect(), 0) << h.broker_log();
+    if (clean) {
+      ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
+    }
+    const auto refused = svc->wait_for(answer_to(twin_rid));
+    ASSERT_TRUE(refused) << h.broker_log();
+    EXPECT_EQ(status_of(refused->topic), 400);
+    EXPECT_NE(refused->payload.find("admitted for the rotation methods only"), std::string::npos)
+        << refused->payload;
+    const auto call = dev->wait_topic_prefix("$iothub/methods/POST/getCertificate/");
+    ASSERT_TRUE(call) << h.broker_log();
+    dev->publish("$iothub/methods/res/200/?$rid=" + rid_of(call->topic), "{}");
+    const auto answer = svc->wait_for(answer_to(rotation_rid));
+    ASSERT_TRUE(answer) << h.broker_log();
+    EXPECT_EQ(status_of(answer->topic), 200);
+    for (const auto& m : dev->received()) {
+      EXPECT_EQ(m.topic.find("/getTwin/"), std::string::npos)
+          << "the pinned device got " << m.topic;
+    }
+  }
 }
 
 TEST_F(BrokerRouting, ASilentDeviceGets504WhenTheResponseTimeoutPasses) {

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <ctime>
 #include <map>
+#include <memory>
 
 #include "device_fixture.hpp"
 #include "fleetsign/device/identity.hpp"
@@ -274,20 +275,22 @@ TEST_F(Rotation, APendingKeyRewrittenInFlashIsTheKeyThatCounts) {
   ASSERT_FALSE(chain.empty());
   const fs::path pending = flash / "secondary.pending.json";
   const std::string made_pem = parse(read_file(pending))->getValue<std::string>("key");
+  using Key = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
   BIO* bio = BIO_new_mem_buf(made_pem.data(), static_cast<int>(made_pem.size()));
-  EVP_PKEY* made = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+  const Key made(PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr), EVP_PKEY_free);
   BIO_free(bio);
   ASSERT_NE(made, nullptr);
-  EVP_PKEY* other = EVP_EC_gen("P-256");
+  const Key other(EVP_EC_gen("P-256"), EVP_PKEY_free);
   ASSERT_NE(other, nullptr);
   unsigned char* der = nullptr;
-  const int der_len = i2d_PUBKEY(other, &der);
+  const int der_len = i2d_PUBKEY(other.get(), &der);
+  ASSERT_GT(der_len, 0);
   const std::string other_spki(reinterpret_cast<char*>(der), static_cast<std::size_t>(der_len));
   OPENSSL_free(der);
 
   // Another key under the same job: the certificate for the key made is refused and nothing in
   // flash changes.
-  write_file(pending, pending_json("job-1", key_pem(other, false)));
+  write_file(pending, pending_json("job-1", key_pem(other.get(), false)));
   const auto before = snapshot(flash);
   const auto refused = install(d, "job-1", chain);
   EXPECT_EQ(refused.status, 409) << refused.payload;
@@ -299,15 +302,13 @@ TEST_F(Rotation, APendingKeyRewrittenInFlashIsTheKeyThatCounts) {
 
   // The key made, written back in the traditional encoding (other text, the same key): decoded
   // from flash, it matches the certificate, and the slot's key file holds that text.
-  const std::string traditional = key_pem(made, true);
+  const std::string traditional = key_pem(made.get(), true);
   ASSERT_NE(traditional.find("EC PRIVATE KEY"), std::string::npos);
   write_file(pending, pending_json("job-1", traditional));
   const auto ok = install(d, "job-1", chain);
   ASSERT_EQ(ok.status, 200) << ok.payload;
   EXPECT_EQ(read_file(flash / "secondary.key.pem"), traditional);
   EXPECT_FALSE(fs::exists(pending));
-  EVP_PKEY_free(other);
-  EVP_PKEY_free(made);
 }
 
 TEST_F(Rotation, HostileCallsAnswerTheDocumentedStatusAndChangeNothingInFlash) {

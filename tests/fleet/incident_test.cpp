@@ -172,6 +172,9 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   const std::string before = twin_get("rx-0001", lot_x, "rx-0001");
   ASSERT_NE(before.find("desired"), std::string::npos)
       << "before the incident a device reads its twin: " << before;
+  // The probe's session is over (the broker records sessions in batches): the dry run below
+  // counts the fleet's 80 connected devices, not 81.
+  ASSERT_EQ(wait_connected("rx", 0, 10), 0);
 
   // The attacker's certificates: a device that never existed, and a real device's ID with the
   // attacker's key. Before the incident the stolen key is enough: the chain validates.
@@ -237,7 +240,8 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
     EXPECT_EQ(d->getValue<std::string>("rule"), "incident-unrecorded") << stem;
     const std::string seen = twin_get(stem, path("forged"), stem);
     EXPECT_EQ(seen.find("desired"), std::string::npos) << stem << ": " << seen;
-    EXPECT_EQ(seen.find("connack=0"), std::string::npos) << stem << ": the broker refused it";
+    EXPECT_NE(seen.find("connack=5 "), std::string::npos)
+        << stem << ": the broker refused it (not authorised): " << seen;
   }
   // A recorded certificate is pinned: admitted, for the rotation methods only.
   const auto pinned = auth(path("LOT-I/ri-0001_fullchain.pem"));
@@ -256,6 +260,8 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   const auto rotation = bin.run("method invoke ri-0003 getCertificate --timeout 30 --json");
   EXPECT_EQ(rotation.status, 0) << rotation.out << rotation.err;
 
+  std::printf("the rotations start %lld s after the incident started\n",
+              static_cast<long long>(std::time(nullptr) - t0));
   const auto end = bin.run("job resume " + job + " --json");
   const auto report = json(end.out);
   EXPECT_EQ(report->getValue<std::string>("state"), "finished") << end.out << end.err;
@@ -566,8 +572,14 @@ TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {
   const std::string job = report->getValue<std::string>("id");
   auto reg = registry();
   EXPECT_EQ(reg->list_incidents(true).size(), 0u);
+  // No compromise time given: every certificate recorded before the command is pinned, also one
+  // recorded in the second the incident started (the CI machine once issued the lot and started
+  // the incident in one second, and the lot's devices were refused until the test timed out).
+  const auto incidents = reg->list_incidents(false);
+  ASSERT_EQ(incidents.size(), 1u);
   const auto sessions = connected();
   for (const auto& t : reg->job_tasks(job, "done")) {
+    EXPECT_LT(reg->find_cert(t.old_serial)->created_at, incidents[0].compromised_at);
     EXPECT_EQ(reg->find_cert(t.new_serial)->ca_name, kCa) << t.device_id;
     const auto s = sessions.find(t.device_id);
     EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256) << t.device_id;

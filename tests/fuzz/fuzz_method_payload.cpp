@@ -100,7 +100,8 @@ void broker_request(fuzz::Input& in) {
   const bool ready = payload.size() % 2 == 0;
   router.call("service-1", r, payload, ready, 1000);
   router.call("service-1", r, payload, ready, 1000);  // the same rid again: dropped
-  router.device_ready(std::string(r.device_id), 2000);
+  // Pinned by an incident or not: a held call is sent, or answered 400 and dropped.
+  router.device_ready(std::string(r.device_id), 2000, payload.size() % 3 == 0);
   router.expire(1000 + 301'000 + 301'000);
   if (router.pending() != 0) fuzz::violated("the router holds a call after every deadline");
 }

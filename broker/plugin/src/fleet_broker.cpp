@@ -143,11 +143,7 @@ void FleetBroker::serve_service(const Session& s, const Request& req, std::strin
   }
   const Session* target = m_sessions.find(device);
   if (target != nullptr && target->rotation_only && !rotation_method(req.method)) {
-    m_methods.refuse(s.client_id, req.rid,
-                     "device " + device +
-                         " is admitted for the rotation methods only (an incident pins its "
-                         "certificate): " +
-                         std::string(req.method) + " is not one");
+    m_methods.refuse(s.client_id, req.rid, rotation_only_refusal(device, req.method));
     return;
   }
   const bool ready =
@@ -204,7 +200,7 @@ Verdict FleetBroker::on_subscribe(const void* connection, const std::string& cli
     s->methods_ready = true;
     m_method_subscribers.insert(client_id);
     // Queued now, delivered by mosquitto after it has answered the SUBSCRIBE.
-    m_methods.device_ready(client_id, now_ms());
+    m_methods.device_ready(client_id, now_ms(), s->rotation_only);
   }
   return Verdict::kAllow;
 }
@@ -330,7 +326,8 @@ void FleetBroker::on_tick() {
   }
   const std::int64_t now = now_ms();
   for (const auto& id : std::exchange(m_ready, {})) {
-    m_methods.device_ready(id, now);
+    // Gone again since it connected: its calls stay held until it is back.
+    if (const Session* s = m_sessions.find(id)) m_methods.device_ready(id, now, s->rotation_only);
   }
   m_methods.expire(now);
   if (now - m_last_refresh_ms >= kRefreshEveryMs) {

@@ -88,7 +88,8 @@ void MethodRouter::send(const std::string& drid, Call& c, std::int64_t now_ms) {
   c.payload.shrink_to_fit();
 }
 
-void MethodRouter::device_ready(const std::string& device_id, std::int64_t now_ms) {
+void MethodRouter::device_ready(const std::string& device_id, std::int64_t now_ms,
+                                bool rotation_only) {
   const auto it = m_held.find(device_id);
   if (it == m_held.end()) {
     return;
@@ -97,9 +98,15 @@ void MethodRouter::device_ready(const std::string& device_id, std::int64_t now_m
   m_held.erase(it);
   for (const auto& drid : drids) {
     const auto c = m_calls.find(drid);
-    if (c != m_calls.end() && !c->second.sent) {
-      send(drid, c->second, now_ms);
+    if (c == m_calls.end() || c->second.sent) {
+      continue;
     }
+    if (rotation_only && !rotation_method(c->second.method)) {
+      error_answer(c->second, 400, 400027, rotation_only_refusal(device_id, c->second.method));
+      finish(drid);
+      continue;
+    }
+    send(drid, c->second, now_ms);
   }
 }
 

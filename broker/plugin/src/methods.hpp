@@ -40,8 +40,10 @@ class MethodRouter {
             std::int64_t now_ms);
   // Answers 400 to `service` for a call it cannot make (bad device ID, malformed topic).
   void refuse(const std::string& service, std::string_view rid, const std::string& message);
-  // The device is ready: its held calls go out now.
-  void device_ready(const std::string& device_id, std::int64_t now_ms);
+  // The device is ready: its held calls go out now. A device pinned by an incident
+  // (`rotation_only`) gets only the rotation methods; any other held call is answered 400 as a
+  // call made while it was connected would be.
+  void device_ready(const std::string& device_id, std::int64_t now_ms, bool rotation_only);
   // An answer published by `device_id` (the publisher's checked identity). False when dropped.
   bool answer(const std::string& device_id, const Request& req, std::string_view payload);
   // 404 for held calls past $ct, 504 for sent calls past $rt.

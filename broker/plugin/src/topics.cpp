@@ -212,6 +212,12 @@ bool rotation_method(std::string_view method) {
          method == "getCertificate";
 }
 
+std::string rotation_only_refusal(std::string_view device, std::string_view method) {
+  return "device " + std::string(device) +
+         " is admitted for the rotation methods only (an incident pins its certificate): " +
+         std::string(method) + " is not one";
+}
+
 bool device_may_subscribe(std::string_view filter, bool dps_mode) {
   if (dps_mode) {
     return filter == "$dps/registrations/res/#";

@@ -53,6 +53,8 @@ std::string dps_answer_topic(int status, std::string_view rid, bool retry_after)
 // The rotation protocol's methods (PROTOCOL.md, "Rotation methods"), and getCertificate that
 // confirms one: all a session pinned by an incident may be called with.
 bool rotation_method(std::string_view method);
+// Why a call of `method` to pinned `device` is refused (400, errorCode 400027).
+std::string rotation_only_refusal(std::string_view device, std::string_view method);
 bool device_may_subscribe(std::string_view filter, bool dps_mode);
 bool service_may_subscribe(std::string_view filter);
 // What a client may receive: the plugin addresses everything it sends to one client id, so a
