@@ -248,12 +248,12 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   for (const auto& r : plan.replacements) scope_cas.insert(r.ca);
   if (request.scope_kind == "ca") {
     for (const auto& c : scope_cas) {
-      plan.certificates += static_cast<std::int64_t>(
-          stores.issued_serials_in_scope("ca", c, clock.now() + 1).size());
+      plan.certificates +=
+          static_cast<std::int64_t>(stores.issued_serials_in_scope("ca", c, "", INT64_MAX).size());
     }
   } else {
     plan.certificates = static_cast<std::int64_t>(
-        stores.issued_serials_in_scope(request.scope_kind, request.scope, clock.now() + 1).size());
+        stores.issued_serials_in_scope(request.scope_kind, request.scope, "", INT64_MAX).size());
   }
 
   std::unordered_set<std::string> connected;
@@ -548,16 +548,18 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
   const std::int64_t id = r->optValue<std::int64_t>("incident", 0);
   const auto incident = stores.find_incident(id);
   const std::int64_t opened = incident ? incident->opened_at : job.created_at;
-  // Everything of the scope recorded before the incident that is still valid: revoked. The
-  // certificates the job issued came later, so they stay. A CA's scope is its subtree: the CAs
-  // below it are revoked too (their issuer's key is the stolen one), each listed by its issuer's
-  // CRL.
+  // Everything of the scope recorded until the incident opened that is still valid: revoked,
+  // less the job's own replacements. Certificates are recorded to the second, so one recorded in
+  // the second the incident opened is revoked too (by time alone it stayed valid), and the job's
+  // batch, not the time, tells a replacement made in that second. A CA's scope is its subtree:
+  // the CAs below it are revoked too (their issuer's key is the stolen one), each listed by its
+  // issuer's CRL.
   std::vector<std::string> serials;
   std::vector<std::string> crl_issuers;
   if (kind == "ca") {
     const Recorded recorded = recorded_of(*r);
     for (const auto& c : recorded.cas) {
-      auto some = stores.issued_serials_in_scope("ca", c.ca, opened);
+      auto some = stores.issued_serials_in_scope("ca", c.ca, job_id, opened);
       serials.insert(serials.end(), some.begin(), some.end());
       if (c.ca == scope) continue;
       const auto rec = stores.find_ca(c.ca);
@@ -567,7 +569,7 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
       }
     }
   } else {
-    serials = stores.issued_serials_in_scope(kind, scope, opened);
+    serials = stores.issued_serials_in_scope(kind, scope, job_id, opened);
   }
   const std::string reason = r->getValue<std::string>("reason");
   const std::int64_t revoked =

@@ -11,12 +11,15 @@ namespace {
 // for the rotation methods.
 class IncidentDecisions : public AuthDecisions {
  protected:
-  void record(const Der& der, const std::string& id) {
+  std::string record(const Der& der, const std::string& id, const std::string& batch = "",
+                     const std::string& lot = "") {
     const CertSummary c = summarize_certificate(der);
     CertIntent intent;
     intent.serial = c.serial;
     intent.device_id = id;
     intent.ca_name = "int1";
+    intent.batch_id = batch;
+    intent.lineage.lot = lot;
     intent.subject = c.subject;
     intent.not_before = c.not_before;
     intent.not_after = c.not_after;
@@ -24,6 +27,7 @@ class IncidentDecisions : public AuthDecisions {
     h.registry->record_intents(std::span<const CertIntent>(&intent, 1));
     const IssuedCert issued{c.serial, der, c.sha1, c.sha256};
     h.registry->record_issued(std::span<const IssuedCert>(&issued, 1));
+    return c.serial;
   }
   std::int64_t open(std::int64_t compromised_at) {
     Incident i;
@@ -66,6 +70,71 @@ TEST_F(IncidentDecisions, PinsTheRecordedCertificateAndRefusesForgeriesWithTheSt
   EXPECT_EQ(h.registry->list_incidents(true).size(), 0u);
   EXPECT_EQ(h.registry->list_incidents(false).size(), 2u);
   EXPECT_THROW(h.registry->mark_incident_ca_revoked(99, 0), Error);
+}
+
+// A lot's incident pins the lot's certificates but not its own replacements (the lot's CA is not
+// compromised). Certificates are recorded to the second: one recorded in the second the incident
+// opened may predate it, so it is pinned, and revoked when the incident closes; the job's own
+// replacement from that second is neither (by time alone, the first passed with no pin at all,
+// and stayed valid after the close).
+TEST_F(IncidentDecisions, ALotIncidentTellsItsReplacementsByItsJobNotByTheSecond) {
+  verify_ca("root");
+  group("fleet", "int1");
+  const Der other_lot = leaf("int1", "lot-0");
+  const std::string other_serial = record(other_lot, "lot-0", "factory-7", "LOT-R");
+  // The lot's certificate and the job's replacement, recorded in one second (tried again when a
+  // second ends between them).
+  Der old_cert, replacement;
+  std::string old_serial, replacement_serial;
+  std::int64_t recorded = 0;
+  for (int n = 1; n <= 3; ++n) {
+    const std::string id = "lot-" + std::to_string(n);
+    old_cert = leaf("int1", id);
+    old_serial = record(old_cert, id, "factory-7", "LOT-Q");
+    replacement = leaf("int1", id);
+    replacement_serial = record(replacement, id, "job-q", "LOT-Q");
+    recorded = h.registry->find_cert(old_serial)->created_at;
+    if (h.registry->find_cert(replacement_serial)->created_at == recorded) break;
+    h.registry->revoke_certs(std::vector<std::string>{old_serial, replacement_serial}, "superseded",
+                             0);
+  }
+  ASSERT_EQ(h.registry->find_cert(replacement_serial)->created_at, recorded);
+  Incident i;
+  i.scope_kind = "lot";
+  i.scope = "LOT-Q";
+  i.reason = "affiliationChanged";
+  i.compromised_at = recorded + 1;
+  i.opened_at = recorded;  // the same second
+  i.job_id = "job-q";
+  const std::int64_t id = h.registry->open_incident(i);
+
+  const AuthDecision pinned = decide({old_cert});
+  EXPECT_TRUE(pinned.allowed) << pinned.reason;
+  EXPECT_EQ(pinned.rule, "incident-pinned") << pinned.reason;
+  EXPECT_TRUE(pinned.rotation_only);
+  for (const Der* usual : std::initializer_list<const Der*>{&replacement, &other_lot}) {
+    const AuthDecision d = decide({*usual});
+    EXPECT_TRUE(d.allowed) << d.reason;
+    EXPECT_NE(d.rule, "incident-pinned") << d.reason;
+    EXPECT_FALSE(d.rotation_only);
+  }
+  // What the close revokes: the lot's certificates until the second it opened, less the job's.
+  EXPECT_EQ(h.registry->issued_serials_in_scope("lot", "LOT-Q", "job-q", recorded),
+            std::vector<std::string>{old_serial});
+  EXPECT_EQ(h.registry->issued_serials_in_scope("lot", "LOT-Q", "job-q", recorded - 1).size(), 0u);
+  EXPECT_EQ(h.registry->issued_serials_in_scope("lot", "LOT-Q", "", INT64_MAX).size(), 2u);
+  EXPECT_EQ(h.registry->issued_serials_in_scope("lot", "LOT-R", "job-q", recorded),
+            std::vector<std::string>{other_serial});
+  // Recorded after the second an incident opened (here one that opened a second earlier, for
+  // another job): a replacement the operator made, admitted as usual.
+  h.registry->close_incident(id, 0);
+  i.opened_at = recorded - 1;
+  i.compromised_at = recorded - 1;
+  i.job_id = "job-q2";
+  h.registry->open_incident(i);
+  const AuthDecision later = decide({old_cert});
+  EXPECT_TRUE(later.allowed) << later.reason;
+  EXPECT_NE(later.rule, "incident-pinned") << later.reason;
 }
 
 TEST_F(IncidentDecisions, OneOpenIncidentPerScope) {

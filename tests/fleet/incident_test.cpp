@@ -282,7 +282,7 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   auto reg = registry();
   EXPECT_EQ(reg->list_incidents(true).size(), 0u);
   EXPECT_EQ(reg->find_group("line")->primary_ca, kReplacement);
-  EXPECT_EQ(reg->issued_serials_in_scope("ca", kCa, INT64_MAX).size(), 0u)
+  EXPECT_EQ(reg->issued_serials_in_scope("ca", kCa, "", INT64_MAX).size(), 0u)
       << "every certificate under the compromised CA ends revoked";
   const auto sessions = connected();
   for (const auto& t : reg->job_tasks(job, "done")) {
@@ -384,7 +384,7 @@ TEST_F(Incident, KillNineDuringAnIncidentRunThenResume) {
     EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256) << t.device_id << " lost";
   }
   EXPECT_EQ(reg->list_incidents(true).size(), 0u);
-  EXPECT_EQ(reg->issued_serials_in_scope("ca", kCa, INT64_MAX).size(), 0u);
+  EXPECT_EQ(reg->issued_serials_in_scope("ca", kCa, "", INT64_MAX).size(), 0u);
   std::int64_t revoked_sum = 0;
   const auto counts = audit_counts(&revoked_sum);
   EXPECT_EQ(counts.at("incident.open"), 1);
@@ -511,7 +511,7 @@ TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
   EXPECT_NE(reg->find_ca("plant")->revoked_at, 0) << "the CA below ends revoked";
   EXPECT_EQ(reg->find_ca("plant")->revocation_reason, "cACompromise");
   EXPECT_EQ(reg->find_ca(plant_r)->revoked_at, 0);
-  EXPECT_EQ(reg->issued_serials_in_scope("ca", "plant", INT64_MAX).size(), 0u);
+  EXPECT_EQ(reg->issued_serials_in_scope("ca", "plant", "", INT64_MAX).size(), 0u);
   // The CA below is listed by the compromised CA's last CRL.
   const std::string plant_serial =
       engine::summarize_certificate(reg->find_ca("plant")->cert_der).serial;

@@ -335,8 +335,9 @@ class FaultStores final : public engine::Stores {
   }
   std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
                                                    const std::string& scope,
-                                                   std::int64_t before) override {
-    return m_inner.issued_serials_in_scope(scope_kind, scope, before);
+                                                   const std::string& except_batch,
+                                                   std::int64_t recorded_until) override {
+    return m_inner.issued_serials_in_scope(scope_kind, scope, except_batch, recorded_until);
   }
 
   // RevocationStore

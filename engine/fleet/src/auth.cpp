@@ -172,7 +172,7 @@ void Authenticator::Impl::load() {
     if (ca.rec.revoked_at != 0) revoked_cas.emplace(name, ca.rec.revoked_at);  // revoke --ca
   }
   for (const auto& i : registry.list_incidents(false)) {
-    OpenIncident o{i.id, i.compromised_at, i.opened_at, i.reason, i.scope_kind, i.scope};
+    OpenIncident o{i.id, i.compromised_at, i.opened_at, i.reason, i.scope_kind, i.scope, i.job_id};
     if (i.scope_kind == "ca" && i.ca_revoked_at != 0) revoked_cas.emplace(i.scope, i.ca_revoked_at);
     if (i.closed_at != 0) continue;
     if (i.scope_kind == "ca") {

@@ -67,6 +67,7 @@ std::optional<AuthDecision> outside_validity(const LeafView& leaf, std::int64_t 
 struct OpenIncident {
   std::int64_t id = 0, compromised_at = 0, opened_at = 0;
   std::string reason, scope_kind, scope;
+  std::string job_id;  // its replacements carry it as their batch
 };
 
 struct Authenticator::Impl {

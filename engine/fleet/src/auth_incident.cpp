@@ -86,9 +86,13 @@ std::optional<AuthDecision> Authenticator::Impl::incident_decision(const Der& le
     if (rec) {
       for (const auto& i : lineage_incidents) {
         const std::string& value = i.scope_kind == "lot" ? rec->lot : rec->site;
-        // Recorded after the incident opened: the incident's own replacements (a lot's CA is
-        // not compromised), admitted as usual.
-        if (value == i.scope && rec->created_at < i.opened_at) {
+        // Replacements are admitted as usual (a lot's CA is not compromised): the incident job's
+        // own (its batch), and whatever was recorded after the second it opened. A certificate
+        // recorded in that second is pinned: it may predate the incident (by time alone it passed
+        // as a replacement, with no pin at all).
+        const bool replacement =
+            (!i.job_id.empty() && rec->batch_id == i.job_id) || rec->created_at > i.opened_at;
+        if (value == i.scope && !replacement) {
           return pin(i, i.scope_kind + " '" + i.scope + "'", leaf_der, leaf, cn, serial, rec, at);
         }
       }

@@ -124,7 +124,8 @@ std::optional<Incident> Registry::find_incident(std::int64_t id) {
 
 std::vector<std::string> Registry::issued_serials_in_scope(const std::string& scope_kind,
                                                            const std::string& scope,
-                                                           std::int64_t before) {
+                                                           const std::string& except_batch,
+                                                           std::int64_t recorded_until) {
   const std::string column =
       scope_kind == "ca"    ? "ca_name"
       : scope_kind == "lot" ? "lot"
@@ -133,10 +134,13 @@ std::vector<std::string> Registry::issued_serials_in_scope(const std::string& sc
           : throw Error(ErrorCode::kInvalidArgument, "no incident scope '" + scope_kind + "'");
   return m_impl->guarded(
       "listing the issued certificates of " + scope_kind + " '" + scope + "'", [&] {
-        return m_impl->column<std::string>("SELECT serial FROM certificates WHERE " + column +
-                                               " = ? AND state = 'issued' AND created_at < ? "
-                                               "ORDER BY serial",
-                                           scope, before);
+        const std::string sql = "SELECT serial FROM certificates WHERE " + column +
+                                " = ? AND state = 'issued' AND created_at <= ?" +
+                                (except_batch.empty() ? "" : " AND batch_id <> ?") +
+                                " ORDER BY serial";
+        return except_batch.empty()
+                   ? m_impl->column<std::string>(sql, scope, recorded_until)
+                   : m_impl->column<std::string>(sql, scope, recorded_until, except_batch);
       });
 }
 
@@ -145,7 +149,7 @@ std::vector<std::string> Registry::issued_serials_in_scope(const std::string& sc
 std::optional<PinnedCert> Registry::pinned_cert(const std::string& serial) {
   static const std::string kSql =
       "SELECT device_id, ca_name, state, COALESCE(sha256, ''), COALESCE(lot, ''), "
-      "COALESCE(site, ''), created_at, revoked_at, revocation_reason FROM certificates "
+      "COALESCE(site, ''), created_at, revoked_at, revocation_reason, batch_id FROM certificates "
       "WHERE serial = ?";
   try {
     sql::Stmt& st = m_impl->m_pinned_cert.get(m_impl->db(), kSql);
@@ -170,6 +174,7 @@ std::optional<PinnedCert> Registry::pinned_cert(const std::string& serial) {
     p.created_at = st.int64(6);
     p.revoked_at = st.int64(7);
     p.revocation_reason = text_at(st, 8);
+    p.batch_id = text_at(st, 9);
     return p;
   } catch (const sql::DbError& e) {
     // As before the port: any failure of this lookup is a registry error.

@@ -182,7 +182,8 @@ class Registry final : public Stores {
   std::optional<PinnedCert> pinned_cert(const std::string& serial) override;
   std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
                                                    const std::string& scope,
-                                                   std::int64_t before) override;
+                                                   const std::string& except_batch,
+                                                   std::int64_t recorded_until) override;
 
   // RevocationStore (registry_revocation.cpp; schema v10)
   std::vector<RevocableCert> select_certs(const CertQuery& query) override;

@@ -277,6 +277,7 @@ struct Incident {
 // What the decision needs to pin one certificate: a point query by serial (the primary key).
 struct PinnedCert {
   std::string serial, device_id, ca_name, sha256, lot, site;
+  std::string batch_id;  // an incident job's own replacements carry its job id
   CertState state = CertState::kIntent;
   std::int64_t created_at = 0, revoked_at = 0;
   std::string revocation_reason;
@@ -298,10 +299,14 @@ class IncidentStore {
   virtual std::optional<Incident> find_incident(std::int64_t id) = 0;
   virtual std::optional<PinnedCert> pinned_cert(const std::string& serial) = 0;
   // Serials of the issued certificates of a scope ("ca": ca_name, "lot", "site": lineage)
-  // recorded before `before` (the certificates an incident revokes when it closes).
+  // recorded at or before `recorded_until`, less those of batch `except_batch` when it is not
+  // empty: the certificates an incident revokes when it closes (recorded until the second it
+  // opened), less its job's own replacements. Certificates are recorded to the second, so the
+  // bound is inclusive and the job's batch, not the time, tells its replacements.
   virtual std::vector<std::string> issued_serials_in_scope(const std::string& scope_kind,
                                                            const std::string& scope,
-                                                           std::int64_t before) = 0;
+                                                           const std::string& except_batch,
+                                                           std::int64_t recorded_until) = 0;
 };
 
 // Revocation runs (schema v10, issue 10): the certificates a selector names, CA revocation, and the
