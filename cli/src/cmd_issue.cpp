@@ -514,7 +514,8 @@ void add_issue_commands(std::vector<Command>& commands) {
                    "device key for --generate: ec-p256 (default), ec-p384, rsa-2048");
         add_option(s, "out", "DIR", "output directory");
         add_option(s, "batch", "ID",
-                   "batch ID (default: generated); an existing ID resumes/reports it");
+                   "batch ID (default: generated); an existing ID resumes/reports it; not "
+                   "'roll-…' (jobs' IDs)");
         add_option(s, "resume", "BATCH", "resume an interrupted batch from the registry");
         add_option(s, "threads", "N", "worker threads (default: all cores)");
         add_option(s, "chunk", "N", "devices per registry transaction (default 1024; tuning)");

@@ -3,26 +3,26 @@
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <array>
 #include <ctime>
 #include <set>
-#include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/error.hpp"
+#include "incident_records.hpp"
 
 namespace fleetsign::jobs {
 
 namespace {
 
 using Poco::JSON::Object;
+using namespace incident_records;
 
 constexpr std::array<std::string_view, 6> kReasons = {"keyCompromise",        "cACompromise",
                                                       "affiliationChanged",   "superseded",
@@ -37,36 +37,6 @@ std::string stamp_day(const engine::Clock& clock) {
   return buf;
 }
 
-std::string text(const Object& o) {
-  std::ostringstream s;
-  o.stringify(s);
-  return s.str();
-}
-
-Object::Ptr report_of(const engine::JobRecord& job) {
-  try {
-    Poco::JSON::Parser parser;
-    return parser.parse(job.report_json).extract<Object::Ptr>();
-  } catch (const Poco::Exception& e) {
-    throw Error(ErrorCode::kRegistryError, "job " + job.id + ": report: " + e.displayText());
-  }
-}
-
-engine::JobRecord job_of(engine::Stores& stores, const std::string& job_id) {
-  auto job = stores.find_job(job_id);
-  if (!job) throw Error(ErrorCode::kNotFound, "no job '" + job_id + "'");
-  if (job->kind != "incident") {
-    throw Error(ErrorCode::kInvalidArgument, "job " + job_id + " is a " + job->kind);
-  }
-  return *job;
-}
-
-void set_phase(engine::Stores& stores, const std::string& job_id, Object::Ptr report,
-               const std::string& phase) {
-  report->set("phase", phase);
-  stores.set_job_report(job_id, text(*report));
-}
-
 // The policy's validity for a replacement CA, cut to what its issuer has left (less a day: the
 // backdate and the clock). A replacement's issuer can be another replacement made a second
 // earlier with the same validity, and a CA may not outlive its issuer.
@@ -77,14 +47,6 @@ int replacement_days(engine::Stores& stores, const policy::Policy& policy,
   if (!rec) return days;
   const std::int64_t fits = (rec->not_after - clock.now()) / 86400 - 1;
   return fits >= 1 && fits < days ? static_cast<int>(fits) : days;
-}
-
-std::optional<engine::Incident> open_incident_for(engine::Stores& stores, const std::string& kind,
-                                                  const std::string& scope) {
-  for (auto& i : stores.list_incidents(true)) {
-    if (i.scope_kind == kind && i.scope == scope) return i;
-  }
-  return std::nullopt;
 }
 
 // The device's certificate in the scope (a slot's certificate of one of the CAs, of the lot or of
@@ -246,14 +208,20 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   }
   std::set<std::string> scope_cas;
   for (const auto& r : plan.replacements) scope_cas.insert(r.ca);
+  // What the close will revoke: everything issued so far; with the incident already open, by the
+  // close's own rule (the job that opened it, and the one that a start now continues).
+  const auto open = open_incident_for(stores, request.scope_kind, request.scope);
+  const std::vector<std::string> jobs{open ? open->job_id : std::string(),
+                                      open ? continuing_job(stores, request) : std::string()};
+  const std::int64_t until = open ? open->opened_at : INT64_MAX;
   if (request.scope_kind == "ca") {
     for (const auto& c : scope_cas) {
       plan.certificates +=
-          static_cast<std::int64_t>(stores.issued_serials_in_scope("ca", c, "", INT64_MAX).size());
+          static_cast<std::int64_t>(revoked_at_close(stores, "ca", c, jobs, until).size());
     }
   } else {
     plan.certificates = static_cast<std::int64_t>(
-        stores.issued_serials_in_scope(request.scope_kind, request.scope, "", INT64_MAX).size());
+        revoked_at_close(stores, request.scope_kind, request.scope, jobs, until).size());
   }
 
   std::unordered_set<std::string> connected;
@@ -306,24 +274,17 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
                              const policy::Policy& policy, const engine::Clock& clock,
                              const IncidentRequest& request) {
   IncidentStart out;
-  // An earlier run of the same request that recorded its job: continue that one.
   for (const auto& job : stores.list_jobs({.limit = 1000})) {
-    if (job.kind != "incident" || job.state == "finished" || job.state == "canceled") continue;
-    if (job.report_json.empty() || job.report_json == "{}") {
+    if (job.kind == "incident" && job.state != "finished" && job.state != "canceled" &&
+        (job.report_json.empty() || job.report_json == "{}")) {
       // A start killed between recording the job and its report: that job never opened
       // anything, and its tasks would hold the devices; it is canceled, this run records anew.
       stores.set_job_state(job.id, "canceled", clock.now());
-      continue;
-    }
-    const auto r = report_of(job);
-    if (r->optValue<std::string>("scopeKind", "") == request.scope_kind &&
-        r->optValue<std::string>("scope", "") == request.scope &&
-        r->optValue<std::string>("phase", "") != "closed") {
-      out.job_id = job.id;
-      out.resumed = true;
-      break;
     }
   }
+  // An earlier run of the same request that recorded its job: continue that one.
+  out.job_id = continuing_job(stores, request);
+  out.resumed = !out.job_id.empty();
   if (out.job_id.empty()) {
     // An incident left open by a canceled or aborted job is taken over by the new job (its
     // devices stay pinned meanwhile); advance_incident finds it instead of opening another.
@@ -469,7 +430,7 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
       id = stores.open_incident(i);
     }
     r->set("incident", id);
-    stores.set_job_report(job_id, text(*r));
+    stores.set_job_report(job_id, report_text(*r));
     if (kind == "ca") {
       revoke_ca_record(stores, scope, reason, clock.now());
       // The issuer's CRL lists the compromised CA from now on.
@@ -554,12 +515,13 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
   // batch, not the time, tells a replacement made in that second. A CA's scope is its subtree:
   // the CAs below it are revoked too (their issuer's key is the stolen one), each listed by its
   // issuer's CRL.
+  const std::vector<std::string> jobs{incident ? incident->job_id : job_id, job_id};
   std::vector<std::string> serials;
   std::vector<std::string> crl_issuers;
   if (kind == "ca") {
     const Recorded recorded = recorded_of(*r);
     for (const auto& c : recorded.cas) {
-      auto some = stores.issued_serials_in_scope("ca", c.ca, job_id, opened);
+      auto some = revoked_at_close(stores, "ca", c.ca, jobs, opened);
       serials.insert(serials.end(), some.begin(), some.end());
       if (c.ca == scope) continue;
       const auto rec = stores.find_ca(c.ca);
@@ -569,7 +531,7 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
       }
     }
   } else {
-    serials = stores.issued_serials_in_scope(kind, scope, job_id, opened);
+    serials = revoked_at_close(stores, kind, scope, jobs, opened);
   }
   const std::string reason = r->getValue<std::string>("reason");
   const std::int64_t revoked =

@@ -220,6 +220,14 @@ void validate(const BatchOptions& o, const hsm::Pin* pfx_password) {
   if (auto why = o.batch_id.empty() ? std::nullopt : check_safe_name(o.batch_id, "batch ID")) {
     throw Error(ErrorCode::kInvalidArgument, *why);
   }
+  // A job's certificates carry its ID as their batch (an incident tells its replacements by it):
+  // a batch may not pose as one.
+  if (o.batch_id.starts_with("roll-")) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "batch ID '" + o.batch_id +
+                    "': IDs beginning with 'roll-' are the IDs of rollover and incident jobs, "
+                    "whose certificates carry them");
+  }
   if (o.share_of.empty() && is_share_batch_id(o.batch_id)) {
     throw Error(ErrorCode::kInvalidArgument,
                 "batch ID '" + o.batch_id +
