@@ -53,9 +53,15 @@ void Runner::sign_queued() {
     for (std::size_t i : indices) {
       Live& t = m_tasks[i];
       engine::Der replaced;
-      if (auto old = m_stores.find_cert(t.row.old_serial)) replaced = std::move(old->der);
-      csrs.push_back(
-          engine::JobCsr{t.row.device_id, t.row.seq, std::move(t.csr), t.lot, std::move(replaced)});
+      // The new certificate keeps the old one's lot, line and site: the device's lineage.
+      engine::Lineage lineage{t.lot, "", "", ""};
+      if (auto old = m_stores.find_cert(t.row.old_serial)) {
+        replaced = std::move(old->der);
+        lineage = std::move(old->lineage);
+        if (lineage.lot.empty()) lineage.lot = t.lot;
+      }
+      csrs.push_back(engine::JobCsr{t.row.device_id, t.row.seq, std::move(t.csr),
+                                    std::move(lineage), std::move(replaced)});
       t.csr.clear();
     }
     auto results = m_issuer.issue(issuer_for(m_tasks[indices.front()]), csrs);

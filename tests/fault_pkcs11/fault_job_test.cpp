@@ -58,7 +58,7 @@ class FaultJob : public ::testing::Test {
     issuer = std::make_unique<engine::Issuer>(ca, cas->load_key(ca), policy, 365, clock, random);
     for (int i = 1; i <= kDevices; ++i) {
       const std::string id = "dev-" + std::to_string(1000 + i);
-      csrs.push_back(JobCsr{id, i - 1, csr_der(id), "lot-1", {}});
+      csrs.push_back(JobCsr{id, i - 1, csr_der(id), engine::Lineage{"lot-1", "", "", ""}, {}});
     }
     env.clear_log();
   }

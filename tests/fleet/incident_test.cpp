@@ -563,6 +563,7 @@ TEST_F(Incident, ReplacementsAreCutToWhatTheirIssuersHaveLeft) {
 // A lot whose certificates are suspect but whose devices' keys are not: pinned like a CA's
 // devices, rotated onto new certificates under their own CA, the old ones revoked.
 TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {
+  issue_extra = "--site SITE-9 --line LINE-9";
   fleet("LOT-S", "rs", 15);
   ASSERT_EQ(wait_connected("rs", 15), 15);
   const auto run = bin.run("incident start --lot LOT-S --reason affiliationChanged --yes --json");
@@ -580,7 +581,11 @@ TEST_F(Incident, ASuspectLotIsPinnedAndRotatedUnderItsOwnCa) {
   const auto sessions = connected();
   for (const auto& t : reg->job_tasks(job, "done")) {
     EXPECT_LT(reg->find_cert(t.old_serial)->created_at, incidents[0].compromised_at);
-    EXPECT_EQ(reg->find_cert(t.new_serial)->ca_name, kCa) << t.device_id;
+    const auto rotated = reg->find_cert(t.new_serial);
+    EXPECT_EQ(rotated->ca_name, kCa) << t.device_id;
+    // It keeps the old one's lineage: a later incident or revocation by site or line finds it.
+    EXPECT_EQ(rotated->lineage.lot + rotated->lineage.site + rotated->lineage.line,
+              "LOT-SSITE-9LINE-9");
     const auto s = sessions.find(t.device_id);
     EXPECT_TRUE(s != sessions.end() && s->second == t.new_sha256) << t.device_id;
   }

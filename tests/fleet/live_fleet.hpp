@@ -61,10 +61,12 @@ class LiveFleet : public ::testing::Test {
 
   std::string path(const std::string& name) const { return (dir.path() / name).string(); }
 
+  std::string issue_extra;  // more `issue` options (e.g. "--site S"), separated by spaces
+
   // Issues `count` devices "{prefix}-NNNN" of lot `lot` under factory-1 into path(lot).
   void issue(const std::string& lot, const std::string& prefix, int count) {
     bin.ok("issue --ca factory-1 --generate " + std::to_string(count) + " --id-pattern '" + prefix +
-           "-{04}' --lot " + lot + " --out " + quoted(path(lot)));
+           "-{04}' --lot " + lot + " " + issue_extra + " --out " + quoted(path(lot)));
   }
 
   // Issues them and runs them as one agent process with its flash in path(lot + "-flash");

@@ -74,7 +74,7 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
     intent.not_before = p.not_before();
     intent.not_after = p.not_after();
     intent.tbs_der = p.tbs();
-    intent.lineage.lot = csrs[i].lot;
+    intent.lineage = csrs[i].lineage;
     intent.lineage.operator_name = "job " + m_job_id;
     intents.push_back(std::move(intent));
   }

@@ -28,7 +28,9 @@ struct JobCsr {
   std::string device_id;  // the task's device (checked against the policy when the job was made)
   std::int64_t seq = 0;   // the task's seq in the job
   Der csr_der;
-  std::string lot;    // lineage of the new certificate: the device's lot
+  // Lineage of the new certificate: the replaced one's lot, line and site (a later revocation or
+  // incident by site or line finds the device again); its operator is the job.
+  Lineage lineage;
   Der replaced_cert;  // the certificate it replaces: a CSR with that certificate's key is refused
 };
 
