@@ -91,6 +91,7 @@ void print_plan(Context& ctx, const jobs::IncidentPlan& plan) {
     o.set("conflicts", plan.conflicts);
     o.set("connected", plan.connected);
     o.set("certificates", plan.certificates);
+    o.set("continues", plan.continues);
     o.set("perLot", counts_json(plan.per_lot));
     o.set("perGroup", counts_json(plan.per_group));
     Poco::JSON::Array list;
@@ -134,6 +135,12 @@ void print_plan(Context& ctx, const jobs::IncidentPlan& plan) {
       plan.devices.size(), static_cast<long long>(plan.connected),
       static_cast<long long>(plan.rotate), static_cast<long long>(plan.factory),
       static_cast<long long>(plan.conflicts), static_cast<long long>(plan.certificates));
+  if (!plan.continues.empty()) {
+    std::printf(
+        "  job %s, unfinished, continues this incident with its own tasks (fleetsign job show "
+        "%s); the devices above are what a new job would take\n",
+        plan.continues.c_str(), plan.continues.c_str());
+  }
   Table t({"lot", "devices"});
   for (const auto& [k, v] : plan.per_lot) t.add({k, std::to_string(v)});
   t.print(stdout, "  ");

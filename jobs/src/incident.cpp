@@ -211,8 +211,9 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   // What the close will revoke: everything issued so far; with the incident already open, by the
   // close's own rule (the job that opened it, and the one that a start now continues).
   const auto open = open_incident_for(stores, request.scope_kind, request.scope);
+  plan.continues = continuing_job(stores, request);
   const std::vector<std::string> jobs{open ? open->job_id : std::string(),
-                                      open ? continuing_job(stores, request) : std::string()};
+                                      open ? plan.continues : std::string()};
   const std::int64_t until = open ? open->opened_at : INT64_MAX;
   if (request.scope_kind == "ca") {
     for (const auto& c : scope_cas) {

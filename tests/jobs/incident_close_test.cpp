@@ -71,6 +71,7 @@ TEST_F(IncidentClose, KeepsTheReplacementsOfEveryJobThatRanIt) {
   // The dry run of the open incident: what its close will revoke.
   const IncidentPlan dry = plan_incident(*th.registry, th.policy, clock, request());
   EXPECT_EQ(dry.certificates, 2);
+  EXPECT_EQ(dry.continues, second.job_id);
 
   finish_incident(*th.registry, *th.cas, th.policy, clock, second.job_id);
   EXPECT_EQ(state_of(old1), engine::CertState::kRevoked);

@@ -83,6 +83,9 @@ struct IncidentPlan {
   std::map<std::string, std::int64_t> per_lot, per_group;
   std::int64_t rotate = 0, factory = 0, conflicts = 0, connected = 0;
   std::int64_t certificates = 0;  // issued certificates of the scope that end revoked
+  // The unfinished job of an earlier start that a start now continues with its own tasks (the
+  // devices above are what a new job would take); empty when a start records a new job.
+  std::string continues;
 };
 
 // What `start` would do; reads only (the dry run). kNotFound for an unknown CA, kInvalidArgument
