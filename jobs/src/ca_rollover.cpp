@@ -120,7 +120,7 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
   if (in_new_slot != new_name) enrollments.set_group_slot(request.group, new_slot, new_name);
 
   // An earlier run of the same request that got this far has its job already.
-  for (const auto& job : stores.list_jobs({.limit = 50})) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
     // A canceled or aborted one is not continued: a new job takes the group's devices again.
     if (job.kind != "ca-rollover" || job.state == "canceled" || job.state == "aborted") continue;
     try {

@@ -228,7 +228,7 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   std::unordered_set<std::string> connected;
   for (const auto& s : stores.connected_devices()) connected.insert(s.device_id);
   std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs({.limit = 1000})) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
     if (job.state != "running" && job.state != "paused") continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state)) busy.emplace(t.device_id, job.id);
@@ -275,7 +275,7 @@ IncidentStart start_incident(engine::Stores& stores, engine::CaService& cas,
                              const policy::Policy& policy, const engine::Clock& clock,
                              const IncidentRequest& request) {
   IncidentStart out;
-  for (const auto& job : stores.list_jobs({.limit = 1000})) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
     if (job.kind == "incident" && job.state != "finished" && job.state != "canceled" &&
         (job.report_json.empty() || job.report_json == "{}")) {
       // A start killed between recording the job and its report: that job never opened

@@ -71,7 +71,7 @@ std::vector<std::string> revoked_at_close(engine::Stores& stores, const std::str
 }
 
 std::string continuing_job(engine::Stores& stores, const IncidentRequest& request) {
-  for (const auto& job : stores.list_jobs({.limit = 1000})) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
     if (job.kind != "incident" || job.state == "finished" || job.state == "canceled") continue;
     if (job.report_json.empty() || job.report_json == "{}") continue;
     const auto r = report_of(job);

@@ -231,7 +231,7 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
   // in a job aborted or canceled but not ended (its runner died: serve runs it to its end, and a
   // device half-way through a switch finishes it).
   std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs({.limit = 1000, .after = {}})) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
     if (job.state != "running" && job.state != "paused" && !job_is_stopping(job)) continue;
     for (const auto& t : stores.job_tasks(job.id, "")) {
       if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
