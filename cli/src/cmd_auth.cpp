@@ -8,44 +8,17 @@
 #include "fleetsign/engine/auth.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 
 namespace fleetsign::cli {
 
-namespace {
-
-Error not_a_time(const std::string& text, const std::string& why) {
-  return Error(ErrorCode::kUsage, "--at '" + text + "' is not a time" + why +
-                                      " (2026-11-23T07:13:11Z, 2026-11-23 or unix seconds)");
-}
-
-// A calendar time, strictly: strptime accepts "2027-02-30" and timegm rolls it over to March 2,
-// so the result must convert back to the same fields.
-std::optional<std::int64_t> parse_calendar(const std::string& text, const char* format) {
-  std::tm tm{};
-  const char* end = strptime(text.c_str(), format, &tm);
-  if (end == nullptr || *end != '\0') return std::nullopt;
-  const std::tm asked = tm;
-  const std::time_t t = timegm(&tm);
-  std::tm back{};
-  if (gmtime_r(&t, &back) == nullptr || back.tm_year != asked.tm_year ||
-      back.tm_mon != asked.tm_mon || back.tm_mday != asked.tm_mday ||
-      back.tm_hour != asked.tm_hour || back.tm_min != asked.tm_min || back.tm_sec != asked.tm_sec) {
-    throw not_a_time(text, ": no such date or time of day");
-  }
-  return static_cast<std::int64_t>(t);
-}
-
-}  // namespace
-
-// "2026-11-23T07:13:11Z", "2026-11-23", or unix seconds (digits only).
+// RFC 3339 (any offset, a fraction of a second), a date, or unix seconds (jobs::parse_time).
 std::int64_t parse_auth_time(const std::string& text) {
-  if (auto t = parse_calendar(text, "%Y-%m-%dT%H:%M:%SZ")) return *t;
-  if (auto t = parse_calendar(text, "%Y-%m-%d")) return *t;
-  const bool digits =
-      !text.empty() && text.size() <= 18 &&
-      std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
-  if (!digits) throw not_a_time(text, "");
-  return std::stoll(text);
+  try {
+    return jobs::parse_time(text, "--at");
+  } catch (const Error& e) {
+    throw Error(ErrorCode::kUsage, e.what());
+  }
 }
 
 Poco::JSON::Object auth_decision_json(const engine::AuthDecision& d, std::int64_t at) {
@@ -93,8 +66,7 @@ void add_auth_commands(std::vector<Command>& commands) {
       "(exit 0 = allowed, 7 = refused)",
       [](Poco::Util::OptionSet& s) {
         add_option(s, "chain", "FILE", "PEM: the device certificate first, then any intermediates");
-        add_option(s, "at", "TIME",
-                   "decide at this time (2026-11-23T07:13:11Z, 2026-11-23, unix seconds)");
+        add_option(s, "at", "TIME", "decide at this time (RFC 3339, a date or unix seconds)");
         add_option(s, "registration-id", "ID",
                    "the registration ID the device claims (default: its CN)");
         add_flag(s, "openssl", "validate with OpenSSL's X509_verify_cert only (no fast path)");

@@ -9,6 +9,7 @@
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 #include "fleetsign/jobs/incident.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 #include "job_report.hpp"
 #include "paging.hpp"
 #include "table.hpp"
@@ -16,21 +17,6 @@
 namespace fleetsign::cli {
 
 namespace {
-
-// Unix seconds, or an ISO 8601 UTC time ("2026-11-26T15:00:00Z").
-std::int64_t parse_time(const std::string& text, const char* what) {
-  if (!text.empty() && text.size() <= 12 &&
-      text.find_first_not_of("0123456789") == std::string::npos) {
-    return std::stoll(text);
-  }
-  std::tm tm{};
-  const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (end == nullptr || *end != '\0') {
-    throw Error(ErrorCode::kUsage, std::string(what) + ": '" + text.substr(0, 64) +
-                                       "' is neither unix seconds nor YYYY-MM-DDTHH:MM:SSZ");
-  }
-  return static_cast<std::int64_t>(timegm(&tm));
-}
 
 jobs::IncidentRequest request_from(Context& ctx) {
   const Args& a = ctx.args();
@@ -49,7 +35,7 @@ jobs::IncidentRequest request_from(Context& ctx) {
   if (!r.replacement_ca.empty() && r.scope_kind != "ca") {
     throw Error(ErrorCode::kUsage, "--replacement-ca goes with --ca");
   }
-  if (auto t = a.get("compromised-at")) r.compromised_at = parse_time(*t, "--compromised-at");
+  if (auto t = a.get("compromised-at")) r.compromised_at = jobs::parse_time(*t, "--compromised-at");
   if (auto k = a.get("key")) {
     auto alg = policy::parse_key_algorithm(*k);
     if (!alg) throw Error(ErrorCode::kUsage, "--key: unknown key algorithm '" + *k + "'");
@@ -237,7 +223,7 @@ void add_incident_commands(std::vector<Command>& commands) {
                    "re-provisioning), affiliationChanged, superseded, …");
         add_option(s, "replacement-ca", "NEW", "use this CA instead of making one");
         add_option(s, "compromised-at", "T",
-                   "when the compromise began (unix seconds or YYYY-MM-DDTHH:MM:SSZ; default: the "
+                   "when the compromise began (RFC 3339, a date or unix seconds; default: the "
                    "end of this second, so every certificate recorded so far is pinned)");
         add_option(s, "key", "ALG", "the replacement's key (ec-p256, ec-p384, …)");
         add_flag(s, "dry-run", "print the plan and change nothing");

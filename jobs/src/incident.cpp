@@ -234,6 +234,17 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
       if (!is_final_task_state(t.state)) busy.emplace(t.device_id, job.id);
     }
   }
+  // The broker admits a certificate of the scope only when it was recorded before the compromise
+  // (a lot's or site's replacements aside): a device whose certificate was recorded at or after
+  // it can never connect for its rotation.
+  const std::int64_t pin_from = open ? open->compromised_at : plan.compromised_at;
+  const auto refused_by_pin = [&](const engine::CertRecord& c) {
+    if (c.created_at < pin_from) return false;
+    if (request.scope_kind == "ca") return true;
+    const bool replacement = c.created_at > (open ? open->opened_at : clock.now()) ||
+                             std::find(jobs.begin(), jobs.end(), c.batch_id) != jobs.end();
+    return !replacement;
+  };
   for (const auto& d : stores.list_devices(filter)) {
     const auto cert = scoped_cert(stores, d, request.scope_kind, request.scope, scope_cas);
     if (!cert) continue;
@@ -250,6 +261,12 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
       p.why =
           "factory re-provisioning: its own key is compromised (keyCompromise), so it cannot "
           "be rotated over the network";
+    } else if (refused_by_pin(*cert)) {
+      p.action = "factory";
+      p.why = "factory re-provisioning: its certificate was recorded at " +
+              engine::iso8601(cert->created_at) + ", not before the compromise at " +
+              engine::iso8601(pin_from) +
+              ", so the broker refuses it and it cannot be rotated over the network";
     } else if (d.status != "enabled") {
       p.action = "conflict";
       p.why = "the device is " + d.status;

@@ -56,32 +56,61 @@ std::string check_name(const std::string& option, const std::string& value) {
 }  // namespace
 
 std::int64_t parse_time(std::string_view text, std::string_view what) {
-  const std::string s(text);
+  const std::string s(text.substr(0, 64));
   const auto bad = [&] {
     return Error(ErrorCode::kInvalidArgument,
                  std::string(what) + " '" + s +
-                     "': expected RFC 3339 (2026-01-01T00:00:00Z), a date (2026-01-01) or unix "
-                     "seconds");
+                     "': expected RFC 3339 (2026-01-01T00:00:00Z, 2026-01-01T01:00:00.5+01:00), "
+                     "a date (2026-01-01) or unix seconds");
   };
+  if (text.size() > 64) throw bad();
   if (!s.empty() && s.size() <= 12 &&
       std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return std::stoll(s);
   }
+  // Fixed-width digits at `at`; -1 when they are not all digits.
+  const auto digits = [&](std::size_t at, std::size_t n) {
+    if (at + n > s.size()) return -1;
+    int v = 0;
+    for (std::size_t i = at; i < at + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return -1;
+      v = v * 10 + (s[i] - '0');
+    }
+    return v;
+  };
   std::tm tm{};
-  int n = 0;
-  if (s.size() == 10) {
-    if (std::sscanf(s.c_str(), "%4d-%2d-%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &n) != 3 ||
-        n != 10) {
-      throw bad();
-    }
-  } else if (s.size() == 20 && s[10] == 'T' && s[19] == 'Z') {
-    if (std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2dZ%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-                    &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) != 6 ||
-        n != 20) {
-      throw bad();
-    }
-  } else {
+  tm.tm_year = digits(0, 4);
+  tm.tm_mon = digits(5, 2);
+  tm.tm_mday = digits(8, 2);
+  if (s.size() < 10 || s[4] != '-' || s[7] != '-' || tm.tm_year < 0 || tm.tm_mon < 0 ||
+      tm.tm_mday < 0) {
     throw bad();
+  }
+  std::int64_t offset = 0;  // the local time's offset from UTC, in seconds
+  if (s.size() > 10) {
+    // RFC 3339 date-time: "T" (or "t"), hh:mm:ss, an optional fraction, then "Z" or ±hh:mm.
+    tm.tm_hour = digits(11, 2);
+    tm.tm_min = digits(14, 2);
+    tm.tm_sec = digits(17, 2);
+    if ((s[10] != 'T' && s[10] != 't') || s.size() < 20 || s[13] != ':' || s[16] != ':' ||
+        tm.tm_hour < 0 || tm.tm_min < 0 || tm.tm_sec < 0) {
+      throw bad();
+    }
+    std::size_t at = 19;
+    if (s[at] == '.') {  // a fraction of a second: the time is taken to the second below
+      const std::size_t from = ++at;
+      while (at < s.size() && s[at] >= '0' && s[at] <= '9') ++at;
+      if (at == from) throw bad();
+    }
+    if (at + 1 == s.size() && (s[at] == 'Z' || s[at] == 'z')) {
+      offset = 0;
+    } else if (at + 6 == s.size() && (s[at] == '+' || s[at] == '-') && s[at + 3] == ':') {
+      const int h = digits(at + 1, 2), m = digits(at + 4, 2);
+      if (h < 0 || m < 0 || h > 23 || m > 59) throw bad();
+      offset = (s[at] == '-' ? -1 : 1) * (std::int64_t{h} * 3600 + m * 60);
+    } else {
+      throw bad();
+    }
   }
   const std::tm given = tm;
   tm.tm_year -= 1900;
@@ -90,10 +119,10 @@ std::int64_t parse_time(std::string_view text, std::string_view what) {
   // timegm normalizes 2026-02-31 into March: a date that moved was not a date.
   if (tm.tm_year + 1900 != given.tm_year || tm.tm_mon + 1 != given.tm_mon ||
       tm.tm_mday != given.tm_mday || tm.tm_hour != given.tm_hour || tm.tm_min != given.tm_min ||
-      tm.tm_sec != given.tm_sec || given.tm_year < 1970) {
+      tm.tm_sec != given.tm_sec || given.tm_year < 1970 || t - offset < 0) {
     throw bad();
   }
-  return t;
+  return t - offset;
 }
 
 RevocationSelector parse_selector(const policy::Policy& policy, const std::string& kind,

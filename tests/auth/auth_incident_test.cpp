@@ -25,17 +25,29 @@ class IncidentDecisions : public AuthDecisions {
     intent.not_after = c.not_after;
     intent.tbs_der = der;
     h.registry->record_intents(std::span<const CertIntent>(&intent, 1));
-    const IssuedCert issued{c.serial, der, c.sha1, c.sha256};
+    const IssuedCert issued{c.serial, der, c.sha1, c.sha256, {}};
     h.registry->record_issued(std::span<const IssuedCert>(&issued, 1));
     return c.serial;
   }
-  std::int64_t open(std::int64_t compromised_at) {
+  std::int64_t open(std::int64_t compromised_at, const std::string& ca = "int1",
+                    const std::string& job = "") {
     Incident i;
     i.scope_kind = "ca";
-    i.scope = "int1";
+    i.scope = ca;
     i.reason = "cACompromise";
     i.compromised_at = compromised_at;
+    i.job_id = job;
     return h.registry->open_incident(i);
+  }
+  CaRecord intermediate(const std::string& name, const std::string& issuer, int path_len,
+                        const std::string& subject) {
+    CaSpec spec;
+    spec.name = name;
+    spec.issuer = issuer;
+    spec.subject = subject;
+    spec.days = 2000;
+    spec.path_len = path_len;
+    return h.cas->create_intermediate(spec);
   }
 };
 
@@ -135,6 +147,81 @@ TEST_F(IncidentDecisions, ALotIncidentTellsItsReplacementsByItsJobNotByTheSecond
   const AuthDecision later = decide({old_cert});
   EXPECT_TRUE(later.allowed) << later.reason;
   EXPECT_NE(later.rule, "incident-pinned") << later.reason;
+}
+
+// A pin admits the recorded certificate, but the operator's own word still counts: a revocation
+// during the incident, a disabled individual enrollment, and a disabled group (here the one that
+// took the replacement into the slot the compromised CA left) each refuse the device.
+TEST_F(IncidentDecisions, APinDoesNotLiftTheOperatorsRefusals) {
+  verify_ca("root");
+  const Der a = leaf("int1", "dev-50");
+  const Der b = leaf("int1", "dev-51");
+  record(a, "dev-50");
+  const std::string b_serial = record(b, "dev-51");
+  intermediate("int1-r", "root", 0, "/CN=Test Intermediate/OU=incident");
+  JobRecord job;
+  job.id = "roll-20261129-120000-aaaaaa";
+  job.kind = "incident";
+  job.params_json = "{}";
+  job.report_json = R"({"scope":"int1","replacements":[{"ca":"int1","replacement":"int1-r"}]})";
+  h.registry->create_job(job, {});
+  open(now + 3600, "int1", job.id);
+  group("fleet", "int1-r");  // the compromised CA left the slot; its replacement holds it
+  const auto set_enabled = [&](bool enabled) {
+    h.registry->save_group(EnrollmentGroup{"fleet", enabled, "int1-r", "", 0, 0}, "test.group",
+                           false);
+  };
+
+  EXPECT_EQ(decide({a}).rule, "incident-pinned");
+  set_enabled(false);
+  const AuthDecision disabled_group = decide({a});
+  EXPECT_FALSE(disabled_group.allowed);
+  EXPECT_EQ(disabled_group.rule, "group-disabled") << disabled_group.reason;
+  // An individual enrollment wins over the groups, as without an incident: enabled, it admits
+  // the pinned device in a disabled group; disabled, it refuses it in an enabled one.
+  individual("dev-50", thumbprint_sha256(a), "");
+  EXPECT_EQ(decide({a}).rule, "incident-pinned");
+  set_enabled(true);
+  EXPECT_EQ(decide({a}).rule, "incident-pinned");
+  IndividualEnrollment ie = *h.registry->find_individual("dev-50");
+  ie.enabled = false;
+  h.registry->save_individual(ie, "test.individual", false);
+  const AuthDecision disabled_individual = decide({a});
+  EXPECT_FALSE(disabled_individual.allowed);
+  EXPECT_EQ(disabled_individual.rule, "individual-disabled") << disabled_individual.reason;
+
+  // `revoke --device dev-51 --reason cACompromise` while the incident is open: cut off.
+  EXPECT_EQ(decide({b}).rule, "incident-pinned");
+  h.registry->revoke_certs(std::vector<std::string>{b_serial}, "cACompromise", now + 1);
+  const AuthDecision revoked = decide({b});
+  EXPECT_FALSE(revoked.allowed);
+  EXPECT_EQ(revoked.rule, "revoked") << revoked.reason;
+}
+
+// A CA with pathLen 1 is compromised: the attacker mints a sub-CA with its key and devices under
+// that. A chain given whole (as `auth check` and the HTTP API take it) validates up to the trusted
+// root, so the sub-CA must be recognised as one the registry never made.
+TEST_F(IncidentDecisions, ASubCaMintedWithTheStolenKeyIsRefused) {
+  verify_ca("root");
+  group("fleet", "root");
+  const CaRecord mid = intermediate("mid", "root", 1, "/CN=Test Mid CA");
+  const CaRecord evil = intermediate("evil", "mid", 0, "/CN=Evil Sub CA");
+  const Der forged = leaf("evil", "dev-60");
+  // The attacker's sub-CA is no CA of the registry: made with the stolen key, never recorded.
+  test::raw_query(h.registry_path_for_tests(), "DELETE FROM cas WHERE name = 'evil'");
+  ASSERT_FALSE(h.registry->find_ca("evil"));
+  const std::vector<Der> chain{forged, evil.cert_der, mid.cert_der};
+  EXPECT_TRUE(decide(chain).allowed) << "before the incident the chain validates to the root";
+
+  const std::int64_t id = open(now + 3600, "mid");
+  const AuthDecision d = decide(chain);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.rule, "incident-unrecorded") << d.reason;
+  EXPECT_NE(d.reason.find("certificate 2"), std::string::npos) << d.reason;
+
+  h.registry->mark_incident_ca_revoked(id, 0);
+  h.registry->close_incident(id, 0);
+  EXPECT_EQ(decide(chain).rule, "ca-revoked");
 }
 
 TEST_F(IncidentDecisions, OneOpenIncidentPerScope) {

@@ -40,6 +40,29 @@ class BrokerRouting : public ::testing::Test {
     b = h.issue("dev-b");
     h.start_broker();
   }
+  // Opens an incident on the devices' CA (both certificates recorded before the compromise) and
+  // waits until the broker has taken it in: dev-a comes back pinned (no twin subscription).
+  void open_incident_and_wait() {
+    {
+      auto reg = engine::Registry::open(h.home / "registry.db");
+      engine::Incident incident;
+      incident.scope_kind = "ca";
+      incident.scope = "int";
+      incident.reason = "cACompromise";
+      incident.opened_at = std::time(nullptr);
+      incident.compromised_at = incident.opened_at + 3600;
+      reg->open_incident(incident);
+    }
+    bool pinned = false;
+    for (int i = 0; i < 50 && !pinned; ++i) {
+      auto probe = h.device(a);
+      ASSERT_EQ(probe->connect(), 0) << h.broker_log();
+      pinned = !probe->subscribe("$iothub/twin/res/#");
+      probe->disconnect();
+      if (!pinned) std::this_thread::sleep_for(200ms);
+    }
+    ASSERT_TRUE(pinned) << h.broker_log();
+  }
   BrokerHome h;
   testing::DeviceFiles a, b;
 };
@@ -155,26 +178,7 @@ TEST_F(BrokerRouting, AHeldCallToADeviceBackPinnedByAnIncidentIsRefusedUnlessItR
     ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
     dev->disconnect();
   }
-  {
-    auto reg = engine::Registry::open(h.home / "registry.db");
-    engine::Incident incident;
-    incident.scope_kind = "ca";
-    incident.scope = "int";
-    incident.reason = "cACompromise";
-    incident.opened_at = std::time(nullptr);
-    incident.compromised_at = incident.opened_at + 3600;  // both certificates recorded before
-    reg->open_incident(incident);
-  }
-  // The broker has taken the incident in once dev-a's session is pinned (no twin subscription).
-  bool pinned = false;
-  for (int i = 0; i < 50 && !pinned; ++i) {
-    auto probe = h.device(a);
-    ASSERT_EQ(probe->connect(), 0) << h.broker_log();
-    pinned = !probe->subscribe("$iothub/twin/res/#");
-    probe->disconnect();
-    if (!pinned) std::this_thread::sleep_for(200ms);
-  }
-  ASSERT_TRUE(pinned) << h.broker_log();
+  open_incident_and_wait();
   auto svc = h.online_service();
   for (const bool clean : {true, false}) {
     const testing::DeviceFiles& files = clean ? a : b;
@@ -203,6 +207,25 @@ TEST_F(BrokerRouting, AHeldCallToADeviceBackPinnedByAnIncidentIsRefusedUnlessItR
       EXPECT_EQ(m.topic.find("/getTwin/"), std::string::npos)
           << "the pinned device got " << m.topic;
     }
+  }
+}
+
+// A pinned session gets no twin (PROTOCOL.md "Incidents"): not even a desired-properties push,
+// which the plugin sends to the device's client ID whatever it subscribed to.
+TEST_F(BrokerRouting, APinnedDeviceGetsNoDesiredPush) {
+  open_incident_and_wait();
+  auto dev = h.device(a);
+  ASSERT_EQ(dev->connect(), 0) << h.broker_log();
+  ASSERT_TRUE(dev->subscribe("$iothub/methods/POST/#"));
+  {
+    auto reg = engine::Registry::open(h.home / "registry.db");
+    EXPECT_EQ(reg->set_desired("dev-a", R"({"secret":"config"})"), 2);
+  }
+  // The push would go out at the plugin's next registry read (every 50 ms or so).
+  std::this_thread::sleep_for(1500ms);
+  for (const auto& m : dev->received()) {
+    EXPECT_EQ(m.topic.find("$iothub/twin/"), std::string::npos)
+        << "the pinned device got " << m.topic << " " << m.payload;
   }
 }
 

@@ -3,6 +3,7 @@
 // replacements of the jobs that ran it, and the dry run's count while it is open equals that.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 
 #include "enrollment_support.hpp"
@@ -81,6 +82,38 @@ TEST_F(IncidentClose, KeepsTheReplacementsOfEveryJobThatRanIt) {
   EXPECT_EQ(state_of(by_second), engine::CertState::kIssued);
   EXPECT_EQ(state_of(other_lot), engine::CertState::kIssued);
   EXPECT_NE(th.registry->find_incident(first.incident_id)->closed_at, 0);
+}
+
+// The broker refuses a certificate of the scope recorded at or after the compromise time: its
+// device can never come back for a rotation, so the plan sends it to the factory instead of
+// counting it among the rotations (and the report listing it as offline).
+TEST_F(IncidentClose, ACertificateRecordedAfterTheCompromiseGoesToTheFactory) {
+  const std::string before = testing::issue_device(th, "int1", "lt-0001", "LOT-T");
+  const std::string after = testing::issue_device(th, "int1", "lt-0002", "LOT-T");
+  const std::int64_t recorded = th.registry->find_cert(after)->created_at;
+  test::raw_query(th.registry_path_for_tests(),
+                  "UPDATE certificates SET created_at = " + std::to_string(recorded - 100) +
+                      " WHERE serial = '" + before + "'");
+  for (const std::string kind : {"lot", "ca"}) {
+    SCOPED_TRACE(kind);
+    IncidentRequest r = request();
+    if (kind == "ca") {
+      r.scope_kind = "ca";
+      r.scope = "int1";
+      r.reason = "cACompromise";
+    }
+    r.compromised_at = recorded - 50;
+    const IncidentPlan plan = plan_incident(*th.registry, th.policy, clock, r);
+    ASSERT_EQ(plan.devices.size(), 2u);
+    for (const auto& d : plan.devices) {
+      EXPECT_EQ(d.action, d.device_id == "lt-0001" ? "rotate" : "factory") << d.device_id;
+    }
+    EXPECT_EQ(plan.rotate, 1);
+    EXPECT_EQ(plan.factory, 1);
+    const auto late = std::find_if(plan.devices.begin(), plan.devices.end(),
+                                   [](const auto& d) { return d.device_id == "lt-0002"; });
+    EXPECT_NE(late->why.find("not before the compromise"), std::string::npos) << late->why;
+  }
 }
 
 // A batch may not pose as a job: its certificates would pass for the job's replacements.

@@ -5,6 +5,7 @@
 #include "fleetsign/jobs/fleet_config.hpp"
 #include "fleetsign/jobs/iothub_trigger.hpp"
 #include "fleetsign/jobs/json_value.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 #include "fleetsign/jobs/rollover.hpp"
 #include "fleetsign/jobs/trigger.hpp"
 #include "jobs_support.hpp"
@@ -22,6 +23,30 @@ constexpr const char* kKey = "a2V5LWZvci10ZXN0cy1vbmx5";
 const std::string kGood =
     std::string("HostName=MyHub.azure-devices.net;SharedAccessKeyName=service;SharedAccessKey=") +
     kKey;
+
+// Times on the command line and in the API: RFC 3339 with any offset and a fraction (taken to the
+// second below), a date, or unix seconds; anything else is refused naming the option.
+TEST(ParseTime, Rfc3339DatesAndUnixSeconds) {
+  const std::int64_t t = 1796740376;  // 2026-12-08T14:32:56Z
+  for (const char* same :
+       {"2026-12-08T14:32:56Z", "2026-12-08t14:32:56z", "2026-12-08T15:32:56+01:00",
+        "2026-12-08T09:02:56-05:30", "2026-12-08T14:32:56.999Z", "1796740376"}) {
+    EXPECT_EQ(jobs::parse_time(same, "--at"), t) << same;
+  }
+  EXPECT_EQ(jobs::parse_time("2026-12-08", "--at"), t - (14 * 3600 + 32 * 60 + 56));
+  for (const char* bad : {"2026-12-08T14:32:56", "2026-12-08 14:32:56Z", "2026-12-08T24:00:00Z",
+                          "2026-02-31", "2026-12-08T14:32:56.Z", "2026-12-08T14:32:56+1:00",
+                          "2026-12-08T14:32:56+24:00", "2026-12-08T14:32:60Z", "1969-12-31",
+                          "1970-01-01T00:30:00+01:00", "-5", "0x10", "", "2026-12-08T14:32Z"}) {
+    try {
+      jobs::parse_time(bad, "--issued-between T1");
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << bad;
+      EXPECT_NE(std::string(e.what()).find("--issued-between T1"), std::string::npos) << e.what();
+    }
+  }
+}
 
 // A worker starts a helper only for a shared job with a task no runner holds in an open wave.
 TEST(WantsHelper, OnlyWhenATaskOfAnOpenWaveWaitsForARunner) {

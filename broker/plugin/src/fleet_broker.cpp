@@ -249,8 +249,9 @@ void FleetBroker::refresh() {
   }
   for (const auto& c : changes.desired) {
     const Session* s = m_sessions.find(c.device_id);
+    // A pinned session (an incident's, rotation only) gets no twin: no push either.
     m_twins.desired_changed(c.device_id, c.version, c.patch,
-                            s != nullptr && s->kind == ClientKind::kHubDevice);
+                            s != nullptr && s->kind == ClientKind::kHubDevice && !s->rotation_only);
   }
 }
 

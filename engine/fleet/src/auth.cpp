@@ -176,6 +176,7 @@ void Authenticator::Impl::load() {
     if (i.scope_kind == "ca" && i.ca_revoked_at != 0) revoked_cas.emplace(i.scope, i.ca_revoked_at);
     if (i.closed_at != 0) continue;
     if (i.scope_kind == "ca") {
+      load_replacements(i.job_id, i.scope);
       ca_incidents.emplace(i.scope, std::move(o));
     } else if (i.reason != "keyCompromise") {
       lineage_incidents.push_back(std::move(o));
@@ -524,7 +525,8 @@ AuthDecision Authenticator::check(std::span<const Der> chain, std::int64_t at,
     d = refuse("registration-id-mismatch", "the certificate's CN '" + *cn +
                                                "' is not the registration ID '" +
                                                std::string(claimed_id) + "'");
-  } else if (auto incident = m_impl->incident_decision(chain[0], leaf, *cn, serial, at)) {
+  } else if (auto incident =
+                 m_impl->incident_decision(chain, leaf, *cn, serial, at, found.individual)) {
     d = std::move(*incident);
   } else if (state == CertState::kRevoked) {
     d = refuse("revoked", "certificate serial " + serial + " is revoked");

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -76,6 +77,9 @@ struct Authenticator::Impl {
   std::map<std::string, OpenIncident> ca_incidents;  // CA name → its open incident
   std::map<std::string, std::int64_t> revoked_cas;   // CA name → when it was marked revoked
   std::vector<OpenIncident> lineage_incidents;       // open lot/site incidents that pin
+  // A CA under an open incident → its replacement (the incident job's report): the group slots
+  // the compromised CA left hold it, so they are the pinned devices' groups.
+  std::map<std::string, std::string> replaced_by;
 
   std::unordered_map<std::string, std::vector<auth_detail::Ca*>> by_subject;
   auth_detail::StorePtr trusted;  // verified CAs in slots of enabled groups
@@ -93,12 +97,29 @@ struct Authenticator::Impl {
   AuthDecision openssl_path(const Der& leaf_der, std::span<const Der> chain, std::int64_t at);
   AuthDecision classify_anchor(const auth_detail::Ca& ca);
   const auth_detail::Ca* ca_for_cert(const X509* cert);
-  std::optional<AuthDecision> incident_decision(const Der& leaf_der, const LeafView& leaf,
-                                                const std::string& cn, const std::string& serial,
-                                                std::int64_t at);
-  AuthDecision pin(const OpenIncident& incident, const std::string& what, const Der& leaf_der,
-                   const LeafView& leaf, const std::string& cn, const std::string& serial,
-                   const std::optional<PinnedCert>& rec, std::int64_t at);
+  std::optional<AuthDecision> incident_decision(
+      std::span<const Der> chain, const LeafView& leaf, const std::string& cn,
+      const std::string& serial, std::int64_t at,
+      const std::optional<IndividualEnrollment>& individual);
+  // replaced_by from the report of the incident job `job_id` (the CA `scope` and those below it).
+  void load_replacements(const std::string& job_id, const std::string& scope);
+  // The leaf's issuer among the registry's CAs (CAs sharing a subject: the key decides).
+  const auth_detail::Ca* issuer_of(const LeafView& leaf);
+  // A CA certificate of the presented chain that a compromised or revoked registry CA signed and
+  // that the registry never made: minted with the stolen key.
+  std::optional<AuthDecision> unrecorded_sub_ca(std::span<const Der> chain);
+  struct Pin {
+    const OpenIncident* incident = nullptr;
+    std::string what;                         // "CA 'x'", "lot 'y'"
+    const auth_detail::Ca* issuer = nullptr;  // the leaf's registry CA
+  };
+  AuthDecision pin(const Pin& p, const Der& leaf_der, const LeafView& leaf, const std::string& cn,
+                   const std::string& serial, const std::optional<PinnedCert>& rec, std::int64_t at,
+                   const std::optional<IndividualEnrollment>& individual);
+  // The operator's word still counts for a pinned device: its individual enrollment disabled, or
+  // every group it belongs to disabled, refuses it.
+  std::optional<AuthDecision> enrollment_refusal(
+      const auth_detail::Ca* issuer, const std::optional<IndividualEnrollment>& individual);
 };
 
 }  // namespace fleetsign::engine
