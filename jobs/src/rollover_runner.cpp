@@ -192,9 +192,10 @@ bool Runner::wave_open(std::size_t i) const {
 }
 
 void Runner::admit(Steady::time_point now) {
-  // Retries that are due go first.
+  // Retries that are due go first. Also once the job stops: what waits then is a device finishing
+  // its switch (stop_all settled the others), and it would otherwise wait for ever.
   for (auto it = m_waiting.begin(); it != m_waiting.end();) {
-    if (m_active >= static_cast<std::size_t>(m_params.in_flight) || !m_admitting) break;
+    if (m_active >= static_cast<std::size_t>(m_params.in_flight)) break;
     if (m_tasks[*it].due <= now) {
       const std::size_t i = *it;
       it = m_waiting.erase(it);

@@ -88,6 +88,9 @@ class Runner {
   std::int64_t claim_size() const;
   void admit(Steady::time_point now);
   void start(std::size_t i);
+  // A task an earlier runner left with a certificate of this job (signed, maybe installed and
+  // switched to: its row says at most what was flushed before it died).
+  bool has_job_certificate(std::size_t i) const;
   void call(std::size_t i, Phase phase, const std::string& method, const Poco::JSON::Object& body);
   void on_completion(CallId id, MethodOutcome outcome);
   void on_answer(std::size_t i, Phase phase, const MethodResult& result);

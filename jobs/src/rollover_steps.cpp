@@ -265,10 +265,18 @@ void Runner::check_abort() {
 void Runner::stop_all(const std::string& state, const std::string& why) {
   m_admitting = false;
   m_stop_state = state;
-  for (std::size_t i : m_pending) {
-    if (m_tasks[i].phase == Phase::kIdle) settle(i, state, why);
-  }
+  auto pending = std::move(m_pending);
   m_pending.clear();
+  for (std::size_t i : pending) {
+    if (m_tasks[i].phase != Phase::kIdle) continue;
+    // Claimed from a runner that died with the device's certificate signed: the device may run it
+    // already, so the switch is finished, never the certificate revoked under it.
+    if (has_job_certificate(i)) {
+      start(i);
+    } else {
+      settle(i, state, why);
+    }
+  }
   for (std::size_t i : m_waiting)
     settle(i, m_tasks[i].row.state == "offline" ? "offline" : state,
            m_tasks[i].row.state == "offline" ? m_tasks[i].row.last_error : why);
@@ -360,6 +368,15 @@ void Runner::drain() {
   if (claim(0) > 0) stop_claimed();
 }
 
+bool Runner::has_job_certificate(std::size_t i) const {
+  const JobTask& row = m_tasks[i].row;
+  if (row.state != "active") return false;
+  // Signed (its certificate is recorded issued for this job, whatever the row's step says), or
+  // past the install.
+  return m_recovered.count(row.device_id) != 0 || row.step == "install" ||
+         row.step == "reprovision" || row.step == "confirm";
+}
+
 void Runner::stop_claimed() {
   const bool deadline = m_state == "deadline";
   const std::string state = deadline ? "timed-out" : m_state;
@@ -368,10 +385,8 @@ void Runner::stop_claimed() {
   auto pending = std::move(m_pending);
   m_pending.clear();
   for (std::size_t i : pending) {
-    const auto& step = m_tasks[i].row.step;
-    if (m_tasks[i].row.state == "active" &&
-        (step == "install" || step == "reprovision" || step == "confirm")) {
-      start(i);
+    if (has_job_certificate(i)) {
+      start(i);  // the device may run its new certificate already: the switch is finished
     } else {
       settle(i, m_tasks[i].row.state == "offline" ? "offline" : state, why);
     }
