@@ -190,6 +190,14 @@ Answer est_enroll(HttpService::Impl& impl, Request& r, const std::optional<std::
         403, "forbidden",
         "the fleet refuses this certificate (" + decision.rule + "): " + decision.reason);
   }
+  if (decision.rotation_only) {
+    // Pinned by an open incident: its job rotates the device (over the rotation methods); a
+    // certificate made here, outside it, would pass for one of the job's replacements.
+    return error_answer(
+        403, "forbidden",
+        "device " + decision.registration_id +
+            " may not re-enroll over EST while an incident pins it: " + decision.reason);
+  }
   if (label && decision.enrollment != *label) {
     return error_answer(
         403, "forbidden",

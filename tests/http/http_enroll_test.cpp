@@ -7,9 +7,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <thread>
 
+#include "fleetsign/engine/registry.hpp"
 #include "http_fixture.hpp"
+#include "registry_backend.hpp"
 
 namespace fleetsign::http_test {
 namespace {
@@ -175,6 +178,35 @@ TEST_F(Http, EstReenrollmentIssuesIntoTheFreeSlotForTheDeviceItself) {
             " -H 'Content-Type: application/pkcs10' --data-binary @" + quoted(path("same.b64")) +
             " https://localhost:" + std::to_string(port) + "/.well-known/est/simpleenroll");
   EXPECT_EQ(same, "422");
+}
+
+// A device pinned by an incident (rotation methods only) may not rotate itself over EST: its
+// incident job does that, and a certificate made outside the job would pass for a replacement.
+TEST_F(Http, APinnedDeviceCannotReenrollOverEst) {
+  bin->ok(
+      "issue --ca int1 --generate 1 --id-pattern 'pin-{02}' --lot EST-PIN --pfx "
+      "--pfx-password-file " +
+      quoted(path("p12pass")) + " --out " + quoted(path("pinout")));
+  fs::copy_file(path("pinout/pin-01.pfx"), path("pin1.p12"), fs::copy_options::overwrite_existing);
+  {
+    auto reg = engine::Registry::open(test::home_registry_location(home));
+    engine::Incident i;
+    i.scope_kind = "lot";
+    i.scope = "EST-PIN";
+    i.reason = "affiliationChanged";
+    i.opened_at = std::time(nullptr);
+    i.compromised_at = i.opened_at + 3600;
+    reg->open_incident(i);
+  }
+  shell("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+        quoted(path("pin1-new.key")) + " -subj /CN=pin-01 -outform DER 2>/dev/null | " +
+        "openssl base64 > " + quoted(path("pin1.b64")));
+  const Reply r =
+      call("POST", "/.well-known/est/simplereenroll", "pin1",
+           "-H 'Content-Type: application/pkcs10' --data-binary @" + quoted(path("pin1.b64")));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("incident"), std::string::npos) << r.body;
+  EXPECT_EQ(count_certs("device_id = 'pin-01'"), 1);
 }
 
 // A CA made while the service runs (a CA rollover's, an incident's replacement): its devices'
