@@ -283,6 +283,16 @@ Result<CheckedCsr> check_csr(ByteView input, const policy::Policy& policy) {
   if (!der::expect(alg, der::tag::kOid, alg_oid)) {
     return fail(ErrorCode::kCsrMalformed, "signature algorithm is malformed");
   }
+  // Parameters: none, or NULL (RSA's PKCS#1 v1.5), and nothing after. Any other element, or one
+  // whose length overruns the AlgorithmIdentifier, is malformed (OpenSSL refuses to parse such a
+  // request; found by fuzz_csr).
+  if (!alg.empty()) {
+    der::Tlv params;
+    if (!der::read(alg, params) || !alg.empty() || params.tag != der::tag::kNull ||
+        !params.content.empty()) {
+      return fail(ErrorCode::kCsrMalformed, "signature algorithm parameters are not NULL");
+    }
+  }
   const EVP_MD* md_type = digest_for(alg_oid.content, key.kind);
   if (md_type == nullptr) {
     return fail(ErrorCode::kCsrSignatureInvalid,
