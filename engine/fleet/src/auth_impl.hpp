@@ -103,6 +103,10 @@ struct Authenticator::Impl {
       const std::optional<IndividualEnrollment>& individual);
   // replaced_by from the report of the incident job `job_id` (the CA `scope` and those below it).
   void load_replacements(const std::string& job_id, const std::string& scope);
+  const auth_detail::Ca* parent_of(const auth_detail::Ca& ca) const;
+  // The first CA at or above `from` under an open incident or revoked; nullptr when none.
+  const auth_detail::Ca* compromised_at_or_above(const auth_detail::Ca* from) const;
+  AuthDecision ca_revoked(const auth_detail::Ca& ca) const;  // rule "ca-revoked"
   // The leaf's issuer among the registry's CAs (CAs sharing a subject: the key decides).
   const auth_detail::Ca* issuer_of(const LeafView& leaf);
   // A CA certificate of the presented chain that a compromised or revoked registry CA signed and

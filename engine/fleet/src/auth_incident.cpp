@@ -51,6 +51,27 @@ const Ca* Authenticator::Impl::issuer_of(const LeafView& leaf) {
   return nullptr;
 }
 
+const Ca* Authenticator::Impl::parent_of(const Ca& ca) const {
+  const auto parent = cas.find(ca.rec.parent);
+  return ca.rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
+}
+
+// `from`, then its issuers: a CA under a revoked or compromised one is no better (a stolen key
+// with pathLen >= 1 can mint sub-CAs). An open incident wins over a revocation of the same CA.
+const Ca* Authenticator::Impl::compromised_at_or_above(const Ca* from) const {
+  int depth = 0;
+  for (const Ca* ca = from; ca != nullptr && depth < 16; ca = parent_of(*ca), ++depth) {
+    if (ca_incidents.count(ca->rec.name) != 0 || revoked_cas.count(ca->rec.name) != 0) return ca;
+  }
+  return nullptr;
+}
+
+AuthDecision Authenticator::Impl::ca_revoked(const Ca& ca) const {
+  return refuse("ca-revoked", "CA '" + ca.rec.name + "' was revoked at " +
+                                  iso8601(revoked_cas.at(ca.rec.name)) +
+                                  ": nothing signed under it is admitted");
+}
+
 std::optional<AuthDecision> Authenticator::Impl::enrollment_refusal(
     const Ca* issuer, const std::optional<IndividualEnrollment>& individual) {
   // An individual enrollment wins over any group, as without an incident.
@@ -63,15 +84,13 @@ std::optional<AuthDecision> Authenticator::Impl::enrollment_refusal(
   // of a compromised CA on the way into the slot it left.
   std::vector<const Anchor*> anchors;
   int depth = 0;
-  for (const Ca* ca = issuer; ca != nullptr && depth < 16; ++depth) {
+  for (const Ca* ca = issuer; ca != nullptr && depth < 16; ca = parent_of(*ca), ++depth) {
     for (const auto& a : ca->anchors) anchors.push_back(&a);
     if (const auto r = replaced_by.find(ca->rec.name); r != replaced_by.end()) {
       if (const auto c = cas.find(r->second); c != cas.end()) {
         for (const auto& a : c->second.anchors) anchors.push_back(&a);
       }
     }
-    const auto parent = cas.find(ca->rec.parent);
-    ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
   }
   if (anchors.empty()) return std::nullopt;
   for (const Anchor* a : anchors) {
@@ -147,24 +166,15 @@ std::optional<AuthDecision> Authenticator::Impl::unrecorded_sub_ca(std::span<con
         ERR_clear_error();
         continue;
       }
-      int depth = 0;
-      for (const Ca* ca = signer; ca != nullptr && depth < 16; ++depth) {
-        const std::string& name = ca->rec.name;
-        if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
-          return refuse("incident-unrecorded",
-                        "incident " + std::to_string(open->second.id) + " (CA '" + name +
-                            "'): certificate " + std::to_string(i + 1) +
-                            " of the chain is a CA certificate under it that this registry "
-                            "never made (one minted with the stolen key is refused)");
-        }
-        if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
-          return refuse("ca-revoked", "CA '" + name + "' was revoked at " +
-                                          iso8601(revoked->second) +
-                                          ": nothing signed under it is admitted");
-        }
-        const auto parent = cas.find(ca->rec.parent);
-        ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
-      }
+      const Ca* ca = compromised_at_or_above(signer);
+      if (ca == nullptr) continue;
+      const auto open = ca_incidents.find(ca->rec.name);
+      if (open == ca_incidents.end()) return ca_revoked(*ca);
+      return refuse("incident-unrecorded",
+                    "incident " + std::to_string(open->second.id) + " (CA '" + ca->rec.name +
+                        "'): certificate " + std::to_string(i + 1) +
+                        " of the chain is a CA certificate under it that this registry never "
+                        "made (one minted with the stolen key is refused)");
     }
   }
   return std::nullopt;
@@ -181,19 +191,11 @@ std::optional<AuthDecision> Authenticator::Impl::incident_decision(
     issuer = issuer_of(leaf);
     // The issuer, then its issuers: a CA under a revoked or compromised one is no better (a
     // stolen key with pathLen >= 1 can mint sub-CAs).
-    int depth = 0;
-    for (const Ca* ca = issuer; ca != nullptr && depth < 16; ++depth) {
-      const std::string& name = ca->rec.name;
-      if (auto open = ca_incidents.find(name); open != ca_incidents.end()) {
-        return pin(Pin{&open->second, "CA '" + name + "'", issuer}, leaf_der, leaf, cn, serial,
-                   registry.pinned_cert(serial), at, individual);
-      }
-      if (auto revoked = revoked_cas.find(name); revoked != revoked_cas.end()) {
-        return refuse("ca-revoked", "CA '" + name + "' was revoked at " + iso8601(revoked->second) +
-                                        ": nothing signed under it is admitted");
-      }
-      const auto parent = cas.find(ca->rec.parent);
-      ca = ca->rec.parent.empty() || parent == cas.end() ? nullptr : &parent->second;
+    if (const Ca* ca = compromised_at_or_above(issuer)) {
+      const auto open = ca_incidents.find(ca->rec.name);
+      if (open == ca_incidents.end()) return ca_revoked(*ca);
+      return pin(Pin{&open->second, "CA '" + ca->rec.name + "'", issuer}, leaf_der, leaf, cn,
+                 serial, registry.pinned_cert(serial), at, individual);
     }
   }
   if (!lineage_incidents.empty()) {
