@@ -40,12 +40,12 @@ class IncidentDecisions : public AuthDecisions {
     return h.registry->open_incident(i);
   }
   CaRecord intermediate(const std::string& name, const std::string& issuer, int path_len,
-                        const std::string& subject) {
+                        const std::string& subject, int days = 2000) {
     CaSpec spec;
     spec.name = name;
     spec.issuer = issuer;
     spec.subject = subject;
-    spec.days = 2000;
+    spec.days = days;
     spec.path_len = path_len;
     return h.cas->create_intermediate(spec);
   }
@@ -205,7 +205,8 @@ TEST_F(IncidentDecisions, ASubCaMintedWithTheStolenKeyIsRefused) {
   verify_ca("root");
   group("fleet", "root");
   const CaRecord mid = intermediate("mid", "root", 1, "/CN=Test Mid CA");
-  const CaRecord evil = intermediate("evil", "mid", 0, "/CN=Evil Sub CA");
+  // Shorter-lived than "mid": made in a later second, the same --days would outlive its issuer.
+  const CaRecord evil = intermediate("evil", "mid", 0, "/CN=Evil Sub CA", 1000);
   const Der forged = leaf("evil", "dev-60");
   // The attacker's sub-CA is no CA of the registry: made with the stolen key, never recorded.
   test::raw_query(h.registry_path_for_tests(), "DELETE FROM cas WHERE name = 'evil'");
