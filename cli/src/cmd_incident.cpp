@@ -228,7 +228,8 @@ void add_incident_commands(std::vector<Command>& commands) {
         add_option(s, "key", "ALG", "the replacement's key (ec-p256, ec-p384, …)");
         add_flag(s, "dry-run", "print the plan and change nothing");
         add_flag(s, "yes", "run it (it revokes at once)");
-        add_job_options(s, "stop retrying offline devices after D (default 24h)");
+        add_job_options(
+            s, "stop retrying offline devices after D (2h, 7d, or an RFC 3339 time; default 24h)");
       },
       run_incident_start});
   commands.push_back(Command{{"incident", "list"},

@@ -271,9 +271,7 @@ int run_job_retry_failed(Context& ctx) {
   const std::string id = job_arg(ctx);
   std::int64_t deadline = 0;
   if (auto d = ctx.args().get("deadline")) {
-    const std::int64_t s = jobs::parse_duration(*d, "--deadline");
-    if (s < 1) throw Error(ErrorCode::kUsage, "--deadline must be at least 1s");
-    deadline = ctx.clock().now() + s;
+    deadline = jobs::parse_deadline(*d, ctx.clock().now(), "--deadline");
   }
   const std::int64_t n = jobs::retry_failed(ctx.registry(), ctx.clock(), id, deadline);
   if (!ctx.json())
@@ -341,7 +339,8 @@ void add_job_commands(std::vector<Command>& commands) {
               "offline, refused, timed-out and aborted devices go again, and the job runs here",
               [](Poco::Util::OptionSet& s) {
                 add_option(s, "deadline", "D",
-                           "the job's new deadline, D from now (default: 24h when it passed)");
+                           "the job's new deadline: D from now (2h, 7d) or an RFC 3339 time "
+                           "(default: 24h when it passed)");
                 add_option(s, "pin-file", "FILE", "user PIN file (else FLEETSIGN_PIN or a prompt)");
                 add_flag(s, "no-run", "only mark them (run with `job resume` or `serve`)");
                 add_flag(s, "json", "print as JSON");

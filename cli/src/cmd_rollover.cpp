@@ -179,9 +179,7 @@ jobs::RolloverParams params_from(Context& ctx, bool selection) {
   p.in_flight = bounded("in-flight", 1, 1000, 256);
   p.confirm = a.get("confirm").value_or("session");
   if (auto d = a.get("deadline")) {
-    const std::int64_t s = jobs::parse_duration(*d, "--deadline");
-    if (s < 1) throw Error(ErrorCode::kUsage, "--deadline must be at least 1s");
-    p.deadline = ctx.clock().now() + s;
+    p.deadline = jobs::parse_deadline(*d, ctx.clock().now(), "--deadline");
   }
   if (a.has("rate") && a.has("exponential")) {
     throw Error(ErrorCode::kUsage, "--rate and --exponential are two rollouts: choose one");
@@ -361,7 +359,7 @@ void add_rollover_commands(std::vector<Command>& commands) {
       "reprovision, confirm, retire); exit 13 when devices were left behind",
       [](Poco::Util::OptionSet& s) {
         add_selection_options(s);
-        add_job_options(s, "stop retrying after D (e.g. 2h; default 24h)");
+        add_job_options(s, "stop retrying after D (2h, 7d, or an RFC 3339 time; default 24h)");
       },
       run_start});
   commands.push_back(Command{
@@ -393,7 +391,9 @@ void add_rollover_commands(std::vector<Command>& commands) {
         add_option(s, "subject", "DN", "its subject (default: the old one's, CN dated)");
         add_option(s, "days", "D", "its validity in days (default: the policy's)");
         add_option(s, "key", "ALG", "its key (ec-p256, ec-p384, rsa-2048, …)");
-        add_job_options(s, "the swap happens then at the latest (default 24h)");
+        add_job_options(
+            s,
+            "the swap happens then at the latest (D from now, or an RFC 3339 time; default 24h)");
       },
       run_ca_rollover});
   add_job_commands(commands);

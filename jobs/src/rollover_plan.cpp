@@ -18,6 +18,7 @@
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 #include "fleetsign/jobs/rollover.hpp"
 
 namespace fleetsign::jobs {
@@ -76,6 +77,25 @@ std::int64_t parse_duration(std::string_view text, std::string_view what) {
                                        "' is not a duration (e.g. 30d, 12h, 90m, 45s)");
   }
   return value * unit;
+}
+
+std::int64_t parse_deadline(std::string_view text, std::int64_t now, std::string_view what) {
+  const auto bad = [&](const std::string& why) {
+    return Error(ErrorCode::kUsage, std::string(what) + ": '" + std::string(text) + "' " + why);
+  };
+  if (text.find_first_of("-:T") != std::string_view::npos) {
+    const std::int64_t at = parse_time(text, what);
+    if (at <= now) throw bad("is not in the future");
+    return at;
+  }
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos) {
+    const std::string n(text);
+    throw bad("has no unit: write " + n + "d, " + n + "h, " + n + "m or " + n +
+              "s, or an RFC 3339 time");
+  }
+  const std::int64_t s = parse_duration(text, what);
+  if (s < 1) throw bad("must be at least 1s");
+  return now + s;
 }
 
 std::string params_json(const RolloverParams& p) {

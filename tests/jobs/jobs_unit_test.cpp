@@ -48,6 +48,31 @@ TEST(ParseTime, Rfc3339DatesAndUnixSeconds) {
   }
 }
 
+// A deadline is a duration with its unit or a time; a bare "7" (seconds? days?) is refused, as is
+// a time that has passed.
+TEST(ParseDeadline, ADurationWithItsUnitOrAFutureTime) {
+  const std::int64_t now = 1796740376;  // 2026-12-08T14:32:56Z
+  EXPECT_EQ(jobs::parse_deadline("90m", now, "--deadline"), now + 5400);
+  EXPECT_EQ(jobs::parse_deadline("7d", now, "--deadline"), now + 7 * 86400);
+  EXPECT_EQ(jobs::parse_deadline("2026-12-09T14:32:56Z", now, "--deadline"), now + 86400);
+  EXPECT_EQ(jobs::parse_deadline("2026-12-09", now, "--deadline"), now + 34024);
+  for (const char* bad : {"7", "0", "0s", "-1d", "2026-12-08T14:32:56Z", "2026-12-01", "7 d",
+                          "7days", "", "2026-12-09T14:32:56"}) {
+    try {
+      jobs::parse_deadline(bad, now, "--deadline");
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--deadline"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    jobs::parse_deadline("7", now, "--deadline");
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUsage);
+    EXPECT_NE(std::string(e.what()).find("7d, 7h, 7m or 7s"), std::string::npos) << e.what();
+  }
+}
+
 // A worker starts a helper only for a shared job with a task no runner holds in an open wave.
 TEST(WantsHelper, OnlyWhenATaskOfAnOpenWaveWaitsForARunner) {
   engine::JobRecord job;

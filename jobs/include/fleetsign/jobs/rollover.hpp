@@ -78,6 +78,9 @@ std::string params_json(const RolloverParams& params);
 RolloverParams parse_params(std::string_view json_text, std::string_view origin);
 // "30d", "12h", "90m", "45s" or a plain number of seconds; kUsage naming `what` otherwise.
 std::int64_t parse_duration(std::string_view text, std::string_view what);
+// A deadline: a duration from `now` with its unit ("30m", "7d") or an RFC 3339 time after `now`.
+// A bare number is refused (is "7" seven seconds or seven days?); kUsage naming `what`.
+std::int64_t parse_deadline(std::string_view text, std::int64_t now, std::string_view what);
 
 struct PlannedDevice {
   std::string device_id, ca_name, group, lot;
