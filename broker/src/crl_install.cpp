@@ -1,6 +1,7 @@
 #include "fleetsign/broker/crl_install.hpp"
 
 #include <map>
+#include <vector>
 
 #include "fleetsign/atomic_file.hpp"
 #include "fleetsign/bounded_read.hpp"
@@ -16,17 +17,16 @@ namespace {
 // A CRL of 10^6 entries is about 50 MB of PEM.
 constexpr std::size_t kCrlFileLimit = std::size_t{256} * 1024 * 1024;
 
-// issuer → CRL number of the installed file; empty when there is none or it does not read.
-std::map<std::string, std::int64_t> installed_numbers(const fs::path& file) {
-  std::map<std::string, std::int64_t> out;
+// The CRLs of the installed file by issuer; empty when there is none or it does not read.
+std::map<std::string, std::vector<engine::Der>> installed_crls(const fs::path& file) {
+  std::map<std::string, std::vector<engine::Der>> out;
   std::error_code ec;
   if (!fs::is_regular_file(file, ec)) return out;
   try {
-    for (const engine::Der& der :
+    for (engine::Der& der :
          engine::crls_from_pem(read_bounded(file.string(), kCrlFileLimit, "installed CRL file"))) {
       const engine::CrlInfo info = engine::read_crl(der);
-      auto& n = out[info.issuer];
-      n = std::max(n, info.number);
+      out[info.issuer].push_back(std::move(der));
     }
   } catch (const Error&) {
     out.clear();  // a damaged file is replaced, not trusted for numbering
@@ -34,21 +34,34 @@ std::map<std::string, std::int64_t> installed_numbers(const fs::path& file) {
   return out;
 }
 
+// The highest number among the installed CRLs of `issuer` that the CA really signed: a CRL
+// someone wrote into the file by hand (a forged number 999999) counts for nothing and is replaced.
+std::int64_t installed_number(const std::map<std::string, std::vector<engine::Der>>& installed,
+                              const std::string& issuer, const engine::CaRecord& ca) {
+  std::int64_t n = -1;
+  const auto it = installed.find(issuer);
+  if (it == installed.end()) return n;
+  for (const engine::Der& der : it->second) {
+    if (engine::crl_signed_by(der, ca.cert_der)) n = std::max(n, engine::read_crl(der).number);
+  }
+  return n;
+}
+
 }  // namespace
 
 CrlInstall install_crl_bundle(const BrokerHome& home, const std::vector<CrlCandidate>& crls,
                               bool complete, const std::string& off_reason, std::int64_t now) {
   const fs::path file = home.dir() / "crl.pem";
-  const auto installed = installed_numbers(file);
+  const auto installed = installed_crls(file);
   std::string pem;
   for (const CrlCandidate& c : crls) {
     const std::string what = "the CRL of CA '" + c.ca.name + "'";
     const engine::CrlInfo info = engine::check_crl(c.der, c.ca.cert_der, now, what);
-    const auto it = installed.find(info.issuer);
-    if (it != installed.end() && info.number < it->second) {
+    const std::int64_t installed_n = installed_number(installed, info.issuer, c.ca);
+    if (info.number < installed_n) {
       throw Error(ErrorCode::kCrlInvalid, what + ": number " + std::to_string(info.number) +
                                               " is lower than the installed " +
-                                              std::to_string(it->second));
+                                              std::to_string(installed_n));
     }
     engine::append_pem(pem, c.der, "X509 CRL");
   }

@@ -4,6 +4,7 @@
 // installer, which never installs a CRL that does not check.
 #include <gtest/gtest.h>
 #include <openssl/bn.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -291,6 +292,47 @@ TEST_F(CrlInstaller, InstallsCheckedCrlsAndNeverAGarbageOne) {
   EXPECT_EQ(e.code(), ErrorCode::kCrlInvalid);
   EXPECT_NE(std::string(e.what()).find("lower"), std::string::npos) << e.what();
   EXPECT_EQ(installed(), newer);
+}
+
+// Someone appends to the installed file a CRL with int1's issuer and key identifier, number
+// 999999, signed with another key. It must not count for numbering (else no genuine CRL of int1
+// could be installed again, and `broker start` would refuse to run): the next install replaces it.
+TEST_F(CrlInstaller, AForgedCrlInTheInstalledFileIsReplacedNotTrusted) {
+  const engine::Der root1 = sign("root").der, int1 = sign("int1").der;
+  broker::install_crl_bundle(home, {candidate("root", root1), candidate("int1", int1)}, true, "",
+                             clock.now());
+  const CrlPtr forged = parse_crl(int1);
+  ASN1_INTEGER* number = ASN1_INTEGER_new();
+  ASN1_INTEGER_set(number, 999999);
+  ASSERT_EQ(X509_CRL_add1_ext_i2d(forged.get(), NID_crl_number, number, 0, X509V3_ADD_REPLACE), 1);
+  ASN1_INTEGER_free(number);
+  EVP_PKEY* attacker = EVP_EC_gen("P-256");
+  ASSERT_NE(attacker, nullptr);
+  ASSERT_GT(X509_CRL_sign(forged.get(), attacker, EVP_sha256()), 0);
+  EVP_PKEY_free(attacker);
+  unsigned char* buf = nullptr;
+  const int len = i2d_X509_CRL(forged.get(), &buf);
+  ASSERT_GT(len, 0);
+  const engine::Der forged_der(buf, buf + len);
+  OPENSSL_free(buf);
+  EXPECT_EQ(engine::read_crl(forged_der).number, 999999);
+  std::string file = installed();
+  engine::append_pem(file, forged_der, "X509 CRL");
+  testing::write_file(home.crl_path(), file);
+
+  const engine::Der int1_v2 = sign("int1").der;
+  const auto inst = broker::install_crl_bundle(
+      home, {candidate("root", root1), candidate("int1", int1_v2)}, true, "", clock.now());
+  EXPECT_TRUE(inst.changed);
+  const auto now_installed = engine::crls_from_pem(installed());
+  ASSERT_EQ(now_installed.size(), 2u);
+  EXPECT_EQ(now_installed[1], int1_v2) << "the forged CRL is gone";
+  // A genuine older CRL is still refused after a genuine newer one.
+  EXPECT_EQ(testing::error_from([&] {
+              broker::install_crl_bundle(home, {candidate("root", root1), candidate("int1", int1)},
+                                         true, "", clock.now());
+            }).code(),
+            ErrorCode::kCrlInvalid);
 }
 
 TEST_F(CrlInstaller, ABundleThatDoesNotCoverEveryIssuerIsNotInstalled) {

@@ -94,6 +94,18 @@ CrlInfo check_crl(ByteView der, ByteView ca_cert_der, std::int64_t now, std::str
   return info;
 }
 
+bool crl_signed_by(ByteView der, ByteView ca_cert_der) noexcept {
+  const unsigned char* p = der.data();
+  const CrlPtr crl(d2i_X509_CRL(nullptr, &p, static_cast<long>(der.size())));
+  const ossl::X509Ptr ca = ossl::from_der(ca_cert_der);
+  const bool ok =
+      crl && ca && p == der.data() + der.size() &&
+      X509_NAME_cmp(X509_CRL_get_issuer(crl.get()), X509_get_subject_name(ca.get())) == 0 &&
+      X509_CRL_verify(crl.get(), X509_get0_pubkey(ca.get())) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
 std::vector<Der> crls_from_pem(std::string_view text, std::string_view what) {
   BioPtr bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
   std::vector<Der> out;

@@ -33,6 +33,10 @@ CrlInfo read_crl(ByteView der, std::string_view what = "CRL");
 CrlInfo check_crl(ByteView der, ByteView ca_cert_der, std::int64_t now,
                   std::string_view what = "CRL");
 
+// True when `der` is a CRL that names the CA (DER) as its issuer and whose signature verifies
+// with the CA's key; freshness is not looked at. False for anything else, never throws.
+bool crl_signed_by(ByteView der, ByteView ca_cert_der) noexcept;
+
 // Every "X509 CRL" block of a PEM text, in order, as DER. Throws Error(kCrlInvalid) naming
 // `what` on a block that is not valid base64, or on text with no CRL at all.
 std::vector<Der> crls_from_pem(std::string_view text, std::string_view what = "CRL bundle");
