@@ -43,6 +43,19 @@ int run_show(Context& ctx) {
   const engine::CrlInfo info = engine::read_crl(crl.der, "CRL of CA '" + ca + "'");
   const auto now = test_hook_clock(ctx.args())->now();
   const engine::CrlState state = engine::crl_state(crl, ctx.policy().crl, now);
+  // Behind: the CA has revoked more than this CRL lists (a revoke killed before it re-signed).
+  bool behind = false;
+  std::int64_t revoked_now = static_cast<std::int64_t>(info.entries);
+  for (const auto& st : engine::crl_statuses(ctx.registry(), ctx.policy().crl, now)) {
+    if (st.ca_name != ca) continue;
+    behind = st.revoked_since;
+    revoked_now = st.revoked_now;
+  }
+  const std::string state_text =
+      std::string(engine::crl_state_name(state)) +
+      (behind ? ", behind: the CA has revoked " + std::to_string(revoked_now) +
+                    " certificates (run `fleetsign crl sign " + ca + "`)"
+              : "");
   if (ctx.json()) {
     Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     o.set("ca", ca);
@@ -52,7 +65,9 @@ int run_show(Context& ctx) {
     o.set("next_update", engine::iso8601(info.next_update));
     o.set("entries", static_cast<std::int64_t>(info.entries));
     o.set("state", std::string(engine::crl_state_name(state)));
-    o.set("fresh", state == engine::CrlState::kFresh);
+    o.set("fresh", state == engine::CrlState::kFresh && !behind);
+    o.set("behind", behind);
+    o.set("revoked_now", revoked_now);
     o.set("authority_key_id", info.authority_key_id);
     o.set("sha256", engine::thumbprint_sha256(crl.der));
     ctx.print_json(o);
@@ -62,7 +77,7 @@ int run_show(Context& ctx) {
         "  entries     %zu\n  state       %s\n",
         ca.c_str(), info.issuer.c_str(), static_cast<long long>(info.number),
         engine::iso8601(info.this_update).c_str(), engine::iso8601(info.next_update).c_str(),
-        info.entries, std::string(engine::crl_state_name(state)).c_str());
+        info.entries, state_text.c_str());
   }
   return 0;
 }
@@ -206,7 +221,13 @@ std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>
     line += (line.empty() ? "" : "; ") + std::string("CRL number ") + std::to_string(c.number) +
             " of CA " + c.ca_name + " signed (" + std::to_string(c.entries) + " entries)";
   }
-  const std::string broker = update_broker(ctx, ctx.clock().now());
+  std::string broker;
+  try {
+    broker = update_broker(ctx, ctx.clock().now());
+  } catch (const Error& e) {
+    throw Error(e.code(), (line.empty() ? std::string("no CRL needed signing") : line) +
+                              "; the broker's CRL file was not installed: " + e.what());
+  }
   return broker.empty() ? line : line + (line.empty() ? "" : "; ") + broker;
 }
 

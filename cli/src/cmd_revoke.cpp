@@ -6,9 +6,12 @@
 #include <cctype>
 #include <cstdio>
 #include <iostream>
+#include <set>
+#include <vector>
 
 #include "cli.hpp"
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -202,13 +205,20 @@ int run_revoke(Context& ctx) {
     });
     if (show && !plan.to_revoke.empty()) std::fprintf(stderr, "\n");
     // A new CRL follows every revocation (signed in the token), and the broker's CRL file with it.
-    if (!outcome.crls_due.empty()) {
+    // A CRL still behind an earlier revocation is signed too: the same revoke run again after a
+    // kill between its commit and its CRLs revokes nothing new, and must still finish them.
+    std::set<std::string> due(outcome.crls_due.begin(), outcome.crls_due.end());
+    for (const auto& st : engine::crl_statuses(stores, ctx.policy().crl, ctx.clock().now())) {
+      if (st.revoked_since) due.insert(st.ca_name);
+    }
+    if (!due.empty()) {
       std::string line;
       try {
-        line = refresh_crls_and_broker(ctx, outcome.crls_due);
+        line = refresh_crls_and_broker(ctx, std::vector<std::string>(due.begin(), due.end()));
       } catch (const Error& e) {
-        throw Error(e.code(), std::string("the revocation is recorded, but its CRLs were not "
-                                          "re-signed (run `fleetsign crl sign --due`): ") +
+        throw Error(e.code(), std::string("the revocation is recorded, but its CRLs are not all "
+                                          "signed and installed (run `fleetsign crl sign "
+                                          "--due`): ") +
                                   e.what());
       }
       if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());

@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <ctime>
+
 #include "enrollment_support.hpp"
 #include "fleetsign/engine/home_lock.hpp"
 #include "fleetsign/engine/registry.hpp"
@@ -132,6 +134,26 @@ TEST_F(CrlCli, SignDueSignsWhatIsMissingBehindARevocationOrNearNextUpdate) {
   EXPECT_EQ(show("factory-1")->getValue<int>("number"), 3);
   // validity 168 h, re-signed when less than 72 h remain.
   EXPECT_EQ(due(kT + 3600 + 97 * 3600), (std::vector<std::string>{"root", "factory-1"}));
+}
+
+// `revoke` killed after its commit and before its CRLs: `crl show` says the CRL is behind, and the
+// same revoke run again (which revokes nothing new) signs and installs it.
+TEST_F(CrlCli, ARevokeRunAgainAfterAKillFinishesItsCrl) {
+  const std::string serial = serial_of("dev-02");
+  engine::Registry::open(home / "registry.db")
+      ->revoke_certs(std::vector<std::string>{serial}, "superseded", std::time(nullptr) - 5);
+  const auto behind = json(bin.ok("crl show factory-1 --json").out);
+  EXPECT_TRUE(behind->getValue<bool>("behind"));
+  EXPECT_FALSE(behind->getValue<bool>("fresh"));
+  EXPECT_EQ(behind->getValue<int>("entries"), 0);
+  EXPECT_NE(bin.ok("crl show factory-1").out.find("behind"), std::string::npos);
+  const auto again = bin.ok("revoke --serial " + serial + " --reason superseded --json");
+  EXPECT_EQ(json(again.out)->getObject("outcome")->getValue<int>("certificates_revoked"), 0);
+  const auto now = json(bin.ok("crl show factory-1 --json").out);
+  EXPECT_EQ(now->getValue<int>("entries"), 1);
+  EXPECT_EQ(now->getValue<int>("number"), 2);
+  EXPECT_FALSE(now->getValue<bool>("behind"));
+  EXPECT_TRUE(now->getValue<bool>("fresh"));
 }
 
 TEST_F(CrlCli, ABreachRollPutsTheCertificateIntoItsCasCrlAtOnce) {
