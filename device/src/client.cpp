@@ -51,7 +51,9 @@ DeviceClient::DeviceClient(const FleetShared& shared, Credential credential, Slo
       m_slot(slot),
       m_identity(std::make_unique<TlsIdentity>(credential)),
       m_store(std::move(store)),
-      m_failing(failing) {}
+      m_failing(failing) {
+  if (m_store) m_trial = m_store->active_state().trial;
+}
 
 DeviceClient::~DeviceClient() { close(); }
 
@@ -60,6 +62,7 @@ int DeviceClient::socket() const { return m_mosq == nullptr ? -1 : mosquitto_soc
 bool DeviceClient::open() {
   m_failure.clear();
   m_last_log.clear();
+  m_refused = false;
   return start(m_shared.options.dps_id_scope.has_value() && !m_hub);
 }
 
@@ -148,6 +151,7 @@ void DeviceClient::on_io(std::uint32_t events) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof peer;
     const bool tcp_up = ::getpeername(socket(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
+    m_refused = err == 0 && tcp_up;
     fail("cannot connect to " + m_target + ": " +
          (err != 0 ? std::strerror(err)
           : tcp_up ? "the broker closed the connection during the TLS handshake"
@@ -183,6 +187,12 @@ void DeviceClient::check(int rc) {
   std::string why = rc == MOSQ_ERR_SUCCESS ? "connection closed" : mosquitto_strerror(rc);
   if (rc == MOSQ_ERR_ERRNO && errno != 0) why = std::strerror(errno);
   if (!m_last_log.empty()) why += " (" + m_last_log + ")";
+  // Closed by the peer while connecting, after the TCP connection was up (a TLS alert, or a close
+  // right after the handshake, as TLS 1.3 reports a refused client certificate): a refusal. A
+  // host that cannot be reached is not one.
+  const bool unreachable = rc == MOSQ_ERR_ERRNO && (errno == ECONNREFUSED || errno == ENETUNREACH ||
+                                                    errno == EHOSTUNREACH || errno == ETIMEDOUT);
+  if (m_phase != Phase::kConnected && !m_tcp_pending && !unreachable) m_refused = true;
   fail(m_phase == Phase::kConnected ? why : "connecting to " + m_target + ": " + why);
 }
 
@@ -217,6 +227,7 @@ void DeviceClient::connect_done(int rc) {
   auto* c = this;
   if (rc != 0) {
     c->m_failure = "refused by " + c->m_target + ": " + mosquitto_connack_string(rc);
+    c->m_refused = true;
     c->m_outcome |= kFailed;  // libmosquitto closes the socket next
     return;
   }
@@ -236,6 +247,8 @@ void DeviceClient::disconnect_done(int rc) {
   if (c->m_phase == Phase::kIdle || (c->m_outcome & (kFailed | kLost)) != 0) return;
   std::string why = rc == MOSQ_ERR_KEEPALIVE ? "keepalive timeout" : mosquitto_strerror(rc);
   if (!c->m_last_log.empty()) why += " (" + c->m_last_log + ")";
+  // Closed by the peer before its CONNACK (TLS 1.3 reports a refused client certificate so).
+  if (c->m_phase != Phase::kConnected && !c->m_tcp_pending) c->m_refused = true;
   c->fail(c->m_phase == Phase::kConnected ? "disconnected from " + c->m_target + ": " + why
                                           : "connecting to " + c->m_target + ": " + why);
 }
@@ -277,6 +290,16 @@ void DeviceClient::publish(const std::string& topic, const std::string& payload,
 void DeviceClient::connected_to_hub() {
   m_phase = Phase::kConnected;
   m_outcome |= kConnected;
+  if (m_trial && m_store) {
+    // The hub admitted the new certificate: it is the device's own now, trial over.
+    m_trial = false;
+    m_trial_refusals = 0;
+    try {
+      m_store->set_active(m_slot, false);
+    } catch (const Error& e) {
+      log(std::string("cannot record that its new certificate works: ") + e.what());
+    }
+  }
   const std::string subs[] = {std::string(topics::kMethodsSubscription),
                               std::string(topics::kTwinResponses),
                               std::string(topics::kDesiredPatches)};
@@ -347,16 +370,38 @@ bool DeviceClient::reload_credential() {
   m_reprovision = false;
   if (!m_store) return true;
   try {
-    const Slot slot = m_store->active();
+    const auto [slot, trial] = m_store->active_state();
     Credential credential = m_store->read(slot);
     m_identity = std::make_unique<TlsIdentity>(credential);
     m_cert = credential.cert();
     m_slot = slot;
+    m_trial = trial;
+    m_trial_refusals = 0;
     return true;
   } catch (const Error& e) {
     m_failure = std::string("cannot reload its credential: ") + e.what();
     return false;
   }
+}
+
+std::string DeviceClient::after_failed_attempt() {
+  if (!m_trial || !m_refused || !m_store) return "";
+  if (++m_trial_refusals < kTrialRefusals) return "";
+  const Slot from = m_slot, back = other_slot(m_slot);
+  const std::string refused_serial = m_cert.serial;
+  try {
+    m_store->read(back);  // the old credential, checked, before the switch back
+    m_store->set_active(back, false);
+  } catch (const Error& e) {
+    m_trial_refusals = 0;
+    return "its new certificate was refused " + std::to_string(kTrialRefusals) +
+           " times, and its " + std::string(slot_name(back)) + " slot cannot be used: " + e.what();
+  }
+  m_hub.reset();  // register again (with DPS) on the old certificate
+  if (!reload_credential()) return "cannot go back to its old slot: " + m_failure;
+  return "its new certificate (" + std::string(slot_name(from)) + " slot, " + refused_serial +
+         ") was refused " + std::to_string(kTrialRefusals) + " times (" + m_failure.substr(0, 200) +
+         "): back on its " + std::string(slot_name(back)) + " slot, certificate " + m_cert.serial;
 }
 
 // --- DPS --------------------------------------------------------------------------------------
@@ -412,6 +457,7 @@ void DeviceClient::handle_dps(const std::string& topic, std::string_view payload
     m_outcome |= kAssigned;
     return;
   }
+  m_refused = true;
   std::string message = body ? body->optValue<std::string>("message", "") : "";
   if (message.empty() && body) message = body->optValue<std::string>("errorMessage", "");
   fail("DPS refused the registration: " + std::to_string(r->status) +

@@ -76,6 +76,12 @@ class DeviceClient final : public MethodContext {
   // After kReconnect: re-reads the store's active slot; false (failure() says why) if unusable.
   bool reload_credential();
   void forget_assignment() { m_hub.reset(); }
+  // After a failed attempt (kFailed): when the slot a rotation switched to is on trial and the
+  // broker or DPS refused it (a TLS alert, a CONNACK refusal, a DPS refusal; not a timeout or an
+  // unreachable host) kTrialRefusals times in a row, the device goes back to its other slot
+  // (durably) and says so in the returned line; empty otherwise.
+  std::string after_failed_attempt();
+  static constexpr int kTrialRefusals = 3;
 
   int socket() const;                   // -1 when closed
   std::uint32_t wanted_events() const;  // EPOLLIN, plus EPOLLOUT when it has bytes to send
@@ -133,6 +139,9 @@ class DeviceClient final : public MethodContext {
   std::chrono::seconds m_poll_after{1};
   std::optional<topics::HostPort> m_hub;  // assigned by DPS
   bool m_reconnect = false, m_reprovision = false;
+  bool m_trial = false;    // the active slot was switched to and has not connected yet
+  bool m_refused = false;  // this attempt was refused by the peer (not lost on the way)
+  int m_trial_refusals = 0;
 };
 
 }  // namespace fleetsign::device

@@ -384,6 +384,10 @@ class DeviceFleet::Impl {
     cancel(e, kDeadline);
     cancel(e, kPoll);
     m_counters.connect_failures.fetch_add(1);
+    if (const std::string back = e.client->after_failed_attempt(); !back.empty()) {
+      m_shared.log(e.client->device_id(), back);
+      e.attempts = 0;
+    }
     const auto delay = backoff(e);
     m_shared.log(e.client->device_id(),
                  e.client->failure() + "; retrying in " + std::to_string(delay.count()) + " ms");

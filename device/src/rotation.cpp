@@ -408,8 +408,10 @@ MethodResponse reprovision(MethodContext& device, const Poco::Dynamic::Var& payl
   const bool running =
       store.active() == slot && device.slot() == slot && device.certificate().sha256 == sha;
   if (!running) {
-    store.read(slot);        // the whole slot checked before the switch: one it cannot use is 409
-    store.set_active(slot);  // durable before the answer: after a power cut the device runs it
+    store.read(slot);  // the whole slot checked before the switch: one it cannot use is 409
+    // Durable before the answer: after a power cut the device runs it. On trial until it
+    // connects: a certificate the broker keeps refusing sends the device back to its old slot.
+    store.set_active(slot, true);
     device.reconnect_after_answer(true);
   }
   body.set("reconnecting", !running);

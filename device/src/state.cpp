@@ -142,22 +142,31 @@ bool SlotStore::has(Slot slot) const {
   return fs::exists(file(slot, "chain"), ec) && fs::exists(file(slot, "key"), ec);
 }
 
-Slot SlotStore::active() const {
+Slot SlotStore::active() const { return active_state().slot; }
+
+SlotStore::ActiveSlot SlotStore::active_state() const {
   const fs::path path = m_dir / "slot.json";
   const std::string text = read_bounded(path.string(), kSlotFileLimit, "slot file");
   std::string name;
+  ActiveSlot out;
   try {
     Poco::JSON::Parser parser;
     const auto doc = parser.parse(text).extract<Poco::JSON::Object::Ptr>();
     name = doc->getValue<std::string>("active");
+    if (doc->has("trial")) out.trial = doc->getValue<bool>("trial");
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kCertificateMalformed,
                 path.string() + ": not a slot file ({\"active\":\"primary\"}): " + e.displayText());
   }
-  if (name == "primary") return Slot::kPrimary;
-  if (name == "secondary") return Slot::kSecondary;
-  throw Error(ErrorCode::kCertificateMalformed,
-              path.string() + ": active slot '" + name + "' is neither primary nor secondary");
+  if (name == "primary") {
+    out.slot = Slot::kPrimary;
+  } else if (name == "secondary") {
+    out.slot = Slot::kSecondary;
+  } else {
+    throw Error(ErrorCode::kCertificateMalformed,
+                path.string() + ": active slot '" + name + "' is neither primary nor secondary");
+  }
+  return out;
 }
 
 namespace {
@@ -264,11 +273,12 @@ void SlotStore::write_files(Slot slot, const std::string& chain_pem, const std::
   put(file(slot, "chain"), chain_pem, 0644, sync);
 }
 
-void SlotStore::set_active(Slot slot) { write_active(slot, m_sync); }
+void SlotStore::set_active(Slot slot, bool trial) { write_active(slot, trial, m_sync); }
 
-void SlotStore::write_active(Slot slot, bool sync) {
+void SlotStore::write_active(Slot slot, bool trial, bool sync) {
   Poco::JSON::Object doc;
   doc.set("active", std::string(slot_name(slot)));
+  if (trial) doc.set("trial", true);
   std::ostringstream text;
   doc.stringify(text);
   text << '\n';
@@ -282,7 +292,7 @@ std::pair<Credential, Slot> SlotStore::load_or_create(Credential initial, bool s
                   m_dir.string() + ": cannot hold " + initial.id().str() + "'s credential");
     }
     write_files(Slot::kPrimary, initial.chain_pem(), initial.key_pem(), sync);
-    write_active(Slot::kPrimary, sync);  // last: slot.json marks a complete provisioning
+    write_active(Slot::kPrimary, false, sync);  // last: slot.json marks a complete provisioning
     return {std::move(initial), Slot::kPrimary};
   }
   const Slot slot = active();

@@ -152,6 +152,50 @@ TEST_F(RotationAgent, RotatesReconnectsWithTheNewCertificateAndReportsItInTheTwi
   EXPECT_EQ(count_of(a->log(), "reprovisioning"), 1u);
 }
 
+// A chain the broker does not trust (its own CA, not the fleet's) passes the device's checks
+// (CN, key, links) and is installed; after the switch the broker refuses it. The slot is on trial
+// until it connects, so after three refusals the device goes back to its old slot, durably, and
+// is reachable again: the engine can retry.
+TEST_F(RotationAgent, ACertificateTheBrokerRefusesSendsTheDeviceBackToItsOldSlot) {
+  auto a = agent("agent");
+  ASSERT_TRUE(a->wait_log("dev-01 connected to ", 10s)) << a->log();
+  const std::string old_sha = call(*a, "getCertificate", "").body->getValue<std::string>("sha256");
+  const auto csr = call(*a, "createCsr", json({{"jobId", "job-r"}, {"slot", "secondary"}}));
+  ASSERT_EQ(csr.status, 200);
+  write_file(dir.path() / "r.csr", csr.body->getValue<std::string>("csr"));
+  const std::string d = "'" + dir.path().string() + "/";
+  std::string log;
+  ASSERT_EQ(run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
+                "-subj /CN=Rogue-CA -keyout " +
+                    d + "rogue.key' -out " + d +
+                    "rogue.pem' && "
+                    "openssl x509 -req -in " +
+                    d + "r.csr' -CA " + d + "rogue.pem' -CAkey " + d +
+                    "rogue.key' -CAcreateserial -days 20 -out " + d + "r.pem' 2>&1",
+                &log),
+            0)
+      << log;
+  const std::string sha =
+      install(*a, "job-r", read_file(dir.path() / "r.pem") + read_file(dir.path() / "rogue.pem"));
+  ASSERT_FALSE(sha.empty());
+  ASSERT_EQ(reprovision(*a, "job-r", sha).status, 200);
+  ASSERT_TRUE(a->wait_log("dev-01 reprovisioning with its secondary slot", 5s)) << a->log();
+  EXPECT_EQ(active_slot(), "secondary");
+  EXPECT_TRUE(parse(read_file(flash / "slot.json"))->getValue<bool>("trial"));
+  ASSERT_TRUE(a->wait_log("back on its primary slot", 20s)) << a->log();
+  ASSERT_TRUE(a->wait_log("dev-01 connected to ", 10s, 2)) << a->log();
+  EXPECT_EQ(active_slot(), "primary");
+  EXPECT_FALSE(parse(read_file(flash / "slot.json"))->has("trial"));
+  EXPECT_EQ(call(*a, "getCertificate", "").body->getValue<std::string>("sha256"), old_sha);
+  // A good certificate next: it connects, and its trial ends on the flash.
+  const std::string good = install(*a, "job-g", new_chain(*a, "job-g"));
+  ASSERT_EQ(reprovision(*a, "job-g", good).status, 200);
+  ASSERT_TRUE(a->wait_log("dev-01 connected to ", 10s, 3)) << a->log();
+  EXPECT_EQ(call(*a, "getCertificate", "").body->getValue<std::string>("sha256"), good);
+  EXPECT_EQ(active_slot(), "secondary");
+  EXPECT_FALSE(parse(read_file(flash / "slot.json"))->has("trial"));
+}
+
 TEST_F(RotationAgent, PowerLossBetweenInstallAndReprovisionRestartsOnTheOldSlotThenCompletes) {
   std::string sha, old_sha;
   {

@@ -1,6 +1,8 @@
 // A device's flash: what one device keeps across restarts, under `STATE/{deviceId}/`:
 //
-//   slot.json            {"active":"primary"}: the slot the device connects with
+//   slot.json            {"active":"primary"}: the slot the device connects with; "trial":true
+//                        while a slot switched to by a rotation has not connected yet (the
+//                        device falls back to the other slot when the broker keeps refusing it)
 //   primary.chain.pem    certificate chain of the primary slot (leaf first)
 //   primary.key.pem      its private key (0600)
 //   secondary.*          the other slot, once a rotation has written it
@@ -61,6 +63,11 @@ class SlotStore final {
   std::pair<Credential, Slot> load_or_create(Credential initial, bool sync = true);
 
   Slot active() const;  // kIo/kCertificateMalformed when slot.json is missing/bad
+  struct ActiveSlot {
+    Slot slot = Slot::kPrimary;
+    bool trial = false;  // switched to by a rotation, not connected with yet
+  };
+  ActiveSlot active_state() const;  // the same errors as active()
   // The slot's chain and key, checked. The files are read every time; when they hold exactly what
   // this store last wrote or read for that slot, the credential decoded then is used again (a
   // rotation reads the new slot twice: OpenSSL 3.0 decodes a certificate in ~0.3 ms).
@@ -71,7 +78,7 @@ class SlotStore final {
   void write(Slot slot, const std::string& chain_pem, const std::string& key_pem);
   // The same for a credential checked already (make_credential): only its device is checked.
   void write(Slot slot, const Credential& credential);
-  void set_active(Slot slot);
+  void set_active(Slot slot, bool trial = false);
   // SHA-256 (upper-case hex) of the slot's leaf certificate DER, from its first PEM block and
   // without decoding the certificate (cheap; read() checks it all); nullopt when the slot has no
   // chain file or its first block is not a CERTIFICATE.
@@ -94,7 +101,7 @@ class SlotStore final {
 
  private:
   void write_files(Slot slot, const std::string& chain_pem, const std::string& key_pem, bool sync);
-  void write_active(Slot slot, bool sync);
+  void write_active(Slot slot, bool trial, bool sync);
   void put(const std::filesystem::path& path, std::string_view data, unsigned mode, bool sync);
   std::filesystem::path file(Slot slot, std::string_view what) const;
   std::filesystem::path pending_file(Slot slot) const;
