@@ -255,7 +255,7 @@ int run_revoke(Context& ctx) {
 
 std::vector<engine::BlockedKey> keys_to_add(Context& ctx) {
   const Args& a = ctx.args();
-  const std::string reason = a.get("reason").value_or("keyCompromise");
+  const std::string reason = jobs::check_name("reason", a.get("reason").value_or("keyCompromise"));
   const std::int64_t now = ctx.clock().now();
   std::vector<engine::BlockedKey> keys;
   const auto add = [&](const std::string& text, const std::string& source) {

@@ -208,6 +208,30 @@ int fleetsign::cli::run_main(int argc, char** argv) {
   const bool wants_json =
       std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end();
   if (found == nullptr) {
+    // A group's word alone (`fleetsign crl`, `fleetsign crl --help`): its commands.
+    std::string group;
+    for (const auto& c : commands) {
+      if (c.words.size() > 1 && c.words[0] == argv_rest[0]) {
+        group += "  " + joined(c.words) + " " + c.usage + "\n      " + c.summary + "\n";
+      }
+    }
+    if (!group.empty()) {
+      const bool help = argv_rest.size() == 2 && (argv_rest[1] == "--help" || argv_rest[1] == "-h");
+      if (!help) {
+        if (argv_rest.size() > 1) {
+          std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s %s'\n\n",
+                       argv_rest[0].c_str(), argv_rest[1].substr(0, 100).c_str());
+        } else {
+          std::fprintf(stderr, "fleetsign: error [usage]: '%s' needs one of its commands\n\n",
+                       argv_rest[0].c_str());
+        }
+      }
+      std::fprintf(help ? stdout : stderr,
+                   "fleetsign %s: its commands (`fleetsign %s COMMAND --help` for one's "
+                   "options)\n%s",
+                   argv_rest[0].c_str(), argv_rest[0].c_str(), group.c_str());
+      return help ? 0 : 2;
+    }
     std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s'\n\n",
                  argv_rest[0].c_str());
     print_overview(commands, stderr);

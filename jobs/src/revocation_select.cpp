@@ -39,6 +39,8 @@ std::string normalize_hex(const std::string& option, std::string_view text, std:
   return out;
 }
 
+}  // namespace
+
 std::string check_name(const std::string& option, const std::string& value) {
   if (value.empty() || value.size() > kMaxName) {
     throw Error(ErrorCode::kInvalidArgument, "--" + option + ": expected 1.." +
@@ -52,8 +54,6 @@ std::string check_name(const std::string& option, const std::string& value) {
   }
   return value;
 }
-
-}  // namespace
 
 std::int64_t parse_time(std::string_view text, std::string_view what) {
   const std::string s(text.substr(0, 64));

@@ -132,6 +132,24 @@ TEST_F(Cli, EveryCommandHelpExitsZeroAndPrintsUsage) {
         "ca verification-cert", "ca verify", "issue", "audit"}) {
     EXPECT_EQ(commands.count(expected), 1u) << "overview does not list " << expected;
   }
+  // A group's word: `fleetsign crl --help` lists its commands (0); `fleetsign crl` alone and
+  // `fleetsign crl bogus` are usage errors that list them too.
+  for (const auto& words : commands) {
+    const auto space = words.find(' ');
+    if (space == std::string::npos) continue;
+    const std::string group = words.substr(0, space);
+    SCOPED_TRACE(group);
+    const Outcome help = fleetsign(group + " --help");
+    EXPECT_EQ(help.status, 0) << help.err;
+    EXPECT_NE(help.out.find("  " + words + " "), std::string::npos) << help.out;
+    const Outcome bare = fleetsign(group);
+    EXPECT_EQ(bare.status, 2);
+    EXPECT_NE(bare.err.find("needs one of its commands"), std::string::npos) << bare.err;
+    const Outcome bogus = fleetsign(group + " bogus");
+    EXPECT_EQ(bogus.status, 2);
+    EXPECT_NE(bogus.err.find("unknown command '" + group + " bogus'"), std::string::npos)
+        << bogus.err;
+  }
   for (const auto& words : commands) {
     SCOPED_TRACE(words);
     const Outcome help = fleetsign(words + " --help");

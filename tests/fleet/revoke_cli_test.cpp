@@ -447,6 +447,15 @@ TEST_F(Revoke, ACsrWithABlockedKeyIsRefusedInABatchAndTheRestIsIssued) {
     std::ofstream f(list);
     f << "# known bad\n" << spki_sha256(known.get()) << "\n";
   }
+  // A reason is one line of text: a newline or an escape sequence would forge rows of the table.
+  for (const std::string& bad :
+       std::vector<std::string>{"\"$(printf 'two\\nlines')\"", "\"$(printf '\\033[2J')\"", "''",
+                                std::string(200, 'r')}) {
+    const auto r =
+        bin.run("blocklist add --from-file " + quoted(list.string()) + " --reason " + bad);
+    EXPECT_EQ(r.status, 2) << bad;
+    EXPECT_NE(r.err.find("--reason"), std::string::npos) << r.err;
+  }
   const auto added =
       json(bin.ok("blocklist add --from-file " + quoted(list.string()) + " --json").out);
   EXPECT_EQ(added->getValue<std::int64_t>("added"), 1);

@@ -44,6 +44,9 @@ struct RevocationSelector {
 RevocationSelector parse_selector(const policy::Policy& policy, const std::string& kind,
                                   const std::vector<std::string>& values);
 std::int64_t parse_time(std::string_view text, std::string_view what);
+// A free-text option (a name, a reason): 1..128 characters, no control characters (a newline or
+// an escape sequence would forge lines in a table or a log); kInvalidArgument naming --option.
+std::string check_name(const std::string& option, const std::string& value);
 
 // The RFC 5280 reasons a revocation takes (unspecified is not one: say why).
 inline constexpr std::string_view kReasons[] = {
