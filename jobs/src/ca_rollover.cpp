@@ -5,6 +5,7 @@
 #include <Poco/JSON/Parser.h>
 
 #include <ctime>
+#include <map>
 #include <sstream>
 
 #include "fleetsign/engine/crl.hpp"
@@ -53,6 +54,82 @@ std::string report_json(const std::string& group, const std::string& old_ca,
   return s.str();
 }
 
+// The CA that makes the new one admitted as DPS does: the new CA itself when it exists verified,
+// else the first verified CA above it (from its issuer up); empty when there is none.
+std::string vouching_ca(engine::Stores& stores, const std::string& new_name,
+                        const std::string& issuer) {
+  if (const auto n = stores.find_ca(new_name); n && n->verified) return new_name;
+  std::string name = issuer;
+  for (int depth = 0; !name.empty() && depth < 16; ++depth) {
+    const auto ca = stores.find_ca(name);
+    if (!ca) break;
+    if (ca->verified) return name;
+    name = ca->parent;
+  }
+  return "";
+}
+
+// The ID of the CA rollover job an earlier run of this request made (continued, not made again);
+// empty when there is none. A canceled or aborted one is not continued.
+std::string earlier_job(engine::Stores& stores, const std::string& group,
+                        const std::string& new_name) {
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
+    if (job.kind != "ca-rollover" || job.state == "canceled" || job.state == "aborted") continue;
+    try {
+      Poco::JSON::Parser parser;
+      auto r = parser.parse(job.report_json).extract<Poco::JSON::Object::Ptr>();
+      if (r->optValue<std::string>("newCa", "") == new_name &&
+          r->optValue<std::string>("group", "") == group) {
+        return job.id;
+      }
+    } catch (const Poco::Exception&) {
+    }
+  }
+  return "";
+}
+
+// Refuses a CA rollover that would lock the group's devices out: one whose new CA the broker
+// would refuse (neither it nor a CA above it verified), or one whose devices another job still
+// holds (they would be conflicts, and the swap at the end would leave them behind under a CA
+// that is no longer in a slot).
+void check_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
+                       const engine::Clock& clock, const std::string& group,
+                       const std::string& new_name, const engine::CaRecord& old,
+                       const RolloverParams& base) {
+  if (vouching_ca(stores, new_name, old.parent).empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "group '" + group + "': the broker would refuse every device under the new CA '" +
+                    new_name + "' (ca-not-verified): neither it nor a CA above it ('" + old.parent +
+                    "'…) has proved possession of its key, as DPS requires ('" + old.name +
+                    "' is verified on its own). Verify '" + old.parent +
+                    "' (fleetsign ca verification-cert --ca " + old.parent +
+                    " --code CODE --out F, then fleetsign ca verify " + old.parent +
+                    " --code CODE --cert F), or create the new CA, verify it and name it with "
+                    "--name");
+  }
+  RolloverParams params = base;
+  params.ca.clear();
+  params.selection = Selection{};
+  params.selection.group = group;
+  std::map<std::string, std::int64_t> held;  // other job → devices of the group it holds
+  for (const auto& d : plan_rollover(stores, policy, clock, params).devices) {
+    static constexpr std::string_view kBusy = "the device is in job ";
+    if (d.conflict.rfind(kBusy, 0) != 0) continue;
+    const std::string rest = d.conflict.substr(kBusy.size());
+    ++held[rest.substr(0, rest.find(','))];
+  }
+  if (held.empty()) return;
+  std::string jobs;
+  for (const auto& [id, n] : held) {
+    jobs += (jobs.empty() ? "" : ", ") + id + " (" + std::to_string(n) + " devices)";
+  }
+  throw Error(ErrorCode::kInvalidArgument,
+              "group '" + group + "': its devices are in jobs that have not settled them: " + jobs +
+                  ". A CA rollover now would leave them behind when the old CA leaves its slot: "
+                  "let those jobs finish (fleetsign job resume JOB) or cancel them (fleetsign "
+                  "job cancel JOB) first");
+}
+
 }  // namespace
 
 CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas,
@@ -93,6 +170,12 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
                     ": a CA rollover replaces an intermediate of this registry");
   }
 
+  // A request that got as far as its job before a crash continues; a new one is checked first.
+  const std::string earlier = earlier_job(stores, request.group, new_name);
+  if (earlier.empty()) {
+    check_ca_rollover(stores, policy, clock, request.group, new_name, old, request.params);
+  }
+
   CaRolloverStart out;
   out.old_ca = old_ca;
   out.new_ca = new_name;
@@ -119,20 +202,9 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
   }
   if (in_new_slot != new_name) enrollments.set_group_slot(request.group, new_slot, new_name);
 
-  // An earlier run of the same request that got this far has its job already.
-  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
-    // A canceled or aborted one is not continued: a new job takes the group's devices again.
-    if (job.kind != "ca-rollover" || job.state == "canceled" || job.state == "aborted") continue;
-    try {
-      Poco::JSON::Parser parser;
-      auto r = parser.parse(job.report_json).extract<Poco::JSON::Object::Ptr>();
-      if (r->optValue<std::string>("newCa", "") == new_name &&
-          r->optValue<std::string>("group", "") == request.group) {
-        out.job_id = job.id;
-        return out;
-      }
-    } catch (const Poco::Exception&) {
-    }
+  if (!earlier.empty()) {
+    out.job_id = earlier;
+    return out;
   }
 
   RolloverParams params = request.params;
@@ -177,7 +249,7 @@ void finish_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
                            ", so this device cannot connect until it is re-provisioned";
   std::vector<engine::JobTask> behind;
   for (auto& task : stores.job_tasks(job_id, "")) {
-    if (task.state == "done" || task.state == "conflict" || !is_final_task_state(task.state)) {
+    if (task.state == "done" || !is_final_task_state(task.state)) {
       continue;
     }
     if (task.last_error.find(note) != std::string::npos) continue;

@@ -200,8 +200,10 @@ struct CaRolloverStart {
   RolloverPlan plan;
 };
 // Idempotent: the same request again (after a crash) reuses the CA and the slot it set.
-// Errors: kNotFound (group), kInvalidArgument (the group's CA is a root or external, or the free
-// slot holds another CA), and those of CaService::create_intermediate.
+// Errors: kNotFound (group), kInvalidArgument (the group's CA is a root or external, the free
+// slot holds another CA, the broker would refuse the new CA's devices because neither it nor a
+// CA above it is verified, or jobs that have not settled them hold some of the group's devices;
+// nothing is made then), and those of CaService::create_intermediate.
 CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas,
                                   const policy::Policy& policy, const engine::Clock& clock,
                                   const CaRolloverRequest& request);
