@@ -179,7 +179,9 @@ int run_sign(Context& ctx) {
       }
     }
   }
-  const std::string broker_line = update_broker(ctx, clock->now());
+  // The broker checks a CRL against the real time: so does its install (a CRL signed with the
+  // --now test hook at a future time is refused there, not installed to cut off every device).
+  const std::string broker_line = update_broker(ctx, engine::SystemClock().now());
   if (ctx.json()) {
     Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
     Poco::JSON::Array list;

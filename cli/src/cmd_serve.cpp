@@ -90,11 +90,9 @@ void log(const std::string& line) { std::fprintf(stderr, "fleetsign serve: %s\n"
 
 class Server final {
  public:
-  Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock,
-         std::optional<std::string> now_arg, bool worker)
+  Server(Context& ctx, hsm::Pin pin, std::unique_ptr<engine::Clock> clock, bool worker)
       : m_ctx(ctx),
         m_worker(worker),
-        m_now_arg(std::move(now_arg)),
         m_pin(std::move(pin)),
         m_clock(std::move(clock)),
         m_scheduler(ctx.registry(), ctx.policy(), *m_clock),
@@ -121,8 +119,7 @@ class Server final {
   Context& m_ctx;
   bool m_worker;  // one of several serves: no broker here
   std::string m_holder = process_holder_name();
-  bool m_scheduling = false;             // holds the scheduler's lease
-  std::optional<std::string> m_now_arg;  // --now, passed on to the CRL signer
+  bool m_scheduling = false;  // holds the scheduler's lease
   hsm::Pin m_pin;
   std::unique_ptr<engine::Clock> m_clock;
   jobs::Scheduler m_scheduler;
@@ -151,7 +148,10 @@ std::string Server::supervise_broker() {
 // its CA. Signing needs the token, so a child does it, like a job's runner.
 Poco::JSON::Array Server::check_crls() {
   Poco::JSON::Array out;
-  const std::int64_t now = m_clock->now();
+  // The system clock, not the scheduler's test clock: a CRL is checked by relying parties and the
+  // broker against the real time, so one signed at an injected future time would be "not valid
+  // yet" for all of them and cut off every device.
+  const std::int64_t now = engine::SystemClock().now();
   bool sign = false;
   for (const auto& c : engine::crl_statuses(m_ctx.registry(), m_ctx.policy().crl, now)) {
     if (c.state == engine::CrlState::kNear || c.state == engine::CrlState::kStale) {
@@ -167,12 +167,7 @@ Poco::JSON::Array Server::check_crls() {
     out.add(o);
   }
   if (sign && !has_child("crl") && !m_children.token_failed()) {
-    std::vector<std::string> args = {"crl", "sign", "--due", "--wait"};
-    if (m_now_arg) {
-      args.push_back("--now");
-      args.push_back(*m_now_arg);
-    }
-    spawn("crl", args);
+    spawn("crl", {"crl", "sign", "--due", "--wait"});
   }
   return out;
 }
@@ -224,7 +219,7 @@ Poco::JSON::Object Server::tick() {
     // The CRLs are re-signed by the serve that schedules, perhaps a worker's on another machine,
     // into the registry: the broker's CRL file is refreshed from there by the serve beside it.
     try {
-      const std::string line = update_broker(m_ctx, m_clock->now());
+      const std::string line = update_broker(m_ctx, engine::SystemClock().now());
       if (line.find("reloaded") != std::string::npos) log(line);
     } catch (const Error& e) {
       log("broker: the CRL file: " + std::string(e.what()));
@@ -390,9 +385,10 @@ int run_serve(Context& ctx) {
   hsm::Pin pin = hsm::Pin::from_sources(path_option(ctx.args(), "pin-file"), "FLEETSIGN_PIN",
                                         "user PIN for the home's token: ");
   ctx.policy();  // a policy file error stops serve here
-  std::optional<std::string> now_arg = ctx.args().get("now");
-  Server server(ctx, std::move(pin), std::move(clock), std::move(now_arg),
-                ctx.args().has("worker"));
+  // The test clock is the scheduler's alone: the children (job runners, the CRL signer) keep the
+  // system clock, so they must not inherit FLEETSIGN_TEST_NOW either.
+  ::unsetenv("FLEETSIGN_TEST_NOW");
+  Server server(ctx, std::move(pin), std::move(clock), ctx.args().has("worker"));
 
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
