@@ -15,6 +15,7 @@
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 #include "fleetsign/jobs/rollover.hpp"
 #include "job_report.hpp"
 #include "table.hpp"
@@ -280,8 +281,10 @@ int run_breach(Context& ctx) {
   const std::string device = a.require("device");
   auto params = params_from(ctx, false);
   if (!a.has("deadline")) params.deadline = ctx.clock().now() + 300;
-  const auto started = jobs::start_breach_roll(ctx.registry(), ctx.clock(), device,
-                                               a.get("serial").value_or(""), params);
+  // Hex, as `revoke --serial` takes it (0x and ':' allowed); anything else names the option.
+  std::string serial;
+  if (auto s = a.get("serial")) serial = jobs::parse_selector(ctx.policy(), "serial", {*s}).value;
+  const auto started = jobs::start_breach_roll(ctx.registry(), ctx.clock(), device, serial, params);
   // The revocation goes into the issuer's CRL at once (and into the broker's CRL file).
   if (const auto cert = ctx.registry().find_cert(started.serial)) {
     const std::string line = refresh_crls_and_broker(ctx, {cert->ca_name});

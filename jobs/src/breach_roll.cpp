@@ -28,7 +28,9 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   }
   if (serial.empty() || (serial != device->primary_serial && serial != device->secondary_serial)) {
     throw Error(ErrorCode::kNotFound,
-                "device '" + device_id + "' holds no certificate 0x" + serial + " in a slot");
+                serial.empty()
+                    ? "device '" + device_id + "' holds no certificate in a slot"
+                    : "device '" + device_id + "' holds no certificate 0x" + serial + " in a slot");
   }
   BreachRollStart out;
   out.serial = serial;

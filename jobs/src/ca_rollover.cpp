@@ -137,8 +137,20 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
                                   const CaRolloverRequest& request) {
   engine::EnrollmentService enrollments(stores, policy, clock);
   engine::EnrollmentGroup group = enrollments.group(request.group);  // kNotFound
-  const std::string new_name =
-      request.new_name.empty() ? group.primary_ca + "-r" + today(clock) : request.new_name;
+  std::string new_name = request.new_name;
+  if (new_name.empty()) {
+    // "{old}-r{YYYYMMDD}"; one that an earlier run of this request put into the other slot (on
+    // an earlier day, before a crash) is continued.
+    new_name = group.primary_ca + "-r" + today(clock);
+    for (const auto& [from, to] : {std::pair{group.primary_ca, group.secondary_ca},
+                                   std::pair{group.secondary_ca, group.primary_ca}}) {
+      const std::string prefix = from + "-r";
+      if (!from.empty() && to.size() == prefix.size() + 8 && to.rfind(prefix, 0) == 0 &&
+          to.find_first_not_of("0123456789", prefix.size()) == std::string::npos) {
+        new_name = to;
+      }
+    }
+  }
 
   // Which slot holds the CA being replaced, and which is free (or already holds the new one).
   std::string old_ca;

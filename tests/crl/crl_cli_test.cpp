@@ -158,6 +158,10 @@ TEST_F(CrlCli, ARevokeRunAgainAfterAKillFinishesItsCrl) {
 
 TEST_F(CrlCli, ABreachRollPutsTheCertificateIntoItsCasCrlAtOnce) {
   bin.ok("crl sign --all");
+  // A serial that is not hex is refused naming the option, before anything is revoked.
+  const auto bad = bin.run("rollover breach --device dev-02 --no-run --serial 'zz;drop'");
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("--serial"), std::string::npos) << bad.err;
   const auto breach = bin.ok("rollover breach --device dev-02 --no-run");
   EXPECT_NE(breach.err.find("CRL number 3 of CA factory-1 signed (1 entries)"), std::string::npos)
       << breach.err;

@@ -68,5 +68,20 @@ TEST_F(CaRolloverGuard, DevicesHeldByAnotherJobAreWaitedForNotLeftBehind) {
   EXPECT_FALSE(again.ca_created);
 }
 
+// `rollover ca --group G` without --name, run again after a crash on a later UTC day: the new CA
+// an earlier run put into the free slot is continued, not refused as "both slots hold CAs".
+TEST_F(CaRolloverGuard, TheSameRequestOnALaterDayContinuesTheEarlierRun) {
+  th.registry->set_ca_verified("root", true);
+  request.new_name.clear();
+  engine::FixedClock day1(th.clock.now());
+  const auto first = start_ca_rollover(*th.registry, *th.cas, th.policy, day1, request);
+  EXPECT_EQ(first.new_ca.rfind("int1-r", 0), 0u) << first.new_ca;
+  engine::FixedClock day2(day1.now() + 86400);
+  const auto again = start_ca_rollover(*th.registry, *th.cas, th.policy, day2, request);
+  EXPECT_EQ(again.new_ca, first.new_ca);
+  EXPECT_EQ(again.job_id, first.job_id);
+  EXPECT_FALSE(again.ca_created);
+}
+
 }  // namespace
 }  // namespace fleetsign::jobs
