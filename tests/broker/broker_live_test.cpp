@@ -60,11 +60,14 @@ class BrokerLive : public ::testing::Test {
 TEST_F(BrokerLive, DisablingAnEnrollmentDisconnectsItsLiveDevicesWithinOneSecond) {
   const auto a = h.issue("dev-a");
   const auto b = h.issue("dev-b");
+  const auto c = h.issue("dev-c");
   const auto ind = h.self_signed("dev-ind");
   h.cli_ok({"enrollment", "individual", "create", "dev-ind", "--cert", ind.cert.string()});
   h.start_broker();
   auto da = h.online_device(a);
   auto db = h.online_device(b);
+  auto dc = h.dps_device(c);  // a session at the provisioning endpoint is cut off too
+  ASSERT_EQ(dc->connect(), 0) << h.broker_log();
   auto di = h.online_device(ind);
   std::this_thread::sleep_for(300ms);  // the watcher has seen the starting state
 
@@ -72,6 +75,7 @@ TEST_F(BrokerLive, DisablingAnEnrollmentDisconnectsItsLiveDevicesWithinOneSecond
   h.cli_ok({"enrollment", "group", "disable", "g1"});
   EXPECT_TRUE(da->wait_disconnected(1s)) << h.broker_log();
   EXPECT_TRUE(db->wait_disconnected(1s));
+  EXPECT_TRUE(dc->wait_disconnected(1s)) << "the DPS session of a device of the group";
   const auto group_cut = std::chrono::steady_clock::now() - start;
   EXPECT_LT(group_cut, 1s);
   EXPECT_TRUE(di->connected()) << "its individual enrollment still stands";

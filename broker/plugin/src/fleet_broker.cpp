@@ -300,7 +300,7 @@ void FleetBroker::apply_recheck(const Recheck& r) {
   std::vector<std::pair<std::string, engine::AuthDecision>> late;
   const std::int64_t now = m_clock.now();
   m_sessions.for_each([&](Session& s) {
-    if (s.kind == ClientKind::kHubDevice && s.seq > r.snapshot_seq && s.decision_mark < r.mark) {
+    if (is_device(s.kind) && s.seq > r.snapshot_seq && s.decision_mark < r.mark) {
       auto d = m_auth->check(std::span<const engine::Der>(s.leaf.get(), 1), now, s.client_id);
       if (!d.allowed || d.rotation_only != s.rotation_only) {
         if (d.allowed) d.reason = "admission mode changed: " + d.reason;

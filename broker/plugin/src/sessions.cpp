@@ -34,10 +34,12 @@ Session& SessionTable::add(Session session) {
   const std::string id = session.client_id;
   auto [it, inserted] = m_sessions.insert_or_assign(id, std::move(session));
   Session& s = it->second;
-  if (s.kind == ClientKind::kHubDevice) {
+  // Every device session is re-checked by the watcher: a DPS session on a revoked certificate is
+  // cut off like a hub session.
+  if (s.kind != ClientKind::kService) {
     m_mirror.put(id, s.leaf, s.seq, s.rotation_only);
   } else {
-    m_mirror.erase(id, 0);  // a DPS or service entry replaced whatever was mirrored
+    m_mirror.erase(id, 0);  // a service entry replaced whatever was mirrored
   }
   return s;
 }
@@ -60,7 +62,7 @@ std::unique_ptr<Session> SessionTable::remove(const void* connection,
   }
   auto out = std::make_unique<Session>(std::move(it->second));
   m_sessions.erase(it);
-  if (out->kind == ClientKind::kHubDevice) {
+  if (out->kind != ClientKind::kService) {
     m_mirror.erase(client_id, out->seq);
   }
   return out;

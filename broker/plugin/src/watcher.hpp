@@ -1,9 +1,9 @@
 // The one decision, kept (PROTOCOL.md): a background thread polls the registry's change mark
 // (max audit id) every kPollInterval, and on an admission change (or every kRecheckInterval)
-// builds an Authenticator of its own, re-checks every connected hub device with the certificate it
-// connected with, and hands the refused ones to the main thread to disconnect (only the main
-// thread may kick). The main thread notices the same changes itself for new connections (it
-// compares the mark at each connect) and pushes desired-property changes.
+// builds an Authenticator of its own, re-checks every connected device (hub and DPS sessions) with
+// the certificate it connected with, and hands the refused ones to the main thread to disconnect
+// (only the main thread may kick). The main thread notices the same changes itself for new
+// connections (it compares the mark at each connect) and pushes desired-property changes.
 //
 // Thread-safe: the watcher owns its registry connection; everything it shares goes through the
 // Inbox, the LiveDevices snapshot and the LogQueue.
