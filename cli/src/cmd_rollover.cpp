@@ -328,8 +328,8 @@ int run_ca_rollover(Context& ctx) {
   if (!ctx.json()) {
     std::fprintf(stderr, "CA rollover of group %s: %s %s in the %s slot (both trusted); job %s\n",
                  request.group.c_str(), started.new_ca.c_str(),
-                 started.ca_created ? "created" : "(made by an earlier run)",
-                 started.new_slot.c_str(), started.job_id.c_str());
+                 started.ca_created ? "created" : "(an existing CA)", started.new_slot.c_str(),
+                 started.job_id.c_str());
   }
   // The new CA's first CRL joins the broker's CRL file before any device moves onto it.
   const std::string crl_line = refresh_crls_and_broker(ctx, {});

@@ -208,28 +208,36 @@ int fleetsign::cli::run_main(int argc, char** argv) {
   const bool wants_json =
       std::find(argv_rest.begin(), argv_rest.end(), "--json") != argv_rest.end();
   if (found == nullptr) {
-    // A group's word alone (`fleetsign crl`, `fleetsign crl --help`): its commands.
-    std::string group;
-    for (const auto& c : commands) {
-      if (c.words.size() > 1 && c.words[0] == argv_rest[0]) {
-        group += "  " + joined(c.words) + " " + c.usage + "\n      " + c.summary + "\n";
-      }
+    // A group's words alone (`fleetsign crl`, `fleetsign enrollment group --help`): its commands.
+    std::vector<std::string> words;
+    for (const auto& w : argv_rest) {
+      if (w.empty() || w[0] == '-') break;
+      words.push_back(w);
     }
-    if (!group.empty()) {
-      const bool help = argv_rest.size() == 2 && (argv_rest[1] == "--help" || argv_rest[1] == "-h");
+    for (std::size_t k = words.size(); k > 0; --k) {
+      const std::vector<std::string> prefix(words.begin(), words.begin() + static_cast<long>(k));
+      std::string group;
+      for (const auto& c : commands) {
+        if (c.words.size() > k && std::equal(prefix.begin(), prefix.end(), c.words.begin())) {
+          group += "  " + joined(c.words) + " " + c.usage + "\n      " + c.summary + "\n";
+        }
+      }
+      if (group.empty()) continue;
+      const bool help =
+          argv_rest.size() == k + 1 && (argv_rest[k] == "--help" || argv_rest[k] == "-h");
       if (!help) {
-        if (argv_rest.size() > 1) {
+        if (words.size() > k) {
           std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s %s'\n\n",
-                       argv_rest[0].c_str(), argv_rest[1].substr(0, 100).c_str());
+                       joined(prefix).c_str(), words[k].substr(0, 100).c_str());
         } else {
           std::fprintf(stderr, "fleetsign: error [usage]: '%s' needs one of its commands\n\n",
-                       argv_rest[0].c_str());
+                       joined(prefix).c_str());
         }
       }
       std::fprintf(help ? stdout : stderr,
                    "fleetsign %s: its commands (`fleetsign %s COMMAND --help` for one's "
                    "options)\n%s",
-                   argv_rest[0].c_str(), argv_rest[0].c_str(), group.c_str());
+                   joined(prefix).c_str(), joined(prefix).c_str(), group.c_str());
       return help ? 0 : 2;
     }
     std::fprintf(stderr, "fleetsign: error [usage]: unknown command '%s'\n\n",

@@ -151,7 +151,7 @@ void DeviceClient::on_io(std::uint32_t events) {
     sockaddr_storage peer{};
     socklen_t peer_len = sizeof peer;
     const bool tcp_up = ::getpeername(socket(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0;
-    m_refused = err == 0 && tcp_up;
+    m_refused = err == 0 && tcp_up && awaiting_connack();
     fail("cannot connect to " + m_target + ": " +
          (err != 0 ? std::strerror(err)
           : tcp_up ? "the broker closed the connection during the TLS handshake"
@@ -192,7 +192,7 @@ void DeviceClient::check(int rc) {
   // host that cannot be reached is not one.
   const bool unreachable = rc == MOSQ_ERR_ERRNO && (errno == ECONNREFUSED || errno == ENETUNREACH ||
                                                     errno == EHOSTUNREACH || errno == ETIMEDOUT);
-  if (m_phase != Phase::kConnected && !m_tcp_pending && !unreachable) m_refused = true;
+  if (awaiting_connack() && !m_tcp_pending && !unreachable) m_refused = true;
   fail(m_phase == Phase::kConnected ? why : "connecting to " + m_target + ": " + why);
 }
 
@@ -227,10 +227,12 @@ void DeviceClient::connect_done(int rc) {
   auto* c = this;
   if (rc != 0) {
     c->m_failure = "refused by " + c->m_target + ": " + mosquitto_connack_string(rc);
-    c->m_refused = true;
+    // Refused credentials (4) or not authorised (5); not "server unavailable" (3) and the like.
+    c->m_refused = rc == 4 || rc == 5;
     c->m_outcome |= kFailed;  // libmosquitto closes the socket next
     return;
   }
+  c->end_trial();
   if (c->m_phase == Phase::kDpsConnecting) {
     c->connected_to_dps();
   } else {
@@ -248,7 +250,7 @@ void DeviceClient::disconnect_done(int rc) {
   std::string why = rc == MOSQ_ERR_KEEPALIVE ? "keepalive timeout" : mosquitto_strerror(rc);
   if (!c->m_last_log.empty()) why += " (" + c->m_last_log + ")";
   // Closed by the peer before its CONNACK (TLS 1.3 reports a refused client certificate so).
-  if (c->m_phase != Phase::kConnected && !c->m_tcp_pending) c->m_refused = true;
+  if (c->awaiting_connack() && !c->m_tcp_pending) c->m_refused = true;
   c->fail(c->m_phase == Phase::kConnected ? "disconnected from " + c->m_target + ": " + why
                                           : "connecting to " + c->m_target + ": " + why);
 }
@@ -287,19 +289,22 @@ void DeviceClient::publish(const std::string& topic, const std::string& payload,
 // --- hub
 // ------------------------------------------------------------------------------------------
 
+void DeviceClient::end_trial() {
+  if (!m_trial || !m_store) return;
+  // Admitted (by the hub, or by DPS, whose session the engine also counts as the device being
+  // back): the certificate is the device's own now, and the engine may retire the old one.
+  m_trial = false;
+  m_trial_refusals = 0;
+  try {
+    m_store->set_active(m_slot, false);
+  } catch (const Error& e) {
+    log(std::string("cannot record that its new certificate works: ") + e.what());
+  }
+}
+
 void DeviceClient::connected_to_hub() {
   m_phase = Phase::kConnected;
   m_outcome |= kConnected;
-  if (m_trial && m_store) {
-    // The hub admitted the new certificate: it is the device's own now, trial over.
-    m_trial = false;
-    m_trial_refusals = 0;
-    try {
-      m_store->set_active(m_slot, false);
-    } catch (const Error& e) {
-      log(std::string("cannot record that its new certificate works: ") + e.what());
-    }
-  }
   const std::string subs[] = {std::string(topics::kMethodsSubscription),
                               std::string(topics::kTwinResponses),
                               std::string(topics::kDesiredPatches)};
@@ -385,6 +390,7 @@ bool DeviceClient::reload_credential() {
 }
 
 std::string DeviceClient::after_failed_attempt() {
+  if (!m_refused) m_trial_refusals = 0;  // three refusals in a row, nothing in between
   if (!m_trial || !m_refused || !m_store) return "";
   if (++m_trial_refusals < kTrialRefusals) return "";
   const Slot from = m_slot, back = other_slot(m_slot);
@@ -457,7 +463,8 @@ void DeviceClient::handle_dps(const std::string& topic, std::string_view payload
     m_outcome |= kAssigned;
     return;
   }
-  m_refused = true;
+  // DPS refused this certificate (401, 403); a 429 or a 500 says nothing about it.
+  m_refused = r->status == 401 || r->status == 403;
   std::string message = body ? body->optValue<std::string>("message", "") : "";
   if (message.empty() && body) message = body->optValue<std::string>("errorMessage", "");
   fail("DPS refused the registration: " + std::to_string(r->status) +

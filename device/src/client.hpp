@@ -112,6 +112,10 @@ class DeviceClient final : public MethodContext {
   void message(const mosquitto_message* m);
   bool start(bool dps);
   void connected_to_hub();
+  void end_trial();  // a CONNACK 0 (hub or DPS): the active slot's certificate is admitted
+  bool awaiting_connack() const {
+    return m_phase == Phase::kDpsConnecting || m_phase == Phase::kHubConnecting;
+  }
   void connected_to_dps();
   void handle_method(const std::string& topic, std::string_view payload);
   void handle_twin(const std::string& topic, std::string_view payload);

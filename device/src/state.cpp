@@ -153,7 +153,9 @@ SlotStore::ActiveSlot SlotStore::active_state() const {
     Poco::JSON::Parser parser;
     const auto doc = parser.parse(text).extract<Poco::JSON::Object::Ptr>();
     name = doc->getValue<std::string>("active");
-    if (doc->has("trial")) out.trial = doc->getValue<bool>("trial");
+    // Only a JSON true: anything else (a string, null) is no trial, as an unknown field is.
+    const Poco::Dynamic::Var trial = doc->get("trial");
+    out.trial = trial.type() == typeid(bool) && trial.extract<bool>();
   } catch (const Poco::Exception& e) {
     throw Error(ErrorCode::kCertificateMalformed,
                 path.string() + ": not a slot file ({\"active\":\"primary\"}): " + e.displayText());

@@ -245,6 +245,17 @@ TEST_F(Inputs, SlotStoreSwitchesSlotsAndRefusesAnUnknownActiveSlot) {
   store.set_active(device::Slot::kSecondary);
   EXPECT_EQ(store.load_or_create(std::move(load_batch_dir(pki.batch, rule)[0])).second,
             device::Slot::kSecondary);
+  // "trial" is a JSON true or nothing: any other value is no trial, and never an unusable file.
+  store.set_active(device::Slot::kSecondary, true);
+  EXPECT_TRUE(store.active_state().trial);
+  for (const char* other : {R"("no")", R"("0x")", "null", "{}", "1", "false"}) {
+    write_file(store.dir() / "slot.json",
+               std::string(R"({"active":"secondary","trial":)") + other + "}");
+    EXPECT_FALSE(store.active_state().trial) << other;
+    EXPECT_EQ(store.active(), device::Slot::kSecondary) << other;
+  }
+  store.set_active(device::Slot::kSecondary);
+  EXPECT_FALSE(store.active_state().trial);
   write_file(store.dir() / "slot.json", R"({"active":"tertiary"})");
   expect_error([&] { store.active(); }, ErrorCode::kCertificateMalformed,
                {"slot.json", "'tertiary' is neither primary nor secondary"});
