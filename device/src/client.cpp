@@ -463,8 +463,7 @@ void DeviceClient::handle_dps(const std::string& topic, std::string_view payload
     m_outcome |= kAssigned;
     return;
   }
-  // DPS refused this certificate (401, 403); a 429 or a 500 says nothing about it.
-  m_refused = r->status == 401 || r->status == 403;
+  // After DPS's CONNACK 0: the trial is over already, so this is no refusal of a new certificate.
   std::string message = body ? body->optValue<std::string>("message", "") : "";
   if (message.empty() && body) message = body->optValue<std::string>("errorMessage", "");
   fail("DPS refused the registration: " + std::to_string(r->status) +

@@ -76,10 +76,10 @@ class DeviceClient final : public MethodContext {
   // After kReconnect: re-reads the store's active slot; false (failure() says why) if unusable.
   bool reload_credential();
   void forget_assignment() { m_hub.reset(); }
-  // After a failed attempt (kFailed): when the slot a rotation switched to is on trial and the
-  // broker or DPS refused it (a TLS alert, a CONNACK refusal, a DPS refusal; not a timeout or an
-  // unreachable host) kTrialRefusals times in a row, the device goes back to its other slot
-  // (durably) and says so in the returned line; empty otherwise.
+  // After a failed attempt (kFailed): when the slot a rotation switched to is on trial (no CONNACK
+  // 0 with it yet) and the broker refused it before a CONNACK (a TLS alert, a close, CONNACK 4 or
+  // 5; not a timeout or an unreachable host) kTrialRefusals times in a row, the device goes back
+  // to its other slot (durably) and says so in the returned line; empty otherwise.
   std::string after_failed_attempt();
   static constexpr int kTrialRefusals = 3;
 
