@@ -113,10 +113,7 @@ void check_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
   params.selection.group = group;
   std::map<std::string, std::int64_t> held;  // other job → devices of the group it holds
   for (const auto& d : plan_rollover(stores, policy, clock, params).devices) {
-    static constexpr std::string_view kBusy = "the device is in job ";
-    if (d.conflict.rfind(kBusy, 0) != 0) continue;
-    const std::string rest = d.conflict.substr(kBusy.size());
-    ++held[rest.substr(0, rest.find(','))];
+    if (!d.held_by.empty()) ++held[d.held_by];
   }
   if (held.empty()) return;
   std::string jobs;

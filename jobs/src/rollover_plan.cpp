@@ -319,6 +319,7 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
     if (p.conflict.empty() && d.status != "enabled") p.conflict = "the device is " + d.status;
     if (const auto b = busy.find(d.registration_id); p.conflict.empty() && b != busy.end()) {
       p.conflict = "the device is in job " + b->second + ", which has not settled it yet";
+      p.held_by = b->second;
     }
     if (auto ie = stores.find_individual_slots(d.registration_id)) {
       p.enrollment = ie->registration_id;

@@ -89,6 +89,7 @@ struct PlannedDevice {
   std::string target_slot;  // the registry slot the new certificate goes into
   std::string enrollment;   // the individual enrollment's ID, when one decides for the device
   std::string conflict;     // why the device cannot be rolled (empty: it can)
+  std::string held_by;      // the unsettled job that holds the device (then the conflict says so)
 };
 
 struct RolloverPlan {
