@@ -232,10 +232,11 @@ void DeviceClient::connect_done(int rc) {
     c->m_outcome |= kFailed;  // libmosquitto closes the socket next
     return;
   }
-  c->end_trial();
   if (c->m_phase == Phase::kDpsConnecting) {
+    // DPS's CONNACK 0 is no admission: a refused certificate may connect to hear DPS's 401.
     c->connected_to_dps();
   } else {
+    c->end_trial();
     c->connected_to_hub();
   }
 }
@@ -291,8 +292,8 @@ void DeviceClient::publish(const std::string& topic, const std::string& payload,
 
 void DeviceClient::end_trial() {
   if (!m_trial || !m_store) return;
-  // Admitted (by the hub, or by DPS, whose session the engine also counts as the device being
-  // back): the certificate is the device's own now, and the engine may retire the old one.
+  // Admitted by the hub, whose session with the new certificate is the engine's confirmation:
+  // the certificate is the device's own now, and the engine may retire the old one.
   m_trial = false;
   m_trial_refusals = 0;
   try {
@@ -463,7 +464,9 @@ void DeviceClient::handle_dps(const std::string& topic, std::string_view payload
     m_outcome |= kAssigned;
     return;
   }
-  // After DPS's CONNACK 0: the trial is over already, so this is no refusal of a new certificate.
+  // DPS refusing the certificate (401, 403) counts toward the trial's refusals; a throttle or a
+  // server error does not.
+  m_refused = r->status == 401 || r->status == 403;
   std::string message = body ? body->optValue<std::string>("message", "") : "";
   if (message.empty() && body) message = body->optValue<std::string>("errorMessage", "");
   fail("DPS refused the registration: " + std::to_string(r->status) +

@@ -76,10 +76,11 @@ class DeviceClient final : public MethodContext {
   // After kReconnect: re-reads the store's active slot; false (failure() says why) if unusable.
   bool reload_credential();
   void forget_assignment() { m_hub.reset(); }
-  // After a failed attempt (kFailed): when the slot a rotation switched to is on trial (no CONNACK
-  // 0 with it yet) and the broker refused it before a CONNACK (a TLS alert, a close, CONNACK 4 or
-  // 5; not a timeout or an unreachable host) kTrialRefusals times in a row, the device goes back
-  // to its other slot (durably) and says so in the returned line; empty otherwise.
+  // After a failed attempt (kFailed): when the slot a rotation switched to is on trial (the hub
+  // has not admitted it yet) and it was refused (before a CONNACK: a TLS alert, a close, CONNACK 4
+  // or 5; or DPS's answer 401 or 403; not a timeout, an unreachable host, or a close after a
+  // CONNACK) kTrialRefusals times in a row, the device goes back to its other slot (durably) and
+  // says so in the returned line; empty otherwise.
   std::string after_failed_attempt();
   static constexpr int kTrialRefusals = 3;
 
@@ -112,7 +113,7 @@ class DeviceClient final : public MethodContext {
   void message(const mosquitto_message* m);
   bool start(bool dps);
   void connected_to_hub();
-  void end_trial();  // a CONNACK 0 (hub or DPS): the active slot's certificate is admitted
+  void end_trial();  // the hub's CONNACK 0: the active slot's certificate is admitted
   bool awaiting_connack() const {
     return m_phase == Phase::kDpsConnecting || m_phase == Phase::kHubConnecting;
   }
@@ -143,7 +144,7 @@ class DeviceClient final : public MethodContext {
   std::chrono::seconds m_poll_after{1};
   std::optional<topics::HostPort> m_hub;  // assigned by DPS
   bool m_reconnect = false, m_reprovision = false;
-  bool m_trial = false;    // the active slot was switched to and has not connected yet
+  bool m_trial = false;    // the active slot was switched to and the hub has not admitted it
   bool m_refused = false;  // this attempt was refused by the peer (not lost on the way)
   int m_trial_refusals = 0;
 };

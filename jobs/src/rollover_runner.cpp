@@ -426,6 +426,10 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
     case Phase::kProbe: {
       // IoT Hub's backend: the device's own report of the certificate it is connected with.
       const std::string sha = answer ? answer->optValue<std::string>("sha256", "") : "";
+      // Only a hex thumbprint is kept: the answer is the device's, and it goes into a message.
+      if (sha.size() == 64 && sha.find_first_not_of("0123456789ABCDEF") == std::string::npos) {
+        t.seen_sha256 = sha;
+      }
       if (sha == t.row.new_sha256) {
         confirmed(i);
       } else {

@@ -60,6 +60,9 @@ struct Live {
   std::string ca_name, group, lot, enrollment;
   engine::Slot enrollment_old_slot = engine::Slot::kPrimary;
   bool enrollment_old_known = false;
+  // The certificate the device was last seen connected to the hub with (its session, or its
+  // getCertificate answer) while the job waits for the new one; empty when not seen.
+  std::string seen_sha256;
 };
 
 class Runner {
@@ -101,6 +104,8 @@ class Runner {
   void poll_confirmations(Steady::time_point now);
   bool connected_without(const std::string& device, const std::string& serial);
   void confirmed(std::size_t i);
+  void went_back(std::size_t i);  // seen on another certificate when the wait ended
+  void slot_changes(const Live& t, SlotChange::Kind kind, engine::Slot freed);
   void probe(std::size_t i);  // getCertificate: which certificate is the device connected with?
   void settle(std::size_t i, const std::string& state, const std::string& why,
               std::string_view code = {});

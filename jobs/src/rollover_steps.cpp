@@ -107,23 +107,29 @@ void Runner::reprovision(std::size_t i) {
   call(i, Phase::kReprovision, "reprovision", body);
 }
 
+// The device's registry slots about its new certificate (`kind`: kept, the other slot retired;
+// or released), and its individual enrollment's `freed` slot emptied, in the next flush.
+void Runner::slot_changes(const Live& t, SlotChange::Kind kind, engine::Slot freed) {
+  SlotChange device;
+  device.kind = kind;
+  device.device_id = t.row.device_id;
+  device.serial = t.row.new_serial;
+  m_changes.push_back(std::move(device));
+  if (t.enrollment.empty()) return;
+  SlotChange enrollment;
+  enrollment.kind = SlotChange::Kind::kIndividualSlot;
+  enrollment.device_id = t.enrollment;
+  enrollment.slot = freed;  // no certificate: the slot is empty
+  m_changes.push_back(std::move(enrollment));
+}
+
 // Seen connected with the new certificate: the old one leaves its slots in the flush that
 // records the device done.
 void Runner::confirmed(std::size_t i) {
   Live& t = m_tasks[i];
   t.row.step = "retire";
-  SlotChange retire;
-  retire.kind = SlotChange::Kind::kRetireDevice;
-  retire.device_id = t.row.device_id;
-  retire.serial = t.row.new_serial;
-  m_changes.push_back(std::move(retire));
-  if (!t.enrollment.empty()) {
-    SlotChange old;
-    old.kind = SlotChange::Kind::kIndividualSlot;
-    old.device_id = t.enrollment;
-    old.slot = t.enrollment_old_slot;  // freed: the old certificate is no longer trusted
-    m_changes.push_back(std::move(old));
-  }
+  // The enrollment's old slot is freed: the old certificate is no longer trusted.
+  slot_changes(t, SlotChange::Kind::kRetireDevice, t.enrollment_old_slot);
   settle(i, "done", "");
 }
 
@@ -133,8 +139,10 @@ void Runner::probe(std::size_t i) {
 }
 
 // The broker records the certificate each device connects with (device_sessions): one read per
-// poll, of the waiting devices' rows only, confirms them. A backend without those records (IoT Hub)
-// asks the device itself (getCertificate, which reports the certificate it is connected with).
+// poll, of the waiting devices' rows only, confirms them. Only a hub session counts: DPS admits a
+// refused certificate to hear its 401, and the device agent keeps a new slot on trial until the
+// hub admits it. A backend without those records (IoT Hub) asks the device itself
+// (getCertificate, which reports the certificate it is connected with).
 void Runner::poll_confirmations(Steady::time_point now) {
   if (m_confirming.empty()) return;
   const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method &&
@@ -147,7 +155,7 @@ void Runner::poll_confirmations(Steady::time_point now) {
       if (m_tasks[i].phase == Phase::kConfirm) waiting.push_back(m_tasks[i].row.device_id);
     }
     for (auto& s : m_stores.connected_sessions_of(waiting)) {
-      seen.emplace(std::move(s.device_id), std::move(s.cert_sha256));
+      if (s.mode == "hub") seen.emplace(std::move(s.device_id), std::move(s.cert_sha256));
     }
   }
   std::vector<std::size_t> still;
@@ -155,24 +163,44 @@ void Runner::poll_confirmations(Steady::time_point now) {
     Live& t = m_tasks[i];
     if (t.phase != Phase::kConfirm) continue;
     const auto s = seen.find(t.row.device_id);
+    if (s != seen.end()) t.seen_sha256 = s->second;
     if (s != seen.end() && s->second == t.row.new_sha256) {
       confirmed(i);
     } else if (!sessions && now < t.due) {
       probe(i);
     } else if (now >= t.due) {
       ++t.row.attempts;
-      if (t.row.attempts > m_params.retries) {
+      if (t.row.attempts <= m_params.retries) {
+        reprovision(i);
+      } else if (!t.seen_sha256.empty() && t.seen_sha256 != t.row.new_sha256) {
+        went_back(i);
+      } else {
         settle(i, "timed-out",
                "not seen connected with the new certificate within " +
                    std::to_string(m_params.step_timeout_s) + " s of reprovision");
-      } else {
-        reprovision(i);
       }
     } else {
       still.push_back(i);
     }
   }
   m_confirming = std::move(still);
+}
+
+// Seen on another certificate (its old one) when the last wait ended: the hub refused the new
+// one and the device went back (or never switched). The new certificate is never used: it is
+// revoked and leaves the slots it went into, so the registry shows the certificate the device
+// really runs, and a later rollover (or CA rollover) selects the device by it.
+void Runner::went_back(std::size_t i) {
+  Live& t = m_tasks[i];
+  slot_changes(t, SlotChange::Kind::kReleaseDevice,
+               t.enrollment_old_slot == engine::Slot::kPrimary ? engine::Slot::kSecondary
+                                                               : engine::Slot::kPrimary);
+  settle(i, "refused",
+         "still connected with certificate " + t.seen_sha256.substr(0, 16) +
+             "…, not the new one, " + std::to_string(m_params.step_timeout_s) +
+             " s after reprovision: the hub refused the new certificate 0x" + t.row.new_serial +
+             " (or the device never switched to it), so it was revoked and left its slot",
+         "new_certificate_refused");
 }
 
 void Runner::settle(std::size_t i, const std::string& state, const std::string& why,

@@ -11,13 +11,18 @@
 //                     (update_batch_progress, before)
 //   crl_reserved      a CRL's number is committed and signed; the CRL is not stored (store_crl,
 //                     before)
+// FLEETSIGN_FAULT=revoke_issued revokes ("superseded") every certificate right after it is
+// committed, as an operator's `revoke` in another process could before the certificate reaches
+// its device: a rollover then delivers certificates the hub refuses.
 // Without FLEETSIGN_FAULT it behaves exactly like fleetsign.
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cli.hpp"
 #include "fault_stores.hpp"
@@ -43,6 +48,20 @@ int main(int argc, char** argv) {
   const char* spec = std::getenv("FLEETSIGN_FAULT");
   if (spec != nullptr && *spec != '\0') {
     const std::string s(spec);
+    if (s == "revoke_issued") {
+      fleetsign::cli::set_stores_wrapper([](fleetsign::engine::Stores& backend) {
+        auto stores = std::make_unique<fleetsign::test::FaultStores>(
+            backend, [](const std::string&, const char*, int) {});
+        stores->after_issued([](fleetsign::engine::Stores& inner,
+                                std::span<const fleetsign::engine::IssuedCert> certs) {
+          std::vector<std::string> serials;
+          for (const auto& c : certs) serials.push_back(c.serial);
+          inner.revoke_certs(serials, "superseded", std::time(nullptr));
+        });
+        return stores;
+      });
+      return fleetsign::cli::run_main(argc, argv);
+    }
     const auto colon = s.find(':');
     const auto it = kill_points().find(s.substr(0, colon));
     if (it == kill_points().end()) {

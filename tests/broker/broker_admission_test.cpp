@@ -210,6 +210,29 @@ TEST_F(BrokerAdmission, ADpsConnectionTheDecisionRefusesNeverReplacesALiveSessio
   EXPECT_EQ(real_dps->connect(), 0) << h.broker_log();
 }
 
+// A DPS device the decision refuses connects only to hear DPS's 401: it is no session of the
+// device. Before, the broker recorded it as connected with the refused certificate, and a
+// rollover waiting for that certificate took it as the device being back.
+TEST_F(BrokerAdmission, ARefusedDpsConnectionIsNotRecordedAsTheDevicesSession) {
+  h.cli_ok({"ca", "create-root", "--name", "stranger", "--subject", "/CN=Stranger Root"});
+  const auto refused = h.issue("dev-r", "stranger");
+  const auto good = h.issue("dev-g");
+  h.start_broker();
+  auto hears = h.dps_device(refused);
+  ASSERT_EQ(hears->connect(), 0) << h.broker_log();
+  auto real = h.dps_device(good);
+  ASSERT_EQ(real->connect(), 0) << h.broker_log();
+  // Sessions are written in order: once dev-g's is there, dev-r's would be too.
+  std::string listed;
+  for (int i = 0; i < 50 && listed.find("dev-g") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(100ms);
+    listed = h.cli_ok({"device", "list", "--connected", "--json"});
+  }
+  EXPECT_NE(listed.find("\"dev-g\""), std::string::npos) << listed;
+  EXPECT_EQ(listed.find("dev-r"), std::string::npos) << listed;
+  EXPECT_NE(h.broker_log().find("dps-connect-refused"), std::string::npos) << h.broker_log();
+}
+
 // What mosquitto loads: only the three entry points are exported (the engine inside stays
 // private), and nothing of the token (libp11, SoftHSM) is linked. Checked with binutils.
 TEST(BrokerPlugin, ExportsOnlyThePluginEntryPointsAndNeverLinksTheToken) {

@@ -245,52 +245,90 @@ TEST_F(RotationAgent, PowerLossRightAfterReprovisionRestartsOnTheNewSlot) {
   EXPECT_FALSE(r.body->getValue<bool>("reconnecting"));
 }
 
-TEST_F(RotationAgent, WithDpsReprovisionRegistersAgainThenReachesTheHubWithTheNewCertificate) {
-  MqttClient dps(broker, pki, "caller-03");
-  dps.subscribe("$dps/registrations/PUT/#");
-  const std::string hub = "localhost:" + std::to_string(broker.port());
-  // Answers the n-th registration request: assigned to this broker.
-  const auto assign = [&](std::size_t n) {
+// A test's DPS: answers registration requests on the broker, as the fleet's DPS service does.
+class ManualDps {
+ public:
+  ManualDps(const Broker& broker, const DevicePki& pki)
+      : m_client(broker, pki, "caller-03"), m_hub("localhost:" + std::to_string(broker.port())) {
+    m_client.subscribe("$dps/registrations/PUT/#");
+  }
+  const std::string& hub() const { return m_hub; }
+  std::size_t requests() { return m_client.received().size(); }
+  // Answers the n-th registration request: assigned to the test's broker, or `status` (401) with
+  // an error body. False when it did not come within 10 s.
+  bool answer(std::size_t n, int status = 200) {
     std::optional<Message> reg;
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (!reg && std::chrono::steady_clock::now() < deadline) {
-      const auto all = dps.received();
+      const auto all = m_client.received();
       if (all.size() >= n) reg = all[n - 1];
       std::this_thread::sleep_for(20ms);
     }
     if (!reg) return false;
-    const auto at = reg->topic.find("?$rid=");
-    dps.publish("$dps/registrations/res/200/?$rid=" + reg->topic.substr(at + 6),
-                R"({"operationId":"op","status":"assigned","registrationState":{)"
-                R"("registrationId":"dev-01","assignedHub":")" +
-                    hub + R"(","deviceId":"dev-01","status":"assigned"}})");
+    const std::string rid = reg->topic.substr(reg->topic.find("?$rid=") + 6);
+    const std::string body =
+        status == 200 ? R"({"operationId":"op","status":"assigned","registrationState":{)"
+                        R"("registrationId":"dev-01","assignedHub":")" +
+                            m_hub + R"(","deviceId":"dev-01","status":"assigned"}})"
+                      : R"({"errorCode":401002,"message":"certificate refused"})";
+    m_client.publish("$dps/registrations/res/" + std::to_string(status) + "/?$rid=" + rid, body);
     return true;
-  };
+  }
+
+ private:
+  MqttClient m_client;
+  std::string m_hub;
+};
+
+TEST_F(RotationAgent, WithDpsReprovisionRegistersAgainThenReachesTheHubWithTheNewCertificate) {
+  ManualDps dps(broker, pki);
+  const std::string hub = dps.hub();
   auto a = agent("agent", {"--dps", "0ne00FLEET", "--json"});
-  ASSERT_TRUE(assign(1)) << a->log();
+  ASSERT_TRUE(dps.answer(1)) << a->log();
   ASSERT_TRUE(a->wait_log("dev-01 connected to " + hub, 10s)) << a->log();
   const std::string sha = install(*a, "job-d", new_chain(*a, "job-d"));
   ASSERT_FALSE(sha.empty());
   ASSERT_TRUE(reprovision(*a, "job-d", sha).body->getValue<bool>("reconnecting"));
-  // DPS admitted the new certificate (its CONNACK, before the registration request): the trial
-  // is over already, so a broker restart from here on never sends the device back.
+  // DPS's CONNACK (before the registration request) is no admission: DPS lets a refused
+  // certificate connect to hear its 401. The slot stays on trial until the hub admits it.
   const auto asked = std::chrono::steady_clock::now() + 10s;
-  while (dps.received().size() < 2 && std::chrono::steady_clock::now() < asked) {
+  while (dps.requests() < 2 && std::chrono::steady_clock::now() < asked) {
     std::this_thread::sleep_for(20ms);
   }
-  ASSERT_EQ(dps.received().size(), 2u) << a->log();
+  ASSERT_EQ(dps.requests(), 2u) << a->log();
   EXPECT_EQ(active_slot(), "secondary");
-  EXPECT_FALSE(parse(read_file(flash / "slot.json"))->has("trial"));
-  ASSERT_TRUE(assign(2)) << a->log();  // it registered again, with the new certificate
+  EXPECT_TRUE(parse(read_file(flash / "slot.json"))->getValue<bool>("trial"));
+  ASSERT_TRUE(dps.answer(2)) << a->log();  // it registered again, with the new certificate
   ASSERT_TRUE(a->wait_log("dev-01 connected to " + hub, 10s, 2)) << a->log();
   EXPECT_EQ(count_of(a->log(), "dev-01 registered through DPS"), 2u) << a->log();
   EXPECT_EQ(call(*a, "getCertificate", "").body->getValue<std::string>("sha256"), sha);
+  EXPECT_FALSE(parse(read_file(flash / "slot.json"))->has("trial"));
   // Two DPS sessions (clean) and two hub sessions (clean session false) at the broker.
   const std::string log = broker.log();
   EXPECT_EQ(count_of(log, "as dev-01 (p2, c1, k180"), 2u) << log;
   EXPECT_EQ(count_of(log, "as dev-01 (p2, c0, k180"), 2u) << log;
   EXPECT_EQ(a->stop(SIGTERM), 0);
   EXPECT_EQ(parse(a->out())->getValue<int>("registrations"), 2);
+}
+
+// DPS refusing the new certificate (401 on its registration, after a CONNACK 0) counts toward the
+// trial: after three, the device goes back to its old slot and registers with it. Before, the
+// trial ended at DPS's CONNACK, and the device asked DPS for ever with a refused certificate.
+TEST_F(RotationAgent, WithDpsANewCertificateDpsRefusesSendsTheDeviceBackToItsOldSlot) {
+  ManualDps dps(broker, pki);
+  auto a = agent("agent", {"--dps", "0ne00FLEET"});
+  ASSERT_TRUE(dps.answer(1)) << a->log();
+  ASSERT_TRUE(a->wait_log("dev-01 connected to " + dps.hub(), 10s)) << a->log();
+  const std::string old_sha = call(*a, "getCertificate", "").body->getValue<std::string>("sha256");
+  const std::string sha = install(*a, "job-x", new_chain(*a, "job-x"));
+  ASSERT_TRUE(reprovision(*a, "job-x", sha).body->getValue<bool>("reconnecting"));
+  for (std::size_t n = 2; n <= 4; ++n) ASSERT_TRUE(dps.answer(n, 401)) << n << a->log();
+  ASSERT_TRUE(a->wait_log("back on its primary slot", 20s)) << a->log();
+  EXPECT_EQ(active_slot(), "primary");
+  EXPECT_FALSE(parse(read_file(flash / "slot.json"))->has("trial"));
+  ASSERT_TRUE(dps.answer(5)) << a->log();  // the old certificate registers again
+  ASSERT_TRUE(a->wait_log("dev-01 connected to " + dps.hub(), 10s, 2)) << a->log();
+  EXPECT_EQ(call(*a, "getCertificate", "").body->getValue<std::string>("sha256"), old_sha);
 }
 
 TEST_F(RotationAgent, AFailingDeviceAnswers500AndWritesNothing) {

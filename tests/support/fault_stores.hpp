@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 
 #include "fleetsign/engine/stores.hpp"
@@ -23,6 +24,12 @@ class FaultStores final : public engine::Stores {
   using Hook = std::function<void(const std::string& op, const char* phase, int call)>;
 
   FaultStores(engine::Stores& inner, Hook hook) : m_inner(inner), m_hook(std::move(hook)) {}
+
+  // Called with the certificates of each record_issued after it committed (the store they went
+  // into at hand): a test acts on exactly those, as another process could right then.
+  using IssuedHook =
+      std::function<void(engine::Stores& inner, std::span<const engine::IssuedCert> certs)>;
+  void after_issued(IssuedHook hook) { m_after_issued = std::move(hook); }
 
   // CaStore
   void add_ca(const engine::CaRecord& ca) override {
@@ -89,6 +96,7 @@ class FaultStores final : public engine::Stores {
   }
   void record_issued(std::span<const engine::IssuedCert> certs) override {
     write("record_issued", [&] { m_inner.record_issued(certs); });
+    if (m_after_issued) m_after_issued(m_inner, certs);
   }
   std::int64_t abandon_intents(const std::string& batch_id) override {
     std::int64_t n = 0;
@@ -424,6 +432,7 @@ class FaultStores final : public engine::Stores {
   }
   engine::Stores& m_inner;
   Hook m_hook;
+  IssuedHook m_after_issued;
   std::map<std::string, int> m_calls;
 };
 

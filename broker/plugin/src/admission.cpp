@@ -145,6 +145,7 @@ Admission admit(const BrokerConfig& config, engine::Authenticator& auth,
                         leaf.common_name + "'");
     }
     a.allowed = true;
+    a.hears_refusal = true;
     a.rule = "dps-connect-refused";
     a.reason =
         "DPS registration connection; its register request will be answered 401 (" + d.rule + ")";

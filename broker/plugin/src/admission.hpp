@@ -44,6 +44,9 @@ struct Admission {
   // An incident pins the certificate (the decision's "incident-pinned"): the session may only
   // receive the rotation methods and answer them (PROTOCOL.md, "Incidents").
   bool rotation_only = false;
+  // A DPS device the decision refuses, connected only to hear DPS's 401: not a session of the
+  // device (the engine's confirmation and `device list --connected` never see it).
+  bool hears_refusal = false;
 };
 
 // The decision: a service client by thumbprint; a hub device exactly when the Authenticator

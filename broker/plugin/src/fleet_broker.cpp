@@ -87,6 +87,7 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
   s.decision_mark = m_mark;
   s.connected_at = request.now;
   s.rotation_only = a.rotation_only;
+  s.recorded = is_device(a.kind) && !a.hears_refusal;
   if (a.kind == ClientKind::kHubDevice) {
     if (was_ready) {
       s.methods_ready = true;
@@ -98,7 +99,7 @@ bool FleetBroker::on_connect(const void* connection, const ConnectRequest& reque
     }
   }
   const Session& stored = m_sessions.add(std::move(s));
-  if (is_device(a.kind)) {
+  if (stored.recorded) {
     m_writer.enqueue(engine::DeviceSession{id, true, std::string(client_kind_name(a.kind)),
                                            stored.sha256, stored.serial, request.now, 0});
   }
@@ -228,8 +229,10 @@ void FleetBroker::on_disconnect(const void* connection, const std::string& clien
     m_methods.service_gone(client_id);
     return;
   }
-  m_writer.enqueue(engine::DeviceSession{client_id, false, std::string(client_kind_name(s->kind)),
-                                         s->sha256, s->serial, s->connected_at, m_clock.now()});
+  if (s->recorded) {
+    m_writer.enqueue(engine::DeviceSession{client_id, false, std::string(client_kind_name(s->kind)),
+                                           s->sha256, s->serial, s->connected_at, m_clock.now()});
+  }
   m_twins.device_left(client_id);
   m_dps.device_left(client_id);
 }

@@ -30,6 +30,7 @@ struct Session {
   std::int64_t connected_at = 0;   // unix seconds
   bool methods_ready = false;      // subscribed to $iothub/methods/POST/#
   bool rotation_only = false;      // pinned by an incident: the rotation methods only
+  bool recorded = true;            // in device_sessions (not a refused DPS device's)
 };
 
 // A hub device as the watcher re-checks it. Thread-safe.
