@@ -291,16 +291,18 @@ int run_breach(Context& ctx) {
     if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
   }
   if (!ctx.json()) {
-    std::fprintf(stderr,
-                 "certificate 0x%s of %s revoked (keyCompromise) and out of its %s slot: the "
-                 "broker drops a session using it within a second\n%s; job %s\n",
-                 started.serial.c_str(), device.c_str(), started.slot.c_str(),
-                 started.other_certificate
-                     ? "the device holds another valid certificate: it is rolled as soon as it "
-                       "connects with it"
-                     : "the device holds no other valid certificate: it cannot connect until it "
-                       "is re-provisioned",
-                 started.job_id.c_str());
+    std::fprintf(
+        stderr,
+        "certificate 0x%s of %s revoked (keyCompromise) and out of its %s slot: the "
+        "broker drops a session using it within a second\n%s; job %s%s\n",
+        started.serial.c_str(), device.c_str(), started.slot.c_str(),
+        started.other_certificate
+            ? "the device holds another valid certificate: it is rolled as soon as it "
+              "connects with it"
+            : "the device holds no other valid certificate: it cannot connect until it "
+              "is re-provisioned",
+        started.job_id.c_str(),
+        started.continued ? " (the device's breach roll recorded before: it continues)" : "");
   }
   if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
   return run_job_in_foreground(ctx, started.job_id);

@@ -3,12 +3,59 @@
 #include "fleetsign/jobs/rollover.hpp"
 
 namespace fleetsign::jobs {
+namespace {
+
+// The device's breach roll that has not settled it yet (running, paused, or stopping), if any.
+std::optional<std::pair<engine::JobRecord, engine::JobTask>> open_breach_roll(
+    engine::Stores& stores, const std::string& device_id) {
+  for (auto& job : stores.list_jobs(engine::ListPage{})) {
+    if (job.kind != "breach-roll" ||
+        (job.state != "running" && job.state != "paused" && !job_is_stopping(job))) {
+      continue;
+    }
+    for (auto& t : stores.job_tasks(job.id, "")) {
+      if (t.device_id == device_id &&
+          (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0))) {
+        return std::make_pair(std::move(job), std::move(t));
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at) {
+  const std::string serials[] = {serial};
+  stores.revoke_certs(serials, "keyCompromise", at);  // a no-op once it is revoked
+}
 
 BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& clock,
                                   const std::string& device_id, const std::string& serial_in,
                                   RolloverParams params) {
   const auto device = stores.find_device(device_id);
   if (!device) throw Error(ErrorCode::kNotFound, "no device '" + device_id + "' in the registry");
+  BreachRollStart out;
+  // Run again (after a kill between recording the job and the revocation, or twice): the open
+  // breach roll of the device continues, its revocation made if it was not; never a second job.
+  if (auto open = open_breach_roll(stores, device_id);
+      open && (serial_in.empty() || serial_in == open->second.old_serial)) {
+    out.job_id = open->first.id;
+    out.serial = open->second.old_serial;
+    out.slot = open->second.target_slot;
+    out.continued = true;
+    revoke_breached(stores, out.serial, open->first.created_at);
+    const auto now_device = stores.find_device(device_id);
+    const bool other_primary = out.slot == "secondary";  // the slot it held is the free one
+    const std::string other = !now_device     ? ""
+                              : other_primary ? now_device->primary_serial
+                                              : now_device->secondary_serial;
+    const std::int64_t other_not_after = !now_device     ? 0
+                                         : other_primary ? now_device->primary_not_after
+                                                         : now_device->secondary_not_after;
+    out.other_certificate = !other.empty() && other_not_after > clock.now();
+    return out;
+  }
   std::string serial = serial_in;
   if (serial.empty()) {
     for (const auto& s : stores.connected_devices()) {
@@ -32,7 +79,6 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
                     ? "device '" + device_id + "' holds no certificate in a slot"
                     : "device '" + device_id + "' holds no certificate 0x" + serial + " in a slot");
   }
-  BreachRollStart out;
   out.serial = serial;
   const bool was_primary = serial == device->primary_serial;
   out.slot = was_primary ? "primary" : "secondary";
@@ -40,10 +86,6 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   const std::int64_t other_not_after =
       was_primary ? device->secondary_not_after : device->primary_not_after;
   out.other_certificate = !other.empty() && other_not_after > clock.now();
-
-  // At once: no overlap.
-  const std::string serials[] = {serial};
-  stores.revoke_certs(serials, "keyCompromise", clock.now());
 
   params.kind = "breach-roll";
   params.selection = Selection{};
@@ -56,7 +98,10 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   p.old_serial = serial;
   p.target_slot = out.slot;  // the freed slot
   plan.devices.push_back(std::move(p));
+  // The job first, then the revocation (at once: no overlap). Killed between the two, the job
+  // records which certificate it is about: its runner, or this command run again, revokes it.
   out.job_id = create_job(stores, clock, params, plan);
+  revoke_breached(stores, serial, clock.now());
   return out;
 }
 

@@ -94,6 +94,11 @@ Live Runner::make_live(JobTask row) {
   if (is_final_task_state(t.row.state) && !(t.row.state == "offline" && t.row.next_at != 0)) {
     return t;
   }
+  if (m_job.kind == "breach-roll" &&
+      m_stores.cert_state(t.row.old_serial) == engine::CertState::kIssued) {
+    // Recorded, then killed before its revocation: revoked now, dated at the job's start.
+    revoke_breached(m_stores, t.row.old_serial, m_job.created_at);
+  }
   if (auto d = m_stores.find_device(t.row.device_id)) {
     const auto mapped = m_params.ca_map.find(d->ca_name);
     t.ca_name = mapped != m_params.ca_map.end() ? mapped->second

@@ -11,6 +11,7 @@
 //                     (update_batch_progress, before)
 //   crl_reserved      a CRL's number is committed and signed; the CRL is not stored (store_crl,
 //                     before)
+//   job_created       a job and its tasks are committed; nothing after (create_job, after)
 // FLEETSIGN_FAULT=revoke_issued revokes ("superseded") every certificate right after it is
 // committed, as an operator's `revoke` in another process could before the certificate reaches
 // its device: a rollover then delivers certificates the hub refuses.
@@ -38,6 +39,8 @@ const std::map<std::string, std::pair<std::string, std::string>>& kill_points() 
       {"before_watermark", {"update_batch_progress", "before"}},
       // A CRL's number is reserved (committed), the token signed it, it is not stored yet.
       {"crl_reserved", {"store_crl", "before"}},
+      // A job is recorded; what its command does next (a breach roll's revocation) is not.
+      {"job_created", {"create_job", "after"}},
   };
   return points;
 }

@@ -1,0 +1,105 @@
+// A breach roll killed between recording its job and revoking the compromised certificate
+// (fleetsign-faulty, FLEETSIGN_FAULT=job_created): the job records which certificate it is about,
+// so its runner (`job resume`, or `serve`) or the same command run again revokes it, and a rerun
+// never makes a second job or picks the device's other certificate. The real fleetsign program,
+// fleetsign's broker and the real device agent.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "fleetsign/engine/registry.hpp"
+#include "live_fleet.hpp"
+#include "test_home.hpp"
+
+namespace fleetsign {
+namespace {
+
+using testing::json;
+using testing::quoted;
+
+class BreachRecovery : public testing::LiveFleet {
+ protected:
+  // `rollover breach ARGS` by the faulty program, killed once its job is committed.
+  int killed_after_the_job(const std::string& args) {
+    std::string out;
+    return testing::run("env -u FLEETSIGN_HOME FLEETSIGN_PIN=" + quoted(testing::kUserPin) +
+                            " FLEETSIGN_FAULT=job_created:1 " + quoted(FLEETSIGN_FAULTY_BIN) +
+                            " --home " + quoted(home.string()) + " rollover breach " + args +
+                            " </dev/null",
+                        &out);
+  }
+  // The certificate as its CA's CRL lists it (empty serial when it is not revoked).
+  engine::RevokedSerial revoked(const std::string& serial) {
+    auto reg = registry();
+    for (auto& r : reg->revoked_certs_of(reg->find_cert(serial)->ca_name)) {
+      if (r.serial == serial) return r;
+    }
+    return {};
+  }
+  std::vector<engine::JobRecord> breach_jobs() {
+    std::vector<engine::JobRecord> out;
+    for (auto& j : registry()->list_jobs({})) {
+      if (j.kind == "breach-roll") out.push_back(std::move(j));
+    }
+    return out;
+  }
+};
+
+// Before, the revocation came first and the job second: killed between them, the certificate was
+// revoked with no job to roll the device, and the command run again (no --serial) picked the
+// device's *other* certificate, the one it had reconnected with, and revoked that too.
+TEST_F(BreachRecovery, RunAgainAfterAKillContinuesTheRecordedJobAndRevokesItsCertificate) {
+  fleet("LOT-B", "rb", 2);
+  ASSERT_EQ(wait_connected("rb", 2), 2);
+  const std::string serial = registry()->find_device("rb-0001")->primary_serial;
+  EXPECT_NE(killed_after_the_job("--device rb-0001 --no-run"), 0);
+  auto jobs = breach_jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  const std::string job = jobs[0].id;
+  EXPECT_EQ(registry()->cert_state(serial), engine::CertState::kIssued) << "killed before it";
+
+  const auto again = bin.run("rollover breach --device rb-0001 --no-run --json");
+  ASSERT_EQ(again.status, 0) << again.out << again.err;
+  EXPECT_EQ(json(again.out)->getValue<std::string>("id"), job) << again.out;
+  EXPECT_EQ(breach_jobs().size(), 1u) << "no second job";
+  auto reg = registry();
+  EXPECT_EQ(reg->cert_state(serial), engine::CertState::kRevoked);
+  EXPECT_EQ(revoked(serial).reason, "keyCompromise");
+  EXPECT_EQ(reg->find_device("rb-0001")->primary_serial, "");
+  // The broker drops the device's session with it.
+  bool dropped = false;
+  for (int i = 0; i < 50 && !dropped; ++i) {
+    ::usleep(100000);
+    dropped = connected().count("rb-0001") == 0;
+  }
+  EXPECT_TRUE(dropped);
+  EXPECT_EQ(connected().count("rb-0002"), 1u);
+  // A third run: still that one job, still one revoked certificate.
+  const auto third = bin.run("rollover breach --device rb-0001 --no-run --json");
+  ASSERT_EQ(third.status, 0) << third.out << third.err;
+  EXPECT_EQ(json(third.out)->getValue<std::string>("id"), job);
+}
+
+// Killed the same way, then resumed: the runner revokes the certificate before it rolls anything.
+TEST_F(BreachRecovery, TheResumedJobRevokesTheCertificateItIsAbout) {
+  fleet("LOT-C", "rc", 1);
+  ASSERT_EQ(wait_connected("rc", 1), 1);
+  const std::string serial = registry()->find_device("rc-0001")->primary_serial;
+  EXPECT_NE(killed_after_the_job("--device rc-0001 --deadline 4s --offline-retry 1 --no-run"), 0);
+  const auto jobs = breach_jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(registry()->cert_state(serial), engine::CertState::kIssued);
+  const auto resumed = bin.run("job resume " + jobs[0].id + " --json");
+  EXPECT_EQ(resumed.status, 13) << resumed.out << resumed.err;  // the device cannot come back
+  auto reg = registry();
+  EXPECT_EQ(reg->cert_state(serial), engine::CertState::kRevoked);
+  EXPECT_EQ(revoked(serial).revoked_at, jobs[0].created_at) << "dated at the breach";
+  EXPECT_EQ(revoked(serial).reason, "keyCompromise");
+  const auto tasks = reg->job_tasks(jobs[0].id, "");
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state, "offline");
+  EXPECT_NE(tasks[0].last_error.find("re-provision"), std::string::npos) << tasks[0].last_error;
+}
+
+}  // namespace
+}  // namespace fleetsign
