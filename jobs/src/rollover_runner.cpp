@@ -349,6 +349,7 @@ void Runner::failed_call(std::size_t i, Phase phase, int status, const std::stri
     return;
   }
   if (phase == Phase::kProbe) {
+    t.seen_sha256.clear();      // unanswered: nothing seen
     t.phase = Phase::kConfirm;  // offline while it reconnects, or slow: the deadline decides
     m_confirming.push_back(i);
     return;
@@ -431,10 +432,10 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
     case Phase::kProbe: {
       // IoT Hub's backend: the device's own report of the certificate it is connected with.
       const std::string sha = answer ? answer->optValue<std::string>("sha256", "") : "";
-      // Only a hex thumbprint is kept: the answer is the device's, and it goes into a message.
-      if (sha.size() == 64 && sha.find_first_not_of("0123456789ABCDEF") == std::string::npos) {
-        t.seen_sha256 = sha;
-      }
+      // The device's own word, kept only as the thumbprint it claims (is_back_on_old compares
+      // it with the old certificate's): at worst a device gets its own new certificate revoked.
+      t.seen_sha256 = sha;
+      t.seen_since = system_now();
       if (sha == t.row.new_sha256) {
         confirmed(i);
       } else {
@@ -444,6 +445,8 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
       return;
     }
     case Phase::kReprovision:
+      t.reprovisioned_at = system_now();
+      t.seen_sha256.clear();
       t.row.step = "reprovision";
       touch(t);
       t.phase = Phase::kConfirm;

@@ -49,6 +49,14 @@ enum class Phase {
   kSettled,
 };
 
+// Unix seconds by the system clock, as the broker stamps device sessions (the job's own clock may
+// be a test's).
+inline std::int64_t system_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 struct Live {
   JobTask row;
   Phase phase = Phase::kIdle;
@@ -60,9 +68,12 @@ struct Live {
   std::string ca_name, group, lot, enrollment;
   engine::Slot enrollment_old_slot = engine::Slot::kPrimary;
   bool enrollment_old_known = false;
-  // The certificate the device was last seen connected to the hub with (its session, or its
-  // getCertificate answer) while the job waits for the new one; empty when not seen.
+  // While the job waits for the new certificate: the certificate the device was seen connected
+  // to the hub with at the latest look (its session at the latest poll, or its answer to the
+  // latest getCertificate), and since when (system clock, unix seconds); empty when not seen.
   std::string seen_sha256;
+  std::int64_t seen_since = 0;
+  std::int64_t reprovisioned_at = 0;  // the latest reprovision's answer (system clock)
 };
 
 class Runner {
@@ -104,7 +115,8 @@ class Runner {
   void poll_confirmations(Steady::time_point now);
   bool connected_without(const std::string& device, const std::string& serial);
   void confirmed(std::size_t i);
-  void went_back(std::size_t i);  // seen on another certificate when the wait ended
+  bool is_back_on_old(const Live& t);  // the latest look saw it reconnected on its old one
+  void went_back(std::size_t i);       // and so it ends
   void slot_changes(const Live& t, SlotChange::Kind kind, engine::Slot freed);
   void probe(std::size_t i);  // getCertificate: which certificate is the device connected with?
   void settle(std::size_t i, const std::string& state, const std::string& why,

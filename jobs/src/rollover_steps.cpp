@@ -134,6 +134,7 @@ void Runner::confirmed(std::size_t i) {
 }
 
 void Runner::probe(std::size_t i) {
+  m_tasks[i].seen_sha256.clear();  // only the answer to this probe counts
   Poco::JSON::Object body;
   call(i, Phase::kProbe, "getCertificate", body);
 }
@@ -147,7 +148,7 @@ void Runner::poll_confirmations(Steady::time_point now) {
   if (m_confirming.empty()) return;
   const bool sessions = m_trigger.backend_name() == "broker" && !m_options.confirm_by_method &&
                         m_params.confirm != "method";
-  std::unordered_map<std::string, std::string> seen;
+  std::unordered_map<std::string, engine::DeviceSession> seen;
   if (sessions) {
     std::vector<std::string> waiting;
     waiting.reserve(m_confirming.size());
@@ -155,7 +156,7 @@ void Runner::poll_confirmations(Steady::time_point now) {
       if (m_tasks[i].phase == Phase::kConfirm) waiting.push_back(m_tasks[i].row.device_id);
     }
     for (auto& s : m_stores.connected_sessions_of(waiting)) {
-      if (s.mode == "hub") seen.emplace(std::move(s.device_id), std::move(s.cert_sha256));
+      if (s.mode == "hub") seen.emplace(s.device_id, std::move(s));
     }
   }
   std::vector<std::size_t> still;
@@ -163,8 +164,12 @@ void Runner::poll_confirmations(Steady::time_point now) {
     Live& t = m_tasks[i];
     if (t.phase != Phase::kConfirm) continue;
     const auto s = seen.find(t.row.device_id);
-    if (s != seen.end()) t.seen_sha256 = s->second;
-    if (s != seen.end() && s->second == t.row.new_sha256) {
+    if (sessions) {
+      // This poll's look only: an older sighting says nothing about now.
+      t.seen_sha256 = s == seen.end() ? std::string() : s->second.cert_sha256;
+      t.seen_since = s == seen.end() ? 0 : s->second.connected_at;
+    }
+    if (s != seen.end() && s->second.cert_sha256 == t.row.new_sha256) {
       confirmed(i);
     } else if (!sessions && now < t.due) {
       probe(i);
@@ -172,7 +177,7 @@ void Runner::poll_confirmations(Steady::time_point now) {
       ++t.row.attempts;
       if (t.row.attempts <= m_params.retries) {
         reprovision(i);
-      } else if (!t.seen_sha256.empty() && t.seen_sha256 != t.row.new_sha256) {
+      } else if (is_back_on_old(t)) {
         went_back(i);
       } else {
         settle(i, "timed-out",
@@ -186,8 +191,22 @@ void Runner::poll_confirmations(Steady::time_point now) {
   m_confirming = std::move(still);
 }
 
-// Seen on another certificate (its old one) when the last wait ended: the hub refused the new
-// one and the device went back (or never switched). The new certificate is never used: it is
+// Positive evidence only: at the latest look the device was connected to the hub with its old
+// certificate, in a connection made after it answered the latest reprovision (so after it was
+// told to switch). A session row from before (the broker's writes may lag), no session at all,
+// or a third certificate prove nothing: the task then times out and keeps the new certificate,
+// which the device may be running.
+bool Runner::is_back_on_old(const Live& t) {
+  if (t.seen_sha256.empty() || t.seen_sha256 == t.row.new_sha256 ||
+      t.seen_since <= t.reprovisioned_at) {
+    return false;
+  }
+  const auto old = m_stores.find_cert(t.row.old_serial);
+  return old && old->sha256 == t.seen_sha256;
+}
+
+// Back on its old certificate when the last wait ended: the hub refused the new one and the
+// device went back (its trial), or it never switched. The new certificate is not in use: it is
 // revoked and leaves the slots it went into, so the registry shows the certificate the device
 // really runs, and a later rollover (or CA rollover) selects the device by it.
 void Runner::went_back(std::size_t i) {
@@ -196,8 +215,8 @@ void Runner::went_back(std::size_t i) {
                t.enrollment_old_slot == engine::Slot::kPrimary ? engine::Slot::kSecondary
                                                                : engine::Slot::kPrimary);
   settle(i, "refused",
-         "still connected with certificate " + t.seen_sha256.substr(0, 16) +
-             "…, not the new one, " + std::to_string(m_params.step_timeout_s) +
+         "back on its old certificate 0x" + t.row.old_serial + " (connected after the " +
+             "reprovision, not with the new one) " + std::to_string(m_params.step_timeout_s) +
              " s after reprovision: the hub refused the new certificate 0x" + t.row.new_serial +
              " (or the device never switched to it), so it was revoked and left its slot",
          "new_certificate_refused");

@@ -136,7 +136,22 @@ Scheduler::Tick Scheduler::tick() {
   catch_up_alerts();
   const History history = read_history();
   Tick tick;
-  for (const auto& group : m_stores.list_groups()) {
+  const auto groups = m_stores.list_groups();
+  // A policy override for a group the registry does not have (a typo, a group not created yet)
+  // applies to nothing: its windows and rates would silently not hold. Said once per process.
+  for (const auto& [name, settings] : m_policy.groups) {
+    const bool known =
+        std::any_of(groups.begin(), groups.end(),
+                    [&](const engine::EnrollmentGroup& g) { return g.name == name; });
+    if (known) {
+      m_unknown_policy_groups.erase(name);
+    } else if (m_unknown_policy_groups.insert(name).second) {
+      tick.problems.push_back("policy: groups." + name +
+                              " names no enrollment group in the registry, so its settings "
+                              "(rollover schedule, windows, alerts) apply to no device");
+    }
+  }
+  for (const auto& group : groups) {
     try {
       schedule_group(group, history, tick);
     } catch (const Error& e) {

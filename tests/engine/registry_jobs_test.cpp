@@ -370,6 +370,27 @@ TEST_F(Jobs, RetireDeviceFreesTheSlotThatDoesNotHoldTheSerial) {
             ErrorCode::kNotFound);
 }
 
+// A job's certificate released (never switched to, or refused by the hub): revoked
+// cessationOfOperation, out of its slot, with a cert.revoke audit row (the broker re-checks its
+// sessions on it); released again, nothing more.
+TEST_F(Jobs, ReleaseDeviceRevokesTheSerialWithAnAuditRowOnce) {
+  device("dev-0", {"A0", "B0"});
+  const auto mark = reg->change_mark();
+  SlotChange release = retire("dev-0", "B0");
+  release.kind = SlotChange::Kind::kReleaseDevice;
+  reg->save_job_tasks({}, std::vector<SlotChange>{release});
+  EXPECT_EQ(reg->find_device("dev-0")->primary_serial, "A0");
+  EXPECT_EQ(reg->find_device("dev-0")->secondary_serial, "");
+  EXPECT_EQ(reg->cert_state("B0"), engine::CertState::kRevoked);
+  const auto rows = reg->audit_after(mark, 10);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].action, "cert.revoke");
+  EXPECT_EQ(rows[0].subject, "B0");
+  EXPECT_NE(rows[0].detail.find("cessationOfOperation"), std::string::npos) << rows[0].detail;
+  reg->save_job_tasks({}, std::vector<SlotChange>{release});
+  EXPECT_EQ(reg->audit_after(mark, 10).size(), 1u) << "released twice, revoked once";
+}
+
 TEST_F(Jobs, IndividualSlotIsSetAndFreedWithItsAuditRow) {
   IndividualEnrollment ie;
   ie.registration_id = "dev-0";

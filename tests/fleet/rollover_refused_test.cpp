@@ -10,6 +10,7 @@
 
 #include "fleetsign/engine/registry.hpp"
 #include "live_fleet.hpp"
+#include "registry_backend.hpp"
 #include "test_home.hpp"
 
 namespace fleetsign {
@@ -67,6 +68,14 @@ TEST_F(RolloverRefused, ADeviceBackOnItsOldCertificateFreesTheRefusedOneAndRolls
     EXPECT_EQ(testing::active_slot(path("LOT-R-flash"), t.device_id), "primary");
   }
   EXPECT_EQ(connected(), before);  // every device is back on its old certificate
+  // Each release is in the audit log like any revocation.
+  EXPECT_EQ(test::raw_query(test::home_registry_location(home),
+                            "SELECT count(*) FROM audit WHERE action = 'cert.revoke' AND detail "
+                            "LIKE '%cessationOfOperation%'")
+                .at(0)
+                .at(0),
+            "0")
+      << "revoked by the fault first (superseded): the release revokes nothing more";
   const auto show = bin.run("job show " + job + " --json");
   EXPECT_EQ(show.status, 13) << "devices not rolled: " << show.err;
   EXPECT_EQ(json(show.out)->getObject("states")->getValue<int>("refused"), 4);
@@ -78,6 +87,50 @@ TEST_F(RolloverRefused, ADeviceBackOnItsOldCertificateFreesTheRefusedOneAndRolls
   const std::string job2 = json(again.out)->getValue<std::string>("id");
   EXPECT_EQ(json(again.out)->getValue<int>("done"), 4);
   EXPECT_EQ(check_done_devices(job2, "LOT-R", false), 4);
+}
+
+// The broker's session writes stall (a trigger refuses them; the broker retries), so the registry
+// still shows the device connected on its old certificate, from before the reprovision, while
+// it runs the new one. That row proves nothing: the task times out and the new certificate stays
+// valid in its slot. Revoking it (as a first version of the rule did) locked the device out for
+// good, since its trial had ended when the hub admitted it.
+TEST_F(RolloverRefused, AStaleSessionRowOnTheOldCertificateNeverRevokesTheNewOne) {
+  fleet("LOT-S", "rs", 1);
+  ASSERT_EQ(wait_connected("rs", 1), 1);
+  const std::string old_sha = connected().at("rs-0001");
+  const std::string db = test::home_registry_location(home);
+  testing::tamper(db, test::test_registry_is_postgres()
+                          ? "CREATE FUNCTION stall() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                            "'stalled'; END $$ LANGUAGE plpgsql; CREATE TRIGGER stall BEFORE "
+                            "INSERT OR UPDATE ON device_sessions FOR EACH ROW EXECUTE FUNCTION "
+                            "stall()"
+                          : "CREATE TRIGGER stall_u BEFORE UPDATE ON device_sessions BEGIN "
+                            "SELECT RAISE(ABORT, 'stalled'); END; CREATE TRIGGER stall_i BEFORE "
+                            "INSERT ON device_sessions BEGIN SELECT RAISE(ABORT, 'stalled'); END");
+  const auto first = bin.run("rollover start --lot LOT-S --step-timeout 6 --retries 0 --json");
+  EXPECT_EQ(first.status, 13) << first.out << first.err;
+  const std::string job = json(first.out)->getValue<std::string>("id");
+  auto reg = registry();
+  const auto tasks = reg->job_tasks(job, "");
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state, "timed-out") << tasks[0].last_error;
+  EXPECT_EQ(reg->cert_state(tasks[0].new_serial), engine::CertState::kIssued);
+  EXPECT_EQ(reg->find_device("rs-0001")->secondary_serial, tasks[0].new_serial);
+  EXPECT_EQ(testing::active_slot(path("LOT-S-flash"), "rs-0001"), "secondary");
+  EXPECT_EQ(connected().at("rs-0001"), old_sha) << "the stale row";
+
+  testing::tamper(db, test::test_registry_is_postgres()
+                          ? "DROP TRIGGER stall ON device_sessions"
+                          : "DROP TRIGGER stall_u; DROP TRIGGER stall_i");
+  bool caught_up = false;
+  for (int i = 0; i < 100 && !caught_up; ++i) {
+    ::usleep(100000);
+    caught_up = connected().at("rs-0001") == tasks[0].new_sha256;
+  }
+  ASSERT_TRUE(caught_up) << "the broker's retried writes land";
+  const auto again = bin.run("job retry-failed " + job + " --json");
+  EXPECT_EQ(again.status, 0) << again.out << again.err;
+  EXPECT_EQ(check_done_devices(job, "LOT-S", false), 1);
 }
 
 }  // namespace

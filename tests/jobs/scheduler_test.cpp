@@ -235,6 +235,22 @@ TEST_F(SchedulerTest, DisabledPolicyOrGroupOverrideStartsNothing) {
   EXPECT_EQ(Scheduler(*th.registry, group_on, clock).tick().jobs_created.size(), 1u);
 }
 
+// A per-group override for a group the registry does not have (a typo) applies to nothing: the
+// scheduler says so once, and again only after the group has existed in between.
+TEST_F(SchedulerTest, AnOverrideForAGroupNotInTheRegistryIsReportedOnce) {
+  const auto p = policy(
+      R"({"enabled": true})",
+      R"({"flet": {"rollover": {"windows": [{"days": "sat", "start": "02:00", "end": "04:00"}]}}, "fleet": {}})");
+  Scheduler s(*th.registry, p, clock);
+  const auto first = s.tick();
+  ASSERT_EQ(first.problems.size(), 1u);
+  EXPECT_NE(first.problems[0].find("groups.flet names no enrollment group"), std::string::npos)
+      << first.problems[0];
+  EXPECT_TRUE(s.tick().problems.empty()) << "once per process";
+  engine::EnrollmentService(*th.registry, th.policy, th.clock).create_group("flet", "int1", "");
+  EXPECT_TRUE(s.tick().problems.empty());
+}
+
 // A device counts by the later certificate in its slots (a rolled device by its new one), never
 // by having been rolled once: when that certificate nears its end it is due again.
 TEST_F(SchedulerTest, AlertsAt30_14_7RaisedOncePerDayAndAgainTheNextDay) {

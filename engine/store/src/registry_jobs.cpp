@@ -383,7 +383,14 @@ static void retire_other_slot(Registry::Impl& impl, const SlotChange& c, std::in
         "revocation_reason = 'cessationOfOperation' WHERE serial = ?2 AND state = 'issued'");
     revoke.bind(1, now);
     revoke.bind(2, c.serial);
-    impl.step(revoke, what);
+    if (impl.step(revoke, what) > 0) {
+      // In the audit log like any revocation; and the broker re-checks its sessions at once.
+      audit_row(impl, "cert.revoke", c.serial,
+                json_object({{"count", std::int64_t{1}},
+                             {"reason", "cessationOfOperation"},
+                             {"first", c.serial},
+                             {"device", c.device_id}}));
+    }
     if (primary != c.serial && secondary != c.serial) return;  // not (or no longer) in a slot
   } else if (primary != c.serial && secondary != c.serial) {
     throw Error(ErrorCode::kRegistryError,

@@ -1,8 +1,8 @@
 // A device's flash: what one device keeps across restarts, under `STATE/{deviceId}/`:
 //
 //   slot.json            {"active":"primary"}: the slot the device connects with; "trial":true
-//                        while a slot switched to by a rotation has not connected yet (the
-//                        device falls back to the other slot when the broker keeps refusing it)
+//                        while the hub has not admitted a slot switched to by a rotation (the
+//                        device falls back to the other slot when it keeps being refused)
 //   primary.chain.pem    certificate chain of the primary slot (leaf first)
 //   primary.key.pem      its private key (0600)
 //   secondary.*          the other slot, once a rotation has written it
@@ -65,7 +65,7 @@ class SlotStore final {
   Slot active() const;  // kIo/kCertificateMalformed when slot.json is missing/bad
   struct ActiveSlot {
     Slot slot = Slot::kPrimary;
-    bool trial = false;  // switched to by a rotation, not connected with yet
+    bool trial = false;  // switched to by a rotation, not admitted by the hub yet
   };
   ActiveSlot active_state() const;  // the same errors as active()
   // The slot's chain and key, checked. The files are read every time; when they hold exactly what

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -77,7 +78,8 @@ class Scheduler final {
   engine::Stores& m_stores;
   const policy::Policy& m_policy;
   const engine::Clock& m_clock;
-  std::int64_t m_audit_mark = 0;                                // the last audit row read
+  std::set<std::string> m_unknown_policy_groups;  // policy groups not in the registry, said once
+  std::int64_t m_audit_mark = 0;                  // the last audit row read
   std::map<std::pair<std::string, int>, std::string> m_raised;  // (group, days) → UTC day
   // Settled jobs' tasks by job ID, with the job's "state@finished_at" they were read at.
   std::map<std::string, std::pair<std::string, std::vector<LastTask>>> m_settled;
