@@ -12,6 +12,7 @@
 
 #include "cli.hpp"
 #include "fleetsign/bounded_read.hpp"
+#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -164,7 +165,14 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   options.runner = process_holder_name();
   options.progress = progress_line(ctx);
   options.crls_changed = [&ctx] {
-    const std::string line = refresh_crls_and_broker(ctx, {});
+    // Every CRL behind a revocation (the job's: an incident's cut-off, a breach roll's late
+    // revocation) is signed, then the broker's CRL file follows.
+    std::vector<std::string> behind;
+    for (const auto& st :
+         engine::crl_statuses(ctx.registry(), ctx.policy().crl, ctx.clock().now())) {
+      if (st.revoked_since) behind.push_back(st.ca_name);
+    }
+    const std::string line = refresh_crls_and_broker(ctx, behind);
     if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
   };
   // --confirm on `rollover start` is kept with the job (params.confirm); nothing to pass here.

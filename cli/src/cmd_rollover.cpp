@@ -276,6 +276,29 @@ int run_start(Context& ctx) {
   return run_job_in_foreground(ctx, id);
 }
 
+// A breach roll run again: the open job as it is, when this command is not to run it (--no-run,
+// not running: paused stays paused, or held by a live runner such as serve's). True when printed.
+bool continued_elsewhere(Context& ctx, const jobs::BreachRollStart& started) {
+  const auto job = ctx.registry().find_job(started.job_id);
+  const bool held = job && !job->runner.empty() &&
+                    job->heartbeat_at >= ctx.registry().registry_time() - jobs::kJobHeartbeatStale;
+  if (!ctx.args().has("no-run") && job && job->state == "running" && !held) return false;
+  const std::string state = job ? job->state : std::string("unknown");
+  if (ctx.json()) {
+    Poco::JSON::Object o(Poco::JSON_PRESERVE_KEY_ORDER);
+    o.set("id", started.job_id);
+    o.set("state", state);
+    o.set("continued", true);
+    o.set("serial", started.serial);
+    if (!started.also_revoked.empty()) o.set("alsoRevoked", started.also_revoked);
+    ctx.print_json(o);
+  } else {
+    std::printf("job %s: %s%s%s\n", started.job_id.c_str(), state.c_str(), held ? ", run by " : "",
+                held ? job->runner.c_str() : "");
+  }
+  return true;
+}
+
 int run_breach(Context& ctx) {
   const Args& a = ctx.args();
   const std::string device = a.require("device");
@@ -289,6 +312,10 @@ int run_breach(Context& ctx) {
   if (const auto cert = ctx.registry().find_cert(started.serial)) {
     const std::string line = refresh_crls_and_broker(ctx, {cert->ca_name});
     if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  if (!ctx.json() && !started.also_revoked.empty()) {
+    std::fprintf(stderr, "certificate 0x%s of %s revoked (keyCompromise) as well\n",
+                 started.also_revoked.c_str(), device.c_str());
   }
   if (!ctx.json()) {
     std::fprintf(
@@ -304,6 +331,7 @@ int run_breach(Context& ctx) {
         started.job_id.c_str(),
         started.continued ? " (the device's breach roll recorded before: it continues)" : "");
   }
+  if (started.continued && continued_elsewhere(ctx, started)) return 0;
   if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
   return run_job_in_foreground(ctx, started.job_id);
 }

@@ -25,9 +25,24 @@ std::optional<std::pair<engine::JobRecord, engine::JobTask>> open_breach_roll(
 
 }  // namespace
 
-void revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at) {
-  const std::string serials[] = {serial};
-  stores.revoke_certs(serials, "keyCompromise", at);  // a no-op once it is revoked
+bool revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at) {
+  const auto state = stores.cert_state(serial);
+  if (state == engine::CertState::kIssued) {
+    const std::string serials[] = {serial};
+    return stores.revoke_certs(serials, "keyCompromise", at) > 0;  // its key blocked with it
+  }
+  if (state == engine::CertState::kRevoked) {
+    // Revoked before for another reason (superseded by a rollover): its key is compromised all
+    // the same, and no CSR may use it again.
+    engine::CertQuery q;
+    q.serial = serial;
+    for (const auto& c : stores.select_certs(q)) {
+      if (c.key_sha256.empty() || c.revocation_reason == "keyCompromise") continue;
+      const engine::BlockedKey key{c.key_sha256, "keyCompromise", "breach 0x" + serial, at};
+      stores.add_blocked_keys(std::span<const engine::BlockedKey>(&key, 1));
+    }
+  }
+  return false;
 }
 
 BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& clock,
@@ -38,13 +53,24 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   BreachRollStart out;
   // Run again (after a kill between recording the job and the revocation, or twice): the open
   // breach roll of the device continues, its revocation made if it was not; never a second job.
-  if (auto open = open_breach_roll(stores, device_id);
-      open && (serial_in.empty() || serial_in == open->second.old_serial)) {
+  // Another certificate of the device named while its breach roll is open: revoked too, at once
+  // (a responder's revocation never waits), and the open job goes on rolling the device.
+  if (auto open = open_breach_roll(stores, device_id)) {
     out.job_id = open->first.id;
     out.serial = open->second.old_serial;
     out.slot = open->second.target_slot;
     out.continued = true;
     revoke_breached(stores, out.serial, open->first.created_at);
+    if (!serial_in.empty() && serial_in != out.serial) {
+      if (serial_in != device->primary_serial && serial_in != device->secondary_serial) {
+        throw Error(ErrorCode::kNotFound, "device '" + device_id + "' holds no certificate 0x" +
+                                              serial_in + " in a slot (its breach roll, job " +
+                                              out.job_id + ", is about 0x" + out.serial +
+                                              ", revoked)");
+      }
+      revoke_breached(stores, serial_in, clock.now());
+      out.also_revoked = serial_in;
+    }
     const auto now_device = stores.find_device(device_id);
     const bool other_primary = out.slot == "secondary";  // the slot it held is the free one
     const std::string other = !now_device     ? ""

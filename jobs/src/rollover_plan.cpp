@@ -461,6 +461,14 @@ std::string pause_job(engine::Stores& stores, const std::string& job_id) {
 }
 
 std::string cancel_job(engine::Stores& stores, const std::string& job_id) {
+  // A breach roll canceled before its revocation (killed between the two): the revocation is
+  // made first. Canceling stops the rolling, never the cut-off.
+  if (const auto breach = stores.find_job(job_id);
+      breach && breach->kind == "breach-roll" && breach->state != "canceled") {
+    for (const auto& t : stores.job_tasks(job_id, "")) {
+      revoke_breached(stores, t.old_serial, breach->created_at);
+    }
+  }
   // Tasks not started are canceled here; a running runner settles the ones in progress (a device
   // in the middle of a switch finishes it) and stops.
   change_state(stores, job_id, {"running", "paused"}, "canceled", "canceled");

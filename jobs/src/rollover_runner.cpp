@@ -96,8 +96,11 @@ Live Runner::make_live(JobTask row) {
   }
   if (m_job.kind == "breach-roll" &&
       m_stores.cert_state(t.row.old_serial) == engine::CertState::kIssued) {
-    // Recorded, then killed before its revocation: revoked now, dated at the job's start.
-    revoke_breached(m_stores, t.row.old_serial, m_job.created_at);
+    // Recorded, then killed before its revocation: revoked now, dated at the job's start, and
+    // its CA's CRL re-signed.
+    if (revoke_breached(m_stores, t.row.old_serial, m_job.created_at) && m_options.crls_changed) {
+      m_options.crls_changed();
+    }
   }
   if (auto d = m_stores.find_device(t.row.device_id)) {
     const auto mapped = m_params.ca_map.find(d->ca_name);
@@ -349,7 +352,7 @@ void Runner::failed_call(std::size_t i, Phase phase, int status, const std::stri
     return;
   }
   if (phase == Phase::kProbe) {
-    t.seen_sha256.clear();      // unanswered: nothing seen
+    look(t, "", 0);             // unanswered: not seen connected
     t.phase = Phase::kConfirm;  // offline while it reconnects, or slow: the deadline decides
     m_confirming.push_back(i);
     return;
@@ -434,8 +437,7 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
       const std::string sha = answer ? answer->optValue<std::string>("sha256", "") : "";
       // The device's own word, kept only as the thumbprint it claims (is_back_on_old compares
       // it with the old certificate's): at worst a device gets its own new certificate revoked.
-      t.seen_sha256 = sha;
-      t.seen_since = system_now();
+      look(t, sha, 0);
       if (sha == t.row.new_sha256) {
         confirmed(i);
       } else {
@@ -445,8 +447,10 @@ void Runner::on_answer(std::size_t i, Phase phase, const MethodResult& r) {
       return;
     }
     case Phase::kReprovision:
-      t.reprovisioned_at = system_now();
-      t.seen_sha256.clear();
+      t.seen_sha256.clear();  // the looks start again
+      t.first_sha256.clear();
+      t.first_since = 0;
+      t.changed = false;
       t.row.step = "reprovision";
       touch(t);
       t.phase = Phase::kConfirm;

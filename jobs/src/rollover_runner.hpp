@@ -49,14 +49,6 @@ enum class Phase {
   kSettled,
 };
 
-// Unix seconds by the system clock, as the broker stamps device sessions (the job's own clock may
-// be a test's).
-inline std::int64_t system_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 struct Live {
   JobTask row;
   Phase phase = Phase::kIdle;
@@ -68,12 +60,13 @@ struct Live {
   std::string ca_name, group, lot, enrollment;
   engine::Slot enrollment_old_slot = engine::Slot::kPrimary;
   bool enrollment_old_known = false;
-  // While the job waits for the new certificate: the certificate the device was seen connected
-  // to the hub with at the latest look (its session at the latest poll, or its answer to the
-  // latest getCertificate), and since when (system clock, unix seconds); empty when not seen.
-  std::string seen_sha256;
-  std::int64_t seen_since = 0;
-  std::int64_t reprovisioned_at = 0;  // the latest reprovision's answer (system clock)
+  // What the job saw of the device while it waits for the new certificate, since the latest
+  // reprovision's answer: each look is the broker's session record at a poll (its certificate
+  // and connected_at, by the broker's clock) or the answer to a getCertificate probe (IoT Hub).
+  std::string seen_sha256;       // the latest look; empty: not connected (or unanswered)
+  std::string first_sha256;      // the first look that saw it connected
+  std::int64_t first_since = 0;  // that look's connected_at (0 for a probe)
+  bool changed = false;          // a look since then saw it gone, or on another connection
 };
 
 class Runner {
@@ -115,7 +108,8 @@ class Runner {
   void poll_confirmations(Steady::time_point now);
   bool connected_without(const std::string& device, const std::string& serial);
   void confirmed(std::size_t i);
-  bool is_back_on_old(const Live& t);  // the latest look saw it reconnected on its old one
+  void look(Live& t, const std::string& sha, std::int64_t since);  // one look (see Live)
+  bool is_back_on_old(const Live& t);  // the looks show it reconnected on its old one
   void went_back(std::size_t i);       // and so it ends
   void slot_changes(const Live& t, SlotChange::Kind kind, engine::Slot freed);
   void probe(std::size_t i);  // getCertificate: which certificate is the device connected with?

@@ -134,7 +134,6 @@ void Runner::confirmed(std::size_t i) {
 }
 
 void Runner::probe(std::size_t i) {
-  m_tasks[i].seen_sha256.clear();  // only the answer to this probe counts
   Poco::JSON::Object body;
   call(i, Phase::kProbe, "getCertificate", body);
 }
@@ -165,9 +164,8 @@ void Runner::poll_confirmations(Steady::time_point now) {
     if (t.phase != Phase::kConfirm) continue;
     const auto s = seen.find(t.row.device_id);
     if (sessions) {
-      // This poll's look only: an older sighting says nothing about now.
-      t.seen_sha256 = s == seen.end() ? std::string() : s->second.cert_sha256;
-      t.seen_since = s == seen.end() ? 0 : s->second.connected_at;
+      look(t, s == seen.end() ? std::string() : s->second.cert_sha256,
+           s == seen.end() ? 0 : s->second.connected_at);
     }
     if (s != seen.end() && s->second.cert_sha256 == t.row.new_sha256) {
       confirmed(i);
@@ -191,16 +189,26 @@ void Runner::poll_confirmations(Steady::time_point now) {
   m_confirming = std::move(still);
 }
 
-// Positive evidence only: at the latest look the device was connected to the hub with its old
-// certificate, in a connection made after it answered the latest reprovision (so after it was
-// told to switch). A session row from before (the broker's writes may lag), no session at all,
-// or a third certificate prove nothing: the task then times out and keeps the new certificate,
-// which the device may be running.
-bool Runner::is_back_on_old(const Live& t) {
-  if (t.seen_sha256.empty() || t.seen_sha256 == t.row.new_sha256 ||
-      t.seen_since <= t.reprovisioned_at) {
-    return false;
+void Runner::look(Live& t, const std::string& sha, std::int64_t since) {
+  t.seen_sha256 = sha;
+  if (sha.empty()) {
+    t.changed = true;
+  } else if (t.first_sha256.empty()) {
+    t.first_sha256 = sha;
+    t.first_since = since;
+  } else if (sha != t.first_sha256 || since != t.first_since) {
+    t.changed = true;
   }
+}
+
+// Positive evidence only, with no clock but the broker's: the latest look shows the device on
+// the hub with its old certificate, and an earlier look since the reprovision saw it gone or on
+// another connection (so this is a new connection, made after it was told to switch). A session
+// row that never changed (the broker's writes may lag), no session at all, or a third
+// certificate prove nothing: the task then times out and keeps the new certificate, which the
+// device may be running.
+bool Runner::is_back_on_old(const Live& t) {
+  if (t.seen_sha256.empty() || t.seen_sha256 == t.row.new_sha256 || !t.changed) return false;
   const auto old = m_stores.find_cert(t.row.old_serial);
   return old && old->sha256 == t.seen_sha256;
 }

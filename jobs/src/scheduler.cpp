@@ -140,6 +140,14 @@ Scheduler::Tick Scheduler::tick() {
   // A policy override for a group the registry does not have (a typo, a group not created yet)
   // applies to nothing: its windows and rates would silently not hold. Said once per process.
   for (const auto& [name, settings] : m_policy.groups) {
+    // Only what the scheduler reads: a group entry for issuance alone (intermediate, validity)
+    // is `issue --group`'s, with no enrollment group needed.
+    const policy::RolloverOverrides& r = settings.rollover;
+    const bool schedules = !settings.alert_days.empty() || r.enabled || r.before_expiry_days ||
+                           r.windows || r.rate_per_minute || r.wave_size || r.abort_percent ||
+                           r.min_executed || r.step_timeout_s || r.retries ||
+                           r.retry_failed_after_hours;
+    if (!schedules) continue;
     const bool known =
         std::any_of(groups.begin(), groups.end(),
                     [&](const engine::EnrollmentGroup& g) { return g.name == name; });
@@ -147,8 +155,8 @@ Scheduler::Tick Scheduler::tick() {
       m_unknown_policy_groups.erase(name);
     } else if (m_unknown_policy_groups.insert(name).second) {
       tick.problems.push_back("policy: groups." + name +
-                              " names no enrollment group in the registry, so its settings "
-                              "(rollover schedule, windows, alerts) apply to no device");
+                              " names no enrollment group in the registry, so its rollover "
+                              "schedule and alerts apply to no device");
     }
   }
   for (const auto& group : groups) {

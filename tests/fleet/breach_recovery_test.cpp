@@ -74,10 +74,31 @@ TEST_F(BreachRecovery, RunAgainAfterAKillContinuesTheRecordedJobAndRevokesItsCer
   }
   EXPECT_TRUE(dropped);
   EXPECT_EQ(connected().count("rb-0002"), 1u);
-  // A third run: still that one job, still one revoked certificate.
+  // A third run: still that one job, still one revoked certificate; paused, it stays paused.
+  bin.ok("job pause " + job);
   const auto third = bin.run("rollover breach --device rb-0001 --no-run --json");
   ASSERT_EQ(third.status, 0) << third.out << third.err;
   EXPECT_EQ(json(third.out)->getValue<std::string>("id"), job);
+  EXPECT_EQ(json(third.out)->getValue<std::string>("state"), "paused");
+  EXPECT_TRUE(json(third.out)->getValue<bool>("continued"));
+  // A certificate the device does not hold: refused, naming the open job.
+  const auto bogus = bin.run("rollover breach --device rb-0001 --serial 0A0B0C --no-run");
+  EXPECT_NE(bogus.status, 0);
+  EXPECT_NE(bogus.err.find(job), std::string::npos) << bogus.err;
+}
+
+// Killed the same way, then canceled: canceling stops the rolling, never the cut-off.
+TEST_F(BreachRecovery, CancelingAJobKilledBeforeItsRevocationStillRevokes) {
+  fleet("LOT-D", "rd", 1);
+  ASSERT_EQ(wait_connected("rd", 1), 1);
+  const std::string serial = registry()->find_device("rd-0001")->primary_serial;
+  EXPECT_NE(killed_after_the_job("--device rd-0001 --no-run"), 0);
+  const auto jobs = breach_jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(registry()->cert_state(serial), engine::CertState::kIssued);
+  bin.ok("job cancel " + jobs[0].id);
+  EXPECT_EQ(registry()->cert_state(serial), engine::CertState::kRevoked);
+  EXPECT_EQ(revoked(serial).reason, "keyCompromise");
 }
 
 // Killed the same way, then resumed: the runner revokes the certificate before it rolls anything.
@@ -95,6 +116,9 @@ TEST_F(BreachRecovery, TheResumedJobRevokesTheCertificateItIsAbout) {
   EXPECT_EQ(reg->cert_state(serial), engine::CertState::kRevoked);
   EXPECT_EQ(revoked(serial).revoked_at, jobs[0].created_at) << "dated at the breach";
   EXPECT_EQ(revoked(serial).reason, "keyCompromise");
+  // The CRL follows the late revocation at once.
+  const auto crl = json(bin.ok("crl show " + reg->find_cert(serial)->ca_name + " --json").out);
+  EXPECT_FALSE(crl->getValue<bool>("behind"));
   const auto tasks = reg->job_tasks(jobs[0].id, "");
   ASSERT_EQ(tasks.size(), 1u);
   EXPECT_EQ(tasks[0].state, "offline");

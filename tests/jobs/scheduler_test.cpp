@@ -240,10 +240,10 @@ TEST_F(SchedulerTest, DisabledPolicyOrGroupOverrideStartsNothing) {
 TEST_F(SchedulerTest, AnOverrideForAGroupNotInTheRegistryIsReportedOnce) {
   const auto p = policy(
       R"({"enabled": true})",
-      R"({"flet": {"rollover": {"windows": [{"days": "sat", "start": "02:00", "end": "04:00"}]}}, "fleet": {}})");
+      R"({"flet": {"rollover": {"windows": [{"days": "sat", "start": "02:00", "end": "04:00"}]}}, "fleet": {}, "line-2": {"device_days": 90}})");
   Scheduler s(*th.registry, p, clock);
   const auto first = s.tick();
-  ASSERT_EQ(first.problems.size(), 1u);
+  ASSERT_EQ(first.problems.size(), 1u) << "line-2 is for issuance alone: no problem";
   EXPECT_NE(first.problems[0].find("groups.flet names no enrollment group"), std::string::npos)
       << first.problems[0];
   EXPECT_TRUE(s.tick().problems.empty()) << "once per process";

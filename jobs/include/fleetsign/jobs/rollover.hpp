@@ -221,18 +221,20 @@ struct BreachRollStart {
   std::string job_id, serial, slot;
   bool other_certificate = false;  // the device still holds a valid certificate in its other slot
   bool continued = false;          // the device's open breach roll, not a new job
+  std::string also_revoked;        // continued: another certificate named, revoked as well
 };
 // `serial` empty: the certificate the broker saw the device connect with, else its only one.
-// A breach roll of the device that has not settled it (and is about `serial` when one is given)
-// continues: its certificate revoked if it was not yet, no second job.
+// A breach roll of the device that has not settled it continues: its certificate revoked if it
+// was not yet, another `serial` of the device revoked as well, and no second job.
 // kNotFound (device, serial not in one of its slots), kInvalidArgument (several candidates).
 BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& clock,
                                   const std::string& device_id, const std::string& serial,
                                   RolloverParams params);
 
 bool is_final_task_state(std::string_view state) noexcept;
-// Revokes a breach roll's certificate ("keyCompromise", its key blocked) if it is not revoked yet.
-void revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at);
+// Revokes a breach roll's certificate ("keyCompromise", its key blocked) if it is not revoked
+// yet; one revoked before for another reason gets its key blocked. True when it revoked it here.
+bool revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at);
 bool is_failed_task_state(
     std::string_view state) noexcept;  // refused, timed-out, offline, conflict
 
