@@ -145,6 +145,9 @@ void add_crl_commands(std::vector<Command>& commands);  // crl show|export|sign
 // CRL file re-installed (checked first) and mosquitto reloaded when it runs. Returns a line for
 // the operator about the CRLs and the broker.
 std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>& ca_names);
+// Signs the CRL of every CA that is behind a revocation, one CA at a time, then installs the
+// broker's CRL file. Never throws: what was signed, and what could not be (and why), in a line.
+std::string refresh_behind_crls(Context& ctx) noexcept;
 void add_revoke_commands(std::vector<Command>& commands);    // revoke, blocklist …
 void add_operator_commands(std::vector<Command>& commands);  // operator add|list|remove, http init
 // The HTTP service's files in the home (cmd_operator.cpp): its certificate and key (`http init`)

@@ -233,6 +233,36 @@ std::string refresh_crls_and_broker(Context& ctx, const std::vector<std::string>
   return broker.empty() ? line : line + (line.empty() ? "" : "; ") + broker;
 }
 
+std::string refresh_behind_crls(Context& ctx) noexcept {
+  std::string line;
+  const auto add = [&line](const std::string& part) { line += (line.empty() ? "" : "; ") + part; };
+  try {
+    ctx.token();
+    for (const auto& st :
+         engine::crl_statuses(ctx.registry(), ctx.policy().crl, ctx.clock().now())) {
+      if (!st.revoked_since) continue;
+      // One CA at a time: a CA whose CRL cannot be signed (its key gone from the token) is
+      // reported, and never stops the others or the job that asked.
+      try {
+        const std::string one[] = {st.ca_name};
+        for (const auto& c :
+             engine::refresh_crls(ctx.registry(), ctx.cas(), ctx.policy().crl, ctx.clock(), one)) {
+          add("CRL number " + std::to_string(c.number) + " of CA " + c.ca_name + " signed (" +
+              std::to_string(c.entries) + " entries)");
+        }
+      } catch (const Error& e) {
+        add("the CRL of CA " + st.ca_name + " is behind a revocation and was not signed: " +
+            e.what() + " (`fleetsign crl sign " + st.ca_name + "` when it can be)");
+      }
+    }
+    const std::string broker = update_broker(ctx, ctx.clock().now());
+    if (!broker.empty()) add(broker);
+  } catch (const std::exception& e) {
+    add(std::string("the CRLs behind a revocation were not all signed and installed: ") + e.what());
+  }
+  return line;
+}
+
 void add_crl_commands(std::vector<Command>& commands) {
   commands.push_back(
       Command{{"crl", "show"},

@@ -12,7 +12,6 @@
 
 #include "cli.hpp"
 #include "fleetsign/bounded_read.hpp"
-#include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/issuer.hpp"
 #include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
@@ -166,13 +165,8 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   options.progress = progress_line(ctx);
   options.crls_changed = [&ctx] {
     // Every CRL behind a revocation (the job's: an incident's cut-off, a breach roll's late
-    // revocation) is signed, then the broker's CRL file follows.
-    std::vector<std::string> behind;
-    for (const auto& st :
-         engine::crl_statuses(ctx.registry(), ctx.policy().crl, ctx.clock().now())) {
-      if (st.revoked_since) behind.push_back(st.ca_name);
-    }
-    const std::string line = refresh_crls_and_broker(ctx, behind);
+    // revocation), then the broker's CRL file; a CA that cannot sign is reported, never fatal.
+    const std::string line = refresh_behind_crls(ctx);
     if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
   };
   // --confirm on `rollover start` is kept with the job (params.confirm); nothing to pass here.
@@ -259,7 +253,13 @@ int run_job_pause(Context& ctx) {
 
 int run_job_cancel(Context& ctx) {
   const std::string id = job_arg(ctx);
-  return print_state(ctx, id, jobs::cancel_job(ctx.registry(), id));
+  const std::string state = jobs::cancel_job(ctx.registry(), id);
+  // A breach roll canceled before its revocation revoked it just now: its CRL follows.
+  if (const auto job = ctx.registry().find_job(id); job && job->kind == "breach-roll") {
+    const std::string line = refresh_behind_crls(ctx);
+    if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  return print_state(ctx, id, state);
 }
 
 int run_job_resume(Context& ctx) {

@@ -308,10 +308,9 @@ int run_breach(Context& ctx) {
   std::string serial;
   if (auto s = a.get("serial")) serial = jobs::parse_selector(ctx.policy(), "serial", {*s}).value;
   const auto started = jobs::start_breach_roll(ctx.registry(), ctx.clock(), device, serial, params);
-  // The revocation goes into the issuer's CRL at once (and into the broker's CRL file).
-  if (const auto cert = ctx.registry().find_cert(started.serial)) {
-    const std::string line = refresh_crls_and_broker(ctx, {cert->ca_name});
-    if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  // The revocations go into their issuers' CRLs at once (and into the broker's CRL file).
+  if (const std::string line = refresh_behind_crls(ctx); !ctx.json() && !line.empty()) {
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
   if (!ctx.json() && !started.also_revoked.empty()) {
     std::fprintf(stderr, "certificate 0x%s of %s revoked (keyCompromise) as well\n",

@@ -62,6 +62,14 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
     out.continued = true;
     revoke_breached(stores, out.serial, open->first.created_at);
     if (!serial_in.empty() && serial_in != out.serial) {
+      if (const auto c = stores.find_cert(serial_in); c && c->batch_id == out.job_id) {
+        // The open job's own new certificate: continuing would move the device onto it.
+        throw Error(ErrorCode::kInvalidArgument,
+                    "certificate 0x" + serial_in + " is the one breach roll " + out.job_id +
+                        " issued to replace 0x" + out.serial +
+                        " (revoked): cancel that job first (`job cancel " + out.job_id +
+                        "`), then run this breach roll again");
+      }
       if (serial_in != device->primary_serial && serial_in != device->secondary_serial) {
         throw Error(ErrorCode::kNotFound, "device '" + device_id + "' holds no certificate 0x" +
                                               serial_in + " in a slot (its breach roll, job " +

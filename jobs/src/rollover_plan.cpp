@@ -464,7 +464,8 @@ std::string cancel_job(engine::Stores& stores, const std::string& job_id) {
   // A breach roll canceled before its revocation (killed between the two): the revocation is
   // made first. Canceling stops the rolling, never the cut-off.
   if (const auto breach = stores.find_job(job_id);
-      breach && breach->kind == "breach-roll" && breach->state != "canceled") {
+      breach && breach->kind == "breach-roll" &&
+      (breach->state == "running" || breach->state == "paused")) {
     for (const auto& t : stores.job_tasks(job_id, "")) {
       revoke_breached(stores, t.old_serial, breach->created_at);
     }

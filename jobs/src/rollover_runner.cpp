@@ -94,13 +94,11 @@ Live Runner::make_live(JobTask row) {
   if (is_final_task_state(t.row.state) && !(t.row.state == "offline" && t.row.next_at != 0)) {
     return t;
   }
+  // Recorded, then killed before its revocation: revoked now, dated at the job's start, and its
+  // CA's CRL re-signed (one revoked before for another reason gets its key blocked).
   if (m_job.kind == "breach-roll" &&
-      m_stores.cert_state(t.row.old_serial) == engine::CertState::kIssued) {
-    // Recorded, then killed before its revocation: revoked now, dated at the job's start, and
-    // its CA's CRL re-signed.
-    if (revoke_breached(m_stores, t.row.old_serial, m_job.created_at) && m_options.crls_changed) {
-      m_options.crls_changed();
-    }
+      revoke_breached(m_stores, t.row.old_serial, m_job.created_at) && m_options.crls_changed) {
+    m_options.crls_changed();
   }
   if (auto d = m_stores.find_device(t.row.device_id)) {
     const auto mapped = m_params.ca_map.find(d->ca_name);
@@ -352,7 +350,8 @@ void Runner::failed_call(std::size_t i, Phase phase, int status, const std::stri
     return;
   }
   if (phase == Phase::kProbe) {
-    look(t, "", 0);             // unanswered: not seen connected
+    // Only "the device is offline" says it is gone; a timeout or a transport error says nothing.
+    if (status == kStatusDeviceOffline) look(t, "", 0);
     t.phase = Phase::kConfirm;  // offline while it reconnects, or slow: the deadline decides
     m_confirming.push_back(i);
     return;

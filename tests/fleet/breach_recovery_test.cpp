@@ -99,6 +99,11 @@ TEST_F(BreachRecovery, CancelingAJobKilledBeforeItsRevocationStillRevokes) {
   bin.ok("job cancel " + jobs[0].id);
   EXPECT_EQ(registry()->cert_state(serial), engine::CertState::kRevoked);
   EXPECT_EQ(revoked(serial).reason, "keyCompromise");
+  const auto crl =
+      json(bin.ok("crl show " + registry()->find_cert(serial)->ca_name + " --json").out);
+  EXPECT_FALSE(crl->getValue<bool>("behind")) << "its CRL follows";
+  // Canceled again: refused, and nothing more is revoked or written.
+  EXPECT_NE(bin.run("job cancel " + jobs[0].id).status, 0);
 }
 
 // Killed the same way, then resumed: the runner revokes the certificate before it rolls anything.
