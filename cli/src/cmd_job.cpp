@@ -164,8 +164,12 @@ int run_job_in_foreground(Context& ctx, const std::string& job_id) {
   options.runner = process_holder_name();
   options.progress = progress_line(ctx);
   options.crls_changed = [&ctx] {
-    // Every CRL behind a revocation (the job's: an incident's cut-off, a breach roll's late
-    // revocation), then the broker's CRL file; a CA that cannot sign is reported, never fatal.
+    const std::string line = refresh_crls_and_broker(ctx, {});
+    if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
+  };
+  // A breach roll's late revocation: every CRL behind a revocation, one CA at a time (a CA that
+  // cannot sign is reported, never fatal), then the broker's CRL file.
+  options.crls_behind = [&ctx] {
     const std::string line = refresh_behind_crls(ctx);
     if (!ctx.json() && !line.empty()) std::fprintf(stderr, "%s\n", line.c_str());
   };

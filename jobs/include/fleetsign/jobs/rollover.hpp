@@ -136,6 +136,9 @@ struct RunnerOptions {
   // Called on the runner's thread after the job changed CRLs in the registry (an incident's
   // revocations and replacement CA): the caller installs them where they are used (the broker).
   std::function<void()> crls_changed;
+  // Called on the runner's thread after the runner itself revoked a certificate (a breach roll
+  // recorded before its revocation): the caller signs the CRLs behind it and installs them.
+  std::function<void()> crls_behind;
   // Test hook: called after every flush with the number of flushes so far.
   std::function<void(std::int64_t)> after_flush;
 };
