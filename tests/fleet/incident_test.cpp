@@ -201,7 +201,7 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
   const auto before_start = std::chrono::steady_clock::now();
   const auto started = bin.run(
       "incident start --ca factory-1 --reason cACompromise --replacement-ca factory-1-ir --yes "
-      "--no-run --deadline 60s --offline-retry 5 --step-timeout 15 --json");
+      "--no-run --deadline 1h --offline-retry 5 --step-timeout 15 --json");
   ASSERT_EQ(started.status, 0) << started.out << started.err;
   const std::string job = json(started.out)->getValue<std::string>("id");
   // Measured: every live session under the CA cut off and back pinned (a new session row).
@@ -262,6 +262,7 @@ TEST_F(Incident, TheStolenIntermediateDrill) {
 
   std::printf("the rotations start %lld s after the incident started\n",
               static_cast<long long>(std::time(nullptr) - t0));
+  bin.ok("job retry-failed " + job + " --deadline 60s --no-run");  // 60 s from now, not from t0
   const auto end = bin.run("job resume " + job + " --json");
   const auto report = json(end.out);
   EXPECT_EQ(report->getValue<std::string>("state"), "finished") << end.out << end.err;
@@ -368,6 +369,7 @@ TEST_F(Incident, KillNineDuringAnIncidentRunThenResume) {
     landed += runner.kill_now() ? 1 : 0;
   }
   EXPECT_GE(landed, 3);
+  bin.ok("job retry-failed " + job + " --deadline 60s --no-run");  // 60 s from now, not from t0
   const auto end = bin.run("job resume " + job + " --json");
   ASSERT_EQ(end.status, 0) << end.out << end.err;
   EXPECT_EQ(json(end.out)->getValue<int>("done"), kDevices);
@@ -480,7 +482,7 @@ TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
 
   const auto started = bin.run(
       "incident start --ca region --reason cACompromise --replacement-ca region-r --yes "
-      "--no-run --deadline 60s --offline-retry 5 --step-timeout 15 --json");
+      "--no-run --deadline 1h --offline-retry 5 --step-timeout 15 --json");
   ASSERT_EQ(started.status, 0) << started.out << started.err;
   const std::string job = json(started.out)->getValue<std::string>("id");
   {
@@ -493,6 +495,7 @@ TEST_F(Incident, AnIntermediateWithCasBelowIsReplacedSubtreeAndAll) {
   const auto pinned = auth(path("LOT-P/pl-0001_fullchain.pem"));
   EXPECT_EQ(pinned->getValue<std::string>("rule"), "incident-pinned");
 
+  bin.ok("job retry-failed " + job + " --deadline 60s --no-run");  // 60 s from now, not from t0
   const auto end = bin.run("job resume " + job + " --json");
   const auto report = json(end.out);
   EXPECT_EQ(report->getValue<std::string>("state"), "finished") << end.out << end.err;
