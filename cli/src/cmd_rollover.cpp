@@ -330,6 +330,13 @@ int run_breach(Context& ctx) {
         started.job_id.c_str(),
         started.continued ? " (the device's breach roll recorded before: it continues)" : "");
   }
+  if (!ctx.json() && !started.held_by.empty()) {
+    std::fprintf(stderr,
+                 "%s is in job %s (%s), which rotates it onto a new key: this breach roll leaves "
+                 "the rotation to that job%s\n",
+                 device.c_str(), started.held_by.c_str(), started.held_by_state.c_str(),
+                 started.held_by_state == "paused" ? " (paused: `job resume` it)" : "");
+  }
   if (started.continued && continued_elsewhere(ctx, started)) return 0;
   if (a.has("no-run")) return print_state(ctx, started.job_id, "running");
   return run_job_in_foreground(ctx, started.job_id);

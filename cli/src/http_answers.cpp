@@ -115,16 +115,21 @@ Answer run_command(HttpService::Impl& impl, const Request& r,
   // The CLI's --json output: one object; on failure {"error":{code,message}}.
   std::string code;
   bool json = true;
+  bool continued = false;  // a POST that continues what exists creates nothing: 200, not 201
   try {
     const auto obj = Poco::JSON::Parser()
                          .parse(res.out.empty() ? "{}" : res.out)
                          .extract<Poco::JSON::Object::Ptr>();
     if (obj->has("error"))
       code = obj->getObject("error")->optValue<std::string>("code", "internal");
+    continued = obj->optValue<bool>("continued", false);
   } catch (const Poco::Exception&) {
     json = false;
   }
-  if (res.exit_status == 0) return {r.route.success_status, res.out.empty() ? "{}\n" : res.out};
+  if (res.exit_status == 0) {
+    const int status = continued && r.route.may_continue ? 200 : r.route.success_status;
+    return {status, res.out.empty() ? "{}\n" : res.out};
+  }
   if (!code.empty()) return {http_status_for(code), res.out};
   // `method invoke` answers with a result and the exit status of its outcome: offline, no
   // answer, another status, the backend unavailable.

@@ -52,6 +52,7 @@ struct ApiRoute {
   std::string file_option;  // kPem: the option that names the uploaded file ("chain")
   bool changes = false;     // state-changing: audited, Idempotency-Key honoured
   int success_status = 200;
+  bool may_continue = false;  // 201 creates; 200 when the answer says `"continued": true`
   // The success answer, as the OpenAPI document gives it: JSON keys and their JSON Schema types
   // ("cas:array count:integer next_before:integer?": '?' marks a key that may be absent or null),
   // or, for an answer that is not JSON, its media types ("media:application/pkix-cert …").

@@ -201,6 +201,11 @@ std::string openapi_json() {
     }
     Object responses(Poco::JSON_PRESERVE_KEY_ORDER);
     responses.set(std::to_string(r.success_status), success_response(r));
+    if (r.may_continue) {
+      auto again = success_response(r);
+      again.set("description", "what existed continues (the answer says \"continued\": true)");
+      responses.set("200", again);
+    }
     Object err_media;
     Object ref;
     ref.set("$ref", "#/components/schemas/Error");

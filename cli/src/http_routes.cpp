@@ -303,6 +303,7 @@ std::vector<ApiRoute> build_routes() {
        value("step-timeout", "seconds per step"), value("retries", "further tries")},
       {"--no-run"}));
   r.back().success_status = 201;
+  r.back().may_continue = true;  // the device's open breach roll: 200, `"continued": true`
   r.push_back(change(
       "POST", "/api/v1/rollovers/ca", {"rollover", "ca"},
       "CA rollover of an enrollment group (serve runs it)",
@@ -459,7 +460,8 @@ void set_returns(std::vector<ApiRoute>& routes) {
        "devices:integer conflicts:integer waves:integer perGroup:object perLot:object "
        "perCa:object slots:object warnings:array conflictList:array"},
       {"POST /api/v1/rollovers", "id:string"},
-      {"POST /api/v1/rollovers/breach", state},
+      {"POST /api/v1/rollovers/breach",
+       "id:string state:string continued:boolean? serial:string? alsoRevoked:string?"},
       {"POST /api/v1/rollovers/ca", state},
       {"POST /api/v1/revocations", "dry_run:boolean plan:object outcome:object?"},
       {"POST /api/v1/revocations/preview", "dry_run:boolean plan:object"},

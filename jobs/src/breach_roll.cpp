@@ -5,22 +5,24 @@
 namespace fleetsign::jobs {
 namespace {
 
-// The device's breach roll that has not settled it yet (running, paused, or stopping), if any.
-std::optional<std::pair<engine::JobRecord, engine::JobTask>> open_breach_roll(
+// The open job (running, paused, or stopping) that has not settled the device yet, if any; the
+// device's breach roll first, when another job holds the device as well.
+std::optional<std::pair<engine::JobRecord, engine::JobTask>> open_job_of(
     engine::Stores& stores, const std::string& device_id) {
+  std::optional<std::pair<engine::JobRecord, engine::JobTask>> found;
   for (auto& job : stores.list_jobs(engine::ListPage{})) {
-    if (job.kind != "breach-roll" ||
-        (job.state != "running" && job.state != "paused" && !job_is_stopping(job))) {
-      continue;
-    }
+    if (job.state != "running" && job.state != "paused" && !job_is_stopping(job)) continue;
+    if (found && job.kind != "breach-roll") continue;
     for (auto& t : stores.job_tasks(job.id, "")) {
       if (t.device_id == device_id &&
           (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0))) {
-        return std::make_pair(std::move(job), std::move(t));
+        if (job.kind == "breach-roll") return std::make_pair(std::move(job), std::move(t));
+        found = std::make_pair(job, std::move(t));
+        break;
       }
     }
   }
-  return std::nullopt;
+  return found;
 }
 
 }  // namespace
@@ -55,7 +57,13 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   // breach roll of the device continues, its revocation made if it was not; never a second job.
   // Another certificate of the device named while its breach roll is open: revoked too, at once
   // (a responder's revocation never waits), and the open job goes on rolling the device.
-  if (auto open = open_breach_roll(stores, device_id)) {
+  auto open = open_job_of(stores, device_id);
+  if (open && open->first.kind != "breach-roll") {
+    out.held_by = open->first.id;
+    out.held_by_state = open->first.state;
+    open.reset();
+  }
+  if (open) {
     out.job_id = open->first.id;
     out.serial = open->second.old_serial;
     out.slot = open->second.target_slot;
@@ -131,6 +139,13 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   p.lot = device->lot;
   p.old_serial = serial;
   p.target_slot = out.slot;  // the freed slot
+  // Another job is rotating the device (a rollover, a CA rollover, an incident run): that job
+  // brings it onto a new key and retires the certificate; a second rotation here would race it
+  // for the device's slots. The revocation below never waits.
+  if (!out.held_by.empty()) {
+    p.conflict = "the device is in job " + out.held_by + " (" + out.held_by_state +
+                 "), which rotates it onto a new key; that job brings it back";
+  }
   plan.devices.push_back(std::move(p));
   // The job first, then the revocation (at once: no overlap). Killed between the two, the job
   // records which certificate it is about: its runner, or this command run again, revokes it.

@@ -130,5 +130,41 @@ TEST_F(BreachRecovery, TheResumedJobRevokesTheCertificateItIsAbout) {
   EXPECT_NE(tasks[0].last_error.find("re-provision"), std::string::npos) << tasks[0].last_error;
 }
 
+// A device that another job is rotating: its certificate is revoked at once all the same, and the
+// breach roll leaves the rotation to that job. Before, the breach roll rotated it too, racing the
+// other job for the device's slots (two new certificates, one of them retired under the other).
+TEST_F(BreachRecovery, ADeviceInAnotherJobIsRevokedAtOnceAndLeftToThatJob) {
+  fleet("LOT-E", "re", 2);
+  ASSERT_EQ(wait_connected("re", 2), 2);
+  const std::string serial = registry()->find_device("re-0001")->primary_serial;
+  const std::string rollover =
+      json(bin.ok("rollover start --lot LOT-E --expiring-within 400d --no-run --json").out)
+          ->getValue<std::string>("id");
+  bin.ok("job pause " + rollover);
+  const auto breach = bin.run("rollover breach --device re-0001 --serial " + serial + " --no-run");
+  ASSERT_EQ(breach.status, 0) << breach.out << breach.err;
+  EXPECT_NE(breach.err.find("is in job " + rollover + " (paused)"), std::string::npos)
+      << breach.err;
+  auto reg = registry();
+  EXPECT_EQ(reg->cert_state(serial), engine::CertState::kRevoked) << "the cut-off never waits";
+  EXPECT_EQ(revoked(serial).reason, "keyCompromise");
+  const auto jobs = breach_jobs();
+  ASSERT_EQ(jobs.size(), 1u);
+  const auto tasks = reg->job_tasks(jobs[0].id, "");
+  ASSERT_EQ(tasks.size(), 1u);
+  EXPECT_EQ(tasks[0].state, "conflict");
+  EXPECT_NE(tasks[0].last_error.find(rollover), std::string::npos) << tasks[0].last_error;
+  for (const auto& t : reg->job_tasks(rollover, "")) {
+    EXPECT_EQ(t.state, "pending") << t.device_id << ": still the rollover's";
+  }
+  // Its runner settles the breach roll at once: nothing of the device is rotated there.
+  const auto ran = bin.run("job resume " + jobs[0].id + " --json");
+  EXPECT_EQ(json(ran.out)->getValue<std::string>("state"), "finished") << ran.out << ran.err;
+  EXPECT_EQ(registry()->job_tasks(jobs[0].id, "conflict").size(), 1u);
+  engine::CertQuery q;
+  q.batch_id = jobs[0].id;
+  EXPECT_TRUE(registry()->select_certs(q).empty()) << "no certificate issued";
+}
+
 }  // namespace
 }  // namespace fleetsign

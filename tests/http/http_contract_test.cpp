@@ -101,6 +101,8 @@ TEST_F(Contract, EveryRouteAnswersAsTheOpenApiDocumentSays) {
   fs::copy_file(path("ctr/ctr-01.pfx"), path("ctr1.p12"), fs::copy_options::overwrite_existing);
   bin->ok("issue --ca int1 --generate 1 --id-pattern 'ctc-{02}' --lot CTC --out " +
           quoted(path("ctc")));
+  bin->ok("issue --ca int1 --generate 1 --id-pattern 'ctb-{02}' --lot CTB --out " +
+          quoted(path("ctb")));
   bin->ok("ca create-intermediate --name ctr-ca --issuer root --subject /CN=Contract-CA");
   const std::string job =
       json(bin->ok("rollover start --lot CTR --no-run --json").out)->getValue<std::string>("id");
@@ -210,6 +212,9 @@ TEST_F(Contract, EveryRouteAnswersAsTheOpenApiDocumentSays) {
        json_body + R"('{"name":"zz-int","issuer":"root","subject":"/CN=Contract-Int"}')", 201},
       {"POST", "/api/v1/cas/roots", "alice",
        json_body + R"('{"name":"zz-root","subject":"/CN=Contract-Root"}')", 201},
+      // A breach roll creates its job; the same request again continues it (200, not 201).
+      {"POST", "/api/v1/rollovers/breach", "alice", json_body + R"('{"device":"ctb-01"}')", 201},
+      {"POST", "/api/v1/rollovers/breach", "alice", json_body + R"('{"device":"ctb-01"}')"},
   };
 
   const auto doc = json(get("/api/openapi.json").body);

@@ -225,6 +225,9 @@ struct BreachRollStart {
   bool other_certificate = false;  // the device still holds a valid certificate in its other slot
   bool continued = false;          // the device's open breach roll, not a new job
   std::string also_revoked;        // continued: another certificate named, revoked as well
+  // Another open job held the device: the certificate is revoked all the same, and this job's
+  // task is a `conflict` (that job rotates the device; a second rotation would race it).
+  std::string held_by, held_by_state;
 };
 // `serial` empty: the certificate the broker saw the device connect with, else its only one.
 // A breach roll of the device that has not settled it continues: its certificate revoked if it
