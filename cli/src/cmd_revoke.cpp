@@ -71,6 +71,7 @@ Object::Ptr plan_json(const jobs::RevocationPlan& p, std::size_t list_limit) {
   o->set("reason", p.reason);
   o->set("certificates", static_cast<std::int64_t>(p.to_revoke.size()));
   o->set("already_revoked", p.already_revoked);
+  o->set("reasons_raised", static_cast<std::int64_t>(p.reason_raised.size()));
   o->set("devices", static_cast<std::int64_t>(p.devices.size()));
   o->set("devices_by_group", counts_json(p.devices_by_group));
   o->set("devices_by_lot", counts_json(p.devices_by_lot));
@@ -125,8 +126,13 @@ void print_plan(const jobs::RevocationPlan& p, bool dry_run) {
               dry_run ? "Dry run (nothing changed):" : "Revocation:", p.selector.describe().c_str(),
               p.reason.c_str());
   Table t({"", ""});
-  t.add({"certificates", std::to_string(p.to_revoke.size()) +
-                             " (already revoked: " + std::to_string(p.already_revoked) + ")"});
+  t.add({"certificates",
+         std::to_string(p.to_revoke.size()) +
+             " (already revoked: " + std::to_string(p.already_revoked) +
+             (p.reason_raised.empty() ? std::string()
+                                      : ", " + std::to_string(p.reason_raised.size()) +
+                                            " of them now keyCompromise in their CRL") +
+             ")"});
   t.add({"devices", std::to_string(p.devices.size())});
   t.add({"  by group", counts(p.devices_by_group)});
   t.add({"  by lot", counts(p.devices_by_lot)});
@@ -231,6 +237,7 @@ int run_revoke(Context& ctx) {
     if (!dry_run) {
       Object::Ptr r = new Object(Poco::JSON_PRESERVE_KEY_ORDER);
       r->set("certificates_revoked", outcome.certificates_revoked);
+      r->set("reasons_raised", outcome.reasons_raised);
       r->set("enrollments_disabled", outcome.enrollments_disabled);
       r->set("keys_blocked", outcome.keys_blocked);
       r->set("cas_revoked", outcome.cas_revoked);
@@ -242,9 +249,10 @@ int run_revoke(Context& ctx) {
     print_plan(plan, dry_run);
     if (!dry_run) {
       std::printf(
-          "revoked %lld certificate(s); %lld enrollment(s) disabled, %lld key(s) blocked, "
-          "%lld CA(s) revoked, %lld group(s) changed\n",
+          "revoked %lld certificate(s) (%lld more now keyCompromise); %lld enrollment(s) "
+          "disabled, %lld key(s) blocked, %lld CA(s) revoked, %lld group(s) changed\n",
           static_cast<long long>(outcome.certificates_revoked),
+          static_cast<long long>(outcome.reasons_raised),
           static_cast<long long>(outcome.enrollments_disabled),
           static_cast<long long>(outcome.keys_blocked), static_cast<long long>(outcome.cas_revoked),
           static_cast<long long>(outcome.groups_changed));

@@ -29,22 +29,12 @@ std::optional<std::pair<engine::JobRecord, engine::JobTask>> open_job_of(
 
 bool revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at) {
   const auto state = stores.cert_state(serial);
-  if (state == engine::CertState::kIssued) {
-    const std::string serials[] = {serial};
-    return stores.revoke_certs(serials, "keyCompromise", at) > 0;  // its key blocked with it
-  }
-  if (state == engine::CertState::kRevoked) {
-    // Revoked before for another reason (superseded by a rollover): its key is compromised all
-    // the same, and no CSR may use it again.
-    engine::CertQuery q;
-    q.serial = serial;
-    for (const auto& c : stores.select_certs(q)) {
-      if (c.key_sha256.empty() || c.revocation_reason == "keyCompromise") continue;
-      const engine::BlockedKey key{c.key_sha256, "keyCompromise", "breach 0x" + serial, at};
-      stores.add_blocked_keys(std::span<const engine::BlockedKey>(&key, 1));
-    }
-  }
-  return false;
+  if (state != engine::CertState::kIssued && state != engine::CertState::kRevoked) return false;
+  // Its key blocked with it. Revoked before for another reason (superseded by a rollover): its
+  // key is compromised all the same (blocked), and its CRL entry now says keyCompromise, which
+  // makes its CRL behind.
+  const std::string serials[] = {serial};
+  return stores.revoke_certs(serials, "keyCompromise", at) > 0;
 }
 
 BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& clock,
@@ -145,6 +135,11 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   if (!out.held_by.empty()) {
     p.conflict = "the device is in job " + out.held_by + " (" + out.held_by_state +
                  "), which rotates it onto a new key; that job brings it back";
+  } else if (!out.other_certificate) {
+    // Nothing to wait for: with no other valid certificate it cannot connect to be rolled.
+    p.conflict =
+        "the device holds no other valid certificate: it cannot connect until it is "
+        "re-provisioned (factory)";
   }
   plan.devices.push_back(std::move(p));
   // The job first, then the revocation (at once: no overlap). Killed between the two, the job

@@ -92,10 +92,29 @@ std::string earlier_job(engine::Stores& stores, const std::string& group,
 // would refuse (neither it nor a CA above it verified), or one whose devices another job still
 // holds (they would be conflicts, and the swap at the end would leave them behind under a CA
 // that is no longer in a slot).
+// Also one whose new CA ends before the devices' new certificates would: every device would be
+// a conflict, and the swap at the end would leave them all under a CA no slot holds.
 void check_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
                        const engine::Clock& clock, const std::string& group,
                        const std::string& new_name, const engine::CaRecord& old,
-                       const RolloverParams& base) {
+                       const RolloverParams& base, std::optional<int> days) {
+  const std::int64_t now = clock.now();
+  const auto existing = stores.find_ca(new_name);
+  const int ca_days = days.value_or(policy.validity.intermediate_days);
+  const std::int64_t ca_end = existing ? existing->not_after : now + std::int64_t{ca_days} * 86400;
+  const int device_days = policy::device_days_for(policy, group);
+  const std::int64_t wanted = now + std::int64_t{device_days} * 86400;
+  if (ca_end < wanted) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "group '" + group + "': the new CA '" + new_name + "' " +
+                    (existing ? "ends " : "would end ") + engine::iso8601(ca_end) +
+                    ", before the devices' new certificates (" + std::to_string(device_days) +
+                    " days, to " + engine::iso8601(wanted) +
+                    "): no device could be rotated under it, and the swap would lock the group "
+                    "out. " +
+                    (existing ? "Name a CA that lasts longer with --name"
+                              : "Give --days " + std::to_string(device_days + 1) + " or more"));
+  }
   if (vouching_ca(stores, new_name, old.parent).empty()) {
     throw Error(ErrorCode::kInvalidArgument,
                 "group '" + group + "': the broker would refuse every device under the new CA '" +
@@ -182,7 +201,8 @@ CaRolloverStart start_ca_rollover(engine::Stores& stores, engine::CaService& cas
   // A request that got as far as its job before a crash continues; a new one is checked first.
   const std::string earlier = earlier_job(stores, request.group, new_name);
   if (earlier.empty()) {
-    check_ca_rollover(stores, policy, clock, request.group, new_name, old, request.params);
+    check_ca_rollover(stores, policy, clock, request.group, new_name, old, request.params,
+                      request.days);
   }
 
   CaRolloverStart out;

@@ -15,6 +15,7 @@
 #include "fleetsign/engine/crl.hpp"
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/error.hpp"
+#include "fleetsign/jobs/revocation.hpp"
 #include "incident_records.hpp"
 
 namespace fleetsign::jobs {
@@ -23,10 +24,6 @@ namespace {
 
 using Poco::JSON::Object;
 using namespace incident_records;
-
-constexpr std::array<std::string_view, 6> kReasons = {"keyCompromise",        "cACompromise",
-                                                      "affiliationChanged",   "superseded",
-                                                      "cessationOfOperation", "unspecified"};
 
 std::string stamp_day(const engine::Clock& clock) {
   const std::time_t t = static_cast<std::time_t>(clock.now());
@@ -145,11 +142,12 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
   }
   if (request.scope.empty())
     throw Error(ErrorCode::kInvalidArgument, "the incident names no scope");
-  if (std::find(kReasons.begin(), kReasons.end(), request.reason) == kReasons.end()) {
+  // As `revoke` takes them (kReasons): "unspecified" says nothing to a relying party.
+  if (std::find(std::begin(kReasons), std::end(kReasons), request.reason) == std::end(kReasons)) {
     throw Error(ErrorCode::kInvalidArgument,
                 "--reason '" + request.reason +
                     "' is not one of keyCompromise, cACompromise, affiliationChanged, superseded, "
-                    "cessationOfOperation, unspecified");
+                    "cessationOfOperation");
   }
   IncidentPlan plan;
   plan.scope_kind = request.scope_kind;
@@ -183,6 +181,7 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
                                                    "' exists with another issuer; name one with "
                                                    "--replacement-ca");
       }
+      check_named_replacement(stores, *ca, *r);
     }
     plan.replacements = plan_replacements(stores, *ca, plan.replacement_ca, stamp_day(clock));
     plan.replacement_exists = plan.replacements.front().exists;
@@ -472,7 +471,9 @@ void advance_incident(engine::Stores& stores, engine::CaService& cas, const poli
         if (!t.old_serial.empty()) serials.push_back(t.old_serial);
       }
       if (!serials.empty()) {
-        stores.revoke_certs(serials, "keyCompromise", clock.now());
+        // As `revoke` does: a device left with no working certificate gets a disabled
+        // individual enrollment (DPS reads no CRL: its group would still admit the key).
+        revoke_serials(stores, clock, serials, "keyCompromise", "incident " + job_id);
         refresh_crls_of(stores, cas, policy, clock, serials);
       }
     }
@@ -555,7 +556,9 @@ void finish_incident(engine::Stores& stores, engine::CaService& cas, const polic
   const std::int64_t revoked =
       serials.empty()
           ? 0
-          : stores.revoke_certs(serials, kind == "ca" ? "cACompromise" : reason, clock.now());
+          : revoke_serials(stores, clock, serials, kind == "ca" ? "cACompromise" : reason,
+                           "incident " + job_id + " (close)")
+                .certificates_revoked;
   // Every revocation is followed by a new CRL from the CAs that signed what was revoked.
   if (revoked > 0) refresh_crls_of(stores, cas, policy, clock, serials);
   if (!crl_issuers.empty()) engine::refresh_crls(stores, cas, policy.crl, clock, crl_issuers);

@@ -7,6 +7,7 @@
 #include <iterator>
 #include <sstream>
 
+#include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::jobs::incident_records {
@@ -82,6 +83,44 @@ std::string continuing_job(engine::Stores& stores, const IncidentRequest& reques
     }
   }
   return {};
+}
+
+// A CA named with --replacement-ca (or made by an earlier run) must be able to take the
+// compromised CA's place: a working CA of this registry (not revoked, its key in the token),
+// outside the compromised subtree, and issued by the compromised CA's own issuer, which the
+// groups already trust (a CA under another issuer, the broker's service CA among them, would put
+// a CA into the groups' slots that admits none of the devices). Checked before anything changes,
+// so the dry run says it too.
+void check_named_replacement(engine::Stores& stores, const engine::CaRecord& compromised,
+                             const engine::CaRecord& r) {
+  const std::string what = "--replacement-ca '" + r.name + "'";
+  if (r.revoked_at != 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what + " is revoked (" + r.revocation_reason + "): name a working CA");
+  }
+  if (engine::is_external(r)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what +
+                    " is external: its key is not in the token, so it cannot sign the "
+                    "devices' new certificates");
+  }
+  for (auto up = std::optional<engine::CaRecord>(r); up && !up->parent.empty();) {
+    if (up->parent == compromised.name || up->name == compromised.name) {
+      throw Error(ErrorCode::kInvalidArgument, what + " is under the compromised CA '" +
+                                                   compromised.name + "': it is revoked with it");
+    }
+    if (up->parent == up->name) break;
+    up = stores.find_ca(up->parent);
+  }
+  if (r.parent != compromised.parent) {
+    throw Error(ErrorCode::kInvalidArgument,
+                what + " is issued by '" + (r.parent.empty() ? r.name : r.parent) + "', not by '" +
+                    compromised.parent +
+                    "' (the compromised CA's issuer, which "
+                    "its groups trust): leave --replacement-ca out to have one made there, or "
+                    "name a CA that '" +
+                    compromised.parent + "' issued");
+  }
 }
 
 }  // namespace fleetsign::jobs::incident_records

@@ -39,4 +39,10 @@ std::vector<std::string> revoked_at_close(engine::Stores& stores, const std::str
 // when there is none.
 std::string continuing_job(engine::Stores& stores, const IncidentRequest& request);
 
+// A CA named with --replacement-ca must be able to take the compromised CA's place (a working CA
+// of this registry, outside the compromised subtree, issued by the compromised CA's issuer);
+// kInvalidArgument naming what is wrong otherwise.
+void check_named_replacement(engine::Stores& stores, const engine::CaRecord& compromised,
+                             const engine::CaRecord& replacement);
+
 }  // namespace fleetsign::jobs::incident_records

@@ -8,6 +8,7 @@
 
 #include "fleetsign/engine/enrollment.hpp"
 #include "fleetsign/engine/json.hpp"
+#include "fleetsign/engine/x509.hpp"
 #include "fleetsign/error.hpp"
 
 namespace fleetsign::jobs {
@@ -158,6 +159,17 @@ void plan_empty_groups(engine::Stores& stores, const engine::GroupIndex& index,
   }
 }
 
+// A device's certificates together (one chunk each), oldest first; the plan's devices and the
+// CAs that issued what it revokes.
+void order_to_revoke(RevocationPlan& plan, const std::set<std::string>& devices,
+                     const std::set<std::string>& issuers) {
+  std::stable_sort(plan.to_revoke.begin(), plan.to_revoke.end(), [](const auto& a, const auto& b) {
+    return a.device_id != b.device_id ? a.device_id < b.device_id : a.created_at < b.created_at;
+  });
+  plan.devices.assign(devices.begin(), devices.end());
+  plan.cas_affected.assign(issuers.begin(), issuers.end());
+}
+
 }  // namespace
 
 RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& clock,
@@ -181,24 +193,39 @@ RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& cloc
       }
     }
   }
+  if (selector.kind == "key-sha256") {
+    // A CA's own key: revoking the CA is `revoke --ca`, which covers everything under it and
+    // tells the groups; a key-hash run would block the key and leave the CA signing with it.
+    for (const auto& ca : cas) {
+      if (ca.revoked_at != 0 || engine::key_sha256_of_cert(ca.cert_der) != selector.value) {
+        continue;
+      }
+      throw Error(ErrorCode::kInvalidArgument,
+                  "--key-sha256 " + selector.value + " is the key of CA '" + ca.name +
+                      "': revoke the CA and everything under it with `fleetsign revoke --ca " +
+                      ca.name +
+                      " --reason cACompromise` (or run an incident: `fleetsign incident "
+                      "start --ca " +
+                      ca.name + " --reason cACompromise`)");
+    }
+  }
   std::set<std::string> devices, issuers, revoked_keys;
   for (auto& c : stores.select_certs(query_for(selector, ca_names))) {
     if (c.state == engine::CertState::kRevoked) {
       ++plan.already_revoked;
-      // Revoked before for another reason, its key now known compromised: the key is blocked.
-      if (!c.key_sha256.empty()) revoked_keys.insert(std::move(c.key_sha256));
+      // Revoked before for another reason, its key now known compromised: the key is blocked,
+      // and its CRL entry says keyCompromise from now on (relying parties treat it apart).
+      if (!c.key_sha256.empty()) revoked_keys.insert(c.key_sha256);
+      if (reason == "keyCompromise" && c.revocation_reason != reason) {
+        plan.reason_raised.push_back(std::move(c));
+      }
       continue;
     }
     devices.insert(c.device_id);
     issuers.insert(c.ca_name);
     plan.to_revoke.push_back(std::move(c));
   }
-  // A device's certificates together (one chunk each), oldest first.
-  std::stable_sort(plan.to_revoke.begin(), plan.to_revoke.end(), [](const auto& a, const auto& b) {
-    return a.device_id != b.device_id ? a.device_id < b.device_id : a.created_at < b.created_at;
-  });
-  plan.devices.assign(devices.begin(), devices.end());
-  plan.cas_affected.assign(issuers.begin(), issuers.end());
+  order_to_revoke(plan, devices, issuers);
 
   const auto index = engine::GroupIndex::load(stores);
   plan_devices(stores, index, plan);
@@ -253,6 +280,17 @@ RevocationOutcome execute_revocation(
     begin = end;
     if (progress) progress(static_cast<std::int64_t>(end), total);
   }
+  // 1b. Revoked before for another reason: the reason raised to keyCompromise, their keys blocked.
+  for (std::size_t begin = 0; begin < plan.reason_raised.size(); begin += kChunkCertificates) {
+    engine::RevocationChunk chunk;
+    chunk.reason = plan.reason;
+    chunk.at = plan.at;
+    chunk.block_keys = block;
+    const std::size_t end = std::min(plan.reason_raised.size(), begin + kChunkCertificates);
+    for (std::size_t i = begin; i < end; ++i) chunk.serials.push_back(plan.reason_raised[i].serial);
+    stores.apply_revocation(chunk);
+  }
+  out.reasons_raised = static_cast<std::int64_t>(plan.reason_raised.size());
   // 2. Keys named by the operator that no certificate carried (key-sha256 with no match).
   std::vector<engine::BlockedKey> keys;
   for (const auto& k : plan.keys_to_block) {
@@ -280,6 +318,7 @@ RevocationOutcome execute_revocation(
   stores.audit("revoke.run", plan.selector.describe(),
                engine::json_object({{"reason", plan.reason},
                                     {"certificates", out.certificates_revoked},
+                                    {"reasons_raised", out.reasons_raised},
                                     {"devices", static_cast<std::int64_t>(plan.devices.size())},
                                     {"enrollments_disabled", out.enrollments_disabled},
                                     {"keys_blocked", out.keys_blocked},
@@ -287,11 +326,37 @@ RevocationOutcome execute_revocation(
                                     {"groups_changed", out.groups_changed}}));
   // 5. The CRLs that list something new.
   std::set<std::string> crls(plan.cas_affected.begin(), plan.cas_affected.end());
+  for (const auto& c : plan.reason_raised) crls.insert(c.ca_name);
   for (const auto& ca : plan.cas_revoked) {
     if (const auto rec = stores.find_ca(ca); rec && !rec->parent.empty()) crls.insert(rec->parent);
   }
   out.crls_due.assign(crls.begin(), crls.end());
   return out;
+}
+
+RevocationOutcome revoke_serials(engine::Stores& stores, const engine::Clock& clock,
+                                 std::span<const std::string> serials, const std::string& reason,
+                                 const std::string& what) {
+  RevocationPlan plan;
+  plan.selector.kind = "serial";
+  plan.selector.value = what;
+  plan.reason = reason;
+  plan.at = clock.now();
+  std::set<std::string> devices, issuers;
+  for (const auto& serial : serials) {
+    engine::CertQuery q;
+    q.serial = serial;
+    for (auto& c : stores.select_certs(q)) {
+      if (c.state != engine::CertState::kIssued) continue;
+      devices.insert(c.device_id);
+      issuers.insert(c.ca_name);
+      plan.to_revoke.push_back(std::move(c));
+    }
+  }
+  order_to_revoke(plan, devices, issuers);
+  if (plan.to_revoke.empty()) return {};
+  plan_devices(stores, engine::GroupIndex::load(stores), plan);
+  return execute_revocation(stores, plan);
 }
 
 }  // namespace fleetsign::jobs

@@ -537,6 +537,9 @@ JobRecord Runner::run() {
   } else if (m_state == "aborted" || m_state == "canceled") {
     m_stores.set_job_state(m_job_id, m_state, m_clock.now());
   }
+  // The retirements (superseded) and the close's revocations go into their CRLs before the job
+  // reports: a retired leaf must fail `openssl verify -crl_check` once the job says it is done.
+  if (m_lead && m_options.crls_behind) m_options.crls_behind();
   m_stores.release_job(m_job_id, m_options.runner);
   return *m_stores.find_job(m_job_id);
 }

@@ -321,7 +321,9 @@ TEST_F(Jobs, SaveIsAllOrNothing) {
             ErrorCode::kRegistryError);
   for (const auto& t : reg->job_tasks("j1", "")) EXPECT_EQ(t.state, "pending") << t.device_id;
   // A task of another job: not found in this one.
-  reg->create_job(job("j2"), tasks("j2", 1));
+  auto other = tasks("j2", 1);
+  other[0].device_id = "dev-7";  // dev-0 is j1's until j1 settles it
+  reg->create_job(job("j2"), other);
   JobTask foreign = task("j2", 2);
   EXPECT_EQ(error_of([&] { reg->save_job_tasks(std::vector<JobTask>{foreign}, {}); }).code(),
             ErrorCode::kNotFound);

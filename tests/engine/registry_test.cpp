@@ -31,7 +31,7 @@ TEST(Registry, CreatesSchemaAtCurrentVersion) {
   EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
   // 8: CRLs, 9: incidents, 10: key hashes + blocklist, 11: key identity, 12: task error codes,
   // 13: operators, 14: batch shares and leases (workers), 15: job tasks shared by runners
-  EXPECT_EQ(Registry::kSchemaVersion, 15);
+  EXPECT_EQ(Registry::kSchemaVersion, 16);
 
   FLEETSIGN_SQLITE_ONLY();  // the rest reads SQLite's journal mode
   auto raw = raw_session(dir.db());

@@ -48,6 +48,18 @@ TEST_F(CaRolloverGuard, ANewCaTheBrokerWouldRefuseIsNotMade) {
   EXPECT_EQ(started.plan.conflicts, 0);
 }
 
+// A new CA that ends before the devices' new certificates: every device would be a conflict,
+// and the swap at the deadline would lock the whole group out.
+TEST_F(CaRolloverGuard, ANewCaThatEndsBeforeTheDevicesNewCertificatesIsNotMade) {
+  th.registry->set_ca_verified("root", true);
+  request.days = 100;  // the devices' certificates last 365 days
+  const std::string why = refused().what();
+  EXPECT_NE(why.find("--days 366"), std::string::npos) << why;
+  request.days = 400;
+  EXPECT_EQ(start_ca_rollover(*th.registry, *th.cas, th.policy, th.clock, request).plan.conflicts,
+            0);
+}
+
 TEST_F(CaRolloverGuard, DevicesHeldByAnotherJobAreWaitedForNotLeftBehind) {
   th.registry->set_ca_verified("root", true);
   RolloverParams params;

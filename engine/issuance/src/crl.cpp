@@ -101,6 +101,13 @@ CrlState crl_state(const std::optional<CrlRecord>& latest, const policy::CrlSche
   return CrlState::kFresh;
 }
 
+namespace {
+std::int64_t key_compromise_count(const std::vector<RevokedSerial>& revoked) {
+  return std::count_if(revoked.begin(), revoked.end(),
+                       [](const RevokedSerial& r) { return r.reason == "keyCompromise"; });
+}
+}  // namespace
+
 std::vector<RevokedSerial> revoked_by(CrlStore& crls, CaStore& cas, const std::string& ca_name) {
   std::vector<RevokedSerial> out = crls.revoked_certs_of(ca_name);
   for (const CaRecord& child : cas.list_cas()) {
@@ -121,8 +128,13 @@ std::vector<CrlStatus> crl_statuses(Stores& stores, const policy::CrlSchedule& s
     st.latest = stores.latest_crl(ca.name);
     if (st.latest) st.latest->der.clear();
     st.state = crl_state(st.latest, schedule, now);
-    st.revoked_now = static_cast<std::int64_t>(revoked_by(stores, stores, ca.name).size());
-    st.revoked_since = st.latest && st.revoked_now != st.latest->entries;
+    const auto revoked = revoked_by(stores, stores, ca.name);
+    st.revoked_now = static_cast<std::int64_t>(revoked.size());
+    // Behind: a revocation since, or a reason raised to keyCompromise since (the same entries).
+    st.revoked_since =
+        st.latest && (st.revoked_now != st.latest->entries ||
+                      (st.latest->key_compromise_entries >= 0 &&
+                       key_compromise_count(revoked) != st.latest->key_compromise_entries));
     out.push_back(std::move(st));
   }
   return out;
@@ -176,6 +188,7 @@ CrlRecord CrlSigner::sign(const std::string& ca_name) {
   rec.this_update = header.this_update;
   rec.next_update = header.next_update;
   rec.entries = static_cast<std::int64_t>(revoked.size());
+  rec.key_compromise_entries = key_compromise_count(revoked);
   rec.der = crl_der::certificate_list(tbs, alg.identifier, signature);
   // 5. Checked as a relying party would before anything is stored (Boulder's rule).
   const CrlInfo info = check_crl(

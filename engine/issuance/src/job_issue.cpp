@@ -14,6 +14,7 @@ namespace {
 constexpr std::size_t kSubChunk = 32;  // CSRs per parallel task: a token round trip amortised
 
 struct Item {
+  std::string key_sha256;  // the CSR's key (SPKI SHA-256), once checked
   std::optional<PreparedCert> prepared;
   std::optional<Failure> failure;
   std::optional<Result<SignedCert>> signed_cert;
@@ -38,8 +39,8 @@ void check_and_prepare(const Issuer& issuer, const JobCsr& csr, Item& slot) {
     return;
   }
   // By key identity, not bytes: the replaced key sent with its EC point compressed is the same key.
-  if (!csr.replaced_cert.empty() &&
-      key_sha256_of_spki(checked.value().spki) == key_sha256_of_cert(csr.replaced_cert)) {
+  slot.key_sha256 = key_sha256_of_spki(checked.value().spki);
+  if (!csr.replaced_cert.empty() && slot.key_sha256 == key_sha256_of_cert(csr.replaced_cert)) {
     slot.failure = Failure{ErrorCode::kKeyRejected,
                            "the CSR reuses the key of the certificate it replaces: a rollover "
                            "needs a new key"};
@@ -58,6 +59,25 @@ std::vector<Result<SignedCert>> JobIssuer::issue(const Issuer& issuer,
     const std::size_t end = std::min(csrs.size(), (c + 1) * kSubChunk);
     for (std::size_t i = c * kSubChunk; i < end; ++i) check_and_prepare(issuer, csrs[i], slots[i]);
   });
+
+  // Nor any key the device was certified for before (A → B → A): a rollover needs a key that no
+  // certificate of the device ever held. Its own certificate from this job (signed before a
+  // crash, the same CSR answered again) is not a reuse.
+  for (std::size_t i = 0; i < csrs.size(); ++i) {
+    if (!slots[i].prepared) continue;
+    CertQuery q;
+    q.device_id = csrs[i].device_id;
+    for (const auto& c : m_stores.select_certs(q)) {
+      if (c.key_sha256 != slots[i].key_sha256 || c.batch_id == m_job_id) continue;
+      slots[i].prepared.reset();
+      slots[i].failure = Failure{ErrorCode::kKeyRejected,
+                                 "the CSR reuses the key of certificate 0x" + c.serial +
+                                     ", which the device held before (" +
+                                     (c.state == CertState::kRevoked ? "revoked" : "issued") +
+                                     "): a rollover needs a new key"};
+      break;
+    }
+  }
 
   std::vector<CertIntent> intents;
   intents.reserve(csrs.size());

@@ -19,6 +19,7 @@ struct CrlRow {
     rec.entries = st.int64(4);
     rec.der = st.blob(5);
     rec.created_at = st.int64(6);
+    rec.key_compromise_entries = st.int64(7);
     return rec;
   }
 };
@@ -98,10 +99,10 @@ void Registry::store_crl(const CrlRecord& crl) {
       throw Error(ErrorCode::kRegistryError, what + ": the number was never reserved");
     }
     m_impl->change(
-        "INSERT INTO crls (ca_name, number, this_update, next_update, entries, der, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO crls (ca_name, number, this_update, next_update, entries, der, created_at, "
+        "key_compromise_entries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         crl.ca_name, crl.number, crl.this_update, crl.next_update, crl.entries, crl.der,
-        m_impl->stamp(crl.created_at));
+        m_impl->stamp(crl.created_at), crl.key_compromise_entries);
     registry_detail::audit_row(
         *m_impl, "crl.sign", crl.ca_name,
         json_object(
@@ -112,7 +113,8 @@ void Registry::store_crl(const CrlRecord& crl) {
 std::optional<CrlRecord> Registry::latest_crl(const std::string& ca_name) {
   return m_impl->guarded("reading the latest CRL of CA '" + ca_name + "'", [&] {
     return m_impl->select_one<CrlRow>(
-        "SELECT ca_name, number, this_update, next_update, entries, der, created_at FROM crls "
+        "SELECT ca_name, number, this_update, next_update, entries, der, created_at, "
+        "key_compromise_entries FROM crls "
         "WHERE ca_name = ? ORDER BY number DESC LIMIT 1",
         ca_name);
   });

@@ -238,6 +238,38 @@ static void insert_tasks(Registry::Impl& impl, const std::string& job_id,
   }
 }
 
+namespace {
+
+// A device that another job has not settled yet (a pending or active task, or one offline with a
+// retry to come, in a job that has not ended) is that job's: a second job that would roll it too
+// is refused. The planners leave such devices out as conflicts; this check, inside the write
+// transaction that creates the job, closes the race of two plans made at the same time (two
+// `rollover start` at once rotated every device twice).
+void refuse_held_devices(Registry::Impl& impl, std::span<const JobTask> tasks,
+                         const std::string& what) {
+  std::unordered_set<std::string_view> rolled;
+  for (const auto& t : tasks) {
+    if (t.state == "pending" || t.state == "active") rolled.insert(t.device_id);
+  }
+  if (rolled.empty()) return;
+  const auto held = impl.query(
+      "SELECT t.device_id, t.job_id FROM job_tasks t JOIN jobs j ON j.id = t.job_id "
+      "WHERE (j.state IN ('running', 'paused') OR "
+      "(j.state IN ('aborted', 'canceled') AND j.finished_at = 0)) "
+      "AND (t.state IN ('pending', 'active') OR (t.state = 'offline' AND t.next_at <> 0))");
+  while (held->step()) {
+    const std::string_view device = held->text(0);
+    if (rolled.count(device) == 0) continue;
+    throw Error(ErrorCode::kAlreadyExists,
+                what + ": device '" + std::string(device) + "' is in job " +
+                    std::string(held->text(1)) +
+                    ", which has not settled it yet (another job was created meanwhile: plan "
+                    "again)");
+  }
+}
+
+}  // namespace
+
 void Registry::create_job(const JobRecord& job, std::span<const JobTask> tasks) {
   const std::string what = describe_tasks("creating job '" + job.id + "' with", tasks, job.id);
   if (job.id.empty() || job.kind.empty()) {
@@ -257,6 +289,7 @@ void Registry::create_job(const JobRecord& job, std::span<const JobTask> tasks) 
     if (select_job(*m_impl, job.id)) {
       throw Error(ErrorCode::kAlreadyExists, what + ": job '" + job.id + "' already exists");
     }
+    refuse_held_devices(*m_impl, tasks, what);
     const std::int64_t created = m_impl->stamp(job.created_at);
     const std::int64_t updated = job.updated_at != 0 ? job.updated_at : created;
     const std::string report = job.report_json.empty() ? "{}" : job.report_json;

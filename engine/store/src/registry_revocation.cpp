@@ -25,16 +25,19 @@ const char* const kRevocableColumns =
     "created_at, revocation_reason FROM certificates WHERE state IN ('issued', 'revoked')";
 
 // The certificates' own rows: revoked, their slots freed. Returns (serial, key_sha256) of each
-// that became revoked now. Inside the caller's transaction.
-std::vector<std::pair<std::string, std::string>> revoke_rows(Registry::Impl& impl,
-                                                             std::span<const std::string> serials,
-                                                             const std::string& reason,
-                                                             std::int64_t at,
-                                                             const std::string& what) {
+// that became revoked now. One revoked before for another reason and now for "keyCompromise" gets
+// that reason (its revocation date stays): it is added to `*raised`. Inside the caller's
+// transaction.
+std::vector<std::pair<std::string, std::string>> revoke_rows(
+    Registry::Impl& impl, std::span<const std::string> serials, const std::string& reason,
+    std::int64_t at, const std::string& what,
+    std::vector<std::pair<std::string, std::string>>* raised) {
   // Errors of the SELECT propagate as sql::DbError: the caller's write() names `what`.
   const auto find = impl.query(
-      "SELECT state, device_id, COALESCE(sha256, ''), key_sha256 FROM certificates "
-      "WHERE serial = ?1");
+      "SELECT state, device_id, COALESCE(sha256, ''), key_sha256, revocation_reason "
+      "FROM certificates WHERE serial = ?1");
+  const auto raise = impl.query(
+      "UPDATE certificates SET revocation_reason = ?1 WHERE serial = ?2 AND state = 'revoked'");
   const auto mark = impl.query(
       "UPDATE certificates SET state = 'revoked', revoked_at = ?1, revocation_reason = ?2 "
       "WHERE serial = ?3");
@@ -64,9 +67,17 @@ std::vector<std::pair<std::string, std::string>> revoke_rows(Registry::Impl& imp
                   what + ": 0x" + serial + " is not an issued certificate of this registry");
     }
     const std::string state = str(*find, 0), dev = str(*find, 1), sha256 = str(*find, 2),
-                      key = str(*find, 3);
+                      key = str(*find, 3), old_reason = str(*find, 4);
     find->reset();
-    if (state == "revoked") continue;
+    if (state == "revoked") {
+      if (reason == "keyCompromise" && old_reason != reason) {
+        raise->bind(1, reason);
+        raise->bind(2, serial);
+        impl.step(*raise, what);
+        raised->emplace_back(serial, key);
+      }
+      continue;
+    }
     if (state != "issued") {
       throw Error(ErrorCode::kNotFound, what + ": 0x" + serial + " is " + state +
                                             ", not an issued certificate of this registry");
@@ -146,14 +157,25 @@ std::int64_t Registry::apply_revocation(const RevocationChunk& chunk) {
   const std::string what = "revoking " + std::to_string(serials.size()) + " certificate(s)" +
                            (serials.empty() ? std::string() : " (first 0x" + serials[0] + ")");
   return m_impl->write(what, [&] {
-    const auto revoked = revoke_rows(*m_impl, serials, chunk.reason, chunk.at, what);
+    std::vector<std::pair<std::string, std::string>> raised;
+    const auto revoked = revoke_rows(*m_impl, serials, chunk.reason, chunk.at, what, &raised);
     std::int64_t blocked = 0;
     if (chunk.block_keys) {
       std::vector<BlockedKey> keys;
-      for (const auto& [serial, key] : revoked) {
-        keys.push_back(BlockedKey{key, chunk.reason, "revoke 0x" + serial, chunk.at});
+      using Pairs = std::vector<std::pair<std::string, std::string>>;
+      for (const Pairs* list : {&revoked, static_cast<const Pairs*>(&raised)}) {
+        for (const auto& [serial, key] : *list) {
+          keys.push_back(BlockedKey{key, chunk.reason, "revoke 0x" + serial, chunk.at});
+        }
       }
       block_keys(*m_impl, keys, what, blocked);
+    }
+    if (!raised.empty()) {
+      registry_detail::audit_row(*m_impl, "cert.revoke.reason",
+                                 raised.size() == 1 ? raised[0].first : std::string("certificates"),
+                                 json_object({{"count", static_cast<std::int64_t>(raised.size())},
+                                              {"reason", chunk.reason},
+                                              {"first", raised.front().first}}));
     }
     const std::int64_t disabled = disable_individuals(*m_impl, chunk.disable, chunk.at, what);
     if (!revoked.empty()) {

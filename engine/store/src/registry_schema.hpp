@@ -294,6 +294,11 @@ CREATE TABLE job_runners (
   PRIMARY KEY (job_id, runner)
 );
 )sql",
+    // 16: how many of a CRL's entries say keyCompromise, so that a revocation whose reason became
+    // keyCompromise (the same entries) still makes the CRL behind. -1: signed before, not known.
+    R"sql(
+ALTER TABLE crls ADD COLUMN key_compromise_entries BIGINT NOT NULL DEFAULT -1;
+)sql",
 };
 
 }  // namespace fleetsign::engine

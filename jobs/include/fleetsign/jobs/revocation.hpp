@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -67,7 +68,10 @@ struct RevocationPlan {
   std::int64_t at = 0;                           // the revocation time recorded
   std::vector<engine::RevocableCert> to_revoke;  // issued now, by device then serial
   std::int64_t already_revoked = 0;              // matched, revoked before: left alone
-  std::vector<std::string> devices;              // devices of to_revoke, sorted
+  // keyCompromise: of those, the ones revoked for another reason (superseded by a rollover, say):
+  // their CRL entries get the reason keyCompromise (the revocation date stays), their keys blocked.
+  std::vector<engine::RevocableCert> reason_raised;
+  std::vector<std::string> devices;  // devices of to_revoke, sorted
   std::map<std::string, std::int64_t> devices_by_group, devices_by_lot, devices_by_site;
   std::vector<std::string> connected_dropped;  // connected now on a certificate in to_revoke
   std::int64_t connected_affected = 0;         // affected devices connected now (any certificate)
@@ -93,6 +97,7 @@ RevocationPlan plan_revocation(engine::Stores& stores, const engine::Clock& cloc
 
 struct RevocationOutcome {
   std::int64_t certificates_revoked = 0;  // became revoked now
+  std::int64_t reasons_raised = 0;        // revoked before, their reason now keyCompromise
   std::int64_t enrollments_disabled = 0;
   std::int64_t keys_blocked = 0;
   std::int64_t cas_revoked = 0;
@@ -106,5 +111,13 @@ struct RevocationOutcome {
 RevocationOutcome execute_revocation(
     engine::Stores& stores, const RevocationPlan& plan,
     const std::function<void(std::int64_t, std::int64_t)>& progress = {});
+
+// Revokes exactly `serials` (issued ones; others are left alone) as a revocation run does: the
+// devices left with no working certificate get a disabled individual enrollment, the keys are
+// blocked for keyCompromise, one "revoke.run" audit row names `what` (an incident's close, say).
+// The caller re-signs outcome.crls_due.
+RevocationOutcome revoke_serials(engine::Stores& stores, const engine::Clock& clock,
+                                 std::span<const std::string> serials, const std::string& reason,
+                                 const std::string& what);
 
 }  // namespace fleetsign::jobs

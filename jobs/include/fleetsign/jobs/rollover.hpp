@@ -137,7 +137,8 @@ struct RunnerOptions {
   // revocations and replacement CA): the caller installs them where they are used (the broker).
   std::function<void()> crls_changed;
   // Called on the runner's thread after the runner itself revoked a certificate (a breach roll
-  // recorded before its revocation): the caller signs the CRLs behind it and installs them.
+  // recorded before its revocation), and when the job ends (its retirements): the caller signs
+  // the CRLs behind a revocation and installs them.
   std::function<void()> crls_behind;
   // Test hook: called after every flush with the number of flushes so far.
   std::function<void(std::int64_t)> after_flush;

@@ -197,7 +197,8 @@ struct CrlRecord {
   std::string ca_name;
   std::int64_t number = 0;  // cRLNumber, monotonic per CA
   std::int64_t this_update = 0, next_update = 0;
-  std::int64_t entries = 0;  // revoked certificates listed
+  std::int64_t entries = 0;                  // revoked certificates listed
+  std::int64_t key_compromise_entries = -1;  // of those, reason keyCompromise (-1: not known)
   std::vector<std::uint8_t> der;
   std::int64_t created_at = 0;
 };

@@ -52,7 +52,7 @@ class Registry final : public Stores {
   Registry(const Registry&) = delete;  // owns a connection
   Registry& operator=(const Registry&) = delete;
 
-  static constexpr int kSchemaVersion = 15;
+  static constexpr int kSchemaVersion = 16;
   int schema_version();
 
   // CaStore
