@@ -135,11 +135,6 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
   if (!out.held_by.empty()) {
     p.conflict = "the device is in job " + out.held_by + " (" + out.held_by_state +
                  "), which rotates it onto a new key; that job brings it back";
-  } else if (!out.other_certificate) {
-    // Nothing to wait for: with no other valid certificate it cannot connect to be rolled.
-    p.conflict =
-        "the device holds no other valid certificate: it cannot connect until it is "
-        "re-provisioned (factory)";
   }
   plan.devices.push_back(std::move(p));
   // The job first, then the revocation (at once: no overlap). Killed between the two, the job

@@ -101,10 +101,13 @@ void check_ca_rollover(engine::Stores& stores, const policy::Policy& policy,
   const std::int64_t now = clock.now();
   const auto existing = stores.find_ca(new_name);
   const int ca_days = days.value_or(policy.validity.intermediate_days);
-  const std::int64_t ca_end = existing ? existing->not_after : now + std::int64_t{ca_days} * 86400;
+  // A CA is made backdated by a minute (CaService): `days` of it end a minute before `days` from
+  // now. An hour's margin covers the time until the job's plan compares the two again.
+  const std::int64_t ca_end =
+      existing ? existing->not_after : now - 60 + std::int64_t{ca_days} * 86400;
   const int device_days = policy::device_days_for(policy, group);
   const std::int64_t wanted = now + std::int64_t{device_days} * 86400;
-  if (ca_end < wanted) {
+  if (ca_end < wanted + 3600) {
     throw Error(ErrorCode::kInvalidArgument,
                 "group '" + group + "': the new CA '" + new_name + "' " +
                     (existing ? "ends " : "would end ") + engine::iso8601(ca_end) +

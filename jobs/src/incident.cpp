@@ -226,13 +226,7 @@ IncidentPlan plan_incident(engine::Stores& stores, const policy::Policy& policy,
 
   std::unordered_set<std::string> connected;
   for (const auto& s : stores.connected_devices()) connected.insert(s.device_id);
-  std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
-    if (job.state != "running" && job.state != "paused") continue;
-    for (const auto& t : stores.job_tasks(job.id, "")) {
-      if (!is_final_task_state(t.state)) busy.emplace(t.device_id, job.id);
-    }
-  }
+  const auto busy = held_devices(stores);
   // The broker admits a certificate of the scope only when it was recorded before the compromise
   // (a lot's or site's replacements aside): a device whose certificate was recorded at or after
   // it can never connect for its rotation.

@@ -338,7 +338,7 @@ RevocationOutcome revoke_serials(engine::Stores& stores, const engine::Clock& cl
                                  std::span<const std::string> serials, const std::string& reason,
                                  const std::string& what) {
   RevocationPlan plan;
-  plan.selector.kind = "serial";
+  plan.selector.kind = "run";  // describe(): `what` as it stands
   plan.selector.value = what;
   plan.reason = reason;
   plan.at = clock.now();
@@ -356,6 +356,14 @@ RevocationOutcome revoke_serials(engine::Stores& stores, const engine::Clock& cl
   order_to_revoke(plan, devices, issuers);
   if (plan.to_revoke.empty()) return {};
   plan_devices(stores, engine::GroupIndex::load(stores), plan);
+  if (reason == "keyCompromise") {  // counted in the run's audit row (the chunks block them)
+    const auto blocked = stores.blocked_key_hashes();
+    std::set<std::string> keys(blocked.begin(), blocked.end()), fresh;
+    for (const auto& c : plan.to_revoke) {
+      if (!c.key_sha256.empty() && keys.count(c.key_sha256) == 0) fresh.insert(c.key_sha256);
+    }
+    plan.keys_to_block.assign(fresh.begin(), fresh.end());
+  }
   return execute_revocation(stores, plan);
 }
 

@@ -172,6 +172,7 @@ std::string RevocationSelector::describe() const {
   if (kind == "issued-between") {
     return "--issued-between " + engine::iso8601(from) + " " + engine::iso8601(to);
   }
+  if (kind == "run") return value;  // a run of exact certificates (revoke_serials)
   return "--" + kind + " " + value;
 }
 

@@ -185,6 +185,22 @@ RolloverParams parse_params(std::string_view text, std::string_view origin) {
   return p;
 }
 
+std::unordered_map<std::string, std::string> held_devices(engine::Stores& stores) {
+  // A device already in a running or paused job is that job's until it settles there; so is one
+  // in a job aborted or canceled but not ended (its runner died: serve runs it to its end, and a
+  // device half-way through a switch finishes it). Registry::create_job checks the same.
+  std::unordered_map<std::string, std::string> busy;
+  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
+    if (job.state != "running" && job.state != "paused" && !job_is_stopping(job)) continue;
+    for (const auto& t : stores.job_tasks(job.id, "")) {
+      if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
+        busy.emplace(t.device_id, job.id);
+      }
+    }
+  }
+  return busy;
+}
+
 RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
                            const engine::Clock& clock, const RolloverParams& params) {
   if (params.selection.empty()) {
@@ -247,18 +263,7 @@ RolloverPlan plan_rollover(engine::Stores& stores, const policy::Policy& policy,
     }
   }
 
-  // A device already in a running or paused job is that job's until it settles there; so is one
-  // in a job aborted or canceled but not ended (its runner died: serve runs it to its end, and a
-  // device half-way through a switch finishes it).
-  std::unordered_map<std::string, std::string> busy;
-  for (const auto& job : stores.list_jobs(engine::ListPage{})) {
-    if (job.state != "running" && job.state != "paused" && !job_is_stopping(job)) continue;
-    for (const auto& t : stores.job_tasks(job.id, "")) {
-      if (!is_final_task_state(t.state) || (t.state == "offline" && t.next_at != 0)) {
-        busy.emplace(t.device_id, job.id);
-      }
-    }
-  }
+  const auto busy = held_devices(stores);
 
   std::unordered_map<std::string, engine::DeviceSession> sessions;
   for (auto& s : stores.connected_devices()) sessions.emplace(s.device_id, std::move(s));
@@ -511,6 +516,8 @@ std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
     stores.set_job_params(job_id, params_json(params));
   }
   std::vector<JobTask> again;
+  std::int64_t retried = 0;
+  const auto busy = held_devices(stores);
   for (auto& task : stores.job_tasks(job_id, "")) {
     if (task.state != "offline" && task.state != "refused" && task.state != "timed-out" &&
         task.state != "aborted") {
@@ -518,16 +525,27 @@ std::int64_t retry_failed(engine::Stores& stores, const engine::Clock& clock,
     }
     // Offline with a retry to come: still its runner's (it retries until the deadline).
     if (task.state == "offline" && task.next_at != 0) continue;
+    // Taken by another job since (the scheduler, a new rollover): that job rotates it; sending it
+    // here too would rotate it twice. It stays as it ended, with a note.
+    if (const auto b = busy.find(task.device_id); b != busy.end() && b->second != job_id) {
+      if (task.last_error.find("is in job " + b->second) == std::string::npos) {
+        task.last_error += "; not retried: the device is in job " + b->second;
+        task.updated_at = clock.now();
+        again.push_back(std::move(task));
+      }
+      continue;
+    }
     task.state = "pending";
     task.attempts = 0;
     task.next_at = 0;
     task.finished_at = 0;
     task.updated_at = clock.now();
     again.push_back(std::move(task));
+    ++retried;
   }
   stores.save_job_tasks(again, {});
   if (job->state != "running") stores.set_job_state(job_id, "running", 0);
-  return static_cast<std::int64_t>(again.size());
+  return retried;
 }
 
 }  // namespace fleetsign::jobs

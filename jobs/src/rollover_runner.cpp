@@ -265,7 +265,22 @@ void Runner::start(std::size_t i) {
   }
   if (m_job.kind == "breach-roll" && !connected_without(t.row.device_id, t.row.old_serial)) {
     // Never over a session that presented the compromised certificate (the broker drops it
-    // within a second): only once the device is back on another valid certificate.
+    // within a second): only once the device is back on another valid certificate. One that
+    // holds none (the compromised one was its only certificate) cannot come back: reported now,
+    // not at the deadline.
+    const auto d = m_stores.find_device(t.row.device_id);
+    const std::int64_t now = m_clock.now();
+    const bool other =
+        d && ((!d->primary_serial.empty() && d->primary_serial != t.row.old_serial &&
+               d->primary_not_after > now) ||
+              (!d->secondary_serial.empty() && d->secondary_serial != t.row.old_serial &&
+               d->secondary_not_after > now));
+    if (!other) {
+      t.row.last_status = kStatusDeviceOffline;
+      --m_active;  // started, but no step in flight: settle() counts only a task in a step
+      settle(i, "offline", "the device holds no other valid certificate");
+      return;
+    }
     t.row.attempts = 0;
     wait_retry(i, "offline", kStatusDeviceOffline,
                "not connected with a valid certificate (its compromised one was revoked)",

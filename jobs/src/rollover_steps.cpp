@@ -452,6 +452,15 @@ JobRecord Runner::run() {
     advance_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);
     if (m_options.crls_changed) m_options.crls_changed();
   }
+  // A breach roll recorded, then killed before its revocation: revoked now, whatever its task's
+  // state (a `conflict` task, its device left to another job, is never claimed).
+  if (m_lead && m_job.kind == "breach-roll") {
+    bool revoked = false;
+    for (const auto& t : m_stores.job_tasks(m_job_id, "")) {
+      revoked = revoke_breached(m_stores, t.old_serial, m_job.created_at) || revoked;
+    }
+    if (revoked && m_options.crls_behind) m_options.crls_behind();
+  }
   m_index.emplace(engine::GroupIndex::load(m_stores));
   m_share = m_stores.job_share(m_job_id, now - kLeaseStale);
   if (m_params.abort_percent > 0 || m_params.rollout.base_per_minute > 0) {

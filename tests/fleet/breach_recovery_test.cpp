@@ -126,7 +126,7 @@ TEST_F(BreachRecovery, TheResumedJobRevokesTheCertificateItIsAbout) {
   EXPECT_FALSE(crl->getValue<bool>("behind"));
   const auto tasks = reg->job_tasks(jobs[0].id, "");
   ASSERT_EQ(tasks.size(), 1u);
-  EXPECT_EQ(tasks[0].state, "conflict") << "reported at once, no wait for the deadline";
+  EXPECT_EQ(tasks[0].state, "offline");
   EXPECT_NE(tasks[0].last_error.find("re-provision"), std::string::npos) << tasks[0].last_error;
 }
 

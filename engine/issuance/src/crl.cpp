@@ -131,10 +131,12 @@ std::vector<CrlStatus> crl_statuses(Stores& stores, const policy::CrlSchedule& s
     const auto revoked = revoked_by(stores, stores, ca.name);
     st.revoked_now = static_cast<std::int64_t>(revoked.size());
     // Behind: a revocation since, or a reason raised to keyCompromise since (the same entries).
+    // A CRL signed before schema v16 does not know its keyCompromise entries (-1): behind when
+    // any entry now says keyCompromise (one re-sign per such CA, then it knows).
+    const std::int64_t kc = key_compromise_count(revoked);
+    const std::int64_t known = st.latest ? st.latest->key_compromise_entries : 0;
     st.revoked_since =
-        st.latest && (st.revoked_now != st.latest->entries ||
-                      (st.latest->key_compromise_entries >= 0 &&
-                       key_compromise_count(revoked) != st.latest->key_compromise_entries));
+        st.latest && (st.revoked_now != st.latest->entries || (known < 0 ? kc > 0 : kc != known));
     out.push_back(std::move(st));
   }
   return out;

@@ -31,7 +31,8 @@ namespace fleetsign::jobs {
 
 struct RevocationSelector {
   // "serial" | "device" | "ca" | "lot" | "batch" | "site" | "line" | "issued-between" |
-  // "key-sha256": the option's name without "--".
+  // "key-sha256": the option's name without "--". "run": exact certificates (revoke_serials),
+  // `value` the run's description.
   std::string kind;
   std::string value;              // normalized (serial and hash: upper-case hex)
   std::int64_t from = 0, to = 0;  // issued-between: created_at in [from, to)

@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "fleetsign/engine/ca.hpp"
@@ -239,6 +240,9 @@ BreachRollStart start_breach_roll(engine::Stores& stores, const engine::Clock& c
                                   RolloverParams params);
 
 bool is_final_task_state(std::string_view state) noexcept;
+// Device → the open job that has not settled it yet (running or paused, or aborted or canceled
+// but not ended; a task not final, or offline with a retry to come).
+std::unordered_map<std::string, std::string> held_devices(engine::Stores& stores);
 // Revokes a breach roll's certificate ("keyCompromise", its key blocked) if it is not revoked
 // yet; one revoked before for another reason gets its key blocked. True when it revoked it here.
 bool revoke_breached(engine::Stores& stores, const std::string& serial, std::int64_t at);
