@@ -198,12 +198,13 @@ TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore
   const auto db = home / "registry.db";
   testing::tamper(db, "ALTER TABLE certificates DROP COLUMN key_sha256");
   testing::tamper(db, "DROP TABLE blocked_keys");
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");  // v12's
-  testing::tamper(db, "DROP TABLE operators");                          // v13's
-  testing::tamper(db, "DROP TABLE batch_shares");                       // v14's
-  testing::tamper(db, "DROP TABLE leases");                             // v14's
-  testing::tamper(db, "DROP TABLE job_runners");                        // v15's
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");      // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");         // v12's
+  testing::tamper(db, "DROP TABLE operators");                                 // v13's
+  testing::tamper(db, "DROP TABLE batch_shares");                              // v14's
+  testing::tamper(db, "DROP TABLE leases");                                    // v14's
+  testing::tamper(db, "DROP TABLE job_runners");                               // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");             // v15's
+  testing::tamper(db, "ALTER TABLE crls DROP COLUMN key_compromise_entries");  // v16's
   testing::tamper(db, "UPDATE schema_version SET version = 9");
   const auto plan = json(bin.ok("revoke --lot LM --reason keyCompromise --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 3);
@@ -240,12 +241,13 @@ TEST_F(Revoke, TheV11MigrationGivesACompressedKeyItsIdentityHash) {
   const auto db = home / "registry.db";
   testing::tamper(
       db, "UPDATE certificates SET key_sha256 = '" + as_sent + "' WHERE device_id = 'mc-1'");
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");  // v12's
-  testing::tamper(db, "DROP TABLE operators");                          // v13's
-  testing::tamper(db, "DROP TABLE batch_shares");                       // v14's
-  testing::tamper(db, "DROP TABLE leases");                             // v14's
-  testing::tamper(db, "DROP TABLE job_runners");                        // v15's
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");      // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");         // v12's
+  testing::tamper(db, "DROP TABLE operators");                                 // v13's
+  testing::tamper(db, "DROP TABLE batch_shares");                              // v14's
+  testing::tamper(db, "DROP TABLE leases");                                    // v14's
+  testing::tamper(db, "DROP TABLE job_runners");                               // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");             // v15's
+  testing::tamper(db, "ALTER TABLE crls DROP COLUMN key_compromise_entries");  // v16's
   testing::tamper(db, "UPDATE schema_version SET version = 10");
   const auto plan = json(bin.ok("revoke --key-sha256 " + identity + " --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("certificates"), 1)

@@ -93,6 +93,29 @@ TEST_F(ReviewGuards, TwoJobsPlannedAtOnceNeverBothRotateADevice) {
   EXPECT_FALSE(create_job(*th.registry, th.clock, params, second).empty());
 }
 
+// `job retry-failed` of a job whose failed device another job took since: not sent again there.
+TEST_F(ReviewGuards, RetryFailedLeavesADeviceThatAnotherJobHoldsNow) {
+  testing::issue_device(th, "int1", "rt-0001", "LOT-T");
+  RolloverParams params;
+  params.selection.lot = "LOT-T";
+  const std::string first = create_job(*th.registry, th.clock, params,
+                                       plan_rollover(*th.registry, th.policy, th.clock, params));
+  auto tasks = th.registry->job_tasks(first, "");
+  ASSERT_EQ(tasks.size(), 1u);
+  tasks[0].state = "timed-out";
+  tasks[0].finished_at = th.clock.now();
+  th.registry->save_job_tasks(tasks, {});
+  th.registry->set_job_state(first, "finished", th.clock.now());
+  const std::string second = create_job(*th.registry, th.clock, params,
+                                        plan_rollover(*th.registry, th.policy, th.clock, params));
+  EXPECT_EQ(retry_failed(*th.registry, th.clock, first, 0), 0);
+  const auto after = th.registry->job_tasks(first, "");
+  EXPECT_EQ(after[0].state, "timed-out");
+  EXPECT_NE(after[0].last_error.find("is in job " + second), std::string::npos)
+      << after[0].last_error;
+  EXPECT_EQ(th.registry->job_tasks(second, "pending").size(), 1u);
+}
+
 TEST_F(ReviewGuards, ARotationCsrWithAKeyTheDeviceHeldBeforeIsRefused) {
   const engine::CaRecord rec = th.cas->get("int1");
   engine::Issuer issuer(rec, th.cas->load_key(rec), th.policy, 365, th.clock, th.random);
