@@ -140,7 +140,9 @@ TEST_F(ReviewGuards, AnIncidentsReplacementMustBeAbleToTakeTheCompromisedCasPlac
   engine::CaSpec mid = ca("mid", "root");
   mid.path_len = 1;
   th.cas->create_intermediate(mid);
-  th.cas->create_intermediate(ca("under", "mid"));
+  engine::CaSpec under = ca("under", "mid");
+  under.days = 1000;  // inside mid's 3000 days, made a moment later
+  th.cas->create_intermediate(under);
   th.cas->create_intermediate(ca("gone", "root"));
   th.registry->revoke_ca("gone", "superseded", th.clock.now());
   engine::CaSpec other;
