@@ -94,13 +94,6 @@ Live Runner::make_live(JobTask row) {
   if (is_final_task_state(t.row.state) && !(t.row.state == "offline" && t.row.next_at != 0)) {
     return t;
   }
-  // Recorded, then killed before its revocation: revoked now, dated at the job's start, and its
-  // CA's CRL re-signed (one revoked before for another reason gets its key blocked and the reason
-  // keyCompromise). A CRL behind either is signed now, whichever run changed it.
-  if (m_job.kind == "breach-roll") {
-    revoke_breached(m_stores, t.row.old_serial, m_job.created_at);
-    if (m_options.crls_behind) m_options.crls_behind();
-  }
   if (auto d = m_stores.find_device(t.row.device_id)) {
     const auto mapped = m_params.ca_map.find(d->ca_name);
     t.ca_name = mapped != m_params.ca_map.end() ? mapped->second

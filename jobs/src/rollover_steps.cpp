@@ -452,8 +452,10 @@ JobRecord Runner::run() {
     advance_incident(m_stores, m_cas, m_policy, m_clock, m_job_id);
     if (m_options.crls_changed) m_options.crls_changed();
   }
-  // A breach roll recorded, then killed before its revocation: revoked now, whatever its task's
-  // state (a `conflict` task, its device left to another job, is never claimed).
+  // A breach roll recorded, then killed before its revocation: revoked now, dated at the job's
+  // start, whatever its task's state (a `conflict` task, its device left to another job, is never
+  // claimed), and its CRL signed. One revoked before for another reason gets its key blocked and
+  // the reason keyCompromise.
   if (m_lead && m_job.kind == "breach-roll") {
     bool revoked = false;
     for (const auto& t : m_stores.job_tasks(m_job_id, "")) {

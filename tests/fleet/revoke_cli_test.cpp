@@ -182,6 +182,18 @@ TEST_F(Revoke, DryRunNumbersEqualTheRealRunForEverySelectorAndASecondRunRevokesN
   EXPECT_EQ(keys->size(), 2u);
 }
 
+// Takes a registry of this version back to v11 as far as later migrations go (v12 to v16 undone),
+// so that setting its version lower runs those migrations again.
+void undo_v12_to_v16(const fs::path& db) {
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");         // v12's
+  testing::tamper(db, "DROP TABLE operators");                                 // v13's
+  testing::tamper(db, "DROP TABLE batch_shares");                              // v14's
+  testing::tamper(db, "DROP TABLE leases");                                    // v14's
+  testing::tamper(db, "DROP TABLE job_runners");                               // v15's
+  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");             // v15's
+  testing::tamper(db, "ALTER TABLE crls DROP COLUMN key_compromise_entries");  // v16's
+}
+
 TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore) {
   FLEETSIGN_SQLITE_ONLY();  // SQLite's migrations; a PostgreSQL registry starts at version 13
   issue("factory-1", "m", 3, "--lot LM");
@@ -198,13 +210,7 @@ TEST_F(Revoke, TheKeyHashMigrationComputesTheKeyHashOfCertificatesRecordedBefore
   const auto db = home / "registry.db";
   testing::tamper(db, "ALTER TABLE certificates DROP COLUMN key_sha256");
   testing::tamper(db, "DROP TABLE blocked_keys");
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");         // v12's
-  testing::tamper(db, "DROP TABLE operators");                                 // v13's
-  testing::tamper(db, "DROP TABLE batch_shares");                              // v14's
-  testing::tamper(db, "DROP TABLE leases");                                    // v14's
-  testing::tamper(db, "DROP TABLE job_runners");                               // v15's
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");             // v15's
-  testing::tamper(db, "ALTER TABLE crls DROP COLUMN key_compromise_entries");  // v16's
+  undo_v12_to_v16(db);
   testing::tamper(db, "UPDATE schema_version SET version = 9");
   const auto plan = json(bin.ok("revoke --lot LM --reason keyCompromise --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("keys_blocked"), 3);
@@ -241,13 +247,7 @@ TEST_F(Revoke, TheV11MigrationGivesACompressedKeyItsIdentityHash) {
   const auto db = home / "registry.db";
   testing::tamper(
       db, "UPDATE certificates SET key_sha256 = '" + as_sent + "' WHERE device_id = 'mc-1'");
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN error_code");         // v12's
-  testing::tamper(db, "DROP TABLE operators");                                 // v13's
-  testing::tamper(db, "DROP TABLE batch_shares");                              // v14's
-  testing::tamper(db, "DROP TABLE leases");                                    // v14's
-  testing::tamper(db, "DROP TABLE job_runners");                               // v15's
-  testing::tamper(db, "ALTER TABLE job_tasks DROP COLUMN runner");             // v15's
-  testing::tamper(db, "ALTER TABLE crls DROP COLUMN key_compromise_entries");  // v16's
+  undo_v12_to_v16(db);
   testing::tamper(db, "UPDATE schema_version SET version = 10");
   const auto plan = json(bin.ok("revoke --key-sha256 " + identity + " --dry-run --json").out);
   EXPECT_EQ(plan->getObject("plan")->getValue<std::int64_t>("certificates"), 1)
